@@ -1,0 +1,1 @@
+"""The producer: loads images into PostgreSQL and submits them as jobs onto Redis."""

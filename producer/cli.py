@@ -1,0 +1,214 @@
+"""The producer's command line: one command per verb.
+
+python -m producer init-db
+python -m producer ingest mnist --split test
+python -m producer submit --split test --limit 1000
+python -m producer status 1 --wait
+python -m producer report 1
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import psycopg2
+
+from producer import ingest as ingest_rows
+from shared import db
+from shared.config import settings
+from shared.model_info import model_version
+from shared.reports import LOW_CONFIDENCE_THRESHOLD, build_job_report
+from shared.tasks import bulk_queue, celery_app, enqueue_batches
+
+INSERT_CHUNK = 2000
+POLL_SECONDS = 0.5
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn errors a user can cause into one clear line and a non-zero exit."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except psycopg2.OperationalError as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else "connection failed"
+            raise click.ClickException(f"cannot reach the database ({first_line}); is PostgreSQL running and DATABASE_URL right?") from None
+        except ValueError as error:
+            raise click.ClickException(str(error)) from None
+
+    return wrapper
+
+
+def open_database() -> psycopg2.extensions.connection:
+    return db.connect(settings().database_url)
+
+
+@click.group()
+def main() -> None:
+    """Load images into PostgreSQL, submit them as jobs, and report the predictions."""
+
+
+@main.command("init-db")
+@user_errors
+def init_db() -> None:
+    """Create the tables and indexes (safe to run again)."""
+    db.create_schema(db.wait_for_database(settings().database_url, timeout_seconds=30))
+    click.echo("schema ready")
+
+
+@main.group()
+def ingest() -> None:
+    """Store images in the database."""
+
+
+@ingest.command("mnist")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--data", type=click.Path(path_type=Path), help="Folder of MNIST IDX .gz files or mnist.npz [default: the bundled test set]")
+@click.option("--limit", type=click.IntRange(min=1), help="Store only the first N images.")
+@user_errors
+def ingest_mnist(split: str, data: Path | None, limit: int | None) -> None:
+    """Store an MNIST split; images already stored are skipped."""
+    images, labels = ingest_rows.load_mnist(data or settings().mnist_dir, split, limit)
+    conn = open_database()
+    inserted = 0
+    with click.progressbar(length=len(images), label=f"ingesting MNIST {split}") as bar:
+        for start in range(0, len(images), INSERT_CHUNK):
+            chunk = slice(start, start + INSERT_CHUNK)
+            rows = list(ingest_rows.mnist_rows(images[chunk], labels[chunk], split, start))
+            inserted += len(db.insert_images(conn, rows))
+            bar.update(len(rows))
+    click.echo(f"stored {inserted} new images, {len(images) - inserted} were already there")
+
+
+@ingest.command("folder")
+@click.argument("folder", type=click.Path(path_type=Path))
+@user_errors
+def ingest_folder(folder: Path) -> None:
+    """Store your own digit pictures (PNG, JPEG, GIF, BMP, WebP) in MNIST form.
+
+    Pictures under a folder named 0-9 get that digit as their true label.
+    """
+    files = ingest_rows.user_image_files(folder)
+    conn = open_database()
+    inserted, rejected = 0, []
+    with click.progressbar(length=len(files), label=f"ingesting {folder}") as bar:
+        for start in range(0, len(files), INSERT_CHUNK):
+            rows = []
+            for path in files[start : start + INSERT_CHUNK]:
+                try:
+                    rows.append(ingest_rows.folder_row(path, folder, settings().max_image_pixels))
+                except ValueError as error:
+                    rejected.append(f"{path}: {error}")
+                bar.update(1)
+            inserted += len(db.insert_images(conn, rows))
+    for line in rejected:
+        click.echo(f"skipped {line}", err=True)
+    click.echo(f"stored {inserted} new images, {len(files) - inserted - len(rejected)} were already there, {len(rejected)} rejected")
+
+
+@main.command()
+@click.option("--split", type=click.Choice(["test", "train", "upload"]), help="Only images of this split.")
+@click.option("--label", type=click.IntRange(0, 9), help="Only images whose true label is this digit.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most N images (oldest first).")
+@click.option("--unpredicted", is_flag=True, help="Only images the current model has not predicted yet.")
+@click.option("--id", "image_ids", type=int, multiple=True, help="Exactly these image IDs (repeatable).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Images per task [default: BATCH_SIZE].")
+@user_errors
+def submit(
+    split: str | None, label: int | None, limit: int | None, unpredicted: bool, image_ids: tuple[int, ...], batch_size: int | None
+) -> None:
+    """Create a job from stored images and enqueue it in batches; prints the job id."""
+    config = settings()
+    version = model_version(config.model_path)
+    conn = open_database()
+    if image_ids:
+        selected = list(image_ids)
+        selection: dict[str, Any] = {"ids": len(selected)}
+    else:
+        selected = db.select_image_ids(conn, split, label, limit, version if unpredicted else None)
+        selection = {"split": split, "label": label, "limit": limit, "unpredicted": unpredicted}
+    if not selected:
+        raise click.ClickException("no stored images match that selection (ingest some first: python -m producer ingest mnist)")
+    job_id = db.create_job(conn, selected, version, selection)
+    batches = enqueue_batches(celery_app(config), job_id, selected, batch_size or config.batch_size, bulk_queue(config))
+    click.echo(f"job {job_id}: {len(set(selected))} images in {batches} batches, model {version}", err=True)
+    click.echo(job_id)
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.option("--wait", is_flag=True, help="Show a progress bar until the job is done.")
+@click.option("--timeout", type=float, default=3600, show_default=True, help="Give up waiting after this many seconds.")
+@user_errors
+def status(job_id: int, wait: bool, timeout: float) -> None:
+    """Show a job's progress."""
+    conn = open_database()
+    job = require_job(conn, job_id)
+    if wait and job["status"] != "done":
+        job = wait_for_job(conn, job, timeout)
+    click.echo(
+        f"job {job_id}: {job['status']}, {job['done_count']} predicted, {job['failed_count']} failed"
+        f" of {job['total_images']} (model {job['model_version']})"
+    )
+    if wait and job["status"] != "done":
+        raise click.ClickException(f"job {job_id} did not finish within {timeout:g} s")
+
+
+def wait_for_job(conn: psycopg2.extensions.connection, job: dict[str, Any], timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    finished = job["done_count"] + job["failed_count"]
+    with click.progressbar(length=job["total_images"], label=f"job {job['id']}") as bar:
+        bar.update(finished)
+        while job["status"] != "done" and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+            job = require_job(conn, job["id"])
+            now_finished = job["done_count"] + job["failed_count"]
+            bar.update(now_finished - finished)
+            finished = now_finished
+    return job
+
+
+def require_job(conn: psycopg2.extensions.connection, job_id: int) -> dict[str, Any]:
+    job = db.get_job(conn, job_id)
+    if job is None:
+        raise click.ClickException(f"there is no job {job_id}")
+    return job
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.option(
+    "--wrong", "wrong_limit", type=click.IntRange(min=0), default=10, show_default=True, help="How many wrong predictions to list."
+)
+@user_errors
+def report(job_id: int, wrong_limit: int) -> None:
+    """Accuracy, per-class accuracy, confusion matrix and mistakes of a job."""
+    result = build_job_report(open_database(), job_id, wrong_limit)
+    if result is None:
+        raise click.ClickException(f"there is no job {job_id}")
+    job = result.job
+    click.echo(f"job {job_id}: {job['status']}, {job['done_count']} predicted, {job['failed_count']} failed of {job['total_images']}")
+    if result.accuracy is None:
+        click.echo("no labelled predictions yet: accuracy unknown")
+    else:
+        click.echo(f"accuracy: {result.accuracy:.4f} on {result.labelled} labelled images")
+        click.echo(
+            "per class: "
+            + "  ".join(f"{k}:{acc:.3f}" if acc is not None else f"{k}:-" for k, acc in enumerate(result.per_class_accuracy()))
+        )
+        click.echo("confusion matrix (rows: true, columns: predicted)")
+        click.echo("      " + "".join(f"{k:>6}" for k in range(10)))
+        for k, row in enumerate(result.confusion):
+            click.echo(f"{k:>6}" + "".join(f"{v:>6}" for v in row))
+    click.echo(f"confidence < {LOW_CONFIDENCE_THRESHOLD}: {result.low_confidence} predictions")
+    for wrong in result.wrong:
+        image_id, true_label, predicted_label = wrong["input_data_id"], wrong["true_label"], wrong["predicted_label"]
+        click.echo(f"wrong: image {image_id} is {true_label}, predicted {predicted_label} ({wrong['confidence']:.3f})")
+    for image_id, reason in result.failures:
+        click.echo(f"failed: image {image_id}: {reason}")

@@ -1,0 +1,47 @@
+"""Turn MNIST splits and folders of user images into rows for ``input_data``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from shared import mnist
+from shared.db import ImageRow
+from shared.images import IMAGE_SHAPE, encode_image, user_image_to_mnist
+
+USER_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"})
+SHAPE = list(IMAGE_SHAPE)
+
+
+def mnist_rows(images: np.ndarray, labels: np.ndarray, split: str, start: int = 0) -> Iterator[ImageRow]:
+    """Rows keyed by (split, index), so ingesting twice stores nothing twice."""
+    for offset, (image, label) in enumerate(zip(images, labels, strict=True)):
+        yield ImageRow(encode_image(image), int(label), SHAPE, split, start + offset, None)
+
+
+def user_image_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in USER_IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{folder} holds no PNG, JPEG, GIF, BMP or WebP images")
+    return files
+
+
+def label_from_folder(path: Path, root: Path) -> int | None:
+    """A file under a folder named 0..9 (``digits/7/a.png``) is labelled with that digit."""
+    parent = path.parent
+    return int(parent.name) if parent != root and parent.name in {str(d) for d in range(10)} else None
+
+
+def folder_row(path: Path, root: Path, max_pixels: int) -> ImageRow:
+    """One user picture, preprocessed to MNIST form; keyed by its absolute path."""
+    image = user_image_to_mnist(path.read_bytes(), max_pixels)
+    return ImageRow(encode_image(image), label_from_folder(path, root), SHAPE, "upload", None, str(path.resolve()))
+
+
+def load_mnist(source: Path, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = mnist.load_split(source, split)
+    return (images[:limit], labels[:limit]) if limit else (images, labels)

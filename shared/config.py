@@ -1,0 +1,84 @@
+"""All settings, read from the environment once.
+
+Every process (producer, worker, web) calls ``load_settings()``; nothing else reads
+``os.environ``. The defaults work on a development machine with PostgreSQL and Redis
+on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_MODEL_PATH = PROJECT_ROOT / "models" / "mnist_cnn.keras"
+DEFAULT_MNIST_DIR = PROJECT_ROOT / "data" / "mnist"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    model_path: Path
+    mnist_dir: Path
+    batch_size: int
+    queue_prefix: str
+    worker_threads: int
+    max_upload_bytes: int
+    max_image_pixels: int
+    secret_key: str
+    production: bool
+
+
+def _int_env(name: str, default: int, minimum: int = 1) -> int:
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _bool_env(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def load_settings() -> Settings:
+    """Read and validate the environment; refuse development defaults in production."""
+    production = _bool_env("MNIST_PRODUCTION")
+    secret_key = os.environ.get("SECRET_KEY", "")
+    if not secret_key:
+        if production:
+            raise ValueError("SECRET_KEY must be set when MNIST_PRODUCTION is on")
+        secret_key = "dev-only-not-secret"
+    database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    if production and database_url == DEFAULT_DATABASE_URL:
+        raise ValueError("DATABASE_URL must be set when MNIST_PRODUCTION is on")
+    return Settings(
+        database_url=database_url,
+        redis_url=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
+        model_path=Path(os.environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH),
+        mnist_dir=Path(os.environ.get("MNIST_DIR") or DEFAULT_MNIST_DIR),
+        batch_size=_int_env("BATCH_SIZE", 256),
+        queue_prefix=os.environ.get("QUEUE_PREFIX") or "mnist",
+        worker_threads=_int_env("WORKER_THREADS", 0, minimum=0),
+        max_upload_bytes=_int_env("MAX_UPLOAD_BYTES", 5 * 1024 * 1024),
+        max_image_pixels=_int_env("MAX_IMAGE_PIXELS", 16_000_000),
+        secret_key=secret_key,
+        production=production,
+    )
+
+
+@functools.cache
+def settings() -> Settings:
+    """The process-wide settings, read on first use."""
+    return load_settings()

@@ -1,0 +1,339 @@
+"""The database: connections, schema, and every SQL statement of the system.
+
+PostgreSQL is the source of truth. Predictions and failures are written in the same
+transaction as the job's counters, with unique keys that make a redelivered batch a
+no-op, so the counters always equal the rows and nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
+
+import psycopg2
+import psycopg2.extras
+import tenacity
+
+# Taken while the schema is created so that workers starting together do not race.
+SCHEMA_LOCK_KEY = 8_712_001
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS input_data (
+    id              BIGSERIAL PRIMARY KEY,
+    image_data      BYTEA NOT NULL,
+    true_label      SMALLINT CHECK (true_label BETWEEN 0 AND 9),
+    image_shape     INTEGER[] NOT NULL,
+    dataset_split   TEXT NOT NULL CHECK (dataset_split IN ('train', 'test', 'upload')),
+    image_index     INTEGER,
+    source          TEXT,
+    created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+    UNIQUE (dataset_split, image_index)
+);
+CREATE INDEX IF NOT EXISTS input_data_true_label_idx ON input_data (true_label);
+CREATE UNIQUE INDEX IF NOT EXISTS input_data_source_key ON input_data (source) WHERE source IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id              BIGSERIAL PRIMARY KEY,
+    kind            TEXT NOT NULL DEFAULT 'bulk' CHECK (kind IN ('bulk', 'upload')),
+    model_version   TEXT NOT NULL,
+    selection       JSONB NOT NULL DEFAULT '{}'::jsonb,
+    total_images    INTEGER NOT NULL CHECK (total_images >= 0),
+    done_count      INTEGER NOT NULL DEFAULT 0,
+    failed_count    INTEGER NOT NULL DEFAULT 0,
+    status          TEXT NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'running', 'done')),
+    created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+    started_at      TIMESTAMPTZ,
+    finished_at     TIMESTAMPTZ
+);
+
+-- Which images a job covers: lets unfinished work be found in PostgreSQL, not Redis.
+-- No foreign key: a job may name an ID that does not exist; that item is then recorded as failed.
+CREATE TABLE IF NOT EXISTS job_items (
+    job_id          BIGINT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    input_data_id   BIGINT NOT NULL,
+    PRIMARY KEY (job_id, input_data_id)
+);
+
+CREATE TABLE IF NOT EXISTS predictions (
+    id                       BIGSERIAL PRIMARY KEY,
+    input_data_id            BIGINT NOT NULL REFERENCES input_data (id) ON DELETE CASCADE,
+    job_id                   BIGINT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    model_version            TEXT NOT NULL,
+    predicted_label          SMALLINT NOT NULL CHECK (predicted_label BETWEEN 0 AND 9),
+    confidence               REAL NOT NULL,
+    prediction_probabilities BYTEA NOT NULL,
+    created_at               TIMESTAMPTZ NOT NULL DEFAULT now(),
+    UNIQUE (job_id, input_data_id)
+);
+CREATE INDEX IF NOT EXISTS predictions_predicted_label_idx ON predictions (predicted_label);
+CREATE INDEX IF NOT EXISTS predictions_input_data_id_idx ON predictions (input_data_id);
+
+CREATE TABLE IF NOT EXISTS job_failures (
+    job_id          BIGINT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    input_data_id   BIGINT NOT NULL,
+    reason          TEXT NOT NULL,
+    created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, input_data_id)
+);
+"""
+
+TRANSIENT_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+class ImageRow(NamedTuple):
+    image_data: bytes
+    true_label: int | None
+    image_shape: list[int]
+    dataset_split: str
+    image_index: int | None
+    source: str | None
+
+
+class PredictionRow(NamedTuple):
+    input_data_id: int
+    predicted_label: int
+    confidence: float
+    probabilities: bytes
+
+
+class FailureRow(NamedTuple):
+    input_data_id: int
+    reason: str
+
+
+def connect(database_url: str) -> psycopg2.extensions.connection:
+    return psycopg2.connect(database_url)
+
+
+def wait_for_database(database_url: str, timeout_seconds: float = 60) -> psycopg2.extensions.connection:
+    """Connect, retrying with backoff while the database starts (containers start in any order)."""
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(psycopg2.OperationalError),
+        wait=tenacity.wait_exponential(multiplier=0.2, max=5),
+        stop=tenacity.stop_after_delay(timeout_seconds),
+        reraise=True,
+    )
+    return retrying(connect, database_url)
+
+
+@contextlib.contextmanager
+def transaction(conn: psycopg2.extensions.connection) -> Iterator[psycopg2.extensions.cursor]:
+    """A cursor whose work commits on success and rolls back on any error."""
+    with conn:
+        with conn.cursor() as cursor:
+            yield cursor
+
+
+def create_schema(conn: psycopg2.extensions.connection) -> None:
+    """Idempotent; serialised by an advisory lock so concurrent starters do not collide."""
+    with transaction(conn) as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+        cursor.execute(SCHEMA)
+
+
+# --- images -----------------------------------------------------------------------------
+
+
+def insert_images(conn: psycopg2.extensions.connection, rows: Sequence[ImageRow]) -> list[int]:
+    """Insert images; rows already stored (same split and index, or same source) are skipped."""
+    with transaction(conn) as cursor:
+        inserted = psycopg2.extras.execute_values(
+            cursor,
+            "INSERT INTO input_data (image_data, true_label, image_shape, dataset_split, image_index, source)"
+            " VALUES %s ON CONFLICT DO NOTHING RETURNING id",
+            [(psycopg2.Binary(r.image_data), r.true_label, r.image_shape, r.dataset_split, r.image_index, r.source) for r in rows],
+            page_size=1000,
+            fetch=True,
+        )
+    return [row[0] for row in inserted]
+
+
+def fetch_images(conn: psycopg2.extensions.connection, image_ids: Sequence[int]) -> dict[int, bytes]:
+    """Image bytes by ID in one query; missing IDs are simply absent from the result."""
+    with transaction(conn) as cursor:
+        cursor.execute("SELECT id, image_data FROM input_data WHERE id = ANY(%s)", (list(image_ids),))
+        return {image_id: bytes(data) for image_id, data in cursor.fetchall()}
+
+
+def select_image_ids(
+    conn: psycopg2.extensions.connection,
+    split: str | None = None,
+    label: int | None = None,
+    limit: int | None = None,
+    unpredicted_by: str | None = None,
+) -> list[int]:
+    """IDs of stored images matching every given filter, oldest first."""
+    with transaction(conn) as cursor:
+        cursor.execute(
+            """
+            SELECT d.id FROM input_data d
+            WHERE (%(split)s::text IS NULL OR d.dataset_split = %(split)s)
+              AND (%(label)s::smallint IS NULL OR d.true_label = %(label)s)
+              AND (%(model)s::text IS NULL OR NOT EXISTS (
+                    SELECT 1 FROM predictions p WHERE p.input_data_id = d.id AND p.model_version = %(model)s))
+            ORDER BY d.id
+            LIMIT %(limit)s
+            """,
+            {"split": split, "label": label, "model": unpredicted_by, "limit": limit},
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+# --- jobs -------------------------------------------------------------------------------
+
+
+def create_job(
+    conn: psycopg2.extensions.connection,
+    image_ids: Sequence[int],
+    model_version: str,
+    selection: dict[str, Any],
+    kind: str = "bulk",
+) -> int:
+    """Record a job and the images it covers, before anything is enqueued."""
+    unique_ids = list(dict.fromkeys(image_ids))
+    with transaction(conn) as cursor:
+        cursor.execute(
+            "INSERT INTO jobs (kind, model_version, selection, total_images) VALUES (%s, %s, %s, %s) RETURNING id",
+            (kind, model_version, psycopg2.extras.Json(selection), len(unique_ids)),
+        )
+        job_id = cursor.fetchone()[0]
+        psycopg2.extras.execute_values(
+            cursor,
+            "INSERT INTO job_items (job_id, input_data_id) VALUES %s",
+            [(job_id, image_id) for image_id in unique_ids],
+            page_size=5000,
+        )
+    return job_id
+
+
+def get_job(conn: psycopg2.extensions.connection, job_id: int) -> dict[str, Any] | None:
+    with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor:
+        cursor.execute("SELECT * FROM jobs WHERE id = %s", (job_id,))
+        row = cursor.fetchone()
+    conn.commit()
+    return dict(row) if row else None
+
+
+def store_results(
+    conn: psycopg2.extensions.connection,
+    job_id: int,
+    model_version: str,
+    predictions: Sequence[PredictionRow],
+    failures: Sequence[FailureRow],
+) -> tuple[int, int]:
+    """Write a batch's outcome and advance the job, all or nothing.
+
+    Returns how many predictions and failures were new; a redelivered batch returns (0, 0).
+    """
+    with transaction(conn) as cursor:
+        stored = (
+            psycopg2.extras.execute_values(
+                cursor,
+                "INSERT INTO predictions (input_data_id, job_id, model_version, predicted_label, confidence,"
+                " prediction_probabilities) VALUES %s ON CONFLICT (job_id, input_data_id) DO NOTHING RETURNING 1",
+                [
+                    (p.input_data_id, job_id, model_version, p.predicted_label, p.confidence, psycopg2.Binary(p.probabilities))
+                    for p in predictions
+                ],
+                page_size=len(predictions) or 1,
+                fetch=True,
+            )
+            if predictions
+            else []
+        )
+        failed = (
+            psycopg2.extras.execute_values(
+                cursor,
+                "INSERT INTO job_failures (job_id, input_data_id, reason) VALUES %s"
+                " ON CONFLICT (job_id, input_data_id) DO NOTHING RETURNING 1",
+                [(job_id, f.input_data_id, f.reason) for f in failures],
+                fetch=True,
+            )
+            if failures
+            else []
+        )
+        cursor.execute(
+            """
+            UPDATE jobs SET
+                done_count = done_count + %(done)s,
+                failed_count = failed_count + %(failed)s,
+                started_at = COALESCE(started_at, now()),
+                status = CASE WHEN done_count + failed_count + %(done)s + %(failed)s >= total_images
+                              THEN 'done' ELSE 'running' END,
+                finished_at = CASE WHEN done_count + failed_count + %(done)s + %(failed)s >= total_images
+                                   THEN COALESCE(finished_at, now()) END
+            WHERE id = %(job)s
+            """,
+            {"done": len(stored), "failed": len(failed), "job": job_id},
+        )
+    return len(stored), len(failed)
+
+
+# --- reports ----------------------------------------------------------------------------
+
+
+def label_pair_counts(conn: psycopg2.extensions.connection, job_id: int) -> list[tuple[int, int, int]]:
+    """(true label, predicted label, count) over a job's labelled predictions."""
+    with transaction(conn) as cursor:
+        cursor.execute(
+            """
+            SELECT d.true_label, p.predicted_label, count(*)
+            FROM predictions p JOIN input_data d ON d.id = p.input_data_id
+            WHERE p.job_id = %s AND d.true_label IS NOT NULL
+            GROUP BY 1, 2
+            """,
+            (job_id,),
+        )
+        return cursor.fetchall()
+
+
+def count_low_confidence(conn: psycopg2.extensions.connection, job_id: int, threshold: float) -> int:
+    with transaction(conn) as cursor:
+        cursor.execute("SELECT count(*) FROM predictions WHERE job_id = %s AND confidence < %s", (job_id, threshold))
+        return cursor.fetchone()[0]
+
+
+def wrong_predictions(
+    conn: psycopg2.extensions.connection, job_id: int | None = None, limit: int = 20, offset: int = 0
+) -> list[dict[str, Any]]:
+    """The seed's mistakes query: labelled images whose prediction differs, newest first."""
+    with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor:
+        cursor.execute(
+            """
+            SELECT p.id AS prediction_id, d.id AS input_data_id, d.true_label, p.predicted_label,
+                   p.confidence, p.job_id, p.created_at
+            FROM predictions p JOIN input_data d ON d.id = p.input_data_id
+            WHERE d.true_label IS NOT NULL AND d.true_label <> p.predicted_label
+              AND (%(job)s::bigint IS NULL OR p.job_id = %(job)s)
+            ORDER BY p.created_at DESC, p.id DESC
+            LIMIT %(limit)s OFFSET %(offset)s
+            """,
+            {"job": job_id, "limit": limit, "offset": offset},
+        )
+        rows = [dict(row) for row in cursor.fetchall()]
+    conn.commit()
+    return rows
+
+
+def job_failures(conn: psycopg2.extensions.connection, job_id: int, limit: int = 20) -> list[tuple[int, str]]:
+    with transaction(conn) as cursor:
+        cursor.execute(
+            "SELECT input_data_id, reason FROM job_failures WHERE job_id = %s ORDER BY input_data_id LIMIT %s",
+            (job_id, limit),
+        )
+        return cursor.fetchall()
+
+
+def rows_for_job(conn: psycopg2.extensions.connection, job_id: int) -> tuple[int, int, int]:
+    """(items, predictions, failures) actually stored for a job: what the counters must equal."""
+    with transaction(conn) as cursor:
+        cursor.execute(
+            """
+            SELECT (SELECT count(*) FROM job_items WHERE job_id = %(job)s),
+                   (SELECT count(*) FROM predictions WHERE job_id = %(job)s),
+                   (SELECT count(*) FROM job_failures WHERE job_id = %(job)s)
+            """,
+            {"job": job_id},
+        )
+        return cursor.fetchone()

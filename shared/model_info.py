@@ -1,0 +1,33 @@
+"""Which model made a prediction, readable without importing TensorFlow.
+
+The version is derived from the model file's bytes, so two workers with the same file
+agree on it and a retrained model never shares a version with the old one.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+
+@functools.cache
+def model_version(model_path: Path) -> str:
+    """``<file stem>-<first 12 hex digits of its SHA-256>``, e.g. ``mnist_cnn-1a2b3c4d5e6f``."""
+    path = Path(model_path)
+    if not path.exists():
+        raise ValueError(f"model file {path} does not exist (train one with: python -m worker.train)")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return f"{path.stem}-{digest[:12]}"
+
+
+def model_card_path(model_path: Path) -> Path:
+    """The JSON card written beside the model by the training command."""
+    return Path(model_path).with_suffix(".json")
+
+
+def read_model_card(model_path: Path) -> dict[str, Any]:
+    card = model_card_path(model_path)
+    return json.loads(card.read_text()) if card.exists() else {}

@@ -1,0 +1,57 @@
+"""Accuracy, per-class accuracy and the confusion matrix of a job, for the CLI and the web."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import psycopg2.extensions
+
+from shared import db
+
+NUM_CLASSES = 10
+LOW_CONFIDENCE_THRESHOLD = 0.8
+
+
+@dataclasses.dataclass
+class JobReport:
+    job: dict[str, Any]
+    confusion: np.ndarray  # rows: true label, columns: predicted label
+    low_confidence: int
+    wrong: list[dict[str, Any]]
+    failures: list[tuple[int, str]]
+
+    @property
+    def labelled(self) -> int:
+        return int(self.confusion.sum())
+
+    @property
+    def accuracy(self) -> float | None:
+        return float(np.trace(self.confusion) / self.labelled) if self.labelled else None
+
+    def per_class_accuracy(self) -> list[float | None]:
+        totals = self.confusion.sum(axis=1)
+        return [float(self.confusion[k, k] / totals[k]) if totals[k] else None for k in range(NUM_CLASSES)]
+
+
+def confusion_matrix(pair_counts: list[tuple[int, int, int]]) -> np.ndarray:
+    matrix = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    for true_label, predicted_label, count in pair_counts:
+        matrix[true_label, predicted_label] = count
+    return matrix
+
+
+def build_job_report(
+    conn: psycopg2.extensions.connection, job_id: int, wrong_limit: int = 10, threshold: float = LOW_CONFIDENCE_THRESHOLD
+) -> JobReport | None:
+    job = db.get_job(conn, job_id)
+    if job is None:
+        return None
+    return JobReport(
+        job=job,
+        confusion=confusion_matrix(db.label_pair_counts(conn, job_id)),
+        low_confidence=db.count_low_confidence(conn, job_id, threshold),
+        wrong=db.wrong_predictions(conn, job_id=job_id, limit=wrong_limit),
+        failures=db.job_failures(conn, job_id),
+    )

@@ -1,0 +1,54 @@
+"""Task and queue names, and the Celery client that senders use.
+
+The producer and the web service send tasks by name through ``celery_app`` and never
+import the worker (which would import TensorFlow).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from celery import Celery
+
+from shared.config import Settings
+
+PREDICT_BATCH_TASK = "mnist_queue.predict_batch"
+BULK_QUEUE_SUFFIX = "bulk"
+UPLOAD_QUEUE_SUFFIX = "upload"
+# Redis re-delivers an unacknowledged message after this long; a batch takes well under a second.
+VISIBILITY_TIMEOUT_SECONDS = 300
+
+
+def bulk_queue(settings: Settings) -> str:
+    return f"{settings.queue_prefix}.{BULK_QUEUE_SUFFIX}"
+
+
+def upload_queue(settings: Settings) -> str:
+    return f"{settings.queue_prefix}.{UPLOAD_QUEUE_SUFFIX}"
+
+
+def celery_app(settings: Settings, name: str = "mnist_queue") -> Celery:
+    """One configuration for senders and workers: late acks, re-queue on a dead worker, prefetch 1."""
+    app = Celery(name, broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,  # results live in PostgreSQL, not in a result backend
+        task_default_queue=bulk_queue(settings),
+        task_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS},
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+def enqueue_batches(app: Celery, job_id: int, image_ids: Sequence[int], batch_size: int, queue: str) -> int:
+    """Send the job as batches of IDs over one broker connection; return how many were sent."""
+    batches = [list(image_ids[start : start + batch_size]) for start in range(0, len(image_ids), batch_size)]
+    with app.producer_or_acquire() as producer:
+        for batch in batches:
+            app.send_task(PREDICT_BATCH_TASK, args=[job_id, batch], queue=queue, producer=producer)
+    return len(batches)

@@ -1,0 +1,71 @@
+"""Test isolation: a database and queue names of this run's own, a real Celery worker.
+
+The environment is set before any project module reads its settings, so the code under
+test, the CLI and the worker subprocesses all see the same private database and queues.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+import redis
+
+from tests import services
+
+DATABASE_NAME = services.unique_name("mnistq_test")
+QUEUE_PREFIX = services.unique_name("mnistq-test")
+os.environ["DATABASE_URL"] = services.database_url_for(DATABASE_NAME)
+os.environ["QUEUE_PREFIX"] = QUEUE_PREFIX
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
+os.environ.pop("MNIST_PRODUCTION", None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def database_url() -> Iterator[str]:
+    from shared import db
+
+    url = services.create_database(DATABASE_NAME)
+    conn = db.connect(url)
+    db.create_schema(conn)
+    conn.close()
+    yield url
+    services.drop_database(DATABASE_NAME)
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    for key in client.scan_iter(f"{QUEUE_PREFIX}*"):
+        client.delete(key)
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg2.extensions.connection]:
+    from shared import db
+
+    connection = db.connect(database_url)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture(scope="session")
+def worker_env(database_url: str) -> dict[str, str]:
+    return {**os.environ, "DATABASE_URL": database_url, "QUEUE_PREFIX": QUEUE_PREFIX}
+
+
+@pytest.fixture(scope="session")
+def worker(worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.WorkerProcess]:
+    """One real worker for the session; tests isolate themselves by job id."""
+    process = services.WorkerProcess(worker_env, tmp_path_factory.mktemp("worker") / "worker.log")
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    from shared.config import settings
+
+    return settings().mnist_dir

@@ -1,0 +1,107 @@
+"""Real processes for the tests: a private PostgreSQL database and Celery workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psycopg2
+from psycopg2 import sql
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ADMIN_DATABASE_URL = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+WORKER_READY_SECONDS = 90
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+
+def database_url_for(name: str) -> str:
+    base, _, _ = ADMIN_DATABASE_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+def create_database(name: str) -> str:
+    admin = psycopg2.connect(ADMIN_DATABASE_URL)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    admin.close()
+    return database_url_for(name)
+
+
+def drop_database(name: str) -> None:
+    admin = psycopg2.connect(ADMIN_DATABASE_URL)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    admin.close()
+
+
+class WorkerProcess:
+    """``celery -A worker.app worker`` as a real subprocess, logging to a file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 1, queues: str | None = None) -> None:
+        self.log_path = log_path
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.app",
+            "worker",
+            "--concurrency",
+            str(concurrency),
+            "--pool",
+            "prefork",
+            "--loglevel",
+            "INFO",
+            "--hostname",
+            f"{unique_name('test')}@%h",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+        if queues:
+            command += ["--queues", queues]
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def wait_ready(self, timeout: float = WORKER_READY_SECONDS) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            if b"ready." in self.log_path.read_bytes():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"worker not ready after {timeout} s:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+
+
+def wait_for_job(conn: psycopg2.extensions.connection, job_id: int, timeout: float = 60) -> dict:
+    from shared import db
+
+    deadline = time.monotonic() + timeout
+    job = db.get_job(conn, job_id)
+    while job["status"] != "done" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job = db.get_job(conn, job_id)
+    return job

@@ -1,0 +1,81 @@
+import numpy as np
+import psycopg2
+import pytest
+
+from shared import db
+from shared.images import encode_image
+
+IMAGE = encode_image(np.zeros((28, 28), np.uint8))
+
+
+def unique_index() -> int:
+    return int(np.random.default_rng().integers(1_000_000, 2_000_000_000))
+
+
+def image_row(index: int, label: int | None = 3) -> db.ImageRow:
+    # Split "train" with random high indexes keeps these rows apart from other tests' data.
+    return db.ImageRow(IMAGE, label, [28, 28], "train", index, None)
+
+
+def test_schema_creation_is_idempotent(conn):
+    db.create_schema(conn)
+    db.create_schema(conn)
+
+
+def test_ingesting_twice_stores_nothing_twice(conn):
+    rows = [image_row(unique_index()) for _ in range(5)]
+    assert len(db.insert_images(conn, rows)) == 5
+    assert db.insert_images(conn, rows) == []
+
+
+def test_true_label_must_be_a_digit(conn):
+    with pytest.raises(psycopg2.errors.CheckViolation):
+        db.insert_images(conn, [image_row(unique_index(), label=10)])
+
+
+def test_a_redelivered_batch_changes_nothing(conn):
+    ids = db.insert_images(conn, [image_row(unique_index()) for _ in range(3)])
+    job_id = db.create_job(conn, ids, "test-model", {"test": True})
+    predictions = [db.PredictionRow(i, 3, 0.9, np.full(10, 0.1, "<f4").tobytes()) for i in ids[:2]]
+    failures = [db.FailureRow(ids[2], "corrupt image: test")]
+
+    assert db.store_results(conn, job_id, "test-model", predictions, failures) == (2, 1)
+    assert db.store_results(conn, job_id, "test-model", predictions, failures) == (0, 0)
+
+    job = db.get_job(conn, job_id)
+    assert (job["done_count"], job["failed_count"], job["status"]) == (2, 1, "done")
+    assert db.rows_for_job(conn, job_id) == (3, 2, 1)
+
+
+def test_a_job_never_holds_two_predictions_for_one_image(conn):
+    ids = db.insert_images(conn, [image_row(unique_index())])
+    job_id = db.create_job(conn, ids, "test-model", {})
+    with pytest.raises(psycopg2.errors.UniqueViolation), db.transaction(conn) as cursor:
+        for _ in range(2):
+            cursor.execute(
+                "INSERT INTO predictions (input_data_id, job_id, model_version, predicted_label, confidence,"
+                " prediction_probabilities) VALUES (%s, %s, 'm', 1, 0.5, '')",
+                (ids[0], job_id),
+            )
+
+
+def test_job_status_follows_the_counters(conn):
+    ids = db.insert_images(conn, [image_row(unique_index()) for _ in range(2)])
+    job_id = db.create_job(conn, ids + ids, "test-model", {})  # duplicates in a submission count once
+    assert db.get_job(conn, job_id)["total_images"] == 2
+    db.store_results(conn, job_id, "test-model", [db.PredictionRow(ids[0], 1, 0.5, b"")], [])
+    assert db.get_job(conn, job_id)["status"] == "running"
+    db.store_results(conn, job_id, "test-model", [db.PredictionRow(ids[1], 1, 0.5, b"")], [])
+    job = db.get_job(conn, job_id)
+    assert job["status"] == "done" and job["finished_at"] is not None
+
+
+def test_selection_filters_by_split_label_and_model(conn):
+    index = unique_index()
+    ids = db.insert_images(conn, [image_row(index, label=7), image_row(index + 1, label=8)])
+    sevens = db.select_image_ids(conn, split="train", label=7)
+    assert ids[0] in sevens and ids[1] not in sevens
+    job_id = db.create_job(conn, ids[:1], "model-x", {})
+    db.store_results(conn, job_id, "model-x", [db.PredictionRow(ids[0], 7, 0.99, b"")], [])
+    unpredicted = db.select_image_ids(conn, split="train", unpredicted_by="model-x")
+    assert ids[0] not in unpredicted and ids[1] in unpredicted

@@ -1,0 +1,52 @@
+"""The shipped model and the training command (TensorFlow runs in the test process here)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from shared import mnist
+from shared.config import settings
+from shared.model_info import model_card_path, model_version, read_model_card
+
+model = pytest.importorskip("shared.model")
+
+
+def test_shipped_model_is_the_keras_example_and_reaches_99_percent(mnist_dir):
+    keras_model = model.load_model(settings().model_path)
+    assert keras_model.count_params() == 34_826
+    images, labels = mnist.load_split(mnist_dir, "test")
+    probabilities = model.Predictor(keras_model).predict_batch(images)
+    accuracy = float((probabilities.argmax(axis=1) == labels).mean())
+    assert accuracy >= 0.99
+    card = read_model_card(settings().model_path)
+    assert abs(card["test_accuracy"] - accuracy) < 0.002
+
+
+def test_predictor_agrees_with_keras_predict(mnist_dir):
+    keras_model = model.load_model(settings().model_path)
+    images, _ = mnist.load_split(mnist_dir, "test")
+    expected = keras_model.predict(model.to_model_input(images[:64]), verbose=0)
+    assert np.allclose(model.Predictor(keras_model).predict_batch(images[:64]), expected, atol=1e-5)
+
+
+def test_training_on_a_slice_lowers_the_loss_and_saves_a_loadable_model(mnist_dir, tmp_path):
+    from worker import train
+
+    # The bundled folder has no training images: train on the test split's files renamed.
+    data = tmp_path / "data"
+    data.mkdir()
+    test_images, test_labels = mnist.IDX_FILES["test"]
+    for images_name, labels_name in mnist.IDX_FILES.values():
+        (data / images_name).write_bytes((mnist_dir / test_images).read_bytes())
+        (data / labels_name).write_bytes((mnist_dir / test_labels).read_bytes())
+
+    out = tmp_path / "tiny.keras"
+    card = train.train(data, epochs=2, batch_size=128, seed=1, out=out, limit=2000)
+
+    assert card["loss_per_epoch"][1] < card["loss_per_epoch"][0]
+    assert card["train_images"] == 2000 and card["test_accuracy"] > 0.5
+    assert json.loads(model_card_path(out).read_text())["seed"] == 1
+    reloaded = model.load_model(out)
+    assert reloaded.count_params() == 34_826
+    assert model_version(out).startswith("tiny-")

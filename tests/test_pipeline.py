@@ -1,0 +1,52 @@
+"""End to end: the producer CLI, real Redis, a real Celery worker process, real PostgreSQL."""
+
+import numpy as np
+from click.testing import CliRunner
+
+from producer.cli import main
+from shared import db
+from shared.images import encode_image
+from shared.reports import build_job_report
+from tests.services import wait_for_job
+
+
+def run_cli(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_a_thousand_test_images_are_predicted_exactly_once(worker, conn):
+    run_cli("ingest", "mnist", "--split", "test", "--limit", "1000")
+    job_id = int(run_cli("submit", "--split", "test", "--limit", "1000", "--batch-size", "128").strip())
+    assert "done" in run_cli("status", str(job_id), "--wait", "--timeout", "120")
+
+    assert db.rows_for_job(conn, job_id) == (1000, 1000, 0)
+    report = build_job_report(conn, job_id)
+    assert report.job["done_count"] == 1000 and report.job["failed_count"] == 0
+    assert report.labelled == 1000 and report.accuracy >= 0.98
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT prediction_probabilities, predicted_label, confidence FROM predictions WHERE job_id = %s LIMIT 1", (job_id,))
+        vector, label, confidence = cursor.fetchone()
+    probabilities = np.frombuffer(bytes(vector), dtype="<f4")
+    assert probabilities.shape == (10,) and abs(probabilities.sum() - 1) < 1e-4
+    assert probabilities.argmax() == label and abs(probabilities.max() - confidence) < 1e-6
+
+    text = run_cli("report", str(job_id))
+    assert "accuracy: 0.9" in text and "confusion matrix" in text
+
+
+def test_unknown_id_and_corrupt_image_fail_alone(worker, conn):
+    good = db.insert_images(
+        conn, [db.ImageRow(encode_image(np.zeros((28, 28), np.uint8)), None, [28, 28], "upload", None, None) for _ in range(3)]
+    )
+    corrupt = db.insert_images(conn, [db.ImageRow(b"\x93NUMPY this is not an array", None, [28, 28], "upload", None, None)])
+    unknown_id = 9_000_000_000
+    ids = good + corrupt + [unknown_id]
+    job_id = int(run_cli("submit", *[arg for image_id in ids for arg in ("--id", str(image_id))]).strip())
+
+    job = wait_for_job(conn, job_id)
+    assert (job["status"], job["done_count"], job["failed_count"]) == ("done", 3, 2)
+    reasons = dict(db.job_failures(conn, job_id))
+    assert reasons[unknown_id] == "unknown image id"
+    assert reasons[corrupt[0]].startswith("corrupt image")

@@ -1,0 +1,1 @@
+"""The Celery worker: holds the CNN once per process and predicts batches of stored images."""

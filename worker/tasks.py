@@ -1,0 +1,87 @@
+"""The task bodies. The model and the database connection are per process, made on first use."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import psycopg2
+
+from shared import db
+from shared.config import settings
+from shared.model_info import model_version
+from shared.tasks import PREDICT_BATCH_TASK
+from worker.app import app
+from worker.batch import process_batch
+
+log = logging.getLogger(__name__)
+
+MAX_DATABASE_RETRIES = 12  # with backoff capped at 30 s: several minutes of outage survived
+RETRY_BACKOFF_MAX_SECONDS = 30
+
+_predictor: Any = None
+_connection: psycopg2.extensions.connection | None = None
+
+
+def threads_per_process() -> int:
+    """WORKER_THREADS if set, else this process's share of the cores."""
+    if settings().worker_threads:
+        return settings().worker_threads
+    concurrency = int(os.environ.get("MNIST_WORKER_CONCURRENCY", "1"))
+    return max(1, (os.cpu_count() or 1) // concurrency)
+
+
+def predictor() -> Any:
+    global _predictor
+    if _predictor is None:
+        from shared import model  # TensorFlow is imported here, in the pool process only
+
+        model.configure_threads(threads_per_process())
+        _predictor = model.Predictor(model.load_model(settings().model_path))
+        log.info("loaded %s with %d threads", settings().model_path, threads_per_process())
+    return _predictor
+
+
+def connection() -> psycopg2.extensions.connection:
+    global _connection
+    if _connection is None or _connection.closed:
+        _connection = db.connect(settings().database_url)
+    return _connection
+
+
+def drop_connection() -> None:
+    """After a database error the connection may be dead; the retry makes a new one."""
+    global _connection
+    if _connection is not None:
+        try:
+            _connection.close()
+        except psycopg2.Error:
+            pass
+    _connection = None
+
+
+def warm_up() -> None:
+    """Load and trace the model before the first task, so the first batch is not slow."""
+    predictor().predict_batch(np.zeros((1, 28, 28), dtype=np.uint8))
+
+
+@app.task(
+    name=PREDICT_BATCH_TASK,
+    bind=True,
+    max_retries=MAX_DATABASE_RETRIES,
+)
+def predict_batch(self: Any, job_id: int, image_ids: list[int]) -> dict[str, int]:
+    """Predict one batch of stored images for a job; safe to run more than once."""
+    try:
+        done, failed = process_batch(connection(), predictor().predict_batch, model_version(settings().model_path), job_id, image_ids)
+    except db.TRANSIENT_ERRORS as error:
+        drop_connection()
+        countdown = min(RETRY_BACKOFF_MAX_SECONDS, 2**self.request.retries)
+        log.warning("job %s: database unavailable (%s); retry in %ss", job_id, error, countdown)
+        raise self.retry(exc=error, countdown=countdown) from error
+    except psycopg2.errors.ForeignKeyViolation:
+        log.error("job %s does not exist; dropping batch of %d images", job_id, len(image_ids))
+        return {"done": 0, "failed": 0}
+    return {"done": done, "failed": failed}
