@@ -18,6 +18,8 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MODEL_PATH = PROJECT_ROOT / "models" / "mnist_cnn.keras"
 DEFAULT_MNIST_DIR = PROJECT_ROOT / "data" / "mnist"
+DEFAULT_STACK_DIR = PROJECT_ROOT / ".mnist-queue"
+DEFAULT_WEB_PORT = 8000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,14 +27,18 @@ class Settings:
     database_url: str
     redis_url: str
     model_path: Path
+    model_runtime: str
     mnist_dir: Path
     batch_size: int
     queue_prefix: str
     worker_threads: int
+    worker_concurrency: int
     max_upload_bytes: int
     max_image_pixels: int
     secret_key: str
     production: bool
+    stack_dir: Path
+    web_port: int
 
 
 def _int_env(name: str, default: int, minimum: int = 1) -> int:
@@ -45,6 +51,14 @@ def _int_env(name: str, default: int, minimum: int = 1) -> int:
         raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _choice_env(name: str, choices: tuple[str, ...]) -> str:
+    """The first choice is the default."""
+    value = os.environ.get(name, "").strip().lower() or choices[0]
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value
 
 
@@ -67,15 +81,27 @@ def load_settings() -> Settings:
         database_url=database_url,
         redis_url=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
         model_path=Path(os.environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH),
+        model_runtime=_choice_env("MODEL_RUNTIME", ("litert", "tensorflow")),
         mnist_dir=Path(os.environ.get("MNIST_DIR") or DEFAULT_MNIST_DIR),
         batch_size=_int_env("BATCH_SIZE", 256),
         queue_prefix=os.environ.get("QUEUE_PREFIX") or "mnist",
         worker_threads=_int_env("WORKER_THREADS", 0, minimum=0),
+        worker_concurrency=_int_env("WORKER_CONCURRENCY", 0, minimum=0),
         max_upload_bytes=_int_env("MAX_UPLOAD_BYTES", 5 * 1024 * 1024),
         max_image_pixels=_int_env("MAX_IMAGE_PIXELS", 16_000_000),
         secret_key=secret_key,
         production=production,
+        stack_dir=Path(os.environ.get("STACK_DIR") or DEFAULT_STACK_DIR),
+        web_port=_int_env("WEB_PORT", DEFAULT_WEB_PORT),
     )
+
+
+def service_urls_from_environment() -> tuple[str | None, str | None]:
+    """DATABASE_URL and REDIS_URL as the user set them, None where unset.
+
+    The local stack (``./run up``) starts its own PostgreSQL or Redis only for what is unset.
+    """
+    return os.environ.get("DATABASE_URL") or None, os.environ.get("REDIS_URL") or None
 
 
 @functools.cache

@@ -8,6 +8,7 @@ no-op, so the counters always equal the rows and nothing is counted twice.
 from __future__ import annotations
 
 import contextlib
+import io
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -227,32 +228,8 @@ def store_results(
     Returns how many predictions and failures were new; a redelivered batch returns (0, 0).
     """
     with transaction(conn) as cursor:
-        stored = (
-            psycopg2.extras.execute_values(
-                cursor,
-                "INSERT INTO predictions (input_data_id, job_id, model_version, predicted_label, confidence,"
-                " prediction_probabilities) VALUES %s ON CONFLICT (job_id, input_data_id) DO NOTHING RETURNING 1",
-                [
-                    (p.input_data_id, job_id, model_version, p.predicted_label, p.confidence, psycopg2.Binary(p.probabilities))
-                    for p in predictions
-                ],
-                page_size=len(predictions) or 1,
-                fetch=True,
-            )
-            if predictions
-            else []
-        )
-        failed = (
-            psycopg2.extras.execute_values(
-                cursor,
-                "INSERT INTO job_failures (job_id, input_data_id, reason) VALUES %s"
-                " ON CONFLICT (job_id, input_data_id) DO NOTHING RETURNING 1",
-                [(job_id, f.input_data_id, f.reason) for f in failures],
-                fetch=True,
-            )
-            if failures
-            else []
-        )
+        stored = _insert_predictions(cursor, job_id, model_version, predictions) if predictions else 0
+        failed = _insert_failures(cursor, job_id, failures) if failures else 0
         cursor.execute(
             """
             UPDATE jobs SET
@@ -265,9 +242,41 @@ def store_results(
                                    THEN COALESCE(finished_at, now()) END
             WHERE id = %(job)s
             """,
-            {"done": len(stored), "failed": len(failed), "job": job_id},
+            {"done": stored, "failed": failed, "job": job_id},
         )
-    return len(stored), len(failed)
+    return stored, failed
+
+
+def _insert_predictions(cursor: psycopg2.extensions.cursor, job_id: int, model_version: str, predictions: Sequence[PredictionRow]) -> int:
+    """COPY into a session-local staging table, then one INSERT that skips what is already stored.
+
+    COPY is several times faster than a multi-row INSERT, but cannot skip conflicts itself.
+    """
+    cursor.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS staged_predictions (input_data_id BIGINT, predicted_label SMALLINT,"
+        " confidence REAL, prediction_probabilities BYTEA) ON COMMIT DELETE ROWS"
+    )
+    lines = "".join(f"{p.input_data_id}\t{p.predicted_label}\t{p.confidence!r}\t\\\\x{p.probabilities.hex()}\n" for p in predictions)
+    cursor.copy_expert("COPY staged_predictions FROM STDIN", io.StringIO(lines))
+    cursor.execute(
+        """
+        INSERT INTO predictions (input_data_id, job_id, model_version, predicted_label, confidence, prediction_probabilities)
+        SELECT input_data_id, %s, %s, predicted_label, confidence, prediction_probabilities FROM staged_predictions
+        ON CONFLICT (job_id, input_data_id) DO NOTHING
+        """,
+        (job_id, model_version),
+    )
+    return cursor.rowcount
+
+
+def _insert_failures(cursor: psycopg2.extensions.cursor, job_id: int, failures: Sequence[FailureRow]) -> int:
+    psycopg2.extras.execute_values(
+        cursor,
+        "INSERT INTO job_failures (job_id, input_data_id, reason) VALUES %s ON CONFLICT (job_id, input_data_id) DO NOTHING",
+        [(job_id, f.input_data_id, f.reason) for f in failures],
+        page_size=len(failures),
+    )
+    return cursor.rowcount
 
 
 # --- reports ----------------------------------------------------------------------------
@@ -337,3 +346,132 @@ def rows_for_job(conn: psycopg2.extensions.connection, job_id: int) -> tuple[int
             {"job": job_id},
         )
         return cursor.fetchone()
+
+
+# --- web --------------------------------------------------------------------------------
+
+
+def schema_exists(database_url: str, timeout_seconds: int) -> bool:
+    """Whether the tables are there, connecting for at most ``timeout_seconds``: a readiness check."""
+    conn = psycopg2.connect(database_url, connect_timeout=timeout_seconds)
+    try:
+        with transaction(conn) as cursor:
+            cursor.execute("SELECT to_regclass('predictions') IS NOT NULL AND to_regclass('jobs') IS NOT NULL")
+            return cursor.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def create_upload_job(
+    conn: psycopg2.extensions.connection, image_data: bytes, image_shape: list[int], model_version: str, selection: dict[str, Any]
+) -> tuple[int, int]:
+    """Store one uploaded image and its single-image job in one transaction; return (job id, image id)."""
+    with transaction(conn) as cursor:
+        cursor.execute(
+            "INSERT INTO input_data (image_data, image_shape, dataset_split) VALUES (%s, %s, 'upload') RETURNING id",
+            (psycopg2.Binary(image_data), image_shape),
+        )
+        image_id = cursor.fetchone()[0]
+        cursor.execute(
+            "INSERT INTO jobs (kind, model_version, selection, total_images) VALUES ('upload', %s, %s, 1) RETURNING id",
+            (model_version, psycopg2.extras.Json(selection)),
+        )
+        job_id = cursor.fetchone()[0]
+        cursor.execute("INSERT INTO job_items (job_id, input_data_id) VALUES (%s, %s)", (job_id, image_id))
+    return job_id, image_id
+
+
+def upload_prediction(conn: psycopg2.extensions.connection, job_id: int) -> dict[str, Any] | None:
+    """An upload job with its one image and, once the worker is through, its prediction or failure."""
+    with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor:
+        cursor.execute(
+            """
+            SELECT j.id, j.status, j.model_version, j.selection, j.created_at, j.finished_at, i.input_data_id,
+                   p.predicted_label, p.confidence, p.prediction_probabilities, f.reason
+            FROM jobs j JOIN job_items i ON i.job_id = j.id
+            LEFT JOIN predictions p ON p.job_id = j.id AND p.input_data_id = i.input_data_id
+            LEFT JOIN job_failures f ON f.job_id = j.id AND f.input_data_id = i.input_data_id
+            WHERE j.id = %s AND j.kind = 'upload'
+            """,
+            (job_id,),
+        )
+        row = cursor.fetchone()
+    conn.commit()
+    return dict(row) if row else None
+
+
+def list_jobs(conn: psycopg2.extensions.connection, kind: str | None, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+    """Jobs newest first, each with how many labelled predictions it has and how many are right."""
+    with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor:
+        cursor.execute(
+            """
+            SELECT j.*, acc.labelled, acc.correct
+            FROM jobs j
+            LEFT JOIN LATERAL (
+                SELECT count(*) AS labelled, count(*) FILTER (WHERE d.true_label = p.predicted_label) AS correct
+                FROM predictions p JOIN input_data d ON d.id = p.input_data_id
+                WHERE p.job_id = j.id AND d.true_label IS NOT NULL
+            ) acc ON true
+            WHERE (%(kind)s::text IS NULL OR j.kind = %(kind)s)
+            ORDER BY j.id DESC
+            LIMIT %(limit)s OFFSET %(offset)s
+            """,
+            {"kind": kind, "limit": limit, "offset": offset},
+        )
+        rows = [dict(row) for row in cursor.fetchall()]
+    conn.commit()
+    return rows
+
+
+def low_confidence_predictions(
+    conn: psycopg2.extensions.connection, threshold: float, limit: int, offset: int = 0, job_id: int | None = None
+) -> list[dict[str, Any]]:
+    """The seed's low-confidence query: predictions under ``threshold``, least sure first."""
+    with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor:
+        cursor.execute(
+            """
+            SELECT p.id AS prediction_id, d.id AS input_data_id, d.true_label, p.predicted_label,
+                   p.confidence, p.job_id, p.created_at
+            FROM predictions p JOIN input_data d ON d.id = p.input_data_id
+            WHERE p.confidence < %(threshold)s AND (%(job)s::bigint IS NULL OR p.job_id = %(job)s)
+            ORDER BY p.confidence, p.id DESC
+            LIMIT %(limit)s OFFSET %(offset)s
+            """,
+            {"threshold": threshold, "job": job_id, "limit": limit, "offset": offset},
+        )
+        rows = [dict(row) for row in cursor.fetchall()]
+    conn.commit()
+    return rows
+
+
+def images_of_digit(
+    conn: psycopg2.extensions.connection, digit: int, by_prediction: bool, limit: int, offset: int = 0
+) -> list[dict[str, Any]]:
+    """Stored images whose true label (or latest prediction) is ``digit``, oldest first, with that prediction."""
+    with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor:
+        cursor.execute(
+            """
+            SELECT d.id AS input_data_id, d.true_label, d.dataset_split, latest.predicted_label, latest.confidence
+            FROM input_data d
+            LEFT JOIN LATERAL (
+                SELECT p.predicted_label, p.confidence FROM predictions p
+                WHERE p.input_data_id = d.id ORDER BY p.id DESC LIMIT 1
+            ) latest ON true
+            WHERE (NOT %(by_prediction)s AND d.true_label = %(digit)s)
+               OR (%(by_prediction)s AND latest.predicted_label = %(digit)s)
+            ORDER BY d.id
+            LIMIT %(limit)s OFFSET %(offset)s
+            """,
+            {"digit": digit, "by_prediction": by_prediction, "limit": limit, "offset": offset},
+        )
+        rows = [dict(row) for row in cursor.fetchall()]
+    conn.commit()
+    return rows
+
+
+def get_image_data(conn: psycopg2.extensions.connection, image_id: int) -> bytes | None:
+    """One stored image's bytes, or None when there is no such image."""
+    with transaction(conn) as cursor:
+        cursor.execute("SELECT image_data FROM input_data WHERE id = %s", (image_id,))
+        row = cursor.fetchone()
+    return bytes(row[0]) if row else None

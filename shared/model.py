@@ -1,6 +1,6 @@
-"""The CNN of the Keras ``mnist_convnet`` example, its files, and batched inference.
+"""The CNN of the Keras ``mnist_convnet`` example, its files, and inference with TensorFlow.
 
-Only the worker and the training command import this module: it pulls in TensorFlow.
+Only training and the ``tensorflow`` runtime import this module: it pulls in TensorFlow.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-NUM_CLASSES = 10
-INPUT_SHAPE = (28, 28, 1)
+from shared.inference import INPUT_SHAPE, NUM_CLASSES, litert_path, to_model_input
 
 
 def build_model() -> keras.Model:
@@ -30,11 +29,6 @@ def build_model() -> keras.Model:
         ],
         name="mnist_cnn",
     )
-
-
-def to_model_input(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, 28, 28) -> float32 (N, 28, 28, 1) in [0, 1], as in training."""
-    return (images.astype(np.float32) / 255.0).reshape((-1, *INPUT_SHAPE))
 
 
 def configure_threads(threads: int) -> None:
@@ -57,7 +51,14 @@ def load_model(path: Path) -> keras.Model:
     return keras.models.load_model(path, compile=False)
 
 
-class Predictor:
+def export_litert(model: keras.Model, model_path: Path) -> Path:
+    """Write the LiteRT (``.tflite``) export beside the Keras file, for the default worker runtime."""
+    target = litert_path(model_path)
+    model.export(str(target), format="litert", verbose=False)
+    return target
+
+
+class KerasPredictor:
     """Batched inference through one compiled graph (``model.predict`` costs ~40 ms a call)."""
 
     def __init__(self, model: keras.Model) -> None:

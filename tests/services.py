@@ -1,12 +1,14 @@
-"""Real processes for the tests: a private PostgreSQL database and Celery workers."""
+"""Real processes for the tests: a private PostgreSQL database, Celery workers and the web server."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from psycopg2 import sql
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ADMIN_DATABASE_URL = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 WORKER_READY_SECONDS = 90
+WEB_READY_SECONDS = 30
 
 
 def unique_name(prefix: str) -> str:
@@ -86,22 +89,75 @@ class WorkerProcess:
         raise RuntimeError(f"worker not ready after {timeout} s:\n{self.log_path.read_text()[-3000:]}")
 
     def stop(self, timeout: float = 30) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process_group(self.process, timeout)
         self._log.close()
 
 
-def wait_for_job(conn: psycopg2.extensions.connection, job_id: int, timeout: float = 60) -> dict:
+def wait_for_job(conn: psycopg2.extensions.connection, job_id: int, timeout: float = 60, poll_seconds: float = 0.2) -> dict:
     from shared import db
 
     deadline = time.monotonic() + timeout
     job = db.get_job(conn, job_id)
     while job["status"] != "done" and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(poll_seconds)
         job = db.get_job(conn, job_id)
     return job
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM the process and its children, SIGKILL them if they outlive ``timeout``."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class WebServer:
+    """``gunicorn 'web.app:create_app()'`` as a real subprocess on a free loopback port."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, workers: int = 2) -> None:
+        self.log_path = log_path
+        self.url = f"http://127.0.0.1:{free_port()}"
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--bind",
+            self.url.removeprefix("http://"),
+            "--workers",
+            str(workers),
+            "--access-logfile",
+            "-",
+            "web.app:create_app()",
+        ]
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def wait_ready(self, timeout: float = WEB_READY_SECONDS) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"web server exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"web server not ready after {timeout} s:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self, timeout: float = 30) -> None:
+        stop_process_group(self.process, timeout)
+        self._log.close()

@@ -11,6 +11,7 @@ import psycopg2
 
 from shared import db
 from shared.config import settings
+from shared.inference import Predictor, load_predictor
 from shared.model_info import model_version
 from shared.tasks import PREDICT_BATCH_TASK
 from worker.app import app
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 MAX_DATABASE_RETRIES = 12  # with backoff capped at 30 s: several minutes of outage survived
 RETRY_BACKOFF_MAX_SECONDS = 30
 
-_predictor: Any = None
+_predictor: Predictor | None = None
 _connection: psycopg2.extensions.connection | None = None
 
 
@@ -33,14 +34,12 @@ def threads_per_process() -> int:
     return max(1, (os.cpu_count() or 1) // concurrency)
 
 
-def predictor() -> Any:
+def predictor() -> Predictor:
     global _predictor
     if _predictor is None:
-        from shared import model  # TensorFlow is imported here, in the pool process only
-
-        model.configure_threads(threads_per_process())
-        _predictor = model.Predictor(model.load_model(settings().model_path))
-        log.info("loaded %s with %d threads", settings().model_path, threads_per_process())
+        config = settings()
+        _predictor = load_predictor(config.model_path, config.model_runtime, threads_per_process())
+        log.info("loaded %s (%s runtime, %d threads)", config.model_path, config.model_runtime, threads_per_process())
     return _predictor
 
 

@@ -2,6 +2,8 @@
 
     python -m worker.train --data ../shared/datasets/mnist --epochs 12 --out models/mnist_cnn.keras
 
+Also writes ``models/mnist_cnn.tflite``, the LiteRT export the worker runs by default, after
+checking that it predicts the same labels as Keras on the whole test set.
 ``--data`` is a folder of the four standard IDX ``.gz`` files or Keras' ``mnist.npz``.
 Without it the data set is downloaded through ``keras.datasets.mnist`` (needs internet).
 """
@@ -10,16 +12,20 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
 
 from shared import mnist
-from shared.config import DEFAULT_MODEL_PATH
-from shared.model_info import model_card_path
+from shared.config import DEFAULT_MNIST_DIR, DEFAULT_MODEL_PATH
+from shared.model_info import model_card_path, read_model_card
+
+MIN_LITERT_AGREEMENT = 0.999
 
 
 def load_training_data(data: Path | None) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], dict[str, str]]:
@@ -62,6 +68,7 @@ def train(
     training_seconds = time.perf_counter() - started
     test_loss, test_accuracy = model.evaluate(x_test, y_test, verbose=0)
     save_model(model, out)
+    litert = export_and_verify(model, out, test_images)
 
     card = {
         "model_file": Path(out).name,
@@ -76,12 +83,42 @@ def train(
         "seed": seed,
         "loss_per_epoch": [round(float(v), 5) for v in history.history["loss"]],
         "data_checksums": checksums,
+        **litert,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "python_version": platform.python_version(),
         "training_seconds": round(training_seconds, 1),
         "trained_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+    model_card_path(out).write_text(json.dumps(card, indent=2) + "\n")
+    return card
+
+
+def export_and_verify(model: Any, out: Path, test_images: np.ndarray) -> dict[str, Any]:
+    """Export the LiteRT file and prove it predicts what Keras predicts on the whole test set."""
+    from shared.inference import LiteRTPredictor
+    from shared.model import KerasPredictor, export_litert
+
+    litert_file = export_litert(model, out)
+    keras_probabilities = KerasPredictor(model).predict_batch(test_images)
+    litert_probabilities = LiteRTPredictor(litert_file, threads=os.cpu_count() or 1).predict_batch(test_images)
+    agreement = float((keras_probabilities.argmax(axis=1) == litert_probabilities.argmax(axis=1)).mean())
+    if agreement < MIN_LITERT_AGREEMENT:
+        raise RuntimeError(f"the LiteRT export agrees with Keras on only {agreement:.2%} of the test set")
+    return {
+        "litert_file": litert_file.name,
+        "litert_label_agreement": agreement,
+        "litert_max_abs_difference": float(np.abs(keras_probabilities - litert_probabilities).max()),
+    }
+
+
+def export_existing(out: Path, data: Path | None) -> dict:
+    """Re-export the LiteRT file of an already trained model and update its card."""
+    from shared.model import load_model
+
+    test_images, _ = mnist.load_split(data or DEFAULT_MNIST_DIR, "test")
+    card = read_model_card(out)
+    card.update(export_and_verify(load_model(out), out, test_images))
     model_card_path(out).write_text(json.dumps(card, indent=2) + "\n")
     return card
 
@@ -93,8 +130,13 @@ def train(
 @click.option("--seed", default=1337, show_default=True, type=int)
 @click.option("--limit", type=click.IntRange(min=1), help="Train on the first N training images only.")
 @click.option("--out", default=DEFAULT_MODEL_PATH, show_default=True, type=click.Path(path_type=Path))
-def main(data: Path | None, epochs: int, batch_size: int, seed: int, limit: int | None, out: Path) -> None:
-    """Train the CNN and write OUT plus OUT.json (the model card)."""
+@click.option("--export-only", is_flag=True, help="Do not train: export OUT to LiteRT and verify it.")
+def main(data: Path | None, epochs: int, batch_size: int, seed: int, limit: int | None, out: Path, export_only: bool) -> None:
+    """Train the CNN and write OUT, OUT.tflite (LiteRT export) and OUT.json (the model card)."""
+    if export_only:
+        card = export_existing(out, data)
+        click.echo(f"wrote {card['litert_file']}: labels agree with Keras on {card['litert_label_agreement']:.2%} of the test set")
+        return
     card = train(data, epochs, batch_size, seed, out, limit)
     click.echo(f"test accuracy {card['test_accuracy']:.4f}, loss {card['test_loss']:.4f}; wrote {out}")
 
