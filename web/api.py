@@ -1,0 +1,150 @@
+"""The JSON API and the health checks. Exempt from CSRF: it is for programs, not browsers' forms.
+
+POST /api/predictions        an image (multipart field ``file`` or the raw body) -> 202, or 200 with ?wait
+GET  /api/predictions/<id>   queued / done / failed, label, confidence, probabilities
+POST /api/jobs               {"split", "label", "limit"} -> 202 with the job id
+GET  /api/jobs/<id>          progress and accuracy
+GET  /healthz, /readyz       alive; database, broker and model ready (503 naming what is not)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, url_for
+from werkzeug.exceptions import BadRequest, NotFound, UnprocessableEntity, UnsupportedMediaType
+
+from shared.reports import NUM_CLASSES, build_job_report
+from web import backends, predictions
+from web.params import MAX_ROW_ID, float_arg
+
+blueprint = Blueprint("api", __name__)
+
+MAX_WAIT_SECONDS = 30.0
+RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
+JOB_SPLITS = ("train", "test", "upload")
+JOB_FIELDS = frozenset({"split", "label", "limit"})
+UPLOAD_HELP = (
+    "send the image as a multipart/form-data field named 'file', or as the raw request body"
+    " with Content-Type image/png (or another image/* type, or application/octet-stream)"
+)
+
+
+@blueprint.get("/healthz")
+def healthz() -> Response:
+    return jsonify(status="ok")
+
+
+@blueprint.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    failures = {
+        name: problem
+        for name, problem in (
+            ("database", backends.check_database()),
+            ("broker", backends.check_broker()),
+            ("model", backends.check_model()),
+        )
+        if problem
+    }
+    if failures:
+        message = "; ".join(f"{name} unavailable: {problem}" for name, problem in failures.items())
+        return jsonify(status="unavailable", error=message, failing=sorted(failures)), 503
+    return jsonify(status="ready"), 200
+
+
+@blueprint.post("/api/predictions")
+def create_prediction() -> tuple[Response, int]:
+    wait = wait_seconds()
+    data, filename = uploaded_image()
+    try:
+        prediction_id = predictions.submit_upload(backends.get_db(), backends.get_celery(), backends.app_settings(), data, filename)
+    except ValueError as error:
+        raise BadRequest(str(error)) from None
+    return prediction_response(prediction_id, wait, accepted_status=202)
+
+
+@blueprint.get("/api/predictions/<id:prediction_id>")
+def show_prediction(prediction_id: int) -> tuple[Response, int]:
+    return prediction_response(prediction_id, wait_seconds(), accepted_status=200)
+
+
+@blueprint.post("/api/jobs")
+def create_job() -> tuple[Response, int]:
+    split, label, limit = job_selection(json_object())
+    try:
+        job_id, total = predictions.submit_selection(backends.get_db(), backends.get_celery(), backends.app_settings(), split, label, limit)
+    except ValueError as error:
+        raise UnprocessableEntity(str(error)) from None
+    status_url = url_for("api.show_job", job_id=job_id)
+    response = jsonify(id=job_id, status="queued", total_images=total, status_url=status_url, page_url=url_for("views.job", job_id=job_id))
+    response.headers["Location"] = status_url
+    return response, 202
+
+
+@blueprint.get("/api/jobs/<id:job_id>")
+def show_job(job_id: int) -> Response:
+    report = build_job_report(backends.get_db(), job_id)
+    if report is None:
+        raise NotFound(f"there is no job {job_id}")
+    return jsonify(predictions.job_summary(report))
+
+
+def wait_seconds() -> float:
+    return float_arg("wait", 0.0, 0.0, MAX_WAIT_SECONDS)
+
+
+def uploaded_image() -> tuple[bytes, str | None]:
+    """The image bytes and file name from a multipart upload or a raw body of an image type."""
+    if request.mimetype == "multipart/form-data":
+        upload = request.files.get("file")
+        if upload is None:
+            raise BadRequest(f"no field named 'file' in the form: {UPLOAD_HELP}")
+        return upload.read(), upload.filename
+    if request.mimetype.startswith(RAW_IMAGE_TYPES):
+        return request.get_data(cache=False), None
+    raise UnsupportedMediaType(f"Content-Type {request.mimetype or '(none)'} is not accepted: {UPLOAD_HELP}")
+
+
+def prediction_response(prediction_id: int, wait: float, accepted_status: int) -> tuple[Response, int]:
+    """The prediction as JSON; 200 once finished, else ``accepted_status`` (202 right after an upload)."""
+    prediction = predictions.wait_for_prediction(backends.get_db(), prediction_id, wait)
+    if prediction is None:
+        raise NotFound(f"there is no prediction {prediction_id}")
+    status_url = url_for("api.show_prediction", prediction_id=prediction_id)
+    body = {
+        **prediction.as_json(),
+        "status_url": status_url,
+        "page_url": url_for("views.prediction", prediction_id=prediction_id),
+        "image_url": url_for("views.image_png", image_id=prediction.image_id),
+    }
+    response = jsonify(body)
+    response.headers["Location"] = status_url
+    return response, 200 if prediction.finished else accepted_status
+
+
+def json_object() -> dict[str, Any]:
+    if not request.is_json:
+        raise UnsupportedMediaType(f"Content-Type {request.mimetype or '(none)'} is not accepted: send application/json")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest('the body must be a JSON object such as {"split": "test", "label": 7, "limit": 100}')
+    return body
+
+
+def job_selection(body: dict[str, Any]) -> tuple[str | None, int | None, int | None]:
+    """Validate {"split", "label", "limit"}; every field is optional."""
+    unknown = sorted(set(body) - JOB_FIELDS)
+    if unknown:
+        raise BadRequest(f"unknown fields {', '.join(unknown)}; accepted: {', '.join(sorted(JOB_FIELDS))}")
+    split, label, limit = body.get("split"), body.get("label"), body.get("limit")
+    if split is not None and split not in JOB_SPLITS:
+        raise BadRequest(f"split must be one of {', '.join(JOB_SPLITS)}")
+    if label is not None and not (is_whole_number(label) and 0 <= label < NUM_CLASSES):
+        raise BadRequest("label must be a digit from 0 to 9")
+    if limit is not None and not (is_whole_number(limit) and 1 <= limit <= MAX_ROW_ID):
+        raise BadRequest("limit must be a whole number of at least 1")
+    return split, label, limit
+
+
+def is_whole_number(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

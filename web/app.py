@@ -1,0 +1,46 @@
+"""The Flask application factory.
+
+    gunicorn 'web.app:create_app()'            # deployment
+    flask --app web.app run --debug            # development
+
+Creating the app imports no TensorFlow: predictions are sent to the worker by task name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+from flask_wtf.csrf import CSRFProtect
+
+from shared.config import settings
+from web import api, backends, errors, views
+from web.params import RowIdConverter
+
+# Each page reloads itself this often while a prediction or job is unfinished.
+REFRESH_SECONDS = 1
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app from the shared settings; ``test_config`` overrides Flask config keys."""
+    config = settings()
+    app = Flask(__name__)
+    app.config.from_mapping(
+        SECRET_KEY=config.secret_key,
+        MAX_CONTENT_LENGTH=config.max_upload_bytes,
+        # A drawing arrives as a file part, but keep plain fields within the same limit.
+        MAX_FORM_MEMORY_SIZE=config.max_upload_bytes,
+        REFRESH_SECONDS=REFRESH_SECONDS,
+        MNIST_SETTINGS=config,
+    )
+    if test_config:
+        app.config.from_mapping(test_config)
+    app.url_map.converters["id"] = RowIdConverter
+    csrf = CSRFProtect(app)
+    csrf.exempt(api.blueprint)
+    backends.init_app(app)
+    errors.init_app(app)
+    app.register_blueprint(views.blueprint)
+    app.register_blueprint(api.blueprint)
+    return app

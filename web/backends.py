@@ -1,0 +1,75 @@
+"""The app's connections: one PostgreSQL connection per request, one Celery client per app."""
+
+from __future__ import annotations
+
+import psycopg2.extensions
+from celery import Celery
+from flask import Flask, current_app, g
+
+from shared import db
+from shared.config import Settings
+from shared.model_info import model_version
+from shared.tasks import celery_app
+
+READY_TIMEOUT_SECONDS = 3
+CELERY_EXTENSION = "mnist_celery"
+SCHEMA_MISSING = "the tables do not exist yet (create them with: python -m producer init-db)"
+
+
+def init_app(app: Flask) -> None:
+    app.extensions[CELERY_EXTENSION] = celery_app(app.config["MNIST_SETTINGS"], name="mnist_queue_web")
+    app.teardown_appcontext(close_db)
+
+
+def app_settings() -> Settings:
+    return current_app.config["MNIST_SETTINGS"]
+
+
+def get_db() -> psycopg2.extensions.connection:
+    """The request's connection, opened on first use and closed when the request ends."""
+    if "db" not in g:
+        g.db = db.connect(app_settings().database_url)
+    return g.db
+
+
+def close_db(_: BaseException | None = None) -> None:
+    conn = g.pop("db", None)
+    if conn is not None:
+        conn.close()
+
+
+def get_celery() -> Celery:
+    return current_app.extensions[CELERY_EXTENSION]
+
+
+def check_database() -> str | None:
+    """None when PostgreSQL answers, else why not."""
+    try:
+        ready = db.schema_exists(app_settings().database_url, READY_TIMEOUT_SECONDS)
+    except psycopg2.Error as error:
+        return first_line(error)
+    return None if ready else SCHEMA_MISSING
+
+
+def check_broker() -> str | None:
+    """None when the broker (Redis) accepts a connection, else why not."""
+    try:
+        with get_celery().connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, timeout=READY_TIMEOUT_SECONDS)
+    except Exception as error:  # kombu raises transport-specific errors; any of them means not ready
+        return first_line(error)
+    return None
+
+
+def check_model() -> str | None:
+    """None when the model file is there, so new jobs can be recorded with its version."""
+    try:
+        model_version(app_settings().model_path)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

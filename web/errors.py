@@ -1,0 +1,75 @@
+"""Every error becomes a clear answer: JSON under /api (and the health checks), a page elsewhere.
+
+Errors a user causes keep their 4xx status; an unreachable database or broker is a 503
+naming which; anything else is logged with the request and answered with a plain 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import kombu.exceptions
+import psycopg2
+import psycopg2.errors
+from flask import Flask, Response, current_app, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge, ServiceUnavailable
+
+from web import backends
+
+log = logging.getLogger(__name__)
+
+JSON_PATH_PREFIXES = ("/api/", "/healthz", "/readyz")
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(CSRFError, csrf_failed)
+    app.register_error_handler(RequestEntityTooLarge, too_large)
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(psycopg2.OperationalError, database_unavailable)
+    app.register_error_handler(psycopg2.errors.UndefinedTable, schema_missing)
+    app.register_error_handler(kombu.exceptions.OperationalError, broker_unavailable)
+    app.register_error_handler(Exception, unexpected_error)
+
+
+def wants_json() -> bool:
+    return request.path.startswith(JSON_PATH_PREFIXES)
+
+
+def error_response(status: int, message: str) -> tuple[Response | str, int]:
+    if wants_json():
+        return jsonify(error=message, status=status), status
+    return render_template("error.html", status=status, message=message), status
+
+
+def http_error(error: HTTPException) -> tuple[Response | str, int]:
+    return error_response(error.code or InternalServerError.code, error.description or error.name)
+
+
+def csrf_failed(error: CSRFError) -> tuple[Response | str, int]:
+    return error_response(error.code, "the form had expired or did not come from this site: reload the page and try again")
+
+
+def too_large(error: RequestEntityTooLarge) -> tuple[Response | str, int]:
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    return error_response(error.code, f"the upload is too large: at most {limit:,} bytes are accepted")
+
+
+def database_unavailable(error: psycopg2.OperationalError) -> tuple[Response | str, int]:
+    log.error("database unavailable during %s %s: %s", request.method, request.path, error)
+    return error_response(ServiceUnavailable.code, "the database is unavailable; try again shortly")
+
+
+def schema_missing(error: psycopg2.errors.UndefinedTable) -> tuple[Response | str, int]:
+    log.error("schema missing during %s %s: %s", request.method, request.path, error)
+    return error_response(ServiceUnavailable.code, f"the database is not set up: {backends.SCHEMA_MISSING}")
+
+
+def broker_unavailable(error: kombu.exceptions.OperationalError) -> tuple[Response | str, int]:
+    log.error("broker unavailable during %s %s: %s", request.method, request.path, error)
+    return error_response(ServiceUnavailable.code, "the queue (broker) is unavailable; try again shortly")
+
+
+def unexpected_error(error: Exception) -> tuple[Response | str, int]:
+    log.exception("unexpected error during %s %s", request.method, request.path)
+    return error_response(InternalServerError.code, "something went wrong on our side; it has been logged")

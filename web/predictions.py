@@ -1,0 +1,139 @@
+"""What the pages and the API share: turn a picture into a queued prediction, read results back.
+
+A prediction's id is the id of its single-image upload job: it exists the moment the upload
+is accepted, before the worker has written anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import numpy as np
+import psycopg2.extensions
+from celery import Celery
+from werkzeug.exceptions import ServiceUnavailable
+
+from shared import db
+from shared.config import Settings
+from shared.images import IMAGE_SHAPE, encode_image, user_image_to_mnist
+from shared.model_info import model_version
+from shared.reports import NUM_CLASSES, JobReport
+from shared.tasks import bulk_queue, enqueue_batches, upload_queue
+
+POLL_SECONDS = 0.1
+MAX_FILENAME_CHARS = 200
+QUEUED, DONE, FAILED = "queued", "done", "failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    id: int
+    status: str  # queued | done | failed
+    image_id: int
+    label: int | None
+    confidence: float | None
+    probabilities: list[float] | None
+    error: str | None
+    model_version: str
+    filename: str | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status != QUEUED
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def current_model_version(config: Settings) -> str:
+    """The version new jobs are recorded with; 503 when the model file is missing."""
+    try:
+        return model_version(config.model_path)
+    except ValueError as error:
+        raise ServiceUnavailable(f"the model is not available: {error}") from None
+
+
+def submit_upload(conn: psycopg2.extensions.connection, celery: Celery, config: Settings, data: bytes, filename: str | None) -> int:
+    """Preprocess, store and enqueue one picture on the upload queue; return the prediction id.
+
+    Raises ValueError with a user-readable message before anything is stored.
+    """
+    digit = user_image_to_mnist(data, config.max_image_pixels)
+    version = current_model_version(config)
+    selection = {"upload": (filename or "")[:MAX_FILENAME_CHARS] or None}
+    job_id, image_id = db.create_upload_job(conn, encode_image(digit), list(IMAGE_SHAPE), version, selection)
+    enqueue_batches(celery, job_id, [image_id], 1, upload_queue(config))
+    return job_id
+
+
+def get_prediction(conn: psycopg2.extensions.connection, prediction_id: int) -> Prediction | None:
+    row = db.upload_prediction(conn, prediction_id)
+    if row is None:
+        return None
+    probabilities = row["prediction_probabilities"]
+    if row["predicted_label"] is not None:
+        status = DONE
+    elif row["reason"] is not None:
+        status = FAILED
+    else:
+        status = QUEUED
+    return Prediction(
+        id=row["id"],
+        status=status,
+        image_id=row["input_data_id"],
+        label=row["predicted_label"],
+        confidence=row["confidence"],
+        probabilities=np.frombuffer(bytes(probabilities), dtype="<f4").tolist() if probabilities is not None else None,
+        error=row["reason"],
+        model_version=row["model_version"],
+        filename=(row["selection"] or {}).get("upload"),
+    )
+
+
+def wait_for_prediction(conn: psycopg2.extensions.connection, prediction_id: int, seconds: float) -> Prediction | None:
+    """Poll until the prediction is finished or ``seconds`` have passed; return its latest state."""
+    deadline = time.monotonic() + seconds
+    prediction = get_prediction(conn, prediction_id)
+    while prediction is not None and not prediction.finished and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+        prediction = get_prediction(conn, prediction_id)
+    return prediction
+
+
+def submit_selection(
+    conn: psycopg2.extensions.connection, celery: Celery, config: Settings, split: str | None, label: int | None, limit: int | None
+) -> tuple[int, int]:
+    """Create a bulk job from stored images and enqueue it; return (job id, images). ValueError if none match."""
+    version = current_model_version(config)
+    image_ids = db.select_image_ids(conn, split, label, limit)
+    if not image_ids:
+        raise ValueError("no stored images match that selection")
+    selection = {"split": split, "label": label, "limit": limit, "unpredicted": False}
+    job_id = db.create_job(conn, image_ids, version, selection)
+    enqueue_batches(celery, job_id, image_ids, config.batch_size, bulk_queue(config))
+    return job_id, len(image_ids)
+
+
+def job_summary(report: JobReport) -> dict[str, Any]:
+    """A job's progress and accuracy as plain JSON values."""
+    job = report.job
+    finished = job["done_count"] + job["failed_count"]
+    return {
+        "id": job["id"],
+        "kind": job["kind"],
+        "status": job["status"],
+        "model_version": job["model_version"],
+        "selection": job["selection"],
+        "total_images": job["total_images"],
+        "done_count": job["done_count"],
+        "failed_count": job["failed_count"],
+        "progress": finished / job["total_images"] if job["total_images"] else 1.0,
+        "labelled": report.labelled,
+        "accuracy": report.accuracy,
+        "per_class_accuracy": {str(k): acc for k, acc in zip(range(NUM_CLASSES), report.per_class_accuracy(), strict=True)},
+        "low_confidence": report.low_confidence,
+        "created_at": job["created_at"].isoformat(),
+        "finished_at": job["finished_at"].isoformat() if job["finished_at"] else None,
+    }
