@@ -82,3 +82,24 @@ def test_bad_user_files_are_refused_with_a_message(data, message):
 def test_pixel_limit_is_checked_before_decoding():
     with pytest.raises(ValueError, match="pixels"):
         user_image_to_mnist(png_bytes(np.zeros((100, 100), np.uint8)), max_pixels=5000)
+
+
+def test_animated_pictures_are_refused_rather_than_guessing_a_frame():
+    frames = [Image.new("L", (40, 40), 255), Image.new("L", (40, 40), 0)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=100)
+    with pytest.raises(ValueError, match="animated"):
+        user_image_to_mnist(buffer.getvalue(), max_pixels=10**6)
+
+
+def test_a_single_frame_gif_is_accepted():
+    paper = np.full((60, 60), 255, dtype=np.uint8)
+    paper[10:50, 28:34] = 0
+    buffer = io.BytesIO()
+    Image.fromarray(paper).save(buffer, format="GIF")
+    assert user_image_to_mnist(buffer.getvalue(), max_pixels=10**6).any()
+
+
+def test_a_blank_picture_is_refused_as_having_no_digit():
+    with pytest.raises(ValueError, match="no digit"):
+        user_image_to_mnist(png_bytes(np.full((50, 50), 255, np.uint8)), max_pixels=10**6)
