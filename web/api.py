@@ -60,12 +60,12 @@ def create_prediction() -> tuple[Response, int]:
         prediction_id = predictions.submit_upload(backends.get_db(), backends.get_celery(), backends.app_settings(), data, filename)
     except ValueError as error:
         raise BadRequest(str(error)) from None
-    return prediction_response(prediction_id, wait, accepted_status=202)
+    return prediction_response(prediction_id, wait, just_created=True)
 
 
 @blueprint.get("/api/predictions/<id:prediction_id>")
 def show_prediction(prediction_id: int) -> tuple[Response, int]:
-    return prediction_response(prediction_id, wait_seconds(), accepted_status=200)
+    return prediction_response(prediction_id, wait_seconds(), just_created=False)
 
 
 @blueprint.post("/api/jobs")
@@ -105,8 +105,8 @@ def uploaded_image() -> tuple[bytes, str | None]:
     raise UnsupportedMediaType(f"Content-Type {request.mimetype or '(none)'} is not accepted: {UPLOAD_HELP}")
 
 
-def prediction_response(prediction_id: int, wait: float, accepted_status: int) -> tuple[Response, int]:
-    """The prediction as JSON; 200 once finished, else ``accepted_status`` (202 right after an upload)."""
+def prediction_response(prediction_id: int, wait: float, just_created: bool) -> tuple[Response, int]:
+    """The prediction as JSON. A new upload answers 202 unless the client waited and the result came."""
     prediction = predictions.wait_for_prediction(backends.get_db(), prediction_id, wait)
     if prediction is None:
         raise NotFound(f"there is no prediction {prediction_id}")
@@ -119,7 +119,8 @@ def prediction_response(prediction_id: int, wait: float, accepted_status: int) -
     }
     response = jsonify(body)
     response.headers["Location"] = status_url
-    return response, 200 if prediction.finished else accepted_status
+    waited_for_result = wait > 0 and prediction.finished
+    return response, 202 if just_created and not waited_for_result else 200
 
 
 def json_object() -> dict[str, Any]:
