@@ -7,6 +7,7 @@
   const form = document.getElementById("draw-form");
   const hint = document.getElementById("draw-hint");
   if (!pad || !form) return;
+  const HINT = hint.textContent;
   const ctx = pad.getContext("2d");
   let drawing = false;
   let inked = false;
@@ -24,6 +25,8 @@
 
   pad.addEventListener("pointerdown", (event) => {
     drawing = true;
+    hint.textContent = HINT;
+    hint.classList.remove("error");
     pad.setPointerCapture(event.pointerId);
     const [x, y] = point(event);
     ctx.beginPath();
