@@ -381,6 +381,13 @@ def create_upload_job(
     return job_id, image_id
 
 
+def delete_upload_job(conn: psycopg2.extensions.connection, job_id: int, image_id: int) -> None:
+    """Undo ``create_upload_job`` when the job could not be enqueued, so no job waits forever."""
+    with transaction(conn) as cursor:
+        cursor.execute("DELETE FROM jobs WHERE id = %s AND kind = 'upload'", (job_id,))
+        cursor.execute("DELETE FROM input_data WHERE id = %s AND dataset_split = 'upload'", (image_id,))
+
+
 def upload_prediction(conn: psycopg2.extensions.connection, job_id: int) -> dict[str, Any] | None:
     """An upload job with its one image and, once the worker is through, its prediction or failure."""
     with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor:

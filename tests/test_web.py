@@ -118,6 +118,15 @@ def test_database_down_is_a_503_not_a_500(seven_png):
     assert api.status_code == 503 and "database" in api.json["error"]
 
 
+def test_broker_down_is_a_503_and_leaves_no_job_behind(conn, seven_png):
+    config = dataclasses.replace(settings(), redis_url="redis://127.0.0.1:1/0")
+    client = create_app({"TESTING": True, "MNIST_SETTINGS": config}).test_client()
+    before = table_counts(conn)
+    response = client.post("/api/predictions", data=seven_png, content_type="image/png")
+    assert response.status_code == 503 and "broker" in response.json["error"]
+    assert table_counts(conn) == before
+
+
 def test_creating_the_app_and_uploading_imports_no_tensorflow(seven_png, tmp_path):
     picture = tmp_path / "seven.png"
     picture.write_bytes(seven_png)

@@ -10,6 +10,7 @@ import dataclasses
 import time
 from typing import Any
 
+import kombu.exceptions
 import numpy as np
 import psycopg2.extensions
 from celery import Celery
@@ -64,7 +65,11 @@ def submit_upload(conn: psycopg2.extensions.connection, celery: Celery, config: 
     version = current_model_version(config)
     selection = {"upload": (filename or "")[:MAX_FILENAME_CHARS] or None}
     job_id, image_id = db.create_upload_job(conn, encode_image(digit), list(IMAGE_SHAPE), version, selection)
-    enqueue_batches(celery, job_id, [image_id], 1, upload_queue(config))
+    try:
+        enqueue_batches(celery, job_id, [image_id], 1, upload_queue(config))
+    except kombu.exceptions.OperationalError:
+        db.delete_upload_job(conn, job_id, image_id)
+        raise
     return job_id
 
 
