@@ -199,12 +199,7 @@ def create_job(
             (kind, model_version, psycopg2.extras.Json(selection), len(unique_ids)),
         )
         job_id = cursor.fetchone()[0]
-        psycopg2.extras.execute_values(
-            cursor,
-            "INSERT INTO job_items (job_id, input_data_id) VALUES %s",
-            [(job_id, image_id) for image_id in unique_ids],
-            page_size=5000,
-        )
+        cursor.execute("INSERT INTO job_items (job_id, input_data_id) SELECT %s, unnest(%s::bigint[])", (job_id, unique_ids))
     return job_id
 
 

@@ -17,8 +17,9 @@ def run_cli(*args: str) -> str:
 
 
 def test_a_thousand_test_images_are_predicted_exactly_once(worker, conn):
+    # Batches of 600 are cut into chunks inside the worker: the pipelined path is exercised.
     run_cli("ingest", "mnist", "--split", "test", "--limit", "1000")
-    job_id = int(run_cli("submit", "--split", "test", "--limit", "1000", "--batch-size", "128").strip())
+    job_id = int(run_cli("submit", "--split", "test", "--limit", "1000", "--batch-size", "600").strip())
     assert "done" in run_cli("status", str(job_id), "--wait", "--timeout", "120")
 
     assert db.rows_for_job(conn, job_id) == (1000, 1000, 0)

@@ -1,4 +1,4 @@
-"""The task bodies. The model and the database connection are per process, made on first use."""
+"""The task body. The model and the database lane are per pool process, made on first use."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from shared.inference import Predictor, load_predictor
 from shared.model_info import model_version
 from shared.tasks import PREDICT_BATCH_TASK
 from worker.app import app
-from worker.batch import process_batch
+from worker.batch import DatabaseLane, process_batch
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ MAX_DATABASE_RETRIES = 12  # with backoff capped at 30 s: several minutes of out
 RETRY_BACKOFF_MAX_SECONDS = 30
 
 _predictor: Predictor | None = None
-_connection: psycopg2.extensions.connection | None = None
+_lane: DatabaseLane | None = None
 
 
 def threads_per_process() -> int:
@@ -43,22 +43,12 @@ def predictor() -> Predictor:
     return _predictor
 
 
-def connection() -> psycopg2.extensions.connection:
-    global _connection
-    if _connection is None or _connection.closed:
-        _connection = db.connect(settings().database_url)
-    return _connection
-
-
-def drop_connection() -> None:
-    """After a database error the connection may be dead; the retry makes a new one."""
-    global _connection
-    if _connection is not None:
-        try:
-            _connection.close()
-        except psycopg2.Error:
-            pass
-    _connection = None
+def database_lane() -> DatabaseLane:
+    """Made on first use, i.e. in the pool process: threads do not survive a fork."""
+    global _lane
+    if _lane is None:
+        _lane = DatabaseLane(settings().database_url)
+    return _lane
 
 
 def warm_up() -> None:
@@ -74,9 +64,8 @@ def warm_up() -> None:
 def predict_batch(self: Any, job_id: int, image_ids: list[int]) -> dict[str, int]:
     """Predict one batch of stored images for a job; safe to run more than once."""
     try:
-        done, failed = process_batch(connection(), predictor().predict_batch, model_version(settings().model_path), job_id, image_ids)
+        done, failed = process_batch(database_lane(), predictor().predict_batch, model_version(settings().model_path), job_id, image_ids)
     except db.TRANSIENT_ERRORS as error:
-        drop_connection()
         countdown = min(RETRY_BACKOFF_MAX_SECONDS, 2**self.request.retries)
         log.warning("job %s: database unavailable (%s); retry in %ss", job_id, error, countdown)
         raise self.retry(exc=error, countdown=countdown) from error
