@@ -449,7 +449,7 @@ def low_confidence_predictions(
 def images_of_digit(
     conn: psycopg2.extensions.connection, digit: int, by_prediction: bool, limit: int, offset: int = 0
 ) -> list[dict[str, Any]]:
-    """Stored images whose true label (or latest prediction) is ``digit``, oldest first, with that prediction."""
+    """Stored images whose true label (or latest prediction) is ``digit``, newest first, with that prediction."""
     with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor:
         cursor.execute(
             """
@@ -461,7 +461,7 @@ def images_of_digit(
             ) latest ON true
             WHERE (NOT %(by_prediction)s AND d.true_label = %(digit)s)
                OR (%(by_prediction)s AND latest.predicted_label = %(digit)s)
-            ORDER BY d.id
+            ORDER BY d.id DESC
             LIMIT %(limit)s OFFSET %(offset)s
             """,
             {"digit": digit, "by_prediction": by_prediction, "limit": limit, "offset": offset},

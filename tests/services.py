@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg2
@@ -19,6 +20,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ADMIN_DATABASE_URL = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 WORKER_READY_SECONDS = 90
 WEB_READY_SECONDS = 30
+READY_POLL_SECONDS = 0.2
 
 
 def unique_name(prefix: str) -> str:
@@ -47,11 +49,43 @@ def drop_database(name: str) -> None:
     admin.close()
 
 
-class WorkerProcess:
+class ChildProcess:
+    """A real subprocess in its own process group, logging to a file, stopped with its children."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def wait_until(self, is_ready: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            if is_ready():
+                return
+            time.sleep(READY_POLL_SECONDS)
+        raise RuntimeError(f"{self.name} not ready after {timeout} s:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM the process and its children, SIGKILL them if they outlive ``timeout``."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+
+
+class WorkerProcess(ChildProcess):
     """``celery -A worker.app worker`` as a real subprocess, logging to a file."""
 
     def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 1, queues: str | None = None) -> None:
-        self.log_path = log_path
         command = [
             sys.executable,
             "-m",
@@ -73,24 +107,10 @@ class WorkerProcess:
         ]
         if queues:
             command += ["--queues", queues]
-        self._log = open(log_path, "wb")
-        self.process = subprocess.Popen(
-            command, cwd=PROJECT_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        super().__init__("worker", command, env, log_path)
 
     def wait_ready(self, timeout: float = WORKER_READY_SECONDS) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}")
-            if b"ready." in self.log_path.read_bytes():
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"worker not ready after {timeout} s:\n{self.log_path.read_text()[-3000:]}")
-
-    def stop(self, timeout: float = 30) -> None:
-        stop_process_group(self.process, timeout)
-        self._log.close()
+        self.wait_until(lambda: b"ready." in self.log_path.read_bytes(), timeout)
 
 
 def wait_for_job(conn: psycopg2.extensions.connection, job_id: int, timeout: float = 60, poll_seconds: float = 0.2) -> dict:
@@ -104,17 +124,6 @@ def wait_for_job(conn: psycopg2.extensions.connection, job_id: int, timeout: flo
     return job
 
 
-def stop_process_group(process: subprocess.Popen, timeout: float) -> None:
-    """SIGTERM the process and its children, SIGKILL them if they outlive ``timeout``."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 def free_port() -> int:
     """A TCP port on the loopback interface that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -122,11 +131,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-class WebServer:
+class WebServer(ChildProcess):
     """``gunicorn 'web.app:create_app()'`` as a real subprocess on a free loopback port."""
 
     def __init__(self, env: dict[str, str], log_path: Path, workers: int = 2) -> None:
-        self.log_path = log_path
         self.url = f"http://127.0.0.1:{free_port()}"
         command = [
             sys.executable,
@@ -140,24 +148,14 @@ class WebServer:
             "-",
             "web.app:create_app()",
         ]
-        self._log = open(log_path, "wb")
-        self.process = subprocess.Popen(
-            command, cwd=PROJECT_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        super().__init__("web server", command, env, log_path)
 
     def wait_ready(self, timeout: float = WEB_READY_SECONDS) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"web server exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"web server not ready after {timeout} s:\n{self.log_path.read_text()[-3000:]}")
+        self.wait_until(self._answers_healthz, timeout)
 
-    def stop(self, timeout: float = 30) -> None:
-        stop_process_group(self.process, timeout)
-        self._log.close()
+    def _answers_healthz(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False

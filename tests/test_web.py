@@ -18,12 +18,15 @@ from producer import ingest
 from shared import db
 from shared.config import settings
 from shared.images import encode_image
+from shared.model_info import model_version
+from shared.tasks import bulk_queue, celery_app, enqueue_batches
 from tests import digits
 from tests.services import PROJECT_ROOT, wait_for_job
 from web.app import create_app
 
 WAIT = "20"  # seconds the API may hold a request while the worker predicts
 SMALL_LIMIT = 64 * 1024
+BULK_IMAGES, SMALL_BATCH = 1000, 16  # 63 batches ahead of the upload
 
 
 @pytest.fixture
@@ -350,9 +353,6 @@ def finished_job(worker, database_url):
         for k, (image, label) in enumerate(zip(images[1:], labels[1:], strict=True), start=1)
     ]
     ids = db.insert_images(conn, rows)
-    from shared.model_info import model_version
-    from shared.tasks import bulk_queue, celery_app, enqueue_batches
-
     job_id = db.create_job(conn, ids, model_version(settings().model_path), {"ids": len(ids)})
     enqueue_batches(celery_app(settings()), job_id, ids, 8, bulk_queue(settings()))
     assert wait_for_job(conn, job_id)["status"] == "done"
@@ -388,11 +388,16 @@ def test_low_confidence_page_takes_a_threshold(client, finished_job):
     assert client.get("/low-confidence").status_code == 200
 
 
-def test_browse_shows_images_of_one_digit(client, finished_job):
-    digit = finished_job["digit"]
-    by_label = client.get(f"/browse?digit={digit}")
-    assert by_label.status_code == 200 and f"/images/{finished_job['ids'][1]}.png" in by_label.text
-    assert client.get(f"/browse?digit={digit}&by=prediction").status_code == 200
+def test_browse_shows_the_newest_images_of_one_digit_first(worker, client, conn, seven_png):
+    index = int(np.random.default_rng().integers(1_000_000, 2_000_000_000))
+    labelled = db.insert_images(conn, [db.ImageRow(encode_image(np.eye(28, dtype=np.uint8) * 255), 7, [28, 28], "train", index, None)])[0]
+    by_label = client.get("/browse?digit=7")
+    assert by_label.status_code == 200 and f"/images/{labelled}.png" in by_label.text
+
+    uploaded = client.post(f"/api/predictions?wait={WAIT}", data=seven_png, content_type="image/png").json
+    assert uploaded["label"] == 7
+    by_prediction = client.get("/browse?digit=7&by=prediction")
+    assert by_prediction.status_code == 200 and uploaded["image_url"] in by_prediction.text
     assert "Pick a digit" in client.get("/browse").text
 
 
@@ -425,3 +430,18 @@ def test_image_endpoint_renders_the_stored_28x28_image(client, conn):
     corrupt_id = db.insert_images(conn, [db.ImageRow(b"\x93NUMPY nonsense", None, [28, 28], "upload", None, None)])[0]
     assert client.get(f"/images/{corrupt_id}.png").status_code == 404
     assert client.get("/images/987654321.png").status_code == 404
+
+
+def test_an_upload_overtakes_a_large_bulk_job(worker, client, conn, seven_png):
+    images, labels = digits.mnist_test_digits(BULK_IMAGES)
+    db.insert_images(conn, list(ingest.mnist_rows(images, labels, "test")))
+    image_ids = db.select_image_ids(conn, split="test", limit=BULK_IMAGES)
+    config = settings()
+    bulk_job = db.create_job(conn, image_ids, model_version(config.model_path), {"split": "test"})
+    enqueue_batches(celery_app(config), bulk_job, image_ids, SMALL_BATCH, bulk_queue(config))
+
+    upload = client.post(f"/api/predictions?wait={WAIT}", data=seven_png, content_type="image/png")
+    assert upload.status_code == 200
+    finished_upload = db.get_job(conn, upload.json["id"])["finished_at"]
+    bulk = wait_for_job(conn, bulk_job)
+    assert bulk["status"] == "done" and finished_upload < bulk["finished_at"]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from typing import Any
+from collections.abc import Callable, Collection
+from typing import Any, TypeVar
 
 from flask import request
 from werkzeug.exceptions import BadRequest
@@ -11,6 +11,8 @@ from werkzeug.routing import IntegerConverter, Map
 
 # PostgreSQL BIGINT: a larger id in a URL cannot name any row.
 MAX_ROW_ID = 2**63 - 1
+
+Number = TypeVar("Number", int, float)
 
 
 class RowIdConverter(IntegerConverter):
@@ -20,30 +22,24 @@ class RowIdConverter(IntegerConverter):
         super().__init__(url_map, min=1, max=MAX_ROW_ID)
 
 
-def int_arg(name: str, default: int, minimum: int, maximum: int | None = None) -> int:
-    raw = request.args.get(name, "")
-    if raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be a whole number, got {raw[:40]!r}") from None
-    if value < minimum or (maximum is not None and value > maximum):
-        upper = f" and at most {maximum}" if maximum is not None else ""
-        raise BadRequest(f"{name} must be at least {minimum}{upper}, got {value}")
-    return value
+def int_arg(name: str, default: int, minimum: int, maximum: int) -> int:
+    return _number_arg(name, default, minimum, maximum, int, "a whole number")
 
 
 def float_arg(name: str, default: float, minimum: float, maximum: float) -> float:
+    return _number_arg(name, default, minimum, maximum, float, "a number")
+
+
+def _number_arg(name: str, default: Number, minimum: Number, maximum: Number, parse: Callable[[str], Number], kind: str) -> Number:
     raw = request.args.get(name, "")
     if raw == "":
         return default
     try:
-        value = float(raw)
+        value = parse(raw)
     except ValueError:
-        raise BadRequest(f"{name} must be a number, got {raw[:40]!r}") from None
-    if not minimum <= value <= maximum:  # also refuses nan
-        raise BadRequest(f"{name} must be between {minimum:g} and {maximum:g}, got {raw[:40]}")
+        value = None
+    if value is None or not minimum <= value <= maximum:  # the comparison also refuses nan
+        raise BadRequest(f"{name} must be {kind} from {minimum} to {maximum}, got {raw[:40]!r}")
     return value
 
 

@@ -56,7 +56,7 @@ def prediction(prediction_id: int) -> str:
 @blueprint.get("/jobs")
 def jobs() -> str:
     kind = choice_arg("kind", "bulk", JOB_KINDS)
-    page = int_arg("page", 1, 1, MAX_PAGE)
+    page = page_arg()
     rows = db.list_jobs(backends.get_db(), JOB_KINDS[kind], JOBS_PAGE_SIZE + 1, (page - 1) * JOBS_PAGE_SIZE)
     running = any(row["status"] != "done" for row in rows)
     return render_template(
@@ -81,7 +81,7 @@ def job(job_id: int) -> str:
 
 @blueprint.get("/mistakes")
 def mistakes() -> str:
-    page = int_arg("page", 1, 1, MAX_PAGE)
+    page = page_arg()
     job_id = optional_job_id()
     rows = db.wrong_predictions(backends.get_db(), job_id=job_id, limit=GALLERY_PAGE_SIZE + 1, offset=(page - 1) * GALLERY_PAGE_SIZE)
     return gallery("Mistakes", "Labelled images the model got wrong, newest first.", rows, page, job_id=job_id)
@@ -89,7 +89,7 @@ def mistakes() -> str:
 
 @blueprint.get("/low-confidence")
 def low_confidence() -> str:
-    page = int_arg("page", 1, 1, MAX_PAGE)
+    page = page_arg()
     threshold = float_arg("threshold", LOW_CONFIDENCE_THRESHOLD, 0.0, 1.0)
     job_id = optional_job_id()
     rows = db.low_confidence_predictions(backends.get_db(), threshold, GALLERY_PAGE_SIZE + 1, (page - 1) * GALLERY_PAGE_SIZE, job_id)
@@ -103,7 +103,7 @@ def browse() -> str:
     digit = int_arg("digit", -1, 0, NUM_CLASSES - 1) if request.args.get("digit") else None
     if digit is None:
         return render_template("gallery.html", title="Browse", intro="Pick a digit.", items=None, by=by, digit=None, pager=None)
-    page = int_arg("page", 1, 1, MAX_PAGE)
+    page = page_arg()
     rows = db.images_of_digit(backends.get_db(), digit, by == "prediction", GALLERY_PAGE_SIZE + 1, (page - 1) * GALLERY_PAGE_SIZE)
     source = "whose true label is" if by == "label" else "whose latest prediction is"
     return gallery(f"Browse: {digit}", f"Stored images {source} {digit}.", rows, page, by=by, digit=digit)
@@ -140,6 +140,10 @@ def pager(page: int, has_next: bool, **filters: Any) -> dict[str, Any]:
         "previous": url_for(request.endpoint, page=page - 1, **kept) if page > 1 else None,
         "next": url_for(request.endpoint, page=page + 1, **kept) if has_next else None,
     }
+
+
+def page_arg() -> int:
+    return int_arg("page", 1, 1, MAX_PAGE)
 
 
 def optional_job_id() -> int | None:
