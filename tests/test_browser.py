@@ -114,3 +114,7 @@ def test_job_page_shows_the_confusion_heat_map(page, web_server, conn):
     page.wait_for_selector(".status-done", timeout=RESULT_TIMEOUT_MS)
     assert page.locator("table.heatmap tbody td").count() == 100
     screenshot(page, "job.png")
+    page.goto(f"/low-confidence?threshold=0.99&job={accepted.json()['id']}")
+    page.wait_for_selector("ul.gallery img")
+    assert page.eval_on_selector_all("ul.gallery img", "images => images.every(img => img.complete && img.naturalWidth === 28)")
+    screenshot(page, "low-confidence.png")
