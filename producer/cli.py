@@ -22,6 +22,7 @@ from producer import ingest as ingest_rows
 from shared import db
 from shared.config import settings
 from shared.model_info import model_version
+from shared.recovery import resume_job
 from shared.reports import LOW_CONFIDENCE_THRESHOLD, build_job_report
 from shared.tasks import bulk_queue, celery_app, enqueue_batches
 
@@ -139,6 +140,19 @@ def submit(
     batches = enqueue_batches(celery_app(config), job_id, selected, batch_size or config.batch_size, bulk_queue(config))
     click.echo(f"job {job_id}: {len(set(selected))} images in {batches} batches, model {version}", err=True)
     click.echo(job_id)
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@user_errors
+def resume(job_id: int) -> None:
+    """Enqueue a job's unfinished images again (after Redis lost its queue, say).
+
+    Always safe: images that already have a prediction are not predicted twice.
+    """
+    config = settings()
+    count = resume_job(open_database(), celery_app(config), config, job_id)
+    click.echo(f"job {job_id}: re-enqueued {count} unfinished images" if count else f"job {job_id}: nothing left to do")
 
 
 @main.command()

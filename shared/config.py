@@ -35,6 +35,8 @@ class Settings:
     worker_concurrency: int
     max_upload_bytes: int
     max_image_pixels: int
+    stall_seconds: int
+    sweep_interval_seconds: int
     secret_key: str
     production: bool
     stack_dir: Path
@@ -89,6 +91,8 @@ def load_settings() -> Settings:
         worker_concurrency=_int_env("WORKER_CONCURRENCY", 0, minimum=0),
         max_upload_bytes=_int_env("MAX_UPLOAD_BYTES", 5 * 1024 * 1024),
         max_image_pixels=_int_env("MAX_IMAGE_PIXELS", 16_000_000),
+        stall_seconds=_int_env("STALL_SECONDS", 120),
+        sweep_interval_seconds=_int_env("SWEEP_INTERVAL_SECONDS", 30),
         secret_key=secret_key,
         production=production,
         stack_dir=Path(os.environ.get("STACK_DIR") or DEFAULT_STACK_DIR),

@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     status          TEXT NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'running', 'done')),
     created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
     started_at      TIMESTAMPTZ,
-    finished_at     TIMESTAMPTZ
+    finished_at     TIMESTAMPTZ,
+    progressed_at   TIMESTAMPTZ  -- last stored result or resume: how the sweeper tells a stalled job
 );
 
 -- Which images a job covers: lets unfinished work be found in PostgreSQL, not Redis.
@@ -69,6 +70,16 @@ CREATE TABLE IF NOT EXISTS predictions (
 );
 CREATE INDEX IF NOT EXISTS predictions_predicted_label_idx ON predictions (predicted_label);
 CREATE INDEX IF NOT EXISTS predictions_input_data_id_idx ON predictions (input_data_id);
+
+-- How often each batch of a job was started: a batch that keeps killing its worker is split,
+-- and a single image that still does is recorded as failed instead of looping forever.
+CREATE TABLE IF NOT EXISTS batch_attempts (
+    job_id          BIGINT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    first_image_id  BIGINT NOT NULL,
+    batch_size      INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (job_id, first_image_id, batch_size)
+);
 
 CREATE TABLE IF NOT EXISTS job_failures (
     job_id          BIGINT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
@@ -231,6 +242,7 @@ def store_results(
                 done_count = done_count + %(done)s,
                 failed_count = failed_count + %(failed)s,
                 started_at = COALESCE(started_at, now()),
+                progressed_at = now(),
                 status = CASE WHEN done_count + failed_count + %(done)s + %(failed)s >= total_images
                               THEN 'done' ELSE 'running' END,
                 finished_at = CASE WHEN done_count + failed_count + %(done)s + %(failed)s >= total_images
@@ -272,6 +284,64 @@ def _insert_failures(cursor: psycopg2.extensions.cursor, job_id: int, failures: 
         page_size=len(failures),
     )
     return cursor.rowcount
+
+
+def record_attempt(conn: psycopg2.extensions.connection, job_id: int, image_ids: Sequence[int]) -> int:
+    """Count one more start of this batch, committed before any work; returns the count."""
+    with transaction(conn) as cursor:
+        cursor.execute(
+            """
+            INSERT INTO batch_attempts (job_id, first_image_id, batch_size) VALUES (%s, %s, %s)
+            ON CONFLICT (job_id, first_image_id, batch_size) DO UPDATE SET attempts = batch_attempts.attempts + 1
+            RETURNING attempts
+            """,
+            (job_id, image_ids[0], len(image_ids)),
+        )
+        return cursor.fetchone()[0]
+
+
+def unfinished_image_ids(conn: psycopg2.extensions.connection, job_id: int) -> list[int]:
+    """Images of a job with neither a prediction nor a recorded failure: what is left to do."""
+    with transaction(conn) as cursor:
+        cursor.execute(
+            """
+            SELECT i.input_data_id FROM job_items i
+            WHERE i.job_id = %(job)s
+              AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.job_id = %(job)s AND p.input_data_id = i.input_data_id)
+              AND NOT EXISTS (SELECT 1 FROM job_failures f WHERE f.job_id = %(job)s AND f.input_data_id = i.input_data_id)
+            ORDER BY i.input_data_id
+            """,
+            {"job": job_id},
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+def mark_resumed(conn: psycopg2.extensions.connection, job_id: int) -> None:
+    """Restart the stall clock, so a job just re-enqueued is not re-enqueued again at once."""
+    with transaction(conn) as cursor:
+        cursor.execute("UPDATE jobs SET progressed_at = now() WHERE id = %s", (job_id,))
+
+
+def stalled_jobs(conn: psycopg2.extensions.connection, stall_seconds: float) -> list[tuple[int, str]]:
+    """(id, kind) of unfinished jobs with no stored result for ``stall_seconds``."""
+    with transaction(conn) as cursor:
+        cursor.execute(
+            """
+            SELECT id, kind FROM jobs
+            WHERE status <> 'done'
+              AND COALESCE(progressed_at, created_at) < now() - make_interval(secs => %s)
+            ORDER BY id
+            """,
+            (stall_seconds,),
+        )
+        return cursor.fetchall()
+
+
+def try_lock(conn: psycopg2.extensions.connection, key: int) -> bool:
+    """A session-level advisory lock, so one process of many does a job; released on close."""
+    with transaction(conn) as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", (key,))
+        return cursor.fetchone()[0]
 
 
 # --- reports ----------------------------------------------------------------------------

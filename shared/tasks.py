@@ -27,6 +27,20 @@ def upload_queue(settings: Settings) -> str:
     return f"{settings.queue_prefix}.{UPLOAD_QUEUE_SUFFIX}"
 
 
+def queue_for_kind(settings: Settings, kind: str) -> str:
+    """Uploads have their own queue so that a bulk job never makes a person wait."""
+    return upload_queue(settings) if kind == "upload" else bulk_queue(settings)
+
+
+def queued_messages(app: Celery, queue: str) -> int:
+    """Messages waiting in a queue (not those a worker holds unacknowledged)."""
+    with app.connection_for_write() as connection:
+        try:
+            return connection.default_channel.queue_declare(queue=queue, passive=True).message_count
+        except connection.channel_errors:
+            return 0  # the broker does not know the queue (e.g. Redis restarted empty): nothing waits
+
+
 def celery_app(settings: Settings, name: str = "mnist_queue") -> Celery:
     """One configuration for senders and workers: late acks, re-queue on a dead worker, prefetch 1."""
     app = Celery(name, broker=settings.redis_url, set_as_current=False)

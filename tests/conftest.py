@@ -50,7 +50,9 @@ def conn(database_url: str) -> Iterator[psycopg2.extensions.connection]:
 
 @pytest.fixture(scope="session")
 def worker_env(database_url: str) -> dict[str, str]:
-    return {**os.environ, "DATABASE_URL": database_url, "QUEUE_PREFIX": QUEUE_PREFIX}
+    # A short stall timeout lets the sweeper test run in seconds; for every other test it
+    # only adds harmless re-deliveries, which the exact-count assertions then also cover.
+    return {**os.environ, "DATABASE_URL": database_url, "QUEUE_PREFIX": QUEUE_PREFIX, "STALL_SECONDS": "3", "SWEEP_INTERVAL_SECONDS": "1"}
 
 
 @pytest.fixture(scope="session")

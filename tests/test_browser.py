@@ -116,5 +116,7 @@ def test_job_page_shows_the_confusion_heat_map(page, web_server, conn):
     screenshot(page, "job.png")
     page.goto(f"/low-confidence?threshold=0.99&job={accepted.json()['id']}")
     page.wait_for_selector("ul.gallery img")
-    assert page.eval_on_selector_all("ul.gallery img", "images => images.every(img => img.complete && img.naturalWidth === 28)")
+    # Gallery images load lazily: those in view must arrive as real 28x28 PNGs.
+    in_view = "() => [...document.querySelectorAll('ul.gallery img')].slice(0, 4).every(img => img.complete && img.naturalWidth === 28)"
+    page.wait_for_function(in_view, timeout=RESULT_TIMEOUT_MS)
     screenshot(page, "low-confidence.png")

@@ -34,7 +34,8 @@ def remember_concurrency(sender: Any = None, conf: Any = None, options: dict | N
 
 
 @signals.worker_process_init.connect
-def load_model_in_child(**_: Any) -> None:
-    from worker import tasks
+def start_child(**_: Any) -> None:
+    from worker import sweeper, tasks
 
     tasks.warm_up()
+    sweeper.start(app, settings())

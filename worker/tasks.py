@@ -13,12 +13,13 @@ from shared import db
 from shared.config import settings
 from shared.inference import Predictor, load_predictor
 from shared.model_info import model_version
-from shared.tasks import PREDICT_BATCH_TASK
+from shared.tasks import PREDICT_BATCH_TASK, bulk_queue
 from worker.app import app
 from worker.batch import DatabaseLane, process_batch
 
 log = logging.getLogger(__name__)
 
+MAX_ATTEMPTS = 3  # starts of a single image before it is recorded as failed
 MAX_DATABASE_RETRIES = 12  # with backoff capped at 30 s: several minutes of outage survived
 RETRY_BACKOFF_MAX_SECONDS = 30
 
@@ -56,15 +57,24 @@ def warm_up() -> None:
     predictor().predict_batch(np.zeros((1, 28, 28), dtype=np.uint8))
 
 
-@app.task(
-    name=PREDICT_BATCH_TASK,
-    bind=True,
-    max_retries=MAX_DATABASE_RETRIES,
-)
+@app.task(name=PREDICT_BATCH_TASK, bind=True, max_retries=MAX_DATABASE_RETRIES)
 def predict_batch(self: Any, job_id: int, image_ids: list[int]) -> dict[str, int]:
-    """Predict one batch of stored images for a job; safe to run more than once."""
+    """Predict one batch of stored images for a job; safe to run more than once.
+
+    A batch started before that did not finish (its worker died, or the database failed)
+    is split in two and re-enqueued, so one poisonous image is isolated in a few rounds;
+    a single image that keeps failing is recorded as failed instead of looping forever.
+    """
+    if not image_ids:
+        return {"done": 0, "failed": 0}
+    lane = database_lane()
     try:
-        done, failed = process_batch(database_lane(), predictor().predict_batch, model_version(settings().model_path), job_id, image_ids)
+        attempt = lane.submit(db.record_attempt, job_id, image_ids).result()
+        if attempt > 1 and len(image_ids) > 1:
+            return split_batch(self, job_id, image_ids, f"attempt {attempt}")
+        if attempt > MAX_ATTEMPTS:
+            return give_up(lane, job_id, image_ids[0], f"gave up after {MAX_ATTEMPTS} attempts: the worker died on this image")
+        done, failed = process_batch(lane, predictor().predict_batch, model_version(settings().model_path), job_id, image_ids)
     except db.TRANSIENT_ERRORS as error:
         countdown = min(RETRY_BACKOFF_MAX_SECONDS, 2**self.request.retries)
         log.warning("job %s: database unavailable (%s); retry in %ss", job_id, error, countdown)
@@ -72,4 +82,25 @@ def predict_batch(self: Any, job_id: int, image_ids: list[int]) -> dict[str, int
     except psycopg2.errors.ForeignKeyViolation:
         log.error("job %s does not exist; dropping batch of %d images", job_id, len(image_ids))
         return {"done": 0, "failed": 0}
+    except Exception as error:  # the model or our code failed on this input: isolate it, never loop
+        log.exception("job %s: batch of %d images (first %s) failed", job_id, len(image_ids), image_ids[0])
+        if len(image_ids) > 1:
+            return split_batch(self, job_id, image_ids, f"error {error!r}")
+        return give_up(lane, job_id, image_ids[0], f"prediction failed: {error}")
     return {"done": done, "failed": failed}
+
+
+def split_batch(task: Any, job_id: int, image_ids: list[int], why: str) -> dict[str, int]:
+    """Re-enqueue the two halves on the queue this batch came from."""
+    queue = (task.request.delivery_info or {}).get("routing_key") or bulk_queue(settings())
+    middle = len(image_ids) // 2
+    for half in (image_ids[:middle], image_ids[middle:]):
+        app.send_task(PREDICT_BATCH_TASK, args=[job_id, half], queue=queue)
+    log.warning("job %s: batch of %d images (first %s) split after %s", job_id, len(image_ids), image_ids[0], why)
+    return {"done": 0, "failed": 0}
+
+
+def give_up(lane: DatabaseLane, job_id: int, image_id: int, reason: str) -> dict[str, int]:
+    log.error("job %s: image %s: %s", job_id, image_id, reason)
+    _, failed = lane.submit(db.store_results, job_id, model_version(settings().model_path), [], [db.FailureRow(image_id, reason)]).result()
+    return {"done": 0, "failed": failed}

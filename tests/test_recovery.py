@@ -1,0 +1,46 @@
+"""Work that Redis lost is found in PostgreSQL and enqueued again: by hand or by the sweeper."""
+
+import numpy as np
+from click.testing import CliRunner
+
+from producer.cli import main
+from shared import db
+from shared.images import encode_image
+from tests.services import wait_for_job
+
+
+def lost_job(conn, count: int) -> tuple[int, list[int]]:
+    """A job whose rows exist but whose messages never reached Redis (as after a Redis restart)."""
+    rows = [db.ImageRow(encode_image(np.full((28, 28), i, np.uint8)), None, [28, 28], "upload", None, None) for i in range(count)]
+    ids = db.insert_images(conn, rows)
+    return db.create_job(conn, ids, "test-model", {"lost": True}), ids
+
+
+def test_unfinished_images_are_those_without_a_result(conn):
+    job_id, ids = lost_job(conn, 4)
+    db.store_results(conn, job_id, "m", [db.PredictionRow(ids[0], 1, 0.5, b"")], [db.FailureRow(ids[1], "bad")])
+    assert db.unfinished_image_ids(conn, job_id) == ids[2:]
+
+
+def test_resume_enqueues_exactly_what_is_left(worker, conn):
+    job_id, ids = lost_job(conn, 5)
+    db.store_results(conn, job_id, "m", [db.PredictionRow(ids[0], 1, 0.5, b"")], [])
+    result = CliRunner().invoke(main, ["resume", str(job_id)])
+    assert result.exit_code == 0 and "re-enqueued 4 unfinished images" in result.output
+    job = wait_for_job(conn, job_id, timeout=30)
+    assert (job["status"], job["done_count"]) == ("done", 5)
+    assert db.rows_for_job(conn, job_id) == (5, 5, 0)
+    assert "nothing left to do" in CliRunner().invoke(main, ["resume", str(job_id)]).output
+
+
+def test_resume_of_an_unknown_job_is_a_clear_error():
+    result = CliRunner().invoke(main, ["resume", "987654321"])
+    assert result.exit_code == 1 and result.output.strip() == "Error: there is no job 987654321"
+
+
+def test_the_sweeper_resumes_a_stalled_job_by_itself(worker, conn):
+    # The session worker runs with STALL_SECONDS=3 and sweeps every second (conftest).
+    job_id, _ = lost_job(conn, 6)
+    job = wait_for_job(conn, job_id, timeout=30)
+    assert (job["status"], job["done_count"], job["failed_count"]) == ("done", 6, 0)
+    assert db.rows_for_job(conn, job_id) == (6, 6, 0)
