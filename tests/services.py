@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -85,11 +86,13 @@ class ChildProcess:
 class WorkerProcess(ChildProcess):
     """``celery -A worker.app worker`` as a real subprocess, logging to a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 1, queues: str | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, concurrency: int = 1, queues: str | None = None, celery_module: str = "celery"
+    ) -> None:
         command = [
             sys.executable,
             "-m",
-            "celery",
+            celery_module,
             "-A",
             "worker.app",
             "worker",
@@ -159,3 +162,30 @@ class WebServer(ChildProcess):
                 return response.status == 200
         except OSError:
             return False
+
+
+class RedisServer(ChildProcess):
+    """A private redis-server that keeps nothing on disk, like this machine's: a restart empties it."""
+
+    def __init__(self, log_path: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        binary = shutil.which("redis-server") or "redis-server"
+        command = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        super().__init__("redis", command, {}, log_path)
+        self.wait_until(self._answers, timeout=10)
+
+    def _answers(self) -> bool:
+        import redis
+
+        try:
+            return bool(redis.Redis.from_url(self.url, socket_timeout=0.5).ping())
+        except redis.exceptions.ConnectionError:
+            return False
+
+    def restart(self) -> RedisServer:
+        """Kill it outright and start an empty one on the same port."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self._log.close()
+        return RedisServer(self.log_path.with_suffix(".restarted.log"), self.port)

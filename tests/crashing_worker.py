@@ -1,0 +1,35 @@
+"""A Celery worker with injected faults, for the poison-input tests.
+
+    python -m tests.crashing_worker -A worker.app worker ...
+
+An image whose stored bytes are ``CRASH_MARKER`` kills the worker process outright
+(as a segfaulting model would); one whose bytes are ``FAIL_MARKER`` makes inference raise.
+"""
+
+import os
+import sys
+
+from worker import batch
+
+CRASH_MARKER = b"poison: kill the worker process"
+FAIL_MARKER = b"poison: make inference raise"
+
+_decode_batch = batch.decode_batch
+
+
+def decode_batch_with_faults(image_ids, stored):
+    markers = set(stored.values())
+    if CRASH_MARKER in markers:
+        os._exit(1)
+    if FAIL_MARKER in markers:
+        raise RuntimeError("injected inference failure")
+    return _decode_batch(image_ids, stored)
+
+
+batch.decode_batch = decode_batch_with_faults
+
+if __name__ == "__main__":
+    from celery.__main__ import main
+
+    sys.argv[0] = "celery"
+    main()

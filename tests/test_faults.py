@@ -1,0 +1,177 @@
+"""Faults: processes die, stop or restart mid-job; every image still ends with exactly one result.
+
+Each test starts real processes, breaks one of them, then checks PostgreSQL: every image of
+the job has exactly one prediction or one recorded failure, the counters match the rows,
+and the job is done. Outcomes are appended to test-artifacts/faults.jsonl for the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from producer.ingest import load_mnist, mnist_rows
+from shared import db
+from shared.config import settings
+from shared.tasks import bulk_queue, celery_app, enqueue_batches
+from tests import services
+from tests.crashing_worker import CRASH_MARKER, FAIL_MARKER
+
+pytestmark = pytest.mark.faults
+
+ARTIFACTS = services.PROJECT_ROOT / "test-artifacts"
+JOB_TIMEOUT_SECONDS = 120
+SEED = int(os.environ.get("FAULT_SEED", "20261126"))
+
+
+@pytest.fixture(scope="module")
+def test_split_ids(database_url: str) -> list[int]:
+    """The 10k official test images, stored once (ingest is idempotent)."""
+    conn = db.connect(database_url)
+    images, labels = load_mnist(settings().mnist_dir, "test", None)
+    db.insert_images(conn, list(mnist_rows(images, labels, "test")))
+    ids = db.select_image_ids(conn, split="test")
+    conn.close()
+    return ids
+
+
+@pytest.fixture
+def fault_env(database_url: str) -> dict[str, str]:
+    """Queues of this test's own; a short stall timeout so lost work is found in seconds."""
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "QUEUE_PREFIX": services.unique_name("mnistq-fault"),
+        "STALL_SECONDS": "3",
+        "SWEEP_INTERVAL_SECONDS": "1",
+    }
+
+
+def submit(conn, env: dict[str, str], image_ids: list[int], batch_size: int) -> int:
+    config = dataclasses.replace(settings(), queue_prefix=env["QUEUE_PREFIX"], redis_url=env.get("REDIS_URL", settings().redis_url))
+    job_id = db.create_job(conn, image_ids, "fault-test", {"fault": True})
+    enqueue_batches(celery_app(config), job_id, image_ids, batch_size, bulk_queue(config))
+    return job_id
+
+
+def start_worker(env: dict[str, str], tmp_path: Path, name: str, **options) -> services.WorkerProcess:
+    worker = services.WorkerProcess(env, tmp_path / f"{name}.log", **options)
+    worker.wait_ready()
+    return worker
+
+
+def pool_children(worker: services.WorkerProcess) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(worker.process.pid)], capture_output=True, text=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def assert_exactly_once(conn, job_id: int, total: int, failures: int = 0) -> dict:
+    job = services.wait_for_job(conn, job_id, timeout=JOB_TIMEOUT_SECONDS)
+    items, predictions, failed = db.rows_for_job(conn, job_id)
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT count(*) - count(DISTINCT input_data_id) FROM predictions WHERE job_id = %s", (job_id,))
+        duplicated = cursor.fetchone()[0]
+    conn.commit()
+    assert job["status"] == "done", f"job {job_id} not done: {job}"
+    assert (items, predictions + failed, failed) == (total, total, failures)
+    assert (job["done_count"], job["failed_count"]) == (predictions, failed)
+    assert duplicated == 0
+    return {**job, "duplicated": duplicated}
+
+
+def record(fault: str, trials: int, total: int, job: dict, seconds: float) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    lost = total - job["done_count"] - job["failed_count"]
+    row = {"fault": fault, "trials": trials, "images": total, "lost": lost, "duplicated": job["duplicated"]}
+    row |= {"failed": job["failed_count"], "seconds": round(seconds, 1)}
+    with open(ARTIFACTS / "faults.jsonl", "a") as log:
+        log.write(json.dumps(row) + "\n")
+
+
+def test_workers_killed_at_random_moments_lose_and_duplicate_nothing(conn, fault_env, test_split_ids, tmp_path):
+    rng = random.Random(SEED)
+    workers = [start_worker(fault_env, tmp_path, f"worker{i}") for i in range(2)]
+    started = time.monotonic()
+    job_id = submit(conn, fault_env, test_split_ids, batch_size=100)
+    kills = 0
+    try:
+        while kills < 10:
+            time.sleep(rng.uniform(0.05, 0.3))
+            assert db.get_job(conn, job_id)["status"] != "done", f"job finished after only {kills} kills"
+            index = rng.randrange(len(workers))
+            if kills % 5 == 4:  # now and then the whole worker, parent and all, as when a container dies
+                os.killpg(workers[index].process.pid, signal.SIGKILL)
+                workers[index].stop()
+                workers[index] = start_worker(fault_env, tmp_path, f"worker-replacement{kills}")
+            else:  # a pool process, as when the model segfaults or the OOM killer strikes
+                children = pool_children(workers[index])
+                if not children:
+                    continue
+                os.kill(rng.choice(children), signal.SIGKILL)
+            kills += 1
+        job = assert_exactly_once(conn, job_id, len(test_split_ids))
+        record("worker SIGKILL x10 (2 workers)", kills, len(test_split_ids), job, time.monotonic() - started)
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def test_a_worker_stopped_gracefully_mid_job_loses_nothing(conn, fault_env, test_split_ids, tmp_path):
+    ids = test_split_ids[:4000]
+    worker = start_worker(fault_env, tmp_path, "stopping", concurrency=2)
+    started = time.monotonic()
+    job_id = submit(conn, fault_env, ids, batch_size=100)
+    time.sleep(0.3)
+    worker.process.send_signal(signal.SIGTERM)  # warm shutdown: finish what runs, give back the rest
+    worker.process.wait(timeout=60)
+    assert db.get_job(conn, job_id)["status"] != "done", "the job finished before the worker stopped"
+    replacement = start_worker(fault_env, tmp_path, "replacement")
+    try:
+        job = assert_exactly_once(conn, job_id, len(ids))
+        record("worker SIGTERM mid-job", 1, len(ids), job, time.monotonic() - started)
+    finally:
+        worker.stop()
+        replacement.stop()
+
+
+def test_a_redis_restart_that_loses_every_message_still_completes_the_job(conn, fault_env, test_split_ids, tmp_path):
+    ids = test_split_ids[:5000]
+    redis_server = services.RedisServer(tmp_path / "redis.log")
+    env = {**fault_env, "REDIS_URL": redis_server.url}
+    worker = start_worker(env, tmp_path, "worker")
+    started = time.monotonic()
+    try:
+        job_id = submit(conn, env, ids, batch_size=100)
+        time.sleep(0.3)
+        redis_server = redis_server.restart()  # empty: the queued batches are gone
+        assert db.get_job(conn, job_id)["status"] != "done", "the job finished before Redis restarted"
+        job = assert_exactly_once(conn, job_id, len(ids))  # the sweeper found the rest in PostgreSQL
+        record("Redis restarted (queue lost)", 1, len(ids), job, time.monotonic() - started)
+    finally:
+        worker.stop()
+        redis_server.stop()
+
+
+def test_poison_images_are_failed_after_bounded_attempts_and_the_rest_completes(conn, fault_env, test_split_ids, tmp_path):
+    ids = test_split_ids[:200]
+    poison = db.insert_images(conn, [db.ImageRow(marker, None, [28, 28], "upload", None, None) for marker in (CRASH_MARKER, FAIL_MARKER)])
+    crash_id, fail_id = poison
+    worker = start_worker(fault_env, tmp_path, "crashing", celery_module="tests.crashing_worker")
+    started = time.monotonic()
+    try:
+        job_id = submit(conn, fault_env, ids[:100] + [crash_id] + ids[100:] + [fail_id], batch_size=64)
+        job = assert_exactly_once(conn, job_id, len(ids) + 2, failures=2)
+        reasons = dict(db.job_failures(conn, job_id))
+        assert reasons[crash_id].startswith("gave up after 3 attempts")
+        assert reasons[fail_id] == "prediction failed: injected inference failure"
+        record("poison: crashes its worker / fails inference", 2, len(ids) + 2, job, time.monotonic() - started)
+    finally:
+        worker.stop()
