@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import urllib.parse
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -20,6 +21,10 @@ DEFAULT_MODEL_PATH = PROJECT_ROOT / "models" / "mnist_cnn.keras"
 DEFAULT_MNIST_DIR = PROJECT_ROOT / "data" / "mnist"
 DEFAULT_STACK_DIR = PROJECT_ROOT / ".mnist-queue"
 DEFAULT_WEB_PORT = 8000
+DEVELOPMENT_SECRET_KEY = "dev-only-not-secret"
+# Passwords that appear in this repository's examples (.env.example, compose files, docs):
+# anyone can read them, so a production database must not accept them.
+DEVELOPMENT_PASSWORDS = frozenset({"postgres", "password", "mnist", "mnist-dev", "dev", "changeme", "change-me", "secret"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +40,7 @@ class Settings:
     worker_concurrency: int
     max_upload_bytes: int
     max_image_pixels: int
+    max_queued_uploads: int
     stall_seconds: int
     sweep_interval_seconds: int
     secret_key: str
@@ -68,17 +74,24 @@ def _bool_env(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _refuse_development_defaults(secret_key: str, database_url: str) -> None:
+    """In production, a value anyone can read in this repository is no secret: refuse it."""
+    if not secret_key or secret_key == DEVELOPMENT_SECRET_KEY:
+        raise ValueError("SECRET_KEY must be set to a secret value when MNIST_PRODUCTION is on")
+    if database_url == DEFAULT_DATABASE_URL:
+        raise ValueError("DATABASE_URL must be set when MNIST_PRODUCTION is on")
+    password = urllib.parse.urlsplit(database_url).password
+    if password is not None and urllib.parse.unquote(password) in DEVELOPMENT_PASSWORDS:
+        raise ValueError("DATABASE_URL uses a development password, which MNIST_PRODUCTION refuses")
+
+
 def load_settings() -> Settings:
     """Read and validate the environment; refuse development defaults in production."""
     production = _bool_env("MNIST_PRODUCTION")
     secret_key = os.environ.get("SECRET_KEY", "")
-    if not secret_key:
-        if production:
-            raise ValueError("SECRET_KEY must be set when MNIST_PRODUCTION is on")
-        secret_key = "dev-only-not-secret"
     database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-    if production and database_url == DEFAULT_DATABASE_URL:
-        raise ValueError("DATABASE_URL must be set when MNIST_PRODUCTION is on")
+    if production:
+        _refuse_development_defaults(secret_key, database_url)
     return Settings(
         database_url=database_url,
         redis_url=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
@@ -91,9 +104,10 @@ def load_settings() -> Settings:
         worker_concurrency=_int_env("WORKER_CONCURRENCY", 0, minimum=0),
         max_upload_bytes=_int_env("MAX_UPLOAD_BYTES", 5 * 1024 * 1024),
         max_image_pixels=_int_env("MAX_IMAGE_PIXELS", 16_000_000),
+        max_queued_uploads=_int_env("MAX_QUEUED_UPLOADS", 1000),
         stall_seconds=_int_env("STALL_SECONDS", 120),
         sweep_interval_seconds=_int_env("SWEEP_INTERVAL_SECONDS", 30),
-        secret_key=secret_key,
+        secret_key=secret_key or DEVELOPMENT_SECRET_KEY,
         production=production,
         stack_dir=Path(os.environ.get("STACK_DIR") or DEFAULT_STACK_DIR),
         web_port=_int_env("WEB_PORT", DEFAULT_WEB_PORT),

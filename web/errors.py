@@ -42,8 +42,11 @@ def error_response(status: int, message: str) -> tuple[Response | str, int]:
     return render_template("error.html", status=status, message=message), status
 
 
-def http_error(error: HTTPException) -> tuple[Response | str, int]:
-    return error_response(error.code or InternalServerError.code, error.description or error.name)
+def http_error(error: HTTPException) -> tuple[Response | str, int, dict[str, str]]:
+    """Keep the exception's own headers, such as Retry-After on a 429 and Allow on a 405."""
+    body, status = error_response(error.code or InternalServerError.code, error.description or error.name)
+    headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
+    return body, status, headers
 
 
 def csrf_failed(error: CSRFError) -> tuple[Response | str, int]:

@@ -14,18 +14,20 @@ import kombu.exceptions
 import numpy as np
 import psycopg2.extensions
 from celery import Celery
-from werkzeug.exceptions import ServiceUnavailable
+from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
 
 from shared import db
 from shared.config import Settings
 from shared.images import IMAGE_SHAPE, encode_image, user_image_to_mnist
 from shared.model_info import model_version
 from shared.reports import NUM_CLASSES, JobReport
-from shared.tasks import bulk_queue, enqueue_batches, upload_queue
+from shared.tasks import bulk_queue, enqueue_batches, queued_messages, upload_queue
 
 POLL_SECONDS = 0.1
 MAX_FILENAME_CHARS = 200
 QUEUED, DONE, FAILED = "queued", "done", "failed"
+# What a refused upload is told to wait: the worker predicts hundreds of uploads in that time.
+RETRY_AFTER_SECONDS = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +61,10 @@ def current_model_version(config: Settings) -> str:
 def submit_upload(conn: psycopg2.extensions.connection, celery: Celery, config: Settings, data: bytes, filename: str | None) -> int:
     """Preprocess, store and enqueue one picture on the upload queue; return the prediction id.
 
-    Raises ValueError with a user-readable message before anything is stored.
+    Raises ValueError with a user-readable message before anything is stored, and
+    TooManyRequests (429) when the upload queue is full.
     """
+    refuse_when_queue_full(celery, config)
     digit = user_image_to_mnist(data, config.max_image_pixels)
     version = current_model_version(config)
     selection = {"upload": (filename or "")[:MAX_FILENAME_CHARS] or None}
@@ -71,6 +75,18 @@ def submit_upload(conn: psycopg2.extensions.connection, celery: Celery, config: 
         db.delete_upload_job(conn, job_id, image_id)
         raise
     return job_id
+
+
+def refuse_when_queue_full(celery: Celery, config: Settings) -> None:
+    """Bound the upload queue, so that under overload a client hears "later" at once instead of
+    waiting minutes for an answer. Checked before decoding, so refusing costs almost nothing;
+    concurrent requests may each pass the check, so the queue can exceed the bound by as many."""
+    waiting = queued_messages(celery, upload_queue(config))
+    if waiting >= config.max_queued_uploads:
+        raise TooManyRequests(
+            f"too many uploads are waiting to be predicted ({waiting}); try again in {RETRY_AFTER_SECONDS} seconds",
+            retry_after=RETRY_AFTER_SECONDS,
+        )
 
 
 def get_prediction(conn: psycopg2.extensions.connection, prediction_id: int) -> Prediction | None:

@@ -1,0 +1,151 @@
+"""Fault 6, overload: a flood of uploads each gets an answer, and every accepted one its prediction.
+
+The upload queue is bounded by MAX_QUEUED_UPLOADS: past it the API answers 429 with
+Retry-After at once, instead of accepting work that would wait minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import signal
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from PIL import Image
+
+from shared.config import settings
+from shared.tasks import PREDICT_BATCH_TASK, celery_app, queued_messages, upload_queue
+from tests import digits
+from tests.services import WebServer, unique_name
+from web.app import create_app
+
+UPLOADS = 1000
+CLIENT_THREADS = 16
+# Small, so that the first half of the flood, sent while the worker is paused, fills the queue.
+QUEUE_BOUND = 20
+REQUEST_TIMEOUT_SECONDS = 30
+PREDICTION_TIMEOUT_SECONDS = 120
+
+pytestmark = pytest.mark.faults
+
+
+@pytest.fixture(scope="module")
+def digit_pngs() -> list[bytes]:
+    """Ten real MNIST digits as small PNGs: cheap to decode, so the test measures the queue, not Pillow."""
+    images, _ = digits.mnist_test_digits(10)
+    pngs = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        pngs.append(buffer.getvalue())
+    return pngs
+
+
+def max_job_id(conn) -> int:
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT coalesce(max(id), 0) FROM jobs")
+        (value,) = cursor.fetchone()
+    conn.commit()
+    return value
+
+
+def upload_jobs_after(conn, first_id: int) -> list[int]:
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT id FROM jobs WHERE id > %s AND kind = 'upload' ORDER BY id", (first_id,))
+        ids = [row[0] for row in cursor.fetchall()]
+    conn.commit()
+    return ids
+
+
+def results_per_job(conn, job_ids: list[int]) -> dict[int, tuple[str, int, int]]:
+    """{job id: (status, predictions, failures)} as the rows say."""
+    with conn.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT j.id, j.status,
+                   (SELECT count(*) FROM predictions p WHERE p.job_id = j.id),
+                   (SELECT count(*) FROM job_failures f WHERE f.job_id = j.id)
+            FROM jobs j WHERE j.id = ANY(%s)
+            """,
+            (job_ids,),
+        )
+        rows = {row[0]: row[1:] for row in cursor.fetchall()}
+    conn.commit()
+    return rows
+
+
+def post_upload(url: str, body: bytes) -> tuple[int, dict, str | None]:
+    """(status, JSON body, Retry-After) of one raw-body upload."""
+    request = urllib.request.Request(f"{url}/api/predictions", data=body, headers={"Content-Type": "image/png"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_SECONDS) as response:
+            return response.status, json.load(response), response.headers.get("Retry-After")
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error), error.headers.get("Retry-After")
+
+
+def test_a_full_upload_queue_answers_429_with_retry_after_and_stores_nothing(conn, digit_pngs):
+    config = dataclasses.replace(settings(), queue_prefix=unique_name("mnistq-full"), max_queued_uploads=2)
+    celery = celery_app(config)
+    for _ in range(config.max_queued_uploads):  # nobody consumes this private queue
+        celery.send_task(PREDICT_BATCH_TASK, args=[0, [0]], queue=upload_queue(config))
+    try:
+        client = create_app({"TESTING": True, "WTF_CSRF_ENABLED": False, "MNIST_SETTINGS": config}).test_client()
+        before = max_job_id(conn)
+        api = client.post("/api/predictions", data=digit_pngs[0], content_type="image/png")
+        assert api.status_code == 429 and api.json["status"] == 429 and "try again" in api.json["error"]
+        assert int(api.headers["Retry-After"]) > 0
+        page = client.post("/predict", data={"image": (io.BytesIO(digit_pngs[0]), "seven.png")})
+        assert page.status_code == 429 and "try again" in page.text and page.headers["Retry-After"]
+        assert upload_jobs_after(conn, before) == []
+    finally:
+        with celery.connection_for_write() as connection:
+            connection.default_channel.queue_delete(upload_queue(config))
+
+
+def test_a_thousand_uploads_each_get_an_answer_and_every_accepted_one_its_prediction(worker, worker_env, conn, digit_pngs, tmp_path):
+    server = WebServer({**worker_env, "MAX_QUEUED_UPLOADS": str(QUEUE_BOUND)}, tmp_path / "web.log", workers=2)
+    try:
+        server.wait_ready()
+        first_id = max_job_id(conn)
+        started = time.monotonic()
+        with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+            send = lambda n: post_upload(server.url, digit_pngs[n % len(digit_pngs)])  # noqa: E731
+            # First half: the worker is paused (as if stuck on a long batch), so the queue fills up.
+            os.killpg(worker.process.pid, signal.SIGSTOP)
+            try:
+                answers = list(pool.map(send, range(UPLOADS // 2)))
+            finally:
+                os.killpg(worker.process.pid, signal.SIGCONT)
+            # Second half: the worker drains the queue while uploads keep coming.
+            answers += list(pool.map(send, range(UPLOADS // 2, UPLOADS)))
+        submit_seconds = time.monotonic() - started
+    finally:
+        server.stop()
+
+    accepted = sorted(body["id"] for status, body, _ in answers if status == 202)
+    refused = [(body, retry_after) for status, body, retry_after in answers if status == 429]
+    assert len(accepted) + len(refused) == UPLOADS, sorted({status for status, _, _ in answers})
+    assert all(body["status"] == 429 and "try again" in body["error"] and retry_after for body, retry_after in refused)
+    assert refused, "the flood never filled the queue: the 429 path was not taken"
+    assert len(accepted) > QUEUE_BOUND, "uploads were not accepted again once the worker drained the queue"
+    assert upload_jobs_after(conn, first_id) == accepted  # a refused upload left no job behind
+
+    deadline = time.monotonic() + PREDICTION_TIMEOUT_SECONDS
+    results = results_per_job(conn, accepted)
+    while any(status != "done" for status, _, _ in results.values()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        results = results_per_job(conn, accepted)
+    predict_seconds = time.monotonic() - started
+    assert {job: result for job, result in results.items() if result != ("done", 1, 0)} == {}
+    print(
+        f"\noverload: {UPLOADS} uploads in {submit_seconds:.1f} s, {len(accepted)} accepted, {len(refused)} refused (429),"
+        f" {len(results)} predicted exactly once, all done after {predict_seconds:.1f} s"
+    )
+    assert queued_messages(celery_app(settings()), upload_queue(settings())) == 0
