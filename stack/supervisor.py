@@ -1,0 +1,153 @@
+"""Start the stack in order, stop it in reverse: PostgreSQL, Redis, schema, workers, web.
+
+Everything started is recorded in the state file as soon as it runs, so a failed start,
+a Ctrl-C, ``./run down`` from another terminal, or even a killed supervisor followed by
+``./run down`` leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from shared import db
+from shared.config import PROJECT_ROOT, service_urls_from_environment
+from stack import embedded
+from stack.processes import STOP_TIMEOUT_SECONDS, ChildProcess, http_ok, log_contains, stop_process_group
+from stack.state import StackState, clear_state, load_state, pid_alive, save_state
+
+SCHEMA_WAIT_SECONDS = 30
+WORKER_READY_SECONDS = 120
+WORKER_STOP_SECONDS = 60  # a warm shutdown finishes the batches in hand
+WEB_READY_SECONDS = 60
+DEFAULT_WEB_PROCESSES = "2"
+WEB_APP = "web.app:create_app()"
+# The order in which children are stopped: nothing is left sending work to a stopped service.
+STOP_ORDER = ("web", "worker", "redis")
+
+
+@dataclasses.dataclass(frozen=True)
+class StackOptions:
+    stack_dir: Path
+    workers: int  # worker processes; 0 starts none
+    web: bool
+    web_port: int
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+class Stack:
+    """The processes of one stack, started by this process."""
+
+    def __init__(self, options: StackOptions) -> None:
+        self.options = options
+        self.children: dict[str, ChildProcess] = {}
+        self.state: StackState | None = None
+
+    def start(self) -> StackState:
+        """Start everything that is not already given by DATABASE_URL / REDIS_URL; undo all on failure."""
+        refuse_if_running(self.options.stack_dir)
+        database_url, redis_url = service_urls_from_environment()
+        self.options.stack_dir.mkdir(parents=True, exist_ok=True)
+        self.state = StackState(os.getpid(), database_url or "", redis_url or "", database_url is None, redis_url is None)
+        save_state(self.options.stack_dir, self.state)
+        try:
+            self._start_services()
+            if self.options.workers:
+                self._start_worker()
+            if self.options.web:
+                self._start_web()
+        except BaseException:
+            self.stop()
+            raise
+        self.state.ready = True
+        save_state(self.options.stack_dir, self.state)
+        return self.state
+
+    def _start_services(self) -> None:
+        assert self.state is not None
+        if self.state.embedded_postgres:
+            self.state.database_url = embedded.start_postgres(self.options.stack_dir)
+            save_state(self.options.stack_dir, self.state)
+        if self.state.embedded_redis:
+            process, self.state.redis_url = embedded.start_redis(self.options.stack_dir)
+            self._record("redis", process)
+        conn = db.wait_for_database(self.state.database_url, SCHEMA_WAIT_SECONDS)
+        try:
+            db.create_schema(conn)
+        finally:
+            conn.close()
+
+    def _start_worker(self) -> None:
+        log_path = self.options.stack_dir / "logs" / "worker.log"
+        command = [sys.executable, "-m", "worker", "--hostname", f"stack-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
+        process = ChildProcess("worker", command, self.child_env(), log_path, PROJECT_ROOT)
+        self._record("worker", process)
+        process.wait_until(log_contains(log_path, b" ready."), WORKER_READY_SECONDS)
+
+    def _start_web(self) -> None:
+        assert self.state is not None
+        port = self.options.web_port
+        if embedded.free_port(port) != port:
+            raise RuntimeError(f"port {port} is in use; set WEB_PORT to a free port")
+        url = f"http://{embedded.LOOPBACK}:{port}"
+        command = [sys.executable, "-m", "gunicorn", "--bind", f"{embedded.LOOPBACK}:{port}", "--access-logfile", "-", WEB_APP]
+        env = {"WEB_CONCURRENCY": DEFAULT_WEB_PROCESSES, **self.child_env()}
+        process = ChildProcess("web", command, env, self.options.stack_dir / "logs" / "web.log", PROJECT_ROOT)
+        self.state.web_url = url
+        self._record("web", process)
+        process.wait_until(http_ok(f"{url}/healthz"), WEB_READY_SECONDS)
+
+    def _record(self, name: str, process: ChildProcess) -> None:
+        assert self.state is not None
+        self.children[name] = process
+        self.state.children[name] = process.pid
+        save_state(self.options.stack_dir, self.state)
+
+    def child_env(self) -> dict[str, str]:
+        """Our environment with the stack's URLs: workers, web and producer all see the same services."""
+        assert self.state is not None
+        env = {**os.environ, "DATABASE_URL": self.state.database_url, "REDIS_URL": self.state.redis_url}
+        if self.options.workers:
+            env["WORKER_CONCURRENCY"] = str(self.options.workers)
+        return env
+
+    def dead_children(self) -> list[ChildProcess]:
+        return [child for child in self.children.values() if not child.running()]
+
+    def stop(self) -> None:
+        """Stop children in order, then the embedded PostgreSQL; forget the state. A no-op if never started."""
+        if self.state is None:
+            return  # e.g. start() refused: the state file belongs to another stack
+        for name in STOP_ORDER:
+            child = self.children.pop(name, None)
+            if child is not None:
+                child.stop(WORKER_STOP_SECONDS if name == "worker" else STOP_TIMEOUT_SECONDS)
+        if self.state.embedded_postgres:
+            embedded.stop_postgres(self.options.stack_dir)
+        clear_state(self.options.stack_dir)
+        self.state = None
+
+
+def refuse_if_running(stack_dir: Path) -> None:
+    state = load_state(stack_dir)
+    if state is not None and pid_alive(state.supervisor_pid):
+        raise AlreadyRunning(f"a stack is already running from {stack_dir} (pid {state.supervisor_pid}); stop it with ./run down")
+    if state is not None or embedded.postgres_running(stack_dir):
+        stop_leftovers(stack_dir)  # a supervisor that was killed left these behind
+
+
+def stop_leftovers(stack_dir: Path) -> None:
+    """Stop what a dead supervisor recorded, and a PostgreSQL still running on our data folder."""
+    state = load_state(stack_dir)
+    if state is not None:
+        for name in STOP_ORDER:
+            pid = state.children.get(name)
+            if pid is not None:
+                stop_process_group(pid, WORKER_STOP_SECONDS)
+    embedded.stop_postgres(stack_dir)
+    clear_state(stack_dir)
