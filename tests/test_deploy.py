@@ -1,0 +1,161 @@
+"""The Docker deployment, checked without a Docker engine (this machine has none).
+
+The compose file is validated against the Compose specification's JSON schema and its
+structure asserted; the Dockerfiles are read for what the images promise. hadolint runs
+over the Dockerfiles in ``./run lint``. Whether the images build is not checked here.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from packaging.requirements import Requirement
+
+from tests.services import PROJECT_ROOT
+
+COMPOSE_SCHEMA = PROJECT_ROOT.parent / "shared" / "schemas" / "compose-spec.json"
+APP_SERVICES = ("worker", "web")
+INFERENCE_PACKAGES = {"tensorflow", "tensorflow-cpu", "keras", "ai-edge-litert", "tflite-runtime"}
+# ${NAME}, ${NAME:-default}, ${NAME:?error}; $$ escapes a dollar for the container's shell.
+VARIABLE = re.compile(r"(?<!\$)\$\{(?P<name>[A-Z_][A-Z0-9_]*)(?:(?P<op>:-|:\?)(?P<arg>[^}]*))?\}")
+
+
+def compose() -> dict:
+    return yaml.safe_load((PROJECT_ROOT / "docker-compose.yml").read_text())
+
+
+def dockerfile(name: str) -> str:
+    return (PROJECT_ROOT / name).read_text()
+
+
+def env_example() -> dict[str, str]:
+    lines = (PROJECT_ROOT / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.lstrip().startswith("#"))
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's variable substitution, enough for this file: a missing required value raises."""
+
+    def substitute(match: re.Match) -> str:
+        value = env.get(match["name"], "")
+        if value:
+            return value
+        if match["op"] == ":?":
+            raise ValueError(match["arg"])
+        return match["arg"] or ""
+
+    return VARIABLE.sub(substitute, text).replace("$$", "$")
+
+
+def test_compose_file_follows_the_compose_specification():
+    if not COMPOSE_SCHEMA.exists():
+        pytest.skip(f"the Compose JSON schema is not at {COMPOSE_SCHEMA} (it comes with the shared folder beside the repository)")
+    schema = json.loads(COMPOSE_SCHEMA.read_text())
+    jsonschema.Draft7Validator(schema).validate(compose())
+
+
+def test_four_services_start_in_order_behind_health_checks():
+    services = compose()["services"]
+    assert set(services) == {"db", "redis", "worker", "web"}
+    assert "pg_isready" in " ".join(services["db"]["healthcheck"]["test"])
+    assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert services["redis"]["command"][services["redis"]["command"].index("--appendonly") + 1] == "yes"
+    for name in APP_SERVICES:
+        assert services[name]["depends_on"] == {
+            "db": {"condition": "service_healthy"},
+            "redis": {"condition": "service_healthy"},
+        }
+    assert services["web"]["ports"] == ["${WEB_PORT:-8000}:8000"]
+    healthcheck = next(line for line in dockerfile("Dockerfile.web").splitlines() if "CMD" in line and "/healthz" in line)
+    assert "127.0.0.1:8000/healthz" in healthcheck and "HEALTHCHECK" in dockerfile("Dockerfile.web")
+
+
+def test_worker_can_be_scaled():
+    """``docker compose up --scale worker=4`` needs no fixed container name and no host port."""
+    worker = compose()["services"]["worker"]
+    assert "container_name" not in worker and "ports" not in worker
+    assert not any("container_name" in service for service in compose()["services"].values())
+
+
+def test_data_lives_in_named_volumes():
+    document = compose()
+    services = document["services"]
+    assert set(document["volumes"]) == {"pg_data", "redis_data", "model_data"}
+    assert "pg_data:/var/lib/postgresql" in services["db"]["volumes"]
+    assert "redis_data:/data" in services["redis"]["volumes"]
+    for name in APP_SERVICES:
+        assert any(volume.startswith("model_data:/models") for volume in services[name]["volumes"])
+
+
+def test_secrets_come_from_the_env_file():
+    text = (PROJECT_ROOT / "docker-compose.yml").read_text()
+    required = {match["name"] for match in VARIABLE.finditer(text) if match["op"] == ":?"}
+    assert required == {"POSTGRES_PASSWORD", "SECRET_KEY"}
+    example = env_example()
+    assert required <= set(example) and not any(example[name] for name in required), ".env.example must leave secrets blank"
+    with pytest.raises(ValueError, match="set POSTGRES_PASSWORD in .env"):
+        interpolate(text, example)
+
+    secrets = {"POSTGRES_PASSWORD": "pw-from-env", "SECRET_KEY": "key-from-env"}
+    rendered = yaml.safe_load(interpolate(text, {**example, **secrets}))
+    for name in APP_SERVICES:
+        environment = rendered["services"][name]["environment"]
+        assert environment["DATABASE_URL"] == "postgresql://mnist:pw-from-env@db:5432/mnist"
+        assert environment["SECRET_KEY"] == "key-from-env" and environment["MNIST_PRODUCTION"] == "1"
+    assert rendered["services"]["db"]["healthcheck"]["test"][1] == 'pg_isready -U "${POSTGRES_USER}" -d "${POSTGRES_DB}"'
+    assert rendered["services"]["db"]["environment"]["POSTGRES_PASSWORD"] == "pw-from-env"
+    for ignore_file in (".gitignore", ".dockerignore"):
+        assert ".env" in (PROJECT_ROOT / ignore_file).read_text().splitlines()
+
+
+def test_images_run_as_a_non_root_user_from_slim_python():
+    for name, command in (("Dockerfile.worker", '["python", "-m", "worker"]'), ("Dockerfile.web", '"web.app:create_app()"]')):
+        text = dockerfile(name)
+        assert re.search(r"^FROM python:3\.11-slim", text, re.MULTILINE)
+        users = re.findall(r"^USER (\S+)", text, re.MULTILINE)
+        assert users and users[-1] not in {"root", "0"}
+        assert command in text.splitlines()[-1]
+        for source in re.findall(r"^COPY (\S+)", text, re.MULTILINE):
+            assert (PROJECT_ROOT / source).exists(), f"{name} copies {source}, which does not exist"
+    assert "requirements-web.txt" in dockerfile("Dockerfile.web") and "requirements-worker.txt" not in dockerfile("Dockerfile.web")
+
+
+def requirement_names(path: Path) -> set[str]:
+    """Package names a requirements file asks for, following ``-r`` includes."""
+    names: set[str] = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("-r "):
+            names |= requirement_names(path.parent / line[3:].strip())
+        elif line:
+            names.add(Requirement(line).name.lower())
+    return names
+
+
+def installed_closure(names: set[str]) -> set[str]:
+    """Everything those packages pull in, from the installed packages' own metadata (no network)."""
+    seen: set[str] = set()
+    pending = list(names)
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for line in importlib.metadata.requires(name) or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(requirement.name.lower().replace("_", "-"))
+    return seen
+
+
+def test_web_requirements_resolve_to_no_inference_runtime():
+    closure = installed_closure(requirement_names(PROJECT_ROOT / "requirements-web.txt"))
+    assert {"flask", "gunicorn", "celery", "psycopg2-binary"} <= closure
+    assert not closure & INFERENCE_PACKAGES
+    assert "ai-edge-litert" in requirement_names(PROJECT_ROOT / "requirements-worker.txt")
