@@ -28,6 +28,9 @@ from shared.tasks import bulk_queue, celery_app, enqueue_batches
 
 INSERT_CHUNK = 2000
 POLL_SECONDS = 0.5
+# Ids and counts end up in BIGINT columns and LIMITs: refuse at parsing what PostgreSQL would refuse.
+ROW_ID = click.IntRange(1, db.MAX_ROW_ID)
+COUNT = click.IntRange(0, db.MAX_ROW_ID)
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -42,6 +45,8 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(f"cannot reach the database ({first_line}); is PostgreSQL running and DATABASE_URL right?") from None
         except ValueError as error:
             raise click.ClickException(str(error)) from None
+        except OSError as error:  # e.g. a path too long for the file system
+            raise click.ClickException(f"{error.strerror or error}: {str(error.filename or '')[:200]}") from None
 
     return wrapper
 
@@ -71,7 +76,7 @@ def ingest() -> None:
 @ingest.command("mnist")
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--data", type=click.Path(path_type=Path), help="Folder of MNIST IDX .gz files or mnist.npz [default: the bundled test set]")
-@click.option("--limit", type=click.IntRange(min=1), help="Store only the first N images.")
+@click.option("--limit", type=ROW_ID, help="Store only the first N images.")
 @user_errors
 def ingest_mnist(split: str, data: Path | None, limit: int | None) -> None:
     """Store an MNIST split; images already stored are skipped."""
@@ -116,9 +121,9 @@ def ingest_folder(folder: Path) -> None:
 @main.command()
 @click.option("--split", type=click.Choice(["test", "train", "upload"]), help="Only images of this split.")
 @click.option("--label", type=click.IntRange(0, 9), help="Only images whose true label is this digit.")
-@click.option("--limit", type=click.IntRange(min=1), help="At most N images (oldest first).")
+@click.option("--limit", type=ROW_ID, help="At most N images (oldest first).")
 @click.option("--unpredicted", is_flag=True, help="Only images the current model has not predicted yet.")
-@click.option("--id", "image_ids", type=int, multiple=True, help="Exactly these image IDs (repeatable).")
+@click.option("--id", "image_ids", type=ROW_ID, multiple=True, help="Exactly these image IDs (repeatable).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per task [default: BATCH_SIZE].")
 @user_errors
 def submit(
@@ -143,7 +148,7 @@ def submit(
 
 
 @main.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=ROW_ID)
 @user_errors
 def resume(job_id: int) -> None:
     """Enqueue a job's unfinished images again (after Redis lost its queue, say).
@@ -156,7 +161,7 @@ def resume(job_id: int) -> None:
 
 
 @main.command()
-@click.argument("job_id", type=int)
+@click.argument("job_id", type=ROW_ID)
 @click.option("--wait", is_flag=True, help="Show a progress bar until the job is done.")
 @click.option("--timeout", type=float, default=3600, show_default=True, help="Give up waiting after this many seconds.")
 @user_errors
@@ -196,10 +201,8 @@ def require_job(conn: psycopg2.extensions.connection, job_id: int) -> dict[str, 
 
 
 @main.command()
-@click.argument("job_id", type=int)
-@click.option(
-    "--wrong", "wrong_limit", type=click.IntRange(min=0), default=10, show_default=True, help="How many wrong predictions to list."
-)
+@click.argument("job_id", type=ROW_ID)
+@click.option("--wrong", "wrong_limit", type=COUNT, default=10, show_default=True, help="How many wrong predictions to list.")
 @user_errors
 def report(job_id: int, wrong_limit: int) -> None:
     """Accuracy, per-class accuracy, confusion matrix and mistakes of a job."""

@@ -16,6 +16,8 @@ import psycopg2
 import psycopg2.extras
 import tenacity
 
+# The largest id a BIGSERIAL column holds: a larger one names no row, and PostgreSQL refuses it.
+MAX_ROW_ID = 2**63 - 1
 # Taken while the schema is created so that workers starting together do not race.
 SCHEMA_LOCK_KEY = 8_712_001
 

@@ -9,8 +9,7 @@ from flask import request
 from werkzeug.exceptions import BadRequest
 from werkzeug.routing import IntegerConverter, Map
 
-# PostgreSQL BIGINT: a larger id in a URL cannot name any row.
-MAX_ROW_ID = 2**63 - 1
+from shared.db import MAX_ROW_ID
 
 Number = TypeVar("Number", int, float)
 

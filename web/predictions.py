@@ -67,7 +67,7 @@ def submit_upload(conn: psycopg2.extensions.connection, celery: Celery, config: 
     refuse_when_queue_full(celery, config)
     digit = user_image_to_mnist(data, config.max_image_pixels)
     version = current_model_version(config)
-    selection = {"upload": (filename or "")[:MAX_FILENAME_CHARS] or None}
+    selection = {"upload": stored_filename(filename)}
     job_id, image_id = db.create_upload_job(conn, encode_image(digit), list(IMAGE_SHAPE), version, selection)
     try:
         enqueue_batches(celery, job_id, [image_id], 1, upload_queue(config))
@@ -75,6 +75,11 @@ def submit_upload(conn: psycopg2.extensions.connection, celery: Celery, config: 
         db.delete_upload_job(conn, job_id, image_id)
         raise
     return job_id
+
+
+def stored_filename(filename: str | None) -> str | None:
+    """The client's file name as data, shortened; NUL is dropped because PostgreSQL text cannot hold it."""
+    return (filename or "").replace("\x00", "")[:MAX_FILENAME_CHARS] or None
 
 
 def refuse_when_queue_full(celery: Celery, config: Settings) -> None:
