@@ -98,7 +98,7 @@ def load_settings() -> Settings:
         model_path=Path(os.environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH),
         model_runtime=_choice_env("MODEL_RUNTIME", ("litert", "tensorflow")),
         mnist_dir=Path(os.environ.get("MNIST_DIR") or DEFAULT_MNIST_DIR),
-        batch_size=_int_env("BATCH_SIZE", 256),
+        batch_size=_int_env("BATCH_SIZE", 1024),
         queue_prefix=os.environ.get("QUEUE_PREFIX") or "mnist",
         worker_threads=_int_env("WORKER_THREADS", 0, minimum=0),
         worker_concurrency=_int_env("WORKER_CONCURRENCY", 0, minimum=0),

@@ -1,0 +1,68 @@
+"""The benchmark suite: every figure in one run on one machine, so the ratios hold.
+
+    python -m bench [--repeats 3] [--sections throughput,seed,latency]
+
+Prints a table and writes bench/results/latest.json. Throughput figures are the median of
+``--repeats`` runs with the spread (max - min); latency figures are percentiles over
+500 sequential uploads. Uses a private database and queue names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import click
+
+from bench import common
+
+SEED_SLICE = 300
+
+
+def table(rows: list[dict[str, Any]], ceiling: float) -> list[str]:
+    lines = [f"{'what':<66}{'images/s':>10}{'spread':>10}{'x bare':>9}"]
+    for row in rows:
+        rate = row["images_per_second"]
+        lines.append(f"{row['what']:<66}{rate:>10,.0f}{row['spread']:>10,.0f}{rate / ceiling:>9.3f}")
+    return lines
+
+
+@click.command()
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--sections", default="throughput,seed,latency", show_default=True, help="Which parts to run.")
+@click.option("--workers", default="1,2", show_default=True, help="Worker process counts for the pipeline figure.")
+def main(repeats: int, sections: str, workers: str) -> None:
+    """Bare model vs mnist-queue vs the seed design; upload latency; memory."""
+    chosen = set(sections.split(","))
+    with common.private_environment() as env:
+        from bench import latency, throughput
+        from producer.ingest import load_mnist, mnist_rows
+        from shared import db
+        from shared.config import settings
+
+        images, labels = load_mnist(settings().mnist_dir, "test", None)
+        conn = db.connect(settings().database_url)
+        image_ids = db.insert_images(conn, list(mnist_rows(images, labels, "test")))
+        conn.close()
+
+        rows = [throughput.bare_model(images, repeats, runtime) for runtime in ("litert", "tensorflow")]
+        if "throughput" in chosen:
+            rows += [throughput.pipeline(env, image_ids, int(n), repeats, common.RESULTS_DIR) for n in workers.split(",")]
+        if "seed" in chosen:
+            rows.append(throughput.seed_style(env, image_ids[:SEED_SLICE], common.RESULTS_DIR))
+        latency_rows = latency.run(env, image_ids, images, common.RESULTS_DIR) if "latency" in chosen else []
+
+    ceiling = max(row["images_per_second"] for row in rows)
+    lines = [f"machine: {os.cpu_count()} cores, {common.cpu_model()}; 10,000 MNIST test images; median of {repeats}", ""]
+    lines += table(rows, ceiling)
+    if latency_rows:
+        lines += ["", *latency.table(latency_rows)]
+    click.echo("\n".join(lines))
+    report = {"machine": {"cores": os.cpu_count(), "cpu": common.cpu_model()}, "throughput": rows, "latency": latency_rows}
+    (common.RESULTS_DIR / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
+    (common.RESULTS_DIR / "latest.txt").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""What every benchmark needs: a private database and queues, statistics, the machine."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2.extensions
+import redis
+
+from tests import services
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+@contextlib.contextmanager
+def private_environment() -> Iterator[dict[str, str]]:
+    """A database and queue prefix of this run's own, set in os.environ before settings are read."""
+    database_name = services.unique_name("mnistq_bench")
+    os.environ["DATABASE_URL"] = services.database_url_for(database_name)
+    os.environ["QUEUE_PREFIX"] = services.unique_name("mnistq-bench")
+    services.create_database(database_name)
+    RESULTS_DIR.mkdir(exist_ok=True)
+    try:
+        from shared import db
+
+        conn = db.connect(os.environ["DATABASE_URL"])
+        db.create_schema(conn)
+        conn.close()
+        yield dict(os.environ)
+    finally:
+        services.drop_database(database_name)
+        client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+        for key in client.scan_iter(f"{os.environ['QUEUE_PREFIX']}*"):
+            client.delete(key)
+
+
+def median_and_spread(values: list[float]) -> tuple[float, float]:
+    return statistics.median(values), max(values) - min(values)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def wait_for_count(conn: psycopg2.extensions.connection, job_id: int, count: int, timeout: float = 900) -> float:
+    """Seconds until a job has ``count`` results, polled finely so the poll does not distort the figure."""
+    from shared import db
+
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        job = db.get_job(conn, job_id)
+        if job["done_count"] + job["failed_count"] >= count:
+            return time.perf_counter() - started
+        time.sleep(0.005)
+    raise RuntimeError(f"job {job_id} did not reach {count} results in {timeout} s")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """VmHWM: the most resident memory the process ever had."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def child_pids(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in children.read_text().split()] if children.exists() else []

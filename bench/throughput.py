@@ -1,0 +1,92 @@
+"""Images per second: the bare model (the ceiling), mnist-queue, and the seed design."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import median_and_spread, wait_for_count
+from tests import services
+
+BATCH_SIZES = (64, 256, 1024)
+
+
+def bare_model(images: np.ndarray, repeats: int, runtime: str) -> dict[str, Any]:
+    """The shipped model on the test set in this process, all cores, best batch size."""
+    from shared.config import settings
+    from shared.inference import load_predictor
+
+    predictor = load_predictor(settings().model_path, runtime, threads=os.cpu_count() or 1)
+    by_batch = {}
+    for batch_size in BATCH_SIZES:
+        predictor.predict_batch(images[:batch_size])  # allocate and warm up outside the timing
+        rates = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for start in range(0, len(images), batch_size):
+                predictor.predict_batch(images[start : start + batch_size])
+            rates.append(len(images) / (time.perf_counter() - started))
+        by_batch[batch_size] = median_and_spread(rates)
+    best = max(by_batch, key=lambda size: by_batch[size][0])
+    return {"what": f"bare model, {runtime}, batch {best}", "images_per_second": by_batch[best][0], "spread": by_batch[best][1]}
+
+
+def pipeline(env: dict[str, str], image_ids: list[int], workers: int, repeats: int, log_dir: Path) -> dict[str, Any]:
+    """From submit (job rows + enqueue) to the last prediction stored, N worker processes."""
+    from shared import db
+    from shared.config import settings
+    from shared.model_info import model_version
+    from shared.tasks import bulk_queue, celery_app, enqueue_batches
+
+    worker = services.WorkerProcess(env, log_dir / f"worker-{workers}.log", concurrency=workers)
+    rates = []
+    try:
+        worker.wait_ready()
+        conn = db.connect(settings().database_url)
+        app = celery_app(settings())
+        for _ in range(repeats + 1):  # the first run warms every pool process up and is not counted
+            started = time.perf_counter()
+            job_id = db.create_job(conn, image_ids, model_version(settings().model_path), {"bench": True})
+            enqueue_batches(app, job_id, image_ids, settings().batch_size, bulk_queue(settings()))
+            wait_for_count(conn, job_id, len(image_ids))
+            rates.append(len(image_ids) / (time.perf_counter() - started))
+            if db.rows_for_job(conn, job_id)[1] != len(image_ids):
+                raise RuntimeError(f"job {job_id} did not store every prediction")
+        conn.close()
+    finally:
+        worker.stop()
+    median, spread = median_and_spread(rates[1:])
+    noun = "process" if workers == 1 else "processes"
+    what = f"mnist-queue, {workers} worker {noun}, {settings().model_runtime}, batch {settings().batch_size}"
+    return {"what": what, "images_per_second": median, "spread": spread}
+
+
+def seed_style(env: dict[str, str], image_ids: list[int], log_dir: Path) -> dict[str, Any]:
+    """The seed design on a slice (one task, one predict, one INSERT per image); images/s scales."""
+    from bench.seed_style import SEED_TASK, app, seed_queue
+    from shared import db
+    from shared.config import settings
+
+    worker = services.WorkerProcess(env, log_dir / "seed-worker.log", concurrency=1, app="bench.seed_style", queues=seed_queue())
+    try:
+        worker.wait_ready()
+        conn = db.connect(settings().database_url)
+        job_id = db.create_job(conn, image_ids, "seed-style", {"bench": "seed"})
+        started = time.perf_counter()
+        with app.producer_or_acquire() as producer:
+            for image_id in image_ids:
+                app.send_task(SEED_TASK, args=[job_id, image_id], queue=seed_queue(), producer=producer)
+        wait_for_count(conn, job_id, len(image_ids))
+        elapsed = time.perf_counter() - started
+        conn.close()
+    finally:
+        worker.stop()
+    return {
+        "what": f"seed design (task, np.load, model.predict, INSERT per image), {len(image_ids)} images",
+        "images_per_second": len(image_ids) / elapsed,
+        "spread": 0.0,
+    }
