@@ -17,6 +17,7 @@ import redis
 from shared import db
 from stack import embedded
 from stack.demo import run_demo
+from stack.processes import http_ok
 from stack.state import StackState, load_state, pid_alive
 from tests.services import PROJECT_ROOT
 
@@ -69,9 +70,10 @@ def running_stack(env: dict[str, str], *up_args: str) -> Iterator[StackState]:
 
 
 def test_embedded_stack_predicts_and_keeps_its_data_across_a_restart(tmp_path):
-    env = stack_env(tmp_path / "stack")
-    with running_stack(env, "--no-web", "--workers", "1") as state:
+    env = {**stack_env(tmp_path / "stack"), "WEB_PORT": str(embedded.free_port())}
+    with running_stack(env, "--workers", "1") as state:
         assert state.embedded_postgres and state.embedded_redis
+        assert state.web_url == f"http://127.0.0.1:{env['WEB_PORT']}" and http_ok(f"{state.web_url}/readyz")()
         assert f"host={tmp_path}" in state.database_url and state.redis_url.startswith("redis://127.0.0.1:")
         again = run_stack_command(env, "up", "--no-web")
         assert again.returncode == 1 and "already running" in again.stderr
@@ -80,7 +82,7 @@ def test_embedded_stack_predicts_and_keeps_its_data_across_a_restart(tmp_path):
         assert result.images == IMAGES and result.accuracy >= 0.98 and result.seconds > 0
         redis.Redis.from_url(state.redis_url).set(MARKER_KEY, "kept")
 
-    with running_stack(env, "--no-web", "--workers", "0") as state:
+    with running_stack({**env, "WEB_PORT": ""}, "--no-web", "--workers", "0") as state:
         conn = db.connect(state.database_url)
         try:
             assert db.rows_for_job(conn, result.job_id) == (IMAGES, IMAGES, 0)
