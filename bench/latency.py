@@ -1,16 +1,135 @@
-"""Single uploads: latency from request to stored prediction, idle and under a bulk job; memory."""
+"""Single uploads: latency from request to stored prediction, idle and under a bulk job; memory.
+
+Each upload is ``POST /api/predictions?wait=10`` with a 28x28 PNG, one after another,
+against a real gunicorn and a real worker; the clock runs from sending the request to
+reading a response that carries the prediction.
+"""
 
 from __future__ import annotations
 
+import http.client
+import json
+import threading
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
+from bench.common import child_pids, peak_rss_mb, percentile
+from shared.images import png_bytes
+from tests import services
+
+UPLOADS = 500
+MIN_QUEUED_BULK_BATCHES = 4
+WAIT_SECONDS = 10
+
+
+def upload_latencies_ms(web_url: str, pictures: list[bytes]) -> list[float]:
+    address = urlparse(web_url)
+    latencies = []
+    for picture in pictures:
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+        started = time.perf_counter()
+        connection.request("POST", f"/api/predictions?wait={WAIT_SECONDS}", body=picture, headers={"Content-Type": "image/png"})
+        response = connection.getresponse()
+        body = json.loads(response.read())
+        latencies.append((time.perf_counter() - started) * 1000)
+        connection.close()
+        if response.status != 200 or body.get("status") != "done":
+            raise RuntimeError(f"upload answered {response.status}: {body}")
+    return latencies
+
+
+def summary(what: str, latencies: list[float]) -> dict[str, Any]:
+    return {
+        "what": what,
+        "uploads": len(latencies),
+        "p50_ms": percentile(latencies, 0.50),
+        "p95_ms": percentile(latencies, 0.95),
+        "p99_ms": percentile(latencies, 0.99),
+    }
+
+
+def memory(worker: services.ChildProcess, web: services.WebServer) -> list[dict[str, Any]]:
+    """Peak RSS of each worker process (parent and pool) and of each web process (master and workers)."""
+    rows = []
+    for name, parent in (("worker", worker.process.pid), ("web", web.process.pid)):
+        pids = [parent, *child_pids(parent)]
+        rows.append({"what": f"peak RSS, {name} processes", "rss_mb": [round(peak_rss_mb(pid), 1) for pid in pids]})
+    return rows
+
+
+class BulkLoad:
+    """Keeps the bulk queue busy with 10k-image jobs for as long as the block runs."""
+
+    def __init__(self, image_ids: list[int]) -> None:
+        from shared import db
+        from shared.config import settings
+        from shared.tasks import celery_app
+
+        self.image_ids = image_ids
+        self.conn = db.connect(settings().database_url)
+        self.app = celery_app(settings())
+        self.jobs: list[int] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.keep_busy, daemon=True)
+        self.predicted = 0
+
+    def keep_busy(self) -> None:
+        from shared import db
+        from shared.config import settings
+        from shared.model_info import model_version
+        from shared.tasks import bulk_queue, enqueue_batches, queued_messages
+
+        while not self.stop.is_set():
+            if queued_messages(self.app, bulk_queue(settings())) < MIN_QUEUED_BULK_BATCHES:
+                self.jobs.append(db.create_job(self.conn, self.image_ids, model_version(settings().model_path), {"bench": "bulk load"}))
+                enqueue_batches(self.app, self.jobs[-1], self.image_ids, settings().batch_size, bulk_queue(settings()))
+            self.stop.wait(0.05)
+
+    def __enter__(self) -> BulkLoad:
+        self.thread.start()
+        time.sleep(0.5)  # the workers are busy with bulk batches before the first upload
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        from shared import db
+
+        self.stop.set()
+        self.thread.join()
+        self.predicted = sum(db.get_job(self.conn, job_id)["done_count"] for job_id in self.jobs)
+        self.conn.close()
+
 
 def run(env: dict[str, str], image_ids: list[int], images: np.ndarray, log_dir: Path) -> list[dict[str, Any]]:
-    return []
+    from shared.config import settings
+
+    pictures = [png_bytes(image) for image in images[:UPLOADS]]
+    worker = services.WorkerProcess(env, log_dir / "latency-worker.log", concurrency=settings().worker_concurrency or 2)
+    web = services.WebServer(env, log_dir / "latency-web.log")
+    try:
+        worker.wait_ready()
+        web.wait_ready()
+        upload_latencies_ms(web.url, pictures[:20])  # warm up both gunicorn workers and the pool
+        rows = [summary("single uploads, idle", upload_latencies_ms(web.url, pictures))]
+
+        with BulkLoad(image_ids) as load:
+            under_load = upload_latencies_ms(web.url, pictures)
+        rows.append(summary(f"single uploads, during bulk jobs ({load.predicted:,} bulk images predicted meanwhile)", under_load))
+        rows += memory(worker, web)
+    finally:
+        web.stop()
+        worker.stop()
+    return rows
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
-    return []
+    lines = [f"{'what':<66}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}"]
+    for row in rows:
+        if "p50_ms" in row:
+            lines.append(f"{row['what']:<66}{row['p50_ms']:>10.1f}{row['p95_ms']:>10.1f}{row['p99_ms']:>10.1f}")
+        else:
+            lines.append(f"{row['what']:<66}{'  '.join(f'{mb:.0f} MB' for mb in row['rss_mb']):>30}")
+    return lines

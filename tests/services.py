@@ -87,14 +87,20 @@ class WorkerProcess(ChildProcess):
     """``celery -A worker.app worker`` as a real subprocess, logging to a file."""
 
     def __init__(
-        self, env: dict[str, str], log_path: Path, concurrency: int = 1, queues: str | None = None, celery_module: str = "celery"
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        concurrency: int = 1,
+        queues: str | None = None,
+        celery_module: str = "celery",
+        app: str = "worker.app",
     ) -> None:
         command = [
             sys.executable,
             "-m",
             celery_module,
             "-A",
-            "worker.app",
+            app,
             "worker",
             "--concurrency",
             str(concurrency),
