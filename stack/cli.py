@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from stack.supervisor import Stack, StackOptions, stop_leftovers
 WATCH_SECONDS = 1.0
 DOWN_WAIT_SECONDS = 120
 NOT_RUNNING_EXIT = 3  # as `systemctl status` does for a stopped service
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class StopRequested(Exception):
@@ -82,9 +84,13 @@ def run_stack(workers: int | None, web: bool, demo: bool = False, demo_limit: in
         watch(stack)
     except StackError as error:
         raise click.ClickException(str(error)) from None
+    except subprocess.CalledProcessError as error:  # the producer printed its own error line
+        raise click.ClickException(f"the demo step `{' '.join(error.cmd[1:])}` failed with status {error.returncode}") from None
     except (KeyboardInterrupt, StopRequested):
         click.echo("\nstopping ...")
     finally:
+        for signum in STOP_SIGNALS:  # a second Ctrl-C must not cut the shutdown short and leave processes behind
+            signal.signal(signum, signal.SIG_IGN)
         stack.stop()
     click.echo("stopped")
 
