@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import select
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
@@ -92,6 +93,8 @@ CREATE TABLE IF NOT EXISTS job_failures (
 );
 """
 
+# NOTIFY channel on which every stored batch announces its job id.
+PROGRESS_CHANNEL = "mnist_job_progress"
 TRANSIENT_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
 
@@ -253,6 +256,8 @@ def store_results(
             """,
             {"done": stored, "failed": failed, "job": job_id},
         )
+        # Delivered at commit: a web request waiting for this upload wakes at once.
+        cursor.execute("SELECT pg_notify(%s, %s)", (PROGRESS_CHANNEL, str(job_id)))
     return stored, failed
 
 
@@ -337,6 +342,28 @@ def stalled_jobs(conn: psycopg2.extensions.connection, stall_seconds: float) -> 
             (stall_seconds,),
         )
         return cursor.fetchall()
+
+
+def listen_for_progress(conn: psycopg2.extensions.connection) -> None:
+    """Subscribe this connection to job progress; committed at once so nothing is missed after."""
+    with transaction(conn) as cursor:
+        cursor.execute("LISTEN mnist_job_progress")
+
+
+def stop_listening(conn: psycopg2.extensions.connection) -> None:
+    with transaction(conn) as cursor:
+        cursor.execute("UNLISTEN mnist_job_progress")
+    conn.notifies.clear()
+
+
+def wait_for_progress(conn: psycopg2.extensions.connection, timeout_seconds: float) -> set[int]:
+    """Block until a job announces progress or the timeout passes; returns the job ids heard."""
+    if not conn.notifies and select.select([conn], [], [], max(0.0, timeout_seconds)) == ([], [], []):
+        return set()
+    conn.poll()
+    heard = {int(notify.payload) for notify in conn.notifies if notify.channel == PROGRESS_CHANNEL}
+    conn.notifies.clear()
+    return heard
 
 
 def try_lock(conn: psycopg2.extensions.connection, key: int) -> bool:

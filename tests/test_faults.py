@@ -17,8 +17,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg2.extensions
 import pytest
 
 from producer.ingest import load_mnist, mnist_rows
@@ -36,9 +38,28 @@ SEED = int(os.environ.get("FAULT_SEED", "20261126"))
 
 
 @pytest.fixture(scope="module")
-def test_split_ids(database_url: str) -> list[int]:
-    """The 10k official test images, stored once (ingest is idempotent)."""
-    conn = db.connect(database_url)
+def fault_database() -> Iterator[str]:
+    """A database of these tests' own: the session worker's sweeper must not adopt their jobs."""
+    name = services.unique_name("mnistq_faults")
+    url = services.create_database(name)
+    conn = db.connect(url)
+    db.create_schema(conn)
+    conn.close()
+    yield url
+    services.drop_database(name)
+
+
+@pytest.fixture
+def conn(fault_database: str) -> Iterator[psycopg2.extensions.connection]:
+    connection = db.connect(fault_database)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture(scope="module")
+def test_split_ids(fault_database: str) -> list[int]:
+    """The 10k official test images, stored once."""
+    conn = db.connect(fault_database)
     images, labels = load_mnist(settings().mnist_dir, "test", None)
     db.insert_images(conn, list(mnist_rows(images, labels, "test")))
     ids = db.select_image_ids(conn, split="test")
@@ -47,11 +68,11 @@ def test_split_ids(database_url: str) -> list[int]:
 
 
 @pytest.fixture
-def fault_env(database_url: str) -> dict[str, str]:
+def fault_env(fault_database: str) -> dict[str, str]:
     """Queues of this test's own; a short stall timeout so lost work is found in seconds."""
     return {
         **os.environ,
-        "DATABASE_URL": database_url,
+        "DATABASE_URL": fault_database,
         "QUEUE_PREFIX": services.unique_name("mnistq-fault"),
         "STALL_SECONDS": "3",
         "SWEEP_INTERVAL_SECONDS": "1",

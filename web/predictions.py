@@ -23,7 +23,8 @@ from shared.model_info import model_version
 from shared.reports import NUM_CLASSES, JobReport
 from shared.tasks import bulk_queue, enqueue_batches, queued_messages, upload_queue
 
-POLL_SECONDS = 0.1
+# Look again at least this often, even without a notice (a worker of an older version sends none).
+RECHECK_SECONDS = 1.0
 MAX_FILENAME_CHARS = 200
 QUEUED, DONE, FAILED = "queued", "done", "failed"
 # What a refused upload is told to wait: the worker predicts hundreds of uploads in that time.
@@ -119,12 +120,25 @@ def get_prediction(conn: psycopg2.extensions.connection, prediction_id: int) -> 
 
 
 def wait_for_prediction(conn: psycopg2.extensions.connection, prediction_id: int, seconds: float) -> Prediction | None:
-    """Poll until the prediction is finished or ``seconds`` have passed; return its latest state."""
-    deadline = time.monotonic() + seconds
+    """The prediction once finished, or its state after ``seconds``.
+
+    Sleeps on PostgreSQL's NOTIFY from the worker's commit rather than polling, so the
+    answer leaves within a millisecond of the prediction being stored.
+    """
     prediction = get_prediction(conn, prediction_id)
-    while prediction is not None and not prediction.finished and time.monotonic() < deadline:
-        time.sleep(POLL_SECONDS)
+    if prediction is None or prediction.finished or seconds <= 0:
+        return prediction
+    deadline = time.monotonic() + seconds
+    db.listen_for_progress(conn)
+    try:
+        # Checked again after LISTEN: a result stored in between would send no further notice.
         prediction = get_prediction(conn, prediction_id)
+        while not prediction.finished and time.monotonic() < deadline:
+            heard = db.wait_for_progress(conn, min(deadline - time.monotonic(), RECHECK_SECONDS))
+            if prediction_id in heard or not heard:  # ours moved, or a quiet interval passed: look again
+                prediction = get_prediction(conn, prediction_id)
+    finally:
+        db.stop_listening(conn)
     return prediction
 
 

@@ -13,15 +13,12 @@ import os
 from typing import Any
 
 from celery import signals
-from kombu import Queue
 
 from shared.config import settings
-from shared.tasks import bulk_queue, celery_app, upload_queue
+from shared.tasks import celery_app
 
 app = celery_app(settings(), name="mnist_queue_worker")
 app.conf.imports = ("worker.tasks",)
-# Without -Q a worker consumes both queues; deployments may run upload-only workers with -Q.
-app.conf.task_queues = (Queue(upload_queue(settings())), Queue(bulk_queue(settings())))
 
 log = logging.getLogger(__name__)
 
