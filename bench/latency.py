@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import sys
 import threading
 import time
 from pathlib import Path
@@ -53,10 +54,11 @@ def summary(what: str, latencies: list[float]) -> dict[str, Any]:
 
 
 def memory(worker: services.ChildProcess, web: services.WebServer) -> list[dict[str, Any]]:
-    """Peak RSS of each worker process (parent and pool) and of each web process (master and workers)."""
+    """Peak RSS of each worker process (supervisor, celery parents, pools) and each web process (master, workers)."""
     rows = []
     for name, parent in (("worker", worker.process.pid), ("web", web.process.pid)):
         pids = [parent, *child_pids(parent)]
+        pids += [grandchild for pid in pids[1:] for grandchild in child_pids(pid)]
         rows.append({"what": f"peak RSS, {name} processes", "rss_mb": [round(peak_rss_mb(pid), 1) for pid in pids]})
     return rows
 
@@ -104,13 +106,14 @@ class BulkLoad:
 
 
 def run(env: dict[str, str], image_ids: list[int], images: np.ndarray, log_dir: Path) -> list[dict[str, Any]]:
-    from shared.config import settings
 
     pictures = [png_bytes(image) for image in images[:UPLOADS]]
-    worker = services.WorkerProcess(env, log_dir / "latency-worker.log", concurrency=settings().worker_concurrency or 2)
+    # The production entry point: a bulk worker and a dedicated upload worker.
+    worker_log = log_dir / "latency-worker.log"
+    worker = services.ChildProcess("worker", [sys.executable, "-m", "worker", "--without-gossip", "--without-mingle"], env, worker_log)
     web = services.WebServer(env, log_dir / "latency-web.log")
     try:
-        worker.wait_ready()
+        worker.wait_until(lambda: worker_log.read_bytes().count(b" ready.") == 2, timeout=90)
         web.wait_ready()
         upload_latencies_ms(web.url, pictures[:20])  # warm up both gunicorn workers and the pool
         rows = [summary("single uploads, idle", upload_latencies_ms(web.url, pictures))]

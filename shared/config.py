@@ -30,6 +30,8 @@ DEVELOPMENT_PASSWORDS = frozenset({"postgres", "password", "mnist", "mnist-dev",
 @dataclasses.dataclass(frozen=True)
 class Settings:
     database_url: str
+    # Only init-db connects with it: the role that owns the tables (DATABASE_URL when unset).
+    schema_database_url: str
     redis_url: str
     model_path: Path
     model_runtime: str
@@ -37,6 +39,7 @@ class Settings:
     batch_size: int
     queue_prefix: str
     worker_threads: int
+    worker_niceness: int
     worker_concurrency: int
     max_upload_bytes: int
     max_image_pixels: int
@@ -74,15 +77,21 @@ def _bool_env(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _refuse_development_defaults(secret_key: str, database_url: str) -> None:
+def _refuse_development_defaults(secret_key: str, database_url: str, schema_database_url: str | None) -> None:
     """In production, a value anyone can read in this repository is no secret: refuse it."""
     if not secret_key or secret_key == DEVELOPMENT_SECRET_KEY:
         raise ValueError("SECRET_KEY must be set to a secret value when MNIST_PRODUCTION is on")
     if database_url == DEFAULT_DATABASE_URL:
         raise ValueError("DATABASE_URL must be set when MNIST_PRODUCTION is on")
-    password = urllib.parse.urlsplit(database_url).password
+    _refuse_development_password("DATABASE_URL", database_url)
+    if schema_database_url is not None:
+        _refuse_development_password("SCHEMA_DATABASE_URL", schema_database_url)
+
+
+def _refuse_development_password(name: str, url: str) -> None:
+    password = urllib.parse.urlsplit(url).password
     if password is not None and urllib.parse.unquote(password) in DEVELOPMENT_PASSWORDS:
-        raise ValueError("DATABASE_URL uses a development password, which MNIST_PRODUCTION refuses")
+        raise ValueError(f"{name} uses a development password, which MNIST_PRODUCTION refuses")
 
 
 def load_settings() -> Settings:
@@ -90,10 +99,12 @@ def load_settings() -> Settings:
     production = _bool_env("MNIST_PRODUCTION")
     secret_key = os.environ.get("SECRET_KEY", "")
     database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    schema_database_url = os.environ.get("SCHEMA_DATABASE_URL") or None
     if production:
-        _refuse_development_defaults(secret_key, database_url)
+        _refuse_development_defaults(secret_key, database_url, schema_database_url)
     return Settings(
         database_url=database_url,
+        schema_database_url=schema_database_url or database_url,
         redis_url=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
         model_path=Path(os.environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH),
         model_runtime=_choice_env("MODEL_RUNTIME", ("litert", "tensorflow")),
@@ -101,6 +112,7 @@ def load_settings() -> Settings:
         batch_size=_int_env("BATCH_SIZE", 1024),
         queue_prefix=os.environ.get("QUEUE_PREFIX") or "mnist",
         worker_threads=_int_env("WORKER_THREADS", 0, minimum=0),
+        worker_niceness=_int_env("WORKER_NICENESS", 0, minimum=0),
         worker_concurrency=_int_env("WORKER_CONCURRENCY", 0, minimum=0),
         max_upload_bytes=_int_env("MAX_UPLOAD_BYTES", 5 * 1024 * 1024),
         max_image_pixels=_int_env("MAX_IMAGE_PIXELS", 16_000_000),

@@ -34,12 +34,14 @@ def queue_for_kind(settings: Settings, kind: str) -> str:
 
 
 def queued_messages(app: Celery, queue: str) -> int:
-    """Messages waiting in a queue (not those a worker holds unacknowledged)."""
-    with app.pool.acquire(block=True) as connection:  # pooled: a new broker connection costs ~6 ms
-        try:
-            return connection.default_channel.queue_declare(queue=queue, passive=True).message_count
-        except connection.channel_errors:
-            return 0  # the broker does not know the queue (e.g. Redis restarted empty): nothing waits
+    """Messages waiting in a queue (not those a worker holds unacknowledged).
+
+    Read with one LLEN on the broker's pooled client: the Redis transport keeps a queue as
+    a list under its name (we never send priorities, which would use sibling keys). The
+    web asks this on every upload, and kombu's passive declare costs ~1.5 ms.
+    """
+    with app.pool.acquire(block=True) as connection:
+        return int(connection.default_channel.client.llen(queue))
 
 
 def direct_queue(name: str) -> Queue:

@@ -84,7 +84,7 @@ class Stack:
 
     def _start_worker(self) -> None:
         log_path = self.options.stack_dir / "logs" / "worker.log"
-        command = [sys.executable, "-m", "worker", "--hostname", f"stack-{os.getpid()}@%h", "--without-gossip", "--without-mingle"]
+        command = [sys.executable, "-m", "worker", "--without-gossip", "--without-mingle"]
         process = ChildProcess("worker", command, self.child_env(), log_path, PROJECT_ROOT)
         self._record("worker", process)
         process.wait_until(log_contains(log_path, b" ready."), WORKER_READY_SECONDS)

@@ -9,6 +9,7 @@ GET  /healthz, /readyz       alive; database, broker and model ready (503 naming
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
@@ -56,16 +57,26 @@ def readyz() -> tuple[Response, int]:
 def create_prediction() -> tuple[Response, int]:
     wait = wait_seconds()
     data, filename = uploaded_image()
-    try:
-        prediction_id = predictions.submit_upload(backends.get_db(), backends.get_celery(), backends.app_settings(), data, filename)
-    except ValueError as error:
-        raise BadRequest(str(error)) from None
-    return prediction_response(prediction_id, wait, just_created=True)
+    conn = backends.get_db()
+    # A waiting client listens before the upload is enqueued, so the worker's notice cannot be missed.
+    with predictions.progress_notices(conn) if wait else contextlib.nullcontext():
+        try:
+            prediction_id = predictions.submit_upload(conn, backends.get_celery(), backends.app_settings(), data, filename)
+        except ValueError as error:
+            raise BadRequest(str(error)) from None
+        if wait:
+            prediction = predictions.await_prediction(conn, prediction_id, wait, look_first=False)
+        else:
+            prediction = predictions.get_prediction(conn, prediction_id)
+    return prediction_response(prediction_id, prediction, wait, just_created=True)
 
 
 @blueprint.get("/api/predictions/<id:prediction_id>")
 def show_prediction(prediction_id: int) -> tuple[Response, int]:
-    return prediction_response(prediction_id, wait_seconds(), just_created=False)
+    wait = wait_seconds()
+    return prediction_response(
+        prediction_id, predictions.wait_for_prediction(backends.get_db(), prediction_id, wait), wait, just_created=False
+    )
 
 
 @blueprint.post("/api/jobs")
@@ -105,9 +116,10 @@ def uploaded_image() -> tuple[bytes, str | None]:
     raise UnsupportedMediaType(f"Content-Type {request.mimetype or '(none)'} is not accepted: {UPLOAD_HELP}")
 
 
-def prediction_response(prediction_id: int, wait: float, just_created: bool) -> tuple[Response, int]:
+def prediction_response(
+    prediction_id: int, prediction: predictions.Prediction | None, wait: float, just_created: bool
+) -> tuple[Response, int]:
     """The prediction as JSON. A new upload answers 202 unless the client waited and the result came."""
-    prediction = predictions.wait_for_prediction(backends.get_db(), prediction_id, wait)
     if prediction is None:
         raise NotFound(f"there is no prediction {prediction_id}")
     status_url = url_for("api.show_prediction", prediction_id=prediction_id)

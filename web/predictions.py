@@ -6,8 +6,10 @@ is accepted, before the worker has written anything.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import kombu.exceptions
@@ -120,26 +122,35 @@ def get_prediction(conn: psycopg2.extensions.connection, prediction_id: int) -> 
 
 
 def wait_for_prediction(conn: psycopg2.extensions.connection, prediction_id: int, seconds: float) -> Prediction | None:
-    """The prediction once finished, or its state after ``seconds``.
-
-    Sleeps on PostgreSQL's NOTIFY from the worker's commit rather than polling, so the
-    answer leaves within a millisecond of the prediction being stored.
-    """
+    """The prediction once finished, or its state after ``seconds``."""
     prediction = get_prediction(conn, prediction_id)
     if prediction is None or prediction.finished or seconds <= 0:
         return prediction
-    deadline = time.monotonic() + seconds
+    with progress_notices(conn):
+        return await_prediction(conn, prediction_id, seconds)
+
+
+@contextlib.contextmanager
+def progress_notices(conn: psycopg2.extensions.connection) -> Iterator[None]:
+    """Hear the worker's NOTIFY for every stored batch while the block runs."""
     db.listen_for_progress(conn)
     try:
-        # Checked again after LISTEN: a result stored in between would send no further notice.
-        prediction = get_prediction(conn, prediction_id)
-        while not prediction.finished and time.monotonic() < deadline:
-            heard = db.wait_for_progress(conn, min(deadline - time.monotonic(), RECHECK_SECONDS))
-            if prediction_id in heard or not heard:  # ours moved, or a quiet interval passed: look again
-                prediction = get_prediction(conn, prediction_id)
+        yield
     finally:
         db.stop_listening(conn)
-    return prediction
+
+
+def await_prediction(conn: psycopg2.extensions.connection, prediction_id: int, seconds: float, look_first: bool = True) -> Prediction:
+    """Inside ``progress_notices``: sleep on the worker's NOTIFY instead of polling, so the
+    answer leaves within a millisecond of the prediction being stored. ``look_first`` is
+    False for an upload just enqueued, which cannot be finished yet."""
+    deadline = time.monotonic() + seconds
+    prediction = get_prediction(conn, prediction_id) if look_first else None
+    while (prediction is None or not prediction.finished) and time.monotonic() < deadline:
+        heard = db.wait_for_progress(conn, min(deadline - time.monotonic(), RECHECK_SECONDS))
+        if prediction_id in heard or not heard:  # ours moved, or a quiet interval passed: look again
+            prediction = get_prediction(conn, prediction_id)
+    return prediction if prediction is not None else get_prediction(conn, prediction_id)
 
 
 def submit_selection(

@@ -34,5 +34,7 @@ def remember_concurrency(sender: Any = None, conf: Any = None, options: dict | N
 def start_child(**_: Any) -> None:
     from worker import sweeper, tasks
 
+    if settings().worker_niceness:  # bulk work yields the CPU to uploads and the web
+        os.nice(settings().worker_niceness)
     tasks.warm_up()
     sweeper.start(app, settings())
