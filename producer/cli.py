@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 import psycopg2
+import psycopg2.errors
 
 from producer import ingest as ingest_rows
 from shared import db
@@ -63,8 +64,18 @@ def main() -> None:
 @main.command("init-db")
 @user_errors
 def init_db() -> None:
-    """Create the tables and indexes (safe to run again)."""
-    db.create_schema(db.wait_for_database(settings().database_url, timeout_seconds=30))
+    """Create the tables and indexes (safe to run again), as SCHEMA_DATABASE_URL's role if set."""
+    conn = db.wait_for_database(settings().schema_database_url, timeout_seconds=30)
+    try:
+        db.create_schema(conn)
+    except psycopg2.errors.InsufficientPrivilege as error:
+        # The services' role (mnist_app) may not create tables, by design: say which role may.
+        reason = str(error).strip().splitlines()[0]
+        raise click.ClickException(
+            f"{reason}: init-db needs the role that owns the tables; set SCHEMA_DATABASE_URL to its URL (mnist_owner)"
+        ) from None
+    finally:
+        conn.close()
     click.echo("schema ready")
 
 

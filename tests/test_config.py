@@ -8,6 +8,7 @@ from shared.config import DEFAULT_DATABASE_URL, DEVELOPMENT_SECRET_KEY, load_set
 
 PRODUCTION_SECRET = "a-long-random-value-from-the-deployment-secret-store"
 PRODUCTION_DATABASE_URL = "postgresql://mnist_app:Zq8vX1r7kPz4@db:5432/mnist"
+PRODUCTION_OWNER_URL = "postgresql://mnist_owner:Vb3nQ9w2LmT6@db:5432/mnist"
 
 
 @pytest.fixture
@@ -15,6 +16,7 @@ def production(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     monkeypatch.setenv("MNIST_PRODUCTION", "1")
     monkeypatch.setenv("SECRET_KEY", PRODUCTION_SECRET)
     monkeypatch.setenv("DATABASE_URL", PRODUCTION_DATABASE_URL)
+    monkeypatch.delenv("SCHEMA_DATABASE_URL", raising=False)
     return monkeypatch
 
 
@@ -47,6 +49,20 @@ def test_production_accepts_real_secrets(production):
 def test_production_refuses_development_defaults(production, name, value, message):
     production.setenv(name, value)
     with pytest.raises(ValueError, match=message):
+        load_settings()
+
+
+def test_init_db_uses_the_schema_owner_when_given(production):
+    assert load_settings().schema_database_url == PRODUCTION_DATABASE_URL
+    production.setenv("SCHEMA_DATABASE_URL", PRODUCTION_OWNER_URL)
+    config = load_settings()
+    assert (config.schema_database_url, config.database_url) == (PRODUCTION_OWNER_URL, PRODUCTION_DATABASE_URL)
+
+
+@pytest.mark.parametrize("password", ["mnist", "changeme"])
+def test_production_refuses_a_development_password_for_the_schema_owner(production, password):
+    production.setenv("SCHEMA_DATABASE_URL", f"postgresql://mnist_owner:{password}@db:5432/mnist")
+    with pytest.raises(ValueError, match="SCHEMA_DATABASE_URL uses a development password"):
         load_settings()
 
 

@@ -2,13 +2,16 @@
 
 The role the services use reads and writes rows, stores predictions through its temporary
 COPY table, and can do nothing else: no DROP, TRUNCATE or ALTER of the tables, no new tables,
-roles or databases. Role names are unique per run, since roles belong to the whole server.
+roles or databases. The schema is created as in the worker image: docker/entrypoint.sh runs
+``python -m producer init-db`` with SCHEMA_DATABASE_URL naming the owner, then the command with
+the app role only. Role names are unique per run, since roles belong to the whole server.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import urllib.parse
 from collections.abc import Iterator
 
@@ -24,6 +27,7 @@ from tests import services
 
 SERVER = urllib.parse.urlsplit(services.ADMIN_DATABASE_URL)
 ROLES_SCRIPT = services.PROJECT_ROOT / "deploy" / "postgres-init" / "10-mnist-roles.sh"
+ENTRYPOINT = services.PROJECT_ROOT / "docker" / "entrypoint.sh"
 FORBIDDEN = [
     "DROP TABLE predictions",
     "DROP TABLE input_data CASCADE",
@@ -56,9 +60,18 @@ def run_roles_script(database: str, owner: str, app: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def run_entrypoint(database_url: str, schema_database_url: str | None, *command: str) -> subprocess.CompletedProcess:
+    """The worker image's entrypoint, with this virtual environment's python first on PATH."""
+    env = {name: value for name, value in os.environ.items() if name not in {"SCHEMA_DATABASE_URL", "MNIST_PRODUCTION"}}
+    env |= {"DATABASE_URL": database_url, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"}
+    if schema_database_url is not None:
+        env["SCHEMA_DATABASE_URL"] = schema_database_url
+    return subprocess.run([str(ENTRYPOINT), *command], cwd=services.PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
 @pytest.fixture(scope="module")
 def role_urls() -> Iterator[dict[str, str]]:
-    """A database set up as in deployment: roles first, then init-db's schema created by the owner."""
+    """A database set up as in deployment: roles first, then the worker's entrypoint creates the schema as the owner."""
     database = services.unique_name("mnistq_roles")
     owner, app = services.unique_name("mnistq_owner"), services.unique_name("mnistq_app")
     services.create_database(database)
@@ -66,11 +79,10 @@ def role_urls() -> Iterator[dict[str, str]]:
         run_roles_script(database, owner, app)
         server = f"{SERVER.hostname}:{SERVER.port or 5432}"
         urls = {role: f"postgresql://{name}@{server}/{database}" for role, name in (("owner", owner), ("app", app))}
-        conn = db.connect(urls["owner"])
-        db.create_schema(conn)  # what `python -m producer init-db` does
-        conn.close()
+        started = run_entrypoint(urls["app"], urls["owner"], "env")
+        assert started.returncode == 0, started.stderr
         run_roles_script(database, owner, app)  # running it again changes nothing
-        yield {**urls, "owner_name": owner, "app_name": app}
+        yield {**urls, "owner_name": owner, "app_name": app, "command_output": started.stdout}
     finally:
         services.drop_database(database)
         drop_roles(owner, app)
@@ -125,3 +137,15 @@ def test_the_roles_are_neither_superusers_nor_owners_of_more_than_they_need(role
         cursor.execute("SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = 'public'")
         assert cursor.fetchall() == [(role_urls["owner_name"],)]
     admin.close()
+
+
+def test_the_entrypoint_creates_the_schema_and_hides_the_owner_from_the_command(role_urls):
+    output = role_urls["command_output"].splitlines()
+    assert output[0] == "schema ready"
+    assert f"DATABASE_URL={role_urls['app']}" in output
+    assert not any(line.startswith("SCHEMA_DATABASE_URL=") for line in output)
+
+
+def test_init_db_as_the_app_role_says_which_role_it_needs(role_urls):
+    refused = run_entrypoint(role_urls["app"], None, "true")
+    assert refused.returncode == 1 and "set SCHEMA_DATABASE_URL" in refused.stderr, refused.stderr

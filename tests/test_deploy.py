@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import re
+import stat
 from pathlib import Path
 
 import jsonschema
@@ -93,25 +94,71 @@ def test_data_lives_in_named_volumes():
         assert any(volume.startswith("model_data:/models") for volume in services[name]["volumes"])
 
 
+SECRETS = {
+    "POSTGRES_PASSWORD": "pw-from-env",
+    "SECRET_KEY": "key-from-env",
+    "MNIST_OWNER_PASSWORD": "owner-from-env",
+    "MNIST_APP_PASSWORD": "app-from-env",
+}
+
+
+def rendered_compose() -> dict:
+    """The compose file as Compose would see it with .env.example filled in with ``SECRETS``."""
+    text = (PROJECT_ROOT / "docker-compose.yml").read_text()
+    return yaml.safe_load(interpolate(text, {**env_example(), **SECRETS}))
+
+
 def test_secrets_come_from_the_env_file():
     text = (PROJECT_ROOT / "docker-compose.yml").read_text()
     required = {match["name"] for match in VARIABLE.finditer(text) if match["op"] == ":?"}
-    assert required == {"POSTGRES_PASSWORD", "SECRET_KEY"}
+    assert required == set(SECRETS)
     example = env_example()
     assert required <= set(example) and not any(example[name] for name in required), ".env.example must leave secrets blank"
-    with pytest.raises(ValueError, match="set POSTGRES_PASSWORD in .env"):
-        interpolate(text, example)
+    for name in required:
+        with pytest.raises(ValueError, match=f"set {name} in .env"):
+            interpolate(text, {**example, **SECRETS, name: ""})
 
-    secrets = {"POSTGRES_PASSWORD": "pw-from-env", "SECRET_KEY": "key-from-env"}
-    rendered = yaml.safe_load(interpolate(text, {**example, **secrets}))
+    rendered = rendered_compose()
     for name in APP_SERVICES:
         environment = rendered["services"][name]["environment"]
-        assert environment["DATABASE_URL"] == "postgresql://mnist:pw-from-env@db:5432/mnist"
         assert environment["SECRET_KEY"] == "key-from-env" and environment["MNIST_PRODUCTION"] == "1"
     assert rendered["services"]["db"]["healthcheck"]["test"][1] == 'pg_isready -U "${POSTGRES_USER}" -d "${POSTGRES_DB}"'
     assert rendered["services"]["db"]["environment"]["POSTGRES_PASSWORD"] == "pw-from-env"
     for ignore_file in (".gitignore", ".dockerignore"):
         assert ".env" in (PROJECT_ROOT / ignore_file).read_text().splitlines()
+
+
+def test_the_db_creates_the_least_privilege_roles_on_first_start():
+    db = rendered_compose()["services"]["db"]
+    assert "./deploy/postgres-init:/docker-entrypoint-initdb.d:ro" in db["volumes"]
+    assert db["environment"]["MNIST_OWNER_PASSWORD"] == "owner-from-env"
+    assert db["environment"]["MNIST_APP_PASSWORD"] == "app-from-env"
+    # The postgres image sources a .sh file that is not executable, and then $0 is not the script.
+    assert (PROJECT_ROOT / "deploy" / "postgres-init" / "10-mnist-roles.sh").stat().st_mode & stat.S_IXOTH
+
+
+def test_services_connect_as_the_app_role_and_only_the_worker_knows_the_owner():
+    services = rendered_compose()["services"]
+    for name in APP_SERVICES:
+        assert services[name]["environment"]["DATABASE_URL"] == "postgresql://mnist_app:app-from-env@db:5432/mnist"
+    assert services["worker"]["environment"]["SCHEMA_DATABASE_URL"] == "postgresql://mnist_owner:owner-from-env@db:5432/mnist"
+    assert "SCHEMA_DATABASE_URL" not in services["web"]["environment"]
+    for name in APP_SERVICES:
+        assert "pw-from-env" not in json.dumps(services[name]), f"{name} must not know the superuser's password"
+
+
+def test_only_the_worker_image_applies_the_schema_and_then_forgets_the_owner():
+    assert 'ENTRYPOINT ["mnist-entrypoint"]' in dockerfile("Dockerfile.worker")
+    web = dockerfile("Dockerfile.web")
+    assert "ENTRYPOINT" not in web and not re.search(r"^COPY producer/", web, re.MULTILINE)
+    lines = [line for line in (PROJECT_ROOT / "docker" / "entrypoint.sh").read_text().splitlines() if not line.startswith("#")]
+    assert lines.index("python -m producer init-db") < lines.index("unset SCHEMA_DATABASE_URL") < lines.index('exec "$@"')
+
+
+def test_compose_file_with_the_example_env_follows_the_compose_specification():
+    if not COMPOSE_SCHEMA.exists():
+        pytest.skip(f"the Compose JSON schema is not at {COMPOSE_SCHEMA}")
+    jsonschema.Draft7Validator(json.loads(COMPOSE_SCHEMA.read_text())).validate(rendered_compose())
 
 
 def test_images_run_as_a_non_root_user_from_slim_python():
