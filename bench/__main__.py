@@ -21,10 +21,11 @@ SEED_SLICE = 300
 
 
 def table(rows: list[dict[str, Any]], ceiling: float) -> list[str]:
-    lines = [f"{'what':<66}{'images/s':>10}{'spread':>10}{'x bare':>9}"]
+    lines = [f"{'what':<66}{'images/s':>10}{'spread':>10}{'x bare':>9}  CPU µs per image"]
     for row in rows:
         rate = row["images_per_second"]
-        lines.append(f"{row['what']:<66}{rate:>10,.0f}{row['spread']:>10,.0f}{rate / ceiling:>9.3f}")
+        cpu = ", ".join(f"{name} {us:g}" for name, us in row.get("cpu_us_per_image", {}).items())
+        lines.append(f"{row['what']:<66}{rate:>10,.0f}{row['spread']:>10,.0f}{rate / ceiling:>9.3f}  {cpu}")
     return lines
 
 

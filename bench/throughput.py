@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import median_and_spread, wait_for_count
+from bench.common import child_pids, cpu_seconds, median_and_spread, pids_named, wait_for_count
 from tests import services
 
 BATCH_SIZES = (64, 256, 1024)
@@ -25,14 +25,17 @@ def bare_model(images: np.ndarray, repeats: int, runtime: str) -> dict[str, Any]
     for batch_size in BATCH_SIZES:
         predictor.predict_batch(images[:batch_size])  # allocate and warm up outside the timing
         rates = []
+        cpu_before = time.process_time()
         for _ in range(repeats):
             started = time.perf_counter()
             for start in range(0, len(images), batch_size):
                 predictor.predict_batch(images[start : start + batch_size])
             rates.append(len(images) / (time.perf_counter() - started))
-        by_batch[batch_size] = median_and_spread(rates)
+        by_batch[batch_size] = (*median_and_spread(rates), (time.process_time() - cpu_before) / (repeats * len(images)) * 1e6)
     best = max(by_batch, key=lambda size: by_batch[size][0])
-    return {"what": f"bare model, {runtime}, batch {best}", "images_per_second": by_batch[best][0], "spread": by_batch[best][1]}
+    rate, spread, cpu_us = by_batch[best]
+    what = f"bare model, {runtime}, batch {best}"
+    return {"what": what, "images_per_second": rate, "spread": spread, "cpu_us_per_image": {"model": round(cpu_us, 1)}}
 
 
 def pipeline(env: dict[str, str], image_ids: list[int], workers: int, repeats: int, log_dir: Path) -> dict[str, Any]:
@@ -48,12 +51,18 @@ def pipeline(env: dict[str, str], image_ids: list[int], workers: int, repeats: i
         worker.wait_ready()
         conn = db.connect(settings().database_url)
         app = celery_app(settings())
-        for _ in range(repeats + 1):  # the first run warms every pool process up and is not counted
+        cpu = {"worker": 0.0, "postgres": 0.0}
+        for repeat in range(repeats + 1):  # the first run warms every pool process up and is not counted
+            worker_pids = [worker.process.pid, *child_pids(worker.process.pid)]
+            cpu_before = {"worker": cpu_seconds(worker_pids), "postgres": cpu_seconds(pids_named("postgres"))}
             started = time.perf_counter()
             job_id = db.create_job(conn, image_ids, model_version(settings().model_path), {"bench": True})
             enqueue_batches(app, job_id, image_ids, settings().batch_size, bulk_queue(settings()))
             wait_for_count(conn, job_id, len(image_ids))
             rates.append(len(image_ids) / (time.perf_counter() - started))
+            if repeat:
+                cpu["worker"] += cpu_seconds(worker_pids) - cpu_before["worker"]
+                cpu["postgres"] += cpu_seconds(pids_named("postgres")) - cpu_before["postgres"]
             if db.rows_for_job(conn, job_id)[1] != len(image_ids):
                 raise RuntimeError(f"job {job_id} did not store every prediction")
         conn.close()
@@ -62,7 +71,8 @@ def pipeline(env: dict[str, str], image_ids: list[int], workers: int, repeats: i
     median, spread = median_and_spread(rates[1:])
     noun = "process" if workers == 1 else "processes"
     what = f"mnist-queue, {workers} worker {noun}, {settings().model_runtime}, batch {settings().batch_size}"
-    return {"what": what, "images_per_second": median, "spread": spread}
+    per_image = {name: round(seconds / (repeats * len(image_ids)) * 1e6, 1) for name, seconds in cpu.items()}
+    return {"what": what, "images_per_second": median, "spread": spread, "cpu_us_per_image": per_image}
 
 
 def seed_style(env: dict[str, str], image_ids: list[int], log_dir: Path) -> dict[str, Any]:
