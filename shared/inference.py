@@ -17,6 +17,9 @@ import numpy as np
 NUM_CLASSES = 10
 INPUT_SHAPE = (28, 28, 1)
 RUNTIMES = ("litert", "tensorflow")
+# LiteRT is fastest on slices of 64 on this 2-core CPU (26.6k images/s against 22.0k at 256:
+# the activations stay in cache), so larger batches are run as slices of this size.
+LITERT_BATCH = 64
 # One interpreter per batch size seen recently: re-allocating tensors on every switch
 # between single uploads and bulk batches would cost more than the inference.
 MAX_CACHED_BATCH_SIZES = 4
@@ -61,6 +64,10 @@ class LiteRTPredictor:
     def predict_batch(self, images: np.ndarray) -> np.ndarray:
         if len(images) == 0:
             return np.zeros((0, NUM_CLASSES), dtype=np.float32)
+        slices = [images[start : start + LITERT_BATCH] for start in range(0, len(images), LITERT_BATCH)]
+        return np.concatenate([self._invoke(part) for part in slices])
+
+    def _invoke(self, images: np.ndarray) -> np.ndarray:
         interpreter = self._interpreter_for(len(images))
         interpreter.set_tensor(interpreter.get_input_details()[0]["index"], to_model_input(images))
         interpreter.invoke()
