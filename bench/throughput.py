@@ -34,7 +34,7 @@ def bare_model(images: np.ndarray, repeats: int, runtime: str) -> dict[str, Any]
         by_batch[batch_size] = (*median_and_spread(rates), (time.process_time() - cpu_before) / (repeats * len(images)) * 1e6)
     best = max(by_batch, key=lambda size: by_batch[size][0])
     rate, spread, cpu_us = by_batch[best]
-    what = f"bare model, {runtime}, batch {best}"
+    what = f"bare model, {runtime}, {best} images a call"
     return {"what": what, "images_per_second": rate, "spread": spread, "cpu_us_per_image": {"model": round(cpu_us, 1)}}
 
 
