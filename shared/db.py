@@ -142,6 +142,17 @@ def transaction(conn: psycopg2.extensions.connection) -> Iterator[psycopg2.exten
             yield cursor
 
 
+def ping(conn: psycopg2.extensions.connection) -> None:
+    """One round trip (autocommit, so no COMMIT follows); raises if the server has gone away."""
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    finally:
+        if not conn.closed:
+            conn.autocommit = False
+
+
 def create_schema(conn: psycopg2.extensions.connection) -> None:
     """Idempotent; serialised by an advisory lock so concurrent starters do not collide."""
     with transaction(conn) as cursor:

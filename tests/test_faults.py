@@ -26,6 +26,7 @@ import pytest
 from producer.ingest import load_mnist, mnist_rows
 from shared import db
 from shared.config import settings
+from shared.images import png_bytes
 from shared.tasks import bulk_queue, celery_app, enqueue_batches
 from tests import services
 from tests.crashing_worker import CRASH_MARKER, FAIL_MARKER
@@ -241,12 +242,14 @@ def test_a_postgres_restart_mid_job_is_ridden_out(fault_env, tmp_path):
     ids = db.insert_images(conn, list(mnist_rows(images, labels, "test")))
     env = {**fault_env, "DATABASE_URL": database_url}
     worker = start_worker(env, tmp_path, "worker")
-    web = services.WebServer(env, tmp_path / "web.log")
+    web = services.WebServer(env, tmp_path / "web.log", workers=1)  # one process: its pool is the one tested
     started = time.monotonic()
     try:
         web.wait_ready()
         assert readiness(web)[0] == 200
         job_id = submit(conn, env, ids, batch_size=100)
+        with urllib.request.urlopen(f"{web.url}/api/jobs/{job_id}", timeout=10) as answer:  # fills the web's pool
+            assert answer.status == 200
         time.sleep(0.3)
         conn.close()
         stop_postgres(stack_dir)
@@ -257,6 +260,10 @@ def test_a_postgres_restart_mid_job_is_ridden_out(fault_env, tmp_path):
         conn = db.wait_for_database(database_url)
         job = assert_exactly_once(conn, job_id, len(ids))
         assert readiness(web)[0] == 200  # recovered by itself
+        picture = png_bytes(images[0])
+        upload = urllib.request.Request(f"{web.url}/api/predictions?wait=10", data=picture, headers={"Content-Type": "image/png"})
+        with urllib.request.urlopen(upload, timeout=30) as answer:  # the web's pooled connections too
+            assert answer.status == 200 and json.load(answer)["label"] == labels[0]
         record("PostgreSQL restarted mid-job", 1, len(ids), job, time.monotonic() - started)
     finally:
         web.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import psycopg2.extensions
-import psycopg2.pool
 from celery import Celery
 from flask import Flask, current_app, g
 
@@ -13,14 +12,11 @@ from shared import db
 from shared.config import Settings
 from shared.model_info import model_version
 from shared.tasks import celery_app
+from web.pool import ConnectionPool
 
 READY_TIMEOUT_SECONDS = 3
 CELERY_EXTENSION = "mnist_celery"
 POOL_EXTENSION = "mnist_db_pool"
-# psycopg2's pool keeps at most ``minconn`` idle connections and closes the rest on return.
-KEPT_CONNECTIONS = 2
-MAX_POOLED_CONNECTIONS = 8  # per web process; more than the threads a gunicorn worker runs
-IDLE_OR_IN_TRANSACTION = (psycopg2.extensions.TRANSACTION_STATUS_IDLE, psycopg2.extensions.TRANSACTION_STATUS_INTRANS)
 SCHEMA_MISSING = "the tables do not exist yet (create them with: python -m producer init-db)"
 
 
@@ -36,27 +32,21 @@ def app_settings() -> Settings:
 def get_db() -> psycopg2.extensions.connection:
     """The request's connection, taken from this process's pool on first use."""
     if "db" not in g:
-        g.db = connection_pool().getconn()
+        g.db = connection_pool().checkout()
     return g.db
 
 
 def close_db(_: BaseException | None = None) -> None:
-    """Back to the pool; a connection that broke (say, PostgreSQL restarted) is thrown away."""
     conn = g.pop("db", None)
-    if conn is None:
-        return
-    broken = conn.closed or conn.get_transaction_status() not in IDLE_OR_IN_TRANSACTION
-    if not broken:
-        conn.rollback()
-    connection_pool().putconn(conn, close=bool(broken))
+    if conn is not None:
+        connection_pool().checkin(conn)
 
 
-def connection_pool() -> psycopg2.pool.ThreadedConnectionPool:
+def connection_pool() -> ConnectionPool:
     """One pool per process, made after gunicorn forks: opening a connection costs milliseconds."""
     pool = current_app.extensions.get(POOL_EXTENSION)
     if pool is None or pool.owner_pid != os.getpid():
-        pool = psycopg2.pool.ThreadedConnectionPool(KEPT_CONNECTIONS, MAX_POOLED_CONNECTIONS, app_settings().database_url)
-        pool.owner_pid = os.getpid()
+        pool = ConnectionPool(app_settings().database_url)
         current_app.extensions[POOL_EXTENSION] = pool
     return pool
 

@@ -27,6 +27,7 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(RequestEntityTooLarge, too_large)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(psycopg2.OperationalError, database_unavailable)
+    app.register_error_handler(psycopg2.InterfaceError, database_unavailable)  # a connection that died mid-request
     app.register_error_handler(psycopg2.errors.UndefinedTable, schema_missing)
     app.register_error_handler(kombu.exceptions.OperationalError, broker_unavailable)
     app.register_error_handler(Exception, unexpected_error)
@@ -58,7 +59,7 @@ def too_large(error: RequestEntityTooLarge) -> tuple[Response | str, int]:
     return error_response(error.code, f"the upload is too large: at most {limit:,} bytes are accepted")
 
 
-def database_unavailable(error: psycopg2.OperationalError) -> tuple[Response | str, int]:
+def database_unavailable(error: psycopg2.OperationalError | psycopg2.InterfaceError) -> tuple[Response | str, int]:
     log.error("database unavailable during %s %s: %s", request.method, request.path, error)
     return error_response(ServiceUnavailable.code, "the database is unavailable; try again shortly")
 

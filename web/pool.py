@@ -1,0 +1,50 @@
+"""A per-process PostgreSQL connection pool that hands out live connections only.
+
+After a PostgreSQL restart the pool still holds connections to the old server; the first
+request to use one would fail. A connection idle for more than a second is pinged before
+it is handed out (one round trip); one in steady use is not.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.pool
+
+from shared import db
+
+# psycopg2's pool keeps at most ``minconn`` idle connections and closes the rest on return.
+KEPT_CONNECTIONS = 2
+MAX_CONNECTIONS = 8  # per web process; more than the threads a gunicorn worker runs
+PING_AFTER_IDLE_SECONDS = 1.0
+REUSABLE = (psycopg2.extensions.TRANSACTION_STATUS_IDLE, psycopg2.extensions.TRANSACTION_STATUS_INTRANS)
+
+
+class ConnectionPool:
+    def __init__(self, database_url: str) -> None:
+        self.owner_pid = os.getpid()  # a pool must not cross a fork
+        self._pool = psycopg2.pool.ThreadedConnectionPool(KEPT_CONNECTIONS, MAX_CONNECTIONS, database_url)
+        self._returned_at: dict[int, float] = {}
+
+    def checkout(self) -> psycopg2.extensions.connection:
+        for _ in range(MAX_CONNECTIONS):  # after a restart every idle connection may be dead
+            conn = self._pool.getconn()
+            if time.monotonic() - self._returned_at.pop(id(conn), 0.0) <= PING_AFTER_IDLE_SECONDS:
+                return conn
+            try:
+                db.ping(conn)
+                return conn
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                self._pool.putconn(conn, close=True)
+        return self._pool.getconn()
+
+    def checkin(self, conn: psycopg2.extensions.connection) -> None:
+        """Back to the pool, rolled back; a connection that broke is closed instead."""
+        reusable = not conn.closed and conn.get_transaction_status() in REUSABLE
+        if reusable:
+            conn.rollback()
+            self._returned_at[id(conn)] = time.monotonic()
+        self._pool.putconn(conn, close=not reusable)
