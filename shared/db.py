@@ -142,15 +142,27 @@ def transaction(conn: psycopg2.extensions.connection) -> Iterator[psycopg2.exten
             yield cursor
 
 
-def ping(conn: psycopg2.extensions.connection) -> None:
-    """One round trip (autocommit, so no COMMIT follows); raises if the server has gone away."""
-    conn.autocommit = True
+@contextlib.contextmanager
+def statement(conn: psycopg2.extensions.connection) -> Iterator[psycopg2.extensions.cursor]:
+    """A cursor for one self-contained statement, committed after it.
+
+    On an autocommit connection (the web's and the worker's) that is a single round trip,
+    where ``transaction`` costs three (BEGIN, the statement, COMMIT).
+    """
     try:
         with conn.cursor() as cursor:
-            cursor.execute("SELECT 1")
-    finally:
-        if not conn.closed:
-            conn.autocommit = False
+            yield cursor
+    except BaseException:
+        if not conn.closed and not conn.autocommit:
+            conn.rollback()
+        raise
+    conn.commit()
+
+
+def ping(conn: psycopg2.extensions.connection) -> None:
+    """Raises if the server has gone away."""
+    with statement(conn) as cursor:
+        cursor.execute("SELECT 1")
 
 
 def create_schema(conn: psycopg2.extensions.connection) -> None:
@@ -179,7 +191,7 @@ def insert_images(conn: psycopg2.extensions.connection, rows: Sequence[ImageRow]
 
 def fetch_images(conn: psycopg2.extensions.connection, image_ids: Sequence[int]) -> dict[int, bytes]:
     """Image bytes by ID in one query; missing IDs are simply absent from the result."""
-    with transaction(conn) as cursor:
+    with statement(conn) as cursor:
         cursor.execute("SELECT id, image_data FROM input_data WHERE id = ANY(%s)", (list(image_ids),))
         return {image_id: bytes(data) for image_id, data in cursor.fetchall()}
 
@@ -362,12 +374,12 @@ def stalled_jobs(conn: psycopg2.extensions.connection, stall_seconds: float) -> 
 
 def listen_for_progress(conn: psycopg2.extensions.connection) -> None:
     """Subscribe this connection to job progress; committed at once so nothing is missed after."""
-    with transaction(conn) as cursor:
+    with statement(conn) as cursor:
         cursor.execute("LISTEN mnist_job_progress")
 
 
 def stop_listening(conn: psycopg2.extensions.connection) -> None:
-    with transaction(conn) as cursor:
+    with statement(conn) as cursor:
         cursor.execute("UNLISTEN mnist_job_progress")
     conn.notifies.clear()
 
@@ -479,7 +491,7 @@ def create_upload_job(
 
     One statement, so an upload costs one round trip and one commit.
     """
-    with transaction(conn) as cursor:
+    with statement(conn) as cursor:
         cursor.execute(
             """
             WITH image AS (

@@ -32,6 +32,7 @@ class ConnectionPool:
     def checkout(self) -> psycopg2.extensions.connection:
         for _ in range(MAX_CONNECTIONS):  # after a restart every idle connection may be dead
             conn = self._pool.getconn()
+            conn.autocommit = True  # single statements in one round trip; db.transaction still groups
             if time.monotonic() - self._returned_at.pop(id(conn), 0.0) <= PING_AFTER_IDLE_SECONDS:
                 return conn
             try:

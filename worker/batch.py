@@ -43,6 +43,7 @@ class DatabaseLane:
     def _call(self, function: Callable[..., Result], *args: Any) -> Result:
         if self._connection is None or self._connection.closed:
             self._connection = db.connect(self._database_url)
+            self._connection.autocommit = True  # single statements in one round trip
         try:
             return function(self._connection, *args)
         except db.TRANSIENT_ERRORS:
