@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import io
 import select
+import struct
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import psycopg2
 import psycopg2.extras
 import tenacity
+from psycopg2 import sql
 
 # The largest id a BIGSERIAL column holds: a larger one names no row, and PostgreSQL refuses it.
 MAX_ROW_ID = 2**63 - 1
@@ -93,6 +95,7 @@ CREATE TABLE IF NOT EXISTS job_failures (
 );
 """
 
+BINARY_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 # NOTIFY channel on which every stored batch announces its job id.
 PROGRESS_CHANNEL = "mnist_job_progress"
 TRANSIENT_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
@@ -190,10 +193,37 @@ def insert_images(conn: psycopg2.extensions.connection, rows: Sequence[ImageRow]
 
 
 def fetch_images(conn: psycopg2.extensions.connection, image_ids: Sequence[int]) -> dict[int, bytes]:
-    """Image bytes by ID in one query; missing IDs are simply absent from the result."""
+    """Image bytes by ID in one query; missing IDs are simply absent from the result.
+
+    Read with COPY in binary format: half the time of a SELECT, whose bytea arrives as hex
+    text that both PostgreSQL and psycopg2 must convert.
+    """
+    ids = sql.Literal([int(image_id) for image_id in image_ids])  # COPY takes no parameters: quoted by psycopg2
+    payload = io.BytesIO()
     with statement(conn) as cursor:
-        cursor.execute("SELECT id, image_data FROM input_data WHERE id = ANY(%s)", (list(image_ids),))
-        return {image_id: bytes(data) for image_id, data in cursor.fetchall()}
+        cursor.copy_expert(
+            sql.SQL("COPY (SELECT id, image_data FROM input_data WHERE id = ANY({ids})) TO STDOUT WITH (FORMAT binary)").format(ids=ids),
+            payload,
+        )
+    return parse_binary_copy(payload.getvalue())
+
+
+def parse_binary_copy(payload: bytes) -> dict[int, bytes]:
+    """Rows of (bigint id, bytea) from PostgreSQL's binary COPY format: a header, then per row
+    a field count and each field as length + bytes, then -1."""
+    if not payload.startswith(BINARY_COPY_SIGNATURE):
+        raise ValueError("not PostgreSQL binary COPY data")
+    (extension_length,) = struct.unpack_from("!i", payload, len(BINARY_COPY_SIGNATURE) + 4)
+    offset = len(BINARY_COPY_SIGNATURE) + 8 + extension_length
+    rows = {}
+    while True:
+        (fields,) = struct.unpack_from("!h", payload, offset)
+        if fields == -1:
+            return rows
+        _, image_id, length = struct.unpack_from("!iqi", payload, offset + 2)
+        offset += 18
+        rows[image_id] = payload[offset : offset + length]
+        offset += length
 
 
 def select_image_ids(

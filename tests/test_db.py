@@ -79,3 +79,12 @@ def test_selection_filters_by_split_label_and_model(conn):
     db.store_results(conn, job_id, "model-x", [db.PredictionRow(ids[0], 7, 0.99, b"")], [])
     unpredicted = db.select_image_ids(conn, split="train", unpredicted_by="model-x")
     assert ids[0] not in unpredicted and ids[1] in unpredicted
+
+
+def test_fetch_images_returns_the_stored_bytes_of_every_length_and_skips_unknown_ids(conn):
+    odd = b"\x93NUMPY not the usual header, and not 912 bytes long"
+    rows = [image_row(unique_index()), db.ImageRow(odd, None, [28, 28], "upload", None, None)]
+    ids = db.insert_images(conn, rows)
+    fetched = db.fetch_images(conn, [*ids, 9_000_000_001])
+    assert fetched == {ids[0]: IMAGE, ids[1]: odd}
+    assert db.fetch_images(conn, []) == {}
