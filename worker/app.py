@@ -15,6 +15,7 @@ from typing import Any
 from celery import signals
 
 from shared.config import settings
+from shared.cpus import available_cpus
 from shared.tasks import celery_app
 
 app = celery_app(settings(), name="mnist_queue_worker")
@@ -22,12 +23,19 @@ app.conf.imports = ("worker.tasks",)
 
 log = logging.getLogger(__name__)
 
+# Set in the parent before the pool forks, so every pool process knows how many share the CPUs.
+pool_processes = 1
+
 
 @signals.celeryd_init.connect
 def remember_concurrency(sender: Any = None, conf: Any = None, options: dict | None = None, **_: Any) -> None:
-    """Pool processes inherit this, so each can size its TensorFlow threads to its share of the cores."""
-    concurrency = (options or {}).get("concurrency") or os.cpu_count() or 1
-    os.environ.setdefault("MNIST_WORKER_CONCURRENCY", str(concurrency))
+    global pool_processes
+    pool_processes = int((options or {}).get("concurrency") or available_cpus())
+
+
+def inference_threads() -> int:
+    """WORKER_THREADS if set, else this pool process's share of the CPUs."""
+    return settings().worker_threads or max(1, available_cpus() // pool_processes)
 
 
 @signals.worker_process_init.connect

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import numpy as np
@@ -14,7 +13,7 @@ from shared.config import settings
 from shared.inference import Predictor, load_predictor
 from shared.model_info import model_version
 from shared.tasks import PREDICT_BATCH_TASK, bulk_queue
-from worker.app import app
+from worker.app import app, inference_threads
 from worker.batch import DatabaseLane, process_batch
 
 log = logging.getLogger(__name__)
@@ -27,20 +26,13 @@ _predictor: Predictor | None = None
 _lane: DatabaseLane | None = None
 
 
-def threads_per_process() -> int:
-    """WORKER_THREADS if set, else this process's share of the cores."""
-    if settings().worker_threads:
-        return settings().worker_threads
-    concurrency = int(os.environ.get("MNIST_WORKER_CONCURRENCY", "1"))
-    return max(1, (os.cpu_count() or 1) // concurrency)
-
-
 def predictor() -> Predictor:
     global _predictor
     if _predictor is None:
         config = settings()
-        _predictor = load_predictor(config.model_path, config.model_runtime, threads_per_process())
-        log.info("loaded %s (%s runtime, %d threads)", config.model_path, config.model_runtime, threads_per_process())
+        threads = inference_threads()
+        _predictor = load_predictor(config.model_path, config.model_runtime, threads)
+        log.info("loaded %s (%s runtime, %d threads)", config.model_path, config.model_runtime, threads)
     return _predictor
 
 
