@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2.extensions
-import redis
 
 from tests import services
 
@@ -24,20 +23,12 @@ def private_environment() -> Iterator[dict[str, str]]:
     database_name = services.unique_name("mnistq_bench")
     os.environ["DATABASE_URL"] = services.database_url_for(database_name)
     os.environ["QUEUE_PREFIX"] = services.unique_name("mnistq-bench")
-    services.create_database(database_name)
     RESULTS_DIR.mkdir(exist_ok=True)
     try:
-        from shared import db
-
-        conn = db.connect(os.environ["DATABASE_URL"])
-        db.create_schema(conn)
-        conn.close()
-        yield dict(os.environ)
+        with services.database_with_schema(database_name):
+            yield dict(os.environ)
     finally:
-        services.drop_database(database_name)
-        client = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-        for key in client.scan_iter(f"{os.environ['QUEUE_PREFIX']}*"):
-            client.delete(key)
+        services.delete_queues(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), os.environ["QUEUE_PREFIX"])
 
 
 def median_and_spread(values: list[float]) -> tuple[float, float]:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-import redis
 
 from tests import services
 
@@ -26,17 +25,9 @@ os.environ.pop("MNIST_PRODUCTION", None)
 
 @pytest.fixture(scope="session", autouse=True)
 def database_url() -> Iterator[str]:
-    from shared import db
-
-    url = services.create_database(DATABASE_NAME)
-    conn = db.connect(url)
-    db.create_schema(conn)
-    conn.close()
-    yield url
-    services.drop_database(DATABASE_NAME)
-    client = redis.Redis.from_url(os.environ["REDIS_URL"])
-    for key in client.scan_iter(f"{QUEUE_PREFIX}*"):
-        client.delete(key)
+    with services.database_with_schema(DATABASE_NAME) as url:
+        yield url
+    services.delete_queues(os.environ["REDIS_URL"], QUEUE_PREFIX)
 
 
 @pytest.fixture

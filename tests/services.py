@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -11,7 +12,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg2
@@ -48,6 +49,39 @@ def drop_database(name: str) -> None:
     with admin.cursor() as cursor:
         cursor.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     admin.close()
+
+
+@contextlib.contextmanager
+def database_with_schema(name: str) -> Iterator[str]:
+    """A database of its own with the schema applied; dropped when the block ends."""
+    from shared import db
+
+    url = create_database(name)
+    try:
+        conn = db.connect(url)
+        db.create_schema(conn)
+        conn.close()
+        yield url
+    finally:
+        drop_database(name)
+
+
+def delete_queues(redis_url: str, queue_prefix: str) -> None:
+    """Remove a run's queues (and kombu's bindings for them) from Redis."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(f"*{queue_prefix}*"):
+        client.delete(key)
+
+
+def table_counts(conn: psycopg2.extensions.connection) -> tuple[int, int]:
+    """Rows in input_data and jobs: what a refused input must leave unchanged."""
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT (SELECT count(*) FROM input_data), (SELECT count(*) FROM jobs)")
+        counts = cursor.fetchone()
+    conn.commit()
+    return counts
 
 
 class ChildProcess:

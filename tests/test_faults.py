@@ -41,13 +41,8 @@ SEED = int(os.environ.get("FAULT_SEED", "20261126"))
 @pytest.fixture(scope="module")
 def fault_database() -> Iterator[str]:
     """A database of these tests' own: the session worker's sweeper must not adopt their jobs."""
-    name = services.unique_name("mnistq_faults")
-    url = services.create_database(name)
-    conn = db.connect(url)
-    db.create_schema(conn)
-    conn.close()
-    yield url
-    services.drop_database(name)
+    with services.database_with_schema(services.unique_name("mnistq_faults")) as url:
+        yield url
 
 
 @pytest.fixture

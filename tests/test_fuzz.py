@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import malformed_images
-from tests.services import WebServer
+from tests.services import WebServer, table_counts
 from web.app import create_app
 
 # Pillow warns about sizes between its two bomb limits (the upload is then refused by ours) and
@@ -39,14 +39,6 @@ def fuzz(examples: int) -> settings:
 # A bomb must be refused from its header, not by trying to decode it.
 BOMB_SECONDS = 1.0
 ACCEPTED = (202, 303)  # the API's and the form's "queued"
-
-
-def table_counts(conn) -> tuple[int, int]:
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT (SELECT count(*) FROM input_data), (SELECT count(*) FROM jobs)")
-        counts = cursor.fetchone()
-    conn.commit()
-    return counts
 
 
 class Ledger:

@@ -21,7 +21,7 @@ from shared.images import encode_image
 from shared.model_info import model_version
 from shared.tasks import bulk_queue, celery_app, enqueue_batches
 from tests import digits
-from tests.services import PROJECT_ROOT, wait_for_job
+from tests.services import PROJECT_ROOT, table_counts, wait_for_job
 from web.app import create_app
 
 WAIT = "20"  # seconds the API may hold a request while the worker predicts
@@ -44,14 +44,6 @@ def seven_png() -> bytes:
     images, labels = digits.mnist_test_digits(1)
     assert labels[0] == 7
     return digits.render_on_paper(images[0], np.random.default_rng(7))
-
-
-def table_counts(conn) -> tuple[int, int]:
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT (SELECT count(*) FROM input_data), (SELECT count(*) FROM jobs)")
-        counts = cursor.fetchone()
-    conn.commit()
-    return counts
 
 
 def encoded(picture: Image.Image, image_format: str = "PNG", **options) -> bytes:
