@@ -27,7 +27,8 @@ os.environ.pop("MNIST_PRODUCTION", None)
 def database_url() -> Iterator[str]:
     with services.database_with_schema(DATABASE_NAME) as url:
         yield url
-    services.delete_queues(os.environ["REDIS_URL"], QUEUE_PREFIX)
+    # Every queue name of this run, the session's and those single tests made, holds this pid.
+    services.delete_queues(os.environ["REDIS_URL"], f"_{os.getpid()}_")
 
 
 @pytest.fixture
