@@ -9,8 +9,8 @@ import numpy as np
 import psycopg2.extensions
 
 from shared import db
+from shared.inference import NUM_CLASSES
 
-NUM_CLASSES = 10
 LOW_CONFIDENCE_THRESHOLD = 0.8
 
 

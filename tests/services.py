@@ -15,8 +15,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import psycopg2
 from psycopg2 import sql
+
+from shared import db
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ADMIN_DATABASE_URL = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -54,7 +57,6 @@ def drop_database(name: str) -> None:
 @contextlib.contextmanager
 def database_with_schema(name: str) -> Iterator[str]:
     """A database of its own with the schema applied; dropped when the block ends."""
-    from shared import db
 
     url = create_database(name)
     try:
@@ -157,8 +159,6 @@ class WorkerProcess(ChildProcess):
 
 
 def wait_for_job(conn: psycopg2.extensions.connection, job_id: int, timeout: float = 60, poll_seconds: float = 0.2) -> dict:
-    from shared import db
-
     deadline = time.monotonic() + timeout
     job = db.get_job(conn, job_id)
     while job["status"] != "done" and time.monotonic() < deadline:
@@ -229,3 +229,11 @@ class RedisServer(ChildProcess):
         self.process.wait()
         self._log.close()
         return RedisServer(self.log_path.with_suffix(".restarted.log"), self.port)
+
+
+def prediction_batch(image_ids: list[int], labels: int | list[int], confidence: float) -> db.PredictionBatch:
+    """Predictions as a worker would store them: ``confidence`` on each label, the rest spread evenly."""
+    labels = [labels] * len(image_ids) if isinstance(labels, int) else labels
+    probabilities = np.full((len(image_ids), 10), (1 - confidence) / 9, dtype=np.float32)
+    probabilities[np.arange(len(image_ids)), labels] = confidence
+    return db.PredictionBatch.of(image_ids, probabilities)

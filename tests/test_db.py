@@ -4,6 +4,7 @@ import pytest
 
 from shared import db
 from shared.images import encode_image
+from tests.services import prediction_batch
 
 IMAGE = encode_image(np.zeros((28, 28), np.uint8))
 
@@ -36,7 +37,7 @@ def test_true_label_must_be_a_digit(conn):
 def test_a_redelivered_batch_changes_nothing(conn):
     ids = db.insert_images(conn, [image_row(unique_index()) for _ in range(3)])
     job_id = db.create_job(conn, ids, "test-model", {"test": True})
-    predictions = [db.PredictionRow(i, 3, 0.9, np.full(10, 0.1, "<f4").tobytes()) for i in ids[:2]]
+    predictions = prediction_batch(ids[:2], 3, 0.9)
     failures = [db.FailureRow(ids[2], "corrupt image: test")]
 
     assert db.store_results(conn, job_id, "test-model", predictions, failures) == (2, 1)
@@ -63,9 +64,9 @@ def test_job_status_follows_the_counters(conn):
     ids = db.insert_images(conn, [image_row(unique_index()) for _ in range(2)])
     job_id = db.create_job(conn, ids + ids, "test-model", {})  # duplicates in a submission count once
     assert db.get_job(conn, job_id)["total_images"] == 2
-    db.store_results(conn, job_id, "test-model", [db.PredictionRow(ids[0], 1, 0.5, b"")], [])
+    db.store_results(conn, job_id, "test-model", prediction_batch(ids[:1], 1, 0.5), [])
     assert db.get_job(conn, job_id)["status"] == "running"
-    db.store_results(conn, job_id, "test-model", [db.PredictionRow(ids[1], 1, 0.5, b"")], [])
+    db.store_results(conn, job_id, "test-model", prediction_batch(ids[1:2], 1, 0.5), [])
     job = db.get_job(conn, job_id)
     assert job["status"] == "done" and job["finished_at"] is not None
 
@@ -76,7 +77,7 @@ def test_selection_filters_by_split_label_and_model(conn):
     sevens = db.select_image_ids(conn, split="train", label=7)
     assert ids[0] in sevens and ids[1] not in sevens
     job_id = db.create_job(conn, ids[:1], "model-x", {})
-    db.store_results(conn, job_id, "model-x", [db.PredictionRow(ids[0], 7, 0.99, b"")], [])
+    db.store_results(conn, job_id, "model-x", prediction_batch(ids[:1], 7, 0.99), [])
     unpredicted = db.select_image_ids(conn, split="train", unpredicted_by="model-x")
     assert ids[0] not in unpredicted and ids[1] in unpredicted
 
@@ -88,3 +89,46 @@ def test_fetch_images_returns_the_stored_bytes_of_every_length_and_skips_unknown
     fetched = db.fetch_images(conn, [*ids, 9_000_000_001])
     assert fetched == {ids[0]: IMAGE, ids[1]: odd}
     assert db.fetch_images(conn, []) == {}
+
+
+def test_stored_predictions_read_back_exactly(conn):
+    ids = db.insert_images(conn, [image_row(unique_index()) for _ in range(3)])
+    job_id = db.create_job(conn, ids, "test-model", {})
+    probabilities = np.random.default_rng(7).dirichlet(np.ones(10), size=3).astype(np.float32)
+    db.store_results(conn, job_id, "test-model", db.PredictionBatch.of(ids, probabilities), [])
+    with db.transaction(conn) as cursor:
+        cursor.execute(
+            "SELECT input_data_id, model_version, predicted_label, confidence, prediction_probabilities"
+            " FROM predictions WHERE job_id = %s ORDER BY input_data_id",
+            (job_id,),
+        )
+        rows = cursor.fetchall()
+    assert [row[0] for row in rows] == sorted(ids) and {row[1] for row in rows} == {"test-model"}
+    for (_, _, label, confidence, vector), expected in zip(rows, probabilities[np.argsort(ids)], strict=True):
+        assert label == expected.argmax() and confidence == expected.max()
+        assert np.array_equal(np.frombuffer(bytes(vector), "<f4"), expected)
+
+
+def test_a_partly_stored_batch_stores_only_the_rest(conn):
+    ids = db.insert_images(conn, [image_row(unique_index()) for _ in range(3)])
+    job_id = db.create_job(conn, ids, "test-model", {})
+    assert db.store_results(conn, job_id, "test-model", prediction_batch(ids[:1], 2, 0.9), []) == (1, 0)
+    assert db.store_results(conn, job_id, "test-model", prediction_batch(ids, 2, 0.9), []) == (2, 0)
+    job = db.get_job(conn, job_id)
+    assert (job["done_count"], job["status"]) == (3, "done") and db.rows_for_job(conn, job_id) == (3, 3, 0)
+
+
+def test_results_for_a_job_that_does_not_exist_are_refused_and_nothing_is_stored(conn):
+    ids = db.insert_images(conn, [image_row(unique_index())])
+    missing_job = db.create_job(conn, ids, "test-model", {}) + 1_000_000
+    with pytest.raises(db.UnknownJobError):
+        db.store_results(conn, missing_job, "test-model", prediction_batch(ids, 1, 0.5), [])
+    assert db.rows_for_job(conn, missing_job) == (None, 0, 0)
+
+
+def test_undoing_an_upload_removes_its_prediction_too(conn):
+    job_id, image_id = db.create_upload_job(conn, IMAGE, [28, 28], "test-model", {"upload": "x.png"})
+    db.store_results(conn, job_id, "test-model", prediction_batch([image_id], 4, 0.8), [])
+    assert db.upload_prediction(conn, job_id)["predicted_label"] == 4
+    db.delete_upload_job(conn, job_id, image_id)
+    assert db.upload_prediction(conn, job_id) is None and db.rows_for_job(conn, job_id) == (None, 0, 0)

@@ -35,7 +35,7 @@ FORBIDDEN = [
     "TRUNCATE jobs CASCADE",
     "ALTER TABLE predictions ADD COLUMN note TEXT",
     "ALTER TABLE jobs OWNER TO CURRENT_USER",
-    "DROP INDEX predictions_predicted_label_idx",
+    "DROP INDEX predictions_input_data_id_idx",
     "CREATE TABLE stolen (id INT)",
     "DROP SCHEMA public CASCADE",
     "CREATE ROLE intruder SUPERUSER",
@@ -108,10 +108,7 @@ def test_the_app_role_does_the_services_work(app_conn):
     image = encode_image(np.eye(28, dtype=np.uint8) * 255)
     ids = db.insert_images(app_conn, [db.ImageRow(image, 7, [28, 28], "test", index, None) for index in range(3)])
     job_id = db.create_job(app_conn, ids, "model-x", {"split": "test"})
-    probabilities = np.full(10, 0.1, dtype="<f4").tobytes()
-    stored = db.store_results(
-        app_conn, job_id, "model-x", [db.PredictionRow(i, 7, 0.9, probabilities) for i in ids[:2]], [db.FailureRow(ids[2], "x")]
-    )
+    stored = db.store_results(app_conn, job_id, "model-x", services.prediction_batch(ids[:2], 7, 0.9), [db.FailureRow(ids[2], "x")])
     assert stored == (2, 1) and db.rows_for_job(app_conn, job_id) == (3, 2, 1)
     assert db.get_job(app_conn, job_id)["status"] == "done" and db.record_attempt(app_conn, job_id, ids) == 1
     upload_job, upload_image = db.create_upload_job(app_conn, image, [28, 28], "model-x", {"upload": "a.png"})

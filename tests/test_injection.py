@@ -90,11 +90,9 @@ def seed(conn) -> None:
     digit = np.eye(28, dtype=np.uint8) * 255
     ids = db.insert_images(conn, [db.ImageRow(encode_image(digit), label, [28, 28], "test", label, None) for label in (1, 7, 9)])
     job_id = db.create_job(conn, ids, "model-x", {"split": "test"})
-    probabilities = np.full(10, 0.1, dtype="<f4").tobytes()
-    rows = [db.PredictionRow(ids[0], 1, 0.95, probabilities), db.PredictionRow(ids[1], 3, 0.4, probabilities)]
-    db.store_results(conn, job_id, "model-x", rows, [db.FailureRow(ids[2], "seeded failure")])
+    db.store_results(conn, job_id, "model-x", services.prediction_batch(ids[:2], [1, 3], 0.95), [db.FailureRow(ids[2], "seeded failure")])
     upload_job, upload_image = db.create_upload_job(conn, encode_image(digit), [28, 28], "model-x", {"upload": "seed.png"})
-    db.store_results(conn, upload_job, "model-x", [db.PredictionRow(upload_image, 1, 0.9, probabilities)], [])
+    db.store_results(conn, upload_job, "model-x", services.prediction_batch([upload_image], 1, 0.9), [])
 
 
 def fingerprint(conn) -> dict[str, tuple[int, int]]:

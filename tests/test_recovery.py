@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from producer.cli import main
 from shared import db
 from shared.images import encode_image
-from tests.services import wait_for_job
+from tests.services import prediction_batch, wait_for_job
 
 
 def lost_job(conn, count: int) -> tuple[int, list[int]]:
@@ -18,13 +18,13 @@ def lost_job(conn, count: int) -> tuple[int, list[int]]:
 
 def test_unfinished_images_are_those_without_a_result(conn):
     job_id, ids = lost_job(conn, 4)
-    db.store_results(conn, job_id, "m", [db.PredictionRow(ids[0], 1, 0.5, b"")], [db.FailureRow(ids[1], "bad")])
+    db.store_results(conn, job_id, "m", prediction_batch(ids[:1], 1, 0.5), [db.FailureRow(ids[1], "bad")])
     assert db.unfinished_image_ids(conn, job_id) == ids[2:]
 
 
 def test_resume_enqueues_exactly_what_is_left(worker, conn):
     job_id, ids = lost_job(conn, 5)
-    db.store_results(conn, job_id, "m", [db.PredictionRow(ids[0], 1, 0.5, b"")], [])
+    db.store_results(conn, job_id, "m", prediction_batch(ids[:1], 1, 0.5), [])
     result = CliRunner().invoke(main, ["resume", str(job_id)])
     assert result.exit_code == 0 and "re-enqueued 4 unfinished images" in result.output
     job = wait_for_job(conn, job_id, timeout=30)

@@ -79,22 +79,12 @@ def decode_batch(image_ids: Sequence[int], stored: dict[int, bytes]) -> tuple[li
     return good_ids, batch, failures
 
 
-def to_prediction_rows(image_ids: Sequence[int], probabilities: np.ndarray) -> list[db.PredictionRow]:
-    labels = probabilities.argmax(axis=1)
-    confidences = probabilities.max(axis=1)
-    vectors = probabilities.astype("<f4", copy=False)
-    return [
-        db.PredictionRow(image_id, int(label), float(confidence), vector.tobytes())
-        for image_id, label, confidence, vector in zip(image_ids, labels, confidences, vectors, strict=True)
-    ]
-
-
-def predict_chunk(predict: PredictFn, job_id: int, chunk: Sequence[int], stored: dict[int, bytes]) -> tuple[list, list]:
+def predict_chunk(predict: PredictFn, job_id: int, chunk: Sequence[int], stored: dict[int, bytes]) -> tuple[db.PredictionBatch, list]:
     good_ids, images, failures = decode_batch(chunk, stored)
     for failure in failures:
         log.warning("job %s: image %s failed: %s", job_id, failure.input_data_id, failure.reason)
     probabilities = predict(images) if good_ids else np.zeros((0, NUM_CLASSES), dtype=np.float32)
-    return to_prediction_rows(good_ids, probabilities), failures
+    return db.PredictionBatch.of(good_ids, probabilities), failures
 
 
 def process_batch(lane: DatabaseLane, predict: PredictFn, model_version: str, job_id: int, image_ids: Sequence[int]) -> tuple[int, int]:

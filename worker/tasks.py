@@ -71,7 +71,7 @@ def predict_batch(self: Any, job_id: int, image_ids: list[int]) -> dict[str, int
         countdown = min(RETRY_BACKOFF_MAX_SECONDS, 2**self.request.retries)
         log.warning("job %s: database unavailable (%s); retry in %ss", job_id, error, countdown)
         raise self.retry(exc=error, countdown=countdown) from error
-    except psycopg2.errors.ForeignKeyViolation:
+    except (psycopg2.errors.ForeignKeyViolation, db.UnknownJobError):
         log.error("job %s does not exist; dropping batch of %d images", job_id, len(image_ids))
         return {"done": 0, "failed": 0}
     except Exception as error:  # the model or our code failed on this input: isolate it, never loop
@@ -94,5 +94,6 @@ def split_batch(task: Any, job_id: int, image_ids: list[int], why: str) -> dict[
 
 def give_up(lane: DatabaseLane, job_id: int, image_id: int, reason: str) -> dict[str, int]:
     log.error("job %s: image %s: %s", job_id, image_id, reason)
-    _, failed = lane.submit(db.store_results, job_id, model_version(settings().model_path), [], [db.FailureRow(image_id, reason)]).result()
+    failure = [db.FailureRow(image_id, reason)]
+    _, failed = lane.submit(db.store_results, job_id, model_version(settings().model_path), None, failure).result()
     return {"done": 0, "failed": failed}
