@@ -351,25 +351,29 @@ def _store_results(
     with transaction(conn) as cursor:
         stored = _insert_predictions(cursor, job_id, model_version, predictions, skip_stored) if predictions else 0
         failed = _insert_failures(cursor, job_id, failures) if failures else 0
+        # The NOTIFY rides in the same statement (one round trip less) and is delivered at
+        # commit: a web request waiting for this upload wakes at once.
         cursor.execute(
             """
-            UPDATE jobs SET
-                done_count = done_count + %(done)s,
-                failed_count = failed_count + %(failed)s,
-                started_at = COALESCE(started_at, now()),
-                progressed_at = now(),
-                status = CASE WHEN done_count + failed_count + %(done)s + %(failed)s >= total_images
-                              THEN 'done' ELSE 'running' END,
-                finished_at = CASE WHEN done_count + failed_count + %(done)s + %(failed)s >= total_images
-                                   THEN COALESCE(finished_at, now()) END
-            WHERE id = %(job)s
+            WITH job AS (
+                UPDATE jobs SET
+                    done_count = done_count + %(done)s,
+                    failed_count = failed_count + %(failed)s,
+                    started_at = COALESCE(started_at, now()),
+                    progressed_at = now(),
+                    status = CASE WHEN done_count + failed_count + %(done)s + %(failed)s >= total_images
+                                  THEN 'done' ELSE 'running' END,
+                    finished_at = CASE WHEN done_count + failed_count + %(done)s + %(failed)s >= total_images
+                                       THEN COALESCE(finished_at, now()) END
+                WHERE id = %(job)s
+                RETURNING id
+            )
+            SELECT pg_notify(%(channel)s, id::text) FROM job
             """,
-            {"done": stored, "failed": failed, "job": job_id},
+            {"done": stored, "failed": failed, "job": job_id, "channel": PROGRESS_CHANNEL},
         )
         if cursor.rowcount == 0:  # rolls the predictions back: predictions has no foreign key to do it
             raise UnknownJobError(f"job {job_id} does not exist")
-        # Delivered at commit: a web request waiting for this upload wakes at once.
-        cursor.execute("SELECT pg_notify(%s, %s)", (PROGRESS_CHANNEL, str(job_id)))
     return stored, failed
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.images import decode_image, encode_image, to_mnist_form, user_image_to_mnist
+from shared.images import decode_image, decode_images, encode_image, to_mnist_form, user_image_to_mnist
 
 
 def test_round_trip_keeps_every_pixel():
@@ -103,3 +103,19 @@ def test_a_single_frame_gif_is_accepted():
 def test_a_blank_picture_is_refused_as_having_no_digit():
     with pytest.raises(ValueError, match="no digit"):
         user_image_to_mnist(png_bytes(np.full((50, 50), 255, np.uint8)), max_pixels=10**6)
+
+
+def test_decode_images_reads_a_batch_of_our_own_images_and_any_other_valid_npy():
+    rng = np.random.default_rng(3)
+    digits = rng.integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
+    ours = [encode_image(digit) for digit in digits]
+    assert np.array_equal(decode_images(ours), digits)
+    other = io.BytesIO()
+    np.save(other, np.asfortranarray(digits[0]).reshape(28, 28, 1))  # a different .npy header, still a valid image
+    assert np.array_equal(decode_images([*ours, other.getvalue()]), np.concatenate([digits, digits[:1]]))
+    assert decode_images([]).shape == (0, 28, 28)
+
+
+def test_decode_images_refuses_a_batch_with_a_corrupt_image():
+    with pytest.raises(ValueError):
+        decode_images([encode_image(np.zeros((28, 28), np.uint8)), b"\x93NUMPY garbage"])

@@ -17,7 +17,7 @@ import numpy as np
 import psycopg2.extensions
 
 from shared import db
-from shared.images import IMAGE_SHAPE, decode_image
+from shared.images import IMAGE_SHAPE, decode_image, decode_images
 from shared.inference import NUM_CLASSES
 
 log = logging.getLogger(__name__)
@@ -61,22 +61,23 @@ class DatabaseLane:
 
 def decode_batch(image_ids: Sequence[int], stored: dict[int, bytes]) -> tuple[list[int], np.ndarray, list[db.FailureRow]]:
     """Split a batch into decodable images and failures; one bad image never fails the rest."""
+    wanted = list(dict.fromkeys(image_ids))
+    found = [image_id for image_id in wanted if image_id in stored]
+    failures = [db.FailureRow(image_id, UNKNOWN_ID_REASON) for image_id in wanted if image_id not in stored]
+    try:
+        return found, decode_images([stored[image_id] for image_id in found]), failures
+    except ValueError:  # at least one is corrupt: find which, image by image
+        pass
     good_ids: list[int] = []
     images: list[np.ndarray] = []
-    failures: list[db.FailureRow] = []
-    for image_id in dict.fromkeys(image_ids):
-        data = stored.get(image_id)
-        if data is None:
-            failures.append(db.FailureRow(image_id, UNKNOWN_ID_REASON))
-            continue
+    for image_id in found:
         try:
-            images.append(decode_image(data))
+            images.append(decode_image(stored[image_id]))
         except ValueError as error:
             failures.append(db.FailureRow(image_id, f"corrupt image: {error}"))
             continue
         good_ids.append(image_id)
-    batch = np.stack(images) if images else np.zeros((0, *IMAGE_SHAPE), dtype=np.uint8)
-    return good_ids, batch, failures
+    return good_ids, np.stack(images) if images else np.zeros((0, *IMAGE_SHAPE), dtype=np.uint8), failures
 
 
 def predict_chunk(predict: PredictFn, job_id: int, chunk: Sequence[int], stored: dict[int, bytes]) -> tuple[db.PredictionBatch, list]:
