@@ -48,8 +48,12 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def wait_for_count(conn: psycopg2.extensions.connection, job_id: int, count: int, timeout: float = 900) -> float:
-    """Seconds until a job has ``count`` results, polled finely so the poll does not distort the figure."""
+def wait_for_count(conn: psycopg2.extensions.connection, job_id: int, count: int, listening: bool = False, timeout: float = 900) -> float:
+    """Seconds until a job has ``count`` results.
+
+    With ``listening`` (the connection LISTENs for progress), it sleeps until the worker's
+    NOTIFY, so the wait takes no CPU from the pipeline it measures; otherwise it polls finely.
+    """
     from shared import db
 
     started = time.perf_counter()
@@ -57,7 +61,10 @@ def wait_for_count(conn: psycopg2.extensions.connection, job_id: int, count: int
         job = db.get_job(conn, job_id)
         if job["done_count"] + job["failed_count"] >= count:
             return time.perf_counter() - started
-        time.sleep(0.005)
+        if listening:
+            db.wait_for_progress(conn, 1.0)
+        else:
+            time.sleep(0.005)
     raise RuntimeError(f"job {job_id} did not reach {count} results in {timeout} s")
 
 

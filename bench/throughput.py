@@ -50,6 +50,7 @@ def pipeline(env: dict[str, str], image_ids: list[int], workers: int, repeats: i
     try:
         worker.wait_ready()
         conn = db.connect(settings().database_url)
+        db.listen_for_progress(conn)  # every stored chunk sends a NOTIFY: no polling while measuring
         app = celery_app(settings())
         cpu = {"worker": 0.0, "postgres": 0.0}
         for repeat in range(repeats + 1):  # the first run warms every pool process up and is not counted
@@ -58,7 +59,7 @@ def pipeline(env: dict[str, str], image_ids: list[int], workers: int, repeats: i
             started = time.perf_counter()
             job_id = db.create_job(conn, image_ids, model_version(settings().model_path), {"bench": True})
             enqueue_batches(app, job_id, image_ids, settings().batch_size, bulk_queue(settings()))
-            wait_for_count(conn, job_id, len(image_ids))
+            wait_for_count(conn, job_id, len(image_ids), listening=True)
             rates.append(len(image_ids) / (time.perf_counter() - started))
             if repeat:
                 cpu["worker"] += cpu_seconds(worker_pids) - cpu_before["worker"]
