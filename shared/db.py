@@ -211,6 +211,10 @@ def create_schema(conn: psycopg2.extensions.connection) -> None:
     with transaction(conn) as cursor:
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
         cursor.execute(SCHEMA)
+        # CREATE TABLE IF NOT EXISTS leaves a table of an older layout as it was: say so plainly.
+        cursor.execute("SELECT to_regclass('job_items') IS NOT NULL")
+        if cursor.fetchone()[0]:
+            raise RuntimeError("this database has the schema of an earlier mnist-queue (table job_items); start from an empty database")
 
 
 # --- images -----------------------------------------------------------------------------

@@ -23,6 +23,17 @@ def test_schema_creation_is_idempotent(conn):
     db.create_schema(conn)
 
 
+def test_a_database_of_the_earlier_schema_is_refused_plainly(conn):
+    with db.transaction(conn) as cursor:
+        cursor.execute("CREATE TABLE job_items (job_id BIGINT, input_data_id BIGINT)")
+    try:
+        with pytest.raises(RuntimeError, match="earlier mnist-queue"):
+            db.create_schema(conn)
+    finally:
+        with db.transaction(conn) as cursor:
+            cursor.execute("DROP TABLE job_items")
+
+
 def test_ingesting_twice_stores_nothing_twice(conn):
     rows = [image_row(unique_index()) for _ in range(5)]
     assert len(db.insert_images(conn, rows)) == 5
