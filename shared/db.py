@@ -64,7 +64,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 
 -- The hot table: every image of every job lands here. It has no foreign keys: their per-row
 -- checks (a lookup and a row lock in input_data and in jobs) were more than half of the
--- database's time per prediction. store_predictions keeps the same promises per batch (the
+-- database's time per prediction. store_results keeps the same promises per batch (the
 -- job must exist; the images were just read from input_data), and delete_upload_job removes
 -- a job's predictions with the job.
 CREATE TABLE IF NOT EXISTS predictions (
