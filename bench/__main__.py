@@ -1,6 +1,6 @@
 """The benchmark suite: every figure in one run on one machine, so the ratios hold.
 
-    python -m bench [--repeats 3] [--sections throughput,seed,latency]
+    python -m bench [--repeats 3] [--sections database,throughput,seed,latency]
 
 Prints a table and writes bench/results/latest.json. Throughput figures are the median of
 ``--repeats`` runs with the spread (max - min); latency figures are percentiles over
@@ -31,13 +31,13 @@ def table(rows: list[dict[str, Any]], ceiling: float) -> list[str]:
 
 @click.command()
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
-@click.option("--sections", default="throughput,seed,latency", show_default=True, help="Which parts to run.")
+@click.option("--sections", default="database,throughput,seed,latency", show_default=True, help="Which parts to run.")
 @click.option("--workers", default="1,2", show_default=True, help="Worker process counts for the pipeline figure.")
 def main(repeats: int, sections: str, workers: str) -> None:
     """Bare model vs mnist-queue vs the seed design; upload latency; memory."""
     chosen = set(sections.split(","))
     with common.private_environment() as env:
-        from bench import latency, throughput
+        from bench import database, latency, throughput
         from producer.ingest import load_mnist, mnist_rows
         from shared import db
         from shared.config import settings
@@ -47,6 +47,7 @@ def main(repeats: int, sections: str, workers: str) -> None:
         image_ids = db.insert_images(conn, list(mnist_rows(images, labels, "test")))
         conn.close()
 
+        database_rows = database.run(settings().database_url, image_ids, repeats) if "database" in chosen else []
         rows = [throughput.bare_model(images, repeats, runtime) for runtime in ("litert", "tensorflow")]
         if "throughput" in chosen:
             rows += [throughput.pipeline(env, image_ids, int(n), repeats, common.RESULTS_DIR) for n in workers.split(",")]
@@ -57,10 +58,17 @@ def main(repeats: int, sections: str, workers: str) -> None:
     ceiling = max(row["images_per_second"] for row in rows)
     lines = [f"machine: {os.cpu_count()} cores, {common.cpu_model()}; 10,000 MNIST test images; median of {repeats}", ""]
     lines += table(rows, ceiling)
+    if database_rows:
+        lines += ["", *database.table(database_rows)]
     if latency_rows:
         lines += ["", *latency.table(latency_rows)]
     click.echo("\n".join(lines))
-    report = {"machine": {"cores": os.cpu_count(), "cpu": common.cpu_model()}, "throughput": rows, "latency": latency_rows}
+    report = {
+        "machine": {"cores": os.cpu_count(), "cpu": common.cpu_model()},
+        "throughput": rows,
+        "database": database_rows,
+        "latency": latency_rows,
+    }
     (common.RESULTS_DIR / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
     (common.RESULTS_DIR / "latest.txt").write_text("\n".join(lines) + "\n")
 

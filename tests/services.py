@@ -20,6 +20,7 @@ import psycopg2
 from psycopg2 import sql
 
 from shared import db
+from shared.inference import NUM_CLASSES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ADMIN_DATABASE_URL = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -234,6 +235,6 @@ class RedisServer(ChildProcess):
 def prediction_batch(image_ids: list[int], labels: int | list[int], confidence: float) -> db.PredictionBatch:
     """Predictions as a worker would store them: ``confidence`` on each label, the rest spread evenly."""
     labels = [labels] * len(image_ids) if isinstance(labels, int) else labels
-    probabilities = np.full((len(image_ids), 10), (1 - confidence) / 9, dtype=np.float32)
+    probabilities = np.full((len(image_ids), NUM_CLASSES), (1 - confidence) / (NUM_CLASSES - 1), dtype=np.float32)
     probabilities[np.arange(len(image_ids)), labels] = confidence
     return db.PredictionBatch.of(image_ids, probabilities)

@@ -51,3 +51,17 @@ def test_unknown_id_and_corrupt_image_fail_alone(worker, conn):
     reasons = dict(db.job_failures(conn, job_id))
     assert reasons[unknown_id] == "unknown image id"
     assert reasons[corrupt[0]].startswith("corrupt image")
+
+
+def test_a_batch_for_a_job_that_does_not_exist_is_dropped_and_the_worker_goes_on(worker, conn):
+    from shared.config import settings
+    from shared.tasks import bulk_queue, celery_app, enqueue_batches
+
+    ids = db.insert_images(conn, [db.ImageRow(encode_image(np.full((28, 28), 9, np.uint8)), None, [28, 28], "upload", None, None)])
+    missing_job = db.create_job(conn, ids, "m", {}) + 1_000_000
+    enqueue_batches(celery_app(settings()), missing_job, ids, 1, bulk_queue(settings()))
+    job_id = int(run_cli("submit", "--id", str(ids[0])).strip())
+
+    assert wait_for_job(conn, job_id)["status"] == "done"
+    assert db.rows_for_job(conn, missing_job) == (None, 0, 0)
+    worker.wait_until(lambda: f"job {missing_job} does not exist; dropping batch" in worker.log_path.read_text(), timeout=10)

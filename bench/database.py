@@ -1,0 +1,85 @@
+"""What each database step of the pipeline costs per image: PostgreSQL's CPU, ours, the wall clock.
+
+PostgreSQL shares the cores with the model, so its CPU per image bounds the pipeline as
+much as the model's does. Each step runs over the 10k test images in the worker's chunks.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bench.common import cpu_seconds, pids_named
+from shared import db
+from shared.inference import NUM_CLASSES
+from worker.batch import CHUNK_SIZE
+
+MODEL_VERSION = "bench-database"
+
+
+def run(database_url: str, image_ids: list[int], repeats: int) -> list[dict[str, Any]]:
+    conn = db.connect(database_url)
+    conn.autocommit = True  # as the worker's connection
+    try:
+        starts = range(0, len(image_ids), CHUNK_SIZE)
+        chunks = [image_ids[start : start + CHUNK_SIZE] for start in starts]
+        probabilities = np.random.default_rng(0).dirichlet(np.ones(NUM_CLASSES), size=len(image_ids)).astype(np.float32)
+        batches = [
+            db.PredictionBatch.of(chunk, probabilities[start : start + CHUNK_SIZE]) for start, chunk in zip(starts, chunks, strict=True)
+        ]
+        new_jobs: list[int] = []  # made by the first step, one per repeat; each is stored once, then again
+        stored_jobs: list[int] = []
+
+        def create_job() -> None:
+            new_jobs.append(db.create_job(conn, image_ids, MODEL_VERSION, {"bench": "database"}))
+
+        def fetch() -> None:
+            for chunk in chunks:
+                db.fetch_images(conn, chunk)
+
+        def store_first() -> None:
+            stored_jobs.append(new_jobs.pop())
+            store(stored_jobs[-1])
+
+        def store_again() -> None:
+            store(stored_jobs.pop())
+
+        def store(job_id: int) -> None:
+            for batch in batches:
+                db.store_results(conn, job_id, MODEL_VERSION, batch, [])
+
+        steps = [
+            ("create a job of 10k image IDs", create_job),
+            (f"fetch images, binary COPY, chunks of {CHUNK_SIZE}", fetch),
+            ("store predictions, first delivery (COPY into predictions)", store_first),
+            ("store predictions, redelivered (staging table, all skipped)", store_again),
+        ]
+        return [measure(what, step, len(image_ids), repeats) for what, step in steps]
+    finally:
+        conn.close()
+
+
+def measure(what: str, step: Callable[[], None], images: int, repeats: int) -> dict[str, Any]:
+    """Medians over ``repeats``; the server's CPU is that of every PostgreSQL process (WAL writer included)."""
+    samples = []
+    for _ in range(repeats):
+        server_before, client_before, started = postgres_cpu(), time.process_time(), time.perf_counter()
+        step()
+        samples.append((postgres_cpu() - server_before, time.process_time() - client_before, time.perf_counter() - started))
+    server_s, client_s, wall_s = (statistics.median(column) for column in zip(*samples, strict=True))
+    per_image = 1e6 / images
+    return {"what": what, "postgres_us": server_s * per_image, "client_us": client_s * per_image, "wall_us": wall_s * per_image}
+
+
+def postgres_cpu() -> float:
+    return cpu_seconds(pids_named("postgres"))
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [f"{'database step, per image':<66}{'postgres µs':>12}{'client µs':>12}{'wall µs':>10}"]
+    lines += [f"{row['what']:<66}{row['postgres_us']:>12.1f}{row['client_us']:>12.1f}{row['wall_us']:>10.1f}" for row in rows]
+    return lines
