@@ -108,12 +108,12 @@ class BulkLoad:
 def run(env: dict[str, str], image_ids: list[int], images: np.ndarray, log_dir: Path) -> list[dict[str, Any]]:
 
     pictures = [png_bytes(image) for image in images[:UPLOADS]]
-    # The production entry point: a bulk worker and a dedicated upload worker.
+    # The production entry point: a bulk worker and a dedicated upload consumer.
     worker_log = log_dir / "latency-worker.log"
     worker = services.ChildProcess("worker", [sys.executable, "-m", "worker", "--without-gossip", "--without-mingle"], env, worker_log)
     web = services.WebServer(env, log_dir / "latency-web.log")
     try:
-        worker.wait_until(lambda: worker_log.read_bytes().count(b" ready.") == 2, timeout=90)
+        worker.wait_until(lambda: all(line in worker_log.read_bytes() for line in (b" ready.", b"upload consumer")), timeout=90)
         web.wait_ready()
         upload_latencies_ms(web.url, pictures[:20])  # warm up both gunicorn workers and the pool
         rows = [summary("single uploads, idle", upload_latencies_ms(web.url, pictures))]

@@ -46,6 +46,7 @@ class Settings:
     max_queued_uploads: int
     stall_seconds: int
     sweep_interval_seconds: int
+    upload_heartbeat_seconds: int
     secret_key: str
     production: bool
     stack_dir: Path
@@ -119,6 +120,7 @@ def load_settings() -> Settings:
         max_queued_uploads=_int_env("MAX_QUEUED_UPLOADS", 1000),
         stall_seconds=_int_env("STALL_SECONDS", 120),
         sweep_interval_seconds=_int_env("SWEEP_INTERVAL_SECONDS", 30),
+        upload_heartbeat_seconds=_int_env("UPLOAD_HEARTBEAT_SECONDS", 10),
         secret_key=secret_key or DEVELOPMENT_SECRET_KEY,
         production=production,
         stack_dir=Path(os.environ.get("STACK_DIR") or DEFAULT_STACK_DIR),

@@ -12,9 +12,9 @@ import logging
 import psycopg2.extensions
 from celery import Celery
 
-from shared import db
+from shared import db, upload_queue
 from shared.config import Settings
-from shared.tasks import bulk_queue, enqueue_batches, queue_for_kind, queued_messages, upload_queue
+from shared.tasks import bulk_queue, enqueue_batches, queued_messages
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,10 @@ def resume_job(conn: psycopg2.extensions.connection, app: Celery, settings: Sett
         raise ValueError(f"there is no job {job_id}")
     unfinished = db.unfinished_image_ids(conn, job_id)
     if unfinished:
-        enqueue_batches(app, job_id, unfinished, settings.batch_size, queue_for_kind(settings, job["kind"]))
+        if job["kind"] == "upload":
+            upload_queue.enqueue(settings, job_id, unfinished)
+        else:
+            enqueue_batches(app, job_id, unfinished, settings.batch_size, bulk_queue(settings))
         db.mark_resumed(conn, job_id)
     return len(unfinished)
 
@@ -39,10 +42,10 @@ def sweep_stalled_jobs(conn: psycopg2.extensions.connection, app: Celery, settin
     An empty queue plus no progress means the messages are gone (a job queued behind
     another one has messages waiting, so it is left alone). Returns {job id: images resumed}.
     """
-    empty = {queue: queued_messages(app, queue) == 0 for queue in (bulk_queue(settings), upload_queue(settings))}
+    empty = {"bulk": queued_messages(app, bulk_queue(settings)) == 0, "upload": upload_queue.waiting(settings) == 0}
     resumed = {}
     for job_id, kind in db.stalled_jobs(conn, settings.stall_seconds):
-        if empty[queue_for_kind(settings, kind)]:
+        if empty[kind]:
             resumed[job_id] = resume_job(conn, app, settings, job_id)
             log.warning(
                 "job %s stalled for %ss with an empty queue: re-enqueued %d images", job_id, settings.stall_seconds, resumed[job_id]

@@ -1,4 +1,4 @@
-"""Task and queue names, and the Celery client that senders use.
+"""The bulk task and queue names, and the Celery client that senders use.
 
 The producer and the web service send tasks by name through ``celery_app`` and never
 import the worker (which would import TensorFlow).
@@ -15,7 +15,6 @@ from shared.config import Settings
 
 PREDICT_BATCH_TASK = "mnist_queue.predict_batch"
 BULK_QUEUE_SUFFIX = "bulk"
-UPLOAD_QUEUE_SUFFIX = "upload"
 # Redis re-delivers an unacknowledged message after this long; a batch takes well under a second.
 VISIBILITY_TIMEOUT_SECONDS = 300
 
@@ -24,21 +23,12 @@ def bulk_queue(settings: Settings) -> str:
     return f"{settings.queue_prefix}.{BULK_QUEUE_SUFFIX}"
 
 
-def upload_queue(settings: Settings) -> str:
-    return f"{settings.queue_prefix}.{UPLOAD_QUEUE_SUFFIX}"
-
-
-def queue_for_kind(settings: Settings, kind: str) -> str:
-    """Uploads have their own queue so that a bulk job never makes a person wait."""
-    return upload_queue(settings) if kind == "upload" else bulk_queue(settings)
-
-
 def queued_messages(app: Celery, queue: str) -> int:
     """Messages waiting in a queue (not those a worker holds unacknowledged).
 
     Read with one LLEN on the broker's pooled client: the Redis transport keeps a queue as
-    a list under its name (we never send priorities, which would use sibling keys). The
-    web asks this on every upload, and kombu's passive declare costs ~1.5 ms.
+    a list under its name (we never send priorities, which would use sibling keys), and
+    kombu's passive declare costs ~1.5 ms.
     """
     with app.pool.acquire(block=True) as connection:
         return int(connection.default_channel.client.llen(queue))
@@ -62,10 +52,9 @@ def celery_app(settings: Settings, name: str = "mnist_queue") -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS},
         worker_hijack_root_logger=False,
-        # Each queue on its own direct exchange. Left to Celery's defaults, every queue would
-        # also be bound to the default (bulk) exchange, and each bulk batch copied into the
-        # upload queue. Without -Q a worker consumes both.
-        task_queues=[direct_queue(upload_queue(settings)), direct_queue(bulk_queue(settings))],
+        # Uploads do not go through Celery (see shared/upload_queue.py); bulk batches have
+        # one queue, on a direct exchange of its own.
+        task_queues=[direct_queue(bulk_queue(settings))],
     )
     return app
 

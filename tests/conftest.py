@@ -1,4 +1,4 @@
-"""Test isolation: a database and queue names of this run's own, a real Celery worker.
+"""Test isolation: a database and queue names of this run's own, a real worker.
 
 The environment is set before any project module reads its settings, so the code under
 test, the CLI and the worker subprocesses all see the same private database and queues.
@@ -42,15 +42,22 @@ def conn(database_url: str) -> Iterator[psycopg2.extensions.connection]:
 
 @pytest.fixture(scope="session")
 def worker_env(database_url: str) -> dict[str, str]:
-    # A short stall timeout lets the sweeper test run in seconds; for every other test it
-    # only adds harmless re-deliveries, which the exact-count assertions then also cover.
-    return {**os.environ, "DATABASE_URL": database_url, "QUEUE_PREFIX": QUEUE_PREFIX, "STALL_SECONDS": "3", "SWEEP_INTERVAL_SECONDS": "1"}
+    # A short stall timeout and heartbeat let the recovery tests run in seconds; for every
+    # other test they only add harmless re-deliveries, which the exact-count assertions then also cover.
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "QUEUE_PREFIX": QUEUE_PREFIX,
+        "STALL_SECONDS": "3",
+        "SWEEP_INTERVAL_SECONDS": "1",
+        "UPLOAD_HEARTBEAT_SECONDS": "2",
+    }
 
 
 @pytest.fixture(scope="session")
-def worker(worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.WorkerProcess]:
-    """One real worker for the session; tests isolate themselves by job id."""
-    process = services.WorkerProcess(worker_env, tmp_path_factory.mktemp("worker") / "worker.log")
+def worker(worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Workers]:
+    """One real ``python -m worker`` for the session (bulk and uploads); tests isolate themselves by job id."""
+    process = services.Workers(worker_env, tmp_path_factory.mktemp("worker") / "worker.log")
     try:
         process.wait_ready()
         yield process

@@ -1,6 +1,7 @@
-"""A Celery worker with injected faults, for the poison-input tests.
+"""A Celery worker, or an upload consumer, with injected faults, for the poison-input tests.
 
     python -m tests.crashing_worker -A worker.app worker ...
+    python -m tests.crashing_worker uploads
 
 An image whose stored bytes are ``CRASH_MARKER`` kills the worker process outright
 (as a segfaulting model would); one whose bytes are ``FAIL_MARKER`` makes inference raise.
@@ -28,7 +29,11 @@ def decode_batch_with_faults(image_ids, stored):
 
 batch.decode_batch = decode_batch_with_faults
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[1:] == ["uploads"]:
+    from worker.uploads import main as consume_uploads
+
+    sys.exit(consume_uploads())
+elif __name__ == "__main__":
     from celery.__main__ import main
 
     sys.argv[0] = "celery"

@@ -159,6 +159,17 @@ class WorkerProcess(ChildProcess):
         self.wait_until(lambda: b"ready." in self.log_path.read_bytes(), timeout)
 
 
+class Workers(ChildProcess):
+    """``python -m worker`` as a real subprocess: the bulk Celery worker (one pool process) and the upload consumer."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        command = [sys.executable, "-m", "worker", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+        super().__init__("python -m worker", command, {"WORKER_CONCURRENCY": "1", **env}, log_path)
+
+    def wait_ready(self, timeout: float = WORKER_READY_SECONDS) -> None:
+        self.wait_until(lambda: all(line in self.log_path.read_bytes() for line in (b" ready.", b"upload consumer")), timeout)
+
+
 def wait_for_job(conn: psycopg2.extensions.connection, job_id: int, timeout: float = 60, poll_seconds: float = 0.2) -> dict:
     deadline = time.monotonic() + timeout
     job = db.get_job(conn, job_id)

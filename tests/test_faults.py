@@ -24,12 +24,13 @@ import psycopg2.extensions
 import pytest
 
 from producer.ingest import load_mnist, mnist_rows
-from shared import db
-from shared.config import settings
+from shared import db, upload_queue
+from shared.config import Settings, settings
 from shared.images import png_bytes
 from shared.tasks import bulk_queue, celery_app, enqueue_batches
 from tests import services
 from tests.crashing_worker import CRASH_MARKER, FAIL_MARKER
+from worker.batch import MAX_ATTEMPTS
 
 pytestmark = pytest.mark.faults
 
@@ -75,11 +76,58 @@ def fault_env(fault_database: str) -> dict[str, str]:
     }
 
 
+def env_settings(env: dict[str, str]) -> Settings:
+    return dataclasses.replace(settings(), queue_prefix=env["QUEUE_PREFIX"], redis_url=env.get("REDIS_URL", settings().redis_url))
+
+
 def submit(conn, env: dict[str, str], image_ids: list[int], batch_size: int) -> int:
-    config = dataclasses.replace(settings(), queue_prefix=env["QUEUE_PREFIX"], redis_url=env.get("REDIS_URL", settings().redis_url))
+    config = env_settings(env)
     job_id = db.create_job(conn, image_ids, "fault-test", {"fault": True})
     enqueue_batches(celery_app(config), job_id, image_ids, batch_size, bulk_queue(config))
     return job_id
+
+
+def submit_uploads(conn, env: dict[str, str], image_ids: list[int]) -> list[int]:
+    """One upload job per stored image, on the upload queue, as the web sends them."""
+    job_ids = [db.create_job(conn, [image_id], "fault-test", {"fault": True}, kind="upload") for image_id in image_ids]
+    for job_id, image_id in zip(job_ids, image_ids, strict=True):
+        upload_queue.enqueue(env_settings(env), job_id, [image_id])
+    return job_ids
+
+
+def start_consumer(env: dict[str, str], tmp_path: Path, name: str, module: str = "worker.uploads", wait: bool = True):
+    """``python -m worker.uploads`` alone (or ``module``), as a real subprocess."""
+    consumer = services.ChildProcess(name, [sys.executable, "-m", *module.split()], env, tmp_path / f"{name}.log")
+    if wait:
+        consumer.wait_until(lambda: b"upload consumer" in consumer.log_path.read_bytes(), timeout=60)
+    return consumer
+
+
+def upload_outcomes(conn, job_ids: list[int]) -> dict[int, tuple[str, int, int, int]]:
+    """Per upload job: (status, counted results, prediction rows, failure rows)."""
+    with conn.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT j.id, j.status, j.done_count + j.failed_count,
+                   (SELECT count(*) FROM predictions p WHERE p.job_id = j.id),
+                   (SELECT count(*) FROM job_failures f WHERE f.job_id = j.id)
+            FROM jobs j WHERE j.id = ANY(%s)
+            """,
+            (job_ids,),
+        )
+        rows = {job_id: tuple(rest) for job_id, *rest in cursor.fetchall()}
+    conn.commit()
+    return rows
+
+
+def wait_for_uploads(conn, job_ids: list[int], while_waiting=lambda: None) -> dict[int, tuple[str, int, int, int]]:
+    deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
+    outcomes = upload_outcomes(conn, job_ids)
+    while any(status != "done" for status, *_ in outcomes.values()) and time.monotonic() < deadline:
+        while_waiting()
+        time.sleep(0.1)
+        outcomes = upload_outcomes(conn, job_ids)
+    return outcomes
 
 
 def start_worker(env: dict[str, str], tmp_path: Path, name: str, **options) -> services.WorkerProcess:
@@ -197,6 +245,61 @@ def test_poison_images_are_failed_after_bounded_attempts_and_the_rest_completes(
         worker.stop()
 
 
+def test_upload_consumers_killed_at_random_moments_lose_and_duplicate_no_upload(conn, fault_env, test_split_ids, tmp_path):
+    rng = random.Random(SEED)
+    env = {**fault_env, "UPLOAD_HEARTBEAT_SECONDS": "1"}  # a killed consumer's upload comes back after a second
+    ids = test_split_ids[:1000]
+    consumer = start_consumer(env, tmp_path, "consumer0")
+    started = time.monotonic()
+    job_ids = submit_uploads(conn, env, ids)
+    kills = 0
+    try:
+        while kills < 4:
+            time.sleep(rng.uniform(0.05, 0.2))
+            outcomes = upload_outcomes(conn, job_ids)
+            assert any(status != "done" for status, *_ in outcomes.values()), f"every upload was done after only {kills} kills"
+            os.killpg(consumer.process.pid, signal.SIGKILL)
+            consumer.stop()
+            kills += 1
+            consumer = start_consumer(env, tmp_path, f"consumer{kills}")
+        outcomes = wait_for_uploads(conn, job_ids)
+    finally:
+        consumer.stop()
+    assert {job_id: outcome for job_id, outcome in outcomes.items() if outcome != ("done", 1, 1, 0)} == {}
+    logs = "".join(path.read_text() for path in tmp_path.glob("consumer*.log"))
+    assert "held by consumers that died" in logs, "no kill caught an upload in flight: recovery was not exercised"
+    job = {"done_count": len(ids), "failed_count": 0, "duplicated": 0}
+    record(f"upload consumer SIGKILL x{kills}", kills, len(ids), job, time.monotonic() - started)
+
+
+def test_an_upload_that_crashes_its_consumer_is_failed_after_bounded_attempts(conn, fault_env, test_split_ids, tmp_path):
+    env = {**fault_env, "UPLOAD_HEARTBEAT_SECONDS": "1"}
+    poison = [db.ImageRow(marker, None, [28, 28], "upload", None, None) for marker in (CRASH_MARKER, FAIL_MARKER)]
+    crash_id, fail_id = db.insert_images(conn, poison)
+    ids = test_split_ids[:20]
+    crash_job, fail_job, *job_ids = submit_uploads(conn, env, [crash_id, fail_id, *ids])  # the crash is taken first
+    crashing = "tests.crashing_worker uploads"
+    consumers = [start_consumer(env, tmp_path, "crashing0", crashing, wait=False)]
+    started = time.monotonic()
+
+    def restart_the_dead() -> None:  # as the container's restart policy would
+        if consumers[-1].process.poll() is not None:
+            consumers[-1].stop()
+            consumers.append(start_consumer(env, tmp_path, f"crashing{len(consumers)}", crashing, wait=False))
+
+    try:
+        outcomes = wait_for_uploads(conn, [crash_job, fail_job, *job_ids], while_waiting=restart_the_dead)
+    finally:
+        consumers[-1].stop()
+    assert len(consumers) - 1 == MAX_ATTEMPTS  # it died on each of its attempts, and no more
+    assert (outcomes[crash_job], outcomes[fail_job]) == (("done", 1, 0, 1), ("done", 1, 0, 1))
+    assert all(outcomes[job_id] == ("done", 1, 1, 0) for job_id in job_ids)
+    assert db.job_failures(conn, crash_job)[0][1] == f"gave up after {MAX_ATTEMPTS} attempts: the worker died on this image"
+    assert db.job_failures(conn, fail_job)[0][1] == "prediction failed: injected inference failure"
+    job = {"done_count": len(ids), "failed_count": 2, "duplicated": 0}
+    record("poison upload: crashes its consumer / fails inference", 2, len(ids) + 2, job, time.monotonic() - started)
+
+
 def readiness(web: services.WebServer) -> tuple[int, dict]:
     try:
         with urllib.request.urlopen(f"{web.url}/readyz", timeout=5) as response:
@@ -236,7 +339,8 @@ def test_a_postgres_restart_mid_job_is_ridden_out(fault_env, tmp_path):
     images, labels = load_mnist(settings().mnist_dir, "test", 3000)
     ids = db.insert_images(conn, list(mnist_rows(images, labels, "test")))
     env = {**fault_env, "DATABASE_URL": database_url}
-    worker = start_worker(env, tmp_path, "worker")
+    worker = services.Workers(env, tmp_path / "worker.log")  # bulk worker and upload consumer
+    worker.wait_ready()
     web = services.WebServer(env, tmp_path / "web.log", workers=1)  # one process: its pool is the one tested
     started = time.monotonic()
     try:

@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image
 
+from shared import upload_queue
 from shared.config import settings
-from shared.tasks import PREDICT_BATCH_TASK, celery_app, queued_messages, upload_queue
 from tests import digits
 from tests.services import WebServer, unique_name
 from web.app import create_app
@@ -92,9 +92,7 @@ def post_upload(url: str, body: bytes) -> tuple[int, dict, str | None]:
 
 def test_a_full_upload_queue_answers_429_with_retry_after_and_stores_nothing(conn, digit_pngs):
     config = dataclasses.replace(settings(), queue_prefix=unique_name("mnistq-full"), max_queued_uploads=2)
-    celery = celery_app(config)
-    for _ in range(config.max_queued_uploads):  # nobody consumes this private queue
-        celery.send_task(PREDICT_BATCH_TASK, args=[0, [0]], queue=upload_queue(config))
+    upload_queue.enqueue(config, 0, [0] * config.max_queued_uploads)  # nobody consumes this private queue
     try:
         client = create_app({"TESTING": True, "WTF_CSRF_ENABLED": False, "MNIST_SETTINGS": config}).test_client()
         before = max_job_id(conn)
@@ -105,8 +103,7 @@ def test_a_full_upload_queue_answers_429_with_retry_after_and_stores_nothing(con
         assert page.status_code == 429 and "try again" in page.text and page.headers["Retry-After"]
         assert upload_jobs_after(conn, before) == []
     finally:
-        with celery.connection_for_write() as connection:
-            connection.default_channel.queue_delete(upload_queue(config))
+        upload_queue.client(config.redis_url).delete(upload_queue.queue_name(config))
 
 
 def test_a_thousand_uploads_each_get_an_answer_and_every_accepted_one_its_prediction(worker, worker_env, conn, digit_pngs, tmp_path):
@@ -148,4 +145,4 @@ def test_a_thousand_uploads_each_get_an_answer_and_every_accepted_one_its_predic
         f"\noverload: {UPLOADS} uploads in {submit_seconds:.1f} s, {len(accepted)} accepted, {len(refused)} refused (429),"
         f" {len(results)} predicted exactly once, all done after {predict_seconds:.1f} s"
     )
-    assert queued_messages(celery_app(settings()), upload_queue(settings())) == 0
+    assert upload_queue.waiting(settings()) == 0

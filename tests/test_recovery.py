@@ -44,3 +44,10 @@ def test_the_sweeper_resumes_a_stalled_job_by_itself(worker, conn):
     job = wait_for_job(conn, job_id, timeout=30)
     assert (job["status"], job["done_count"], job["failed_count"]) == ("done", 6, 0)
     assert db.rows_for_job(conn, job_id) == (6, 6, 0)
+
+
+def test_the_sweeper_resumes_an_upload_whose_queue_entry_was_lost(worker, conn):
+    job_id, image_id = db.create_upload_job(conn, encode_image(np.full((28, 28), 3, np.uint8)), [28, 28], "m", {"upload": None})
+    job = wait_for_job(conn, job_id, timeout=30)  # never enqueued: only the sweeper can have sent it
+    assert (job["status"], job["done_count"], job["failed_count"]) == ("done", 1, 0)
+    assert db.rows_for_job(conn, job_id) == (1, 1, 0)

@@ -61,7 +61,7 @@ def create_prediction() -> tuple[Response, int]:
     # A waiting client listens before the upload is enqueued, so the worker's notice cannot be missed.
     with predictions.progress_notices(conn) if wait else contextlib.nullcontext():
         try:
-            prediction_id = predictions.submit_upload(conn, backends.get_celery(), backends.app_settings(), data, filename)
+            prediction_id = predictions.submit_upload(conn, backends.app_settings(), data, filename)
         except ValueError as error:
             raise BadRequest(str(error)) from None
         if wait:

@@ -11,6 +11,7 @@ import logging
 import kombu.exceptions
 import psycopg2
 import psycopg2.errors
+import redis.exceptions
 from flask import Flask, Response, current_app, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge, ServiceUnavailable
@@ -30,6 +31,8 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(psycopg2.InterfaceError, database_unavailable)  # a connection that died mid-request
     app.register_error_handler(psycopg2.errors.UndefinedTable, schema_missing)
     app.register_error_handler(kombu.exceptions.OperationalError, broker_unavailable)
+    app.register_error_handler(redis.exceptions.ConnectionError, broker_unavailable)  # the upload queue, without kombu
+    app.register_error_handler(redis.exceptions.TimeoutError, broker_unavailable)
     app.register_error_handler(Exception, unexpected_error)
 
 
@@ -69,7 +72,7 @@ def schema_missing(error: psycopg2.errors.UndefinedTable) -> tuple[Response | st
     return error_response(ServiceUnavailable.code, f"the database is not set up: {backends.SCHEMA_MISSING}")
 
 
-def broker_unavailable(error: kombu.exceptions.OperationalError) -> tuple[Response | str, int]:
+def broker_unavailable(error: kombu.exceptions.OperationalError | redis.exceptions.RedisError) -> tuple[Response | str, int]:
     log.error("broker unavailable during %s %s: %s", request.method, request.path, error)
     return error_response(ServiceUnavailable.code, "the queue (broker) is unavailable; try again shortly")
 

@@ -12,18 +12,18 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import kombu.exceptions
 import numpy as np
 import psycopg2.extensions
+import redis.exceptions
 from celery import Celery
 from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
 
-from shared import db
+from shared import db, upload_queue
 from shared.config import Settings
 from shared.images import IMAGE_SHAPE, encode_image, user_image_to_mnist
 from shared.model_info import model_version
 from shared.reports import NUM_CLASSES, JobReport
-from shared.tasks import bulk_queue, enqueue_batches, queued_messages, upload_queue
+from shared.tasks import bulk_queue, enqueue_batches
 
 # Look again at least this often, even without a notice (a worker of an older version sends none).
 RECHECK_SECONDS = 1.0
@@ -61,20 +61,20 @@ def current_model_version(config: Settings) -> str:
         raise ServiceUnavailable(f"the model is not available: {error}") from None
 
 
-def submit_upload(conn: psycopg2.extensions.connection, celery: Celery, config: Settings, data: bytes, filename: str | None) -> int:
+def submit_upload(conn: psycopg2.extensions.connection, config: Settings, data: bytes, filename: str | None) -> int:
     """Preprocess, store and enqueue one picture on the upload queue; return the prediction id.
 
     Raises ValueError with a user-readable message before anything is stored, and
     TooManyRequests (429) when the upload queue is full.
     """
-    refuse_when_queue_full(celery, config)
+    refuse_when_queue_full(config)
     digit = user_image_to_mnist(data, config.max_image_pixels)
     version = current_model_version(config)
     selection = {"upload": stored_filename(filename)}
     job_id, image_id = db.create_upload_job(conn, encode_image(digit), list(IMAGE_SHAPE), version, selection)
     try:
-        enqueue_batches(celery, job_id, [image_id], 1, upload_queue(config))
-    except kombu.exceptions.OperationalError:
+        upload_queue.enqueue(config, job_id, [image_id])
+    except redis.exceptions.RedisError:
         db.delete_upload_job(conn, job_id, image_id)
         raise
     return job_id
@@ -85,11 +85,11 @@ def stored_filename(filename: str | None) -> str | None:
     return (filename or "").replace("\x00", "")[:MAX_FILENAME_CHARS] or None
 
 
-def refuse_when_queue_full(celery: Celery, config: Settings) -> None:
+def refuse_when_queue_full(config: Settings) -> None:
     """Bound the upload queue, so that under overload a client hears "later" at once instead of
     waiting minutes for an answer. Checked before decoding, so refusing costs almost nothing;
     concurrent requests may each pass the check, so the queue can exceed the bound by as many."""
-    waiting = queued_messages(celery, upload_queue(config))
+    waiting = upload_queue.waiting(config)
     if waiting >= config.max_queued_uploads:
         raise TooManyRequests(
             f"too many uploads are waiting to be predicted ({waiting}); try again in {RETRY_AFTER_SECONDS} seconds",

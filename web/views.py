@@ -37,9 +37,7 @@ def predict() -> Response | tuple[str, int]:
     if upload is None or not upload.filename:
         return render_template("home.html", error="choose a picture to upload, or draw a digit"), 400
     try:
-        prediction_id = predictions.submit_upload(
-            backends.get_db(), backends.get_celery(), backends.app_settings(), upload.read(), upload.filename
-        )
+        prediction_id = predictions.submit_upload(backends.get_db(), backends.app_settings(), upload.read(), upload.filename)
     except ValueError as error:
         return render_template("home.html", error=f"{upload.filename}: {error}"), 400
     return redirect(url_for("views.prediction", prediction_id=prediction_id), code=303)

@@ -1,13 +1,14 @@
-"""Start the worker: a bulk Celery worker sized to the CPUs, beside a one-process upload worker.
+"""Start the worker: a bulk Celery worker sized to the CPUs, beside an upload consumer.
 
-    python -m worker [more celery worker options, given to both]
+    python -m worker [more celery worker options, for the bulk worker]
 
-Single uploads get a consumer of their own, so a person's picture never waits behind a
-bulk batch (a batch of 1024 takes ~100 ms). The bulk worker runs one pool process per CPU
-this process may use unless WORKER_CONCURRENCY says otherwise, each with its share of the
-CPUs as inference threads unless WORKER_THREADS is set, at a lower priority (WORKER_NICENESS). When either worker exits, the
-other is stopped too, so a container never runs half a worker. The container image and
-the local stack (``./run up``) both start workers this way.
+Single uploads get a consumer of their own (``worker/uploads.py``), so a person's picture
+never waits behind a bulk batch (a batch of 1024 takes ~100 ms). The bulk worker runs one
+pool process per CPU this process may use unless WORKER_CONCURRENCY says otherwise, each
+with its share of the CPUs as inference threads unless WORKER_THREADS is set, at a lower
+priority (WORKER_NICENESS). When either exits, the other is stopped too, so a container
+never runs half a worker. The container image and the local stack (``./run up``) both
+start workers this way.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import sys
 
 from shared.config import settings
 from shared.cpus import available_cpus
-from shared.tasks import bulk_queue, upload_queue
+from shared.tasks import bulk_queue
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
-UPLOAD_PROCESSES = 1  # an upload takes well under a millisecond of inference
+UPLOAD_CONSUMER = [sys.executable, "-m", "worker.uploads"]
 # Bulk inference runs at a lower CPU priority, so that on a busy machine an upload (and the
 # web request waiting for it) is served first; bulk throughput loses nothing when idle.
 BULK_NICENESS = 10
@@ -55,12 +56,11 @@ def main(extra_args: list[str]) -> int:
     concurrency = config.worker_concurrency or cpus
     threads = config.worker_threads or max(1, cpus // concurrency)
     bulk = celery_command("bulk", bulk_queue(config), concurrency, extra_args)
-    upload = celery_command("upload", upload_queue(config), UPLOAD_PROCESSES, extra_args)
     workers = [
         subprocess.Popen(
             bulk, env={**os.environ, "WORKER_THREADS": str(threads), "WORKER_NICENESS": str(config.worker_niceness or BULK_NICENESS)}
         ),
-        subprocess.Popen(upload, env={**os.environ, "WORKER_THREADS": "1"}),
+        subprocess.Popen(UPLOAD_CONSUMER),
     ]
 
     def forward(signum: int, _frame: object) -> None:

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 UNKNOWN_ID_REASON = "unknown image id"
+MAX_ATTEMPTS = 3  # starts of a single image before it is recorded as failed
 # LiteRT reaches full speed by 256 images; smaller chunks would only add per-call overhead.
 CHUNK_SIZE = 256
 Result = TypeVar("Result")
@@ -109,3 +110,10 @@ def process_batch(lane: DatabaseLane, predict: PredictFn, model_version: str, jo
     finally:
         outcomes = [store.result() for store in stores]  # wait for all; re-raises the first error
     return sum(done for done, _ in outcomes), sum(failed for _, failed in outcomes)
+
+
+def give_up(lane: DatabaseLane, model_version: str, job_id: int, image_id: int, reason: str) -> int:
+    """Record one image as failed, so a poisonous image ends instead of looping; returns new failures."""
+    log.error("job %s: image %s: %s", job_id, image_id, reason)
+    _, failed = lane.submit(db.store_results, job_id, model_version, None, [db.FailureRow(image_id, reason)]).result()
+    return failed

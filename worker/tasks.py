@@ -14,11 +14,10 @@ from shared.inference import Predictor, load_predictor
 from shared.model_info import model_version
 from shared.tasks import PREDICT_BATCH_TASK, bulk_queue
 from worker.app import app, inference_threads
-from worker.batch import DatabaseLane, process_batch
+from worker.batch import MAX_ATTEMPTS, DatabaseLane, give_up, process_batch
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 3  # starts of a single image before it is recorded as failed
 MAX_DATABASE_RETRIES = 12  # with backoff capped at 30 s: several minutes of outage survived
 RETRY_BACKOFF_MAX_SECONDS = 30
 
@@ -65,7 +64,8 @@ def predict_batch(self: Any, job_id: int, image_ids: list[int]) -> dict[str, int
         if attempt > 1 and len(image_ids) > 1:
             return split_batch(self, job_id, image_ids, f"attempt {attempt}")
         if attempt > MAX_ATTEMPTS:
-            return give_up(lane, job_id, image_ids[0], f"gave up after {MAX_ATTEMPTS} attempts: the worker died on this image")
+            reason = f"gave up after {MAX_ATTEMPTS} attempts: the worker died on this image"
+            return {"done": 0, "failed": give_up(lane, model_version(settings().model_path), job_id, image_ids[0], reason)}
         done, failed = process_batch(lane, predictor().predict_batch, model_version(settings().model_path), job_id, image_ids)
     except db.TRANSIENT_ERRORS as error:
         countdown = min(RETRY_BACKOFF_MAX_SECONDS, 2**self.request.retries)
@@ -78,7 +78,8 @@ def predict_batch(self: Any, job_id: int, image_ids: list[int]) -> dict[str, int
         log.exception("job %s: batch of %d images (first %s) failed", job_id, len(image_ids), image_ids[0])
         if len(image_ids) > 1:
             return split_batch(self, job_id, image_ids, f"error {error!r}")
-        return give_up(lane, job_id, image_ids[0], f"prediction failed: {error}")
+        failed = give_up(lane, model_version(settings().model_path), job_id, image_ids[0], f"prediction failed: {error}")
+        return {"done": 0, "failed": failed}
     return {"done": done, "failed": failed}
 
 
@@ -90,10 +91,3 @@ def split_batch(task: Any, job_id: int, image_ids: list[int], why: str) -> dict[
         app.send_task(PREDICT_BATCH_TASK, args=[job_id, half], queue=queue)
     log.warning("job %s: batch of %d images (first %s) split after %s", job_id, len(image_ids), image_ids[0], why)
     return {"done": 0, "failed": 0}
-
-
-def give_up(lane: DatabaseLane, job_id: int, image_id: int, reason: str) -> dict[str, int]:
-    log.error("job %s: image %s: %s", job_id, image_id, reason)
-    failure = [db.FailureRow(image_id, reason)]
-    _, failed = lane.submit(db.store_results, job_id, model_version(settings().model_path), None, failure).result()
-    return {"done": 0, "failed": failed}

@@ -1,0 +1,100 @@
+"""The upload queue and its consumer, on the real Redis and PostgreSQL with the session's ``python -m worker``.
+
+What a consumer took is stored exactly once whatever dies; what is not ours is dropped
+with a log line, and the consumer goes on.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from shared import db, upload_queue
+from shared.config import Settings, settings
+from shared.images import encode_image
+from tests.services import unique_name, wait_for_job
+from worker.batch import MAX_ATTEMPTS
+
+
+@pytest.fixture
+def private_queue() -> Settings:
+    config = dataclasses.replace(settings(), queue_prefix=unique_name("mnistq-uploads"))
+    yield config
+    connection = upload_queue.client(config.redis_url)
+    connection.delete(*connection.keys(f"{upload_queue.queue_name(config)}*") or ["none"])
+
+
+def new_upload(conn, value: int = 5) -> tuple[int, int]:
+    return db.create_upload_job(conn, encode_image(np.full((28, 28), value, np.uint8)), [28, 28], "m", {"upload": None})
+
+
+def hold(config: Settings, consumer: str, *entries: str) -> None:
+    """Leave entries in a consumer's processing list, as a consumer that died mid-upload does."""
+    connection = upload_queue.client(config.redis_url)
+    connection.sadd(upload_queue.consumers_key(config), consumer)
+    for entry in entries:
+        connection.lpush(upload_queue.processing_list(config, consumer), entry)
+
+
+def test_entries_decode_back_to_what_was_encoded():
+    assert upload_queue.decode_entry(upload_queue.encode_entry(12, 34).encode()) == (12, 34, 0)
+    assert upload_queue.decode_entry(upload_queue.encode_entry(12, 34, 2).encode()) == (12, 34, 2)
+    for garbage in (b"", b"12", b"a:b", b"1:2:3:4"):
+        with pytest.raises(ValueError):
+            upload_queue.decode_entry(garbage)
+
+
+def test_only_a_dead_consumers_entries_go_back_each_with_one_more_death(private_queue):
+    config, connection = private_queue, upload_queue.client(private_queue.redis_url)
+    hold(config, "dead", "1:10", "2:20:1")  # "1:10" was taken first
+    hold(config, "alive", "3:30")
+    upload_queue.beat(config, "alive")
+
+    assert upload_queue.requeue_orphans(config) == 2
+    taken_next = [connection.rpop(upload_queue.queue_name(config)) for _ in range(3)]
+    assert taken_next == [b"1:10:1", b"2:20:2", None]
+    assert connection.lrange(upload_queue.processing_list(config, "alive"), 0, -1) == [b"3:30"]
+    assert not connection.exists(upload_queue.processing_list(config, "dead"))
+    assert connection.smembers(upload_queue.consumers_key(config)) == {b"alive"}
+    assert upload_queue.requeue_orphans(config) == 0
+
+
+def test_a_consumer_that_leaves_hands_back_what_it_holds_unmarked(private_queue):
+    config, connection = private_queue, upload_queue.client(private_queue.redis_url)
+    upload_queue.beat(config, "leaving")
+    hold(config, "leaving", "4:40")
+    upload_queue.leave(config, "leaving")
+    assert connection.lrange(upload_queue.queue_name(config), 0, -1) == [b"4:40"]
+    assert connection.smembers(upload_queue.consumers_key(config)) == set()
+
+
+def test_an_upload_held_by_a_consumer_that_died_is_predicted_once(worker, conn):
+    job_id, image_id = new_upload(conn)
+    hold(settings(), unique_name("dead"), upload_queue.encode_entry(job_id, image_id))
+    job = wait_for_job(conn, job_id, timeout=30)
+    assert (job["status"], job["done_count"], job["failed_count"]) == ("done", 1, 0)
+    assert db.rows_for_job(conn, job_id) == (1, 1, 0)
+    assert "took back 1 uploads held by consumers that died" in worker.log_path.read_text()  # not the slower sweeper
+
+
+def test_an_upload_that_killed_consumers_too_often_is_failed_not_tried_again(worker, conn):
+    job_id, image_id = new_upload(conn)
+    entry = upload_queue.encode_entry(job_id, image_id, deaths=MAX_ATTEMPTS)
+    upload_queue.client(settings().redis_url).lpush(upload_queue.queue_name(settings()), entry)
+    job = wait_for_job(conn, job_id, timeout=30)
+    assert (job["status"], job["done_count"], job["failed_count"]) == ("done", 0, 1)
+    assert db.job_failures(conn, job_id) == [(image_id, f"gave up after {MAX_ATTEMPTS} attempts: the worker died on this image")]
+
+
+def test_entries_that_are_not_ours_or_name_no_job_are_dropped_and_the_consumer_goes_on(worker, conn):
+    job_id, image_id = new_upload(conn)
+    missing_job = job_id + 1_000_000
+    queue = upload_queue.queue_name(settings())
+    upload_queue.client(settings().redis_url).lpush(queue, b"not an entry", upload_queue.encode_entry(missing_job, image_id))
+    upload_queue.enqueue(settings(), job_id, [image_id])
+
+    assert wait_for_job(conn, job_id, timeout=30)["done_count"] == 1
+    assert db.rows_for_job(conn, missing_job) == (None, 0, 0)
+    log = worker.log_path.read_text()
+    assert "dropping b'not an entry', which is not an upload queue entry" in log
+    assert f"job {missing_job} does not exist; dropping upload of image {image_id}" in log
