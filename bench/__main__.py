@@ -1,14 +1,16 @@
 """The benchmark suite: every figure in one run on one machine, so the ratios hold.
 
-    python -m bench [--repeats 3] [--sections database,throughput,seed,latency]
+    python -m bench [--repeats 3] [--sections database,throughput,seed,latency] [--database-core]
 
-Prints a table and writes bench/results/latest.json. Throughput figures are the median of
+Prints a table and writes bench/results/latest.json (latest-database-core.json with
+``--database-core``, which gives PostgreSQL a core of its own). Throughput figures are the median of
 ``--repeats`` runs with the spread (max - min); latency figures are percentiles over
 500 sequential uploads. Uses a private database and queue names.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -33,10 +35,12 @@ def table(rows: list[dict[str, Any]], ceiling: float) -> list[str]:
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--sections", default="database,throughput,seed,latency", show_default=True, help="Which parts to run.")
 @click.option("--workers", default="1,2", show_default=True, help="Worker process counts for the pipeline figure.")
-def main(repeats: int, sections: str, workers: str) -> None:
+@click.option("--database-core", is_flag=True, help="PostgreSQL on a core of its own, the rest for the model and the queue.")
+def main(repeats: int, sections: str, workers: str, database_core: bool) -> None:
     """Bare model vs mnist-queue vs the seed design; upload latency; memory."""
     chosen = set(sections.split(","))
-    with common.private_environment() as env:
+    placement = common.database_on_its_own_core() if database_core else contextlib.nullcontext("every process on every core")
+    with placement as where, common.private_environment() as env:
         from bench import database, latency, throughput
         from producer.ingest import load_mnist, mnist_rows
         from shared import db
@@ -50,13 +54,15 @@ def main(repeats: int, sections: str, workers: str) -> None:
         database_rows = database.run(settings().database_url, image_ids, repeats) if "database" in chosen else []
         rows = [throughput.bare_model(images, repeats, runtime) for runtime in ("litert", "tensorflow")]
         if "throughput" in chosen:
+            rows.append(throughput.in_process(image_ids, repeats))
             rows += [throughput.pipeline(env, image_ids, int(n), repeats, common.RESULTS_DIR) for n in workers.split(",")]
         if "seed" in chosen:
             rows.append(throughput.seed_style(env, image_ids[:SEED_SLICE], common.RESULTS_DIR))
         latency_rows = latency.run(env, image_ids, images, common.RESULTS_DIR) if "latency" in chosen else []
 
     ceiling = max(row["images_per_second"] for row in rows)
-    lines = [f"machine: {os.cpu_count()} cores, {common.cpu_model()}; 10,000 MNIST test images; median of {repeats}", ""]
+    machine = f"machine: {os.cpu_count()} cores, {common.cpu_model()}; {where}"
+    lines = [machine, f"10,000 MNIST test images; median of {repeats}", ""]
     lines += table(rows, ceiling)
     if database_rows:
         lines += ["", *database.table(database_rows)]
@@ -64,13 +70,14 @@ def main(repeats: int, sections: str, workers: str) -> None:
         lines += ["", *latency.table(latency_rows)]
     click.echo("\n".join(lines))
     report = {
-        "machine": {"cores": os.cpu_count(), "cpu": common.cpu_model()},
+        "machine": {"cores": os.cpu_count(), "cpu": common.cpu_model(), "placement": where},
         "throughput": rows,
         "database": database_rows,
         "latency": latency_rows,
     }
-    (common.RESULTS_DIR / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
-    (common.RESULTS_DIR / "latest.txt").write_text("\n".join(lines) + "\n")
+    name = "latest-database-core" if database_core else "latest"
+    (common.RESULTS_DIR / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (common.RESULTS_DIR / f"{name}.txt").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

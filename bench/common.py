@@ -31,6 +31,35 @@ def private_environment() -> Iterator[dict[str, str]]:
         services.delete_queues(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), os.environ["QUEUE_PREFIX"])
 
 
+@contextlib.contextmanager
+def database_on_its_own_core() -> Iterator[str]:
+    """PostgreSQL on the last usable core, this process and its children on the others.
+
+    As when the database has hardware of its own (the compose file's ``db`` service on
+    another host, or a managed database): what the queue costs, without PostgreSQL's CPU
+    taking turns with the model's. Only for a PostgreSQL on this machine; new backends
+    inherit the postmaster's affinity. Everything is put back afterwards.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise RuntimeError("--database-core needs at least two usable cores")
+    database_cpu, ours = {cpus[-1]}, set(cpus[:-1])
+    postgres = pids_named("postgres")
+    if not postgres:
+        raise RuntimeError("--database-core needs PostgreSQL running on this machine")
+    previous = {pid: os.sched_getaffinity(pid) for pid in postgres}
+    for pid in postgres:
+        os.sched_setaffinity(pid, database_cpu)
+    os.sched_setaffinity(0, ours)  # this thread; threads and processes started later inherit it
+    try:
+        yield f"PostgreSQL pinned to CPU {cpus[-1]}, everything else to CPUs {','.join(map(str, sorted(ours)))}"
+    finally:
+        for pid in pids_named("postgres"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(pid, previous.get(pid, set(cpus)))
+        os.sched_setaffinity(0, set(cpus))
+
+
 def median_and_spread(values: list[float]) -> tuple[float, float]:
     return statistics.median(values), max(values) - min(values)
 
