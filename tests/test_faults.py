@@ -193,11 +193,12 @@ def test_workers_killed_at_random_moments_lose_and_duplicate_nothing(conn, fault
 
 
 def test_a_worker_stopped_gracefully_mid_job_loses_nothing(conn, fault_env, test_split_ids, tmp_path):
-    ids = test_split_ids[:4000]
+    ids = test_split_ids
     worker = start_worker(fault_env, tmp_path, "stopping", concurrency=2)
     started = time.monotonic()
     job_id = submit(conn, fault_env, ids, batch_size=100)
-    time.sleep(0.3)
+    while db.get_job(conn, job_id)["done_count"] == 0:  # mid-job: stop once work is under way, however fast the machine
+        time.sleep(0.01)
     worker.process.send_signal(signal.SIGTERM)  # warm shutdown: finish what runs, give back the rest
     worker.process.wait(timeout=60)
     assert db.get_job(conn, job_id)["status"] != "done", "the job finished before the worker stopped"
@@ -211,14 +212,15 @@ def test_a_worker_stopped_gracefully_mid_job_loses_nothing(conn, fault_env, test
 
 
 def test_a_redis_restart_that_loses_every_message_still_completes_the_job(conn, fault_env, test_split_ids, tmp_path):
-    ids = test_split_ids[:5000]
+    ids = test_split_ids
     redis_server = services.RedisServer(tmp_path / "redis.log")
     env = {**fault_env, "REDIS_URL": redis_server.url}
     worker = start_worker(env, tmp_path, "worker")
     started = time.monotonic()
     try:
         job_id = submit(conn, env, ids, batch_size=100)
-        time.sleep(0.3)
+        while db.get_job(conn, job_id)["done_count"] == 0:  # mid-job, however fast the machine
+            time.sleep(0.01)
         redis_server = redis_server.restart()  # empty: the queued batches are gone
         assert db.get_job(conn, job_id)["status"] != "done", "the job finished before Redis restarted"
         job = assert_exactly_once(conn, job_id, len(ids))  # the sweeper found the rest in PostgreSQL
@@ -226,6 +228,30 @@ def test_a_redis_restart_that_loses_every_message_still_completes_the_job(conn, 
     finally:
         worker.stop()
         redis_server.stop()
+
+
+def test_a_redis_restart_that_loses_waiting_uploads_still_predicts_every_one(conn, fault_env, test_split_ids, tmp_path):
+    ids = test_split_ids[:300]
+    redis_server = services.RedisServer(tmp_path / "redis.log")
+    env = {**fault_env, "REDIS_URL": redis_server.url}
+    worker = services.Workers(env, tmp_path / "worker.log")  # the upload consumer, and the sweeper in the bulk pool
+    worker.wait_ready()
+    started = time.monotonic()
+    try:
+        os.killpg(worker.process.pid, signal.SIGSTOP)  # the uploads wait in Redis...
+        try:
+            job_ids = submit_uploads(conn, env, ids)
+            redis_server = redis_server.restart()  # ...which loses them
+        finally:
+            os.killpg(worker.process.pid, signal.SIGCONT)
+        outcomes = wait_for_uploads(conn, job_ids)  # the consumer reconnects; the sweeper finds the uploads in PostgreSQL
+    finally:
+        worker.stop()
+        redis_server.stop()
+    assert {job_id: outcome for job_id, outcome in outcomes.items() if outcome != ("done", 1, 1, 0)} == {}
+    assert "stalled for 3s with an empty queue" in worker.log_path.read_text()  # found again by the sweeper
+    job = {"done_count": len(ids), "failed_count": 0, "duplicated": 0}
+    record("Redis restarted (waiting uploads lost)", 1, len(ids), job, time.monotonic() - started)
 
 
 def test_poison_images_are_failed_after_bounded_attempts_and_the_rest_completes(conn, fault_env, test_split_ids, tmp_path):
