@@ -5,20 +5,24 @@ workers, started and stopped through ``python -m stack`` as ``./run up`` / ``./r
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import redis
 
 from shared import db
+from shared.images import png_bytes
 from stack import embedded
 from stack.demo import run_demo
 from stack.processes import http_ok
 from stack.state import StackState, load_state, pid_alive
+from tests.digits import mnist_test_digits
 from tests.services import PROJECT_ROOT
 
 STACK_START_SECONDS = 180
@@ -80,6 +84,11 @@ def test_embedded_stack_predicts_and_keeps_its_data_across_a_restart(tmp_path):
 
         result = run_demo({**env, "DATABASE_URL": state.database_url, "REDIS_URL": state.redis_url}, limit=IMAGES)
         assert result.images == IMAGES and result.accuracy >= 0.98 and result.seconds > 0
+        digits, labels = mnist_test_digits(1)  # an upload takes the stack's upload consumer
+        picture = png_bytes(digits[0])
+        upload = urllib.request.Request(f"{state.web_url}/api/predictions?wait=10", data=picture, headers={"Content-Type": "image/png"})
+        with urllib.request.urlopen(upload, timeout=30) as answer:
+            assert answer.status == 200 and json.load(answer)["label"] == labels[0]
         redis.Redis.from_url(state.redis_url).set(MARKER_KEY, "kept")
 
     with running_stack({**env, "WEB_PORT": ""}, "--no-web", "--workers", "0") as state:
@@ -93,4 +102,4 @@ def test_embedded_stack_predicts_and_keeps_its_data_across_a_restart(tmp_path):
         psql = subprocess.run(
             embedded.psql_command(state.database_url), input="SELECT count(*) FROM input_data;", capture_output=True, text=True
         )
-        assert psql.returncode == 0 and f" {IMAGES}\n" in psql.stdout
+        assert psql.returncode == 0 and f" {IMAGES + 1}\n" in psql.stdout  # the demo's images and the upload
