@@ -14,6 +14,8 @@ marked with one more death, so that an image that kills consumers is given up on
 from __future__ import annotations
 
 import functools
+import os
+import socket
 import uuid
 
 import redis
@@ -41,7 +43,12 @@ def consumers_key(settings: Settings) -> str:
 
 
 def new_consumer_name() -> str:
-    return uuid.uuid4().hex[:12]
+    """Host first, so a container's health check can find its own consumer; unique per start."""
+    return f"{host_prefix()}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def host_prefix() -> str:
+    return f"{socket.gethostname()}-"
 
 
 @functools.cache
@@ -106,6 +113,13 @@ def leave(settings: Settings, consumer: str) -> None:
     while connection.lmove(processing_list(settings, consumer), queue_name(settings), "RIGHT", "RIGHT") is not None:
         pass
     connection.srem(consumers_key(settings), consumer)
+
+
+def live_consumers_on_this_host(settings: Settings) -> list[str]:
+    """Consumers started on this host (in a container: this container) whose heartbeat is current."""
+    connection = client(settings.redis_url)
+    mine = [member.decode() for member in connection.smembers(consumers_key(settings)) if member.decode().startswith(host_prefix())]
+    return [consumer for consumer in mine if connection.exists(heartbeat_key(settings, consumer))]
 
 
 def requeue_orphans(settings: Settings) -> int:

@@ -75,6 +75,8 @@ def test_four_services_start_in_order_behind_health_checks():
     assert services["web"]["ports"] == ["${WEB_PORT:-8000}:8000"]
     healthcheck = next(line for line in dockerfile("Dockerfile.web").splitlines() if "CMD" in line and "/healthz" in line)
     assert "127.0.0.1:8000/healthz" in healthcheck and "HEALTHCHECK" in dockerfile("Dockerfile.web")
+    worker_check = next(line for line in dockerfile("Dockerfile.worker").splitlines() if line.startswith("HEALTHCHECK"))
+    assert worker_check.endswith('CMD ["python", "-m", "worker.health"]')
 
 
 def test_worker_can_be_scaled():

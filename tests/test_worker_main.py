@@ -3,6 +3,7 @@
 import dataclasses
 import signal
 import subprocess
+import sys
 
 import numpy as np
 
@@ -34,3 +35,14 @@ def test_both_workers_serve_their_queue_and_stop_together(worker_env, conn, tmp_
         assert subprocess.run(["pgrep", "-g", str(process.process.pid)], capture_output=True).returncode == 1
     finally:
         process.stop()
+
+
+def test_the_health_check_passes_while_the_upload_consumer_runs_and_fails_without_one(worker, worker_env):
+    healthy = subprocess.run([sys.executable, "-m", "worker.health"], env=worker_env, capture_output=True, text=True, timeout=30)
+    assert healthy.returncode == 0 and "healthy: upload consumer" in healthy.stdout
+    no_consumer = {**worker_env, "QUEUE_PREFIX": services.unique_name("mnistq-nobody")}
+    unhealthy = subprocess.run([sys.executable, "-m", "worker.health"], env=no_consumer, capture_output=True, text=True, timeout=30)
+    assert unhealthy.returncode == 1 and "no upload consumer of this host" in unhealthy.stderr
+    redis_down = {**worker_env, "REDIS_URL": f"redis://127.0.0.1:{services.free_port()}/0"}
+    unreachable = subprocess.run([sys.executable, "-m", "worker.health"], env=redis_down, capture_output=True, text=True, timeout=30)
+    assert unreachable.returncode == 1 and "Redis does not answer" in unreachable.stderr
