@@ -21,7 +21,9 @@ def private_queue() -> Settings:
     config = dataclasses.replace(settings(), queue_prefix=unique_name("mnistq-uploads"))
     yield config
     connection = upload_queue.client(config.redis_url)
-    connection.delete(*connection.keys(f"{upload_queue.queue_name(config)}*") or ["none"])
+    keys = connection.keys(f"{upload_queue.queue_name(config)}*")
+    if keys:
+        connection.delete(*keys)
 
 
 def new_upload(conn, value: int = 5) -> tuple[int, int]:
