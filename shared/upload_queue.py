@@ -118,7 +118,8 @@ def leave(settings: Settings, consumer: str) -> None:
 def live_consumers_on_this_host(settings: Settings) -> list[str]:
     """Consumers started on this host (in a container: this container) whose heartbeat is current."""
     connection = client(settings.redis_url)
-    mine = [member.decode() for member in connection.smembers(consumers_key(settings)) if member.decode().startswith(host_prefix())]
+    consumers = (member.decode() for member in connection.smembers(consumers_key(settings)))
+    mine = [consumer for consumer in consumers if consumer.startswith(host_prefix())]
     return [consumer for consumer in mine if connection.exists(heartbeat_key(settings, consumer))]
 
 

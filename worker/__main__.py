@@ -29,7 +29,7 @@ UPLOAD_CONSUMER = [sys.executable, "-m", "worker.uploads"]
 BULK_NICENESS = 10
 
 
-def celery_command(role: str, queue: str, concurrency: int, extra_args: list[str]) -> list[str]:
+def celery_command(queue: str, concurrency: int, extra_args: list[str]) -> list[str]:
     """The ``celery worker`` command line; extra options come last so they win."""
     return [
         sys.executable,
@@ -43,7 +43,7 @@ def celery_command(role: str, queue: str, concurrency: int, extra_args: list[str
         "--concurrency",
         str(concurrency),
         "--hostname",
-        f"{role}-{os.getpid()}@%h",
+        f"bulk-{os.getpid()}@%h",
         "--loglevel",
         "INFO",
         *extra_args,
@@ -55,7 +55,7 @@ def main(extra_args: list[str]) -> int:
     cpus = available_cpus()
     concurrency = config.worker_concurrency or cpus
     threads = config.worker_threads or max(1, cpus // concurrency)
-    bulk = celery_command("bulk", bulk_queue(config), concurrency, extra_args)
+    bulk = celery_command(bulk_queue(config), concurrency, extra_args)
     workers = [
         subprocess.Popen(
             bulk, env={**os.environ, "WORKER_THREADS": str(threads), "WORKER_NICENESS": str(config.worker_niceness or BULK_NICENESS)}
