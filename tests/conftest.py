@@ -6,6 +6,7 @@ test, the CLI and the worker subprocesses all see the same private database and 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from shared.config import Settings, settings
 from tests import services
 
 DATABASE_NAME = services.unique_name("mnistq_test")
@@ -38,6 +40,14 @@ def conn(database_url: str) -> Iterator[psycopg2.extensions.connection]:
     connection = db.connect(database_url)
     yield connection
     connection.close()
+
+
+@pytest.fixture
+def private_queue() -> Iterator[Settings]:
+    """Settings whose upload queue no worker consumes, so a test sees what waits in it."""
+    config = dataclasses.replace(settings(), queue_prefix=services.unique_name("mnistq-uploads"))
+    yield config
+    services.delete_queues(config.redis_url, config.queue_prefix)
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +77,4 @@ def worker(worker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    from shared.config import settings
-
     return settings().mnist_dir

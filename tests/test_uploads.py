@@ -4,8 +4,6 @@ What a consumer took is stored exactly once whatever dies; what is not ours is d
 with a log line, and the consumer goes on.
 """
 
-import dataclasses
-
 import numpy as np
 import pytest
 
@@ -14,16 +12,6 @@ from shared.config import Settings, settings
 from shared.images import encode_image
 from tests.services import unique_name, wait_for_job
 from worker.batch import MAX_ATTEMPTS
-
-
-@pytest.fixture
-def private_queue() -> Settings:
-    config = dataclasses.replace(settings(), queue_prefix=unique_name("mnistq-uploads"))
-    yield config
-    connection = upload_queue.client(config.redis_url)
-    keys = connection.keys(f"{upload_queue.queue_name(config)}*")
-    if keys:
-        connection.delete(*keys)
 
 
 def new_upload(conn, value: int = 5) -> tuple[int, int]:

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from producer import ingest
-from shared import db
+from shared import db, upload_queue
 from shared.config import settings
 from shared.images import encode_image
 from shared.model_info import model_version
@@ -142,11 +142,23 @@ assert not heavy, heavy
 # --- prediction API -------------------------------------------------------------------
 
 
-def test_multipart_upload_is_predicted_by_the_worker(worker, client, seven_png):
-    accepted = client.post("/api/predictions", data={"file": (io.BytesIO(seven_png), "seven.png")})
+def test_an_upload_no_worker_has_taken_answers_202_queued(private_queue, seven_png):
+    client = create_app({"TESTING": True, "MNIST_SETTINGS": private_queue}).test_client()
+    accepted = client.post("/api/predictions", data=seven_png, content_type="image/png")
     assert accepted.status_code == 202
     body = accepted.json
-    assert body["status"] == "queued" and accepted.headers["Location"] == body["status_url"]
+    assert (body["status"], body["label"]) == ("queued", None)
+    assert accepted.headers["Location"] == body["status_url"]
+    assert upload_queue.waiting(private_queue) == 1
+    assert client.get(body["status_url"]).json["status"] == "queued"
+
+
+def test_multipart_upload_is_predicted_by_the_worker(worker, client, seven_png):
+    accepted = client.post("/api/predictions", data={"file": (io.BytesIO(seven_png), "seven.png")})
+    # The worker may already have answered: the body says where the upload is now.
+    assert accepted.status_code == 202
+    body = accepted.json
+    assert body["status"] in ("queued", "done") and accepted.headers["Location"] == body["status_url"]
 
     done = client.get(f"{body['status_url']}?wait={WAIT}")
     assert done.status_code == 200
