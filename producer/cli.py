@@ -20,18 +20,20 @@ import psycopg2
 import psycopg2.errors
 
 from producer import ingest as ingest_rows
-from shared import db
-from shared.config import settings
+from shared import broker, jobs
+from shared.config import Settings, load_settings
+from shared.db import connection, images, progress, schema
+from shared.db import jobs as job_store
+from shared.digits import MAX_ROW_ID
 from shared.model_info import model_version
-from shared.recovery import resume_job
 from shared.reports import LOW_CONFIDENCE_THRESHOLD, build_job_report
-from shared.tasks import bulk_queue, celery_app, enqueue_batches
 
 INSERT_CHUNK = 2000
-POLL_SECONDS = 0.5
+# The progress bar redraws at least this often, and at once on every stored batch's notice.
+PROGRESS_SECONDS = 0.5
 # Ids and counts end up in BIGINT columns and LIMITs: refuse at parsing what PostgreSQL would refuse.
-ROW_ID = click.IntRange(1, db.MAX_ROW_ID)
-COUNT = click.IntRange(0, db.MAX_ROW_ID)
+ROW_ID = click.IntRange(1, MAX_ROW_ID)
+COUNT = click.IntRange(0, MAX_ROW_ID)
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -52,31 +54,36 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def open_database() -> psycopg2.extensions.connection:
-    return db.connect(settings().database_url)
+def open_database(config: Settings) -> connection.Connection:
+    return connection.connect(config.database_url)
 
 
 @click.group()
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Load images into PostgreSQL, submit them as jobs, and report the predictions."""
+    if ctx.obj is None:  # a caller (a test, a tool) may pass its own Settings as obj
+        try:
+            ctx.obj = load_settings()
+        except ValueError as error:
+            raise click.ClickException(str(error)) from None
 
 
 @main.command("init-db")
+@click.pass_obj
 @user_errors
-def init_db() -> None:
-    """Create the tables and indexes (safe to run again), as SCHEMA_DATABASE_URL's role if set."""
-    conn = db.wait_for_database(settings().schema_database_url, timeout_seconds=30)
+def init_db(config: Settings) -> None:
+    """Create the schema or apply pending migrations (safe to run again), as SCHEMA_DATABASE_URL's role if set."""
+    connection.wait_for_database(config.schema_database_url, timeout_seconds=30).close()
     try:
-        db.create_schema(conn)
+        before, after = schema.migrate(config.schema_database_url)
     except psycopg2.errors.InsufficientPrivilege as error:
         # The services' role (mnist_app) may not create tables, by design: say which role may.
         reason = str(error).strip().splitlines()[0]
         raise click.ClickException(
             f"{reason}: init-db needs the role that owns the tables; set SCHEMA_DATABASE_URL to its URL (mnist_owner)"
         ) from None
-    finally:
-        conn.close()
-    click.echo("schema ready")
+    click.echo(f"schema ready at migration {after}" + (f" (was {before or 'empty'})" if before != after else ""))
 
 
 @main.group()
@@ -88,42 +95,44 @@ def ingest() -> None:
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--data", type=click.Path(path_type=Path), help="Folder of MNIST IDX .gz files or mnist.npz [default: the bundled test set]")
 @click.option("--limit", type=ROW_ID, help="Store only the first N images.")
+@click.pass_obj
 @user_errors
-def ingest_mnist(split: str, data: Path | None, limit: int | None) -> None:
+def ingest_mnist(config: Settings, split: str, data: Path | None, limit: int | None) -> None:
     """Store an MNIST split; images already stored are skipped."""
-    images, labels = ingest_rows.load_mnist(data or settings().mnist_dir, split, limit)
-    conn = open_database()
+    digits, labels = ingest_rows.load_mnist(data or config.mnist_dir, split, limit)
+    conn = open_database(config)
     inserted = 0
-    with click.progressbar(length=len(images), label=f"ingesting MNIST {split}") as bar:
-        for start in range(0, len(images), INSERT_CHUNK):
+    with click.progressbar(length=len(digits), label=f"ingesting MNIST {split}") as bar:
+        for start in range(0, len(digits), INSERT_CHUNK):
             chunk = slice(start, start + INSERT_CHUNK)
-            rows = list(ingest_rows.mnist_rows(images[chunk], labels[chunk], split, start))
-            inserted += len(db.insert_images(conn, rows))
+            rows = list(ingest_rows.mnist_rows(digits[chunk], labels[chunk], split, start))
+            inserted += len(images.insert_images(conn, rows))
             bar.update(len(rows))
-    click.echo(f"stored {inserted} new images, {len(images) - inserted} were already there")
+    click.echo(f"stored {inserted} new images, {len(digits) - inserted} were already there")
 
 
 @ingest.command("folder")
 @click.argument("folder", type=click.Path(path_type=Path))
+@click.pass_obj
 @user_errors
-def ingest_folder(folder: Path) -> None:
+def ingest_folder(config: Settings, folder: Path) -> None:
     """Store your own digit pictures (PNG, JPEG, GIF, BMP, WebP) in MNIST form.
 
     Pictures under a folder named 0-9 get that digit as their true label.
     """
     files = ingest_rows.user_image_files(folder)
-    conn = open_database()
+    conn = open_database(config)
     inserted, rejected = 0, []
     with click.progressbar(length=len(files), label=f"ingesting {folder}") as bar:
         for start in range(0, len(files), INSERT_CHUNK):
             rows = []
             for path in files[start : start + INSERT_CHUNK]:
                 try:
-                    rows.append(ingest_rows.folder_row(path, folder, settings().max_image_pixels))
+                    rows.append(ingest_rows.folder_row(path, folder, config.max_image_pixels))
                 except ValueError as error:
                     rejected.append(f"{path}: {error}")
                 bar.update(1)
-            inserted += len(db.insert_images(conn, rows))
+            inserted += len(images.insert_images(conn, rows))
     for line in rejected:
         click.echo(f"skipped {line}", err=True)
     click.echo(f"stored {inserted} new images, {len(files) - inserted - len(rejected)} were already there, {len(rejected)} rejected")
@@ -136,38 +145,39 @@ def ingest_folder(folder: Path) -> None:
 @click.option("--unpredicted", is_flag=True, help="Only images the current model has not predicted yet.")
 @click.option("--id", "image_ids", type=ROW_ID, multiple=True, help="Exactly these image IDs (repeatable).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per task [default: BATCH_SIZE].")
+@click.pass_obj
 @user_errors
 def submit(
-    split: str | None, label: int | None, limit: int | None, unpredicted: bool, image_ids: tuple[int, ...], batch_size: int | None
+    config: Settings,
+    split: str | None,
+    label: int | None,
+    limit: int | None,
+    unpredicted: bool,
+    image_ids: tuple[int, ...],
+    batch_size: int | None,
 ) -> None:
     """Create a job from stored images and enqueue it in batches; prints the job id."""
-    config = settings()
-    version = model_version(config.model_path)
-    conn = open_database()
-    if image_ids:
-        selected = list(image_ids)
-        selection: dict[str, Any] = {"ids": len(selected)}
-    else:
-        selected = db.select_image_ids(conn, split, label, limit, version if unpredicted else None)
-        selection = {"split": split, "label": label, "limit": limit, "unpredicted": unpredicted}
-    if not selected:
-        raise click.ClickException("no stored images match that selection (ingest some first: python -m producer ingest mnist)")
-    job_id = db.create_job(conn, selected, version, selection)
-    batches = enqueue_batches(celery_app(config), job_id, selected, batch_size or config.batch_size, bulk_queue(config))
-    click.echo(f"job {job_id}: {len(set(selected))} images in {batches} batches, model {version}", err=True)
-    click.echo(job_id)
+    selection = jobs.Selection(split, label, limit, unpredicted, image_ids)
+    try:
+        job = jobs.submit_job(
+            open_database(config), broker.celery_app(config), config, selection, model_version(config.model_path), batch_size
+        )
+    except jobs.NoImagesSelected as error:
+        raise click.ClickException(f"{error} (ingest some first: python -m producer ingest mnist)") from None
+    click.echo(f"job {job.id}: {job.images} images in {job.batches} batches, model {job.model_version}", err=True)
+    click.echo(job.id)
 
 
 @main.command()
 @click.argument("job_id", type=ROW_ID)
+@click.pass_obj
 @user_errors
-def resume(job_id: int) -> None:
+def resume(config: Settings, job_id: int) -> None:
     """Enqueue a job's unfinished images again (after Redis lost its queue, say).
 
     Always safe: images that already have a prediction are not predicted twice.
     """
-    config = settings()
-    count = resume_job(open_database(), celery_app(config), config, job_id)
+    count = jobs.resume_job(open_database(config), broker.celery_app(config), config, job_id)
     click.echo(f"job {job_id}: re-enqueued {count} unfinished images" if count else f"job {job_id}: nothing left to do")
 
 
@@ -175,10 +185,11 @@ def resume(job_id: int) -> None:
 @click.argument("job_id", type=ROW_ID)
 @click.option("--wait", is_flag=True, help="Show a progress bar until the job is done.")
 @click.option("--timeout", type=float, default=3600, show_default=True, help="Give up waiting after this many seconds.")
+@click.pass_obj
 @user_errors
-def status(job_id: int, wait: bool, timeout: float) -> None:
+def status(config: Settings, job_id: int, wait: bool, timeout: float) -> None:
     """Show a job's progress."""
-    conn = open_database()
+    conn = open_database(config)
     job = require_job(conn, job_id)
     if wait and job["status"] != "done":
         job = wait_for_job(conn, job, timeout)
@@ -190,13 +201,14 @@ def status(job_id: int, wait: bool, timeout: float) -> None:
         raise click.ClickException(f"job {job_id} did not finish within {timeout:g} s")
 
 
-def wait_for_job(conn: psycopg2.extensions.connection, job: dict[str, Any], timeout: float) -> dict[str, Any]:
+def wait_for_job(conn: connection.Connection, job: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """A progress bar until the job is done, redrawn on the workers' notices."""
     deadline = time.monotonic() + timeout
     finished = job["done_count"] + job["failed_count"]
-    with click.progressbar(length=job["total_images"], label=f"job {job['id']}") as bar:
+    with progress.listening(conn), click.progressbar(length=job["total_images"], label=f"job {job['id']}") as bar:
         bar.update(finished)
         while job["status"] != "done" and time.monotonic() < deadline:
-            time.sleep(POLL_SECONDS)
+            progress.wait_for_progress(conn, min(PROGRESS_SECONDS, max(0.0, deadline - time.monotonic())))
             job = require_job(conn, job["id"])
             now_finished = job["done_count"] + job["failed_count"]
             bar.update(now_finished - finished)
@@ -204,8 +216,8 @@ def wait_for_job(conn: psycopg2.extensions.connection, job: dict[str, Any], time
     return job
 
 
-def require_job(conn: psycopg2.extensions.connection, job_id: int) -> dict[str, Any]:
-    job = db.get_job(conn, job_id)
+def require_job(conn: connection.Connection, job_id: int) -> dict[str, Any]:
+    job = job_store.get_job(conn, job_id)
     if job is None:
         raise click.ClickException(f"there is no job {job_id}")
     return job
@@ -214,10 +226,11 @@ def require_job(conn: psycopg2.extensions.connection, job_id: int) -> dict[str, 
 @main.command()
 @click.argument("job_id", type=ROW_ID)
 @click.option("--wrong", "wrong_limit", type=COUNT, default=10, show_default=True, help="How many wrong predictions to list.")
+@click.pass_obj
 @user_errors
-def report(job_id: int, wrong_limit: int) -> None:
+def report(config: Settings, job_id: int, wrong_limit: int) -> None:
     """Accuracy, per-class accuracy, confusion matrix and mistakes of a job."""
-    result = build_job_report(open_database(), job_id, wrong_limit)
+    result = build_job_report(open_database(config), job_id, wrong_limit)
     if result is None:
         raise click.ClickException(f"there is no job {job_id}")
     job = result.job

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from shared import mnist
-from shared.db import ImageRow
-from shared.images import IMAGE_SHAPE, encode_image, user_image_to_mnist
+from shared.db.images import ImageRow
+from shared.digits import IMAGE_SHAPE
+from shared.images import encode_image
+from shared.preprocess import user_image_to_mnist
 
 USER_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"})
 SHAPE = list(IMAGE_SHAPE)

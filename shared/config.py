@@ -1,17 +1,24 @@
-"""All settings, read from the environment once.
+"""All settings, read from the environment (and a ``.env`` file) when asked, validated, never at import.
 
-Every process (producer, worker, web) calls ``load_settings()``; nothing else reads
-``os.environ``. The defaults work on a development machine with PostgreSQL and Redis
-on 127.0.0.1.
+Entry points (the producer's CLI, ``python -m worker``, the web's ``create_app``, ``./run``,
+``python -m bench``) call ``load_settings()`` once and hand the ``Settings`` down; nothing else
+reads ``os.environ``. Tests and tools build their own with ``load_settings({...})`` or
+``settings.replace(...)``. The defaults work on a development machine with PostgreSQL and
+Redis on 127.0.0.1; ``MNIST_PRODUCTION`` refuses them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import urllib.parse
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+import dotenv
+
+from shared.cpus import available_cpus
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,62 +27,139 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MODEL_PATH = PROJECT_ROOT / "models" / "mnist_cnn.keras"
 DEFAULT_MNIST_DIR = PROJECT_ROOT / "data" / "mnist"
 DEFAULT_STACK_DIR = PROJECT_ROOT / ".mnist-queue"
+# The .env that .env.example invites users to write; ENV_FILE names another, ENV_FILE= none.
+DEFAULT_ENV_FILE = PROJECT_ROOT / ".env"
 DEFAULT_WEB_PORT = 8000
 DEVELOPMENT_SECRET_KEY = "dev-only-not-secret"
 # Passwords that appear in this repository's examples (.env.example, compose files, docs):
 # anyone can read them, so a production database must not accept them.
 DEVELOPMENT_PASSWORDS = frozenset({"postgres", "password", "mnist", "mnist-dev", "dev", "changeme", "change-me", "secret"})
+RUNTIMES = ("litert", "tensorflow")
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    database_url: str
+    database_url: str = DEFAULT_DATABASE_URL
     # Only init-db connects with it: the role that owns the tables (DATABASE_URL when unset).
-    schema_database_url: str
-    redis_url: str
-    model_path: Path
-    model_runtime: str
-    mnist_dir: Path
-    batch_size: int
-    queue_prefix: str
-    worker_threads: int
-    worker_niceness: int
-    worker_concurrency: int
-    max_upload_bytes: int
-    max_image_pixels: int
-    max_queued_uploads: int
-    stall_seconds: int
-    sweep_interval_seconds: int
-    upload_heartbeat_seconds: int
-    secret_key: str
-    production: bool
-    stack_dir: Path
-    web_port: int
+    schema_database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = DEFAULT_REDIS_URL
+    model_path: Path = DEFAULT_MODEL_PATH
+    model_runtime: str = RUNTIMES[0]
+    mnist_dir: Path = DEFAULT_MNIST_DIR
+    batch_size: int = 1024
+    queue_prefix: str = "mnist"
+    worker_threads: int = 0  # 0: this process's share of the CPUs (inference_threads)
+    # Bulk pool processes run at this niceness, so that on a busy machine an upload (and the
+    # web request waiting for it) is served first; bulk throughput loses nothing when idle.
+    worker_niceness: int = 10
+    worker_concurrency: int = 0  # 0: one bulk pool process per CPU this process may use
+    max_upload_bytes: int = 5 * 1024 * 1024
+    max_image_pixels: int = 16_000_000
+    max_queued_uploads: int = 1000
+    stall_seconds: int = 120
+    sweep_interval_seconds: int = 30
+    upload_heartbeat_seconds: int = 10
+    secret_key: str = DEVELOPMENT_SECRET_KEY
+    production: bool = False
+    stack_dir: Path = DEFAULT_STACK_DIR
+    web_port: int = DEFAULT_WEB_PORT
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some values changed (a test's private queue, a tool's database)."""
+        return dataclasses.replace(self, **changes)
+
+    def worker_processes(self) -> int:
+        """Bulk pool processes: WORKER_CONCURRENCY, else one per CPU this process may use."""
+        return self.worker_concurrency or available_cpus()
+
+    def inference_threads(self, processes: int) -> int:
+        """Threads per inference call: WORKER_THREADS, else a fair share of the CPUs among ``processes``."""
+        return self.worker_threads or max(1, available_cpus() // max(1, processes))
 
 
-def _int_env(name: str, default: int, minimum: int = 1) -> int:
-    raw = os.environ.get(name, "")
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return value
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate settings from ``environ`` (default: the ``.env`` file under the process environment).
+
+    The process environment wins over the file, as in Docker Compose. Development
+    defaults are refused when MNIST_PRODUCTION is on.
+    """
+    env = environment() if environ is None else environ
+    read = _Reader(env)
+    production = read.flag("MNIST_PRODUCTION")
+    secret_key = env.get("SECRET_KEY", "")
+    database_url = env.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    schema_database_url = env.get("SCHEMA_DATABASE_URL") or None
+    if production:
+        _refuse_development_defaults(secret_key, database_url, schema_database_url)
+    defaults = Settings()
+    return Settings(
+        database_url=database_url,
+        schema_database_url=schema_database_url or database_url,
+        redis_url=env.get("REDIS_URL") or DEFAULT_REDIS_URL,
+        model_path=Path(env.get("MODEL_PATH") or DEFAULT_MODEL_PATH),
+        model_runtime=read.choice("MODEL_RUNTIME", RUNTIMES),
+        mnist_dir=Path(env.get("MNIST_DIR") or DEFAULT_MNIST_DIR),
+        batch_size=read.whole("BATCH_SIZE", defaults.batch_size),
+        queue_prefix=env.get("QUEUE_PREFIX") or defaults.queue_prefix,
+        worker_threads=read.whole("WORKER_THREADS", defaults.worker_threads, minimum=0),
+        worker_niceness=read.whole("WORKER_NICENESS", defaults.worker_niceness, minimum=0),
+        worker_concurrency=read.whole("WORKER_CONCURRENCY", defaults.worker_concurrency, minimum=0),
+        max_upload_bytes=read.whole("MAX_UPLOAD_BYTES", defaults.max_upload_bytes),
+        max_image_pixels=read.whole("MAX_IMAGE_PIXELS", defaults.max_image_pixels),
+        max_queued_uploads=read.whole("MAX_QUEUED_UPLOADS", defaults.max_queued_uploads),
+        stall_seconds=read.whole("STALL_SECONDS", defaults.stall_seconds),
+        sweep_interval_seconds=read.whole("SWEEP_INTERVAL_SECONDS", defaults.sweep_interval_seconds),
+        upload_heartbeat_seconds=read.whole("UPLOAD_HEARTBEAT_SECONDS", defaults.upload_heartbeat_seconds),
+        secret_key=secret_key or DEVELOPMENT_SECRET_KEY,
+        production=production,
+        stack_dir=Path(env.get("STACK_DIR") or DEFAULT_STACK_DIR),
+        web_port=read.whole("WEB_PORT", DEFAULT_WEB_PORT),
+    )
 
 
-def _choice_env(name: str, choices: tuple[str, ...]) -> str:
-    """The first choice is the default."""
-    value = os.environ.get(name, "").strip().lower() or choices[0]
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
+def environment() -> dict[str, str]:
+    """The process environment over the ``.env`` file (ENV_FILE, default ``.env`` in the project; empty: none)."""
+    env_file = os.environ.get("ENV_FILE", str(DEFAULT_ENV_FILE))
+    from_file = dotenv.dotenv_values(env_file) if env_file and Path(env_file).is_file() else {}
+    return {**{key: value for key, value in from_file.items() if value is not None}, **os.environ}
 
 
-def _bool_env(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+def service_urls_from_environment() -> tuple[str | None, str | None]:
+    """DATABASE_URL and REDIS_URL as the user set them, None where unset.
+
+    The local stack (``./run up``) starts its own PostgreSQL or Redis only for what is unset.
+    """
+    env = environment()
+    return env.get("DATABASE_URL") or None, env.get("REDIS_URL") or None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reader:
+    """Typed reads of one environment, with messages that name the variable."""
+
+    env: Mapping[str, str]
+
+    def whole(self, name: str, default: int, minimum: int = 1) -> int:
+        raw = self.env.get(name, "")
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+        if value < minimum:
+            raise ValueError(f"{name} must be at least {minimum}, got {value}")
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...]) -> str:
+        """The first choice is the default."""
+        value = self.env.get(name, "").strip().lower() or choices[0]
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def flag(self, name: str) -> bool:
+        return self.env.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _refuse_development_defaults(secret_key: str, database_url: str, schema_database_url: str | None) -> None:
@@ -93,50 +177,3 @@ def _refuse_development_password(name: str, url: str) -> None:
     password = urllib.parse.urlsplit(url).password
     if password is not None and urllib.parse.unquote(password) in DEVELOPMENT_PASSWORDS:
         raise ValueError(f"{name} uses a development password, which MNIST_PRODUCTION refuses")
-
-
-def load_settings() -> Settings:
-    """Read and validate the environment; refuse development defaults in production."""
-    production = _bool_env("MNIST_PRODUCTION")
-    secret_key = os.environ.get("SECRET_KEY", "")
-    database_url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-    schema_database_url = os.environ.get("SCHEMA_DATABASE_URL") or None
-    if production:
-        _refuse_development_defaults(secret_key, database_url, schema_database_url)
-    return Settings(
-        database_url=database_url,
-        schema_database_url=schema_database_url or database_url,
-        redis_url=os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,
-        model_path=Path(os.environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH),
-        model_runtime=_choice_env("MODEL_RUNTIME", ("litert", "tensorflow")),
-        mnist_dir=Path(os.environ.get("MNIST_DIR") or DEFAULT_MNIST_DIR),
-        batch_size=_int_env("BATCH_SIZE", 1024),
-        queue_prefix=os.environ.get("QUEUE_PREFIX") or "mnist",
-        worker_threads=_int_env("WORKER_THREADS", 0, minimum=0),
-        worker_niceness=_int_env("WORKER_NICENESS", 0, minimum=0),
-        worker_concurrency=_int_env("WORKER_CONCURRENCY", 0, minimum=0),
-        max_upload_bytes=_int_env("MAX_UPLOAD_BYTES", 5 * 1024 * 1024),
-        max_image_pixels=_int_env("MAX_IMAGE_PIXELS", 16_000_000),
-        max_queued_uploads=_int_env("MAX_QUEUED_UPLOADS", 1000),
-        stall_seconds=_int_env("STALL_SECONDS", 120),
-        sweep_interval_seconds=_int_env("SWEEP_INTERVAL_SECONDS", 30),
-        upload_heartbeat_seconds=_int_env("UPLOAD_HEARTBEAT_SECONDS", 10),
-        secret_key=secret_key or DEVELOPMENT_SECRET_KEY,
-        production=production,
-        stack_dir=Path(os.environ.get("STACK_DIR") or DEFAULT_STACK_DIR),
-        web_port=_int_env("WEB_PORT", DEFAULT_WEB_PORT),
-    )
-
-
-def service_urls_from_environment() -> tuple[str | None, str | None]:
-    """DATABASE_URL and REDIS_URL as the user set them, None where unset.
-
-    The local stack (``./run up``) starts its own PostgreSQL or Redis only for what is unset.
-    """
-    return os.environ.get("DATABASE_URL") or None, os.environ.get("REDIS_URL") or None
-
-
-@functools.cache
-def settings() -> Settings:
-    """The process-wide settings, read on first use."""
-    return load_settings()

@@ -14,9 +14,10 @@ from typing import Protocol
 
 import numpy as np
 
-NUM_CLASSES = 10
-INPUT_SHAPE = (28, 28, 1)
-RUNTIMES = ("litert", "tensorflow")
+from shared.config import RUNTIMES
+from shared.digits import INPUT_SHAPE, NUM_CLASSES, to_model_input
+from shared.model_info import litert_path
+
 # LiteRT is fastest on slices of 64 on this 2-core CPU (26.6k images/s against 22.0k at 256:
 # the activations stay in cache), so larger batches are run as slices of this size.
 LITERT_BATCH = 64
@@ -29,16 +30,6 @@ class Predictor(Protocol):
     def predict_batch(self, images: np.ndarray) -> np.ndarray:
         """uint8 images (N, 28, 28) -> float32 probabilities (N, 10)."""
         ...
-
-
-def to_model_input(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, 28, 28) -> float32 (N, 28, 28, 1) in [0, 1], as in training."""
-    return (images.astype(np.float32) / 255.0).reshape((-1, *INPUT_SHAPE))
-
-
-def litert_path(model_path: Path) -> Path:
-    """Where training writes the LiteRT export of a Keras model."""
-    return Path(model_path).with_suffix(".tflite")
 
 
 class LiteRTPredictor:

@@ -11,7 +11,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from shared.inference import INPUT_SHAPE, NUM_CLASSES, litert_path, to_model_input
+from shared.digits import INPUT_SHAPE, NUM_CLASSES, to_model_input
+from shared.model_info import litert_path
 
 
 def build_model() -> keras.Model:

@@ -1,4 +1,4 @@
-"""Which model made a prediction, readable without importing TensorFlow.
+"""The model's files and which version they are, readable without importing TensorFlow.
 
 The version is derived from the model file's bytes, so two workers with the same file
 agree on it and a retrained model never shares a version with the old one.
@@ -21,6 +21,11 @@ def model_version(model_path: Path) -> str:
         raise ValueError(f"model file {path} does not exist (train one with: python -m worker.train)")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return f"{path.stem}-{digest[:12]}"
+
+
+def litert_path(model_path: Path) -> Path:
+    """Where training writes the LiteRT export of a Keras model."""
+    return Path(model_path).with_suffix(".tflite")
 
 
 def model_card_path(model_path: Path) -> Path:

@@ -6,10 +6,10 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-import psycopg2.extensions
 
-from shared import db
-from shared.inference import NUM_CLASSES
+from shared.db import jobs, queries
+from shared.db.connection import Connection
+from shared.digits import NUM_CLASSES
 
 LOW_CONFIDENCE_THRESHOLD = 0.8
 
@@ -42,16 +42,14 @@ def confusion_matrix(pair_counts: list[tuple[int, int, int]]) -> np.ndarray:
     return matrix
 
 
-def build_job_report(
-    conn: psycopg2.extensions.connection, job_id: int, wrong_limit: int = 10, threshold: float = LOW_CONFIDENCE_THRESHOLD
-) -> JobReport | None:
-    job = db.get_job(conn, job_id)
+def build_job_report(conn: Connection, job_id: int, wrong_limit: int = 10, threshold: float = LOW_CONFIDENCE_THRESHOLD) -> JobReport | None:
+    job = jobs.get_job(conn, job_id)
     if job is None:
         return None
     return JobReport(
         job=job,
-        confusion=confusion_matrix(db.label_pair_counts(conn, job_id)),
-        low_confidence=db.count_low_confidence(conn, job_id, threshold),
-        wrong=db.wrong_predictions(conn, job_id=job_id, limit=wrong_limit),
-        failures=db.job_failures(conn, job_id),
+        confusion=confusion_matrix(queries.label_pair_counts(conn, job_id)),
+        low_confidence=queries.count_low_confidence(conn, job_id, threshold),
+        wrong=queries.wrong_predictions(conn, job_id=job_id, limit=wrong_limit),
+        failures=queries.job_failures(conn, job_id),
     )

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import click
 
-from shared.config import settings
-from shared.cpus import available_cpus
+from shared.config import load_settings
 from stack import embedded
 from stack.demo import DemoResult, run_demo
 from stack.processes import StackError, http_ok
@@ -33,7 +32,7 @@ def _raise_stop(signum: int, _frame: object) -> None:
 
 
 def stack_dir() -> Path:
-    return settings().stack_dir
+    return load_settings().stack_dir
 
 
 workers_option = click.option(
@@ -66,8 +65,8 @@ def demo(workers: int | None, limit: int | None) -> None:
 
 def run_stack(workers: int | None, web: bool, demo: bool = False, demo_limit: int | None = None) -> None:
     """Start, optionally run the demo, then wait for Ctrl-C or SIGTERM; always stop what was started."""
-    config = settings()
-    worker_count = workers if workers is not None else (config.worker_concurrency or available_cpus())
+    config = load_settings()
+    worker_count = workers if workers is not None else config.worker_processes()
     stack = Stack(StackOptions(config.stack_dir, worker_count, web, config.web_port))
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGHUP, _raise_stop)

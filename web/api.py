@@ -15,9 +15,12 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, url_for
 from werkzeug.exceptions import BadRequest, NotFound, UnprocessableEntity, UnsupportedMediaType
 
-from shared.reports import NUM_CLASSES, build_job_report
+from shared import jobs
+from shared.db import progress
+from shared.digits import MAX_ROW_ID, NUM_CLASSES
+from shared.reports import build_job_report
 from web import backends, predictions
-from web.params import MAX_ROW_ID, float_arg
+from web.params import float_arg
 
 blueprint = Blueprint("api", __name__)
 
@@ -59,7 +62,7 @@ def create_prediction() -> tuple[Response, int]:
     data, filename = uploaded_image()
     conn = backends.get_db()
     # A waiting client listens before the upload is enqueued, so the worker's notice cannot be missed.
-    with predictions.progress_notices(conn) if wait else contextlib.nullcontext():
+    with progress.listening(conn) if wait else contextlib.nullcontext():
         try:
             prediction_id = predictions.submit_upload(conn, backends.app_settings(), data, filename)
         except ValueError as error:
@@ -82,12 +85,16 @@ def show_prediction(prediction_id: int) -> tuple[Response, int]:
 @blueprint.post("/api/jobs")
 def create_job() -> tuple[Response, int]:
     split, label, limit = job_selection(json_object())
+    config = backends.app_settings()
     try:
-        job_id, total = predictions.submit_selection(backends.get_db(), backends.get_celery(), backends.app_settings(), split, label, limit)
-    except ValueError as error:
+        job = jobs.submit_job(
+            backends.get_db(), backends.get_celery(), config, jobs.Selection(split, label, limit), predictions.current_model_version(config)
+        )
+    except jobs.NoImagesSelected as error:
         raise UnprocessableEntity(str(error)) from None
-    status_url = url_for("api.show_job", job_id=job_id)
-    response = jsonify(id=job_id, status="queued", total_images=total, status_url=status_url, page_url=url_for("views.job", job_id=job_id))
+    status_url = url_for("api.show_job", job_id=job.id)
+    page_url = url_for("views.job", job_id=job.id)
+    response = jsonify(id=job.id, status="queued", total_images=job.images, status_url=status_url, page_url=page_url)
     response.headers["Location"] = status_url
     return response, 202
 

@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
-from shared.config import settings
+from shared.config import Settings, load_settings
 from web import api, backends, errors, views
 from web.params import RowIdConverter
 
@@ -22,9 +22,9 @@ from web.params import RowIdConverter
 REFRESH_SECONDS = 1
 
 
-def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app from the shared settings; ``test_config`` overrides Flask config keys."""
-    config = settings()
+def create_app(test_config: Mapping[str, Any] | None = None, settings: Settings | None = None) -> Flask:
+    """Build the app from ``settings`` (default: read now); ``test_config`` overrides Flask config keys."""
+    config = settings or load_settings()
     app = Flask(__name__)
     app.config.from_mapping(
         SECRET_KEY=config.secret_key,

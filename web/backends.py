@@ -8,10 +8,10 @@ import psycopg2.extensions
 from celery import Celery
 from flask import Flask, current_app, g
 
-from shared import db
+from shared.broker import celery_app
 from shared.config import Settings
+from shared.db import schema
 from shared.model_info import model_version
-from shared.tasks import celery_app
 from web.pool import ConnectionPool
 
 READY_TIMEOUT_SECONDS = 3
@@ -58,7 +58,7 @@ def get_celery() -> Celery:
 def check_database() -> str | None:
     """None when PostgreSQL answers, else why not."""
     try:
-        ready = db.schema_exists(app_settings().database_url, READY_TIMEOUT_SECONDS)
+        ready = schema.schema_exists(app_settings().database_url, READY_TIMEOUT_SECONDS)
     except psycopg2.Error as error:
         return first_line(error)
     return None if ready else SCHEMA_MISSING

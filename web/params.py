@@ -9,7 +9,7 @@ from flask import request
 from werkzeug.exceptions import BadRequest
 from werkzeug.routing import IntegerConverter, Map
 
-from shared.db import MAX_ROW_ID
+from shared.digits import MAX_ROW_ID
 
 Number = TypeVar("Number", int, float)
 

@@ -14,7 +14,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.pool
 
-from shared import db
+from shared.db import connection
 
 # psycopg2's pool keeps at most ``minconn`` idle connections and closes the rest on return.
 KEPT_CONNECTIONS = 2
@@ -32,11 +32,11 @@ class ConnectionPool:
     def checkout(self) -> psycopg2.extensions.connection:
         for _ in range(MAX_CONNECTIONS):  # after a restart every idle connection may be dead
             conn = self._pool.getconn()
-            conn.autocommit = True  # single statements in one round trip; db.transaction still groups
+            conn.autocommit = True  # single statements in one round trip; connection.transaction still groups
             if time.monotonic() - self._returned_at.pop(id(conn), 0.0) <= PING_AFTER_IDLE_SECONDS:
                 return conn
             try:
-                db.ping(conn)
+                connection.ping(conn)
                 return conn
             except (psycopg2.OperationalError, psycopg2.InterfaceError):
                 self._pool.putconn(conn, close=True)

@@ -6,27 +6,23 @@ is accepted, before the worker has written anything.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import psycopg2.extensions
-import redis.exceptions
-from celery import Celery
 from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
 
-from shared import db, upload_queue
+from shared import jobs, upload_queue
 from shared.config import Settings
-from shared.images import IMAGE_SHAPE, encode_image, user_image_to_mnist
+from shared.db import progress, queries
+from shared.db.connection import Connection
+from shared.digits import NUM_CLASSES
+from shared.images import encode_image
 from shared.model_info import model_version
-from shared.reports import NUM_CLASSES, JobReport
-from shared.tasks import bulk_queue, enqueue_batches
+from shared.preprocess import user_image_to_mnist
+from shared.reports import JobReport
 
-# Look again at least this often, even without a notice (a worker of an older version sends none).
-RECHECK_SECONDS = 1.0
 MAX_FILENAME_CHARS = 200
 QUEUED, DONE, FAILED = "queued", "done", "failed"
 # What a refused upload is told to wait: the worker predicts hundreds of uploads in that time.
@@ -61,7 +57,7 @@ def current_model_version(config: Settings) -> str:
         raise ServiceUnavailable(f"the model is not available: {error}") from None
 
 
-def submit_upload(conn: psycopg2.extensions.connection, config: Settings, data: bytes, filename: str | None) -> int:
+def submit_upload(conn: Connection, config: Settings, data: bytes, filename: str | None) -> int:
     """Preprocess, store and enqueue one picture on the upload queue; return the prediction id.
 
     Raises ValueError with a user-readable message before anything is stored, and
@@ -70,14 +66,7 @@ def submit_upload(conn: psycopg2.extensions.connection, config: Settings, data: 
     refuse_when_queue_full(config)
     digit = user_image_to_mnist(data, config.max_image_pixels)
     version = current_model_version(config)
-    selection = {"upload": stored_filename(filename)}
-    job_id, image_id = db.create_upload_job(conn, encode_image(digit), list(IMAGE_SHAPE), version, selection)
-    try:
-        upload_queue.enqueue(config, job_id, [image_id])
-    except redis.exceptions.RedisError:
-        db.delete_upload_job(conn, job_id, image_id)
-        raise
-    return job_id
+    return jobs.submit_upload(conn, config, encode_image(digit), version, {"upload": stored_filename(filename)})
 
 
 def stored_filename(filename: str | None) -> str | None:
@@ -97,8 +86,8 @@ def refuse_when_queue_full(config: Settings) -> None:
         )
 
 
-def get_prediction(conn: psycopg2.extensions.connection, prediction_id: int) -> Prediction | None:
-    row = db.upload_prediction(conn, prediction_id)
+def get_prediction(conn: Connection, prediction_id: int) -> Prediction | None:
+    row = queries.upload_prediction(conn, prediction_id)
     if row is None:
         return None
     probabilities = row["prediction_probabilities"]
@@ -121,50 +110,26 @@ def get_prediction(conn: psycopg2.extensions.connection, prediction_id: int) -> 
     )
 
 
-def wait_for_prediction(conn: psycopg2.extensions.connection, prediction_id: int, seconds: float) -> Prediction | None:
+def wait_for_prediction(conn: Connection, prediction_id: int, seconds: float) -> Prediction | None:
     """The prediction once finished, or its state after ``seconds``."""
     prediction = get_prediction(conn, prediction_id)
     if prediction is None or prediction.finished or seconds <= 0:
         return prediction
-    with progress_notices(conn):
+    with progress.listening(conn):
         return await_prediction(conn, prediction_id, seconds)
 
 
-@contextlib.contextmanager
-def progress_notices(conn: psycopg2.extensions.connection) -> Iterator[None]:
-    """Hear the worker's NOTIFY for every stored batch while the block runs."""
-    db.listen_for_progress(conn)
-    try:
-        yield
-    finally:
-        db.stop_listening(conn)
-
-
-def await_prediction(conn: psycopg2.extensions.connection, prediction_id: int, seconds: float, look_first: bool = True) -> Prediction:
-    """Inside ``progress_notices``: sleep on the worker's NOTIFY instead of polling, so the
+def await_prediction(conn: Connection, prediction_id: int, seconds: float, look_first: bool = True) -> Prediction:
+    """Inside ``progress.listening``: sleep on the worker's NOTIFY instead of polling, so the
     answer leaves within a millisecond of the prediction being stored. ``look_first`` is
     False for an upload just enqueued, which cannot be finished yet."""
     deadline = time.monotonic() + seconds
     prediction = get_prediction(conn, prediction_id) if look_first else None
     while (prediction is None or not prediction.finished) and time.monotonic() < deadline:
-        heard = db.wait_for_progress(conn, min(deadline - time.monotonic(), RECHECK_SECONDS))
+        heard = progress.wait_for_progress(conn, min(deadline - time.monotonic(), progress.RECHECK_SECONDS))
         if prediction_id in heard or not heard:  # ours moved, or a quiet interval passed: look again
             prediction = get_prediction(conn, prediction_id)
     return prediction if prediction is not None else get_prediction(conn, prediction_id)
-
-
-def submit_selection(
-    conn: psycopg2.extensions.connection, celery: Celery, config: Settings, split: str | None, label: int | None, limit: int | None
-) -> tuple[int, int]:
-    """Create a bulk job from stored images and enqueue it; return (job id, images). ValueError if none match."""
-    version = current_model_version(config)
-    image_ids = db.select_image_ids(conn, split, label, limit)
-    if not image_ids:
-        raise ValueError("no stored images match that selection")
-    selection = {"split": split, "label": label, "limit": limit, "unpredicted": False}
-    job_id = db.create_job(conn, image_ids, version, selection)
-    enqueue_batches(celery, job_id, image_ids, config.batch_size, bulk_queue(config))
-    return job_id, len(image_ids)
 
 
 def job_summary(report: JobReport) -> dict[str, Any]:

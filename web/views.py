@@ -7,12 +7,13 @@ from typing import Any
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 from werkzeug.exceptions import NotFound
 
-from shared import db
+from shared.db import images, queries
+from shared.digits import MAX_ROW_ID, NUM_CLASSES
 from shared.images import decode_image, png_bytes
-from shared.reports import LOW_CONFIDENCE_THRESHOLD, NUM_CLASSES, build_job_report
+from shared.reports import LOW_CONFIDENCE_THRESHOLD, build_job_report
 from web import backends, predictions
 from web.heatmap import heatmap
-from web.params import MAX_ROW_ID, choice_arg, float_arg, int_arg
+from web.params import choice_arg, float_arg, int_arg
 
 blueprint = Blueprint("views", __name__)
 
@@ -55,7 +56,7 @@ def prediction(prediction_id: int) -> str:
 def jobs() -> str:
     kind = choice_arg("kind", "bulk", JOB_KINDS)
     page = page_arg()
-    rows = db.list_jobs(backends.get_db(), JOB_KINDS[kind], JOBS_PAGE_SIZE + 1, (page - 1) * JOBS_PAGE_SIZE)
+    rows = queries.list_jobs(backends.get_db(), JOB_KINDS[kind], JOBS_PAGE_SIZE + 1, (page - 1) * JOBS_PAGE_SIZE)
     running = any(row["status"] != "done" for row in rows)
     return render_template(
         "jobs.html",
@@ -81,7 +82,7 @@ def job(job_id: int) -> str:
 def mistakes() -> str:
     page = page_arg()
     job_id = optional_job_id()
-    rows = db.wrong_predictions(backends.get_db(), job_id=job_id, limit=GALLERY_PAGE_SIZE + 1, offset=(page - 1) * GALLERY_PAGE_SIZE)
+    rows = queries.wrong_predictions(backends.get_db(), job_id=job_id, limit=GALLERY_PAGE_SIZE + 1, offset=(page - 1) * GALLERY_PAGE_SIZE)
     return gallery("Mistakes", "Labelled images the model got wrong, newest first.", rows, page, job_id=job_id)
 
 
@@ -90,7 +91,7 @@ def low_confidence() -> str:
     page = page_arg()
     threshold = float_arg("threshold", LOW_CONFIDENCE_THRESHOLD, 0.0, 1.0)
     job_id = optional_job_id()
-    rows = db.low_confidence_predictions(backends.get_db(), threshold, GALLERY_PAGE_SIZE + 1, (page - 1) * GALLERY_PAGE_SIZE, job_id)
+    rows = queries.low_confidence_predictions(backends.get_db(), threshold, GALLERY_PAGE_SIZE + 1, (page - 1) * GALLERY_PAGE_SIZE, job_id)
     intro = f"Predictions with confidence under {threshold:g}, least sure first."
     return gallery("Low confidence", intro, rows, page, job_id=job_id, threshold=threshold)
 
@@ -102,14 +103,14 @@ def browse() -> str:
     if digit is None:
         return render_template("gallery.html", title="Browse", intro="Pick a digit.", items=None, by=by, digit=None, pager=None)
     page = page_arg()
-    rows = db.images_of_digit(backends.get_db(), digit, by == "prediction", GALLERY_PAGE_SIZE + 1, (page - 1) * GALLERY_PAGE_SIZE)
+    rows = queries.images_of_digit(backends.get_db(), digit, by == "prediction", GALLERY_PAGE_SIZE + 1, (page - 1) * GALLERY_PAGE_SIZE)
     source = "whose true label is" if by == "label" else "whose latest prediction is"
     return gallery(f"Browse: {digit}", f"Stored images {source} {digit}.", rows, page, by=by, digit=digit)
 
 
 @blueprint.get("/images/<id:image_id>.png")
 def image_png(image_id: int) -> Response:
-    data = db.get_image_data(backends.get_db(), image_id)
+    data = images.get_image_data(backends.get_db(), image_id)
     if data is None:
         raise NotFound(f"there is no image {image_id}")
     try:

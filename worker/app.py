@@ -1,48 +1,43 @@
-"""The Celery app of the worker.
+"""The bulk worker's Celery app, built by ``make_celery_app(settings)``.
 
-    celery -A worker.app worker --concurrency 2
-
-The parent process never imports TensorFlow (it is not fork-safe); each pool process
-loads the model once, right after the fork.
+The parent process never loads the model (TensorFlow is not fork-safe, LiteRT's threads do
+not survive a fork); each pool process loads it once, right after the fork, lowers its CPU
+priority so that uploads come first, and starts its sweeper.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
-from celery import signals
+from celery import Celery, signals
 
-from shared.config import settings
-from shared.cpus import available_cpus
-from shared.tasks import celery_app
-
-app = celery_app(settings(), name="mnist_queue_worker")
-app.conf.imports = ("worker.tasks",)
-
-log = logging.getLogger(__name__)
-
-# Set in the parent before the pool forks, so every pool process knows how many share the CPUs.
-pool_processes = 1
+from shared import broker
+from shared.config import Settings
+from worker import state, sweeper, tasks
 
 
-@signals.celeryd_init.connect
-def remember_concurrency(sender: Any = None, conf: Any = None, options: dict | None = None, **_: Any) -> None:
-    global pool_processes
-    pool_processes = int((options or {}).get("concurrency") or available_cpus())
+def make_celery_app(settings: Settings) -> Celery:
+    """The worker's app with its task registered and this process's state initialised."""
+    app = broker.celery_app(settings, name="mnist_queue_worker")
+    app.task(name=broker.PREDICT_BATCH_TASK, bind=True, max_retries=tasks.MAX_DATABASE_RETRIES)(tasks.predict_batch)
+    state.init(settings, app)
+    # Celery's signals are process-wide: a dispatch_uid keeps one receiver however many apps are made.
+    signals.celeryd_init.connect(remember_concurrency, weak=False, dispatch_uid="mnist-remember-concurrency")
+    signals.worker_process_init.connect(start_pool_process, weak=False, dispatch_uid="mnist-start-pool-process")
+    return app
 
 
-def inference_threads() -> int:
-    """WORKER_THREADS if set, else this pool process's share of the CPUs."""
-    return settings().worker_threads or max(1, available_cpus() // pool_processes)
+def remember_concurrency(options: dict | None = None, **_: Any) -> None:
+    """In the parent, before the fork: every pool process learns how many share the CPUs."""
+    process = state.current()
+    process.pool_processes = int((options or {}).get("concurrency") or process.settings.worker_processes())
 
 
-@signals.worker_process_init.connect
-def start_child(**_: Any) -> None:
-    from worker import sweeper, tasks
-
-    if settings().worker_niceness:  # bulk work yields the CPU to uploads and the web
-        os.nice(settings().worker_niceness)
-    tasks.warm_up()
-    sweeper.start(app, settings())
+def start_pool_process(**_: Any) -> None:
+    process = state.current()
+    if process.settings.worker_niceness:
+        os.nice(process.settings.worker_niceness)
+    process.warm_up()
+    assert process.app is not None
+    sweeper.start(process.app, process.settings)

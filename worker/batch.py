@@ -14,17 +14,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
-import psycopg2.extensions
+import psycopg2
 
-from shared import db
-from shared.images import IMAGE_SHAPE, decode_image, decode_images
-from shared.inference import NUM_CLASSES
+from shared.db import connection, results
+from shared.db import images as image_store
+from shared.db.results import FailureRow, PredictionBatch
+from shared.digits import IMAGE_SHAPE, NUM_CLASSES
+from shared.images import decode_image, decode_images
 
 log = logging.getLogger(__name__)
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 UNKNOWN_ID_REASON = "unknown image id"
-MAX_ATTEMPTS = 3  # starts of a single image before it is recorded as failed
 # LiteRT reaches full speed by 256 images; smaller chunks would only add per-call overhead.
 CHUNK_SIZE = 256
 Result = TypeVar("Result")
@@ -35,7 +36,7 @@ class DatabaseLane:
 
     def __init__(self, database_url: str) -> None:
         self._database_url = database_url
-        self._connection: psycopg2.extensions.connection | None = None
+        self._connection: connection.Connection | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="database")
 
     def submit(self, function: Callable[..., Result], *args: Any) -> Future[Result]:
@@ -43,11 +44,11 @@ class DatabaseLane:
 
     def _call(self, function: Callable[..., Result], *args: Any) -> Result:
         if self._connection is None or self._connection.closed:
-            self._connection = db.connect(self._database_url)
+            self._connection = connection.connect(self._database_url)
             self._connection.autocommit = True  # single statements in one round trip
         try:
             return function(self._connection, *args)
-        except db.TRANSIENT_ERRORS:
+        except connection.TRANSIENT_ERRORS:
             self._drop_connection()  # it may be dead; the retry of the task connects again
             raise
 
@@ -60,11 +61,11 @@ class DatabaseLane:
         self._connection = None
 
 
-def decode_batch(image_ids: Sequence[int], stored: dict[int, bytes]) -> tuple[list[int], np.ndarray, list[db.FailureRow]]:
+def decode_batch(image_ids: Sequence[int], stored: dict[int, bytes]) -> tuple[list[int], np.ndarray, list[FailureRow]]:
     """Split a batch into decodable images and failures; one bad image never fails the rest."""
     wanted = list(dict.fromkeys(image_ids))
     found = [image_id for image_id in wanted if image_id in stored]
-    failures = [db.FailureRow(image_id, UNKNOWN_ID_REASON) for image_id in wanted if image_id not in stored]
+    failures = [FailureRow(image_id, UNKNOWN_ID_REASON) for image_id in wanted if image_id not in stored]
     try:
         return found, decode_images([stored[image_id] for image_id in found]), failures
     except ValueError:  # at least one is corrupt: find which, image by image
@@ -75,18 +76,18 @@ def decode_batch(image_ids: Sequence[int], stored: dict[int, bytes]) -> tuple[li
         try:
             images.append(decode_image(stored[image_id]))
         except ValueError as error:
-            failures.append(db.FailureRow(image_id, f"corrupt image: {error}"))
+            failures.append(FailureRow(image_id, f"corrupt image: {error}"))
             continue
         good_ids.append(image_id)
     return good_ids, np.stack(images) if images else np.zeros((0, *IMAGE_SHAPE), dtype=np.uint8), failures
 
 
-def predict_chunk(predict: PredictFn, job_id: int, chunk: Sequence[int], stored: dict[int, bytes]) -> tuple[db.PredictionBatch, list]:
+def predict_chunk(predict: PredictFn, job_id: int, chunk: Sequence[int], stored: dict[int, bytes]) -> tuple[PredictionBatch, list]:
     good_ids, images, failures = decode_batch(chunk, stored)
     for failure in failures:
         log.warning("job %s: image %s failed: %s", job_id, failure.input_data_id, failure.reason)
     probabilities = predict(images) if good_ids else np.zeros((0, NUM_CLASSES), dtype=np.float32)
-    return db.PredictionBatch.of(good_ids, probabilities), failures
+    return PredictionBatch.of(good_ids, probabilities), failures
 
 
 def process_batch(lane: DatabaseLane, predict: PredictFn, model_version: str, job_id: int, image_ids: Sequence[int]) -> tuple[int, int]:
@@ -98,15 +99,15 @@ def process_batch(lane: DatabaseLane, predict: PredictFn, model_version: str, jo
     chunks = [list(image_ids[start : start + CHUNK_SIZE]) for start in range(0, len(image_ids), CHUNK_SIZE)]
     if not chunks:
         return 0, 0
-    next_fetch = lane.submit(db.fetch_images, chunks[0])
+    next_fetch = lane.submit(image_store.fetch_images, chunks[0])
     stores: list[Future[tuple[int, int]]] = []
     try:
         for index, chunk in enumerate(chunks):
             stored = next_fetch.result()
             if index + 1 < len(chunks):
-                next_fetch = lane.submit(db.fetch_images, chunks[index + 1])
+                next_fetch = lane.submit(image_store.fetch_images, chunks[index + 1])
             predictions, failures = predict_chunk(predict, job_id, chunk, stored)
-            stores.append(lane.submit(db.store_results, job_id, model_version, predictions, failures))
+            stores.append(lane.submit(results.store_results, job_id, model_version, predictions, failures))
     finally:
         outcomes = [store.result() for store in stores]  # wait for all; re-raises the first error
     return sum(done for done, _ in outcomes), sum(failed for _, failed in outcomes)
@@ -115,5 +116,5 @@ def process_batch(lane: DatabaseLane, predict: PredictFn, model_version: str, jo
 def give_up(lane: DatabaseLane, model_version: str, job_id: int, image_id: int, reason: str) -> int:
     """Record one image as failed, so a poisonous image ends instead of looping; returns new failures."""
     log.error("job %s: image %s: %s", job_id, image_id, reason)
-    _, failed = lane.submit(db.store_results, job_id, model_version, None, [db.FailureRow(image_id, reason)]).result()
+    _, failed = lane.submit(results.store_results, job_id, model_version, None, [FailureRow(image_id, reason)]).result()
     return failed

@@ -14,12 +14,12 @@ import sys
 import redis.exceptions
 
 from shared import upload_queue
-from shared.config import settings
+from shared.config import load_settings
 
 
 def main() -> int:
     try:
-        alive = upload_queue.live_consumers_on_this_host(settings())
+        alive = upload_queue.live_consumers_on_this_host(load_settings())
     except redis.exceptions.RedisError as error:
         print(f"unhealthy: Redis does not answer: {error}", file=sys.stderr)
         return 1

@@ -1,7 +1,9 @@
 """A background thread in each worker process that resumes stalled jobs.
 
-Every process runs one; an advisory lock lets only one sweep at a time across all
-workers, so scaling workers does not multiply the re-enqueued work.
+Redis only carries IDs; if it restarts empty, or a message is lost, the job's rows in
+PostgreSQL say exactly which images still lack a result. Every worker process runs a
+sweeper; an advisory lock lets only one sweep at a time across all workers, so scaling
+workers does not multiply the re-enqueued work.
 """
 
 from __future__ import annotations
@@ -11,17 +13,37 @@ import threading
 
 from celery import Celery
 
-from shared import db
+from shared import broker, jobs, upload_queue
 from shared.config import Settings
-from shared.recovery import SWEEPER_LOCK_KEY, sweep_stalled_jobs
+from shared.db import connection
+from shared.db import jobs as job_store
 
 log = logging.getLogger(__name__)
 
+SWEEPER_LOCK_KEY = 8_712_002
+
+
+def sweep_stalled_jobs(conn: connection.Connection, app: Celery, settings: Settings) -> dict[int, int]:
+    """Resume jobs that made no progress for ``stall_seconds`` while their queues were empty.
+
+    An empty queue plus no progress means the messages are gone (a job queued behind
+    another one has messages waiting, so it is left alone). Returns {job id: images resumed}.
+    """
+    empty = {"bulk": broker.queued_messages(app, broker.bulk_queue(settings)) == 0, "upload": upload_queue.waiting(settings) == 0}
+    resumed = {}
+    for job_id, kind in job_store.stalled_jobs(conn, settings.stall_seconds):
+        if empty[kind]:
+            resumed[job_id] = jobs.resume_job(conn, app, settings, job_id)
+            log.warning(
+                "job %s stalled for %ss with an empty queue: re-enqueued %d images", job_id, settings.stall_seconds, resumed[job_id]
+            )
+    return resumed
+
 
 def sweep_once(app: Celery, settings: Settings) -> dict[int, int]:
-    conn = db.connect(settings.database_url)
+    conn = connection.connect(settings.database_url)
     try:
-        if not db.try_lock(conn, SWEEPER_LOCK_KEY):
+        if not connection.try_lock(conn, SWEEPER_LOCK_KEY):
             return {}
         return sweep_stalled_jobs(conn, app, settings)
     finally:

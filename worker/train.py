@@ -50,7 +50,8 @@ def train(
     import keras
     import tensorflow as tf
 
-    from shared.model import NUM_CLASSES, build_model, save_model, to_model_input
+    from shared.digits import NUM_CLASSES, to_model_input
+    from shared.model import build_model, save_model
 
     keras.utils.set_random_seed(seed)
     (train_images, train_labels), (test_images, test_labels), checksums = load_training_data(data)

@@ -21,11 +21,14 @@ import numpy as np
 import psycopg2.errors
 import redis.exceptions
 
-from shared import db, upload_queue
-from shared.config import Settings, settings
+from shared import jobs, upload_queue
+from shared.config import Settings, load_settings
+from shared.db.connection import TRANSIENT_ERRORS
+from shared.db.results import UnknownJobError
+from shared.digits import IMAGE_SHAPE
 from shared.inference import Predictor, load_predictor
 from shared.model_info import model_version
-from worker.batch import MAX_ATTEMPTS, DatabaseLane, give_up, process_batch
+from worker.batch import DatabaseLane, give_up, process_batch
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ UPLOAD_THREADS = 1  # one image per call: more threads only add hand-over cost
 WAIT_SECONDS = 1.0  # one blocking wait for an upload; also how long a stop may take
 HOUSEKEEPINGS_PER_HEARTBEAT = 3  # beat (and look for dead consumers) well before the heartbeat expires
 RETRY_BACKOFF_MAX_SECONDS = 30
-OUTAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, *db.TRANSIENT_ERRORS)
+OUTAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, *TRANSIENT_ERRORS)
 
 
 class UploadConsumer:
@@ -90,32 +93,32 @@ class UploadConsumer:
             log.error("upload consumer %s: dropping %r, which is not an upload queue entry", self.name, entry)
             return
         try:
-            if deaths >= MAX_ATTEMPTS:
-                give_up(self.lane, self.model_version, job_id, image_id, f"gave up after {deaths} attempts: the worker died on this image")
+            if jobs.next_step(deaths + 1, 1) is jobs.NextStep.GIVE_UP:
+                give_up(self.lane, self.model_version, job_id, image_id, jobs.gave_up_reason())
             else:
                 self.predict(job_id, image_id)
-        except (psycopg2.errors.ForeignKeyViolation, db.UnknownJobError):
+        except (psycopg2.errors.ForeignKeyViolation, UnknownJobError):
             log.error("job %s does not exist; dropping upload of image %s", job_id, image_id)
 
     def predict(self, job_id: int, image_id: int) -> None:
         try:
             process_batch(self.lane, self.predictor.predict_batch, self.model_version, job_id, [image_id])
-        except (*OUTAGE_ERRORS, psycopg2.errors.ForeignKeyViolation, db.UnknownJobError):
+        except (*OUTAGE_ERRORS, psycopg2.errors.ForeignKeyViolation, UnknownJobError):
             raise
         except Exception as error:  # the model or our code failed on this input: record it, never loop
             log.exception("job %s: upload of image %s failed", job_id, image_id)
-            give_up(self.lane, self.model_version, job_id, image_id, f"prediction failed: {error}")
+            give_up(self.lane, self.model_version, job_id, image_id, jobs.prediction_failed_reason(error))
 
 
 def outage_of(error: Exception) -> str:
-    return "PostgreSQL" if isinstance(error, db.TRANSIENT_ERRORS) else "Redis"
+    return "PostgreSQL" if isinstance(error, TRANSIENT_ERRORS) else "Redis"
 
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s/%(processName)s] %(message)s")
-    config = settings()
+    config = load_settings()
     predictor = load_predictor(config.model_path, config.model_runtime, UPLOAD_THREADS)
-    predictor.predict_batch(np.zeros((1, 28, 28), dtype=np.uint8))  # load and allocate before the first upload
+    predictor.predict_batch(np.zeros((1, *IMAGE_SHAPE), dtype=np.uint8))  # load and allocate before the first upload
     consumer = UploadConsumer(config, predictor)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: consumer.stopping.set())

@@ -1,12 +1,11 @@
-"""The bulk task and queue names, and the Celery client that senders use.
+"""Queue and task names, and the Celery client that senders and workers share.
 
-The producer and the web service send tasks by name through ``celery_app`` and never
-import the worker (which would import TensorFlow).
+The producer and the web send tasks by name and never import the worker (which would
+import the model runtime). Bulk batches go through Celery on ``<prefix>.bulk``; single
+uploads skip Celery on a Redis list of their own (``shared/upload_queue.py``).
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 from celery import Celery
 from kombu import Exchange, Queue
@@ -21,17 +20,6 @@ VISIBILITY_TIMEOUT_SECONDS = 300
 
 def bulk_queue(settings: Settings) -> str:
     return f"{settings.queue_prefix}.{BULK_QUEUE_SUFFIX}"
-
-
-def queued_messages(app: Celery, queue: str) -> int:
-    """Messages waiting in a queue (not those a worker holds unacknowledged).
-
-    Read with one LLEN on the broker's pooled client: the Redis transport keeps a queue as
-    a list under its name (we never send priorities, which would use sibling keys), and
-    kombu's passive declare costs ~1.5 ms.
-    """
-    with app.pool.acquire(block=True) as connection:
-        return int(connection.default_channel.client.llen(queue))
 
 
 def direct_queue(name: str) -> Queue:
@@ -52,17 +40,26 @@ def celery_app(settings: Settings, name: str = "mnist_queue") -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS},
         worker_hijack_root_logger=False,
-        # Uploads do not go through Celery (see shared/upload_queue.py); bulk batches have
-        # one queue, on a direct exchange of its own.
+        # Bulk batches have one queue, on a direct exchange of its own.
         task_queues=[direct_queue(bulk_queue(settings))],
     )
     return app
 
 
-def enqueue_batches(app: Celery, job_id: int, image_ids: Sequence[int], batch_size: int, queue: str) -> int:
-    """Send the job as batches of IDs over one broker connection; return how many were sent."""
-    batches = [list(image_ids[start : start + batch_size]) for start in range(0, len(image_ids), batch_size)]
+def send_batches(app: Celery, queue: str, job_id: int, batches: list[list[int]]) -> int:
+    """Send batches of one job over one broker connection; return how many were sent."""
     with app.producer_or_acquire() as producer:
         for batch in batches:
             app.send_task(PREDICT_BATCH_TASK, args=[job_id, batch], queue=queue, producer=producer)
     return len(batches)
+
+
+def queued_messages(app: Celery, queue: str) -> int:
+    """Messages waiting in a queue (not those a worker holds unacknowledged).
+
+    Read with one LLEN on the broker's pooled client: the Redis transport keeps a queue as
+    a list under its name (we never send priorities, which would use sibling keys), and
+    kombu's passive declare costs ~1.5 ms.
+    """
+    with app.pool.acquire(block=True) as connection:
+        return int(connection.default_channel.client.llen(queue))

@@ -1,0 +1,14 @@
+"""The data layer: every SQL statement of the system lives in this package, always with parameters.
+
+One module per kind of data; callers import the module they need (``from shared.db import jobs``)
+and pass a psycopg2 connection:
+
+- ``connection``  connecting, transactions, the one query helper
+- ``schema``      migrations (Alembic, plain SQL) applied by ``producer init-db``
+- ``copy_format`` PostgreSQL's binary COPY format, as pure functions
+- ``images``      stored images: insert, fetch, select
+- ``jobs``        jobs and their image lists; upload jobs
+- ``results``     predictions, failures and attempts, stored with the job's counters
+- ``progress``    LISTEN/NOTIFY: waiting for a job without polling
+- ``queries``     the read side of reports and pages
+"""

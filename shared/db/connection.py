@@ -1,0 +1,83 @@
+"""Connections, transactions and the one query helper that every other module of the package uses.
+
+Single statements go through ``query``: on an autocommit connection (the web's and the
+worker's) that is one round trip, where a transaction costs three (BEGIN, the statement,
+COMMIT). Work that must be all or nothing goes through ``transaction``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
+import tenacity
+
+Connection = psycopg2.extensions.connection
+Cursor = psycopg2.extensions.cursor
+# Errors after which the connection may be dead: callers reconnect and retry.
+TRANSIENT_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+def connect(database_url: str, **options: Any) -> Connection:
+    return psycopg2.connect(database_url, **options)
+
+
+def wait_for_database(database_url: str, timeout_seconds: float = 60) -> Connection:
+    """Connect, retrying with backoff while the database starts (containers start in any order)."""
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(psycopg2.OperationalError),
+        wait=tenacity.wait_exponential(multiplier=0.2, max=5),
+        stop=tenacity.stop_after_delay(timeout_seconds),
+        reraise=True,
+    )
+    return retrying(connect, database_url)
+
+
+@contextlib.contextmanager
+def transaction(conn: Connection) -> Iterator[Cursor]:
+    """A cursor whose statements commit together on success and roll back on any error."""
+    with conn:
+        with conn.cursor() as cursor:
+            yield cursor
+
+
+@contextlib.contextmanager
+def single_statement(conn: Connection, as_dicts: bool = False) -> Iterator[Cursor]:
+    """A cursor for one self-contained statement (or COPY), committed after it, rolled back on error."""
+    factory = psycopg2.extras.RealDictCursor if as_dicts else None
+    try:
+        with conn.cursor(cursor_factory=factory) as cursor:
+            yield cursor
+    except BaseException:
+        if not conn.closed and not conn.autocommit:
+            conn.rollback()
+        raise
+    conn.commit()
+
+
+def query(conn: Connection, statement: Any, params: Any = None, as_dicts: bool = False) -> list[Any]:
+    """Run one statement and return its rows (tuples, or dicts with ``as_dicts``); [] when it returns none."""
+    with single_statement(conn, as_dicts) as cursor:
+        cursor.execute(statement, params)
+        rows = cursor.fetchall() if cursor.description is not None else []
+    return [dict(row) for row in rows] if as_dicts else rows
+
+
+def query_one(conn: Connection, statement: Any, params: Any = None, as_dicts: bool = False) -> Any | None:
+    """The first row of ``query``, or None."""
+    rows = query(conn, statement, params, as_dicts)
+    return rows[0] if rows else None
+
+
+def ping(conn: Connection) -> None:
+    """Raises if the server has gone away."""
+    query(conn, "SELECT 1")
+
+
+def try_lock(conn: Connection, key: int) -> bool:
+    """A session-level advisory lock, so one process of many does a job; released on close."""
+    return query_one(conn, "SELECT pg_try_advisory_lock(%s)", (key,))[0]

@@ -1,0 +1,80 @@
+"""The schema, as Alembic migrations of plain SQL in ``migrations/versions``, applied by ``producer init-db``.
+
+Alembic rather than a smaller tool because it is the best-kept migration tool for Python
+and PostgreSQL (the SQLAlchemy project), it runs every migration in one transaction with
+PostgreSQL's transactional DDL, and it needs no ORM models: each migration is plain SQL.
+Migration 0001 is the schema of the release before migrations (``CREATE ... IF NOT EXISTS``),
+so a database created by it upgrades in place, its rows untouched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg2
+import sqlalchemy
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.pool import NullPool
+
+from shared.db.connection import query_one
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Taken while migrations run so that workers starting together do not race.
+SCHEMA_LOCK_KEY = 8_712_001
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def _engine(database_url: str) -> sqlalchemy.Engine:
+    """An engine that connects exactly as the rest of the system does (same URL forms, same driver)."""
+    return sqlalchemy.create_engine("postgresql+psycopg2://", creator=lambda: psycopg2.connect(database_url), poolclass=NullPool)
+
+
+def migrate(database_url: str, target: str = "head") -> tuple[str | None, str | None]:
+    """Apply pending migrations up to ``target`` under an advisory lock; returns (revision before, after).
+
+    Idempotent: a database already at ``target`` is left as it is.
+    """
+    engine = _engine(database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            before = MigrationContext.configure(connection).get_current_revision()
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.upgrade(config, target)
+            after = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    return before, after
+
+
+def head_revision() -> str | None:
+    """The newest migration this code knows."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(database_url: str) -> str | None:
+    """The migration a database is at (None before the first)."""
+    engine = _engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def schema_exists(database_url: str, timeout_seconds: int) -> bool:
+    """Whether the tables are there, connecting for at most ``timeout_seconds``: a readiness check."""
+    conn = psycopg2.connect(database_url, connect_timeout=timeout_seconds)
+    try:
+        return query_one(conn, "SELECT to_regclass('predictions') IS NOT NULL AND to_regclass('jobs') IS NOT NULL")[0]
+    finally:
+        conn.close()

@@ -1,0 +1,137 @@
+"""The job service: select stored images, create a job, enqueue it; and the failure policy of both lanes.
+
+Every way work enters the system goes through here: the producer's ``submit``, the web's
+``POST /api/jobs`` and uploads, ``resume`` and the sweeper, the benchmarks and the tests.
+The job is recorded in PostgreSQL before anything is enqueued, so whatever Redis loses can
+be found again (``resume_job``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Sequence
+from typing import Any
+
+import redis.exceptions
+from celery import Celery
+
+from shared import broker, upload_queue
+from shared.config import Settings
+from shared.db import images as image_store
+from shared.db import jobs as job_store
+from shared.db.connection import Connection
+from shared.digits import IMAGE_SHAPE
+
+# Work delivered this often without finishing (its worker died each time) is given up on.
+MAX_DELIVERIES = 3
+
+
+class NoImagesSelected(ValueError):
+    """The selection matches no stored image: there is nothing to submit."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """Which stored images a job covers: exact ``image_ids``, or every image matching the filters."""
+
+    split: str | None = None
+    label: int | None = None
+    limit: int | None = None
+    unpredicted: bool = False  # only images the job's model has not predicted yet
+    image_ids: tuple[int, ...] = ()
+
+    def describe(self) -> dict[str, Any]:
+        """What the jobs table records of the selection (a list of IDs is recorded as its length)."""
+        if self.image_ids:
+            return {"ids": len(self.image_ids)}
+        return {"split": self.split, "label": self.label, "limit": self.limit, "unpredicted": self.unpredicted}
+
+
+@dataclasses.dataclass(frozen=True)
+class SubmittedJob:
+    id: int
+    images: int
+    batches: int
+    model_version: str
+
+
+def submit_job(
+    conn: Connection, app: Celery, settings: Settings, selection: Selection, model_version: str, batch_size: int | None = None
+) -> SubmittedJob:
+    """Select the images, record the job, enqueue its batches. NoImagesSelected when none match."""
+    image_ids = list(selection.image_ids) or image_store.select_image_ids(
+        conn, selection.split, selection.label, selection.limit, model_version if selection.unpredicted else None
+    )
+    if not image_ids:
+        raise NoImagesSelected("no stored images match that selection")
+    job_id = job_store.create_job(conn, image_ids, model_version, selection.describe())
+    unique_ids = list(dict.fromkeys(image_ids))
+    batches = enqueue_bulk(app, settings, job_id, unique_ids, batch_size)
+    return SubmittedJob(job_id, len(unique_ids), batches, model_version)
+
+
+def enqueue_bulk(app: Celery, settings: Settings, job_id: int, image_ids: Sequence[int], batch_size: int | None = None) -> int:
+    """Send a job's images as batches of ``batch_size`` (default BATCH_SIZE) IDs; returns how many batches."""
+    size = batch_size or settings.batch_size
+    batches = [list(image_ids[start : start + size]) for start in range(0, len(image_ids), size)]
+    return broker.send_batches(app, broker.bulk_queue(settings), job_id, batches)
+
+
+def submit_upload(conn: Connection, settings: Settings, image_data: bytes, model_version: str, selection: dict[str, Any]) -> int:
+    """Store one stored-form image as a single-image job and put it on the upload queue; returns the job id.
+
+    If Redis refuses the entry the job is removed again, so no job waits for ever.
+    """
+    job_id, image_id = job_store.create_upload_job(conn, image_data, list(IMAGE_SHAPE), model_version, selection)
+    try:
+        upload_queue.enqueue(settings, job_id, [image_id])
+    except redis.exceptions.RedisError:
+        job_store.delete_upload_job(conn, job_id, image_id)
+        raise
+    return job_id
+
+
+def resume_job(conn: Connection, app: Celery, settings: Settings, job_id: int) -> int:
+    """Enqueue a job's unfinished images again, on its own lane; returns how many. Always safe.
+
+    Images that already have a prediction or a recorded failure are not sent. ValueError
+    for a job that does not exist.
+    """
+    job = job_store.get_job(conn, job_id)
+    if job is None:
+        raise ValueError(f"there is no job {job_id}")
+    unfinished = job_store.unfinished_image_ids(conn, job_id)
+    if unfinished:
+        if job["kind"] == "upload":
+            upload_queue.enqueue(settings, job_id, unfinished)
+        else:
+            enqueue_bulk(app, settings, job_id, unfinished)
+        job_store.mark_resumed(conn, job_id)
+    return len(unfinished)
+
+
+# --- the failure policy, the same for bulk batches and uploads --------------------------
+
+
+class NextStep(enum.Enum):
+    RUN = "run"
+    SPLIT = "split"  # a batch that did not finish before: halve it to isolate what kills workers
+    GIVE_UP = "give up"  # a single image that killed its worker MAX_DELIVERIES times
+
+
+def next_step(delivery_count: int, images: int) -> NextStep:
+    """What a lane does with work delivered for the ``delivery_count``-th time (1: the first)."""
+    if delivery_count > 1 and images > 1:
+        return NextStep.SPLIT
+    if delivery_count > MAX_DELIVERIES:
+        return NextStep.GIVE_UP
+    return NextStep.RUN
+
+
+def gave_up_reason() -> str:
+    return f"gave up after {MAX_DELIVERIES} attempts: the worker died on this image"
+
+
+def prediction_failed_reason(error: BaseException) -> str:
+    return f"prediction failed: {error}"
