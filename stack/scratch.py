@@ -12,9 +12,7 @@ import os
 import uuid
 from collections.abc import Iterator
 
-import psycopg2
 import redis
-from psycopg2 import sql
 
 from shared.db import schema
 
@@ -37,12 +35,12 @@ def database_url_for(name: str) -> str:
 
 
 def create_database(name: str) -> str:
-    _admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    schema.create_database(admin_database_url(), name)
     return database_url_for(name)
 
 
 def drop_database(name: str) -> None:
-    _admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    schema.drop_database(admin_database_url(), name)
 
 
 @contextlib.contextmanager
@@ -61,13 +59,3 @@ def delete_queues(redis_url: str, queue_prefix: str) -> None:
     client = redis.Redis.from_url(redis_url)
     for key in client.scan_iter(f"*{queue_prefix}*"):
         client.delete(key)
-
-
-def _admin(statement: sql.Composable) -> None:
-    admin = psycopg2.connect(admin_database_url())
-    admin.autocommit = True  # CREATE and DROP DATABASE refuse to run in a transaction
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        admin.close()

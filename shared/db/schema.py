@@ -17,9 +17,10 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from psycopg2 import sql
 from sqlalchemy.pool import NullPool
 
-from shared.db.connection import query_one
+from shared.db.connection import connect, query, query_one
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Taken while migrations run so that workers starting together do not race.
@@ -76,5 +77,24 @@ def schema_exists(database_url: str, timeout_seconds: int) -> bool:
     conn = psycopg2.connect(database_url, connect_timeout=timeout_seconds)
     try:
         return query_one(conn, "SELECT to_regclass('predictions') IS NOT NULL AND to_regclass('jobs') IS NOT NULL")[0]
+    finally:
+        conn.close()
+
+
+def create_database(admin_url: str, name: str) -> None:
+    """An empty database ``name`` on the server of ``admin_url`` (a role that may create databases)."""
+    _as_admin(admin_url, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    """Drop ``name`` if it exists, disconnecting whoever is still connected."""
+    _as_admin(admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _as_admin(admin_url: str, statement: sql.Composable) -> None:
+    conn = connect(admin_url)
+    conn.autocommit = True  # CREATE and DROP DATABASE refuse to run in a transaction
+    try:
+        query(conn, statement)
     finally:
         conn.close()
