@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from shared import mnist
-from shared.config import settings
+from shared.config import DEFAULT_MNIST_DIR
 
 PAPER_SIDE = 280
 WHITE = 255
@@ -17,7 +17,7 @@ MIN_SCALE, MAX_SCALE = 5, 8  # the 28 px digit becomes 140-224 px on the paper
 
 def mnist_test_digits(count: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The first ``count`` official MNIST test images from ``start``, with their labels."""
-    images, labels = mnist.load_split(settings().mnist_dir, "test")
+    images, labels = mnist.load_split(DEFAULT_MNIST_DIR, "test")
     return images[start : start + count], labels[start : start + count]
 
 

@@ -1,7 +1,7 @@
 """A Celery worker, or an upload consumer, with injected faults, for the poison-input tests.
 
-    python -m tests.crashing_worker -A worker.app worker ...
-    python -m tests.crashing_worker uploads
+    python -m tests.support.crashing_worker [celery worker options]   the bulk worker (worker.bulk)
+    python -m tests.support.crashing_worker uploads                   the upload consumer
 
 An image whose stored bytes are ``CRASH_MARKER`` kills the worker process outright
 (as a segfaulting model would); one whose bytes are ``FAIL_MARKER`` makes inference raise.
@@ -34,7 +34,6 @@ if __name__ == "__main__" and sys.argv[1:] == ["uploads"]:
 
     sys.exit(consume_uploads())
 elif __name__ == "__main__":
-    from celery.__main__ import main
+    from worker.bulk import main as bulk_worker
 
-    sys.argv[0] = "celery"
-    main()
+    sys.exit(bulk_worker(sys.argv[1:]))

@@ -1,0 +1,127 @@
+"""Real processes for the tests: Celery workers, the upload consumer, the web server, a private Redis.
+
+Each is a ``stack.processes.ChildProcess`` (its own process group, a log file, stopped with
+its children), started with the same commands as the stack and the containers use.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import psycopg2
+import redis
+
+from shared.config import PROJECT_ROOT
+from shared.db.connection import query_one
+from shared.db.results import PredictionBatch
+from shared.digits import NUM_CLASSES
+from stack import scratch
+from stack.processes import ChildProcess, free_port, signal_group
+
+WORKER_READY_SECONDS = 90
+WEB_READY_SECONDS = 30
+
+__all__ = ["PROJECT_ROOT", "ChildProcess", "free_port"]
+
+
+class WorkerProcess(ChildProcess):
+    """``python -m worker.bulk`` (the bulk Celery worker alone) as a real subprocess.
+
+    ``module`` names another entry that takes the same options, such as the fault-injecting
+    ``tests.support.crashing_worker``.
+    """
+
+    def __init__(
+        self, env: dict[str, str], log_path: Path, concurrency: int = 1, queues: str | None = None, module: str = "worker.bulk"
+    ) -> None:
+        command = [
+            sys.executable, "-m", module,
+            "--concurrency", str(concurrency),
+            "--pool", "prefork",
+            "--hostname", f"{scratch.unique_name('test')}@%h",
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ]  # fmt: skip
+        if queues:
+            command += ["--queues", queues]
+        super().__init__("worker", command, env, log_path)
+
+    def wait_ready(self, timeout: float = WORKER_READY_SECONDS) -> None:
+        self.wait_until(lambda: b"ready." in self.log_path.read_bytes(), timeout)
+
+
+class Workers(ChildProcess):
+    """``python -m worker`` as a real subprocess: the bulk Celery worker (one pool process) and the upload consumer."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        command = [sys.executable, "-m", "worker", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+        super().__init__("python -m worker", command, {"WORKER_CONCURRENCY": "1", **env}, log_path)
+
+    def wait_ready(self, timeout: float = WORKER_READY_SECONDS) -> None:
+        self.wait_until(lambda: all(line in self.log_path.read_bytes() for line in (b" ready.", b"upload consumer")), timeout)
+
+
+class WebServer(ChildProcess):
+    """``gunicorn 'web.app:create_app()'`` as a real subprocess on a free loopback port."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, workers: int = 2) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        command = [
+            sys.executable, "-m", "gunicorn",
+            "--bind", self.url.removeprefix("http://"),
+            "--workers", str(workers),
+            "--access-logfile", "-",
+            "web.app:create_app()",
+        ]  # fmt: skip
+        super().__init__("web server", command, env, log_path)
+
+    def wait_ready(self, timeout: float = WEB_READY_SECONDS) -> None:
+        self.wait_until(self._answers_healthz, timeout)
+
+    def _answers_healthz(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+
+class RedisServer(ChildProcess):
+    """A private redis-server that keeps nothing on disk, like this machine's: a restart empties it."""
+
+    def __init__(self, log_path: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        binary = shutil.which("redis-server") or "redis-server"
+        command = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        super().__init__("redis", command, {}, log_path)
+        self.wait_until(self._answers, timeout=10)
+
+    def _answers(self) -> bool:
+        try:
+            return bool(redis.Redis.from_url(self.url, socket_timeout=0.5).ping())
+        except redis.exceptions.ConnectionError:
+            return False
+
+    def restart(self) -> RedisServer:
+        """Kill it outright and start an empty one on the same port."""
+        signal_group(self.pid, signal.SIGKILL)
+        self.process.wait()
+        return RedisServer(self.log_path.with_suffix(".restarted.log"), self.port)
+
+
+def table_counts(conn: psycopg2.extensions.connection) -> tuple[int, int]:
+    """Rows in input_data and jobs: what a refused input must leave unchanged."""
+    return tuple(query_one(conn, "SELECT (SELECT count(*) FROM input_data), (SELECT count(*) FROM jobs)"))
+
+
+def prediction_batch(image_ids: list[int], labels: int | list[int], confidence: float) -> PredictionBatch:
+    """Predictions as a worker would store them: ``confidence`` on each label, the rest spread evenly."""
+    labels = [labels] * len(image_ids) if isinstance(labels, int) else labels
+    probabilities = np.full((len(image_ids), NUM_CLASSES), (1 - confidence) / (NUM_CLASSES - 1), dtype=np.float32)
+    probabilities[np.arange(len(image_ids)), labels] = confidence
+    return PredictionBatch.of(image_ids, probabilities)
