@@ -17,7 +17,10 @@ from typing import Any
 
 import click
 
-from bench import common
+from bench import common, database, latency, throughput
+from producer.ingest import load_mnist, mnist_rows
+from shared.db import connection
+from shared.db import images as image_store
 
 SEED_SLICE = 300
 
@@ -40,25 +43,20 @@ def main(repeats: int, sections: str, workers: str, database_core: bool) -> None
     """Bare model vs mnist-queue vs the seed design; upload latency; memory."""
     chosen = set(sections.split(","))
     placement = common.database_on_its_own_core() if database_core else contextlib.nullcontext("every process on every core")
-    with placement as where, common.private_environment() as env:
-        from bench import database, latency, throughput
-        from producer.ingest import load_mnist, mnist_rows
-        from shared import db
-        from shared.config import settings
-
-        images, labels = load_mnist(settings().mnist_dir, "test", None)
-        conn = db.connect(settings().database_url)
-        image_ids = db.insert_images(conn, list(mnist_rows(images, labels, "test")))
+    with placement as where, common.private_environment() as (env, settings):
+        images, labels = load_mnist(settings.mnist_dir, "test", None)
+        conn = connection.connect(settings.database_url)
+        image_ids = image_store.insert_images(conn, list(mnist_rows(images, labels, "test")))
         conn.close()
 
-        database_rows = database.run(settings().database_url, image_ids, repeats) if "database" in chosen else []
-        rows = [throughput.bare_model(images, repeats, runtime) for runtime in ("litert", "tensorflow")]
+        database_rows = database.run(settings, image_ids, repeats) if "database" in chosen else []
+        rows = [throughput.bare_model(settings, images, repeats, runtime) for runtime in ("litert", "tensorflow")]
         if "throughput" in chosen:
-            rows.append(throughput.in_process(image_ids, repeats))
-            rows += [throughput.pipeline(env, image_ids, int(n), repeats, common.RESULTS_DIR) for n in workers.split(",")]
+            rows.append(throughput.in_process(settings, image_ids, repeats))
+            rows += [throughput.pipeline(env, settings, image_ids, int(n), repeats, common.RESULTS_DIR) for n in workers.split(",")]
         if "seed" in chosen:
-            rows.append(throughput.seed_style(env, image_ids[:SEED_SLICE], common.RESULTS_DIR))
-        latency_rows = latency.run(env, image_ids, images, common.RESULTS_DIR) if "latency" in chosen else []
+            rows.append(throughput.seed_style(env, settings, image_ids[:SEED_SLICE], common.RESULTS_DIR))
+        latency_rows = latency.run(env, settings, image_ids, images, common.RESULTS_DIR) if "latency" in chosen else []
 
     ceiling = max(row["images_per_second"] for row in rows)
     machine = f"machine: {os.cpu_count()} cores, {common.cpu_model()}; {where}"

@@ -1,4 +1,4 @@
-"""What every benchmark needs: a private database and queues, statistics, the machine."""
+"""What every benchmark needs: a private database and queues, its processes, statistics, the machine."""
 
 from __future__ import annotations
 
@@ -6,29 +6,76 @@ import contextlib
 import os
 import platform
 import statistics
-import time
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psycopg2.extensions
-
-from tests import services
+from shared.config import Settings, environment, load_settings
+from shared.db import progress
+from shared.db.connection import Connection
+from stack import scratch
+from stack.processes import LOOPBACK, ChildProcess, free_port, http_ok, log_contains
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+WORKER_READY_SECONDS = 120
+WEB_READY_SECONDS = 60
+JOB_TIMEOUT_SECONDS = 900
+WEB_APP = "web.app:create_app()"
+# Celery worker options for a benchmark: no cluster chatter between workers while measuring.
+WORKER_OPTIONS = ("--pool", "prefork", "--without-gossip", "--without-mingle", "--without-heartbeat")
+WORKER_READY = b" ready."  # Celery's "celery@host ready."
+UPLOAD_CONSUMER_READY = b" ready on "  # "upload consumer NAME ready on QUEUE"
 
 
 @contextlib.contextmanager
-def private_environment() -> Iterator[dict[str, str]]:
-    """A database and queue prefix of this run's own, set in os.environ before settings are read."""
-    database_name = services.unique_name("mnistq_bench")
-    os.environ["DATABASE_URL"] = services.database_url_for(database_name)
-    os.environ["QUEUE_PREFIX"] = services.unique_name("mnistq-bench")
+def private_environment() -> Iterator[tuple[dict[str, str], Settings]]:
+    """A database and queue prefix of this run's own: the children's environment and our settings."""
+    database_name = scratch.unique_name("mnistq_bench")
+    queue_prefix = scratch.unique_name("mnistq-bench")
     RESULTS_DIR.mkdir(exist_ok=True)
+    with scratch.database_with_schema(database_name) as database_url:
+        env = {**environment(), "DATABASE_URL": database_url, "QUEUE_PREFIX": queue_prefix}
+        settings = load_settings(env)
+        try:
+            yield env, settings
+        finally:
+            scratch.delete_queues(settings.redis_url, queue_prefix)
+
+
+def start(name: str, command: list[str], env: dict[str, str], log_path: Path, ready: Callable[[], bool], timeout: float) -> ChildProcess:
+    """A child with a fresh log (its readiness is read there), stopped again if it is not ready in time."""
+    log_path.unlink(missing_ok=True)
+    process = ChildProcess(name, command, env, log_path)
     try:
-        with services.database_with_schema(database_name):
-            yield dict(os.environ)
-    finally:
-        services.delete_queues(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), os.environ["QUEUE_PREFIX"])
+        process.wait_until(ready, timeout)
+    except BaseException:
+        process.stop()
+        raise
+    return process
+
+
+def start_worker(
+    env: dict[str, str], log_path: Path, concurrency: int, module: str = "worker.bulk", ready: tuple[bytes, ...] = (WORKER_READY,)
+) -> ChildProcess:
+    """``python -m <module>`` with Celery worker options, once its log shows every ``ready`` marker."""
+    command = [sys.executable, "-m", module, "--concurrency", str(concurrency), *WORKER_OPTIONS]
+    markers = [log_contains(log_path, marker) for marker in ready]
+    return start(module, command, env, log_path, lambda: all(marker() for marker in markers), WORKER_READY_SECONDS)
+
+
+def start_web(env: dict[str, str], log_path: Path, workers: int = 2) -> tuple[ChildProcess, str]:
+    """gunicorn serving the web app on a free loopback port, once ``/healthz`` answers; and its URL."""
+    url = f"http://{LOOPBACK}:{free_port()}"
+    command = [sys.executable, "-m", "gunicorn", "--bind", url.removeprefix("http://"), "--workers", str(workers)]
+    command += ["--access-logfile", "-", WEB_APP]
+    return start("web", command, env, log_path, http_ok(f"{url}/healthz"), WEB_READY_SECONDS), url
+
+
+def wait_for_results(conn: Connection, job_id: int, count: int, timeout: float = JOB_TIMEOUT_SECONDS) -> None:
+    """Return once a job has ``count`` results, sleeping on the workers' NOTIFY (no CPU taken from them)."""
+    job = progress.wait_for_job(conn, job_id, timeout, until_finished=count)
+    if job is None or job["done_count"] + job["failed_count"] < count:
+        raise RuntimeError(f"job {job_id} did not reach {count} results in {timeout} s")
 
 
 @contextlib.contextmanager
@@ -75,26 +122,6 @@ def cpu_model() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or "unknown"
-
-
-def wait_for_count(conn: psycopg2.extensions.connection, job_id: int, count: int, listening: bool = False, timeout: float = 900) -> float:
-    """Seconds until a job has ``count`` results.
-
-    With ``listening`` (the connection LISTENs for progress), it sleeps until the worker's
-    NOTIFY, so the wait takes no CPU from the pipeline it measures; otherwise it polls finely.
-    """
-    from shared import db
-
-    started = time.perf_counter()
-    while time.perf_counter() - started < timeout:
-        job = db.get_job(conn, job_id)
-        if job["done_count"] + job["failed_count"] >= count:
-            return time.perf_counter() - started
-        if listening:
-            db.wait_for_progress(conn, 1.0)
-        else:
-            time.sleep(0.005)
-    raise RuntimeError(f"job {job_id} did not reach {count} results in {timeout} s")
 
 
 def peak_rss_mb(pid: int) -> float:

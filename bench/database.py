@@ -14,32 +14,36 @@ from typing import Any
 import numpy as np
 
 from bench.common import cpu_seconds, pids_named
-from shared import db
-from shared.inference import NUM_CLASSES
+from shared.config import Settings
+from shared.db import connection, results
+from shared.db import images as image_store
+from shared.db import jobs as job_store
+from shared.digits import NUM_CLASSES
 from worker.batch import CHUNK_SIZE
 
 MODEL_VERSION = "bench-database"
 
 
-def run(database_url: str, image_ids: list[int], repeats: int) -> list[dict[str, Any]]:
-    conn = db.connect(database_url)
+def run(settings: Settings, image_ids: list[int], repeats: int) -> list[dict[str, Any]]:
+    conn = connection.connect(settings.database_url)
     conn.autocommit = True  # as the worker's connection
     try:
         starts = range(0, len(image_ids), CHUNK_SIZE)
         chunks = [image_ids[start : start + CHUNK_SIZE] for start in starts]
         probabilities = np.random.default_rng(0).dirichlet(np.ones(NUM_CLASSES), size=len(image_ids)).astype(np.float32)
         batches = [
-            db.PredictionBatch.of(chunk, probabilities[start : start + CHUNK_SIZE]) for start, chunk in zip(starts, chunks, strict=True)
+            results.PredictionBatch.of(chunk, probabilities[start : start + CHUNK_SIZE])
+            for start, chunk in zip(starts, chunks, strict=True)
         ]
         new_jobs: list[int] = []  # made by the first step, one per repeat; each is stored once, then again
         stored_jobs: list[int] = []
 
         def create_job() -> None:
-            new_jobs.append(db.create_job(conn, image_ids, MODEL_VERSION, {"bench": "database"}))
+            new_jobs.append(job_store.create_job(conn, image_ids, MODEL_VERSION, {"bench": "database"}))
 
         def fetch() -> None:
             for chunk in chunks:
-                db.fetch_images(conn, chunk)
+                image_store.fetch_images(conn, chunk)
 
         def store_first() -> None:
             stored_jobs.append(new_jobs.pop())
@@ -50,7 +54,7 @@ def run(database_url: str, image_ids: list[int], repeats: int) -> list[dict[str,
 
         def store(job_id: int) -> None:
             for batch in batches:
-                db.store_results(conn, job_id, MODEL_VERSION, batch, [])
+                results.store_results(conn, job_id, MODEL_VERSION, batch, [])
 
         steps = [
             ("create a job of 10k image IDs", create_job),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,9 +17,14 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from bench.common import child_pids, peak_rss_mb, percentile
+from bench.common import UPLOAD_CONSUMER_READY, WORKER_READY, child_pids, peak_rss_mb, percentile, start_web, start_worker
+from shared import broker, jobs
+from shared.config import Settings
+from shared.db import connection
+from shared.db import jobs as job_store
 from shared.images import png_bytes
-from tests import services
+from shared.model_info import model_version
+from stack.processes import ChildProcess
 
 UPLOADS = 500
 MIN_QUEUED_BULK_BATCHES = 4
@@ -53,10 +57,10 @@ def summary(what: str, latencies: list[float]) -> dict[str, Any]:
     }
 
 
-def memory(worker: services.ChildProcess, web: services.WebServer) -> list[dict[str, Any]]:
+def memory(worker: ChildProcess, web: ChildProcess) -> list[dict[str, Any]]:
     """Peak RSS of each worker process (supervisor, celery parents, pools) and each web process (master, workers)."""
     rows = []
-    for name, parent in (("worker", worker.process.pid), ("web", web.process.pid)):
+    for name, parent in (("worker", worker.pid), ("web", web.pid)):
         pids = [parent, *child_pids(parent)]
         pids += [grandchild for pid in pids[1:] for grandchild in child_pids(pid)]
         rows.append({"what": f"peak RSS, {name} processes", "rss_mb": [round(peak_rss_mb(pid), 1) for pid in pids]})
@@ -66,29 +70,22 @@ def memory(worker: services.ChildProcess, web: services.WebServer) -> list[dict[
 class BulkLoad:
     """Keeps the bulk queue busy with 10k-image jobs for as long as the block runs."""
 
-    def __init__(self, image_ids: list[int]) -> None:
-        from shared import db
-        from shared.config import settings
-        from shared.tasks import celery_app
-
-        self.image_ids = image_ids
-        self.conn = db.connect(settings().database_url)
-        self.app = celery_app(settings())
+    def __init__(self, settings: Settings, image_ids: list[int]) -> None:
+        self.settings = settings
+        self.selection = jobs.Selection(image_ids=tuple(image_ids))
+        self.model_version = model_version(settings.model_path)
+        self.conn = connection.connect(settings.database_url)
+        self.app = broker.celery_app(settings)
         self.jobs: list[int] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.keep_busy, daemon=True)
         self.predicted = 0
 
     def keep_busy(self) -> None:
-        from shared import db
-        from shared.config import settings
-        from shared.model_info import model_version
-        from shared.tasks import bulk_queue, enqueue_batches, queued_messages
-
+        queue = broker.bulk_queue(self.settings)
         while not self.stop.is_set():
-            if queued_messages(self.app, bulk_queue(settings())) < MIN_QUEUED_BULK_BATCHES:
-                self.jobs.append(db.create_job(self.conn, self.image_ids, model_version(settings().model_path), {"bench": "bulk load"}))
-                enqueue_batches(self.app, self.jobs[-1], self.image_ids, settings().batch_size, bulk_queue(settings()))
+            if broker.queued_messages(self.app, queue) < MIN_QUEUED_BULK_BATCHES:
+                self.jobs.append(jobs.submit_job(self.conn, self.app, self.settings, self.selection, self.model_version).id)
             self.stop.wait(0.05)
 
     def __enter__(self) -> BulkLoad:
@@ -97,33 +94,30 @@ class BulkLoad:
         return self
 
     def __exit__(self, *_: object) -> None:
-        from shared import db
-
         self.stop.set()
         self.thread.join()
-        self.predicted = sum(db.get_job(self.conn, job_id)["done_count"] for job_id in self.jobs)
+        self.predicted = sum(job_store.get_job(self.conn, job_id)["done_count"] for job_id in self.jobs)
         self.conn.close()
 
 
-def run(env: dict[str, str], image_ids: list[int], images: np.ndarray, log_dir: Path) -> list[dict[str, Any]]:
-
+def run(env: dict[str, str], settings: Settings, image_ids: list[int], images: np.ndarray, log_dir: Path) -> list[dict[str, Any]]:
     pictures = [png_bytes(image) for image in images[:UPLOADS]]
     # The production entry point: a bulk worker and a dedicated upload consumer.
-    worker_log = log_dir / "latency-worker.log"
-    worker = services.ChildProcess("worker", [sys.executable, "-m", "worker", "--without-gossip", "--without-mingle"], env, worker_log)
-    web = services.WebServer(env, log_dir / "latency-web.log")
+    ready = (WORKER_READY, UPLOAD_CONSUMER_READY)
+    worker = start_worker(env, log_dir / "latency-worker.log", settings.worker_processes(), module="worker", ready=ready)
     try:
-        worker.wait_until(lambda: all(line in worker_log.read_bytes() for line in (b" ready.", b"upload consumer")), timeout=90)
-        web.wait_ready()
-        upload_latencies_ms(web.url, pictures[:20])  # warm up both gunicorn workers and the pool
-        rows = [summary("single uploads, idle", upload_latencies_ms(web.url, pictures))]
+        web, web_url = start_web(env, log_dir / "latency-web.log")
+        try:
+            upload_latencies_ms(web_url, pictures[:20])  # warm up both gunicorn workers and the pool
+            rows = [summary("single uploads, idle", upload_latencies_ms(web_url, pictures))]
 
-        with BulkLoad(image_ids) as load:
-            under_load = upload_latencies_ms(web.url, pictures)
-        rows.append(summary(f"single uploads, during bulk jobs ({load.predicted:,} bulk images predicted meanwhile)", under_load))
-        rows += memory(worker, web)
+            with BulkLoad(settings, image_ids) as load:
+                under_load = upload_latencies_ms(web_url, pictures)
+            rows.append(summary(f"single uploads, during bulk jobs ({load.predicted:,} bulk images predicted meanwhile)", under_load))
+            rows += memory(worker, web)
+        finally:
+            web.stop()
     finally:
-        web.stop()
         worker.stop()
     return rows
 

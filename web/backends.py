@@ -10,7 +10,7 @@ from flask import Flask, current_app, g
 
 from shared.broker import celery_app
 from shared.config import Settings
-from shared.db import schema
+from shared.db import connection
 from shared.model_info import model_version
 from web.pool import ConnectionPool
 
@@ -58,7 +58,7 @@ def get_celery() -> Celery:
 def check_database() -> str | None:
     """None when PostgreSQL answers, else why not."""
     try:
-        ready = schema.schema_exists(app_settings().database_url, READY_TIMEOUT_SECONDS)
+        ready = connection.tables_exist(app_settings().database_url, READY_TIMEOUT_SECONDS)
     except psycopg2.Error as error:
         return first_line(error)
     return None if ready else SCHEMA_MISSING

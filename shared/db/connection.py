@@ -81,3 +81,15 @@ def ping(conn: Connection) -> None:
 def try_lock(conn: Connection, key: int) -> bool:
     """A session-level advisory lock, so one process of many does a job; released on close."""
     return query_one(conn, "SELECT pg_try_advisory_lock(%s)", (key,))[0]
+
+
+def tables_exist(database_url: str, timeout_seconds: int) -> bool:
+    """Whether the schema is there, connecting for at most ``timeout_seconds``: a readiness check.
+
+    Kept apart from ``schema`` so the web needs no migration tool.
+    """
+    conn = connect(database_url, connect_timeout=timeout_seconds)
+    try:
+        return query_one(conn, "SELECT to_regclass('predictions') IS NOT NULL AND to_regclass('jobs') IS NOT NULL")[0]
+    finally:
+        conn.close()

@@ -20,7 +20,7 @@ from alembic.script import ScriptDirectory
 from psycopg2 import sql
 from sqlalchemy.pool import NullPool
 
-from shared.db.connection import connect, query, query_one
+from shared.db.connection import connect, query
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Taken while migrations run so that workers starting together do not race.
@@ -70,15 +70,6 @@ def current_revision(database_url: str) -> str | None:
             return MigrationContext.configure(connection).get_current_revision()
     finally:
         engine.dispose()
-
-
-def schema_exists(database_url: str, timeout_seconds: int) -> bool:
-    """Whether the tables are there, connecting for at most ``timeout_seconds``: a readiness check."""
-    conn = psycopg2.connect(database_url, connect_timeout=timeout_seconds)
-    try:
-        return query_one(conn, "SELECT to_regclass('predictions') IS NOT NULL AND to_regclass('jobs') IS NOT NULL")[0]
-    finally:
-        conn.close()
 
 
 def create_database(admin_url: str, name: str) -> None:
