@@ -52,6 +52,8 @@ def migrate(database_url: str, target: str = "head") -> tuple[str | None, str | 
             config.attributes["connection"] = connection
             command.upgrade(config, target)
             after = MigrationContext.configure(connection).get_current_revision()
+    except sqlalchemy.exc.DBAPIError as error:
+        raise error.orig from None  # psycopg2's own error, as the rest of the data layer raises (init-db tells them apart)
     finally:
         engine.dispose()
     return before, after

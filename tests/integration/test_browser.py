@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from producer import ingest
-from shared import db
-from tests import digits, services
+from shared.db import images as image_store
+from tests.support import digits, services
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Playwright's own browser download is not reachable here; Debian's build is, with these flags
@@ -106,7 +106,7 @@ def test_drawing_a_stroke_gets_a_prediction(page):
 
 def test_job_page_shows_the_confusion_heat_map(page, web_server, conn):
     images, labels = digits.mnist_test_digits(JOB_IMAGES)
-    db.insert_images(conn, list(ingest.mnist_rows(images, labels, "test")))  # no-op where already stored
+    image_store.insert_images(conn, list(ingest.mnist_rows(images, labels, "test")))  # no-op where already stored
     accepted = page.request.post(f"{web_server.url}/api/jobs", data={"split": "test", "limit": JOB_IMAGES})
     assert accepted.status == 202
     page.goto(accepted.json()["page_url"])

@@ -4,39 +4,48 @@ import os
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
 from producer.cli import main
-from tests.services import PROJECT_ROOT
+from shared import mnist
+from shared.db.connection import query
+from tests.support.services import PROJECT_ROOT, table_counts
 
 
-def invoke(*args: str):
-    return CliRunner().invoke(main, list(args))
+@pytest.fixture
+def invoke(settings):
+    """The CLI with the session's settings injected, as ``python -m producer`` would read them."""
+    return lambda *args: CliRunner().invoke(main, list(args), obj=settings)
 
 
-def test_every_command_has_help():
-    for command in (["init-db"], ["ingest", "mnist"], ["ingest", "folder"], ["submit"], ["status"], ["report"]):
+def test_every_command_has_help(invoke):
+    for command in (["init-db"], ["ingest", "mnist"], ["ingest", "folder"], ["submit"], ["status"], ["report"], ["resume"]):
         result = invoke(*command, "--help")
         assert result.exit_code == 0 and "Usage" in result.output
 
 
-def test_unknown_job_is_a_clear_error():
+def test_unknown_job_is_a_clear_error(invoke):
     for command in ("status", "report"):
         result = invoke(command, "987654321")
         assert result.exit_code == 1
         assert result.output.strip() == "Error: there is no job 987654321"
 
 
-def test_empty_selection_is_a_clear_error():
+def test_empty_selection_is_a_clear_error_and_records_no_job(invoke, conn):
+    before = table_counts(conn)
     # No test stores an upload labelled 9.
     result = invoke("submit", "--split", "upload", "--label", "9")
     assert result.exit_code == 1 and "no stored images match" in result.output
+    assert table_counts(conn) == before
 
 
-def test_bad_folder_is_a_clear_error(tmp_path):
-    assert "is not a folder" in invoke("ingest", "folder", str(tmp_path / "missing")).output
-    assert "holds no PNG" in invoke("ingest", "folder", str(tmp_path)).output
+def test_bad_folder_is_a_clear_error(invoke, tmp_path):
+    missing = invoke("ingest", "folder", str(tmp_path / "missing"))
+    assert missing.exit_code == 1 and "is not a folder" in missing.output
+    empty = invoke("ingest", "folder", str(tmp_path))
+    assert empty.exit_code == 1 and "holds no PNG" in empty.output
 
 
 def test_no_database_is_a_clear_error():
@@ -49,9 +58,7 @@ def test_no_database_is_a_clear_error():
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_folder_ingest_labels_by_subfolder_and_is_idempotent(tmp_path, conn, mnist_dir):
-    from shared import mnist
-
+def test_folder_ingest_labels_by_subfolder_and_is_idempotent(invoke, tmp_path, conn, mnist_dir):
     images, labels = mnist.load_split(mnist_dir, "test")
     for index in range(4):
         folder = tmp_path / str(labels[index])
@@ -60,12 +67,12 @@ def test_folder_ingest_labels_by_subfolder_and_is_idempotent(tmp_path, conn, mni
         Image.fromarray(255 - images[index]).resize((112, 112)).save(folder / f"digit{index}.png")
     (tmp_path / "notes.png").write_bytes(b"not really a png")
 
+    def stored_labels() -> list[int]:
+        return sorted(row[0] for row in query(conn, "SELECT true_label FROM input_data WHERE source LIKE %s", (f"{tmp_path}%",)))
+
     first = invoke("ingest", "folder", str(tmp_path))
     assert first.exit_code == 0 and "stored 4 new images" in first.output and "1 rejected" in first.output
+    assert stored_labels() == sorted(int(label) for label in labels[:4])
     again = invoke("ingest", "folder", str(tmp_path))
-    assert "stored 0 new images" in again.output
-
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT true_label FROM input_data WHERE source LIKE %s ORDER BY source", (f"{tmp_path}%",))
-        stored = sorted(row[0] for row in cursor.fetchall())
-    assert stored == sorted(int(label) for label in labels[:4])
+    assert again.exit_code == 0 and "stored 0 new images" in again.output
+    assert stored_labels() == sorted(int(label) for label in labels[:4])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import urllib.parse
 from collections.abc import Iterator
 
@@ -21,13 +20,21 @@ import psycopg2.errors
 import pytest
 from psycopg2 import sql
 
-from shared import db
+from shared.db import images as image_store
+from shared.db import jobs as job_store
+from shared.db import queries, results, schema
+from shared.db.connection import connect, query
+from shared.db.images import ImageRow
 from shared.images import encode_image
-from tests import services
+from stack import scratch
+from tests.support import services
+from tests.support.services import run_entrypoint
 
-SERVER = urllib.parse.urlsplit(services.ADMIN_DATABASE_URL)
+SERVER = urllib.parse.urlsplit(scratch.admin_database_url())
 ROLES_SCRIPT = services.PROJECT_ROOT / "deploy" / "postgres-init" / "10-mnist-roles.sh"
-ENTRYPOINT = services.PROJECT_ROOT / "docker" / "entrypoint.sh"
+# The container's command as the entrypoint runs it: what revision it finds, as the app role, and its environment.
+PRINT_REVISION = 'import os; from shared.db import schema; print("revision", schema.current_revision(os.environ["DATABASE_URL"]))'
+REVISION_THEN_ENV = ("sh", "-c", f"python -c '{PRINT_REVISION}' && env")
 FORBIDDEN = [
     "DROP TABLE predictions",
     "DROP TABLE input_data CASCADE",
@@ -60,60 +67,55 @@ def run_roles_script(database: str, owner: str, app: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def run_entrypoint(database_url: str, schema_database_url: str | None, *command: str) -> subprocess.CompletedProcess:
-    """The worker image's entrypoint, with this virtual environment's python first on PATH."""
-    env = {name: value for name, value in os.environ.items() if name not in {"SCHEMA_DATABASE_URL", "MNIST_PRODUCTION"}}
-    env |= {"DATABASE_URL": database_url, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"}
-    if schema_database_url is not None:
-        env["SCHEMA_DATABASE_URL"] = schema_database_url
-    return subprocess.run([str(ENTRYPOINT), *command], cwd=services.PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
-
-
 @pytest.fixture(scope="module")
 def role_urls() -> Iterator[dict[str, str]]:
     """A database set up as in deployment: roles first, then the worker's entrypoint creates the schema as the owner."""
-    database = services.unique_name("mnistq_roles")
-    owner, app = services.unique_name("mnistq_owner"), services.unique_name("mnistq_app")
-    services.create_database(database)
+    database = scratch.unique_name("mnistq_roles")
+    owner, app = scratch.unique_name("mnistq_owner"), scratch.unique_name("mnistq_app")
+    scratch.create_database(database)
     try:
         run_roles_script(database, owner, app)
-        server = f"{SERVER.hostname}:{SERVER.port or 5432}"
-        urls = {role: f"postgresql://{name}@{server}/{database}" for role, name in (("owner", owner), ("app", app))}
-        started = run_entrypoint(urls["app"], urls["owner"], "env")
+        urls = role_urls_for(database, owner, app)
+        started = run_entrypoint(urls["app"], urls["owner"], *REVISION_THEN_ENV)
         assert started.returncode == 0, started.stderr
         run_roles_script(database, owner, app)  # running it again changes nothing
-        yield {**urls, "owner_name": owner, "app_name": app, "command_output": started.stdout}
+        yield {**urls, "database": database, "owner_name": owner, "app_name": app, "command_output": started.stdout}
     finally:
-        services.drop_database(database)
+        scratch.drop_database(database)
         drop_roles(owner, app)
 
 
+def role_urls_for(database: str, owner: str, app: str) -> dict[str, str]:
+    server = f"{SERVER.hostname}:{SERVER.port or 5432}"
+    return {role: f"postgresql://{name}@{server}/{database}" for role, name in (("owner", owner), ("app", app))}
+
+
 def drop_roles(*names: str) -> None:
-    admin = psycopg2.connect(services.ADMIN_DATABASE_URL)
+    admin = connect(scratch.admin_database_url())
     admin.autocommit = True
-    with admin.cursor() as cursor:
-        for name in names:
-            cursor.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+    for name in names:
+        query(admin, sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
     admin.close()
 
 
 @pytest.fixture
 def app_conn(role_urls) -> Iterator[psycopg2.extensions.connection]:
-    conn = db.connect(role_urls["app"])
+    conn = connect(role_urls["app"])
     yield conn
     conn.close()
 
 
 def test_the_app_role_does_the_services_work(app_conn):
     image = encode_image(np.eye(28, dtype=np.uint8) * 255)
-    ids = db.insert_images(app_conn, [db.ImageRow(image, 7, [28, 28], "test", index, None) for index in range(3)])
-    job_id = db.create_job(app_conn, ids, "model-x", {"split": "test"})
-    stored = db.store_results(app_conn, job_id, "model-x", services.prediction_batch(ids[:2], 7, 0.9), [db.FailureRow(ids[2], "x")])
-    assert stored == (2, 1) and db.rows_for_job(app_conn, job_id) == (3, 2, 1)
-    assert db.get_job(app_conn, job_id)["status"] == "done" and db.record_attempt(app_conn, job_id, ids) == 1
-    upload_job, upload_image = db.create_upload_job(app_conn, image, [28, 28], "model-x", {"upload": "a.png"})
-    db.delete_upload_job(app_conn, upload_job, upload_image)  # an upload that could not be enqueued is undone
-    assert db.upload_prediction(app_conn, upload_job) is None and db.fetch_images(app_conn, ids).keys() == set(ids)
+    ids = image_store.insert_images(app_conn, [ImageRow(image, 7, [28, 28], "test", index, None) for index in range(3)])
+    job_id = job_store.create_job(app_conn, ids, "model-x", {"split": "test"})
+    batch, failures = services.prediction_batch(ids[:2], 7, 0.9), [results.FailureRow(ids[2], "x")]
+    stored = results.store_results(app_conn, job_id, "model-x", batch, failures)
+    assert stored == (2, 1) and job_store.rows_for_job(app_conn, job_id) == (3, 2, 1)
+    assert job_store.get_job(app_conn, job_id)["status"] == "done" and results.record_attempt(app_conn, job_id, ids) == 1
+    upload_job, upload_image = job_store.create_upload_job(app_conn, image, [28, 28], "model-x", {"upload": "a.png"})
+    job_store.delete_upload_job(app_conn, upload_job, upload_image)  # an upload that could not be enqueued is undone
+    assert queries.upload_prediction(app_conn, upload_job) is None and image_store.fetch_images(app_conn, ids).keys() == set(ids)
 
 
 @pytest.mark.parametrize("statement", FORBIDDEN)
@@ -124,7 +126,7 @@ def test_the_app_role_cannot_change_the_schema(app_conn, statement):
 
 
 def test_the_roles_are_neither_superusers_nor_owners_of_more_than_they_need(role_urls):
-    admin = db.connect(role_urls["owner"])
+    admin = connect(role_urls["owner"])
     with admin.cursor() as cursor:
         cursor.execute(
             "SELECT rolname, rolsuper, rolcreatedb, rolcreaterole, rolbypassrls FROM pg_roles WHERE rolname IN (%s, %s)",
@@ -138,11 +140,21 @@ def test_the_roles_are_neither_superusers_nor_owners_of_more_than_they_need(role
 
 def test_the_entrypoint_creates_the_schema_and_hides_the_owner_from_the_command(role_urls):
     output = role_urls["command_output"].splitlines()
-    assert output[0] == "schema ready"
+    assert f"revision {schema.head_revision()}" in output  # init-db had migrated the database before the command ran
     assert f"DATABASE_URL={role_urls['app']}" in output
     assert not any(line.startswith("SCHEMA_DATABASE_URL=") for line in output)
 
 
 def test_init_db_as_the_app_role_says_which_role_it_needs(role_urls):
-    refused = run_entrypoint(role_urls["app"], None, "true")
-    assert refused.returncode == 1 and "set SCHEMA_DATABASE_URL" in refused.stderr, refused.stderr
+    """On a database with migrations to apply: at the head, init-db has nothing to do and needs no privilege."""
+    database = scratch.unique_name("mnistq_roles_empty")
+    scratch.create_database(database)
+    try:
+        run_roles_script(database, role_urls["owner_name"], role_urls["app_name"])
+        app_url = role_urls_for(database, role_urls["owner_name"], role_urls["app_name"])["app"]
+        refused = run_entrypoint(app_url, None, "true")
+        # The message is the promise: it names the variable to set.
+        assert refused.returncode == 1 and "set SCHEMA_DATABASE_URL" in refused.stderr, refused.stderr
+        assert schema.current_revision(scratch.database_url_for(database)) is None  # nothing applied
+    finally:
+        scratch.drop_database(database)

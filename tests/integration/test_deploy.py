@@ -1,16 +1,23 @@
 """The Docker deployment, checked without a Docker engine (this machine has none).
 
 The compose file is validated against the Compose specification's JSON schema and its
-structure asserted; the Dockerfiles are read for what the images promise. hadolint runs
-over the Dockerfiles in ``./run lint``. Whether the images build is not checked here.
+structure asserted. What the images' commands do is checked by running them as they are
+written in the Dockerfiles: the worker's entrypoint script (here, and with real roles in
+test_db_roles.py), each image's HEALTHCHECK against its command. What only a built image
+shows (base image, user, what is copied where) is read from the Dockerfiles' text;
+hadolint runs over them in ``./run lint``. Whether the images build is not checked here.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import re
+import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -18,7 +25,11 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from tests.services import PROJECT_ROOT
+from shared.db import schema
+from shared.db.connection import connect, transaction
+from stack import scratch
+from stack.scratch import unique_name
+from tests.support.services import PROJECT_ROOT, run_entrypoint
 
 COMPOSE_SCHEMA = PROJECT_ROOT.parent / "shared" / "schemas" / "compose-spec.json"
 APP_SERVICES = ("worker", "web")
@@ -33,6 +44,19 @@ def compose() -> dict:
 
 def dockerfile(name: str) -> str:
     return (PROJECT_ROOT / name).read_text()
+
+
+def exec_form(name: str, instruction: str) -> list[str]:
+    """The JSON (exec) form of a Dockerfile's last ``instruction``; for HEALTHCHECK, its CMD."""
+    logical = dockerfile(name).replace("\\\n", " ").splitlines()  # continuation lines joined
+    found = [line for line in logical if line.startswith(f"{instruction} ")]
+    assert found, f"{name} has no {instruction}"
+    return json.loads(found[-1].split(" CMD ", 1)[-1] if instruction == "HEALTHCHECK" else found[-1].split(" ", 1)[1])
+
+
+def with_this_python(env: dict[str, str]) -> dict[str, str]:
+    """``python`` and ``gunicorn`` in an image's commands are this virtual environment's."""
+    return {**env, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"}
 
 
 def env_example() -> dict[str, str]:
@@ -73,10 +97,30 @@ def test_four_services_start_in_order_behind_health_checks():
             "redis": {"condition": "service_healthy"},
         }
     assert services["web"]["ports"] == ["${WEB_PORT:-8000}:8000"]
-    healthcheck = next(line for line in dockerfile("Dockerfile.web").splitlines() if "CMD" in line and "/healthz" in line)
-    assert "127.0.0.1:8000/healthz" in healthcheck and "HEALTHCHECK" in dockerfile("Dockerfile.web")
-    worker_check = next(line for line in dockerfile("Dockerfile.worker").splitlines() if line.startswith("HEALTHCHECK"))
-    assert worker_check.endswith('CMD ["python", "-m", "worker.health"]')
+
+
+def network_namespaces_available() -> bool:
+    return shutil.which("unshare") is not None and subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
+
+
+def test_the_web_image_health_check_passes_against_the_web_image_command():
+    """Its CMD and HEALTHCHECK as written (port 8000 each), run in a network namespace of their own."""
+    if not network_namespaces_available():
+        pytest.skip("needs unshare --net (root, or user namespaces) to bind the image's fixed port without clashing")
+    command, check = exec_form("Dockerfile.web", "CMD"), exec_form("Dockerfile.web", "HEALTHCHECK")
+    probe = [sys.executable, "-m", "tests.integration.healthcheck_probe", json.dumps(command), json.dumps(check)]
+    env = with_this_python({**os.environ, "WEB_CONCURRENCY": "1"})
+    ran = subprocess.run(["unshare", "--net", *probe], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout.splitlines()[-1]) == {"healthy_while_serving": True, "healthy_after_stop": False}, ran.stderr
+
+
+def test_the_worker_image_health_check_passes_with_an_upload_consumer_and_fails_without(worker, worker_env):
+    check = exec_form("Dockerfile.worker", "HEALTHCHECK")
+    healthy = subprocess.run(check, cwd=PROJECT_ROOT, env=with_this_python(worker_env), capture_output=True, timeout=30)
+    assert healthy.returncode == 0, healthy.stderr
+    nobody = with_this_python({**worker_env, "QUEUE_PREFIX": unique_name("mnistq-nobody")})
+    assert subprocess.run(check, cwd=PROJECT_ROOT, env=nobody, capture_output=True, timeout=30).returncode == 1
 
 
 def test_worker_can_be_scaled():
@@ -150,11 +194,28 @@ def test_services_connect_as_the_app_role_and_only_the_worker_knows_the_owner():
 
 
 def test_only_the_worker_image_applies_the_schema_and_then_forgets_the_owner():
-    assert 'ENTRYPOINT ["mnist-entrypoint"]' in dockerfile("Dockerfile.worker")
+    # Text only, until images are built: which image has the entrypoint, and what it copies.
+    # What the entrypoint does is run for real below and in test_db_roles.py.
+    assert exec_form("Dockerfile.worker", "ENTRYPOINT") == ["mnist-entrypoint"]
+    assert "COPY docker/entrypoint.sh /usr/local/bin/mnist-entrypoint" in dockerfile("Dockerfile.worker").splitlines()
     web = dockerfile("Dockerfile.web")
     assert "ENTRYPOINT" not in web and not re.search(r"^COPY producer/", web, re.MULTILINE)
-    lines = [line for line in (PROJECT_ROOT / "docker" / "entrypoint.sh").read_text().splitlines() if not line.startswith("#")]
-    assert lines.index("python -m producer init-db") < lines.index("unset SCHEMA_DATABASE_URL") < lines.index('exec "$@"')
+
+
+def test_the_entrypoint_runs_the_command_only_once_init_db_succeeded(tmp_path):
+    name = unique_name("mnistq_entrypoint")
+    url = scratch.create_database(name)
+    try:
+        conn = connect(url)
+        with transaction(conn) as cursor:  # a database init-db refuses (test_db.py)
+            cursor.execute("CREATE TABLE job_items (job_id BIGINT, input_data_id BIGINT)")
+        conn.close()
+        ran = tmp_path / "command-ran"
+        refused = run_entrypoint(url, url, "touch", str(ran))
+        assert refused.returncode != 0 and "earlier mnist-queue" in refused.stderr, refused.stderr
+        assert not ran.exists() and schema.current_revision(url) is None
+    finally:
+        scratch.drop_database(name)
 
 
 def test_compose_file_with_the_example_env_follows_the_compose_specification():
@@ -164,12 +225,15 @@ def test_compose_file_with_the_example_env_follows_the_compose_specification():
 
 
 def test_images_run_as_a_non_root_user_from_slim_python():
-    for name, command in (("Dockerfile.worker", '["python", "-m", "worker"]'), ("Dockerfile.web", '"web.app:create_app()"]')):
+    # Text only, until images are built: the base image, the user, the command and what is copied.
+    assert exec_form("Dockerfile.worker", "CMD") == ["python", "-m", "worker"]
+    assert exec_form("Dockerfile.web", "CMD")[-1] == "web.app:create_app()"
+    for name in ("Dockerfile.worker", "Dockerfile.web"):
         text = dockerfile(name)
         assert re.search(r"^FROM python:3\.11-slim", text, re.MULTILINE)
         users = re.findall(r"^USER (\S+)", text, re.MULTILINE)
         assert users and users[-1] not in {"root", "0"}
-        assert command in text.splitlines()[-1]
+        assert text.rstrip().splitlines()[-1].startswith("CMD "), f"{name}: the command is the last instruction"
         for source in re.findall(r"^COPY (\S+)", text, re.MULTILINE):
             assert (PROJECT_ROOT / source).exists(), f"{name} copies {source}, which does not exist"
     assert "requirements-web.txt" in dockerfile("Dockerfile.web") and "requirements-worker.txt" not in dockerfile("Dockerfile.web")
@@ -207,4 +271,5 @@ def test_web_requirements_resolve_to_no_inference_runtime():
     closure = installed_closure(requirement_names(PROJECT_ROOT / "requirements-web.txt"))
     assert {"flask", "gunicorn", "celery", "psycopg2-binary"} <= closure
     assert not closure & INFERENCE_PACKAGES
-    assert "ai-edge-litert" in requirement_names(PROJECT_ROOT / "requirements-worker.txt")
+    worker = installed_closure(requirement_names(PROJECT_ROOT / "requirements-worker.txt"))
+    assert {"ai-edge-litert", "alembic", "sqlalchemy", "psycopg2-binary"} <= worker  # it infers, and its entrypoint migrates

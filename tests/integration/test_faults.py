@@ -7,7 +7,7 @@ and the job is done. Outcomes are appended to test-artifacts/faults.jsonl for th
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
 import os
 import random
@@ -20,48 +20,50 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg2.extensions
 import pytest
 
 from producer.ingest import load_mnist, mnist_rows
-from shared import db, upload_queue
-from shared.config import Settings, settings
+from shared import broker, jobs, upload_queue
+from shared.config import load_settings
+from shared.db import connection, progress, queries, schema
+from shared.db import images as image_store
+from shared.db import jobs as job_store
+from shared.db.images import ImageRow
 from shared.images import png_bytes
-from shared.tasks import bulk_queue, celery_app, enqueue_batches
-from tests import services
-from tests.crashing_worker import CRASH_MARKER, FAIL_MARKER
-from worker.batch import MAX_ATTEMPTS
+from stack import scratch
+from stack.processes import signal_group
+from tests.support import services
+from tests.support.crashing_worker import CRASH_MARKER, FAIL_MARKER
 
 pytestmark = pytest.mark.faults
 
 ARTIFACTS = services.PROJECT_ROOT / "test-artifacts"
 JOB_TIMEOUT_SECONDS = 120
 SEED = int(os.environ.get("FAULT_SEED", "20261126"))
+MODEL = "fault-test"
 
 
 @pytest.fixture(scope="module")
 def fault_database() -> Iterator[str]:
     """A database of these tests' own: the session worker's sweeper must not adopt their jobs."""
-    with services.database_with_schema(services.unique_name("mnistq_faults")) as url:
+    with scratch.database_with_schema(scratch.unique_name("mnistq_faults")) as url:
         yield url
 
 
 @pytest.fixture
-def conn(fault_database: str) -> Iterator[psycopg2.extensions.connection]:
-    connection = db.connect(fault_database)
-    yield connection
-    connection.close()
+def conn(fault_database: str) -> Iterator[connection.Connection]:
+    """Overrides the session database's ``conn``: these tests' jobs live in ``fault_database``."""
+    with contextlib.closing(connection.connect(fault_database)) as fault_conn:
+        yield fault_conn
 
 
 @pytest.fixture(scope="module")
-def test_split_ids(fault_database: str) -> list[int]:
+def test_split_ids(fault_database: str, mnist_dir: Path) -> list[int]:
     """The 10k official test images, stored once."""
-    conn = db.connect(fault_database)
-    images, labels = load_mnist(settings().mnist_dir, "test", None)
-    db.insert_images(conn, list(mnist_rows(images, labels, "test")))
-    ids = db.select_image_ids(conn, split="test")
-    conn.close()
-    return ids
+    images, labels = load_mnist(mnist_dir, "test", None)
+    with contextlib.closing(connection.connect(fault_database)) as conn:
+        image_store.insert_images(conn, list(mnist_rows(images, labels, "test")))
+        return image_store.select_image_ids(conn, split="test")
 
 
 @pytest.fixture
@@ -70,29 +72,28 @@ def fault_env(fault_database: str) -> dict[str, str]:
     return {
         **os.environ,
         "DATABASE_URL": fault_database,
-        "QUEUE_PREFIX": services.unique_name("mnistq-fault"),
+        "QUEUE_PREFIX": scratch.unique_name("mnistq-fault"),
         "STALL_SECONDS": "3",
         "SWEEP_INTERVAL_SECONDS": "1",
     }
 
 
-def env_settings(env: dict[str, str]) -> Settings:
-    return dataclasses.replace(settings(), queue_prefix=env["QUEUE_PREFIX"], redis_url=env.get("REDIS_URL", settings().redis_url))
-
-
 def submit(conn, env: dict[str, str], image_ids: list[int], batch_size: int) -> int:
-    config = env_settings(env)
-    job_id = db.create_job(conn, image_ids, "fault-test", {"fault": True})
-    enqueue_batches(celery_app(config), job_id, image_ids, batch_size, bulk_queue(config))
-    return job_id
+    """A bulk job through the job service, on the queues the processes started with ``env`` consume."""
+    config = load_settings(env)
+    selection = jobs.Selection(image_ids=tuple(image_ids))
+    return jobs.submit_job(conn, broker.celery_app(config), config, selection, MODEL, batch_size).id
 
 
-def submit_uploads(conn, env: dict[str, str], image_ids: list[int]) -> list[int]:
-    """One upload job per stored image, on the upload queue, as the web sends them."""
-    job_ids = [db.create_job(conn, [image_id], "fault-test", {"fault": True}, kind="upload") for image_id in image_ids]
-    for job_id, image_id in zip(job_ids, image_ids, strict=True):
-        upload_queue.enqueue(env_settings(env), job_id, [image_id])
-    return job_ids
+def submit_uploads(conn, env: dict[str, str], pictures: list[bytes]) -> list[int]:
+    """One upload job per stored-form image, on the upload queue, as the web sends them."""
+    config = load_settings(env)
+    return [jobs.submit_upload(conn, config, picture, MODEL, {"fault": True}) for picture in pictures]
+
+
+def stored_images(conn, image_ids: list[int]) -> list[bytes]:
+    stored = image_store.fetch_images(conn, image_ids)
+    return [stored[image_id] for image_id in image_ids]
 
 
 def start_consumer(env: dict[str, str], tmp_path: Path, name: str, module: str = "worker.uploads", wait: bool = True):
@@ -103,31 +104,8 @@ def start_consumer(env: dict[str, str], tmp_path: Path, name: str, module: str =
     return consumer
 
 
-def upload_outcomes(conn, job_ids: list[int]) -> dict[int, tuple[str, int, int, int]]:
-    """Per upload job: (status, counted results, prediction rows, failure rows)."""
-    with conn.cursor() as cursor:
-        cursor.execute(
-            """
-            SELECT j.id, j.status, j.done_count + j.failed_count,
-                   (SELECT count(*) FROM predictions p WHERE p.job_id = j.id),
-                   (SELECT count(*) FROM job_failures f WHERE f.job_id = j.id)
-            FROM jobs j WHERE j.id = ANY(%s)
-            """,
-            (job_ids,),
-        )
-        rows = {job_id: tuple(rest) for job_id, *rest in cursor.fetchall()}
-    conn.commit()
-    return rows
-
-
-def wait_for_uploads(conn, job_ids: list[int], while_waiting=lambda: None) -> dict[int, tuple[str, int, int, int]]:
-    deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
-    outcomes = upload_outcomes(conn, job_ids)
-    while any(status != "done" for status, *_ in outcomes.values()) and time.monotonic() < deadline:
-        while_waiting()
-        time.sleep(0.1)
-        outcomes = upload_outcomes(conn, job_ids)
-    return outcomes
+def wait_for_uploads(conn, job_ids: list[int], while_waiting=None) -> dict[int, tuple[str, int, int, int]]:
+    return services.wait_for_jobs(conn, job_ids, JOB_TIMEOUT_SECONDS, while_waiting)
 
 
 def start_worker(env: dict[str, str], tmp_path: Path, name: str, **options) -> services.WorkerProcess:
@@ -142,12 +120,11 @@ def pool_children(worker: services.WorkerProcess) -> list[int]:
 
 
 def assert_exactly_once(conn, job_id: int, total: int, failures: int = 0) -> dict:
-    job = services.wait_for_job(conn, job_id, timeout=JOB_TIMEOUT_SECONDS)
-    items, predictions, failed = db.rows_for_job(conn, job_id)
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT count(*) - count(DISTINCT input_data_id) FROM predictions WHERE job_id = %s", (job_id,))
-        duplicated = cursor.fetchone()[0]
-    conn.commit()
+    job = progress.wait_for_job(conn, job_id, timeout=JOB_TIMEOUT_SECONDS)
+    items, predictions, failed = job_store.rows_for_job(conn, job_id)
+    duplicated = connection.query_one(
+        conn, "SELECT count(*) - count(DISTINCT input_data_id) FROM predictions WHERE job_id = %s", (job_id,)
+    )[0]
     assert job["status"] == "done", f"job {job_id} not done: {job}"
     assert (items, predictions + failed, failed) == (total, total, failures)
     assert (job["done_count"], job["failed_count"]) == (predictions, failed)
@@ -174,11 +151,11 @@ def test_workers_killed_at_random_moments_lose_and_duplicate_nothing(conn, fault
         while kills < 10:
             time.sleep(rng.uniform(0.05, 0.3))
             # Every kill lands mid-job: a machine fast enough to finish the job early gets another.
-            if db.get_job(conn, job_ids[-1])["status"] == "done":
+            if job_store.get_job(conn, job_ids[-1])["status"] == "done":
                 job_ids.append(submit(conn, fault_env, test_split_ids, batch_size=100))
             index = rng.randrange(len(workers))
             if kills % 5 == 4:  # now and then the whole worker, parent and all, as when a container dies
-                os.killpg(workers[index].process.pid, signal.SIGKILL)
+                signal_group(workers[index].pid, signal.SIGKILL)
                 workers[index].stop()
                 workers[index] = start_worker(fault_env, tmp_path, f"worker-replacement{kills}")
             else:  # a pool process, as when the model segfaults or the OOM killer strikes
@@ -187,9 +164,9 @@ def test_workers_killed_at_random_moments_lose_and_duplicate_nothing(conn, fault
                     continue
                 os.kill(rng.choice(children), signal.SIGKILL)
             kills += 1
-        jobs = [assert_exactly_once(conn, job_id, len(test_split_ids)) for job_id in job_ids]
-        total = {key: sum(job[key] for job in jobs) for key in ("done_count", "failed_count", "duplicated")}
-        record("worker SIGKILL x10 (2 workers)", kills, len(test_split_ids) * len(jobs), total, time.monotonic() - started)
+        finished = [assert_exactly_once(conn, job_id, len(test_split_ids)) for job_id in job_ids]
+        total = {key: sum(job[key] for job in finished) for key in ("done_count", "failed_count", "duplicated")}
+        record("worker SIGKILL x10 (2 workers)", kills, len(test_split_ids) * len(finished), total, time.monotonic() - started)
     finally:
         for worker in workers:
             worker.stop()
@@ -200,11 +177,10 @@ def test_a_worker_stopped_gracefully_mid_job_loses_nothing(conn, fault_env, test
     worker = start_worker(fault_env, tmp_path, "stopping", concurrency=2)
     started = time.monotonic()
     job_id = submit(conn, fault_env, ids, batch_size=100)
-    while db.get_job(conn, job_id)["done_count"] == 0:  # mid-job: stop once work is under way, however fast the machine
-        time.sleep(0.01)
+    progress.wait_for_job(conn, job_id, until_finished=1)  # mid-job: stop once work is under way, however fast the machine
     worker.process.send_signal(signal.SIGTERM)  # warm shutdown: finish what runs, give back the rest
     worker.process.wait(timeout=60)
-    assert db.get_job(conn, job_id)["status"] != "done", "the job finished before the worker stopped"
+    assert job_store.get_job(conn, job_id)["status"] != "done", "the job finished before the worker stopped"
     replacement = start_worker(fault_env, tmp_path, "replacement")
     try:
         job = assert_exactly_once(conn, job_id, len(ids))
@@ -222,10 +198,9 @@ def test_a_redis_restart_that_loses_every_message_still_completes_the_job(conn, 
     started = time.monotonic()
     try:
         job_id = submit(conn, env, ids, batch_size=100)
-        while db.get_job(conn, job_id)["done_count"] == 0:  # mid-job, however fast the machine
-            time.sleep(0.01)
+        progress.wait_for_job(conn, job_id, until_finished=1)  # mid-job, however fast the machine
         redis_server = redis_server.restart()  # empty: the queued batches are gone
-        assert db.get_job(conn, job_id)["status"] != "done", "the job finished before Redis restarted"
+        assert job_store.get_job(conn, job_id)["status"] != "done", "the job finished before Redis restarted"
         job = assert_exactly_once(conn, job_id, len(ids))  # the sweeper found the rest in PostgreSQL
         record("Redis restarted (queue lost)", 1, len(ids), job, time.monotonic() - started)
     finally:
@@ -241,33 +216,35 @@ def test_a_redis_restart_that_loses_waiting_uploads_still_predicts_every_one(con
     worker.wait_ready()
     started = time.monotonic()
     try:
-        os.killpg(worker.process.pid, signal.SIGSTOP)  # the uploads wait in Redis...
+        signal_group(worker.pid, signal.SIGSTOP)  # the uploads wait in Redis...
         try:
-            job_ids = submit_uploads(conn, env, ids)
+            job_ids = submit_uploads(conn, env, stored_images(conn, ids))
             redis_server = redis_server.restart()  # ...which loses them
+            # Nothing of them is left in Redis: only PostgreSQL, and so the sweeper, knows of them.
+            assert upload_queue.waiting(load_settings(env)) == 0
         finally:
-            os.killpg(worker.process.pid, signal.SIGCONT)
+            signal_group(worker.pid, signal.SIGCONT)
         outcomes = wait_for_uploads(conn, job_ids)  # the consumer reconnects; the sweeper finds the uploads in PostgreSQL
     finally:
         worker.stop()
         redis_server.stop()
     assert {job_id: outcome for job_id, outcome in outcomes.items() if outcome != ("done", 1, 1, 0)} == {}
-    assert "stalled for 3s with an empty queue" in worker.log_path.read_text()  # found again by the sweeper
+    assert len(outcomes) == len(ids)
     job = {"done_count": len(ids), "failed_count": 0, "duplicated": 0}
     record("Redis restarted (waiting uploads lost)", 1, len(ids), job, time.monotonic() - started)
 
 
 def test_poison_images_are_failed_after_bounded_attempts_and_the_rest_completes(conn, fault_env, test_split_ids, tmp_path):
     ids = test_split_ids[:200]
-    poison = db.insert_images(conn, [db.ImageRow(marker, None, [28, 28], "upload", None, None) for marker in (CRASH_MARKER, FAIL_MARKER)])
-    crash_id, fail_id = poison
-    worker = start_worker(fault_env, tmp_path, "crashing", celery_module="tests.crashing_worker")
+    poison = [ImageRow(marker, None, [28, 28], "upload", None, None) for marker in (CRASH_MARKER, FAIL_MARKER)]
+    crash_id, fail_id = image_store.insert_images(conn, poison)
+    worker = start_worker(fault_env, tmp_path, "crashing", module="tests.support.crashing_worker")
     started = time.monotonic()
     try:
         job_id = submit(conn, fault_env, ids[:100] + [crash_id] + ids[100:] + [fail_id], batch_size=64)
         job = assert_exactly_once(conn, job_id, len(ids) + 2, failures=2)
-        reasons = dict(db.job_failures(conn, job_id))
-        assert reasons[crash_id].startswith("gave up after 3 attempts")
+        reasons = dict(queries.job_failures(conn, job_id))
+        assert reasons[crash_id].startswith(f"gave up after {jobs.MAX_DELIVERIES} attempts")
         assert reasons[fail_id] == "prediction failed: injected inference failure"
         record("poison: crashes its worker / fails inference", 2, len(ids) + 2, job, time.monotonic() - started)
     finally:
@@ -278,16 +255,17 @@ def test_upload_consumers_killed_at_random_moments_lose_and_duplicate_no_upload(
     rng = random.Random(SEED)
     env = {**fault_env, "UPLOAD_HEARTBEAT_SECONDS": "1"}  # a killed consumer's upload comes back after a second
     ids = test_split_ids[:1000]
+    pictures = stored_images(conn, ids)
     consumer = start_consumer(env, tmp_path, "consumer0")
     started = time.monotonic()
-    job_ids = submit_uploads(conn, env, ids)
+    job_ids = submit_uploads(conn, env, pictures)
     kills = 0
     try:
         while kills < 4:
             time.sleep(rng.uniform(0.05, 0.2))
-            outcomes = upload_outcomes(conn, job_ids)
+            outcomes = services.job_outcomes(conn, job_ids)
             assert any(status != "done" for status, *_ in outcomes.values()), f"every upload was done after only {kills} kills"
-            os.killpg(consumer.process.pid, signal.SIGKILL)
+            signal_group(consumer.pid, signal.SIGKILL)
             consumer.stop()
             kills += 1
             consumer = start_consumer(env, tmp_path, f"consumer{kills}")
@@ -295,6 +273,7 @@ def test_upload_consumers_killed_at_random_moments_lose_and_duplicate_no_upload(
     finally:
         consumer.stop()
     assert {job_id: outcome for job_id, outcome in outcomes.items() if outcome != ("done", 1, 1, 0)} == {}
+    assert len(outcomes) == len(ids)
     logs = "".join(path.read_text() for path in tmp_path.glob("consumer*.log"))
     assert "held by consumers that died" in logs, "no kill caught an upload in flight: recovery was not exercised"
     job = {"done_count": len(ids), "failed_count": 0, "duplicated": 0}
@@ -303,11 +282,10 @@ def test_upload_consumers_killed_at_random_moments_lose_and_duplicate_no_upload(
 
 def test_an_upload_that_crashes_its_consumer_is_failed_after_bounded_attempts(conn, fault_env, test_split_ids, tmp_path):
     env = {**fault_env, "UPLOAD_HEARTBEAT_SECONDS": "1"}
-    poison = [db.ImageRow(marker, None, [28, 28], "upload", None, None) for marker in (CRASH_MARKER, FAIL_MARKER)]
-    crash_id, fail_id = db.insert_images(conn, poison)
     ids = test_split_ids[:20]
-    crash_job, fail_job, *job_ids = submit_uploads(conn, env, [crash_id, fail_id, *ids])  # the crash is taken first
-    crashing = "tests.crashing_worker uploads"
+    # The crash is taken first.
+    crash_job, fail_job, *job_ids = submit_uploads(conn, env, [CRASH_MARKER, FAIL_MARKER, *stored_images(conn, ids)])
+    crashing = "tests.support.crashing_worker uploads"
     consumers = [start_consumer(env, tmp_path, "crashing0", crashing, wait=False)]
     started = time.monotonic()
 
@@ -320,11 +298,11 @@ def test_an_upload_that_crashes_its_consumer_is_failed_after_bounded_attempts(co
         outcomes = wait_for_uploads(conn, [crash_job, fail_job, *job_ids], while_waiting=restart_the_dead)
     finally:
         consumers[-1].stop()
-    assert len(consumers) - 1 == MAX_ATTEMPTS  # it died on each of its attempts, and no more
+    assert len(consumers) - 1 == jobs.MAX_DELIVERIES  # it died on each of its attempts, and no more
     assert (outcomes[crash_job], outcomes[fail_job]) == (("done", 1, 0, 1), ("done", 1, 0, 1))
     assert all(outcomes[job_id] == ("done", 1, 1, 0) for job_id in job_ids)
-    assert db.job_failures(conn, crash_job)[0][1] == f"gave up after {MAX_ATTEMPTS} attempts: the worker died on this image"
-    assert db.job_failures(conn, fail_job)[0][1] == "prediction failed: injected inference failure"
+    assert queries.job_failures(conn, crash_job)[0][1] == f"gave up after {jobs.MAX_DELIVERIES} attempts: the worker died on this image"
+    assert queries.job_failures(conn, fail_job)[0][1] == "prediction failed: injected inference failure"
     job = {"done_count": len(ids), "failed_count": 2, "duplicated": 0}
     record("poison upload: crashes its consumer / fails inference", 2, len(ids) + 2, job, time.monotonic() - started)
 
@@ -358,15 +336,15 @@ def stop_private_postgres(stack_dir: Path, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-def test_a_postgres_restart_mid_job_is_ridden_out(fault_env, tmp_path):
+def test_a_postgres_restart_mid_job_is_ridden_out(fault_env, mnist_dir, tmp_path):
     """A private PostgreSQL, so that stopping it disturbs nothing else on the machine."""
     start_postgres, stop_postgres = start_private_postgres, stop_private_postgres
     stack_dir = tmp_path / "stack"
     database_url = start_postgres(stack_dir)
-    conn = db.wait_for_database(database_url)
-    db.create_schema(conn)
-    images, labels = load_mnist(settings().mnist_dir, "test", 3000)
-    ids = db.insert_images(conn, list(mnist_rows(images, labels, "test")))
+    conn = connection.wait_for_database(database_url)
+    schema.migrate(database_url)
+    images, labels = load_mnist(mnist_dir, "test", 3000)
+    ids = image_store.insert_images(conn, list(mnist_rows(images, labels, "test")))
     env = {**fault_env, "DATABASE_URL": database_url}
     worker = services.Workers(env, tmp_path / "worker.log")  # bulk worker and upload consumer
     worker.wait_ready()
@@ -378,15 +356,25 @@ def test_a_postgres_restart_mid_job_is_ridden_out(fault_env, tmp_path):
         job_id = submit(conn, env, ids, batch_size=100)
         with urllib.request.urlopen(f"{web.url}/api/jobs/{job_id}", timeout=10) as answer:  # fills the web's pool
             assert answer.status == 200
-        time.sleep(0.3)
-        conn.close()
-        stop_postgres(stack_dir)
+        # Mid-job however fast the machine: at the first stored batch the workers are frozen until
+        # PostgreSQL is down, and then find it gone with the job's other batches still to do.
+        progress.wait_for_job(conn, job_id, until_finished=1)
+        signal_group(worker.pid, signal.SIGSTOP)
+        try:
+            done_before_the_stop = job_store.get_job(conn, job_id)["done_count"]
+            conn.close()
+            stop_postgres(stack_dir)
+        finally:
+            signal_group(worker.pid, signal.SIGCONT)
+        assert 0 < done_before_the_stop < len(ids)
         status, body = readiness(web)
         assert status == 503 and "database" in body["error"]
-        time.sleep(2)  # workers meanwhile retry with backoff
+        time.sleep(2)  # the outage: workers meanwhile retry with backoff
         assert start_postgres(stack_dir) == database_url
-        conn = db.wait_for_database(database_url)
+        conn = connection.wait_for_database(database_url)
         job = assert_exactly_once(conn, job_id, len(ids))
+        restarted_at = connection.query_one(conn, "SELECT pg_postmaster_start_time()")[0]
+        assert job["finished_at"] > restarted_at, "the job was done before PostgreSQL restarted"
         assert readiness(web)[0] == 200  # recovered by itself
         picture = png_bytes(images[0])
         upload = urllib.request.Request(f"{web.url}/api/predictions?wait=10", data=picture, headers={"Content-Type": "image/png"})

@@ -12,12 +12,13 @@ import time
 import urllib.error
 import urllib.request
 
+import hypothesis
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
-from tests import malformed_images
-from tests.services import WebServer, table_counts
+from tests.support import malformed_images
+from tests.support.services import WebServer, table_counts
 from web.app import create_app
 
 # Pillow warns about sizes between its two bomb limits (the upload is then refused by ours) and
@@ -28,12 +29,12 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning"),
 ]
 
-FUZZ = settings(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck), print_blob=True)
+FUZZ = hypothesis.settings(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck), print_blob=True)
 
 
-def fuzz(examples: int) -> settings:
+def fuzz(examples: int) -> hypothesis.settings:
     """Reproducible settings generating ``examples`` inputs."""
-    return settings(FUZZ, max_examples=examples)
+    return hypothesis.settings(FUZZ, max_examples=examples)
 
 
 # A bomb must be refused from its header, not by trying to decode it.
@@ -70,8 +71,8 @@ class Ledger:
 
 
 @pytest.fixture
-def client():
-    return create_app({"TESTING": True, "WTF_CSRF_ENABLED": False}).test_client()
+def client(settings):
+    return create_app({"TESTING": True, "WTF_CSRF_ENABLED": False}, settings=settings).test_client()
 
 
 def test_fuzzed_images_to_the_api(client, conn):
@@ -127,8 +128,8 @@ def test_wrong_content_types_are_refused(client, conn, multipart):
     assert ledger.total >= 75
 
 
-def test_fuzzed_images_to_the_form_with_a_valid_csrf_token(conn):
-    client = create_app({"TESTING": True}).test_client()
+def test_fuzzed_images_to_the_form_with_a_valid_csrf_token(settings, conn):
+    client = create_app({"TESTING": True}, settings=settings).test_client()
     token = re.search(r'name="csrf_token" value="([^"]+)"', client.get("/").text).group(1)
     ledger = Ledger(conn)
 

@@ -8,9 +8,7 @@ code checks that no SQL statement is assembled from strings at run time.
 from __future__ import annotations
 
 import ast
-import dataclasses
 import io
-import os
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,13 +16,19 @@ from pathlib import Path
 import numpy as np
 import psycopg2
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from psycopg2 import sql
 
 from producer.cli import main as cli
-from shared import config, db
+from shared.config import Settings
+from shared.db import connection, queries, results
+from shared.db import images as image_store
+from shared.db import jobs as job_store
+from shared.db.images import ImageRow
+from shared.db.results import FailureRow
 from shared.images import encode_image
-from tests import malformed_images, services
+from stack import scratch
+from tests.support import malformed_images, services
 from web.app import create_app
 from web.predictions import MAX_FILENAME_CHARS
 
@@ -63,36 +67,42 @@ NO_SUCH_JOB = "987654321"
 # Characters a multipart header quotes or escapes, so the server may see a different name.
 MULTIPART_QUOTED = frozenset('"\\')
 SOURCE_FOLDERS = ("shared", "web", "producer", "worker", "stack", "bench")
-# The services keep every statement in shared/db.py; bench/ may imitate the seed's own queries.
-SQL_HOME, SQL_ALLOWED_ELSEWHERE = "shared/db.py", ("bench/",)
-SQL_METHODS = frozenset({"execute", "executemany", "copy_expert", "copy_from", "copy_to", "mogrify", "callproc"})
+# The services keep every statement in the package shared/db/; bench/ may imitate the seed's own queries.
+SQL_HOME, SQL_ALLOWED_ELSEWHERE = "shared/db/", ("bench/",)
+# The one module whose helpers take a statement as a parameter and pass it on to the driver.
+QUERY_HELPER_MODULE = "shared/db/connection.py"
+MIN_STATEMENTS_IN_HOME = 20
+# DB-API and SQLAlchemy methods whose first argument is a statement.
+SQL_METHODS = frozenset({"execute", "executemany", "copy_expert", "copy_from", "copy_to", "mogrify", "callproc", "exec_driver_sql"})
+# The data layer's helpers, query(conn, statement, params), whose second argument is the statement.
+QUERY_HELPERS = frozenset({"query", "query_one"})
 
 
 # --- a private database that only these tests touch -----------------------------------
 
 
 @pytest.fixture(scope="module")
-def private_config() -> Iterator[config.Settings]:
+def private_config(settings: Settings) -> Iterator[Settings]:
     """Settings pointing at a seeded database and queues of this module's own."""
-    name = services.unique_name("mnistq_inject")
-    url = services.create_database(name)
-    conn = db.connect(url)
-    db.create_schema(conn)
-    seed(conn)
-    conn.close()
-    settings = dataclasses.replace(config.settings(), database_url=url, queue_prefix=services.unique_name("mnistq-inject"))
-    yield settings
-    services.drop_database(name)
+    with scratch.database_with_schema(scratch.unique_name("mnistq_inject")) as url:
+        conn = connection.connect(url)
+        seed(conn)
+        conn.close()
+        private = settings.replace(database_url=url, queue_prefix=scratch.unique_name("mnistq-inject"))
+        yield private
+        scratch.delete_queues(private.redis_url, private.queue_prefix)
 
 
 def seed(conn) -> None:
     """Images, a bulk job with a right and a wrong prediction and a failure, and a finished upload."""
     digit = np.eye(28, dtype=np.uint8) * 255
-    ids = db.insert_images(conn, [db.ImageRow(encode_image(digit), label, [28, 28], "test", label, None) for label in (1, 7, 9)])
-    job_id = db.create_job(conn, ids, "model-x", {"split": "test"})
-    db.store_results(conn, job_id, "model-x", services.prediction_batch(ids[:2], [1, 3], 0.95), [db.FailureRow(ids[2], "seeded failure")])
-    upload_job, upload_image = db.create_upload_job(conn, encode_image(digit), [28, 28], "model-x", {"upload": "seed.png"})
-    db.store_results(conn, upload_job, "model-x", services.prediction_batch([upload_image], 1, 0.9), [])
+    ids = image_store.insert_images(conn, [ImageRow(encode_image(digit), label, [28, 28], "test", label, None) for label in (1, 7, 9)])
+    # Never enqueued: its results are stored here, as a worker would have.
+    job_id = job_store.create_job(conn, ids, "model-x", {"split": "test"})
+    failure = FailureRow(ids[2], "seeded failure")
+    results.store_results(conn, job_id, "model-x", services.prediction_batch(ids[:2], [1, 3], 0.95), [failure])
+    upload_job, upload_image = job_store.create_upload_job(conn, encode_image(digit), [28, 28], "model-x", {"upload": "seed.png"})
+    results.store_results(conn, upload_job, "model-x", services.prediction_batch([upload_image], 1, 0.9), [])
 
 
 def fingerprint(conn) -> dict[str, tuple[int, int]]:
@@ -111,7 +121,7 @@ def fingerprint(conn) -> dict[str, tuple[int, int]]:
 
 @pytest.fixture
 def private_conn(private_config) -> Iterator[psycopg2.extensions.connection]:
-    conn = db.connect(private_config.database_url)
+    conn = connection.connect(private_config.database_url)
     yield conn
     conn.close()
 
@@ -126,22 +136,17 @@ def unchanged(private_conn) -> Iterator[None]:
 
 @pytest.fixture
 def client(private_config):
-    return create_app({"TESTING": True, "WTF_CSRF_ENABLED": False, "MNIST_SETTINGS": private_config}).test_client()
+    return create_app({"TESTING": True, "WTF_CSRF_ENABLED": False}, settings=private_config).test_client()
 
 
 @pytest.fixture
-def private_cli(private_config) -> Iterator[CliRunner]:
-    """The CLI reads its settings from the environment: point it at the private database meanwhile."""
-    saved = {name: os.environ.get(name) for name in ("DATABASE_URL", "QUEUE_PREFIX")}
-    os.environ.update(DATABASE_URL=private_config.database_url, QUEUE_PREFIX=private_config.queue_prefix)
-    config.settings.cache_clear()
-    yield CliRunner()
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    config.settings.cache_clear()
+def private_cli(private_config):
+    """The CLI with the private database's settings injected."""
+
+    def invoke(args: list[str]) -> Result:
+        return CliRunner().invoke(cli, args, obj=private_config)
+
+    return invoke
 
 
 def quoted(value: str) -> str:
@@ -149,7 +154,7 @@ def quoted(value: str) -> str:
 
 
 def existing_upload(conn) -> int:
-    return db.list_jobs(conn, "upload", 1)[0]["id"]
+    return queries.list_jobs(conn, "upload", 1)[0]["id"]
 
 
 # --- the API and the pages ------------------------------------------------------------
@@ -231,7 +236,7 @@ def cli_variants(value: str) -> list[list[str]]:
 @pytest.mark.parametrize("value", CLI_INJECTIONS, ids=range(len(CLI_INJECTIONS)))
 def test_injection_in_cli_arguments_gets_a_clear_error(private_cli, unchanged, value):
     for args in cli_variants(value):
-        result = private_cli.invoke(cli, args)
+        result = private_cli(args)
         assert result.exit_code in (1, 2), (args, result.exit_code, result.output[-500:], result.exception)
         assert isinstance(result.exception, SystemExit) and "Error" in result.output, (args, result.output[-500:])
 
@@ -243,7 +248,7 @@ def test_injection_in_an_ingested_folder_name_is_stored_as_data(private_cli, pri
         folder.mkdir()
         (folder / f"{name}.png").write_bytes(malformed_images.SAMPLES["PNG"])
     before = fingerprint(private_conn)
-    result = private_cli.invoke(cli, ["ingest", "folder", str(tmp_path)])
+    result = private_cli(["ingest", "folder", str(tmp_path)])
     assert result.exit_code == 0, result.output
     stored = {Path(source).name for source in image_sources(private_conn)}
     assert {f"{name}.png" for name in names} <= stored
@@ -261,23 +266,32 @@ def image_sources(conn) -> list[str]:
 # --- no SQL assembled from strings ----------------------------------------------------
 
 
-def sql_argument(call: ast.Call) -> ast.expr | None:
-    """The statement argument of a DB-API call, or None when ``call`` is not one."""
+def call_name(call: ast.Call) -> str | None:
     func = call.func
-    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+    return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+
+
+def sql_argument(call: ast.Call) -> ast.expr | None:
+    """The statement argument of a DB-API call or of the data layer's query helper, or None when ``call`` is neither."""
+    name = call_name(call)
     if name in SQL_METHODS and call.args:
         return call.args[0]
+    if name in QUERY_HELPERS and len(call.args) >= 2:  # query(conn, statement, params)
+        return call.args[1]
     if name == "execute_values" and len(call.args) >= 2:  # psycopg2.extras.execute_values(cursor, sql, rows)
         return call.args[1]
     return None
 
 
-def is_composed_safely(node: ast.expr, constants: set[str]) -> bool:
-    """A literal, a module constant holding one, or psycopg2.sql composition (which quotes identifiers)."""
+def is_composed_safely(node: ast.expr, constants: set[str], passed_through: set[str]) -> bool:
+    """A literal, a module constant holding one, psycopg2.sql composition (which quotes identifiers),
+    SQLAlchemy's ``text`` of a literal, or a name in ``passed_through``."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return True
     if isinstance(node, ast.Name):
-        return node.id in constants
+        return node.id in constants or node.id in passed_through
+    if isinstance(node, ast.Call) and call_name(node) == "text" and len(node.args) == 1 and not node.keywords:
+        return is_composed_safely(node.args[0], constants, set())
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
         inner = node.func.value
         while isinstance(inner, ast.Call | ast.Attribute):
@@ -286,8 +300,59 @@ def is_composed_safely(node: ast.expr, constants: set[str]) -> bool:
     return False
 
 
-def unsafe_sql_calls(source: str) -> list[int]:
-    """Line numbers of DB-API calls whose statement is built at run time (f-string, %, +, .format, a variable)."""
+def parameters(function: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.arg]:
+    arguments = function.args
+    return [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]
+
+
+def composed_sql_parameters(function: ast.FunctionDef | ast.AsyncFunctionDef, passes_statements_through: bool) -> set[str]:
+    """Parameters a function may hand to the driver as they are.
+
+    Those annotated as psycopg2.sql composition anywhere (the annotation says what callers
+    pass); in the query helper's own module every parameter, since passing the caller's
+    statement on is what the helper is for, and its callers are scanned in their turn.
+    """
+    if passes_statements_through:
+        return {parameter.arg for parameter in parameters(function)}
+    return {
+        parameter.arg
+        for parameter in parameters(function)
+        if isinstance(parameter.annotation, ast.Attribute)
+        and isinstance(parameter.annotation.value, ast.Name)
+        and parameter.annotation.value.id == "sql"
+    }
+
+
+def safely_assigned_locals(function: ast.FunctionDef | ast.AsyncFunctionDef, constants: set[str]) -> set[str]:
+    """Local names whose every binding in ``function`` is a plain assignment of a safely composed statement."""
+    assigned: dict[str, list[ast.expr]] = {}
+    plain_targets: set[int] = set()
+    for node in ast.walk(function):
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    assigned.setdefault(target.id, []).append(node.value)
+                    plain_targets.add(id(target))
+    # Bound some other way as well (+=, for, with ... as, :=, a tuple target): not a statement we can read.
+    bound_otherwise = {
+        node.id
+        for node in ast.walk(function)
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and id(node) not in plain_targets
+    }
+    names = bound_otherwise | {parameter.arg for parameter in parameters(function)}
+    return {
+        name
+        for name, values in assigned.items()
+        if name not in names and all(is_composed_safely(value, constants, set()) for value in values)
+    }
+
+
+def unsafe_sql_calls(source: str, passes_statements_through: bool = False) -> list[int]:
+    """Line numbers of SQL calls whose statement is built at run time (f-string, %, +, .format, a variable).
+
+    ``passes_statements_through``: the module is the query helper's, which may pass a parameter of the
+    enclosing function on to the driver (nowhere else may a bare parameter reach ``execute``).
+    """
     tree = ast.parse(source)
     constants = {
         target.id
@@ -296,11 +361,19 @@ def unsafe_sql_calls(source: str) -> list[int]:
         for target in node.targets
         if isinstance(target, ast.Name)
     }
-    return [
-        node.lineno
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call) and (statement := sql_argument(node)) is not None and not is_composed_safely(statement, constants)
-    ]
+    unsafe = []
+
+    def visit(node: ast.AST, passed_through: set[str]) -> None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            passed_through = composed_sql_parameters(node, passes_statements_through) | safely_assigned_locals(node, constants)
+        if isinstance(node, ast.Call) and (statement := sql_argument(node)) is not None:
+            if not is_composed_safely(statement, constants, passed_through):
+                unsafe.append(node.lineno)
+        for child in ast.iter_child_nodes(node):
+            visit(child, passed_through)
+
+    visit(tree, set())
+    return sorted(unsafe)
 
 
 def test_the_scan_catches_statements_built_from_strings():
@@ -311,15 +384,56 @@ cursor.execute("SELECT * FROM jobs WHERE id = " + job_id)
 cursor.execute("SELECT * FROM jobs WHERE id = {}".format(job_id))
 cursor.execute(query)
 psycopg2.extras.execute_values(cursor, f"INSERT INTO {table} VALUES %s", rows)
+query(conn, f"SELECT * FROM jobs WHERE id = {job_id}")
+connection.query_one(conn, "SELECT * FROM jobs WHERE id = " + job_id, ())
+query(conn, statement, as_dicts=True)
+connection.execute(sqlalchemy.text(f"SELECT {column} FROM jobs"))
+bind.exec_driver_sql("DELETE FROM jobs WHERE id = %s" % job_id)
+def helper(conn, statement: str):
+    return query(conn, statement)
+def built(conn, table):
+    statement = f"SELECT * FROM {table}"
+    return query(conn, statement)
+def extended(conn, condition):
+    statement = "SELECT * FROM jobs WHERE "
+    statement += condition
+    return query(conn, statement)
+def reassigned(conn, condition):
+    statement = sql.SQL("SELECT * FROM jobs")
+    statement = "SELECT * FROM jobs WHERE " + condition
+    return query(conn, statement)
 """
-    assert unsafe_sql_calls(unsafe) == [2, 3, 4, 5, 6, 7]
+    assert unsafe_sql_calls(unsafe) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 17, 21, 25]
     safe = """
 Q = "SELECT 1"
 cursor.execute(Q)
 cursor.execute("SELECT %s", (x,))
 cursor.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+query(conn, "SELECT * FROM jobs WHERE id = %s", (job_id,))
+query_one(conn, Q)
+connection.query(conn, sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": 1})
+def as_admin(conn, statement: sql.Composable):
+    query(conn, statement)
+def composed_first(conn, kind):
+    statement = sql.SQL("SELECT {} FROM jobs WHERE kind = %s").format(sql.Identifier("id"))
+    return query(conn, statement, (kind,))
 """
     assert unsafe_sql_calls(safe) == []
+
+
+def test_only_the_query_helper_may_pass_its_parameter_to_the_driver():
+    helper = """
+def query(conn, statement, params=None):
+    with conn.cursor() as cursor:
+        cursor.execute(statement, params)
+def query_one(conn, statement, params=None):
+    return query(conn, statement, params)
+"""
+    assert unsafe_sql_calls(helper, passes_statements_through=True) == []
+    assert unsafe_sql_calls(helper) == [4, 6]
+    # Outside a function there is no parameter to pass through, even in the helper's module.
+    assert unsafe_sql_calls("cursor.execute(statement)", passes_statements_through=True) == [1]
 
 
 def test_no_sql_is_built_from_strings_and_all_of_it_lives_in_shared_db():
@@ -327,10 +441,15 @@ def test_no_sql_is_built_from_strings_and_all_of_it_lives_in_shared_db():
     for folder in SOURCE_FOLDERS:
         for path in sorted((services.PROJECT_ROOT / folder).rglob("*.py")):
             source = path.read_text()
+            relative = path.relative_to(services.PROJECT_ROOT).as_posix()
             tree = ast.parse(source)
             lines = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call) and sql_argument(node) is not None]
-            calls[path.relative_to(services.PROJECT_ROOT).as_posix()] = (lines, unsafe_sql_calls(source))
-    assert len(calls[SQL_HOME][0]) > 20, "the scan found no statements: it has stopped looking"
+            calls[relative] = (lines, unsafe_sql_calls(source, passes_statements_through=relative == QUERY_HELPER_MODULE))
+    in_home = {path: len(lines) for path, (lines, _) in calls.items() if path.startswith(SQL_HOME) and lines}
+    assert sum(in_home.values()) > MIN_STATEMENTS_IN_HOME, f"the scan found few statements ({in_home}): it has stopped looking"
+    assert QUERY_HELPER_MODULE in in_home and len(in_home) >= 5, in_home
     assert {path: unsafe for path, (_, unsafe) in calls.items() if unsafe} == {}
-    elsewhere = [path for path, (lines, _) in calls.items() if lines and path != SQL_HOME and not path.startswith(SQL_ALLOWED_ELSEWHERE)]
+    elsewhere = [
+        path for path, (lines, _) in calls.items() if lines and not path.startswith(SQL_HOME) and not path.startswith(SQL_ALLOWED_ELSEWHERE)
+    ]
     assert elsewhere == []

@@ -6,7 +6,6 @@ Retry-After at once, instead of accepting work that would wait minutes.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -20,9 +19,10 @@ import pytest
 from PIL import Image
 
 from shared import upload_queue
-from shared.config import settings
-from tests import digits
-from tests.services import WebServer, unique_name
+from shared.db.connection import query
+from stack.scratch import unique_name
+from tests.support import digits
+from tests.support.services import WebServer, max_job_id, wait_for_jobs
 from web.app import create_app
 
 UPLOADS = 1000
@@ -47,37 +47,8 @@ def digit_pngs() -> list[bytes]:
     return pngs
 
 
-def max_job_id(conn) -> int:
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT coalesce(max(id), 0) FROM jobs")
-        (value,) = cursor.fetchone()
-    conn.commit()
-    return value
-
-
 def upload_jobs_after(conn, first_id: int) -> list[int]:
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT id FROM jobs WHERE id > %s AND kind = 'upload' ORDER BY id", (first_id,))
-        ids = [row[0] for row in cursor.fetchall()]
-    conn.commit()
-    return ids
-
-
-def results_per_job(conn, job_ids: list[int]) -> dict[int, tuple[str, int, int]]:
-    """{job id: (status, predictions, failures)} as the rows say."""
-    with conn.cursor() as cursor:
-        cursor.execute(
-            """
-            SELECT j.id, j.status,
-                   (SELECT count(*) FROM predictions p WHERE p.job_id = j.id),
-                   (SELECT count(*) FROM job_failures f WHERE f.job_id = j.id)
-            FROM jobs j WHERE j.id = ANY(%s)
-            """,
-            (job_ids,),
-        )
-        rows = {row[0]: row[1:] for row in cursor.fetchall()}
-    conn.commit()
-    return rows
+    return [row[0] for row in query(conn, "SELECT id FROM jobs WHERE id > %s AND kind = 'upload' ORDER BY id", (first_id,))]
 
 
 def post_upload(url: str, body: bytes) -> tuple[int, dict, str | None]:
@@ -90,11 +61,11 @@ def post_upload(url: str, body: bytes) -> tuple[int, dict, str | None]:
         return error.code, json.load(error), error.headers.get("Retry-After")
 
 
-def test_a_full_upload_queue_answers_429_with_retry_after_and_stores_nothing(conn, digit_pngs):
-    config = dataclasses.replace(settings(), queue_prefix=unique_name("mnistq-full"), max_queued_uploads=2)
+def test_a_full_upload_queue_answers_429_with_retry_after_and_stores_nothing(conn, settings, digit_pngs):
+    config = settings.replace(queue_prefix=unique_name("mnistq-full"), max_queued_uploads=2)
     upload_queue.enqueue(config, 0, [0] * config.max_queued_uploads)  # nobody consumes this private queue
     try:
-        client = create_app({"TESTING": True, "WTF_CSRF_ENABLED": False, "MNIST_SETTINGS": config}).test_client()
+        client = create_app({"TESTING": True, "WTF_CSRF_ENABLED": False}, settings=config).test_client()
         before = max_job_id(conn)
         api = client.post("/api/predictions", data=digit_pngs[0], content_type="image/png")
         assert api.status_code == 429 and api.json["status"] == 429 and "try again" in api.json["error"]
@@ -106,7 +77,9 @@ def test_a_full_upload_queue_answers_429_with_retry_after_and_stores_nothing(con
         upload_queue.client(config.redis_url).delete(upload_queue.queue_name(config))
 
 
-def test_a_thousand_uploads_each_get_an_answer_and_every_accepted_one_its_prediction(worker, worker_env, conn, digit_pngs, tmp_path):
+def test_a_thousand_uploads_each_get_an_answer_and_every_accepted_one_its_prediction(
+    worker, worker_env, conn, settings, digit_pngs, tmp_path
+):
     server = WebServer({**worker_env, "MAX_QUEUED_UPLOADS": str(QUEUE_BOUND)}, tmp_path / "web.log", workers=2)
     try:
         server.wait_ready()
@@ -134,15 +107,12 @@ def test_a_thousand_uploads_each_get_an_answer_and_every_accepted_one_its_predic
     assert len(accepted) > QUEUE_BOUND, "uploads were not accepted again once the worker drained the queue"
     assert upload_jobs_after(conn, first_id) == accepted  # a refused upload left no job behind
 
-    deadline = time.monotonic() + PREDICTION_TIMEOUT_SECONDS
-    results = results_per_job(conn, accepted)
-    while any(status != "done" for status, _, _ in results.values()) and time.monotonic() < deadline:
-        time.sleep(0.5)
-        results = results_per_job(conn, accepted)
+    results = wait_for_jobs(conn, accepted, PREDICTION_TIMEOUT_SECONDS)  # (status, counted, predictions, failures)
     predict_seconds = time.monotonic() - started
-    assert {job: result for job, result in results.items() if result != ("done", 1, 0)} == {}
+    assert {job: result for job, result in results.items() if result != ("done", 1, 1, 0)} == {}
+    assert len(results) == len(accepted)
     print(
         f"\noverload: {UPLOADS} uploads in {submit_seconds:.1f} s, {len(accepted)} accepted, {len(refused)} refused (429),"
         f" {len(results)} predicted exactly once, all done after {predict_seconds:.1f} s"
     )
-    assert upload_queue.waiting(settings()) == 0
+    assert upload_queue.waiting(settings) == 0

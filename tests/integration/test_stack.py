@@ -16,14 +16,15 @@ from pathlib import Path
 
 import redis
 
-from shared import db
+from shared.db import connection
+from shared.db import jobs as job_store
 from shared.images import png_bytes
 from stack import embedded
 from stack.demo import run_demo
-from stack.processes import http_ok
+from stack.processes import free_port, http_ok
 from stack.state import StackState, load_state, pid_alive
-from tests.digits import mnist_test_digits
-from tests.services import PROJECT_ROOT
+from tests.support.digits import mnist_test_digits
+from tests.support.services import PROJECT_ROOT
 
 STACK_START_SECONDS = 180
 MARKER_KEY = "stack-test-marker"
@@ -74,7 +75,7 @@ def running_stack(env: dict[str, str], *up_args: str) -> Iterator[StackState]:
 
 
 def test_embedded_stack_predicts_and_keeps_its_data_across_a_restart(tmp_path):
-    env = {**stack_env(tmp_path / "stack"), "WEB_PORT": str(embedded.free_port())}
+    env = {**stack_env(tmp_path / "stack"), "WEB_PORT": str(free_port())}
     with running_stack(env, "--workers", "1") as state:
         assert state.embedded_postgres and state.embedded_redis
         assert state.web_url == f"http://127.0.0.1:{env['WEB_PORT']}" and http_ok(f"{state.web_url}/readyz")()
@@ -92,12 +93,9 @@ def test_embedded_stack_predicts_and_keeps_its_data_across_a_restart(tmp_path):
         redis.Redis.from_url(state.redis_url).set(MARKER_KEY, "kept")
 
     with running_stack({**env, "WEB_PORT": ""}, "--no-web", "--workers", "0") as state:
-        conn = db.connect(state.database_url)
-        try:
-            assert db.rows_for_job(conn, result.job_id) == (IMAGES, IMAGES, 0)
-            assert db.get_job(conn, result.job_id)["status"] == "done"
-        finally:
-            conn.close()
+        with contextlib.closing(connection.connect(state.database_url)) as conn:
+            assert job_store.rows_for_job(conn, result.job_id) == (IMAGES, IMAGES, 0)
+            assert job_store.get_job(conn, result.job_id)["status"] == "done"
         assert redis.Redis.from_url(state.redis_url).get(MARKER_KEY) == b"kept"
         psql = subprocess.run(
             embedded.psql_command(state.database_url), input="SELECT count(*) FROM input_data;", capture_output=True, text=True

@@ -7,15 +7,22 @@ with a log line, and the consumer goes on.
 import numpy as np
 import pytest
 
-from shared import db, upload_queue
-from shared.config import Settings, settings
+from shared import upload_queue
+from shared.config import Settings
+from shared.db import jobs as job_store
+from shared.db import queries
+from shared.db.progress import wait_for_job
 from shared.images import encode_image
-from tests.services import unique_name, wait_for_job
-from worker.batch import MAX_ATTEMPTS
+from shared.jobs import MAX_DELIVERIES, submit_upload
+from stack.scratch import unique_name
+from tests.support.services import max_job_id
+
+IMAGE = encode_image(np.full((28, 28), 5, np.uint8))
 
 
-def new_upload(conn, value: int = 5) -> tuple[int, int]:
-    return db.create_upload_job(conn, encode_image(np.full((28, 28), value, np.uint8)), [28, 28], "m", {"upload": None})
+def new_upload(conn) -> tuple[int, int]:
+    """An upload job whose queue entry the test writes itself: deliberately not enqueued."""
+    return job_store.create_upload_job(conn, IMAGE, [28, 28], "m", {"upload": None})
 
 
 def hold(config: Settings, consumer: str, *entries: str) -> None:
@@ -58,33 +65,39 @@ def test_a_consumer_that_leaves_hands_back_what_it_holds_unmarked(private_queue)
     assert connection.smembers(upload_queue.consumers_key(config)) == set()
 
 
-def test_an_upload_held_by_a_consumer_that_died_is_predicted_once(worker, conn):
+def test_an_upload_held_by_a_consumer_that_died_is_predicted_once(worker, conn, settings):
     job_id, image_id = new_upload(conn)
-    hold(settings(), unique_name("dead"), upload_queue.encode_entry(job_id, image_id))
+    dead = unique_name("dead")
+    hold(settings, dead, upload_queue.encode_entry(job_id, image_id))
     job = wait_for_job(conn, job_id, timeout=30)
     assert (job["status"], job["done_count"], job["failed_count"]) == ("done", 1, 0)
-    assert db.rows_for_job(conn, job_id) == (1, 1, 0)
-    assert "took back 1 uploads held by consumers that died" in worker.log_path.read_text()  # not the slower sweeper
+    assert job_store.rows_for_job(conn, job_id) == (1, 1, 0)
+    # Taken back from the dead consumer by the live one (the slower sweeper would have left both behind).
+    connection = upload_queue.client(settings.redis_url)
+    assert not connection.exists(upload_queue.processing_list(settings, dead))
+    assert dead.encode() not in connection.smembers(upload_queue.consumers_key(settings))
 
 
-def test_an_upload_that_killed_consumers_too_often_is_failed_not_tried_again(worker, conn):
+def test_an_upload_that_killed_consumers_too_often_is_failed_not_tried_again(worker, conn, settings):
     job_id, image_id = new_upload(conn)
-    entry = upload_queue.encode_entry(job_id, image_id, deaths=MAX_ATTEMPTS)
-    upload_queue.client(settings().redis_url).lpush(upload_queue.queue_name(settings()), entry)
+    entry = upload_queue.encode_entry(job_id, image_id, deaths=MAX_DELIVERIES)
+    upload_queue.client(settings.redis_url).lpush(upload_queue.queue_name(settings), entry)
     job = wait_for_job(conn, job_id, timeout=30)
     assert (job["status"], job["done_count"], job["failed_count"]) == ("done", 0, 1)
-    assert db.job_failures(conn, job_id) == [(image_id, f"gave up after {MAX_ATTEMPTS} attempts: the worker died on this image")]
+    assert queries.job_failures(conn, job_id) == [(image_id, f"gave up after {MAX_DELIVERIES} attempts: the worker died on this image")]
 
 
-def test_entries_that_are_not_ours_or_name_no_job_are_dropped_and_the_consumer_goes_on(worker, conn):
-    job_id, image_id = new_upload(conn)
-    missing_job = job_id + 1_000_000
-    queue = upload_queue.queue_name(settings())
-    upload_queue.client(settings().redis_url).lpush(queue, b"not an entry", upload_queue.encode_entry(missing_job, image_id))
-    upload_queue.enqueue(settings(), job_id, [image_id])
+def test_entries_that_are_not_ours_or_name_no_job_are_dropped_and_the_consumer_goes_on(worker, conn, settings):
+    missing_job, image_id = max_job_id(conn) + 1_000_000, 9_000_000_001
+    queue = upload_queue.queue_name(settings)
+    garbage = (b"not an entry", upload_queue.encode_entry(missing_job, image_id).encode())
+    upload_queue.client(settings.redis_url).lpush(queue, *garbage)
+    job_id = submit_upload(conn, settings, IMAGE, "m", {"upload": None})  # queued behind both
 
     assert wait_for_job(conn, job_id, timeout=30)["done_count"] == 1
-    assert db.rows_for_job(conn, missing_job) == (None, 0, 0)
+    assert job_store.rows_for_job(conn, missing_job) == (None, 0, 0)
+    assert not set(garbage) & set(upload_queue.client(settings.redis_url).lrange(queue, 0, -1))
+    # The log line is the promised outcome for an entry that is dropped: nothing else records it.
     log = worker.log_path.read_text()
     assert "dropping b'not an entry', which is not an upload queue entry" in log
     assert f"job {missing_job} does not exist; dropping upload of image {image_id}" in log

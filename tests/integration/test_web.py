@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import re
 import struct
@@ -15,13 +14,15 @@ import pytest
 from PIL import Image
 
 from producer import ingest
-from shared import db, upload_queue
-from shared.config import settings
+from shared import broker, jobs, upload_queue
+from shared.db import connection, progress
+from shared.db import images as image_store
+from shared.db import jobs as job_store
+from shared.db.images import ImageRow
 from shared.images import encode_image
 from shared.model_info import model_version
-from shared.tasks import bulk_queue, celery_app, enqueue_batches
-from tests import digits
-from tests.services import PROJECT_ROOT, table_counts, wait_for_job
+from tests.support import digits
+from tests.support.services import PROJECT_ROOT, table_counts
 from web.app import create_app
 
 WAIT = "20"  # seconds the API may hold a request while the worker predicts
@@ -29,9 +30,12 @@ SMALL_LIMIT = 64 * 1024
 BULK_IMAGES, SMALL_BATCH = 1000, 16  # 63 batches ahead of the upload
 
 
+TEST_CONFIG = {"TESTING": True, "WTF_CSRF_ENABLED": False, "MAX_CONTENT_LENGTH": SMALL_LIMIT}
+
+
 @pytest.fixture
-def app():
-    return create_app({"TESTING": True, "WTF_CSRF_ENABLED": False, "MAX_CONTENT_LENGTH": SMALL_LIMIT})
+def app(settings):
+    return create_app(TEST_CONFIG, settings=settings)
 
 
 @pytest.fixture
@@ -97,25 +101,23 @@ def test_healthz_and_readyz(client):
         ({"model_path": PROJECT_ROOT / "models" / "missing.keras"}, "model"),
     ],
 )
-def test_readyz_names_the_dependency_that_is_down(override, failing):
-    config = dataclasses.replace(settings(), **override)
-    response = create_app({"TESTING": True, "MNIST_SETTINGS": config}).test_client().get("/readyz")
+def test_readyz_names_the_dependency_that_is_down(settings, override, failing):
+    response = create_app({"TESTING": True}, settings=settings.replace(**override)).test_client().get("/readyz")
     assert response.status_code == 503
     assert response.json["failing"] == [failing] and response.json["error"].startswith(f"{failing} unavailable")
 
 
-def test_database_down_is_a_503_not_a_500(seven_png):
-    config = dataclasses.replace(settings(), database_url="postgresql://postgres@127.0.0.1:1/none")
-    client = create_app({"TESTING": True, "MNIST_SETTINGS": config}).test_client()
+def test_database_down_is_a_503_not_a_500(settings, seven_png):
+    config = settings.replace(database_url="postgresql://postgres@127.0.0.1:1/none")
+    client = create_app({"TESTING": True}, settings=config).test_client()
     page = client.get("/jobs")
     assert page.status_code == 503 and b"database is unavailable" in page.data
     api = client.post("/api/predictions", data=seven_png, content_type="image/png")
     assert api.status_code == 503 and "database" in api.json["error"]
 
 
-def test_broker_down_is_a_503_and_leaves_no_job_behind(conn, seven_png):
-    config = dataclasses.replace(settings(), redis_url="redis://127.0.0.1:1/0")
-    client = create_app({"TESTING": True, "MNIST_SETTINGS": config}).test_client()
+def test_broker_down_is_a_503_and_leaves_no_job_behind(settings, conn, seven_png):
+    client = create_app({"TESTING": True}, settings=settings.replace(redis_url="redis://127.0.0.1:1/0")).test_client()
     before = table_counts(conn)
     response = client.post("/api/predictions", data=seven_png, content_type="image/png")
     assert response.status_code == 503 and "broker" in response.json["error"]
@@ -143,7 +145,7 @@ assert not heavy, heavy
 
 
 def test_an_upload_no_worker_has_taken_answers_202_queued(private_queue, seven_png):
-    client = create_app({"TESTING": True, "MNIST_SETTINGS": private_queue}).test_client()
+    client = create_app({"TESTING": True}, settings=private_queue).test_client()
     accepted = client.post("/api/predictions", data=seven_png, content_type="image/png")
     assert accepted.status_code == 202
     body = accepted.json
@@ -177,10 +179,21 @@ def test_raw_body_upload_with_wait_returns_the_result(worker, client, seven_png)
     assert response.json["status"] == "done" and response.json["label"] == 7
 
 
-def test_upload_job_goes_to_the_upload_queue_as_an_upload_job(client, conn, seven_png):
-    prediction_id = client.post("/api/predictions", data=seven_png, content_type="application/octet-stream").json["id"]
-    job = db.get_job(conn, prediction_id)
+def test_upload_job_goes_to_the_upload_queue_as_an_upload_job(private_queue, conn, seven_png):
+    client = create_app(TEST_CONFIG, settings=private_queue).test_client()
+    # One more image than jobs, so that even in a fresh database the job and image ids differ.
+    image_store.insert_images(conn, [ImageRow(encode_image(np.zeros((28, 28), np.uint8)), None, [28, 28], "upload", None, None)])
+    accepted = client.post("/api/predictions", data=seven_png, content_type="application/octet-stream")
+    assert accepted.status_code == 202
+    job_id = accepted.json["id"]
+    job = job_store.get_job(conn, job_id)
     assert (job["kind"], job["total_images"]) == ("upload", 1)
+    [image_id] = job_store.unfinished_image_ids(conn, job_id)
+    # One entry "job:image" waits on the upload list, and nothing on the bulk queue.
+    waiting = upload_queue.client(private_queue.redis_url).lrange(upload_queue.queue_name(private_queue), 0, -1)
+    assert waiting == [f"{job_id}:{image_id}".encode()]
+    assert upload_queue.decode_entry(waiting[0]) == (job_id, image_id, 0)
+    assert broker.queued_messages(broker.celery_app(private_queue), broker.bulk_queue(private_queue)) == 0
 
 
 @pytest.mark.parametrize("name", BAD_PICTURES)
@@ -252,7 +265,7 @@ def test_wrong_method_is_a_json_405(client, method, url):
 
 
 def test_unknown_predictions_are_404(client, conn):
-    bulk_job = db.create_job(conn, [1], "model-x", {})
+    bulk_job = job_store.create_job(conn, [1], "model-x", {})  # never enqueued: it only has to exist
     for url in ["/api/predictions/987654321", f"/api/predictions/{bulk_job}", "/api/predictions/abc", f"/api/predictions/{2**64}"]:
         response = client.get(url)
         assert response.status_code == 404 and response.json["error"], url
@@ -264,11 +277,11 @@ def test_unknown_predictions_are_404(client, conn):
 
 def test_job_api_runs_a_selection_and_reports_accuracy(worker, client, conn):
     images, labels = digits.mnist_test_digits(50)
-    db.insert_images(conn, list(ingest.mnist_rows(images, labels, "test")))  # already there when the pipeline test ran
+    image_store.insert_images(conn, list(ingest.mnist_rows(images, labels, "test")))  # already there when the pipeline test ran
     accepted = client.post("/api/jobs", json={"split": "test", "limit": 50})
     assert accepted.status_code == 202 and accepted.json["total_images"] == 50
     job_id = accepted.json["id"]
-    wait_for_job(conn, job_id)
+    assert progress.wait_for_job(conn, job_id)["status"] == "done"
     summary = client.get(accepted.json["status_url"]).json
     assert summary["status"] == "done" and summary["progress"] == 1.0
     assert summary["labelled"] == 50 and summary["accuracy"] >= 0.95
@@ -325,13 +338,13 @@ def test_form_upload_redirects_to_a_result_page_that_refreshes_until_done(worker
 
 def test_result_page_refreshes_while_queued(client, conn):
     # Created without being enqueued: it stays queued.
-    job_id, _ = db.create_upload_job(conn, encode_image(np.eye(28, dtype=np.uint8) * 255), [28, 28], "model-x", {})
+    job_id, _ = job_store.create_upload_job(conn, encode_image(np.eye(28, dtype=np.uint8) * 255), [28, 28], "model-x", {})
     page = client.get(f"/predictions/{job_id}")
     assert page.status_code == 200 and 'http-equiv="refresh"' in page.text and "Waiting" in page.text
 
 
-def test_form_needs_a_csrf_token(conn, seven_png):
-    client = create_app({"TESTING": True}).test_client()
+def test_form_needs_a_csrf_token(settings, conn, seven_png):
+    client = create_app({"TESTING": True}, settings=settings).test_client()
     before = table_counts(conn)
     refused = client.post("/predict", data={"image": (io.BytesIO(seven_png), "seven.png")})
     assert refused.status_code == 400 and "reload the page" in refused.text
@@ -345,21 +358,21 @@ def test_form_needs_a_csrf_token(conn, seven_png):
 
 
 @pytest.fixture(scope="module")
-def finished_job(worker, database_url):
+def finished_job(worker, settings):
     """A bulk job over three MNIST digits, one of them stored with a wrong true label."""
-    conn = db.connect(database_url)
+    conn = connection.connect(settings.database_url)
     images, labels = digits.mnist_test_digits(3)
     index = int(np.random.default_rng().integers(1_000_000, 2_000_000_000))
     wrong_label = (int(labels[0]) + 1) % 10
-    rows = [db.ImageRow(encode_image(images[0]), wrong_label, [28, 28], "train", index, None)]
+    rows = [ImageRow(encode_image(images[0]), wrong_label, [28, 28], "train", index, None)]
     rows += [
-        db.ImageRow(encode_image(image), int(label), [28, 28], "train", index + k, None)
+        ImageRow(encode_image(image), int(label), [28, 28], "train", index + k, None)
         for k, (image, label) in enumerate(zip(images[1:], labels[1:], strict=True), start=1)
     ]
-    ids = db.insert_images(conn, rows)
-    job_id = db.create_job(conn, ids, model_version(settings().model_path), {"ids": len(ids)})
-    enqueue_batches(celery_app(settings()), job_id, ids, 8, bulk_queue(settings()))
-    assert wait_for_job(conn, job_id)["status"] == "done"
+    ids = image_store.insert_images(conn, rows)
+    selection = jobs.Selection(image_ids=tuple(ids))
+    job_id = jobs.submit_job(conn, broker.celery_app(settings), settings, selection, model_version(settings.model_path), 8).id
+    assert progress.wait_for_job(conn, job_id)["status"] == "done"
     conn.close()
     return {"job": job_id, "ids": ids, "wrong_label": wrong_label, "digit": int(labels[1])}
 
@@ -394,7 +407,9 @@ def test_low_confidence_page_takes_a_threshold(client, finished_job):
 
 def test_browse_shows_the_newest_images_of_one_digit_first(worker, client, conn, seven_png):
     index = int(np.random.default_rng().integers(1_000_000, 2_000_000_000))
-    labelled = db.insert_images(conn, [db.ImageRow(encode_image(np.eye(28, dtype=np.uint8) * 255), 7, [28, 28], "train", index, None)])[0]
+    labelled = image_store.insert_images(
+        conn, [ImageRow(encode_image(np.eye(28, dtype=np.uint8) * 255), 7, [28, 28], "train", index, None)]
+    )[0]
     by_label = client.get("/browse?digit=7")
     assert by_label.status_code == 200 and f"/images/{labelled}.png" in by_label.text
 
@@ -426,26 +441,25 @@ def test_bad_page_parameters_get_a_readable_400(client, url):
 
 def test_image_endpoint_renders_the_stored_28x28_image(client, conn):
     array = (np.arange(784) % 256).astype(np.uint8).reshape(28, 28)
-    image_id = db.insert_images(conn, [db.ImageRow(encode_image(array), None, [28, 28], "upload", None, None)])[0]
+    image_id = image_store.insert_images(conn, [ImageRow(encode_image(array), None, [28, 28], "upload", None, None)])[0]
     response = client.get(f"/images/{image_id}.png")
     assert response.status_code == 200 and response.mimetype == "image/png"
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(response.data))), array)
 
-    corrupt_id = db.insert_images(conn, [db.ImageRow(b"\x93NUMPY nonsense", None, [28, 28], "upload", None, None)])[0]
+    corrupt_id = image_store.insert_images(conn, [ImageRow(b"\x93NUMPY nonsense", None, [28, 28], "upload", None, None)])[0]
     assert client.get(f"/images/{corrupt_id}.png").status_code == 404
     assert client.get("/images/987654321.png").status_code == 404
 
 
-def test_an_upload_overtakes_a_large_bulk_job(worker, client, conn, seven_png):
+def test_an_upload_overtakes_a_large_bulk_job(worker, settings, client, conn, seven_png):
     images, labels = digits.mnist_test_digits(BULK_IMAGES)
-    db.insert_images(conn, list(ingest.mnist_rows(images, labels, "test")))
-    image_ids = db.select_image_ids(conn, split="test", limit=BULK_IMAGES)
-    config = settings()
-    bulk_job = db.create_job(conn, image_ids, model_version(config.model_path), {"split": "test"})
-    enqueue_batches(celery_app(config), bulk_job, image_ids, SMALL_BATCH, bulk_queue(config))
+    image_store.insert_images(conn, list(ingest.mnist_rows(images, labels, "test")))
+    selection = jobs.Selection(split="test", limit=BULK_IMAGES)
+    bulk_job = jobs.submit_job(conn, broker.celery_app(settings), settings, selection, model_version(settings.model_path), SMALL_BATCH)
+    assert bulk_job.batches == BULK_IMAGES // SMALL_BATCH + 1
 
     upload = client.post(f"/api/predictions?wait={WAIT}", data=seven_png, content_type="image/png")
     assert upload.status_code == 200
-    finished_upload = db.get_job(conn, upload.json["id"])["finished_at"]
-    bulk = wait_for_job(conn, bulk_job)
+    finished_upload = job_store.get_job(conn, upload.json["id"])["finished_at"]
+    bulk = progress.wait_for_job(conn, bulk_job.id)
     assert bulk["status"] == "done" and finished_upload < bulk["finished_at"]

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared import db
-from shared.config import settings
+from shared import broker, jobs
+from shared.db import images as image_store
+from shared.db import progress, queries
+from shared.db.images import ImageRow
 from shared.images import encode_image
 from shared.model_info import model_version
 from shared.reports import confusion_matrix
-from shared.tasks import bulk_queue, celery_app, enqueue_batches
-from tests import digits
-from tests.services import wait_for_job
+from tests.support import digits
 from web.app import create_app
 
 DIGITS = 200
@@ -21,11 +21,11 @@ REQUIRED_SHARE_OF_DIRECT_RATE = 0.97
 WAIT_SECONDS = "30"
 
 
-def test_rendered_digits_are_recognised_at_97_percent_of_the_direct_rate(worker, conn):
+def test_rendered_digits_are_recognised_at_97_percent_of_the_direct_rate(worker, settings, conn):
     images, labels = digits.mnist_test_digits(DIGITS, start=FIRST_DIGIT)
-    direct_rate = direct_recognition_rate(conn, images, labels)
+    direct_rate = direct_recognition_rate(conn, settings, images, labels)
 
-    client = create_app({"TESTING": True}).test_client()
+    client = create_app({"TESTING": True}, settings=settings).test_client()
     rng = np.random.default_rng(FIRST_DIGIT)
     prediction_urls = []
     for image in images:
@@ -40,17 +40,16 @@ def test_rendered_digits_are_recognised_at_97_percent_of_the_direct_rate(worker,
     assert web_rate >= REQUIRED_SHARE_OF_DIRECT_RATE * direct_rate
 
 
-def direct_recognition_rate(conn, images: np.ndarray, labels: np.ndarray) -> float:
+def direct_recognition_rate(conn, settings, images: np.ndarray, labels: np.ndarray) -> float:
     """The same digits stored as they are and predicted as one bulk job."""
     first_index = int(np.random.default_rng().integers(1_000_000, 2_000_000_000))
     rows = [
-        db.ImageRow(encode_image(image), int(label), [28, 28], "train", first_index + offset, None)
+        ImageRow(encode_image(image), int(label), [28, 28], "train", first_index + offset, None)
         for offset, (image, label) in enumerate(zip(images, labels, strict=True))
     ]
-    image_ids = db.insert_images(conn, rows)
-    config = settings()
-    job_id = db.create_job(conn, image_ids, model_version(config.model_path), {"ids": len(image_ids)})
-    enqueue_batches(celery_app(config), job_id, image_ids, config.batch_size, bulk_queue(config))
-    assert wait_for_job(conn, job_id)["status"] == "done"
-    confusion = confusion_matrix(db.label_pair_counts(conn, job_id))
+    image_ids = image_store.insert_images(conn, rows)
+    selection = jobs.Selection(image_ids=tuple(image_ids))
+    job_id = jobs.submit_job(conn, broker.celery_app(settings), settings, selection, model_version(settings.model_path)).id
+    assert progress.wait_for_job(conn, job_id)["status"] == "done"
+    confusion = confusion_matrix(queries.label_pair_counts(conn, job_id))
     return float(np.trace(confusion) / confusion.sum())

@@ -1,33 +1,43 @@
 """``python -m worker``: a bulk worker and an upload consumer that start and stop as one."""
 
-import dataclasses
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from shared import db, upload_queue
-from shared.config import settings
+from shared import broker, jobs
+from shared.config import load_settings
+from shared.db import images as image_store
+from shared.db.images import ImageRow
+from shared.db.progress import wait_for_job
 from shared.images import encode_image
-from shared.tasks import bulk_queue, celery_app, enqueue_batches
-from tests import services
+from stack.scratch import unique_name
+from tests.support import services
+
+IMAGE = encode_image(np.zeros((28, 28), np.uint8))
+
+
+def child_commands(pid: int) -> list[list[str]]:
+    """The command lines of a process's children."""
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")[:-1] for child in found.stdout.split()]
 
 
 def test_both_workers_serve_their_queue_and_stop_together(worker_env, conn, tmp_path):
-    env = {**worker_env, "QUEUE_PREFIX": services.unique_name("mnistq-main")}
+    env = {**worker_env, "QUEUE_PREFIX": unique_name("mnistq-main")}
+    config = load_settings(env)
     process = services.Workers(env, tmp_path / "worker.log")
     try:
         process.wait_ready()
-        ids = db.insert_images(conn, [db.ImageRow(encode_image(np.zeros((28, 28), np.uint8)), None, [28, 28], "upload", None, None)])
-        bulk_job, upload_job = (db.create_job(conn, ids, "m", {}, kind=kind) for kind in ("bulk", "upload"))
-        config = dataclasses.replace(settings(), queue_prefix=env["QUEUE_PREFIX"])
-        enqueue_batches(celery_app(config), bulk_job, ids, 1, bulk_queue(config))
-        upload_queue.enqueue(config, upload_job, ids)
-        for job_id in (bulk_job, upload_job):
-            assert services.wait_for_job(conn, job_id, timeout=30)["status"] == "done"
-        log = process.log_path.read_text()
-        assert "bulk-" in log and "upload consumer" in log
+        # Two children, each a lane of its own: the bulk Celery worker and the upload consumer.
+        assert sorted(command[1:3] for command in child_commands(process.pid)) == [["-m", "worker.bulk"], ["-m", "worker.uploads"]]
+        ids = image_store.insert_images(conn, [ImageRow(IMAGE, None, [28, 28], "upload", None, None)])
+        bulk_job = jobs.submit_job(conn, broker.celery_app(config), config, jobs.Selection(image_ids=tuple(ids)), "m", 1).id
+        upload_job = jobs.submit_upload(conn, config, IMAGE, "m", {"upload": None})
+        for job_id in (bulk_job, upload_job):  # each can only have been served by its own lane
+            assert wait_for_job(conn, job_id, timeout=30)["status"] == "done"
 
         process.process.send_signal(signal.SIGTERM)
         assert process.process.wait(timeout=60) == 0
@@ -38,9 +48,10 @@ def test_both_workers_serve_their_queue_and_stop_together(worker_env, conn, tmp_
 
 
 def test_the_health_check_passes_while_the_upload_consumer_runs_and_fails_without_one(worker, worker_env):
+    # Its exit status is what Docker acts on; its one line of output is what an operator reads.
     healthy = subprocess.run([sys.executable, "-m", "worker.health"], env=worker_env, capture_output=True, text=True, timeout=30)
     assert healthy.returncode == 0 and "healthy: upload consumer" in healthy.stdout
-    no_consumer = {**worker_env, "QUEUE_PREFIX": services.unique_name("mnistq-nobody")}
+    no_consumer = {**worker_env, "QUEUE_PREFIX": unique_name("mnistq-nobody")}
     unhealthy = subprocess.run([sys.executable, "-m", "worker.health"], env=no_consumer, capture_output=True, text=True, timeout=30)
     assert unhealthy.returncode == 1 and "no upload consumer of this host" in unhealthy.stderr
     redis_down = {**worker_env, "REDIS_URL": f"redis://127.0.0.1:{services.free_port()}/0"}

@@ -6,10 +6,14 @@ its children), started with the same commands as the stack and the containers us
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
+import subprocess
 import sys
+import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +21,8 @@ import psycopg2
 import redis
 
 from shared.config import PROJECT_ROOT
-from shared.db.connection import query_one
+from shared.db import progress
+from shared.db.connection import query, query_one
 from shared.db.results import PredictionBatch
 from shared.digits import NUM_CLASSES
 from stack import scratch
@@ -25,6 +30,9 @@ from stack.processes import ChildProcess, free_port, signal_group
 
 WORKER_READY_SECONDS = 90
 WEB_READY_SECONDS = 30
+ENTRYPOINT = PROJECT_ROOT / "docker" / "entrypoint.sh"
+# How often wait_for_jobs looks again (and runs its while_waiting) when no notice comes.
+WAKE_SECONDS = 0.2
 
 __all__ = ["PROJECT_ROOT", "ChildProcess", "free_port"]
 
@@ -119,9 +127,56 @@ def table_counts(conn: psycopg2.extensions.connection) -> tuple[int, int]:
     return tuple(query_one(conn, "SELECT (SELECT count(*) FROM input_data), (SELECT count(*) FROM jobs)"))
 
 
+def max_job_id(conn: psycopg2.extensions.connection) -> int:
+    """The newest job's id (0 for none): ids beyond it name no job, and jobs after it are new."""
+    return query_one(conn, "SELECT coalesce(max(id), 0) FROM jobs")[0]
+
+
 def prediction_batch(image_ids: list[int], labels: int | list[int], confidence: float) -> PredictionBatch:
     """Predictions as a worker would store them: ``confidence`` on each label, the rest spread evenly."""
     labels = [labels] * len(image_ids) if isinstance(labels, int) else labels
     probabilities = np.full((len(image_ids), NUM_CLASSES), (1 - confidence) / (NUM_CLASSES - 1), dtype=np.float32)
     probabilities[np.arange(len(image_ids)), labels] = confidence
     return PredictionBatch.of(image_ids, probabilities)
+
+
+def job_outcomes(conn: psycopg2.extensions.connection, job_ids: Sequence[int]) -> dict[int, tuple[str, int, int, int]]:
+    """Per job: (status, results its counters count, prediction rows, failure rows)."""
+    rows = query(
+        conn,
+        """
+        SELECT j.id, j.status, j.done_count + j.failed_count,
+               (SELECT count(*) FROM predictions p WHERE p.job_id = j.id),
+               (SELECT count(*) FROM job_failures f WHERE f.job_id = j.id)
+        FROM jobs j WHERE j.id = ANY(%s)
+        """,
+        (list(job_ids),),
+    )
+    return {job_id: tuple(rest) for job_id, *rest in rows}
+
+
+def wait_for_jobs(
+    conn: psycopg2.extensions.connection, job_ids: Sequence[int], timeout: float, while_waiting: Callable[[], None] | None = None
+) -> dict[int, tuple[str, int, int, int]]:
+    """``job_outcomes`` once every job is done, or when ``timeout`` has passed; woken by the workers' notices.
+
+    ``while_waiting`` runs at least every WAKE_SECONDS meanwhile (to restart a process that died, say).
+    """
+    deadline = time.monotonic() + timeout
+    with progress.listening(conn):
+        outcomes = job_outcomes(conn, job_ids)
+        while any(status != "done" for status, *_ in outcomes.values()) and time.monotonic() < deadline:
+            if while_waiting is not None:
+                while_waiting()
+            progress.wait_for_progress(conn, min(WAKE_SECONDS, max(0.0, deadline - time.monotonic())))
+            outcomes = job_outcomes(conn, job_ids)
+    return outcomes
+
+
+def run_entrypoint(database_url: str, schema_database_url: str | None, *command: str) -> subprocess.CompletedProcess:
+    """The worker image's entrypoint (docker/entrypoint.sh) as a real process, with this virtualenv's python first on PATH."""
+    env = {name: value for name, value in os.environ.items() if name not in {"SCHEMA_DATABASE_URL", "MNIST_PRODUCTION"}}
+    env |= {"DATABASE_URL": database_url, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"}
+    if schema_database_url is not None:
+        env["SCHEMA_DATABASE_URL"] = schema_database_url
+    return subprocess.run([str(ENTRYPOINT), *command], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)

@@ -1,36 +1,39 @@
-"""Settings: development defaults work locally and are refused when MNIST_PRODUCTION is on."""
+"""Settings: development defaults work locally, a .env file is read under the process environment,
+and development defaults are refused when MNIST_PRODUCTION is on."""
 
 from __future__ import annotations
 
 import pytest
 
-from shared.config import DEFAULT_DATABASE_URL, DEVELOPMENT_SECRET_KEY, load_settings
+from shared import config
+from shared.config import DEFAULT_DATABASE_URL, DEVELOPMENT_SECRET_KEY, Settings, load_settings
 
 PRODUCTION_SECRET = "a-long-random-value-from-the-deployment-secret-store"
 PRODUCTION_DATABASE_URL = "postgresql://mnist_app:Zq8vX1r7kPz4@db:5432/mnist"
 PRODUCTION_OWNER_URL = "postgresql://mnist_owner:Vb3nQ9w2LmT6@db:5432/mnist"
+PRODUCTION = {"MNIST_PRODUCTION": "1", "SECRET_KEY": PRODUCTION_SECRET, "DATABASE_URL": PRODUCTION_DATABASE_URL}
+FILE_DATABASE_URL = "postgresql://from_file@db.example:5432/mnist"
+PROCESS_DATABASE_URL = "postgresql://from_process@db.example:5432/mnist"
 
 
-@pytest.fixture
-def production(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    monkeypatch.setenv("MNIST_PRODUCTION", "1")
-    monkeypatch.setenv("SECRET_KEY", PRODUCTION_SECRET)
-    monkeypatch.setenv("DATABASE_URL", PRODUCTION_DATABASE_URL)
-    monkeypatch.delenv("SCHEMA_DATABASE_URL", raising=False)
-    return monkeypatch
+def test_development_defaults_work_without_the_flag():
+    loaded = load_settings({})
+    assert (loaded.secret_key, loaded.database_url, loaded.production) == (DEVELOPMENT_SECRET_KEY, DEFAULT_DATABASE_URL, False)
+    assert loaded.max_queued_uploads == 1000
+    assert loaded == Settings()  # an environment that sets nothing gives every default
+    assert loaded.worker_niceness == 10  # bulk pool processes yield to uploads
 
 
-def test_development_defaults_work_without_the_flag(monkeypatch):
-    for name in ("MNIST_PRODUCTION", "SECRET_KEY", "DATABASE_URL", "MAX_QUEUED_UPLOADS"):
-        monkeypatch.delenv(name, raising=False)
-    config = load_settings()
-    assert (config.secret_key, config.database_url, config.production) == (DEVELOPMENT_SECRET_KEY, DEFAULT_DATABASE_URL, False)
-    assert config.max_queued_uploads == 1000
+def test_replace_changes_only_what_it_names(default_settings):
+    changed = default_settings.replace(queue_prefix="elsewhere", batch_size=7)
+    assert (changed.queue_prefix, changed.batch_size) == ("elsewhere", 7)
+    assert changed.replace(queue_prefix=default_settings.queue_prefix, batch_size=default_settings.batch_size) == default_settings
+    assert default_settings.queue_prefix == "mnist"  # frozen: the original is untouched
 
 
-def test_production_accepts_real_secrets(production):
-    config = load_settings()
-    assert config.production and config.secret_key == PRODUCTION_SECRET and config.database_url == PRODUCTION_DATABASE_URL
+def test_production_accepts_real_secrets():
+    loaded = load_settings(PRODUCTION)
+    assert loaded.production and loaded.secret_key == PRODUCTION_SECRET and loaded.database_url == PRODUCTION_DATABASE_URL
 
 
 @pytest.mark.parametrize(
@@ -46,28 +49,94 @@ def test_production_accepts_real_secrets(production):
     ],
     ids=["no secret", "dev secret", "no url", "default url", "password postgres", "password mnist-dev", "password password"],
 )
-def test_production_refuses_development_defaults(production, name, value, message):
-    production.setenv(name, value)
+def test_production_refuses_development_defaults(name, value, message):
     with pytest.raises(ValueError, match=message):
-        load_settings()
+        load_settings({**PRODUCTION, name: value})
 
 
-def test_init_db_uses_the_schema_owner_when_given(production):
-    assert load_settings().schema_database_url == PRODUCTION_DATABASE_URL
-    production.setenv("SCHEMA_DATABASE_URL", PRODUCTION_OWNER_URL)
-    config = load_settings()
-    assert (config.schema_database_url, config.database_url) == (PRODUCTION_OWNER_URL, PRODUCTION_DATABASE_URL)
+def test_init_db_uses_the_schema_owner_when_given():
+    assert load_settings(PRODUCTION).schema_database_url == PRODUCTION_DATABASE_URL
+    loaded = load_settings({**PRODUCTION, "SCHEMA_DATABASE_URL": PRODUCTION_OWNER_URL})
+    assert (loaded.schema_database_url, loaded.database_url) == (PRODUCTION_OWNER_URL, PRODUCTION_DATABASE_URL)
 
 
 @pytest.mark.parametrize("password", ["mnist", "changeme"])
-def test_production_refuses_a_development_password_for_the_schema_owner(production, password):
-    production.setenv("SCHEMA_DATABASE_URL", f"postgresql://mnist_owner:{password}@db:5432/mnist")
+def test_production_refuses_a_development_password_for_the_schema_owner(password):
     with pytest.raises(ValueError, match="SCHEMA_DATABASE_URL uses a development password"):
-        load_settings()
+        load_settings({**PRODUCTION, "SCHEMA_DATABASE_URL": f"postgresql://mnist_owner:{password}@db:5432/mnist"})
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "many"])
-def test_max_queued_uploads_must_be_a_positive_number(monkeypatch, value):
-    monkeypatch.setenv("MAX_QUEUED_UPLOADS", value)
+def test_max_queued_uploads_must_be_a_positive_number(value):
     with pytest.raises(ValueError, match="MAX_QUEUED_UPLOADS"):
+        load_settings({"MAX_QUEUED_UPLOADS": value})
+
+
+# --- the .env file --------------------------------------------------------------------
+
+
+@pytest.fixture
+def env_file(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """A .env file named by ENV_FILE, and a process environment that sets none of what it sets."""
+    path = tmp_path / "test.env"
+    path.write_text(f"DATABASE_URL={FILE_DATABASE_URL}\nBATCH_SIZE=77\n# a comment\nQUEUE_PREFIX=from-file\n")
+    monkeypatch.setenv("ENV_FILE", str(path))
+    for name in ("DATABASE_URL", "BATCH_SIZE", "QUEUE_PREFIX", "MNIST_PRODUCTION"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_the_env_file_named_by_env_file_is_read(env_file):
+    loaded = load_settings()
+    assert (loaded.database_url, loaded.batch_size, loaded.queue_prefix) == (FILE_DATABASE_URL, 77, "from-file")
+
+
+def test_the_process_environment_wins_over_the_env_file(env_file):
+    env_file.setenv("DATABASE_URL", PROCESS_DATABASE_URL)
+    loaded = load_settings()
+    assert (loaded.database_url, loaded.batch_size) == (PROCESS_DATABASE_URL, 77)
+
+
+def test_an_empty_env_file_setting_ignores_the_file(env_file):
+    env_file.setenv("ENV_FILE", "")
+    loaded = load_settings()
+    assert (loaded.database_url, loaded.batch_size, loaded.queue_prefix) == (DEFAULT_DATABASE_URL, 1024, "mnist")
+
+
+def test_an_explicit_environment_reads_no_file(env_file):
+    assert load_settings({}).database_url == DEFAULT_DATABASE_URL
+
+
+def test_production_refusals_apply_to_values_from_the_env_file(env_file, tmp_path):
+    (tmp_path / "test.env").write_text(f"MNIST_PRODUCTION=1\nSECRET_KEY={DEVELOPMENT_SECRET_KEY}\nDATABASE_URL={PRODUCTION_DATABASE_URL}\n")
+    with pytest.raises(ValueError, match="SECRET_KEY"):
         load_settings()
+
+
+# --- CPUs: pool processes and inference threads ---------------------------------------
+
+
+@pytest.fixture
+def eight_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "available_cpus", lambda: 8)
+
+
+def test_one_pool_process_per_cpu_unless_worker_concurrency_is_set(eight_cpus):
+    assert Settings().worker_processes() == 8
+    assert load_settings({"WORKER_CONCURRENCY": "3"}).worker_processes() == 3
+
+
+@pytest.mark.parametrize("processes, threads", [(1, 8), (3, 2), (8, 1), (16, 1), (0, 8)])
+def test_inference_threads_share_the_cpus_among_the_processes(eight_cpus, processes, threads):
+    assert Settings().inference_threads(processes) == threads
+
+
+def test_worker_threads_overrides_the_share(eight_cpus):
+    assert load_settings({"WORKER_THREADS": "5"}).inference_threads(4) == 5
+
+
+@pytest.mark.parametrize("name", ["WORKER_THREADS", "WORKER_CONCURRENCY", "WORKER_NICENESS"])
+def test_cpu_settings_may_be_zero_but_not_negative(name):
+    assert getattr(load_settings({name: "0"}), name.lower()) == 0
+    with pytest.raises(ValueError, match=name):
+        load_settings({name: "-1"})

@@ -6,34 +6,39 @@ import numpy as np
 import pytest
 
 from shared import inference, mnist
-from shared.config import settings
-from shared.model_info import model_card_path, model_version, read_model_card
+from shared.digits import to_model_input
+from shared.model_info import litert_path, model_card_path, model_version, read_model_card
 
 model = pytest.importorskip("shared.model")
 
 
-def test_shipped_model_is_the_keras_example_and_reaches_99_percent(mnist_dir):
-    keras_model = model.load_model(settings().model_path)
+@pytest.fixture(scope="module")
+def model_path(default_settings):
+    return default_settings.model_path
+
+
+def test_shipped_model_is_the_keras_example_and_reaches_99_percent(mnist_dir, model_path):
+    keras_model = model.load_model(model_path)
     assert keras_model.count_params() == 34_826
     images, labels = mnist.load_split(mnist_dir, "test")
     probabilities = model.KerasPredictor(keras_model).predict_batch(images)
     accuracy = float((probabilities.argmax(axis=1) == labels).mean())
     assert accuracy >= 0.99
-    card = read_model_card(settings().model_path)
+    card = read_model_card(model_path)
     assert abs(card["test_accuracy"] - accuracy) < 0.002
 
 
-def test_predictor_agrees_with_keras_predict(mnist_dir):
-    keras_model = model.load_model(settings().model_path)
+def test_predictor_agrees_with_keras_predict(mnist_dir, model_path):
+    keras_model = model.load_model(model_path)
     images, _ = mnist.load_split(mnist_dir, "test")
-    expected = keras_model.predict(model.to_model_input(images[:64]), verbose=0)
+    expected = keras_model.predict(to_model_input(images[:64]), verbose=0)
     assert np.allclose(model.KerasPredictor(keras_model).predict_batch(images[:64]), expected, atol=1e-5)
 
 
-def test_litert_export_predicts_the_same_labels_as_keras(mnist_dir):
+def test_litert_export_predicts_the_same_labels_as_keras(mnist_dir, model_path):
     images, labels = mnist.load_split(mnist_dir, "test")
-    keras_probabilities = model.KerasPredictor(model.load_model(settings().model_path)).predict_batch(images)
-    litert = inference.load_predictor(settings().model_path, "litert", threads=2)
+    keras_probabilities = model.KerasPredictor(model.load_model(model_path)).predict_batch(images)
+    litert = inference.load_predictor(model_path, "litert", threads=2)
     litert_probabilities = np.concatenate([litert.predict_batch(images[start : start + 256]) for start in range(0, len(images), 256)])
     assert (litert_probabilities.argmax(axis=1) == keras_probabilities.argmax(axis=1)).all()
     assert np.allclose(litert_probabilities, keras_probabilities, atol=1e-4)
@@ -42,9 +47,9 @@ def test_litert_export_predicts_the_same_labels_as_keras(mnist_dir):
     assert litert.predict_batch(images[:0]).shape == (0, 10)
 
 
-def test_unknown_runtime_and_missing_export_are_clear_errors(tmp_path):
+def test_unknown_runtime_and_missing_export_are_clear_errors(tmp_path, model_path):
     with pytest.raises(ValueError, match="MODEL_RUNTIME"):
-        inference.load_predictor(settings().model_path, "onnx", threads=1)
+        inference.load_predictor(model_path, "onnx", threads=1)
     with pytest.raises(ValueError, match="does not exist"):
         inference.load_predictor(tmp_path / "absent.keras", "litert", threads=1)
 
@@ -66,7 +71,7 @@ def test_training_on_a_slice_lowers_the_loss_and_saves_a_loadable_model(mnist_di
     assert card["loss_per_epoch"][1] < card["loss_per_epoch"][0]
     assert card["train_images"] == 2000 and card["test_accuracy"] > 0.5
     assert json.loads(model_card_path(out).read_text())["seed"] == 1
-    assert card["litert_label_agreement"] >= 0.999 and inference.litert_path(out).exists()
+    assert card["litert_label_agreement"] >= 0.999 and litert_path(out).exists()
     reloaded = model.load_model(out)
     assert reloaded.count_params() == 34_826
     assert model_version(out).startswith("tiny-")

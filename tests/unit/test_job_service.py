@@ -1,0 +1,100 @@
+"""The jobs service's own logic: the failure policy of both lanes, selections, batching; no services."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared import jobs, upload_queue
+from shared.jobs import MAX_DELIVERIES, NextStep, NoImagesSelected, Selection, next_step
+
+
+@pytest.mark.parametrize(
+    "deliveries, images, step",
+    [
+        (1, 1024, NextStep.RUN),  # the first delivery of a batch runs it
+        (2, 1024, NextStep.SPLIT),  # a batch that did not finish before is halved
+        (2, 2, NextStep.SPLIT),
+        (MAX_DELIVERIES + 5, 2, NextStep.SPLIT),  # more than one image is always split, never given up on
+        (1, 1, NextStep.RUN),
+        (MAX_DELIVERIES, 1, NextStep.RUN),  # a single image is tried MAX_DELIVERIES times ...
+        (MAX_DELIVERIES + 1, 1, NextStep.GIVE_UP),  # ... and then recorded as failed
+        (MAX_DELIVERIES + 9, 1, NextStep.GIVE_UP),
+    ],
+)
+def test_the_bulk_lane_splits_batches_and_gives_up_on_single_images(deliveries, images, step):
+    assert next_step(deliveries, images) is step
+
+
+def test_the_upload_lane_gives_up_on_an_upload_after_max_deliveries_consumers_died_on_it():
+    """The upload lane counts deaths on the entry; its delivery is deaths + 1, of one image."""
+    entry = upload_queue.encode_entry(3, 4).encode()
+    steps = []
+    for _ in range(MAX_DELIVERIES + 1):
+        _, _, deaths = upload_queue.decode_entry(entry)
+        steps.append(next_step(deaths + 1, 1))
+        entry = upload_queue.one_more_death(entry).encode()
+    assert steps == [NextStep.RUN] * MAX_DELIVERIES + [NextStep.GIVE_UP]
+
+
+def test_failure_reasons_say_why():
+    assert str(MAX_DELIVERIES) in jobs.gave_up_reason()
+    assert "model exploded" in jobs.prediction_failed_reason(RuntimeError("model exploded"))
+
+
+def test_a_selection_describes_its_filters_or_the_number_of_its_ids():
+    assert Selection(split="test", label=7, limit=50).describe() == {"split": "test", "label": 7, "limit": 50, "unpredicted": False}
+    assert Selection(unpredicted=True).describe() == {"split": None, "label": None, "limit": None, "unpredicted": True}
+    assert Selection(split="test", image_ids=(5, 6, 7)).describe() == {"ids": 3}
+
+
+def test_no_images_selected_is_a_value_error():
+    assert issubclass(NoImagesSelected, ValueError)
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, list[list[int]]]]:
+    """What the service sends to the broker, recorded instead of sent."""
+    calls = []
+
+    def send_batches(app, queue, job_id, batches):
+        calls.append((queue, job_id, batches))
+        return len(batches)
+
+    monkeypatch.setattr(jobs.broker, "send_batches", send_batches)
+    return calls
+
+
+def test_a_job_is_sent_in_batches_of_batch_size_on_the_bulk_queue(default_settings, sent):
+    config = default_settings.replace(queue_prefix="p", batch_size=4)
+    assert jobs.enqueue_bulk(None, config, 9, list(range(10))) == 3
+    assert jobs.enqueue_bulk(None, config, 9, list(range(10)), batch_size=5) == 2
+    assert sent == [
+        ("p.bulk", 9, [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]),
+        ("p.bulk", 9, [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]),
+    ]
+
+
+def test_submit_job_records_the_job_before_sending_each_image_once(default_settings, sent, monkeypatch):
+    created = []
+
+    def create_job(conn, image_ids, model_version, selection):
+        assert sent == [], "sent before the job was recorded"
+        created.append((image_ids, selection))
+        return 42
+
+    monkeypatch.setattr(jobs.job_store, "create_job", create_job)
+    selection = Selection(image_ids=(3, 1, 3, 2))
+    submitted = jobs.submit_job(None, None, default_settings, selection, "model-x", batch_size=2)
+    assert submitted == jobs.SubmittedJob(id=42, images=3, batches=2, model_version="model-x")
+    assert created == [([3, 1, 3, 2], {"ids": 4})]
+    assert sent == [("mnist.bulk", 42, [[3, 1], [2]])]
+
+
+def test_submit_job_refuses_a_selection_that_matches_nothing_and_records_no_job(default_settings, sent, monkeypatch):
+    asked = []
+    monkeypatch.setattr(jobs.image_store, "select_image_ids", lambda conn, *filters: asked.append(filters) or [])
+    monkeypatch.setattr(jobs.job_store, "create_job", lambda *args: pytest.fail("a job was recorded"))
+    with pytest.raises(NoImagesSelected):
+        jobs.submit_job(None, None, default_settings, Selection(split="upload", label=9, unpredicted=True), "model-x")
+    assert asked == [("upload", 9, None, "model-x")]  # unpredicted: only images this model has not predicted
+    assert sent == []
