@@ -35,10 +35,29 @@ def schema_snapshot(conn: Connection) -> dict[str, list[tuple]]:
     }
 
 
-def every_row(conn: Connection, job_id: int | None = None) -> dict[str, list[tuple]]:
-    """Every row of every table, or only those of ``job_id`` (its images, itself, its results)."""
+def table_columns(conn: Connection) -> dict[str, str]:
+    """Each table's columns as a select list: what a later migration adds can then be left out of a comparison."""
+    rows = query(
+        conn, "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public' ORDER BY ordinal_position"
+    )
+    columns: dict[str, list[str]] = {}
+    for table, column in rows:
+        columns.setdefault(table, []).append(column)
+    return {table: ", ".join(names) for table, names in columns.items()}
+
+
+def every_row(conn: Connection, job_id: int | None = None, columns: dict[str, str] | None = None) -> dict[str, list[tuple]]:
+    """Every row of every table, or only those of ``job_id`` (its images, itself, its results).
+
+    ``columns`` (from ``table_columns``) limits each table to the columns it had then.
+    """
+    columns = columns or {}
     return {
-        table: query(conn, f"SELECT * FROM {table} WHERE %(job)s IS NULL OR {of_job} ORDER BY {order}", {"job": job_id})  # noqa: S608
+        table: query(
+            conn,
+            f"SELECT {columns.get(table, '*')} FROM {table} WHERE %(job)s IS NULL OR {of_job} ORDER BY {order}",  # noqa: S608
+            {"job": job_id},
+        )
         for table, (order, of_job) in TABLES.items()
     }
 
