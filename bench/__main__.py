@@ -1,6 +1,8 @@
 """The benchmark suite: every figure in one run on one machine, so the ratios hold.
 
     python -m bench [--repeats 3] [--sections database,throughput,seed,latency] [--database-core]
+    python -m bench --sections scale [--scale-sizes 10000,100000,1000000] [--label after]
+    python -m bench --sections burst [--rates 100,300,1000,2000] [--web gthread:8] [--against /tmp/arch-before] [--label after]
 
 Prints a table and writes bench/results/latest.json (latest-database-core.json with
 ``--database-core``, which gives PostgreSQL a core of its own). Throughput figures are the median of
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import click
@@ -39,9 +42,39 @@ def table(rows: list[dict[str, Any]], ceiling: float) -> list[str]:
 @click.option("--sections", default="database,throughput,seed,latency", show_default=True, help="Which parts to run.")
 @click.option("--workers", default="1,2", show_default=True, help="Worker process counts for the pipeline figure.")
 @click.option("--database-core", is_flag=True, help="PostgreSQL on a core of its own, the rest for the model and the queue.")
-def main(repeats: int, sections: str, workers: str, database_core: bool) -> None:
-    """Bare model vs mnist-queue vs the seed design; upload latency; memory."""
+@click.option("--scale-sizes", default="10000,100000,1000000", show_default=True, help="Stored images at each step of --sections scale.")
+@click.option("--rates", default="100,300,1000,2000", show_default=True, help="Uploads per second of --sections burst.")
+@click.option("--label", default="", help="Names the result files of scale and burst (e.g. before, after).")
+@click.option("--web", default="gthread:8", show_default=True, help="gunicorn workers of --sections burst: sync, or gthread:THREADS.")
+@click.option(
+    "--against", type=click.Path(exists=True, file_okay=False, path_type=Path), help="burst: also run this worktree's code, first."
+)
+@click.option("--against-web", default="sync", show_default=True, help="gunicorn workers for --against.")
+def main(
+    repeats: int,
+    sections: str,
+    workers: str,
+    database_core: bool,
+    scale_sizes: str,
+    rates: str,
+    label: str,
+    web: str,
+    against: Path | None,
+    against_web: str,
+) -> None:
+    """Bare model vs mnist-queue vs the seed design; upload latency; memory; scale; upload bursts."""
     chosen = set(sections.split(","))
+    if "scale" in chosen:
+        from bench import scale
+
+        click.echo("\n".join(scale.main(tuple(int(size) for size in scale_sizes.split(",")), label)))
+    if "burst" in chosen:
+        from bench import burst
+
+        click.echo("\n".join(burst.main(tuple(int(rate) for rate in rates.split(",")), label, web, against, against_web)))
+    chosen -= {"scale", "burst"}
+    if not chosen:
+        return
     placement = common.database_on_its_own_core() if database_core else contextlib.nullcontext("every process on every core")
     with placement as where, common.private_environment() as (env, settings):
         images, labels = load_mnist(settings.mnist_dir, "test", None)

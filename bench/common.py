@@ -64,7 +64,11 @@ def start_worker(
 
 
 def start_web(env: dict[str, str], log_path: Path, workers: int = 2) -> tuple[ChildProcess, str]:
-    """gunicorn serving the web app on a free loopback port, once ``/healthz`` answers; and its URL."""
+    """gunicorn serving the web app on a free loopback port, once ``/healthz`` answers; and its URL.
+
+    Without the per-client upload limit: every benchmark client is one address sending far more than a person would.
+    """
+    env = {**env, "UPLOAD_RATE_LIMIT": "off"}
     url = f"http://{LOOPBACK}:{free_port()}"
     command = [sys.executable, "-m", "gunicorn", "--bind", url.removeprefix("http://"), "--workers", str(workers)]
     command += ["--access-logfile", "-", WEB_APP]

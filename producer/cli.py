@@ -5,13 +5,13 @@ python -m producer ingest mnist --split test
 python -m producer submit --split test --limit 1000
 python -m producer status 1 --wait
 python -m producer report 1
+python -m producer users add alice        # operators and their API tokens: producer/operators.py
+python -m producer tokens create alice
 """
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ import psycopg2
 import psycopg2.errors
 
 from producer import ingest as ingest_rows
+from producer import operators
+from producer.errors import user_errors
 from shared import broker, jobs
 from shared.config import Settings, load_settings
 from shared.db import connection, images, progress, schema
@@ -34,24 +36,6 @@ PROGRESS_SECONDS = 0.5
 # Ids and counts end up in BIGINT columns and LIMITs: refuse at parsing what PostgreSQL would refuse.
 ROW_ID = click.IntRange(1, MAX_ROW_ID)
 COUNT = click.IntRange(0, MAX_ROW_ID)
-
-
-def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn errors a user can cause into one clear line and a non-zero exit."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except psycopg2.OperationalError as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else "connection failed"
-            raise click.ClickException(f"cannot reach the database ({first_line}); is PostgreSQL running and DATABASE_URL right?") from None
-        except ValueError as error:
-            raise click.ClickException(str(error)) from None
-        except OSError as error:  # e.g. a path too long for the file system
-            raise click.ClickException(f"{error.strerror or error}: {str(error.filename or '')[:200]}") from None
-
-    return wrapper
 
 
 def open_database(config: Settings) -> connection.Connection:
@@ -253,3 +237,7 @@ def report(config: Settings, job_id: int, wrong_limit: int) -> None:
         click.echo(f"wrong: image {image_id} is {true_label}, predicted {predicted_label} ({wrong['confidence']:.3f})")
     for image_id, reason in result.failures:
         click.echo(f"failed: image {image_id}: {reason}")
+
+
+main.add_command(operators.users)
+main.add_command(operators.tokens)

@@ -7,6 +7,8 @@ uploads skip Celery on a Redis list of their own (``shared/upload_queue.py``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from celery import Celery
 from kombu import Exchange, Queue
 
@@ -46,12 +48,14 @@ def celery_app(settings: Settings, name: str = "mnist_queue") -> Celery:
     return app
 
 
-def send_batches(app: Celery, queue: str, job_id: int, batches: list[list[int]]) -> int:
-    """Send batches of one job over one broker connection; return how many were sent."""
+def send_batches(app: Celery, queue: str, job_id: int, batches: Iterable[list[int]]) -> int:
+    """Send batches of one job over one broker connection (taken from ``batches`` one at a time); return how many."""
+    sent = 0
     with app.producer_or_acquire() as producer:
         for batch in batches:
             app.send_task(PREDICT_BATCH_TASK, args=[job_id, batch], queue=queue, producer=producer)
-    return len(batches)
+            sent += 1
+    return sent
 
 
 def queued_messages(app: Celery, queue: str) -> int:

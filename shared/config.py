@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +36,15 @@ DEVELOPMENT_SECRET_KEY = "dev-only-not-secret"
 # anyone can read them, so a production database must not accept them.
 DEVELOPMENT_PASSWORDS = frozenset({"postgres", "password", "mnist", "mnist-dev", "dev", "changeme", "change-me", "secret"})
 RUNTIMES = ("litert", "tensorflow")
+# Per-client rate limits (Flask-Limiter's notation: "N per PERIOD", several joined by ";").
+DEFAULT_UPLOAD_RATE_LIMIT = "60 per minute"
+DEFAULT_SIGNIN_RATE_LIMIT = "5 per minute;20 per hour"  # failed sign-ins only
+RATE_LIMIT_OFF = frozenset({"0", "off", "none"})
+_RATE_PERIODS = "second|minute|hour|day|month|year"
+_ONE_RATE = re.compile(rf"\s*[1-9][0-9]*\s*(?:/|per)\s*(?:[1-9][0-9]*\s+)?(?:{_RATE_PERIODS})s?\s*", re.IGNORECASE)
+# PUBLIC_INSIGHTS: on, off, or the value ./run up and ./run demo set when the user set nothing
+# (on, for their server on 127.0.0.1 only); MNIST_PRODUCTION refuses that one.
+PUBLIC_INSIGHTS_STACK_DEFAULT = "demo"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +69,20 @@ class Settings:
     stall_seconds: int = 120
     sweep_interval_seconds: int = 30
     upload_heartbeat_seconds: int = 10
+    # The upload consumer predicts up to this many waiting uploads in one model call and one
+    # transaction, waiting at most UPLOAD_MAX_DELAY_MS for more when fewer wait (see the burst benchmark).
+    upload_max_batch: int = 32
+    upload_max_delay_ms: int = 0
+    # A job over more images than this is refused with a message naming the limit (see the scale benchmark).
+    max_job_images: int = 2_000_000
     secret_key: str = DEVELOPMENT_SECRET_KEY
     production: bool = False
+    # The operator pages and POST /api/jobs without sign-in: for a private demo only.
+    public_insights: bool = False
+    upload_rate_limit: str = DEFAULT_UPLOAD_RATE_LIMIT  # "" when off
+    signin_rate_limit: str = DEFAULT_SIGNIN_RATE_LIMIT  # "" when off
+    # Reverse proxies in front of the web whose X-Forwarded-For / -Proto are believed (0: none).
+    trusted_proxy_hops: int = 0
     stack_dir: Path = DEFAULT_STACK_DIR
     web_port: int = DEFAULT_WEB_PORT
 
@@ -110,8 +132,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         stall_seconds=read.whole("STALL_SECONDS", defaults.stall_seconds),
         sweep_interval_seconds=read.whole("SWEEP_INTERVAL_SECONDS", defaults.sweep_interval_seconds),
         upload_heartbeat_seconds=read.whole("UPLOAD_HEARTBEAT_SECONDS", defaults.upload_heartbeat_seconds),
+        upload_max_batch=read.whole("UPLOAD_MAX_BATCH", defaults.upload_max_batch),
+        upload_max_delay_ms=read.whole("UPLOAD_MAX_DELAY_MS", defaults.upload_max_delay_ms, minimum=0),
+        max_job_images=read.whole("MAX_JOB_IMAGES", defaults.max_job_images),
         secret_key=secret_key or DEVELOPMENT_SECRET_KEY,
         production=production,
+        public_insights=_public_insights(env.get("PUBLIC_INSIGHTS", ""), production),
+        upload_rate_limit=read.rate_limit("UPLOAD_RATE_LIMIT", DEFAULT_UPLOAD_RATE_LIMIT),
+        signin_rate_limit=read.rate_limit("SIGNIN_RATE_LIMIT", DEFAULT_SIGNIN_RATE_LIMIT),
+        trusted_proxy_hops=read.whole("TRUSTED_PROXY_HOPS", 0, minimum=0),
         stack_dir=Path(env.get("STACK_DIR") or DEFAULT_STACK_DIR),
         web_port=read.whole("WEB_PORT", DEFAULT_WEB_PORT),
     )
@@ -131,6 +160,18 @@ def service_urls_from_environment() -> tuple[str | None, str | None]:
     """
     env = environment()
     return env.get("DATABASE_URL") or None, env.get("REDIS_URL") or None
+
+
+def local_stack_defaults() -> dict[str, str]:
+    """What ``./run up`` and ``./run demo`` set for their children where the user (environment or .env) set nothing.
+
+    Their web listens on 127.0.0.1 only, so the operator pages are open there (PUBLIC_INSIGHTS=demo),
+    except with MNIST_PRODUCTION, where only an explicit PUBLIC_INSIGHTS=1 opens them.
+    """
+    env = environment()
+    if env.get("PUBLIC_INSIGHTS", "").strip() or _Reader(env).flag("MNIST_PRODUCTION"):
+        return {}
+    return {"PUBLIC_INSIGHTS": PUBLIC_INSIGHTS_STACK_DEFAULT}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +200,39 @@ class _Reader:
         return value
 
     def flag(self, name: str) -> bool:
-        return self.env.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+        return self.env.get(name, "").strip().lower() in TRUE_WORDS
+
+    def rate_limit(self, name: str, default: str) -> str:
+        """A limit such as "60 per minute" or "5/minute;20/hour"; unset or empty: ``default``; 0 or off: none ("")."""
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return default
+        if raw.lower() in RATE_LIMIT_OFF:
+            return ""
+        if not all(_ONE_RATE.fullmatch(part) for part in raw.split(";")):
+            raise ValueError(f'{name} must be like "60 per minute" or "5/minute;20/hour" (or off), got {raw[:80]!r}')
+        return raw
+
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
+
+
+def _public_insights(raw: str, production: bool) -> bool:
+    """PUBLIC_INSIGHTS as a flag; the local stack's default is refused in production, where only an explicit 1 counts."""
+    value = raw.strip().lower()
+    if value == PUBLIC_INSIGHTS_STACK_DEFAULT:
+        if production:
+            raise ValueError(
+                f"PUBLIC_INSIGHTS={PUBLIC_INSIGHTS_STACK_DEFAULT} (the local stack's default) would make the operator pages public:"
+                " MNIST_PRODUCTION refuses it; unset it, or set PUBLIC_INSIGHTS=1 if every visitor may see them"
+            )
+        return True
+    if value in TRUE_WORDS:
+        return True
+    if value in FALSE_WORDS:
+        return False
+    raise ValueError(f"PUBLIC_INSIGHTS must be 1 or 0 (or {PUBLIC_INSIGHTS_STACK_DEFAULT}, the local stack's default), got {raw[:40]!r}")
 
 
 def _refuse_development_defaults(secret_key: str, database_url: str, schema_database_url: str | None) -> None:

@@ -13,12 +13,12 @@ import enum
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import redis.exceptions
 from celery import Celery
 
 from shared import broker, upload_queue
 from shared.config import Settings
-from shared.db import images as image_store
 from shared.db import jobs as job_store
 from shared.db.connection import Connection
 from shared.digits import IMAGE_SHAPE
@@ -29,6 +29,10 @@ MAX_DELIVERIES = 3
 
 class NoImagesSelected(ValueError):
     """The selection matches no stored image: there is nothing to submit."""
+
+
+class TooManyImages(ValueError):
+    """The selection matches more than MAX_JOB_IMAGES images: refused before anything is recorded."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,31 +63,66 @@ class SubmittedJob:
 def submit_job(
     conn: Connection, app: Celery, settings: Settings, selection: Selection, model_version: str, batch_size: int | None = None
 ) -> SubmittedJob:
-    """Select the images, record the job, enqueue its batches. NoImagesSelected when none match."""
-    image_ids = list(selection.image_ids) or image_store.select_image_ids(
-        conn, selection.split, selection.label, selection.limit, model_version if selection.unpredicted else None
-    )
-    if not image_ids:
-        raise NoImagesSelected("no stored images match that selection")
-    job_id = job_store.create_job(conn, image_ids, model_version, selection.describe())
-    unique_ids = list(dict.fromkeys(image_ids))
-    batches = enqueue_bulk(app, settings, job_id, unique_ids, batch_size)
-    return SubmittedJob(job_id, len(unique_ids), batches, model_version)
+    """Select the images, record the job, enqueue its batches.
+
+    NoImagesSelected when none match, TooManyImages when more than MAX_JOB_IMAGES do (nothing
+    is recorded then). A selection by filters never brings its IDs into Python as objects: the
+    job's array is built in PostgreSQL and read back as one numpy array, sent batch by batch.
+    """
+    if selection.image_ids:
+        unique_ids = list(dict.fromkeys(selection.image_ids))
+        refuse_too_many(len(unique_ids), settings.max_job_images)
+        job_id = job_store.create_job(conn, unique_ids, model_version, selection.describe())
+        image_ids: Sequence[int] | np.ndarray = unique_ids
+    else:
+        filters = {"split": selection.split, "label": selection.label, "model": model_version if selection.unpredicted else None}
+        created, matched = job_store.create_job_from_selection(
+            conn, filters, selection.limit, model_version, selection.describe(), settings.max_job_images
+        )
+        refuse_too_many(matched, settings.max_job_images)
+        if created is None:
+            raise NoImagesSelected("no stored images match that selection")
+        job_id, image_ids = created, job_store.job_image_ids(conn, created)
+    batches = enqueue_bulk(app, settings, job_id, image_ids, batch_size)
+    return SubmittedJob(job_id, len(image_ids), batches, model_version)
 
 
-def enqueue_bulk(app: Celery, settings: Settings, job_id: int, image_ids: Sequence[int], batch_size: int | None = None) -> int:
-    """Send a job's images as batches of ``batch_size`` (default BATCH_SIZE) IDs; returns how many batches."""
+def refuse_too_many(images: int, max_images: int) -> None:
+    if images > max_images:
+        raise TooManyImages(
+            f"the selection matches more than MAX_JOB_IMAGES={max_images:,} images; narrow it (--split, --label, --limit)"
+            " or raise MAX_JOB_IMAGES"
+        )
+
+
+def enqueue_bulk(app: Celery, settings: Settings, job_id: int, image_ids: Sequence[int] | np.ndarray, batch_size: int | None = None) -> int:
+    """Send a job's images as batches of ``batch_size`` (default BATCH_SIZE) IDs; returns how many batches.
+
+    Each batch becomes a list only as it is sent, so a job of 1M IDs holds one batch of Python ints at a time.
+    """
     size = batch_size or settings.batch_size
-    batches = [list(image_ids[start : start + size]) for start in range(0, len(image_ids), size)]
+    batches = (_as_list(image_ids[start : start + size]) for start in range(0, len(image_ids), size))
     return broker.send_batches(app, broker.bulk_queue(settings), job_id, batches)
 
 
-def submit_upload(conn: Connection, settings: Settings, image_data: bytes, model_version: str, selection: dict[str, Any]) -> int:
+def _as_list(ids: Sequence[int] | np.ndarray) -> list[int]:
+    return ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+
+
+def submit_upload(
+    conn: Connection,
+    settings: Settings,
+    image_data: bytes,
+    model_version: str,
+    selection: dict[str, Any],
+    public_token: str | None = None,
+) -> int:
     """Store one stored-form image as a single-image job and put it on the upload queue; returns the job id.
 
-    If Redis refuses the entry the job is removed again, so no job waits for ever.
+    The job records ``public_token`` (default: a new one), the uploader's only way back to the
+    result. If Redis refuses the entry the job is removed again, so no job waits for ever.
     """
-    job_id, image_id = job_store.create_upload_job(conn, image_data, list(IMAGE_SHAPE), model_version, selection)
+    job_id, image_id = job_store.create_upload_job(conn, image_data, list(IMAGE_SHAPE), model_version, selection, public_token)
     try:
         upload_queue.enqueue(settings, job_id, [image_id])
     except redis.exceptions.RedisError:
@@ -101,10 +140,10 @@ def resume_job(conn: Connection, app: Celery, settings: Settings, job_id: int) -
     job = job_store.get_job(conn, job_id)
     if job is None:
         raise ValueError(f"there is no job {job_id}")
-    unfinished = job_store.unfinished_image_ids(conn, job_id)
-    if unfinished:
+    unfinished = job_store.unfinished_image_id_array(conn, job_id)
+    if len(unfinished):
         if job["kind"] == "upload":
-            upload_queue.enqueue(settings, job_id, unfinished)
+            upload_queue.enqueue(settings, job_id, unfinished.tolist())
         else:
             enqueue_bulk(app, settings, job_id, unfinished)
         job_store.mark_resumed(conn, job_id)

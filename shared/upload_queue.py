@@ -9,6 +9,15 @@ a processing list of its own and removes it only once the result is committed. E
 consumer keeps a heartbeat key alive; the processing list of a consumer whose heartbeat
 has expired is moved back to the queue by whichever consumer notices first, each entry
 marked with one more death, so that an image that kills consumers is given up on.
+
+A consumer takes up to UPLOAD_MAX_BATCH entries at once (``take_batch``): the first with
+BLMOVE, the rest by a Lua script that moves them one by one into the same processing list,
+atomically, so the reliable-list guarantees hold for every entry of a batch. A Lua script
+rather than Redis Streams: a consumer group's pending list and delivery counts would replace
+the processing lists and death marks, but also the web's LPUSH, the queue length that
+refuses uploads with 429, the sweeper's "queue empty" test and the health check; the script
+keeps all of them and adds 15 lines. LMPOP would pop many at once but into nowhere, losing
+what a dying consumer held.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import time
 import uuid
 
 import redis
@@ -96,6 +106,82 @@ def take(settings: Settings, consumer: str, timeout_seconds: float) -> bytes | N
 def finish(settings: Settings, consumer: str, entry: bytes) -> None:
     """Forget an entry whose result is committed."""
     client(settings.redis_url).lrem(processing_list(settings, consumer), 1, entry)
+
+
+# Forgets the entries in ARGV[2..] (results committed), then moves up to ARGV[1] waiting entries
+# from the queue into the processing list, atomically, oldest first, and only fresh ones
+# ("job:image"): an entry marked with deaths is taken alone, so a consumer that dies on it
+# takes none of its neighbours down with it.
+TAKE_MORE = """
+for i = 2, #ARGV do
+    redis.call('LREM', KEYS[2], 1, ARGV[i])
+end
+local taken = {}
+for _ = 1, tonumber(ARGV[1]) do
+    local oldest = redis.call('LINDEX', KEYS[1], -1)
+    if not oldest then break end
+    local _, colons = string.gsub(oldest, ':', '')
+    if colons ~= 1 then break end
+    taken[#taken + 1] = redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+end
+return taken
+"""
+
+
+def take_batch(
+    settings: Settings, consumer: str, max_batch: int, timeout_seconds: float, max_delay_seconds: float, finished: list[bytes] | None = None
+) -> list[bytes]:
+    """Up to ``max_batch`` waiting entries, moved into this consumer's processing list; [] after ``timeout_seconds``.
+
+    ``finished`` (entries whose results are committed) are forgotten in the same round trip.
+    What waits is taken at once (one script call); when nothing does, BLMOVE blocks for the
+    next entry. From the first, it waits up to ``max_delay_seconds`` for more while the batch
+    is not full. An entry marked with deaths always comes alone.
+    """
+    connection = client(settings.redis_url)
+    keys = [queue_name(settings), processing_list(settings, consumer)]
+    take_more = _take_more_script(settings.redis_url)
+    batch = take_more(keys=keys, args=[max_batch, *(finished or [])])
+    if not batch:
+        first = connection.blmove(keys[0], keys[1], timeout_seconds, "RIGHT", "LEFT")
+        if first is None:
+            return []
+        batch = [first]
+        if is_marked(first):
+            return batch
+    deadline = time.monotonic() + max_delay_seconds
+    while len(batch) < max_batch and deadline - time.monotonic() >= 0.001:
+        # Wait for one more; it joins the batch only if fresh (a marked one is handed straight back).
+        more = connection.blmove(keys[0], keys[1], deadline - time.monotonic(), "RIGHT", "LEFT")
+        if more is None:
+            break
+        if is_marked(more):
+            with connection.pipeline() as pipe:
+                pipe.lrem(keys[1], 1, more)
+                pipe.rpush(keys[0], more)  # back to the head of the queue, taken next, alone
+                pipe.execute()
+            break
+        batch.append(more)
+        batch += take_more(keys=keys, args=[max_batch - len(batch)])
+    return batch
+
+
+@functools.cache
+def _take_more_script(redis_url: str) -> redis.commands.core.Script:
+    return client(redis_url).register_script(TAKE_MORE)
+
+
+def is_marked(entry: bytes) -> bool:
+    """Anything but a fresh "job:image" entry: a consumer died holding it, or it is not ours."""
+    return entry.count(b":") != 1
+
+
+def finish_many(settings: Settings, consumer: str, entries: list[bytes]) -> None:
+    """Forget entries whose results are committed, in one round trip."""
+    with client(settings.redis_url).pipeline(transaction=False) as pipe:
+        for entry in entries:
+            pipe.lrem(processing_list(settings, consumer), 1, entry)
+        pipe.execute()
 
 
 def beat(settings: Settings, consumer: str) -> None:

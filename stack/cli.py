@@ -75,7 +75,7 @@ def run_stack(workers: int | None, web: bool, demo: bool = False, demo_limit: in
         click.echo(f"starting the stack in {config.stack_dir} ...")
         state = stack.start()
         click.echo(f"stack ready in {time.monotonic() - started:.1f} s")
-        describe(state, worker_count)
+        describe(state, worker_count, stack.child_env())
         if demo:
             print_demo(run_demo(stack.child_env(), demo_limit), worker_count)
         click.echo(f"\nweb UI: {state.web_url}" if state.web_url else "")
@@ -102,12 +102,18 @@ def watch(stack: Stack) -> None:
             raise click.ClickException(f"{child.name} stopped unexpectedly; log {child.log_path}:\n{child.log_tail()}")
 
 
-def describe(state: StackState, workers: int) -> None:
+def describe(state: StackState, workers: int, stack_env: dict[str, str]) -> None:
     click.echo(f"  PostgreSQL  {'embedded' if state.embedded_postgres else 'external'}  {state.database_url}")
     click.echo(f"  Redis       {'embedded' if state.embedded_redis else 'external'}  {state.redis_url}")
     click.echo(f"  workers     {workers} process(es)")
     if state.web_url:
         click.echo(f"  web         {state.web_url}")
+        public = load_settings(stack_env).public_insights
+        click.echo(
+            "  operators   pages open to anyone who can reach 127.0.0.1 (PUBLIC_INSIGHTS; set PUBLIC_INSIGHTS=0 to require sign-in)"
+            if public
+            else "  operators   sign in for jobs and mistakes (python -m producer users add NAME)"
+        )
 
 
 def print_demo(result: DemoResult, workers: int) -> None:

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from shared.config import PROJECT_ROOT, service_urls_from_environment
+from shared.config import PROJECT_ROOT, local_stack_defaults, service_urls_from_environment
 from shared.db import connection, schema
 from stack import embedded
 from stack.processes import LOOPBACK, STOP_TIMEOUT_SECONDS, ChildProcess, StackError, free_port, http_ok, log_contains, stop_process_group
@@ -106,9 +106,13 @@ class Stack:
         save_state(self.options.stack_dir, self.state)
 
     def child_env(self) -> dict[str, str]:
-        """Our environment with the stack's URLs: workers, web and producer all see the same services."""
+        """Our environment with the stack's URLs: workers, web and producer all see the same services.
+
+        With the local stack's defaults for what the user left unset: the operator pages are open
+        (PUBLIC_INSIGHTS=demo), since the web listens on 127.0.0.1 only.
+        """
         assert self.state is not None
-        env = {**os.environ, "DATABASE_URL": self.state.database_url, "REDIS_URL": self.state.redis_url}
+        env = {**os.environ, **local_stack_defaults(), "DATABASE_URL": self.state.database_url, "REDIS_URL": self.state.redis_url}
         if self.options.workers:
             env["WORKER_CONCURRENCY"] = str(self.options.workers)
         return env

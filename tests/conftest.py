@@ -1,4 +1,5 @@
-"""What every test shares, with or without services: no .env of the developer's, no production mode.
+"""What every test shares, with or without services: no .env of the developer's, no production mode,
+no access or rate-limit settings of the developer's shell.
 
 Tests that need PostgreSQL, Redis or worker processes live in ``tests/integration`` and get
 them from its conftest; ``tests/unit`` runs with none of them (``./run test tests/unit``).
@@ -20,7 +21,8 @@ def isolated_environment() -> Iterator[None]:
     """A developer's .env or MNIST_PRODUCTION must not change what the tests see."""
     saved = dict(os.environ)
     os.environ["ENV_FILE"] = ""
-    os.environ.pop("MNIST_PRODUCTION", None)
+    for name in ("MNIST_PRODUCTION", "PUBLIC_INSIGHTS", "TRUSTED_PROXY_HOPS", "UPLOAD_RATE_LIMIT", "SIGNIN_RATE_LIMIT"):
+        os.environ.pop(name, None)
     yield
     os.environ.clear()
     os.environ.update(saved)

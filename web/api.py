@@ -1,17 +1,23 @@
-"""The JSON API and the health checks. Exempt from CSRF: it is for programs, not browsers' forms.
+"""The JSON API and the health checks; web/openapi.yaml documents them (served at /api/openapi.json).
 
-POST /api/predictions        an image (multipart field ``file`` or the raw body) -> 202, or 200 with ?wait
-GET  /api/predictions/<id>   queued / done / failed, label, confidence, probabilities
-POST /api/jobs               {"split", "label", "limit"} -> 202 with the job id
-GET  /api/jobs/<id>          progress and accuracy
-GET  /healthz, /readyz       alive; database, broker and model ready (503 naming what is not)
+POST /api/predictions          anyone: an image (multipart field ``file`` or the raw body) -> 202, or 200 with ?wait
+GET  /api/predictions/<token>  anyone holding the upload's token: queued / done / failed, label, confidence, probabilities
+POST /api/jobs                 operators: {"split", "label", "limit"} -> 202 with the job id
+GET  /api/jobs/<id>            operators: progress and accuracy
+GET  /healthz, /readyz         alive; database, broker and model ready (503 naming what is not)
+
+Exempt from the forms' CSRF check: programs authenticate with a bearer token, which no other site
+can make a browser send (web/auth.py asks a session-authenticated unsafe call for the CSRF token).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+from pathlib import Path
 from typing import Any
 
+import yaml
 from flask import Blueprint, Response, jsonify, request, url_for
 from werkzeug.exceptions import BadRequest, NotFound, UnprocessableEntity, UnsupportedMediaType
 
@@ -19,10 +25,14 @@ from shared import jobs
 from shared.db import progress
 from shared.digits import MAX_ROW_ID, NUM_CLASSES
 from shared.reports import build_job_report
-from web import backends, predictions
+from web import auth, backends, predictions
+from web.auth import operator_required
 from web.params import float_arg
 
 blueprint = Blueprint("api", __name__)
+blueprint.before_request(auth.refuse_bad_bearer_token)
+
+OPENAPI_DOCUMENT = Path(__file__).resolve().parent / "openapi.yaml"
 
 MAX_WAIT_SECONDS = 30.0
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
@@ -56,6 +66,16 @@ def readyz() -> tuple[Response, int]:
     return jsonify(status="ready"), 200
 
 
+@blueprint.get("/api/openapi.json")
+def openapi() -> Response:
+    return jsonify(openapi_document())
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    return yaml.safe_load(OPENAPI_DOCUMENT.read_text())
+
+
 @blueprint.post("/api/predictions")
 def create_prediction() -> tuple[Response, int]:
     wait = wait_seconds()
@@ -64,25 +84,30 @@ def create_prediction() -> tuple[Response, int]:
     # A waiting client listens before the upload is enqueued, so the worker's notice cannot be missed.
     with progress.listening(conn) if wait else contextlib.nullcontext():
         try:
-            prediction_id = predictions.submit_upload(conn, backends.app_settings(), data, filename)
+            job_id, _ = predictions.submit_upload(conn, backends.app_settings(), data, filename)
         except ValueError as error:
             raise BadRequest(str(error)) from None
         if wait:
-            prediction = predictions.await_prediction(conn, prediction_id, wait, look_first=False)
+            prediction = predictions.await_prediction(conn, job_id, wait, look_first=False)
         else:
-            prediction = predictions.get_prediction(conn, prediction_id)
-    return prediction_response(prediction_id, prediction, wait, just_created=True)
+            prediction = predictions.get_prediction(conn, job_id)
+    return prediction_response(prediction, wait, just_created=True)
 
 
-@blueprint.get("/api/predictions/<id:prediction_id>")
-def show_prediction(prediction_id: int) -> tuple[Response, int]:
+@blueprint.get("/api/predictions/<token:token>")
+def show_prediction(token: str) -> tuple[Response, int]:
     wait = wait_seconds()
-    return prediction_response(
-        prediction_id, predictions.wait_for_prediction(backends.get_db(), prediction_id, wait), wait, just_created=False
-    )
+    conn = backends.get_db()
+    prediction = predictions.get_prediction_by_token(conn, token)
+    if prediction is None:
+        raise NotFound("there is no prediction with that token")
+    if wait and not prediction.finished:
+        prediction = predictions.wait_for_prediction(conn, prediction.id, wait)
+    return prediction_response(prediction, wait, just_created=False)
 
 
 @blueprint.post("/api/jobs")
+@operator_required
 def create_job() -> tuple[Response, int]:
     split, label, limit = job_selection(json_object())
     config = backends.app_settings()
@@ -90,7 +115,7 @@ def create_job() -> tuple[Response, int]:
         job = jobs.submit_job(
             backends.get_db(), backends.get_celery(), config, jobs.Selection(split, label, limit), predictions.current_model_version(config)
         )
-    except jobs.NoImagesSelected as error:
+    except (jobs.NoImagesSelected, jobs.TooManyImages) as error:
         raise UnprocessableEntity(str(error)) from None
     status_url = url_for("api.show_job", job_id=job.id)
     page_url = url_for("views.job", job_id=job.id)
@@ -100,6 +125,7 @@ def create_job() -> tuple[Response, int]:
 
 
 @blueprint.get("/api/jobs/<id:job_id>")
+@operator_required
 def show_job(job_id: int) -> Response:
     report = build_job_report(backends.get_db(), job_id)
     if report is None:
@@ -123,18 +149,16 @@ def uploaded_image() -> tuple[bytes, str | None]:
     raise UnsupportedMediaType(f"Content-Type {request.mimetype or '(none)'} is not accepted: {UPLOAD_HELP}")
 
 
-def prediction_response(
-    prediction_id: int, prediction: predictions.Prediction | None, wait: float, just_created: bool
-) -> tuple[Response, int]:
-    """The prediction as JSON. A new upload answers 202 unless the client waited and the result came."""
-    if prediction is None:
-        raise NotFound(f"there is no prediction {prediction_id}")
-    status_url = url_for("api.show_prediction", prediction_id=prediction_id)
+def prediction_response(prediction: predictions.Prediction | None, wait: float, just_created: bool) -> tuple[Response, int]:
+    """The prediction as JSON, with its token's URLs. A new upload answers 202 unless the client waited and the result came."""
+    if prediction is None or prediction.token is None:
+        raise NotFound("there is no prediction with that token")
+    status_url = url_for("api.show_prediction", token=prediction.token)
     body = {
         **prediction.as_json(),
         "status_url": status_url,
-        "page_url": url_for("views.prediction", prediction_id=prediction_id),
-        "image_url": url_for("views.image_png", image_id=prediction.image_id),
+        "page_url": url_for("views.prediction", token=prediction.token),
+        "image_url": url_for("views.prediction_image", token=prediction.token),
     }
     response = jsonify(body)
     response.headers["Location"] = status_url

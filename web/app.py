@@ -8,6 +8,7 @@ Creating the app imports no TensorFlow: predictions are sent to the worker by ta
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,8 +16,10 @@ from flask import Flask
 from flask_wtf.csrf import CSRFProtect
 
 from shared.config import Settings, load_settings
-from web import api, backends, errors, views
-from web.params import RowIdConverter
+from web import api, auth, backends, errors, limits, security, views
+from web.params import RowIdConverter, UploadTokenConverter
+
+log = logging.getLogger(__name__)
 
 # Each page reloads itself this often while a prediction or job is unfinished.
 REFRESH_SECONDS = 1
@@ -37,10 +40,16 @@ def create_app(test_config: Mapping[str, Any] | None = None, settings: Settings 
     if test_config:
         app.config.from_mapping(test_config)
     app.url_map.converters["id"] = RowIdConverter
+    app.url_map.converters["token"] = UploadTokenConverter
     csrf = CSRFProtect(app)
     csrf.exempt(api.blueprint)
+    security.init_app(app, config)
     backends.init_app(app)
     errors.init_app(app)
+    auth.init_app(app, csrf)
     app.register_blueprint(views.blueprint)
     app.register_blueprint(api.blueprint)
+    limits.init_app(app, config)
+    if config.public_insights:
+        log.warning("PUBLIC_INSIGHTS is on: the operator pages and POST /api/jobs are open to anyone who can reach this server")
     return app

@@ -1,4 +1,9 @@
-"""Colours for the confusion matrix, so confused digit pairs stand out at a glance."""
+"""Shades for the confusion matrix, so confused digit pairs stand out at a glance.
+
+Each cell gets a CSS class (``heat-right-N`` on the diagonal, ``heat-wrong-N`` off it, N from 0 to
+``STEPS``) rather than an inline colour, so the Content-Security-Policy needs no inline styles;
+``css_rules`` writes the classes, and static/style.css holds its output.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,20 @@ import numpy as np
 CORRECT_HUE = 145  # green
 WRONG_HUE = 0  # red
 LIGHTNESS_EMPTY, LIGHTNESS_FULL = 98, 40
+STEPS = 10
+DARK_FROM = 0.6  # strength beyond which the text on a cell needs to be light
 
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
     count: int
     share: float  # of the true label's row
-    colour: str
+    shade: str  # the cell's CSS class
     dark: bool  # the text on it needs to be light
+
+
+def shade(correct: bool, strength: float) -> str:
+    return f"heat-{'right' if correct else 'wrong'}-{round(strength * STEPS)}"
 
 
 def heatmap(confusion: np.ndarray) -> list[list[Cell]]:
@@ -30,8 +41,16 @@ def heatmap(confusion: np.ndarray) -> list[list[Cell]]:
         for predicted_label, count in enumerate(row):
             share = int(count) / total if total else 0.0
             strength = math.sqrt(share)
-            hue = CORRECT_HUE if predicted_label == true_label else WRONG_HUE
-            lightness = round(LIGHTNESS_EMPTY - (LIGHTNESS_EMPTY - LIGHTNESS_FULL) * strength)
-            cells.append(Cell(int(count), share, f"hsl({hue} 70% {lightness}%)", strength > 0.6))
+            cells.append(Cell(int(count), share, shade(predicted_label == true_label, strength), strength > DARK_FROM))
         rows.append(cells)
     return rows
+
+
+def css_rules() -> str:
+    """The heat-map classes of static/style.css (tests/unit checks that the file holds exactly these)."""
+    rules = []
+    for name, hue in (("right", CORRECT_HUE), ("wrong", WRONG_HUE)):
+        for step in range(STEPS + 1):
+            lightness = round(LIGHTNESS_EMPTY - (LIGHTNESS_EMPTY - LIGHTNESS_FULL) * step / STEPS)
+            rules.append(f".heatmap td.heat-{name}-{step} {{ background: hsl({hue} 70% {lightness}%); }}")
+    return "\n".join(rules)

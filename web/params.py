@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 
 from flask import request
 from werkzeug.exceptions import BadRequest
-from werkzeug.routing import IntegerConverter, Map
+from werkzeug.routing import BaseConverter, IntegerConverter, Map
 
 from shared.digits import MAX_ROW_ID
 
@@ -17,8 +17,16 @@ Number = TypeVar("Number", int, float)
 class RowIdConverter(IntegerConverter):
     """``<id:name>`` in a route: a positive integer that fits a BIGSERIAL column, else no match (404)."""
 
+    regex = r"\d{1,19}"  # no BIGINT has more digits, so an all-digit upload token (22 characters) is never taken for an id
+
     def __init__(self, url_map: Map, *args: Any, **kwargs: Any) -> None:
         super().__init__(url_map, min=1, max=MAX_ROW_ID)
+
+
+class UploadTokenConverter(BaseConverter):
+    """``<token:name>``: an upload's public token, 22 URL-safe base64 characters (``secrets.token_urlsafe(16)``)."""
+
+    regex = r"[A-Za-z0-9_-]{22}"
 
 
 def int_arg(name: str, default: int, minimum: int, maximum: int) -> int:

@@ -1,7 +1,8 @@
 """What the pages and the API share: turn a picture into a queued prediction, read results back.
 
-A prediction's id is the id of its single-image upload job: it exists the moment the upload
-is accepted, before the worker has written anything.
+A prediction is a single-image upload job: it exists the moment the upload is accepted, before
+the worker has written anything. Its uploader knows it by its public token (128 random bits,
+``shared.db.jobs.new_upload_token``); the job's numeric id stays internal, for operators.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
 
 from shared import jobs, upload_queue
 from shared.config import Settings
+from shared.db import jobs as job_store
 from shared.db import progress, queries
 from shared.db.connection import Connection
 from shared.digits import NUM_CLASSES
@@ -25,15 +27,17 @@ from shared.reports import JobReport
 
 MAX_FILENAME_CHARS = 200
 QUEUED, DONE, FAILED = "queued", "done", "failed"
+INTERNAL_FIELDS = frozenset({"id", "image_id"})
 # What a refused upload is told to wait: the worker predicts hundreds of uploads in that time.
 RETRY_AFTER_SECONDS = 5
 
 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
-    id: int
+    id: int  # the upload job's: internal, never in the public answer
+    token: str | None  # None for an upload of a release before tokens: operators only
     status: str  # queued | done | failed
-    image_id: int
+    image_id: int  # internal too
     label: int | None
     confidence: float | None
     probabilities: list[float] | None
@@ -46,7 +50,8 @@ class Prediction:
         return self.status != QUEUED
 
     def as_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """What the uploader may see: everything but the internal ids."""
+        return {key: value for key, value in dataclasses.asdict(self).items() if key not in INTERNAL_FIELDS}
 
 
 def current_model_version(config: Settings) -> str:
@@ -57,8 +62,8 @@ def current_model_version(config: Settings) -> str:
         raise ServiceUnavailable(f"the model is not available: {error}") from None
 
 
-def submit_upload(conn: Connection, config: Settings, data: bytes, filename: str | None) -> int:
-    """Preprocess, store and enqueue one picture on the upload queue; return the prediction id.
+def submit_upload(conn: Connection, config: Settings, data: bytes, filename: str | None) -> tuple[int, str]:
+    """Preprocess, store and enqueue one picture on the upload queue; return (its job id, its public token).
 
     Raises ValueError with a user-readable message before anything is stored, and
     TooManyRequests (429) when the upload queue is full.
@@ -66,7 +71,9 @@ def submit_upload(conn: Connection, config: Settings, data: bytes, filename: str
     refuse_when_queue_full(config)
     digit = user_image_to_mnist(data, config.max_image_pixels)
     version = current_model_version(config)
-    return jobs.submit_upload(conn, config, encode_image(digit), version, {"upload": stored_filename(filename)})
+    token = job_store.new_upload_token()
+    job_id = jobs.submit_upload(conn, config, encode_image(digit), version, {"upload": stored_filename(filename)}, token)
+    return job_id, token
 
 
 def stored_filename(filename: str | None) -> str | None:
@@ -87,7 +94,16 @@ def refuse_when_queue_full(config: Settings) -> None:
 
 
 def get_prediction(conn: Connection, prediction_id: int) -> Prediction | None:
-    row = queries.upload_prediction(conn, prediction_id)
+    """By the upload job's id: for operators and for waiting."""
+    return prediction_from_row(queries.upload_prediction(conn, prediction_id))
+
+
+def get_prediction_by_token(conn: Connection, token: str) -> Prediction | None:
+    """By the public token: what the uploader (and only whoever holds the token) may read."""
+    return prediction_from_row(queries.upload_prediction_by_token(conn, token))
+
+
+def prediction_from_row(row: dict[str, Any] | None) -> Prediction | None:
     if row is None:
         return None
     probabilities = row["prediction_probabilities"]
@@ -99,6 +115,7 @@ def get_prediction(conn: Connection, prediction_id: int) -> Prediction | None:
         status = QUEUED
     return Prediction(
         id=row["id"],
+        token=row["public_token"],
         status=status,
         image_id=row["input_data_id"],
         label=row["predicted_label"],

@@ -1,4 +1,7 @@
-"""The pages: predict (upload or draw), one prediction, jobs, a job, mistakes, low confidence, browse."""
+"""The pages: predict (upload or draw), one prediction, jobs, a job, mistakes, low confidence, browse.
+
+Anyone may predict and see their own prediction by its token; every other page is for operators (web/auth.py).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ from shared.db import images, queries
 from shared.digits import MAX_ROW_ID, NUM_CLASSES
 from shared.images import decode_image, png_bytes
 from shared.reports import LOW_CONFIDENCE_THRESHOLD, build_job_report
-from web import backends, predictions
+from web import backends, keyset, predictions
+from web.auth import operator_or_404, operator_required
 from web.heatmap import heatmap
 from web.params import choice_arg, float_arg, int_arg
 
@@ -22,7 +26,7 @@ JOBS_PAGE_SIZE = 25
 MAX_PAGE = 100_000
 JOB_KINDS = {"bulk": "bulk", "upload": "upload", "all": None}
 BROWSE_BY = ("label", "prediction")
-# Stored images never change, so browsers may keep them.
+# Stored images never change, so the browser that fetched one may keep it.
 IMAGE_CACHE_SECONDS = 86_400
 UPLOAD_FIELD = "image"
 
@@ -38,37 +42,65 @@ def predict() -> Response | tuple[str, int]:
     if upload is None or not upload.filename:
         return render_template("home.html", error="choose a picture to upload, or draw a digit"), 400
     try:
-        prediction_id = predictions.submit_upload(backends.get_db(), backends.app_settings(), upload.read(), upload.filename)
+        _, token = predictions.submit_upload(backends.get_db(), backends.app_settings(), upload.read(), upload.filename)
     except ValueError as error:
         return render_template("home.html", error=f"{upload.filename}: {error}"), 400
-    return redirect(url_for("views.prediction", prediction_id=prediction_id), code=303)
+    return redirect(url_for("views.prediction", token=token), code=303)
 
 
-@blueprint.get("/predictions/<id:prediction_id>")
-def prediction(prediction_id: int) -> str:
-    result = predictions.get_prediction(backends.get_db(), prediction_id)
+@blueprint.get("/predictions/<token:token>")
+def prediction(token: str) -> str:
+    """The uploader's own result: whoever holds the token, and no one can guess one."""
+    result = predictions.get_prediction_by_token(backends.get_db(), token)
     if result is None:
-        raise NotFound(f"there is no prediction {prediction_id}")
-    return render_template("prediction.html", prediction=result, refresh=None if result.finished else refresh_seconds())
+        raise NotFound("there is no prediction with that token")
+    return prediction_page(result, url_for("views.prediction_image", token=token), url_for("api.show_prediction", token=token))
+
+
+@blueprint.get("/predictions/<token:token>/image.png")
+def prediction_image(token: str) -> Response:
+    """The upload as the model saw it, for whoever holds the token."""
+    result = predictions.get_prediction_by_token(backends.get_db(), token)
+    if result is None:
+        raise NotFound("there is no prediction with that token")
+    return stored_image_response(result.image_id, "the upload's picture")
+
+
+@blueprint.get("/predictions/<id:job_id>")
+@operator_or_404
+def upload_job(job_id: int) -> str:
+    """An upload by its job id, for operators (the jobs page links here). Anyone else: 404, as for an id that does not exist."""
+    result = predictions.get_prediction(backends.get_db(), job_id)
+    if result is None:
+        raise NotFound(f"there is no upload {job_id}")
+    json_url = url_for("api.show_prediction", token=result.token) if result.token else url_for("api.show_job", job_id=job_id)
+    return prediction_page(result, url_for("views.image_png", image_id=result.image_id), json_url)
+
+
+def prediction_page(result: predictions.Prediction, image_url: str, json_url: str) -> str:
+    refresh = None if result.finished else refresh_seconds()
+    return render_template("prediction.html", prediction=result, image_url=image_url, json_url=json_url, refresh=refresh)
 
 
 @blueprint.get("/jobs")
+@operator_required
 def jobs() -> str:
     kind = choice_arg("kind", "bulk", JOB_KINDS)
     page = page_arg()
-    rows = queries.list_jobs(backends.get_db(), JOB_KINDS[kind], JOBS_PAGE_SIZE + 1, (page - 1) * JOBS_PAGE_SIZE)
+    rows = queries.list_jobs(backends.get_db(), JOB_KINDS[kind], JOBS_PAGE_SIZE + 1, (page - 1) * JOBS_PAGE_SIZE, keyset.after_id())
     running = any(row["status"] != "done" for row in rows)
     return render_template(
         "jobs.html",
         jobs=rows[:JOBS_PAGE_SIZE],
         kind=kind,
         kinds=JOB_KINDS,
-        pager=pager(page, len(rows) > JOBS_PAGE_SIZE, kind=kind),
+        pager=pager(page, next_cursor(rows, JOBS_PAGE_SIZE, keyset.job_cursor), kind=kind),
         refresh=refresh_seconds() if running else None,
     )
 
 
 @blueprint.get("/jobs/<id:job_id>")
+@operator_required
 def job(job_id: int) -> str:
     report = build_job_report(backends.get_db(), job_id)
     if report is None:
@@ -79,65 +111,84 @@ def job(job_id: int) -> str:
 
 
 @blueprint.get("/mistakes")
+@operator_required
 def mistakes() -> str:
     page = page_arg()
     job_id = optional_job_id()
-    rows = queries.wrong_predictions(backends.get_db(), job_id=job_id, limit=GALLERY_PAGE_SIZE + 1, offset=(page - 1) * GALLERY_PAGE_SIZE)
-    return gallery("Mistakes", "Labelled images the model got wrong, newest first.", rows, page, job_id=job_id)
+    offset, after = (page - 1) * GALLERY_PAGE_SIZE, keyset.after_mistake()
+    rows = queries.wrong_predictions(backends.get_db(), job_id=job_id, limit=GALLERY_PAGE_SIZE + 1, offset=offset, after=after)
+    intro = "Labelled images the model got wrong, newest first."
+    return gallery("Mistakes", intro, rows, page, keyset.mistake_cursor, job_id=job_id)
 
 
 @blueprint.get("/low-confidence")
+@operator_required
 def low_confidence() -> str:
     page = page_arg()
     threshold = float_arg("threshold", LOW_CONFIDENCE_THRESHOLD, 0.0, 1.0)
     job_id = optional_job_id()
-    rows = queries.low_confidence_predictions(backends.get_db(), threshold, GALLERY_PAGE_SIZE + 1, (page - 1) * GALLERY_PAGE_SIZE, job_id)
+    offset, after = (page - 1) * GALLERY_PAGE_SIZE, keyset.after_low_confidence()
+    rows = queries.low_confidence_predictions(backends.get_db(), threshold, GALLERY_PAGE_SIZE + 1, offset, job_id, after)
     intro = f"Predictions with confidence under {threshold:g}, least sure first."
-    return gallery("Low confidence", intro, rows, page, job_id=job_id, threshold=threshold)
+    return gallery("Low confidence", intro, rows, page, keyset.low_confidence_cursor, job_id=job_id, threshold=threshold)
 
 
 @blueprint.get("/browse")
+@operator_required
 def browse() -> str:
     by = choice_arg("by", "label", BROWSE_BY)
     digit = int_arg("digit", -1, 0, NUM_CLASSES - 1) if request.args.get("digit") else None
     if digit is None:
         return render_template("gallery.html", title="Browse", intro="Pick a digit.", items=None, by=by, digit=None, pager=None)
     page = page_arg()
-    rows = queries.images_of_digit(backends.get_db(), digit, by == "prediction", GALLERY_PAGE_SIZE + 1, (page - 1) * GALLERY_PAGE_SIZE)
+    offset, before = (page - 1) * GALLERY_PAGE_SIZE, keyset.after_id()
+    rows = queries.images_of_digit(backends.get_db(), digit, by == "prediction", GALLERY_PAGE_SIZE + 1, offset, before)
     source = "whose true label is" if by == "label" else "whose latest prediction is"
-    return gallery(f"Browse: {digit}", f"Stored images {source} {digit}.", rows, page, by=by, digit=digit)
+    return gallery(f"Browse: {digit}", f"Stored images {source} {digit}.", rows, page, keyset.image_cursor, by=by, digit=digit)
 
 
 @blueprint.get("/images/<id:image_id>.png")
+@operator_or_404
 def image_png(image_id: int) -> Response:
+    return stored_image_response(image_id, f"image {image_id}")
+
+
+def stored_image_response(image_id: int, name: str) -> Response:
     data = images.get_image_data(backends.get_db(), image_id)
     if data is None:
-        raise NotFound(f"there is no image {image_id}")
+        raise NotFound(f"there is no {name}")
     try:
         image = decode_image(data)
     except ValueError as error:
-        raise NotFound(f"image {image_id} cannot be shown: {error}") from None
+        raise NotFound(f"{name} cannot be shown: {error}") from None
     response = current_app.response_class(png_bytes(image), mimetype="image/png")
-    response.cache_control.public = True
+    # Private: operators' images and uploads are not for shared caches.
+    response.cache_control.private = True
     response.cache_control.max_age = IMAGE_CACHE_SECONDS
     return response
 
 
-def gallery(title: str, intro: str, rows: list[dict[str, Any]], page: int, **filters: Any) -> str:
+def gallery(title: str, intro: str, rows: list[dict[str, Any]], page: int, cursor: keyset.Cursor, **filters: Any) -> str:
     """One page of image cards; ``filters`` are kept in the pager's links."""
-    has_next = len(rows) > GALLERY_PAGE_SIZE
+    after = next_cursor(rows, GALLERY_PAGE_SIZE, cursor)
     return render_template(
-        "gallery.html", title=title, intro=intro, items=rows[:GALLERY_PAGE_SIZE], pager=pager(page, has_next, **filters), **filters
+        "gallery.html", title=title, intro=intro, items=rows[:GALLERY_PAGE_SIZE], pager=pager(page, after, **filters), **filters
     )
 
 
-def pager(page: int, has_next: bool, **filters: Any) -> dict[str, Any]:
-    """Links to the previous and next page of the current view, keeping its filters."""
-    kept = {key: value for key, value in {**request.args.to_dict(), **filters}.items() if value is not None and key != "page"}
+def next_cursor(rows: list[dict[str, Any]], page_size: int, cursor: keyset.Cursor) -> str | None:
+    """The cursor of the next page (the last row shown), when there is one: rows holds one row more than a page."""
+    return cursor(rows[page_size - 1]) if len(rows) > page_size else None
+
+
+def pager(page: int, after: str | None, **filters: Any) -> dict[str, Any]:
+    """Links to the previous and next page of the current view, keeping its filters; "next" is a keyset cursor."""
+    args = {**request.args.to_dict(), **filters}
+    kept = {key: value for key, value in args.items() if value is not None and key not in ("page", "after")}
     return {
         "page": page,
         "previous": url_for(request.endpoint, page=page - 1, **kept) if page > 1 else None,
-        "next": url_for(request.endpoint, page=page + 1, **kept) if has_next else None,
+        "next": url_for(request.endpoint, page=page + 1, after=after, **kept) if after else None,
     }
 
 

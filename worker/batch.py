@@ -113,6 +113,26 @@ def process_batch(lane: DatabaseLane, predict: PredictFn, model_version: str, jo
     return sum(done for done, _ in outcomes), sum(failed for _, failed in outcomes)
 
 
+def process_uploads(lane: DatabaseLane, predict: PredictFn, model_version: str, uploads: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    """Predict a micro-batch of uploads, (job id, image id) each, in one model call; store them in one transaction.
+
+    Returns (new predictions, new failures). An image that cannot be read is failed alone, as
+    in a bulk batch; an error of the model or of the store fails the call, for the caller to split.
+    """
+    job_of = {image_id: job_id for job_id, image_id in uploads}
+    image_ids = list(job_of)
+    stored = lane.submit(image_store.fetch_images, image_ids).result()
+    good_ids, images, failures = decode_batch(image_ids, stored)
+    for failure in failures:
+        log.warning("job %s: upload image %s failed: %s", job_of[failure.input_data_id], failure.input_data_id, failure.reason)
+    probabilities = predict(images) if good_ids else np.zeros((0, NUM_CLASSES), dtype=np.float32)
+    prediction_jobs = np.array([job_of[image_id] for image_id in good_ids], dtype=np.int64)
+    job_ids = sorted({job_id for job_id, _ in uploads})
+    failed = [(job_of[failure.input_data_id], failure) for failure in failures]
+    batch = PredictionBatch.of(good_ids, probabilities)
+    return lane.submit(results.store_many, model_version, job_ids, prediction_jobs, batch, failed).result()
+
+
 def give_up(lane: DatabaseLane, model_version: str, job_id: int, image_id: int, reason: str) -> int:
     """Record one image as failed, so a poisonous image ends instead of looping; returns new failures."""
     log.error("job %s: image %s: %s", job_id, image_id, reason)

@@ -59,6 +59,15 @@ def get_image_data(conn: Connection, image_id: int) -> bytes | None:
     return bytes(row[0]) if row else None
 
 
+# Which stored images (``d``) a selection covers; parameters split, label and model (unpredicted by), each NULL for any.
+SELECTION_FILTER = """
+    (%(split)s::text IS NULL OR d.dataset_split = %(split)s)
+    AND (%(label)s::smallint IS NULL OR d.true_label = %(label)s)
+    AND (%(model)s::text IS NULL OR NOT EXISTS (
+        SELECT 1 FROM predictions p WHERE p.input_data_id = d.id AND p.model_version = %(model)s))
+"""
+
+
 def select_image_ids(
     conn: Connection,
     split: str | None = None,
@@ -69,15 +78,7 @@ def select_image_ids(
     """IDs of stored images matching every given filter, oldest first."""
     rows = query(
         conn,
-        """
-        SELECT d.id FROM input_data d
-        WHERE (%(split)s::text IS NULL OR d.dataset_split = %(split)s)
-          AND (%(label)s::smallint IS NULL OR d.true_label = %(label)s)
-          AND (%(model)s::text IS NULL OR NOT EXISTS (
-                SELECT 1 FROM predictions p WHERE p.input_data_id = d.id AND p.model_version = %(model)s))
-        ORDER BY d.id
-        LIMIT %(limit)s
-        """,
+        f"SELECT d.id FROM input_data d WHERE {SELECTION_FILTER} ORDER BY d.id LIMIT %(limit)s",
         {"split": split, "label": label, "model": unpredicted_by, "limit": limit},
     )
     return [row[0] for row in rows]

@@ -2,18 +2,27 @@
 
 A job keeps its image IDs as one ``BIGINT[]``: writing a row per image cost more than a
 third of the database's time for a job. No foreign key: an unknown ID is recorded as a failure.
+A job of a selection has its array built by PostgreSQL (``create_job_from_selection``) and read
+back as one numpy array (``job_image_ids``), so a job of a million images never becomes a
+million Python objects; 1M elements are 8 MB in TOAST, and an UPDATE of the job's counters
+leaves them where they are.
 """
 
 from __future__ import annotations
 
+import io
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
 
-from shared.db.connection import Connection, query, query_one, transaction
+from shared.db import copy_format
+from shared.db.connection import Connection, query, query_one, single_statement, transaction
+from shared.db.images import SELECTION_FILTER
 
 # Everything about a job but its image list, which is large and only recovery reads.
 JOB_COLUMNS = (
@@ -38,16 +47,76 @@ def create_job(conn: Connection, image_ids: Sequence[int], model_version: str, s
     return row[0]
 
 
+def create_job_from_selection(
+    conn: Connection,
+    filters: dict[str, Any],
+    limit: int | None,
+    model_version: str,
+    selection: dict[str, Any],
+    max_images: int,
+) -> tuple[int | None, int]:
+    """Record a job of the stored images matching ``filters`` (split, label, model), oldest first.
+
+    Returns (job id, images); the id is None when nothing matched or more than ``max_images``
+    did, and then images is how many matched, counted up to ``max_images + 1``. One statement:
+    the IDs go from the selection into the job's array without leaving PostgreSQL.
+    """
+    take = min(limit, max_images + 1) if limit else max_images + 1
+    row = query_one(
+        conn,
+        f"""
+        WITH chosen AS (
+            SELECT d.id FROM input_data d WHERE {SELECTION_FILTER} ORDER BY d.id LIMIT %(take)s
+        ), job AS (
+            INSERT INTO jobs (kind, model_version, selection, image_ids, total_images)
+            SELECT 'bulk', %(version)s, %(selection)s, array_agg(id ORDER BY id), count(*) FROM chosen
+            HAVING count(*) BETWEEN 1 AND %(max)s
+            RETURNING id
+        )
+        SELECT (SELECT id FROM job), (SELECT count(*) FROM chosen)
+        """,
+        {**filters, "take": take, "version": model_version, "selection": psycopg2.extras.Json(selection), "max": max_images},
+    )
+    return row[0], row[1]
+
+
+def job_image_ids(conn: Connection, job_id: int) -> np.ndarray:
+    """A job's image IDs as one int64 array, read with binary COPY (no Python object per ID)."""
+    return _copy_ids(conn, sql.SQL("SELECT unnest(image_ids) FROM jobs WHERE id = {}").format(sql.Literal(job_id)))
+
+
+def _copy_ids(conn: Connection, select: sql.Composable) -> np.ndarray:
+    payload = io.BytesIO()
+    with single_statement(conn) as cursor:
+        cursor.copy_expert(sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT binary)").format(select), payload)
+    return copy_format.parse_bigint_rows(payload.getvalue())
+
+
 def get_job(conn: Connection, job_id: int) -> dict[str, Any] | None:
     return query_one(conn, sql.SQL("SELECT {} FROM jobs WHERE id = %s").format(job_columns()), (job_id,), as_dicts=True)
 
 
-def create_upload_job(
-    conn: Connection, image_data: bytes, image_shape: list[int], model_version: str, selection: dict[str, Any]
-) -> tuple[int, int]:
-    """Store one uploaded image and its single-image job; return (job id, image id).
+# Random bytes in an upload's public token: 128 bits, so that no one can guess another upload's.
+UPLOAD_TOKEN_BYTES = 16
 
-    One statement, so an upload costs one round trip and one commit.
+
+def new_upload_token() -> str:
+    """22 URL-safe characters from the operating system's CSPRNG."""
+    return secrets.token_urlsafe(UPLOAD_TOKEN_BYTES)
+
+
+def create_upload_job(
+    conn: Connection,
+    image_data: bytes,
+    image_shape: list[int],
+    model_version: str,
+    selection: dict[str, Any],
+    public_token: str | None = None,
+) -> tuple[int, int]:
+    """Store one uploaded image and its single-image job with its public token; return (job id, image id).
+
+    ``public_token`` (default: a new one) is how the uploader reads the result back
+    (``queries.upload_prediction_by_token``). One statement: one round trip and one commit.
     """
     row = query_one(
         conn,
@@ -55,12 +124,12 @@ def create_upload_job(
         WITH image AS (
             INSERT INTO input_data (image_data, image_shape, dataset_split) VALUES (%s, %s, 'upload') RETURNING id
         ), job AS (
-            INSERT INTO jobs (kind, model_version, selection, image_ids, total_images)
-            SELECT 'upload', %s, %s, ARRAY[image.id], 1 FROM image RETURNING id
+            INSERT INTO jobs (kind, model_version, selection, image_ids, total_images, public_token)
+            SELECT 'upload', %s, %s, ARRAY[image.id], 1, %s FROM image RETURNING id
         )
         SELECT job.id, image.id FROM job, image
         """,
-        (psycopg2.Binary(image_data), image_shape, model_version, psycopg2.extras.Json(selection)),
+        (psycopg2.Binary(image_data), image_shape, model_version, psycopg2.extras.Json(selection), public_token or new_upload_token()),
     )
     return row[0], row[1]
 
@@ -70,23 +139,28 @@ def delete_upload_job(conn: Connection, job_id: int, image_id: int) -> None:
     with transaction(conn) as cursor:
         cursor.execute("DELETE FROM jobs WHERE id = %s AND kind = 'upload'", (job_id,))
         cursor.execute("DELETE FROM predictions WHERE job_id = %s", (job_id,))  # no foreign key cascades there
+        cursor.execute("DELETE FROM job_statistics WHERE job_id = %s", (job_id,))  # nor there
+        cursor.execute("DELETE FROM job_mistakes WHERE job_id = %s", (job_id,))
         cursor.execute("DELETE FROM input_data WHERE id = %s AND dataset_split = 'upload'", (image_id,))
 
 
 def unfinished_image_ids(conn: Connection, job_id: int) -> list[int]:
     """Images of a job with neither a prediction nor a recorded failure: what is left to do."""
-    rows = query(
-        conn,
+    return unfinished_image_id_array(conn, job_id).tolist()
+
+
+def unfinished_image_id_array(conn: Connection, job_id: int) -> np.ndarray:
+    """``unfinished_image_ids`` as an int64 array, read with binary COPY."""
+    statement = sql.SQL(
         """
         SELECT item.id FROM jobs j, unnest(j.image_ids) AS item (id)
-        WHERE j.id = %(job)s
-          AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.job_id = %(job)s AND p.input_data_id = item.id)
-          AND NOT EXISTS (SELECT 1 FROM job_failures f WHERE f.job_id = %(job)s AND f.input_data_id = item.id)
+        WHERE j.id = {job}
+          AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.job_id = {job} AND p.input_data_id = item.id)
+          AND NOT EXISTS (SELECT 1 FROM job_failures f WHERE f.job_id = {job} AND f.input_data_id = item.id)
         ORDER BY item.id
-        """,
-        {"job": job_id},
-    )
-    return [row[0] for row in rows]
+        """
+    ).format(job=sql.Literal(job_id))
+    return _copy_ids(conn, statement)
 
 
 def mark_resumed(conn: Connection, job_id: int) -> None:

@@ -7,6 +7,7 @@ no-op, so the counters always equal the rows and nothing is counted twice.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 from collections.abc import Sequence
@@ -15,10 +16,9 @@ from typing import NamedTuple
 import numpy as np
 import psycopg2
 import psycopg2.errors
-import psycopg2.extras
 from psycopg2 import sql
 
-from shared.db import copy_format, progress
+from shared.db import copy_format, progress, statistics
 from shared.db.connection import Connection, Cursor, transaction
 from shared.digits import NUM_CLASSES
 
@@ -71,69 +71,176 @@ def store_results(
     first time; a batch partly stored before (redelivered after a crash) hits the primary key
     and is written again through a staging table that skips what is already there.
     """
-    try:
-        return _store_results(conn, job_id, model_version, predictions, failures, skip_stored=False)
-    except psycopg2.errors.UniqueViolation:
-        return _store_results(conn, job_id, model_version, predictions, failures, skip_stored=True)
+    prediction_jobs = np.full(len(predictions), job_id, dtype=np.int64) if predictions else np.zeros(0, dtype=np.int64)
+    return store_many(conn, model_version, [job_id], prediction_jobs, predictions, [(job_id, failure) for failure in failures])
 
 
-def _store_results(
+def store_many(
     conn: Connection,
-    job_id: int,
     model_version: str,
+    job_ids: Sequence[int],
+    prediction_jobs: np.ndarray,
     predictions: PredictionBatch | None,
-    failures: Sequence[FailureRow],
+    failures: Sequence[tuple[int, FailureRow]],
+) -> tuple[int, int]:
+    """``store_results`` for results of several jobs at once (a micro-batch of uploads): one transaction.
+
+    ``prediction_jobs`` gives each prediction's job; every job of ``job_ids`` is advanced (and
+    must exist: UnknownJobError otherwise, and nothing is stored).
+    """
+    try:
+        return _store(conn, model_version, job_ids, prediction_jobs, predictions, failures, skip_stored=False)
+    except psycopg2.errors.UniqueViolation:
+        return _store(conn, model_version, job_ids, prediction_jobs, predictions, failures, skip_stored=True)
+
+
+# The newly stored predictions, as ``statistics.MAINTAIN`` reads them: straight from the
+# arrays whose rows the COPY just wrote, or, on a redelivery, from what the INSERT really inserted.
+NEW_FROM_COPY = """
+batch AS (
+    SELECT u.job_id, u.input_data_id, u.predicted_label, u.confidence, d.true_label
+    FROM unnest(%(p_jobs)s::bigint[], %(p_ids)s::bigint[], %(p_labels)s::smallint[], %(p_confidences)s::real[])
+         AS u (job_id, input_data_id, predicted_label, confidence)
+    LEFT JOIN input_data d ON d.id = u.input_data_id
+)"""
+NEW_FROM_STAGING = """
+inserted AS (
+    INSERT INTO predictions SELECT * FROM staged_predictions ON CONFLICT (job_id, input_data_id) DO NOTHING
+    RETURNING job_id, input_data_id, predicted_label, confidence
+), batch AS (
+    SELECT i.job_id, i.input_data_id, i.predicted_label, i.confidence, d.true_label
+    FROM inserted i LEFT JOIN input_data d ON d.id = i.input_data_id
+)"""
+# Failures, statistics, mistakes, the jobs' counters and the NOTIFY: one statement, one round
+# trip. The NOTIFY is delivered at commit: a web request waiting for an upload wakes at once.
+ADVANCE = """
+failed AS (
+    INSERT INTO job_failures (job_id, input_data_id, reason)
+    SELECT * FROM unnest(%(f_jobs)s::bigint[], %(f_ids)s::bigint[], %(f_reasons)s::text[]) ORDER BY 1, 2
+    ON CONFLICT (job_id, input_data_id) DO NOTHING
+    RETURNING job_id
+), changes AS (
+    SELECT job_id, sum(done) AS done, sum(failed) AS failed FROM (
+        SELECT unnest(%(jobs)s::bigint[]), 0, 0
+        UNION ALL SELECT job_id, 1, 0 FROM batch
+        UNION ALL SELECT job_id, 0, 1 FROM failed
+    ) AS c (job_id, done, failed)
+    GROUP BY job_id
+), job AS (
+    UPDATE jobs j SET
+        done_count = j.done_count + c.done,
+        failed_count = j.failed_count + c.failed,
+        started_at = COALESCE(j.started_at, now()),
+        progressed_at = now(),
+        status = CASE WHEN j.done_count + j.failed_count + c.done + c.failed >= j.total_images THEN 'done' ELSE 'running' END,
+        finished_at = CASE WHEN j.done_count + j.failed_count + c.done + c.failed >= j.total_images
+                           THEN COALESCE(j.finished_at, now()) END
+    FROM changes c WHERE j.id = c.job_id AND j.id = ANY(%(jobs)s::bigint[])  -- by the primary key, never a scan of jobs
+    RETURNING j.id
+)
+SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM failed), (SELECT count(pg_notify(%(channel)s, id::text)) FROM job)
+"""
+
+
+def _store(
+    conn: Connection,
+    model_version: str,
+    job_ids: Sequence[int],
+    prediction_jobs: np.ndarray,
+    predictions: PredictionBatch | None,
+    failures: Sequence[tuple[int, FailureRow]],
     skip_stored: bool,
 ) -> tuple[int, int]:
-    with transaction(conn) as cursor:
-        stored = _insert_predictions(cursor, job_id, model_version, predictions, skip_stored) if predictions else 0
-        failed = _insert_failures(cursor, job_id, failures) if failures else 0
-        # The NOTIFY rides in the same statement (one round trip less) and is delivered at
-        # commit: a web request waiting for this upload wakes at once.
-        cursor.execute(
-            """
-            WITH job AS (
-                UPDATE jobs SET
-                    done_count = done_count + %(done)s,
-                    failed_count = failed_count + %(failed)s,
-                    started_at = COALESCE(started_at, now()),
-                    progressed_at = now(),
-                    status = CASE WHEN done_count + failed_count + %(done)s + %(failed)s >= total_images
-                                  THEN 'done' ELSE 'running' END,
-                    finished_at = CASE WHEN done_count + failed_count + %(done)s + %(failed)s >= total_images
-                                       THEN COALESCE(finished_at, now()) END
-                WHERE id = %(job)s
-                RETURNING id
-            )
-            SELECT pg_notify(%(channel)s, id::text) FROM job
-            """,
-            {"done": stored, "failed": failed, "job": job_id, "channel": progress.CHANNEL},
-        )
-        if cursor.rowcount == 0:  # rolls the predictions back: predictions has no foreign key to do it
-            raise UnknownJobError(f"job {job_id} does not exist")
+    """Three round trips on an autocommit connection: BEGIN rides with the first command, then the
+    COPY's data, the one statement, COMMIT. Without predictions the statement is its own transaction."""
+    jobs = sorted(set(job_ids))
+    params = {
+        "jobs": jobs,
+        "f_jobs": [job for job, _ in failures],
+        "f_ids": [failure.input_data_id for _, failure in failures],
+        "f_reasons": [failure.reason for _, failure in failures],
+        "channel": progress.CHANNEL,
+    }
+    has_predictions = predictions is not None and len(predictions) > 0
+    statement = "WITH " + ",".join([NEW_FROM_STAGING if skip_stored else NEW_FROM_COPY, statistics.MAINTAIN, ADVANCE])
+    if has_predictions and not skip_stored:
+        params |= {
+            "p_jobs": prediction_jobs.tolist(),
+            "p_ids": predictions.image_ids.tolist(),
+            "p_labels": predictions.labels.tolist(),
+            "p_confidences": predictions.confidences.tolist(),
+        }
+    elif not skip_stored:
+        params |= {"p_jobs": [], "p_ids": [], "p_labels": [], "p_confidences": []}
+    manual = conn.autocommit and has_predictions  # else: one statement (autocommit) or the caller's transaction
+    name = "mnistq_store_staged" if skip_stored else "mnistq_store"
+    with contextlib.ExitStack() as stack:
+        cursor = stack.enter_context(conn.cursor()) if conn.autocommit else stack.enter_context(transaction(conn))
+        try:
+            if has_predictions:
+                _copy_predictions(cursor, prediction_jobs, model_version, predictions, skip_stored, begin=manual)
+            _execute_prepared(cursor, name, statement, params)
+            stored, failed, advanced = cursor.fetchone()
+            if advanced < len(jobs):  # rolls the predictions back: predictions has no foreign key to do it
+                raise UnknownJobError(f"job {jobs[0]} does not exist" if len(jobs) == 1 else "a job of the batch does not exist")
+            if manual:
+                cursor.execute("COMMIT")
+        except BaseException as error:
+            if manual and not conn.closed:
+                with contextlib.suppress(psycopg2.Error):
+                    cursor.execute("ROLLBACK")
+            if isinstance(error, psycopg2.errors.ForeignKeyViolation):  # statistics, mistakes and failures name the job
+                raise UnknownJobError(f"a job of {jobs} does not exist") from error
+            raise
     return stored, failed
 
 
-def _insert_predictions(cursor: Cursor, job_id: int, model_version: str, predictions: PredictionBatch, skip_stored: bool) -> int:
-    """COPY in binary format; with ``skip_stored``, through a staging table and ON CONFLICT DO NOTHING."""
-    payload = io.BytesIO(copy_format.prediction_rows(job_id, model_version, predictions.image_ids, predictions.probabilities))
+# The statement's parameters, in the order of the prepared statement's $1, $2, ...
+PARAMETERS = {
+    "jobs": "bigint[]", "f_jobs": "bigint[]", "f_ids": "bigint[]", "f_reasons": "text[]", "channel": "text",
+    "p_jobs": "bigint[]", "p_ids": "bigint[]", "p_labels": "smallint[]", "p_confidences": "real[]",
+}  # fmt: skip
+# Connections (by object and backend) that have prepared the statements: planning them took
+# longer than running them for a small batch, so each connection plans them once.
+_prepared: set[tuple[int, int, str]] = set()
+# Errors that come before PREPARE has run (so it must be sent again next time).
+_BEFORE_PREPARE = (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn)
+
+
+def _execute_prepared(cursor: Cursor, name: str, statement: str, params: dict) -> None:
+    """EXECUTE the statement prepared on this connection; the first time, PREPARE rides in the same round trip."""
+    key = (id(cursor.connection), cursor.connection.get_backend_pid(), name)
+    execute = f"EXECUTE {name} ({', '.join(f'%({parameter})s' for parameter in PARAMETERS)})"
+    values = {parameter: params.get(parameter, []) for parameter in PARAMETERS}
+    if key in _prepared:
+        cursor.execute(execute, values)
+        return
+    numbered = statement
+    for number, parameter in enumerate(PARAMETERS, start=1):
+        numbered = numbered.replace(f"%({parameter})s", f"${number}")
+    prepare = f"PREPARE {name} ({', '.join(PARAMETERS.values())}) AS {numbered.replace('%%', '%')}"
+    try:
+        cursor.execute(prepare.replace("%", "%%") + "; " + execute, values)
+    except _BEFORE_PREPARE:
+        raise
+    except psycopg2.Error:
+        _prepared.add(key)  # PREPARE ran; what failed came after it
+        raise
+    _prepared.add(key)
+
+
+def _copy_predictions(
+    cursor: Cursor, prediction_jobs: np.ndarray, model_version: str, predictions: PredictionBatch, skip_stored: bool, begin: bool
+) -> None:
+    """COPY in binary format; with ``skip_stored``, into the staging table that ``NEW_FROM_STAGING`` inserts from."""
+    payload = io.BytesIO(copy_format.prediction_rows(prediction_jobs, model_version, predictions.image_ids, predictions.probabilities))
+    first = "BEGIN; " if begin else ""
     if not skip_stored:
-        cursor.copy_expert(sql.SQL("COPY predictions ({}) FROM STDIN WITH (FORMAT binary)").format(COPY_COLUMNS), payload)
-        return cursor.rowcount
-    cursor.execute("CREATE TEMP TABLE IF NOT EXISTS staged_predictions (LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+        copy = sql.SQL("COPY predictions ({}) FROM STDIN WITH (FORMAT binary)").format(COPY_COLUMNS)
+        cursor.copy_expert(first + copy.as_string(cursor), payload)
+        return
+    cursor.execute(first + "CREATE TEMP TABLE IF NOT EXISTS staged_predictions (LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
     cursor.copy_expert(sql.SQL("COPY staged_predictions ({}) FROM STDIN WITH (FORMAT binary)").format(COPY_COLUMNS), payload)
-    cursor.execute("INSERT INTO predictions SELECT * FROM staged_predictions ON CONFLICT (job_id, input_data_id) DO NOTHING")
-    return cursor.rowcount
-
-
-def _insert_failures(cursor: Cursor, job_id: int, failures: Sequence[FailureRow]) -> int:
-    psycopg2.extras.execute_values(
-        cursor,
-        "INSERT INTO job_failures (job_id, input_data_id, reason) VALUES %s ON CONFLICT (job_id, input_data_id) DO NOTHING",
-        [(job_id, f.input_data_id, f.reason) for f in failures],
-        page_size=len(failures),
-    )
-    return cursor.rowcount
 
 
 def record_attempt(conn: Connection, job_id: int, image_ids: Sequence[int]) -> int:

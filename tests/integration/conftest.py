@@ -3,6 +3,10 @@
 The session's settings are put into ``os.environ`` as well, so the CLI (through click's
 runner), the web app and the worker subprocesses all see the same private database and
 queues. Tests that need other values build their own with ``settings.replace(...)``.
+
+The per-client rate limits are off for the session: every test client is 127.0.0.1, and the
+suite uploads far more than one person would. tests/integration/test_access.py turns them on
+with short windows, and the load tests say "off" themselves as well.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ def database_url(isolated_environment: None) -> Iterator[str]:
     with scratch.database_with_schema(DATABASE_NAME) as url:
         os.environ["DATABASE_URL"] = url
         os.environ["QUEUE_PREFIX"] = QUEUE_PREFIX
+        os.environ["UPLOAD_RATE_LIMIT"] = os.environ["SIGNIN_RATE_LIMIT"] = "off"
         os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
         yield url
     # Every queue name of this run, the session's and those single tests made, holds this pid.
@@ -44,6 +49,16 @@ def conn(database_url: str) -> Iterator[psycopg2.extensions.connection]:
     connection_ = connection.connect(database_url)
     yield connection_
     connection_.close()
+
+
+@pytest.fixture(scope="session")
+def operator(database_url: str) -> int:
+    """The id of an operator in the session's database (password: services.OPERATOR_PASSWORD)."""
+    conn = connection.connect(database_url)
+    try:
+        return services.add_operator(conn)[0]
+    finally:
+        conn.close()
 
 
 @pytest.fixture

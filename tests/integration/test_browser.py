@@ -1,5 +1,9 @@
 """A real browser against a real server: Debian's Chromium driven by Playwright, gunicorn serving
-the app, the session's Celery worker predicting. Screenshots land in test-artifacts/."""
+the app, the session's Celery worker predicting. Screenshots land in test-artifacts/.
+
+Every page is checked for its Content-Security-Policy header and for inline script, inline style
+and event-handler attributes (none), and the browser must report no CSP violation.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import numpy as np
 import pytest
 
 from producer import ingest
+from shared.db import connection
 from shared.db import images as image_store
 from tests.support import digits, services
 
@@ -31,6 +36,13 @@ ARTIFACTS = services.PROJECT_ROOT / "test-artifacts"
 RESULT_TIMEOUT_MS = 20_000
 PAD_MARGIN = 40  # px from the pad's edge where the test's stroke starts and ends
 JOB_IMAGES = 200
+# What each page must carry; the full policy is web/security.py's.
+CSP_PARTS = ("default-src 'none'", "script-src 'self'", "style-src 'self'", "frame-ancestors 'none'")
+INLINE_CODE = """() => ({
+  inlineScripts: [...document.scripts].filter(script => !script.src).length,
+  styleAttributes: document.querySelectorAll('[style]').length,
+  handlerAttributes: [...document.querySelectorAll('*')].filter(el => [...el.attributes].some(a => a.name.startsWith('on'))).length,
+})"""
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +75,38 @@ def page(browser, web_server):
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    # Chromium reports every resource the Content-Security-Policy blocked on the console.
+    page.on("console", lambda message: errors.append(message.text) if "Content Security Policy" in message.text else None)
+    page.on("response", lambda response: check_headers(response) if response.request.resource_type == "document" else None)
     yield page
     context.close()
-    assert not errors, f"JavaScript errors: {errors}"
+    assert not errors, f"JavaScript errors or CSP violations: {errors}"
+
+
+def check_headers(response) -> None:
+    policy = response.headers.get("content-security-policy", "")
+    assert all(part in policy for part in CSP_PARTS), (response.url, policy)
+    assert response.headers.get("x-content-type-options") == "nosniff" and response.headers.get("referrer-policy"), response.url
+
+
+def assert_no_inline_code(page) -> None:
+    assert page.evaluate(INLINE_CODE) == {"inlineScripts": 0, "styleAttributes": 0, "handlerAttributes": 0}, page.url
+
+
+@pytest.fixture(scope="module")
+def operator_name(database_url) -> str:
+    conn = connection.connect(database_url)
+    try:
+        return services.add_operator(conn, "browser-op")[1]
+    finally:
+        conn.close()
+
+
+def sign_in(page, name: str) -> None:
+    """Through the sign-in form, as an operator would; the page it asked for comes next."""
+    page.fill("#sign-in-form input[name=name]", name)
+    page.fill("#sign-in-form input[name=password]", services.OPERATOR_PASSWORD)
+    page.click("#sign-in-form button[type=submit]")
 
 
 def screenshot(page, name: str) -> None:
@@ -81,13 +122,15 @@ def test_uploading_a_digit_shows_the_right_prediction(page):
     page.click("#upload-form button[type=submit]")
     predicted = page.wait_for_selector("#predicted-digit", timeout=RESULT_TIMEOUT_MS)
     assert predicted.inner_text() == str(labels[0])
-    assert page.locator(".bars tr").count() == 10
+    assert page.locator(".bars tr").count() == 10 and page.locator(".bars meter").count() == 10
     assert page.eval_on_selector("img.digit-image", "img => img.complete && img.naturalWidth") == 28
+    assert_no_inline_code(page)
     screenshot(page, "upload-result.png")
 
 
 def test_drawing_a_stroke_gets_a_prediction(page):
     page.goto("/")
+    assert_no_inline_code(page)  # the pad's script is static/draw.js
     page.click("#draw-form button[type=submit]")
     assert page.inner_text("#draw-hint") == "Draw a digit first."
 
@@ -104,19 +147,45 @@ def test_drawing_a_stroke_gets_a_prediction(page):
     screenshot(page, "drawing-result.png")
 
 
-def test_job_page_shows_the_confusion_heat_map(page, web_server, conn):
+def test_an_operator_signs_in_for_the_job_and_mistakes_pages(page, web_server, conn, operator_name):
     images, labels = digits.mnist_test_digits(JOB_IMAGES)
     image_store.insert_images(conn, list(ingest.mnist_rows(images, labels, "test")))  # no-op where already stored
-    accepted = page.request.post(f"{web_server.url}/api/jobs", data={"split": "test", "limit": JOB_IMAGES})
+    # A program starts the job with an API token; the browser holds no session yet.
+    bearer = {"Authorization": f"Bearer {services.operator_token(conn)}"}
+    accepted = page.request.post(f"{web_server.url}/api/jobs", data={"split": "test", "limit": JOB_IMAGES}, headers=bearer)
     assert accepted.status == 202
-    page.goto(accepted.json()["page_url"])
+    job_id = accepted.json()["id"]
+
+    page.goto(accepted.json()["page_url"])  # anonymous: sent to the sign-in form, and back after it
+    assert page.url.startswith(f"{web_server.url}/sign-in?next=")
+    assert_no_inline_code(page)
+    screenshot(page, "sign-in.png")
+    sign_in(page, operator_name)
+    assert page.url == f"{web_server.url}/jobs/{job_id}"
     # The page reloads itself until the job is done.
     page.wait_for_selector(".status-done", timeout=RESULT_TIMEOUT_MS)
     assert page.locator("table.heatmap tbody td").count() == 100
+    assert page.locator("table.heatmap td[class*=heat-right-]").count() == 10  # the diagonal's shades are classes
+    assert page.eval_on_selector("table.heatmap tbody td.heat-right-10", "td => getComputedStyle(td).backgroundColor") != "rgba(0, 0, 0, 0)"
+    assert_no_inline_code(page)
     screenshot(page, "job.png")
-    page.goto(f"/low-confidence?threshold=0.99&job={accepted.json()['id']}")
+
+    page.goto(f"/low-confidence?threshold=0.99&job={job_id}")
     page.wait_for_selector("ul.gallery img")
     # Gallery images load lazily: those in view must arrive as real 28x28 PNGs.
     in_view = "() => [...document.querySelectorAll('ul.gallery img')].slice(0, 4).every(img => img.complete && img.naturalWidth === 28)"
     page.wait_for_function(in_view, timeout=RESULT_TIMEOUT_MS)
+    assert_no_inline_code(page)
     screenshot(page, "low-confidence.png")
+
+    page.goto(f"/mistakes?job={job_id}")
+    assert page.locator("h1").inner_text() == "Mistakes"
+    assert_no_inline_code(page)
+    screenshot(page, "mistakes.png")
+
+    page.goto("/jobs")
+    assert page.locator(f'a[href="/jobs/{job_id}"]').count() == 1 and page.locator("table.jobs progress").count() > 0
+    assert_no_inline_code(page)
+    page.click("header form.sign-out button")
+    page.goto("/mistakes")
+    assert page.url.startswith(f"{web_server.url}/sign-in?next=")  # signed out: the session is gone

@@ -1,11 +1,12 @@
-"""The Docker deployment, checked without a Docker engine (this machine has none).
+"""The Docker deployment, checked without a Docker engine; test_containers.py builds and runs it.
 
 The compose file is validated against the Compose specification's JSON schema and its
 structure asserted. What the images' commands do is checked by running them as they are
 written in the Dockerfiles: the worker's entrypoint script (here, and with real roles in
-test_db_roles.py), each image's HEALTHCHECK against its command. What only a built image
-shows (base image, user, what is copied where) is read from the Dockerfiles' text;
-hadolint runs over them in ``./run lint``. Whether the images build is not checked here.
+test_db_roles.py), each image's HEALTHCHECK against its command. The Dockerfiles' text is
+checked for what a user relies on (the default base image, the user, what is copied where);
+hadolint runs over them in ``./run lint``. That the images build, come up healthy, run as
+uid 10001 and do their work is test_containers.py's part, on a real engine.
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ def test_services_connect_as_the_app_role_and_only_the_worker_knows_the_owner():
 
 
 def test_only_the_worker_image_applies_the_schema_and_then_forgets_the_owner():
-    # Text only, until images are built: which image has the entrypoint, and what it copies.
+    # Which image has the entrypoint, and what it copies (test_containers.py runs both images).
     # What the entrypoint does is run for real below and in test_db_roles.py.
     assert exec_form("Dockerfile.worker", "ENTRYPOINT") == ["mnist-entrypoint"]
     assert "COPY docker/entrypoint.sh /usr/local/bin/mnist-entrypoint" in dockerfile("Dockerfile.worker").splitlines()
@@ -225,12 +226,14 @@ def test_compose_file_with_the_example_env_follows_the_compose_specification():
 
 
 def test_images_run_as_a_non_root_user_from_slim_python():
-    # Text only, until images are built: the base image, the user, the command and what is copied.
+    # The default base image, the user, the command and what is copied; test_containers.py runs
+    # both images, built on a Debian base passed as PYTHON_IMAGE, and checks their uid.
     assert exec_form("Dockerfile.worker", "CMD") == ["python", "-m", "worker"]
     assert exec_form("Dockerfile.web", "CMD")[-1] == "web.app:create_app()"
     for name in ("Dockerfile.worker", "Dockerfile.web"):
         text = dockerfile(name)
-        assert re.search(r"^FROM python:3\.11-slim", text, re.MULTILINE)
+        assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim-bookworm$", text, re.MULTILINE)
+        assert re.findall(r"^FROM (.+)$", text, re.MULTILINE) == ["${PYTHON_IMAGE}"]
         users = re.findall(r"^USER (\S+)", text, re.MULTILINE)
         assert users and users[-1] not in {"root", "0"}
         assert text.rstrip().splitlines()[-1].startswith("CMD "), f"{name}: the command is the last instruction"
@@ -273,3 +276,29 @@ def test_web_requirements_resolve_to_no_inference_runtime():
     assert not closure & INFERENCE_PACKAGES
     worker = installed_closure(requirement_names(PROJECT_ROOT / "requirements-worker.txt"))
     assert {"ai-edge-litert", "alembic", "sqlalchemy", "psycopg2-binary"} <= worker  # it infers, and its entrypoint migrates
+
+
+def test_compose_file_works_with_compose_v2_and_1_29():
+    """docker-compose 1.29 refuses a top-level ``name:``; the project is named by folder or COMPOSE_PROJECT_NAME."""
+    document = compose()
+    assert "name" not in document and "version" not in document
+    assert env_example()["COMPOSE_PROJECT_NAME"] == "mnist-queue"
+
+
+def test_users_get_the_official_images_unless_they_name_others():
+    """``POSTGRES_IMAGE``, ``REDIS_IMAGE``, ``PYTHON_IMAGE``: the container test's stand-ins, or a mirror's."""
+    services = compose()["services"]
+    assert services["db"]["image"] == "${POSTGRES_IMAGE:-postgres:18}"
+    assert services["redis"]["image"] == "${REDIS_IMAGE:-redis:7.4}"
+    rendered = rendered_compose()["services"]
+    assert (rendered["db"]["image"], rendered["redis"]["image"]) == ("postgres:18", "redis:7.4")
+    for name in APP_SERVICES:
+        assert services[name]["build"]["args"] == {"PYTHON_IMAGE": "${PYTHON_IMAGE:-python:3.11-slim-bookworm}"}
+        assert rendered[name]["build"]["args"]["PYTHON_IMAGE"] == "python:3.11-slim-bookworm"
+
+
+def test_the_app_user_has_a_home_for_gunicorns_control_socket():
+    """gunicorn puts its control socket in ~/.gunicorn; without a home it logged Permission denied."""
+    for name in ("Dockerfile.worker", "Dockerfile.web"):
+        useradd = next(line for line in dockerfile(name).splitlines() if "useradd" in line)
+        assert "--uid 10001" in useradd and "--create-home" in useradd and "--home-dir /home/mnist" in useradd

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import pytest
 from producer.ingest import load_mnist, mnist_rows
 from shared import broker, jobs, upload_queue
 from shared.config import load_settings
-from shared.db import connection, progress, queries, schema
+from shared.db import connection, progress, queries, schema, statistics
 from shared.db import images as image_store
 from shared.db import jobs as job_store
 from shared.db.images import ImageRow
@@ -165,6 +166,9 @@ def test_workers_killed_at_random_moments_lose_and_duplicate_nothing(conn, fault
                 os.kill(rng.choice(children), signal.SIGKILL)
             kills += 1
         finished = [assert_exactly_once(conn, job_id, len(test_split_ids)) for job_id in job_ids]
+        for job_id in job_ids:  # the per-job statistics, written with the predictions, never drift from them
+            counted = statistics.recount(conn, job_id)
+            assert (counted["statistics"], counted["mistakes"]) == (counted["aggregated"], counted["mistakes_aggregated"])
         total = {key: sum(job[key] for job in finished) for key in ("done_count", "failed_count", "duplicated")}
         record("worker SIGKILL x10 (2 workers)", kills, len(test_split_ids) * len(finished), total, time.monotonic() - started)
     finally:
@@ -253,7 +257,8 @@ def test_poison_images_are_failed_after_bounded_attempts_and_the_rest_completes(
 
 def test_upload_consumers_killed_at_random_moments_lose_and_duplicate_no_upload(conn, fault_env, test_split_ids, tmp_path):
     rng = random.Random(SEED)
-    env = {**fault_env, "UPLOAD_HEARTBEAT_SECONDS": "1"}  # a killed consumer's upload comes back after a second
+    # A killed consumer's uploads come back after a second; it takes them in micro-batches of up to 16.
+    env = {**fault_env, "UPLOAD_HEARTBEAT_SECONDS": "1", "UPLOAD_MAX_BATCH": "16"}
     ids = test_split_ids[:1000]
     pictures = stored_images(conn, ids)
     consumer = start_consumer(env, tmp_path, "consumer0")
@@ -279,6 +284,8 @@ def test_upload_consumers_killed_at_random_moments_lose_and_duplicate_no_upload(
     assert len(outcomes) == len(every_job) and len(every_job) % len(ids) == 0
     logs = "".join(path.read_text() for path in tmp_path.glob("consumer*.log"))
     assert "held by consumers that died" in logs, "no kill caught an upload in flight: recovery was not exercised"
+    taken_back = [int(count) for count in re.findall(r"took back (\d+) uploads held by consumers that died", logs)]
+    assert max(taken_back) > 1, "no kill caught a micro-batch in flight"
     job = {"done_count": len(every_job), "failed_count": 0, "duplicated": 0}
     record(f"upload consumer SIGKILL x{kills}", kills, len(every_job), job, time.monotonic() - started)
 
@@ -308,6 +315,39 @@ def test_an_upload_that_crashes_its_consumer_is_failed_after_bounded_attempts(co
     assert queries.job_failures(conn, fail_job)[0][1] == "prediction failed: injected inference failure"
     job = {"done_count": len(ids), "failed_count": 2, "duplicated": 0}
     record("poison upload: crashes its consumer / fails inference", 2, len(ids) + 2, job, time.monotonic() - started)
+
+
+@pytest.mark.parametrize("marker", [CRASH_MARKER, FAIL_MARKER], ids=["crashes its consumer", "fails inference"])
+def test_a_poison_upload_in_a_micro_batch_of_16_fails_alone(conn, fault_env, test_split_ids, tmp_path, marker):
+    """Sixteen uploads wait before the consumer starts, so it takes them as one batch, the poison in the middle."""
+    env = {**fault_env, "UPLOAD_HEARTBEAT_SECONDS": "1", "UPLOAD_MAX_BATCH": "16"}
+    pictures = stored_images(conn, test_split_ids[:15])
+    job_ids = submit_uploads(conn, env, [*pictures[:8], marker, *pictures[8:]])
+    poison_job = job_ids[8]
+    crashing = "tests.support.crashing_worker uploads"
+    consumers = [start_consumer(env, tmp_path, "batch0", crashing, wait=False)]
+
+    def restart_the_dead() -> None:
+        if consumers[-1].process.poll() is not None:
+            consumers[-1].stop()
+            consumers.append(start_consumer(env, tmp_path, f"batch{len(consumers)}", crashing, wait=False))
+
+    try:
+        outcomes = wait_for_uploads(conn, job_ids, while_waiting=restart_the_dead)
+    finally:
+        consumers[-1].stop()
+    assert {job_id: outcome for job_id, outcome in outcomes.items() if job_id != poison_job} == dict.fromkeys(
+        set(job_ids) - {poison_job}, ("done", 1, 1, 0)
+    )
+    assert outcomes[poison_job] == ("done", 1, 0, 1)
+    logs = "".join(path.read_text() for path in tmp_path.glob("batch*.log"))
+    reason = queries.job_failures(conn, poison_job)[0][1]
+    if marker == CRASH_MARKER:  # the batch died once, then the poison alone until it was given up on
+        assert len(consumers) - 1 == jobs.MAX_DELIVERIES and reason.startswith(f"gave up after {jobs.MAX_DELIVERIES} attempts")
+        assert "took back 16 uploads held by consumers that died" in logs
+    else:  # split in halves until the poison was alone; nobody died
+        assert len(consumers) == 1 and reason == "prediction failed: injected inference failure"
+        assert "batch of 16 uploads split" in logs
 
 
 def readiness(web: services.WebServer) -> tuple[int, dict]:
@@ -357,7 +397,9 @@ def test_a_postgres_restart_mid_job_is_ridden_out(fault_env, mnist_dir, tmp_path
         web.wait_ready()
         assert readiness(web)[0] == 200
         job_id = submit(conn, env, ids, batch_size=100)
-        with urllib.request.urlopen(f"{web.url}/api/jobs/{job_id}", timeout=10) as answer:  # fills the web's pool
+        bearer = {"Authorization": f"Bearer {services.operator_token(conn)}"}  # the job API is for operators
+        job_status = urllib.request.Request(f"{web.url}/api/jobs/{job_id}", headers=bearer)
+        with urllib.request.urlopen(job_status, timeout=10) as answer:  # fills the web's pool
             assert answer.status == 200
         # Mid-job however fast the machine: at the first stored batch the workers are frozen until
         # PostgreSQL is down, and then find it gone with the job's other batches still to do.

@@ -15,14 +15,14 @@ from PIL import Image
 
 from producer import ingest
 from shared import broker, jobs, upload_queue
-from shared.db import connection, progress
+from shared.db import connection, progress, queries
 from shared.db import images as image_store
 from shared.db import jobs as job_store
 from shared.db.images import ImageRow
 from shared.images import encode_image
 from shared.model_info import model_version
 from tests.support import digits
-from tests.support.services import PROJECT_ROOT, table_counts
+from tests.support.services import PROJECT_ROOT, signed_in, table_counts
 from web.app import create_app
 
 WAIT = "20"  # seconds the API may hold a request while the worker predicts
@@ -39,8 +39,14 @@ def app(settings):
 
 
 @pytest.fixture
-def client(app):
-    return app.test_client()
+def client(app, conn, operator):
+    """Signed in as an operator: these tests are about what the routes do (tests/integration/test_access.py: who may)."""
+    return signed_in(app.test_client(), conn, operator)
+
+
+def job_id_of(conn, token: str) -> int:
+    """The internal job id behind an upload's public token."""
+    return queries.upload_prediction_by_token(conn, token)["id"]
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +114,8 @@ def test_readyz_names_the_dependency_that_is_down(settings, override, failing):
 
 
 def test_database_down_is_a_503_not_a_500(settings, seven_png):
-    config = settings.replace(database_url="postgresql://postgres@127.0.0.1:1/none")
+    # Operator pages open to all, so that the page is not refused before it reaches the database.
+    config = settings.replace(database_url="postgresql://postgres@127.0.0.1:1/none", public_insights=True)
     client = create_app({"TESTING": True}, settings=config).test_client()
     page = client.get("/jobs")
     assert page.status_code == 503 and b"database is unavailable" in page.data
@@ -185,7 +192,7 @@ def test_upload_job_goes_to_the_upload_queue_as_an_upload_job(private_queue, con
     image_store.insert_images(conn, [ImageRow(encode_image(np.zeros((28, 28), np.uint8)), None, [28, 28], "upload", None, None)])
     accepted = client.post("/api/predictions", data=seven_png, content_type="application/octet-stream")
     assert accepted.status_code == 202
-    job_id = accepted.json["id"]
+    job_id = job_id_of(conn, accepted.json["token"])
     job = job_store.get_job(conn, job_id)
     assert (job["kind"], job["total_images"]) == ("upload", 1)
     [image_id] = job_store.unfinished_image_ids(conn, job_id)
@@ -254,7 +261,7 @@ def test_wait_is_bounded(client, seven_png, wait):
     [
         ("get", "/api/predictions"),
         ("put", "/api/predictions"),
-        ("delete", "/api/predictions/1"),
+        ("delete", f"/api/predictions/{'A' * 22}"),
         ("get", "/api/jobs"),
         ("post", "/healthz"),
     ],
@@ -266,10 +273,12 @@ def test_wrong_method_is_a_json_405(client, method, url):
 
 def test_unknown_predictions_are_404(client, conn):
     bulk_job = job_store.create_job(conn, [1], "model-x", {})  # never enqueued: it only has to exist
-    for url in ["/api/predictions/987654321", f"/api/predictions/{bulk_job}", "/api/predictions/abc", f"/api/predictions/{2**64}"]:
+    for url in ["/api/predictions/987654321", f"/api/predictions/{bulk_job}", "/api/predictions/abc", f"/api/predictions/{2**64}",
+                f"/api/predictions/{job_store.new_upload_token()}"]:  # fmt: skip
         response = client.get(url)
         assert response.status_code == 404 and response.json["error"], url
     assert client.get("/predictions/987654321").status_code == 404
+    assert client.get(f"/predictions/{bulk_job}").status_code == 404  # a bulk job is no upload
 
 
 # --- jobs API -------------------------------------------------------------------------
@@ -329,8 +338,9 @@ def test_form_upload_redirects_to_a_result_page_that_refreshes_until_done(worker
     response = client.post("/predict", data={"image": (io.BytesIO(seven_png), "seven.png")})
     assert response.status_code == 303
     result_url = response.headers["Location"]
-    prediction_id = int(result_url.rsplit("/", 1)[1])
-    client.get(f"/api/predictions/{prediction_id}?wait={WAIT}")
+    token = result_url.rsplit("/", 1)[1]
+    assert result_url == f"/predictions/{token}" and len(token) == 22
+    client.get(f"/api/predictions/{token}?wait={WAIT}")
     page = client.get(result_url)
     assert 'id="predicted-digit" class="big-digit">7<' in page.text
     assert page.text.count('class="bar"') == 10 and 'http-equiv="refresh"' not in page.text
@@ -338,8 +348,9 @@ def test_form_upload_redirects_to_a_result_page_that_refreshes_until_done(worker
 
 def test_result_page_refreshes_while_queued(client, conn):
     # Created without being enqueued: it stays queued.
-    job_id, _ = job_store.create_upload_job(conn, encode_image(np.eye(28, dtype=np.uint8) * 255), [28, 28], "model-x", {})
-    page = client.get(f"/predictions/{job_id}")
+    token = job_store.new_upload_token()
+    job_store.create_upload_job(conn, encode_image(np.eye(28, dtype=np.uint8) * 255), [28, 28], "model-x", {}, token)
+    page = client.get(f"/predictions/{token}")
     assert page.status_code == 200 and 'http-equiv="refresh"' in page.text and "Waiting" in page.text
 
 
@@ -387,7 +398,8 @@ def test_jobs_page_lists_the_job_with_progress_and_accuracy(client, finished_job
 def test_job_page_shows_per_class_accuracy_and_the_heat_map(client, finished_job):
     page = client.get(f"/jobs/{finished_job['job']}")
     assert page.status_code == 200
-    assert 'class="heatmap"' in page.text and "66.7 %" in page.text and "hsl(0 " in page.text  # a red confusion cell
+    assert 'class="heatmap"' in page.text and "66.7 %" in page.text
+    assert re.search(r'class="heat-wrong-([1-9]|10)\b', page.text)  # a red confusion cell
 
 
 def test_mistakes_page_shows_the_wrong_prediction(client, finished_job):
@@ -415,8 +427,9 @@ def test_browse_shows_the_newest_images_of_one_digit_first(worker, client, conn,
 
     uploaded = client.post(f"/api/predictions?wait={WAIT}", data=seven_png, content_type="image/png").json
     assert uploaded["label"] == 7
+    image_id = queries.upload_prediction_by_token(conn, uploaded["token"])["input_data_id"]
     by_prediction = client.get("/browse?digit=7&by=prediction")
-    assert by_prediction.status_code == 200 and uploaded["image_url"] in by_prediction.text
+    assert by_prediction.status_code == 200 and f"/images/{image_id}.png" in by_prediction.text
     assert "Pick a digit" in client.get("/browse").text
 
 
@@ -460,6 +473,6 @@ def test_an_upload_overtakes_a_large_bulk_job(worker, settings, client, conn, se
 
     upload = client.post(f"/api/predictions?wait={WAIT}", data=seven_png, content_type="image/png")
     assert upload.status_code == 200
-    finished_upload = job_store.get_job(conn, upload.json["id"])["finished_at"]
+    finished_upload = job_store.get_job(conn, job_id_of(conn, upload.json["token"]))["finished_at"]
     bulk = progress.wait_for_job(conn, bulk_job.id)
     assert bulk["status"] == "done" and finished_upload < bulk["finished_at"]

@@ -19,8 +19,11 @@ from pathlib import Path
 import numpy as np
 import psycopg2
 import redis
+from psycopg2 import sql
 
+from shared import operators
 from shared.config import PROJECT_ROOT
+from shared.db import operators as operator_store
 from shared.db import progress
 from shared.db.connection import query, query_one
 from shared.db.results import PredictionBatch
@@ -125,6 +128,45 @@ class RedisServer(ChildProcess):
 def table_counts(conn: psycopg2.extensions.connection) -> tuple[int, int]:
     """Rows in input_data and jobs: what a refused input must leave unchanged."""
     return tuple(query_one(conn, "SELECT (SELECT count(*) FROM input_data), (SELECT count(*) FROM jobs)"))
+
+
+def fingerprint(conn: psycopg2.extensions.connection, exclude: frozenset[str] = frozenset()) -> dict[str, tuple[int, int]]:
+    """{table: (rows, checksum of every row's text)} for every table in the schema but ``exclude``."""
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")
+        tables = [row[0] for row in cursor.fetchall() if row[0] not in exclude]
+        result = {}
+        for table in tables:
+            query = sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0) FROM {} t").format(sql.Identifier(table))
+            cursor.execute(query)
+            result[table] = cursor.fetchone()
+    conn.commit()
+    return result
+
+
+# An operator's password in the tests: long enough for the policy, known to the test that signs in.
+OPERATOR_PASSWORD = "correct horse battery staple"
+
+
+def add_operator(conn: psycopg2.extensions.connection, prefix: str = "op") -> tuple[int, str]:
+    """A new operator with OPERATOR_PASSWORD under a unique name: (id, name)."""
+    name = scratch.unique_name(prefix)
+    return operators.add_operator(conn, name, OPERATOR_PASSWORD), name
+
+
+def operator_token(conn: psycopg2.extensions.connection, label: str = "test") -> str:
+    """An API token of a new operator."""
+    _, name = add_operator(conn, "token-op")
+    return operators.create_token(conn, name, label)[1]
+
+
+def signed_in(client, conn: psycopg2.extensions.connection, operator_id: int):
+    """A Flask test client with the operator's session, as the sign-in form leaves it (without hashing the password again)."""
+    row = operator_store.operator_by_id(conn, operator_id)
+    with client.session_transaction() as session:
+        session["_user_id"] = f"{operator_id}:{operators.credential_tag(row['password_hash'])}"
+        session["_fresh"] = True
+    return client
 
 
 def max_job_id(conn: psycopg2.extensions.connection) -> int:

@@ -140,3 +140,77 @@ def test_cpu_settings_may_be_zero_but_not_negative(name):
     assert getattr(load_settings({name: "0"}), name.lower()) == 0
     with pytest.raises(ValueError, match=name):
         load_settings({name: "-1"})
+
+
+# --- access: operator pages, rate limits, proxies -------------------------------------
+
+
+def test_the_access_settings_default_to_closed_pages_and_documented_limits():
+    loaded = load_settings({})
+    assert loaded.public_insights is False and loaded.trusted_proxy_hops == 0
+    assert (loaded.upload_rate_limit, loaded.signin_rate_limit) == (config.DEFAULT_UPLOAD_RATE_LIMIT, config.DEFAULT_SIGNIN_RATE_LIMIT)
+
+
+@pytest.mark.parametrize("value, public", [("1", True), ("yes", True), ("0", False), ("off", False), ("", False), ("demo", True)])
+def test_public_insights_is_a_flag_with_the_local_stacks_value(value, public):
+    assert load_settings({"PUBLIC_INSIGHTS": value}).public_insights is public
+
+
+def test_public_insights_must_be_a_known_value():
+    with pytest.raises(ValueError, match="PUBLIC_INSIGHTS"):
+        load_settings({"PUBLIC_INSIGHTS": "maybe"})
+
+
+def test_production_refuses_the_local_stacks_public_insights_but_takes_an_explicit_one():
+    with pytest.raises(ValueError, match="PUBLIC_INSIGHTS=demo.*MNIST_PRODUCTION"):
+        load_settings({**PRODUCTION, "PUBLIC_INSIGHTS": "demo"})
+    assert load_settings({**PRODUCTION, "PUBLIC_INSIGHTS": "1"}).public_insights is True
+    assert load_settings(PRODUCTION).public_insights is False
+
+
+@pytest.mark.parametrize(
+    "environ, production, expected",
+    [
+        ({}, False, {"PUBLIC_INSIGHTS": "demo"}),
+        ({"PUBLIC_INSIGHTS": "0"}, False, {}),  # the user's word wins
+        ({"PUBLIC_INSIGHTS": "1"}, False, {}),
+        ({}, True, {}),  # production: operator pages stay closed unless PUBLIC_INSIGHTS=1 is set
+    ],
+)
+def test_the_local_stack_opens_the_operator_pages_only_where_nobody_said_otherwise(monkeypatch, environ, production, expected):
+    monkeypatch.setenv("ENV_FILE", "")
+    monkeypatch.delenv("PUBLIC_INSIGHTS", raising=False)
+    monkeypatch.delenv("MNIST_PRODUCTION", raising=False)
+    for name, value in {**environ, **({"MNIST_PRODUCTION": "1"} if production else {})}.items():
+        monkeypatch.setenv(name, value)
+    assert config.local_stack_defaults() == expected
+
+
+def test_the_local_stack_reads_public_insights_from_the_env_file_too(monkeypatch, tmp_path):
+    path = tmp_path / "test.env"
+    path.write_text("PUBLIC_INSIGHTS=0\n")
+    monkeypatch.setenv("ENV_FILE", str(path))
+    monkeypatch.delenv("PUBLIC_INSIGHTS", raising=False)
+    assert config.local_stack_defaults() == {}
+
+
+@pytest.mark.parametrize("value", ["10 per minute", "5/minute;20/hour", "3 per 2 seconds", "100/day"])
+def test_a_rate_limit_takes_flask_limiters_notation(value):
+    assert load_settings({"UPLOAD_RATE_LIMIT": value}).upload_rate_limit == value
+
+
+@pytest.mark.parametrize("value", ["0", "off", "OFF", "none"])
+def test_a_rate_limit_can_be_turned_off(value):
+    assert load_settings({"SIGNIN_RATE_LIMIT": value}).signin_rate_limit == ""
+
+
+@pytest.mark.parametrize("value", ["fast", "10", "0 per minute", "5 per fortnight", "5 per minute;", "-1/second"])
+def test_a_malformed_rate_limit_is_refused_with_its_name(value):
+    with pytest.raises(ValueError, match="UPLOAD_RATE_LIMIT"):
+        load_settings({"UPLOAD_RATE_LIMIT": value})
+
+
+def test_trusted_proxy_hops_is_a_count_from_zero():
+    assert load_settings({"TRUSTED_PROXY_HOPS": "2"}).trusted_proxy_hops == 2
+    with pytest.raises(ValueError, match="TRUSTED_PROXY_HOPS"):
+        load_settings({"TRUSTED_PROXY_HOPS": "-1"})

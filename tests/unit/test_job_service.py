@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from shared import jobs, upload_queue
-from shared.jobs import MAX_DELIVERIES, NextStep, NoImagesSelected, Selection, next_step
+from shared.jobs import MAX_DELIVERIES, NextStep, NoImagesSelected, Selection, TooManyImages, next_step
 
 
 @pytest.mark.parametrize(
@@ -57,8 +58,8 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, list[list[int]
     calls = []
 
     def send_batches(app, queue, job_id, batches):
-        calls.append((queue, job_id, batches))
-        return len(batches)
+        calls.append((queue, job_id, list(batches)))  # taken one at a time, as the broker does
+        return len(calls[-1][2])
 
     monkeypatch.setattr(jobs.broker, "send_batches", send_batches)
     return calls
@@ -86,15 +87,40 @@ def test_submit_job_records_the_job_before_sending_each_image_once(default_setti
     selection = Selection(image_ids=(3, 1, 3, 2))
     submitted = jobs.submit_job(None, None, default_settings, selection, "model-x", batch_size=2)
     assert submitted == jobs.SubmittedJob(id=42, images=3, batches=2, model_version="model-x")
-    assert created == [([3, 1, 3, 2], {"ids": 4})]
+    assert created == [([3, 1, 2], {"ids": 4})]  # each image once
     assert sent == [("mnist.bulk", 42, [[3, 1], [2]])]
 
 
 def test_submit_job_refuses_a_selection_that_matches_nothing_and_records_no_job(default_settings, sent, monkeypatch):
     asked = []
-    monkeypatch.setattr(jobs.image_store, "select_image_ids", lambda conn, *filters: asked.append(filters) or [])
-    monkeypatch.setattr(jobs.job_store, "create_job", lambda *args: pytest.fail("a job was recorded"))
+
+    def create_job_from_selection(conn, filters, limit, model_version, selection, max_images):
+        asked.append((filters, limit, max_images))
+        return None, 0  # nothing matched, nothing recorded
+
+    monkeypatch.setattr(jobs.job_store, "create_job_from_selection", create_job_from_selection)
     with pytest.raises(NoImagesSelected):
         jobs.submit_job(None, None, default_settings, Selection(split="upload", label=9, unpredicted=True), "model-x")
-    assert asked == [("upload", 9, None, "model-x")]  # unpredicted: only images this model has not predicted
+    # unpredicted: only images this model has not predicted
+    assert asked == [({"split": "upload", "label": 9, "model": "model-x"}, None, default_settings.max_job_images)]
     assert sent == []
+
+
+def test_submit_job_refuses_a_selection_over_max_job_images_naming_the_limit(default_settings, sent, monkeypatch):
+    config = default_settings.replace(max_job_images=1000)
+    monkeypatch.setattr(jobs.job_store, "create_job_from_selection", lambda *args: (None, 1001))  # counted up to the limit + 1
+    with pytest.raises(TooManyImages, match="MAX_JOB_IMAGES=1,000"):
+        jobs.submit_job(None, None, config, Selection(split="train"), "model-x")
+    monkeypatch.setattr(jobs.job_store, "create_job", lambda *args: pytest.fail("a job was recorded"))
+    with pytest.raises(TooManyImages):
+        jobs.submit_job(None, None, config, Selection(image_ids=tuple(range(1, 1002))), "model-x")
+    assert sent == [] and issubclass(TooManyImages, ValueError)
+
+
+def test_a_job_of_a_selection_is_sent_from_one_numpy_array_of_its_ids(default_settings, sent, monkeypatch):
+    monkeypatch.setattr(jobs.job_store, "create_job_from_selection", lambda *args: (7, 5))
+    monkeypatch.setattr(jobs.job_store, "job_image_ids", lambda conn, job_id: np.arange(1, 6, dtype=np.int64))
+    submitted = jobs.submit_job(None, None, default_settings, Selection(split="test"), "model-x", batch_size=2)
+    assert submitted == jobs.SubmittedJob(id=7, images=5, batches=3, model_version="model-x")
+    assert sent == [("mnist.bulk", 7, [[1, 2], [3, 4], [5]])]
+    assert all(type(image_id) is int for batch in sent[0][2] for image_id in batch)  # JSON-ready, not numpy ints

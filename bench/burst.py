@@ -1,0 +1,231 @@
+"""Upload bursts: open-loop load at fixed rates, with the bulk lane idle and busy.
+
+    python -m bench --sections burst [--rates 100,300,1000,2000] [--web gthread:8] [--label after]
+
+Against a real gunicorn and ``python -m worker`` (bulk worker and upload consumer) on a
+private database, a separate process (``bench.burst_client``) sends ``POST
+/api/predictions?wait=10`` at each rate for a few seconds, loopback only, bounded in count
+and time. Per rate: accepted (answered with the stored prediction), refused (429), other
+failures, and p50/p95/p99 from the scheduled send to the answer. The highest rate with
+p99 <= 100 ms and nothing refused is reported, idle and while bulk jobs keep the workers busy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import (
+    RESULTS_DIR,
+    UPLOAD_CONSUMER_READY,
+    WEB_APP,
+    WEB_READY_SECONDS,
+    WORKER_OPTIONS,
+    WORKER_READY,
+    WORKER_READY_SECONDS,
+    child_pids,
+    cpu_seconds,
+    percentile,
+    pids_named,
+    private_environment,
+)
+from bench.latency import BulkLoad, upload_latencies_ms
+from producer.ingest import load_mnist, mnist_rows
+from shared import upload_queue
+from shared.config import PROJECT_ROOT
+from shared.db import connection
+from shared.db import images as image_store
+from shared.images import png_bytes
+from stack.processes import LOOPBACK, ChildProcess, free_port, http_ok, log_contains
+
+SECONDS_PER_RATE = 4.0
+SINGLE_UPLOADS = 300
+P99_TARGET_MS = 100.0
+DRAIN_SECONDS = 60
+WEB_ENV = {"PUBLIC_INSIGHTS": "1", "UPLOAD_RATE_LIMIT": "off", "SIGNIN_RATE_LIMIT": "off"}
+
+
+def process_groups(worker: Any, web: Any) -> dict[str, list[int]]:
+    """The pids whose CPU a burst is charged: web processes, the upload consumer, the bulk worker, PostgreSQL, Redis."""
+    worker_children = child_pids(worker.pid)
+    uploads = [pid for pid in worker_children if b"worker.uploads" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    bulk = [pid for pid in worker_children if pid not in uploads]
+    bulk += [grandchild for pid in bulk for grandchild in child_pids(pid)]
+    return {
+        "web": [web.pid, *child_pids(web.pid)],
+        "upload consumer": uploads,
+        "bulk worker": bulk,
+        "postgres": pids_named("postgres"),
+        "redis": pids_named("redis-server"),
+    }
+
+
+def burst(url: str, rate: int, pictures_file: Path, groups: dict[str, list[int]]) -> dict[str, Any]:
+    cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
+    load_before = Path("/proc/loadavg").read_text().split()[0]
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.burst_client", url, str(rate), str(SECONDS_PER_RATE), str(pictures_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if done.returncode:
+        raise RuntimeError(f"burst client failed: {done.stderr[-2000:]}")
+    outcomes = json.loads(done.stdout)["outcomes"]
+    answered = [ms for status, ms, state in outcomes if status == 200 and state == "done"]
+    cpu_ms = {name: (cpu_seconds(pids) - cpu_before[name]) * 1000 / max(1, len(answered)) for name, pids in groups.items()}
+    refused = sum(1 for status, *_ in outcomes if status == 429)
+    return {
+        "rate": rate,
+        "sent": len(outcomes),
+        "accepted": len(answered),
+        "refused": refused,
+        "failed": len(outcomes) - len(answered) - refused,
+        "failures": sorted({f"{status} {state}" for status, _, state in outcomes if status not in (200, 429) or state != "done"})[:5],
+        "achieved_per_s": len(answered) / SECONDS_PER_RATE,
+        "p50_ms": percentile(answered, 0.5) if answered else None,
+        "p95_ms": percentile(answered, 0.95) if answered else None,
+        "p99_ms": percentile(answered, 0.99) if answered else None,
+        "wall_s": time.perf_counter() - started,
+        "cpu_ms_per_answer": {name: round(ms, 2) for name, ms in cpu_ms.items()},
+        "load_average_before": float(load_before),
+    }
+
+
+def sustained(rows: list[dict[str, Any]]) -> int | None:
+    """The highest rate answered in full, nothing refused or failed, with p99 within the target."""
+    good = [row["rate"] for row in rows if row["accepted"] == row["sent"] and row["p99_ms"] is not None and row["p99_ms"] <= P99_TARGET_MS]
+    return max(good) if good else None
+
+
+def drain(settings: Any, url: str) -> None:
+    """Until the upload queue is empty and the web answers at once again (a saturated server still
+    works through the connections its listen backlog holds, long after their clients gave up)."""
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while upload_queue.waiting(settings) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    while time.monotonic() < deadline:
+        started = time.perf_counter()
+        if http_ok(f"{url}/healthz")() and time.perf_counter() - started < 0.05:
+            break
+        time.sleep(0.5)
+    time.sleep(1.0)
+
+
+def start_side(env: dict[str, str], tree: Path, web: str, settings: Any) -> tuple[ChildProcess, ChildProcess, str]:
+    """``python -m worker`` and gunicorn running the code of ``tree`` (this one, or another worktree's)."""
+    worker_log, web_log = RESULTS_DIR / f"burst-worker-{tree.name}.log", RESULTS_DIR / f"burst-web-{tree.name}.log"
+    worker_log.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "worker", "--concurrency", str(settings.worker_processes()), *WORKER_OPTIONS]
+    worker = ChildProcess("worker", command, env, worker_log, cwd=tree)
+    markers = [log_contains(worker_log, marker) for marker in (WORKER_READY, UPLOAD_CONSUMER_READY)]
+    try:
+        worker.wait_until(lambda: all(marker() for marker in markers), WORKER_READY_SECONDS)
+        url = f"http://{LOOPBACK}:{free_port()}"
+        command = [sys.executable, "-m", "gunicorn", "--bind", url.removeprefix("http://"), "--workers", "2", "--backlog", "4096"]
+        if web.startswith("gthread"):
+            command += ["--worker-class", "gthread", "--threads", web.partition(":")[2] or "8"]
+        web_log.unlink(missing_ok=True)
+        server = ChildProcess("web", [*command, WEB_APP], env, web_log, cwd=tree)
+        try:
+            server.wait_until(http_ok(f"{url}/healthz"), WEB_READY_SECONDS)
+        except BaseException:
+            server.stop()
+            raise
+    except BaseException:
+        worker.stop()
+        raise
+    return worker, server, url
+
+
+def run_side(
+    env: dict[str, str],
+    settings: Any,
+    tree: Path,
+    web: str,
+    rates: tuple[int, ...],
+    image_ids: list[int],
+    pictures: list[bytes],
+    pictures_file: Path,
+) -> dict[str, Any]:
+    worker, server, url = start_side(env, tree, web, settings)
+    report: dict[str, Any] = {"tree": str(tree), "web": web}
+    try:
+        upload_latencies_ms(url, pictures[:30])  # warm every web process, the pool and the consumer
+        single = upload_latencies_ms(url, pictures)
+        report["single_upload_ms"] = {f"p{q}": percentile(single, q / 100) for q in (50, 95, 99)}
+        for bulk in (False, True):
+            rows = []
+            with BulkLoad(settings, image_ids) if bulk else contextlib.nullcontext():
+                for rate in rates:
+                    rows.append(burst(url, rate, pictures_file, process_groups(worker, server)))
+                    print(f"burst {tree.name} {web} bulk={bulk}: {rows[-1]}", file=sys.stderr, flush=True)
+                    drain(settings, url)
+            report["with_bulk" if bulk else "idle"] = rows
+    finally:
+        server.stop()
+        worker.stop()
+    report["sustained_idle"] = sustained(report["idle"])
+    report["sustained_with_bulk"] = sustained(report["with_bulk"])
+    return report
+
+
+def run(rates: tuple[int, ...], web: str, against: Path | None, against_web: str) -> list[dict[str, Any]]:
+    """Each side in turn on one private database and queue prefix: ``against`` (another worktree) first."""
+    with private_environment() as (base_env, settings), tempfile.TemporaryDirectory(prefix="mnistq-burst-") as scratch:
+        env = {**base_env, **WEB_ENV}
+        images, labels = load_mnist(settings.mnist_dir, "test", None)
+        conn = connection.connect(settings.database_url)
+        image_ids = image_store.insert_images(conn, list(mnist_rows(images, labels, "test")))
+        conn.close()
+        pictures = [png_bytes(image) for image in images[:SINGLE_UPLOADS]]
+        pictures_file = Path(scratch) / "pictures.npz"
+        np.savez(pictures_file, **{f"p{k:04d}": np.frombuffer(p, dtype=np.uint8) for k, p in enumerate(pictures)})
+        sides = ([(against, against_web)] if against else []) + [(PROJECT_ROOT, web)]
+        return [run_side(env, settings, tree, side_web, rates, image_ids, pictures, pictures_file) for tree, side_web in sides]
+
+
+def table(report: dict[str, Any]) -> list[str]:
+    single = report["single_upload_ms"]
+    lines = [
+        f"burst ({Path(report['tree']).name}, web {report['web']}): single uploads one after another, p50 {single['p50']:.1f} ms,"
+        f" p95 {single['p95']:.1f} ms, p99 {single['p99']:.1f} ms",
+        f"{'bulk lane':<10}{'rate/s':>8}{'sent':>7}{'answered':>10}{'429':>6}{'failed':>8}{'answered/s':>12}"
+        f"{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}",
+    ]
+    for key, name in (("idle", "idle"), ("with_bulk", "busy")):
+        for row in report[key]:
+            cells = [f"{row[p]:>9.1f}" if row[p] is not None else f"{'-':>9}" for p in ("p50_ms", "p95_ms", "p99_ms")]
+            lines.append(
+                f"{name:<10}{row['rate']:>8}{row['sent']:>7}{row['accepted']:>10}{row['refused']:>6}{row['failed']:>8}"
+                f"{row['achieved_per_s']:>12.0f}{''.join(cells)}"
+            )
+    lines.append(
+        f"highest rate with p99 <= {P99_TARGET_MS:g} ms and nothing refused: idle {report['sustained_idle']}/s,"
+        f" with bulk jobs {report['sustained_with_bulk']}/s"
+    )
+    return lines
+
+
+def main(rates: tuple[int, ...], label: str, web: str = "gthread:8", against: Path | None = None, against_web: str = "sync") -> list[str]:
+    reports = run(rates, web, against, against_web)
+    lines = [line for report in reports for line in [*table(report), ""]]
+    if len(reports) == 2:
+        before, after = reports
+        lines.append(
+            f"sustained, {Path(before['tree']).name} -> this tree: idle {before['sustained_idle']} -> {after['sustained_idle']}/s,"
+            f" with bulk jobs {before['sustained_with_bulk']} -> {after['sustained_with_bulk']}/s"
+        )
+    name = f"burst{('-' + label) if label else ''}"
+    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(reports, indent=2) + "\n")
+    (RESULTS_DIR / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    return lines

@@ -1,0 +1,88 @@
+"""Per-job statistics: label x prediction counts, low-confidence counts and the list of mistakes.
+
+Maintained by ``results.store_results`` in the statement that advances the job's counters,
+so they change in the same transaction as the predictions they count: a redelivered batch
+adds nothing (only rows that were really inserted are counted) and a rolled-back one
+nothing either. Reports and pages read ~100 rows per job here instead of aggregating every
+prediction; ``recount`` aggregates the predictions directly, for checking that they agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.db.connection import Connection, query, query_one
+
+# Predictions under this confidence are counted as low-confidence (reports' default threshold).
+LOW_CONFIDENCE = 0.8
+UNLABELLED = -1  # job_statistics.true_label of an image without a label
+
+# Data-modifying CTEs over ``batch`` (job_id, input_data_id, predicted_label, confidence,
+# true_label): the newly stored predictions of this statement, one row each. Inserted in key
+# order, so that two workers storing chunks of one job take the row locks in the same order.
+MAINTAIN = f"""
+statistics AS (
+    INSERT INTO job_statistics (job_id, true_label, predicted_label, predictions, low_confidence)
+    SELECT job_id, COALESCE(true_label, {UNLABELLED}), predicted_label, count(*), count(*) FILTER (WHERE confidence < {LOW_CONFIDENCE})
+    FROM batch GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (job_id, true_label, predicted_label) DO UPDATE SET
+        predictions = job_statistics.predictions + EXCLUDED.predictions,
+        low_confidence = job_statistics.low_confidence + EXCLUDED.low_confidence
+), mistakes AS (
+    INSERT INTO job_mistakes (job_id, input_data_id, true_label, predicted_label, confidence)
+    SELECT job_id, input_data_id, true_label, predicted_label, confidence
+    FROM batch WHERE true_label <> predicted_label ORDER BY 1, 2
+    ON CONFLICT (job_id, input_data_id) DO NOTHING
+)"""
+
+
+def label_pair_counts(conn: Connection, job_id: int) -> list[tuple[int, int, int]]:
+    """(true label, predicted label, count) over a job's labelled predictions."""
+    return query(
+        conn,
+        "SELECT true_label, predicted_label, predictions FROM job_statistics WHERE job_id = %s AND true_label <> %s AND predictions > 0",
+        (job_id, UNLABELLED),
+    )
+
+
+def low_confidence_count(conn: Connection, job_id: int) -> int:
+    """A job's predictions with confidence under ``LOW_CONFIDENCE``."""
+    return int(query_one(conn, "SELECT COALESCE(sum(low_confidence), 0) FROM job_statistics WHERE job_id = %s", (job_id,))[0])
+
+
+def predictions_with_label(conn: Connection, digit: int) -> int:
+    """Predictions of ``digit`` over all jobs: a bound on the images whose latest prediction is ``digit``."""
+    return int(query_one(conn, "SELECT COALESCE(sum(predictions), 0) FROM job_statistics WHERE predicted_label = %s", (digit,))[0])
+
+
+def recount(conn: Connection, job_id: int) -> dict[str, Any]:
+    """A job's statistics, aggregated directly from its predictions and from the tables above, to compare."""
+    stored = query(
+        conn,
+        "SELECT true_label, predicted_label, predictions, low_confidence FROM job_statistics WHERE job_id = %s AND predictions > 0",
+        (job_id,),
+    )
+    direct = query(
+        conn,
+        f"""
+        SELECT COALESCE(d.true_label, {UNLABELLED}), p.predicted_label, count(*), count(*) FILTER (WHERE p.confidence < {LOW_CONFIDENCE})
+        FROM predictions p LEFT JOIN input_data d ON d.id = p.input_data_id
+        WHERE p.job_id = %s GROUP BY 1, 2
+        """,
+        (job_id,),
+    )
+    mistakes = query_one(
+        conn,
+        """
+        SELECT (SELECT count(*) FROM job_mistakes WHERE job_id = %(job)s),
+               (SELECT count(*) FROM predictions p JOIN input_data d ON d.id = p.input_data_id
+                WHERE p.job_id = %(job)s AND d.true_label <> p.predicted_label)
+        """,
+        {"job": job_id},
+    )
+    return {
+        "statistics": sorted(map(tuple, stored)),
+        "aggregated": sorted(map(tuple, direct)),
+        "mistakes": mistakes[0],
+        "mistakes_aggregated": mistakes[1],
+    }

@@ -1,0 +1,136 @@
+"""Operators' secrets: argon2id password hashes and API bearer tokens; what the CLI and the web share.
+
+Passwords are hashed with argon2id (argon2-cffi's defaults, RFC 9106's second recommended
+profile: 64 MiB, 3 passes, 4 lanes), so a stolen table costs an attacker that much memory per guess.
+API tokens are 256 random bits: only their SHA-256 is stored (a fast hash is enough for a value
+that cannot be guessed), and a token is found by that hash on a UNIQUE column, never compared
+character by character in Python.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import re
+import secrets
+
+import argon2
+import argon2.exceptions
+
+from shared.db import operators as operator_store
+from shared.db.connection import Connection
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
+MIN_PASSWORD_CHARS = 12
+MAX_PASSWORD_CHARS = 1024  # argon2 takes any length; this bounds what a sign-in form makes the server hash
+TOKEN_PREFIX = "mnq_"  # so that a leaked token is recognisable (secret scanners, logs)
+TOKEN_BYTES = 32
+
+_hasher = argon2.PasswordHasher()
+
+
+@functools.cache
+def _unknown_operator_hash() -> str:
+    """Verified when the name is unknown, so a wrong name costs as long as a wrong password."""
+    return _hasher.hash(secrets.token_urlsafe(16))
+
+
+@dataclasses.dataclass(frozen=True)
+class Operator:
+    id: int
+    name: str
+    # A short digest of the current password hash: a session made before a password change ends with it.
+    credential_tag: str
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.fullmatch(name):
+        raise ValueError("an operator name is 1-100 letters, digits or . _ @ -, starting with a letter or digit")
+    return name
+
+
+def check_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise ValueError(f"the password must have at least {MIN_PASSWORD_CHARS} characters")
+    if len(password) > MAX_PASSWORD_CHARS:
+        raise ValueError(f"the password may have at most {MAX_PASSWORD_CHARS} characters")
+    return password
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(check_password(password))
+
+
+def credential_tag(password_hash: str) -> str:
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
+
+
+def _operator(row: dict) -> Operator:
+    return Operator(row["id"], row["name"], credential_tag(row["password_hash"]))
+
+
+def add_operator(conn: Connection, name: str, password: str) -> int:
+    """Create an operator; ValueError for a bad name or password, OperatorExists for a name in use."""
+    return operator_store.create_operator(conn, check_name(name), hash_password(password))
+
+
+def change_password(conn: Connection, name: str, password: str) -> None:
+    row = operator_store.operator_by_name(conn, name)
+    if row is None:
+        raise ValueError(f"there is no operator named {name!r}")
+    operator_store.set_password_hash(conn, row["id"], hash_password(password))
+
+
+def authenticate(conn: Connection, name: str, password: str) -> Operator | None:
+    """The operator if ``name`` and ``password`` match, else None, in about the same time either way.
+
+    A hash made with weaker parameters than today's is replaced on success.
+    """
+    row = operator_store.operator_by_name(conn, name) if len(name) <= 100 else None
+    if len(password) > MAX_PASSWORD_CHARS:
+        return None
+    try:
+        _hasher.verify(row["password_hash"] if row else _unknown_operator_hash(), password)
+    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+        return None
+    if row is None:
+        return None
+    if _hasher.check_needs_rehash(row["password_hash"]):
+        row = {**row, "password_hash": _hasher.hash(password)}
+        operator_store.set_password_hash(conn, row["id"], row["password_hash"])
+    return _operator(row)
+
+
+def operator_for_session(conn: Connection, operator_id: int, tag: str) -> Operator | None:
+    """The signed-in operator of a session, or None once they were removed or their password changed."""
+    row = operator_store.operator_by_id(conn, operator_id)
+    if row is None:
+        return None
+    operator = _operator(row)
+    return operator if secrets.compare_digest(operator.credential_tag, tag) else None
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def create_token(conn: Connection, name: str, label: str | None) -> tuple[int, str]:
+    """A new API token for operator ``name``: (its id, the token), which is shown once and not stored."""
+    row = operator_store.operator_by_name(conn, name)
+    if row is None:
+        raise ValueError(f"there is no operator named {name!r} (add one with: python -m producer users add {name})")
+    token = new_token()
+    return operator_store.create_token(conn, row["id"], token_hash(token), label), token
+
+
+def operator_for_token(conn: Connection, token: str) -> Operator | None:
+    """The operator holding this unrevoked token, or None."""
+    if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+        return None
+    row = operator_store.token_operator(conn, token_hash(token))
+    return _operator(row) if row else None
