@@ -69,6 +69,9 @@ class Settings:
     stall_seconds: int = 120
     sweep_interval_seconds: int = 30
     upload_heartbeat_seconds: int = 10
+    # Touched by the upload consumer on each turn of its loop, outages included, for a liveness
+    # probe (python -m worker.health --liveness) that a Redis outage does not fail; None: not written.
+    worker_liveness_file: Path | None = None
     # The upload consumer predicts up to this many waiting uploads in one model call and one
     # transaction, waiting at most UPLOAD_MAX_DELAY_MS for more when fewer wait (see the burst benchmark).
     upload_max_batch: int = 32
@@ -132,6 +135,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         stall_seconds=read.whole("STALL_SECONDS", defaults.stall_seconds),
         sweep_interval_seconds=read.whole("SWEEP_INTERVAL_SECONDS", defaults.sweep_interval_seconds),
         upload_heartbeat_seconds=read.whole("UPLOAD_HEARTBEAT_SECONDS", defaults.upload_heartbeat_seconds),
+        worker_liveness_file=read.optional_path("WORKER_LIVENESS_FILE"),
         upload_max_batch=read.whole("UPLOAD_MAX_BATCH", defaults.upload_max_batch),
         upload_max_delay_ms=read.whole("UPLOAD_MAX_DELAY_MS", defaults.upload_max_delay_ms, minimum=0),
         max_job_images=read.whole("MAX_JOB_IMAGES", defaults.max_job_images),
@@ -201,6 +205,11 @@ class _Reader:
 
     def flag(self, name: str) -> bool:
         return self.env.get(name, "").strip().lower() in TRUE_WORDS
+
+    def optional_path(self, name: str) -> Path | None:
+        """A path, or None when unset or empty."""
+        raw = self.env.get(name, "").strip()
+        return Path(raw) if raw else None
 
     def rate_limit(self, name: str, default: str) -> str:
         """A limit such as "60 per minute" or "5/minute;20/hour"; unset or empty: ``default``; 0 or off: none ("")."""

@@ -95,11 +95,14 @@ def run_stack(workers: int | None, web: bool, demo: bool = False, demo_limit: in
 
 
 def watch(stack: Stack) -> None:
-    """Sleep until interrupted; a child that dies on its own stops the stack with its log."""
+    """Until interrupted: a worker or web server that exits is started again after a delay, as compose's
+    ``restart: unless-stopped`` does (stack/restarts.py); Redis exiting, or a child that keeps exiting,
+    stops the stack with the child's log (a StackError)."""
     while True:
-        time.sleep(WATCH_SECONDS)
-        for child in stack.dead_children():
-            raise click.ClickException(f"{child.name} stopped unexpectedly; log {child.log_path}:\n{child.log_tail()}")
+        for event in stack.supervise(time.monotonic()):
+            click.echo(event)
+        next_restart = stack.seconds_to_next_restart(time.monotonic())
+        time.sleep(WATCH_SECONDS if next_restart is None else min(WATCH_SECONDS, next_restart))
 
 
 def describe(state: StackState, workers: int, stack_env: dict[str, str]) -> None:

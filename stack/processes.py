@@ -100,8 +100,17 @@ def free_port(preferred: int | None = None) -> int:
     raise StackError("no free port on loopback")
 
 
-def log_contains(path: Path, marker: bytes) -> Callable[[], bool]:
-    return lambda: path.exists() and marker in path.read_bytes()
+def log_contains(path: Path, marker: bytes, after: int = 0) -> Callable[[], bool]:
+    """A readiness probe: ``marker`` is in the log, past its first ``after`` bytes (what earlier starts wrote)."""
+
+    def probe() -> bool:
+        if not path.exists():
+            return False
+        with open(path, "rb") as log:
+            log.seek(after)
+            return marker in log.read()
+
+    return probe
 
 
 def http_ok(url: str) -> Callable[[], bool]:

@@ -2,20 +2,33 @@
 
 Everything started is recorded in the state file as soon as it runs, so a failed start,
 a Ctrl-C, ``./run down`` from another terminal, or even a killed supervisor followed by
-``./run down`` leaves nothing running.
+``./run down`` leaves nothing running. While the stack runs, ``supervise`` starts a worker or
+web server that exited on its own again (stack/restarts.py), and records the new process too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
 from pathlib import Path
 
 from shared.config import PROJECT_ROOT, local_stack_defaults, service_urls_from_environment
 from shared.db import connection, schema
 from stack import embedded
-from stack.processes import LOOPBACK, STOP_TIMEOUT_SECONDS, ChildProcess, StackError, free_port, http_ok, log_contains, stop_process_group
+from stack.processes import (
+    LOOPBACK,
+    STOP_TIMEOUT_SECONDS,
+    ChildProcess,
+    StackError,
+    free_port,
+    http_ok,
+    log_contains,
+    signal_group,
+    stop_process_group,
+)
+from stack.restarts import CRASH_LIMIT, CRASH_WINDOW_SECONDS, Restarts, describe_exit
 from stack.state import StackState, clear_state, load_state, pid_alive, save_state
 
 SCHEMA_WAIT_SECONDS = 30
@@ -23,9 +36,15 @@ WORKER_READY_SECONDS = 120
 WORKER_STOP_SECONDS = 60  # a warm shutdown finishes the batches in hand
 WEB_READY_SECONDS = 60
 DEFAULT_WEB_PROCESSES = "2"
+# Threads per web process: a request waiting for its prediction (?wait) holds a thread, not a
+# process, so a burst of waits does not queue behind each other (bench --sections burst).
+WEB_THREADS = "8"
 WEB_APP = "web.app:create_app()"
 # The order in which children are stopped: nothing is left sending work to a stopped service.
 STOP_ORDER = ("web", "worker", "redis")
+# Started again when they exit on their own. Not the embedded Redis: the workers and the web hold
+# its URL, so the stack stops when it does (an external Redis or PostgreSQL is not ours to restart).
+RESTARTED = ("worker", "web")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +59,10 @@ class AlreadyRunning(StackError):
     pass
 
 
+class GaveUp(StackError):
+    """A child kept exiting: CRASH_LIMIT times within CRASH_WINDOW_SECONDS."""
+
+
 class Stack:
     """The processes of one stack, started by this process."""
 
@@ -47,6 +70,8 @@ class Stack:
         self.options = options
         self.children: dict[str, ChildProcess] = {}
         self.state: StackState | None = None
+        self.restarts = {name: Restarts() for name in RESTARTED}
+        self.restart_due: dict[str, float] = {}  # name -> monotonic time of its next start
 
     def start(self) -> StackState:
         """Start everything that is not already given by DATABASE_URL / REDIS_URL; undo all on failure."""
@@ -80,24 +105,35 @@ class Stack:
         schema.migrate(self.state.database_url)
 
     def _start_worker(self) -> None:
-        log_path = self.options.stack_dir / "logs" / "worker.log"
-        command = [sys.executable, "-m", "worker", "--without-gossip", "--without-mingle"]
-        process = ChildProcess("worker", command, self.child_env(), log_path, PROJECT_ROOT)
-        self._record("worker", process)
-        process.wait_until(log_contains(log_path, b" ready."), WORKER_READY_SECONDS)
+        log_path = self.log_path("worker")
+        earlier_log = log_path.stat().st_size if log_path.exists() else 0  # the log is appended to across starts
+        process = self._launch("worker")
+        process.wait_until(log_contains(log_path, b" ready.", after=earlier_log), WORKER_READY_SECONDS)
 
     def _start_web(self) -> None:
         assert self.state is not None
         port = self.options.web_port
         if free_port(port) != port:
             raise StackError(f"port {port} is in use; set WEB_PORT to a free port")
-        url = f"http://{LOOPBACK}:{port}"
-        command = [sys.executable, "-m", "gunicorn", "--bind", f"{LOOPBACK}:{port}", "--access-logfile", "-", WEB_APP]
-        env = {"WEB_CONCURRENCY": DEFAULT_WEB_PROCESSES, **self.child_env()}
-        process = ChildProcess("web", command, env, self.options.stack_dir / "logs" / "web.log", PROJECT_ROOT)
-        self.state.web_url = url
-        self._record("web", process)
-        process.wait_until(http_ok(f"{url}/healthz"), WEB_READY_SECONDS)
+        self.state.web_url = f"http://{LOOPBACK}:{port}"
+        process = self._launch("web")
+        process.wait_until(http_ok(f"{self.state.web_url}/healthz"), WEB_READY_SECONDS)
+
+    def _launch(self, name: str) -> ChildProcess:
+        """Start the worker or the web server (again), recorded in the state file at once."""
+        if name == "worker":
+            command = [sys.executable, "-m", "worker", "--without-gossip", "--without-mingle"]
+            env = self.child_env()
+        else:
+            command = [sys.executable, "-m", "gunicorn", "--bind", f"{LOOPBACK}:{self.options.web_port}", "--worker-class", "gthread"]
+            command += ["--threads", WEB_THREADS, "--access-logfile", "-", WEB_APP]
+            env = {"WEB_CONCURRENCY": DEFAULT_WEB_PROCESSES, **self.child_env()}
+        process = ChildProcess(name, command, env, self.log_path(name), PROJECT_ROOT)
+        self._record(name, process)
+        return process
+
+    def log_path(self, name: str) -> Path:
+        return self.options.stack_dir / "logs" / f"{name}.log"
 
     def _record(self, name: str, process: ChildProcess) -> None:
         assert self.state is not None
@@ -117,8 +153,37 @@ class Stack:
             env["WORKER_CONCURRENCY"] = str(self.options.workers)
         return env
 
-    def dead_children(self) -> list[ChildProcess]:
-        return [child for child in self.children.values() if not child.running()]
+    def supervise(self, now: float) -> list[str]:
+        """Notice children that exited, start them again once their delay is over; returns what happened.
+
+        Raises StackError, naming the child and its log, when Redis exited or a child kept exiting.
+        """
+        events = [self._exited(name, child, now) for name, child in list(self.children.items()) if not child.running()]
+        for name, due in list(self.restart_due.items()):
+            if now >= due:
+                del self.restart_due[name]
+                events.append(f"{name} restarted (pid {self._launch(name).pid})")
+        return events
+
+    def seconds_to_next_restart(self, now: float) -> float | None:
+        return max(0.0, min(self.restart_due.values()) - now) if self.restart_due else None
+
+    def _exited(self, name: str, child: ChildProcess, now: float) -> str:
+        assert self.state is not None
+        how = describe_exit(child.process.returncode)
+        log = f"log {child.log_path}:\n{child.log_tail()}"
+        if name not in RESTARTED:
+            raise StackError(f"{name} stopped unexpectedly: it {how}; {log}")
+        # As when a container ends: whatever it left behind goes too (pool processes of a killed worker).
+        signal_group(child.pid, signal.SIGKILL)
+        del self.children[name]
+        del self.state.children[name]
+        save_state(self.options.stack_dir, self.state)
+        delay = self.restarts[name].delay_after_exit(now)
+        if delay is None:
+            raise GaveUp(f"{name} exited {CRASH_LIMIT} times within {CRASH_WINDOW_SECONDS:g} s, the last time it {how}; giving up; {log}")
+        self.restart_due[name] = now + delay
+        return f"{name} {how}; restarting in {delay:g} s"
 
     def stop(self) -> None:
         """Stop children in order, then the embedded PostgreSQL; forget the state. A no-op if never started."""

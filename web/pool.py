@@ -18,7 +18,7 @@ from shared.db import connection
 
 # psycopg2's pool keeps at most ``minconn`` idle connections and closes the rest on return.
 KEPT_CONNECTIONS = 2
-MAX_CONNECTIONS = 8  # per web process; more than the threads a gunicorn worker runs
+MAX_CONNECTIONS = 12  # per web process; more than the threads a gunicorn worker runs (8 in the stack and the image)
 PING_AFTER_IDLE_SECONDS = 1.0
 REUSABLE = (psycopg2.extensions.TRANSACTION_STATUS_IDLE, psycopg2.extensions.TRANSACTION_STATUS_INTRANS)
 

@@ -60,6 +60,8 @@ class UploadConsumer:
         outages = 0
         log.info("upload consumer %s ready on %s", self.name, upload_queue.queue_name(self.config))
         while not self.stopping.is_set():
+            if self.config.worker_liveness_file:  # for the liveness probe: the loop turns, outages included
+                self.config.worker_liveness_file.touch()
             try:
                 self.serve_one()
                 outages = 0

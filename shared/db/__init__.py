@@ -9,6 +9,8 @@ and pass a psycopg2 connection:
 - ``images``      stored images: insert, fetch, select
 - ``jobs``        jobs and their image lists; upload jobs
 - ``results``     predictions, failures and attempts, stored with the job's counters
+- ``statistics``  per-job label x prediction counts and mistakes, kept in the same transaction
 - ``progress``    LISTEN/NOTIFY: waiting for a job without polling
 - ``queries``     the read side of reports and pages
+- ``bulk_load``   bulk COPY of image rows and table sizes, for the scale benchmark
 """

@@ -1,8 +1,11 @@
-"""A batch's outcome: predictions and failures, stored with the job's counters, and how often it was started.
+"""A batch's outcome: predictions and failures, stored with the job's counters and statistics, and how often it was started.
 
 PostgreSQL is the source of truth. Predictions and failures are written in the same
-transaction as the job's counters, with unique keys that make a redelivered batch a
-no-op, so the counters always equal the rows and nothing is counted twice.
+transaction as the job's counters and its statistics (``statistics.py``), with unique keys
+that make a redelivered batch a no-op, so the counters always equal the rows and nothing is
+counted twice. A transaction is three round trips: BEGIN with the COPY of the predictions,
+one prepared statement for everything else (failures, statistics, mistakes, counters,
+NOTIFY), COMMIT.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The local stack without Docker: embedded PostgreSQL and Redis in a private folder, real
-workers, started and stopped through ``python -m stack`` as ``./run up`` / ``./run down`` do.
+workers, started and stopped through ``python -m stack`` as ``./run up`` / ``./run down`` do;
+and on the machine's services, a worker and web server killed under it and started again.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,9 +21,10 @@ import redis
 from shared.db import connection
 from shared.db import jobs as job_store
 from shared.images import png_bytes
-from stack import embedded
+from stack import embedded, scratch
 from stack.demo import run_demo
 from stack.processes import free_port, http_ok
+from stack.restarts import CRASH_LIMIT, CRASH_WINDOW_SECONDS
 from stack.state import StackState, load_state, pid_alive
 from tests.support.digits import mnist_test_digits
 from tests.support.services import PROJECT_ROOT
@@ -29,6 +32,8 @@ from tests.support.services import PROJECT_ROOT
 STACK_START_SECONDS = 180
 MARKER_KEY = "stack-test-marker"
 IMAGES = 500
+RESTART_SECONDS = 30  # the longest delay before a restart is 4 s; a worker then needs a few seconds to start
+JOB_IMAGES = 200  # after the restarts: the new worker predicts a job
 
 
 def stack_env(stack_dir: Path) -> dict[str, str]:
@@ -101,3 +106,81 @@ def test_embedded_stack_predicts_and_keeps_its_data_across_a_restart(tmp_path):
             embedded.psql_command(state.database_url), input="SELECT count(*) FROM input_data;", capture_output=True, text=True
         )
         assert psql.returncode == 0 and f" {IMAGES + 1}\n" in psql.stdout  # the demo's images and the upload
+
+
+def wait_for_restart(stack_dir: Path, name: str, old_pid: int) -> int:
+    """The pid of ``name`` started after ``old_pid`` exited, once the state file records it running."""
+    deadline = time.monotonic() + RESTART_SECONDS
+    while time.monotonic() < deadline:
+        state = load_state(stack_dir)
+        pid = state.children.get(name) if state is not None else None
+        if pid is not None and pid != old_pid and pid_alive(pid):
+            return pid
+        time.sleep(0.1)
+    raise AssertionError(f"{name} was not restarted within {RESTART_SECONDS} s; state: {load_state(stack_dir)}")
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_stack_restarts_a_killed_worker_and_web_then_gives_up_on_a_worker_that_keeps_exiting(tmp_path):
+    """SIGKILL of the worker's and the web's whole process groups: both come back (recorded in the state
+    file, for ./run down), and a job is predicted; killed again at each restart, the worker's fifth exit
+    within a minute stops the stack with an error naming it and its log, and nothing is left running."""
+    stack_dir = tmp_path / "stack"
+    with scratch.database_with_schema(scratch.unique_name("mnistq_stack")) as database_url:
+        env = {
+            **os.environ,
+            "STACK_DIR": str(stack_dir),
+            "DATABASE_URL": database_url,
+            "REDIS_URL": os.environ["REDIS_URL"],
+            "QUEUE_PREFIX": scratch.unique_name("mnistq-stack"),
+            "WEB_PORT": str(free_port()),
+        }
+        log_path = tmp_path / "up.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "stack", "up", "--workers", "1"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        try:
+            first = wait_until_ready(process, stack_dir, log_path)
+            started = time.monotonic()
+            for name in ("worker", "web"):
+                os.killpg(first.children[name], signal.SIGKILL)
+            pids = {name: wait_for_restart(stack_dir, name, first.children[name]) for name in ("worker", "web")}
+            for name, pid in pids.items():  # the state file names the process that runs, which ./run down stops
+                assert f"-m\0{name if name == 'worker' else 'gunicorn'}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+            deadline = time.monotonic() + RESTART_SECONDS
+            while not http_ok(f"{first.web_url}/healthz")():
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.1)
+            result = run_demo(env, limit=JOB_IMAGES)
+            assert (result.images, result.accuracy is not None) == (JOB_IMAGES, True)
+
+            seen = [first.children["worker"], first.children["web"], *pids.values()]
+            pid = pids["worker"]
+            for _ in range(CRASH_LIMIT - 2):  # exits 2 to 4: each followed by a restart
+                os.killpg(pid, signal.SIGKILL)
+                pid = wait_for_restart(stack_dir, "worker", pid)
+                seen.append(pid)
+            os.killpg(pid, signal.SIGKILL)  # the fifth exit
+            process.wait(timeout=RESTART_SECONDS)
+            assert time.monotonic() - started < CRASH_WINDOW_SECONDS
+        finally:
+            if process.poll() is None:
+                run_stack_command(env, "down")
+                process.wait(timeout=60)
+        output = log_path.read_text()
+        assert process.returncode == 1, output
+        for delay in ("0.5", "1", "2", "4"):
+            assert f"worker was killed by SIGKILL; restarting in {delay} s" in output
+        assert "web was killed by SIGKILL; restarting in 0.5 s" in output
+        expected = f"Error: worker exited {CRASH_LIMIT} times within {CRASH_WINDOW_SECONDS:g} s, the last time it was killed by SIGKILL;"
+        assert f"{expected} giving up; log {stack_dir / 'logs' / 'worker.log'}" in output
+        assert load_state(stack_dir) is None
+        assert not any(group_alive(pgid) for pgid in seen)

@@ -13,6 +13,7 @@ from shared.db import images as image_store
 from shared.db.images import ImageRow
 from shared.db.progress import wait_for_job
 from shared.images import encode_image
+from stack.processes import ChildProcess
 from stack.scratch import unique_name
 from tests.support import services
 
@@ -57,3 +58,24 @@ def test_the_health_check_passes_while_the_upload_consumer_runs_and_fails_withou
     redis_down = {**worker_env, "REDIS_URL": f"redis://127.0.0.1:{services.free_port()}/0"}
     unreachable = subprocess.run([sys.executable, "-m", "worker.health"], env=redis_down, capture_output=True, text=True, timeout=30)
     assert unreachable.returncode == 1 and "Redis does not answer" in unreachable.stderr
+
+
+def test_the_liveness_check_passes_through_a_redis_outage_that_fails_the_readiness_check(worker_env, tmp_path):
+    # Kubernetes restarts a container whose liveness probe fails (deploy/kubernetes/workers.yaml): an
+    # outage of Redis must leave the consumer's loop turning and the probe passing, unlike readiness.
+    liveness_file = tmp_path / "alive"
+    redis_down = {**worker_env, "REDIS_URL": f"redis://127.0.0.1:{services.free_port()}/0", "WORKER_LIVENESS_FILE": str(liveness_file)}
+    consumer = ChildProcess("upload consumer", [sys.executable, "-m", "worker.uploads"], redis_down, tmp_path / "uploads.log")
+    try:
+        consumer.wait_until(liveness_file.exists, 60)
+        touched = liveness_file.stat().st_mtime_ns
+        consumer.wait_until(lambda: liveness_file.stat().st_mtime_ns > touched, 10)  # touched again, between retries
+        assert b"Redis unavailable" in consumer.log_path.read_bytes()
+        alive = subprocess.run(
+            [sys.executable, "-m", "worker.health", "--liveness"], env=redis_down, capture_output=True, text=True, timeout=30
+        )
+        assert alive.returncode == 0 and "alive: the upload consumer turned its loop" in alive.stdout
+        ready = subprocess.run([sys.executable, "-m", "worker.health"], env=redis_down, capture_output=True, text=True, timeout=30)
+        assert ready.returncode == 1 and "Redis does not answer" in ready.stderr
+    finally:
+        consumer.stop()

@@ -50,6 +50,8 @@ class Engine:
 
     def stop(self) -> None:
         if self.process is None:
+            if self.root is None and "DOCKER_CONFIG" in self.env:  # DOCKER_HOST's engine runs on; our client config goes
+                shutil.rmtree(self.env["DOCKER_CONFIG"], ignore_errors=True)
             return
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)  # dockerd stops its containers and its containerd

@@ -10,7 +10,8 @@
 - partial index of predictions under 0.8 confidence, least sure first (the low-confidence page);
 - ``input_data (true_label, id)`` replaces ``(true_label)``: browsing a digit, newest first;
 - ``predictions (input_data_id, job_id)`` replaces ``(input_data_id)``: an image's latest prediction;
-- ``jobs (kind, id)``: the jobs page of one kind, newest first.
+- ``jobs (kind, id)``: the jobs page of one kind, newest first; ``jobs (id) WHERE status <> 'done'``:
+  the sweeper's unfinished jobs, however many uploads are done.
 
 An existing database is upgraded in place: the statistics and mistakes of its jobs are
 computed from their predictions here, in the migration's transaction.
@@ -57,6 +58,8 @@ DROP INDEX IF EXISTS predictions_input_data_id_idx;
 CREATE INDEX input_data_label_id_idx ON input_data (true_label, id);
 DROP INDEX IF EXISTS input_data_true_label_idx;
 CREATE INDEX jobs_kind_id_idx ON jobs (kind, id);
+-- The sweeper's unfinished jobs, without reading every finished one (each upload is a job).
+CREATE INDEX jobs_unfinished_idx ON jobs (id) WHERE status <> 'done';
 """
 
 BACKFILL = """
