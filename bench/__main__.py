@@ -2,6 +2,7 @@
 
     python -m bench [--repeats 3] [--sections database,throughput,seed,latency] [--database-core]
     python -m bench --sections scale [--scale-sizes 10000,100000,1000000] [--label after]
+    python -m bench --sections scale-ab --scale-sizes 1000000 --against /tmp/arch-before
     python -m bench --sections burst [--rates 100,300,1000,2000] [--web gthread:8] [--against /tmp/arch-before] [--label after]
 
 Prints a table and writes bench/results/latest.json (latest-database-core.json with
@@ -68,11 +69,17 @@ def main(
         from bench import scale
 
         click.echo("\n".join(scale.main(tuple(int(size) for size in scale_sizes.split(",")), label)))
+    if "scale-ab" in chosen:
+        from bench import scale
+
+        if against is None:
+            raise click.UsageError("--sections scale-ab needs --against WORKTREE")
+        click.echo("\n".join(scale.compare_throughput(int(scale_sizes.split(",")[-1]), against)))
     if "burst" in chosen:
         from bench import burst
 
         click.echo("\n".join(burst.main(tuple(int(rate) for rate in rates.split(",")), label, web, against, against_web)))
-    chosen -= {"scale", "burst"}
+    chosen -= {"scale", "scale-ab", "burst"}
     if not chosen:
         return
     placement = common.database_on_its_own_core() if database_core else contextlib.nullcontext("every process on every core")

@@ -31,8 +31,9 @@ def run(settings: Settings, image_ids: list[int], repeats: int) -> list[dict[str
         starts = range(0, len(image_ids), CHUNK_SIZE)
         chunks = [image_ids[start : start + CHUNK_SIZE] for start in starts]
         probabilities = np.random.default_rng(0).dirichlet(np.ones(NUM_CLASSES), size=len(image_ids)).astype(np.float32)
+        _, labels = image_store.fetch_images_and_labels(conn, image_ids)  # as the worker reads them with the images
         batches = [
-            results.PredictionBatch.of(chunk, probabilities[start : start + CHUNK_SIZE])
+            results.PredictionBatch.of(chunk, probabilities[start : start + CHUNK_SIZE], [labels.get(i, -1) for i in chunk])
             for start, chunk in zip(starts, chunks, strict=True)
         ]
         new_jobs: list[int] = []  # made by the first step, one per repeat; each is stored once, then again
@@ -43,7 +44,7 @@ def run(settings: Settings, image_ids: list[int], repeats: int) -> list[dict[str
 
         def fetch() -> None:
             for chunk in chunks:
-                image_store.fetch_images(conn, chunk)
+                image_store.fetch_images_and_labels(conn, chunk)
 
         def store_first() -> None:
             stored_jobs.append(new_jobs.pop())
@@ -58,7 +59,7 @@ def run(settings: Settings, image_ids: list[int], repeats: int) -> list[dict[str
 
         steps = [
             ("create a job of 10k image IDs", create_job),
-            (f"fetch images, binary COPY, chunks of {CHUNK_SIZE}", fetch),
+            (f"fetch images and labels, binary COPY, chunks of {CHUNK_SIZE}", fetch),
             ("store predictions, first delivery (COPY into predictions)", store_first),
             ("store predictions, redelivered (staging table, all skipped)", store_again),
         ]

@@ -27,13 +27,24 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from bench.common import RESULTS_DIR, child_pids, peak_rss_mb, percentile, private_environment, start_web, start_worker
+from bench.common import (
+    RESULTS_DIR,
+    WORKER_OPTIONS,
+    WORKER_READY,
+    child_pids,
+    peak_rss_mb,
+    percentile,
+    private_environment,
+    start_web,
+    start_worker,
+)
 from shared import broker, jobs, mnist
 from shared.config import PROJECT_ROOT, Settings
 from shared.db import bulk_load, connection
 from shared.digits import IMAGE_SIDE
 from shared.images import encode_image
 from shared.model_info import model_version
+from stack.processes import ChildProcess, log_contains
 
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 DATASET = PROJECT_ROOT.parent / "shared" / "datasets" / "mnist"
@@ -215,8 +226,18 @@ def timed_report(env: dict[str, str], job_id: int) -> dict[str, Any]:
     return {"p50_ms": percentile(times, 0.5), "p95_ms": percentile(times, 0.95), "samples": len(times)}
 
 
-def job_throughput(env: dict[str, str], settings: Settings, image_ids: list[int], workers: int, log_dir: Path) -> dict[str, float]:
-    worker = start_worker(env, log_dir / f"scale-throughput-{workers}.log", concurrency=workers)
+def job_throughput(
+    env: dict[str, str], settings: Settings, image_ids: list[int], workers: int, log_dir: Path, tree: Path = PROJECT_ROOT
+) -> dict[str, float]:
+    """A job of ``image_ids`` after a warm-up job, by ``workers`` bulk processes running ``tree``'s code."""
+    if tree == PROJECT_ROOT:
+        worker = start_worker(env, log_dir / f"scale-throughput-{workers}.log", concurrency=workers)
+    else:  # another worktree's worker, on this database
+        log_path = log_dir / f"scale-throughput-{tree.name}-{workers}.log"
+        log_path.unlink(missing_ok=True)
+        command = [sys.executable, "-m", "worker.bulk", "--concurrency", str(workers), *WORKER_OPTIONS]
+        worker = ChildProcess("worker", command, env, log_path, cwd=tree)
+        worker.wait_until(log_contains(log_path, WORKER_READY), 120)
     try:
         conn = connection.connect(settings.database_url)
         app = broker.celery_app(settings)
@@ -334,6 +355,40 @@ def measure_step(env: dict[str, str], settings: Settings, size: int, dataset: Pa
     row["bytes_per_prediction"] = prediction_tables / max(1, predictions)
     conn.close()
     return row
+
+
+def compare_throughput(size: int, against: Path, rounds: int = 3) -> list[str]:
+    """Job throughput of this tree's worker and ``against``'s, taking turns on one database of ``size`` images.
+
+    Both trees' workers run the same jobs on the same rows, one after the other, so a busy
+    machine slows both alike; each figure is the median of ``rounds``.
+    """
+    dataset = Path(os.environ.get("SCALE_MNIST_DIR") or DATASET)
+    rates: dict[tuple[str, int], list[float]] = {}
+    with private_environment() as (base_env, settings):
+        env = {**base_env, **WEB_ENV}
+        conn = connection.connect(settings.database_url)
+        conn.autocommit = True
+        factory = ImageFactory(dataset)
+        factory.store(conn, size)
+        bulk_load.vacuum_analyze(conn)
+        predict_new_images(env, settings, 1, size, factory.splits[1][1][:UPLOADS_PER_STEP], RESULTS_DIR)
+        bulk_load.vacuum_analyze(conn)
+        ids = list(range(1, THROUGHPUT_IMAGES + 1))
+        for _ in range(rounds):
+            for tree in (against, PROJECT_ROOT):
+                for workers in (1, 2):
+                    rate = job_throughput(env, settings, ids, workers, RESULTS_DIR, tree)["images_per_second"]
+                    rates.setdefault((tree.name, workers), []).append(rate)
+                    print(f"throughput {tree.name} {workers}w at {size:,}: {rate:,.0f}", file=sys.stderr, flush=True)
+        conn.close()
+    lines = [f"job of {THROUGHPUT_IMAGES:,} images at {size:,} stored, median of {rounds} turns, images/s"]
+    for (name, workers), values in rates.items():
+        lines.append(
+            f"{name:<16}{workers} worker process(es){statistics.median(values):>10,.0f}   ({', '.join(f'{v:,.0f}' for v in values)})"
+        )
+    (RESULTS_DIR / "scale-throughput-ab.txt").write_text("\n".join(lines) + "\n")
+    return lines
 
 
 def run(sizes: tuple[int, ...] = DEFAULT_SIZES, label: str = "") -> list[dict[str, Any]]:

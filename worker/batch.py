@@ -19,6 +19,7 @@ import psycopg2
 from shared.db import connection, results
 from shared.db import images as image_store
 from shared.db.results import FailureRow, PredictionBatch
+from shared.db.statistics import UNLABELLED
 from shared.digits import IMAGE_SHAPE, NUM_CLASSES
 from shared.images import decode_image, decode_images
 
@@ -82,12 +83,19 @@ def decode_batch(image_ids: Sequence[int], stored: dict[int, bytes]) -> tuple[li
     return good_ids, np.stack(images) if images else np.zeros((0, *IMAGE_SHAPE), dtype=np.uint8), failures
 
 
-def predict_chunk(predict: PredictFn, job_id: int, chunk: Sequence[int], stored: dict[int, bytes]) -> tuple[PredictionBatch, list]:
+def predict_chunk(
+    predict: PredictFn, job_id: int, chunk: Sequence[int], stored: dict[int, bytes], labels: dict[int, int] | None = None
+) -> tuple[PredictionBatch, list]:
     good_ids, images, failures = decode_batch(chunk, stored)
     for failure in failures:
         log.warning("job %s: image %s failed: %s", job_id, failure.input_data_id, failure.reason)
     probabilities = predict(images) if good_ids else np.zeros((0, NUM_CLASSES), dtype=np.float32)
-    return PredictionBatch.of(good_ids, probabilities), failures
+    return PredictionBatch.of(good_ids, probabilities, true_labels_of(good_ids, labels)), failures
+
+
+def true_labels_of(image_ids: Sequence[int], labels: dict[int, int] | None) -> list[int] | None:
+    """The images' true labels, -1 for none, so the store counts the statistics in numpy; None when not read."""
+    return None if labels is None else [labels.get(image_id, UNLABELLED) for image_id in image_ids]
 
 
 def process_batch(lane: DatabaseLane, predict: PredictFn, model_version: str, job_id: int, image_ids: Sequence[int]) -> tuple[int, int]:
@@ -99,14 +107,14 @@ def process_batch(lane: DatabaseLane, predict: PredictFn, model_version: str, jo
     chunks = [list(image_ids[start : start + CHUNK_SIZE]) for start in range(0, len(image_ids), CHUNK_SIZE)]
     if not chunks:
         return 0, 0
-    next_fetch = lane.submit(image_store.fetch_images, chunks[0])
+    next_fetch = lane.submit(image_store.fetch_images_and_labels, chunks[0])
     stores: list[Future[tuple[int, int]]] = []
     try:
         for index, chunk in enumerate(chunks):
-            stored = next_fetch.result()
+            stored, labels = next_fetch.result()
             if index + 1 < len(chunks):
-                next_fetch = lane.submit(image_store.fetch_images, chunks[index + 1])
-            predictions, failures = predict_chunk(predict, job_id, chunk, stored)
+                next_fetch = lane.submit(image_store.fetch_images_and_labels, chunks[index + 1])
+            predictions, failures = predict_chunk(predict, job_id, chunk, stored, labels)
             stores.append(lane.submit(results.store_results, job_id, model_version, predictions, failures))
     finally:
         outcomes = [store.result() for store in stores]  # wait for all; re-raises the first error
@@ -121,7 +129,7 @@ def process_uploads(lane: DatabaseLane, predict: PredictFn, model_version: str, 
     """
     job_of = {image_id: job_id for job_id, image_id in uploads}
     image_ids = list(job_of)
-    stored = lane.submit(image_store.fetch_images, image_ids).result()
+    stored, labels = lane.submit(image_store.fetch_images_and_labels, image_ids).result()
     good_ids, images, failures = decode_batch(image_ids, stored)
     for failure in failures:
         log.warning("job %s: upload image %s failed: %s", job_of[failure.input_data_id], failure.input_data_id, failure.reason)
@@ -129,7 +137,7 @@ def process_uploads(lane: DatabaseLane, predict: PredictFn, model_version: str, 
     prediction_jobs = np.array([job_of[image_id] for image_id in good_ids], dtype=np.int64)
     job_ids = sorted({job_id for job_id, _ in uploads})
     failed = [(job_of[failure.input_data_id], failure) for failure in failures]
-    batch = PredictionBatch.of(good_ids, probabilities)
+    batch = PredictionBatch.of(good_ids, probabilities, true_labels_of(good_ids, labels))
     return lane.submit(results.store_many, model_version, job_ids, prediction_jobs, batch, failed).result()
 
 

@@ -37,6 +37,27 @@ def parse_id_bytes_rows(payload: bytes) -> dict[int, bytes]:
         offset += length
 
 
+def parse_image_rows(payload: bytes) -> tuple[dict[int, bytes], dict[int, int]]:
+    """Rows of (bigint id, bytea, smallint or NULL) -> ({id: bytes}, {id: label} of the labelled ones)."""
+    if not payload.startswith(SIGNATURE):
+        raise ValueError("not PostgreSQL binary COPY data")
+    (extension_length,) = struct.unpack_from("!i", payload, len(SIGNATURE) + 4)
+    offset = len(SIGNATURE) + 8 + extension_length
+    images, labels = {}, {}
+    while True:
+        (fields,) = struct.unpack_from("!h", payload, offset)
+        if fields == -1:
+            return images, labels
+        _, row_id, length = struct.unpack_from("!iqi", payload, offset + 2)
+        offset += 18
+        images[row_id] = payload[offset : offset + length]
+        offset += length
+        (label_length,) = struct.unpack_from("!i", payload, offset)
+        if label_length == 2:
+            (labels[row_id],) = struct.unpack_from("!h", payload, offset + 4)
+        offset += 4 + max(0, label_length)
+
+
 def prediction_rows(job_id: int | np.ndarray, model_version: str, image_ids: np.ndarray, probabilities: np.ndarray) -> bytes:
     """Prediction rows (``PREDICTION_COLUMNS``) in binary COPY format, built by numpy with no loop per row.
 

@@ -53,6 +53,17 @@ def fetch_images(conn: Connection, image_ids: Sequence[int]) -> dict[int, bytes]
     return copy_format.parse_id_bytes_rows(payload.getvalue())
 
 
+def fetch_images_and_labels(conn: Connection, image_ids: Sequence[int]) -> tuple[dict[int, bytes], dict[int, int]]:
+    """``fetch_images`` with the true labels of the labelled ones, in the same COPY: the worker
+    counts a chunk's statistics itself, so storing them costs PostgreSQL a handful of rows."""
+    ids = sql.Literal([int(image_id) for image_id in image_ids])
+    payload = io.BytesIO()
+    select = "COPY (SELECT id, image_data, true_label FROM input_data WHERE id = ANY({ids})) TO STDOUT WITH (FORMAT binary)"
+    with single_statement(conn) as cursor:
+        cursor.copy_expert(sql.SQL(select).format(ids=ids), payload)
+    return copy_format.parse_image_rows(payload.getvalue())
+
+
 def get_image_data(conn: Connection, image_id: int) -> bytes | None:
     """One stored image's bytes, or None when there is no such image."""
     row = query_one(conn, "SELECT image_data FROM input_data WHERE id = %s", (image_id,))

@@ -34,14 +34,20 @@ class PredictionBatch:
 
     image_ids: np.ndarray  # int64, (n,)
     probabilities: np.ndarray  # float32, (n, 10)
+    # The images' true labels (-1: none), when the worker read them with the images: then it
+    # counts the statistics itself and PostgreSQL only adds them up. None: PostgreSQL looks them up.
+    true_labels: np.ndarray | None = None  # int16, (n,)
 
     @classmethod
-    def of(cls, image_ids: Sequence[int], probabilities: np.ndarray) -> PredictionBatch:
+    def of(cls, image_ids: Sequence[int], probabilities: np.ndarray, true_labels: Sequence[int] | None = None) -> PredictionBatch:
         ids = np.asarray(image_ids, dtype=np.int64)
         vectors = np.asarray(probabilities, dtype=np.float32)
         if vectors.shape != (len(ids), NUM_CLASSES):
             raise ValueError(f"expected {len(ids)} probability vectors of {NUM_CLASSES}, got shape {vectors.shape}")
-        return cls(ids, vectors)
+        labels = None if true_labels is None else np.asarray(true_labels, dtype=np.int16)
+        if labels is not None and labels.shape != ids.shape:
+            raise ValueError(f"expected {len(ids)} true labels, got {labels.shape}")
+        return cls(ids, vectors, labels)
 
     @property
     def labels(self) -> np.ndarray:
@@ -97,8 +103,15 @@ def store_many(
         return _store(conn, model_version, job_ids, prediction_jobs, predictions, failures, skip_stored=True)
 
 
-# The newly stored predictions, as ``statistics.MAINTAIN`` reads them: straight from the
-# arrays whose rows the COPY just wrote, or, on a redelivery, from what the INSERT really inserted.
+# The newly stored predictions (``batch``) and how many per job (``done``), for the statement
+# that follows the COPY. Counted by the worker, the usual case: its statistics, mistakes and
+# counts arrive as a few small arrays. Else PostgreSQL reads the true labels itself: from
+# the arrays whose rows the COPY just wrote, or, on a redelivery, from what the INSERT really inserted.
+COUNTED = f"""
+{statistics.ADD_COUNTED},
+done AS (
+    SELECT * FROM unnest(%(d_jobs)s::bigint[], %(d_counts)s::bigint[]) AS d (job_id, done)
+)"""
 NEW_FROM_COPY = """
 batch AS (
     SELECT u.job_id, u.input_data_id, u.predicted_label, u.confidence, d.true_label
@@ -114,6 +127,10 @@ inserted AS (
     SELECT i.job_id, i.input_data_id, i.predicted_label, i.confidence, d.true_label
     FROM inserted i LEFT JOIN input_data d ON d.id = i.input_data_id
 )"""
+DONE_FROM_BATCH = """
+done AS (
+    SELECT job_id, count(*) AS done FROM batch GROUP BY job_id
+)"""
 # Failures, statistics, mistakes, the jobs' counters and the NOTIFY: one statement, one round
 # trip. The NOTIFY is delivered at commit: a web request waiting for an upload wakes at once.
 ADVANCE = """
@@ -125,7 +142,7 @@ failed AS (
 ), changes AS (
     SELECT job_id, sum(done) AS done, sum(failed) AS failed FROM (
         SELECT unnest(%(jobs)s::bigint[]), 0, 0
-        UNION ALL SELECT job_id, 1, 0 FROM batch
+        UNION ALL SELECT job_id, done, 0 FROM done
         UNION ALL SELECT job_id, 0, 1 FROM failed
     ) AS c (job_id, done, failed)
     GROUP BY job_id
@@ -141,7 +158,7 @@ failed AS (
     FROM changes c WHERE j.id = c.job_id AND j.id = ANY(%(jobs)s::bigint[])  -- by the primary key, never a scan of jobs
     RETURNING j.id
 )
-SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM failed), (SELECT count(pg_notify(%(channel)s, id::text)) FROM job)
+SELECT (SELECT COALESCE(sum(done), 0) FROM done), (SELECT count(*) FROM failed), (SELECT count(pg_notify(%(channel)s, id::text)) FROM job)
 """
 
 
@@ -165,24 +182,27 @@ def _store(
         "channel": progress.CHANNEL,
     }
     has_predictions = predictions is not None and len(predictions) > 0
-    statement = "WITH " + ",".join([NEW_FROM_STAGING if skip_stored else NEW_FROM_COPY, statistics.MAINTAIN, ADVANCE])
-    if has_predictions and not skip_stored:
+    if skip_stored:
+        name, parts = "mnistq_store_staged", [NEW_FROM_STAGING, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE]
+    elif not has_predictions or predictions.true_labels is not None:
+        name, parts = "mnistq_store_counted", [COUNTED, ADVANCE]
+        params |= statistics.counted(prediction_jobs, predictions) if has_predictions else statistics.counted_nothing()
+    else:
+        name, parts = "mnistq_store", [NEW_FROM_COPY, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE]
         params |= {
             "p_jobs": prediction_jobs.tolist(),
             "p_ids": predictions.image_ids.tolist(),
             "p_labels": predictions.labels.tolist(),
             "p_confidences": predictions.confidences.tolist(),
         }
-    elif not skip_stored:
-        params |= {"p_jobs": [], "p_ids": [], "p_labels": [], "p_confidences": []}
+    statement = "WITH " + ",".join(parts)
     manual = conn.autocommit and has_predictions  # else: one statement (autocommit) or the caller's transaction
-    name = "mnistq_store_staged" if skip_stored else "mnistq_store"
     with contextlib.ExitStack() as stack:
         cursor = stack.enter_context(conn.cursor()) if conn.autocommit else stack.enter_context(transaction(conn))
         try:
             if has_predictions:
                 _copy_predictions(cursor, prediction_jobs, model_version, predictions, skip_stored, begin=manual)
-            _execute_prepared(cursor, name, statement, params)
+            _execute_prepared(cursor, name, statement, {**PARAMETERS, **statistics.PARAMETERS}, params)
             stored, failed, advanced = cursor.fetchone()
             if advanced < len(jobs):  # rolls the predictions back: predictions has no foreign key to do it
                 raise UnknownJobError(f"job {jobs[0]} does not exist" if len(jobs) == 1 else "a job of the batch does not exist")
@@ -198,10 +218,11 @@ def _store(
     return stored, failed
 
 
-# The statement's parameters, in the order of the prepared statement's $1, $2, ...
+# Parameters a store statement may use, with their types; each prepared statement declares those it uses.
 PARAMETERS = {
     "jobs": "bigint[]", "f_jobs": "bigint[]", "f_ids": "bigint[]", "f_reasons": "text[]", "channel": "text",
     "p_jobs": "bigint[]", "p_ids": "bigint[]", "p_labels": "smallint[]", "p_confidences": "real[]",
+    "d_jobs": "bigint[]", "d_counts": "bigint[]",
 }  # fmt: skip
 # Connections (by object and backend) that have prepared the statements: planning them took
 # longer than running them for a small batch, so each connection plans them once.
@@ -210,18 +231,19 @@ _prepared: set[tuple[int, int, str]] = set()
 _BEFORE_PREPARE = (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn)
 
 
-def _execute_prepared(cursor: Cursor, name: str, statement: str, params: dict) -> None:
+def _execute_prepared(cursor: Cursor, name: str, statement: str, types: dict[str, str], params: dict) -> None:
     """EXECUTE the statement prepared on this connection; the first time, PREPARE rides in the same round trip."""
+    used = [parameter for parameter in types if f"%({parameter})s" in statement]
     key = (id(cursor.connection), cursor.connection.get_backend_pid(), name)
-    execute = f"EXECUTE {name} ({', '.join(f'%({parameter})s' for parameter in PARAMETERS)})"
-    values = {parameter: params.get(parameter, []) for parameter in PARAMETERS}
+    execute = f"EXECUTE {name} ({', '.join(f'%({parameter})s' for parameter in used)})"
+    values = {parameter: params[parameter] for parameter in used}
     if key in _prepared:
         cursor.execute(execute, values)
         return
     numbered = statement
-    for number, parameter in enumerate(PARAMETERS, start=1):
+    for number, parameter in enumerate(used, start=1):
         numbered = numbered.replace(f"%({parameter})s", f"${number}")
-    prepare = f"PREPARE {name} ({', '.join(PARAMETERS.values())}) AS {numbered.replace('%%', '%')}"
+    prepare = f"PREPARE {name} ({', '.join(types[parameter] for parameter in used)}) AS {numbered}"
     try:
         cursor.execute(prepare.replace("%", "%%") + "; " + execute, values)
     except _BEFORE_PREPARE:

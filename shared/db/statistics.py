@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from shared.db.connection import Connection, query, query_one
 
 # Predictions under this confidence are counted as low-confidence (reports' default threshold).
@@ -34,6 +36,51 @@ statistics AS (
     FROM batch WHERE true_label <> predicted_label ORDER BY 1, 2
     ON CONFLICT (job_id, input_data_id) DO NOTHING
 )"""
+
+
+# The same, counted by the worker (``counted``): its rows arrive as arrays, a few per chunk.
+ADD_COUNTED = """
+statistics AS (
+    INSERT INTO job_statistics (job_id, true_label, predicted_label, predictions, low_confidence)
+    SELECT * FROM unnest(%(s_jobs)s::bigint[], %(s_true)s::smallint[], %(s_predicted)s::smallint[], %(s_count)s::bigint[],
+                         %(s_low)s::bigint[])
+    ORDER BY 1, 2, 3
+    ON CONFLICT (job_id, true_label, predicted_label) DO UPDATE SET
+        predictions = job_statistics.predictions + EXCLUDED.predictions,
+        low_confidence = job_statistics.low_confidence + EXCLUDED.low_confidence
+), mistakes AS (
+    INSERT INTO job_mistakes (job_id, input_data_id, true_label, predicted_label, confidence)
+    SELECT * FROM unnest(%(m_jobs)s::bigint[], %(m_ids)s::bigint[], %(m_true)s::smallint[], %(m_predicted)s::smallint[],
+                         %(m_confidence)s::real[])
+    ORDER BY 1, 2
+    ON CONFLICT (job_id, input_data_id) DO NOTHING
+)"""
+PARAMETERS = {
+    "s_jobs": "bigint[]", "s_true": "smallint[]", "s_predicted": "smallint[]", "s_count": "bigint[]", "s_low": "bigint[]",
+    "m_jobs": "bigint[]", "m_ids": "bigint[]", "m_true": "smallint[]", "m_predicted": "smallint[]", "m_confidence": "real[]",
+}  # fmt: skip
+
+
+def counted(prediction_jobs: np.ndarray, predictions: Any) -> dict[str, list]:
+    """A chunk's statistics, mistakes and per-job counts, counted with numpy: the parameters of ``ADD_COUNTED``
+    and of the store's ``d_jobs``/``d_counts``. ``predictions`` is a ``results.PredictionBatch`` with true labels."""
+    true, predicted, confidences = predictions.true_labels.astype(np.int64), predictions.labels, predictions.confidences
+    keys = np.stack([prediction_jobs, true, predicted])
+    (jobs, trues, predicteds), inverse, counts = np.unique(keys, axis=1, return_inverse=True, return_counts=True)
+    low = np.bincount(inverse.reshape(-1), weights=confidences < LOW_CONFIDENCE, minlength=len(counts))
+    wrong = (true != UNLABELLED) & (true != predicted)
+    done_jobs, done_counts = np.unique(prediction_jobs, return_counts=True)
+    return {
+        "s_jobs": jobs.tolist(), "s_true": trues.tolist(), "s_predicted": predicteds.tolist(),
+        "s_count": counts.tolist(), "s_low": low.astype(np.int64).tolist(),
+        "m_jobs": prediction_jobs[wrong].tolist(), "m_ids": predictions.image_ids[wrong].tolist(), "m_true": true[wrong].tolist(),
+        "m_predicted": predicted[wrong].tolist(), "m_confidence": confidences[wrong].tolist(),
+        "d_jobs": done_jobs.tolist(), "d_counts": done_counts.tolist(),
+    }  # fmt: skip
+
+
+def counted_nothing() -> dict[str, list]:
+    return {name: [] for name in [*PARAMETERS, "d_jobs", "d_counts"]}
 
 
 def label_pair_counts(conn: Connection, job_id: int) -> list[tuple[int, int, int]]:

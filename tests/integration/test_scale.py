@@ -43,8 +43,16 @@ def predictions(image_ids: list[int], labels: list[int], confidences: list[float
     return results.PredictionBatch.of(image_ids, probabilities)
 
 
-def random_predictions(rng: np.random.Generator, image_ids: list[int]) -> results.PredictionBatch:
-    return predictions(image_ids, rng.integers(0, 10, len(image_ids)).tolist(), rng.uniform(0.3, 1.0, len(image_ids)).tolist())
+def random_predictions(rng: np.random.Generator, image_ids: list[int], label_of: dict | None = None) -> results.PredictionBatch:
+    batch = predictions(image_ids, rng.integers(0, 10, len(image_ids)).tolist(), rng.uniform(0.3, 1.0, len(image_ids)).tolist())
+    return with_true_labels(batch, label_of)
+
+
+def with_true_labels(batch: results.PredictionBatch, label_of: dict | None) -> results.PredictionBatch:
+    if label_of is None:
+        return batch
+    true = [-1 if label_of[image_id] is None else label_of[image_id] for image_id in batch.image_ids.tolist()]
+    return results.PredictionBatch.of(batch.image_ids, batch.probabilities, true)
 
 
 def assert_statistics_agree(conn, job_id: int) -> dict:
@@ -54,12 +62,16 @@ def assert_statistics_agree(conn, job_id: int) -> dict:
     return counted
 
 
-def test_statistics_equal_a_direct_aggregation_after_stores_and_redeliveries(conn):
+@pytest.mark.parametrize("counted_by", ["the worker", "PostgreSQL"])
+def test_statistics_equal_a_direct_aggregation_after_stores_and_redeliveries(conn, counted_by):
+    """The worker counts a chunk's statistics when it read the true labels with the images; else PostgreSQL does."""
     rng = np.random.default_rng(15)
-    ids = stored_images(conn, [int(label) for label in rng.integers(0, 10, 300)] + [None] * 20)  # some unlabelled
+    true_labels = [int(label) for label in rng.integers(0, 10, 300)] + [None] * 20  # some unlabelled
+    ids = stored_images(conn, true_labels)
+    label_of = dict(zip(ids, true_labels, strict=True)) if counted_by == "the worker" else None
     job_id = job_store.create_job(conn, ids, MODEL, {"test": "statistics"})
     chunks = [ids[start : start + 50] for start in range(0, len(ids), 50)]  # the last: the unlabelled
-    batches = [random_predictions(rng, chunk) for chunk in chunks]
+    batches = [random_predictions(rng, chunk, label_of) for chunk in chunks]
     for batch in batches[:3]:
         results.store_results(conn, job_id, MODEL, batch, [])
     first = assert_statistics_agree(conn, job_id)
@@ -67,10 +79,11 @@ def test_statistics_equal_a_direct_aggregation_after_stores_and_redeliveries(con
 
     assert results.store_results(conn, job_id, MODEL, batches[1], []) == (0, 0)  # redelivered: nothing counted twice
     assert assert_statistics_agree(conn, job_id) == first
-    overlapping = predictions(chunks[2][25:] + chunks[3], *_labels_and_confidences(batches[2], 25, batches[3]))
+    overlapping = with_true_labels(predictions(chunks[2][25:] + chunks[3], *_labels_and_confidences(batches[2], 25, batches[3])), label_of)
     assert results.store_results(conn, job_id, MODEL, overlapping, []) == (len(chunks[3]), 0)  # half stored before
     failures = [results.FailureRow(image_id, "unreadable") for image_id in chunks[4][:5]]
-    results.store_results(conn, job_id, MODEL, results.PredictionBatch.of(chunks[4][5:], batches[4].probabilities[5:]), failures)
+    rest = with_true_labels(results.PredictionBatch.of(chunks[4][5:], batches[4].probabilities[5:]), label_of)
+    results.store_results(conn, job_id, MODEL, rest, failures)
     for batch in batches[5:]:
         results.store_results(conn, job_id, MODEL, batch, failures)  # the failures again: counted once
     counted = assert_statistics_agree(conn, job_id)

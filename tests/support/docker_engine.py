@@ -152,10 +152,11 @@ class Compose:
     def __post_init__(self) -> None:
         self.command = self.command or compose_command(self.engine.env)
 
-    def __call__(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    def __call__(self, *args: str, check: bool = True, timeout: float = 900, input: str | None = None) -> subprocess.CompletedProcess:
         files = [part for path in self.files for part in ("-f", str(path))]
         full = [*self.command, "--project-name", self.project, "--env-file", str(self.env_file), *files, *args]
-        ran = subprocess.run(full, env=self.engine.env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
+        ran = subprocess.run(full, env=self.engine.env, capture_output=True, text=True, timeout=timeout, **stdin)
         if check and ran.returncode != 0:
             raise RuntimeError(f"{' '.join(full)} exited {ran.returncode}:\n{ran.stdout[-4000:]}\n{ran.stderr[-6000:]}")
         return ran

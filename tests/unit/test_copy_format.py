@@ -11,7 +11,16 @@ import struct
 import numpy as np
 import pytest
 
-from shared.db.copy_format import HEADER, PREDICTION_COLUMNS, SIGNATURE, TRAILER, parse_id_bytes_rows, prediction_rows
+from shared.db.copy_format import (
+    HEADER,
+    PREDICTION_COLUMNS,
+    SIGNATURE,
+    TRAILER,
+    parse_bigint_rows,
+    parse_id_bytes_rows,
+    parse_image_rows,
+    prediction_rows,
+)
 
 
 def id_bytes_row(row_id: int, data: bytes) -> bytes:
@@ -95,3 +104,25 @@ def test_no_predictions_is_a_payload_without_rows():
 def test_an_empty_model_version_is_refused():
     with pytest.raises(ValueError, match="model_version"):
         prediction_rows(1, "", np.array([1]), np.full((1, 10), 0.1, dtype=np.float32))
+
+
+def image_row(row_id: int, data: bytes, label: int | None) -> bytes:
+    """One (bigint, bytea, smallint or NULL) row."""
+    head = struct.pack("!hiqi", 3, 8, row_id, len(data)) + data
+    return head + (struct.pack("!ih", 2, label) if label is not None else struct.pack("!i", -1))
+
+
+def test_image_rows_with_their_labels_and_without():
+    payload = HEADER + image_row(7, b"\x00" * 5, 3) + image_row(8, b"", None) + image_row(2**40, b"abc", 0) + TRAILER
+    images, labels = parse_image_rows(payload)
+    assert images == {7: b"\x00" * 5, 8: b"", 2**40: b"abc"}
+    assert labels == {7: 3, 2**40: 0}  # an unlabelled image has no entry
+
+
+def test_bigint_rows_become_one_int64_array():
+    payload = HEADER + b"".join(struct.pack("!hiq", 1, 8, value) for value in (5, 2**40, 1)) + TRAILER
+    ids = parse_bigint_rows(payload)
+    assert ids.dtype == np.int64 and ids.tolist() == [5, 2**40, 1]
+    assert parse_bigint_rows(HEADER + TRAILER).tolist() == []
+    with pytest.raises(ValueError):
+        parse_bigint_rows(HEADER + id_bytes_row(1, b"x") + TRAILER)
