@@ -89,7 +89,7 @@ def main(
         image_ids = image_store.insert_images(conn, list(mnist_rows(images, labels, "test")))
         conn.close()
 
-        database_rows = database.run(settings, image_ids, repeats) if "database" in chosen else []
+        database_rows = database.run(settings, image_ids, repeats, labels) if "database" in chosen else []
         rows = [throughput.bare_model(settings, images, repeats, runtime) for runtime in ("litert", "tensorflow")]
         if "throughput" in chosen:
             rows.append(throughput.in_process(settings, image_ids, repeats))

@@ -68,6 +68,10 @@ def process_groups(worker: Any, web: Any) -> dict[str, list[int]]:
     }
 
 
+def refreshed(groups: dict[str, list[int]]) -> dict[str, list[int]]:
+    return {**groups, "postgres": pids_named("postgres"), "redis": pids_named("redis-server")}
+
+
 def burst(url: str, rate: int, pictures_file: Path, groups: dict[str, list[int]]) -> dict[str, Any]:
     cpu_before = {name: cpu_seconds(pids) for name, pids in groups.items()}
     load_before = Path("/proc/loadavg").read_text().split()[0]
@@ -82,7 +86,11 @@ def burst(url: str, rate: int, pictures_file: Path, groups: dict[str, list[int]]
         raise RuntimeError(f"burst client failed: {done.stderr[-2000:]}")
     outcomes = json.loads(done.stdout)["outcomes"]
     answered = [ms for status, ms, state in outcomes if status == 200 and state == "done"]
-    cpu_ms = {name: (cpu_seconds(pids) - cpu_before[name]) * 1000 / max(1, len(answered)) for name, pids in groups.items()}
+    # Answered per second of the whole burst: from the first send to the last answer.
+    finished = [index / rate + ms / 1000 for index, (status, ms, state) in enumerate(outcomes) if status == 200 and state == "done"]
+    # CPU of the processes there now (PostgreSQL starts backends for new connections during a burst).
+    now = {name: cpu_seconds(pids_now) for name, pids_now in refreshed(groups).items()}
+    cpu_ms = {name: (now[name] - cpu_before[name]) * 1000 / max(1, len(answered)) for name in groups}
     refused = sum(1 for status, *_ in outcomes if status == 429)
     return {
         "rate": rate,
@@ -91,7 +99,7 @@ def burst(url: str, rate: int, pictures_file: Path, groups: dict[str, list[int]]
         "refused": refused,
         "failed": len(outcomes) - len(answered) - refused,
         "failures": sorted({f"{status} {state}" for status, _, state in outcomes if status not in (200, 429) or state != "done"})[:5],
-        "achieved_per_s": len(answered) / SECONDS_PER_RATE,
+        "achieved_per_s": len(answered) / max(finished) if finished else 0.0,
         "p50_ms": percentile(answered, 0.5) if answered else None,
         "p95_ms": percentile(answered, 0.95) if answered else None,
         "p99_ms": percentile(answered, 0.99) if answered else None,

@@ -357,7 +357,7 @@ def measure_step(env: dict[str, str], settings: Settings, size: int, dataset: Pa
     return row
 
 
-def compare_throughput(size: int, against: Path, rounds: int = 3) -> list[str]:
+def compare_throughput(size: int, against: Path, rounds: int = 5) -> list[str]:
     """Job throughput of this tree's worker and ``against``'s, taking turns on one database of ``size`` images.
 
     Both trees' workers run the same jobs on the same rows, one after the other, so a busy

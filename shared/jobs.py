@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import redis.exceptions
 from celery import Celery
 
@@ -66,14 +65,15 @@ def submit_job(
     """Select the images, record the job, enqueue its batches.
 
     NoImagesSelected when none match, TooManyImages when more than MAX_JOB_IMAGES do (nothing
-    is recorded then). A selection by filters never brings its IDs into Python as objects: the
-    job's array is built in PostgreSQL and read back as one numpy array, sent batch by batch.
+    is recorded then). A selection by filters never brings its IDs into Python at once: the
+    job's array is built in PostgreSQL and read back one batch at a time, as it is sent.
     """
+    size = batch_size or settings.batch_size
     if selection.image_ids:
         unique_ids = list(dict.fromkeys(selection.image_ids))
         refuse_too_many(len(unique_ids), settings.max_job_images)
-        job_id = job_store.create_job(conn, unique_ids, model_version, selection.describe())
-        image_ids: Sequence[int] | np.ndarray = unique_ids
+        job_id, images = job_store.create_job(conn, unique_ids, model_version, selection.describe()), len(unique_ids)
+        batches = (unique_ids[start : start + size] for start in range(0, len(unique_ids), size))
     else:
         filters = {"split": selection.split, "label": selection.label, "model": model_version if selection.unpredicted else None}
         created, matched = job_store.create_job_from_selection(
@@ -82,9 +82,9 @@ def submit_job(
         refuse_too_many(matched, settings.max_job_images)
         if created is None:
             raise NoImagesSelected("no stored images match that selection")
-        job_id, image_ids = created, job_store.job_image_ids(conn, created)
-    batches = enqueue_bulk(app, settings, job_id, image_ids, batch_size)
-    return SubmittedJob(job_id, len(image_ids), batches, model_version)
+        job_id, images, batches = created, matched, job_store.job_image_id_batches(conn, created, size)
+    sent = broker.send_batches(app, broker.bulk_queue(settings), job_id, batches)
+    return SubmittedJob(job_id, images, sent, model_version)
 
 
 def refuse_too_many(images: int, max_images: int) -> None:
@@ -95,18 +95,11 @@ def refuse_too_many(images: int, max_images: int) -> None:
         )
 
 
-def enqueue_bulk(app: Celery, settings: Settings, job_id: int, image_ids: Sequence[int] | np.ndarray, batch_size: int | None = None) -> int:
-    """Send a job's images as batches of ``batch_size`` (default BATCH_SIZE) IDs; returns how many batches.
-
-    Each batch becomes a list only as it is sent, so a job of 1M IDs holds one batch of Python ints at a time.
-    """
+def enqueue_bulk(app: Celery, settings: Settings, job_id: int, image_ids: Sequence[int], batch_size: int | None = None) -> int:
+    """Send a job's images as batches of ``batch_size`` (default BATCH_SIZE) IDs; returns how many batches."""
     size = batch_size or settings.batch_size
-    batches = (_as_list(image_ids[start : start + size]) for start in range(0, len(image_ids), size))
+    batches = (list(image_ids[start : start + size]) for start in range(0, len(image_ids), size))
     return broker.send_batches(app, broker.bulk_queue(settings), job_id, batches)
-
-
-def _as_list(ids: Sequence[int] | np.ndarray) -> list[int]:
-    return ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
 
 
 def submit_upload(
@@ -140,14 +133,23 @@ def resume_job(conn: Connection, app: Celery, settings: Settings, job_id: int) -
     job = job_store.get_job(conn, job_id)
     if job is None:
         raise ValueError(f"there is no job {job_id}")
-    unfinished = job_store.unfinished_image_id_array(conn, job_id)
-    if len(unfinished):
-        if job["kind"] == "upload":
-            upload_queue.enqueue(settings, job_id, unfinished.tolist())
-        else:
-            enqueue_bulk(app, settings, job_id, unfinished)
+    sent = []  # a job of 1M images is read and sent a batch at a time
+    batches = _counted(job_store.unfinished_image_id_batches(conn, job_id, settings.batch_size), sent)
+    if job["kind"] == "upload":
+        for batch in batches:
+            upload_queue.enqueue(settings, job_id, batch)
+    else:
+        broker.send_batches(app, broker.bulk_queue(settings), job_id, batches)
+    if sent:
         job_store.mark_resumed(conn, job_id)
-    return len(unfinished)
+    return sum(sent)
+
+
+def _counted(batches: Iterator[list[int]], sizes: list[int]) -> Iterator[list[int]]:
+    """``batches`` as they are, each one's size appended to ``sizes`` as it passes."""
+    for batch in batches:
+        sizes.append(len(batch))
+        yield batch
 
 
 # --- the failure policy, the same for bulk batches and uploads --------------------------

@@ -88,15 +88,3 @@ def prediction_rows(job_id: int | np.ndarray, model_version: str, image_ids: np.
     rows["confidence_length"], rows["confidence"] = 4, probabilities.max(axis=1)
     rows["vector_length"], rows["vector"] = NUM_CLASSES * 4, probabilities
     return HEADER + rows.tobytes() + TRAILER
-
-
-def parse_bigint_rows(payload: bytes) -> np.ndarray:
-    """Rows of one bigint column in binary COPY format -> an int64 array, with no loop per row."""
-    if not payload.startswith(SIGNATURE):
-        raise ValueError("not PostgreSQL binary COPY data")
-    (extension_length,) = struct.unpack_from("!i", payload, len(SIGNATURE) + 4)
-    body = payload[len(SIGNATURE) + 8 + extension_length : -len(TRAILER)]
-    rows = np.frombuffer(body, dtype=np.dtype([("fields", ">i2"), ("length", ">i4"), ("value", ">i8")]))
-    if len(body) % rows.itemsize or not (rows["fields"] == 1).all() or not (rows["length"] == 8).all():
-        raise ValueError("expected rows of one non-null bigint")
-    return rows["value"].astype(np.int64)

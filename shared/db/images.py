@@ -71,12 +71,12 @@ def get_image_data(conn: Connection, image_id: int) -> bytes | None:
 
 
 # Which stored images (``d``) a selection covers; parameters split, label and model (unpredicted by), each NULL for any.
-SELECTION_FILTER = """
+SELECTION_FILTER = sql.SQL("""
     (%(split)s::text IS NULL OR d.dataset_split = %(split)s)
     AND (%(label)s::smallint IS NULL OR d.true_label = %(label)s)
     AND (%(model)s::text IS NULL OR NOT EXISTS (
         SELECT 1 FROM predictions p WHERE p.input_data_id = d.id AND p.model_version = %(model)s))
-"""
+""")
 
 
 def select_image_ids(
@@ -89,7 +89,7 @@ def select_image_ids(
     """IDs of stored images matching every given filter, oldest first."""
     rows = query(
         conn,
-        f"SELECT d.id FROM input_data d WHERE {SELECTION_FILTER} ORDER BY d.id LIMIT %(limit)s",
+        sql.SQL("SELECT d.id FROM input_data d WHERE {filter} ORDER BY d.id LIMIT %(limit)s").format(filter=SELECTION_FILTER),
         {"split": split, "label": label, "model": unpredicted_by, "limit": limit},
     )
     return [row[0] for row in rows]

@@ -3,25 +3,22 @@
 A job keeps its image IDs as one ``BIGINT[]``: writing a row per image cost more than a
 third of the database's time for a job. No foreign key: an unknown ID is recorded as a failure.
 A job of a selection has its array built by PostgreSQL (``create_job_from_selection``) and read
-back as one numpy array (``job_image_ids``), so a job of a million images never becomes a
+back a batch at a time (``job_image_id_batches``), so a job of a million images never becomes a
 million Python objects; 1M elements are 8 MB in TOAST, and an UPDATE of the job's counters
 leaves them where they are.
 """
 
 from __future__ import annotations
 
-import io
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
 
-from shared.db import copy_format
-from shared.db.connection import Connection, query, query_one, single_statement, transaction
+from shared.db.connection import Connection, query, query_one, transaction
 from shared.db.images import SELECTION_FILTER
 
 # Everything about a job but its image list, which is large and only recovery reads.
@@ -64,9 +61,9 @@ def create_job_from_selection(
     take = min(limit, max_images + 1) if limit else max_images + 1
     row = query_one(
         conn,
-        f"""
+        sql.SQL("""
         WITH chosen AS (
-            SELECT d.id FROM input_data d WHERE {SELECTION_FILTER} ORDER BY d.id LIMIT %(take)s
+            SELECT d.id FROM input_data d WHERE {filter} ORDER BY d.id LIMIT %(take)s
         ), job AS (
             INSERT INTO jobs (kind, model_version, selection, image_ids, total_images)
             SELECT 'bulk', %(version)s, %(selection)s, array_agg(id ORDER BY id), count(*) FROM chosen
@@ -74,22 +71,24 @@ def create_job_from_selection(
             RETURNING id
         )
         SELECT (SELECT id FROM job), (SELECT count(*) FROM chosen)
-        """,
+        """).format(filter=SELECTION_FILTER),
         {**filters, "take": take, "version": model_version, "selection": psycopg2.extras.Json(selection), "max": max_images},
     )
     return row[0], row[1]
 
 
-def job_image_ids(conn: Connection, job_id: int) -> np.ndarray:
-    """A job's image IDs as one int64 array, read with binary COPY (no Python object per ID)."""
-    return _copy_ids(conn, sql.SQL("SELECT unnest(image_ids) FROM jobs WHERE id = {}").format(sql.Literal(job_id)))
+def job_image_id_batches(conn: Connection, job_id: int, size: int) -> Iterator[list[int]]:
+    """A job's image IDs, ``size`` at a time, from a server-side cursor: one batch in Python at a time."""
+    yield from _batches(conn, sql.SQL("SELECT unnest(image_ids) FROM jobs WHERE id = %(job)s"), job_id, size)
 
 
-def _copy_ids(conn: Connection, select: sql.Composable) -> np.ndarray:
-    payload = io.BytesIO()
-    with single_statement(conn) as cursor:
-        cursor.copy_expert(sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT binary)").format(select), payload)
-    return copy_format.parse_bigint_rows(payload.getvalue())
+def _batches(conn: Connection, statement: sql.Composable, job_id: int, size: int) -> Iterator[list[int]]:
+    with conn:  # a named cursor lives in a transaction (begun on an autocommit connection too)
+        with conn.cursor(name=f"mnistq_job_{job_id}_ids") as cursor:
+            cursor.itersize = size
+            cursor.execute(statement, {"job": job_id})
+            while rows := cursor.fetchmany(size):
+                yield [row[0] for row in rows]
 
 
 def get_job(conn: Connection, job_id: int) -> dict[str, Any] | None:
@@ -146,21 +145,19 @@ def delete_upload_job(conn: Connection, job_id: int, image_id: int) -> None:
 
 def unfinished_image_ids(conn: Connection, job_id: int) -> list[int]:
     """Images of a job with neither a prediction nor a recorded failure: what is left to do."""
-    return unfinished_image_id_array(conn, job_id).tolist()
+    return [image_id for batch in unfinished_image_id_batches(conn, job_id, 10_000) for image_id in batch]
 
 
-def unfinished_image_id_array(conn: Connection, job_id: int) -> np.ndarray:
-    """``unfinished_image_ids`` as an int64 array, read with binary COPY."""
-    statement = sql.SQL(
-        """
+def unfinished_image_id_batches(conn: Connection, job_id: int, size: int) -> Iterator[list[int]]:
+    """``unfinished_image_ids``, ``size`` at a time, from a server-side cursor."""
+    statement = """
         SELECT item.id FROM jobs j, unnest(j.image_ids) AS item (id)
-        WHERE j.id = {job}
-          AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.job_id = {job} AND p.input_data_id = item.id)
-          AND NOT EXISTS (SELECT 1 FROM job_failures f WHERE f.job_id = {job} AND f.input_data_id = item.id)
+        WHERE j.id = %(job)s
+          AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.job_id = %(job)s AND p.input_data_id = item.id)
+          AND NOT EXISTS (SELECT 1 FROM job_failures f WHERE f.job_id = %(job)s AND f.input_data_id = item.id)
         ORDER BY item.id
-        """
-    ).format(job=sql.Literal(job_id))
-    return _copy_ids(conn, statement)
+    """
+    yield from _batches(conn, statement, job_id, size)
 
 
 def mark_resumed(conn: Connection, job_id: int) -> None:

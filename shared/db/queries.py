@@ -149,22 +149,22 @@ def images_of_digit(
     params = {"digit": digit, "limit": limit, "offset": 0 if before_id else offset, "before": before_id}
     if by_prediction and not before_id and offset and offset >= statistics.predictions_with_label(conn, digit):
         return []
-    latest = """
+    latest = sql.SQL("""
         LEFT JOIN LATERAL (
             SELECT p.predicted_label, p.confidence FROM predictions p
             WHERE p.input_data_id = d.id ORDER BY p.job_id DESC LIMIT 1
         ) latest ON true
-    """
+    """)
     if by_prediction:
-        statement = f"""
+        statement = sql.SQL("""
             SELECT d.id AS input_data_id, d.true_label, d.dataset_split, latest.predicted_label, latest.confidence
             FROM input_data d {latest}
             WHERE latest.predicted_label = %(digit)s AND (%(before)s::bigint IS NULL OR d.id < %(before)s)
             ORDER BY d.id DESC
             LIMIT %(limit)s OFFSET %(offset)s
-        """
+        """).format(latest=latest)
     else:
-        statement = f"""
+        statement = sql.SQL("""
             SELECT d.id AS input_data_id, d.true_label, d.dataset_split, latest.predicted_label, latest.confidence
             FROM (
                 SELECT id FROM input_data
@@ -173,5 +173,5 @@ def images_of_digit(
             ) page
             JOIN input_data d ON d.id = page.id {latest}
             ORDER BY d.id DESC
-        """
+        """).format(latest=latest)
     return query(conn, statement, params, as_dicts=True)

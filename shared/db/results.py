@@ -195,7 +195,7 @@ def _store(
             "p_labels": predictions.labels.tolist(),
             "p_confidences": predictions.confidences.tolist(),
         }
-    statement = "WITH " + ",".join(parts)
+    statement = sql.SQL("WITH ") + sql.SQL(",").join(map(sql.SQL, parts))
     manual = conn.autocommit and has_predictions  # else: one statement (autocommit) or the caller's transaction
     with contextlib.ExitStack() as stack:
         cursor = stack.enter_context(conn.cursor()) if conn.autocommit else stack.enter_context(transaction(conn))
@@ -227,25 +227,32 @@ PARAMETERS = {
 # Connections (by object and backend) that have prepared the statements: planning them took
 # longer than running them for a small batch, so each connection plans them once.
 _prepared: set[tuple[int, int, str]] = set()
+_parameters_of: dict[str, list[str]] = {}  # statement name -> the parameters it uses, in order
 # Errors that come before PREPARE has run (so it must be sent again next time).
 _BEFORE_PREPARE = (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn)
 
 
-def _execute_prepared(cursor: Cursor, name: str, statement: str, types: dict[str, str], params: dict) -> None:
+def _execute_prepared(cursor: Cursor, name: str, statement: sql.Composable, types: dict[str, str], params: dict) -> None:
     """EXECUTE the statement prepared on this connection; the first time, PREPARE rides in the same round trip."""
-    used = [parameter for parameter in types if f"%({parameter})s" in statement]
+    text = statement.as_string(cursor)
+    if name not in _parameters_of:
+        _parameters_of[name] = [parameter for parameter in types if f"%({parameter})s" in text]
+    used = _parameters_of[name]
     key = (id(cursor.connection), cursor.connection.get_backend_pid(), name)
-    execute = f"EXECUTE {name} ({', '.join(f'%({parameter})s' for parameter in used)})"
+    execute = sql.SQL("EXECUTE {} ({})").format(sql.Identifier(name), sql.SQL(", ").join(map(sql.Placeholder, used)))
     values = {parameter: params[parameter] for parameter in used}
     if key in _prepared:
         cursor.execute(execute, values)
         return
-    numbered = statement
+    numbered = text
     for number, parameter in enumerate(used, start=1):
         numbered = numbered.replace(f"%({parameter})s", f"${number}")
-    prepare = f"PREPARE {name} ({', '.join(types[parameter] for parameter in used)}) AS {numbered}"
+    # PREPARE takes no parameters: its body is the statement with $n, and a literal % is doubled for the driver.
+    prepare = sql.SQL("PREPARE {} ({}) AS {}; ").format(
+        sql.Identifier(name), sql.SQL(", ").join(sql.SQL(types[parameter]) for parameter in used), sql.SQL(numbered.replace("%", "%%"))
+    )
     try:
-        cursor.execute(prepare.replace("%", "%%") + "; " + execute, values)
+        cursor.execute(sql.Composed([prepare, execute]), values)
     except _BEFORE_PREPARE:
         raise
     except psycopg2.Error:
@@ -259,12 +266,12 @@ def _copy_predictions(
 ) -> None:
     """COPY in binary format; with ``skip_stored``, into the staging table that ``NEW_FROM_STAGING`` inserts from."""
     payload = io.BytesIO(copy_format.prediction_rows(prediction_jobs, model_version, predictions.image_ids, predictions.probabilities))
-    first = "BEGIN; " if begin else ""
+    first = sql.SQL("BEGIN; " if begin else "")
     if not skip_stored:
-        copy = sql.SQL("COPY predictions ({}) FROM STDIN WITH (FORMAT binary)").format(COPY_COLUMNS)
-        cursor.copy_expert(first + copy.as_string(cursor), payload)
+        cursor.copy_expert(sql.SQL("{}COPY predictions ({}) FROM STDIN WITH (FORMAT binary)").format(first, COPY_COLUMNS), payload)
         return
-    cursor.execute(first + "CREATE TEMP TABLE IF NOT EXISTS staged_predictions (LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+    staging = sql.SQL("CREATE TEMP TABLE IF NOT EXISTS staged_predictions (LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+    cursor.execute(sql.Composed([first, staging]))
     cursor.copy_expert(sql.SQL("COPY staged_predictions ({}) FROM STDIN WITH (FORMAT binary)").format(COPY_COLUMNS), payload)
 
 

@@ -65,9 +65,12 @@ def counted(prediction_jobs: np.ndarray, predictions: Any) -> dict[str, list]:
     """A chunk's statistics, mistakes and per-job counts, counted with numpy: the parameters of ``ADD_COUNTED``
     and of the store's ``d_jobs``/``d_counts``. ``predictions`` is a ``results.PredictionBatch`` with true labels."""
     true, predicted, confidences = predictions.true_labels.astype(np.int64), predictions.labels, predictions.confidences
-    keys = np.stack([prediction_jobs, true, predicted])
-    (jobs, trues, predicteds), inverse, counts = np.unique(keys, axis=1, return_inverse=True, return_counts=True)
-    low = np.bincount(inverse.reshape(-1), weights=confidences < LOW_CONFIDENCE, minlength=len(counts))
+    # One integer per (job, true label, predicted label): 1-D unique is a sort of n integers.
+    pair = (true + 1) * 10 + predicted  # 0..109
+    keys, inverse, counts = np.unique(prediction_jobs * 128 + pair, return_inverse=True, return_counts=True)
+    jobs, pairs = np.divmod(keys, 128)
+    trues, predicteds = pairs // 10 - 1, pairs % 10
+    low = np.bincount(inverse, weights=confidences < LOW_CONFIDENCE, minlength=len(counts))
     wrong = (true != UNLABELLED) & (true != predicted)
     done_jobs, done_counts = np.unique(prediction_jobs, return_counts=True)
     return {
@@ -111,12 +114,12 @@ def recount(conn: Connection, job_id: int) -> dict[str, Any]:
     )
     direct = query(
         conn,
-        f"""
-        SELECT COALESCE(d.true_label, {UNLABELLED}), p.predicted_label, count(*), count(*) FILTER (WHERE p.confidence < {LOW_CONFIDENCE})
+        """
+        SELECT COALESCE(d.true_label, %s), p.predicted_label, count(*), count(*) FILTER (WHERE p.confidence < %s)
         FROM predictions p LEFT JOIN input_data d ON d.id = p.input_data_id
         WHERE p.job_id = %s GROUP BY 1, 2
         """,
-        (job_id,),
+        (UNLABELLED, LOW_CONFIDENCE, job_id),
     )
     mistakes = query_one(
         conn,

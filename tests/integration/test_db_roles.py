@@ -42,7 +42,7 @@ FORBIDDEN = [
     "TRUNCATE jobs CASCADE",
     "ALTER TABLE predictions ADD COLUMN note TEXT",
     "ALTER TABLE jobs OWNER TO CURRENT_USER",
-    "DROP INDEX predictions_input_data_id_idx",
+    "DROP INDEX predictions_image_job_idx",
     "CREATE TABLE stolen (id INT)",
     "DROP SCHEMA public CASCADE",
     "CREATE ROLE intruder SUPERUSER",

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from producer.cli import main
 from shared.config import Settings
 from shared.db import jobs as job_store
-from shared.db import results, schema
+from shared.db import results, schema, statistics
 from shared.db.connection import Connection, connect, query, transaction
 from shared.images import encode_image
 from stack import scratch
@@ -114,6 +114,30 @@ def test_a_previous_release_database_upgrades_in_place_and_keeps_every_row(previ
     assert job_store.rows_for_job(conn, rows["bulk"]) == (4, 3, 1)
     new_job = job_store.create_job(conn, rest, "new-model", {"ids": len(rest)})
     assert new_job > rows["upload"] and job_store.get_job(conn, new_job)["status"] == "queued"
+
+
+def test_the_upgrade_fills_the_statistics_of_the_jobs_already_there(previous_release):
+    """Migration 0003 computes every existing job's statistics and mistakes from its predictions, in place."""
+    url, conn, rows = previous_release
+    wrong = rows["images"][2]  # true label 2, predicted 7: a mistake of the old release
+    query(
+        conn,
+        "INSERT INTO predictions (job_id, input_data_id, model_version, predicted_label, confidence, prediction_probabilities)"
+        " VALUES (%s, %s, %s, 7, 0.55, %s)",
+        (rows["bulk"], wrong, MODEL, psycopg2.Binary(np.zeros(10, np.float32).tobytes())),
+    )
+    schema.migrate(url)
+    for job_id in (rows["bulk"], rows["upload"]):
+        counted = statistics.recount(conn, job_id)
+        assert counted["statistics"] == counted["aggregated"] != []
+        assert counted["mistakes"] == counted["mistakes_aggregated"]
+    assert statistics.recount(conn, rows["bulk"])["mistakes"] == 1
+    assert statistics.low_confidence_count(conn, rows["bulk"]) == 1
+    # and they go on from there with the new code's writes (the fourth image has no label: not a mistake)
+    results.store_results(conn, rows["bulk"], "new-model", prediction_batch(rows["images"][3:], 4, 0.9), [])
+    counted = statistics.recount(conn, rows["bulk"])
+    assert counted["statistics"] == counted["aggregated"] and counted["mistakes"] == counted["mistakes_aggregated"] == 1
+    assert (statistics.UNLABELLED, 4, 1, 0) in counted["statistics"]
 
 
 def test_an_empty_database_migrates_to_the_schema_of_an_upgraded_one(previous_release):

@@ -16,7 +16,6 @@ from shared.db.copy_format import (
     PREDICTION_COLUMNS,
     SIGNATURE,
     TRAILER,
-    parse_bigint_rows,
     parse_id_bytes_rows,
     parse_image_rows,
     prediction_rows,
@@ -117,12 +116,3 @@ def test_image_rows_with_their_labels_and_without():
     images, labels = parse_image_rows(payload)
     assert images == {7: b"\x00" * 5, 8: b"", 2**40: b"abc"}
     assert labels == {7: 3, 2**40: 0}  # an unlabelled image has no entry
-
-
-def test_bigint_rows_become_one_int64_array():
-    payload = HEADER + b"".join(struct.pack("!hiq", 1, 8, value) for value in (5, 2**40, 1)) + TRAILER
-    ids = parse_bigint_rows(payload)
-    assert ids.dtype == np.int64 and ids.tolist() == [5, 2**40, 1]
-    assert parse_bigint_rows(HEADER + TRAILER).tolist() == []
-    with pytest.raises(ValueError):
-        parse_bigint_rows(HEADER + id_bytes_row(1, b"x") + TRAILER)

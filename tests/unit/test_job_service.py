@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from shared import jobs, upload_queue
@@ -117,10 +116,16 @@ def test_submit_job_refuses_a_selection_over_max_job_images_naming_the_limit(def
     assert sent == [] and issubclass(TooManyImages, ValueError)
 
 
-def test_a_job_of_a_selection_is_sent_from_one_numpy_array_of_its_ids(default_settings, sent, monkeypatch):
+def test_a_job_of_a_selection_is_sent_a_batch_at_a_time_as_read_back(default_settings, sent, monkeypatch):
     monkeypatch.setattr(jobs.job_store, "create_job_from_selection", lambda *args: (7, 5))
-    monkeypatch.setattr(jobs.job_store, "job_image_ids", lambda conn, job_id: np.arange(1, 6, dtype=np.int64))
+    read = []
+
+    def job_image_id_batches(conn, job_id, size):
+        for start in range(1, 6, size):
+            read.append(start)
+            yield list(range(start, min(start + size, 6)))
+
+    monkeypatch.setattr(jobs.job_store, "job_image_id_batches", job_image_id_batches)
     submitted = jobs.submit_job(None, None, default_settings, Selection(split="test"), "model-x", batch_size=2)
     assert submitted == jobs.SubmittedJob(id=7, images=5, batches=3, model_version="model-x")
-    assert sent == [("mnist.bulk", 7, [[1, 2], [3, 4], [5]])]
-    assert all(type(image_id) is int for batch in sent[0][2] for image_id in batch)  # JSON-ready, not numpy ints
+    assert sent == [("mnist.bulk", 7, [[1, 2], [3, 4], [5]])] and read == [1, 3, 5]
