@@ -83,8 +83,10 @@ def job_image_id_batches(conn: Connection, job_id: int, size: int) -> Iterator[l
 
 
 def _batches(conn: Connection, statement: sql.Composable, job_id: int, size: int) -> Iterator[list[int]]:
-    with conn:  # a named cursor lives in a transaction (begun on an autocommit connection too)
-        with conn.cursor(name=f"mnistq_job_{job_id}_ids") as cursor:
+    # A named (server-side) cursor lives in a transaction; on an autocommit connection (the web's)
+    # it must be WITH HOLD, which psycopg2 allows there: its rows outlive the DECLARE's transaction.
+    with conn:
+        with conn.cursor(name=f"mnistq_job_{job_id}_ids", withhold=conn.autocommit) as cursor:
             cursor.itersize = size
             cursor.execute(statement, {"job": job_id})
             while rows := cursor.fetchmany(size):
