@@ -4,6 +4,8 @@
     python -m bench --sections scale [--scale-sizes 10000,100000,1000000] [--label after]
     python -m bench --sections scale-ab --scale-sizes 1000000 --against /tmp/arch-before
     python -m bench --sections burst [--rates 100,300,1000,2000] [--web gthread:8] [--against /tmp/arch-before] [--label after]
+    python -m bench --sections models [--baseline-model OLD.tflite]   (float vs int8, shipped vs a baseline)
+    python -m bench --sections robustness [--baseline-model OLD.tflite]   (accuracy on pictures from real sources)
 
 Prints a table and writes bench/results/latest.json (latest-database-core.json with
 ``--database-core``, which gives PostgreSQL a core of its own). Throughput figures are the median of
@@ -51,6 +53,9 @@ def table(rows: list[dict[str, Any]], ceiling: float) -> list[str]:
     "--against", type=click.Path(exists=True, file_okay=False, path_type=Path), help="burst: also run this worktree's code, first."
 )
 @click.option("--against-web", default="sync", show_default=True, help="gunicorn workers for --against.")
+@click.option(
+    "--baseline-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="models: a .tflite file to compare with."
+)
 def main(
     repeats: int,
     sections: str,
@@ -62,6 +67,7 @@ def main(
     web: str,
     against: Path | None,
     against_web: str,
+    baseline_model: Path | None,
 ) -> None:
     """Bare model vs mnist-queue vs the seed design; upload latency; memory; scale; upload bursts."""
     chosen = set(sections.split(","))
@@ -79,7 +85,13 @@ def main(
         from bench import burst
 
         click.echo("\n".join(burst.main(tuple(int(rate) for rate in rates.split(",")), label, web, against, against_web)))
-    chosen -= {"scale", "scale-ab", "burst"}
+    if "models" in chosen:
+        click.echo("\n".join(model_costs(repeats, baseline_model)))
+    if "robustness" in chosen:
+        from bench import robustness
+
+        click.echo("\n".join(robustness.section(baseline_model)))
+    chosen -= {"scale", "scale-ab", "burst", "models", "robustness"}
     if not chosen:
         return
     placement = common.database_on_its_own_core() if database_core else contextlib.nullcontext("every process on every core")
@@ -116,6 +128,22 @@ def main(
     name = "latest-database-core" if database_core else "latest"
     (common.RESULTS_DIR / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     (common.RESULTS_DIR / f"{name}.txt").write_text("\n".join(lines) + "\n")
+
+
+def model_costs(repeats: int, baseline: Path | None) -> list[str]:
+    """The models section: needs no services, so it runs outside the private environment."""
+    from bench import models
+    from shared import mnist
+    from shared.config import load_settings
+
+    settings = load_settings()
+    images, _ = mnist.load_split(settings.mnist_dir, "test")
+    rows = models.run(settings.model_path, images, repeats, baseline)
+    lines = [f"machine: {os.cpu_count()} cores, {common.cpu_model()}", f"10,000 MNIST test images; median of {repeats}", ""]
+    lines += models.table(rows)
+    common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (common.RESULTS_DIR / "models.json").write_text(json.dumps({"machine": lines[0], "rows": rows}, indent=2) + "\n")
+    return lines
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ python -m producer status 1 --wait
 python -m producer report 1
 python -m producer users add alice        # operators and their API tokens: producer/operators.py
 python -m producer tokens create alice
+python -m producer compare 3 4            # two jobs on the same images: producer/compare.py
+python -m producer models list            # the model registry and its aliases: producer/models.py
 """
 
 from __future__ import annotations
@@ -19,15 +21,16 @@ import click
 import psycopg2
 import psycopg2.errors
 
+from producer import compare as comparing
 from producer import ingest as ingest_rows
+from producer import models as model_commands
 from producer import operators
 from producer.errors import user_errors
-from shared import broker, jobs
+from shared import broker, jobs, model_registration, registry
 from shared.config import Settings, load_settings
 from shared.db import connection, images, progress, schema
 from shared.db import jobs as job_store
 from shared.digits import MAX_ROW_ID
-from shared.model_info import model_version
 from shared.reports import LOW_CONFIDENCE_THRESHOLD, build_job_report
 
 INSERT_CHUNK = 2000
@@ -57,7 +60,8 @@ def main(ctx: click.Context) -> None:
 @click.pass_obj
 @user_errors
 def init_db(config: Settings) -> None:
-    """Create the schema or apply pending migrations (safe to run again), as SCHEMA_DATABASE_URL's role if set."""
+    """Create the schema or apply pending migrations (safe to run again), as SCHEMA_DATABASE_URL's role if set;
+    then register the bundled model (MODEL_PATH) and alias it production if no model is."""
     connection.wait_for_database(config.schema_database_url, timeout_seconds=30).close()
     try:
         before, after = schema.migrate(config.schema_database_url)
@@ -68,6 +72,12 @@ def init_db(config: Settings) -> None:
             f"{reason}: init-db needs the role that owns the tables; set SCHEMA_DATABASE_URL to its URL (mnist_owner)"
         ) from None
     click.echo(f"schema ready at migration {after}" + (f" (was {before or 'empty'})" if before != after else ""))
+    conn = connection.connect(config.schema_database_url)
+    try:
+        registration = model_registration.register_bundled(conn, config.model_path, config.mnist_dir)
+    finally:
+        conn.close()
+    click.echo(model_commands.registration_line(registration, config.model_path))
 
 
 @main.group()
@@ -126,9 +136,11 @@ def ingest_folder(config: Settings, folder: Path) -> None:
 @click.option("--split", type=click.Choice(["test", "train", "upload"]), help="Only images of this split.")
 @click.option("--label", type=click.IntRange(0, 9), help="Only images whose true label is this digit.")
 @click.option("--limit", type=ROW_ID, help="At most N images (oldest first).")
-@click.option("--unpredicted", is_flag=True, help="Only images the current model has not predicted yet.")
+@click.option("--unpredicted", is_flag=True, help="Only images the job's model has not predicted yet.")
 @click.option("--id", "image_ids", type=ROW_ID, multiple=True, help="Exactly these image IDs (repeatable).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per task [default: BATCH_SIZE].")
+@click.option("--model", default=registry.PRODUCTION, show_default=True, help="The version or alias that predicts the job.")
+@click.option("--shadow", help="A second version or alias that predicts the job too; its results are stored apart.")
 @click.pass_obj
 @user_errors
 def submit(
@@ -139,16 +151,19 @@ def submit(
     unpredicted: bool,
     image_ids: tuple[int, ...],
     batch_size: int | None,
+    model: str,
+    shadow: str | None,
 ) -> None:
     """Create a job from stored images and enqueue it in batches; prints the job id."""
     selection = jobs.Selection(split, label, limit, unpredicted, image_ids)
+    conn = open_database(config)
+    version, shadow_version = registry.resolve_job_models(conn, model, shadow)  # an alias means its version now
     try:
-        job = jobs.submit_job(
-            open_database(config), broker.celery_app(config), config, selection, model_version(config.model_path), batch_size
-        )
+        job = jobs.submit_job(conn, broker.celery_app(config), config, selection, version, batch_size, shadow_version)
     except jobs.NoImagesSelected as error:
         raise click.ClickException(f"{error} (ingest some first: python -m producer ingest mnist)") from None
-    click.echo(f"job {job.id}: {job.images} images in {job.batches} batches, model {job.model_version}", err=True)
+    shadowed = f", shadow {job.shadow_version}" if job.shadow_version else ""
+    click.echo(f"job {job.id}: {job.images} images in {job.batches} batches, model {job.model_version}{shadowed}", err=True)
     click.echo(job.id)
 
 
@@ -179,7 +194,7 @@ def status(config: Settings, job_id: int, wait: bool, timeout: float) -> None:
         job = wait_for_job(conn, job, timeout)
     click.echo(
         f"job {job_id}: {job['status']}, {job['done_count']} predicted, {job['failed_count']} failed"
-        f" of {job['total_images']} (model {job['model_version']})"
+        f" of {job['total_images']} (model {job['model_version'] or 'production'})"
     )
     if wait and job["status"] != "done":
         raise click.ClickException(f"job {job_id} did not finish within {timeout:g} s")
@@ -210,11 +225,16 @@ def require_job(conn: connection.Connection, job_id: int) -> dict[str, Any]:
 @main.command()
 @click.argument("job_id", type=ROW_ID)
 @click.option("--wrong", "wrong_limit", type=COUNT, default=10, show_default=True, help="How many wrong predictions to list.")
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    help=f"Count predictions under this confidence [default: the production model card's, else {LOW_CONFIDENCE_THRESHOLD}].",
+)
 @click.pass_obj
 @user_errors
-def report(config: Settings, job_id: int, wrong_limit: int) -> None:
+def report(config: Settings, job_id: int, wrong_limit: int, threshold: float | None) -> None:
     """Accuracy, per-class accuracy, confusion matrix and mistakes of a job."""
-    result = build_job_report(open_database(config), job_id, wrong_limit)
+    result = build_job_report(open_database(config), job_id, wrong_limit, threshold)
     if result is None:
         raise click.ClickException(f"there is no job {job_id}")
     job = result.job
@@ -231,7 +251,7 @@ def report(config: Settings, job_id: int, wrong_limit: int) -> None:
         click.echo("      " + "".join(f"{k:>6}" for k in range(10)))
         for k, row in enumerate(result.confusion):
             click.echo(f"{k:>6}" + "".join(f"{v:>6}" for v in row))
-    click.echo(f"confidence < {LOW_CONFIDENCE_THRESHOLD}: {result.low_confidence} predictions")
+    click.echo(f"confidence < {result.low_confidence_threshold:g}: {result.low_confidence} predictions")
     for wrong in result.wrong:
         image_id, true_label, predicted_label = wrong["input_data_id"], wrong["true_label"], wrong["predicted_label"]
         click.echo(f"wrong: image {image_id} is {true_label}, predicted {predicted_label} ({wrong['confidence']:.3f})")
@@ -239,5 +259,7 @@ def report(config: Settings, job_id: int, wrong_limit: int) -> None:
         click.echo(f"failed: image {image_id}: {reason}")
 
 
+main.add_command(model_commands.models)
 main.add_command(operators.users)
 main.add_command(operators.tokens)
+main.add_command(comparing.compare)

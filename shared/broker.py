@@ -7,6 +7,7 @@ uploads skip Celery on a Redis list of their own (``shared/upload_queue.py``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from celery import Celery
@@ -18,6 +19,9 @@ PREDICT_BATCH_TASK = "mnist_queue.predict_batch"
 BULK_QUEUE_SUFFIX = "bulk"
 # Redis re-delivers an unacknowledged message after this long; a batch takes well under a second.
 VISIBILITY_TIMEOUT_SECONDS = 300
+# A message header with the time it was sent (seconds since the epoch): the worker's queue-wait
+# metric and the queue's oldest-entry age read it (Celery's own messages carry no send time).
+SENT_AT_HEADER = "mnist_sent_at"
 
 
 def bulk_queue(settings: Settings) -> str:
@@ -48,14 +52,35 @@ def celery_app(settings: Settings, name: str = "mnist_queue") -> Celery:
     return app
 
 
-def send_batches(app: Celery, queue: str, job_id: int, batches: Iterable[list[int]]) -> int:
-    """Send batches of one job over one broker connection (taken from ``batches`` one at a time); return how many."""
+def send_batches(app: Celery, queue: str, job_id: int, batches: Iterable[list[int]], first: bool = False) -> int:
+    """Send batches of one job over one broker connection (taken from ``batches`` one at a time); return how many.
+
+    ``first`` puts them at the head of the queue, taken next, in order: the halves of a batch
+    that was started before (its worker died, say) should not wait behind whole jobs.
+    """
     sent = 0
     with app.producer_or_acquire() as producer:
         for batch in batches:
-            app.send_task(PREDICT_BATCH_TASK, args=[job_id, batch], queue=queue, producer=producer)
+            headers = {SENT_AT_HEADER: time.time()}
+            app.send_task(PREDICT_BATCH_TASK, args=[job_id, batch], queue=queue, producer=producer, headers=headers)
             sent += 1
+    if first and sent:
+        move_newest_to_head(app, queue, sent)
     return sent
+
+
+def move_newest_to_head(app: Celery, queue: str, count: int) -> None:
+    """Move the ``count`` newest messages of ``queue`` to its head, the oldest of them to be taken first.
+
+    kombu's Redis transport LPUSHes what is sent and BRPOPs from the other end, and cannot send
+    to the head; one LMOVE per message, in one transaction, turns the newest around. A message
+    another sender pushed in between may be moved instead of one of ours: only the order changes.
+    """
+    with app.pool.acquire(block=True) as connection:
+        with connection.default_channel.client.pipeline(transaction=True) as pipe:
+            for _ in range(count):
+                pipe.lmove(queue, queue, "LEFT", "RIGHT")
+            pipe.execute()
 
 
 def queued_messages(app: Celery, queue: str) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import tempfile
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,11 +32,16 @@ DEFAULT_STACK_DIR = PROJECT_ROOT / ".mnist-queue"
 # The .env that .env.example invites users to write; ENV_FILE names another, ENV_FILE= none.
 DEFAULT_ENV_FILE = PROJECT_ROOT / ".env"
 DEFAULT_WEB_PORT = 8000
+# celery-exporter's port, so a scrape config written for it finds a worker's metrics too.
+DEFAULT_WORKER_METRICS_PORT = 9808
+METRICS_DIR_NAME = "mnist-queue-metrics"
 DEVELOPMENT_SECRET_KEY = "dev-only-not-secret"
 # Passwords that appear in this repository's examples (.env.example, compose files, docs):
 # anyone can read them, so a production database must not accept them.
 DEVELOPMENT_PASSWORDS = frozenset({"postgres", "password", "mnist", "mnist-dev", "dev", "changeme", "change-me", "secret"})
 RUNTIMES = ("litert", "tensorflow")
+# Which LiteRT file of a version a worker runs: auto (int8 when within 0.05 points of float's accuracy), float, int8.
+MODEL_PRECISIONS = ("auto", "float", "int8")
 # Per-client rate limits (Flask-Limiter's notation: "N per PERIOD", several joined by ";").
 DEFAULT_UPLOAD_RATE_LIMIT = "60 per minute"
 DEFAULT_SIGNIN_RATE_LIMIT = "5 per minute;20 per hour"  # failed sign-ins only
@@ -55,6 +61,9 @@ class Settings:
     redis_url: str = DEFAULT_REDIS_URL
     model_path: Path = DEFAULT_MODEL_PATH
     model_runtime: str = RUNTIMES[0]
+    model_precision: str = MODEL_PRECISIONS[0]
+    # Model versions a worker process keeps loaded (least recently used out): jobs may pin different ones.
+    model_cache_size: int = 3
     mnist_dir: Path = DEFAULT_MNIST_DIR
     batch_size: int = 1024
     queue_prefix: str = "mnist"
@@ -68,7 +77,12 @@ class Settings:
     max_queued_uploads: int = 1000
     stall_seconds: int = 120
     sweep_interval_seconds: int = 30
-    upload_heartbeat_seconds: int = 10
+    # A bulk worker (Celery node) whose heartbeat is silent this long is dead: the batches it held go
+    # back to the head of the queue (worker/failover.py). It beats five times within that.
+    worker_dead_after_seconds: int = 5
+    # An upload consumer silent this long is dead and its uploads are taken back: 5 s keeps that within
+    # 15 s of its death (it beats every third of it, also while it waits out a PostgreSQL outage).
+    upload_heartbeat_seconds: int = 5
     # Touched by the upload consumer on each turn of its loop, outages included, for a liveness
     # probe (python -m worker.health --liveness) that a Redis outage does not fail; None: not written.
     worker_liveness_file: Path | None = None
@@ -88,6 +102,18 @@ class Settings:
     trusted_proxy_hops: int = 0
     stack_dir: Path = DEFAULT_STACK_DIR
     web_port: int = DEFAULT_WEB_PORT
+    # Under METRICS_DIR each start of the web (gunicorn's master) or of python -m worker makes a fresh
+    # folder for prometheus_client's per-process metric files; None: <temp folder>/mnist-queue-metrics.
+    metrics_dir: Path | None = None
+    # That folder as the entry point hands it to its processes (PROMETHEUS_MULTIPROC_DIR, prometheus_client's
+    # own variable); None: this process keeps its metrics in memory (flask run, tests).
+    metrics_store_dir: Path | None = None
+    # python -m worker serves its processes' metrics here (0: not at all).
+    worker_metrics_port: int = DEFAULT_WORKER_METRICS_PORT
+    worker_metrics_host: str = "0.0.0.0"
+    # GET /metrics on the web requires "Authorization: Bearer <this>" when set; "" leaves it open, as is
+    # usual inside a cluster (the worker's exporter has no public port at all).
+    metrics_token: str = ""
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some values changed (a test's private queue, a tool's database)."""
@@ -100,6 +126,10 @@ class Settings:
     def inference_threads(self, processes: int) -> int:
         """Threads per inference call: WORKER_THREADS, else a fair share of the CPUs among ``processes``."""
         return self.worker_threads or max(1, available_cpus() // max(1, processes))
+
+    def metrics_base_dir(self) -> Path:
+        """Where the services' metric folders go: METRICS_DIR, else one in the temp folder (TMPDIR)."""
+        return self.metrics_dir or Path(tempfile.gettempdir()) / METRICS_DIR_NAME
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -123,6 +153,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         redis_url=env.get("REDIS_URL") or DEFAULT_REDIS_URL,
         model_path=Path(env.get("MODEL_PATH") or DEFAULT_MODEL_PATH),
         model_runtime=read.choice("MODEL_RUNTIME", RUNTIMES),
+        model_precision=read.choice("MODEL_PRECISION", MODEL_PRECISIONS),
+        model_cache_size=read.whole("MODEL_CACHE_SIZE", defaults.model_cache_size),
         mnist_dir=Path(env.get("MNIST_DIR") or DEFAULT_MNIST_DIR),
         batch_size=read.whole("BATCH_SIZE", defaults.batch_size),
         queue_prefix=env.get("QUEUE_PREFIX") or defaults.queue_prefix,
@@ -134,6 +166,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_queued_uploads=read.whole("MAX_QUEUED_UPLOADS", defaults.max_queued_uploads),
         stall_seconds=read.whole("STALL_SECONDS", defaults.stall_seconds),
         sweep_interval_seconds=read.whole("SWEEP_INTERVAL_SECONDS", defaults.sweep_interval_seconds),
+        worker_dead_after_seconds=read.whole("WORKER_DEAD_AFTER_SECONDS", defaults.worker_dead_after_seconds),
         upload_heartbeat_seconds=read.whole("UPLOAD_HEARTBEAT_SECONDS", defaults.upload_heartbeat_seconds),
         worker_liveness_file=read.optional_path("WORKER_LIVENESS_FILE"),
         upload_max_batch=read.whole("UPLOAD_MAX_BATCH", defaults.upload_max_batch),
@@ -147,6 +180,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         trusted_proxy_hops=read.whole("TRUSTED_PROXY_HOPS", 0, minimum=0),
         stack_dir=Path(env.get("STACK_DIR") or DEFAULT_STACK_DIR),
         web_port=read.whole("WEB_PORT", DEFAULT_WEB_PORT),
+        metrics_dir=read.optional_path("METRICS_DIR"),
+        metrics_store_dir=read.optional_path("PROMETHEUS_MULTIPROC_DIR"),
+        worker_metrics_port=read.whole("WORKER_METRICS_PORT", DEFAULT_WORKER_METRICS_PORT, minimum=0),
+        worker_metrics_host=env.get("WORKER_METRICS_HOST") or defaults.worker_metrics_host,
+        metrics_token=env.get("METRICS_TOKEN", ""),
     )
 
 

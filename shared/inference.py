@@ -33,10 +33,11 @@ class Predictor(Protocol):
 
 
 class LiteRTPredictor:
-    def __init__(self, model_file: Path, threads: int) -> None:
+    def __init__(self, model_file: Path | bytes, threads: int) -> None:
+        """``model_file``: a ``.tflite`` file, or its bytes (as the model registry stores them)."""
         from ai_edge_litert.interpreter import Interpreter
 
-        self._model_content = Path(model_file).read_bytes()
+        self._model_content = model_file if isinstance(model_file, bytes) else Path(model_file).read_bytes()
         self._threads = max(1, threads)
         self._interpreter_class = Interpreter
         self._by_batch_size: OrderedDict[int, object] = OrderedDict()
@@ -60,9 +61,36 @@ class LiteRTPredictor:
 
     def _invoke(self, images: np.ndarray) -> np.ndarray:
         interpreter = self._interpreter_for(len(images))
-        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], to_model_input(images))
+        input_details = interpreter.get_input_details()[0]
+        interpreter.set_tensor(input_details["index"], model_input_for(input_details, images))
         interpreter.invoke()
-        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy()
+        return model_output_from(interpreter.get_output_details()[0], interpreter)
+
+
+def model_input_for(details: dict, images: np.ndarray) -> np.ndarray:
+    """The input tensor for a float model, or for a full-integer one in its own quantisation.
+
+    An int8 export calibrated on [0, 1] inputs usually takes uint8 with scale 1/255 and zero
+    point 0: the stored pixels themselves, with no arithmetic at all.
+    """
+    dtype = details["dtype"]
+    if dtype == np.float32:
+        return to_model_input(images)
+    scale, zero_point = details["quantization"]
+    if dtype == np.uint8 and zero_point == 0 and abs(scale * 255.0 - 1.0) < 1e-6:
+        return images.reshape((-1, *INPUT_SHAPE))
+    info = np.iinfo(dtype)
+    quantised = np.round(to_model_input(images) / scale + zero_point)
+    return np.clip(quantised, info.min, info.max).astype(dtype)
+
+
+def model_output_from(details: dict, interpreter) -> np.ndarray:
+    """Probabilities as float32, dequantised when the model's output is integer."""
+    output = interpreter.get_tensor(details["index"])
+    if output.dtype == np.float32:
+        return output.copy()
+    scale, zero_point = details["quantization"]
+    return ((output.astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
 def load_predictor(model_path: Path, runtime: str, threads: int) -> Predictor:

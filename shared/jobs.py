@@ -57,12 +57,22 @@ class SubmittedJob:
     images: int
     batches: int
     model_version: str
+    shadow_version: str | None = None
 
 
 def submit_job(
-    conn: Connection, app: Celery, settings: Settings, selection: Selection, model_version: str, batch_size: int | None = None
+    conn: Connection,
+    app: Celery,
+    settings: Settings,
+    selection: Selection,
+    model_version: str,
+    batch_size: int | None = None,
+    shadow_version: str | None = None,
 ) -> SubmittedJob:
     """Select the images, record the job, enqueue its batches.
+
+    ``model_version`` serves the job and ``shadow_version`` (if any) shadows it: registered
+    versions, resolved by the caller (``shared.registry.resolve_job_models``).
 
     NoImagesSelected when none match, TooManyImages when more than MAX_JOB_IMAGES do (nothing
     is recorded then). A selection by filters never brings its IDs into Python at once: the
@@ -72,19 +82,20 @@ def submit_job(
     if selection.image_ids:
         unique_ids = list(dict.fromkeys(selection.image_ids))
         refuse_too_many(len(unique_ids), settings.max_job_images)
-        job_id, images = job_store.create_job(conn, unique_ids, model_version, selection.describe()), len(unique_ids)
+        job_id = job_store.create_job(conn, unique_ids, model_version, selection.describe(), shadow_version=shadow_version)
+        images = len(unique_ids)
         batches = (unique_ids[start : start + size] for start in range(0, len(unique_ids), size))
     else:
         filters = {"split": selection.split, "label": selection.label, "model": model_version if selection.unpredicted else None}
         created, matched = job_store.create_job_from_selection(
-            conn, filters, selection.limit, model_version, selection.describe(), settings.max_job_images
+            conn, filters, selection.limit, model_version, selection.describe(), settings.max_job_images, shadow_version=shadow_version
         )
         refuse_too_many(matched, settings.max_job_images)
         if created is None:
             raise NoImagesSelected("no stored images match that selection")
         job_id, images, batches = created, matched, job_store.job_image_id_batches(conn, created, size)
     sent = broker.send_batches(app, broker.bulk_queue(settings), job_id, batches)
-    return SubmittedJob(job_id, images, sent, model_version)
+    return SubmittedJob(job_id, images, sent, model_version, shadow_version)
 
 
 def refuse_too_many(images: int, max_images: int) -> None:
@@ -109,15 +120,22 @@ def submit_upload(
     model_version: str,
     selection: dict[str, Any],
     public_token: str | None = None,
+    accepted: float | None = None,
+    shadow_version: str | None = None,
 ) -> int:
     """Store one stored-form image as a single-image job and put it on the upload queue; returns the job id.
 
     The job records ``public_token`` (default: a new one), the uploader's only way back to the
     result. If Redis refuses the entry the job is removed again, so no job waits for ever.
+    ``accepted`` (``time.time()`` when the request began; default: now) stamps the queue entry,
+    for the upload's latency and the queue's age in the metrics. The upload is answered by
+    ``model_version``; a ``shadow_version`` predicts it too, never answered.
     """
-    job_id, image_id = job_store.create_upload_job(conn, image_data, list(IMAGE_SHAPE), model_version, selection, public_token)
+    job_id, image_id = job_store.create_upload_job(
+        conn, image_data, list(IMAGE_SHAPE), model_version, selection, public_token, shadow_version=shadow_version
+    )
     try:
-        upload_queue.enqueue(settings, job_id, [image_id])
+        upload_queue.enqueue(settings, job_id, [image_id], accepted)
     except redis.exceptions.RedisError:
         job_store.delete_upload_job(conn, job_id, image_id)
         raise

@@ -1,4 +1,4 @@
-"""The CNN of the Keras ``mnist_convnet`` example, its files, and inference with TensorFlow.
+"""The CNN, its files, and inference with TensorFlow.
 
 Only training and the ``tensorflow`` runtime import this module: it pulls in TensorFlow.
 """
@@ -12,24 +12,49 @@ import numpy as np
 import tensorflow as tf
 
 from shared.digits import INPUT_SHAPE, NUM_CLASSES, to_model_input
-from shared.model_info import litert_path
+from shared.model_info import int8_path, litert_path
 
 
-def build_model() -> keras.Model:
-    """Conv 32 -> pool -> Conv 64 -> pool -> dropout -> dense 10: 34,826 parameters."""
-    return keras.Sequential(
-        [
-            keras.Input(shape=INPUT_SHAPE),
-            keras.layers.Conv2D(32, kernel_size=(3, 3), activation="relu"),
-            keras.layers.MaxPooling2D(pool_size=(2, 2)),
-            keras.layers.Conv2D(64, kernel_size=(3, 3), activation="relu"),
-            keras.layers.MaxPooling2D(pool_size=(2, 2)),
-            keras.layers.Flatten(),
-            keras.layers.Dropout(0.5),
-            keras.layers.Dense(NUM_CLASSES, activation="softmax"),
-        ],
-        name="mnist_cnn",
-    )
+def build_model(dropout: float = 0.3) -> keras.Model:
+    """Space-to-depth stem, three batch-normalised 3x3 convolutions, dense 10: 105,738 parameters.
+
+    Why this shape: on this CPU (AVX2, no VNNI) a convolution over a one-channel input is
+    the slowest layer there is, and in int8 slower still (XNNPACK's int8 kernels want many
+    input channels). Folding each 2x2 block of pixels into 4 channels first (lossless) lets
+    every convolution see at least 4 channels and halves the resolution the costly layers
+    run at, so the network holds three times the parameters of the Keras example's and
+    still costs about what it did per image. Batch normalisation folds into the
+    convolutions at export, so it costs nothing at inference.
+    """
+    side = INPUT_SHAPE[0] // 2
+    inputs = keras.Input(shape=INPUT_SHAPE)
+    x = keras.layers.Reshape((side, 2, side, 2))(inputs)
+    x = keras.layers.Permute((1, 3, 2, 4))(x)
+    x = keras.layers.Reshape((side, side, 4))(x)
+    x = _convolution(x, 32)
+    x = _convolution(x, 64)
+    x = keras.layers.MaxPooling2D(pool_size=(2, 2))(x)
+    x = _convolution(x, 128)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dropout(dropout)(x)
+    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="classifier")(x)
+    return keras.Model(inputs, outputs, name="mnist_cnn")
+
+
+def _convolution(x: keras.KerasTensor, filters: int) -> keras.KerasTensor:
+    x = keras.layers.Conv2D(filters, kernel_size=(3, 3), use_bias=False)(x)
+    x = keras.layers.BatchNormalization()(x)
+    return keras.layers.ReLU()(x)
+
+
+def fold_temperature(model: keras.Model, temperature: float) -> None:
+    """Divide the classifier's logits by T in its weights, so every export is calibrated.
+
+    softmax(Wx + b) / T = softmax((W / T) x + b / T): no runtime change anywhere.
+    """
+    classifier = model.get_layer("classifier")
+    kernel, bias = classifier.get_weights()
+    classifier.set_weights([kernel / temperature, bias / temperature])
 
 
 def configure_threads(threads: int) -> None:
@@ -56,6 +81,24 @@ def export_litert(model: keras.Model, model_path: Path) -> Path:
     """Write the LiteRT (``.tflite``) export beside the Keras file, for the default worker runtime."""
     target = litert_path(model_path)
     model.export(str(target), format="litert", verbose=False)
+    return target
+
+
+def export_int8(model: keras.Model, model_path: Path, calibration_images: np.ndarray) -> Path:
+    """Write a full-integer LiteRT export, its activation ranges calibrated on training images.
+
+    The input is uint8 with scale 1/255, so stored pixels go in as they are; the output
+    stays float32 so confidences keep their resolution below the softmax.
+    """
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    samples = to_model_input(calibration_images)
+    converter.representative_dataset = lambda: ([sample[np.newaxis]] for sample in samples)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.uint8
+    converter.inference_output_type = tf.float32
+    target = int8_path(model_path)
+    target.write_bytes(converter.convert())
     return target
 
 

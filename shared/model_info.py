@@ -19,13 +19,22 @@ def model_version(model_path: Path) -> str:
     path = Path(model_path)
     if not path.exists():
         raise ValueError(f"model file {path} does not exist (train one with: python -m worker.train)")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return f"{path.stem}-{digest[:12]}"
+    return version_of(path.stem, path.read_bytes())
+
+
+def version_of(stem: str, keras_bytes: bytes) -> str:
+    """The version of a model file named ``<stem>.keras`` with these bytes (what ``model_version`` reads)."""
+    return f"{stem}-{hashlib.sha256(keras_bytes).hexdigest()[:12]}"
 
 
 def litert_path(model_path: Path) -> Path:
     """Where training writes the LiteRT export of a Keras model."""
     return Path(model_path).with_suffix(".tflite")
+
+
+def int8_path(model_path: Path) -> Path:
+    """Where training writes the full-integer (int8) LiteRT export."""
+    return Path(model_path).with_suffix(".int8.tflite")
 
 
 def model_card_path(model_path: Path) -> Path:

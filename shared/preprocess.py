@@ -16,7 +16,11 @@ from shared.digits import IMAGE_SHAPE, IMAGE_SIDE
 
 # MNIST digits were scaled to fit a 20x20 box, then centred by mass in the 28x28 field.
 DIGIT_BOX_SIDE = 20
-INK_THRESHOLD = 30  # grey levels above the background that count as ink when cropping
+INK_THRESHOLD = 30  # grey levels beyond the paper's that count as ink when cropping (and the least contrast taken as a digit)
+# The border decides which side of Otsu's threshold is paper when this share of it agrees;
+# a border held mostly by the digit (a tight crop of a boxy 0) leaves it to the overall minority.
+BORDER_DECIDES = 0.75
+INK_LEVEL_PERCENTILE = 99  # the ink's level, ignoring a few stray pixels, is stretched to 255
 ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "GIF", "BMP", "WEBP"})
 
 
@@ -48,16 +52,21 @@ def open_user_image(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def to_mnist_form(picture: Image.Image) -> np.ndarray:
-    """Greyscale, light-on-dark, cropped to the ink, 20 px box, centred by mass: as MNIST was made."""
+    """Greyscale, light ink on black paper, cropped to the ink, 20 px box, centred by mass: as MNIST was made.
+
+    Ink and paper are told apart by Otsu's threshold rather than by the median, which is ink
+    when the digit fills the frame (a tight crop of a thick 0). Paper goes to 0 and the ink's
+    level to 255, so grey paper leaves no grey box and faint pencil is as strong as MNIST's ink;
+    an MNIST digit (paper 0, ink 255) comes through with its grey levels as they are.
+    """
     grey = np.asarray(_flatten_alpha(picture).convert("L"), dtype=np.uint8)
-    if _background_is_light(grey):
-        grey = 255 - grey
-    ink = grey > (int(np.median(grey)) + INK_THRESHOLD)
-    if not ink.any():
+    light_ink = _light_ink_on_black(grey)
+    if light_ink is None:
         return np.zeros(IMAGE_SHAPE, dtype=np.uint8)
+    digit, ink = light_ink
     rows = np.flatnonzero(ink.any(axis=1))
     cols = np.flatnonzero(ink.any(axis=0))
-    cropped = Image.fromarray(grey[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
+    cropped = Image.fromarray(digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1])
     scale = DIGIT_BOX_SIDE / max(cropped.size)
     new_size = (max(1, round(cropped.width * scale)), max(1, round(cropped.height * scale)))
     digit = np.asarray(cropped.resize(new_size, Image.Resampling.LANCZOS), dtype=np.float64)
@@ -84,9 +93,57 @@ def _flatten_alpha(picture: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(picture) if picture.format == "JPEG" else picture
 
 
-def _background_is_light(grey: np.ndarray) -> bool:
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    return float(np.median(border)) > 127
+def _light_ink_on_black(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(the picture with paper at 0 and ink at 255, the ink mask to crop by); None without visible ink.
+
+    Worked out on the 256-level histogram and applied through a lookup table: one pass over
+    the pixels to count them and one to map them, twice as fast as the median it replaces.
+    """
+    histogram = np.bincount(grey.ravel(), minlength=256)
+    threshold = otsu_threshold(histogram)
+    light_count = int(histogram[threshold + 1 :].sum())
+    if light_count in (0, grey.size):
+        return None
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]]) > threshold
+    inverted = _light_is_paper(float(border.mean()), light_count / grey.size)
+    # In the oriented picture (ink light) the paper is the levels up to ``boundary``, the ink those above.
+    levels = 255 - np.arange(256) if inverted else np.arange(256)
+    oriented = histogram[::-1] if inverted else histogram
+    boundary = 254 - threshold if inverted else threshold
+    paper = _quantile(oriented[: boundary + 1], 0.5)
+    ink = boundary + 1 + _quantile(oriented[boundary + 1 :], INK_LEVEL_PERCENTILE / 100)
+    if ink - paper < INK_THRESHOLD:
+        return None
+    stretch = np.clip((levels - paper) * (255.0 / (ink - paper)), 0, 255).round().astype(np.uint8)
+    return stretch[grey], (levels > paper + INK_THRESHOLD)[grey]
+
+
+def otsu_threshold(histogram: np.ndarray) -> int:
+    """The grey level that best splits a 256-level histogram in two (Otsu, 1979): levels above it are the light class.
+
+    Ten lines of numpy rather than scikit-image, which would bring scipy into the web's image.
+    """
+    counts = histogram.astype(np.float64)
+    dark_count = np.cumsum(counts)
+    light_count = dark_count[-1] - dark_count
+    dark_mass = np.cumsum(counts * np.arange(256))
+    light_mass = dark_mass[-1] - dark_mass
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = dark_count * light_count * (dark_mass / dark_count - light_mass / light_count) ** 2
+    return int(np.argmax(np.nan_to_num(between, nan=-1.0)))
+
+
+def _quantile(histogram: np.ndarray, share: float) -> int:
+    """The first level at which ``share`` of the histogram's pixels are reached."""
+    cumulative = np.cumsum(histogram)
+    return int(np.searchsorted(cumulative, share * cumulative[-1]))
+
+
+def _light_is_paper(border_light_share: float, light_share: float) -> bool:
+    """Paper is what the border shows; a picture whose border is held by the digit too has less ink than paper."""
+    if max(border_light_share, 1 - border_light_share) >= BORDER_DECIDES:
+        return border_light_share > 0.5
+    return light_share > 0.5
 
 
 def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
@@ -97,8 +154,8 @@ def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
         return field.astype(np.uint8)
     centre_row = (digit.sum(axis=1) * np.arange(height)).sum() / total
     centre_col = (digit.sum(axis=0) * np.arange(width)).sum() / total
-    top = int(round(IMAGE_SIDE / 2 - 0.5 - centre_row))
-    left = int(round(IMAGE_SIDE / 2 - 0.5 - centre_col))
+    top = int(round(IMAGE_SIDE / 2 - centre_row))
+    left = int(round(IMAGE_SIDE / 2 - centre_col))
     top = min(max(top, 0), IMAGE_SIDE - height)
     left = min(max(left, 0), IMAGE_SIDE - width)
     field[top : top + height, left : left + width] = digit

@@ -18,6 +18,11 @@ the processing lists and death marks, but also the web's LPUSH, the queue length
 refuses uploads with 429, the sweeper's "queue empty" test and the health check; the script
 keeps all of them and adds 15 lines. LMPOP would pop many at once but into nowhere, losing
 what a dying consumer held.
+
+An entry is ``job:image``, ``job:image:deaths`` once consumers died holding it, and ends with
+``@<milliseconds since the epoch>`` when the upload was accepted (``@`` keeps the colon count that
+tells a fresh entry from a marked one): the metrics read the oldest entry's age from it, and the
+consumer the upload's latency from acceptance to stored.
 """
 
 from __future__ import annotations
@@ -67,16 +72,24 @@ def client(redis_url: str) -> redis.Redis:
     return redis.Redis.from_url(redis_url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30)
 
 
-def encode_entry(job_id: int, image_id: int, deaths: int = 0) -> str:
-    return f"{job_id}:{image_id}:{deaths}" if deaths else f"{job_id}:{image_id}"
+def encode_entry(job_id: int, image_id: int, deaths: int = 0, accepted_at: float | None = None) -> str:
+    entry = f"{job_id}:{image_id}:{deaths}" if deaths else f"{job_id}:{image_id}"
+    return entry if accepted_at is None else f"{entry}@{round(accepted_at * 1000)}"
 
 
 def decode_entry(entry: bytes) -> tuple[int, int, int]:
     """(job id, image id, consumers that died holding it); ValueError for an entry that was never ours."""
-    job_id, image_id, *deaths = (int(part) for part in entry.split(b":"))
-    if len(deaths) > 1:
+    ids, _, stamp = entry.partition(b"@")
+    job_id, image_id, *deaths = (int(part) for part in ids.split(b":"))
+    if len(deaths) > 1 or (stamp and not stamp.isdigit()):
         raise ValueError(f"not an upload queue entry: {entry!r}")
     return job_id, image_id, deaths[0] if deaths else 0
+
+
+def accepted_at(entry: bytes) -> float | None:
+    """When the web accepted the upload (seconds since the epoch); None for an entry without the stamp."""
+    _, _, stamp = entry.partition(b"@")
+    return int(stamp) / 1000 if stamp.isdigit() else None
 
 
 def one_more_death(entry: bytes) -> str | bytes:
@@ -84,13 +97,15 @@ def one_more_death(entry: bytes) -> str | bytes:
         job_id, image_id, deaths = decode_entry(entry)
     except ValueError:
         return entry  # not ours: the consumer that takes it logs and drops it
-    return encode_entry(job_id, image_id, deaths + 1)
+    return encode_entry(job_id, image_id, deaths + 1, accepted_at(entry))
 
 
-def enqueue(settings: Settings, job_id: int, image_ids: list[int]) -> None:
-    """Push one entry per image; the consumer takes the oldest first."""
+def enqueue(settings: Settings, job_id: int, image_ids: list[int], accepted: float | None = None) -> None:
+    """Push one entry per image, stamped with ``accepted`` (default: now); the consumer takes the oldest first."""
     if image_ids:
-        client(settings.redis_url).lpush(queue_name(settings), *(encode_entry(job_id, image_id) for image_id in image_ids))
+        stamp = time.time() if accepted is None else accepted
+        entries = (encode_entry(job_id, image_id, accepted_at=stamp) for image_id in image_ids)
+        client(settings.redis_url).lpush(queue_name(settings), *entries)
 
 
 def waiting(settings: Settings) -> int:

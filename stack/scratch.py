@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import redis
 
+from shared import model_registration
+from shared.config import DEFAULT_MNIST_DIR, DEFAULT_MODEL_PATH
 from shared.db import schema
 
 # Where scratch databases are created: any database on the server, as a role that may CREATE DATABASE.
@@ -45,10 +47,10 @@ def drop_database(name: str) -> None:
 
 @contextlib.contextmanager
 def database_with_schema(name: str) -> Iterator[str]:
-    """A database of its own with every migration applied; dropped when the block ends."""
+    """A database of its own with every migration applied and the bundled model registered; dropped when the block ends."""
     url = create_database(name)
     try:
-        schema.migrate(url)
+        model_registration.prepare_database(url, DEFAULT_MODEL_PATH, DEFAULT_MNIST_DIR)
         yield url
     finally:
         drop_database(name)

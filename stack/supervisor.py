@@ -14,8 +14,9 @@ import signal
 import sys
 from pathlib import Path
 
-from shared.config import PROJECT_ROOT, local_stack_defaults, service_urls_from_environment
-from shared.db import connection, schema
+from shared import model_registration
+from shared.config import PROJECT_ROOT, load_settings, local_stack_defaults, service_urls_from_environment
+from shared.db import connection
 from stack import embedded
 from stack.processes import (
     LOOPBACK,
@@ -40,6 +41,8 @@ DEFAULT_WEB_PROCESSES = "2"
 # process, so a burst of waits does not queue behind each other (bench --sections burst).
 WEB_THREADS = "8"
 WEB_APP = "web.app:create_app()"
+# gunicorn's hooks that give its processes one metrics folder (web/gunicorn_config.py), as in the web image.
+WEB_CONFIG = "python:web.gunicorn_config"
 # The order in which children are stopped: nothing is left sending work to a stopped service.
 STOP_ORDER = ("web", "worker", "redis")
 # Started again when they exit on their own. Not the embedded Redis: the workers and the web hold
@@ -102,7 +105,11 @@ class Stack:
             process, self.state.redis_url = embedded.start_redis(self.options.stack_dir)
             self._record("redis", process)
         connection.wait_for_database(self.state.database_url, SCHEMA_WAIT_SECONDS).close()
-        schema.migrate(self.state.database_url)
+        settings = load_settings()  # MODEL_PATH and MNIST_DIR as the children read them
+        try:  # the schema, then the bundled model registered (production when no model is), as init-db does
+            model_registration.prepare_database(self.state.database_url, settings.model_path, settings.mnist_dir)
+        except ValueError as error:
+            raise StackError(f"the bundled model cannot be registered: {error}") from None
 
     def _start_worker(self) -> None:
         log_path = self.log_path("worker")
@@ -123,10 +130,11 @@ class Stack:
         """Start the worker or the web server (again), recorded in the state file at once."""
         if name == "worker":
             command = [sys.executable, "-m", "worker", "--without-gossip", "--without-mingle"]
-            env = self.child_env()
+            # Its metrics exporter on loopback too, like the web, unless the user says otherwise.
+            env = {"WORKER_METRICS_HOST": LOOPBACK, **self.child_env()}
         else:
-            command = [sys.executable, "-m", "gunicorn", "--bind", f"{LOOPBACK}:{self.options.web_port}", "--worker-class", "gthread"]
-            command += ["--threads", WEB_THREADS, "--access-logfile", "-", WEB_APP]
+            command = [sys.executable, "-m", "gunicorn", "--config", WEB_CONFIG, "--bind", f"{LOOPBACK}:{self.options.web_port}"]
+            command += ["--worker-class", "gthread", "--threads", WEB_THREADS, "--access-logfile", "-", WEB_APP]
             env = {"WEB_CONCURRENCY": DEFAULT_WEB_PROCESSES, **self.child_env()}
         process = ChildProcess(name, command, env, self.log_path(name), PROJECT_ROOT)
         self._record(name, process)

@@ -1,9 +1,11 @@
 """The JSON API and the health checks; web/openapi.yaml documents them (served at /api/openapi.json).
 
-POST /api/predictions          anyone: an image (multipart field ``file`` or the raw body) -> 202, or 200 with ?wait
+POST /api/predictions          anyone: an image (multipart field ``file`` or the raw body) -> 202, or 200 with ?wait;
+                               ?model= pins a version or alias (default production), ?shadow= adds a shadow version
 GET  /api/predictions/<token>  anyone holding the upload's token: queued / done / failed, label, confidence, probabilities
-POST /api/jobs                 operators: {"split", "label", "limit"} -> 202 with the job id
+POST /api/jobs                 operators: {"split", "label", "limit", "model", "shadow"} -> 202 with the job id
 GET  /api/jobs/<id>            operators: progress and accuracy
+GET  /api/compare?a=&b=        operators: two jobs on the images both predicted (web/comparisons.py)
 GET  /healthz, /readyz         alive; database, broker and model ready (503 naming what is not)
 
 Exempt from the forms' CSRF check: programs authenticate with a bearer token, which no other site
@@ -25,7 +27,7 @@ from shared import jobs
 from shared.db import progress
 from shared.digits import MAX_ROW_ID, NUM_CLASSES
 from shared.reports import build_job_report
-from web import auth, backends, predictions
+from web import auth, backends, comparisons, predictions
 from web.auth import operator_required
 from web.params import float_arg
 
@@ -37,7 +39,7 @@ OPENAPI_DOCUMENT = Path(__file__).resolve().parent / "openapi.yaml"
 MAX_WAIT_SECONDS = 30.0
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
 JOB_SPLITS = ("train", "test", "upload")
-JOB_FIELDS = frozenset({"split", "label", "limit"})
+JOB_FIELDS = frozenset({"split", "label", "limit", "model", "shadow"})
 UPLOAD_HELP = (
     "send the image as a multipart/form-data field named 'file', or as the raw request body"
     " with Content-Type image/png (or another image/* type, or application/octet-stream)"
@@ -51,12 +53,13 @@ def healthz() -> Response:
 
 @blueprint.get("/readyz")
 def readyz() -> tuple[Response, int]:
+    database = backends.check_database()
     failures = {
         name: problem
         for name, problem in (
-            ("database", backends.check_database()),
+            ("database", database),
             ("broker", backends.check_broker()),
-            ("model", backends.check_model()),
+            ("model", None if database else backends.check_model()),  # the registry is in the database
         )
         if problem
     }
@@ -79,12 +82,13 @@ def openapi_document() -> dict[str, Any]:
 @blueprint.post("/api/predictions")
 def create_prediction() -> tuple[Response, int]:
     wait = wait_seconds()
+    model, shadow = request.args.get("model") or None, request.args.get("shadow") or None
     data, filename = uploaded_image()
     conn = backends.get_db()
     # A waiting client listens before the upload is enqueued, so the worker's notice cannot be missed.
     with progress.listening(conn) if wait else contextlib.nullcontext():
         try:
-            job_id, _ = predictions.submit_upload(conn, backends.app_settings(), data, filename)
+            job_id, _ = predictions.submit_upload(conn, backends.app_settings(), data, filename, model, shadow)
         except ValueError as error:
             raise BadRequest(str(error)) from None
         if wait:
@@ -109,17 +113,27 @@ def show_prediction(token: str) -> tuple[Response, int]:
 @blueprint.post("/api/jobs")
 @operator_required
 def create_job() -> tuple[Response, int]:
-    split, label, limit = job_selection(json_object())
-    config = backends.app_settings()
+    body = json_object()
+    split, label, limit = job_selection(body)
+    conn, config = backends.get_db(), backends.app_settings()
+    version, shadow_version = predictions.job_models(conn, *job_model_names(body))
     try:
         job = jobs.submit_job(
-            backends.get_db(), backends.get_celery(), config, jobs.Selection(split, label, limit), predictions.current_model_version(config)
+            conn, backends.get_celery(), config, jobs.Selection(split, label, limit), version, shadow_version=shadow_version
         )
     except (jobs.NoImagesSelected, jobs.TooManyImages) as error:
         raise UnprocessableEntity(str(error)) from None
     status_url = url_for("api.show_job", job_id=job.id)
     page_url = url_for("views.job", job_id=job.id)
-    response = jsonify(id=job.id, status="queued", total_images=job.images, status_url=status_url, page_url=page_url)
+    response = jsonify(
+        id=job.id,
+        status="queued",
+        total_images=job.images,
+        model_version=job.model_version,
+        shadow_version=job.shadow_version,
+        status_url=status_url,
+        page_url=page_url,
+    )
     response.headers["Location"] = status_url
     return response, 202
 
@@ -131,6 +145,15 @@ def show_job(job_id: int) -> Response:
     if report is None:
         raise NotFound(f"there is no job {job_id}")
     return jsonify(predictions.job_summary(report))
+
+
+@blueprint.get("/api/compare")
+@operator_required
+def compare_jobs() -> Response:
+    """Two jobs on the images both predicted: the numbers of the compare page (and of ``producer compare --json``)."""
+    job_a, job_b = comparisons.job_ids(required=True)
+    result = comparisons.comparison_or_404(job_a, job_b)
+    return jsonify({**result.as_json(), "page_url": url_for("views.compare", a=job_a, b=job_b)})
 
 
 def wait_seconds() -> float:
@@ -188,6 +211,14 @@ def job_selection(body: dict[str, Any]) -> tuple[str | None, int | None, int | N
     if limit is not None and not (is_whole_number(limit) and 1 <= limit <= MAX_ROW_ID):
         raise BadRequest("limit must be a whole number of at least 1")
     return split, label, limit
+
+
+def job_model_names(body: dict[str, Any]) -> tuple[str | None, str | None]:
+    """{"model", "shadow"}: a version or alias each, both optional (model: production)."""
+    names = body.get("model"), body.get("shadow")
+    if not all(name is None or isinstance(name, str) for name in names):
+        raise BadRequest("model and shadow must be a model version or alias, such as production")
+    return names[0] or None, names[1] or None
 
 
 def is_whole_number(value: Any) -> bool:

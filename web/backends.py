@@ -8,10 +8,10 @@ import psycopg2.extensions
 from celery import Celery
 from flask import Flask, current_app, g
 
+from shared import registry
 from shared.broker import celery_app
 from shared.config import Settings
 from shared.db import connection
-from shared.model_info import model_version
 from web.pool import ConnectionPool
 
 READY_TIMEOUT_SECONDS = 3
@@ -75,11 +75,13 @@ def check_broker() -> str | None:
 
 
 def check_model() -> str | None:
-    """None when the model file is there, so new jobs can be recorded with its version."""
+    """None when a model is aliased production in the registry, so new jobs have a version (asked once the database answers)."""
     try:
-        model_version(app_settings().model_path)
-    except ValueError as error:
+        registry.resolve(get_db(), registry.PRODUCTION)
+    except registry.UnknownModel as error:
         return str(error)
+    except psycopg2.Error as error:
+        return first_line(error)
     return None
 
 

@@ -1,4 +1,4 @@
-"""Shades for the confusion matrix, so confused digit pairs stand out at a glance.
+"""Shades for the confusion matrix (and for the difference of two jobs' ones), so confused digit pairs stand out at a glance.
 
 Each cell gets a CSS class (``heat-right-N`` on the diagonal, ``heat-wrong-N`` off it, N from 0 to
 ``STEPS``) rather than an inline colour, so the Content-Security-Policy needs no inline styles;
@@ -42,6 +42,23 @@ def heatmap(confusion: np.ndarray) -> list[list[Cell]]:
             share = int(count) / total if total else 0.0
             strength = math.sqrt(share)
             cells.append(Cell(int(count), share, shade(predicted_label == true_label, strength), strength > DARK_FROM))
+        rows.append(cells)
+    return rows
+
+
+def difference_heatmap(difference: np.ndarray) -> list[list[Cell]]:
+    """Cells of a confusion diff (B - A), shaded by what the change means rather than by its sign:
+    green where B does better (more right on the diagonal, fewer of a mistake off it), red where
+    worse, the strength relative to the largest change; ``share`` is that strength before the root."""
+    largest = int(np.abs(difference).max()) if difference.size else 0
+    rows = []
+    for true_label, row in enumerate(difference):
+        cells = []
+        for predicted_label, change in enumerate(row):
+            share = abs(int(change)) / largest if largest else 0.0
+            strength = math.sqrt(share)
+            better = (change > 0) == (predicted_label == true_label)
+            cells.append(Cell(int(change), share, shade(better or change == 0, strength), strength > DARK_FROM))
         rows.append(cells)
     return rows
 

@@ -19,6 +19,7 @@ import time
 from flask import Flask, Response, current_app, request
 from flask_limiter import Limiter, RateLimitExceeded
 
+from shared import metrics
 from shared.config import Settings
 from web import errors
 
@@ -77,5 +78,6 @@ def too_many_requests(error: RateLimitExceeded) -> tuple[Response | str, int, di
     breached = [limit for limit in limiter.current_limits if limit.breached] or limiter.current_limits
     reset_at = max((limit.window.reset_time for limit in breached), default=time.time() + 1)
     retry_after = max(1, math.ceil(reset_at - time.time()))
+    metrics.record_refusal(error.code, "signin_rate_limit" if request.endpoint == SIGN_IN_ENDPOINT else "upload_rate_limit")
     body, status = errors.error_response(error.code, f"{error.description}; try again in {retry_after} seconds")
     return body, status, {"Retry-After": str(retry_after)}

@@ -12,16 +12,15 @@ import time
 from typing import Any
 
 import numpy as np
-from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
+from werkzeug.exceptions import ServiceUnavailable, TooManyRequests, UnprocessableEntity
 
-from shared import jobs, upload_queue
+from shared import jobs, metrics, registry, upload_queue
 from shared.config import Settings
 from shared.db import jobs as job_store
 from shared.db import progress, queries
 from shared.db.connection import Connection
 from shared.digits import NUM_CLASSES
 from shared.images import encode_image
-from shared.model_info import model_version
 from shared.preprocess import user_image_to_mnist
 from shared.reports import JobReport
 
@@ -42,7 +41,7 @@ class Prediction:
     confidence: float | None
     probabilities: list[float] | None
     error: str | None
-    model_version: str
+    model_version: str | None  # None: an upload of an earlier release not yet predicted (production's then)
     filename: str | None
 
     @property
@@ -54,25 +53,40 @@ class Prediction:
         return {key: value for key, value in dataclasses.asdict(self).items() if key not in INTERNAL_FIELDS}
 
 
-def current_model_version(config: Settings) -> str:
-    """The version new jobs are recorded with; 503 when the model file is missing."""
+def job_models(conn: Connection, model: str | None = None, shadow: str | None = None) -> tuple[str, str | None]:
+    """The versions a new job names (``model`` default production; ``shadow`` none), resolved now from the registry.
+
+    422 for a name the registry does not know; 503 when nothing is aliased production and none was named.
+    """
     try:
-        return model_version(config.model_path)
-    except ValueError as error:
+        version = registry.resolve(conn, model or registry.PRODUCTION)
+    except registry.UnknownModel as error:
+        if model:
+            raise UnprocessableEntity(str(error)) from None
+        metrics.record_refusal(ServiceUnavailable.code, "model")
         raise ServiceUnavailable(f"the model is not available: {error}") from None
+    try:
+        return version, registry.resolve_shadow(conn, version, shadow)
+    except registry.UnknownModel as error:
+        raise UnprocessableEntity(f"shadow: {error}") from None
 
 
-def submit_upload(conn: Connection, config: Settings, data: bytes, filename: str | None) -> tuple[int, str]:
+def submit_upload(
+    conn: Connection, config: Settings, data: bytes, filename: str | None, model: str | None = None, shadow: str | None = None
+) -> tuple[int, str]:
     """Preprocess, store and enqueue one picture on the upload queue; return (its job id, its public token).
 
-    Raises ValueError with a user-readable message before anything is stored, and
-    TooManyRequests (429) when the upload queue is full.
+    ``model`` (a version or alias; default production) answers it; ``shadow`` predicts it too,
+    and is never answered. Raises ValueError with a user-readable message before anything is
+    stored, TooManyRequests (429) when the upload queue is full, 422 for an unknown model.
     """
+    accepted = time.time()  # the start of the upload's latency in the metrics
     refuse_when_queue_full(config)
+    version, shadow_version = job_models(conn, model, shadow)
     digit = user_image_to_mnist(data, config.max_image_pixels)
-    version = current_model_version(config)
     token = job_store.new_upload_token()
-    job_id = jobs.submit_upload(conn, config, encode_image(digit), version, {"upload": stored_filename(filename)}, token)
+    selection = {"upload": stored_filename(filename)}
+    job_id = jobs.submit_upload(conn, config, encode_image(digit), version, selection, token, accepted, shadow_version)
     return job_id, token
 
 
@@ -87,6 +101,7 @@ def refuse_when_queue_full(config: Settings) -> None:
     concurrent requests may each pass the check, so the queue can exceed the bound by as many."""
     waiting = upload_queue.waiting(config)
     if waiting >= config.max_queued_uploads:
+        metrics.record_refusal(TooManyRequests.code, "upload_queue_full")
         raise TooManyRequests(
             f"too many uploads are waiting to be predicted ({waiting}); try again in {RETRY_AFTER_SECONDS} seconds",
             retry_after=RETRY_AFTER_SECONDS,
@@ -158,6 +173,7 @@ def job_summary(report: JobReport) -> dict[str, Any]:
         "kind": job["kind"],
         "status": job["status"],
         "model_version": job["model_version"],
+        "shadow_version": job["shadow_version"],
         "selection": job["selection"],
         "total_images": job["total_images"],
         "done_count": job["done_count"],

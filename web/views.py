@@ -1,4 +1,4 @@
-"""The pages: predict (upload or draw), one prediction, jobs, a job, mistakes, low confidence, browse.
+"""The pages: predict (upload or draw), one prediction, jobs, a job, two jobs compared, mistakes, low confidence, browse.
 
 Anyone may predict and see their own prediction by its token; every other page is for operators (web/auth.py).
 """
@@ -10,13 +10,14 @@ from typing import Any
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 from werkzeug.exceptions import NotFound
 
+from shared import registry
 from shared.db import images, queries
 from shared.digits import MAX_ROW_ID, NUM_CLASSES
 from shared.images import decode_image, png_bytes
-from shared.reports import LOW_CONFIDENCE_THRESHOLD, build_job_report
-from web import backends, keyset, predictions
+from shared.reports import LOW_CONFIDENCE_THRESHOLD, build_job_report, default_low_confidence_threshold
+from web import backends, comparisons, keyset, predictions
 from web.auth import operator_or_404, operator_required
-from web.heatmap import heatmap
+from web.heatmap import difference_heatmap, heatmap
 from web.params import choice_arg, float_arg, int_arg
 
 blueprint = Blueprint("views", __name__)
@@ -79,7 +80,8 @@ def upload_job(job_id: int) -> str:
 
 def prediction_page(result: predictions.Prediction, image_url: str, json_url: str) -> str:
     refresh = None if result.finished else refresh_seconds()
-    return render_template("prediction.html", prediction=result, image_url=image_url, json_url=json_url, refresh=refresh)
+    model = registry.describe_optional(backends.get_db(), result.model_version)
+    return render_template("prediction.html", prediction=result, model=model, image_url=image_url, json_url=json_url, refresh=refresh)
 
 
 @blueprint.get("/jobs")
@@ -107,7 +109,27 @@ def job(job_id: int) -> str:
         raise NotFound(f"there is no job {job_id}")
     refresh = refresh_seconds() if report.job["status"] != "done" else None
     summary = predictions.job_summary(report)
-    return render_template("job.html", report=report, summary=summary, cells=heatmap(report.confusion), refresh=refresh)
+    model = registry.describe_optional(backends.get_db(), summary["model_version"])
+    return render_template("job.html", report=report, summary=summary, model=model, cells=heatmap(report.confusion), refresh=refresh)
+
+
+@blueprint.get("/compare")
+@operator_required
+def compare() -> str:
+    """Two jobs on the images both predicted (?a=JOB&b=JOB); without both, the form to name them."""
+    job_a, job_b = comparisons.job_ids(required=False)
+    if job_a is None or job_b is None:
+        return render_template("compare.html", comparison=None, a=job_a, b=job_b, refresh=None)
+    result = comparisons.comparison_or_404(job_a, job_b)
+    running = any(job["status"] != "done" for job in (result.job_a, result.job_b))
+    return render_template(
+        "compare.html",
+        comparison=result,
+        a=job_a,
+        b=job_b,
+        cells=difference_heatmap(result.confusion_diff),
+        refresh=refresh_seconds() if running else None,
+    )
 
 
 @blueprint.get("/mistakes")
@@ -125,7 +147,10 @@ def mistakes() -> str:
 @operator_required
 def low_confidence() -> str:
     page = page_arg()
-    threshold = float_arg("threshold", LOW_CONFIDENCE_THRESHOLD, 0.0, 1.0)
+    # The production model's card chooses the default; ?threshold=0.8 (the seed's) or any other stays selectable.
+    threshold = float_arg("threshold", LOW_CONFIDENCE_THRESHOLD, 0.0, 1.0) if request.args.get("threshold") else None
+    if threshold is None:
+        threshold = default_low_confidence_threshold(backends.get_db())
     job_id = optional_job_id()
     offset, after = (page - 1) * GALLERY_PAGE_SIZE, keyset.after_low_confidence()
     rows = queries.low_confidence_predictions(backends.get_db(), threshold, GALLERY_PAGE_SIZE + 1, offset, job_id, after)

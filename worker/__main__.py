@@ -7,22 +7,44 @@ never waits behind a bulk batch (a batch of 1024 takes ~100 ms); the bulk worker
 (``worker/bulk.py``) runs at a lower CPU priority (WORKER_NICENESS). When either exits, the
 other is stopped too, so a container never runs half a worker. The container image and
 the local stack (``./run up``) both start workers this way.
+
+This parent also serves the metrics of both and of the bulk worker's pool processes
+(``worker/exporter.py``): before starting them it makes this start's metrics folder, which they
+inherit in PROMETHEUS_MULTIPROC_DIR, and removes it when they are gone.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
+
+from shared import metrics_files
+from shared.config import Settings, load_settings
+from worker import exporter
 
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 BULK_WORKER = [sys.executable, "-m", "worker.bulk"]
 UPLOAD_CONSUMER = [sys.executable, "-m", "worker.uploads"]
+METRICS_SERVICE = "worker"
 
 
 def main(extra_args: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s/worker] %(message)s")
+    settings = load_settings()
+    directory = metrics_files.prepare(metrics_files.service_directory(settings, METRICS_SERVICE))
+    try:
+        return run_pair(extra_args, settings, directory)
+    finally:
+        metrics_files.remove(directory)
+
+
+def run_pair(extra_args: list[str], settings: Settings, metrics_directory: Path) -> int:
     workers = [subprocess.Popen([*BULK_WORKER, *extra_args]), subprocess.Popen(UPLOAD_CONSUMER)]
+    exporter.start(settings, metrics_directory)
 
     def forward(signum: int, _frame: object) -> None:
         for worker in workers:

@@ -2,7 +2,8 @@
 
 The parent process never loads the model (TensorFlow is not fork-safe, LiteRT's threads do
 not survive a fork); each pool process loads it once, right after the fork, lowers its CPU
-priority so that uploads come first, and starts its sweeper.
+priority so that uploads come first, and starts its sweeper. The parent keeps this worker's
+heartbeat and gives back the batches of workers that died (``worker/failover.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from celery import Celery, signals
 
 from shared import broker
 from shared.config import Settings
-from worker import state, sweeper, tasks
+from worker import celery_metrics, failover, state, sweeper, tasks
 
 
 def make_celery_app(settings: Settings) -> Celery:
@@ -25,6 +26,9 @@ def make_celery_app(settings: Settings) -> Celery:
     # Celery's signals are process-wide: a dispatch_uid keeps one receiver however many apps are made.
     signals.celeryd_init.connect(remember_concurrency, weak=False, dispatch_uid="mnist-remember-concurrency")
     signals.worker_process_init.connect(start_pool_process, weak=False, dispatch_uid="mnist-start-pool-process")
+    signals.worker_init.connect(start_failover, weak=False, dispatch_uid="mnist-start-failover")
+    signals.task_received.connect(failover.remember_delivery, weak=False, dispatch_uid="mnist-remember-delivery")
+    celery_metrics.connect()  # after start_pool_process: its receivers run in the order they were connected
     return app
 
 
@@ -32,6 +36,13 @@ def remember_concurrency(options: dict | None = None, **_: Any) -> None:
     """In the parent, before the fork: every pool process learns how many share the CPUs."""
     process = state.current()
     process.pool_processes = int((options or {}).get("concurrency") or process.settings.worker_processes())
+
+
+def start_failover(sender: Any = None, **_: Any) -> None:
+    """In the parent, before it consumes: this node's heartbeat, and taking over the batches of dead nodes."""
+    process = state.current()
+    assert process.app is not None
+    failover.start(process.app, process.settings, sender.hostname)
 
 
 def start_pool_process(**_: Any) -> None:

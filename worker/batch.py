@@ -3,12 +3,14 @@
 Kept apart from Celery so it reads (and tests) as plain code. A batch is cut into chunks
 that flow through a pipeline: while the model predicts chunk k in this thread, the
 database lane fetches chunk k+1 and stores chunk k-1, so the CPU never waits on I/O.
-Inference releases the GIL, so the two really overlap.
+Inference releases the GIL, so the two really overlap. Each batch's size, results and seconds
+per stage go to the metrics once it is stored (``shared.metrics.record_batch``).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -16,6 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 import psycopg2
 
+from shared import metrics
 from shared.db import connection, results
 from shared.db import images as image_store
 from shared.db.results import FailureRow, PredictionBatch
@@ -60,6 +63,24 @@ class DatabaseLane:
         except psycopg2.Error:
             pass
         self._connection = None
+
+
+class StageClock:
+    """Seconds one batch spent in each stage, summed over its chunks: fetch and store run on the
+    database lane, inference (decoding and the model call) in the task's thread, overlapping."""
+
+    def __init__(self) -> None:
+        self.seconds = {"fetch": 0.0, "inference": 0.0, "store": 0.0}
+
+    def timed(self, stage: str, function: Callable[..., Result]) -> Callable[..., Result]:
+        def run(*args: Any) -> Result:
+            start = time.perf_counter()
+            try:
+                return function(*args)
+            finally:
+                self.seconds[stage] += time.perf_counter() - start
+
+        return run
 
 
 def decode_batch(image_ids: Sequence[int], stored: dict[int, bytes]) -> tuple[list[int], np.ndarray, list[FailureRow]]:
@@ -107,18 +128,23 @@ def process_batch(lane: DatabaseLane, predict: PredictFn, model_version: str, jo
     chunks = [list(image_ids[start : start + CHUNK_SIZE]) for start in range(0, len(image_ids), CHUNK_SIZE)]
     if not chunks:
         return 0, 0
-    next_fetch = lane.submit(image_store.fetch_images_and_labels, chunks[0])
+    clock = StageClock()
+    fetch = clock.timed("fetch", image_store.fetch_images_and_labels)
+    infer, store_chunk = clock.timed("inference", predict_chunk), clock.timed("store", results.store_results)
+    next_fetch = lane.submit(fetch, chunks[0])
     stores: list[Future[tuple[int, int]]] = []
     try:
         for index, chunk in enumerate(chunks):
             stored, labels = next_fetch.result()
             if index + 1 < len(chunks):
-                next_fetch = lane.submit(image_store.fetch_images_and_labels, chunks[index + 1])
-            predictions, failures = predict_chunk(predict, job_id, chunk, stored, labels)
-            stores.append(lane.submit(results.store_results, job_id, model_version, predictions, failures))
+                next_fetch = lane.submit(fetch, chunks[index + 1])
+            predictions, failures = infer(predict, job_id, chunk, stored, labels)
+            stores.append(lane.submit(store_chunk, job_id, model_version, predictions, failures))
     finally:
         outcomes = [store.result() for store in stores]  # wait for all; re-raises the first error
-    return sum(done for done, _ in outcomes), sum(failed for _, failed in outcomes)
+    done, failed = sum(done for done, _ in outcomes), sum(failed for _, failed in outcomes)
+    metrics.record_batch(metrics.BULK, model_version, len(image_ids), done, failed, clock.seconds)
+    return done, failed
 
 
 def process_uploads(lane: DatabaseLane, predict: PredictFn, model_version: str, uploads: Sequence[tuple[int, int]]) -> tuple[int, int]:
@@ -129,20 +155,26 @@ def process_uploads(lane: DatabaseLane, predict: PredictFn, model_version: str, 
     """
     job_of = {image_id: job_id for job_id, image_id in uploads}
     image_ids = list(job_of)
-    stored, labels = lane.submit(image_store.fetch_images_and_labels, image_ids).result()
+    clock = StageClock()
+    stored, labels = lane.submit(clock.timed("fetch", image_store.fetch_images_and_labels), image_ids).result()
+    started = time.perf_counter()
     good_ids, images, failures = decode_batch(image_ids, stored)
     for failure in failures:
         log.warning("job %s: upload image %s failed: %s", job_of[failure.input_data_id], failure.input_data_id, failure.reason)
     probabilities = predict(images) if good_ids else np.zeros((0, NUM_CLASSES), dtype=np.float32)
+    clock.seconds["inference"] = time.perf_counter() - started
     prediction_jobs = np.array([job_of[image_id] for image_id in good_ids], dtype=np.int64)
     job_ids = sorted({job_id for job_id, _ in uploads})
     failed = [(job_of[failure.input_data_id], failure) for failure in failures]
     batch = PredictionBatch.of(good_ids, probabilities, true_labels_of(good_ids, labels))
-    return lane.submit(results.store_many, model_version, job_ids, prediction_jobs, batch, failed).result()
+    outcome = lane.submit(clock.timed("store", results.store_many), model_version, job_ids, prediction_jobs, batch, failed).result()
+    metrics.record_batch(metrics.UPLOAD, model_version, len(uploads), *outcome, clock.seconds)
+    return outcome
 
 
-def give_up(lane: DatabaseLane, model_version: str, job_id: int, image_id: int, reason: str) -> int:
+def give_up(lane: DatabaseLane, model_version: str, job_id: int, image_id: int, reason: str, queue: str = metrics.BULK) -> int:
     """Record one image as failed, so a poisonous image ends instead of looping; returns new failures."""
     log.error("job %s: image %s: %s", job_id, image_id, reason)
     _, failed = lane.submit(results.store_results, job_id, model_version, None, [FailureRow(image_id, reason)]).result()
+    metrics.record_results(queue, model_version, 0, failed)
     return failed

@@ -13,7 +13,7 @@ import threading
 
 from celery import Celery
 
-from shared import broker, jobs, upload_queue
+from shared import broker, jobs, metrics, upload_queue
 from shared.config import Settings
 from shared.db import connection
 from shared.db import jobs as job_store
@@ -34,6 +34,7 @@ def sweep_stalled_jobs(conn: connection.Connection, app: Celery, settings: Setti
     for job_id, kind in job_store.stalled_jobs(conn, settings.stall_seconds):
         if empty[kind]:
             resumed[job_id] = jobs.resume_job(conn, app, settings, job_id)
+            metrics.record_reenqueued(kind, resumed[job_id])
             log.warning(
                 "job %s stalled for %ss with an empty queue: re-enqueued %d images", job_id, settings.stall_seconds, resumed[job_id]
             )

@@ -16,6 +16,8 @@ from shared.db import results
 from shared.db.connection import TRANSIENT_ERRORS
 from worker import state
 from worker.batch import give_up, process_batch
+from worker.models import ModelUnavailable, fail_images
+from worker.shadow import predict_shadow_batch
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +35,24 @@ def predict_batch(task: Any, job_id: int, image_ids: list[int]) -> dict[str, int
     if not image_ids:
         return {"done": 0, "failed": 0}
     process = state.current()
-    lane = process.lane()
+    lane, models = process.lane(), process.models()
+    version = None  # the job's, once read
     try:
         deliveries = lane.submit(results.record_attempt, job_id, image_ids).result()
         step = jobs.next_step(deliveries, len(image_ids))
         if step is jobs.NextStep.SPLIT:
             return split_batch(task, job_id, image_ids, f"attempt {deliveries}")
+        served = models.for_job(lane, job_id)
+        version = served.version
         if step is jobs.NextStep.GIVE_UP:
-            return {"done": 0, "failed": give_up(lane, process.model_version(), job_id, image_ids[0], jobs.gave_up_reason())}
-        done, failed = process_batch(lane, process.predictor().predict_batch, process.model_version(), job_id, image_ids)
+            return {"done": 0, "failed": give_up(lane, version or "", job_id, image_ids[0], jobs.gave_up_reason())}
+        try:
+            predictor = models.predictor(lane, version)
+        except ModelUnavailable as error:  # not registered, or its file does not load: this job's images fail, with why
+            return {"done": 0, "failed": fail_images(lane, version, job_id, image_ids, str(error))}
+        done, failed = process_batch(lane, predictor.predict_batch, version, job_id, image_ids)
+        if served.shadow:
+            predict_shadow_batch(lane, models, served.shadow, job_id, image_ids)
     except TRANSIENT_ERRORS as error:
         countdown = min(RETRY_BACKOFF_MAX_SECONDS, 2**task.request.retries)
         log.warning("job %s: database unavailable (%s); retry in %ss", job_id, error, countdown)
@@ -53,15 +64,15 @@ def predict_batch(task: Any, job_id: int, image_ids: list[int]) -> dict[str, int
         log.exception("job %s: batch of %d images (first %s) failed", job_id, len(image_ids), image_ids[0])
         if len(image_ids) > 1:
             return split_batch(task, job_id, image_ids, f"error {error!r}")
-        failed = give_up(lane, process.model_version(), job_id, image_ids[0], jobs.prediction_failed_reason(error))
+        failed = give_up(lane, version or "", job_id, image_ids[0], jobs.prediction_failed_reason(error))
         return {"done": 0, "failed": failed}
     return {"done": done, "failed": failed}
 
 
 def split_batch(task: Any, job_id: int, image_ids: list[int], why: str) -> dict[str, int]:
-    """Re-enqueue the two halves on the queue this batch came from."""
+    """Re-enqueue the two halves at the head of the queue this batch came from: they were started before."""
     queue = (task.request.delivery_info or {}).get("routing_key") or broker.bulk_queue(state.current().settings)
     middle = len(image_ids) // 2
-    broker.send_batches(task.app, queue, job_id, [image_ids[:middle], image_ids[middle:]])
+    broker.send_batches(task.app, queue, job_id, [image_ids[:middle], image_ids[middle:]], first=True)
     log.warning("job %s: batch of %d images (first %s) split after %s", job_id, len(image_ids), image_ids[0], why)
     return {"done": 0, "failed": 0}

@@ -10,7 +10,9 @@ dead consumer's uploads are taken back).
 Like Triton's dynamic batcher, it takes up to UPLOAD_MAX_BATCH waiting uploads at once,
 waiting at most UPLOAD_MAX_DELAY_MS for more when fewer wait, predicts them in one model
 call and stores them in one transaction (``shared.db.results.store_many``). A batch that
-fails is split and its halves tried again, so a poison upload fails alone.
+fails is split and its halves tried again, so a poison upload fails alone. Uploads of a batch
+that name different model versions are predicted version by version (worker/models.py), then
+by their shadow versions, if any, once their own results are stored.
 """
 
 from __future__ import annotations
@@ -21,18 +23,16 @@ import sys
 import threading
 import time
 
-import numpy as np
 import psycopg2.errors
 import redis.exceptions
 
-from shared import jobs, upload_queue
+from shared import jobs, metrics, upload_queue
 from shared.config import Settings, load_settings
 from shared.db.connection import TRANSIENT_ERRORS
 from shared.db.results import UnknownJobError
-from shared.digits import IMAGE_SHAPE
-from shared.inference import Predictor, load_predictor
-from shared.model_info import model_version
 from worker.batch import DatabaseLane, give_up, process_uploads
+from worker.models import ModelCache, ModelUnavailable
+from worker.shadow import predict_shadow
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,10 @@ OUTAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError
 
 
 class UploadConsumer:
-    def __init__(self, config: Settings, predictor: Predictor) -> None:
+    def __init__(self, config: Settings, models: ModelCache) -> None:
         self.config = config
         self.name = upload_queue.new_consumer_name()
-        self.predictor = predictor
-        self.model_version = model_version(config.model_path)
+        self.models = models
         self.lane = DatabaseLane(config.database_url)
         self.stopping = threading.Event()
         self._held: list[bytes] = []  # taken but not yet stored: retried after an outage
@@ -69,7 +68,7 @@ class UploadConsumer:
                 outages += 1
                 backoff = min(RETRY_BACKOFF_MAX_SECONDS, 2 ** (outages - 1) * 0.1)
                 log.warning("upload consumer %s: %s unavailable (%s); retry in %.1fs", self.name, outage_of(error), error, backoff)
-                self.stopping.wait(backoff)
+                self.wait_out(backoff)
         try:
             upload_queue.finish_many(self.config, self.name, self._finished)
             upload_queue.leave(self.config, self.name)
@@ -83,10 +82,24 @@ class UploadConsumer:
             delay, most = self.config.upload_max_delay_ms / 1000, self.config.upload_max_batch
             self._held = upload_queue.take_batch(self.config, self.name, most, WAIT_SECONDS, delay, self._finished)
             self._finished = []
+            record_queue_wait(self._held)
         if self._held:
             self.handle_batch(self._held)
             # Stored: forgotten in Redis by the next take's round trip (or on stopping).
             self._finished, self._held = self._held, []
+
+    def wait_out(self, seconds: float) -> None:
+        """An outage's backoff, still beating while Redis answers: a consumer waiting for PostgreSQL is
+        not dead, and the uploads it holds must not be taken back, marked with a death they did not cause."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping.is_set() and time.monotonic() < deadline:
+            if time.monotonic() >= self._next_housekeeping:
+                try:
+                    self.housekeeping()
+                except OUTAGE_ERRORS:  # Redis is out: no beat can reach it before it is back
+                    self.stopping.wait(deadline - time.monotonic())
+                    return
+            self.stopping.wait(min(deadline, self._next_housekeeping) - time.monotonic())
 
     def housekeeping(self) -> None:
         upload_queue.beat(self.config, self.name)
@@ -114,36 +127,68 @@ class UploadConsumer:
                 uploads.append((job_id, image_id))
         if uploads:
             self.predict(uploads)
+        stored = time.time()  # every upload of the batch has its result (or was dropped): their latencies
+        metrics.record_upload_latencies(stored - accepted for accepted in map(upload_queue.accepted_at, entries) if accepted is not None)
 
     def predict(self, uploads: list[tuple[int, int]]) -> None:
+        """Each version's uploads in one model call and one transaction, then the shadows' (one query finds the versions)."""
+        served = self.models.job_models(self.lane, sorted({job_id for job_id, _ in uploads}))
+        by_version: dict[str | None, list[tuple[int, int]]] = {}
+        by_shadow: dict[str, list[tuple[int, int]]] = {}
+        for job_id, image_id in uploads:
+            if job_id not in served:
+                log.error("job %s does not exist; dropping upload of image %s", job_id, image_id)
+                continue
+            by_version.setdefault(served[job_id].version, []).append((job_id, image_id))
+            if served[job_id].shadow:
+                by_shadow.setdefault(served[job_id].shadow, []).append((job_id, image_id))
+        for version, group in by_version.items():
+            self.predict_with(version, group)
+        for shadow, group in by_shadow.items():  # after every upload of the batch is answered
+            predict_shadow(self.lane, self.models, shadow, group)
+
+    def predict_with(self, version: str | None, uploads: list[tuple[int, int]]) -> None:
         """One model call and one transaction; on failure the batch is split and the halves tried
         again, as the bulk lane does, so a poison upload fails alone and never its neighbours."""
         try:
-            process_uploads(self.lane, self.predictor.predict_batch, self.model_version, uploads)
+            predictor = self.models.predictor(self.lane, version)
+        except ModelUnavailable as error:  # not registered, or its file does not load: these uploads fail, with why
+            for job_id, image_id in uploads:
+                self.store_failure(job_id, image_id, str(error))
+            return None
+        try:
+            process_uploads(self.lane, predictor.predict_batch, version, uploads)
         except OUTAGE_ERRORS:
             raise
         except (psycopg2.errors.ForeignKeyViolation, UnknownJobError):
             if len(uploads) > 1:
-                return self.split(uploads, "a job that does not exist")
+                return self.split(version, uploads, "a job that does not exist")
             log.error("job %s does not exist; dropping upload of image %s", *uploads[0])
         except Exception as error:  # the model or our code failed on this input: isolate it, never loop
             if len(uploads) > 1:
-                return self.split(uploads, repr(error))
+                return self.split(version, uploads, repr(error))
             log.exception("job %s: upload of image %s failed", *uploads[0])
             self.store_failure(*uploads[0], jobs.prediction_failed_reason(error))
         return None
 
-    def split(self, uploads: list[tuple[int, int]], why: str) -> None:
+    def split(self, version: str | None, uploads: list[tuple[int, int]], why: str) -> None:
         log.warning("upload consumer %s: batch of %d uploads split after %s", self.name, len(uploads), why)
         middle = len(uploads) // 2
-        self.predict(uploads[:middle])
-        self.predict(uploads[middle:])
+        self.predict_with(version, uploads[:middle])
+        self.predict_with(version, uploads[middle:])
 
     def store_failure(self, job_id: int, image_id: int, reason: str) -> None:
         try:
-            give_up(self.lane, self.model_version, job_id, image_id, reason)
+            give_up(self.lane, "", job_id, image_id, reason, metrics.UPLOAD)  # no prediction: no version recorded
         except (psycopg2.errors.ForeignKeyViolation, UnknownJobError):
             log.error("job %s does not exist; dropping upload of image %s", job_id, image_id)
+
+
+def record_queue_wait(entries: list[bytes]) -> None:
+    """The micro-batch's wait in the queue: its oldest upload's, from the web accepting it to this take."""
+    accepted = [stamp for stamp in map(upload_queue.accepted_at, entries) if stamp is not None]
+    if accepted:
+        metrics.record_queue_wait(metrics.UPLOAD, time.time() - min(accepted))
 
 
 def outage_of(error: Exception) -> str:
@@ -153,9 +198,9 @@ def outage_of(error: Exception) -> str:
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s/%(processName)s] %(message)s")
     config = load_settings()
-    predictor = load_predictor(config.model_path, config.model_runtime, UPLOAD_THREADS)
-    predictor.predict_batch(np.zeros((1, *IMAGE_SHAPE), dtype=np.uint8))  # load and allocate before the first upload
-    consumer = UploadConsumer(config, predictor)
+    consumer = UploadConsumer(config, ModelCache(config, UPLOAD_THREADS))
+    consumer.models.warm_up(consumer.lane)  # production's, loaded and allocated before the first upload
+    metrics.record_process(metrics.UPLOAD_CONSUMER)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: consumer.stopping.set())
     consumer.run()

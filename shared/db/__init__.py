@@ -12,5 +12,6 @@ and pass a psycopg2 connection:
 - ``statistics``  per-job label x prediction counts and mistakes, kept in the same transaction
 - ``progress``    LISTEN/NOTIFY: waiting for a job without polling
 - ``queries``     the read side of reports and pages
+- ``comparisons`` two jobs' predictions of the same images, counted per (true label, A's, B's)
 - ``bulk_load``   bulk COPY of image rows and table sizes, for the scale benchmark
 """

@@ -23,7 +23,7 @@ from shared.db.images import SELECTION_FILTER
 
 # Everything about a job but its image list, which is large and only recovery reads.
 JOB_COLUMNS = (
-    "id", "kind", "model_version", "selection", "total_images", "done_count", "failed_count", "status",
+    "id", "kind", "model_version", "shadow_version", "selection", "total_images", "done_count", "failed_count", "status",
     "created_at", "started_at", "finished_at", "progressed_at",
 )  # fmt: skip
 
@@ -33,13 +33,24 @@ def job_columns(table: str | None = None) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(table, column) if table else sql.Identifier(column) for column in JOB_COLUMNS)
 
 
-def create_job(conn: Connection, image_ids: Sequence[int], model_version: str, selection: dict[str, Any], kind: str = "bulk") -> int:
-    """Record a job and the images it covers (each once), before anything is enqueued."""
+def create_job(
+    conn: Connection,
+    image_ids: Sequence[int],
+    model_version: str | None,
+    selection: dict[str, Any],
+    kind: str = "bulk",
+    shadow_version: str | None = None,
+) -> int:
+    """Record a job and the images it covers (each once), before anything is enqueued.
+
+    ``model_version`` serves it (None: production's, whichever that is when a worker takes it).
+    """
     unique_ids = list(dict.fromkeys(image_ids))
     row = query_one(
         conn,
-        "INSERT INTO jobs (kind, model_version, selection, image_ids, total_images) VALUES (%s, %s, %s, %s, %s) RETURNING id",
-        (kind, model_version, psycopg2.extras.Json(selection), unique_ids, len(unique_ids)),
+        "INSERT INTO jobs (kind, model_version, shadow_version, selection, image_ids, total_images)"
+        " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+        (kind, model_version, shadow_version, psycopg2.extras.Json(selection), unique_ids, len(unique_ids)),
     )
     return row[0]
 
@@ -51,6 +62,7 @@ def create_job_from_selection(
     model_version: str,
     selection: dict[str, Any],
     max_images: int,
+    shadow_version: str | None = None,
 ) -> tuple[int | None, int]:
     """Record a job of the stored images matching ``filters`` (split, label, model), oldest first.
 
@@ -65,14 +77,21 @@ def create_job_from_selection(
         WITH chosen AS (
             SELECT d.id FROM input_data d WHERE {filter} ORDER BY d.id LIMIT %(take)s
         ), job AS (
-            INSERT INTO jobs (kind, model_version, selection, image_ids, total_images)
-            SELECT 'bulk', %(version)s, %(selection)s, array_agg(id ORDER BY id), count(*) FROM chosen
+            INSERT INTO jobs (kind, model_version, shadow_version, selection, image_ids, total_images)
+            SELECT 'bulk', %(version)s, %(shadow)s, %(selection)s, array_agg(id ORDER BY id), count(*) FROM chosen
             HAVING count(*) BETWEEN 1 AND %(max)s
             RETURNING id
         )
         SELECT (SELECT id FROM job), (SELECT count(*) FROM chosen)
         """).format(filter=SELECTION_FILTER),
-        {**filters, "take": take, "version": model_version, "selection": psycopg2.extras.Json(selection), "max": max_images},
+        {
+            **filters,
+            "take": take,
+            "version": model_version,
+            "shadow": shadow_version,
+            "selection": psycopg2.extras.Json(selection),
+            "max": max_images,
+        },
     )
     return row[0], row[1]
 
@@ -110,9 +129,10 @@ def create_upload_job(
     conn: Connection,
     image_data: bytes,
     image_shape: list[int],
-    model_version: str,
+    model_version: str | None,
     selection: dict[str, Any],
     public_token: str | None = None,
+    shadow_version: str | None = None,
 ) -> tuple[int, int]:
     """Store one uploaded image and its single-image job with its public token; return (job id, image id).
 
@@ -125,12 +145,19 @@ def create_upload_job(
         WITH image AS (
             INSERT INTO input_data (image_data, image_shape, dataset_split) VALUES (%s, %s, 'upload') RETURNING id
         ), job AS (
-            INSERT INTO jobs (kind, model_version, selection, image_ids, total_images, public_token)
-            SELECT 'upload', %s, %s, ARRAY[image.id], 1, %s FROM image RETURNING id
+            INSERT INTO jobs (kind, model_version, shadow_version, selection, image_ids, total_images, public_token)
+            SELECT 'upload', %s, %s, %s, ARRAY[image.id], 1, %s FROM image RETURNING id
         )
         SELECT job.id, image.id FROM job, image
         """,
-        (psycopg2.Binary(image_data), image_shape, model_version, psycopg2.extras.Json(selection), public_token or new_upload_token()),
+        (
+            psycopg2.Binary(image_data),
+            image_shape,
+            model_version,
+            shadow_version,
+            psycopg2.extras.Json(selection),
+            public_token or new_upload_token(),
+        ),
     )
     return row[0], row[1]
 

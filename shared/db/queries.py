@@ -71,7 +71,8 @@ def upload_prediction_by_token(conn: Connection, public_token: str) -> dict[str,
 def _upload_prediction(conn: Connection, condition: sql.Composable, value: Any) -> dict[str, Any] | None:
     statement = sql.SQL(
         """
-        SELECT j.id, j.public_token, j.status, j.model_version, j.selection, j.created_at, j.finished_at,
+        SELECT j.id, j.public_token, j.status, COALESCE(p.model_version, j.model_version) AS model_version,
+               j.selection, j.created_at, j.finished_at,
                j.image_ids[1] AS input_data_id, p.predicted_label, p.confidence, p.prediction_probabilities, f.reason
         FROM jobs j
         LEFT JOIN predictions p ON p.job_id = j.id AND p.input_data_id = j.image_ids[1]
@@ -114,7 +115,8 @@ def low_confidence_predictions(
     after: tuple[float, int, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Predictions under ``threshold``, least sure first; ``after`` (confidence, job id, image id) of the
-    last row seen gives the next page (keyset). Thresholds up to 0.8 read the partial index of those predictions."""
+    last row seen gives the next page (keyset). Thresholds up to 0.99 read the partial index of those predictions
+    (migration 0005)."""
     return query(
         conn,
         """

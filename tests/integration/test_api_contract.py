@@ -24,7 +24,7 @@ import schemathesis
 from schemathesis.checks import positive_data_acceptance
 
 from producer import ingest
-from shared.db import connection
+from shared.db import connection, progress
 from shared.db import images as image_store
 from shared.db.connection import query_one
 from shared.images import png_bytes
@@ -127,3 +127,7 @@ def test_accepted_uploads_and_jobs_answer_as_the_document_says(live_server, db, 
     assert job.status_code == 202
     summary = SCHEMA["/api/jobs/{job_id}"]["GET"].Case(path_parameters={"job_id": job.json()["id"]})
     assert summary.call_and_validate(base_url=live_server.url, headers=operator).status_code == 200
+    done = progress.wait_for_job(db, job.json()["id"], timeout=20)["status"] == "done"
+    compared = SCHEMA["/api/compare"]["GET"].Case(query={"a": job.json()["id"], "b": job.json()["id"]})
+    answer = compared.call_and_validate(base_url=live_server.url, headers=operator)
+    assert done and answer.status_code == 200 and answer.json()["shared_images"] == 20 and answer.json()["differing"] == 0

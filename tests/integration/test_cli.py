@@ -21,7 +21,7 @@ def invoke(settings):
 
 
 def test_every_command_has_help(invoke):
-    for command in (["init-db"], ["ingest", "mnist"], ["ingest", "folder"], ["submit"], ["status"], ["report"], ["resume"]):
+    for command in (["init-db"], ["ingest", "mnist"], ["ingest", "folder"], ["submit"], ["status"], ["report"], ["resume"], ["compare"]):
         result = invoke(*command, "--help")
         assert result.exit_code == 0 and "Usage" in result.output
 

@@ -53,10 +53,11 @@ SELECT j.status, j.total_images, j.done_count, j.failed_count,
        (SELECT count(*) FROM job_failures f WHERE f.job_id = j.id)
   FROM jobs j WHERE j.id = :'job_id'
 """
-# worker/sweeper.py's warning when it re-enqueues a stalled job's unfinished images.
-SWEEPER_RESUMED = r"job {job} stalled for \d+s with an empty queue: re-enqueued (\d+) images"
-# Containers' settings, as a user would put them in .env; short stall times so that the batches a
-# killed container held are re-enqueued in seconds (the default, 120 s, is for real deployments).
+# worker/failover.py's warning when a live worker gives back the batches a dead one held.
+FAILOVER_RESTORED = r"sent no heartbeat for \d+ s: (\d+) batch\(es\) it held go back to the head of the queue"
+# Containers' settings, as a user would put them in .env; short stall times so that work Redis lost
+# is re-enqueued in seconds (the default, 120 s, is for real deployments; a killed container's
+# batches come back sooner, through failover).
 SETTINGS = {"POSTGRES_USER": "mnist", "POSTGRES_DB": "mnist", "STALL_SECONDS": "10", "SWEEP_INTERVAL_SECONDS": "2"}
 BUILD_ON_HOST_NETWORK = """\
 # Written by tests/integration/test_containers.py: pip in the two builds reaches the package index
@@ -248,9 +249,10 @@ def test_an_upload_through_the_published_port_is_answered_with_a_label(stack: St
 def test_a_worker_container_killed_mid_job_loses_and_duplicates_nothing(stack: Stack):
     """SIGKILL to a whole worker container, pool and all, while it holds batches it will never ack.
 
-    Its batches come back through the sweeper (STALL_SECONDS, 10 s here) of the containers left:
-    the test retries until a kill caught a batch before its results were stored (the sweeper says
-    it re-enqueued images), and every job in between must end as complete as that one.
+    Its batches come back through the failover of the containers left (worker/failover.py: within
+    WORKER_DEAD_AFTER_SECONDS, 5 s, of its last heartbeat, before the sweeper's STALL_SECONDS): the
+    test retries until a kill caught batches unacknowledged (a survivor says it gave them back),
+    and every job in between must end as complete as that one.
     """
     engine = stack.compose.engine
     for attempt in range(3):
@@ -271,13 +273,13 @@ def test_a_worker_container_killed_mid_job_loses_and_duplicates_nothing(stack: S
         assert stack.job(job_id) == {"status": "done", "total": TEST_IMAGES, "done": TEST_IMAGES, "failed": 0,
                                      "predictions": TEST_IMAGES, "distinct_images": TEST_IMAGES, "lost": 0, "failures": 0}  # fmt: skip
         worker_logs = stack.compose("logs", "--no-color", "worker").stdout
-        resumed = sum(int(count) for count in re.findall(SWEEPER_RESUMED.format(job=job_id), worker_logs))
+        resumed = sum(int(count) for count in re.findall(FAILOVER_RESTORED, worker_logs))
         restarts = engine.docker("inspect", "--format", "{{.RestartCount}}", victim).stdout.strip()
         stack.notes.append(f"job {job_id}: killed {victim[:12]} at {progress['done']} done; done {done_after:.1f} s later; "
-                           f"the sweeper re-enqueued {resumed} images; the container restarted {restarts} times")  # fmt: skip
+                           f"failover gave back {resumed} batches; the container restarted {restarts} times")  # fmt: skip
         if resumed:
             break
-    assert resumed, f"no kill caught a batch before its results were stored: {stack.notes}"
+    assert resumed, f"no kill caught a batch unacknowledged: {stack.notes}"
     stack.timings["job done, after the kill of a worker container holding unstored batches"] = round(done_after, 1)
 
 

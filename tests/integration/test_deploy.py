@@ -26,6 +26,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from shared.config import load_settings
 from shared.db import schema
 from shared.db.connection import connect, transaction
 from stack import scratch
@@ -88,7 +89,7 @@ def test_compose_file_follows_the_compose_specification():
 
 def test_four_services_start_in_order_behind_health_checks():
     services = compose()["services"]
-    assert set(services) == {"db", "redis", "worker", "web"}
+    assert {name for name, service in services.items() if not service.get("profiles")} == {"db", "redis", "worker", "web"}
     assert "pg_isready" in " ".join(services["db"]["healthcheck"]["test"])
     assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     assert services["redis"]["command"][services["redis"]["command"].index("--appendonly") + 1] == "yes"
@@ -134,11 +135,12 @@ def test_worker_can_be_scaled():
 def test_data_lives_in_named_volumes():
     document = compose()
     services = document["services"]
-    assert set(document["volumes"]) == {"pg_data", "redis_data", "model_data"}
+    assert set(document["volumes"]) == {"pg_data", "redis_data", "model_data", "prometheus_data"}  # the last: --profile monitoring
     assert "pg_data:/var/lib/postgresql" in services["db"]["volumes"]
     assert "redis_data:/data" in services["redis"]["volumes"]
-    for name in APP_SERVICES:
-        assert any(volume.startswith("model_data:/models") for volume in services[name]["volumes"])
+    # The workers register models from the volume; the web needs no model file (it reads the models table).
+    assert any(volume.startswith("model_data:/models") for volume in services["worker"]["volumes"])
+    assert not any("model" in volume for volume in services["web"].get("volumes", []))
 
 
 SECRETS = {
@@ -276,6 +278,20 @@ def test_web_requirements_resolve_to_no_inference_runtime():
     assert not closure & INFERENCE_PACKAGES
     worker = installed_closure(requirement_names(PROJECT_ROOT / "requirements-worker.txt"))
     assert {"ai-edge-litert", "alembic", "sqlalchemy", "psycopg2-binary"} <= worker  # it infers, and its entrypoint migrates
+
+
+def test_monitoring_and_flower_are_optional_profiles():
+    """``--profile monitoring`` adds Prometheus with deploy/prometheus (promtool: test_metrics.py); ``--profile flower``, Flower."""
+    services = rendered_compose()["services"]
+    prometheus, flower = services["prometheus"], services["flower"]
+    assert prometheus["profiles"] == ["monitoring"] and flower["profiles"] == ["flower"]
+    assert compose()["services"]["prometheus"]["image"] == "${PROMETHEUS_IMAGE:-prom/prometheus:v3.5.0}"
+    assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    assert all(port.startswith("127.0.0.1:") for service in (prometheus, flower) for port in service["ports"])
+    scrape = yaml.safe_load((PROJECT_ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
+    ports = {job["job_name"]: job["dns_sd_configs"][0]["port"] for job in scrape}
+    assert ports == {"web": 8000, "worker": load_settings({}).worker_metrics_port}
 
 
 def test_compose_file_works_with_compose_v2_and_1_29():

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from producer.ingest import load_mnist, mnist_rows
-from shared import broker, jobs, upload_queue
-from shared.config import load_settings
-from shared.db import connection, progress, queries, schema, statistics
+from shared import broker, jobs, model_registration, upload_queue
+from shared.config import DEFAULT_MNIST_DIR, DEFAULT_MODEL_PATH, load_settings
+from shared.db import connection, progress, queries, statistics
 from shared.db import images as image_store
 from shared.db import jobs as job_store
 from shared.db.images import ImageRow
@@ -41,7 +41,6 @@ pytestmark = pytest.mark.faults
 ARTIFACTS = services.PROJECT_ROOT / "test-artifacts"
 JOB_TIMEOUT_SECONDS = 120
 SEED = int(os.environ.get("FAULT_SEED", "20261126"))
-MODEL = "fault-test"
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +82,14 @@ def submit(conn, env: dict[str, str], image_ids: list[int], batch_size: int) -> 
     """A bulk job through the job service, on the queues the processes started with ``env`` consume."""
     config = load_settings(env)
     selection = jobs.Selection(image_ids=tuple(image_ids))
-    return jobs.submit_job(conn, broker.celery_app(config), config, selection, MODEL, batch_size).id
+    return jobs.submit_job(conn, broker.celery_app(config), config, selection, services.production_version(conn), batch_size).id
 
 
 def submit_uploads(conn, env: dict[str, str], pictures: list[bytes]) -> list[int]:
     """One upload job per stored-form image, on the upload queue, as the web sends them."""
     config = load_settings(env)
-    return [jobs.submit_upload(conn, config, picture, MODEL, {"fault": True}) for picture in pictures]
+    version = services.production_version(conn)
+    return [jobs.submit_upload(conn, config, picture, version, {"fault": True}) for picture in pictures]
 
 
 def stored_images(conn, image_ids: list[int]) -> list[bytes]:
@@ -385,7 +385,7 @@ def test_a_postgres_restart_mid_job_is_ridden_out(fault_env, mnist_dir, tmp_path
     stack_dir = tmp_path / "stack"
     database_url = start_postgres(stack_dir)
     conn = connection.wait_for_database(database_url)
-    schema.migrate(database_url)
+    model_registration.prepare_database(database_url, DEFAULT_MODEL_PATH, DEFAULT_MNIST_DIR)  # as init-db does
     images, labels = load_mnist(mnist_dir, "test", 3000)
     ids = image_store.insert_images(conn, list(mnist_rows(images, labels, "test")))
     env = {**fault_env, "DATABASE_URL": database_url}

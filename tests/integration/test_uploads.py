@@ -15,14 +15,14 @@ from shared.db.progress import wait_for_job
 from shared.images import encode_image
 from shared.jobs import MAX_DELIVERIES, submit_upload
 from stack.scratch import unique_name
-from tests.support.services import max_job_id
+from tests.support.services import max_job_id, production_version
 
 IMAGE = encode_image(np.full((28, 28), 5, np.uint8))
 
 
 def new_upload(conn) -> tuple[int, int]:
     """An upload job whose queue entry the test writes itself: deliberately not enqueued."""
-    return job_store.create_upload_job(conn, IMAGE, [28, 28], "m", {"upload": None})
+    return job_store.create_upload_job(conn, IMAGE, [28, 28], production_version(conn), {"upload": None})
 
 
 def hold(config: Settings, consumer: str, *entries: str) -> None:
@@ -92,7 +92,7 @@ def test_entries_that_are_not_ours_or_name_no_job_are_dropped_and_the_consumer_g
     queue = upload_queue.queue_name(settings)
     garbage = (b"not an entry", upload_queue.encode_entry(missing_job, image_id).encode())
     upload_queue.client(settings.redis_url).lpush(queue, *garbage)
-    job_id = submit_upload(conn, settings, IMAGE, "m", {"upload": None})  # queued behind both
+    job_id = submit_upload(conn, settings, IMAGE, production_version(conn), {"upload": None})  # queued behind both
 
     assert wait_for_job(conn, job_id, timeout=30)["done_count"] == 1
     assert job_store.rows_for_job(conn, missing_job) == (None, 0, 0)

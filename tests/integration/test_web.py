@@ -7,6 +7,7 @@ import re
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 import numpy as np
@@ -104,7 +105,7 @@ def test_healthz_and_readyz(client):
     [
         ({"database_url": "postgresql://postgres@127.0.0.1:1/none"}, "database"),
         ({"redis_url": "redis://127.0.0.1:1/0"}, "broker"),
-        ({"model_path": PROJECT_ROOT / "models" / "missing.keras"}, "model"),
+        # "model" (nothing aliased production): tests/integration/test_registry.py
     ],
 )
 def test_readyz_names_the_dependency_that_is_down(settings, override, failing):
@@ -196,10 +197,11 @@ def test_upload_job_goes_to_the_upload_queue_as_an_upload_job(private_queue, con
     job = job_store.get_job(conn, job_id)
     assert (job["kind"], job["total_images"]) == ("upload", 1)
     [image_id] = job_store.unfinished_image_ids(conn, job_id)
-    # One entry "job:image" waits on the upload list, and nothing on the bulk queue.
+    # One entry "job:image@<accepted ms>" waits on the upload list, and nothing on the bulk queue.
     waiting = upload_queue.client(private_queue.redis_url).lrange(upload_queue.queue_name(private_queue), 0, -1)
-    assert waiting == [f"{job_id}:{image_id}".encode()]
+    assert len(waiting) == 1 and waiting[0].startswith(f"{job_id}:{image_id}@".encode())
     assert upload_queue.decode_entry(waiting[0]) == (job_id, image_id, 0)
+    assert 0 <= time.time() - upload_queue.accepted_at(waiting[0]) < 30
     assert broker.queued_messages(broker.celery_app(private_queue), broker.bulk_queue(private_queue)) == 0
 
 

@@ -35,8 +35,9 @@ def test_both_workers_serve_their_queue_and_stop_together(worker_env, conn, tmp_
         # Two children, each a lane of its own: the bulk Celery worker and the upload consumer.
         assert sorted(command[1:3] for command in child_commands(process.pid)) == [["-m", "worker.bulk"], ["-m", "worker.uploads"]]
         ids = image_store.insert_images(conn, [ImageRow(IMAGE, None, [28, 28], "upload", None, None)])
-        bulk_job = jobs.submit_job(conn, broker.celery_app(config), config, jobs.Selection(image_ids=tuple(ids)), "m", 1).id
-        upload_job = jobs.submit_upload(conn, config, IMAGE, "m", {"upload": None})
+        version = services.production_version(conn)
+        bulk_job = jobs.submit_job(conn, broker.celery_app(config), config, jobs.Selection(image_ids=tuple(ids)), version, 1).id
+        upload_job = jobs.submit_upload(conn, config, IMAGE, version, {"upload": None})
         for job_id in (bulk_job, upload_job):  # each can only have been served by its own lane
             assert wait_for_job(conn, job_id, timeout=30)["status"] == "done"
 

@@ -21,7 +21,7 @@ import psycopg2
 import redis
 from psycopg2 import sql
 
-from shared import operators
+from shared import operators, registry
 from shared.config import PROJECT_ROOT
 from shared.db import operators as operator_store
 from shared.db import progress
@@ -83,6 +83,7 @@ class WebServer(ChildProcess):
         self.url = f"http://127.0.0.1:{free_port()}"
         command = [
             sys.executable, "-m", "gunicorn",
+            "--config", "python:web.gunicorn_config",
             "--bind", self.url.removeprefix("http://"),
             "--workers", str(workers),
             "--access-logfile", "-",
@@ -167,6 +168,11 @@ def signed_in(client, conn: psycopg2.extensions.connection, operator_id: int):
         session["_user_id"] = f"{operator_id}:{operators.credential_tag(row['password_hash'])}"
         session["_fresh"] = True
     return client
+
+
+def production_version(conn: psycopg2.extensions.connection) -> str:
+    """The version the database serves by default: the bundled model, registered when its schema was made."""
+    return registry.resolve(conn, registry.PRODUCTION)
 
 
 def max_job_id(conn: psycopg2.extensions.connection) -> int:

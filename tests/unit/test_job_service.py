@@ -77,7 +77,7 @@ def test_a_job_is_sent_in_batches_of_batch_size_on_the_bulk_queue(default_settin
 def test_submit_job_records_the_job_before_sending_each_image_once(default_settings, sent, monkeypatch):
     created = []
 
-    def create_job(conn, image_ids, model_version, selection):
+    def create_job(conn, image_ids, model_version, selection, shadow_version=None):
         assert sent == [], "sent before the job was recorded"
         created.append((image_ids, selection))
         return 42
@@ -93,7 +93,7 @@ def test_submit_job_records_the_job_before_sending_each_image_once(default_setti
 def test_submit_job_refuses_a_selection_that_matches_nothing_and_records_no_job(default_settings, sent, monkeypatch):
     asked = []
 
-    def create_job_from_selection(conn, filters, limit, model_version, selection, max_images):
+    def create_job_from_selection(conn, filters, limit, model_version, selection, max_images, shadow_version=None):
         asked.append((filters, limit, max_images))
         return None, 0  # nothing matched, nothing recorded
 
@@ -107,17 +107,17 @@ def test_submit_job_refuses_a_selection_that_matches_nothing_and_records_no_job(
 
 def test_submit_job_refuses_a_selection_over_max_job_images_naming_the_limit(default_settings, sent, monkeypatch):
     config = default_settings.replace(max_job_images=1000)
-    monkeypatch.setattr(jobs.job_store, "create_job_from_selection", lambda *args: (None, 1001))  # counted up to the limit + 1
+    monkeypatch.setattr(jobs.job_store, "create_job_from_selection", lambda *args, **kwargs: (None, 1001))  # counted up to the limit + 1
     with pytest.raises(TooManyImages, match="MAX_JOB_IMAGES=1,000"):
         jobs.submit_job(None, None, config, Selection(split="train"), "model-x")
-    monkeypatch.setattr(jobs.job_store, "create_job", lambda *args: pytest.fail("a job was recorded"))
+    monkeypatch.setattr(jobs.job_store, "create_job", lambda *args, **kwargs: pytest.fail("a job was recorded"))
     with pytest.raises(TooManyImages):
         jobs.submit_job(None, None, config, Selection(image_ids=tuple(range(1, 1002))), "model-x")
     assert sent == [] and issubclass(TooManyImages, ValueError)
 
 
 def test_a_job_of_a_selection_is_sent_a_batch_at_a_time_as_read_back(default_settings, sent, monkeypatch):
-    monkeypatch.setattr(jobs.job_store, "create_job_from_selection", lambda *args: (7, 5))
+    monkeypatch.setattr(jobs.job_store, "create_job_from_selection", lambda *args, **kwargs: (7, 5))
     read = []
 
     def job_image_id_batches(conn, job_id, size):

@@ -1,0 +1,152 @@
+"""Accuracy on MNIST test digits re-made as pictures from real sources, one row per variant.
+
+    python -m bench.robustness --model models/mnist_cnn.tflite [--model OTHER.tflite ...] [--limit 2000 | --all] [--json out.json]
+
+Every variant (bench/variants.py) renders the same seeded subset of MNIST's test split as the
+file a user would upload; each file goes through the upload path, ``user_image_to_mnist``
+(a picture it refuses counts as an error, and is also counted apart), and then through each
+model's LiteRT predictor. The pictures are made once and shared by the models, so their
+columns compare the same inputs. ``evaluate`` gives the training command the same table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from bench.common import RESULTS_DIR
+from bench.variants import VARIANTS, render_variant
+from shared import mnist
+from shared.config import DEFAULT_MNIST_DIR, load_settings
+from shared.digits import IMAGE_SHAPE
+from shared.inference import LiteRTPredictor, Predictor
+from shared.model_info import litert_path
+from shared.preprocess import user_image_to_mnist
+
+DEFAULT_LIMIT = 2000
+SEED = 12
+MAX_PIXELS = 4_000_000  # the web's default MAX_UPLOAD_PIXELS is larger; these pictures are far smaller
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """One variant's digits after the upload path; ``refused`` rows are blank and count as wrong."""
+
+    digits: np.ndarray  # (N, 28, 28) uint8
+    refused: np.ndarray  # (N,) bool
+    labels: np.ndarray  # (N,)
+
+
+def subset(count: int, limit: int | None, seed: int = SEED) -> np.ndarray:
+    """The same ``limit`` test indices for every variant and every model (all of them with ``None``)."""
+    if limit is None or limit >= count:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=limit, replace=False))
+
+
+def prepare_variant(name: str, images: np.ndarray, labels: np.ndarray, seed: int = SEED) -> Prepared:
+    """Render ``images`` as variant ``name`` and take each file through the upload path."""
+    rng = np.random.default_rng([seed, list(VARIANTS).index(name)])
+    digits = np.zeros((len(images), *IMAGE_SHAPE), dtype=np.uint8)
+    refused = np.zeros(len(images), dtype=bool)
+    for index, data in enumerate(render_variant(name, images, rng)):
+        try:
+            digits[index] = user_image_to_mnist(data, MAX_PIXELS)
+        except ValueError:
+            refused[index] = True
+    return Prepared(digits, refused, np.asarray(labels))
+
+
+def score(predictor: Predictor, prepared: Prepared) -> dict[str, Any]:
+    """Accuracy over every image of the variant (a refusal is an error) and the share refused."""
+    predicted = predictor.predict_batch(prepared.digits).argmax(axis=1)
+    correct = (predicted == prepared.labels) & ~prepared.refused
+    return {"accuracy": float(correct.mean()), "refused": float(prepared.refused.mean()), "images": len(correct)}
+
+
+def evaluate(
+    predictor: Predictor,
+    images: np.ndarray,
+    labels: np.ndarray,
+    variants: Iterable[str] = tuple(VARIANTS),
+    limit: int | None = DEFAULT_LIMIT,
+) -> dict[str, dict[str, Any]]:
+    """{variant: {"accuracy", "refused", "images"}} of one model on ``limit`` of ``images`` (all with None).
+
+    For the training command: ``evaluate(LiteRTPredictor(tflite_file, threads), test_images, test_labels)``.
+    """
+    chosen = subset(len(images), limit)
+    return {name: score(predictor, prepare_variant(name, images[chosen], labels[chosen])) for name in variants}
+
+
+def compare(model_files: list[Path], images: np.ndarray, labels: np.ndarray, limit: int | None, threads: int) -> dict:
+    """Every model on the same rendered pictures: {model file: {variant: scores}}."""
+    predictors = {str(path): LiteRTPredictor(path, threads) for path in model_files}
+    chosen = subset(len(images), limit)
+    results: dict[str, dict[str, Any]] = {name: {} for name in predictors}
+    for variant in VARIANTS:
+        prepared = prepare_variant(variant, images[chosen], labels[chosen])
+        for name, predictor in predictors.items():
+            results[name][variant] = score(predictor, prepared)
+    return results
+
+
+def table(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Variant x model: accuracy, and how many pictures were refused when any were."""
+    models = list(results)
+    width = max(24, *(len(Path(model).name) + 2 for model in models))
+    lines = [f"{'variant':<18}" + "".join(f"{Path(model).name:>{width}}" for model in models) + "  what"]
+    for variant, spec in VARIANTS.items():
+        cells = []
+        for model in models:
+            row = results[model].get(variant)
+            if row is None:
+                cells.append(f"{'-':>{width}}")
+                continue
+            refused = round(row["refused"] * row["images"])
+            cell = f"{row['accuracy']:.2%}" + (f" ({refused} refused)" if refused else "")
+            cells.append(f"{cell:>{width}}")
+        lines.append(f"{variant:<18}" + "".join(cells) + f"  {spec.what}")
+    return lines
+
+
+def section(baseline: Path | None = None, limit: int | None = DEFAULT_LIMIT) -> list[str]:
+    """``python -m bench --sections robustness``: the shipped model (MODEL_PATH's .tflite), and ``baseline`` if given.
+
+    Writes bench/results/robustness.json.
+    """
+    settings = load_settings()
+    models = [litert_path(settings.model_path), *([baseline] if baseline else [])]
+    images, labels = mnist.load_split(settings.mnist_dir, "test")
+    results = compare(models, images, labels, limit, threads=1)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / "robustness.json").write_text(json.dumps({"seed": SEED, "limit": limit, "results": results}, indent=2) + "\n")
+    return [f"MNIST test split, {len(subset(len(images), limit))} images per variant (seed {SEED})", *table(results)]
+
+
+@click.command()
+@click.option("--model", "models", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--limit", default=DEFAULT_LIMIT, show_default=True, type=click.IntRange(min=1), help="Test images per variant.")
+@click.option("--all", "every_image", is_flag=True, help="All 10,000 test images per variant.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="LiteRT threads per model.")
+@click.option("--data", default=DEFAULT_MNIST_DIR, show_default=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results here.")
+def main(models: tuple[Path, ...], limit: int, every_image: bool, threads: int, data: Path, json_path: Path | None) -> None:
+    """Accuracy per robustness variant for each --model (.tflite)."""
+    images, labels = mnist.load_split(data, "test")
+    count = None if every_image else limit
+    results = compare(list(models), images, labels, count, threads)
+    click.echo(f"MNIST test split, {len(subset(len(images), count))} images per variant (seed {SEED})")
+    click.echo("\n".join(table(results)))
+    if json_path is not None:
+        json_path.write_text(json.dumps({"seed": SEED, "limit": count, "results": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
