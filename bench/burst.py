@@ -33,6 +33,7 @@ from bench.common import (
     WORKER_READY_SECONDS,
     child_pids,
     cpu_seconds,
+    gunicorn_command,
     percentile,
     pids_named,
     private_environment,
@@ -139,9 +140,8 @@ def start_side(env: dict[str, str], tree: Path, web: str, settings: Any) -> tupl
     try:
         worker.wait_until(lambda: all(marker() for marker in markers), WORKER_READY_SECONDS)
         url = f"http://{LOOPBACK}:{free_port()}"
-        command = [sys.executable, "-m", "gunicorn", "--bind", url.removeprefix("http://"), "--workers", "2", "--backlog", "4096"]
-        if web.startswith("gthread"):
-            command += ["--worker-class", "gthread", "--threads", web.partition(":")[2] or "8"]
+        command = [*gunicorn_command(url, 2, config=(tree / "web" / "gunicorn_config.py").is_file()), "--backlog", "4096"]
+        command += web_flags(web)
         web_log.unlink(missing_ok=True)
         server = ChildProcess("web", [*command, WEB_APP], env, web_log, cwd=tree)
         try:
@@ -153,6 +153,13 @@ def start_side(env: dict[str, str], tree: Path, web: str, settings: Any) -> tupl
         worker.stop()
         raise
     return worker, server, url
+
+
+def web_flags(web: str) -> list[str]:
+    """gunicorn's flags for ``--web sync|gthread:THREADS``: they override the config file's gthread and 8 threads."""
+    if web.startswith("gthread"):
+        return ["--worker-class", "gthread", "--threads", web.partition(":")[2] or "8"]
+    return ["--worker-class", "sync", "--threads", "1"]  # more than one thread would make gunicorn run gthread
 
 
 def run_side(

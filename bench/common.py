@@ -21,6 +21,9 @@ WORKER_READY_SECONDS = 120
 WEB_READY_SECONDS = 60
 JOB_TIMEOUT_SECONDS = 900
 WEB_APP = "web.app:create_app()"
+# The settings every launcher of the web uses (web/gunicorn_config.py): gthread workers and the hooks
+# that give /metrics all processes. A benchmark's own flags override them.
+WEB_CONFIG = "python:web.gunicorn_config"
 # Celery worker options for a benchmark: no cluster chatter between workers while measuring.
 WORKER_OPTIONS = ("--pool", "prefork", "--without-gossip", "--without-mingle", "--without-heartbeat")
 WORKER_READY = b" ready."  # Celery's "celery@host ready."
@@ -70,9 +73,15 @@ def start_web(env: dict[str, str], log_path: Path, workers: int = 2) -> tuple[Ch
     """
     env = {**env, "UPLOAD_RATE_LIMIT": "off"}
     url = f"http://{LOOPBACK}:{free_port()}"
-    command = [sys.executable, "-m", "gunicorn", "--bind", url.removeprefix("http://"), "--workers", str(workers)]
-    command += ["--access-logfile", "-", WEB_APP]
+    command = [*gunicorn_command(url, workers), "--access-logfile", "-", WEB_APP]
     return start("web", command, env, log_path, http_ok(f"{url}/healthz"), WEB_READY_SECONDS), url
+
+
+def gunicorn_command(url: str, workers: int, config: bool = True) -> list[str]:
+    """gunicorn on ``url`` with ``workers`` processes and, unless ``config`` is false (a tree from before
+    web/gunicorn_config.py), the settings users run; add the app, and any flag to override them."""
+    command = [sys.executable, "-m", "gunicorn", *(("--config", WEB_CONFIG) if config else ())]
+    return [*command, "--bind", url.removeprefix("http://"), "--workers", str(workers)]
 
 
 def wait_for_results(conn: Connection, job_id: int, count: int, timeout: float = JOB_TIMEOUT_SECONDS) -> None:

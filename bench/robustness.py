@@ -100,8 +100,11 @@ def compare(model_files: list[Path], images: np.ndarray, labels: np.ndarray, lim
 def table(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     """Variant x model: accuracy, and how many pictures were refused when any were."""
     models = list(results)
-    width = max(24, *(len(Path(model).name) + 2 for model in models))
-    lines = [f"{'variant':<18}" + "".join(f"{Path(model).name:>{width}}" for model in models) + "  what"]
+    names = {model: Path(model).name for model in models}
+    if len(set(names.values())) < len(names):  # e.g. an old and a new mnist_cnn.tflite: say which folder
+        names = {model: f"{Path(model).parent.name}/{Path(model).name}" for model in models}
+    width = max(24, *(len(name) + 2 for name in names.values()))
+    lines = [f"{'variant':<18}" + "".join(f"{names[model]:>{width}}" for model in models) + "  what"]
     for variant, spec in VARIANTS.items():
         cells = []
         for model in models:
@@ -137,7 +140,14 @@ def section(baseline: Path | None = None, limit: int | None = DEFAULT_LIMIT) -> 
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="LiteRT threads per model.")
 @click.option("--data", default=DEFAULT_MNIST_DIR, show_default=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results here.")
-def main(models: tuple[Path, ...], limit: int, every_image: bool, threads: int, data: Path, json_path: Path | None) -> None:
+@click.option(
+    "--card",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Record the table in this model card: its own model's rows, and every other --model as a baseline.",
+)
+def main(
+    models: tuple[Path, ...], limit: int, every_image: bool, threads: int, data: Path, json_path: Path | None, card: Path | None
+) -> None:
     """Accuracy per robustness variant for each --model (.tflite)."""
     images, labels = mnist.load_split(data, "test")
     count = None if every_image else limit
@@ -146,6 +156,22 @@ def main(models: tuple[Path, ...], limit: int, every_image: bool, threads: int, 
     click.echo("\n".join(table(results)))
     if json_path is not None:
         json_path.write_text(json.dumps({"seed": SEED, "limit": count, "results": results}, indent=2) + "\n")
+    if card is not None:
+        record_in_card(card, results, len(subset(len(images), count)))
+
+
+def record_in_card(card_path: Path, results: dict[str, dict[str, Any]], images_per_variant: int) -> None:
+    """The card's own model (its ``litert_file`` beside it) under ``robustness``, the others as baselines."""
+    card = json.loads(card_path.read_text())
+    own = (card_path.parent / card.get("litert_file", "")).resolve()
+    accuracy = {model: {variant: round(row["accuracy"], 4) for variant, row in rows.items()} for model, rows in results.items()}
+    card["robustness"] = {
+        "seed": SEED,
+        "images_per_variant": images_per_variant,
+        "accuracy": next((rows for model, rows in accuracy.items() if Path(model).resolve() == own), {}),
+        "baselines": {model: rows for model, rows in accuracy.items() if Path(model).resolve() != own},
+    }
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -52,16 +52,21 @@ def celery_app(settings: Settings, name: str = "mnist_queue") -> Celery:
     return app
 
 
-def send_batches(app: Celery, queue: str, job_id: int, batches: Iterable[list[int]], first: bool = False) -> int:
+def send_batches(
+    app: Celery, queue: str, job_id: int, batches: Iterable[list[int]], first: bool = False, sent_at: float | None = None
+) -> int:
     """Send batches of one job over one broker connection (taken from ``batches`` one at a time); return how many.
 
     ``first`` puts them at the head of the queue, taken next, in order: the halves of a batch
-    that was started before (its worker died, say) should not wait behind whole jobs.
+    that was started before (its worker died, say) should not wait behind whole jobs. Such halves
+    pass their batch's ``sent_at``: they are work sent then, and the queue's oldest-entry age reads
+    the head (``shared/queue_metrics.py``), which a fresh time there would make look young.
     """
     sent = 0
+    stamp = time.time() if sent_at is None else sent_at
     with app.producer_or_acquire() as producer:
         for batch in batches:
-            headers = {SENT_AT_HEADER: time.time()}
+            headers = {SENT_AT_HEADER: stamp}
             app.send_task(PREDICT_BATCH_TASK, args=[job_id, batch], queue=queue, producer=producer, headers=headers)
             sent += 1
     if first and sent:

@@ -64,21 +64,29 @@ class LiteRTPredictor:
         input_details = interpreter.get_input_details()[0]
         interpreter.set_tensor(input_details["index"], model_input_for(input_details, images))
         interpreter.invoke()
-        return model_output_from(interpreter.get_output_details()[0], interpreter)
+        probabilities = model_output_from(interpreter.get_output_details()[0], interpreter)
+        if input_details["dtype"] != np.float32:
+            # A full-integer model's softmax is int8 (steps of 1/256) even when its output is
+            # dequantised: rescale so that stored probabilities still sum to 1.
+            probabilities /= np.maximum(probabilities.sum(axis=1, keepdims=True), np.float32(1e-6))
+        return probabilities
 
 
 def model_input_for(details: dict, images: np.ndarray) -> np.ndarray:
     """The input tensor for a float model, or for a full-integer one in its own quantisation.
 
-    An int8 export calibrated on [0, 1] inputs usually takes uint8 with scale 1/255 and zero
-    point 0: the stored pixels themselves, with no arithmetic at all.
+    An int8 export calibrated on [0, 1] inputs takes scale 1/255: the stored pixels as they
+    are (uint8, zero point 0) or with their top bit flipped (int8, zero point -128).
     """
     dtype = details["dtype"]
     if dtype == np.float32:
         return to_model_input(images)
     scale, zero_point = details["quantization"]
-    if dtype == np.uint8 and zero_point == 0 and abs(scale * 255.0 - 1.0) < 1e-6:
-        return images.reshape((-1, *INPUT_SHAPE))
+    if abs(scale * 255.0 - 1.0) < 1e-6:
+        if dtype == np.uint8 and zero_point == 0:
+            return images.reshape((-1, *INPUT_SHAPE))
+        if dtype == np.int8 and zero_point == -128:  # pixel - 128 is the pixel with its top bit flipped
+            return (images ^ np.uint8(0x80)).view(np.int8).reshape((-1, *INPUT_SHAPE))
     info = np.iinfo(dtype)
     quantised = np.round(to_model_input(images) / scale + zero_point)
     return np.clip(quantised, info.min, info.max).astype(dtype)

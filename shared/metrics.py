@@ -63,6 +63,7 @@ class Instruments:
     upload_latency: Histogram
     refusals: Counter
     sweeper_reenqueued: Counter
+    failover_restored: Counter
     worker_processes: Gauge
     celery_worker_up: Gauge
     celery_tasks_active: Gauge
@@ -95,6 +96,9 @@ def instruments() -> Instruments:
         ),
         refusals=Counter("mnist_web_refusals", "Requests the web refused for load or an outage (429, 503)", ["status", "reason"]),
         sweeper_reenqueued=Counter("mnist_sweeper_reenqueued_images", "Images of stalled jobs the sweeper enqueued again", ["queue"]),
+        failover_restored=Counter(
+            "mnist_failover_restored_messages", "Bulk batches a dead worker held, given back to the head of the queue (worker/failover.py)"
+        ),
         worker_processes=Gauge("mnist_worker_processes", "Worker processes running, by role", ["role"], multiprocess_mode="livesum"),
         celery_worker_up=Gauge("celery_worker_up", "1 while the Celery worker runs", ["hostname"], multiprocess_mode="livemax"),
         celery_tasks_active=Gauge(
@@ -171,6 +175,12 @@ def record_refusal(status: int, reason: str) -> None:
 @never_fails
 def record_reenqueued(queue: str, images: int) -> None:
     instruments().sweeper_reenqueued.labels(queue).inc(images)
+
+
+@never_fails
+def record_failover_restored(messages: int) -> None:
+    """Batches, not images: failover gives messages back without reading them (the sweeper counts images)."""
+    instruments().failover_restored.inc(messages)
 
 
 @never_fails

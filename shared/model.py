@@ -77,25 +77,70 @@ def load_model(path: Path) -> keras.Model:
     return keras.models.load_model(path, compile=False)
 
 
+def inference_graph(model: keras.Model) -> keras.Model:
+    """The same network and weights, written with ops whose shapes do not depend on the batch.
+
+    Keras' Reshape, Permute and Flatten export as SHAPE / STRIDED_SLICE / PACK ops that
+    LiteRT's XNNPACK delegate cannot take, which cut the graph into several delegated parts
+    with slow steps between them. ``space_to_depth`` is the stem's reshape-permute-reshape
+    (the same channel order) and a reshape to ``[-1, features]`` is Flatten; the export check
+    against Keras on the whole test set proves them equal.
+    """
+    inputs = keras.Input(shape=model.input_shape[1:])
+    x = inputs
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    index = 0
+    while index < len(layers):
+        layer = layers[index]
+        if _is_space_to_depth(layers[index : index + 3]):
+            x = keras.layers.Lambda(lambda images: tf.nn.space_to_depth(images, 2))(x)
+            index += 3
+            continue
+        if isinstance(layer, keras.layers.Flatten):
+            features = int(np.prod(x.shape[1:]))
+            x = keras.layers.Lambda(lambda tensor, size=features: tf.reshape(tensor, [-1, size]))(x)
+        else:
+            x = layer(x)
+        index += 1
+    return keras.Model(inputs, x, name=f"{model.name}_inference")
+
+
+def _is_space_to_depth(layers: list[keras.layers.Layer]) -> bool:
+    """build_model's stem: Reshape (s, 2, s, 2), Permute (1, 3, 2, 4), Reshape (s, s, 4)."""
+    if len(layers) < 3:
+        return False
+    split, permute, merge = layers
+    return (
+        isinstance(split, keras.layers.Reshape)
+        and len(split.target_shape) == 4
+        and tuple(split.target_shape[1::2]) == (2, 2)
+        and isinstance(permute, keras.layers.Permute)
+        and tuple(permute.dims) == (1, 3, 2, 4)
+        and isinstance(merge, keras.layers.Reshape)
+        and tuple(merge.target_shape) == (split.target_shape[0], split.target_shape[2], 4)
+    )
+
+
 def export_litert(model: keras.Model, model_path: Path) -> Path:
     """Write the LiteRT (``.tflite``) export beside the Keras file, for the default worker runtime."""
     target = litert_path(model_path)
-    model.export(str(target), format="litert", verbose=False)
+    inference_graph(model).export(str(target), format="litert", verbose=False)
     return target
 
 
 def export_int8(model: keras.Model, model_path: Path, calibration_images: np.ndarray) -> Path:
     """Write a full-integer LiteRT export, its activation ranges calibrated on training images.
 
-    The input is uint8 with scale 1/255, so stored pixels go in as they are; the output
-    stays float32 so confidences keep their resolution below the softmax.
+    The input is int8 with scale 1/255 and zero point -128 (XNNPACK takes int8, not uint8),
+    so a stored pixel goes in as ``pixel - 128``; the output stays float32 so confidences
+    keep their resolution below the softmax.
     """
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter = tf.lite.TFLiteConverter.from_keras_model(inference_graph(model))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     samples = to_model_input(calibration_images)
     converter.representative_dataset = lambda: ([sample[np.newaxis]] for sample in samples)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.uint8
+    converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.float32
     target = int8_path(model_path)
     target.write_bytes(converter.convert())

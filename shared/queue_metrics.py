@@ -8,8 +8,15 @@
 - ``celery_queue_length{queue_name}``: the bulk queue's depth under celery-exporter's name.
 
 One pipelined round trip per scrape: LLEN and LINDEX -1 of both lists (senders LPUSH, consumers
-take from the right, so the oldest entry is the last). Its age comes from the time our senders put
-in every entry: a Celery message's ``broker.SENT_AT_HEADER`` header, an upload entry's ``@`` stamp.
+take from the right: kombu's Redis transport BRPOPs, the upload consumer BLMOVEs RIGHT; so the oldest
+entry is the last). Its age comes from the time our senders put in every entry: a Celery message's
+``broker.SENT_AT_HEADER`` header, an upload entry's ``@`` stamp. What is put back at the head, on
+the right, keeps the time of the work it carries, so the last entry is still the oldest: a message
+given back by failover or the visibility timeout (kombu's restore RPUSHes it, headers unchanged),
+the halves of a split batch (``send_batches(first=True, sent_at=...)`` LMOVEs them there with their
+batch's send time), an upload taken back from a dead consumer (RPUSHed, its stamp kept). One
+exception, left as it is: a batch whose pool process died is given back by Celery's reject, which
+kombu LPUSHes to the tail; until it is taken again, the age reads the entry at the head instead.
 Both the web and the workers export these, so the queues stay visible when no worker runs;
 dashboards take the ``max`` over targets.
 """

@@ -37,11 +37,9 @@ WORKER_READY_SECONDS = 120
 WORKER_STOP_SECONDS = 60  # a warm shutdown finishes the batches in hand
 WEB_READY_SECONDS = 60
 DEFAULT_WEB_PROCESSES = "2"
-# Threads per web process: a request waiting for its prediction (?wait) holds a thread, not a
-# process, so a burst of waits does not queue behind each other (bench --sections burst).
-WEB_THREADS = "8"
 WEB_APP = "web.app:create_app()"
-# gunicorn's hooks that give its processes one metrics folder (web/gunicorn_config.py), as in the web image.
+# gunicorn's settings of the web image (web/gunicorn_config.py): gthread workers of 8 threads, and
+# the hooks that give its processes one metrics folder.
 WEB_CONFIG = "python:web.gunicorn_config"
 # The order in which children are stopped: nothing is left sending work to a stopped service.
 STOP_ORDER = ("web", "worker", "redis")
@@ -134,7 +132,7 @@ class Stack:
             env = {"WORKER_METRICS_HOST": LOOPBACK, **self.child_env()}
         else:
             command = [sys.executable, "-m", "gunicorn", "--config", WEB_CONFIG, "--bind", f"{LOOPBACK}:{self.options.web_port}"]
-            command += ["--worker-class", "gthread", "--threads", WEB_THREADS, "--access-logfile", "-", WEB_APP]
+            command += ["--access-logfile", "-", WEB_APP]
             env = {"WEB_CONCURRENCY": DEFAULT_WEB_PROCESSES, **self.child_env()}
         process = ChildProcess(name, command, env, self.log_path(name), PROJECT_ROOT)
         self._record(name, process)

@@ -24,7 +24,6 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from werkzeug.exceptions import BadRequest, NotFound, UnprocessableEntity, UnsupportedMediaType
 
 from shared import jobs
-from shared.db import progress
 from shared.digits import MAX_ROW_ID, NUM_CLASSES
 from shared.reports import build_job_report
 from web import auth, backends, comparisons, predictions
@@ -86,13 +85,15 @@ def create_prediction() -> tuple[Response, int]:
     data, filename = uploaded_image()
     conn = backends.get_db()
     # A waiting client listens before the upload is enqueued, so the worker's notice cannot be missed.
-    with progress.listening(conn) if wait else contextlib.nullcontext():
+    # While it sleeps on the process's listener the request gives its connection back to the pool.
+    listener = backends.get_progress_listener() if wait else None
+    with predictions.notices(conn, listener, backends.close_db) if wait else contextlib.nullcontext() as heard:
         try:
             job_id, _ = predictions.submit_upload(conn, backends.app_settings(), data, filename, model, shadow)
         except ValueError as error:
             raise BadRequest(str(error)) from None
-        if wait:
-            prediction = predictions.await_prediction(conn, job_id, wait, look_first=False)
+        if heard is not None:
+            prediction = predictions.await_prediction(backends.get_db, job_id, wait, heard, look_first=False)
         else:
             prediction = predictions.get_prediction(conn, job_id)
     return prediction_response(prediction, wait, just_created=True)
@@ -106,7 +107,8 @@ def show_prediction(token: str) -> tuple[Response, int]:
     if prediction is None:
         raise NotFound("there is no prediction with that token")
     if wait and not prediction.finished:
-        prediction = predictions.wait_for_prediction(conn, prediction.id, wait)
+        listener = backends.get_progress_listener()
+        prediction = predictions.wait_for_prediction(backends.get_db, prediction.id, wait, listener, backends.close_db)
     return prediction_response(prediction, wait, just_created=False)
 
 

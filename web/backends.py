@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import psycopg2.extensions
 from celery import Celery
@@ -12,12 +13,14 @@ from shared import registry
 from shared.broker import celery_app
 from shared.config import Settings
 from shared.db import connection
+from web import progress_listener
 from web.pool import ConnectionPool
 
 READY_TIMEOUT_SECONDS = 3
 CELERY_EXTENSION = "mnist_celery"
 POOL_EXTENSION = "mnist_db_pool"
 SCHEMA_MISSING = "the tables do not exist yet (create them with: python -m producer init-db)"
+_pool_lock = threading.Lock()
 
 
 def init_app(app: Flask) -> None:
@@ -43,12 +46,23 @@ def close_db(_: BaseException | None = None) -> None:
 
 
 def connection_pool() -> ConnectionPool:
-    """One pool per process, made after gunicorn forks: opening a connection costs milliseconds."""
+    """One pool per process, made after gunicorn forks: opening a connection costs milliseconds.
+
+    Made under a lock: a process's first requests arrive together on its threads, and a connection
+    must go back to the pool it came from."""
     pool = current_app.extensions.get(POOL_EXTENSION)
     if pool is None or pool.owner_pid != os.getpid():
-        pool = ConnectionPool(app_settings().database_url)
-        current_app.extensions[POOL_EXTENSION] = pool
+        with _pool_lock:
+            pool = current_app.extensions.get(POOL_EXTENSION)
+            if pool is None or pool.owner_pid != os.getpid():
+                pool = ConnectionPool(app_settings().database_url)
+                current_app.extensions[POOL_EXTENSION] = pool
     return pool
+
+
+def get_progress_listener() -> progress_listener.ProgressListener:
+    """This process's one LISTEN connection for waiting requests, started on first use (after gunicorn forks)."""
+    return progress_listener.for_database(app_settings().database_url)
 
 
 def get_celery() -> Celery:

@@ -1,10 +1,16 @@
-"""gunicorn's hooks for the web's metrics: ``gunicorn --config python:web.gunicorn_config ...``.
+"""gunicorn's settings for the web, its worker class and its metrics hooks: ``gunicorn --config python:web.gunicorn_config ...``.
 
 gunicorn's processes each count their own requests; a scrape reaches one of them. So the master,
 before it forks any, makes a fresh metrics folder for this start and hands it to its processes
 (``shared.metrics_files.prepare``: PROMETHEUS_MULTIPROC_DIR); a process that exits has its live
-gauges dropped, and the folder goes when the master stops. Only hooks live here: the bind, the
-worker class and the number of processes stay on the command line (and WEB_CONCURRENCY).
+gauges dropped, and the folder goes when the master stops.
+
+The worker class lives here too, so that every launcher (the web image, Kubernetes, ``./run up``,
+the tests, bench) runs the same: gthread, 8 threads per process. A request waiting for its
+prediction (``?wait``) then holds a thread, not a whole process, so a burst of waits does not queue
+behind each other (bench --sections burst). gunicorn's own flags and GUNICORN_CMD_ARGS override
+these as usual (``--threads 4``; ``--worker-class sync --threads 1`` for sync workers); the bind and
+the number of processes stay on the command line (and WEB_CONCURRENCY).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from shared import metrics_files
 from shared.config import load_settings
 
 SERVICE = "web"
+worker_class = "gthread"  # gunicorn's settings: see the module's docstring for why
+threads = 8
 _directory: list[Path] = []  # this master's folder, once on_starting made it
 
 

@@ -18,7 +18,8 @@ liveness decides instead:
 - at each beat one node (a lock key that lives one beat) looks for nodes whose key has
   expired and gives back each message they still hold with kombu's own restore by tag, the
   one the visibility timeout would run minutes later: the message goes to the head of its
-  queue and leaves ``unacked``, so it runs again exactly once, taken next by a live worker.
+  queue and leaves ``unacked``, so it runs again exactly once, taken next by a live worker;
+  each counts in ``mnist_failover_restored_messages_total`` (the dashboard's recovery panel).
 
 The batch counts one more attempt there, as after any death, and is split (shared/jobs.py);
 its halves go to the head of the queue too (``broker.send_batches(first=True)``). A lone pool
@@ -41,7 +42,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from shared import broker
+from shared import broker, metrics
 from shared.config import Settings
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ class Node:
                 self.settings.worker_dead_after_seconds,
                 len(held),
             )
+            metrics.record_failover_restored(len(held))
         with self.redis.pipeline() as pipe:
             pipe.delete(key)
             pipe.srem(nodes_key(self.settings), node)

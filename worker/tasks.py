@@ -70,9 +70,12 @@ def predict_batch(task: Any, job_id: int, image_ids: list[int]) -> dict[str, int
 
 
 def split_batch(task: Any, job_id: int, image_ids: list[int], why: str) -> dict[str, int]:
-    """Re-enqueue the two halves at the head of the queue this batch came from: they were started before."""
+    """Re-enqueue the two halves at the head of the queue this batch came from: they were started before,
+    and keep the batch's send time (so the queue's oldest-entry age does not read them as just sent)."""
     queue = (task.request.delivery_info or {}).get("routing_key") or broker.bulk_queue(state.current().settings)
     middle = len(image_ids) // 2
-    broker.send_batches(task.app, queue, job_id, [image_ids[:middle], image_ids[middle:]], first=True)
+    sent_at = getattr(task.request, broker.SENT_AT_HEADER, None)
+    sent_at = sent_at if isinstance(sent_at, (int, float)) else None  # none from an older sender: now
+    broker.send_batches(task.app, queue, job_id, [image_ids[:middle], image_ids[middle:]], first=True, sent_at=sent_at)
     log.warning("job %s: batch of %d images (first %s) split after %s", job_id, len(image_ids), image_ids[0], why)
     return {"done": 0, "failed": 0}

@@ -154,7 +154,7 @@ class UploadConsumer:
             predictor = self.models.predictor(self.lane, version)
         except ModelUnavailable as error:  # not registered, or its file does not load: these uploads fail, with why
             for job_id, image_id in uploads:
-                self.store_failure(job_id, image_id, str(error))
+                self.store_failure(job_id, image_id, str(error), version)
             return None
         try:
             process_uploads(self.lane, predictor.predict_batch, version, uploads)
@@ -168,7 +168,7 @@ class UploadConsumer:
             if len(uploads) > 1:
                 return self.split(version, uploads, repr(error))
             log.exception("job %s: upload of image %s failed", *uploads[0])
-            self.store_failure(*uploads[0], jobs.prediction_failed_reason(error))
+            self.store_failure(*uploads[0], jobs.prediction_failed_reason(error), version)
         return None
 
     def split(self, version: str | None, uploads: list[tuple[int, int]], why: str) -> None:
@@ -177,9 +177,10 @@ class UploadConsumer:
         self.predict_with(version, uploads[:middle])
         self.predict_with(version, uploads[middle:])
 
-    def store_failure(self, job_id: int, image_id: int, reason: str) -> None:
+    def store_failure(self, job_id: int, image_id: int, reason: str, version: str | None = None) -> None:
+        """``version``: the one the upload asked for, the failure's model_version in the metrics (none: not looked up yet)."""
         try:
-            give_up(self.lane, "", job_id, image_id, reason, metrics.UPLOAD)  # no prediction: no version recorded
+            give_up(self.lane, version or "", job_id, image_id, reason, metrics.UPLOAD)
         except (psycopg2.errors.ForeignKeyViolation, UnknownJobError):
             log.error("job %s does not exist; dropping upload of image %s", job_id, image_id)
 

@@ -44,13 +44,22 @@ def listening(conn: Connection) -> Iterator[None]:
 
 
 def wait_for_progress(conn: Connection, timeout_seconds: float) -> set[int]:
-    """Block until a job announces progress or the timeout passes; returns the job ids heard."""
-    if not conn.notifies and select.select([conn], [], [], max(0.0, timeout_seconds)) == ([], [], []):
+    """Block until a job announces progress or the timeout passes; returns the job ids heard.
+
+    poll, not select: a busy gunicorn process holds more than 1,024 sockets, and select refuses
+    any descriptor numbered above that ("filedescriptor out of range")."""
+    if not conn.notifies and not _readable(conn, timeout_seconds):
         return set()
     conn.poll()
     heard = {int(notify.payload) for notify in conn.notifies if notify.channel == CHANNEL}
     conn.notifies.clear()
     return heard
+
+
+def _readable(conn: Connection, timeout_seconds: float) -> bool:
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return bool(poller.poll(max(0.0, timeout_seconds) * 1000))
 
 
 def wait_for_job(conn: Connection, job_id: int, timeout: float = 60, until_finished: int | None = None) -> dict[str, Any] | None:

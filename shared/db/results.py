@@ -133,10 +133,14 @@ done AS (
 )"""
 # Failures, statistics, mistakes, the jobs' counters and the NOTIFY: one statement, one round
 # trip. The NOTIFY is delivered at commit: a web request waiting for an upload wakes at once.
+# A failure is never recorded for an image the job already has a prediction of: an image is given
+# up on after its worker died too often, and the last one may have died after its commit.
 ADVANCE = """
 failed AS (
     INSERT INTO job_failures (job_id, input_data_id, reason)
-    SELECT * FROM unnest(%(f_jobs)s::bigint[], %(f_ids)s::bigint[], %(f_reasons)s::text[]) ORDER BY 1, 2
+    SELECT f.* FROM unnest(%(f_jobs)s::bigint[], %(f_ids)s::bigint[], %(f_reasons)s::text[]) AS f (job_id, input_data_id, reason)
+    WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.job_id = f.job_id AND p.input_data_id = f.input_data_id)
+    ORDER BY 1, 2
     ON CONFLICT (job_id, input_data_id) DO NOTHING
     RETURNING job_id
 ), changes AS (

@@ -18,10 +18,12 @@ import os
 import signal
 import sys
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from producer.ingest import load_mnist, mnist_rows
 from shared import broker, jobs, registry, upload_queue
@@ -29,10 +31,11 @@ from shared.config import Settings, load_settings
 from shared.db import connection, progress
 from shared.db import images as image_store
 from shared.db import jobs as job_store
+from shared.queue_metrics import read_queues
 from stack import scratch
 from stack.processes import signal_group
 from tests.support import services
-from worker import failover
+from worker import failover, tasks
 
 pytestmark = pytest.mark.faults
 
@@ -114,6 +117,36 @@ def test_split_halves_go_to_the_head_of_the_queue_in_order(env):
     waiting = failover.client(settings.redis_url).lrange(queue, 0, -1)
     taken_in_order = [batch_of(message) for message in reversed(waiting)]  # kombu BRPOPs: the right end first
     assert taken_in_order == [(8, [10]), (8, [11]), (7, [1, 2]), (7, [3, 4]), (7, [5, 6])]
+
+
+def test_split_halves_keep_their_batchs_send_time_so_the_queue_age_reads_the_oldest_work(env):
+    """The queue's oldest-entry age reads the head, where the halves go: a fresh send time there would hide the wait."""
+    settings = load_settings(env)
+    app, queue = broker.celery_app(settings), broker.bulk_queue(settings)
+    broker.send_batches(app, queue, 7, [[1, 2]])  # waiting since now
+    sent_long_ago = time.time() - 60
+    started = types.SimpleNamespace(delivery_info={"routing_key": queue}, **{broker.SENT_AT_HEADER: sent_long_ago})
+    tasks.split_batch(types.SimpleNamespace(app=app, request=started), 8, [10, 11], "a test")  # as a worker splits
+    bulk, _ = read_queues(settings, time.time())
+    assert bulk.depth == 3 and 60 <= bulk.oldest_age_seconds < 70
+
+
+def test_a_dead_nodes_batches_go_back_to_the_head_and_are_counted(env):
+    settings = load_settings(env)
+    app, queue = broker.celery_app(settings), broker.bulk_queue(settings)
+    redis = failover.client(settings.redis_url)
+    broker.send_batches(app, queue, 9, [[90]])
+    restored_before = REGISTRY.get_sample_value("mnist_failover_restored_messages_total") or 0.0
+    with app.connection_for_read() as kombu_connection:
+        message = kombu_connection.default_channel.basic_get(queue)  # now in kombu's unacked, as a worker's would be
+        dead = scratch.unique_name("dead-node")
+        redis.sadd(failover.nodes_key(settings), dead)
+        redis.sadd(failover.held_key(settings, dead), message.delivery_tag)  # what its task_received remembered
+        assert redis.llen(queue) == 0
+        assert failover.Node(app, settings, "live-node").take_over_dead_nodes() == {dead: 1}
+    assert [batch_of(entry) for entry in redis.lrange(queue, 0, -1)] == [(9, [90])]
+    assert not redis.hexists("unacked", message.delivery_tag) and not redis.exists(failover.held_key(settings, dead))
+    assert REGISTRY.get_sample_value("mnist_failover_restored_messages_total") == restored_before + 1
 
 
 def node_of(settings: Settings, worker: services.WorkerProcess) -> str:

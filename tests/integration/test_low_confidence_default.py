@@ -19,7 +19,7 @@ from shared.db.images import ImageRow
 from shared.images import encode_image
 from shared.reports import LOW_CONFIDENCE_THRESHOLD, build_job_report, default_low_confidence_threshold
 from tests.support import digits
-from tests.support.services import signed_in
+from tests.support.services import operator_token, signed_in
 from web.app import create_app
 
 CARD_THRESHOLD = 0.9999  # high enough that some of a few hundred MNIST digits fall under it
@@ -81,3 +81,6 @@ def test_the_pages_default_to_the_cards_threshold(conn, settings, operator, pred
     gallery = client.get(f"/low-confidence?job={predicted_job}").text
     assert f"confidence under {CARD_THRESHOLD:g}," in gallery and f'value="{CARD_THRESHOLD:g}"' in gallery
     assert "confidence under 0.8," in client.get(f"/low-confidence?job={predicted_job}&threshold=0.8").text
+    summary = client.get(f"/api/jobs/{predicted_job}", headers={"Authorization": f"Bearer {operator_token(conn)}"}).json
+    assert summary["low_confidence_threshold"] == CARD_THRESHOLD  # which threshold its low_confidence counts under
+    assert summary["low_confidence"] == len(queries.low_confidence_predictions(conn, CARD_THRESHOLD, DIGITS + 1, job_id=predicted_job))

@@ -19,10 +19,12 @@ import numpy as np
 import psycopg2
 import pytest
 from click.testing import CliRunner
+from prometheus_client import REGISTRY
 
 from producer.cli import main
 from shared import broker, jobs, mnist, model_registration, registry
 from shared.db import images as image_store
+from shared.db import jobs as job_store
 from shared.db import models as model_store
 from shared.db import progress, queries, schema, shadow
 from shared.db.connection import connect, query, query_one
@@ -35,7 +37,8 @@ from tests.integration.schema_checks import create_previous_release_schema
 from tests.support import digits, services
 from web.app import create_app
 from worker.batch import DatabaseLane
-from worker.models import ModelCache
+from worker.models import ModelCache, ModelUnavailable, fail_images
+from worker.uploads import UploadConsumer
 
 WAIT = "20"
 IMAGES = 24
@@ -306,10 +309,16 @@ def test_an_unknown_version_is_a_422_and_a_one_line_cli_error_and_records_nothin
     assert services.table_counts(conn) == before
 
 
-def test_a_version_that_does_not_load_fails_its_images_with_the_reason_and_the_worker_goes_on(worker, conn, settings):
+def insert_corrupt_model(conn) -> str:
+    """A version whose files do not load, stored behind registration's back, as a damaged row would be."""
     corrupt = f"corrupt-{secrets.token_hex(6)}"
     files = model_store.ModelFiles(corrupt, "corrupt", "c.keras", "c.tflite", None, b"not a model", b"not a model either", None, {})
-    assert model_store.insert_model(conn, files)  # stored behind registration's back, as a damaged row would be
+    assert model_store.insert_model(conn, files)
+    return corrupt
+
+
+def test_a_version_that_does_not_load_fails_its_images_with_the_reason_and_the_worker_goes_on(worker, conn, settings):
+    corrupt = insert_corrupt_model(conn)
     ids = stored_digits(conn, 8)
     broken, healthy = submit(conn, settings, ids, corrupt), submit(conn, settings, ids, services.production_version(conn))
     job = done(conn, broken)
@@ -320,6 +329,25 @@ def test_a_version_that_does_not_load_fails_its_images_with_the_reason_and_the_w
     client = create_app({"TESTING": True}, settings=settings).test_client()
     answer = client.post(f"/api/predictions?wait={WAIT}&model={corrupt}", data=picture(), content_type="image/png")
     assert answer.status_code == 200 and answer.json["status"] == "failed" and "cannot be loaded" in answer.json["error"]
+
+
+def test_the_failures_of_a_version_that_does_not_load_are_counted_under_it_in_both_lanes(conn, settings):
+    """In this process, on jobs nobody enqueued: what the worker's lanes record in mnist_images_failed_total."""
+    corrupt = insert_corrupt_model(conn)
+    ids = stored_digits(conn, 3)
+    cache, lane = ModelCache(settings, threads=1), DatabaseLane(settings.database_url)
+
+    def failed(queue: str) -> float:
+        return REGISTRY.get_sample_value("mnist_images_failed_total", {"queue": queue, "model_version": corrupt}) or 0.0
+
+    bulk_job = job_store.create_job(conn, ids, corrupt, {"test": "metrics"})
+    with pytest.raises(ModelUnavailable) as unavailable:
+        cache.predictor(lane, corrupt)
+    assert fail_images(lane, corrupt, bulk_job, ids, str(unavailable.value)) == 3 and failed("bulk") == 3
+    upload_job, image_id = job_store.create_upload_job(conn, encode_image(digits.mnist_test_digits(1)[0][0]), [28, 28], corrupt, {})
+    UploadConsumer(settings, cache).predict([(upload_job, image_id)])
+    assert queries.job_failures(conn, upload_job)[0][1].startswith(f"model version {corrupt} cannot be loaded")
+    assert failed("upload") == 1
 
 
 def test_a_worker_process_keeps_the_most_recently_used_versions(conn, settings, versions):

@@ -10,8 +10,9 @@ import pytest
 from shared import upload_queue
 from shared.config import Settings
 from shared.db import jobs as job_store
-from shared.db import queries
+from shared.db import queries, results
 from shared.db.progress import wait_for_job
+from shared.db.results import FailureRow, PredictionBatch
 from shared.images import encode_image
 from shared.jobs import MAX_DELIVERIES, submit_upload
 from stack.scratch import unique_name
@@ -85,6 +86,23 @@ def test_an_upload_that_killed_consumers_too_often_is_failed_not_tried_again(wor
     job = wait_for_job(conn, job_id, timeout=30)
     assert (job["status"], job["done_count"], job["failed_count"]) == ("done", 0, 1)
     assert queries.job_failures(conn, job_id) == [(image_id, f"gave up after {MAX_DELIVERIES} attempts: the worker died on this image")]
+
+
+def test_an_upload_given_up_on_after_its_prediction_was_stored_keeps_its_one_prediction(worker, conn, settings):
+    """The last consumer it killed died after its commit: giving it up must not add a failure beside the prediction."""
+    job_id, image_id = new_upload(conn)
+    probabilities = np.eye(10, dtype=np.float32)[[5]]
+    assert results.store_results(conn, job_id, production_version(conn), PredictionBatch.of([image_id], probabilities), []) == (1, 0)
+    queue = upload_queue.queue_name(settings)
+    upload_queue.client(settings.redis_url).lpush(queue, upload_queue.encode_entry(job_id, image_id, deaths=MAX_DELIVERIES))
+    behind = submit_upload(conn, settings, IMAGE, production_version(conn), {"upload": None})  # taken after it
+    assert wait_for_job(conn, behind, timeout=30)["done_count"] == 1
+    job = job_store.get_job(conn, job_id)
+    assert (job["status"], job["done_count"], job["failed_count"]) == ("done", 1, 0)
+    assert job_store.rows_for_job(conn, job_id) == (1, 1, 0) and queries.job_failures(conn, job_id) == []
+    # The same in the data layer alone: a failure of an image with a prediction is no failure.
+    assert results.store_results(conn, job_id, "", None, [FailureRow(image_id, "gave up")]) == (0, 0)
+    assert job_store.rows_for_job(conn, job_id) == (1, 1, 0)
 
 
 def test_entries_that_are_not_ours_or_name_no_job_are_dropped_and_the_consumer_goes_on(worker, conn, settings):

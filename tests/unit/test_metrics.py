@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -192,6 +193,17 @@ def test_the_store_counts_may_be_decimals_and_a_failed_recording_never_fails_the
     assert REGISTRY.get_sample_value("mnist_images_predicted_total", labels) == 5
     metrics.record_batch("bulk", "v", 1, 1, 0, {"no such stage": 0.1, "fetch": "not a number"})  # a bug of ours: logged
     assert "metrics: record_batch failed" in caplog.text
+
+
+def test_every_recording_of_the_lanes_logs_its_own_errors(caplog):
+    """They run after a commit: an error there must never reach the failure path (a prediction and a failure for one upload)."""
+    lanes = ("batch", "uploads", "models", "tasks", "shadow", "failover", "sweeper")
+    called = {name for lane in lanes for name in re.findall(r"\bmetrics\.(\w+)\(", (PROJECT_ROOT / "worker" / f"{lane}.py").read_text())}
+    assert {"record_batch", "record_results", "record_upload_latencies", "record_failover_restored"} <= called
+    guarded = metrics.never_fails(lambda: None).__code__
+    assert [name for name in sorted(called) if getattr(metrics, name).__code__ is not guarded] == []  # all never_fails
+    metrics.record_upload_latencies(["not a number"])  # observe_many runs inside it
+    assert "metrics: record_upload_latencies failed" in caplog.text
 
 
 def test_many_observations_at_once_count_as_one_by_one():

@@ -1,0 +1,134 @@
+"""The web process's one LISTEN connection (web/progress_listener.py), on the real PostgreSQL and worker.
+
+Many requests waiting in one process are all answered, through the shared listener rather than a
+LISTEN of their own; when its connection is killed mid-wait it reconnects and the waits are still
+answered; while it is not listening a request falls back to listening on its own connection.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from shared.db import connection, queries
+from shared.db import jobs as job_store
+from shared.db.results import FailureRow, store_results
+from shared.images import encode_image
+from tests.support import digits
+from tests.support.services import production_version
+from web import backends, predictions, progress_listener
+from web.app import create_app
+
+WAIT = "20"
+WAITERS = 10  # within a process's pool (web/pool.py), as gunicorn's 8 threads are
+LISTEN_SECONDS = 10
+
+
+@pytest.fixture
+def app(settings):
+    return create_app({"TESTING": True}, settings=settings)
+
+
+@pytest.fixture
+def listener(app):
+    with app.app_context():
+        shared = backends.get_progress_listener()
+    assert shared.wait_until_listening(LISTEN_SECONDS)
+    return shared
+
+
+@pytest.fixture(scope="module")
+def seven_png() -> bytes:
+    images, _ = digits.mnist_test_digits(1)
+    return digits.render_on_paper(images[0], np.random.default_rng(7))
+
+
+def most_registered_while(listener, work):
+    """Run ``work`` while sampling how many waits are registered with the listener; (its result, the most seen)."""
+    most, done = [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            most[0] = max(most[0], listener.waiting())
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = work()
+    finally:
+        done.set()
+        sampler.join()
+    return result, most[0]
+
+
+def test_many_uploads_waiting_in_one_process_are_all_answered_through_the_one_listener(worker, app, listener, seven_png):
+    def upload(_):
+        return app.test_client().post(f"/api/predictions?wait={WAIT}", data=seven_png, content_type="image/png")
+
+    def all_uploads():
+        with ThreadPoolExecutor(WAITERS) as pool:
+            return list(pool.map(upload, range(WAITERS)))
+
+    responses, most = most_registered_while(listener, all_uploads)
+
+    assert [(response.status_code, response.json["status"]) for response in responses] == [(200, "done")] * WAITERS
+    assert len({response.json["status_url"] for response in responses}) == WAITERS
+    assert most > 1  # they waited on the shared listener, several at once, not on LISTENs of their own
+    assert listener.waiting() == 0  # every wait unregistered
+
+
+def upload_jobs(conn, count: int) -> list[tuple[int, int, str]]:
+    """Upload jobs no consumer will see (never enqueued): the test stores their outcome itself. (job, image, token)"""
+    version, image = production_version(conn), encode_image(np.full((28, 28), 3, np.uint8))
+    made = [job_store.create_upload_job(conn, image, [28, 28], version, {"upload": None}) for _ in range(count)]
+    return [(job_id, image_id, queries.upload_prediction(conn, job_id)["public_token"]) for job_id, image_id in made]
+
+
+def until(condition, seconds: float = LISTEN_SECONDS) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_waits_are_answered_after_the_listeners_connection_is_killed_mid_wait(app, listener, conn):
+    waiting = upload_jobs(conn, 8)
+    old_backend = listener.backend_pid()
+    with ThreadPoolExecutor(len(waiting)) as pool:
+        answers = [pool.submit(app.test_client().get, f"/api/predictions/{token}?wait={WAIT}") for _, _, token in waiting]
+        until(lambda: listener.waiting() == len(waiting))
+        assert connection.query_one(conn, "SELECT pg_terminate_backend(%s)", (old_backend,))[0]
+        until(lambda: listener.backend_pid() not in (None, old_backend))  # it reconnected by itself
+        stored = time.monotonic()
+        for job_id, image_id, _ in waiting:
+            store_results(conn, job_id, production_version(conn), None, [FailureRow(image_id, "stored by the test")])
+        responses = [answer.result(timeout=30) for answer in answers]
+        answered_within = time.monotonic() - stored
+    assert [(response.status_code, response.json["status"], response.json["error"]) for response in responses] == [
+        (200, "failed", "stored by the test")
+    ] * len(waiting)
+    assert answered_within < float(WAIT) / 2  # the stored result answered them, not the end of the wait
+    assert listener.waiting() == 0
+
+
+def test_a_request_listens_on_its_own_connection_while_the_listener_is_not_listening(settings, conn):
+    stopped = progress_listener.ProgressListener(settings.database_url)
+    assert stopped.wait_until_listening(LISTEN_SECONDS)
+    stopped.stop()
+    assert stopped.generation() is None
+    ((job_id, image_id, _),) = upload_jobs(conn, 1)
+    request_conn = connection.connect(settings.database_url)
+    request_conn.autocommit = True
+    try:
+        timer = threading.Timer(0.3, lambda: store_results(conn, job_id, production_version(conn), None, [FailureRow(image_id, "late")]))
+        timer.start()
+        prediction = predictions.wait_for_prediction(lambda: request_conn, job_id, 10, stopped)
+        timer.join()
+    finally:
+        request_conn.close()
+    assert (prediction.status, prediction.error) == ("failed", "late")

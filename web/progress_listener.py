@@ -1,0 +1,163 @@
+"""One LISTEN connection per web process, shared by every request that waits for an upload's prediction.
+
+A waiting request used to LISTEN on its own pooled connection, read every stored batch's notice
+and UNLISTEN afterwards: two more round trips per upload, and each notice parsed by every
+waiter. Here one daemon thread per process (gunicorn's gthread workers are threads of one
+process) holds the only LISTEN connection and wakes exactly the requests whose job was announced:
+the NOTIFY payload is the job id (shared/db/results.py), and an upload is a job of its own.
+
+The thread starts on first use in the process that serves (so after gunicorn forks, never at
+import) and reconnects when its connection drops. While it is not listening, a request listens on
+its own connection as before (web/predictions.py), and every waiter looks again at least once a
+second whatever it heard (progress.RECHECK_SECONDS), so a notice lost while reconnecting only
+delays an answer.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+
+import psycopg2
+
+from shared.db import connection, progress
+
+log = logging.getLogger(__name__)
+
+RECENT_NOTICES = 4096  # job ids last heard: a request registers just after its upload is enqueued
+QUIET_PING_SECONDS = 10.0  # a connection that heard nothing this long is pinged, so a dead one is noticed
+RECONNECT_FIRST_SECONDS, RECONNECT_MAX_SECONDS = 0.1, 2.0
+CONNECT_TIMEOUT_SECONDS = 5
+
+_listeners: dict[tuple[int, str], ProgressListener] = {}
+_listeners_lock = threading.Lock()
+
+
+class ProgressListener:
+    """Dispatches job-progress notices to the threads waiting for those jobs."""
+
+    def __init__(self, database_url: str) -> None:
+        self._database_url = database_url
+        self._lock = threading.Lock()
+        self._waiters: dict[int, list[threading.Event]] = {}
+        self._recent: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._generation = 0  # one more at each (re)connect: what was announced before may not have been heard
+        self._listening = threading.Event()
+        self._stopping = threading.Event()
+        self._conn: connection.Connection | None = None
+        self._thread = threading.Thread(target=self._run, name="progress-listener", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def generation(self) -> int | None:
+        """The current connection's number while listening, else None: read it before enqueueing what you wait for."""
+        with self._lock:
+            return self._generation if self._listening.is_set() else None
+
+    def wait_until_listening(self, timeout_seconds: float) -> bool:
+        return self._listening.wait(timeout_seconds)
+
+    def register(self, job_id: int, generation: int) -> threading.Event:
+        """An event set when ``job_id`` is announced from now on, set at once if it was just announced or the
+        connection changed since ``generation`` (a notice may have been missed): look again whenever it is set."""
+        event = threading.Event()
+        with self._lock:
+            self._waiters.setdefault(job_id, []).append(event)
+            if job_id in self._recent or generation != self._generation or not self._listening.is_set():
+                event.set()
+        return event
+
+    def unregister(self, job_id: int, event: threading.Event) -> None:
+        with self._lock:
+            events = self._waiters.get(job_id, [])
+            if event in events:
+                events.remove(event)
+            if not events:
+                self._waiters.pop(job_id, None)
+
+    def waiting(self) -> int:
+        """Events registered now (for tests and curiosity)."""
+        with self._lock:
+            return sum(len(events) for events in self._waiters.values())
+
+    def stop(self, timeout_seconds: float = QUIET_PING_SECONDS + CONNECT_TIMEOUT_SECONDS) -> None:
+        """End the thread, which closes its connection once it next wakes (tests; a web process just exits)."""
+        self._stopping.set()
+        self._thread.join(timeout_seconds)
+
+    def backend_pid(self) -> int | None:
+        """The PostgreSQL backend of the listening connection (tests kill it), None while not connected."""
+        conn = self._conn
+        return conn.info.backend_pid if conn is not None and self._listening.is_set() else None
+
+    def _run(self) -> None:
+        delay = RECONNECT_FIRST_SECONDS
+        while not self._stopping.is_set():
+            conn = None
+            try:
+                conn = connection.connect(self._database_url, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+                conn.autocommit = True
+                progress.listen(conn)
+                with self._lock:
+                    self._generation += 1
+                    self._conn = conn
+                    self._listening.set()
+                self._wake_all()
+                delay = RECONNECT_FIRST_SECONDS
+                self._dispatch(conn)
+            except (psycopg2.Error, OSError, ValueError) as error:  # ValueError: a payload that is not a job id
+                if not self._stopping.is_set():  # the first failure in a row at warning, the retries quieter
+                    log.log(
+                        logging.WARNING if delay == RECONNECT_FIRST_SECONDS else logging.DEBUG,
+                        "progress listener: %s; reconnecting in %.1f s",
+                        str(error).strip() or type(error).__name__,
+                        delay,
+                    )
+            finally:
+                with self._lock:
+                    self._listening.clear()
+                    self._conn = None
+                self._wake_all()  # they look again, and again each second until it listens again
+                if conn is not None:
+                    conn.close()
+            self._stopping.wait(delay)
+            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+
+    def _dispatch(self, conn: connection.Connection) -> None:
+        while not self._stopping.is_set():
+            heard = progress.wait_for_progress(conn, QUIET_PING_SECONDS)
+            if heard:
+                self._wake(heard)
+            else:
+                connection.ping(conn)
+
+    def _wake(self, job_ids: set[int]) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                self._recent[job_id] = None
+                self._recent.move_to_end(job_id)
+                for event in self._waiters.get(job_id, ()):
+                    event.set()
+            while len(self._recent) > RECENT_NOTICES:
+                self._recent.popitem(last=False)
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            for events in self._waiters.values():
+                for event in events:
+                    event.set()
+
+
+def for_database(database_url: str) -> ProgressListener:
+    """This process's listener for ``database_url``, started now if there is none (or its thread ended)."""
+    key = (os.getpid(), database_url)  # a thread does not cross a fork: each process starts its own
+    with _listeners_lock:
+        listener = _listeners.get(key)
+        if listener is None or not listener.alive:
+            listener = _listeners[key] = ProgressListener(database_url)
+        return listener
