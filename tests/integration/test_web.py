@@ -411,9 +411,20 @@ def test_mistakes_page_shows_the_wrong_prediction(client, finished_job):
     assert client.get("/mistakes?page=2").status_code == 200
 
 
-def test_low_confidence_page_takes_a_threshold(client, finished_job):
-    everything = client.get(f"/low-confidence?threshold=1&job={finished_job['job']}")
-    assert everything.status_code == 200 and all(f"/images/{i}.png" in everything.text for i in finished_job["ids"])
+def test_low_confidence_page_takes_a_threshold(client, finished_job, settings):
+    conn = connection.connect(settings.database_url)
+    stored = dict(
+        connection.query(conn, "SELECT input_data_id, confidence FROM predictions WHERE job_id = %s", (finished_job["job"],))
+    )
+    conn.close()
+    # "Under 1": every prediction but those the model is certain of (an int8 model's softmax
+    # reaches exactly 1.0), and under the most confident one's value, all but that one.
+    for threshold in (1, max(stored.values())):
+        page = client.get(f"/low-confidence?threshold={threshold!r}&job={finished_job['job']}")
+        assert page.status_code == 200
+        assert {image_id for image_id in stored if f"/images/{image_id}.png" in page.text} == {
+            image_id for image_id, confidence in stored.items() if confidence < threshold
+        }
     nothing = client.get(f"/low-confidence?threshold=0&job={finished_job['job']}")
     assert "/images/" not in nothing.text and "Nothing here" in nothing.text
     assert client.get("/low-confidence").status_code == 200
