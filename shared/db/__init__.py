@@ -4,6 +4,7 @@ One module per kind of data; callers import the module they need (``from shared.
 and pass a psycopg2 connection:
 
 - ``connection``  connecting, transactions, the one query helper
+- ``prepared``    statements planned once per connection (the upload path's and the store's)
 - ``schema``      migrations (Alembic, plain SQL) applied by ``producer init-db``
 - ``copy_format`` PostgreSQL's binary COPY format, as pure functions
 - ``images``      stored images: insert, fetch, select

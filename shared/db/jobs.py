@@ -18,6 +18,7 @@ import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
 
+from shared.db import prepared
 from shared.db.connection import Connection, query, query_one, transaction
 from shared.db.images import SELECTION_FILTER
 
@@ -139,27 +140,32 @@ def create_upload_job(
     ``public_token`` (default: a new one) is how the uploader reads the result back
     (``queries.upload_prediction_by_token``). One statement: one round trip and one commit.
     """
-    row = query_one(
-        conn,
-        """
-        WITH image AS (
-            INSERT INTO input_data (image_data, image_shape, dataset_split) VALUES (%s, %s, 'upload') RETURNING id
-        ), job AS (
-            INSERT INTO jobs (kind, model_version, shadow_version, selection, image_ids, total_images, public_token)
-            SELECT 'upload', %s, %s, %s, ARRAY[image.id], 1, %s FROM image RETURNING id
-        )
-        SELECT job.id, image.id FROM job, image
-        """,
-        (
-            psycopg2.Binary(image_data),
-            image_shape,
-            model_version,
-            shadow_version,
-            psycopg2.extras.Json(selection),
-            public_token or new_upload_token(),
-        ),
-    )
+    params = {
+        "image": psycopg2.Binary(image_data),
+        "shape": image_shape,
+        "version": model_version,
+        "shadow": shadow_version,
+        "selection": psycopg2.extras.Json(selection),
+        "token": public_token or new_upload_token(),
+    }
+    row = prepared.query_one(conn, CREATE_UPLOAD_JOB, params)
     return row[0], row[1]
+
+
+# One per upload: prepared, so each pooled connection plans it once.
+CREATE_UPLOAD_JOB = prepared.Statement(
+    "mnistq_create_upload_job",
+    """
+    WITH image AS (
+        INSERT INTO input_data (image_data, image_shape, dataset_split) VALUES (%(image)s, %(shape)s, 'upload') RETURNING id
+    ), job AS (
+        INSERT INTO jobs (kind, model_version, shadow_version, selection, image_ids, total_images, public_token)
+        SELECT 'upload', %(version)s, %(shadow)s, %(selection)s, ARRAY[image.id], 1, %(token)s FROM image RETURNING id
+    )
+    SELECT job.id, image.id FROM job, image
+    """,
+    {"image": "bytea", "shape": "integer[]", "version": "text", "shadow": "text", "selection": "jsonb", "token": "text"},
+)
 
 
 def delete_upload_job(conn: Connection, job_id: int, image_id: int) -> None:

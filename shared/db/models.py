@@ -15,6 +15,7 @@ import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
 
+from shared.db import prepared
 from shared.db.connection import Connection, query, query_one, transaction
 
 PRODUCTION = "production"
@@ -69,18 +70,22 @@ def model_exists(conn: Connection, version: str) -> bool:
 
 def resolve(conn: Connection, name: str) -> str | None:
     """The version an alias names, or ``name`` itself when it is a registered version; None otherwise."""
-    row = query_one(
-        conn,
-        """
-        SELECT version FROM (
-            SELECT version, 0 AS rank FROM model_aliases WHERE alias = %(name)s
-            UNION ALL
-            SELECT version, 1 FROM models WHERE version = %(name)s
-        ) found ORDER BY rank LIMIT 1
-        """,
-        {"name": name},
-    )
+    row = prepared.query_one(conn, RESOLVE, {"name": name})
     return row[0] if row else None
+
+
+# Every upload resolves its model: prepared, since planning the lookup cost four times running it.
+RESOLVE = prepared.Statement(
+    "mnistq_resolve_model",
+    """
+    SELECT version FROM (
+        SELECT version, 0 AS rank FROM model_aliases WHERE alias = %(name)s
+        UNION ALL
+        SELECT version, 1 FROM models WHERE version = %(name)s
+    ) found ORDER BY rank LIMIT 1
+    """,
+    {"name": "text"},
+)
 
 
 def set_alias(conn: Connection, alias: str, version: str) -> str | None:
@@ -144,11 +149,15 @@ def serving_files(conn: Connection, version: str, with_keras: bool = False) -> d
 
 def job_models(conn: Connection, job_ids: Sequence[int]) -> list[tuple[int, str | None, str | None]]:
     """(job id, version, shadow version) of each job that exists; a job with no version of its own gets production's."""
-    return query(
-        conn,
-        """
-        SELECT j.id, COALESCE(j.model_version, (SELECT version FROM model_aliases WHERE alias = %s)), j.shadow_version
-        FROM jobs j WHERE j.id = ANY(%s::bigint[])
-        """,
-        (PRODUCTION, list(job_ids)),
-    )
+    return prepared.query(conn, JOB_MODELS, {"production": PRODUCTION, "jobs": list(job_ids)})
+
+
+# Once per micro-batch of uploads (and per bulk batch): prepared.
+JOB_MODELS = prepared.Statement(
+    "mnistq_job_models",
+    """
+    SELECT j.id, COALESCE(j.model_version, (SELECT version FROM model_aliases WHERE alias = %(production)s)), j.shadow_version
+    FROM jobs j WHERE j.id = ANY(%(jobs)s)
+    """,
+    {"production": "text", "jobs": "bigint[]"},
+)

@@ -21,7 +21,7 @@ import psycopg2
 import psycopg2.errors
 from psycopg2 import sql
 
-from shared.db import copy_format, progress, statistics
+from shared.db import copy_format, prepared, progress, statistics
 from shared.db.connection import Connection, Cursor, transaction
 from shared.digits import NUM_CLASSES
 
@@ -187,26 +187,25 @@ def _store(
     }
     has_predictions = predictions is not None and len(predictions) > 0
     if skip_stored:
-        name, parts = "mnistq_store_staged", [NEW_FROM_STAGING, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE]
+        statement = STORE_STAGED
     elif not has_predictions or predictions.true_labels is not None:
-        name, parts = "mnistq_store_counted", [COUNTED, ADVANCE]
+        statement = STORE_COUNTED
         params |= statistics.counted(prediction_jobs, predictions) if has_predictions else statistics.counted_nothing()
     else:
-        name, parts = "mnistq_store", [NEW_FROM_COPY, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE]
+        statement = STORE
         params |= {
             "p_jobs": prediction_jobs.tolist(),
             "p_ids": predictions.image_ids.tolist(),
             "p_labels": predictions.labels.tolist(),
             "p_confidences": predictions.confidences.tolist(),
         }
-    statement = sql.SQL("WITH ") + sql.SQL(",").join(map(sql.SQL, parts))
     manual = conn.autocommit and has_predictions  # else: one statement (autocommit) or the caller's transaction
     with contextlib.ExitStack() as stack:
         cursor = stack.enter_context(conn.cursor()) if conn.autocommit else stack.enter_context(transaction(conn))
         try:
             if has_predictions:
                 _copy_predictions(cursor, prediction_jobs, model_version, predictions, skip_stored, begin=manual)
-            _execute_prepared(cursor, name, statement, {**PARAMETERS, **statistics.PARAMETERS}, params)
+            prepared.execute_prepared(cursor, statement, params)
             stored, failed, advanced = cursor.fetchone()
             if advanced < len(jobs):  # rolls the predictions back: predictions has no foreign key to do it
                 raise UnknownJobError(f"job {jobs[0]} does not exist" if len(jobs) == 1 else "a job of the batch does not exist")
@@ -227,42 +226,22 @@ PARAMETERS = {
     "jobs": "bigint[]", "f_jobs": "bigint[]", "f_ids": "bigint[]", "f_reasons": "text[]", "channel": "text",
     "p_jobs": "bigint[]", "p_ids": "bigint[]", "p_labels": "smallint[]", "p_confidences": "real[]",
     "d_jobs": "bigint[]", "d_counts": "bigint[]",
+    **statistics.PARAMETERS,
 }  # fmt: skip
-# Connections (by object and backend) that have prepared the statements: planning them took
-# longer than running them for a small batch, so each connection plans them once.
-_prepared: set[tuple[int, int, str]] = set()
-_parameters_of: dict[str, list[str]] = {}  # statement name -> the parameters it uses, in order
-# Errors that come before PREPARE has run (so it must be sent again next time).
-_BEFORE_PREPARE = (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn)
-
-
-def _execute_prepared(cursor: Cursor, name: str, statement: sql.Composable, types: dict[str, str], params: dict) -> None:
-    """EXECUTE the statement prepared on this connection; the first time, PREPARE rides in the same round trip."""
-    text = statement.as_string(cursor)
-    if name not in _parameters_of:
-        _parameters_of[name] = [parameter for parameter in types if f"%({parameter})s" in text]
-    used = _parameters_of[name]
-    key = (id(cursor.connection), cursor.connection.get_backend_pid(), name)
-    execute = sql.SQL("EXECUTE {} ({})").format(sql.Identifier(name), sql.SQL(", ").join(map(sql.Placeholder, used)))
-    values = {parameter: params[parameter] for parameter in used}
-    if key in _prepared:
-        cursor.execute(execute, values)
-        return
-    numbered = text
-    for number, parameter in enumerate(used, start=1):
-        numbered = numbered.replace(f"%({parameter})s", f"${number}")
-    # PREPARE takes no parameters: its body is the statement with $n, and a literal % is doubled for the driver.
-    prepare = sql.SQL("PREPARE {} ({}) AS {}; ").format(
-        sql.Identifier(name), sql.SQL(", ").join(sql.SQL(types[parameter]) for parameter in used), sql.SQL(numbered.replace("%", "%%"))
-    )
-    try:
-        cursor.execute(sql.Composed([prepare, execute]), values)
-    except _BEFORE_PREPARE:
-        raise
-    except psycopg2.Error:
-        _prepared.add(key)  # PREPARE ran; what failed came after it
-        raise
-    _prepared.add(key)
+# Planning one of these took longer than running it for a small batch: each connection plans it once.
+STORE = prepared.Statement(
+    "mnistq_store",
+    sql.SQL("WITH {}").format(sql.SQL(",").join(map(sql.SQL, [NEW_FROM_COPY, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE]))),
+    PARAMETERS,
+)
+STORE_COUNTED = prepared.Statement(
+    "mnistq_store_counted", sql.SQL("WITH {}").format(sql.SQL(",").join(map(sql.SQL, [COUNTED, ADVANCE]))), PARAMETERS
+)
+STORE_STAGED = prepared.Statement(
+    "mnistq_store_staged",
+    sql.SQL("WITH {}").format(sql.SQL(",").join(map(sql.SQL, [NEW_FROM_STAGING, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE]))),
+    PARAMETERS,
+)
 
 
 def _copy_predictions(

@@ -25,7 +25,6 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from producer.ingest import load_mnist, mnist_rows
 from shared import broker, jobs, registry, upload_queue
 from shared.config import Settings, load_settings
 from shared.db import connection, progress
@@ -34,7 +33,7 @@ from shared.db import jobs as job_store
 from shared.queue_metrics import read_queues
 from stack import scratch
 from stack.processes import signal_group
-from tests.support import services
+from tests.support import scratch_fixtures, services
 from worker import failover, tasks
 
 pytestmark = pytest.mark.faults
@@ -53,25 +52,8 @@ SETTLE_SECONDS = 0.3
 TIMINGS = ("STALL_SECONDS", "SWEEP_INTERVAL_SECONDS", "WORKER_DEAD_AFTER_SECONDS", "UPLOAD_HEARTBEAT_SECONDS")
 
 
-@pytest.fixture(scope="module")
-def failover_database() -> Iterator[str]:
-    """A database of this module's own: no other worker's sweeper adopts its jobs."""
-    with scratch.database_with_schema(scratch.unique_name("mnistq_failover")) as url:
-        yield url
-
-
-@pytest.fixture
-def conn(failover_database: str) -> Iterator[connection.Connection]:
-    with contextlib.closing(connection.connect(failover_database)) as failover_conn:
-        yield failover_conn
-
-
-@pytest.fixture(scope="module")
-def test_split_ids(failover_database: str, mnist_dir: Path) -> list[int]:
-    images, labels = load_mnist(mnist_dir, "test", None)
-    with contextlib.closing(connection.connect(failover_database)) as conn:
-        image_store.insert_images(conn, list(mnist_rows(images, labels, "test")))
-        return image_store.select_image_ids(conn, split="test")
+# A database of this module's own: no other worker's sweeper adopts its jobs.
+failover_database, conn, test_split_ids = scratch_fixtures.private_database("failover_database", "mnistq_failover")
 
 
 @pytest.fixture(scope="module")

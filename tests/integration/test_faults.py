@@ -7,7 +7,6 @@ and the job is done. Outcomes are appended to test-artifacts/faults.jsonl for th
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -18,7 +17,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,7 +31,7 @@ from shared.db.images import ImageRow
 from shared.images import png_bytes
 from stack import scratch
 from stack.processes import signal_group
-from tests.support import services
+from tests.support import scratch_fixtures, services
 from tests.support.crashing_worker import CRASH_MARKER, FAIL_MARKER
 
 pytestmark = pytest.mark.faults
@@ -43,27 +41,8 @@ JOB_TIMEOUT_SECONDS = 120
 SEED = int(os.environ.get("FAULT_SEED", "20261126"))
 
 
-@pytest.fixture(scope="module")
-def fault_database() -> Iterator[str]:
-    """A database of these tests' own: the session worker's sweeper must not adopt their jobs."""
-    with scratch.database_with_schema(scratch.unique_name("mnistq_faults")) as url:
-        yield url
-
-
-@pytest.fixture
-def conn(fault_database: str) -> Iterator[connection.Connection]:
-    """Overrides the session database's ``conn``: these tests' jobs live in ``fault_database``."""
-    with contextlib.closing(connection.connect(fault_database)) as fault_conn:
-        yield fault_conn
-
-
-@pytest.fixture(scope="module")
-def test_split_ids(fault_database: str, mnist_dir: Path) -> list[int]:
-    """The 10k official test images, stored once."""
-    images, labels = load_mnist(mnist_dir, "test", None)
-    with contextlib.closing(connection.connect(fault_database)) as conn:
-        image_store.insert_images(conn, list(mnist_rows(images, labels, "test")))
-        return image_store.select_image_ids(conn, split="test")
+# A database of these tests' own: the session worker's sweeper must not adopt their jobs.
+fault_database, conn, test_split_ids = scratch_fixtures.private_database("fault_database", "mnistq_faults")
 
 
 @pytest.fixture

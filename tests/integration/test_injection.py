@@ -68,15 +68,18 @@ MULTIPART_QUOTED = frozenset('"\\')
 SOURCE_FOLDERS = ("shared", "web", "producer", "worker", "stack", "bench")
 # The services keep every statement in the package shared/db/; bench/ may imitate the seed's own queries.
 SQL_HOME, SQL_ALLOWED_ELSEWHERE = "shared/db/", ("bench/",)
-# The one module whose helpers take a statement as a parameter and pass it on to the driver.
+# The modules whose helpers take a statement as a parameter and pass it on to the driver:
+# the query helper's, and the prepared statements' (``prepared.Statement``, planned once per connection).
 QUERY_HELPER_MODULE = "shared/db/connection.py"
+PASS_THROUGH_MODULES = frozenset({QUERY_HELPER_MODULE, "shared/db/prepared.py"})
 MIN_STATEMENTS_IN_HOME = 20
 # The seeded upload's public token, so the requests can name an upload that exists.
 SEED_TOKEN = "seeded-upload-token-ab"
 # DB-API and SQLAlchemy methods whose first argument is a statement.
 SQL_METHODS = frozenset({"execute", "executemany", "copy_expert", "copy_from", "copy_to", "mogrify", "callproc", "exec_driver_sql"})
-# The data layer's helpers, query(conn, statement, params), whose second argument is the statement.
-QUERY_HELPERS = frozenset({"query", "query_one"})
+# The data layer's helpers, query(conn, statement, params), whose second argument is the statement;
+# and a prepared statement's definition, Statement(name, text, types), whose second is its text.
+QUERY_HELPERS = frozenset({"query", "query_one", "execute_prepared", "Statement"})
 
 
 # --- a private database that only these tests touch -----------------------------------
@@ -362,6 +365,18 @@ def unsafe_sql_calls(source: str, passes_statements_through: bool = False) -> li
         for target in node.targets
         if isinstance(target, ast.Name)
     }
+    # Module constants holding a prepared statement whose text is itself safe (its definition is scanned too).
+    constants |= {
+        target.id
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Call)
+        and call_name(node.value) == "Statement"
+        and (text := sql_argument(node.value)) is not None
+        and is_composed_safely(text, constants, set())
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
     unsafe = []
 
     def visit(node: ast.AST, passed_through: set[str]) -> None:
@@ -403,8 +418,11 @@ def reassigned(conn, condition):
     statement = sql.SQL("SELECT * FROM jobs")
     statement = "SELECT * FROM jobs WHERE " + condition
     return query(conn, statement)
+BUILT = prepared.Statement("built", f"SELECT * FROM {table}", {})
+prepared.query(conn, BUILT, {})
+prepared.execute_prepared(cursor, statement, {})
 """
-    assert unsafe_sql_calls(unsafe) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 17, 21, 25]
+    assert unsafe_sql_calls(unsafe) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 17, 21, 25, 26, 27, 28]
     safe = """
 Q = "SELECT 1"
 cursor.execute(Q)
@@ -419,6 +437,11 @@ def as_admin(conn, statement: sql.Composable):
 def composed_first(conn, kind):
     statement = sql.SQL("SELECT {} FROM jobs WHERE kind = %s").format(sql.Identifier("id"))
     return query(conn, statement, (kind,))
+LOOKUP = prepared.Statement("lookup", "SELECT * FROM jobs WHERE id = %(id)s", {"id": "bigint"})
+SCOPED = prepared.Statement("scoped", sql.SQL("SELECT {} FROM jobs").format(sql.Identifier("id")), {})
+prepared.query_one(conn, LOOKUP, {"id": 1})
+def run(cursor):
+    prepared.execute_prepared(cursor, SCOPED, {})
 """
     assert unsafe_sql_calls(safe) == []
 
@@ -445,7 +468,7 @@ def test_no_sql_is_built_from_strings_and_all_of_it_lives_in_shared_db():
             relative = path.relative_to(services.PROJECT_ROOT).as_posix()
             tree = ast.parse(source)
             lines = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call) and sql_argument(node) is not None]
-            calls[relative] = (lines, unsafe_sql_calls(source, passes_statements_through=relative == QUERY_HELPER_MODULE))
+            calls[relative] = (lines, unsafe_sql_calls(source, passes_statements_through=relative in PASS_THROUGH_MODULES))
     in_home = {path: len(lines) for path, (lines, _) in calls.items() if path.startswith(SQL_HOME) and lines}
     assert sum(in_home.values()) > MIN_STATEMENTS_IN_HOME, f"the scan found few statements ({in_home}): it has stopped looking"
     assert QUERY_HELPER_MODULE in in_home and len(in_home) >= 5, in_home

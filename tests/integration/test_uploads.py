@@ -4,6 +4,9 @@ What a consumer took is stored exactly once whatever dies; what is not ours is d
 with a log line, and the consumer goes on.
 """
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -55,6 +58,34 @@ def test_only_a_dead_consumers_entries_go_back_each_with_one_more_death(private_
     assert not connection.exists(upload_queue.processing_list(config, "dead"))
     assert connection.smembers(upload_queue.consumers_key(config)) == {b"alive"}
     assert upload_queue.requeue_orphans(config) == 0
+
+
+def test_a_micro_batch_waits_its_delay_for_more_and_no_longer(private_queue):
+    """A few milliseconds' delay lasts a few milliseconds (a blocking pop would wait for Redis'
+    100 ms timer tick), and an upload arriving within it joins the batch."""
+    config, connection = private_queue, upload_queue.client(private_queue.redis_url)
+    connection.lpush(upload_queue.queue_name(config), "1:10")
+    started = time.monotonic()
+    assert upload_queue.take_batch(config, "solo", 32, 1.0, 0.02) == [b"1:10"]
+    waited = time.monotonic() - started
+    assert 0.02 <= waited < 0.06
+
+    late = threading.Timer(0.01, lambda: connection.lpush(upload_queue.queue_name(config), "2:20"))
+    connection.lpush(upload_queue.queue_name(config), "3:30")
+    late.start()
+    try:
+        assert upload_queue.take_batch(config, "pair", 32, 1.0, 0.05) == [b"3:30", b"2:20"]
+    finally:
+        late.join()
+
+
+def test_a_marked_upload_never_joins_a_waiting_micro_batch(private_queue):
+    """An entry a consumer died holding is taken alone, even when it arrives while a batch waits for more."""
+    config, connection = private_queue, upload_queue.client(private_queue.redis_url)
+    connection.lpush(upload_queue.queue_name(config), "1:10", "2:20:1", "3:30")
+    assert upload_queue.take_batch(config, "c", 32, 1.0, 0.01) == [b"1:10"]
+    assert upload_queue.take_batch(config, "c", 32, 1.0, 0.01) == [b"2:20:1"]
+    assert upload_queue.take_batch(config, "c", 32, 1.0, 0.01) == [b"3:30"]
 
 
 def test_a_consumer_that_leaves_hands_back_what_it_holds_unmarked(private_queue):
