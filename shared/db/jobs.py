@@ -175,6 +175,8 @@ def delete_upload_job(conn: Connection, job_id: int, image_id: int) -> None:
         cursor.execute("DELETE FROM predictions WHERE job_id = %s", (job_id,))  # no foreign key cascades there
         cursor.execute("DELETE FROM job_statistics WHERE job_id = %s", (job_id,))  # nor there
         cursor.execute("DELETE FROM job_mistakes WHERE job_id = %s", (job_id,))
+        # Stored comparisons with the job (their rows cascade); few pairs are stored, so no index on job_b.
+        cursor.execute("DELETE FROM job_comparison_pairs WHERE job_a = %(job)s OR job_b = %(job)s", {"job": job_id})
         cursor.execute("DELETE FROM input_data WHERE id = %s AND dataset_split = 'upload'", (image_id,))
 
 

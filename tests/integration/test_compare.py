@@ -6,13 +6,19 @@ those images and 3 of its own; its predictions are written through the data laye
 function (test data: the worker has one model), A's labels with a few chosen changes: one
 fixed, two broken, one unlabelled image changed. The expected numbers come from the images'
 rows joined one by one in this file, not from the aggregate under test.
+
+The aggregate of two finished jobs is stored once computed: read back the same, per ordered
+pair, never for an unfinished job, computed again when a finished job gains a prediction, and
+stored without error by two requests at once.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import json
 import re
+import time
 
 import numpy as np
 import pytest
@@ -20,6 +26,7 @@ from click.testing import CliRunner
 
 from producer.cli import main
 from shared import broker, jobs
+from shared.comparison import load_comparison
 from shared.db import connection, progress, results
 from shared.db import images as image_store
 from shared.db import jobs as job_store
@@ -250,3 +257,119 @@ def test_models_refuses_an_unknown_model_before_submitting_anything(invoke, conn
 def test_compare_wants_two_jobs_or_two_models(invoke, args):
     printed = invoke("compare", *args)
     assert printed.exit_code == 2 and "Error:" in printed.output
+
+
+# --- the stored aggregate of two finished jobs (shared/db/comparisons.py) ----------------------
+
+
+def stored_pair(conn, job_a: int, job_b: int) -> tuple[int, int] | None:
+    """The done counts the pair's aggregate is stored for, or None when it is not stored."""
+    row = query(conn, "SELECT a_done_count, b_done_count FROM job_comparison_pairs WHERE job_a = %s AND job_b = %s", (job_a, job_b))
+    return tuple(row[0]) if row else None
+
+
+def forget(conn, job_a: int, job_b: int) -> None:
+    query(conn, "DELETE FROM job_comparison_pairs WHERE job_a = %s AND job_b = %s", (job_a, job_b))
+
+
+def first_images(conn, job_id: int, count: int) -> list[int]:
+    return [row[0] for row in query(conn, "SELECT input_data_id FROM predictions WHERE job_id = %s ORDER BY 1 LIMIT %s", (job_id, count))]
+
+
+def test_two_finished_jobs_are_compared_once_then_read_back(pair):
+    """A and B differ in model version and share unlabelled images: the stored answer is the computed one."""
+    conn, a, b = pair["conn"], pair["a"], pair["b"]
+    forget(conn, a, b)
+    forget(conn, b, a)
+    computed = load_comparison(conn, a, b)
+    assert stored_pair(conn, a, b) == (32, 33)
+    stored = load_comparison(conn, a, b)
+    assert stored.as_json() == computed.as_json()
+    assert_matches(stored.as_json(), direct_comparison(conn, a, b))
+    assert stored.counts[0].sum() == UNLABELLED and stored.versions_b == (MODEL_B,) != stored.versions_a
+
+    # The second answer came from the stored rows: doubled there, it doubles.
+    query(conn, "UPDATE job_comparisons SET images = images * 2 WHERE job_a = %s AND job_b = %s", (a, b))
+    assert load_comparison(conn, a, b).shared == 2 * computed.shared
+    forget(conn, a, b)
+    assert load_comparison(conn, a, b).as_json() == computed.as_json()
+
+    # B against A is a pair of its own, the same aggregate the other way round.
+    reverse = load_comparison(conn, b, a)
+    assert stored_pair(conn, b, a) == (33, 32)
+    assert np.array_equal(reverse.counts, computed.counts.transpose(0, 2, 1))
+    assert load_comparison(conn, b, a).as_json() == reverse.as_json()
+
+
+def test_an_unfinished_job_is_compared_live_and_stored_once_it_is_done(pair):
+    conn, a = pair["conn"], pair["a"]
+    ids = first_images(conn, a, 10)
+    job = job_store.create_job(conn, ids, MODEL_B, {"test": "compare-unfinished"})
+    results.store_results(conn, job, MODEL_B, prediction_batch(ids[:4], 1, 0.9), [])
+    running = load_comparison(conn, a, job)
+    assert (running.shared, running.job_b["status"]) == (4, "running") and stored_pair(conn, a, job) is None
+    assert_matches(running.as_json(), direct_comparison(conn, a, job))
+
+    results.store_results(conn, job, MODEL_B, prediction_batch(ids[4:], 2, 0.9), [])
+    done = load_comparison(conn, a, job)
+    assert done.shared == 10 and stored_pair(conn, a, job) == (32, 10)
+    assert_matches(done.as_json(), direct_comparison(conn, a, job))
+    assert load_comparison(conn, a, job).as_json() == done.as_json()
+
+
+def test_a_prediction_stored_after_the_job_is_done_is_compared(pair):
+    """An image given up on, then predicted by a redelivered batch after all: the job gains a prediction when done."""
+    conn, a = pair["conn"], pair["a"]
+    ids = first_images(conn, a, 3)
+    job = job_store.create_job(conn, ids, MODEL_B, {"test": "compare-late"})
+    results.store_results(conn, job, MODEL_B, prediction_batch(ids[:2], 1, 0.9), [results.FailureRow(ids[2], "given up: test")])
+    assert load_comparison(conn, a, job).shared == 2 and stored_pair(conn, a, job) == (32, 2)
+
+    assert results.store_results(conn, job, MODEL_B, prediction_batch(ids[2:], 3, 0.9), []) == (1, 0)
+    late = load_comparison(conn, a, job)
+    assert (late.shared, late.job_b["status"]) == (3, "done") and stored_pair(conn, a, job) == (32, 3)
+    assert_matches(late.as_json(), direct_comparison(conn, a, job))
+
+
+def waiting_for_a_lock(conn, backends: list[int]) -> int:
+    return query(conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s) AND wait_event_type = 'Lock'", (backends,))[0][0]
+
+
+def test_two_first_comparisons_of_a_pair_at_once_both_succeed(pair, settings):
+    conn, a, b = pair["conn"], pair["a"], pair["b"]
+    forget(conn, a, b)
+    expected = direct_comparison(conn, a, b)
+    # An uncommitted row of the pair's key: both requests miss it, compute, and then wait on that key together.
+    gate = connection.connect(settings.database_url)
+    requests = [connection.connect(settings.database_url) for _ in range(2)]
+    try:
+        for request in requests:
+            request.autocommit = True  # as the web's pooled connections are
+        with gate.cursor() as cursor:
+            cursor.execute("INSERT INTO job_comparison_pairs (job_a, job_b, a_done_count, b_done_count) VALUES (%s, %s, 0, 0)", (a, b))
+        with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+            answers = [pool.submit(load_comparison, request, a, b) for request in requests]
+            deadline = time.monotonic() + 60
+            backends = [request.get_backend_pid() for request in requests]
+            while waiting_for_a_lock(conn, backends) < len(requests) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            waited = waiting_for_a_lock(conn, backends)
+            gate.rollback()  # both go on at once: one stores the pair, the other finds it stored
+            compared = [answer.result(timeout=60).as_json() for answer in answers]
+    finally:
+        for each in (gate, *requests):
+            each.close()
+    assert waited == len(requests)
+    assert compared[0] == compared[1]
+    assert_matches(compared[0], expected)
+    assert stored_pair(conn, a, b) == (32, 33)
+    assert load_comparison(conn, a, b).as_json() == compared[0]
+
+
+def test_deleting_an_upload_job_deletes_its_stored_comparisons(conn):
+    job, image = job_store.create_upload_job(conn, encode_image(np.zeros((28, 28), np.uint8)), [28, 28], MODEL_B, {"test": "compare"})
+    results.store_results(conn, job, MODEL_B, prediction_batch([image], 4, 0.9), [])
+    assert load_comparison(conn, job, job).shared == 1 and stored_pair(conn, job, job) == (1, 1)
+    job_store.delete_upload_job(conn, job, image)
+    assert stored_pair(conn, job, job) is None
+    assert query(conn, "SELECT count(*) FROM job_comparisons WHERE job_a = %s OR job_b = %s", (job, job)) == [(0,)]

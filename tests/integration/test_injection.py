@@ -365,6 +365,14 @@ def unsafe_sql_calls(source: str, passes_statements_through: bool = False) -> li
         for target in node.targets
         if isinstance(target, ast.Name)
     }
+    # Module constants composed with psycopg2.sql, as a function's locals may be.
+    constants |= {
+        target.id
+        for node in tree.body
+        if isinstance(node, ast.Assign) and is_composed_safely(node.value, constants, set())
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
     # Module constants holding a prepared statement whose text is itself safe (its definition is scanned too).
     constants |= {
         target.id
@@ -438,6 +446,8 @@ def composed_first(conn, kind):
     statement = sql.SQL("SELECT {} FROM jobs WHERE kind = %s").format(sql.Identifier("id"))
     return query(conn, statement, (kind,))
 LOOKUP = prepared.Statement("lookup", "SELECT * FROM jobs WHERE id = %(id)s", {"id": "bigint"})
+COMPOSED = sql.SQL("SELECT {} FROM jobs").format(sql.Identifier("id"))
+query(conn, COMPOSED)
 SCOPED = prepared.Statement("scoped", sql.SQL("SELECT {} FROM jobs").format(sql.Identifier("id")), {})
 prepared.query_one(conn, LOOKUP, {"id": 1})
 def run(cursor):

@@ -5,7 +5,9 @@ import pytest
 
 from shared.db import connection, prepared
 
-DOUBLE = prepared.Statement("mnistq_test_double", "SELECT %(n)s * 2 AS doubled, %(label)s AS label", {"n": "integer", "label": "text", "unused": "bigint"})
+DOUBLE = prepared.Statement(
+    "mnistq_test_double", "SELECT %(n)s * 2 AS doubled, %(label)s AS label", {"n": "integer", "label": "text", "unused": "bigint"}
+)
 
 
 def server_statements(conn) -> list[str]:
