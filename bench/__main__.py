@@ -71,6 +71,8 @@ def main(
 ) -> None:
     """Bare model vs mnist-queue vs the seed design; upload latency; memory; scale; upload bursts."""
     chosen = set(sections.split(","))
+    if chosen & {"scale", "scale-ab", "burst", "robustness"}:  # the others print it with their own table
+        click.echo(machine_line())
     if "scale" in chosen:
         from bench import scale
 
@@ -111,7 +113,7 @@ def main(
         latency_rows = latency.run(env, settings, image_ids, images, common.RESULTS_DIR) if "latency" in chosen else []
 
     ceiling = max(row["images_per_second"] for row in rows)
-    machine = f"machine: {os.cpu_count()} cores, {common.cpu_model()}; {where}"
+    machine = f"{machine_line()}; {where}"
     lines = [machine, f"10,000 MNIST test images; median of {repeats}", ""]
     lines += table(rows, ceiling)
     if database_rows:
@@ -130,6 +132,11 @@ def main(
     (common.RESULTS_DIR / f"{name}.txt").write_text("\n".join(lines) + "\n")
 
 
+def machine_line() -> str:
+    """What every section prints first: figures of one run compare, runs on different machines do not."""
+    return f"machine: {os.cpu_count()} cores, {common.cpu_model()}"
+
+
 def model_costs(repeats: int, baseline: Path | None) -> list[str]:
     """The models section: needs no services, so it runs outside the private environment."""
     from bench import models
@@ -139,7 +146,7 @@ def model_costs(repeats: int, baseline: Path | None) -> list[str]:
     settings = load_settings()
     images, _ = mnist.load_split(settings.mnist_dir, "test")
     rows = models.run(settings.model_path, images, repeats, baseline)
-    lines = [f"machine: {os.cpu_count()} cores, {common.cpu_model()}", f"10,000 MNIST test images; median of {repeats}", ""]
+    lines = [machine_line(), f"10,000 MNIST test images; median of {repeats}", ""]
     lines += models.table(rows)
     common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (common.RESULTS_DIR / "models.json").write_text(json.dumps({"machine": lines[0], "rows": rows}, indent=2) + "\n")

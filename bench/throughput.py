@@ -10,21 +10,32 @@ import numpy as np
 
 from bench import seed_style as seed
 from bench.common import child_pids, cpu_seconds, median_and_spread, pids_named, start_worker, wait_for_results
-from shared import broker, jobs
+from shared import broker, jobs, registry
 from shared.config import Settings
 from shared.cpus import available_cpus
 from shared.db import connection
 from shared.db import jobs as job_store
-from shared.inference import load_predictor
-from shared.model_info import model_version
+from shared.inference import LiteRTPredictor, Predictor, load_predictor
+from shared.model_info import int8_path, litert_path, model_version, read_model_card
 from worker.batch import DatabaseLane, process_batch
 
 BATCH_SIZES = (64, 256, 1024)
 
 
+def served_predictor(settings: Settings, runtime: str, threads: int) -> tuple[Predictor, str]:
+    """The shipped model's file a worker with these settings runs (float or int8, by MODEL_PRECISION and
+    the card, as ``worker.models`` picks it), so the bare rows measure what the pipeline serves."""
+    if runtime != "litert":
+        return load_predictor(settings.model_path, runtime, threads), runtime
+    has_int8 = int8_path(settings.model_path).exists()
+    variant = registry.serving_variant(read_model_card(settings.model_path), has_int8, settings.model_precision)
+    path = int8_path(settings.model_path) if variant == "int8" else litert_path(settings.model_path)
+    return LiteRTPredictor(path, threads), f"{runtime} {variant}"
+
+
 def bare_model(settings: Settings, images: np.ndarray, repeats: int, runtime: str) -> dict[str, Any]:
     """The shipped model on the test set in this process, every core it may use, best batch size."""
-    predictor = load_predictor(settings.model_path, runtime, threads=available_cpus())
+    predictor, served = served_predictor(settings, runtime, threads=available_cpus())
     by_batch = {}
     for batch_size in BATCH_SIZES:
         predictor.predict_batch(images[:batch_size])  # allocate and warm up outside the timing
@@ -38,7 +49,7 @@ def bare_model(settings: Settings, images: np.ndarray, repeats: int, runtime: st
         by_batch[batch_size] = (*median_and_spread(rates), (time.process_time() - cpu_before) / (repeats * len(images)) * 1e6)
     best = max(by_batch, key=lambda size: by_batch[size][0])
     rate, spread, cpu_us = by_batch[best]
-    what = f"bare model, {runtime}, {best} images a call"
+    what = f"bare model, {served}, {best} images a call"
     return {"what": what, "images_per_second": rate, "spread": spread, "cpu_us_per_image": {"model": round(cpu_us, 1)}}
 
 
@@ -49,7 +60,7 @@ def in_process(settings: Settings, image_ids: list[int], repeats: int) -> dict[s
     cores could reach; the gap from here to mnist-queue is what the queue itself costs. The
     job is only recorded, never enqueued: this process does its batches itself.
     """
-    predictor = load_predictor(settings.model_path, settings.model_runtime, threads=available_cpus())
+    predictor, _ = served_predictor(settings, settings.model_runtime, threads=available_cpus())
     lane = DatabaseLane(settings.database_url)
     conn = connection.connect(settings.database_url)
     rates, cpu = [], {"process": 0.0, "postgres": 0.0}
