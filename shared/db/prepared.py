@@ -12,6 +12,7 @@ gives each parameter's SQL type.
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,10 +34,10 @@ class Statement:
     types: Mapping[str, str]  # parameter -> SQL type; those the text does not use are ignored
 
 
-# Connections (by object and backend) that have prepared each statement.
-_prepared: set[tuple[int, int, str]] = set()
+# What each open connection has prepared, as (backend pid, statement name): forgotten with the connection.
+_prepared: weakref.WeakKeyDictionary[Connection, set[tuple[int, str]]] = weakref.WeakKeyDictionary()
 _parameters_of: dict[str, list[str]] = {}  # statement name -> the parameters it uses, in order
-_execute_texts: dict[str, str] = {}  # statement name -> "name (%(a)s, ...)", composed once
+_execute_texts: dict[str, str] = {}  # statement name -> "EXECUTE name (%(a)s, ...)", composed once
 
 
 def execute_prepared(cursor: Cursor, statement: Statement, params: Mapping[str, Any]) -> None:
@@ -45,17 +46,18 @@ def execute_prepared(cursor: Cursor, statement: Statement, params: Mapping[str, 
     If the server has forgotten it (a reconnect behind our back, ``DISCARD ALL``) while no
     transaction is open, it is prepared again and run once more.
     """
-    key = (id(cursor.connection), cursor.connection.get_backend_pid(), statement.name)
-    if key not in _prepared:
-        _prepare_and_execute(cursor, statement, params, key)
+    prepared = _prepared.setdefault(cursor.connection, set())
+    key = (cursor.connection.get_backend_pid(), statement.name)
+    if key not in prepared:
+        _prepare_and_execute(cursor, statement, params, prepared, key)
         return
     try:
         _send(cursor, _execute_text(statement, cursor), _values(statement, cursor, params))
     except psycopg2.errors.InvalidSqlStatementName:
-        _prepared.discard(key)
+        prepared.discard(key)
         if cursor.connection.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
             raise  # inside a transaction, which the error has aborted: the caller retries it whole
-        _prepare_and_execute(cursor, statement, params, key)
+        _prepare_and_execute(cursor, statement, params, prepared, key)
 
 
 def query(conn: Connection, statement: Statement, params: Mapping[str, Any], as_dicts: bool = False) -> list[Any]:
@@ -87,8 +89,7 @@ def _values(statement: Statement, cursor: Cursor, params: Mapping[str, Any]) -> 
 
 
 def _execute_text(statement: Statement, cursor: Cursor) -> str:
-    """``EXECUTE name (%(a)s, ...)``, composed once per statement: composing it on every call cost
-    more of the web's time per upload than the planning it saves."""
+    """``EXECUTE name (%(a)s, ...)``, composed once per statement rather than on every call."""
     if statement.name not in _execute_texts:
         placeholders = sql.SQL(", ").join(map(sql.Placeholder, _used(statement, cursor)))
         execute = sql.SQL("EXECUTE {} ({})").format(sql.Identifier(statement.name), placeholders)
@@ -101,7 +102,9 @@ def _send(cursor: Cursor, text: str, values: Mapping[str, Any]) -> None:
     cursor.execute(text, values)
 
 
-def _prepare_and_execute(cursor: Cursor, statement: Statement, params: Mapping[str, Any], key: tuple[int, int, str]) -> None:
+def _prepare_and_execute(
+    cursor: Cursor, statement: Statement, params: Mapping[str, Any], prepared: set[tuple[int, str]], key: tuple[int, str]
+) -> None:
     used = _used(statement, cursor)
     numbered = _text(statement, cursor)
     for number, parameter in enumerate(used, start=1):
@@ -117,6 +120,6 @@ def _prepare_and_execute(cursor: Cursor, statement: Statement, params: Mapping[s
     except _BEFORE_PREPARE:
         raise
     except psycopg2.Error:
-        _prepared.add(key)  # PREPARE ran; what failed came after it
+        prepared.add(key)  # PREPARE ran; what failed came after it
         raise
-    _prepared.add(key)
+    prepared.add(key)
