@@ -48,6 +48,8 @@ UPLOADS = 1000
 UPLOADS_PER_FREEZE = 20  # the consumers take them as they come: the freeze right after lands mid-batch often
 # After a freeze, what the frozen process sent before it (a COPY, a COMMIT) is given time to land.
 SETTLE_SECONDS = 0.3
+SLOW_CHUNK_SECONDS = 0.1  # a batch of 1,000 is 4 chunks: part stored for >= 0.2 s
+FAULTY_WORKER = "tests.support.crashing_worker"
 # Settings whose defaults this test is about: a caller's values must not shorten them.
 TIMINGS = ("STALL_SECONDS", "SWEEP_INTERVAL_SECONDS", "WORKER_DEAD_AFTER_SECONDS", "UPLOAD_HEARTBEAT_SECONDS")
 
@@ -187,8 +189,11 @@ def freeze_mid_batch(conn, settings: Settings, worker: services.WorkerProcess, n
 
 def test_a_killed_workers_batch_is_stored_by_the_survivor_within_15_s(conn, env, test_split_ids, model_version, tmp_path):
     settings = load_settings(env)
-    survivor = services.WorkerProcess(env, tmp_path / "survivor.log")
-    doomed = services.WorkerProcess(env, tmp_path / "doomed.log")
+    # Chunks of at least SLOW_CHUNK_SECONDS: a batch is half stored for a while on any machine (the int8
+    # model does a batch of 1,000 in ~40 ms on a fast CPU, quicker than the freeze can look).
+    slowed = {**env, "SLOW_CHUNK_SECONDS": str(SLOW_CHUNK_SECONDS)}
+    survivor = services.WorkerProcess(slowed, tmp_path / "survivor.log", module=FAULTY_WORKER)
+    doomed = services.WorkerProcess(slowed, tmp_path / "doomed.log", module=FAULTY_WORKER)
     try:
         survivor.wait_ready()
         doomed.wait_ready()

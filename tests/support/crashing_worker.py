@@ -5,10 +5,14 @@
 
 An image whose stored bytes are ``CRASH_MARKER`` kills the worker process outright
 (as a segfaulting model would); one whose bytes are ``FAIL_MARKER`` makes inference raise.
+``SLOW_CHUNK_SECONDS`` (default 0) makes every chunk take at least that long, as on a slower
+machine: a test that must catch a worker with a batch half stored gets a window of its own
+choosing, whatever this machine's speed.
 """
 
 import os
 import sys
+import time
 
 from worker import batch
 
@@ -18,7 +22,11 @@ FAIL_MARKER = b"poison: make inference raise"
 _decode_batch = batch.decode_batch
 
 
+SLOW_CHUNK_SECONDS = float(os.environ.get("SLOW_CHUNK_SECONDS", "0"))
+
+
 def decode_batch_with_faults(image_ids, stored):
+    time.sleep(SLOW_CHUNK_SECONDS)
     markers = set(stored.values())
     if CRASH_MARKER in markers:
         os._exit(1)
