@@ -15,12 +15,13 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,7 @@ class Monitored:
     settings: Settings  # the private queues' settings, as the web and the worker read them
     prometheus_url: str
     web: services.WebServer
+    worker: services.Workers
 
     def query(self, expression: str) -> list[dict]:
         url = f"{self.prometheus_url}/api/v1/query?{urllib.parse.urlencode({'query': expression})}"
@@ -137,7 +139,7 @@ def monitored(worker_env: dict[str, str], settings: Settings, tmp_path_factory: 
         started.append(prometheus)
         url = f"http://127.0.0.1:{prometheus_port}"
         prometheus.wait_until(lambda: http_status(f"{url}/-/ready") == 200, WAIT_SECONDS)
-        yield Monitored(settings.replace(queue_prefix=prefix), url, web)
+        yield Monitored(settings.replace(queue_prefix=prefix), url, web, worker)
     finally:
         for process in reversed(started):
             process.stop()
@@ -159,13 +161,38 @@ def producer(config: Settings, *args: str) -> str:
     return result.output
 
 
-def run_job(monitored: Monitored, conn, *selection: str) -> tuple[int, int, int]:
-    """Submit a job of test images and wait for it: (its id, images, batches)."""
-    said = producer(monitored.settings, "submit", "--split", "test", "--batch-size", str(BATCH_SIZE), *selection)
+def run_job(monitored: Monitored, conn, *selection: str, while_queued: Callable[[], None] | None = None) -> tuple[int, int, int]:
+    """Submit a job of test images and wait for it: (its id, images, batches).
+
+    ``while_queued`` runs with the job's batches all waiting in the queue: the bulk worker is
+    paused from before the submit until it returns, so a fast machine cannot empty the queue
+    between two scrapes (a whole job can take less than one here).
+    """
+    paused = bulk_worker_pids(monitored.worker) if while_queued else []
+    for pid in paused:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        said = producer(monitored.settings, "submit", "--split", "test", "--batch-size", str(BATCH_SIZE), *selection)
+        if while_queued:
+            while_queued()
+    finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
     job_id, images, batches = map(int, re.search(r"job (\d+): (\d+) images in (\d+) batches", said).groups())
     outcome = services.wait_for_jobs(conn, [job_id], timeout=120)[job_id]
     assert outcome[0] == "done", outcome
     return job_id, images, batches
+
+
+def bulk_worker_pids(worker: services.Workers) -> list[int]:
+    """The bulk Celery worker's processes (its parent and pool) under ``python -m worker``, whose own
+    process keeps running the exporter, so Prometheus still scrapes the worker while they are paused."""
+    bulk = [pid for pid in child_pids(worker.pid) if b"worker.bulk" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    return bulk + [child for pid in bulk for child in child_pids(pid)]
+
+
+def child_pids(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def test_prometheus_scrapes_the_web_and_every_process_of_the_worker(monitored):
@@ -187,7 +214,12 @@ def test_a_job_shows_in_prometheus_as_images_per_second(monitored, conn, browser
     monitored.eventually('sum(mnist_images_predicted_total{queue="bulk"}) > 0')
     time.sleep(2 * SCRAPE_SECONDS)
     started = time.monotonic()
-    job_id, images, job_batches = run_job(monitored, conn)
+
+    def queue_seen() -> None:  # the worker's exporter reads the waiting batches from Redis at each scrape
+        monitored.eventually('mnist_queue_depth{queue="bulk", job="worker"} > 0')
+        monitored.eventually('mnist_queue_oldest_age_seconds{queue="bulk", job="worker"} > 0')
+
+    job_id, images, job_batches = run_job(monitored, conn, while_queued=queue_seen)
     job_seconds = time.monotonic() - started
 
     rate = float(monitored.eventually(f"{IMAGES_PER_SECOND} > 0")[0]["value"][1])
