@@ -10,27 +10,30 @@ import numpy as np
 
 from bench import seed_style as seed
 from bench.common import child_pids, cpu_seconds, median_and_spread, pids_named, start_worker, wait_for_results
-from shared import broker, jobs, registry
+from shared import broker, jobs
 from shared.config import Settings
 from shared.cpus import available_cpus
 from shared.db import connection
 from shared.db import jobs as job_store
-from shared.inference import LiteRTPredictor, Predictor, load_predictor
+from shared.inference import Predictor
 from shared.model_info import int8_path, litert_path, model_version, read_model_card
 from worker.batch import DatabaseLane, process_batch
+from worker.models import build_predictor
 
 BATCH_SIZES = (64, 256, 1024)
 
 
 def served_predictor(settings: Settings, runtime: str, threads: int) -> tuple[Predictor, str]:
-    """The shipped model's file a worker with these settings runs (float or int8, by MODEL_PRECISION and
-    the card, as ``worker.models`` picks it), so the bare rows measure what the pipeline serves."""
-    if runtime != "litert":
-        return load_predictor(settings.model_path, runtime, threads), runtime
-    has_int8 = int8_path(settings.model_path).exists()
-    variant = registry.serving_variant(read_model_card(settings.model_path), has_int8, settings.model_precision)
-    path = int8_path(settings.model_path) if variant == "int8" else litert_path(settings.model_path)
-    return LiteRTPredictor(path, threads), f"{runtime} {variant}"
+    """The shipped model as a worker with these settings serves it (float or int8, by MODEL_PRECISION
+    and the card: ``worker.models.build_predictor``), so the bare rows measure what the pipeline runs."""
+    path = settings.model_path
+    files = {
+        "card": read_model_card(path),
+        "tflite_bytes": litert_path(path).read_bytes() if runtime == "litert" else None,
+        "int8_bytes": int8_path(path).read_bytes() if runtime == "litert" and int8_path(path).exists() else None,
+        "keras_bytes": path.read_bytes() if runtime == "tensorflow" else None,
+    }
+    return build_predictor(files, runtime, settings.model_precision, threads)
 
 
 def bare_model(settings: Settings, images: np.ndarray, repeats: int, runtime: str) -> dict[str, Any]:

@@ -62,12 +62,11 @@ def init_app(app: Flask, config: Settings) -> None:
 
 
 def add_security_headers(response: Response) -> Response:
-    """Each header unless the view set its own; the names are looked up once, not one scan per header."""
-    present = {name.lower() for name in response.headers.keys()}
-    response.headers.extend([(name, value) for name, value in HEADERS.items() if name.lower() not in present])
-    if request.is_secure and "strict-transport-security" not in present:
-        response.headers["Strict-Transport-Security"] = HSTS
-    if "cache-control" not in present:
+    for name, value in HEADERS.items():
+        response.headers.setdefault(name, value)
+    if request.is_secure:
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
+    if "Cache-Control" not in response.headers:
         # Pages and answers may hold an operator's data or an upload's result: no shared cache may keep them.
         response.headers["Cache-Control"] = "no-store"
     return response

@@ -74,7 +74,7 @@ def resolve(conn: Connection, name: str) -> str | None:
     return row[0] if row else None
 
 
-# Every upload resolves its model: prepared, since planning the lookup cost four times running it.
+# Every upload resolves its model: prepared, since planning the lookup cost about as much as running it.
 RESOLVE = prepared.Statement(
     "mnistq_resolve_model",
     """

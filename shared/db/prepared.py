@@ -2,8 +2,8 @@
 
 psycopg2 sends every statement as text, so PostgreSQL parses and plans it on every call. For
 the small statements that run once or twice per upload, planning costs more than running:
-measured on one connection, the upload's lookup of its prediction (three tables) took 195 µs
-of backend CPU planned each time and 45 µs prepared, the model alias lookup 125 µs and 30 µs.
+measured on one connection, the upload's lookup of its prediction (three tables) took 287-300 µs
+of backend CPU planned each time and 107-110 µs prepared, the model lookup 150 and 70-80 µs.
 The web's pooled connections and the worker's run them thousands of times, so each plans them
 once. A statement's text uses ``%(name)s`` placeholders (and no literal ``%``); ``types``
 gives each parameter's SQL type.

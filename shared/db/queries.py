@@ -69,7 +69,7 @@ def upload_prediction_by_token(conn: Connection, public_token: str) -> dict[str,
 
 
 # A waiting upload reads its answer through this: prepared, since planning the three-table
-# lookup cost four times running it.
+# lookup cost more than running it.
 UPLOAD_PREDICTION = """
 SELECT j.id, j.public_token, j.status, COALESCE(p.model_version, j.model_version) AS model_version,
        j.selection, j.created_at, j.finished_at,

@@ -29,6 +29,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from bench.common import child_pids
 from producer.cli import main as producer_cli
 from shared import broker, upload_queue
 from shared.config import Settings
@@ -189,10 +190,6 @@ def bulk_worker_pids(worker: services.Workers) -> list[int]:
     process keeps running the exporter, so Prometheus still scrapes the worker while they are paused."""
     bulk = [pid for pid in child_pids(worker.pid) if b"worker.bulk" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     return bulk + [child for pid in bulk for child in child_pids(pid)]
-
-
-def child_pids(pid: int) -> list[int]:
-    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def test_prometheus_scrapes_the_web_and_every_process_of_the_worker(monitored):
