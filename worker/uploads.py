@@ -28,7 +28,9 @@ import redis.exceptions
 
 from shared import jobs, metrics, upload_queue
 from shared.config import Settings, load_settings
+from shared.db import models as model_store
 from shared.db.connection import TRANSIENT_ERRORS
+from shared.db.models import UploadRow
 from shared.db.results import UnknownJobError
 from worker.batch import DatabaseLane, give_up, process_uploads
 from worker.models import ModelCache, ModelUnavailable
@@ -48,7 +50,7 @@ class UploadConsumer:
         self.config = config
         self.name = upload_queue.new_consumer_name()
         self.models = models
-        self.lane = DatabaseLane(config.database_url)
+        self.lane = DatabaseLane(config.database_url, threaded=False)
         self.stopping = threading.Event()
         self._held: list[bytes] = []  # taken but not yet stored: retried after an outage
         self._finished: list[bytes] = []  # stored, still in the processing list until the next take
@@ -131,47 +133,51 @@ class UploadConsumer:
         metrics.record_upload_latencies(stored - accepted for accepted in map(upload_queue.accepted_at, entries) if accepted is not None)
 
     def predict(self, uploads: list[tuple[int, int]]) -> None:
-        """Each version's uploads in one model call and one transaction, then the shadows' (one query finds the versions)."""
-        served = self.models.job_models(self.lane, sorted({job_id for job_id, _ in uploads}))
-        by_version: dict[str | None, list[tuple[int, int]]] = {}
-        by_shadow: dict[str, list[tuple[int, int]]] = {}
+        """Each version's uploads in one model call and one transaction, then the shadows'. One query
+        finds the versions and reads the images (``upload_batch``); an upload whose job is gone is dropped."""
+        started = time.perf_counter()
+        rows = self.lane.submit(model_store.upload_batch, uploads).result()
+        fetch_seconds = time.perf_counter() - started
+        found = {(row.job_id, row.image_id) for row in rows}
         for job_id, image_id in uploads:
-            if job_id not in served:
+            if (job_id, image_id) not in found:
                 log.error("job %s does not exist; dropping upload of image %s", job_id, image_id)
-                continue
-            by_version.setdefault(served[job_id].version, []).append((job_id, image_id))
-            if served[job_id].shadow:
-                by_shadow.setdefault(served[job_id].shadow, []).append((job_id, image_id))
+        by_version: dict[str | None, list[UploadRow]] = {}
+        by_shadow: dict[str, list[tuple[int, int]]] = {}
+        for row in rows:
+            by_version.setdefault(row.version, []).append(row)
+            if row.shadow:
+                by_shadow.setdefault(row.shadow, []).append((row.job_id, row.image_id))
         for version, group in by_version.items():
-            self.predict_with(version, group)
-        for shadow, group in by_shadow.items():  # after every upload of the batch is answered
-            predict_shadow(self.lane, self.models, shadow, group)
+            self.predict_with(version, group, fetch_seconds)
+        for shadow, shadowed in by_shadow.items():  # after every upload of the batch is answered
+            predict_shadow(self.lane, self.models, shadow, shadowed)
 
-    def predict_with(self, version: str | None, uploads: list[tuple[int, int]]) -> None:
+    def predict_with(self, version: str | None, uploads: list[UploadRow], fetch_seconds: float = 0.0) -> None:
         """One model call and one transaction; on failure the batch is split and the halves tried
         again, as the bulk lane does, so a poison upload fails alone and never its neighbours."""
         try:
             predictor = self.models.predictor(self.lane, version)
         except ModelUnavailable as error:  # not registered, or its file does not load: these uploads fail, with why
-            for job_id, image_id in uploads:
-                self.store_failure(job_id, image_id, str(error), version)
+            for row in uploads:
+                self.store_failure(row.job_id, row.image_id, str(error), version)
             return None
         try:
-            process_uploads(self.lane, predictor.predict_batch, version, uploads)
+            process_uploads(self.lane, predictor.predict_batch, version, uploads, fetch_seconds)
         except OUTAGE_ERRORS:
             raise
         except (psycopg2.errors.ForeignKeyViolation, UnknownJobError):
             if len(uploads) > 1:
                 return self.split(version, uploads, "a job that does not exist")
-            log.error("job %s does not exist; dropping upload of image %s", *uploads[0])
+            log.error("job %s does not exist; dropping upload of image %s", uploads[0].job_id, uploads[0].image_id)
         except Exception as error:  # the model or our code failed on this input: isolate it, never loop
             if len(uploads) > 1:
                 return self.split(version, uploads, repr(error))
-            log.exception("job %s: upload of image %s failed", *uploads[0])
-            self.store_failure(*uploads[0], jobs.prediction_failed_reason(error), version)
+            log.exception("job %s: upload of image %s failed", uploads[0].job_id, uploads[0].image_id)
+            self.store_failure(uploads[0].job_id, uploads[0].image_id, jobs.prediction_failed_reason(error), version)
         return None
 
-    def split(self, version: str | None, uploads: list[tuple[int, int]], why: str) -> None:
+    def split(self, version: str | None, uploads: list[UploadRow], why: str) -> None:
         log.warning("upload consumer %s: batch of %d uploads split after %s", self.name, len(uploads), why)
         middle = len(uploads) // 2
         self.predict_with(version, uploads[:middle])

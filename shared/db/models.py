@@ -152,12 +152,43 @@ def job_models(conn: Connection, job_ids: Sequence[int]) -> list[tuple[int, str 
     return prepared.query(conn, JOB_MODELS, {"production": PRODUCTION, "jobs": list(job_ids)})
 
 
-# Once per micro-batch of uploads (and per bulk batch): prepared.
+# A job's serving version: its own, else production's now.
+SERVING_VERSION = sql.SQL("COALESCE(j.model_version, (SELECT version FROM model_aliases WHERE alias = %(production)s))")
+
+# Once per bulk batch: prepared.
 JOB_MODELS = prepared.Statement(
     "mnistq_job_models",
-    """
-    SELECT j.id, COALESCE(j.model_version, (SELECT version FROM model_aliases WHERE alias = %(production)s)), j.shadow_version
-    FROM jobs j WHERE j.id = ANY(%(jobs)s)
-    """,
+    sql.SQL("SELECT j.id, {version}, j.shadow_version FROM jobs j WHERE j.id = ANY(%(jobs)s)").format(version=SERVING_VERSION),
     {"production": "text", "jobs": "bigint[]"},
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class UploadRow:
+    job_id: int
+    image_id: int
+    version: str | None  # None: the job records none and nothing is aliased production
+    shadow: str | None
+    image_data: bytes | None  # None: there is no such image
+    true_label: int | None
+
+
+def upload_batch(conn: Connection, uploads: Sequence[tuple[int, int]]) -> list[UploadRow]:
+    """What the upload consumer needs of a micro-batch of (job id, image id), in one round trip:
+    each job's versions (``job_models``) and each image's bytes and label. No row for a job that does not exist."""
+    params = {"production": PRODUCTION, "jobs": [job for job, _ in uploads], "images": [image for _, image in uploads]}
+    rows = prepared.query(conn, UPLOAD_BATCH, params)
+    return [UploadRow(job, image, version, shadow, bytes(data) if data is not None else None, label) for job, image, version, shadow, data, label in rows]
+
+
+# Once per micro-batch of uploads: prepared.
+UPLOAD_BATCH = prepared.Statement(
+    "mnistq_upload_batch",
+    sql.SQL("""
+    SELECT u.job_id, u.image_id, {version}, j.shadow_version, d.image_data, d.true_label
+    FROM unnest(%(jobs)s::bigint[], %(images)s::bigint[]) AS u (job_id, image_id)
+    JOIN jobs j ON j.id = u.job_id
+    LEFT JOIN input_data d ON d.id = u.image_id
+    """).format(version=SERVING_VERSION),
+    {"production": "text", "jobs": "bigint[]", "images": "bigint[]"},
 )

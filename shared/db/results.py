@@ -3,9 +3,10 @@
 PostgreSQL is the source of truth. Predictions and failures are written in the same
 transaction as the job's counters and its statistics (``statistics.py``), with unique keys
 that make a redelivered batch a no-op, so the counters always equal the rows and nothing is
-counted twice. A transaction is three round trips: BEGIN with the COPY of the predictions,
-one prepared statement for everything else (failures, statistics, mistakes, counters,
-NOTIFY), COMMIT.
+counted twice. A chunk of the bulk lane is three round trips: BEGIN with the COPY of the
+predictions, one prepared statement for everything else (failures, statistics, mistakes,
+counters, NOTIFY), COMMIT. A micro-batch of uploads is one: its few rows ride in that statement
+as arrays (``IN_STATEMENT_ROWS``), which then is a transaction of its own.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from shared.db.connection import Connection, Cursor, transaction
 from shared.digits import NUM_CLASSES
 
 COPY_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, copy_format.PREDICTION_COLUMNS))
+# Up to this many predictions, counted by the worker, are sent inside the store's statement rather than
+# by COPY: the two round trips saved (BEGIN with the COPY, COMMIT) cost more than the arrays for a
+# micro-batch of uploads; a bulk chunk of 256 is cheaper to COPY.
+IN_STATEMENT_ROWS = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,12 +132,23 @@ inserted AS (
     SELECT i.job_id, i.input_data_id, i.predicted_label, i.confidence, d.true_label
     FROM inserted i LEFT JOIN input_data d ON d.id = i.input_data_id
 )"""
+# The predictions themselves, for a batch of up to IN_STATEMENT_ROWS: a duplicate raises UniqueViolation,
+# as the COPY does, and the store goes again through the staging table.
+ROWS_IN_STATEMENT = """
+written AS (
+    INSERT INTO predictions (job_id, input_data_id, model_version, predicted_label, confidence, prediction_probabilities)
+    SELECT u.job_id, u.input_data_id, %(version)s, u.predicted_label, u.confidence, u.probabilities
+    FROM unnest(%(p_jobs)s::bigint[], %(p_ids)s::bigint[], %(p_labels)s::smallint[], %(p_confidences)s::real[],
+                %(p_vectors)s::bytea[]) AS u (job_id, input_data_id, predicted_label, confidence, probabilities)
+)"""
 DONE_FROM_BATCH = """
 done AS (
     SELECT job_id, count(*) AS done FROM batch GROUP BY job_id
 )"""
 # Failures, statistics, mistakes, the jobs' counters and the NOTIFY: one statement, one round
 # trip. The NOTIFY is delivered at commit: a web request waiting for an upload wakes at once.
+# A job of the batch that does not exist fails the statement (migration 0007's function, with
+# SQLSTATE foreign_key_violation), so nothing of the batch is stored, in one statement or many.
 # A failure is never recorded for an image the job already has a prediction of: an image is given
 # up on after its worker died too often, and the last one may have died after its commit.
 ADVANCE = """
@@ -162,7 +178,8 @@ failed AS (
     FROM changes c WHERE j.id = c.job_id AND j.id = ANY(%(jobs)s::bigint[])  -- by the primary key, never a scan of jobs
     RETURNING j.id
 )
-SELECT (SELECT COALESCE(sum(done), 0) FROM done), (SELECT count(*) FROM failed), (SELECT count(pg_notify(%(channel)s, id::text)) FROM job)
+SELECT (SELECT COALESCE(sum(done), 0) FROM done), (SELECT count(*) FROM failed),
+       mnistq_require_jobs(cardinality(%(jobs)s::bigint[]), (SELECT count(pg_notify(%(channel)s, id::text)) FROM job))
 """
 
 
@@ -176,7 +193,8 @@ def _store(
     skip_stored: bool,
 ) -> tuple[int, int]:
     """Three round trips on an autocommit connection: BEGIN rides with the first command, then the
-    COPY's data, the one statement, COMMIT. Without predictions the statement is its own transaction."""
+    COPY's data, the one statement, COMMIT. Without predictions, or with few enough to send in the
+    statement, the statement is its own transaction: one round trip."""
     jobs = sorted(set(job_ids))
     params = {
         "jobs": jobs,
@@ -186,8 +204,12 @@ def _store(
         "channel": progress.CHANNEL,
     }
     has_predictions = predictions is not None and len(predictions) > 0
+    in_statement = has_predictions and not skip_stored and predictions.true_labels is not None and len(predictions) <= IN_STATEMENT_ROWS
     if skip_stored:
         statement = STORE_STAGED
+    elif in_statement:
+        statement = STORE_WITH_ROWS
+        params |= statistics.counted(prediction_jobs, predictions) | _rows(prediction_jobs, model_version, predictions)
     elif not has_predictions or predictions.true_labels is not None:
         statement = STORE_COUNTED
         params |= statistics.counted(prediction_jobs, predictions) if has_predictions else statistics.counted_nothing()
@@ -199,32 +221,47 @@ def _store(
             "p_labels": predictions.labels.tolist(),
             "p_confidences": predictions.confidences.tolist(),
         }
-    manual = conn.autocommit and has_predictions  # else: one statement (autocommit) or the caller's transaction
+    copy = has_predictions and not in_statement
+    manual = conn.autocommit and copy  # else: one statement (autocommit) or the caller's transaction
     with contextlib.ExitStack() as stack:
         cursor = stack.enter_context(conn.cursor()) if conn.autocommit else stack.enter_context(transaction(conn))
         try:
-            if has_predictions:
+            if copy:
                 _copy_predictions(cursor, prediction_jobs, model_version, predictions, skip_stored, begin=manual)
             prepared.execute_prepared(cursor, statement, params)
-            stored, failed, advanced = cursor.fetchone()
-            if advanced < len(jobs):  # rolls the predictions back: predictions has no foreign key to do it
-                raise UnknownJobError(f"job {jobs[0]} does not exist" if len(jobs) == 1 else "a job of the batch does not exist")
+            stored, failed, _ = cursor.fetchone()
             if manual:
                 cursor.execute("COMMIT")
         except BaseException as error:
             if manual and not conn.closed:
                 with contextlib.suppress(psycopg2.Error):
                     cursor.execute("ROLLBACK")
-            if isinstance(error, psycopg2.errors.ForeignKeyViolation):  # statistics, mistakes and failures name the job
-                raise UnknownJobError(f"a job of {jobs} does not exist") from error
+            if isinstance(error, psycopg2.errors.ForeignKeyViolation):  # failures name the job; ADVANCE checks the rest
+                raise UnknownJobError(f"job {jobs[0]} does not exist" if len(jobs) == 1 else f"a job of {jobs} does not exist") from error
             raise
     return stored, failed
+
+
+def _rows(prediction_jobs: np.ndarray, model_version: str, predictions: PredictionBatch) -> dict[str, object]:
+    """``ROWS_IN_STATEMENT``'s parameters: the predictions as columns, each vector as its little-endian float32 bytes."""
+    if not model_version:
+        raise ValueError("model_version must not be empty")
+    vectors = predictions.probabilities.astype("<f4")
+    return {
+        "version": model_version,
+        "p_jobs": prediction_jobs.tolist(),
+        "p_ids": predictions.image_ids.tolist(),
+        "p_labels": predictions.labels.tolist(),
+        "p_confidences": predictions.confidences.tolist(),
+        "p_vectors": [psycopg2.Binary(vector.tobytes()) for vector in vectors],
+    }
 
 
 # Parameters a store statement may use, with their types; each prepared statement declares those it uses.
 PARAMETERS = {
     "jobs": "bigint[]", "f_jobs": "bigint[]", "f_ids": "bigint[]", "f_reasons": "text[]", "channel": "text",
     "p_jobs": "bigint[]", "p_ids": "bigint[]", "p_labels": "smallint[]", "p_confidences": "real[]",
+    "p_vectors": "bytea[]", "version": "text",
     "d_jobs": "bigint[]", "d_counts": "bigint[]",
     **statistics.PARAMETERS,
 }  # fmt: skip
@@ -236,6 +273,11 @@ STORE = prepared.Statement(
 )
 STORE_COUNTED = prepared.Statement(
     "mnistq_store_counted", sql.SQL("WITH {}").format(sql.SQL(",").join(map(sql.SQL, [COUNTED, ADVANCE]))), PARAMETERS
+)
+STORE_WITH_ROWS = prepared.Statement(
+    "mnistq_store_with_rows",
+    sql.SQL("WITH {}").format(sql.SQL(",").join(map(sql.SQL, [ROWS_IN_STATEMENT, COUNTED, ADVANCE]))),
+    PARAMETERS,
 )
 STORE_STAGED = prepared.Statement(
     "mnistq_store_staged",

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from producer.cli import main as producer_main
 from shared.db import images as image_store
 from shared.db import jobs as job_store
-from shared.db import results, statistics
+from shared.db import queries, results, statistics
 from shared.db.images import ImageRow
 from shared.images import encode_image
 from tests.support.services import max_job_id
@@ -115,6 +115,35 @@ def test_a_micro_batch_of_several_jobs_is_stored_in_one_transaction_with_each_jo
     missing = max_job_id(conn) + 1_000_000
     with pytest.raises(results.UnknownJobError):  # one job of the batch is gone: nothing of the batch is stored
         results.store_many(conn, MODEL, [job_ids[0], missing], np.array([job_ids[0], missing]), predictions([1, 2], [1, 1], [0.9, 0.9]), [])
+
+
+def test_a_micro_batch_counted_by_the_worker_is_stored_by_one_statement_all_or_nothing(conn):
+    """Up to IN_STATEMENT_ROWS predictions with true labels ride in the store's statement (no COPY,
+    no BEGIN/COMMIT): the rows are exact, a redelivery counts nothing twice, and a job of the batch
+    that does not exist undoes the whole statement, its neighbours' rows included."""
+    uploads = [job_store.create_upload_job(conn, IMAGE, [28, 28], MODEL, {"upload": None}) for _ in range(3)]
+    job_ids = [job_id for job_id, _ in uploads]
+    image_ids = [image_id for _, image_id in uploads[:2]]
+    batch = with_true_labels(predictions(image_ids, [7, 2], [0.6, 0.97]), dict.fromkeys(image_ids))
+    assert len(batch) <= results.IN_STATEMENT_ROWS and batch.true_labels is not None
+    failure = [(job_ids[2], results.FailureRow(uploads[2][1], "corrupt image"))]
+    prediction_jobs = np.array(job_ids[:2], dtype=np.int64)
+    assert results.store_many(conn, MODEL, job_ids, prediction_jobs, batch, failure) == (2, 1)
+    assert results.store_many(conn, MODEL, job_ids, prediction_jobs, batch, failure) == (0, 0)  # redelivered
+    for job_id, image_id, vector in zip(job_ids, image_ids, batch.probabilities, strict=False):
+        stored = queries.upload_prediction(conn, job_id)
+        assert (stored["input_data_id"], stored["predicted_label"], stored["model_version"]) == (image_id, vector.argmax(), MODEL)
+        assert np.array_equal(np.frombuffer(bytes(stored["prediction_probabilities"]), "<f4"), vector)
+        assert assert_statistics_agree(conn, job_id)["statistics"] == statistics.recount(conn, job_id)["aggregated"]
+    assert [job_store.get_job(conn, job_id)["status"] for job_id in job_ids] == ["done"] * 3
+    assert statistics.low_confidence_count(conn, job_ids[0]) == 1
+    fresh, image_id = job_store.create_upload_job(conn, IMAGE, [28, 28], MODEL, {"upload": None})
+    missing = max_job_id(conn) + 1_000_000
+    gone = with_true_labels(predictions([image_id, image_id + 1], [1, 1], [0.9, 0.9]), {image_id: None, image_id + 1: None})
+    with pytest.raises(results.UnknownJobError):
+        results.store_many(conn, MODEL, [fresh, missing], np.array([fresh, missing]), gone, [])
+    assert job_store.rows_for_job(conn, fresh) == (1, 0, 0) and job_store.get_job(conn, fresh)["done_count"] == 0
+    assert statistics.recount(conn, fresh)["statistics"] == []
 
 
 @pytest.fixture
