@@ -31,14 +31,24 @@ class UnknownModel(ValueError):
 
 def resolve(conn: Connection, name: str) -> str:
     """The version ``name`` (an alias, or a version) stands for now; UnknownModel when none."""
-    if not name or len(name) > MAX_NAME_CHARS or "\x00" in name:
-        raise UnknownModel("a model is named by a version (python -m producer models list) or an alias such as production")
+    check_name(name)
     version = model_store.resolve(conn, name)
     if version is None:
-        if name == PRODUCTION:
-            raise UnknownModel("no model is aliased production yet: run python -m producer init-db, or models alias production VERSION")
-        raise UnknownModel(f"there is no model version or alias {name!r} (see: python -m producer models list)")
+        raise unknown(name)
     return version
+
+
+def check_name(name: str) -> None:
+    """UnknownModel for what cannot name a model, before it is looked up."""
+    if not name or len(name) > MAX_NAME_CHARS or "\x00" in name:
+        raise UnknownModel("a model is named by a version (python -m producer models list) or an alias such as production")
+
+
+def unknown(name: str) -> UnknownModel:
+    """The error for a well-formed name that stands for no version now."""
+    if name == PRODUCTION:
+        return UnknownModel("no model is aliased production yet: run python -m producer init-db, or models alias production VERSION")
+    return UnknownModel(f"there is no model version or alias {name!r} (see: python -m producer models list)")
 
 
 def resolve_job_models(conn: Connection, model: str | None, shadow: str | None) -> tuple[str, str | None]:

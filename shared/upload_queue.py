@@ -101,12 +101,28 @@ def one_more_death(entry: bytes) -> str | bytes:
     return encode_entry(job_id, image_id, deaths + 1, accepted_at(entry))
 
 
-def enqueue(settings: Settings, job_id: int, image_ids: list[int], accepted: float | None = None) -> None:
-    """Push one entry per image, stamped with ``accepted`` (default: now); the consumer takes the oldest first."""
-    if image_ids:
-        stamp = time.time() if accepted is None else accepted
-        entries = (encode_entry(job_id, image_id, accepted_at=stamp) for image_id in image_ids)
-        client(settings.redis_url).lpush(queue_name(settings), *entries)
+# The queue's length right after this process last pushed onto it, and when: queue name -> (length, monotonic).
+_pushed: dict[str, tuple[int, float]] = {}
+
+
+def enqueue(settings: Settings, job_id: int, image_ids: list[int], accepted: float | None = None) -> int:
+    """Push one entry per image, stamped with ``accepted`` (default: now); the consumer takes the oldest first.
+
+    Returns the queue's length after the push (LPUSH's reply), also kept for ``pushed_length``."""
+    if not image_ids:
+        return 0
+    stamp = time.time() if accepted is None else accepted
+    entries = (encode_entry(job_id, image_id, accepted_at=stamp) for image_id in image_ids)
+    length = int(client(settings.redis_url).lpush(queue_name(settings), *entries))
+    _pushed[queue_name(settings)] = (length, time.monotonic())
+    return length
+
+
+def pushed_length(settings: Settings, max_age_seconds: float) -> int | None:
+    """The queue's length after this process's last push, if it was at most ``max_age_seconds`` ago:
+    what ``waiting`` would say then, known without a round trip; None when there is no such push."""
+    length, when = _pushed.get(queue_name(settings), (0, -float("inf")))
+    return length if time.monotonic() - when <= max_age_seconds else None
 
 
 def waiting(settings: Settings) -> int:

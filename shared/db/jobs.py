@@ -18,6 +18,7 @@ import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
 
+from shared.db import models as model_store
 from shared.db import prepared
 from shared.db.connection import Connection, query, query_one, transaction
 from shared.db.images import SELECTION_FILTER
@@ -165,6 +166,38 @@ CREATE_UPLOAD_JOB = prepared.Statement(
     SELECT job.id, image.id FROM job, image
     """,
     {"image": "bytea", "shape": "integer[]", "version": "text", "shadow": "text", "selection": "jsonb", "token": "text"},
+)
+
+
+def create_named_upload_job(
+    conn: Connection, image_data: bytes, image_shape: list[int], model_name: str, selection: dict[str, Any], public_token: str | None = None
+) -> tuple[int, int, str] | None:
+    """``create_upload_job`` for the version ``model_name`` (an alias or a version) stands for now,
+    resolved by the same statement; returns (job id, image id, version), or None, storing nothing,
+    when it stands for none. An upload's one round trip to PostgreSQL before it is queued."""
+    params = {
+        "name": model_name,
+        "image": psycopg2.Binary(image_data),
+        "shape": image_shape,
+        "selection": psycopg2.extras.Json(selection),
+        "token": public_token or new_upload_token(),
+    }
+    row = prepared.query_one(conn, CREATE_NAMED_UPLOAD_JOB, params)
+    return (row[0], row[1], row[2]) if row else None
+
+
+CREATE_NAMED_UPLOAD_JOB = prepared.Statement(
+    "mnistq_create_named_upload_job",
+    sql.SQL("""
+    WITH model AS ({resolved}), image AS (
+        INSERT INTO input_data (image_data, image_shape, dataset_split) SELECT %(image)s, %(shape)s, 'upload' FROM model RETURNING id
+    ), job AS (
+        INSERT INTO jobs (kind, model_version, selection, image_ids, total_images, public_token)
+        SELECT 'upload', model.version, %(selection)s, ARRAY[image.id], 1, %(token)s FROM image, model RETURNING id, model_version
+    )
+    SELECT job.id, image.id, job.model_version FROM job, image
+    """).format(resolved=model_store.RESOLVED),
+    {"name": "text", "image": "bytea", "shape": "integer[]", "selection": "jsonb", "token": "text"},
 )
 
 

@@ -74,18 +74,16 @@ def resolve(conn: Connection, name: str) -> str | None:
     return row[0] if row else None
 
 
-# Every upload resolves its model: prepared, since planning the lookup cost about as much as running it.
-RESOLVE = prepared.Statement(
-    "mnistq_resolve_model",
-    """
+# The version %(name)s stands for: an alias first, then a registered version. Also part of the upload's insert.
+RESOLVED = sql.SQL("""
     SELECT version FROM (
         SELECT version, 0 AS rank FROM model_aliases WHERE alias = %(name)s
         UNION ALL
         SELECT version, 1 FROM models WHERE version = %(name)s
     ) found ORDER BY rank LIMIT 1
-    """,
-    {"name": "text"},
-)
+""")
+# Prepared, since planning the lookup cost about as much as running it.
+RESOLVE = prepared.Statement("mnistq_resolve_model", RESOLVED, {"name": "text"})
 
 
 def set_alias(conn: Connection, alias: str, version: str) -> str | None:
@@ -178,7 +176,10 @@ def upload_batch(conn: Connection, uploads: Sequence[tuple[int, int]]) -> list[U
     each job's versions (``job_models``) and each image's bytes and label. No row for a job that does not exist."""
     params = {"production": PRODUCTION, "jobs": [job for job, _ in uploads], "images": [image for _, image in uploads]}
     rows = prepared.query(conn, UPLOAD_BATCH, params)
-    return [UploadRow(job, image, version, shadow, bytes(data) if data is not None else None, label) for job, image, version, shadow, data, label in rows]
+    return [
+        UploadRow(job, image, version, shadow, bytes(data) if data is not None else None, label)
+        for job, image, version, shadow, data, label in rows
+    ]
 
 
 # Once per micro-batch of uploads: prepared.

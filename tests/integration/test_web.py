@@ -413,9 +413,7 @@ def test_mistakes_page_shows_the_wrong_prediction(client, finished_job):
 
 def test_low_confidence_page_takes_a_threshold(client, finished_job, settings):
     conn = connection.connect(settings.database_url)
-    stored = dict(
-        connection.query(conn, "SELECT input_data_id, confidence FROM predictions WHERE job_id = %s", (finished_job["job"],))
-    )
+    stored = dict(connection.query(conn, "SELECT input_data_id, confidence FROM predictions WHERE job_id = %s", (finished_job["job"],)))
     conn.close()
     # "Under 1": every prediction but those the model is certain of (an int8 model's softmax
     # reaches exactly 1.0), and under the most confident one's value, all but that one.
