@@ -48,11 +48,11 @@ def table(rows: list[dict[str, Any]], ceiling: float) -> list[str]:
 @click.option("--scale-sizes", default="10000,100000,1000000", show_default=True, help="Stored images at each step of --sections scale.")
 @click.option("--rates", default="100,300,1000,2000", show_default=True, help="Uploads per second of --sections burst.")
 @click.option("--label", default="", help="Names the result files of scale and burst (e.g. before, after).")
-@click.option("--web", default="gthread:8", show_default=True, help="gunicorn workers of --sections burst: sync, or gthread:THREADS.")
+@click.option("--web", default="gthread:8", show_default=True, help="burst: gunicorn sync or gthread:THREADS, or granian:THREADS.")
 @click.option(
     "--against", type=click.Path(exists=True, file_okay=False, path_type=Path), help="burst: also run this worktree's code, first."
 )
-@click.option("--against-web", default="sync", show_default=True, help="gunicorn workers for --against.")
+@click.option("--against-web", default="sync", show_default=True, help="the web for --against, as --web.")
 @click.option(
     "--baseline-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="models: a .tflite file to compare with."
 )

@@ -1,6 +1,6 @@
 """Upload bursts: open-loop load at fixed rates, with the bulk lane idle and busy.
 
-    python -m bench --sections burst [--rates 100,300,1000,2000] [--web gthread:8] [--label after]
+    python -m bench --sections burst [--rates 100,300,1000,2000] [--web gthread:8|sync|granian:8] [--label after]
 
 Against a real gunicorn and ``python -m worker`` (bulk worker and upload consumer) on a
 private database, a separate process (``bench.burst_client``) sends ``POST
@@ -140,10 +140,8 @@ def start_side(env: dict[str, str], tree: Path, web: str, settings: Any) -> tupl
     try:
         worker.wait_until(lambda: all(marker() for marker in markers), WORKER_READY_SECONDS)
         url = f"http://{LOOPBACK}:{free_port()}"
-        command = [*gunicorn_command(url, 2, config=(tree / "web" / "gunicorn_config.py").is_file()), "--backlog", "4096"]
-        command += web_flags(web)
         web_log.unlink(missing_ok=True)
-        server = ChildProcess("web", [*command, WEB_APP], env, web_log, cwd=tree)
+        server = ChildProcess("web", web_command(url, web, tree), env, web_log, cwd=tree)
         try:
             server.wait_until(http_ok(f"{url}/healthz"), WEB_READY_SECONDS)
         except BaseException:
@@ -155,11 +153,24 @@ def start_side(env: dict[str, str], tree: Path, web: str, settings: Any) -> tupl
     return worker, server, url
 
 
-def web_flags(web: str) -> list[str]:
-    """gunicorn's flags for ``--web sync|gthread:THREADS``: they override the config file's gthread and 8 threads."""
-    if web.startswith("gthread"):
-        return ["--worker-class", "gthread", "--threads", web.partition(":")[2] or "8"]
-    return ["--worker-class", "sync", "--threads", "1"]  # more than one thread would make gunicorn run gthread
+def web_command(url: str, web: str, tree: Path) -> list[str]:
+    """The web of ``--web``, 2 processes: gunicorn ``sync`` or ``gthread:THREADS`` (its config file's
+    class and 8 threads, overridden), or ``granian:THREADS``, a candidate server that is not what
+    users run: granian's WSGI server (HTTP in Rust), the same app, THREADS blocking threads per
+    process, no metrics hooks (web/gunicorn_config.py is gunicorn's)."""
+    name, _, threads = web.partition(":")
+    if name == "granian":
+        host, _, port = url.removeprefix("http://").partition(":")
+        return [
+            sys.executable, "-m", "granian", "--interface", "wsgi", "--factory", "--workers", "2",
+            "--blocking-threads", threads or "8", "--host", host, "--port", port, "--backlog", "4096", WEB_APP.removesuffix("()"),
+        ]  # fmt: skip
+    command = [*gunicorn_command(url, 2, config=(tree / "web" / "gunicorn_config.py").is_file()), "--backlog", "4096"]
+    if name == "gthread":
+        command += ["--worker-class", "gthread", "--threads", threads or "8"]
+    else:
+        command += ["--worker-class", "sync", "--threads", "1"]  # more than one thread would make gunicorn run gthread
+    return [*command, WEB_APP]
 
 
 def run_side(

@@ -48,6 +48,10 @@ def test_gunicorns_flags_and_environment_override_the_config_file(monkeypatch):
 def test_bench_runs_the_users_settings_and_its_web_option_still_decides(monkeypatch):
     command = gunicorn_command("http://127.0.0.1:1", 2)
     assert command[command.index("--config") + 1] == WEB_CONFIG
-    gunicorn = ["gunicorn", *command[command.index("gunicorn") + 1 :]]
     for web, expected in (("sync", ("sync", 1)), ("gthread:2", ("gthread", 2)), ("gthread", ("gthread", 8))):
-        assert workers_of(monkeypatch, [*gunicorn, *burst.web_flags(web), "web.app:create_app()"]) == expected
+        full = burst.web_command("http://127.0.0.1:1", web, PROJECT_ROOT)
+        assert workers_of(monkeypatch, ["gunicorn", *full[full.index("gunicorn") + 1 :]]) == expected
+        assert full[-1] == "web.app:create_app()"
+    granian = burst.web_command("http://127.0.0.1:1", "granian:4", PROJECT_ROOT)
+    assert granian[granian.index("-m") + 1] == "granian" and granian[granian.index("--blocking-threads") + 1] == "4"
+    assert granian[-1] == "web.app:create_app" and "--factory" in granian and granian[granian.index("--port") + 1] == "1"
