@@ -3,7 +3,7 @@
     python -m bench [--repeats 3] [--sections database,throughput,seed,latency] [--database-core]
     python -m bench --sections scale [--scale-sizes 10000,100000,1000000] [--label after]
     python -m bench --sections scale-ab --scale-sizes 1000000 --against /tmp/arch-before
-    python -m bench --sections burst [--rates 100,300,1000,2000] [--web gthread:8] [--against /tmp/arch-before] [--label after]
+    python -m bench --sections burst [--rates 100,300,1000,2000] [--web serve] [--against /tmp/arch-before] [--label after]
     python -m bench --sections models [--baseline-model OLD.tflite]   (float vs int8, shipped vs a baseline)
     python -m bench --sections robustness [--baseline-model OLD.tflite]   (accuracy on pictures from real sources)
 
@@ -48,7 +48,7 @@ def table(rows: list[dict[str, Any]], ceiling: float) -> list[str]:
 @click.option("--scale-sizes", default="10000,100000,1000000", show_default=True, help="Stored images at each step of --sections scale.")
 @click.option("--rates", default="100,300,1000,2000", show_default=True, help="Uploads per second of --sections burst.")
 @click.option("--label", default="", help="Names the result files of scale and burst (e.g. before, after).")
-@click.option("--web", default="gthread:8", show_default=True, help="burst: gunicorn sync or gthread:THREADS, or granian:THREADS.")
+@click.option("--web", default="serve", show_default=True, help="burst: serve[:THREADS] (web/serve.py); gunicorn sync or gthread:THREADS.")
 @click.option(
     "--against", type=click.Path(exists=True, file_okay=False, path_type=Path), help="burst: also run this worktree's code, first."
 )

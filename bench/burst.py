@@ -1,6 +1,6 @@
 """Upload bursts: open-loop load at fixed rates, with the bulk lane idle and busy.
 
-    python -m bench --sections burst [--rates 100,300,1000,2000] [--web gthread:8|sync|granian:8] [--label after]
+    python -m bench --sections burst [--rates 100,300,1000,2000] [--web serve|serve:THREADS|sync|gthread:8] [--label after]
 
 Against a real gunicorn and ``python -m worker`` (bulk worker and upload consumer) on a
 private database, a separate process (``bench.burst_client``) sends ``POST
@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from bench.common import (
+    GUNICORN_APP,
     RESULTS_DIR,
     UPLOAD_CONSUMER_READY,
-    WEB_APP,
     WEB_READY_SECONDS,
     WORKER_OPTIONS,
     WORKER_READY,
@@ -46,6 +46,7 @@ from shared.db import connection
 from shared.db import images as image_store
 from shared.images import png_bytes
 from stack.processes import LOOPBACK, ChildProcess, free_port, http_ok, log_contains
+from web import serve
 
 SECONDS_PER_RATE = 4.0
 SINGLE_UPLOADS = 300
@@ -154,23 +155,22 @@ def start_side(env: dict[str, str], tree: Path, web: str, settings: Any) -> tupl
 
 
 def web_command(url: str, web: str, tree: Path) -> list[str]:
-    """The web of ``--web``, 2 processes: gunicorn ``sync`` or ``gthread:THREADS`` (its config file's
-    class and 8 threads, overridden), or ``granian:THREADS``, a candidate server that is not what
-    users run: granian's WSGI server (HTTP in Rust), the same app, THREADS blocking threads per
-    process, no metrics hooks (web/gunicorn_config.py is gunicorn's)."""
+    """The web of ``--web``, 2 processes, no access log: ``serve[:THREADS]``, the tree's ``python -m web.serve``
+    (what users run; THREADS per process, default WEB_THREADS); or gunicorn, ``sync`` or ``gthread:THREADS``,
+    for trees from before web/serve.py (with the tree's web/gunicorn_config.py when it has one)."""
     name, _, threads = web.partition(":")
-    if name == "granian":
-        host, _, port = url.removeprefix("http://").partition(":")
-        return [
-            sys.executable, "-m", "granian", "--interface", "wsgi", "--factory", "--workers", "2",
-            "--blocking-threads", threads or "8", "--host", host, "--port", port, "--backlog", "4096", WEB_APP.removesuffix("()"),
-        ]  # fmt: skip
+    if name == "serve":
+        if not (tree / "web" / "serve.py").is_file():
+            raise ValueError(f"{tree} has no web/serve.py: use --web sync or gthread:THREADS for it")
+        return serve.command(url.removeprefix("http://"), 2, int(threads) if threads else None, backlog=4096, access_log=False)
     command = [*gunicorn_command(url, 2, config=(tree / "web" / "gunicorn_config.py").is_file()), "--backlog", "4096"]
     if name == "gthread":
         command += ["--worker-class", "gthread", "--threads", threads or "8"]
-    else:
+    elif name == "sync":
         command += ["--worker-class", "sync", "--threads", "1"]  # more than one thread would make gunicorn run gthread
-    return [*command, WEB_APP]
+    else:
+        raise ValueError(f"--web {web!r}: expected serve[:THREADS], sync or gthread:THREADS")
+    return [*command, GUNICORN_APP]
 
 
 def run_side(
@@ -242,7 +242,7 @@ def table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main(rates: tuple[int, ...], label: str, web: str = "gthread:8", against: Path | None = None, against_web: str = "sync") -> list[str]:
+def main(rates: tuple[int, ...], label: str, web: str = "serve", against: Path | None = None, against_web: str = "sync") -> list[str]:
     reports = run(rates, web, against, against_web)
     lines = [line for report in reports for line in [*table(report), ""]]
     if len(reports) == 2:

@@ -15,15 +15,16 @@ from shared.db import progress
 from shared.db.connection import Connection
 from stack import scratch
 from stack.processes import LOOPBACK, ChildProcess, free_port, http_ok, log_contains
+from web import serve
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WORKER_READY_SECONDS = 120
 WEB_READY_SECONDS = 60
 JOB_TIMEOUT_SECONDS = 900
-WEB_APP = "web.app:create_app()"
-# The settings every launcher of the web uses (web/gunicorn_config.py): gthread workers and the hooks
-# that give /metrics all processes. A benchmark's own flags override them.
-WEB_CONFIG = "python:web.gunicorn_config"
+# gunicorn, for comparisons with trees from before web/serve.py (bench --sections burst --web sync|gthread:N):
+# their app, and their settings file when they have one (gthread workers and the metrics hooks).
+GUNICORN_APP = "web.app:create_app()"
+GUNICORN_CONFIG = "python:web.gunicorn_config"
 # Celery worker options for a benchmark: no cluster chatter between workers while measuring.
 WORKER_OPTIONS = ("--pool", "prefork", "--without-gossip", "--without-mingle", "--without-heartbeat")
 WORKER_READY = b" ready."  # Celery's "celery@host ready."
@@ -67,20 +68,20 @@ def start_worker(
 
 
 def start_web(env: dict[str, str], log_path: Path, workers: int = 2) -> tuple[ChildProcess, str]:
-    """gunicorn serving the web app on a free loopback port, once ``/healthz`` answers; and its URL.
+    """The web as users run it (``python -m web.serve``) on a free loopback port, once ``/healthz`` answers; and its URL.
 
     Without the per-client upload limit: every benchmark client is one address sending far more than a person would.
     """
     env = {**env, "UPLOAD_RATE_LIMIT": "off"}
     url = f"http://{LOOPBACK}:{free_port()}"
-    command = [*gunicorn_command(url, workers), "--access-logfile", "-", WEB_APP]
+    command = serve.command(url.removeprefix("http://"), processes=workers)
     return start("web", command, env, log_path, http_ok(f"{url}/healthz"), WEB_READY_SECONDS), url
 
 
 def gunicorn_command(url: str, workers: int, config: bool = True) -> list[str]:
-    """gunicorn on ``url`` with ``workers`` processes and, unless ``config`` is false (a tree from before
-    web/gunicorn_config.py), the settings users run; add the app, and any flag to override them."""
-    command = [sys.executable, "-m", "gunicorn", *(("--config", WEB_CONFIG) if config else ())]
+    """gunicorn on ``url`` with ``workers`` processes and, when ``config`` (the tree has
+    web/gunicorn_config.py), that tree's settings; add the app, and any flag to override them."""
+    command = [sys.executable, "-m", "gunicorn", *(("--config", GUNICORN_CONFIG) if config else ())]
     return [*command, "--bind", url.removeprefix("http://"), "--workers", str(workers)]
 
 

@@ -1,7 +1,7 @@
 """Single uploads: latency from request to stored prediction, idle and under a bulk job; memory.
 
 Each upload is ``POST /api/predictions?wait=10`` with a 28x28 PNG, one after another,
-against a real gunicorn and a real worker; the clock runs from sending the request to
+against the real web (web/serve.py) and a real worker; the clock runs from sending the request to
 reading a response that carries the prediction.
 """
 
@@ -108,7 +108,7 @@ def run(env: dict[str, str], settings: Settings, image_ids: list[int], images: n
     try:
         web, web_url = start_web(env, log_dir / "latency-web.log")
         try:
-            upload_latencies_ms(web_url, pictures[:20])  # warm up both gunicorn workers and the pool
+            upload_latencies_ms(web_url, pictures[:20])  # warm up both web processes and their pools
             rows = [summary("single uploads, idle", upload_latencies_ms(web_url, pictures))]
 
             with BulkLoad(settings, image_ids) as load:

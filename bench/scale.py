@@ -8,7 +8,7 @@ bilinear, vectorised with numpy) so that rows differ, written by binary COPY in 
 ``np.save`` form the workers decode. Predictions come from real jobs run by real workers
 (one labelled job per step over the new images), plus upload jobs through the upload
 consumer. At each size it measures ingest, submit, resume, job throughput, every page and
-API route against a running gunicorn, ``producer report``, memory and bytes on disk.
+API route against the running web (web/serve.py), ``producer report``, memory and bytes on disk.
 """
 
 from __future__ import annotations

@@ -102,7 +102,10 @@ class Settings:
     trusted_proxy_hops: int = 0
     stack_dir: Path = DEFAULT_STACK_DIR
     web_port: int = DEFAULT_WEB_PORT
-    # Under METRICS_DIR each start of the web (gunicorn's master) or of python -m worker makes a fresh
+    # The web server's processes, and the threads of each that run the app (web/serve.py).
+    web_processes: int = 2
+    web_threads: int = 8
+    # Under METRICS_DIR each start of the web (web/serve.py) or of python -m worker makes a fresh
     # folder for prometheus_client's per-process metric files; None: <temp folder>/mnist-queue-metrics.
     metrics_dir: Path | None = None
     # That folder as the entry point hands it to its processes (PROMETHEUS_MULTIPROC_DIR, prometheus_client's
@@ -180,6 +183,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         trusted_proxy_hops=read.whole("TRUSTED_PROXY_HOPS", 0, minimum=0),
         stack_dir=Path(env.get("STACK_DIR") or DEFAULT_STACK_DIR),
         web_port=read.whole("WEB_PORT", DEFAULT_WEB_PORT),
+        web_processes=read.whole("WEB_CONCURRENCY", defaults.web_processes),
+        web_threads=read.whole("WEB_THREADS", defaults.web_threads),
         metrics_dir=read.optional_path("METRICS_DIR"),
         metrics_store_dir=read.optional_path("PROMETHEUS_MULTIPROC_DIR"),
         worker_metrics_port=read.whole("WORKER_METRICS_PORT", DEFAULT_WORKER_METRICS_PORT, minimum=0),

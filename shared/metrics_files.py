@@ -1,8 +1,8 @@
 """Where a service's processes keep their metrics, and how one scrape adds them up.
 
-gunicorn runs several web processes, and ``python -m worker`` runs the bulk Celery worker, its
-pool processes and the upload consumer; a scrape reaches one process, which must answer for all.
-So each start of a service (gunicorn's master in ``web/gunicorn_config.py``, ``python -m worker``)
+The web runs several processes (``web/serve.py``), and ``python -m worker`` runs the bulk Celery
+worker, its pool processes and the upload consumer; a scrape reaches one process, which must answer for all.
+So each start of a service (``web/serve.py`` before its processes start, ``python -m worker``)
 makes a fresh folder, ``<METRICS_DIR>/<service>-<pid>``, wiped and handed to its processes in
 PROMETHEUS_MULTIPROC_DIR (``prepare``); prometheus_client then keeps each process's values in
 memory-mapped files there, and a scrape sums them (``scrape_registry``). Counters of processes

@@ -69,7 +69,7 @@ class ChildProcess:
 
 
 def stop_process_group(pid: int, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
-    """SIGTERM the group led by ``pid`` (graceful for Celery, gunicorn and Redis), SIGKILL after ``timeout``."""
+    """SIGTERM the group led by ``pid`` (graceful for Celery, the web server and Redis), SIGKILL after ``timeout``."""
     if not signal_group(pid, signal.SIGTERM):
         return
     deadline = time.monotonic() + timeout

@@ -31,16 +31,12 @@ from stack.processes import (
 )
 from stack.restarts import CRASH_LIMIT, CRASH_WINDOW_SECONDS, Restarts, describe_exit
 from stack.state import StackState, clear_state, load_state, pid_alive, save_state
+from web import serve
 
 SCHEMA_WAIT_SECONDS = 30
 WORKER_READY_SECONDS = 120
 WORKER_STOP_SECONDS = 60  # a warm shutdown finishes the batches in hand
 WEB_READY_SECONDS = 60
-DEFAULT_WEB_PROCESSES = "2"
-WEB_APP = "web.app:create_app()"
-# gunicorn's settings of the web image (web/gunicorn_config.py): gthread workers of 8 threads, and
-# the hooks that give its processes one metrics folder.
-WEB_CONFIG = "python:web.gunicorn_config"
 # The order in which children are stopped: nothing is left sending work to a stopped service.
 STOP_ORDER = ("web", "worker", "redis")
 # Started again when they exit on their own. Not the embedded Redis: the workers and the web hold
@@ -131,9 +127,8 @@ class Stack:
             # Its metrics exporter on loopback too, like the web, unless the user says otherwise.
             env = {"WORKER_METRICS_HOST": LOOPBACK, **self.child_env()}
         else:
-            command = [sys.executable, "-m", "gunicorn", "--config", WEB_CONFIG, "--bind", f"{LOOPBACK}:{self.options.web_port}"]
-            command += ["--access-logfile", "-", WEB_APP]
-            env = {"WEB_CONCURRENCY": DEFAULT_WEB_PROCESSES, **self.child_env()}
+            command = serve.command(f"{LOOPBACK}:{self.options.web_port}")  # as the web image runs it
+            env = self.child_env()
         process = ChildProcess(name, command, env, self.log_path(name), PROJECT_ROOT)
         self._record(name, process)
         return process

@@ -1,6 +1,6 @@
 """The Flask application factory.
 
-    gunicorn 'web.app:create_app()'            # deployment
+    python -m web.serve --bind 0.0.0.0:8000     # deployment (granian; web/serve.py)
     flask --app web.app run --debug            # development
 
 Creating the app imports no TensorFlow: predictions are sent to the worker by task name.

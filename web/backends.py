@@ -46,7 +46,7 @@ def close_db(_: BaseException | None = None) -> None:
 
 
 def connection_pool() -> ConnectionPool:
-    """One pool per process, made after gunicorn forks: opening a connection costs milliseconds.
+    """One pool per process, made in the process that serves: opening a connection costs milliseconds.
 
     Made under a lock: a process's first requests arrive together on its threads, and a connection
     must go back to the pool it came from."""
@@ -61,7 +61,7 @@ def connection_pool() -> ConnectionPool:
 
 
 def get_progress_listener() -> progress_listener.ProgressListener:
-    """This process's one LISTEN connection for waiting requests, started on first use (after gunicorn forks)."""
+    """This process's one LISTEN connection for waiting requests, started on first use (in the process that serves)."""
     return progress_listener.for_database(app_settings().database_url)
 
 

@@ -1,4 +1,4 @@
-"""Per-client rate limits (Flask-Limiter, counted in Redis so every gunicorn process shares them).
+"""Per-client rate limits (Flask-Limiter, counted in Redis so every web process shares them).
 
 - uploads, the form and the API together: UPLOAD_RATE_LIMIT per client (default 60 a minute);
 - failed sign-ins: SIGNIN_RATE_LIMIT per client (default 5 a minute and 20 an hour); a

@@ -1,7 +1,7 @@
-"""``GET /metrics``: the web's metrics in Prometheus' text format, for every gunicorn process at once.
+"""``GET /metrics``: the web's metrics in Prometheus' text format, for every web process at once.
 
-Served from the folder of per-process files that gunicorn's master prepared
-(``web/gunicorn_config.py``, PROMETHEUS_MULTIPROC_DIR), so whichever process answers the scrape
+Served from the folder of per-process files that the server prepared before its processes
+started (``web/serve.py``, PROMETHEUS_MULTIPROC_DIR), so whichever process answers the scrape
 answers for all; plus the queues' depth and age, read from Redis now (``shared/queue_metrics.py``).
 
 No sign-in and no rate limit: a scraper has neither a session nor an operator's token. Inside a

@@ -21,7 +21,7 @@ from shared.db import connection
 # the server milliseconds of CPU; with 2 kept, a third of a burst's uploads opened one). Opened: 1.
 OPENED_CONNECTIONS = 1
 KEPT_CONNECTIONS = 8
-MAX_CONNECTIONS = 12  # per web process; more than the threads a gunicorn worker runs (8 in the stack and the image)
+MAX_CONNECTIONS = 12  # per web process; more than the threads a web process runs (WEB_THREADS, 8 by default)
 PING_AFTER_IDLE_SECONDS = 1.0
 REUSABLE = (psycopg2.extensions.TRANSACTION_STATUS_IDLE, psycopg2.extensions.TRANSACTION_STATUS_INTRANS)
 

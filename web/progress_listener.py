@@ -2,15 +2,14 @@
 
 A waiting request used to LISTEN on its own pooled connection, read every stored batch's notice
 and UNLISTEN afterwards: two more round trips per upload, and each notice parsed by every
-waiter. Here one daemon thread per process (gunicorn's gthread workers are threads of one
-process) holds the only LISTEN connection and wakes exactly the requests whose job was announced:
-the NOTIFY payload is the job id (shared/db/results.py), and an upload is a job of its own.
+waiter. Here one daemon thread per process (a web process runs the app on threads, web/serve.py)
+holds the only LISTEN connection and wakes exactly the requests whose job was announced: the
+NOTIFY payload is the job id (shared/db/results.py), and an upload is a job of its own.
 
-The thread starts on first use in the process that serves (so after gunicorn forks, never at
-import) and reconnects when its connection drops. While it is not listening, a request listens on
-its own connection as before (web/predictions.py), and every waiter looks again at least once a
-second whatever it heard (progress.RECHECK_SECONDS), so a notice lost while reconnecting only
-delays an answer.
+The thread starts on first use in the process that serves (never at import) and reconnects when
+its connection drops. While it is not listening, a request listens on its own connection as
+before (web/predictions.py), and every waiter looks again at least once a second whatever it
+heard (progress.RECHECK_SECONDS), so a notice lost while reconnecting only delays an answer.
 """
 
 from __future__ import annotations

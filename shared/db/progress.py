@@ -46,7 +46,7 @@ def listening(conn: Connection) -> Iterator[None]:
 def wait_for_progress(conn: Connection, timeout_seconds: float) -> set[int]:
     """Block until a job announces progress or the timeout passes; returns the job ids heard.
 
-    poll, not select: a busy gunicorn process holds more than 1,024 sockets, and select refuses
+    poll, not select: a busy web process holds more than 1,024 sockets, and select refuses
     any descriptor numbered above that ("filedescriptor out of range")."""
     if not conn.notifies and not _readable(conn, timeout_seconds):
         return set()

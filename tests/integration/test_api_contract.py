@@ -1,5 +1,5 @@
 """The JSON API keeps its contract: schemathesis drives every operation of web/openapi.yaml against a
-live gunicorn with the session's real worker, once anonymous and once with an operator's token.
+live web server (web/serve.py) with the session's real worker, once anonymous and once with an operator's token.
 
 Each operation gets schemathesis' deterministic boundary cases (its coverage phase: each
 parameter's minimum, maximum, just outside them, wrong types, missing required parts) and then

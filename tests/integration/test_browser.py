@@ -1,4 +1,4 @@
-"""A real browser against a real server: Debian's Chromium driven by Playwright, gunicorn serving
+"""A real browser against a real server: Debian's Chromium driven by Playwright, web.serve (granian) serving
 the app, the session's Celery worker predicting. Screenshots land in test-artifacts/.
 
 Every page is checked for its Content-Security-Policy header and for inline script, inline style

@@ -57,7 +57,7 @@ def exec_form(name: str, instruction: str) -> list[str]:
 
 
 def with_this_python(env: dict[str, str]) -> dict[str, str]:
-    """``python`` and ``gunicorn`` in an image's commands are this virtual environment's."""
+    """``python`` in an image's commands is this virtual environment's."""
     return {**env, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"}
 
 
@@ -231,7 +231,7 @@ def test_images_run_as_a_non_root_user_from_slim_python():
     # The default base image, the user, the command and what is copied; test_containers.py runs
     # both images, built on a Debian base passed as PYTHON_IMAGE, and checks their uid.
     assert exec_form("Dockerfile.worker", "CMD") == ["python", "-m", "worker"]
-    assert exec_form("Dockerfile.web", "CMD")[-1] == "web.app:create_app()"
+    assert exec_form("Dockerfile.web", "CMD") == ["python", "-m", "web.serve", "--bind", "0.0.0.0:8000"]
     for name in ("Dockerfile.worker", "Dockerfile.web"):
         text = dockerfile(name)
         assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim-bookworm$", text, re.MULTILINE)
@@ -274,7 +274,7 @@ def installed_closure(names: set[str]) -> set[str]:
 
 def test_web_requirements_resolve_to_no_inference_runtime():
     closure = installed_closure(requirement_names(PROJECT_ROOT / "requirements-web.txt"))
-    assert {"flask", "gunicorn", "celery", "psycopg2-binary"} <= closure
+    assert {"flask", "granian", "celery", "psycopg2-binary"} <= closure and "gunicorn" not in closure
     assert not closure & INFERENCE_PACKAGES
     worker = installed_closure(requirement_names(PROJECT_ROOT / "requirements-worker.txt"))
     assert {"ai-edge-litert", "alembic", "sqlalchemy", "psycopg2-binary"} <= worker  # it infers, and its entrypoint migrates
@@ -313,8 +313,8 @@ def test_users_get_the_official_images_unless_they_name_others():
         assert rendered[name]["build"]["args"]["PYTHON_IMAGE"] == "python:3.11-slim-bookworm"
 
 
-def test_the_app_user_has_a_home_for_gunicorns_control_socket():
-    """gunicorn puts its control socket in ~/.gunicorn; without a home it logged Permission denied."""
+def test_the_app_user_is_uid_10001_with_a_home():
+    """Both images run as one system user, by number, with a home of its own."""
     for name in ("Dockerfile.worker", "Dockerfile.web"):
         useradd = next(line for line in dockerfile(name).splitlines() if "useradd" in line)
         assert "--uid 10001" in useradd and "--create-home" in useradd and "--home-dir /home/mnist" in useradd

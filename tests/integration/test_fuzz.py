@@ -1,7 +1,7 @@
 """Fuzzing the upload API and form: over 1,000 generated inputs, never a 500, no row for a rejected one.
 
 Derandomised, so CI sees the same inputs on every run. Most go through Flask's test client
-for volume; a burst goes to a real gunicorn server to show the process stays up.
+for volume; a burst goes to a real web server (web/serve.py) to show the process stays up.
 """
 
 from __future__ import annotations

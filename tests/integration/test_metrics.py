@@ -1,5 +1,5 @@
 """The metrics as an operator gets them: a real Prometheus (Debian's ``prometheus`` package) scraping a
-real gunicorn and a real ``python -m worker`` every second, queried through its HTTP API while a
+real web server (web/serve.py) and a real ``python -m worker`` every second, queried through its HTTP API while a
 job and some uploads run; the dashboard's and the alerts' queries evaluated by that Prometheus;
 ``promtool`` over the deploy/prometheus files. A screenshot of Prometheus' graph of images per
 second during the job is saved as test-artifacts/prometheus-images-per-second.png.

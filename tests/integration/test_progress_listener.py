@@ -24,7 +24,7 @@ from web import backends, predictions, progress_listener
 from web.app import create_app
 
 WAIT = "20"
-WAITERS = 10  # within a process's pool (web/pool.py), as gunicorn's 8 threads are
+WAITERS = 10  # within a process's pool (web/pool.py), as the web's 8 threads a process are
 LISTEN_SECONDS = 10
 
 

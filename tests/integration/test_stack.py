@@ -158,7 +158,7 @@ def test_stack_restarts_a_killed_worker_and_web_then_gives_up_on_a_worker_that_k
                 os.killpg(first.children[name], signal.SIGKILL)
             pids = {name: wait_for_restart(stack_dir, name, first.children[name]) for name in ("worker", "web")}
             for name, pid in pids.items():  # the state file names the process that runs, which ./run down stops
-                assert f"-m\0{name if name == 'worker' else 'gunicorn'}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+                assert f"-m\0{name if name == 'worker' else 'web.serve'}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
             deadline = time.monotonic() + RESTART_SECONDS
             while not http_ok(f"{first.web_url}/healthz")():
                 assert time.monotonic() < deadline, log_path.read_text()

@@ -30,6 +30,7 @@ from shared.db.results import PredictionBatch
 from shared.digits import NUM_CLASSES
 from stack import scratch
 from stack.processes import ChildProcess, free_port, signal_group
+from web import serve
 
 WORKER_READY_SECONDS = 90
 WEB_READY_SECONDS = 30
@@ -77,19 +78,11 @@ class Workers(ChildProcess):
 
 
 class WebServer(ChildProcess):
-    """``gunicorn 'web.app:create_app()'`` as a real subprocess on a free loopback port."""
+    """``python -m web.serve``, as every launcher runs the web, as a real subprocess on a free loopback port."""
 
     def __init__(self, env: dict[str, str], log_path: Path, workers: int = 2) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
-        command = [
-            sys.executable, "-m", "gunicorn",
-            "--config", "python:web.gunicorn_config",
-            "--bind", self.url.removeprefix("http://"),
-            "--workers", str(workers),
-            "--access-logfile", "-",
-            "web.app:create_app()",
-        ]  # fmt: skip
-        super().__init__("web server", command, env, log_path)
+        super().__init__("web server", serve.command(self.url.removeprefix("http://"), processes=workers), env, log_path)
 
     def wait_ready(self, timeout: float = WEB_READY_SECONDS) -> None:
         self.wait_until(self._answers_healthz, timeout)
