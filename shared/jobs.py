@@ -146,11 +146,14 @@ def submit_named_upload(
     selection: dict[str, Any],
     public_token: str | None = None,
     accepted: float | None = None,
+    shadow_version: str | None = None,
 ) -> tuple[int, str] | None:
     """``submit_upload`` answered by the version ``model_name`` (an alias or a version) stands for now,
     looked up by the statement that stores the upload: one round trip fewer per upload. Returns
     (job id, version), or None, with nothing stored, when the name stands for no version."""
-    created = job_store.create_named_upload_job(conn, image_data, list(IMAGE_SHAPE), model_name, selection, public_token)
+    created = job_store.create_named_upload_job(
+        conn, image_data, list(IMAGE_SHAPE), model_name, selection, public_token, shadow_version=shadow_version
+    )
     if created is None:
         return None
     job_id, image_id, version = created

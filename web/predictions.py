@@ -12,7 +12,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import numpy as np
 from werkzeug.exceptions import ServiceUnavailable, TooManyRequests, UnprocessableEntity
@@ -35,7 +35,6 @@ INTERNAL_FIELDS = frozenset({"id", "image_id"})
 RETRY_AFTER_SECONDS = 5
 # How long the queue's length seen by this process's last push stands in for a look (refuse_when_queue_full).
 QUEUE_LENGTH_FRESH_SECONDS = 0.1
-Result = TypeVar("Result")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,19 +65,14 @@ def job_models(conn: Connection, model: str | None = None, shadow: str | None = 
 
     422 for a name the registry does not know; 503 when nothing is aliased production and none was named.
     """
-    version = with_http_errors(registry.resolve, conn, model or registry.PRODUCTION, asked=bool(model))
+    try:
+        version = registry.resolve(conn, model or registry.PRODUCTION)
+    except registry.UnknownModel as error:
+        raise_unavailable(error, asked=bool(model))
     try:
         return version, registry.resolve_shadow(conn, version, shadow)
     except registry.UnknownModel as error:
         raise UnprocessableEntity(f"shadow: {error}") from None
-
-
-def with_http_errors(function: Callable[..., Result], *args: Any, asked: bool) -> Result:
-    """``function(*args)``, a registry lookup, with UnknownModel as the HTTP error (``raise_unavailable``)."""
-    try:
-        return function(*args)
-    except registry.UnknownModel as error:
-        raise_unavailable(error, asked)
 
 
 def raise_unavailable(error: registry.UnknownModel, asked: bool) -> NoReturn:
@@ -101,20 +95,20 @@ def submit_upload(
     """
     accepted = time.time()  # the start of the upload's latency in the metrics
     refuse_when_queue_full(config)
-    named, asked = model or registry.PRODUCTION, bool(model)
+    named, shadow_version = model or registry.PRODUCTION, None
     if shadow:  # a shadow must differ from the version answering: both are looked up first
-        version, shadow_version = job_models(conn, model, shadow)
-    else:
-        with_http_errors(registry.check_name, named, asked=asked)
+        named, shadow_version = job_models(conn, model, shadow)
+    try:
+        registry.check_name(named)
+    except registry.UnknownModel as error:
+        raise_unavailable(error, asked=bool(model))
     digit = user_image_to_mnist(data, config.max_image_pixels)
     token = job_store.new_upload_token()
     selection = {"upload": stored_filename(filename)}
-    if shadow:
-        return jobs.submit_upload(conn, config, encode_image(digit), version, selection, token, accepted, shadow_version), token
-    # The usual upload: the statement that stores it looks its model up, one round trip fewer.
-    created = jobs.submit_named_upload(conn, config, encode_image(digit), named, selection, token, accepted)
+    # The statement that stores the upload looks its model up (a version stands for itself): one round trip fewer.
+    created = jobs.submit_named_upload(conn, config, encode_image(digit), named, selection, token, accepted, shadow_version)
     if created is None:
-        raise_unavailable(registry.unknown(named), asked)
+        raise_unavailable(registry.unknown(named), asked=bool(model))
     return created[0], token
 
 

@@ -170,13 +170,20 @@ CREATE_UPLOAD_JOB = prepared.Statement(
 
 
 def create_named_upload_job(
-    conn: Connection, image_data: bytes, image_shape: list[int], model_name: str, selection: dict[str, Any], public_token: str | None = None
+    conn: Connection,
+    image_data: bytes,
+    image_shape: list[int],
+    model_name: str,
+    selection: dict[str, Any],
+    public_token: str | None = None,
+    shadow_version: str | None = None,
 ) -> tuple[int, int, str] | None:
     """``create_upload_job`` for the version ``model_name`` (an alias or a version) stands for now,
     resolved by the same statement; returns (job id, image id, version), or None, storing nothing,
     when it stands for none. An upload's one round trip to PostgreSQL before it is queued."""
     params = {
         "name": model_name,
+        "shadow": shadow_version,
         "image": psycopg2.Binary(image_data),
         "shape": image_shape,
         "selection": psycopg2.extras.Json(selection),
@@ -192,12 +199,13 @@ CREATE_NAMED_UPLOAD_JOB = prepared.Statement(
     WITH model AS ({resolved}), image AS (
         INSERT INTO input_data (image_data, image_shape, dataset_split) SELECT %(image)s, %(shape)s, 'upload' FROM model RETURNING id
     ), job AS (
-        INSERT INTO jobs (kind, model_version, selection, image_ids, total_images, public_token)
-        SELECT 'upload', model.version, %(selection)s, ARRAY[image.id], 1, %(token)s FROM image, model RETURNING id, model_version
+        INSERT INTO jobs (kind, model_version, shadow_version, selection, image_ids, total_images, public_token)
+        SELECT 'upload', model.version, %(shadow)s, %(selection)s, ARRAY[image.id], 1, %(token)s FROM image, model
+        RETURNING id, model_version
     )
     SELECT job.id, image.id, job.model_version FROM job, image
     """).format(resolved=model_store.RESOLVED),
-    {"name": "text", "image": "bytea", "shape": "integer[]", "selection": "jsonb", "token": "text"},
+    {"name": "text", "shadow": "text", "image": "bytea", "shape": "integer[]", "selection": "jsonb", "token": "text"},
 )
 
 
