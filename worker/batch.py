@@ -61,7 +61,8 @@ class DatabaseLane:
 
     def _call(self, function: Callable[..., Result], *args: Any) -> Result:
         if self._connection is None or self._connection.closed:
-            self._connection = connection.connect(self._database_url)
+            # Generic plans: every statement of a lane is keyed by ids or a version, whose plan does not depend on them.
+            self._connection = connection.connect(self._database_url, options=connection.GENERIC_PLANS)
             self._connection.autocommit = True  # single statements in one round trip
         try:
             return function(self._connection, *args)

@@ -22,6 +22,13 @@ Cursor = psycopg2.extensions.cursor
 TRANSIENT_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
 
+# For a connection whose statements are all shaped by arrays of ids (the worker's lanes): plan them
+# once. PostgreSQL otherwise keeps choosing a custom plan for each execution of a prepared statement
+# whose generic plan it estimates dearer, and re-planning the multi-CTE store statement at every
+# micro-batch cost more server CPU than running it (the burst benchmark's PostgreSQL column).
+GENERIC_PLANS = "-c plan_cache_mode=force_generic_plan"
+
+
 def connect(database_url: str, **options: Any) -> Connection:
     return psycopg2.connect(database_url, **options)
 

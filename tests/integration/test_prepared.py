@@ -4,6 +4,7 @@ import psycopg2.errors
 import pytest
 
 from shared.db import connection, prepared
+from worker.batch import DatabaseLane
 
 DOUBLE = prepared.Statement(
     "mnistq_test_double", "SELECT %(n)s * 2 AS doubled, %(label)s AS label", {"n": "integer", "label": "text", "unused": "bigint"}
@@ -53,3 +54,21 @@ def test_inside_a_transaction_a_forgotten_statement_fails_the_transaction_and_th
     with connection.transaction(autocommit_conn) as cursor:
         prepared.execute_prepared(cursor, DOUBLE, {"n": 3, "label": "w"})
         assert cursor.fetchone() == (6, "w")
+
+
+def plans(conn, name: str) -> tuple[int, int]:
+    """(generic, custom) plans this connection made of a prepared statement."""
+    rows = connection.query(conn, "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE name = %s", (name,))
+    return rows[0]
+
+
+def test_a_worker_lane_plans_each_statement_once_where_a_plain_connection_plans_each_execution(autocommit_conn, database_url):
+    """PostgreSQL makes a custom plan for each of a prepared statement's first five executions, and
+    for ever after when it estimates the generic plan dearer: the worker's store statements were
+    re-planned at every micro-batch. A lane's connection takes the generic plan from the first."""
+    lane = DatabaseLane(database_url, threaded=False)
+    for n in range(8):
+        assert lane.submit(prepared.query_one, DOUBLE, {"n": n, "label": "lane"}).result() == (2 * n, "lane")
+        prepared.query_one(autocommit_conn, DOUBLE, {"n": n, "label": "plain"})
+    assert lane.submit(plans, DOUBLE.name).result() == (8, 0)
+    assert plans(autocommit_conn, DOUBLE.name)[1] >= 5
