@@ -149,8 +149,9 @@ def images_of_digit(
     """Stored images whose true label (or latest prediction) is ``digit``, newest first, with that prediction.
 
     ``before_id``: the images older than the last one seen (keyset). By label, one range of the
-    (true_label, id) index; by prediction, newest images first until enough match, and an
-    offset beyond every prediction of that digit (from the statistics) answers at once.
+    (true_label, id) index; by prediction, the images once predicted ``digit``, newest first, until
+    enough are still predicted so, and an offset beyond every prediction of that digit (from the
+    statistics) answers at once.
     """
     params = {"digit": digit, "limit": limit, "offset": 0 if before_id else offset, "before": before_id}
     if by_prediction and not before_id and offset and offset >= statistics.predictions_with_label(conn, digit):
@@ -161,11 +162,16 @@ def images_of_digit(
             WHERE p.input_data_id = d.id ORDER BY p.job_id DESC LIMIT 1
         ) latest ON true
     """)
-    if by_prediction:
+    if by_prediction:  # images once predicted ``digit`` (migration 0008's index), newest first, still so at the latest
         statement = sql.SQL("""
             SELECT d.id AS input_data_id, d.true_label, d.dataset_split, latest.predicted_label, latest.confidence
-            FROM input_data d {latest}
-            WHERE latest.predicted_label = %(digit)s AND (%(before)s::bigint IS NULL OR d.id < %(before)s)
+            FROM (
+                SELECT DISTINCT input_data_id FROM predictions
+                WHERE predicted_label = %(digit)s AND (%(before)s::bigint IS NULL OR input_data_id < %(before)s)
+                ORDER BY input_data_id DESC
+            ) candidate
+            JOIN input_data d ON d.id = candidate.input_data_id {latest}
+            WHERE latest.predicted_label = %(digit)s
             ORDER BY d.id DESC
             LIMIT %(limit)s OFFSET %(offset)s
         """).format(latest=latest)
