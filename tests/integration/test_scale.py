@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from producer.cli import main as producer_main
+from shared.db import connection, queries, results, statistics
 from shared.db import images as image_store
 from shared.db import jobs as job_store
-from shared.db import queries, results, statistics
 from shared.db.images import ImageRow
 from shared.images import encode_image
 from tests.support.services import max_job_id
@@ -223,3 +223,37 @@ def test_a_selection_over_max_job_images_is_refused_naming_the_limit(client, con
     answer = app.test_client().post("/api/jobs", json={"split": "train"})
     assert answer.status_code == 422 and "MAX_JOB_IMAGES=2" in answer.get_json()["error"]
     assert max_job_id(conn) == before  # nothing recorded
+
+
+def latest_predicted(conn, digit: int) -> list[int]:
+    """The oracle: every image whose latest prediction (highest job id) is ``digit``, newest first."""
+    rows = connection.query(
+        conn,
+        """
+        SELECT input_data_id FROM (
+            SELECT DISTINCT ON (input_data_id) input_data_id, predicted_label FROM predictions ORDER BY input_data_id, job_id DESC
+        ) latest WHERE predicted_label = %s ORDER BY input_data_id DESC
+        """,
+        (digit,),
+    )
+    return [row[0] for row in rows]
+
+
+def test_browse_by_prediction_lists_each_image_whose_latest_prediction_is_the_digit_once(client, conn):
+    """By keyset links and by page numbers alike: an image predicted 7 and then something else is
+    not listed, one predicted 7 only at its latest is, one predicted 7 twice is listed once."""
+    ids = stored_images(conn, [None] * 120)
+    first = job_store.create_job(conn, ids, MODEL, {"test": "browse by prediction"})
+    results.store_results(conn, first, MODEL, predictions(ids, [7 if k % 2 else 3 for k in range(120)], [0.9] * 120), [])
+    again = ids[:60]  # a later job: of these, 7 -> 3, 3 -> 7, 7 -> 7 and 3 -> 3 in turn
+    second = job_store.create_job(conn, again, MODEL, {"test": "browse by prediction, later"})
+    results.store_results(conn, second, MODEL, predictions(again, [[3, 7][(k // 2) % 2] for k in range(60)], [0.8] * 60), [])
+    unpredicted = stored_images(conn, [7] * 5)  # newest, labelled 7, never predicted: not listed
+    expected = latest_predicted(conn, 7)
+    latest_sevens = {ids[k] for k in range(60) if (k // 2) % 2} | {ids[k] for k in range(60, 120) if k % 2}
+    assert set(expected) & set(ids) == latest_sevens and not set(unpredicted) & set(expected)
+    assert walk(client, "/browse?digit=7&by=prediction") == expected
+    by_number = []
+    for page in range(1, len(expected) // 48 + 2):
+        by_number += [int(image_id) for image_id in IMAGE_IN_CARD.findall(client.get(f"/browse?digit=7&by=prediction&page={page}").text)]
+    assert by_number == expected
