@@ -64,7 +64,7 @@ def to_mnist_form(picture: Image.Image) -> np.ndarray:
     if tables is None:
         return np.zeros(IMAGE_SHAPE, dtype=np.uint8)
     stretch, ink = tables
-    # Pillow maps every pixel through a table and finds the ink's box in C: a third of numpy's cost.
+    # Pillow maps the pixels through the tables and finds the ink's box in C, without numpy's index arrays.
     box = grey.point(ink).getbbox()
     if box is None:  # the ink's level only just clears the paper's, and no pixel lies beyond it
         return np.zeros(IMAGE_SHAPE, dtype=np.uint8)

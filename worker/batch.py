@@ -61,9 +61,10 @@ class DatabaseLane:
 
     def _call(self, function: Callable[..., Result], *args: Any) -> Result:
         if self._connection is None or self._connection.closed:
-            # Generic plans: every statement of a lane is keyed by ids or a version, whose plan does not depend on them.
-            self._connection = connection.connect(self._database_url, options=connection.GENERIC_PLANS)
-            self._connection.autocommit = True  # single statements in one round trip
+            fresh = connection.connect(self._database_url)
+            fresh.autocommit = True  # single statements in one round trip
+            connection.plan_once(fresh)  # every statement of a lane is keyed by ids or a version
+            self._connection = fresh
         try:
             return function(self._connection, *args)
         except connection.TRANSIENT_ERRORS:

@@ -22,15 +22,20 @@ Cursor = psycopg2.extensions.cursor
 TRANSIENT_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 
 
-# For a connection whose statements are all shaped by arrays of ids (the worker's lanes): plan them
-# once. PostgreSQL otherwise keeps choosing a custom plan for each execution of a prepared statement
-# whose generic plan it estimates dearer, and re-planning the multi-CTE store statement at every
-# micro-batch cost more server CPU than running it (the burst benchmark's PostgreSQL column).
-GENERIC_PLANS = "-c plan_cache_mode=force_generic_plan"
-
-
 def connect(database_url: str, **options: Any) -> Connection:
     return psycopg2.connect(database_url, **options)
+
+
+def plan_once(conn: Connection) -> None:
+    """Make this session's prepared statements use their generic plan from the first execution.
+
+    For a connection whose statements are all keyed by ids or a version (the worker's lanes).
+    PostgreSQL otherwise makes a custom plan for each of a statement's first five executions,
+    and for ever after when it estimates the generic plan dearer: it re-planned the multi-CTE
+    store at every micro-batch, and planning once halved the upload consumer's backend CPU in a
+    burst. A SET rather than a startup option, so that options given in DATABASE_URL still hold.
+    """
+    query(conn, "SET plan_cache_mode = force_generic_plan")
 
 
 def wait_for_database(database_url: str, timeout_seconds: float = 60) -> Connection:
