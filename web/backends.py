@@ -55,7 +55,8 @@ def connection_pool() -> ConnectionPool:
         with _pool_lock:
             pool = current_app.extensions.get(POOL_EXTENSION)
             if pool is None or pool.owner_pid != os.getpid():
-                pool = ConnectionPool(app_settings().database_url)
+                settings = app_settings()
+                pool = ConnectionPool(settings.database_url, settings.web_threads)
                 current_app.extensions[POOL_EXTENSION] = pool
     return pool
 
