@@ -147,10 +147,10 @@ def submit_named_upload(
     public_token: str | None = None,
     accepted: float | None = None,
     shadow_version: str | None = None,
-) -> tuple[int, str] | None:
+) -> tuple[int, int, str] | None:
     """``submit_upload`` answered by the version ``model_name`` (an alias or a version) stands for now,
     looked up by the statement that stores the upload: one round trip fewer per upload. Returns
-    (job id, version), or None, with nothing stored, when the name stands for no version."""
+    (job id, image id, version), or None, with nothing stored, when the name stands for no version."""
     created = job_store.create_named_upload_job(
         conn, image_data, list(IMAGE_SHAPE), model_name, selection, public_token, shadow_version=shadow_version
     )
@@ -158,7 +158,7 @@ def submit_named_upload(
         return None
     job_id, image_id, version = created
     _enqueue_upload(conn, settings, job_id, image_id, accepted)
-    return job_id, version
+    return job_id, image_id, version
 
 
 def _enqueue_upload(conn: Connection, settings: Settings, job_id: int, image_id: int, accepted: float | None) -> None:

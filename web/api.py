@@ -89,13 +89,11 @@ def create_prediction() -> tuple[Response, int]:
     listener = backends.get_progress_listener() if wait else None
     with predictions.notices(conn, listener, backends.close_db) if wait else contextlib.nullcontext() as heard:
         try:
-            job_id, _ = predictions.submit_upload(conn, backends.app_settings(), data, filename, model, shadow)
+            prediction = predictions.submit_upload(conn, backends.app_settings(), data, filename, model, shadow)
         except ValueError as error:
             raise BadRequest(str(error)) from None
         if heard is not None:
-            prediction = predictions.await_prediction(backends.get_db, job_id, wait, heard, look_first=False)
-        else:
-            prediction = predictions.get_prediction(conn, job_id)
+            prediction = predictions.await_prediction(backends.get_db, prediction, wait, heard, look_first=False)
     return prediction_response(prediction, wait, just_created=True)
 
 

@@ -54,6 +54,18 @@ class Prediction:
     def finished(self) -> bool:
         return self.status != QUEUED
 
+    def answered(self, answer: progress.UploadAnswer) -> Prediction:
+        """This upload, done, with the answer its micro-batch announced (the same values it stored)."""
+        return dataclasses.replace(
+            self,
+            status=DONE,
+            label=answer.label,
+            confidence=answer.confidence,
+            probabilities=answer.probabilities,
+            error=None,
+            model_version=answer.model_version,
+        )
+
     def as_json(self) -> dict[str, Any]:
         """What the uploader may see: everything but the internal ids. Shallow (``asdict`` deep-copies
         every probability: a twentieth of an upload's CPU); the fields are not shared with anyone."""
@@ -85,8 +97,8 @@ def raise_unavailable(error: registry.UnknownModel, asked: bool) -> NoReturn:
 
 def submit_upload(
     conn: Connection, config: Settings, data: bytes, filename: str | None, model: str | None = None, shadow: str | None = None
-) -> tuple[int, str]:
-    """Preprocess, store and enqueue one picture on the upload queue; return (its job id, its public token).
+) -> Prediction:
+    """Preprocess, store and enqueue one picture on the upload queue; return it, queued.
 
     ``model`` (a version or alias; default production) answers it; ``shadow`` predicts it too,
     and is never answered. Raises ValueError with a user-readable message before anything is
@@ -109,7 +121,19 @@ def submit_upload(
     created = jobs.submit_named_upload(conn, config, encode_image(digit), named, selection, token, accepted, shadow_version)
     if created is None:
         raise_unavailable(registry.unknown(named), asked=bool(model))
-    return created[0], token
+    job_id, image_id, version = created
+    return Prediction(
+        id=job_id,
+        token=token,
+        status=QUEUED,
+        image_id=image_id,
+        label=None,
+        confidence=None,
+        probabilities=None,
+        error=None,
+        model_version=version,
+        filename=selection["upload"],
+    )
 
 
 def stored_filename(filename: str | None) -> str | None:
@@ -183,6 +207,10 @@ class OwnConnectionNotices:
         heard = progress.wait_for_progress(self.conn, seconds)
         return job_id in heard or not heard
 
+    def answer(self, job_id: int) -> progress.UploadAnswer | None:
+        """None: this connection hears job ids only, so the waiter reads the answer back."""
+        return None
+
 
 class ListenerNotices:
     """The process's one LISTEN connection (web/progress_listener.py): no round trip, woken for our
@@ -202,6 +230,9 @@ class ListenerNotices:
         event.wait(seconds)
         event.clear()  # before the look that follows: a notice after it sets it again
         return True
+
+    def answer(self, job_id: int) -> progress.UploadAnswer | None:
+        return self.listener.answer(job_id)
 
     def close(self) -> None:
         if self.watched is not None:
@@ -244,21 +275,23 @@ def wait_for_prediction(
     if prediction is None or prediction.finished or seconds <= 0:
         return prediction
     with notices(connect(), listener, release) as heard:
-        return await_prediction(connect, prediction_id, seconds, heard)
+        return await_prediction(connect, prediction, seconds, heard)
 
 
 def await_prediction(
-    connect: Callable[[], Connection], prediction_id: int, seconds: float, heard: Notices, look_first: bool = True
+    connect: Callable[[], Connection], queued: Prediction, seconds: float, heard: Notices, look_first: bool = True
 ) -> Prediction:
     """Inside ``notices``: sleep on the worker's NOTIFY instead of polling, so the answer leaves
-    within a millisecond of the prediction being stored. ``look_first`` is False for an upload
-    just enqueued, which cannot be finished yet."""
+    within a millisecond of the prediction being stored. The answer the notice carried, when the
+    listener heard one, else the stored state read back (a failure, a redelivery, the fallback
+    connection). ``look_first`` is False for an upload just enqueued, which cannot be finished yet."""
     deadline = time.monotonic() + seconds
-    prediction = get_prediction(connect(), prediction_id) if look_first else None
+    prediction = get_prediction(connect(), queued.id) if look_first else queued
     while (prediction is None or not prediction.finished) and time.monotonic() < deadline:
-        if heard.wait(prediction_id, min(deadline - time.monotonic(), progress.RECHECK_SECONDS)):
-            prediction = get_prediction(connect(), prediction_id)
-    return prediction if prediction is not None else get_prediction(connect(), prediction_id)
+        if heard.wait(queued.id, min(deadline - time.monotonic(), progress.RECHECK_SECONDS)):
+            answer = heard.answer(queued.id)
+            prediction = queued.answered(answer) if answer is not None else get_prediction(connect(), queued.id)
+    return prediction if prediction is not None else get_prediction(connect(), queued.id)
 
 
 def job_summary(report: JobReport) -> dict[str, Any]:

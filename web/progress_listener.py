@@ -4,7 +4,9 @@ A waiting request used to LISTEN on its own pooled connection, read every stored
 and UNLISTEN afterwards: two more round trips per upload, and each notice parsed by every
 waiter. Here one daemon thread per process (a web process runs the app on threads, web/serve.py)
 holds the only LISTEN connection and wakes exactly the requests whose job was announced: the
-NOTIFY payload is the job id (shared/db/results.py), and an upload is a job of its own.
+NOTIFY payload is the job id (shared/db/results.py), and an upload is a job of its own. It hears
+the uploads' answers too (``progress.ANSWER_CHANNEL``) and keeps each one for the request waiting
+for it (``answer``), which then needs no query to reply.
 
 The thread starts on first use in the process that serves (never at import) and reconnects when
 its connection drops. While it is not listening, a request listens on its own connection as
@@ -25,7 +27,9 @@ from shared.db import connection, progress
 
 log = logging.getLogger(__name__)
 
-RECENT_NOTICES = 4096  # job ids last heard: a request registers just after its upload is enqueued
+# Job ids last heard, each with its upload's answer if it had one: a request registers just after
+# its upload is enqueued, so the notice (and the answer) may come first.
+RECENT_NOTICES = 4096
 QUIET_PING_SECONDS = 10.0  # a connection that heard nothing this long is pinged, so a dead one is noticed
 RECONNECT_FIRST_SECONDS, RECONNECT_MAX_SECONDS = 0.1, 2.0
 CONNECT_TIMEOUT_SECONDS = 5
@@ -41,7 +45,7 @@ class ProgressListener:
         self._database_url = database_url
         self._lock = threading.Lock()
         self._waiters: dict[int, list[threading.Event]] = {}
-        self._recent: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._recent: collections.OrderedDict[int, progress.UploadAnswer | None] = collections.OrderedDict()
         self._generation = 0  # one more at each (re)connect: what was announced before may not have been heard
         self._listening = threading.Event()
         self._stopping = threading.Event()
@@ -79,6 +83,11 @@ class ProgressListener:
             if not events:
                 self._waiters.pop(job_id, None)
 
+    def answer(self, job_id: int) -> progress.UploadAnswer | None:
+        """The upload's answer, if it was announced a moment ago (one of the last RECENT_NOTICES jobs heard)."""
+        with self._lock:
+            return self._recent.get(job_id)
+
     def waiting(self) -> int:
         """Events registered now (for tests and curiosity)."""
         with self._lock:
@@ -101,7 +110,7 @@ class ProgressListener:
             try:
                 conn = connection.connect(self._database_url, connect_timeout=CONNECT_TIMEOUT_SECONDS)
                 conn.autocommit = True
-                progress.listen(conn)
+                progress.listen(conn, answers=True)
                 with self._lock:
                     self._generation += 1
                     self._conn = conn
@@ -109,7 +118,7 @@ class ProgressListener:
                 self._wake_all()
                 delay = RECONNECT_FIRST_SECONDS
                 self._dispatch(conn)
-            except (psycopg2.Error, OSError, ValueError) as error:  # ValueError: a payload that is not a job id
+            except (psycopg2.Error, OSError, ValueError) as error:  # ValueError: a payload that is not ours
                 if not self._stopping.is_set():  # the first failure in a row at warning, the retries quieter
                     log.log(
                         logging.WARNING if delay == RECONNECT_FIRST_SECONDS else logging.DEBUG,
@@ -129,16 +138,17 @@ class ProgressListener:
 
     def _dispatch(self, conn: connection.Connection) -> None:
         while not self._stopping.is_set():
-            heard = progress.wait_for_progress(conn, QUIET_PING_SECONDS)
-            if heard:
-                self._wake(heard)
+            heard, answers = progress.wait_for_notices(conn, QUIET_PING_SECONDS)
+            if heard or answers:
+                self._wake(heard | set(answers), answers)
             else:
                 connection.ping(conn)
 
-    def _wake(self, job_ids: set[int]) -> None:
+    def _wake(self, job_ids: set[int], answers: dict[int, progress.UploadAnswer]) -> None:
         with self._lock:
             for job_id in job_ids:
-                self._recent[job_id] = None
+                # An upload's answer never changes: a later notice of its job (a redelivery's no-op) keeps it.
+                self._recent[job_id] = answers.get(job_id) or self._recent.get(job_id)
                 self._recent.move_to_end(job_id)
                 for event in self._waiters.get(job_id, ()):
                     event.set()

@@ -176,11 +176,21 @@ failed AS (
         finished_at = CASE WHEN j.done_count + j.failed_count + c.done + c.failed >= j.total_images
                            THEN COALESCE(j.finished_at, now()) END
     FROM changes c WHERE j.id = c.job_id AND j.id = ANY(%(jobs)s::bigint[])  -- by the primary key, never a scan of jobs
-    RETURNING j.id
-)
+    RETURNING j.id, j.kind
+)"""
+# Each upload's answer, for the web request waiting for it (shared/db/progress.py, ANSWER_CHANNEL):
+# the predictions sent in the statement, of the upload jobs it advanced.
+ANSWERED = """
+answered AS (
+    SELECT pg_notify(%(answers)s, concat_ws(' ', u.job_id, u.predicted_label, u.confidence, encode(u.probabilities, 'hex'), %(version)s))
+    FROM unnest(%(p_jobs)s::bigint[], %(p_labels)s::smallint[], %(p_confidences)s::real[], %(p_vectors)s::bytea[])
+         AS u (job_id, predicted_label, confidence, probabilities)
+    JOIN job ON job.id = u.job_id AND job.kind = 'upload'
+)"""
+RESULT = """
 SELECT (SELECT COALESCE(sum(done), 0) FROM done), (SELECT count(*) FROM failed),
-       mnistq_require_jobs(cardinality(%(jobs)s::bigint[]), (SELECT count(pg_notify(%(channel)s, id::text)) FROM job))
-"""
+       mnistq_require_jobs(cardinality(%(jobs)s::bigint[]), (SELECT count(pg_notify(%(channel)s, id::text)) FROM job))"""
+RESULT_AND_ANSWERS = RESULT + ", (SELECT count(*) FROM answered)"
 
 
 def _store(
@@ -202,6 +212,7 @@ def _store(
         "f_ids": [failure.input_data_id for _, failure in failures],
         "f_reasons": [failure.reason for _, failure in failures],
         "channel": progress.CHANNEL,
+        "answers": progress.ANSWER_CHANNEL,
     }
     has_predictions = predictions is not None and len(predictions) > 0
     in_statement = has_predictions and not skip_stored and predictions.true_labels is not None and len(predictions) <= IN_STATEMENT_ROWS
@@ -229,7 +240,7 @@ def _store(
             if copy:
                 _copy_predictions(cursor, prediction_jobs, model_version, predictions, skip_stored, begin=manual)
             prepared.execute_prepared(cursor, statement, params)
-            stored, failed, _ = cursor.fetchone()
+            stored, failed = cursor.fetchone()[:2]
             if manual:
                 cursor.execute("COMMIT")
         except BaseException as error:
@@ -259,31 +270,25 @@ def _rows(prediction_jobs: np.ndarray, model_version: str, predictions: Predicti
 
 # Parameters a store statement may use, with their types; each prepared statement declares those it uses.
 PARAMETERS = {
-    "jobs": "bigint[]", "f_jobs": "bigint[]", "f_ids": "bigint[]", "f_reasons": "text[]", "channel": "text",
+    "jobs": "bigint[]", "f_jobs": "bigint[]", "f_ids": "bigint[]", "f_reasons": "text[]", "channel": "text", "answers": "text",
     "p_jobs": "bigint[]", "p_ids": "bigint[]", "p_labels": "smallint[]", "p_confidences": "real[]",
     "p_vectors": "bytea[]", "version": "text",
     "d_jobs": "bigint[]", "d_counts": "bigint[]",
     **statistics.PARAMETERS,
 }  # fmt: skip
-# Planning one of these took longer than running it for a small batch: each connection plans it once.
-STORE = prepared.Statement(
-    "mnistq_store",
-    sql.SQL("WITH {}").format(sql.SQL(",").join(map(sql.SQL, [NEW_FROM_COPY, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE]))),
-    PARAMETERS,
-)
-STORE_COUNTED = prepared.Statement(
-    "mnistq_store_counted", sql.SQL("WITH {}").format(sql.SQL(",").join(map(sql.SQL, [COUNTED, ADVANCE]))), PARAMETERS
-)
-STORE_WITH_ROWS = prepared.Statement(
-    "mnistq_store_with_rows",
-    sql.SQL("WITH {}").format(sql.SQL(",").join(map(sql.SQL, [ROWS_IN_STATEMENT, COUNTED, ADVANCE]))),
-    PARAMETERS,
-)
-STORE_STAGED = prepared.Statement(
-    "mnistq_store_staged",
-    sql.SQL("WITH {}").format(sql.SQL(",").join(map(sql.SQL, [NEW_FROM_STAGING, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE]))),
-    PARAMETERS,
-)
+
+
+def _store_statement(name: str, parts: list[str], result: str = RESULT) -> prepared.Statement:
+    """``WITH`` the parts, then ``result``. Prepared: planning one of these took longer than running
+    it for a small batch, so each connection plans it once."""
+    return prepared.Statement(name, sql.SQL("WITH {} {}").format(sql.SQL(",").join(map(sql.SQL, parts)), sql.SQL(result)), PARAMETERS)
+
+
+STORE = _store_statement("mnistq_store", [NEW_FROM_COPY, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE])
+STORE_COUNTED = _store_statement("mnistq_store_counted", [COUNTED, ADVANCE])
+# The one that answers waiting uploads: only a statement that inserts the predictions itself has them in hand.
+STORE_WITH_ROWS = _store_statement("mnistq_store_with_rows", [ROWS_IN_STATEMENT, COUNTED, ADVANCE, ANSWERED], RESULT_AND_ANSWERS)
+STORE_STAGED = _store_statement("mnistq_store_staged", [NEW_FROM_STAGING, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE])
 
 
 def _copy_predictions(

@@ -7,21 +7,26 @@ answered; while it is not listening a request falls back to listening on its own
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from shared.db import connection, queries
+from shared.db import connection, progress, queries, results
+from shared.db import images as image_store
 from shared.db import jobs as job_store
-from shared.db.results import FailureRow, store_results
+from shared.db.results import FailureRow, PredictionBatch, store_results
+from shared.digits import NUM_CLASSES
 from shared.images import encode_image
 from tests.support import digits
 from tests.support.services import production_version
 from web import backends, predictions, progress_listener
 from web.app import create_app
+from worker.batch import DatabaseLane
 
 WAIT = "20"
 WAITERS = 10  # within a process's pool (web/pool.py), as the web's 8 threads a process are
@@ -132,3 +137,63 @@ def test_a_request_listens_on_its_own_connection_while_the_listener_is_not_liste
     finally:
         request_conn.close()
     assert (prediction.status, prediction.error) == ("failed", "late")
+
+
+def test_a_micro_batch_announces_each_uploads_answer_as_a_later_read_finds_it(settings, conn):
+    """What a waiting request answers from the notice is what GET /api/predictions/<token> reads back."""
+    uploads = upload_jobs(conn, 3)
+    bulk_row = image_store.ImageRow(encode_image(np.full((28, 28), 5, np.uint8)), 5, [28, 28], "upload", None, f"answers-{uuid.uuid4()}")
+    (bulk_image,) = image_store.insert_images(conn, [bulk_row])
+    bulk_job = job_store.create_job(conn, [bulk_image], production_version(conn), {"test": True})
+    jobs = [job_id for job_id, _, _ in uploads] + [bulk_job]
+    listening = connection.connect(settings.database_url)
+    listening.autocommit = True
+    progress.listen(listening, answers=True)
+    lane = DatabaseLane(settings.database_url, threaded=False)
+    try:
+        probabilities = np.random.default_rng(3).dirichlet(np.ones(NUM_CLASSES), size=len(jobs)).astype(np.float32)
+        batch = PredictionBatch.of([image for _, image, _ in uploads] + [bulk_image], probabilities, [-1, -1, -1, 5])
+        lane.submit(results.store_many, "v-answers", jobs, np.array(jobs), batch, []).result()
+        heard, answers = set(), {}
+        deadline = time.monotonic() + LISTEN_SECONDS
+        while heard != set(jobs) and time.monotonic() < deadline:
+            ids, announced = progress.wait_for_notices(listening, 0.5)
+            heard |= ids
+            answers |= announced
+    finally:
+        lane.submit(lambda lane_conn: lane_conn.close()).result()
+        listening.close()
+    assert heard == set(jobs) and set(answers) == set(jobs[:3])  # a bulk job's progress only
+    for job_id, _, _ in uploads:
+        read_back = predictions.get_prediction(conn, job_id)
+        queued = dataclasses.replace(read_back, status=predictions.QUEUED, label=None, confidence=None, probabilities=None)
+        assert queued.answered(answers[job_id]).as_json() == read_back.as_json()
+        assert read_back.model_version == "v-answers" and read_back.status == "done"
+
+
+def test_a_waiting_request_replies_with_the_announced_answer_without_reading_it_back(listener, conn):
+    """These jobs have no row at all, so only the notice can have answered: one announced while the
+    request waits, one a moment before it started waiting (a fast worker answers before the web
+    has registered the wait)."""
+    first = connection.query_one(conn, "SELECT COALESCE(max(id), 0) + 1000000 FROM jobs")[0]
+    vector = np.eye(NUM_CLASSES, dtype="<f4")[4].tobytes().hex()
+
+    def announce(job_id: int) -> None:
+        connection.query(conn, "SELECT pg_notify(%s, %s)", (progress.ANSWER_CHANNEL, f"{job_id} 4 1 {vector} v 2"))
+
+    def wait_for(job_id: int, while_waiting=lambda: None) -> predictions.Prediction:
+        queued = predictions.Prediction(job_id, "t" * 22, predictions.QUEUED, 1, None, None, None, None, "production", "seven.png")
+        with predictions.notices(conn, listener) as heard:
+            while_waiting()
+            return predictions.await_prediction(lambda: conn, queued, 10, heard, look_first=False)
+
+    later = threading.Timer(0.2, announce, (first,))
+    during = wait_for(first, later.start)
+    later.join()
+    announce(first + 1)
+    until(lambda: listener.answer(first + 1) is not None)
+    before = wait_for(first + 1)
+    for answered in (during, before):
+        assert (answered.status, answered.label, answered.confidence, answered.model_version) == ("done", 4, 1.0, "v 2")
+        assert answered.probabilities == np.eye(NUM_CLASSES)[4].tolist() and answered.filename == "seven.png"
+    assert listener.waiting() == 0
