@@ -278,17 +278,34 @@ PARAMETERS = {
 }  # fmt: skip
 
 
-def _store_statement(name: str, parts: list[str], result: str = RESULT) -> prepared.Statement:
-    """``WITH`` the parts, then ``result``. Prepared: planning one of these took longer than running
-    it for a small batch, so each connection plans it once."""
-    return prepared.Statement(name, sql.SQL("WITH {} {}").format(sql.SQL(",").join(map(sql.SQL, parts)), sql.SQL(result)), PARAMETERS)
-
-
-STORE = _store_statement("mnistq_store", [NEW_FROM_COPY, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE])
-STORE_COUNTED = _store_statement("mnistq_store_counted", [COUNTED, ADVANCE])
+# Planning one of these took longer than running it for a small batch: each connection plans it once.
+STORE = prepared.Statement(
+    "mnistq_store",
+    sql.SQL("WITH {} {}").format(
+        sql.SQL(",").join(map(sql.SQL, [NEW_FROM_COPY, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE])), sql.SQL(RESULT)
+    ),
+    PARAMETERS,
+)
+STORE_COUNTED = prepared.Statement(
+    "mnistq_store_counted",
+    sql.SQL("WITH {} {}").format(sql.SQL(",").join(map(sql.SQL, [COUNTED, ADVANCE])), sql.SQL(RESULT)),
+    PARAMETERS,
+)
 # The one that answers waiting uploads: only a statement that inserts the predictions itself has them in hand.
-STORE_WITH_ROWS = _store_statement("mnistq_store_with_rows", [ROWS_IN_STATEMENT, COUNTED, ADVANCE, ANSWERED], RESULT_AND_ANSWERS)
-STORE_STAGED = _store_statement("mnistq_store_staged", [NEW_FROM_STAGING, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE])
+STORE_WITH_ROWS = prepared.Statement(
+    "mnistq_store_with_rows",
+    sql.SQL("WITH {} {}").format(
+        sql.SQL(",").join(map(sql.SQL, [ROWS_IN_STATEMENT, COUNTED, ADVANCE, ANSWERED])), sql.SQL(RESULT_AND_ANSWERS)
+    ),
+    PARAMETERS,
+)
+STORE_STAGED = prepared.Statement(
+    "mnistq_store_staged",
+    sql.SQL("WITH {} {}").format(
+        sql.SQL(",").join(map(sql.SQL, [NEW_FROM_STAGING, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE])), sql.SQL(RESULT)
+    ),
+    PARAMETERS,
+)
 
 
 def _copy_predictions(
