@@ -140,13 +140,14 @@ class ProgressListener:
         while not self._stopping.is_set():
             heard, answers = progress.wait_for_notices(conn, QUIET_PING_SECONDS)
             if heard or answers:
-                self._wake(heard | set(answers), answers)
+                self._wake(heard, answers)
             else:
                 connection.ping(conn)
 
     def _wake(self, job_ids: set[int], answers: dict[int, progress.UploadAnswer]) -> None:
+        """Wake the waiters of every job heard, on either channel, and keep the answers among them."""
         with self._lock:
-            for job_id in job_ids:
+            for job_id in job_ids | answers.keys():
                 # An upload's answer never changes: a later notice of its job (a redelivery's no-op) keeps it.
                 self._recent[job_id] = answers.get(job_id) or self._recent.get(job_id)
                 self._recent.move_to_end(job_id)
