@@ -4,6 +4,7 @@
     python -m bench --sections scale [--scale-sizes 10000,100000,1000000] [--label after]
     python -m bench --sections scale-ab --scale-sizes 1000000 --against /tmp/arch-before
     python -m bench --sections burst [--rates 100,300,1000,2000] [--web serve] [--against /tmp/arch-before] [--label after]
+        [--connections keep-alive|close]
     python -m bench --sections models [--baseline-model OLD.tflite]   (float vs int8, shipped vs a baseline)
     python -m bench --sections robustness [--baseline-model OLD.tflite]   (accuracy on pictures from real sources)
 
@@ -54,6 +55,13 @@ def table(rows: list[dict[str, Any]], ceiling: float) -> list[str]:
 )
 @click.option("--against-web", default="sync", show_default=True, help="the web for --against, as --web.")
 @click.option(
+    "--connections",
+    type=click.Choice(["keep-alive", "close"]),
+    default="keep-alive",
+    show_default=True,
+    help="burst: the client reuses idle connections (HTTP/1.1 keep-alive) or opens one per upload.",
+)
+@click.option(
     "--baseline-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="models: a .tflite file to compare with."
 )
 def main(
@@ -67,6 +75,7 @@ def main(
     web: str,
     against: Path | None,
     against_web: str,
+    connections: str,
     baseline_model: Path | None,
 ) -> None:
     """Bare model vs mnist-queue vs the seed design; upload latency; memory; scale; upload bursts."""
@@ -86,7 +95,7 @@ def main(
     if "burst" in chosen:
         from bench import burst
 
-        click.echo("\n".join(burst.main(tuple(int(rate) for rate in rates.split(",")), label, web, against, against_web)))
+        click.echo("\n".join(burst.main(tuple(int(rate) for rate in rates.split(",")), label, web, against, against_web, connections)))
     if "models" in chosen:
         click.echo("\n".join(model_costs(repeats, baseline_model)))
     if "robustness" in chosen:

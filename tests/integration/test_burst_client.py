@@ -1,0 +1,48 @@
+"""The burst benchmark's client against a real web and worker: every upload answered with its
+prediction, and keep-alive carrying many uploads per connection where close opens one each.
+
+Rates and latencies are the benchmark's business (``python -m bench --sections burst``);
+this checks only that what it counts is what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bench import burst_client
+from shared.images import png_bytes
+from tests.support import digits
+from tests.support.services import WebServer
+
+RATE = 100  # uploads per second, for half a second: well within what one worker answers
+SECONDS = 0.5
+
+
+@pytest.fixture(scope="module")
+def pictures() -> list[bytes]:
+    images, _ = digits.mnist_test_digits(10)
+    return [png_bytes(image) for image in images]
+
+
+@pytest.mark.parametrize("mode", burst_client.MODES)
+def test_every_upload_of_a_burst_is_answered_with_its_prediction(worker, worker_env, tmp_path, pictures, mode):
+    server = WebServer({**worker_env, "UPLOAD_RATE_LIMIT": "off"}, tmp_path / "web.log", workers=1)
+    try:
+        server.wait_ready()
+        outcomes, opened = asyncio.run(burst_client.load(server.url, RATE, SECONDS, pictures, mode))
+    finally:
+        server.stop()
+    sent = int(RATE * SECONDS)
+    assert len(outcomes) == sent
+    assert [(status, state) for status, _, state in outcomes] == [(200, "done")] * sent
+    if mode == "close":
+        assert opened == sent
+    else:  # uploads 10 ms apart, each answered in a few: most find the last one's connection free
+        assert opened < sent // 2, opened
+
+
+def test_the_client_refuses_to_load_anything_but_loopback(pictures):
+    with pytest.raises(SystemExit, match="loopback only"):
+        asyncio.run(burst_client.load("http://192.0.2.1:80", RATE, SECONDS, pictures))
