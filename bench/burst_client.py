@@ -66,7 +66,8 @@ class Sender:
             self.idle.append(connection)
         else:
             writer.close()
-        return status_and_state(head, body, elapsed)
+        status, state = status_and_state(head, body)
+        return status, elapsed, state
 
     def close(self) -> None:
         for _, writer in self.idle:
@@ -87,7 +88,8 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes, bool]
     return head, await reader.read(), False  # no length: the body runs to the close
 
 
-def status_and_state(head: bytes, body: bytes, elapsed: float) -> tuple[int, float, str]:
+def status_and_state(head: bytes, body: bytes) -> tuple[int, str]:
+    """The answer's HTTP status, and the prediction's status from its JSON body (200 and 202 only)."""
     status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
     state = ""
     if status in (200, 202):
@@ -95,7 +97,7 @@ def status_and_state(head: bytes, body: bytes, elapsed: float) -> tuple[int, flo
             state = json.loads(body).get("status", "")
         except ValueError:
             state = "unreadable"
-    return status, elapsed, state
+    return status, state
 
 
 async def load(

@@ -115,8 +115,9 @@ class InkLevels:
 
 
 def _light_ink_levels(pixels: np.ndarray, histogram: np.ndarray) -> InkLevels | None:
-    """Paper, ink and the table between them, worked out on the 256-level histogram so the
-    pixels are passed over only to count them and to map the crop; None without visible ink."""
+    """Paper, ink and the table between them, worked out on the 256-level histogram, so the
+    pixels are passed over only to count them, to find the ink's box and to map the crop;
+    None without visible ink."""
     threshold = otsu_threshold(histogram)
     light_count = int(histogram[threshold + 1 :].sum())
     if light_count in (0, pixels.size):
