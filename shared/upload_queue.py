@@ -114,8 +114,13 @@ def enqueue(settings: Settings, job_id: int, image_ids: list[int], accepted: flo
     stamp = time.time() if accepted is None else accepted
     entries = (encode_entry(job_id, image_id, accepted_at=stamp) for image_id in image_ids)
     length = int(client(settings.redis_url).lpush(queue_name(settings), *entries))
-    _pushed[queue_name(settings)] = (length, time.monotonic())
+    record_push(settings, length)
     return length
+
+
+def record_push(settings: Settings, length: int) -> None:
+    """Keep the queue's length that a push of this process (LPUSH's reply) just found, for ``pushed_length``."""
+    _pushed[queue_name(settings)] = (length, time.monotonic())
 
 
 def pushed_length(settings: Settings, max_age_seconds: float) -> int | None:

@@ -176,17 +176,10 @@ def prediction_response(prediction: predictions.Prediction | None, wait: float, 
     """The prediction as JSON, with its token's URLs. A new upload answers 202 unless the client waited and the result came."""
     if prediction is None or prediction.token is None:
         raise NotFound("there is no prediction with that token")
-    status_url = url_for("api.show_prediction", token=prediction.token)
-    body = {
-        **prediction.as_json(),
-        "status_url": status_url,
-        "page_url": url_for("views.prediction", token=prediction.token),
-        "image_url": url_for("views.prediction_image", token=prediction.token),
-    }
+    body = predictions.prediction_body(prediction, lambda endpoint, token: url_for(endpoint, token=token))
     response = jsonify(body)
-    response.headers["Location"] = status_url
-    waited_for_result = wait > 0 and prediction.finished
-    return response, 202 if just_created and not waited_for_result else 200
+    response.headers["Location"] = body["status_url"]
+    return response, predictions.answer_status(prediction, wait, just_created)
 
 
 def json_object() -> dict[str, Any]:

@@ -22,6 +22,9 @@ from web import backends
 log = logging.getLogger(__name__)
 
 JSON_PATH_PREFIXES = ("/api/", "/healthz", "/readyz")
+DATABASE_UNAVAILABLE = "the database is unavailable; try again shortly"
+BROKER_UNAVAILABLE = "the queue (broker) is unavailable; try again shortly"
+UNEXPECTED = "something went wrong on our side; it has been logged"
 
 
 def init_app(app: Flask) -> None:
@@ -41,9 +44,14 @@ def wants_json() -> bool:
     return request.path.startswith(JSON_PATH_PREFIXES)
 
 
+def error_body(status: int, message: str) -> dict[str, str | int]:
+    """Every JSON error's shape: ``{"error": "...", "status": N}``."""
+    return {"error": message, "status": status}
+
+
 def error_response(status: int, message: str) -> tuple[Response | str, int]:
     if wants_json():
-        return jsonify(error=message, status=status), status
+        return jsonify(error_body(status, message)), status
     return render_template("error.html", status=status, message=message), status
 
 
@@ -66,7 +74,7 @@ def too_large(error: RequestEntityTooLarge) -> tuple[Response | str, int]:
 def database_unavailable(error: psycopg2.OperationalError | psycopg2.InterfaceError) -> tuple[Response | str, int]:
     log.error("database unavailable during %s %s: %s", request.method, request.path, error)
     metrics.record_refusal(ServiceUnavailable.code, "database")
-    return error_response(ServiceUnavailable.code, "the database is unavailable; try again shortly")
+    return error_response(ServiceUnavailable.code, DATABASE_UNAVAILABLE)
 
 
 def schema_missing(error: psycopg2.errors.UndefinedTable) -> tuple[Response | str, int]:
@@ -78,9 +86,9 @@ def schema_missing(error: psycopg2.errors.UndefinedTable) -> tuple[Response | st
 def broker_unavailable(error: kombu.exceptions.OperationalError | redis.exceptions.RedisError) -> tuple[Response | str, int]:
     log.error("broker unavailable during %s %s: %s", request.method, request.path, error)
     metrics.record_refusal(ServiceUnavailable.code, "broker")
-    return error_response(ServiceUnavailable.code, "the queue (broker) is unavailable; try again shortly")
+    return error_response(ServiceUnavailable.code, BROKER_UNAVAILABLE)
 
 
 def unexpected_error(error: Exception) -> tuple[Response | str, int]:
     log.exception("unexpected error during %s %s", request.method, request.path)
-    return error_response(InternalServerError.code, "something went wrong on our side; it has been logged")
+    return error_response(InternalServerError.code, UNEXPECTED)

@@ -41,13 +41,19 @@ def _number_arg(name: str, default: Number, minimum: Number, maximum: Number, pa
     raw = request.args.get(name, "")
     if raw == "":
         return default
+    value = parse_number(raw, minimum, maximum, parse)
+    if value is None:
+        raise BadRequest(f"{name} must be {kind} from {minimum} to {maximum}, got {raw[:40]!r}")
+    return value
+
+
+def parse_number(raw: str, minimum: Number, maximum: Number, parse: Callable[[str], Number]) -> Number | None:
+    """``raw`` as a number within the bounds, else None (the comparison also refuses nan)."""
     try:
         value = parse(raw)
     except ValueError:
-        value = None
-    if value is None or not minimum <= value <= maximum:  # the comparison also refuses nan
-        raise BadRequest(f"{name} must be {kind} from {minimum} to {maximum}, got {raw[:40]!r}")
-    return value
+        return None
+    return value if minimum <= value <= maximum else None
 
 
 def choice_arg(name: str, default: str, choices: Collection[str]) -> str:

@@ -31,6 +31,7 @@ from web import progress_listener
 MAX_FILENAME_CHARS = 200
 QUEUED, DONE, FAILED = "queued", "done", "failed"
 INTERNAL_FIELDS = frozenset({"id", "image_id"})
+STATUS_ENDPOINT = "api.show_prediction"  # an upload's status URL, also its answer's Location
 # What a refused upload is told to wait: the worker predicts hundreds of uploads in that time.
 RETRY_AFTER_SECONDS = 5
 # How long the queue's length seen by this process's last push stands in for a look (refuse_when_queue_full).
@@ -114,26 +115,44 @@ def submit_upload(
         registry.check_name(named)
     except registry.UnknownModel as error:
         raise_unavailable(error, asked=bool(model))
-    digit = user_image_to_mnist(data, config.max_image_pixels)
-    token = job_store.new_upload_token()
-    selection = {"upload": stored_filename(filename)}
+    upload = prepare_upload(config, data, filename)
     # The statement that stores the upload looks its model up (a version stands for itself): one round trip fewer.
-    created = jobs.submit_named_upload(conn, config, encode_image(digit), named, selection, token, accepted, shadow_version)
+    created = jobs.submit_named_upload(conn, config, upload.image, named, upload.selection, upload.token, accepted, shadow_version)
     if created is None:
         raise_unavailable(registry.unknown(named), asked=bool(model))
-    job_id, image_id, version = created
-    return Prediction(
-        id=job_id,
-        token=token,
-        status=QUEUED,
-        image_id=image_id,
-        label=None,
-        confidence=None,
-        probabilities=None,
-        error=None,
-        model_version=version,
-        filename=selection["upload"],
-    )
+    return upload.queued(*created)
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedUpload:
+    """An accepted picture, ready to store: the 28x28 digit as stored, its token, its job's selection."""
+
+    image: bytes
+    token: str
+    selection: dict[str, Any]
+
+    def queued(self, job_id: int, image_id: int, version: str) -> Prediction:
+        """This upload once stored as job ``job_id`` and enqueued, answered by ``version``."""
+        return Prediction(
+            id=job_id,
+            token=self.token,
+            status=QUEUED,
+            image_id=image_id,
+            label=None,
+            confidence=None,
+            probabilities=None,
+            error=None,
+            model_version=version,
+            filename=self.selection["upload"],
+        )
+
+
+def prepare_upload(config: Settings, data: bytes, filename: str | None) -> PreparedUpload:
+    """Preprocess a picture (ValueError with a user-readable message when it is not one) and give it a token.
+
+    Both ways an upload arrives share it: the Flask route (``submit_upload``) and the event loop's lane (web/upload_lane.py)."""
+    digit = user_image_to_mnist(data, config.max_image_pixels)
+    return PreparedUpload(encode_image(digit), job_store.new_upload_token(), {"upload": stored_filename(filename)})
 
 
 def stored_filename(filename: str | None) -> str | None:
@@ -149,10 +168,19 @@ def refuse_when_queue_full(config: Settings) -> None:
     While this process's own pushes found the queue under half the bound a moment ago
     (QUEUE_LENGTH_FRESH_SECONDS), that stands in for asking Redis: one round trip fewer per
     upload when nothing is near the bound, and a look every time when something may be."""
-    pushed = upload_queue.pushed_length(config, QUEUE_LENGTH_FRESH_SECONDS)
-    if pushed is not None and pushed < config.max_queued_uploads // 2:
+    if not must_look_at_queue(config):
         return
-    waiting = upload_queue.waiting(config)
+    refuse_when_waiting(config, upload_queue.waiting(config))
+
+
+def must_look_at_queue(config: Settings) -> bool:
+    """False while this process's last push found the queue well under the bound a moment ago."""
+    pushed = upload_queue.pushed_length(config, QUEUE_LENGTH_FRESH_SECONDS)
+    return pushed is None or pushed >= config.max_queued_uploads // 2
+
+
+def refuse_when_waiting(config: Settings, waiting: int) -> None:
+    """429 with Retry-After when ``waiting`` uploads (the queue's length just read) reach MAX_QUEUED_UPLOADS."""
     if waiting >= config.max_queued_uploads:
         metrics.record_refusal(TooManyRequests.code, "upload_queue_full")
         raise TooManyRequests(
@@ -292,6 +320,23 @@ def await_prediction(
             answer = heard.answer(queued.id)
             prediction = queued.answered(answer) if answer is not None else get_prediction(connect(), queued.id)
     return prediction if prediction is not None else get_prediction(connect(), queued.id)
+
+
+def prediction_body(prediction: Prediction, url: Callable[[str, str], str]) -> dict[str, Any]:
+    """An upload's answer: what its uploader may see and its token's URLs, ``url(endpoint, token)`` (Flask's url_for)."""
+    token = prediction.token or ""
+    return {
+        **prediction.as_json(),
+        "status_url": url(STATUS_ENDPOINT, token),
+        "page_url": url("views.prediction", token),
+        "image_url": url("views.prediction_image", token),
+    }
+
+
+def answer_status(prediction: Prediction, wait: float, just_created: bool) -> int:
+    """A new upload answers 202 unless the client waited and the result came; a look at one answers 200."""
+    waited_for_result = wait > 0 and prediction.finished
+    return 202 if just_created and not waited_for_result else 200
 
 
 def job_summary(report: JobReport) -> dict[str, Any]:

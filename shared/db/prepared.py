@@ -73,14 +73,13 @@ def query_one(conn: Connection, statement: Statement, params: Mapping[str, Any],
     return rows[0] if rows else None
 
 
-def _text(statement: Statement, cursor: Cursor) -> str:
-    return statement.text if isinstance(statement.text, str) else statement.text.as_string(cursor)
+def _text(statement: Statement, context: Cursor | None) -> str:
+    return statement.text if isinstance(statement.text, str) else statement.text.as_string(context)
 
 
 def _used(statement: Statement, cursor: Cursor) -> list[str]:
     if statement.name not in _parameters_of:
-        text = _text(statement, cursor)
-        _parameters_of[statement.name] = [parameter for parameter in statement.types if f"%({parameter})s" in text]
+        _parameters_of[statement.name] = used_parameters(statement, cursor)
     return _parameters_of[statement.name]
 
 
@@ -97,6 +96,23 @@ def _execute_text(statement: Statement, cursor: Cursor) -> str:
     return _execute_texts[statement.name]
 
 
+def numbered_text(statement: Statement, context: Cursor | None, cast: bool = False) -> str:
+    """The statement with ``$1, $2, ...`` for its parameters, in ``types`` order: PREPARE's body here, and
+    what asyncpg runs (shared/db/upload_lane.py; ``cast`` adds each parameter's type, which asyncpg
+    cannot give PREPARE). ``context`` quotes identifiers; None serves a text without any."""
+    text = _text(statement, context)
+    used = [parameter for parameter in statement.types if f"%({parameter})s" in text]
+    for number, parameter in enumerate(used, start=1):
+        text = text.replace(f"%({parameter})s", f"${number}::{statement.types[parameter]}" if cast else f"${number}")
+    return text
+
+
+def used_parameters(statement: Statement, context: Cursor | None) -> list[str]:
+    """The parameters the statement's text uses, in the order of its ``$n``."""
+    text = _text(statement, context)
+    return [parameter for parameter in statement.types if f"%({parameter})s" in text]
+
+
 def _send(cursor: Cursor, text: str, values: Mapping[str, Any]) -> None:
     """The driver's execute of a statement text composed here (quoted name, placeholders only)."""
     cursor.execute(text, values)
@@ -106,9 +122,7 @@ def _prepare_and_execute(
     cursor: Cursor, statement: Statement, params: Mapping[str, Any], prepared: set[tuple[int, str]], key: tuple[int, str]
 ) -> None:
     used = _used(statement, cursor)
-    numbered = _text(statement, cursor)
-    for number, parameter in enumerate(used, start=1):
-        numbered = numbered.replace(f"%({parameter})s", f"${number}")
+    numbered = numbered_text(statement, cursor)
     # PREPARE takes no parameters: its body is the statement with $n, and a literal % is doubled for the driver.
     prepare = sql.SQL("PREPARE {} ({}) AS {}; ").format(
         sql.Identifier(statement.name),
