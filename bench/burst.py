@@ -92,7 +92,12 @@ def burst(url: str, rate: int, pictures_file: Path, groups: dict[str, list[int]]
     )
     if done.returncode:
         raise RuntimeError(f"burst client failed: {done.stderr[-2000:]}")
-    answer = json.loads(done.stdout)
+    try:
+        answer = json.loads(done.stdout)
+    except ValueError:
+        kept = RESULTS_DIR / "burst-client-unreadable.txt"
+        kept.write_text(done.stdout)
+        raise RuntimeError(f"the burst client's answer at {rate}/s is not JSON ({len(done.stdout)} characters, kept in {kept})") from None
     outcomes = answer["outcomes"]
     answered = [ms for status, ms, state in outcomes if status == 200 and state == "done"]
     # Answered per second of the whole burst: from the first send to the last answer.

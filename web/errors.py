@@ -25,6 +25,7 @@ JSON_PATH_PREFIXES = ("/api/", "/healthz", "/readyz")
 DATABASE_UNAVAILABLE = "the database is unavailable; try again shortly"
 BROKER_UNAVAILABLE = "the queue (broker) is unavailable; try again shortly"
 UNEXPECTED = "something went wrong on our side; it has been logged"
+SCHEMA_MISSING = f"the database is not set up: {backends.SCHEMA_MISSING}"
 
 
 def init_app(app: Flask) -> None:
@@ -80,7 +81,7 @@ def database_unavailable(error: psycopg2.OperationalError | psycopg2.InterfaceEr
 def schema_missing(error: psycopg2.errors.UndefinedTable) -> tuple[Response | str, int]:
     log.error("schema missing during %s %s: %s", request.method, request.path, error)
     metrics.record_refusal(ServiceUnavailable.code, "schema")
-    return error_response(ServiceUnavailable.code, f"the database is not set up: {backends.SCHEMA_MISSING}")
+    return error_response(ServiceUnavailable.code, SCHEMA_MISSING)
 
 
 def broker_unavailable(error: kombu.exceptions.OperationalError | redis.exceptions.RedisError) -> tuple[Response | str, int]:

@@ -16,8 +16,12 @@ import ipaddress
 import math
 import time
 
+import limits
+import limits.aio.storage
+import limits.aio.strategies
 from flask import Flask, Response, current_app, request
 from flask_limiter import Limiter, RateLimitExceeded
+from werkzeug.exceptions import TooManyRequests
 
 from shared import metrics
 from shared.config import Settings
@@ -25,11 +29,16 @@ from web import errors
 
 LIMITER_EXTENSION = "mnist_limiter"
 UPLOAD_ENDPOINTS = ("views.predict", "api.create_prediction")
+UPLOAD_SCOPE = "uploads"  # the form's and the API's uploads share one count per client
 SIGN_IN_ENDPOINT = "auth.sign_in"
 
 
 def client_key() -> str:
-    address = request.remote_addr or "unknown"
+    return client_key_of(request.remote_addr or "unknown")
+
+
+def client_key_of(address: str) -> str:
+    """Whom a limit counts: the address, an IPv6 address's /64."""
     try:
         parsed = ipaddress.ip_address(address)
     except ValueError:
@@ -47,7 +56,7 @@ def init_app(app: Flask, config: Settings) -> None:
     limiter = Limiter(
         client_key,
         storage_uri=config.redis_url if enabled else "memory://",
-        key_prefix=f"{config.queue_prefix}.limits",
+        key_prefix=key_prefix(config),
         strategy="moving-window",
         headers_enabled=False,  # Retry-After goes on the 429 alone (see too_many_requests)
         enabled=enabled,
@@ -57,8 +66,9 @@ def init_app(app: Flask, config: Settings) -> None:
     # Flask-Limiter checks a route's own limits in the wrapper its decorator returns: wrap this app's views.
     views = app.view_functions
     if config.upload_rate_limit:
-        message = f"too many uploads: at most {config.upload_rate_limit}"
-        uploads = limiter.shared_limit(config.upload_rate_limit, scope="uploads", methods=["POST"], error_message=message)
+        uploads = limiter.shared_limit(
+            config.upload_rate_limit, scope=UPLOAD_SCOPE, methods=["POST"], error_message=upload_limit_message(config)
+        )
         for endpoint in UPLOAD_ENDPOINTS:
             views[endpoint] = uploads(views[endpoint])
     if config.signin_rate_limit:
@@ -77,7 +87,46 @@ def too_many_requests(error: RateLimitExceeded) -> tuple[Response | str, int, di
     limiter: Limiter = current_app.extensions[LIMITER_EXTENSION]
     breached = [limit for limit in limiter.current_limits if limit.breached] or limiter.current_limits
     reset_at = max((limit.window.reset_time for limit in breached), default=time.time() + 1)
-    retry_after = max(1, math.ceil(reset_at - time.time()))
+    retry_after = seconds_until(reset_at)
     metrics.record_refusal(error.code, "signin_rate_limit" if request.endpoint == SIGN_IN_ENDPOINT else "upload_rate_limit")
-    body, status = errors.error_response(error.code, f"{error.description}; try again in {retry_after} seconds")
+    body, status = errors.error_response(error.code, refusal_message(error.description or "", retry_after))
     return body, status, {"Retry-After": str(retry_after)}
+
+
+def key_prefix(config: Settings) -> str:
+    return f"{config.queue_prefix}.limits"
+
+
+def upload_limit_message(config: Settings) -> str:
+    return f"too many uploads: at most {config.upload_rate_limit}"
+
+
+def seconds_until(reset_at: float) -> int:
+    """Retry-After: whole seconds until the client's oldest counted request leaves the window, at least 1."""
+    return max(1, math.ceil(reset_at - time.time()))
+
+
+def refusal_message(limit_message: str, retry_after: int) -> str:
+    return f"{limit_message}; try again in {retry_after} seconds"
+
+
+class UploadLimit:
+    """UPLOAD_RATE_LIMIT counted from the event loop (web/upload_lane.py): the ``limits`` library that
+    Flask-Limiter runs on, its asyncio Redis storage (redis.asyncio), the same moving window and the
+    same keys (prefix, client, scope), so an upload counts once whichever way it came."""
+
+    def __init__(self, config: Settings) -> None:
+        self.config = config
+        self.items = sorted(limits.parse_many(config.upload_rate_limit or ""))
+        storage = limits.aio.storage.RedisStorage(f"async+{config.redis_url}", implementation="redispy")
+        self.window = limits.aio.strategies.MovingWindowRateLimiter(storage)
+
+    async def count(self, address: str) -> None:
+        """Count one upload from ``address``; 429 with Retry-After once it is one too many (nothing else is counted then)."""
+        identifiers = (key_prefix(self.config), client_key_of(address), UPLOAD_SCOPE)
+        for item in self.items:
+            if not await self.window.hit(item, *identifiers):
+                stats = await self.window.get_window_stats(item, *identifiers)
+                retry_after = seconds_until(stats.reset_time)
+                metrics.record_refusal(TooManyRequests.code, "upload_rate_limit")
+                raise TooManyRequests(refusal_message(upload_limit_message(self.config), retry_after), retry_after=retry_after)

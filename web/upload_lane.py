@@ -11,13 +11,13 @@ answer the worker's NOTIFY carries. In one run on two cores the web's CPU per an
 fell from 1.3 to about 0.9 ms (README, Performance, "Upload bursts").
 
 Only the plain case comes here: a raw image body (``image/*`` or ``application/octet-stream``)
-with a Content-Length within MAX_UPLOAD_BYTES, no ``Authorization`` header, no query parameter
-but a valid ``wait``, and no per-client upload limit configured. Anything else (a multipart form,
-a token to check, ``?model=``/``?shadow=``, a bad ``wait``, a limit to count) is passed unchanged to
-the Flask route (``accepts``), so every option and refusal there keeps one implementation. What
-both share: preprocessing and the token (``predictions.prepare_upload``), the statement that
-stores an upload, the queue's entry and bound, the answer's JSON, the error shape and the
-security headers.
+with a Content-Length within MAX_UPLOAD_BYTES, no ``Authorization`` header and no query parameter
+but a valid ``wait``. Anything else (a multipart form, a token to check, ``?model=``/``?shadow=``,
+a bad ``wait``, a body too large) is passed unchanged to the Flask route (``accepts``), so every
+option and refusal there keeps one implementation. What both share: preprocessing and the token
+(``predictions.prepare_upload``), the per-client upload limit's count (``limits.UploadLimit``, the
+same Redis keys), the statement that stores an upload, the queue's entry and bound, the answer's
+JSON, the error shape and the security headers.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from shared.db import connection as sync_connection
 from shared.db import jobs as job_store
 from shared.db import progress
 from shared.db import upload_lane as store
-from web import api, errors, predictions, security
+from web import api, errors, limits, predictions, security
 from web.params import parse_number
 
 log = logging.getLogger(__name__)
@@ -177,12 +177,13 @@ class UploadLane:
         self.listener = AnswerListener(config.database_url)
         self.redis = redis.asyncio.Redis.from_url(config.redis_url, socket_timeout=30, socket_connect_timeout=5)
         self.queue = upload_queue.queue_name(config)
+        self.limit = limits.UploadLimit(config) if config.upload_rate_limit else None
         self.pool: asyncpg.Pool | None = None
         self.opening = asyncio.Lock()
 
     def accepts(self, scope: Scope) -> bool:
         """Whether the request is the plain upload this lane serves; anything else goes to the Flask route."""
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != ROUTE or self.config.upload_rate_limit:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != ROUTE:
             return False
         headers = dict(scope["headers"])
         kind = headers.get(b"content-type", b"").partition(b";")[0].strip().decode("latin-1").lower()
@@ -197,8 +198,12 @@ class UploadLane:
         secure = is_secure(scope, self.config.trusted_proxy_hops)
         try:
             status, body, headers = await self.answer(scope, await read_body(receive), accepted)
+        except ClientGone:
+            return
         except HTTPException as error:
             status, body, headers = self.refusal(error)
+        except asyncpg.UndefinedTableError as error:
+            status, body, headers = self.unavailable("schema", errors.SCHEMA_MISSING, error)
         except (*store.UNAVAILABLE, asyncpg.PostgresError) as error:
             status, body, headers = self.unavailable("database", errors.DATABASE_UNAVAILABLE, error)
         except redis.exceptions.RedisError as error:
@@ -214,6 +219,8 @@ class UploadLane:
 
     async def answer(self, scope: Scope, data: bytes, accepted: float) -> tuple[int, dict[str, Any], dict[str, str]]:
         wait = wait_seconds(scope["query_string"]) or 0.0
+        if self.limit is not None:
+            await self.limit.count(client_address(scope, self.config.trusted_proxy_hops))
         await self.refuse_when_queue_full()
         try:
             upload = predictions.prepare_upload(self.config, data, None)
@@ -297,6 +304,7 @@ class UploadLane:
         return code, errors.error_body(code, error.description or error.name), headers
 
     def unavailable(self, service: str, message: str, error: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """503 in the Flask route's words for ``service`` (database, schema, broker), logged and counted as there."""
         log.error("%s unavailable during POST %s: %s", service, ROUTE, str(error).strip() or type(error).__name__)
         metrics.record_refusal(ServiceUnavailable.code, service)
         return ServiceUnavailable.code, errors.error_body(ServiceUnavailable.code, message), {}
@@ -311,22 +319,39 @@ def wait_seconds(query_string: bytes) -> float | None:
     return 0.0 if raw == "" else parse_number(raw, 0.0, api.MAX_WAIT_SECONDS, float)
 
 
+class ClientGone(Exception):
+    """The client closed its connection before its upload arrived whole: nothing is stored, nobody is answered."""
+
+
 async def read_body(receive: Receive) -> bytes:
     chunks = []
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
         chunks.append(message.get("body", b""))
         if not message.get("more_body"):
             return b"".join(chunks)
 
 
 def is_secure(scope: Scope, trusted_hops: int) -> bool:
-    """HTTPS as the client sees it: the scheme, or behind ``trusted_hops`` proxies their X-Forwarded-Proto (as ProxyFix reads it)."""
-    if trusted_hops:
-        forwarded = [value.strip() for value in dict(scope["headers"]).get(b"x-forwarded-proto", b"").decode("latin-1").split(",")]
-        if len(forwarded) >= trusted_hops and forwarded[-trusted_hops]:
-            return forwarded[-trusted_hops] == "https"
-    return scope.get("scheme") == "https"
+    """HTTPS as the client sees it: the scheme, or behind ``trusted_hops`` proxies their X-Forwarded-Proto."""
+    forwarded = forwarded_value(scope, b"x-forwarded-proto", trusted_hops)
+    return forwarded == "https" if forwarded else scope.get("scheme") == "https"
+
+
+def client_address(scope: Scope, trusted_hops: int) -> str:
+    """The client's address as the Flask route sees it (``request.remote_addr`` behind ProxyFix)."""
+    client = scope.get("client")
+    return forwarded_value(scope, b"x-forwarded-for", trusted_hops) or (client[0] if client else "unknown")
+
+
+def forwarded_value(scope: Scope, header: bytes, trusted_hops: int) -> str | None:
+    """What the last ``trusted_hops`` proxies said in ``header``, read as werkzeug's ProxyFix reads it; None without them."""
+    if not trusted_hops:
+        return None
+    values = [value.strip() for value in dict(scope["headers"]).get(header, b"").decode("latin-1").split(",")]
+    return values[-trusted_hops] or None if len(values) >= trusted_hops else None
 
 
 def delete_upload(database_url: str, job_id: int, image_id: int) -> None:

@@ -21,6 +21,7 @@ from shared import upload_queue
 from shared.config import Settings
 from shared.db.connection import query
 from shared.images import png_bytes
+from stack import scratch
 from tests.support import digits
 from tests.support.services import table_counts
 from web import errors
@@ -39,6 +40,7 @@ def upload_scope(body: bytes, query_string: bytes = b"wait=10") -> dict[str, Any
         "query_string": query_string,
         "headers": headers,
         "scheme": "http",
+        "client": ("127.0.0.1", 50000),  # the address Flask's test client gives its requests
     }
 
 
@@ -135,6 +137,16 @@ def test_a_service_that_is_down_is_a_503_naming_it_and_nothing_is_stored(setting
     assert table_counts(conn) == before
 
 
+def test_a_database_without_the_schema_is_a_503_saying_how_to_make_it(settings, pictures):
+    name = scratch.unique_name("mnistq_lane_empty")
+    url = scratch.create_database(name)
+    try:
+        status, _, body = with_lane(settings.replace(database_url=url), lambda lane: post(lane, pictures[0][0]))
+    finally:
+        scratch.drop_database(name)
+    assert (status, body) == (503, {"error": errors.SCHEMA_MISSING, "status": 503}) and "init-db" in body["error"]
+
+
 def test_answers_still_come_after_the_lanes_listen_connection_is_killed(worker, settings, conn: psycopg2.extensions.connection, pictures):
     images, labels = pictures
 
@@ -158,3 +170,19 @@ def test_answers_still_come_after_the_lanes_listen_connection_is_killed(worker, 
         (200, "done", labels[3]),
         (200, "done", labels[3]),
     ]
+
+
+def test_the_per_client_upload_limit_counts_the_lanes_and_the_flask_routes_uploads_together(private_queue, pictures):
+    config = private_queue.replace(upload_rate_limit="3/minute")  # a queue prefix of its own: its own limit keys
+    picture = pictures[0][0]
+    client = create_app({"TESTING": True}, settings=config).test_client()
+    assert [client.post("/api/predictions", data=picture, content_type="image/png").status_code for _ in range(2)] == [202, 202]
+
+    async def steps(lane: UploadLane) -> list[Answer]:
+        return [await post(lane, picture, b""), await post(lane, picture, b"")]
+
+    (third, _, _), (fourth, headers, body) = with_lane(config, steps)
+    assert (third, fourth) == (202, 429)
+    assert body["error"].startswith("too many uploads: at most 3/minute; try again in") and 0 < int(headers["retry-after"]) <= 60
+    refused = client.post("/api/predictions", data=picture, content_type="image/png")
+    assert refused.status_code == 429 and refused.get_json()["error"].startswith("too many uploads: at most 3/minute")

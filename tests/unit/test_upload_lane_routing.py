@@ -8,7 +8,7 @@ import pytest
 from shared.config import load_settings
 from shared.db import jobs, prepared
 from web.app import create_app
-from web.upload_lane import UploadLane, is_secure, wait_seconds
+from web.upload_lane import UploadLane, client_address, is_secure, wait_seconds
 
 SETTINGS = load_settings({"UPLOAD_RATE_LIMIT": "off", "MAX_UPLOAD_BYTES": "1000"})
 
@@ -69,9 +69,17 @@ def test_anything_else_goes_to_the_flask_route(lane, request_scope):
     assert not lane.accepts(request_scope)
 
 
-def test_a_per_client_upload_limit_sends_every_upload_to_flask_which_counts_it():
+def test_with_a_per_client_upload_limit_the_lane_still_serves_and_counts_it():
     limited = load_settings({"UPLOAD_RATE_LIMIT": "60/minute"})
-    assert not UploadLane(limited, create_app({"TESTING": True}, settings=limited)).accepts(scope())
+    lane = UploadLane(limited, create_app({"TESTING": True}, settings=limited))
+    assert lane.accepts(scope()) and lane.limit is not None
+
+
+def test_the_client_is_the_address_or_what_the_trusted_proxies_forwarded():
+    direct = {**scope(x_forwarded_for=b"203.0.113.9, 198.51.100.7"), "client": ("192.0.2.1", 51000)}
+    assert client_address(direct, 0) == "192.0.2.1"  # the header is the client's word
+    assert client_address(direct, 1) == "198.51.100.7" and client_address(direct, 2) == "203.0.113.9"
+    assert client_address(direct, 3) == "192.0.2.1"  # fewer hops than trusted: as ProxyFix, the address
 
 
 def test_wait_is_read_as_the_flask_route_reads_it():
