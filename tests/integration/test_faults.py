@@ -329,6 +329,13 @@ def test_a_poison_upload_in_a_micro_batch_of_16_fails_alone(conn, fault_env, tes
         assert "batch of 16 uploads split" in logs
 
 
+def upload_and_wait(web: services.WebServer, picture: bytes) -> tuple[int, int | None]:
+    """A plain ``POST /api/predictions?wait=10`` (the upload lane's): its status and the predicted label."""
+    upload = urllib.request.Request(f"{web.url}/api/predictions?wait=10", data=picture, headers={"Content-Type": "image/png"})
+    with urllib.request.urlopen(upload, timeout=30) as answer:
+        return answer.status, json.load(answer)["label"]
+
+
 def readiness(web: services.WebServer) -> tuple[int, dict]:
     try:
         with urllib.request.urlopen(f"{web.url}/readyz", timeout=5) as response:
@@ -375,6 +382,7 @@ def test_a_postgres_restart_mid_job_is_ridden_out(fault_env, mnist_dir, tmp_path
     try:
         web.wait_ready()
         assert readiness(web)[0] == 200
+        assert upload_and_wait(web, png_bytes(images[1])) == (200, labels[1])  # the upload lane's pool and listener, opened
         job_id = submit(conn, env, ids, batch_size=100)
         bearer = {"Authorization": f"Bearer {services.operator_token(conn)}"}  # the job API is for operators
         job_status = urllib.request.Request(f"{web.url}/api/jobs/{job_id}", headers=bearer)
@@ -400,10 +408,8 @@ def test_a_postgres_restart_mid_job_is_ridden_out(fault_env, mnist_dir, tmp_path
         restarted_at = connection.query_one(conn, "SELECT pg_postmaster_start_time()")[0]
         assert job["finished_at"] > restarted_at, "the job was done before PostgreSQL restarted"
         assert readiness(web)[0] == 200  # recovered by itself
-        picture = png_bytes(images[0])
-        upload = urllib.request.Request(f"{web.url}/api/predictions?wait=10", data=picture, headers={"Content-Type": "image/png"})
-        with urllib.request.urlopen(upload, timeout=30) as answer:  # the web's pooled connections too
-            assert answer.status == 200 and json.load(answer)["label"] == labels[0]
+        # The upload lane's pooled connections and its listener died with the server: new ones answer.
+        assert upload_and_wait(web, png_bytes(images[0])) == (200, labels[0])
         record("PostgreSQL restarted mid-job", 1, len(ids), job, time.monotonic() - started)
     finally:
         web.stop()
