@@ -244,7 +244,7 @@ class ListenerNotices:
     """The process's one LISTEN connection (web/progress_listener.py): no round trip, woken for our
     job only; ``release`` hands the request's connection back to the pool while it sleeps."""
 
-    def __init__(self, listener: progress_listener.ProgressListener, generation: int, release: Callable[[], None] | None) -> None:
+    def __init__(self, listener: progress_listener.Waiters, generation: int, release: Callable[[], None] | None) -> None:
         self.listener, self.generation, self.release = listener, generation, release
         self.watched: tuple[int, threading.Event] | None = None
 
@@ -272,9 +272,7 @@ Notices = OwnConnectionNotices | ListenerNotices
 
 
 @contextlib.contextmanager
-def notices(
-    conn: Connection, listener: progress_listener.ProgressListener | None, release: Callable[[], None] | None = None
-) -> Iterator[Notices]:
+def notices(conn: Connection, listener: progress_listener.Waiters | None, release: Callable[[], None] | None = None) -> Iterator[Notices]:
     """How a waiting request hears that a prediction was stored: entered before the upload is
     enqueued (or looked at), so its notice cannot be missed. The listener when it is listening
     (``release`` then gives ``conn`` back while it sleeps), else a LISTEN on ``conn`` (two more round trips)."""
@@ -294,7 +292,7 @@ def wait_for_prediction(
     connect: Callable[[], Connection],
     prediction_id: int,
     seconds: float,
-    listener: progress_listener.ProgressListener | None = None,
+    listener: progress_listener.Waiters | None = None,
     release: Callable[[], None] | None = None,
 ) -> Prediction | None:
     """The prediction once finished, or its state after ``seconds``. ``connect`` gives the connection

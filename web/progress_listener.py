@@ -20,6 +20,7 @@ import collections
 import logging
 import os
 import threading
+from collections.abc import Iterable, Mapping
 
 import psycopg2
 
@@ -38,32 +39,22 @@ _listeners: dict[tuple[int, str], ProgressListener] = {}
 _listeners_lock = threading.Lock()
 
 
-class ProgressListener:
-    """Dispatches job-progress notices to the threads waiting for those jobs."""
+class Waiters:
+    """The threads waiting for jobs and the answers heard last, under one lock: what every listener of
+    a web process shares with the Flask threads (web/predictions.ListenerNotices). This module's
+    thread is one such listener; under the served app the event loop's is (web/upload_lane.AnswerListener)."""
 
-    def __init__(self, database_url: str) -> None:
-        self._database_url = database_url
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiters: dict[int, list[threading.Event]] = {}
         self._recent: collections.OrderedDict[int, progress.UploadAnswer | None] = collections.OrderedDict()
         self._generation = 0  # one more at each (re)connect: what was announced before may not have been heard
-        self._listening = threading.Event()
-        self._stopping = threading.Event()
-        self._conn: connection.Connection | None = None
-        self._thread = threading.Thread(target=self._run, name="progress-listener", daemon=True)
-        self._thread.start()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
+        self._connected = False
 
     def generation(self) -> int | None:
         """The current connection's number while listening, else None: read it before enqueueing what you wait for."""
         with self._lock:
-            return self._generation if self._listening.is_set() else None
-
-    def wait_until_listening(self, timeout_seconds: float) -> bool:
-        return self._listening.wait(timeout_seconds)
+            return self._generation if self._connected else None
 
     def register(self, job_id: int, generation: int) -> threading.Event:
         """An event set when ``job_id`` is announced from now on, set at once if it was just announced or the
@@ -71,7 +62,7 @@ class ProgressListener:
         event = threading.Event()
         with self._lock:
             self._waiters.setdefault(job_id, []).append(event)
-            if job_id in self._recent or generation != self._generation or not self._listening.is_set():
+            if job_id in self._recent or generation != self._generation or not self._connected:
                 event.set()
         return event
 
@@ -93,6 +84,48 @@ class ProgressListener:
         with self._lock:
             return sum(len(events) for events in self._waiters.values())
 
+    def _heard(self, job_ids: Iterable[int], answers: Mapping[int, progress.UploadAnswer]) -> None:
+        """Wake the waiters of every job heard, on either channel, and keep the answers among them."""
+        with self._lock:
+            for job_id in {*job_ids, *answers}:
+                # An upload's answer never changes: a later notice of its job (a redelivery's no-op) keeps it.
+                self._recent[job_id] = answers.get(job_id) or self._recent.get(job_id)
+                self._recent.move_to_end(job_id)
+                for event in self._waiters.get(job_id, ()):
+                    event.set()
+            while len(self._recent) > RECENT_NOTICES:
+                self._recent.popitem(last=False)
+
+    def _connection_changed(self, connected: bool) -> None:
+        """A connection began or ended listening: every waiter looks again (a notice may have been missed)."""
+        with self._lock:
+            if connected:
+                self._generation += 1
+            self._connected = connected
+            for events in self._waiters.values():
+                for event in events:
+                    event.set()
+
+
+class ProgressListener(Waiters):
+    """A daemon thread that dispatches job-progress notices to the threads waiting for those jobs."""
+
+    def __init__(self, database_url: str) -> None:
+        super().__init__()
+        self._database_url = database_url
+        self._listening = threading.Event()
+        self._stopping = threading.Event()
+        self._conn: connection.Connection | None = None
+        self._thread = threading.Thread(target=self._run, name="progress-listener", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait_until_listening(self, timeout_seconds: float) -> bool:
+        return self._listening.wait(timeout_seconds)
+
     def stop(self, timeout_seconds: float = QUIET_PING_SECONDS + CONNECT_TIMEOUT_SECONDS) -> None:
         """End the thread, which closes its connection once it next wakes (tests; a web process just exits)."""
         self._stopping.set()
@@ -111,11 +144,9 @@ class ProgressListener:
                 conn = connection.connect(self._database_url, connect_timeout=CONNECT_TIMEOUT_SECONDS)
                 conn.autocommit = True
                 progress.listen(conn, answers=True)
-                with self._lock:
-                    self._generation += 1
-                    self._conn = conn
-                    self._listening.set()
-                self._wake_all()
+                self._conn = conn
+                self._connection_changed(True)
+                self._listening.set()
                 delay = RECONNECT_FIRST_SECONDS
                 self._dispatch(conn)
             except (psycopg2.Error, OSError, ValueError) as error:  # ValueError: a payload that is not ours
@@ -127,10 +158,9 @@ class ProgressListener:
                         delay,
                     )
             finally:
-                with self._lock:
-                    self._listening.clear()
-                    self._conn = None
-                self._wake_all()  # they look again, and again each second until it listens again
+                self._listening.clear()
+                self._conn = None
+                self._connection_changed(False)  # they look again, and again each second until it listens again
                 if conn is not None:
                     conn.close()
             self._stopping.wait(delay)
@@ -140,27 +170,9 @@ class ProgressListener:
         while not self._stopping.is_set():
             heard, answers = progress.wait_for_notices(conn, QUIET_PING_SECONDS)
             if heard or answers:
-                self._wake(heard, answers)
+                self._heard(heard, answers)
             else:
                 connection.ping(conn)
-
-    def _wake(self, job_ids: set[int], answers: dict[int, progress.UploadAnswer]) -> None:
-        """Wake the waiters of every job heard, on either channel, and keep the answers among them."""
-        with self._lock:
-            for job_id in job_ids | answers.keys():
-                # An upload's answer never changes: a later notice of its job (a redelivery's no-op) keeps it.
-                self._recent[job_id] = answers.get(job_id) or self._recent.get(job_id)
-                self._recent.move_to_end(job_id)
-                for event in self._waiters.get(job_id, ()):
-                    event.set()
-            while len(self._recent) > RECENT_NOTICES:
-                self._recent.popitem(last=False)
-
-    def _wake_all(self) -> None:
-        with self._lock:
-            for events in self._waiters.values():
-                for event in events:
-                    event.set()
 
 
 def for_database(database_url: str) -> ProgressListener:

@@ -23,7 +23,6 @@ JSON, the error shape and the security headers.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
@@ -43,7 +42,7 @@ from shared.db import connection as sync_connection
 from shared.db import jobs as job_store
 from shared.db import progress
 from shared.db import upload_lane as store
-from web import api, errors, limits, predictions, security
+from web import api, errors, limits, predictions, progress_listener, security
 from web.params import parse_number
 
 log = logging.getLogger(__name__)
@@ -53,49 +52,61 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 ROUTE = "/api/predictions"
-RECENT_ANSWERS = 4096  # answers heard for no waiter (yet): a redelivered upload's, or one that came first
 QUIET_PING_SECONDS = 10.0  # a listening connection that heard nothing this long is pinged
 RECONNECT_FIRST_SECONDS, RECONNECT_MAX_SECONDS = 0.1, 2.0
 LOOK_AGAIN = None  # a future's result when its job was announced without an answer (a failure): read it back
 
 
-class AnswerListener:
-    """The process's LISTEN connection on the loop: resolves the future of the request waiting for each upload."""
+class AnswerListener(progress_listener.Waiters):
+    """The process's one LISTEN connection, on the loop: it resolves the future of each upload the lane
+    waits for, and wakes the Flask threads of the same process that wait (``GET ?wait``, a form's
+    upload) as web/progress_listener.py's thread would (``Waiters``; web/asgi.py hands it to the app),
+    so a served process holds one listener, not two."""
 
     def __init__(self, database_url: str) -> None:
+        super().__init__()
         self.database_url = database_url
-        self.waiters: dict[int, asyncio.Future[progress.UploadAnswer | None]] = {}
-        self.recent: collections.OrderedDict[int, progress.UploadAnswer] = collections.OrderedDict()
-        self.listening = False
+        self.loop: asyncio.AbstractEventLoop | None = None  # the process's loop, known from its first request
+        self.waiters: dict[int, asyncio.Future[progress.UploadAnswer | None]] = {}  # the lane's, on the loop
         self.conn: asyncpg.Connection | None = None
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        """On the loop: listen from now on (once; again if the task ended)."""
+        self.loop = asyncio.get_running_loop()
         if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self.run())
+            self.task = self.loop.create_task(self.run())
+
+    def generation(self) -> int | None:
+        """``Waiters.generation`` for a Flask thread; while not listening it also asks the loop to start."""
+        generation = super().generation()
+        if generation is None and self.loop is not None:
+            self.loop.call_soon_threadsafe(self.start)
+        return generation
 
     def watch(self, job_id: int) -> asyncio.Future[progress.UploadAnswer | None]:
         """A future for ``job_id``'s next announcement: its answer, or ``LOOK_AGAIN``. Made before the upload is enqueued."""
         future = asyncio.get_running_loop().create_future()
         self.waiters[job_id] = future
-        answer = self.recent.pop(job_id, None)
+        answer = self.answer(job_id)
         if answer is not None:
             future.set_result(answer)
         return future
 
+    def forget(self, job_id: int, future: asyncio.Future[Any]) -> None:
+        if self.waiters.get(job_id) is future:
+            del self.waiters[job_id]
+
     def backend_pid(self) -> int | None:
         """The PostgreSQL backend of the listening connection (tests kill it), None while not listening."""
-        return self.conn.get_server_pid() if self.conn is not None and self.listening else None
+        conn = self.conn
+        return conn.get_server_pid() if conn is not None and super().generation() is not None else None
 
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
-
-    def forget(self, job_id: int, future: asyncio.Future[Any]) -> None:
-        if self.waiters.get(job_id) is future:
-            del self.waiters[job_id]
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting with backoff; every waiter looks again at each change."""
@@ -114,8 +125,7 @@ class AnswerListener:
                     delay,
                 )
             finally:
-                self.listening = False
-                self._wake_all()
+                self._changed(connected=False)
                 if conn is not None and not conn.is_closed():
                     conn.terminate()
             await asyncio.sleep(delay)
@@ -126,8 +136,8 @@ class AnswerListener:
         closed = asyncio.get_running_loop().create_future()
         conn.add_termination_listener(lambda _: closed.done() or closed.set_result(None))
         await store.listen(conn, self._heard_answer, self._heard_progress)
-        self.conn, self.listening = conn, True
-        self._wake_all()  # what was announced before may not have been heard
+        self.conn = conn
+        self._changed(connected=True)  # what was announced before may not have been heard
         try:
             while not closed.done():
                 done, _ = await asyncio.wait({closed}, timeout=QUIET_PING_SECONDS)
@@ -142,26 +152,28 @@ class AnswerListener:
         except ValueError:
             log.warning("upload lane listener: ignoring %r, which is not an upload's answer", payload[:200])
             return
-        if not self._resolve(job_id, answer):
-            self.recent[job_id] = answer
-            while len(self.recent) > RECENT_ANSWERS:
-                self.recent.popitem(last=False)
+        self._heard((), {job_id: answer})
+        self._resolve(job_id, answer)
 
     def _heard_progress(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        """A job moved: its waiter looks again, unless an answer came with the notice. A batch's notices
+        """A job moved: its waiters look again, unless an answer came with the notice. A batch's notices
         arrive together and asyncpg calls each handler soon after; this one's look is scheduled
         after them, so an answer announced in the same commit is taken first, with no query."""
         with contextlib.suppress(ValueError):
-            asyncio.get_running_loop().call_soon(self._resolve, int(payload), LOOK_AGAIN)
+            asyncio.get_running_loop().call_soon(self._progressed, int(payload))
 
-    def _resolve(self, job_id: int, answer: progress.UploadAnswer | None) -> bool:
+    def _progressed(self, job_id: int) -> None:
+        self._heard((job_id,), {})
+        self._resolve(job_id, LOOK_AGAIN)
+
+    def _resolve(self, job_id: int, answer: progress.UploadAnswer | None) -> None:
         future = self.waiters.pop(job_id, None)
-        if future is None or future.done():
-            return False
-        future.set_result(answer)
-        return True
+        if future is not None and not future.done():
+            future.set_result(answer)
 
-    def _wake_all(self) -> None:
+    def _changed(self, connected: bool) -> None:
+        """The connection began or ended listening: the threads' waiters and the lane's look again."""
+        self._connection_changed(connected)
         for future in self.waiters.values():
             if not future.done():
                 future.set_result(LOOK_AGAIN)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,7 +25,7 @@ from shared.images import png_bytes
 from stack import scratch
 from tests.support import digits
 from tests.support.services import table_counts
-from web import errors
+from web import asgi, errors, progress_listener
 from web.app import create_app
 from web.upload_lane import UploadLane
 
@@ -186,3 +187,50 @@ def test_the_per_client_upload_limit_counts_the_lanes_and_the_flask_routes_uploa
     assert body["error"].startswith("too many uploads: at most 3/minute; try again in") and 0 < int(headers["retry-after"]) <= 60
     refused = client.post("/api/predictions", data=picture, content_type="image/png")
     assert refused.status_code == 429 and refused.get_json()["error"].startswith("too many uploads: at most 3/minute")
+
+
+def test_under_the_served_app_a_flask_threads_wait_is_woken_by_the_lanes_listener(worker, settings, private_queue, pictures):
+    """One LISTEN connection per served process: a ``GET ?wait`` (Flask, on a thread) waits on the loop's listener."""
+    images, labels = pictures
+    # Uploads wait in a queue no worker takes until the test moves them; and a database URL no thread
+    # listener of this test process has used, so that one started here would be seen.
+    config = private_queue.replace(database_url=f"{settings.database_url}?application_name=lane-served")
+    served = asgi.create_app(config)
+    redis = upload_queue.client(config.redis_url)
+
+    async def steps() -> tuple[Answer, Answer]:
+        queued = await call(served, upload_scope(images[1], b""), images[1])  # the first request: the loop is known
+        waiting = asyncio.create_task(
+            call(served, {**upload_scope(b"", b"wait=10"), "method": "GET", "path": queued[2]["status_url"]}, b"")
+        )
+        await asyncio.sleep(0.5)  # the thread waits for an upload nobody predicts yet
+        assert not waiting.done()
+        await asyncio.to_thread(redis.lmove, upload_queue.queue_name(config), upload_queue.queue_name(settings), "RIGHT", "LEFT")
+        return queued, await waiting
+
+    queued, (status, _, body) = asyncio.run(steps())
+    assert queued[0] == 202 and (status, body["status"], body["label"]) == (200, "done", labels[1])
+    assert (os.getpid(), config.database_url) not in progress_listener._listeners  # no listener thread was started
+
+
+async def call(application: Callable[..., Awaitable[None]], scope: dict[str, Any], body: bytes) -> Answer:
+    """One request through the served ASGI app (the lane or Flask through a2wsgi): (status, headers, JSON body)."""
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict[str, Any]] = []
+    done = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await application({**scope, "server": ("127.0.0.1", 8000), "http_version": "1.1", "root_path": ""}, receive, send)
+    done.set()
+    start = next(message for message in sent if message["type"] == "http.response.start")
+    content = b"".join(message.get("body", b"") for message in sent if message["type"] == "http.response.body")
+    headers = {name.decode().lower(): value.decode() for name, value in start["headers"]}
+    return start["status"], headers, json.loads(content)
