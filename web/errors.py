@@ -59,8 +59,12 @@ def error_response(status: int, message: str) -> tuple[Response | str, int]:
 def http_error(error: HTTPException) -> tuple[Response | str, int, dict[str, str]]:
     """Keep the exception's own headers, such as Retry-After on a 429 and Allow on a 405."""
     body, status = error_response(error.code or InternalServerError.code, error.description or error.name)
-    headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
-    return body, status, headers
+    return body, status, error_headers(error)
+
+
+def error_headers(error: HTTPException) -> dict[str, str]:
+    """The exception's own headers but its content type (which the error's body sets)."""
+    return {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
 
 
 def csrf_failed(error: CSRFError) -> tuple[Response | str, int]:

@@ -49,12 +49,12 @@ class Waiters:
         self._waiters: dict[int, list[threading.Event]] = {}
         self._recent: collections.OrderedDict[int, progress.UploadAnswer | None] = collections.OrderedDict()
         self._generation = 0  # one more at each (re)connect: what was announced before may not have been heard
-        self._connected = False
+        self._listening = threading.Event()  # set while a connection listens
 
     def generation(self) -> int | None:
         """The current connection's number while listening, else None: read it before enqueueing what you wait for."""
         with self._lock:
-            return self._generation if self._connected else None
+            return self._generation if self._listening.is_set() else None
 
     def register(self, job_id: int, generation: int) -> threading.Event:
         """An event set when ``job_id`` is announced from now on, set at once if it was just announced or the
@@ -62,7 +62,7 @@ class Waiters:
         event = threading.Event()
         with self._lock:
             self._waiters.setdefault(job_id, []).append(event)
-            if job_id in self._recent or generation != self._generation or not self._connected:
+            if job_id in self._recent or generation != self._generation or not self._listening.is_set():
                 event.set()
         return event
 
@@ -78,6 +78,9 @@ class Waiters:
         """The upload's answer, if it was announced a moment ago (one of the last RECENT_NOTICES jobs heard)."""
         with self._lock:
             return self._recent.get(job_id)
+
+    def wait_until_listening(self, timeout_seconds: float) -> bool:
+        return self._listening.wait(timeout_seconds)
 
     def waiting(self) -> int:
         """Events registered now (for tests and curiosity)."""
@@ -101,7 +104,9 @@ class Waiters:
         with self._lock:
             if connected:
                 self._generation += 1
-            self._connected = connected
+                self._listening.set()
+            else:
+                self._listening.clear()
             for events in self._waiters.values():
                 for event in events:
                     event.set()
@@ -113,7 +118,6 @@ class ProgressListener(Waiters):
     def __init__(self, database_url: str) -> None:
         super().__init__()
         self._database_url = database_url
-        self._listening = threading.Event()
         self._stopping = threading.Event()
         self._conn: connection.Connection | None = None
         self._thread = threading.Thread(target=self._run, name="progress-listener", daemon=True)
@@ -122,9 +126,6 @@ class ProgressListener(Waiters):
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
-
-    def wait_until_listening(self, timeout_seconds: float) -> bool:
-        return self._listening.wait(timeout_seconds)
 
     def stop(self, timeout_seconds: float = QUIET_PING_SECONDS + CONNECT_TIMEOUT_SECONDS) -> None:
         """End the thread, which closes its connection once it next wakes (tests; a web process just exits)."""
@@ -146,19 +147,12 @@ class ProgressListener(Waiters):
                 progress.listen(conn, answers=True)
                 self._conn = conn
                 self._connection_changed(True)
-                self._listening.set()
                 delay = RECONNECT_FIRST_SECONDS
                 self._dispatch(conn)
             except (psycopg2.Error, OSError, ValueError) as error:  # ValueError: a payload that is not ours
-                if not self._stopping.is_set():  # the first failure in a row at warning, the retries quieter
-                    log.log(
-                        logging.WARNING if delay == RECONNECT_FIRST_SECONDS else logging.DEBUG,
-                        "progress listener: %s; reconnecting in %.1f s",
-                        str(error).strip() or type(error).__name__,
-                        delay,
-                    )
+                if not self._stopping.is_set():
+                    log_reconnect("progress listener", error, delay)
             finally:
-                self._listening.clear()
                 self._conn = None
                 self._connection_changed(False)  # they look again, and again each second until it listens again
                 if conn is not None:
@@ -173,6 +167,12 @@ class ProgressListener(Waiters):
                 self._heard(heard, answers)
             else:
                 connection.ping(conn)
+
+
+def log_reconnect(listener: str, error: BaseException, delay: float) -> None:
+    """A listener lost (or could not open) its connection: the first failure in a row at warning, the retries quieter."""
+    level = logging.WARNING if delay == RECONNECT_FIRST_SECONDS else logging.DEBUG
+    log.log(level, "%s: %s; reconnecting in %.1f s", listener, str(error).strip() or type(error).__name__, delay)
 
 
 def for_database(database_url: str) -> ProgressListener:

@@ -52,8 +52,6 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 ROUTE = "/api/predictions"
-QUIET_PING_SECONDS = 10.0  # a listening connection that heard nothing this long is pinged
-RECONNECT_FIRST_SECONDS, RECONNECT_MAX_SECONDS = 0.1, 2.0
 LOOK_AGAIN = None  # a future's result when its job was announced without an answer (a failure): read it back
 
 
@@ -110,26 +108,21 @@ class AnswerListener(progress_listener.Waiters):
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting with backoff; every waiter looks again at each change."""
-        delay = RECONNECT_FIRST_SECONDS
+        delay = progress_listener.RECONNECT_FIRST_SECONDS
         while True:
             conn = None
             try:
                 conn = await store.connect(self.database_url)
-                delay = RECONNECT_FIRST_SECONDS
+                delay = progress_listener.RECONNECT_FIRST_SECONDS
                 await self._listen(conn)
             except (*store.UNAVAILABLE, asyncpg.PostgresError, TimeoutError) as error:
-                log.log(
-                    logging.WARNING if delay == RECONNECT_FIRST_SECONDS else logging.DEBUG,
-                    "upload lane listener: %s; reconnecting in %.1f s",
-                    str(error).strip() or type(error).__name__,
-                    delay,
-                )
+                progress_listener.log_reconnect("upload lane listener", error, delay)
             finally:
                 self._changed(connected=False)
                 if conn is not None and not conn.is_closed():
                     conn.terminate()
             await asyncio.sleep(delay)
-            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+            delay = min(delay * 2, progress_listener.RECONNECT_MAX_SECONDS)
 
     async def _listen(self, conn: asyncpg.Connection) -> None:
         """Until the connection ends: asyncpg calls the handlers as notices arrive."""
@@ -140,7 +133,7 @@ class AnswerListener(progress_listener.Waiters):
         self._changed(connected=True)  # what was announced before may not have been heard
         try:
             while not closed.done():
-                done, _ = await asyncio.wait({closed}, timeout=QUIET_PING_SECONDS)
+                done, _ = await asyncio.wait({closed}, timeout=progress_listener.QUIET_PING_SECONDS)
                 if not done:
                     await store.ping(conn)
         finally:
@@ -209,7 +202,8 @@ class UploadLane:
         accepted = time.time()
         secure = is_secure(scope, self.config.trusted_proxy_hops)
         try:
-            status, body, headers = await self.answer(scope, await read_body(receive), accepted)
+            wait = wait_seconds(scope["query_string"]) or 0.0  # a valid one: accepts() looked
+            status, body, headers = await self.answer(scope, await read_body(receive), accepted, wait)
         except ClientGone:
             return
         except HTTPException as error:
@@ -229,8 +223,7 @@ class UploadLane:
         await send({"type": "http.response.start", "status": status, "headers": [(k.encode(), v.encode()) for k, v in fields.items()]})
         await send({"type": "http.response.body", "body": encoded})
 
-    async def answer(self, scope: Scope, data: bytes, accepted: float) -> tuple[int, dict[str, Any], dict[str, str]]:
-        wait = wait_seconds(scope["query_string"]) or 0.0
+    async def answer(self, scope: Scope, data: bytes, accepted: float, wait: float) -> tuple[int, dict[str, Any], dict[str, str]]:
         if self.limit is not None:
             await self.limit.count(client_address(scope, self.config.trusted_proxy_hops))
         await self.refuse_when_queue_full()
@@ -312,8 +305,7 @@ class UploadLane:
 
     def refusal(self, error: HTTPException) -> tuple[int, dict[str, Any], dict[str, str]]:
         code = error.code or InternalServerError.code
-        headers = {name: value for name, value in error.get_headers() if name.lower() != "content-type"}
-        return code, errors.error_body(code, error.description or error.name), headers
+        return code, errors.error_body(code, error.description or error.name), errors.error_headers(error)
 
     def unavailable(self, service: str, message: str, error: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         """503 in the Flask route's words for ``service`` (database, schema, broker), logged and counted as there."""

@@ -101,8 +101,7 @@ def numbered_text(statement: Statement, context: Cursor | None, cast: bool = Fal
     what asyncpg runs (shared/db/upload_lane.py; ``cast`` adds each parameter's type, which asyncpg
     cannot give PREPARE). ``context`` quotes identifiers; None serves a text without any."""
     text = _text(statement, context)
-    used = [parameter for parameter in statement.types if f"%({parameter})s" in text]
-    for number, parameter in enumerate(used, start=1):
+    for number, parameter in enumerate(used_parameters(statement, context), start=1):
         text = text.replace(f"%({parameter})s", f"${number}::{statement.types[parameter]}" if cast else f"${number}")
     return text
 
