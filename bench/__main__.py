@@ -26,8 +26,8 @@ import click
 
 from bench import common, database, latency, throughput
 from producer.ingest import load_mnist, mnist_rows
+from shared import images
 from shared.db import connection
-from shared.db import images as image_store
 
 SEED_SLICE = 300
 
@@ -107,19 +107,19 @@ def main(
         return
     placement = common.database_on_its_own_core() if database_core else contextlib.nullcontext("every process on every core")
     with placement as where, common.private_environment() as (env, settings):
-        images, labels = load_mnist(settings.mnist_dir, "test", None)
+        digit_images, labels = load_mnist(settings.mnist_dir, "test", None)
         conn = connection.connect(settings.database_url)
-        image_ids = image_store.insert_images(conn, list(mnist_rows(images, labels, "test")))
+        image_ids = images.store.insert_images(conn, list(mnist_rows(digit_images, labels, "test")))
         conn.close()
 
         database_rows = database.run(settings, image_ids, repeats, labels) if "database" in chosen else []
-        rows = [throughput.bare_model(settings, images, repeats, runtime) for runtime in ("litert", "tensorflow")]
+        rows = [throughput.bare_model(settings, digit_images, repeats, runtime) for runtime in ("litert", "tensorflow")]
         if "throughput" in chosen:
             rows.append(throughput.in_process(settings, image_ids, repeats))
             rows += [throughput.pipeline(env, settings, image_ids, int(n), repeats, common.RESULTS_DIR) for n in workers.split(",")]
         if "seed" in chosen:
             rows.append(throughput.seed_style(env, settings, image_ids[:SEED_SLICE], common.RESULTS_DIR))
-        latency_rows = latency.run(env, settings, image_ids, images, common.RESULTS_DIR) if "latency" in chosen else []
+        latency_rows = latency.run(env, settings, image_ids, digit_images, common.RESULTS_DIR) if "latency" in chosen else []
 
     ceiling = max(row["images_per_second"] for row in rows)
     machine = f"{machine_line()}; {where}"
@@ -149,8 +149,8 @@ def machine_line() -> str:
 def model_costs(repeats: int, baseline: Path | None) -> list[str]:
     """The models section: needs no services, so it runs outside the private environment."""
     from bench import models
-    from shared import mnist
     from shared.config import load_settings
+    from shared.training import mnist
 
     settings = load_settings()
     images, _ = mnist.load_split(settings.mnist_dir, "test")

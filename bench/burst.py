@@ -46,11 +46,10 @@ from bench.common import (
 )
 from bench.latency import BulkLoad, upload_latencies_ms
 from producer.ingest import load_mnist, mnist_rows
-from shared import upload_queue
+from shared import images, queues
 from shared.config import PROJECT_ROOT
 from shared.db import connection
-from shared.db import images as image_store
-from shared.images import png_bytes
+from shared.images.codec import png_bytes
 from stack.processes import LOOPBACK, ChildProcess, free_port, http_ok, log_contains
 from web import serve
 
@@ -134,7 +133,7 @@ def drain(settings: Any, url: str) -> None:
     """Until the upload queue is empty and the web answers at once again (a saturated server still
     works through the connections its listen backlog holds, long after their clients gave up)."""
     deadline = time.monotonic() + DRAIN_SECONDS
-    while upload_queue.waiting(settings) and time.monotonic() < deadline:
+    while queues.uploads.waiting(settings) and time.monotonic() < deadline:
         time.sleep(0.2)
     while time.monotonic() < deadline:
         started = time.perf_counter()
@@ -223,11 +222,11 @@ def run(rates: tuple[int, ...], web: str, against: Path | None, against_web: str
     """Each side in turn on one private database and queue prefix: ``against`` (another worktree) first."""
     with private_environment() as (base_env, settings), tempfile.TemporaryDirectory(prefix="mnistq-burst-") as scratch:
         env = {**base_env, **WEB_ENV}
-        images, labels = load_mnist(settings.mnist_dir, "test", None)
+        digit_images, labels = load_mnist(settings.mnist_dir, "test", None)
         conn = connection.connect(settings.database_url)
-        image_ids = image_store.insert_images(conn, list(mnist_rows(images, labels, "test")))
+        image_ids = images.store.insert_images(conn, list(mnist_rows(digit_images, labels, "test")))
         conn.close()
-        pictures = [png_bytes(image) for image in images[:SINGLE_UPLOADS]]
+        pictures = [png_bytes(image) for image in digit_images[:SINGLE_UPLOADS]]
         pictures_file = Path(scratch) / "pictures.npz"
         np.savez(pictures_file, **{f"p{k:04d}": np.frombuffer(p, dtype=np.uint8) for k, p in enumerate(pictures)})
         sides = ([(against, against_web)] if against else []) + [(PROJECT_ROOT, web)]

@@ -10,8 +10,8 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from shared import jobs
 from shared.config import Settings, environment, load_settings
-from shared.db import progress
 from shared.db.connection import Connection
 from stack import scratch
 from stack.processes import LOOPBACK, ChildProcess, free_port, http_ok, log_contains
@@ -87,7 +87,7 @@ def gunicorn_command(url: str, workers: int, config: bool = True) -> list[str]:
 
 def wait_for_results(conn: Connection, job_id: int, count: int, timeout: float = JOB_TIMEOUT_SECONDS) -> None:
     """Return once a job has ``count`` results, sleeping on the workers' NOTIFY (no CPU taken from them)."""
-    job = progress.wait_for_job(conn, job_id, timeout, until_finished=count)
+    job = jobs.progress.wait_for_job(conn, job_id, timeout, until_finished=count)
     if job is None or job["done_count"] + job["failed_count"] < count:
         raise RuntimeError(f"job {job_id} did not reach {count} results in {timeout} s")
 

@@ -14,10 +14,9 @@ from typing import Any
 import numpy as np
 
 from bench.common import cpu_seconds, pids_named
+from shared import images, jobs
 from shared.config import Settings
-from shared.db import connection, results
-from shared.db import images as image_store
-from shared.db import jobs as job_store
+from shared.db import connection
 from shared.digits import NUM_CLASSES
 from worker.batch import CHUNK_SIZE
 
@@ -45,7 +44,7 @@ def run(settings: Settings, image_ids: list[int], repeats: int, labels: np.ndarr
         chunks = [image_ids[start : start + CHUNK_SIZE] for start in starts]
         probabilities = model_like_probabilities(np.asarray(labels, dtype=np.int64), np.random.default_rng(0))
         # As the worker: the true labels come with the images, and it counts the statistics itself.
-        fetch_step = getattr(image_store, "fetch_images_and_labels", image_store.fetch_images)
+        fetch_step = getattr(images.store, "fetch_images_and_labels", images.store.fetch_images)
         batches = [
             prediction_batch(chunk, probabilities[start : start + CHUNK_SIZE], labels[start : start + CHUNK_SIZE])
             for start, chunk in zip(starts, chunks, strict=True)
@@ -54,7 +53,7 @@ def run(settings: Settings, image_ids: list[int], repeats: int, labels: np.ndarr
         stored_jobs: list[int] = []
 
         def create_job() -> None:
-            new_jobs.append(job_store.create_job(conn, image_ids, MODEL_VERSION, {"bench": "database"}))
+            new_jobs.append(jobs.store.create_job(conn, image_ids, MODEL_VERSION, {"bench": "database"}))
 
         def fetch() -> None:
             for chunk in chunks:
@@ -69,7 +68,7 @@ def run(settings: Settings, image_ids: list[int], repeats: int, labels: np.ndarr
 
         def store(job_id: int) -> None:
             for batch in batches:
-                results.store_results(conn, job_id, MODEL_VERSION, batch, [])
+                jobs.results.store_results(conn, job_id, MODEL_VERSION, batch, [])
 
         steps = [
             ("create a job of 10k image IDs", create_job),
@@ -82,11 +81,11 @@ def run(settings: Settings, image_ids: list[int], repeats: int, labels: np.ndarr
         conn.close()
 
 
-def prediction_batch(chunk: list[int], probabilities: np.ndarray, true_labels: np.ndarray) -> results.PredictionBatch:
+def prediction_batch(chunk: list[int], probabilities: np.ndarray, true_labels: np.ndarray) -> jobs.results.PredictionBatch:
     try:
-        return results.PredictionBatch.of(chunk, probabilities, true_labels)
+        return jobs.results.PredictionBatch.of(chunk, probabilities, true_labels)
     except TypeError:  # a release whose batches carry no true labels (python -m bench in an older worktree)
-        return results.PredictionBatch.of(chunk, probabilities)
+        return jobs.results.PredictionBatch.of(chunk, probabilities)
 
 
 def measure(what: str, step: Callable[[], None], images: int, repeats: int) -> dict[str, Any]:

@@ -18,12 +18,11 @@ from urllib.parse import urlparse
 import numpy as np
 
 from bench.common import UPLOAD_CONSUMER_READY, WORKER_READY, child_pids, peak_rss_mb, percentile, start_web, start_worker
-from shared import broker, jobs
+from shared import jobs, queues
 from shared.config import Settings
 from shared.db import connection
-from shared.db import jobs as job_store
-from shared.images import png_bytes
-from shared.model_info import model_version
+from shared.images.codec import png_bytes
+from shared.models.files import model_version
 from stack.processes import ChildProcess
 
 UPLOADS = 500
@@ -72,20 +71,20 @@ class BulkLoad:
 
     def __init__(self, settings: Settings, image_ids: list[int]) -> None:
         self.settings = settings
-        self.selection = jobs.Selection(image_ids=tuple(image_ids))
+        self.selection = jobs.service.Selection(image_ids=tuple(image_ids))
         self.model_version = model_version(settings.model_path)
         self.conn = connection.connect(settings.database_url)
-        self.app = broker.celery_app(settings)
+        self.app = queues.broker.celery_app(settings)
         self.jobs: list[int] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.keep_busy, daemon=True)
         self.predicted = 0
 
     def keep_busy(self) -> None:
-        queue = broker.bulk_queue(self.settings)
+        queue = queues.broker.bulk_queue(self.settings)
         while not self.stop.is_set():
-            if broker.queued_messages(self.app, queue) < MIN_QUEUED_BULK_BATCHES:
-                self.jobs.append(jobs.submit_job(self.conn, self.app, self.settings, self.selection, self.model_version).id)
+            if queues.broker.queued_messages(self.app, queue) < MIN_QUEUED_BULK_BATCHES:
+                self.jobs.append(jobs.service.submit_job(self.conn, self.app, self.settings, self.selection, self.model_version).id)
             self.stop.wait(0.05)
 
     def __enter__(self) -> BulkLoad:
@@ -96,7 +95,7 @@ class BulkLoad:
     def __exit__(self, *_: object) -> None:
         self.stop.set()
         self.thread.join()
-        self.predicted = sum(job_store.get_job(self.conn, job_id)["done_count"] for job_id in self.jobs)
+        self.predicted = sum(jobs.store.get_job(self.conn, job_id)["done_count"] for job_id in self.jobs)
         self.conn.close()
 
 

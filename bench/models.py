@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from bench.common import median_and_spread
-from shared.cpus import available_cpus
-from shared.inference import LiteRTPredictor
-from shared.model_info import int8_path, litert_path
+from shared.host.cpus import available_cpus
+from shared.models.files import int8_path, litert_path
+from shared.models.runtime import LiteRTPredictor
 
 BATCH_SIZES = (64, 256, 1024)
 COST_BATCH = 256

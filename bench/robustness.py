@@ -22,12 +22,12 @@ import numpy as np
 
 from bench.common import RESULTS_DIR
 from bench.variants import VARIANTS, render_variant
-from shared import mnist
 from shared.config import DEFAULT_MNIST_DIR, load_settings
 from shared.digits import IMAGE_SHAPE
-from shared.inference import LiteRTPredictor, Predictor
-from shared.model_info import litert_path
-from shared.preprocess import user_image_to_mnist
+from shared.images.preprocess import user_image_to_mnist
+from shared.models.files import litert_path
+from shared.models.runtime import LiteRTPredictor, Predictor
+from shared.training import mnist
 
 DEFAULT_LIMIT = 2000
 SEED = 12

@@ -38,12 +38,13 @@ from bench.common import (
     start_web,
     start_worker,
 )
-from shared import broker, jobs, mnist
+from shared import images, jobs, queues
 from shared.config import PROJECT_ROOT, Settings
-from shared.db import bulk_load, connection
+from shared.db import connection
 from shared.digits import IMAGE_SIDE
-from shared.images import encode_image
-from shared.model_info import model_version
+from shared.images.codec import encode_image
+from shared.models.files import model_version
+from shared.training import mnist
 from stack.processes import ChildProcess, log_contains
 
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
@@ -103,8 +104,8 @@ def _distort_block(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.rint(value), 0, 255).astype(np.uint8).reshape(n, side, side)
 
 
-def copy_payload(images: np.ndarray, labels: np.ndarray, split: str, first_index: int) -> bytes:
-    """Binary COPY rows of ``bulk_load.IMAGE_COPY_COLUMNS``, one structured array, no loop per row."""
+def copy_payload(digit_images: np.ndarray, labels: np.ndarray, split: str, first_index: int) -> bytes:
+    """Binary COPY rows of ``images.bulk_load.IMAGE_COPY_COLUMNS``, one structured array, no loop per row."""
     stored = len(NPY_HEADER) + IMAGE_SIDE * IMAGE_SIDE
     layout = np.dtype(
         [
@@ -116,13 +117,13 @@ def copy_payload(images: np.ndarray, labels: np.ndarray, split: str, first_index
             ("index_length", ">i4"), ("index", ">i4"),
         ]
     )  # fmt: skip
-    rows = np.empty(len(images), dtype=layout)
-    rows["fields"] = len(bulk_load.IMAGE_COPY_COLUMNS)
-    rows["data_length"], rows["header"], rows["pixels"] = stored, np.frombuffer(NPY_HEADER, dtype=np.uint8), images.reshape(len(images), -1)
+    rows = np.empty(len(digit_images), dtype=layout)
+    rows["fields"] = len(images.bulk_load.IMAGE_COPY_COLUMNS)
+    rows["data_length"], rows["header"], rows["pixels"] = stored, np.frombuffer(NPY_HEADER, dtype=np.uint8), digit_images.reshape(len(digit_images), -1)
     rows["label_length"], rows["label"] = 2, labels
     rows["shape_length"], rows["shape"] = len(SHAPE_BINARY), SHAPE_BINARY
     rows["split_length"], rows["split"] = len(split), split.encode()
-    rows["index_length"], rows["index"] = 4, first_index + np.arange(len(images))
+    rows["index_length"], rows["index"] = 4, first_index + np.arange(len(digit_images))
     return b"PGCOPY\n\xff\r\n\x00" + bytes(8) + rows.tobytes() + np.array([-1], dtype=">i2").tobytes()
 
 
@@ -142,12 +143,12 @@ class ImageFactory:
         while left:
             chunk = min(left, COPY_CHUNK)
             originals = np.arange(self.made, self.made + chunk) % 70_000
-            for split, (name, images, labels) in zip(("train", "test"), self.splits, strict=True):
+            for split, (name, digit_images, labels) in zip(("train", "test"), self.splits, strict=True):
                 offset = 0 if name == "train" else 60_000
-                mine = originals[(originals >= offset) & (originals < offset + len(images))] - offset
+                mine = originals[(originals >= offset) & (originals < offset + len(digit_images))] - offset
                 if len(mine):
-                    payload = copy_payload(distort(images[mine], self.rng), labels[mine], split, SYNTHETIC_INDEX_BASE + self.made)
-                    bulk_load.copy_image_rows(conn, payload)
+                    payload = copy_payload(distort(digit_images[mine], self.rng), labels[mine], split, SYNTHETIC_INDEX_BASE + self.made)
+                    images.bulk_load.copy_image_rows(conn, payload)
                     self.made += len(mine)
             left -= chunk
         return count / (time.perf_counter() - started)
@@ -240,7 +241,7 @@ def job_throughput(
         worker.wait_until(log_contains(log_path, WORKER_READY), 120)
     try:
         conn = connection.connect(settings.database_url)
-        app = broker.celery_app(settings)
+        app = queues.broker.celery_app(settings)
         version = model_version(settings.model_path)
         run_job(conn, app, settings, image_ids[:WARMUP_IMAGES], version)  # every pool process warm
         started = time.perf_counter()
@@ -256,7 +257,7 @@ def job_throughput(
 def run_job(conn: connection.Connection, app: Any, settings: Settings, image_ids: list[int], version: str) -> int:
     from bench.common import wait_for_results
 
-    job = jobs.submit_job(conn, app, settings, jobs.Selection(image_ids=tuple(image_ids)), version)
+    job = jobs.service.submit_job(conn, app, settings, jobs.service.Selection(image_ids=tuple(image_ids)), version)
     wait_for_results(conn, job.id, len(image_ids), FILL_JOB_TIMEOUT)
     return job.id
 
@@ -268,14 +269,14 @@ def predict_new_images(env: dict[str, str], settings: Settings, first_id: int, l
     worker = start_worker(env, log_dir / "scale-fill.log", 2, module="worker", ready=(WORKER_READY, UPLOAD_CONSUMER_READY))
     try:
         conn = connection.connect(settings.database_url)
-        app = broker.celery_app(settings)
+        app = queues.broker.celery_app(settings)
         version = model_version(settings.model_path)
-        upload_jobs = [jobs.submit_upload(conn, settings, encode_image(image), version, {"upload": "scale.png"}) for image in uploads]
+        upload_jobs = [jobs.service.submit_upload(conn, settings, encode_image(image), version, {"upload": "scale.png"}) for image in uploads]
         run_job(conn, app, settings, list(range(first_id, last_id + 1)), version)
-        from shared.db import progress
+        from shared import jobs
 
         for job_id in upload_jobs[-1:]:
-            progress.wait_for_job(conn, job_id, 120)
+            jobs.progress.wait_for_job(conn, job_id, 120)
         pids = [worker.pid, *child_pids(worker.pid)]
         pids += [grandchild for pid in pids[1:] for grandchild in child_pids(pid)]
         rss = max(peak_rss_mb(pid) for pid in pids)
@@ -286,7 +287,7 @@ def predict_new_images(env: dict[str, str], settings: Settings, first_id: int, l
 
 
 def web_routes(conn: connection.Connection) -> dict[str, str]:
-    job = bulk_load.largest_jobs(conn, "bulk", 1)[0]
+    job = images.bulk_load.largest_jobs(conn, "bulk", 1)[0]
     return {
         "/jobs": "/jobs",
         "/jobs?kind=upload": "/jobs?kind=upload",
@@ -317,7 +318,7 @@ def measure_step(env: dict[str, str], settings: Settings, size: int, dataset: Pa
         row["ingest_folder_images_per_s"], row["ingest_folder_rss_mb"] = FOLDER_IMAGES / seconds, rss
     seconds, rss, _ = run_measured(producer("ingest", "mnist", "--split", "test", "--data", str(dataset)), env)
     row["ingest_idx_images_per_s"], row["ingest_idx_rss_mb"] = len(test_images) / seconds, rss
-    bulk_load.delete_ingested(conn, SYNTHETIC_INDEX_BASE)
+    images.bulk_load.delete_ingested(conn, SYNTHETIC_INDEX_BASE)
 
     # A job of every stored image, sent to a queue no worker reads: what submit and resume cost.
     side_env = {**env, "QUEUE_PREFIX": f"{settings.queue_prefix}-side"}
@@ -338,7 +339,7 @@ def measure_step(env: dict[str, str], settings: Settings, size: int, dataset: Pa
         measured = job_throughput(env, settings, list(range(1, THROUGHPUT_IMAGES + 1)), workers, log_dir)
         row[f"throughput_{workers}w"], row[f"worker_rss_{workers}w_mb"] = measured["images_per_second"], measured["worker_rss_mb"]
 
-    bulk_load.vacuum_analyze(conn)
+    images.bulk_load.vacuum_analyze(conn)
     web, url = start_web(env, log_dir / "scale-web.log")
     try:
         row["routes"] = {name: timed_route(url + path) for name, path in web_routes(conn).items()}
@@ -346,11 +347,11 @@ def measure_step(env: dict[str, str], settings: Settings, size: int, dataset: Pa
         row["web_rss_mb"] = max(peak_rss_mb(pid) for pid in pids)
     finally:
         web.stop()
-    row["routes"]["producer report <largest>"] = timed_report(env, bulk_load.largest_jobs(conn, "bulk", 1)[0])
-    images, predictions, job_count = bulk_load.row_counts(conn)
-    sizes = bulk_load.table_bytes(conn)
-    row.update(images=images, predictions=predictions, jobs=job_count, table_bytes=sizes)
-    row["bytes_per_image"] = sizes["input_data"] / images
+    row["routes"]["producer report <largest>"] = timed_report(env, images.bulk_load.largest_jobs(conn, "bulk", 1)[0])
+    digit_images, predictions, job_count = images.bulk_load.row_counts(conn)
+    sizes = images.bulk_load.table_bytes(conn)
+    row.update(images=digit_images, predictions=predictions, jobs=job_count, table_bytes=sizes)
+    row["bytes_per_image"] = sizes["input_data"] / digit_images
     prediction_tables = sum(sizes.get(name, 0) for name in ("predictions", "job_statistics", "job_mistakes"))
     row["bytes_per_prediction"] = prediction_tables / max(1, predictions)
     conn.close()
@@ -371,9 +372,9 @@ def compare_throughput(size: int, against: Path, rounds: int = 5) -> list[str]:
         conn.autocommit = True
         factory = ImageFactory(dataset)
         factory.store(conn, size)
-        bulk_load.vacuum_analyze(conn)
+        images.bulk_load.vacuum_analyze(conn)
         predict_new_images(env, settings, 1, size, factory.splits[1][1][:UPLOADS_PER_STEP], RESULTS_DIR)
-        bulk_load.vacuum_analyze(conn)
+        images.bulk_load.vacuum_analyze(conn)
         ids = list(range(1, THROUGHPUT_IMAGES + 1))
         for _ in range(rounds):
             for tree in (against, PROJECT_ROOT):
@@ -406,7 +407,7 @@ def run(sizes: tuple[int, ...] = DEFAULT_SIZES, label: str = "") -> list[dict[st
             started = time.perf_counter()
             build_rate = factory.store(conn, size - stored)
             first_id, stored = stored + 1, size
-            bulk_load.vacuum_analyze(conn)
+            images.bulk_load.vacuum_analyze(conn)
             uploads = uploads_source[step * UPLOADS_PER_STEP : (step + 1) * UPLOADS_PER_STEP]
             fill_rss = predict_new_images(env, settings, first_id, size, uploads, log_dir)
             build_seconds = time.perf_counter() - started

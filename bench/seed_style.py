@@ -16,9 +16,9 @@ import numpy as np
 import psycopg2
 from celery import Celery, signals
 
+from shared import jobs
 from shared.config import Settings, load_settings
-from shared.db import progress
-from shared.model_info import model_version
+from shared.models.files import model_version
 
 SEED_TASK = "bench.seed_style.predict_one"
 
@@ -59,8 +59,8 @@ def make_app(settings: Settings) -> Celery:
                 ),
             )
             cursor.execute("UPDATE jobs SET done_count = done_count + 1 WHERE id = %s", (job_id,))
-            # Not the seed's: the notice the benchmark's clock sleeps on (shared.db.progress).
-            cursor.execute("SELECT pg_notify(%s, %s)", (progress.CHANNEL, str(job_id)))
+            # Not the seed's: the notice the benchmark's clock sleeps on (shared.jobs.progress).
+            cursor.execute("SELECT pg_notify(%s, %s)", (jobs.progress.CHANNEL, str(job_id)))
 
     signals.worker_process_init.connect(load_model, weak=False, dispatch_uid="bench-seed-load-model")
     return app

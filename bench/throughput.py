@@ -10,13 +10,12 @@ import numpy as np
 
 from bench import seed_style as seed
 from bench.common import child_pids, cpu_seconds, median_and_spread, pids_named, start_worker, wait_for_results
-from shared import broker, jobs
+from shared import jobs, queues
 from shared.config import Settings
-from shared.cpus import available_cpus
 from shared.db import connection
-from shared.db import jobs as job_store
-from shared.inference import Predictor
-from shared.model_info import int8_path, litert_path, model_version, read_model_card
+from shared.host.cpus import available_cpus
+from shared.models.files import int8_path, litert_path, model_version, read_model_card
+from shared.models.runtime import Predictor
 from worker.batch import DatabaseLane, process_batch
 from worker.models import build_predictor
 
@@ -70,7 +69,7 @@ def in_process(settings: Settings, image_ids: list[int], repeats: int) -> dict[s
     for repeat in range(repeats + 1):  # the first run warms up and is not counted
         cpu_before = {"process": time.process_time(), "postgres": cpu_seconds(pids_named("postgres"))}
         started = time.perf_counter()
-        job_id = job_store.create_job(conn, image_ids, "bench-in-process", {"bench": "in process"})
+        job_id = jobs.store.create_job(conn, image_ids, "bench-in-process", {"bench": "in process"})
         for start in range(0, len(image_ids), settings.batch_size):
             process_batch(lane, predictor.predict_batch, "bench-in-process", job_id, image_ids[start : start + settings.batch_size])
         rates.append(len(image_ids) / (time.perf_counter() - started))
@@ -91,15 +90,15 @@ def pipeline(env: dict[str, str], settings: Settings, image_ids: list[int], work
     rates = []
     try:
         conn = connection.connect(settings.database_url)
-        app = broker.celery_app(settings)
-        selection = jobs.Selection(image_ids=tuple(image_ids))
+        app = queues.broker.celery_app(settings)
+        selection = jobs.service.Selection(image_ids=tuple(image_ids))
         version = model_version(settings.model_path)
         cpu = {"worker": 0.0, "postgres": 0.0}
         for repeat in range(repeats + 1):  # the first run warms every pool process up and is not counted
             worker_pids = [worker.pid, *child_pids(worker.pid)]
             cpu_before = {"worker": cpu_seconds(worker_pids), "postgres": cpu_seconds(pids_named("postgres"))}
             started = time.perf_counter()
-            job = jobs.submit_job(conn, app, settings, selection, version)
+            job = jobs.service.submit_job(conn, app, settings, selection, version)
             wait_for_results(conn, job.id, len(image_ids))
             rates.append(len(image_ids) / (time.perf_counter() - started))
             if repeat:
@@ -121,7 +120,7 @@ def seed_style(env: dict[str, str], settings: Settings, image_ids: list[int], lo
     worker = start_worker(env, log_dir / "seed-worker.log", concurrency=1, module="bench.seed_style")
     try:
         conn = connection.connect(settings.database_url)
-        job_id = job_store.create_job(conn, image_ids, "seed-style", {"bench": "seed"})  # its tasks are not batches
+        job_id = jobs.store.create_job(conn, image_ids, "seed-style", {"bench": "seed"})  # its tasks are not batches
         app = seed.make_app(settings)
         started = time.perf_counter()
         with app.producer_or_acquire() as producer:
@@ -140,5 +139,5 @@ def seed_style(env: dict[str, str], settings: Settings, image_ids: list[int], lo
 
 
 def check_stored(conn: connection.Connection, job_id: int, count: int) -> None:
-    if job_store.rows_for_job(conn, job_id)[1] != count:
+    if jobs.store.rows_for_job(conn, job_id)[1] != count:
         raise RuntimeError(f"job {job_id} did not store every prediction")

@@ -26,12 +26,12 @@ from producer import ingest as ingest_rows
 from producer import models as model_commands
 from producer import operators
 from producer.errors import user_errors
-from shared import broker, jobs, model_registration, registry
+from shared import images, jobs, models, queues
 from shared.config import Settings, load_settings
-from shared.db import connection, images, progress, schema
-from shared.db import jobs as job_store
+from shared.db import connection, schema
 from shared.digits import MAX_ROW_ID
-from shared.reports import LOW_CONFIDENCE_THRESHOLD, build_job_report
+from shared.jobs.reports import LOW_CONFIDENCE_THRESHOLD, build_job_report
+from shared.training import registration
 
 INSERT_CHUNK = 2000
 # The progress bar redraws at least this often, and at once on every stored batch's notice.
@@ -74,10 +74,10 @@ def init_db(config: Settings) -> None:
     click.echo(f"schema ready at migration {after}" + (f" (was {before or 'empty'})" if before != after else ""))
     conn = connection.connect(config.schema_database_url)
     try:
-        registration = model_registration.register_bundled(conn, config.model_path, config.mnist_dir)
+        outcome = registration.register_bundled(conn, config.model_path, config.mnist_dir)
     finally:
         conn.close()
-    click.echo(model_commands.registration_line(registration, config.model_path))
+    click.echo(model_commands.registration_line(outcome, config.model_path))
 
 
 @main.group()
@@ -100,7 +100,7 @@ def ingest_mnist(config: Settings, split: str, data: Path | None, limit: int | N
         for start in range(0, len(digits), INSERT_CHUNK):
             chunk = slice(start, start + INSERT_CHUNK)
             rows = list(ingest_rows.mnist_rows(digits[chunk], labels[chunk], split, start))
-            inserted += len(images.insert_images(conn, rows))
+            inserted += len(images.store.insert_images(conn, rows))
             bar.update(len(rows))
     click.echo(f"stored {inserted} new images, {len(digits) - inserted} were already there")
 
@@ -126,7 +126,7 @@ def ingest_folder(config: Settings, folder: Path) -> None:
                 except ValueError as error:
                     rejected.append(f"{path}: {error}")
                 bar.update(1)
-            inserted += len(images.insert_images(conn, rows))
+            inserted += len(images.store.insert_images(conn, rows))
     for line in rejected:
         click.echo(f"skipped {line}", err=True)
     click.echo(f"stored {inserted} new images, {len(files) - inserted - len(rejected)} were already there, {len(rejected)} rejected")
@@ -139,7 +139,7 @@ def ingest_folder(config: Settings, folder: Path) -> None:
 @click.option("--unpredicted", is_flag=True, help="Only images the job's model has not predicted yet.")
 @click.option("--id", "image_ids", type=ROW_ID, multiple=True, help="Exactly these image IDs (repeatable).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per task [default: BATCH_SIZE].")
-@click.option("--model", default=registry.PRODUCTION, show_default=True, help="The version or alias that predicts the job.")
+@click.option("--model", default=models.registry.PRODUCTION, show_default=True, help="The version or alias that predicts the job.")
 @click.option("--shadow", help="A second version or alias that predicts the job too; its results are stored apart.")
 @click.pass_obj
 @user_errors
@@ -155,12 +155,12 @@ def submit(
     shadow: str | None,
 ) -> None:
     """Create a job from stored images and enqueue it in batches; prints the job id."""
-    selection = jobs.Selection(split, label, limit, unpredicted, image_ids)
+    selection = jobs.service.Selection(split, label, limit, unpredicted, image_ids)
     conn = open_database(config)
-    version, shadow_version = registry.resolve_job_models(conn, model, shadow)  # an alias means its version now
+    version, shadow_version = models.registry.resolve_job_models(conn, model, shadow)  # an alias means its version now
     try:
-        job = jobs.submit_job(conn, broker.celery_app(config), config, selection, version, batch_size, shadow_version)
-    except jobs.NoImagesSelected as error:
+        job = jobs.service.submit_job(conn, queues.broker.celery_app(config), config, selection, version, batch_size, shadow_version)
+    except jobs.service.NoImagesSelected as error:
         raise click.ClickException(f"{error} (ingest some first: python -m producer ingest mnist)") from None
     shadowed = f", shadow {job.shadow_version}" if job.shadow_version else ""
     click.echo(f"job {job.id}: {job.images} images in {job.batches} batches, model {job.model_version}{shadowed}", err=True)
@@ -176,7 +176,7 @@ def resume(config: Settings, job_id: int) -> None:
 
     Always safe: images that already have a prediction are not predicted twice.
     """
-    count = jobs.resume_job(open_database(config), broker.celery_app(config), config, job_id)
+    count = jobs.service.resume_job(open_database(config), queues.broker.celery_app(config), config, job_id)
     click.echo(f"job {job_id}: re-enqueued {count} unfinished images" if count else f"job {job_id}: nothing left to do")
 
 
@@ -204,10 +204,10 @@ def wait_for_job(conn: connection.Connection, job: dict[str, Any], timeout: floa
     """A progress bar until the job is done, redrawn on the workers' notices."""
     deadline = time.monotonic() + timeout
     finished = job["done_count"] + job["failed_count"]
-    with progress.listening(conn), click.progressbar(length=job["total_images"], label=f"job {job['id']}") as bar:
+    with jobs.progress.listening(conn), click.progressbar(length=job["total_images"], label=f"job {job['id']}") as bar:
         bar.update(finished)
         while job["status"] != "done" and time.monotonic() < deadline:
-            progress.wait_for_progress(conn, min(PROGRESS_SECONDS, max(0.0, deadline - time.monotonic())))
+            jobs.progress.wait_for_progress(conn, min(PROGRESS_SECONDS, max(0.0, deadline - time.monotonic())))
             job = require_job(conn, job["id"])
             now_finished = job["done_count"] + job["failed_count"]
             bar.update(now_finished - finished)
@@ -216,7 +216,7 @@ def wait_for_job(conn: connection.Connection, job: dict[str, Any], timeout: floa
 
 
 def require_job(conn: connection.Connection, job_id: int) -> dict[str, Any]:
-    job = job_store.get_job(conn, job_id)
+    job = jobs.store.get_job(conn, job_id)
     if job is None:
         raise click.ClickException(f"there is no job {job_id}")
     return job

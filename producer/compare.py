@@ -13,11 +13,11 @@ import time
 import click
 
 from producer.errors import user_errors
-from shared import broker, jobs, registry
-from shared.comparison import Comparison, load_comparison
+from shared import jobs, models, queues
 from shared.config import Settings
-from shared.db import comparisons, connection, progress
+from shared.db import connection
 from shared.digits import MAX_ROW_ID, NUM_CLASSES
+from shared.jobs.comparison import Comparison, load_comparison
 
 ROW_ID = click.IntRange(1, MAX_ROW_ID)
 CHANGES_SHOWN = 20  # pairs of predictions listed; --json has them all
@@ -61,9 +61,9 @@ def compare(
     conn = connection.connect(config.database_url)
     try:
         if models:
-            job_a, job_b = run_on_both(conn, config, models, jobs.Selection(split, label, limit, False, image_ids), timeout)
+            job_a, job_b = run_on_both(conn, config, models, jobs.service.Selection(split, label, limit, False, image_ids), timeout)
         result = load_comparison(conn, job_a, job_b)
-    except comparisons.UnknownJob as error:
+    except jobs.comparison_store.UnknownJob as error:
         raise click.ClickException(str(error)) from None
     finally:
         conn.close()
@@ -75,20 +75,20 @@ def compare(
 
 
 def run_on_both(
-    conn: connection.Connection, config: Settings, names: tuple[str, str], selection: jobs.Selection, timeout: float
+    conn: connection.Connection, config: Settings, names: tuple[str, str], selection: jobs.service.Selection, timeout: float
 ) -> tuple[int, int]:
     """One job of ``selection`` per model (each name resolved now, as ``submit --model`` does), both waited for."""
-    versions = [registry.resolve(conn, name) for name in names]  # an unknown name is refused before anything is submitted
-    app = broker.celery_app(config)
+    versions = [models.registry.resolve(conn, name) for name in names]  # an unknown name is refused before anything is submitted
+    app = queues.broker.celery_app(config)
     try:
-        submitted = [jobs.submit_job(conn, app, config, selection, version) for version in versions]
-    except jobs.NoImagesSelected as error:
+        submitted = [jobs.service.submit_job(conn, app, config, selection, version) for version in versions]
+    except jobs.service.NoImagesSelected as error:
         raise click.ClickException(f"{error} (ingest some first: python -m producer ingest mnist)") from None
     for job in submitted:
         click.echo(f"job {job.id}: {job.images} images in {job.batches} batches, model {job.model_version}", err=True)
     deadline = time.monotonic() + timeout
     for job in submitted:
-        finished = progress.wait_for_job(conn, job.id, max(0.0, deadline - time.monotonic()))
+        finished = jobs.progress.wait_for_job(conn, job.id, max(0.0, deadline - time.monotonic()))
         if finished["status"] != "done":
             ids = " ".join(str(each.id) for each in submitted)
             raise click.ClickException(f"job {job.id} did not finish within {timeout:g} s; compare later: python -m producer compare {ids}")

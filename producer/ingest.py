@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from shared import mnist
-from shared.db.images import ImageRow
 from shared.digits import IMAGE_SHAPE
-from shared.images import encode_image
-from shared.preprocess import user_image_to_mnist
+from shared.images.codec import encode_image
+from shared.images.preprocess import user_image_to_mnist
+from shared.images.store import ImageRow
+from shared.training import mnist
 
 USER_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"})
 SHAPE = list(IMAGE_SHAPE)

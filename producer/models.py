@@ -17,9 +17,10 @@ from typing import Any
 import click
 
 from producer.errors import user_errors
-from shared import model_registration, registry
 from shared.config import Settings
 from shared.db import connection
+from shared.models import registry
+from shared.training import registration
 
 
 def open_database(config: Settings) -> connection.Connection:
@@ -34,12 +35,12 @@ def kilobytes(size: int | None) -> str:
     return f"{size / 1024:.0f} KB" if size is not None else "-"
 
 
-def registration_line(registration: model_registration.Registration | None, model_path: Path) -> str:
+def registration_line(outcome: registration.Registration | None, model_path: Path) -> str:
     """What init-db says of the bundled model."""
-    if registration is None:
+    if outcome is None:
         return f"no model file at {model_path}: none registered (python -m producer models register FILE)"
-    done = "registered" if registration.stored else "already registered"
-    return f"bundled model {registration.version} {done}" + (", aliased production" if registration.aliased_production else "")
+    done = "registered" if outcome.stored else "already registered"
+    return f"bundled model {outcome.version} {done}" + (", aliased production" if outcome.aliased_production else "")
 
 
 @click.group()
@@ -74,11 +75,11 @@ def list_models(config: Settings) -> None:
 @user_errors
 def register(config: Settings, path: Path, name: str | None) -> None:
     """Check a trained model (PATH: its .keras file, with its .tflite exports and card beside it) and store it."""
-    registration = model_registration.register(open_database(config), path, config.mnist_dir, name)
-    for check in registration.checks:
+    outcome = registration.register(open_database(config), path, config.mnist_dir, name)
+    for check in outcome.checks:
         click.echo(f"checked: {check}")
-    state = "registered" if registration.stored else "was registered already"
-    click.echo(f"{registration.version} {state}; serve it with: python -m producer models alias production {registration.version}")
+    state = "registered" if outcome.stored else "was registered already"
+    click.echo(f"{outcome.version} {state}; serve it with: python -m producer models alias production {outcome.version}")
 
 
 @models.command("alias")

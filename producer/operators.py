@@ -18,7 +18,6 @@ from producer.errors import user_errors
 from shared import operators
 from shared.config import Settings
 from shared.db import connection
-from shared.db import operators as operator_store
 
 TOKEN_ID = click.IntRange(1, 2**63 - 1)
 
@@ -29,7 +28,7 @@ def read_password(from_stdin: bool) -> str:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt("password", hide_input=True, confirmation_prompt=True)
-    return operators.check_password(password)
+    return operators.secrets.check_password(password)
 
 
 def open_database(config: Settings) -> connection.Connection:
@@ -55,8 +54,8 @@ def users() -> None:
 @user_errors
 def add_user(config: Settings, name: str, password_stdin: bool) -> None:
     """Add an operator; the password is asked for (at least 12 characters)."""
-    operators.check_name(name)
-    operators.add_operator(open_database(config), name, read_password(password_stdin))
+    operators.secrets.check_name(name)
+    operators.secrets.add_operator(open_database(config), name, read_password(password_stdin))
     click.echo(f"operator {name} added")
 
 
@@ -67,7 +66,7 @@ def add_user(config: Settings, name: str, password_stdin: bool) -> None:
 @user_errors
 def change_password(config: Settings, name: str, password_stdin: bool) -> None:
     """Set an operator's password; their open sessions end."""
-    operators.change_password(open_database(config), name, read_password(password_stdin))
+    operators.secrets.change_password(open_database(config), name, read_password(password_stdin))
     click.echo(f"password of {name} changed")
 
 
@@ -77,7 +76,7 @@ def change_password(config: Settings, name: str, password_stdin: bool) -> None:
 @user_errors
 def remove_user(config: Settings, name: str) -> None:
     """Remove an operator with their tokens; their sessions end."""
-    if not operator_store.delete_operator(open_database(config), name):
+    if not operators.store.delete_operator(open_database(config), name):
         raise click.ClickException(f"there is no operator named {name!r}")
     click.echo(f"operator {name} removed, with their tokens")
 
@@ -87,7 +86,7 @@ def remove_user(config: Settings, name: str) -> None:
 @user_errors
 def list_users(config: Settings) -> None:
     """Every operator with their number of active tokens."""
-    for row in operator_store.list_operators(open_database(config)):
+    for row in operators.store.list_operators(open_database(config)):
         click.echo(f"{row['name']}  added {when(row['created_at'])}  {row['active_tokens']} active token(s)")
 
 
@@ -103,7 +102,7 @@ def tokens() -> None:
 @user_errors
 def create_token(config: Settings, name: str, label: str | None) -> None:
     """Create a token for operator NAME and print it once: it is stored only as a hash."""
-    token_id, token = operators.create_token(open_database(config), name, label)
+    token_id, token = operators.secrets.create_token(open_database(config), name, label)
     click.echo(f"token {token_id} for {name}; keep it now, it cannot be shown again:", err=True)
     click.echo(token)
 
@@ -114,7 +113,7 @@ def create_token(config: Settings, name: str, label: str | None) -> None:
 @user_errors
 def list_tokens(config: Settings, name: str | None) -> None:
     """Every token's id, operator, label, and when it was created, last used and revoked."""
-    for row in operator_store.list_tokens(open_database(config), name):
+    for row in operators.store.list_tokens(open_database(config), name):
         state = f"revoked {when(row['revoked_at'])}" if row["revoked_at"] else "active"
         click.echo(
             f"{row['id']}  {row['operator']}  {row['label'] or '-'}  created {when(row['created_at'])}"
@@ -128,6 +127,6 @@ def list_tokens(config: Settings, name: str | None) -> None:
 @user_errors
 def revoke_token(config: Settings, token_id: int) -> None:
     """Revoke token TOKEN_ID (from tokens list); it stops working at once."""
-    if not operator_store.revoke_token(open_database(config), token_id):
+    if not operators.store.revoke_token(open_database(config), token_id):
         raise click.ClickException(f"there is no active token {token_id}")
     click.echo(f"token {token_id} revoked")

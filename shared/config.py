@@ -20,7 +20,7 @@ from typing import Any
 
 import dotenv
 
-from shared.cpus import available_cpus
+from shared.host.cpus import available_cpus
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,7 @@ import sys
 
 from shared.config import PROJECT_ROOT
 from shared.db import connection
-from shared.reports import build_job_report
+from shared.jobs.reports import build_job_report
 
 
 @dataclasses.dataclass(frozen=True)

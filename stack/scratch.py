@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 import redis
 
-from shared import model_registration
 from shared.config import DEFAULT_MNIST_DIR, DEFAULT_MODEL_PATH
 from shared.db import schema
+from shared.training import registration
 
 # Where scratch databases are created: any database on the server, as a role that may CREATE DATABASE.
 DEFAULT_ADMIN_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -50,7 +50,7 @@ def database_with_schema(name: str) -> Iterator[str]:
     """A database of its own with every migration applied and the bundled model registered; dropped when the block ends."""
     url = create_database(name)
     try:
-        model_registration.prepare_database(url, DEFAULT_MODEL_PATH, DEFAULT_MNIST_DIR)
+        registration.prepare_database(url, DEFAULT_MODEL_PATH, DEFAULT_MNIST_DIR)
         yield url
     finally:
         drop_database(name)

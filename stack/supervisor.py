@@ -14,9 +14,9 @@ import signal
 import sys
 from pathlib import Path
 
-from shared import model_registration
 from shared.config import PROJECT_ROOT, load_settings, local_stack_defaults, service_urls_from_environment
 from shared.db import connection
+from shared.training import registration
 from stack import embedded
 from stack.processes import (
     LOOPBACK,
@@ -101,7 +101,7 @@ class Stack:
         connection.wait_for_database(self.state.database_url, SCHEMA_WAIT_SECONDS).close()
         settings = load_settings()  # MODEL_PATH and MNIST_DIR as the children read them
         try:  # the schema, then the bundled model registered (production when no model is), as init-db does
-            model_registration.prepare_database(self.state.database_url, settings.model_path, settings.mnist_dir)
+            registration.prepare_database(self.state.database_url, settings.model_path, settings.mnist_dir)
         except ValueError as error:
             raise StackError(f"the bundled model cannot be registered: {error}") from None
 

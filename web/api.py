@@ -25,7 +25,7 @@ from werkzeug.exceptions import BadRequest, NotFound, UnprocessableEntity, Unsup
 
 from shared import jobs
 from shared.digits import MAX_ROW_ID, NUM_CLASSES
-from shared.reports import build_job_report
+from shared.jobs.reports import build_job_report
 from web import auth, backends, comparisons, predictions
 from web.auth import operator_required
 from web.params import float_arg
@@ -118,10 +118,10 @@ def create_job() -> tuple[Response, int]:
     conn, config = backends.get_db(), backends.app_settings()
     version, shadow_version = predictions.job_models(conn, *job_model_names(body))
     try:
-        job = jobs.submit_job(
-            conn, backends.get_celery(), config, jobs.Selection(split, label, limit), version, shadow_version=shadow_version
+        job = jobs.service.submit_job(
+            conn, backends.get_celery(), config, jobs.service.Selection(split, label, limit), version, shadow_version=shadow_version
         )
-    except (jobs.NoImagesSelected, jobs.TooManyImages) as error:
+    except (jobs.service.NoImagesSelected, jobs.service.TooManyImages) as error:
         raise UnprocessableEntity(str(error)) from None
     status_url = url_for("api.show_job", job_id=job.id)
     page_url = url_for("views.job", job_id=job.id)

@@ -46,7 +46,7 @@ class SignedInOperator:
     is_active = True
     is_anonymous = False
 
-    def __init__(self, operator: operators.Operator, via: str) -> None:
+    def __init__(self, operator: operators.secrets.Operator, via: str) -> None:
         self.operator = operator
         self.via = via
 
@@ -77,7 +77,7 @@ def load_session_operator(user_id: str) -> SignedInOperator | None:
     operator_id, _, tag = user_id.partition(":")
     if not (operator_id.isascii() and operator_id.isdigit() and len(operator_id) <= MAX_ID_DIGITS):
         return None
-    operator = operators.operator_for_session(backends.get_db(), int(operator_id), tag)
+    operator = operators.secrets.operator_for_session(backends.get_db(), int(operator_id), tag)
     return SignedInOperator(operator, SESSION) if operator else None
 
 
@@ -85,7 +85,7 @@ def load_token_operator(_request: Any) -> SignedInOperator | None:
     token = bearer_token()
     if token is None:
         return None
-    operator = operators.operator_for_token(backends.get_db(), token)
+    operator = operators.secrets.operator_for_token(backends.get_db(), token)
     if operator is None:
         g.bad_bearer_token = True
         return None
@@ -170,7 +170,7 @@ def sign_in() -> Response | str | tuple[str, int, dict[str, str]]:
         return render_template("sign_in.html", next_page=next_page)
     name = request.form.get("name", "")
     password = request.form.get("password", "")
-    operator = operators.authenticate(backends.get_db(), name, password) if name and password else None
+    operator = operators.secrets.authenticate(backends.get_db(), name, password) if name and password else None
     if operator is None:
         # The name as data (repr: no line breaks into the log), never the password.
         log.warning("sign-in failed for operator %r from %r", name[:100], client_address())

@@ -9,10 +9,10 @@ import psycopg2.extensions
 from celery import Celery
 from flask import Flask, current_app, g
 
-from shared import registry
-from shared.broker import celery_app
+from shared import models
 from shared.config import Settings
 from shared.db import connection
+from shared.queues.broker import celery_app
 from web import progress_listener
 from web.pool import ConnectionPool
 
@@ -95,8 +95,8 @@ def check_broker() -> str | None:
 def check_model() -> str | None:
     """None when a model is aliased production in the registry, so new jobs have a version (asked once the database answers)."""
     try:
-        registry.resolve(get_db(), registry.PRODUCTION)
-    except registry.UnknownModel as error:
+        models.registry.resolve(get_db(), models.registry.PRODUCTION)
+    except models.registry.UnknownModel as error:
         return str(error)
     except psycopg2.Error as error:
         return first_line(error)

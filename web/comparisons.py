@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from werkzeug.exceptions import BadRequest, NotFound
 
-from shared.comparison import Comparison, load_comparison
-from shared.db import comparisons
+from shared import jobs
 from shared.digits import MAX_ROW_ID
+from shared.jobs.comparison import Comparison, load_comparison
 from web import backends
 from web.params import int_arg
 
@@ -24,5 +24,5 @@ def job_ids(required: bool) -> tuple[int | None, int | None]:
 def comparison_or_404(job_a: int, job_b: int) -> Comparison:
     try:
         return load_comparison(backends.get_db(), job_a, job_b)
-    except comparisons.UnknownJob as error:
+    except jobs.comparison_store.UnknownJob as error:
         raise NotFound(str(error)) from None

@@ -16,7 +16,7 @@ from flask import Flask, Response, current_app, jsonify, render_template, reques
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge, ServiceUnavailable
 
-from shared import metrics
+from shared import observability
 from web import backends
 
 log = logging.getLogger(__name__)
@@ -78,19 +78,19 @@ def too_large(error: RequestEntityTooLarge) -> tuple[Response | str, int]:
 
 def database_unavailable(error: psycopg2.OperationalError | psycopg2.InterfaceError) -> tuple[Response | str, int]:
     log.error("database unavailable during %s %s: %s", request.method, request.path, error)
-    metrics.record_refusal(ServiceUnavailable.code, "database")
+    observability.metrics.record_refusal(ServiceUnavailable.code, "database")
     return error_response(ServiceUnavailable.code, DATABASE_UNAVAILABLE)
 
 
 def schema_missing(error: psycopg2.errors.UndefinedTable) -> tuple[Response | str, int]:
     log.error("schema missing during %s %s: %s", request.method, request.path, error)
-    metrics.record_refusal(ServiceUnavailable.code, "schema")
+    observability.metrics.record_refusal(ServiceUnavailable.code, "schema")
     return error_response(ServiceUnavailable.code, SCHEMA_MISSING)
 
 
 def broker_unavailable(error: kombu.exceptions.OperationalError | redis.exceptions.RedisError) -> tuple[Response | str, int]:
     log.error("broker unavailable during %s %s: %s", request.method, request.path, error)
-    metrics.record_refusal(ServiceUnavailable.code, "broker")
+    observability.metrics.record_refusal(ServiceUnavailable.code, "broker")
     return error_response(ServiceUnavailable.code, BROKER_UNAVAILABLE)
 
 

@@ -23,7 +23,7 @@ from flask import Flask, Response, current_app, request
 from flask_limiter import Limiter, RateLimitExceeded
 from werkzeug.exceptions import TooManyRequests
 
-from shared import metrics
+from shared import observability
 from shared.config import Settings
 from web import errors
 
@@ -88,7 +88,7 @@ def too_many_requests(error: RateLimitExceeded) -> tuple[Response | str, int, di
     breached = [limit for limit in limiter.current_limits if limit.breached] or limiter.current_limits
     reset_at = max((limit.window.reset_time for limit in breached), default=time.time() + 1)
     retry_after = seconds_until(reset_at)
-    metrics.record_refusal(error.code, "signin_rate_limit" if request.endpoint == SIGN_IN_ENDPOINT else "upload_rate_limit")
+    observability.metrics.record_refusal(error.code, "signin_rate_limit" if request.endpoint == SIGN_IN_ENDPOINT else "upload_rate_limit")
     body, status = errors.error_response(error.code, refusal_message(error.description or "", retry_after))
     return body, status, {"Retry-After": str(retry_after)}
 
@@ -128,5 +128,5 @@ class UploadLimit:
             if not await self.window.hit(item, *identifiers):
                 stats = await self.window.get_window_stats(item, *identifiers)
                 retry_after = seconds_until(stats.reset_time)
-                metrics.record_refusal(TooManyRequests.code, "upload_rate_limit")
+                observability.metrics.record_refusal(TooManyRequests.code, "upload_rate_limit")
                 raise TooManyRequests(refusal_message(upload_limit_message(self.config), retry_after), retry_after=retry_after)

@@ -2,7 +2,7 @@
 
 Served from the folder of per-process files that the server prepared before its processes
 started (``web/serve.py``, PROMETHEUS_MULTIPROC_DIR), so whichever process answers the scrape
-answers for all; plus the queues' depth and age, read from Redis now (``shared/queue_metrics.py``).
+answers for all; plus the queues' depth and age, read from Redis now (``shared/observability/queues.py``).
 
 No sign-in and no rate limit: a scraper has neither a session nor an operator's token. Inside a
 cluster or a compose network this is usual: Prometheus reaches the pods directly and an ingress
@@ -17,9 +17,9 @@ import hmac
 
 from flask import Blueprint, Response, current_app, request
 
-from shared import metrics_files
+from shared import observability
 from shared.config import Settings
-from shared.queue_metrics import QueueCollector
+from shared.observability.queues import QueueCollector
 
 blueprint = Blueprint("metrics", __name__)
 
@@ -29,8 +29,8 @@ def metrics() -> Response:
     config: Settings = current_app.config["MNIST_SETTINGS"]
     if config.metrics_token and not bearer_matches(request.headers.get("Authorization", ""), config.metrics_token):
         return Response("send Authorization: Bearer <METRICS_TOKEN>\n", 401, {"WWW-Authenticate": "Bearer"}, content_type="text/plain")
-    registry = metrics_files.scrape_registry(config.metrics_store_dir, [QueueCollector(config)])
-    body, content_type = metrics_files.exposition_text(registry, request.headers.get("Accept"))
+    registry = observability.files.scrape_registry(config.metrics_store_dir, [QueueCollector(config)])
+    body, content_type = observability.files.exposition_text(registry, request.headers.get("Accept"))
     return Response(body, content_type=content_type)
 
 

@@ -21,7 +21,7 @@ import psycopg2.extensions
 import psycopg2.pool
 from werkzeug.exceptions import ServiceUnavailable
 
-from shared import metrics
+from shared import observability
 from shared.db import connection
 
 # psycopg2's pool keeps at most ``minconn`` idle connections and closes the rest on return. Kept:
@@ -46,7 +46,7 @@ class ConnectionPool:
 
     def checkout(self) -> psycopg2.extensions.connection:
         if not self._free.acquire(timeout=CHECKOUT_WAIT_SECONDS):
-            metrics.record_refusal(ServiceUnavailable.code, "database_connections")
+            observability.metrics.record_refusal(ServiceUnavailable.code, "database_connections")
             raise ServiceUnavailable(
                 f"all {self.size} database connections of this web process are in use; try again shortly",
                 retry_after=RETRY_AFTER_SECONDS,

@@ -2,7 +2,7 @@
 
 A prediction is a single-image upload job: it exists the moment the upload is accepted, before
 the worker has written anything. Its uploader knows it by its public token (128 random bits,
-``shared.db.jobs.new_upload_token``); the job's numeric id stays internal, for operators.
+``shared.jobs.store.new_upload_token``); the job's numeric id stays internal, for operators.
 """
 
 from __future__ import annotations
@@ -17,15 +17,13 @@ from typing import Any, NoReturn
 import numpy as np
 from werkzeug.exceptions import ServiceUnavailable, TooManyRequests, UnprocessableEntity
 
-from shared import jobs, metrics, registry, upload_queue
+from shared import jobs, models, observability, queues
 from shared.config import Settings
-from shared.db import jobs as job_store
-from shared.db import progress, queries
 from shared.db.connection import Connection
 from shared.digits import NUM_CLASSES
-from shared.images import encode_image
-from shared.preprocess import user_image_to_mnist
-from shared.reports import JobReport
+from shared.images.codec import encode_image
+from shared.images.preprocess import user_image_to_mnist
+from shared.jobs.reports import JobReport
 from web import progress_listener
 
 MAX_FILENAME_CHARS = 200
@@ -55,7 +53,7 @@ class Prediction:
     def finished(self) -> bool:
         return self.status != QUEUED
 
-    def answered(self, answer: progress.UploadAnswer) -> Prediction:
+    def answered(self, answer: jobs.progress.UploadAnswer) -> Prediction:
         """This upload, done, with the answer its micro-batch announced (the same values it stored)."""
         return dataclasses.replace(
             self,
@@ -79,20 +77,20 @@ def job_models(conn: Connection, model: str | None = None, shadow: str | None = 
     422 for a name the registry does not know; 503 when nothing is aliased production and none was named.
     """
     try:
-        version = registry.resolve(conn, model or registry.PRODUCTION)
-    except registry.UnknownModel as error:
+        version = models.registry.resolve(conn, model or models.registry.PRODUCTION)
+    except models.registry.UnknownModel as error:
         raise_unavailable(error, asked=bool(model))
     try:
-        return version, registry.resolve_shadow(conn, version, shadow)
-    except registry.UnknownModel as error:
+        return version, models.registry.resolve_shadow(conn, version, shadow)
+    except models.registry.UnknownModel as error:
         raise UnprocessableEntity(f"shadow: {error}") from None
 
 
-def raise_unavailable(error: registry.UnknownModel, asked: bool) -> NoReturn:
+def raise_unavailable(error: models.registry.UnknownModel, asked: bool) -> NoReturn:
     """422 for a model the client named (``asked``); 503 when production, the default, is not there."""
     if asked:
         raise UnprocessableEntity(str(error)) from None
-    metrics.record_refusal(ServiceUnavailable.code, "model")
+    observability.metrics.record_refusal(ServiceUnavailable.code, "model")
     raise ServiceUnavailable(f"the model is not available: {error}") from None
 
 
@@ -108,18 +106,18 @@ def submit_upload(
     """
     accepted = time.time()  # the start of the upload's latency in the metrics
     refuse_when_queue_full(config)
-    named, shadow_version = model or registry.PRODUCTION, None
+    named, shadow_version = model or models.registry.PRODUCTION, None
     if shadow:  # a shadow must differ from the version answering: both are looked up first
         named, shadow_version = job_models(conn, model, shadow)
     try:
-        registry.check_name(named)
-    except registry.UnknownModel as error:
+        models.registry.check_name(named)
+    except models.registry.UnknownModel as error:
         raise_unavailable(error, asked=bool(model))
     upload = prepare_upload(config, data, filename)
     # The statement that stores the upload looks its model up (a version stands for itself): one round trip fewer.
-    created = jobs.submit_named_upload(conn, config, upload.image, named, upload.selection, upload.token, accepted, shadow_version)
+    created = jobs.service.submit_named_upload(conn, config, upload.image, named, upload.selection, upload.token, accepted, shadow_version)
     if created is None:
-        raise_unavailable(registry.unknown(named), asked=bool(model))
+        raise_unavailable(models.registry.unknown(named), asked=bool(model))
     return upload.queued(*created)
 
 
@@ -152,7 +150,7 @@ def prepare_upload(config: Settings, data: bytes, filename: str | None) -> Prepa
 
     Both ways an upload arrives share it: the Flask route (``submit_upload``) and the event loop's lane (web/upload_lane.py)."""
     digit = user_image_to_mnist(data, config.max_image_pixels)
-    return PreparedUpload(encode_image(digit), job_store.new_upload_token(), {"upload": stored_filename(filename)})
+    return PreparedUpload(encode_image(digit), jobs.store.new_upload_token(), {"upload": stored_filename(filename)})
 
 
 def stored_filename(filename: str | None) -> str | None:
@@ -170,19 +168,19 @@ def refuse_when_queue_full(config: Settings) -> None:
     upload when nothing is near the bound, and a look every time when something may be."""
     if not must_look_at_queue(config):
         return
-    refuse_when_waiting(config, upload_queue.waiting(config))
+    refuse_when_waiting(config, queues.uploads.waiting(config))
 
 
 def must_look_at_queue(config: Settings) -> bool:
     """False while this process's last push found the queue well under the bound a moment ago."""
-    pushed = upload_queue.pushed_length(config, QUEUE_LENGTH_FRESH_SECONDS)
+    pushed = queues.uploads.pushed_length(config, QUEUE_LENGTH_FRESH_SECONDS)
     return pushed is None or pushed >= config.max_queued_uploads // 2
 
 
 def refuse_when_waiting(config: Settings, waiting: int) -> None:
     """429 with Retry-After when ``waiting`` uploads (the queue's length just read) reach MAX_QUEUED_UPLOADS."""
     if waiting >= config.max_queued_uploads:
-        metrics.record_refusal(TooManyRequests.code, "upload_queue_full")
+        observability.metrics.record_refusal(TooManyRequests.code, "upload_queue_full")
         raise TooManyRequests(
             f"too many uploads are waiting to be predicted ({waiting}); try again in {RETRY_AFTER_SECONDS} seconds",
             retry_after=RETRY_AFTER_SECONDS,
@@ -191,12 +189,12 @@ def refuse_when_waiting(config: Settings, waiting: int) -> None:
 
 def get_prediction(conn: Connection, prediction_id: int) -> Prediction | None:
     """By the upload job's id: for operators and for waiting."""
-    return prediction_from_row(queries.upload_prediction(conn, prediction_id))
+    return prediction_from_row(jobs.queries.upload_prediction(conn, prediction_id))
 
 
 def get_prediction_by_token(conn: Connection, token: str) -> Prediction | None:
     """By the public token: what the uploader (and only whoever holds the token) may read."""
-    return prediction_from_row(queries.upload_prediction_by_token(conn, token))
+    return prediction_from_row(jobs.queries.upload_prediction_by_token(conn, token))
 
 
 def prediction_from_row(row: dict[str, Any] | None) -> Prediction | None:
@@ -225,17 +223,17 @@ def prediction_from_row(row: dict[str, Any] | None) -> Prediction | None:
 
 class OwnConnectionNotices:
     """The fallback while the process's listener is down: this request's connection LISTENs
-    (inside ``progress.listening``) and reads every stored batch's notice."""
+    (inside ``jobs.progress.listening``) and reads every stored batch's notice."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     def wait(self, job_id: int, seconds: float) -> bool:
         """Sleep up to ``seconds`` on the notices; whether to look again (ours moved, or a quiet interval passed)."""
-        heard = progress.wait_for_progress(self.conn, seconds)
+        heard = jobs.progress.wait_for_progress(self.conn, seconds)
         return job_id in heard or not heard
 
-    def answer(self, job_id: int) -> progress.UploadAnswer | None:
+    def answer(self, job_id: int) -> jobs.progress.UploadAnswer | None:
         """None: this connection hears job ids only, so the waiter reads the answer back."""
         return None
 
@@ -259,7 +257,7 @@ class ListenerNotices:
         event.clear()  # before the look that follows: a notice after it sets it again
         return True
 
-    def answer(self, job_id: int) -> progress.UploadAnswer | None:
+    def answer(self, job_id: int) -> jobs.progress.UploadAnswer | None:
         return self.listener.answer(job_id)
 
     def close(self) -> None:
@@ -284,7 +282,7 @@ def notices(conn: Connection, listener: progress_listener.Waiters | None, releas
         finally:
             shared.close()
     else:
-        with progress.listening(conn):
+        with jobs.progress.listening(conn):
             yield OwnConnectionNotices(conn)
 
 
@@ -314,7 +312,7 @@ def await_prediction(
     deadline = time.monotonic() + seconds
     prediction = get_prediction(connect(), queued.id) if look_first else queued
     while (prediction is None or not prediction.finished) and time.monotonic() < deadline:
-        if heard.wait(queued.id, min(deadline - time.monotonic(), progress.RECHECK_SECONDS)):
+        if heard.wait(queued.id, min(deadline - time.monotonic(), jobs.progress.RECHECK_SECONDS)):
             answer = heard.answer(queued.id)
             prediction = queued.answered(answer) if answer is not None else get_prediction(connect(), queued.id)
     return prediction if prediction is not None else get_prediction(connect(), queued.id)

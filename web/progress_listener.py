@@ -4,14 +4,14 @@ A waiting request used to LISTEN on its own pooled connection, read every stored
 and UNLISTEN afterwards: two more round trips per upload, and each notice parsed by every
 waiter. Here one daemon thread per process (a web process runs the app on threads, web/serve.py)
 holds the only LISTEN connection and wakes exactly the requests whose job was announced: the
-NOTIFY payload is the job id (shared/db/results.py), and an upload is a job of its own. It hears
-the uploads' answers too (``progress.ANSWER_CHANNEL``) and keeps each one for the request waiting
+NOTIFY payload is the job id (shared/jobs/results.py), and an upload is a job of its own. It hears
+the uploads' answers too (``jobs.progress.ANSWER_CHANNEL``) and keeps each one for the request waiting
 for it (``answer``), which then needs no query to reply.
 
 The thread starts on first use in the process that serves (never at import) and reconnects when
 its connection drops. While it is not listening, a request listens on its own connection as
 before (web/predictions.py), and every waiter looks again at least once a second whatever it
-heard (progress.RECHECK_SECONDS), so a notice lost while reconnecting only delays an answer.
+heard (jobs.progress.RECHECK_SECONDS), so a notice lost while reconnecting only delays an answer.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from collections.abc import Iterable, Mapping
 
 import psycopg2
 
-from shared.db import connection, progress
+from shared import jobs
+from shared.db import connection
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Waiters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._waiters: dict[int, list[threading.Event]] = {}
-        self._recent: collections.OrderedDict[int, progress.UploadAnswer | None] = collections.OrderedDict()
+        self._recent: collections.OrderedDict[int, jobs.progress.UploadAnswer | None] = collections.OrderedDict()
         self._generation = 0  # one more at each (re)connect: what was announced before may not have been heard
         self._listening = threading.Event()  # set while a connection listens
 
@@ -74,7 +75,7 @@ class Waiters:
             if not events:
                 self._waiters.pop(job_id, None)
 
-    def answer(self, job_id: int) -> progress.UploadAnswer | None:
+    def answer(self, job_id: int) -> jobs.progress.UploadAnswer | None:
         """The upload's answer, if it was announced a moment ago (one of the last RECENT_NOTICES jobs heard)."""
         with self._lock:
             return self._recent.get(job_id)
@@ -87,7 +88,7 @@ class Waiters:
         with self._lock:
             return sum(len(events) for events in self._waiters.values())
 
-    def _heard(self, job_ids: Iterable[int], answers: Mapping[int, progress.UploadAnswer]) -> None:
+    def _heard(self, job_ids: Iterable[int], answers: Mapping[int, jobs.progress.UploadAnswer]) -> None:
         """Wake the waiters of every job heard, on either channel, and keep the answers among them."""
         with self._lock:
             for job_id in {*job_ids, *answers}:
@@ -144,7 +145,7 @@ class ProgressListener(Waiters):
             try:
                 conn = connection.connect(self._database_url, connect_timeout=CONNECT_TIMEOUT_SECONDS)
                 conn.autocommit = True
-                progress.listen(conn, answers=True)
+                jobs.progress.listen(conn, answers=True)
                 self._conn = conn
                 self._connection_changed(True)
                 delay = RECONNECT_FIRST_SECONDS
@@ -162,7 +163,7 @@ class ProgressListener(Waiters):
 
     def _dispatch(self, conn: connection.Connection) -> None:
         while not self._stopping.is_set():
-            heard, answers = progress.wait_for_notices(conn, QUIET_PING_SECONDS)
+            heard, answers = jobs.progress.wait_for_notices(conn, QUIET_PING_SECONDS)
             if heard or answers:
                 self._heard(heard, answers)
             else:

@@ -13,7 +13,7 @@ Why ASGI: a plain upload is answered on the process's event loop (uvloop; web/up
 so a request waiting for its prediction (``?wait``) holds no thread; everything else runs the Flask
 app on WEB_THREADS threads per process (web/asgi.py). The app makes its per-process state (the
 pools, the listeners) on first use, in the process that serves. Metrics: before the processes
-start, this start gets a fresh metrics folder, which they inherit (``shared.metrics_files.prepare``).
+start, this start gets a fresh metrics folder, which they inherit (``shared.observability.files.prepare``).
 A scrape forgets the live gauges of processes that are gone, and the folder goes when the server stops.
 """
 
@@ -26,7 +26,7 @@ import click
 from granian import Granian
 from granian.constants import Interfaces, Loops
 
-from shared import metrics_files
+from shared import observability
 from shared.config import load_settings
 
 APP = "web.asgi:create_app"  # a factory: each process builds its own app
@@ -60,7 +60,7 @@ def main(bind: str, workers: int | None, threads: int | None, backlog: int, acce
         raise click.BadParameter(f"expected HOST:PORT, got {bind!r}", param_hint="--bind")
     if threads:  # read by each process's app, which granian builds without arguments (web/asgi.py)
         os.environ["WEB_THREADS"] = str(threads)
-    directory = metrics_files.prepare(metrics_files.service_directory(settings, SERVICE))
+    directory = observability.files.prepare(observability.files.service_directory(settings, SERVICE))
     try:
         server = Granian(
             APP,
@@ -78,7 +78,7 @@ def main(bind: str, workers: int | None, threads: int | None, backlog: int, acce
         )
         server.serve()
     finally:
-        metrics_files.remove(directory)
+        observability.files.remove(directory)
 
 
 if __name__ == "__main__":

@@ -36,11 +36,9 @@ import redis.asyncio
 import redis.exceptions
 from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError, ServiceUnavailable
 
-from shared import metrics, registry, upload_queue
+from shared import jobs, models, observability, queues
 from shared.config import Settings
 from shared.db import connection as sync_connection
-from shared.db import jobs as job_store
-from shared.db import progress
 from shared.db import upload_lane as store
 from web import api, errors, limits, predictions, progress_listener, security
 from web.params import parse_number
@@ -65,7 +63,7 @@ class AnswerListener(progress_listener.Waiters):
         super().__init__()
         self.database_url = database_url
         self.loop: asyncio.AbstractEventLoop | None = None  # the process's loop, known from its first request
-        self.waiters: dict[int, asyncio.Future[progress.UploadAnswer | None]] = {}  # the lane's, on the loop
+        self.waiters: dict[int, asyncio.Future[jobs.progress.UploadAnswer | None]] = {}  # the lane's, on the loop
         self.conn: asyncpg.Connection | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -82,7 +80,7 @@ class AnswerListener(progress_listener.Waiters):
             self.loop.call_soon_threadsafe(self.start)
         return generation
 
-    def watch(self, job_id: int) -> asyncio.Future[progress.UploadAnswer | None]:
+    def watch(self, job_id: int) -> asyncio.Future[jobs.progress.UploadAnswer | None]:
         """A future for ``job_id``'s next announcement: its answer, or ``LOOK_AGAIN``. Made before the upload is enqueued."""
         future = asyncio.get_running_loop().create_future()
         self.waiters[job_id] = future
@@ -141,7 +139,7 @@ class AnswerListener(progress_listener.Waiters):
 
     def _heard_answer(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         try:
-            job_id, answer = progress.parse_answer(payload)
+            job_id, answer = jobs.progress.parse_answer(payload)
         except ValueError:
             log.warning("upload lane listener: ignoring %r, which is not an upload's answer", payload[:200])
             return
@@ -159,7 +157,7 @@ class AnswerListener(progress_listener.Waiters):
         self._heard((job_id,), {})
         self._resolve(job_id, LOOK_AGAIN)
 
-    def _resolve(self, job_id: int, answer: progress.UploadAnswer | None) -> None:
+    def _resolve(self, job_id: int, answer: jobs.progress.UploadAnswer | None) -> None:
         future = self.waiters.pop(job_id, None)
         if future is not None and not future.done():
             future.set_result(answer)
@@ -181,7 +179,7 @@ class UploadLane:
         self.pages = pages  # the Flask app: its URL map builds the answer's links, its JSON provider the body
         self.listener = AnswerListener(config.database_url)
         self.redis = redis.asyncio.Redis.from_url(config.redis_url, socket_timeout=30, socket_connect_timeout=5)
-        self.queue = upload_queue.queue_name(config)
+        self.queue = queues.uploads.queue_name(config)
         self.limit = limits.UploadLimit(config) if config.upload_rate_limit else None
         self.pool: asyncpg.Pool | None = None
         self.opening = asyncio.Lock()
@@ -232,9 +230,9 @@ class UploadLane:
         except ValueError as error:
             raise BadRequest(str(error)) from None
         pool = await self.open()
-        created = await store.create_named_upload_job(pool, upload.image, registry.PRODUCTION, upload.selection, upload.token)
+        created = await store.create_named_upload_job(pool, upload.image, models.registry.PRODUCTION, upload.selection, upload.token)
         if created is None:
-            predictions.raise_unavailable(registry.unknown(registry.PRODUCTION), asked=False)
+            predictions.raise_unavailable(models.registry.unknown(models.registry.PRODUCTION), asked=False)
         prediction = upload.queued(*created)
         heard = self.listener.watch(prediction.id) if wait else None  # before the push: its notice cannot be missed
         try:
@@ -270,16 +268,16 @@ class UploadLane:
             predictions.refuse_when_waiting(self.config, int(await self.redis.llen(self.queue)))
 
     async def enqueue(self, prediction: predictions.Prediction, accepted: float) -> None:
-        """Push the upload's entry; if Redis refuses, remove the upload again (as ``shared.jobs`` does) and re-raise."""
-        entry = upload_queue.encode_entry(prediction.id, prediction.image_id, accepted_at=accepted)
+        """Push the upload's entry; if Redis refuses, remove the upload again (as ``shared.jobs.service`` does) and re-raise."""
+        entry = queues.uploads.encode_entry(prediction.id, prediction.image_id, accepted_at=accepted)
         try:
-            upload_queue.record_push(self.config, int(await self.redis.lpush(self.queue, entry)))
+            queues.uploads.record_push(self.config, int(await self.redis.lpush(self.queue, entry)))
         except redis.exceptions.RedisError:
             await asyncio.to_thread(delete_upload, self.config.database_url, prediction.id, prediction.image_id)
             raise
 
     async def await_prediction(
-        self, pool: asyncpg.Pool, queued: predictions.Prediction, heard: asyncio.Future[progress.UploadAnswer | None], seconds: float
+        self, pool: asyncpg.Pool, queued: predictions.Prediction, heard: asyncio.Future[jobs.progress.UploadAnswer | None], seconds: float
     ) -> predictions.Prediction:
         """The answer its notice carries, else the stored state read back: after a notice without an answer
         (a failure), a reconnect of the listener, or each RECHECK_SECONDS, so a missed notice only delays it."""
@@ -287,7 +285,7 @@ class UploadLane:
         prediction = queued
         try:
             while not prediction.finished and (left := deadline - time.monotonic()) > 0:
-                done, _ = await asyncio.wait({heard}, timeout=min(left, progress.RECHECK_SECONDS))
+                done, _ = await asyncio.wait({heard}, timeout=min(left, jobs.progress.RECHECK_SECONDS))
                 answer = heard.result() if done else LOOK_AGAIN
                 if answer is not None:
                     return queued.answered(answer)
@@ -310,7 +308,7 @@ class UploadLane:
     def unavailable(self, service: str, message: str, error: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         """503 in the Flask route's words for ``service`` (database, schema, broker), logged and counted as there."""
         log.error("%s unavailable during POST %s: %s", service, ROUTE, str(error).strip() or type(error).__name__)
-        metrics.record_refusal(ServiceUnavailable.code, service)
+        observability.metrics.record_refusal(ServiceUnavailable.code, service)
         return ServiceUnavailable.code, errors.error_body(ServiceUnavailable.code, message), {}
 
 
@@ -359,9 +357,9 @@ def forwarded_value(scope: Scope, header: bytes, trusted_hops: int) -> str | Non
 
 
 def delete_upload(database_url: str, job_id: int, image_id: int) -> None:
-    """``shared.db.jobs.delete_upload_job`` on a connection of its own: the rare undo of an upload Redis refused."""
+    """``shared.jobs.store.delete_upload_job`` on a connection of its own: the rare undo of an upload Redis refused."""
     conn = sync_connection.connect(database_url)
     try:
-        job_store.delete_upload_job(conn, job_id, image_id)
+        jobs.store.delete_upload_job(conn, job_id, image_id)
     finally:
         conn.close()

@@ -10,11 +10,10 @@ from typing import Any
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 from werkzeug.exceptions import NotFound
 
-from shared import registry
-from shared.db import images, queries
+from shared import images, jobs, models
 from shared.digits import MAX_ROW_ID, NUM_CLASSES
-from shared.images import decode_image, png_bytes
-from shared.reports import LOW_CONFIDENCE_THRESHOLD, build_job_report, default_low_confidence_threshold
+from shared.images.codec import decode_image, png_bytes
+from shared.jobs.reports import LOW_CONFIDENCE_THRESHOLD, build_job_report, default_low_confidence_threshold
 from web import backends, comparisons, keyset, predictions
 from web.auth import operator_or_404, operator_required
 from web.heatmap import difference_heatmap, heatmap
@@ -80,16 +79,16 @@ def upload_job(job_id: int) -> str:
 
 def prediction_page(result: predictions.Prediction, image_url: str, json_url: str) -> str:
     refresh = None if result.finished else refresh_seconds()
-    model = registry.describe_optional(backends.get_db(), result.model_version)
+    model = models.registry.describe_optional(backends.get_db(), result.model_version)
     return render_template("prediction.html", prediction=result, model=model, image_url=image_url, json_url=json_url, refresh=refresh)
 
 
-@blueprint.get("/jobs")
+@blueprint.get("/jobs", endpoint="jobs")
 @operator_required
-def jobs() -> str:
+def jobs_page() -> str:
     kind = choice_arg("kind", "bulk", JOB_KINDS)
     page = page_arg()
-    rows = queries.list_jobs(backends.get_db(), JOB_KINDS[kind], JOBS_PAGE_SIZE + 1, (page - 1) * JOBS_PAGE_SIZE, keyset.after_id())
+    rows = jobs.queries.list_jobs(backends.get_db(), JOB_KINDS[kind], JOBS_PAGE_SIZE + 1, (page - 1) * JOBS_PAGE_SIZE, keyset.after_id())
     running = any(row["status"] != "done" for row in rows)
     return render_template(
         "jobs.html",
@@ -109,7 +108,7 @@ def job(job_id: int) -> str:
         raise NotFound(f"there is no job {job_id}")
     refresh = refresh_seconds() if report.job["status"] != "done" else None
     summary = predictions.job_summary(report)
-    model = registry.describe_optional(backends.get_db(), summary["model_version"])
+    model = models.registry.describe_optional(backends.get_db(), summary["model_version"])
     return render_template("job.html", report=report, summary=summary, model=model, cells=heatmap(report.confusion), refresh=refresh)
 
 
@@ -138,7 +137,7 @@ def mistakes() -> str:
     page = page_arg()
     job_id = optional_job_id()
     offset, after = (page - 1) * GALLERY_PAGE_SIZE, keyset.after_mistake()
-    rows = queries.wrong_predictions(backends.get_db(), job_id=job_id, limit=GALLERY_PAGE_SIZE + 1, offset=offset, after=after)
+    rows = jobs.queries.wrong_predictions(backends.get_db(), job_id=job_id, limit=GALLERY_PAGE_SIZE + 1, offset=offset, after=after)
     intro = "Labelled images the model got wrong, newest first."
     return gallery("Mistakes", intro, rows, page, keyset.mistake_cursor, job_id=job_id)
 
@@ -153,7 +152,7 @@ def low_confidence() -> str:
         threshold = default_low_confidence_threshold(backends.get_db())
     job_id = optional_job_id()
     offset, after = (page - 1) * GALLERY_PAGE_SIZE, keyset.after_low_confidence()
-    rows = queries.low_confidence_predictions(backends.get_db(), threshold, GALLERY_PAGE_SIZE + 1, offset, job_id, after)
+    rows = jobs.queries.low_confidence_predictions(backends.get_db(), threshold, GALLERY_PAGE_SIZE + 1, offset, job_id, after)
     intro = f"Predictions with confidence under {threshold:g}, least sure first."
     return gallery("Low confidence", intro, rows, page, keyset.low_confidence_cursor, job_id=job_id, threshold=threshold)
 
@@ -167,7 +166,7 @@ def browse() -> str:
         return render_template("gallery.html", title="Browse", intro="Pick a digit.", items=None, by=by, digit=None, pager=None)
     page = page_arg()
     offset, before = (page - 1) * GALLERY_PAGE_SIZE, keyset.after_id()
-    rows = queries.images_of_digit(backends.get_db(), digit, by == "prediction", GALLERY_PAGE_SIZE + 1, offset, before)
+    rows = jobs.queries.images_of_digit(backends.get_db(), digit, by == "prediction", GALLERY_PAGE_SIZE + 1, offset, before)
     source = "whose true label is" if by == "label" else "whose latest prediction is"
     return gallery(f"Browse: {digit}", f"Stored images {source} {digit}.", rows, page, keyset.image_cursor, by=by, digit=digit)
 
@@ -179,7 +178,7 @@ def image_png(image_id: int) -> Response:
 
 
 def stored_image_response(image_id: int, name: str) -> Response:
-    data = images.get_image_data(backends.get_db(), image_id)
+    data = images.store.get_image_data(backends.get_db(), image_id)
     if data is None:
         raise NotFound(f"there is no {name}")
     try:

@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shared import metrics_files
+from shared import observability
 from shared.config import Settings, load_settings
 from worker import exporter
 
@@ -35,11 +35,11 @@ METRICS_SERVICE = "worker"
 def main(extra_args: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s/worker] %(message)s")
     settings = load_settings()
-    directory = metrics_files.prepare(metrics_files.service_directory(settings, METRICS_SERVICE))
+    directory = observability.files.prepare(observability.files.service_directory(settings, METRICS_SERVICE))
     try:
         return run_pair(extra_args, settings, directory)
     finally:
-        metrics_files.remove(directory)
+        observability.files.remove(directory)
 
 
 def run_pair(extra_args: list[str], settings: Settings, metrics_directory: Path) -> int:

@@ -4,7 +4,7 @@ Kept apart from Celery so it reads (and tests) as plain code. A batch is cut int
 that flow through a pipeline: while the model predicts chunk k in this thread, the
 database lane fetches chunk k+1 and stores chunk k-1, so the CPU never waits on I/O.
 Inference releases the GIL, so the two really overlap. Each batch's size, results and seconds
-per stage go to the metrics once it is stored (``shared.metrics.record_batch``).
+per stage go to the metrics once it is stored (``shared.observability.metrics.record_batch``).
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from typing import Any, TypeVar
 import numpy as np
 import psycopg2
 
-from shared import metrics
-from shared.db import connection, results
-from shared.db import images as image_store
-from shared.db.models import UploadRow
-from shared.db.results import FailureRow, PredictionBatch
-from shared.db.statistics import UNLABELLED
+from shared import images, jobs, observability
+from shared.db import connection
 from shared.digits import IMAGE_SHAPE, NUM_CLASSES
-from shared.images import decode_image, decode_images
+from shared.images.codec import decode_image, decode_images
+from shared.jobs.results import FailureRow, PredictionBatch
+from shared.jobs.statistics import UNLABELLED
+from shared.models.store import UploadRow
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +143,8 @@ def process_batch(lane: DatabaseLane, predict: PredictFn, model_version: str, jo
     if not chunks:
         return 0, 0
     clock = StageClock()
-    fetch = clock.timed("fetch", image_store.fetch_images_and_labels)
-    infer, store_chunk = clock.timed("inference", predict_chunk), clock.timed("store", results.store_results)
+    fetch = clock.timed("fetch", images.store.fetch_images_and_labels)
+    infer, store_chunk = clock.timed("inference", predict_chunk), clock.timed("store", jobs.results.store_results)
     next_fetch = lane.submit(fetch, chunks[0])
     stores: list[Future[tuple[int, int]]] = []
     try:
@@ -158,7 +157,7 @@ def process_batch(lane: DatabaseLane, predict: PredictFn, model_version: str, jo
     finally:
         outcomes = [store.result() for store in stores]  # wait for all; re-raises the first error
     done, failed = sum(done for done, _ in outcomes), sum(failed for _, failed in outcomes)
-    metrics.record_batch(metrics.BULK, model_version, len(image_ids), done, failed, clock.seconds)
+    observability.metrics.record_batch(observability.metrics.BULK, model_version, len(image_ids), done, failed, clock.seconds)
     return done, failed
 
 
@@ -186,14 +185,14 @@ def process_uploads(
     job_ids = sorted(set(job_of.values()))
     failed = [(job_of[failure.input_data_id], failure) for failure in failures]
     batch = PredictionBatch.of(good_ids, probabilities, true_labels_of(good_ids, labels))
-    outcome = lane.submit(clock.timed("store", results.store_many), model_version, job_ids, prediction_jobs, batch, failed).result()
-    metrics.record_batch(metrics.UPLOAD, model_version, len(uploads), *outcome, clock.seconds)
+    outcome = lane.submit(clock.timed("store", jobs.results.store_many), model_version, job_ids, prediction_jobs, batch, failed).result()
+    observability.metrics.record_batch(observability.metrics.UPLOAD, model_version, len(uploads), *outcome, clock.seconds)
     return outcome
 
 
-def give_up(lane: DatabaseLane, model_version: str, job_id: int, image_id: int, reason: str, queue: str = metrics.BULK) -> int:
+def give_up(lane: DatabaseLane, model_version: str, job_id: int, image_id: int, reason: str, queue: str = observability.metrics.BULK) -> int:
     """Record one image as failed, so a poisonous image ends instead of looping; returns new failures."""
     log.error("job %s: image %s: %s", job_id, image_id, reason)
-    _, failed = lane.submit(results.store_results, job_id, model_version, None, [FailureRow(image_id, reason)]).result()
-    metrics.record_results(queue, model_version, 0, failed)
+    _, failed = lane.submit(jobs.results.store_results, job_id, model_version, None, [FailureRow(image_id, reason)]).result()
+    observability.metrics.record_results(queue, model_version, 0, failed)
     return failed

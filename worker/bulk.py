@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from shared import broker
+from shared import queues
 from shared.config import Settings, load_settings
 from worker.app import make_celery_app
 
@@ -20,7 +20,7 @@ def worker_arguments(settings: Settings, extra_args: list[str]) -> list[str]:
     return [
         "worker",
         "--queues",
-        broker.bulk_queue(settings),
+        queues.broker.bulk_queue(settings),
         "--concurrency",
         str(settings.worker_processes()),
         "--hostname",

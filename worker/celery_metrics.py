@@ -6,7 +6,7 @@ exporter of ``python -m worker`` sums them (``worker/exporter.py``). Same names 
 ``celery_task_succeeded_total``, ``celery_task_failed_total``, ``celery_task_retried_total``,
 ``celery_task_runtime`` (seconds from start to end), ``celery_worker_up`` (the worker node, 1 while
 it runs), ``celery_worker_tasks_active``. And ours: the pool processes up, and each batch's wait
-in the queue, from the send time the sender put in the message (``broker.SENT_AT_HEADER``) to its start.
+in the queue, from the send time the sender put in the message (``queues.broker.SENT_AT_HEADER``) to its start.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from celery import signals
 
-from shared import broker, metrics, metrics_files
+from shared import observability, queues
 from worker import state
 
 _started: dict[str, float] = {}  # task id -> perf_counter at its start, in this pool process
@@ -47,48 +47,48 @@ def task_labels(task: Any, request: Any = None) -> tuple[str, str, str]:
 
 
 def worker_ready(sender: Any = None, **_: Any) -> None:
-    metrics.instruments().celery_worker_up.labels(sender.hostname).set(1)
+    observability.metrics.instruments().celery_worker_up.labels(sender.hostname).set(1)
 
 
 def worker_shutdown(sender: Any = None, **_: Any) -> None:
     if sender is not None and getattr(sender, "hostname", None):
-        metrics.instruments().celery_worker_up.labels(sender.hostname).set(0)
+        observability.metrics.instruments().celery_worker_up.labels(sender.hostname).set(0)
 
 
 def pool_process_started(**_: Any) -> None:
-    metrics.record_process(metrics.BULK_POOL)
-    metrics.show_counters()
+    observability.metrics.record_process(observability.metrics.BULK_POOL)
+    observability.metrics.show_counters()
 
 
 def pool_process_ending(**_: Any) -> None:
     """A pool process that ends cleanly stops counting at once; one that is killed, at the next scrape."""
     directory = state.current().settings.metrics_store_dir
     if directory is not None:
-        metrics_files.mark_process_dead(directory, os.getpid())
+        observability.files.mark_process_dead(directory, os.getpid())
 
 
 def task_started(task_id: str = "", task: Any = None, **_: Any) -> None:
     _started[task_id] = time.perf_counter()
-    metrics.instruments().celery_tasks_active.labels(task.request.hostname or "").inc()
-    sent_at = getattr(task.request, broker.SENT_AT_HEADER, None)
+    observability.metrics.instruments().celery_tasks_active.labels(task.request.hostname or "").inc()
+    sent_at = getattr(task.request, queues.broker.SENT_AT_HEADER, None)
     if isinstance(sent_at, (int, float)):
-        metrics.record_queue_wait(metrics.BULK, time.time() - sent_at)
+        observability.metrics.record_queue_wait(observability.metrics.BULK, time.time() - sent_at)
 
 
 def task_ended(task_id: str = "", task: Any = None, **_: Any) -> None:
     started = _started.pop(task_id, None)
-    metrics.instruments().celery_tasks_active.labels(task.request.hostname or "").dec()
+    observability.metrics.instruments().celery_tasks_active.labels(task.request.hostname or "").dec()
     if started is not None:
-        metrics.instruments().celery_runtime.labels(*task_labels(task)).observe(time.perf_counter() - started)
+        observability.metrics.instruments().celery_runtime.labels(*task_labels(task)).observe(time.perf_counter() - started)
 
 
 def task_succeeded(sender: Any = None, **_: Any) -> None:
-    metrics.instruments().celery_succeeded.labels(*task_labels(sender)).inc()
+    observability.metrics.instruments().celery_succeeded.labels(*task_labels(sender)).inc()
 
 
 def task_failed(sender: Any = None, exception: BaseException | None = None, **_: Any) -> None:
-    metrics.instruments().celery_failed.labels(*task_labels(sender), type(exception).__name__).inc()
+    observability.metrics.instruments().celery_failed.labels(*task_labels(sender), type(exception).__name__).inc()
 
 
 def task_retried(sender: Any = None, request: Any = None, **_: Any) -> None:
-    metrics.instruments().celery_retried.labels(*task_labels(sender, request)).inc()
+    observability.metrics.instruments().celery_retried.labels(*task_labels(sender, request)).inc()

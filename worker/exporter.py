@@ -4,7 +4,7 @@ It runs in a thread of the ``python -m worker`` parent, which predicts nothing a
 children, on WORKER_METRICS_HOST:WORKER_METRICS_PORT (0.0.0.0:9808 by default, celery-exporter's
 port; 0 turns it off). A scrape adds up the files every process below it writes into this
 start's metrics folder (the bulk Celery worker, its pool processes, the upload consumer: see
-``shared/metrics_files.py``) and reads the queues from Redis (``shared/queue_metrics.py``).
+``shared/observability/files.py``) and reads the queues from Redis (``shared/observability/queues.py``).
 Open, with no token: it has no published port in compose or Kubernetes, only the network's
 scraper reaches it.
 
@@ -20,9 +20,9 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
 
-from shared import metrics_files
+from shared import observability
 from shared.config import Settings
-from shared.queue_metrics import QueueCollector
+from shared.observability.queues import QueueCollector
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def start(settings: Settings, directory: Path) -> WSGIServer | None:
     """Serve the metrics of ``directory``'s processes in a daemon thread; None when off or the port is taken."""
     if not settings.worker_metrics_port:
         return None
-    registry = metrics_files.scrape_registry(directory, [QueueCollector(settings)])
+    registry = observability.files.scrape_registry(directory, [QueueCollector(settings)])
     host, port = settings.worker_metrics_host, settings.worker_metrics_port
     try:
         server, _ = start_http_server(port, host, registry)

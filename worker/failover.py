@@ -2,7 +2,7 @@
 
 Batches are acknowledged late, so a worker that dies (SIGKILL, the OOM killer, a container
 that ends) leaves the messages it held in kombu's ``unacked`` hash. Redis would give them back
-only after VISIBILITY_TIMEOUT_SECONDS (shared/broker.py, 300 s), the sweeper after STALL_SECONDS
+only after VISIBILITY_TIMEOUT_SECONDS (shared/queues.broker.py, 300 s), the sweeper after STALL_SECONDS
 (120 s). A visibility timeout short enough for failover would also hand out the batches of
 live workers that are merely slow (a loaded machine, a database outage waited out with
 backoff) or that hold a retry until its countdown, and run them twice. So the worker's
@@ -21,8 +21,8 @@ liveness decides instead:
   queue and leaves ``unacked``, so it runs again exactly once, taken next by a live worker;
   each counts in ``mnist_failover_restored_messages_total`` (the dashboard's recovery panel).
 
-The batch counts one more attempt there, as after any death, and is split (shared/jobs.py);
-its halves go to the head of the queue too (``broker.send_batches(first=True)``). A lone pool
+The batch counts one more attempt there, as after any death, and is split (shared/jobs/service.py);
+its halves go to the head of the queue too (``queues.broker.send_batches(first=True)``). A lone pool
 process's death needs none of this: its parent is alive and gives the batch back at once
 (task_reject_on_worker_lost). Redis rather than PostgreSQL: the tags, the heartbeats and the
 messages are all there, the keys expire by themselves, and a beat costs no database connection.
@@ -42,7 +42,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from shared import broker, metrics
+from shared import observability, queues
 from shared.config import Settings
 
 log = logging.getLogger(__name__)
@@ -53,19 +53,19 @@ REDIS_TIMEOUT_SECONDS = 5
 
 def nodes_key(settings: Settings) -> str:
     """A set of every node that may hold messages, so finding the dead needs no SCAN of the keyspace."""
-    return f"{broker.bulk_queue(settings)}.nodes"
+    return f"{queues.broker.bulk_queue(settings)}.nodes"
 
 
 def alive_key(settings: Settings, node: str) -> str:
-    return f"{broker.bulk_queue(settings)}.alive.{node}"
+    return f"{queues.broker.bulk_queue(settings)}.alive.{node}"
 
 
 def held_key(settings: Settings, node: str) -> str:
-    return f"{broker.bulk_queue(settings)}.held.{node}"
+    return f"{queues.broker.bulk_queue(settings)}.held.{node}"
 
 
 def lock_key(settings: Settings) -> str:
-    return f"{broker.bulk_queue(settings)}.failover-lock"
+    return f"{queues.broker.bulk_queue(settings)}.failover-lock"
 
 
 def new_node_name(hostname: str) -> str:
@@ -139,7 +139,7 @@ class Node:
                 self.settings.worker_dead_after_seconds,
                 len(held),
             )
-            metrics.record_failover_restored(len(held))
+            observability.metrics.record_failover_restored(len(held))
         with self.redis.pipeline() as pipe:
             pipe.delete(key)
             pipe.srem(nodes_key(self.settings), node)

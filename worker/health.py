@@ -20,7 +20,7 @@ import time
 
 import redis.exceptions
 
-from shared import upload_queue
+from shared import queues
 from shared.config import Settings, load_settings
 
 # A turn of the loop takes at most: a Redis call up to its 30 s socket timeout, then an outage's
@@ -58,7 +58,7 @@ def liveness(config: Settings, max_age_seconds: float) -> int:
 
 def readiness(config: Settings) -> int:
     try:
-        alive = upload_queue.live_consumers_on_this_host(config)
+        alive = queues.uploads.live_consumers_on_this_host(config)
     except redis.exceptions.RedisError as error:
         print(f"unhealthy: Redis does not answer: {error}", file=sys.stderr)
         return 1

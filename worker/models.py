@@ -19,13 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from shared import metrics, registry
+from shared import jobs, models, observability
 from shared.config import Settings
-from shared.db import models as model_store
-from shared.db import results
-from shared.db.results import FailureRow, UnknownJobError
 from shared.digits import IMAGE_SHAPE
-from shared.inference import LiteRTPredictor, Predictor
+from shared.jobs.results import FailureRow, UnknownJobError
+from shared.models.runtime import LiteRTPredictor, Predictor
 from worker.batch import DatabaseLane
 
 log = logging.getLogger(__name__)
@@ -55,7 +53,7 @@ class ModelCache:
 
     def job_models(self, lane: DatabaseLane, job_ids: Sequence[int]) -> dict[int, JobModels]:
         """The versions serving each job that exists (production's for a job that records none): one query."""
-        rows = lane.submit(model_store.job_models, list(job_ids)).result()
+        rows = lane.submit(models.store.job_models, list(job_ids)).result()
         return {job_id: JobModels(version, shadow) for job_id, version, shadow in rows}
 
     def for_job(self, lane: DatabaseLane, job_id: int) -> JobModels:
@@ -80,7 +78,7 @@ class ModelCache:
 
     def _load(self, lane: DatabaseLane, version: str) -> Predictor:
         runtime = self.settings.model_runtime
-        files = lane.submit(model_store.serving_files, version, runtime == "tensorflow").result()  # outages propagate
+        files = lane.submit(models.store.serving_files, version, runtime == "tensorflow").result()  # outages propagate
         if files is None:
             raise ModelUnavailable(f"model version {version} is not registered")
         try:
@@ -95,7 +93,7 @@ class ModelCache:
     def warm_up(self, lane: DatabaseLane) -> None:
         """Load production's version before the first job, so the first batch is not slow; never fatal."""
         try:
-            self.predictor(lane, lane.submit(model_store.resolve, registry.PRODUCTION).result())
+            self.predictor(lane, lane.submit(models.store.resolve, models.registry.PRODUCTION).result())
         except Exception as error:  # the database may be starting, the registry empty: jobs load it on demand
             log.warning("production model not loaded ahead of the first job: %s", one_line(error))
 
@@ -103,14 +101,14 @@ class ModelCache:
 def build_predictor(files: dict[str, Any], runtime: str, precision: str, threads: int) -> tuple[Predictor, str]:
     """A predictor of a version's stored files and which of them it runs."""
     if runtime == "tensorflow":
-        from shared import model
+        from shared.models import keras_runtime
 
-        model.configure_threads(threads)
+        keras_runtime.configure_threads(threads)
         with tempfile.NamedTemporaryFile(suffix=".keras") as keras_file:  # Keras reads models from files only
             keras_file.write(files["keras_bytes"])
             keras_file.flush()
-            return model.KerasPredictor(model.load_model(keras_file.name)), "Keras on TensorFlow"
-    variant = registry.serving_variant(files["card"], files["int8_bytes"] is not None, precision)
+            return keras_runtime.KerasPredictor(keras_runtime.load_model(keras_file.name)), "Keras on TensorFlow"
+    variant = models.registry.serving_variant(files["card"], files["int8_bytes"] is not None, precision)
     content = files["int8_bytes"] if variant == "int8" else files["tflite_bytes"]
     return LiteRTPredictor(content, threads), f"{variant} LiteRT"
 
@@ -119,8 +117,8 @@ def fail_images(lane: DatabaseLane, version: str | None, job_id: int, image_ids:
     """Record every image of a bulk batch as failed with ``reason``; returns how many failures were new."""
     log.error("job %s: %d images failed: %s", job_id, len(image_ids), reason)
     failures = [FailureRow(image_id, reason) for image_id in dict.fromkeys(image_ids)]
-    _, failed = lane.submit(results.store_results, job_id, version or "", None, failures).result()
-    metrics.record_results(metrics.BULK, version or "", 0, failed)
+    _, failed = lane.submit(jobs.results.store_results, job_id, version or "", None, failures).result()
+    observability.metrics.record_results(observability.metrics.BULK, version or "", 0, failed)
     return failed
 
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from shared.db import images as image_store
-from shared.db import shadow as shadow_store
+from shared import images, jobs
 from shared.db.connection import TRANSIENT_ERRORS
 from worker.batch import DatabaseLane, decode_batch
 from worker.models import ModelCache, one_line
@@ -28,13 +27,13 @@ def predict_shadow(lane: DatabaseLane, models: ModelCache, version: str, uploads
     job_of = {image_id: job_id for job_id, image_id in uploads}
     try:
         predictor = models.predictor(lane, version)
-        stored, _ = lane.submit(image_store.fetch_images_and_labels, list(job_of)).result()
-        good_ids, images, _ = decode_batch(list(job_of), stored)  # what cannot be read failed the job's own pass already
+        stored, _ = lane.submit(images.store.fetch_images_and_labels, list(job_of)).result()
+        good_ids, digit_images, _ = decode_batch(list(job_of), stored)  # what cannot be read failed the job's own pass already
         if not good_ids:
             return 0
-        probabilities = predictor.predict_batch(images)
+        probabilities = predictor.predict_batch(digit_images)
         job_ids = [job_of[image_id] for image_id in good_ids]
-        return lane.submit(shadow_store.store_shadow_predictions, version, job_ids, good_ids, probabilities).result()
+        return lane.submit(jobs.shadow_store.store_shadow_predictions, version, job_ids, good_ids, probabilities).result()
     except TRANSIENT_ERRORS:
         raise
     except Exception as error:  # the shadow's model or file: never the job's problem

@@ -13,10 +13,9 @@ import threading
 
 from celery import Celery
 
-from shared import broker, jobs, metrics, upload_queue
+from shared import jobs, observability, queues
 from shared.config import Settings
 from shared.db import connection
-from shared.db import jobs as job_store
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +28,12 @@ def sweep_stalled_jobs(conn: connection.Connection, app: Celery, settings: Setti
     An empty queue plus no progress means the messages are gone (a job queued behind
     another one has messages waiting, so it is left alone). Returns {job id: images resumed}.
     """
-    empty = {"bulk": broker.queued_messages(app, broker.bulk_queue(settings)) == 0, "upload": upload_queue.waiting(settings) == 0}
+    empty = {"bulk": queues.broker.queued_messages(app, queues.broker.bulk_queue(settings)) == 0, "upload": queues.uploads.waiting(settings) == 0}
     resumed = {}
-    for job_id, kind in job_store.stalled_jobs(conn, settings.stall_seconds):
+    for job_id, kind in jobs.store.stalled_jobs(conn, settings.stall_seconds):
         if empty[kind]:
-            resumed[job_id] = jobs.resume_job(conn, app, settings, job_id)
-            metrics.record_reenqueued(kind, resumed[job_id])
+            resumed[job_id] = jobs.service.resume_job(conn, app, settings, job_id)
+            observability.metrics.record_reenqueued(kind, resumed[job_id])
             log.warning(
                 "job %s stalled for %ss with an empty queue: re-enqueued %d images", job_id, settings.stall_seconds, resumed[job_id]
             )

@@ -11,8 +11,7 @@ from typing import Any
 
 import psycopg2
 
-from shared import broker, jobs
-from shared.db import results
+from shared import jobs, queues
 from shared.db.connection import TRANSIENT_ERRORS
 from worker import state
 from worker.batch import give_up, process_batch
@@ -38,14 +37,14 @@ def predict_batch(task: Any, job_id: int, image_ids: list[int]) -> dict[str, int
     lane, models = process.lane(), process.models()
     version = None  # the job's, once read
     try:
-        deliveries = lane.submit(results.record_attempt, job_id, image_ids).result()
-        step = jobs.next_step(deliveries, len(image_ids))
-        if step is jobs.NextStep.SPLIT:
+        deliveries = lane.submit(jobs.results.record_attempt, job_id, image_ids).result()
+        step = jobs.service.next_step(deliveries, len(image_ids))
+        if step is jobs.service.NextStep.SPLIT:
             return split_batch(task, job_id, image_ids, f"attempt {deliveries}")
         served = models.for_job(lane, job_id)
         version = served.version
-        if step is jobs.NextStep.GIVE_UP:
-            return {"done": 0, "failed": give_up(lane, version or "", job_id, image_ids[0], jobs.gave_up_reason())}
+        if step is jobs.service.NextStep.GIVE_UP:
+            return {"done": 0, "failed": give_up(lane, version or "", job_id, image_ids[0], jobs.service.gave_up_reason())}
         try:
             predictor = models.predictor(lane, version)
         except ModelUnavailable as error:  # not registered, or its file does not load: this job's images fail, with why
@@ -57,14 +56,14 @@ def predict_batch(task: Any, job_id: int, image_ids: list[int]) -> dict[str, int
         countdown = min(RETRY_BACKOFF_MAX_SECONDS, 2**task.request.retries)
         log.warning("job %s: database unavailable (%s); retry in %ss", job_id, error, countdown)
         raise task.retry(exc=error, countdown=countdown) from error
-    except (psycopg2.errors.ForeignKeyViolation, results.UnknownJobError):
+    except (psycopg2.errors.ForeignKeyViolation, jobs.results.UnknownJobError):
         log.error("job %s does not exist; dropping batch of %d images", job_id, len(image_ids))
         return {"done": 0, "failed": 0}
     except Exception as error:  # the model or our code failed on this input: isolate it, never loop
         log.exception("job %s: batch of %d images (first %s) failed", job_id, len(image_ids), image_ids[0])
         if len(image_ids) > 1:
             return split_batch(task, job_id, image_ids, f"error {error!r}")
-        failed = give_up(lane, version or "", job_id, image_ids[0], jobs.prediction_failed_reason(error))
+        failed = give_up(lane, version or "", job_id, image_ids[0], jobs.service.prediction_failed_reason(error))
         return {"done": 0, "failed": failed}
     return {"done": done, "failed": failed}
 
@@ -72,10 +71,10 @@ def predict_batch(task: Any, job_id: int, image_ids: list[int]) -> dict[str, int
 def split_batch(task: Any, job_id: int, image_ids: list[int], why: str) -> dict[str, int]:
     """Re-enqueue the two halves at the head of the queue this batch came from: they were started before,
     and keep the batch's send time (so the queue's oldest-entry age does not read them as just sent)."""
-    queue = (task.request.delivery_info or {}).get("routing_key") or broker.bulk_queue(state.current().settings)
+    queue = (task.request.delivery_info or {}).get("routing_key") or queues.broker.bulk_queue(state.current().settings)
     middle = len(image_ids) // 2
-    sent_at = getattr(task.request, broker.SENT_AT_HEADER, None)
+    sent_at = getattr(task.request, queues.broker.SENT_AT_HEADER, None)
     sent_at = sent_at if isinstance(sent_at, (int, float)) else None  # none from an older sender: now
-    broker.send_batches(task.app, queue, job_id, [image_ids[:middle], image_ids[middle:]], first=True, sent_at=sent_at)
+    queues.broker.send_batches(task.app, queue, job_id, [image_ids[:middle], image_ids[middle:]], first=True, sent_at=sent_at)
     log.warning("job %s: batch of %d images (first %s) split after %s", job_id, len(image_ids), image_ids[0], why)
     return {"done": 0, "failed": 0}

@@ -4,12 +4,12 @@
 
 ``python -m worker`` starts one beside the bulk Celery worker, at normal CPU priority with
 one inference thread. It is not a Celery worker: an upload is well under a millisecond of
-inference, and Celery's delivery costs several (see shared/upload_queue.py for how a
+inference, and Celery's delivery costs several (see shared/queues.uploads.py for how a
 dead consumer's uploads are taken back).
 
 Like Triton's dynamic batcher, it takes up to UPLOAD_MAX_BATCH waiting uploads at once,
 waiting at most UPLOAD_MAX_DELAY_MS for more when fewer wait, predicts them in one model
-call and stores them in one transaction (``shared.db.results.store_many``). A batch that
+call and stores them in one transaction (``shared.jobs.results.store_many``). A batch that
 fails is split and its halves tried again, so a poison upload fails alone. Uploads of a batch
 that name different model versions are predicted version by version (worker/models.py), then
 by their shadow versions, if any, once their own results are stored.
@@ -26,12 +26,11 @@ import time
 import psycopg2.errors
 import redis.exceptions
 
-from shared import jobs, metrics, upload_queue
+from shared import jobs, models, observability, queues
 from shared.config import Settings, load_settings
-from shared.db import models as model_store
 from shared.db.connection import TRANSIENT_ERRORS
-from shared.db.models import UploadRow
-from shared.db.results import UnknownJobError
+from shared.jobs.results import UnknownJobError
+from shared.models.store import UploadRow
 from worker.batch import DatabaseLane, give_up, process_uploads
 from worker.models import ModelCache, ModelUnavailable
 from worker.shadow import predict_shadow
@@ -48,7 +47,7 @@ OUTAGE_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError
 class UploadConsumer:
     def __init__(self, config: Settings, models: ModelCache) -> None:
         self.config = config
-        self.name = upload_queue.new_consumer_name()
+        self.name = queues.uploads.new_consumer_name()
         self.models = models
         self.lane = DatabaseLane(config.database_url, threaded=False)
         self.stopping = threading.Event()
@@ -59,7 +58,7 @@ class UploadConsumer:
     def run(self) -> None:
         """Until ``stopping`` is set; outages of Redis or PostgreSQL are waited out, never fatal."""
         outages = 0
-        log.info("upload consumer %s ready on %s", self.name, upload_queue.queue_name(self.config))
+        log.info("upload consumer %s ready on %s", self.name, queues.uploads.queue_name(self.config))
         while not self.stopping.is_set():
             if self.config.worker_liveness_file:  # for the liveness probe: the loop turns, outages included
                 self.config.worker_liveness_file.touch()
@@ -72,8 +71,8 @@ class UploadConsumer:
                 log.warning("upload consumer %s: %s unavailable (%s); retry in %.1fs", self.name, outage_of(error), error, backoff)
                 self.wait_out(backoff)
         try:
-            upload_queue.finish_many(self.config, self.name, self._finished)
-            upload_queue.leave(self.config, self.name)
+            queues.uploads.finish_many(self.config, self.name, self._finished)
+            queues.uploads.leave(self.config, self.name)
         except OUTAGE_ERRORS:
             log.warning("upload consumer %s stopped without Redis; what it held returns when its heartbeat expires", self.name)
 
@@ -82,7 +81,7 @@ class UploadConsumer:
             self.housekeeping()
         if not self._held:
             delay, most = self.config.upload_max_delay_ms / 1000, self.config.upload_max_batch
-            self._held = upload_queue.take_batch(self.config, self.name, most, WAIT_SECONDS, delay, self._finished)
+            self._held = queues.uploads.take_batch(self.config, self.name, most, WAIT_SECONDS, delay, self._finished)
             self._finished = []
             record_queue_wait(self._held)
         if self._held:
@@ -104,8 +103,8 @@ class UploadConsumer:
             self.stopping.wait(min(deadline, self._next_housekeeping) - time.monotonic())
 
     def housekeeping(self) -> None:
-        upload_queue.beat(self.config, self.name)
-        moved = upload_queue.requeue_orphans(self.config)
+        queues.uploads.beat(self.config, self.name)
+        moved = queues.uploads.requeue_orphans(self.config)
         if moved:
             log.warning("upload consumer %s: took back %d uploads held by consumers that died", self.name, moved)
         self._next_housekeeping = time.monotonic() + self.config.upload_heartbeat_seconds / HOUSEKEEPINGS_PER_HEARTBEAT
@@ -119,24 +118,24 @@ class UploadConsumer:
         uploads = []
         for entry in entries:
             try:
-                job_id, image_id, deaths = upload_queue.decode_entry(entry)
+                job_id, image_id, deaths = queues.uploads.decode_entry(entry)
             except ValueError:
                 log.error("upload consumer %s: dropping %r, which is not an upload queue entry", self.name, entry)
                 continue
-            if jobs.next_step(deaths + 1, 1) is jobs.NextStep.GIVE_UP:
-                self.store_failure(job_id, image_id, jobs.gave_up_reason())
+            if jobs.service.next_step(deaths + 1, 1) is jobs.service.NextStep.GIVE_UP:
+                self.store_failure(job_id, image_id, jobs.service.gave_up_reason())
             else:
                 uploads.append((job_id, image_id))
         if uploads:
             self.predict(uploads)
         stored = time.time()  # every upload of the batch has its result (or was dropped): their latencies
-        metrics.record_upload_latencies(stored - accepted for accepted in map(upload_queue.accepted_at, entries) if accepted is not None)
+        observability.metrics.record_upload_latencies(stored - accepted for accepted in map(queues.uploads.accepted_at, entries) if accepted is not None)
 
     def predict(self, uploads: list[tuple[int, int]]) -> None:
         """Each version's uploads in one model call and one transaction, then the shadows'. One query
         finds the versions and reads the images (``upload_batch``); an upload whose job is gone is dropped."""
         started = time.perf_counter()
-        rows = self.lane.submit(model_store.upload_batch, uploads).result()
+        rows = self.lane.submit(models.store.upload_batch, uploads).result()
         fetch_seconds = time.perf_counter() - started
         found = {(row.job_id, row.image_id) for row in rows}
         for job_id, image_id in uploads:
@@ -174,7 +173,7 @@ class UploadConsumer:
             if len(uploads) > 1:
                 return self.split(version, uploads, repr(error))
             log.exception("job %s: upload of image %s failed", uploads[0].job_id, uploads[0].image_id)
-            self.store_failure(uploads[0].job_id, uploads[0].image_id, jobs.prediction_failed_reason(error), version)
+            self.store_failure(uploads[0].job_id, uploads[0].image_id, jobs.service.prediction_failed_reason(error), version)
         return None
 
     def split(self, version: str | None, uploads: list[UploadRow], why: str) -> None:
@@ -186,16 +185,16 @@ class UploadConsumer:
     def store_failure(self, job_id: int, image_id: int, reason: str, version: str | None = None) -> None:
         """``version``: the one the upload asked for, the failure's model_version in the metrics (none: not looked up yet)."""
         try:
-            give_up(self.lane, version or "", job_id, image_id, reason, metrics.UPLOAD)
+            give_up(self.lane, version or "", job_id, image_id, reason, observability.metrics.UPLOAD)
         except (psycopg2.errors.ForeignKeyViolation, UnknownJobError):
             log.error("job %s does not exist; dropping upload of image %s", job_id, image_id)
 
 
 def record_queue_wait(entries: list[bytes]) -> None:
     """The micro-batch's wait in the queue: its oldest upload's, from the web accepting it to this take."""
-    accepted = [stamp for stamp in map(upload_queue.accepted_at, entries) if stamp is not None]
+    accepted = [stamp for stamp in map(queues.uploads.accepted_at, entries) if stamp is not None]
     if accepted:
-        metrics.record_queue_wait(metrics.UPLOAD, time.time() - min(accepted))
+        observability.metrics.record_queue_wait(observability.metrics.UPLOAD, time.time() - min(accepted))
 
 
 def outage_of(error: Exception) -> str:
@@ -207,7 +206,7 @@ def main() -> int:
     config = load_settings()
     consumer = UploadConsumer(config, ModelCache(config, UPLOAD_THREADS))
     consumer.models.warm_up(consumer.lane)  # production's, loaded and allocated before the first upload
-    metrics.record_process(metrics.UPLOAD_CONSUMER)
+    observability.metrics.record_process(observability.metrics.UPLOAD_CONSUMER)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: consumer.stopping.set())
     consumer.run()

@@ -2,7 +2,7 @@
 
 The served web answers ``POST /api/predictions`` on its event loop (web/upload_lane.py), so that a
 request waiting for its prediction holds no thread. These are the same statements the Flask route
-runs through psycopg2 (``shared.db.jobs.CREATE_NAMED_UPLOAD_JOB``, ``shared.db.queries.UPLOAD_BY_ID``),
+runs through psycopg2 (``shared.jobs.store.CREATE_NAMED_UPLOAD_JOB``, ``shared.jobs.queries.UPLOAD_BY_ID``),
 with ``$n`` placeholders; asyncpg prepares each once per connection (its statement cache), as
 shared/db/prepared.py does for psycopg2.
 """
@@ -15,7 +15,8 @@ from typing import Any
 
 import asyncpg
 
-from shared.db import jobs, prepared, progress, queries
+from shared import jobs
+from shared.db import prepared
 from shared.digits import IMAGE_SHAPE
 
 # Errors that mean the database is not there (down, restarting, a dropped connection), not a bad statement.
@@ -40,9 +41,9 @@ async def connect(database_url: str) -> asyncpg.Connection:
 
 
 async def listen(conn: asyncpg.Connection, on_answer: Listener, on_progress: Listener) -> None:
-    """Hear uploads' answers and jobs' progress (shared/db/progress.py's channels) on this connection."""
-    await conn.add_listener(progress.ANSWER_CHANNEL, on_answer)
-    await conn.add_listener(progress.CHANNEL, on_progress)
+    """Hear uploads' answers and jobs' progress (shared/jobs/progress.py's channels) on this connection."""
+    await conn.add_listener(jobs.progress.ANSWER_CHANNEL, on_answer)
+    await conn.add_listener(jobs.progress.CHANNEL, on_progress)
 
 
 async def ping(conn: asyncpg.Connection) -> None:
@@ -67,7 +68,7 @@ async def _fetch_one(pool: asyncpg.Pool, statement: prepared.Statement, params: 
 async def create_named_upload_job(
     pool: asyncpg.Pool, image_data: bytes, model_name: str, selection: dict[str, Any], public_token: str
 ) -> tuple[int, int, str] | None:
-    """``shared.db.jobs.create_named_upload_job``, awaited: (job id, image id, version), or None,
+    """``shared.jobs.store.create_named_upload_job``, awaited: (job id, image id, version), or None,
     storing nothing, when ``model_name`` stands for no version."""
     params = {
         "name": model_name,
@@ -77,13 +78,13 @@ async def create_named_upload_job(
         "selection": json.dumps(selection),
         "token": public_token,
     }
-    row = await _fetch_one(pool, jobs.CREATE_NAMED_UPLOAD_JOB, params)
+    row = await _fetch_one(pool, jobs.store.CREATE_NAMED_UPLOAD_JOB, params)
     return (row[0], row[1], row[2]) if row else None
 
 
 async def upload_prediction(pool: asyncpg.Pool, job_id: int) -> dict[str, Any] | None:
-    """``shared.db.queries.upload_prediction``, awaited: the row ``web.predictions.prediction_from_row`` reads."""
-    row = await _fetch_one(pool, queries.UPLOAD_BY_ID, {"id": job_id})
+    """``shared.jobs.queries.upload_prediction``, awaited: the row ``web.predictions.prediction_from_row`` reads."""
+    row = await _fetch_one(pool, jobs.queries.UPLOAD_BY_ID, {"id": job_id})
     if row is None:
         return None
     found = dict(row)

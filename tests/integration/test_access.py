@@ -16,12 +16,9 @@ import pytest
 from click.testing import CliRunner
 
 from producer.cli import main as cli
-from shared import operators
+from shared import jobs, operators
 from shared.config import DEFAULT_SIGNIN_RATE_LIMIT
-from shared.db import jobs as job_store
-from shared.db import operators as operator_store
-from shared.db import queries
-from shared.images import encode_image
+from shared.images.codec import encode_image
 from stack import scratch
 from tests.support import digits
 from tests.support.services import OPERATOR_PASSWORD, add_operator, operator_token, signed_in, table_counts
@@ -64,9 +61,9 @@ def operator_client(app, conn, operator):
 @pytest.fixture
 def stored(conn):
     """A queued upload (job id, image id, token) and a bulk job over its image: what the operator routes show."""
-    token = job_store.new_upload_token()
-    job_id, image_id = job_store.create_upload_job(conn, encode_image(np.eye(28, dtype=np.uint8) * 255), [28, 28], "m", {}, token)
-    bulk = job_store.create_job(conn, [image_id], "m", {"split": "upload"})
+    token = jobs.store.new_upload_token()
+    job_id, image_id = jobs.store.create_upload_job(conn, encode_image(np.eye(28, dtype=np.uint8) * 255), [28, 28], "m", {}, token)
+    bulk = jobs.store.create_job(conn, [image_id], "m", {"split": "upload"})
     return {"upload": job_id, "image": image_id, "token": token, "bulk": bulk}
 
 
@@ -154,7 +151,7 @@ def test_a_revoked_token_stops_working_at_once(anonymous, conn, settings, stored
     url = f"/api/jobs/{stored['bulk']}"
     assert anonymous.get(url, headers=bearer(token)).status_code == 200
 
-    [row] = operator_store.list_tokens(conn, name)
+    [row] = operators.store.list_tokens(conn, name)
     assert token not in runner.invoke(cli, ["tokens", "list"], obj=settings).output  # only its hash is stored
     assert runner.invoke(cli, ["tokens", "revoke", str(row["id"])], obj=settings).exit_code == 0
     refused = anonymous.get(url, headers=bearer(token))
@@ -165,7 +162,7 @@ def test_a_revoked_token_stops_working_at_once(anonymous, conn, settings, stored
 
 def test_a_bad_token_is_refused_even_where_no_token_is_needed(anonymous, seven_png, conn):
     before = table_counts(conn)
-    for token in ("mnq_" + "x" * 43, "not-even-ours", operators.new_token()):
+    for token in ("mnq_" + "x" * 43, "not-even-ours", operators.secrets.new_token()):
         refused = anonymous.post("/api/predictions", data=seven_png, content_type="image/png", headers=bearer(token))
         assert refused.status_code == 401 and refused.json["status"] == 401
     assert table_counts(conn) == before
@@ -176,10 +173,10 @@ def test_a_bad_token_is_refused_even_where_no_token_is_needed(anonymous, seven_p
 
 def test_removing_an_operator_ends_their_tokens_and_sessions(app, conn, stored):
     operator_id, name = add_operator(conn)
-    token = operators.create_token(conn, name, None)[1]
+    token = operators.secrets.create_token(conn, name, None)[1]
     client = signed_in(app.test_client(), conn, operator_id)
     assert client.get("/jobs").status_code == 200
-    operator_store.delete_operator(conn, name)
+    operators.store.delete_operator(conn, name)
     assert client.get("/jobs").status_code == 302
     assert app.test_client().get(f"/api/jobs/{stored['bulk']}", headers=bearer(token)).status_code == 401
 
@@ -207,7 +204,7 @@ def test_an_anonymous_visitor_reads_their_own_upload_by_its_token(anonymous, con
     assert anonymous.get(body["status_url"]).json["token"] == token
     page = anonymous.get(body["page_url"])
     assert page.status_code == 200 and body["image_url"] in page.text
-    assert str(queries.upload_prediction_by_token(conn, token)["id"]) not in re.findall(r"\d+", page.text.split("<main>")[1])
+    assert str(jobs.queries.upload_prediction_by_token(conn, token)["id"]) not in re.findall(r"\d+", page.text.split("<main>")[1])
     image = anonymous.get(body["image_url"])
     assert image.status_code == 200 and image.mimetype == "image/png" and "private" in image.headers["Cache-Control"]
 
@@ -398,15 +395,15 @@ def test_users_add_asks_for_the_password_twice_and_refuses_weak_or_taken_ones(se
     name = scratch.unique_name("cli-op")
     runner = CliRunner()
     mismatch = runner.invoke(cli, ["users", "add", name], input="a long passphrase one\nanother long passphrase\n", obj=settings)
-    assert mismatch.exit_code != 0 and operator_store.operator_by_name(conn, name) is None
+    assert mismatch.exit_code != 0 and operators.store.operator_by_name(conn, name) is None
     short = runner.invoke(cli, ["users", "add", name, "--password-stdin"], input="short\n", obj=settings)
     assert short.exit_code == 1 and "at least 12" in short.output
     added = runner.invoke(cli, ["users", "add", name], input="a long passphrase one\na long passphrase one\n", obj=settings)
     assert added.exit_code == 0, added.output
-    row = operator_store.operator_by_name(conn, name)
+    row = operators.store.operator_by_name(conn, name)
     assert row["password_hash"].startswith("$argon2id$") and "a long passphrase one" not in row["password_hash"]
-    assert operators.authenticate(conn, name, "a long passphrase one") is not None
-    assert operators.authenticate(conn, name, "a long passphrase two") is None
+    assert operators.secrets.authenticate(conn, name, "a long passphrase one") is not None
+    assert operators.secrets.authenticate(conn, name, "a long passphrase two") is None
     taken = runner.invoke(cli, ["users", "add", name, "--password-stdin"], input="yet another passphrase\n", obj=settings)
     assert taken.exit_code == 1 and "already" in taken.output
     bad_name = runner.invoke(cli, ["users", "add", "two words", "--password-stdin"], input="a long passphrase one\n", obj=settings)
@@ -414,4 +411,4 @@ def test_users_add_asks_for_the_password_twice_and_refuses_weak_or_taken_ones(se
     listed = runner.invoke(cli, ["users", "list"], obj=settings)
     assert name in listed.output and "$argon2" not in listed.output
     assert runner.invoke(cli, ["users", "remove", name], obj=settings).exit_code == 0
-    assert operator_store.operator_by_name(conn, name) is None
+    assert operators.store.operator_by_name(conn, name) is None

@@ -24,10 +24,10 @@ import schemathesis
 from schemathesis.checks import positive_data_acceptance
 
 from producer import ingest
-from shared.db import connection, progress
-from shared.db import images as image_store
+from shared import images, jobs
+from shared.db import connection
 from shared.db.connection import query_one
-from shared.images import png_bytes
+from shared.images.codec import png_bytes
 from tests.support import digits, services
 from web.api import OPENAPI_DOCUMENT
 
@@ -108,17 +108,17 @@ def test_requests_with_an_operator_token_keep_the_contract(case, live_server, db
 
 
 def test_accepted_uploads_and_jobs_answer_as_the_document_says(live_server, db, token):
-    images, labels = digits.mnist_test_digits(20)
-    image_store.insert_images(db, list(ingest.mnist_rows(images, labels, "test")))  # no-op where already stored
+    digit_images, labels = digits.mnist_test_digits(20)
+    images.store.insert_images(db, list(ingest.mnist_rows(digit_images, labels, "test")))  # no-op where already stored
     operator = {"Authorization": f"Bearer {token}"}
     upload = SCHEMA["/api/predictions"]["POST"]
     show = SCHEMA["/api/predictions/{token}"]["GET"]
 
-    queued = upload.Case(body=png_bytes(images[0]), media_type="image/png").call_and_validate(base_url=live_server.url)
+    queued = upload.Case(body=png_bytes(digit_images[0]), media_type="image/png").call_and_validate(base_url=live_server.url)
     assert queued.status_code == 202
     done = show.Case(path_parameters={"token": queued.json()["token"]}, query={"wait": 20}).call_and_validate(base_url=live_server.url)
     assert done.status_code == 200 and done.json()["label"] == labels[0]
-    multipart = upload.Case(body={"file": png_bytes(images[1])}, media_type="multipart/form-data", query={"wait": 20})
+    multipart = upload.Case(body={"file": png_bytes(digit_images[1])}, media_type="multipart/form-data", query={"wait": 20})
     waited = multipart.call_and_validate(base_url=live_server.url)
     assert waited.status_code == 200 and waited.json()["status"] == "done"
 
@@ -127,7 +127,7 @@ def test_accepted_uploads_and_jobs_answer_as_the_document_says(live_server, db, 
     assert job.status_code == 202
     summary = SCHEMA["/api/jobs/{job_id}"]["GET"].Case(path_parameters={"job_id": job.json()["id"]})
     assert summary.call_and_validate(base_url=live_server.url, headers=operator).status_code == 200
-    done = progress.wait_for_job(db, job.json()["id"], timeout=20)["status"] == "done"
+    done = jobs.progress.wait_for_job(db, job.json()["id"], timeout=20)["status"] == "done"
     compared = SCHEMA["/api/compare"]["GET"].Case(query={"a": job.json()["id"], "b": job.json()["id"]})
     answer = compared.call_and_validate(base_url=live_server.url, headers=operator)
     assert done and answer.status_code == 200 and answer.json()["shared_images"] == 20 and answer.json()["differing"] == 0

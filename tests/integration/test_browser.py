@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from producer import ingest
+from shared import images
 from shared.db import connection
-from shared.db import images as image_store
 from tests.support import digits, services
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -148,8 +148,8 @@ def test_drawing_a_stroke_gets_a_prediction(page):
 
 
 def test_an_operator_signs_in_for_the_job_and_mistakes_pages(page, web_server, conn, operator_name):
-    images, labels = digits.mnist_test_digits(JOB_IMAGES)
-    image_store.insert_images(conn, list(ingest.mnist_rows(images, labels, "test")))  # no-op where already stored
+    digit_images, labels = digits.mnist_test_digits(JOB_IMAGES)
+    images.store.insert_images(conn, list(ingest.mnist_rows(digit_images, labels, "test")))  # no-op where already stored
     # A program starts the job with an API token; the browser holds no session yet.
     bearer = {"Authorization": f"Bearer {services.operator_token(conn)}"}
     accepted = page.request.post(f"{web_server.url}/api/jobs", data={"split": "test", "limit": JOB_IMAGES}, headers=bearer)

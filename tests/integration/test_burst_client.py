@@ -12,7 +12,7 @@ import asyncio
 import pytest
 
 from bench import burst_client
-from shared.images import png_bytes
+from shared.images.codec import png_bytes
 from tests.support import digits
 from tests.support.services import WebServer
 

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from producer.cli import main
-from shared import mnist
 from shared.db.connection import query
+from shared.training import mnist
 from tests.support.services import PROJECT_ROOT, table_counts
 
 

@@ -25,15 +25,13 @@ import pytest
 from click.testing import CliRunner
 
 from producer.cli import main
-from shared import broker, jobs
-from shared.comparison import load_comparison
-from shared.db import connection, progress, results
-from shared.db import images as image_store
-from shared.db import jobs as job_store
+from shared import images, jobs, queues
+from shared.db import connection
 from shared.db.connection import query
-from shared.db.images import ImageRow
-from shared.images import encode_image
-from shared.model_info import model_version
+from shared.images.codec import encode_image
+from shared.images.store import ImageRow
+from shared.jobs.comparison import load_comparison
+from shared.models.files import model_version
 from tests.support import digits
 from tests.support.services import max_job_id, prediction_batch, signed_in
 from web.app import create_app
@@ -44,20 +42,20 @@ MODEL_B = "compare-test-b"
 
 def stored_digits(conn, count: int, unlabelled: int = 0, start: int = 0) -> tuple[list[int], list[int | None]]:
     """MNIST test digits stored anew (their own image_index), the last ``unlabelled`` of them without a label."""
-    images, labels = digits.mnist_test_digits(count, start)
+    digit_images, labels = digits.mnist_test_digits(count, start)
     true_labels = [int(label) for label in labels[: count - unlabelled]] + [None] * unlabelled
     first = int(np.random.default_rng().integers(1_000_000, 2_000_000_000))
     rows = [
         ImageRow(encode_image(image), label, [28, 28], "train", first + k, None)
-        for k, (image, label) in enumerate(zip(images, true_labels, strict=True))
+        for k, (image, label) in enumerate(zip(digit_images, true_labels, strict=True))
     ]
-    return image_store.insert_images(conn, rows), true_labels
+    return images.store.insert_images(conn, rows), true_labels
 
 
 def store_job(conn, image_ids: list[int], labels: list[int]) -> int:
-    """A job whose predictions are written at once through ``results.store_results`` (before the sweeper could take it)."""
-    job_id = job_store.create_job(conn, image_ids, MODEL_B, {"test": "compare"})
-    assert results.store_results(conn, job_id, MODEL_B, prediction_batch(image_ids, labels, 0.9), []) == (len(image_ids), 0)
+    """A job whose predictions are written at once through ``jobs.results.store_results`` (before the sweeper could take it)."""
+    job_id = jobs.store.create_job(conn, image_ids, MODEL_B, {"test": "compare"})
+    assert jobs.results.store_results(conn, job_id, MODEL_B, prediction_batch(image_ids, labels, 0.9), []) == (len(image_ids), 0)
     return job_id
 
 
@@ -69,9 +67,9 @@ def pair(worker, settings):
     wrong_label = (true_labels[5] + 1) % 10
     query(conn, "UPDATE input_data SET true_label = %s WHERE id = %s", (wrong_label, ids[5]))
     true_labels[5] = wrong_label
-    selection = jobs.Selection(image_ids=tuple(ids))
-    job_a = jobs.submit_job(conn, broker.celery_app(settings), settings, selection, model_version(settings.model_path), 8).id
-    finished = progress.wait_for_job(conn, job_a)
+    selection = jobs.service.Selection(image_ids=tuple(ids))
+    job_a = jobs.service.submit_job(conn, queues.broker.celery_app(settings), settings, selection, model_version(settings.model_path), 8).id
+    finished = jobs.progress.wait_for_job(conn, job_a)
     failures = query(conn, "SELECT reason FROM job_failures WHERE job_id = %s LIMIT 1", (job_a,))
     assert finished["status"] == "done" and finished["failed_count"] == 0, failures
     predicted_a = dict(query(conn, "SELECT input_data_id, predicted_label FROM predictions WHERE job_id = %s", (job_a,)))
@@ -259,7 +257,7 @@ def test_compare_wants_two_jobs_or_two_models(invoke, args):
     assert printed.exit_code == 2 and "Error:" in printed.output
 
 
-# --- the stored aggregate of two finished jobs (shared/db/comparisons.py) ----------------------
+# --- the stored aggregate of two finished jobs (shared/jobs/comparison_store.py) ----------------------
 
 
 def stored_pair(conn, job_a: int, job_b: int) -> tuple[int, int] | None:
@@ -304,13 +302,13 @@ def test_two_finished_jobs_are_compared_once_then_read_back(pair):
 def test_an_unfinished_job_is_compared_live_and_stored_once_it_is_done(pair):
     conn, a = pair["conn"], pair["a"]
     ids = first_images(conn, a, 10)
-    job = job_store.create_job(conn, ids, MODEL_B, {"test": "compare-unfinished"})
-    results.store_results(conn, job, MODEL_B, prediction_batch(ids[:4], 1, 0.9), [])
+    job = jobs.store.create_job(conn, ids, MODEL_B, {"test": "compare-unfinished"})
+    jobs.results.store_results(conn, job, MODEL_B, prediction_batch(ids[:4], 1, 0.9), [])
     running = load_comparison(conn, a, job)
     assert (running.shared, running.job_b["status"]) == (4, "running") and stored_pair(conn, a, job) is None
     assert_matches(running.as_json(), direct_comparison(conn, a, job))
 
-    results.store_results(conn, job, MODEL_B, prediction_batch(ids[4:], 2, 0.9), [])
+    jobs.results.store_results(conn, job, MODEL_B, prediction_batch(ids[4:], 2, 0.9), [])
     done = load_comparison(conn, a, job)
     assert done.shared == 10 and stored_pair(conn, a, job) == (32, 10)
     assert_matches(done.as_json(), direct_comparison(conn, a, job))
@@ -321,11 +319,11 @@ def test_a_prediction_stored_after_the_job_is_done_is_compared(pair):
     """An image given up on, then predicted by a redelivered batch after all: the job gains a prediction when done."""
     conn, a = pair["conn"], pair["a"]
     ids = first_images(conn, a, 3)
-    job = job_store.create_job(conn, ids, MODEL_B, {"test": "compare-late"})
-    results.store_results(conn, job, MODEL_B, prediction_batch(ids[:2], 1, 0.9), [results.FailureRow(ids[2], "given up: test")])
+    job = jobs.store.create_job(conn, ids, MODEL_B, {"test": "compare-late"})
+    jobs.results.store_results(conn, job, MODEL_B, prediction_batch(ids[:2], 1, 0.9), [jobs.results.FailureRow(ids[2], "given up: test")])
     assert load_comparison(conn, a, job).shared == 2 and stored_pair(conn, a, job) == (32, 2)
 
-    assert results.store_results(conn, job, MODEL_B, prediction_batch(ids[2:], 3, 0.9), []) == (1, 0)
+    assert jobs.results.store_results(conn, job, MODEL_B, prediction_batch(ids[2:], 3, 0.9), []) == (1, 0)
     late = load_comparison(conn, a, job)
     assert (late.shared, late.job_b["status"]) == (3, "done") and stored_pair(conn, a, job) == (32, 3)
     assert_matches(late.as_json(), direct_comparison(conn, a, job))
@@ -367,9 +365,9 @@ def test_two_first_comparisons_of_a_pair_at_once_both_succeed(pair, settings):
 
 
 def test_deleting_an_upload_job_deletes_its_stored_comparisons(conn):
-    job, image = job_store.create_upload_job(conn, encode_image(np.zeros((28, 28), np.uint8)), [28, 28], MODEL_B, {"test": "compare"})
-    results.store_results(conn, job, MODEL_B, prediction_batch([image], 4, 0.9), [])
+    job, image = jobs.store.create_upload_job(conn, encode_image(np.zeros((28, 28), np.uint8)), [28, 28], MODEL_B, {"test": "compare"})
+    jobs.results.store_results(conn, job, MODEL_B, prediction_batch([image], 4, 0.9), [])
     assert load_comparison(conn, job, job).shared == 1 and stored_pair(conn, job, job) == (1, 1)
-    job_store.delete_upload_job(conn, job, image)
+    jobs.store.delete_upload_job(conn, job, image)
     assert stored_pair(conn, job, job) is None
     assert query(conn, "SELECT count(*) FROM job_comparisons WHERE job_a = %s OR job_b = %s", (job, job)) == [(0,)]

@@ -2,12 +2,11 @@ import numpy as np
 import psycopg2
 import pytest
 
-from shared.db import images as image_store
-from shared.db import jobs as job_store
-from shared.db import queries, results, schema
+from shared import images, jobs
+from shared.db import schema
 from shared.db.connection import query, transaction
-from shared.db.images import ImageRow
-from shared.images import encode_image
+from shared.images.codec import encode_image
+from shared.images.store import ImageRow
 from stack import scratch
 from tests.integration.schema_checks import every_row, schema_snapshot
 from tests.support.services import prediction_batch
@@ -25,10 +24,10 @@ def image_row(index: int, label: int | None = 3) -> ImageRow:
 
 
 def test_schema_creation_is_idempotent(conn, database_url):
-    ids = image_store.insert_images(conn, [image_row(unique_index()) for _ in range(2)])
-    job_id = job_store.create_job(conn, ids, "test-model", {"idempotent": True})
-    results.store_results(conn, job_id, "test-model", prediction_batch(ids[:1], 3, 0.9), [results.FailureRow(ids[1], "x")])
-    results.record_attempt(conn, job_id, ids)
+    ids = images.store.insert_images(conn, [image_row(unique_index()) for _ in range(2)])
+    job_id = jobs.store.create_job(conn, ids, "test-model", {"idempotent": True})
+    jobs.results.store_results(conn, job_id, "test-model", prediction_batch(ids[:1], 3, 0.9), [jobs.results.FailureRow(ids[1], "x")])
+    jobs.results.record_attempt(conn, job_id, ids)
     before = (schema_snapshot(conn), every_row(conn, job_id))  # only this job's: the session worker may write others meanwhile
     assert all(before[1].values()), "every table must hold rows of the job before migrating again"
 
@@ -58,32 +57,32 @@ def test_a_database_of_the_earlier_schema_is_refused_plainly():
 
 def test_ingesting_twice_stores_nothing_twice(conn):
     rows = [image_row(unique_index()) for _ in range(5)]
-    assert len(image_store.insert_images(conn, rows)) == 5
-    assert image_store.insert_images(conn, rows) == []
+    assert len(images.store.insert_images(conn, rows)) == 5
+    assert images.store.insert_images(conn, rows) == []
 
 
 def test_true_label_must_be_a_digit(conn):
     with pytest.raises(psycopg2.errors.CheckViolation):
-        image_store.insert_images(conn, [image_row(unique_index(), label=10)])
+        images.store.insert_images(conn, [image_row(unique_index(), label=10)])
 
 
 def test_a_redelivered_batch_changes_nothing(conn):
-    ids = image_store.insert_images(conn, [image_row(unique_index()) for _ in range(3)])
-    job_id = job_store.create_job(conn, ids, "test-model", {"test": True})
+    ids = images.store.insert_images(conn, [image_row(unique_index()) for _ in range(3)])
+    job_id = jobs.store.create_job(conn, ids, "test-model", {"test": True})
     predictions = prediction_batch(ids[:2], 3, 0.9)
-    failures = [results.FailureRow(ids[2], "corrupt image: test")]
+    failures = [jobs.results.FailureRow(ids[2], "corrupt image: test")]
 
-    assert results.store_results(conn, job_id, "test-model", predictions, failures) == (2, 1)
-    assert results.store_results(conn, job_id, "test-model", predictions, failures) == (0, 0)
+    assert jobs.results.store_results(conn, job_id, "test-model", predictions, failures) == (2, 1)
+    assert jobs.results.store_results(conn, job_id, "test-model", predictions, failures) == (0, 0)
 
-    job = job_store.get_job(conn, job_id)
+    job = jobs.store.get_job(conn, job_id)
     assert (job["done_count"], job["failed_count"], job["status"]) == (2, 1, "done")
-    assert job_store.rows_for_job(conn, job_id) == (3, 2, 1)
+    assert jobs.store.rows_for_job(conn, job_id) == (3, 2, 1)
 
 
 def test_a_job_never_holds_two_predictions_for_one_image(conn):
-    ids = image_store.insert_images(conn, [image_row(unique_index())])
-    job_id = job_store.create_job(conn, ids, "test-model", {})
+    ids = images.store.insert_images(conn, [image_row(unique_index())])
+    job_id = jobs.store.create_job(conn, ids, "test-model", {})
     with pytest.raises(psycopg2.errors.UniqueViolation), transaction(conn) as cursor:
         for _ in range(2):
             cursor.execute(
@@ -94,41 +93,41 @@ def test_a_job_never_holds_two_predictions_for_one_image(conn):
 
 
 def test_job_status_follows_the_counters(conn):
-    ids = image_store.insert_images(conn, [image_row(unique_index()) for _ in range(2)])
-    job_id = job_store.create_job(conn, ids + ids, "test-model", {})  # duplicates in a submission count once
-    assert job_store.get_job(conn, job_id)["total_images"] == 2
-    results.store_results(conn, job_id, "test-model", prediction_batch(ids[:1], 1, 0.5), [])
-    assert job_store.get_job(conn, job_id)["status"] == "running"
-    results.store_results(conn, job_id, "test-model", prediction_batch(ids[1:2], 1, 0.5), [])
-    job = job_store.get_job(conn, job_id)
+    ids = images.store.insert_images(conn, [image_row(unique_index()) for _ in range(2)])
+    job_id = jobs.store.create_job(conn, ids + ids, "test-model", {})  # duplicates in a submission count once
+    assert jobs.store.get_job(conn, job_id)["total_images"] == 2
+    jobs.results.store_results(conn, job_id, "test-model", prediction_batch(ids[:1], 1, 0.5), [])
+    assert jobs.store.get_job(conn, job_id)["status"] == "running"
+    jobs.results.store_results(conn, job_id, "test-model", prediction_batch(ids[1:2], 1, 0.5), [])
+    job = jobs.store.get_job(conn, job_id)
     assert job["status"] == "done" and job["finished_at"] is not None
 
 
 def test_selection_filters_by_split_label_and_model(conn):
     index = unique_index()
-    ids = image_store.insert_images(conn, [image_row(index, label=7), image_row(index + 1, label=8)])
-    sevens = image_store.select_image_ids(conn, split="train", label=7)
+    ids = images.store.insert_images(conn, [image_row(index, label=7), image_row(index + 1, label=8)])
+    sevens = images.store.select_image_ids(conn, split="train", label=7)
     assert ids[0] in sevens and ids[1] not in sevens
-    job_id = job_store.create_job(conn, ids[:1], "model-x", {})
-    results.store_results(conn, job_id, "model-x", prediction_batch(ids[:1], 7, 0.99), [])
-    unpredicted = image_store.select_image_ids(conn, split="train", unpredicted_by="model-x")
+    job_id = jobs.store.create_job(conn, ids[:1], "model-x", {})
+    jobs.results.store_results(conn, job_id, "model-x", prediction_batch(ids[:1], 7, 0.99), [])
+    unpredicted = images.store.select_image_ids(conn, split="train", unpredicted_by="model-x")
     assert ids[0] not in unpredicted and ids[1] in unpredicted
 
 
 def test_fetch_images_returns_the_stored_bytes_of_every_length_and_skips_unknown_ids(conn):
     odd = b"\x93NUMPY not the usual header, and not 912 bytes long"
     rows = [image_row(unique_index()), ImageRow(odd, None, [28, 28], "upload", None, None)]
-    ids = image_store.insert_images(conn, rows)
-    fetched = image_store.fetch_images(conn, [*ids, 9_000_000_001])
+    ids = images.store.insert_images(conn, rows)
+    fetched = images.store.fetch_images(conn, [*ids, 9_000_000_001])
     assert fetched == {ids[0]: IMAGE, ids[1]: odd}
-    assert image_store.fetch_images(conn, []) == {}
+    assert images.store.fetch_images(conn, []) == {}
 
 
 def test_stored_predictions_read_back_exactly(conn):
-    ids = image_store.insert_images(conn, [image_row(unique_index()) for _ in range(3)])
-    job_id = job_store.create_job(conn, ids, "test-model", {})
+    ids = images.store.insert_images(conn, [image_row(unique_index()) for _ in range(3)])
+    job_id = jobs.store.create_job(conn, ids, "test-model", {})
     probabilities = np.random.default_rng(7).dirichlet(np.ones(10), size=3).astype(np.float32)
-    results.store_results(conn, job_id, "test-model", results.PredictionBatch.of(ids, probabilities), [])
+    jobs.results.store_results(conn, job_id, "test-model", jobs.results.PredictionBatch.of(ids, probabilities), [])
     with transaction(conn) as cursor:
         cursor.execute(
             "SELECT input_data_id, model_version, predicted_label, confidence, prediction_probabilities"
@@ -143,25 +142,25 @@ def test_stored_predictions_read_back_exactly(conn):
 
 
 def test_a_partly_stored_batch_stores_only_the_rest(conn):
-    ids = image_store.insert_images(conn, [image_row(unique_index()) for _ in range(3)])
-    job_id = job_store.create_job(conn, ids, "test-model", {})
-    assert results.store_results(conn, job_id, "test-model", prediction_batch(ids[:1], 2, 0.9), []) == (1, 0)
-    assert results.store_results(conn, job_id, "test-model", prediction_batch(ids, 2, 0.9), []) == (2, 0)
-    job = job_store.get_job(conn, job_id)
-    assert (job["done_count"], job["status"]) == (3, "done") and job_store.rows_for_job(conn, job_id) == (3, 3, 0)
+    ids = images.store.insert_images(conn, [image_row(unique_index()) for _ in range(3)])
+    job_id = jobs.store.create_job(conn, ids, "test-model", {})
+    assert jobs.results.store_results(conn, job_id, "test-model", prediction_batch(ids[:1], 2, 0.9), []) == (1, 0)
+    assert jobs.results.store_results(conn, job_id, "test-model", prediction_batch(ids, 2, 0.9), []) == (2, 0)
+    job = jobs.store.get_job(conn, job_id)
+    assert (job["done_count"], job["status"]) == (3, "done") and jobs.store.rows_for_job(conn, job_id) == (3, 3, 0)
 
 
 def test_results_for_a_job_that_does_not_exist_are_refused_and_nothing_is_stored(conn):
-    ids = image_store.insert_images(conn, [image_row(unique_index())])
-    missing_job = job_store.create_job(conn, ids, "test-model", {}) + 1_000_000
-    with pytest.raises(results.UnknownJobError):
-        results.store_results(conn, missing_job, "test-model", prediction_batch(ids, 1, 0.5), [])
-    assert job_store.rows_for_job(conn, missing_job) == (None, 0, 0)
+    ids = images.store.insert_images(conn, [image_row(unique_index())])
+    missing_job = jobs.store.create_job(conn, ids, "test-model", {}) + 1_000_000
+    with pytest.raises(jobs.results.UnknownJobError):
+        jobs.results.store_results(conn, missing_job, "test-model", prediction_batch(ids, 1, 0.5), [])
+    assert jobs.store.rows_for_job(conn, missing_job) == (None, 0, 0)
 
 
 def test_undoing_an_upload_removes_its_prediction_too(conn):
-    job_id, image_id = job_store.create_upload_job(conn, IMAGE, [28, 28], "test-model", {"upload": "x.png"})
-    results.store_results(conn, job_id, "test-model", prediction_batch([image_id], 4, 0.8), [])
-    assert queries.upload_prediction(conn, job_id)["predicted_label"] == 4
-    job_store.delete_upload_job(conn, job_id, image_id)
-    assert queries.upload_prediction(conn, job_id) is None and job_store.rows_for_job(conn, job_id) == (None, 0, 0)
+    job_id, image_id = jobs.store.create_upload_job(conn, IMAGE, [28, 28], "test-model", {"upload": "x.png"})
+    jobs.results.store_results(conn, job_id, "test-model", prediction_batch([image_id], 4, 0.8), [])
+    assert jobs.queries.upload_prediction(conn, job_id)["predicted_label"] == 4
+    jobs.store.delete_upload_job(conn, job_id, image_id)
+    assert jobs.queries.upload_prediction(conn, job_id) is None and jobs.store.rows_for_job(conn, job_id) == (None, 0, 0)

@@ -20,12 +20,11 @@ import psycopg2.errors
 import pytest
 from psycopg2 import sql
 
-from shared.db import images as image_store
-from shared.db import jobs as job_store
-from shared.db import queries, results, schema
+from shared import images, jobs
+from shared.db import schema
 from shared.db.connection import connect, query
-from shared.db.images import ImageRow
-from shared.images import encode_image
+from shared.images.codec import encode_image
+from shared.images.store import ImageRow
 from stack import scratch
 from tests.support import services
 from tests.support.services import run_entrypoint
@@ -107,15 +106,15 @@ def app_conn(role_urls) -> Iterator[psycopg2.extensions.connection]:
 
 def test_the_app_role_does_the_services_work(app_conn):
     image = encode_image(np.eye(28, dtype=np.uint8) * 255)
-    ids = image_store.insert_images(app_conn, [ImageRow(image, 7, [28, 28], "test", index, None) for index in range(3)])
-    job_id = job_store.create_job(app_conn, ids, "model-x", {"split": "test"})
-    batch, failures = services.prediction_batch(ids[:2], 7, 0.9), [results.FailureRow(ids[2], "x")]
-    stored = results.store_results(app_conn, job_id, "model-x", batch, failures)
-    assert stored == (2, 1) and job_store.rows_for_job(app_conn, job_id) == (3, 2, 1)
-    assert job_store.get_job(app_conn, job_id)["status"] == "done" and results.record_attempt(app_conn, job_id, ids) == 1
-    upload_job, upload_image = job_store.create_upload_job(app_conn, image, [28, 28], "model-x", {"upload": "a.png"})
-    job_store.delete_upload_job(app_conn, upload_job, upload_image)  # an upload that could not be enqueued is undone
-    assert queries.upload_prediction(app_conn, upload_job) is None and image_store.fetch_images(app_conn, ids).keys() == set(ids)
+    ids = images.store.insert_images(app_conn, [ImageRow(image, 7, [28, 28], "test", index, None) for index in range(3)])
+    job_id = jobs.store.create_job(app_conn, ids, "model-x", {"split": "test"})
+    batch, failures = services.prediction_batch(ids[:2], 7, 0.9), [jobs.results.FailureRow(ids[2], "x")]
+    stored = jobs.results.store_results(app_conn, job_id, "model-x", batch, failures)
+    assert stored == (2, 1) and jobs.store.rows_for_job(app_conn, job_id) == (3, 2, 1)
+    assert jobs.store.get_job(app_conn, job_id)["status"] == "done" and jobs.results.record_attempt(app_conn, job_id, ids) == 1
+    upload_job, upload_image = jobs.store.create_upload_job(app_conn, image, [28, 28], "model-x", {"upload": "a.png"})
+    jobs.store.delete_upload_job(app_conn, upload_job, upload_image)  # an upload that could not be enqueued is undone
+    assert jobs.queries.upload_prediction(app_conn, upload_job) is None and images.store.fetch_images(app_conn, ids).keys() == set(ids)
 
 
 @pytest.mark.parametrize("statement", FORBIDDEN)

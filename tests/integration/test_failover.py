@@ -25,12 +25,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from shared import broker, jobs, registry, upload_queue
+from shared import images, jobs, models, queues
 from shared.config import Settings, load_settings
-from shared.db import connection, progress
-from shared.db import images as image_store
-from shared.db import jobs as job_store
-from shared.queue_metrics import read_queues
+from shared.db import connection
+from shared.observability.queues import read_queues
 from stack import scratch
 from stack.processes import signal_group
 from tests.support import scratch_fixtures, services
@@ -62,7 +60,7 @@ failover_database, conn, test_split_ids = scratch_fixtures.private_database("fai
 def model_version(failover_database: str, test_split_ids: list[int]) -> str:
     """The version the workers serve: production's (a scratch database has the bundled model registered)."""
     with contextlib.closing(connection.connect(failover_database)) as conn:
-        return registry.resolve(conn, registry.PRODUCTION)
+        return models.registry.resolve(conn, models.registry.PRODUCTION)
 
 
 @pytest.fixture
@@ -95,9 +93,9 @@ def held_batches(settings: Settings, node: str) -> dict[str, tuple[int, list[int
 def test_split_halves_go_to_the_head_of_the_queue_in_order(env):
     """What a dead worker held was started before: its halves are taken next, not after every queued batch."""
     settings = load_settings(env)
-    app, queue = broker.celery_app(settings), broker.bulk_queue(settings)
-    broker.send_batches(app, queue, 7, [[1, 2], [3, 4], [5, 6]])  # no worker consumes these queues
-    broker.send_batches(app, queue, 8, [[10], [11]], first=True)
+    app, queue = queues.broker.celery_app(settings), queues.broker.bulk_queue(settings)
+    queues.broker.send_batches(app, queue, 7, [[1, 2], [3, 4], [5, 6]])  # no worker consumes these queues
+    queues.broker.send_batches(app, queue, 8, [[10], [11]], first=True)
     waiting = failover.client(settings.redis_url).lrange(queue, 0, -1)
     taken_in_order = [batch_of(message) for message in reversed(waiting)]  # kombu BRPOPs: the right end first
     assert taken_in_order == [(8, [10]), (8, [11]), (7, [1, 2]), (7, [3, 4]), (7, [5, 6])]
@@ -106,10 +104,10 @@ def test_split_halves_go_to_the_head_of_the_queue_in_order(env):
 def test_split_halves_keep_their_batchs_send_time_so_the_queue_age_reads_the_oldest_work(env):
     """The queue's oldest-entry age reads the head, where the halves go: a fresh send time there would hide the wait."""
     settings = load_settings(env)
-    app, queue = broker.celery_app(settings), broker.bulk_queue(settings)
-    broker.send_batches(app, queue, 7, [[1, 2]])  # waiting since now
+    app, queue = queues.broker.celery_app(settings), queues.broker.bulk_queue(settings)
+    queues.broker.send_batches(app, queue, 7, [[1, 2]])  # waiting since now
     sent_long_ago = time.time() - 60
-    started = types.SimpleNamespace(delivery_info={"routing_key": queue}, **{broker.SENT_AT_HEADER: sent_long_ago})
+    started = types.SimpleNamespace(delivery_info={"routing_key": queue}, **{queues.broker.SENT_AT_HEADER: sent_long_ago})
     tasks.split_batch(types.SimpleNamespace(app=app, request=started), 8, [10, 11], "a test")  # as a worker splits
     bulk, _ = read_queues(settings, time.time())
     assert bulk.depth == 3 and 60 <= bulk.oldest_age_seconds < 70
@@ -117,9 +115,9 @@ def test_split_halves_keep_their_batchs_send_time_so_the_queue_age_reads_the_old
 
 def test_a_dead_nodes_batches_go_back_to_the_head_and_are_counted(env):
     settings = load_settings(env)
-    app, queue = broker.celery_app(settings), broker.bulk_queue(settings)
+    app, queue = queues.broker.celery_app(settings), queues.broker.bulk_queue(settings)
     redis = failover.client(settings.redis_url)
-    broker.send_batches(app, queue, 9, [[90]])
+    queues.broker.send_batches(app, queue, 9, [[90]])
     restored_before = REGISTRY.get_sample_value("mnist_failover_restored_messages_total") or 0.0
     with app.connection_for_read() as kombu_connection:
         message = kombu_connection.default_channel.basic_get(queue)  # now in kombu's unacked, as a worker's would be
@@ -182,7 +180,7 @@ def freeze_mid_batch(conn, settings: Settings, worker: services.WorkerProcess, n
                 if tag in still_held and stored_of(conn, job_id, ids) < len(ids):
                     return frozen_at, tag, ids
             signal_group(worker.pid, signal.SIGCONT)
-        assert job_store.get_job(conn, job_id)["status"] != "done", "the job ended before a freeze caught the worker mid-batch"
+        assert jobs.store.get_job(conn, job_id)["status"] != "done", "the job ended before a freeze caught the worker mid-batch"
         time.sleep(POLL_SECONDS)
     raise AssertionError(f"no freeze caught worker {worker.pid} mid-batch within {CATCH_SECONDS} s")
 
@@ -198,8 +196,8 @@ def test_a_killed_workers_batch_is_stored_by_the_survivor_within_15_s(conn, env,
         survivor.wait_ready()
         doomed.wait_ready()
         doomed_node = node_of(settings, doomed)
-        selection = jobs.Selection(image_ids=tuple(test_split_ids))
-        job_id = jobs.submit_job(conn, broker.celery_app(settings), settings, selection, model_version, BATCH_SIZE).id
+        selection = jobs.service.Selection(image_ids=tuple(test_split_ids))
+        job_id = jobs.service.submit_job(conn, queues.broker.celery_app(settings), settings, selection, model_version, BATCH_SIZE).id
         frozen_at, tag, batch = freeze_mid_batch(conn, settings, doomed, doomed_node, job_id)
         stored_before = stored_of(conn, job_id, batch)
         signal_group(doomed.pid, signal.SIGKILL)  # the parent and its pool, as when the container dies
@@ -210,7 +208,7 @@ def test_a_killed_workers_batch_is_stored_by_the_survivor_within_15_s(conn, env,
                 redelivered_at = time.monotonic()
             time.sleep(POLL_SECONDS)
         recovered_at = time.monotonic()
-        job = progress.wait_for_job(conn, job_id, timeout=JOB_TIMEOUT_SECONDS)
+        job = jobs.progress.wait_for_job(conn, job_id, timeout=JOB_TIMEOUT_SECONDS)
         attempts = attempts_of(conn, job_id)
         unacked = failover.client(settings.redis_url).hexists("unacked", tag)
     finally:
@@ -222,7 +220,7 @@ def test_a_killed_workers_batch_is_stored_by_the_survivor_within_15_s(conn, env,
         f"\nfailover: a batch of {len(batch)} ({stored_before} stored before the kill) taken again after {running},"
         f" all stored {recovery:.1f} s after its worker stopped"
     )
-    items, predictions, failed = job_store.rows_for_job(conn, job_id)
+    items, predictions, failed = jobs.store.rows_for_job(conn, job_id)
     assert (job["status"], items, predictions, failed) == ("done", len(test_split_ids), len(test_split_ids), 0)  # 0 lost
     assert (job["done_count"], job["failed_count"]) == (predictions, 0)  # counted once each: 0 duplicated
     # Delivered once more, then split; the halves at their first attempt; the survivor's batches never again.
@@ -239,11 +237,11 @@ def upload_consumer(env: dict[str, str], log_path: Path) -> services.ChildProces
 
 
 def consumer_of(settings: Settings, process: services.ChildProcess) -> str:
-    prefix = f"{upload_queue.host_prefix()}{process.pid}-"
-    redis = upload_queue.client(settings.redis_url)
+    prefix = f"{queues.uploads.host_prefix()}{process.pid}-"
+    redis = queues.uploads.client(settings.redis_url)
     deadline = time.monotonic() + CATCH_SECONDS
     while time.monotonic() < deadline:
-        for member in redis.smembers(upload_queue.consumers_key(settings)):
+        for member in redis.smembers(queues.uploads.consumers_key(settings)):
             if member.decode().startswith(prefix):
                 return member.decode()
         time.sleep(POLL_SECONDS)
@@ -261,17 +259,17 @@ def freeze_holding_uploads(
 
     Returns (when it was frozen, the upload jobs it holds, every upload job submitted).
     """
-    redis = upload_queue.client(settings.redis_url)
+    redis = queues.uploads.client(settings.redis_url)
     job_ids: list[int] = []
     deadline = time.monotonic() + CATCH_SECONDS
     while time.monotonic() < deadline:
         for picture in pictures[len(job_ids) % len(pictures) :][:UPLOADS_PER_FREEZE]:
-            job_ids.append(jobs.submit_upload(conn, settings, picture, model_version, {"failover": True}))
+            job_ids.append(jobs.service.submit_upload(conn, settings, picture, model_version, {"failover": True}))
         signal_group(consumer.pid, signal.SIGSTOP)
         frozen_at = time.monotonic()
         time.sleep(SETTLE_SECONDS)
-        entries = redis.lrange(upload_queue.processing_list(settings, name), 0, -1)
-        held = unfinished_jobs(conn, [upload_queue.decode_entry(entry)[0] for entry in entries])
+        entries = redis.lrange(queues.uploads.processing_list(settings, name), 0, -1)
+        held = unfinished_jobs(conn, [queues.uploads.decode_entry(entry)[0] for entry in entries])
         if held:
             return frozen_at, held, job_ids
         signal_group(consumer.pid, signal.SIGCONT)
@@ -280,7 +278,7 @@ def freeze_holding_uploads(
 
 def test_a_killed_upload_consumers_uploads_are_predicted_by_the_survivor_within_15_s(conn, env, test_split_ids, model_version, tmp_path):
     settings = load_settings(env)
-    pictures = image_store.fetch_images(conn, test_split_ids[:UPLOADS])
+    pictures = images.store.fetch_images(conn, test_split_ids[:UPLOADS])
     survivor = upload_consumer(env, tmp_path / "survivor.log")
     doomed = upload_consumer(env, tmp_path / "doomed.log")
     try:

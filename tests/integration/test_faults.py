@@ -22,13 +22,12 @@ from pathlib import Path
 import pytest
 
 from producer.ingest import load_mnist, mnist_rows
-from shared import broker, jobs, model_registration, upload_queue
+from shared import images, jobs, queues
 from shared.config import DEFAULT_MNIST_DIR, DEFAULT_MODEL_PATH, load_settings
-from shared.db import connection, progress, queries, statistics
-from shared.db import images as image_store
-from shared.db import jobs as job_store
-from shared.db.images import ImageRow
-from shared.images import png_bytes
+from shared.db import connection
+from shared.images.codec import png_bytes
+from shared.images.store import ImageRow
+from shared.training import registration
 from stack import scratch
 from stack.processes import signal_group
 from tests.support import scratch_fixtures, services
@@ -60,19 +59,19 @@ def fault_env(fault_database: str) -> dict[str, str]:
 def submit(conn, env: dict[str, str], image_ids: list[int], batch_size: int) -> int:
     """A bulk job through the job service, on the queues the processes started with ``env`` consume."""
     config = load_settings(env)
-    selection = jobs.Selection(image_ids=tuple(image_ids))
-    return jobs.submit_job(conn, broker.celery_app(config), config, selection, services.production_version(conn), batch_size).id
+    selection = jobs.service.Selection(image_ids=tuple(image_ids))
+    return jobs.service.submit_job(conn, queues.broker.celery_app(config), config, selection, services.production_version(conn), batch_size).id
 
 
 def submit_uploads(conn, env: dict[str, str], pictures: list[bytes]) -> list[int]:
     """One upload job per stored-form image, on the upload queue, as the web sends them."""
     config = load_settings(env)
     version = services.production_version(conn)
-    return [jobs.submit_upload(conn, config, picture, version, {"fault": True}) for picture in pictures]
+    return [jobs.service.submit_upload(conn, config, picture, version, {"fault": True}) for picture in pictures]
 
 
 def stored_images(conn, image_ids: list[int]) -> list[bytes]:
-    stored = image_store.fetch_images(conn, image_ids)
+    stored = images.store.fetch_images(conn, image_ids)
     return [stored[image_id] for image_id in image_ids]
 
 
@@ -100,8 +99,8 @@ def pool_children(worker: services.WorkerProcess) -> list[int]:
 
 
 def assert_exactly_once(conn, job_id: int, total: int, failures: int = 0) -> dict:
-    job = progress.wait_for_job(conn, job_id, timeout=JOB_TIMEOUT_SECONDS)
-    items, predictions, failed = job_store.rows_for_job(conn, job_id)
+    job = jobs.progress.wait_for_job(conn, job_id, timeout=JOB_TIMEOUT_SECONDS)
+    items, predictions, failed = jobs.store.rows_for_job(conn, job_id)
     duplicated = connection.query_one(
         conn, "SELECT count(*) - count(DISTINCT input_data_id) FROM predictions WHERE job_id = %s", (job_id,)
     )[0]
@@ -131,7 +130,7 @@ def test_workers_killed_at_random_moments_lose_and_duplicate_nothing(conn, fault
         while kills < 10:
             time.sleep(rng.uniform(0.05, 0.3))
             # Every kill lands mid-job: a machine fast enough to finish the job early gets another.
-            if job_store.get_job(conn, job_ids[-1])["status"] == "done":
+            if jobs.store.get_job(conn, job_ids[-1])["status"] == "done":
                 job_ids.append(submit(conn, fault_env, test_split_ids, batch_size=100))
             index = rng.randrange(len(workers))
             if kills % 5 == 4:  # now and then the whole worker, parent and all, as when a container dies
@@ -146,7 +145,7 @@ def test_workers_killed_at_random_moments_lose_and_duplicate_nothing(conn, fault
             kills += 1
         finished = [assert_exactly_once(conn, job_id, len(test_split_ids)) for job_id in job_ids]
         for job_id in job_ids:  # the per-job statistics, written with the predictions, never drift from them
-            counted = statistics.recount(conn, job_id)
+            counted = jobs.statistics.recount(conn, job_id)
             assert (counted["statistics"], counted["mistakes"]) == (counted["aggregated"], counted["mistakes_aggregated"])
         total = {key: sum(job[key] for job in finished) for key in ("done_count", "failed_count", "duplicated")}
         record("worker SIGKILL x10 (2 workers)", kills, len(test_split_ids) * len(finished), total, time.monotonic() - started)
@@ -160,10 +159,10 @@ def test_a_worker_stopped_gracefully_mid_job_loses_nothing(conn, fault_env, test
     worker = start_worker(fault_env, tmp_path, "stopping", concurrency=2)
     started = time.monotonic()
     job_id = submit(conn, fault_env, ids, batch_size=100)
-    progress.wait_for_job(conn, job_id, until_finished=1)  # mid-job: stop once work is under way, however fast the machine
+    jobs.progress.wait_for_job(conn, job_id, until_finished=1)  # mid-job: stop once work is under way, however fast the machine
     worker.process.send_signal(signal.SIGTERM)  # warm shutdown: finish what runs, give back the rest
     worker.process.wait(timeout=60)
-    assert job_store.get_job(conn, job_id)["status"] != "done", "the job finished before the worker stopped"
+    assert jobs.store.get_job(conn, job_id)["status"] != "done", "the job finished before the worker stopped"
     replacement = start_worker(fault_env, tmp_path, "replacement")
     try:
         job = assert_exactly_once(conn, job_id, len(ids))
@@ -181,9 +180,9 @@ def test_a_redis_restart_that_loses_every_message_still_completes_the_job(conn, 
     started = time.monotonic()
     try:
         job_id = submit(conn, env, ids, batch_size=100)
-        progress.wait_for_job(conn, job_id, until_finished=1)  # mid-job, however fast the machine
+        jobs.progress.wait_for_job(conn, job_id, until_finished=1)  # mid-job, however fast the machine
         redis_server = redis_server.restart()  # empty: the queued batches are gone
-        assert job_store.get_job(conn, job_id)["status"] != "done", "the job finished before Redis restarted"
+        assert jobs.store.get_job(conn, job_id)["status"] != "done", "the job finished before Redis restarted"
         job = assert_exactly_once(conn, job_id, len(ids))  # the sweeper found the rest in PostgreSQL
         record("Redis restarted (queue lost)", 1, len(ids), job, time.monotonic() - started)
     finally:
@@ -204,7 +203,7 @@ def test_a_redis_restart_that_loses_waiting_uploads_still_predicts_every_one(con
             job_ids = submit_uploads(conn, env, stored_images(conn, ids))
             redis_server = redis_server.restart()  # ...which loses them
             # Nothing of them is left in Redis: only PostgreSQL, and so the sweeper, knows of them.
-            assert upload_queue.waiting(load_settings(env)) == 0
+            assert queues.uploads.waiting(load_settings(env)) == 0
         finally:
             signal_group(worker.pid, signal.SIGCONT)
         outcomes = wait_for_uploads(conn, job_ids)  # the consumer reconnects; the sweeper finds the uploads in PostgreSQL
@@ -220,14 +219,14 @@ def test_a_redis_restart_that_loses_waiting_uploads_still_predicts_every_one(con
 def test_poison_images_are_failed_after_bounded_attempts_and_the_rest_completes(conn, fault_env, test_split_ids, tmp_path):
     ids = test_split_ids[:200]
     poison = [ImageRow(marker, None, [28, 28], "upload", None, None) for marker in (CRASH_MARKER, FAIL_MARKER)]
-    crash_id, fail_id = image_store.insert_images(conn, poison)
+    crash_id, fail_id = images.store.insert_images(conn, poison)
     worker = start_worker(fault_env, tmp_path, "crashing", module="tests.support.crashing_worker")
     started = time.monotonic()
     try:
         job_id = submit(conn, fault_env, ids[:100] + [crash_id] + ids[100:] + [fail_id], batch_size=64)
         job = assert_exactly_once(conn, job_id, len(ids) + 2, failures=2)
-        reasons = dict(queries.job_failures(conn, job_id))
-        assert reasons[crash_id].startswith(f"gave up after {jobs.MAX_DELIVERIES} attempts")
+        reasons = dict(jobs.queries.job_failures(conn, job_id))
+        assert reasons[crash_id].startswith(f"gave up after {jobs.service.MAX_DELIVERIES} attempts")
         assert reasons[fail_id] == "prediction failed: injected inference failure"
         record("poison: crashes its worker / fails inference", 2, len(ids) + 2, job, time.monotonic() - started)
     finally:
@@ -287,11 +286,11 @@ def test_an_upload_that_crashes_its_consumer_is_failed_after_bounded_attempts(co
         outcomes = wait_for_uploads(conn, [crash_job, fail_job, *job_ids], while_waiting=restart_the_dead)
     finally:
         consumers[-1].stop()
-    assert len(consumers) - 1 == jobs.MAX_DELIVERIES  # it died on each of its attempts, and no more
+    assert len(consumers) - 1 == jobs.service.MAX_DELIVERIES  # it died on each of its attempts, and no more
     assert (outcomes[crash_job], outcomes[fail_job]) == (("done", 1, 0, 1), ("done", 1, 0, 1))
     assert all(outcomes[job_id] == ("done", 1, 1, 0) for job_id in job_ids)
-    assert queries.job_failures(conn, crash_job)[0][1] == f"gave up after {jobs.MAX_DELIVERIES} attempts: the worker died on this image"
-    assert queries.job_failures(conn, fail_job)[0][1] == "prediction failed: injected inference failure"
+    assert jobs.queries.job_failures(conn, crash_job)[0][1] == f"gave up after {jobs.service.MAX_DELIVERIES} attempts: the worker died on this image"
+    assert jobs.queries.job_failures(conn, fail_job)[0][1] == "prediction failed: injected inference failure"
     job = {"done_count": len(ids), "failed_count": 2, "duplicated": 0}
     record("poison upload: crashes its consumer / fails inference", 2, len(ids) + 2, job, time.monotonic() - started)
 
@@ -320,9 +319,9 @@ def test_a_poison_upload_in_a_micro_batch_of_16_fails_alone(conn, fault_env, tes
     )
     assert outcomes[poison_job] == ("done", 1, 0, 1)
     logs = "".join(path.read_text() for path in tmp_path.glob("batch*.log"))
-    reason = queries.job_failures(conn, poison_job)[0][1]
+    reason = jobs.queries.job_failures(conn, poison_job)[0][1]
     if marker == CRASH_MARKER:  # the batch died once, then the poison alone until it was given up on
-        assert len(consumers) - 1 == jobs.MAX_DELIVERIES and reason.startswith(f"gave up after {jobs.MAX_DELIVERIES} attempts")
+        assert len(consumers) - 1 == jobs.service.MAX_DELIVERIES and reason.startswith(f"gave up after {jobs.service.MAX_DELIVERIES} attempts")
         assert "took back 16 uploads held by consumers that died" in logs
     else:  # split in halves until the poison was alone; nobody died
         assert len(consumers) == 1 and reason == "prediction failed: injected inference failure"
@@ -371,9 +370,9 @@ def test_a_postgres_restart_mid_job_is_ridden_out(fault_env, mnist_dir, tmp_path
     stack_dir = tmp_path / "stack"
     database_url = start_postgres(stack_dir)
     conn = connection.wait_for_database(database_url)
-    model_registration.prepare_database(database_url, DEFAULT_MODEL_PATH, DEFAULT_MNIST_DIR)  # as init-db does
-    images, labels = load_mnist(mnist_dir, "test", 3000)
-    ids = image_store.insert_images(conn, list(mnist_rows(images, labels, "test")))
+    registration.prepare_database(database_url, DEFAULT_MODEL_PATH, DEFAULT_MNIST_DIR)  # as init-db does
+    digit_images, labels = load_mnist(mnist_dir, "test", 3000)
+    ids = images.store.insert_images(conn, list(mnist_rows(digit_images, labels, "test")))
     env = {**fault_env, "DATABASE_URL": database_url}
     worker = services.Workers(env, tmp_path / "worker.log")  # bulk worker and upload consumer
     worker.wait_ready()
@@ -382,7 +381,7 @@ def test_a_postgres_restart_mid_job_is_ridden_out(fault_env, mnist_dir, tmp_path
     try:
         web.wait_ready()
         assert readiness(web)[0] == 200
-        assert upload_and_wait(web, png_bytes(images[1])) == (200, labels[1])  # the upload lane's pool and listener, opened
+        assert upload_and_wait(web, png_bytes(digit_images[1])) == (200, labels[1])  # the upload lane's pool and listener, opened
         job_id = submit(conn, env, ids, batch_size=100)
         bearer = {"Authorization": f"Bearer {services.operator_token(conn)}"}  # the job API is for operators
         job_status = urllib.request.Request(f"{web.url}/api/jobs/{job_id}", headers=bearer)
@@ -390,10 +389,10 @@ def test_a_postgres_restart_mid_job_is_ridden_out(fault_env, mnist_dir, tmp_path
             assert answer.status == 200
         # Mid-job however fast the machine: at the first stored batch the workers are frozen until
         # PostgreSQL is down, and then find it gone with the job's other batches still to do.
-        progress.wait_for_job(conn, job_id, until_finished=1)
+        jobs.progress.wait_for_job(conn, job_id, until_finished=1)
         signal_group(worker.pid, signal.SIGSTOP)
         try:
-            done_before_the_stop = job_store.get_job(conn, job_id)["done_count"]
+            done_before_the_stop = jobs.store.get_job(conn, job_id)["done_count"]
             conn.close()
             stop_postgres(stack_dir)
         finally:
@@ -409,7 +408,7 @@ def test_a_postgres_restart_mid_job_is_ridden_out(fault_env, mnist_dir, tmp_path
         assert job["finished_at"] > restarted_at, "the job was done before PostgreSQL restarted"
         assert readiness(web)[0] == 200  # recovered by itself
         # The upload lane's pooled connections and its listener died with the server: new ones answer.
-        assert upload_and_wait(web, png_bytes(images[0])) == (200, labels[0])
+        assert upload_and_wait(web, png_bytes(digit_images[0])) == (200, labels[0])
         record("PostgreSQL restarted mid-job", 1, len(ids), job, time.monotonic() - started)
     finally:
         web.stop()

@@ -19,13 +19,12 @@ import pytest
 from click.testing import CliRunner, Result
 
 from producer.cli import main as cli
+from shared import images, jobs
 from shared.config import Settings
-from shared.db import connection, results
-from shared.db import images as image_store
-from shared.db import jobs as job_store
-from shared.db.images import ImageRow
-from shared.db.results import FailureRow
-from shared.images import encode_image
+from shared.db import connection
+from shared.images.codec import encode_image
+from shared.images.store import ImageRow
+from shared.jobs.results import FailureRow
 from stack import scratch
 from tests.support import malformed_images, services
 from web.app import create_app
@@ -100,15 +99,15 @@ def private_config(settings: Settings) -> Iterator[Settings]:
 def seed(conn) -> int:
     """Images, a bulk job with a right and a wrong prediction and a failure, a finished upload, and an operator (its id)."""
     digit = np.eye(28, dtype=np.uint8) * 255
-    ids = image_store.insert_images(conn, [ImageRow(encode_image(digit), label, [28, 28], "test", label, None) for label in (1, 7, 9)])
+    ids = images.store.insert_images(conn, [ImageRow(encode_image(digit), label, [28, 28], "test", label, None) for label in (1, 7, 9)])
     # Never enqueued: its results are stored here, as a worker would have.
-    job_id = job_store.create_job(conn, ids, "model-x", {"split": "test"})
+    job_id = jobs.store.create_job(conn, ids, "model-x", {"split": "test"})
     failure = FailureRow(ids[2], "seeded failure")
-    results.store_results(conn, job_id, "model-x", services.prediction_batch(ids[:2], [1, 3], 0.95), [failure])
-    upload_job, upload_image = job_store.create_upload_job(
+    jobs.results.store_results(conn, job_id, "model-x", services.prediction_batch(ids[:2], [1, 3], 0.95), [failure])
+    upload_job, upload_image = jobs.store.create_upload_job(
         conn, encode_image(digit), [28, 28], "model-x", {"upload": "seed.png"}, SEED_TOKEN
     )
-    results.store_results(conn, upload_job, "model-x", services.prediction_batch([upload_image], 1, 0.9), [])
+    jobs.results.store_results(conn, upload_job, "model-x", services.prediction_batch([upload_image], 1, 0.9), [])
     return services.add_operator(conn)[0]
 
 

@@ -31,9 +31,9 @@ from click.testing import CliRunner
 
 from bench.common import child_pids
 from producer.cli import main as producer_cli
-from shared import broker, upload_queue
+from shared import queues
 from shared.config import Settings
-from shared.queue_metrics import read_queues
+from shared.observability.queues import read_queues
 from stack import scratch
 from stack.processes import ChildProcess, free_port
 from tests.integration.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
@@ -201,7 +201,7 @@ def test_prometheus_scrapes_the_web_and_every_process_of_the_worker(monitored):
     for job in ("web", "worker"):  # both read the queues, so they stay visible without workers
         depths = monitored.eventually(f'mnist_queue_depth{{job="{job}"}}')
         assert {series["metric"]["queue"] for series in depths} == {"bulk", "upload"}
-    assert monitored.eventually(f'celery_queue_length{{queue_name="{broker.bulk_queue(monitored.settings)}"}}')
+    assert monitored.eventually(f'celery_queue_length{{queue_name="{queues.broker.bulk_queue(monitored.settings)}"}}')
 
 
 def test_a_job_shows_in_prometheus_as_images_per_second(monitored, conn, browser_or_none):
@@ -229,7 +229,7 @@ def test_a_job_shows_in_prometheus_as_images_per_second(monitored, conn, browser
     assert monitored.eventually(f"count({every_stage}) == 4")  # queue_wait, fetch, inference, store
     assert {series["metric"]["stage"] for series in monitored.query(every_stage)} == {"queue_wait", "fetch", "inference", "store"}
     assert monitored.eventually(f'sum(mnist_batch_size_images_count{{queue="bulk"}}) >= {batches}')
-    assert monitored.eventually(f'sum(celery_task_succeeded_total{{queue_name="{broker.bulk_queue(monitored.settings)}"}}) >= {batches}')
+    assert monitored.eventually(f'sum(celery_task_succeeded_total{{queue_name="{queues.broker.bulk_queue(monitored.settings)}"}}) >= {batches}')
     assert monitored.eventually(f"sum(celery_task_runtime_count) >= {batches}")
     if browser_or_none is not None:
         monitored.eventually(f"{GRAPHED.replace('by (queue) ', '')} == 0")  # the job's curve has come down again
@@ -300,8 +300,8 @@ STAMP_ROUNDING = 0.001
 def test_queue_depth_and_age_are_read_from_what_the_senders_put_in_redis(private_queue):
     """Real kombu messages and upload entries, on queues no worker consumes."""
     config = private_queue
-    sent = broker.send_batches(broker.celery_app(config), broker.bulk_queue(config), 1, [[1, 2], [3]])
-    upload_queue.enqueue(config, 7, [70, 71], accepted=time.time() - 5)
+    sent = queues.broker.send_batches(queues.broker.celery_app(config), queues.broker.bulk_queue(config), 1, [[1, 2], [3]])
+    queues.uploads.enqueue(config, 7, [70, 71], accepted=time.time() - 5)
     bulk, upload = read_queues(config, time.time() + 2)
     assert (bulk.queue, bulk.depth, upload.queue, upload.depth) == ("bulk", sent, "upload", 2)
     # Entries carry their time in milliseconds, rounded: an age may read up to half a millisecond short.

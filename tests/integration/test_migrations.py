@@ -22,11 +22,11 @@ import pytest
 from click.testing import CliRunner
 
 from producer.cli import main
+from shared import jobs
 from shared.config import Settings
-from shared.db import jobs as job_store
-from shared.db import results, schema, statistics
+from shared.db import schema
 from shared.db.connection import Connection, connect, query, transaction
-from shared.images import encode_image
+from shared.images.codec import encode_image
 from stack import scratch
 from tests.integration.schema_checks import TABLES, create_previous_release_schema, every_row, schema_snapshot, table_columns
 from tests.support.services import PROJECT_ROOT, prediction_batch
@@ -106,14 +106,14 @@ def test_a_previous_release_database_upgrades_in_place_and_keeps_every_row(previ
 
     # The upgraded schema takes the new code's writes, on the old rows too.
     images, rest = rows["images"], rows["images"][2:]
-    assert job_store.unfinished_image_ids(conn, rows["bulk"]) == rest
-    assert results.record_attempt(conn, rows["bulk"], images) == 3  # the old batch's count goes on
-    assert results.store_results(conn, rows["bulk"], "new-model", prediction_batch(rest, 2, 0.8), []) == (2, 0)
-    job = job_store.get_job(conn, rows["bulk"])
+    assert jobs.store.unfinished_image_ids(conn, rows["bulk"]) == rest
+    assert jobs.results.record_attempt(conn, rows["bulk"], images) == 3  # the old batch's count goes on
+    assert jobs.results.store_results(conn, rows["bulk"], "new-model", prediction_batch(rest, 2, 0.8), []) == (2, 0)
+    job = jobs.store.get_job(conn, rows["bulk"])
     assert (job["status"], job["done_count"], job["failed_count"]) == ("done", 3, 1) and job["finished_at"] is not None
-    assert job_store.rows_for_job(conn, rows["bulk"]) == (4, 3, 1)
-    new_job = job_store.create_job(conn, rest, "new-model", {"ids": len(rest)})
-    assert new_job > rows["upload"] and job_store.get_job(conn, new_job)["status"] == "queued"
+    assert jobs.store.rows_for_job(conn, rows["bulk"]) == (4, 3, 1)
+    new_job = jobs.store.create_job(conn, rest, "new-model", {"ids": len(rest)})
+    assert new_job > rows["upload"] and jobs.store.get_job(conn, new_job)["status"] == "queued"
 
 
 def test_the_upgrade_fills_the_statistics_of_the_jobs_already_there(previous_release):
@@ -128,16 +128,16 @@ def test_the_upgrade_fills_the_statistics_of_the_jobs_already_there(previous_rel
     )
     schema.migrate(url)
     for job_id in (rows["bulk"], rows["upload"]):
-        counted = statistics.recount(conn, job_id)
+        counted = jobs.statistics.recount(conn, job_id)
         assert counted["statistics"] == counted["aggregated"] != []
         assert counted["mistakes"] == counted["mistakes_aggregated"]
-    assert statistics.recount(conn, rows["bulk"])["mistakes"] == 1
-    assert statistics.low_confidence_count(conn, rows["bulk"]) == 1
+    assert jobs.statistics.recount(conn, rows["bulk"])["mistakes"] == 1
+    assert jobs.statistics.low_confidence_count(conn, rows["bulk"]) == 1
     # and they go on from there with the new code's writes (the fourth image has no label: not a mistake)
-    results.store_results(conn, rows["bulk"], "new-model", prediction_batch(rows["images"][3:], 4, 0.9), [])
-    counted = statistics.recount(conn, rows["bulk"])
+    jobs.results.store_results(conn, rows["bulk"], "new-model", prediction_batch(rows["images"][3:], 4, 0.9), [])
+    counted = jobs.statistics.recount(conn, rows["bulk"])
     assert counted["statistics"] == counted["aggregated"] and counted["mistakes"] == counted["mistakes_aggregated"] == 1
-    assert (statistics.UNLABELLED, 4, 1, 0) in counted["statistics"]
+    assert (jobs.statistics.UNLABELLED, 4, 1, 0) in counted["statistics"]
 
 
 def test_an_empty_database_migrates_to_the_schema_of_an_upgraded_one(previous_release):

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image
 
-from shared import upload_queue
+from shared import queues
 from shared.db.connection import query
 from stack.scratch import unique_name
 from tests.support import digits
@@ -69,7 +69,7 @@ def post_upload(url: str, body: bytes) -> tuple[int, dict, str | None]:
 
 def test_a_full_upload_queue_answers_429_with_retry_after_and_stores_nothing(conn, settings, digit_pngs):
     config = settings.replace(queue_prefix=unique_name("mnistq-full"), max_queued_uploads=2, upload_rate_limit="")
-    upload_queue.enqueue(config, 0, [0] * config.max_queued_uploads)  # nobody consumes this private queue
+    queues.uploads.enqueue(config, 0, [0] * config.max_queued_uploads)  # nobody consumes this private queue
     try:
         client = create_app({"TESTING": True, "WTF_CSRF_ENABLED": False}, settings=config).test_client()
         before = max_job_id(conn)
@@ -80,34 +80,34 @@ def test_a_full_upload_queue_answers_429_with_retry_after_and_stores_nothing(con
         assert page.status_code == 429 and "try again" in page.text and page.headers["Retry-After"]
         assert upload_jobs_after(conn, before) == []
     finally:
-        upload_queue.client(config.redis_url).delete(upload_queue.queue_name(config))
+        queues.uploads.client(config.redis_url).delete(queues.uploads.queue_name(config))
 
 
 def test_a_short_queue_seen_by_this_process_stands_in_for_a_look_only_while_fresh(conn, settings, digit_pngs, monkeypatch):
     """The length a push of this process saw spares the look at the queue while it is fresh and
     under half the bound; past that, the queue is looked at and a full one refuses."""
     config = settings.replace(queue_prefix=unique_name("mnistq-seen"), max_queued_uploads=4, upload_rate_limit="")
-    queue = upload_queue.queue_name(config)
+    queue = queues.uploads.queue_name(config)
     try:
-        assert upload_queue.enqueue(config, 0, [0]) == 1  # nobody consumes this private queue
-        assert upload_queue.pushed_length(config, 60) == 1
-        upload_queue.client(config.redis_url).lpush(queue, *["0:0"] * 3)  # another process fills it behind our back
+        assert queues.uploads.enqueue(config, 0, [0]) == 1  # nobody consumes this private queue
+        assert queues.uploads.pushed_length(config, 60) == 1
+        queues.uploads.client(config.redis_url).lpush(queue, *["0:0"] * 3)  # another process fills it behind our back
         client = create_app({"TESTING": True, "WTF_CSRF_ENABLED": False}, settings=config).test_client()
         monkeypatch.setattr(predictions, "QUEUE_LENGTH_FRESH_SECONDS", 60)
         accepted = client.post("/api/predictions", data=digit_pngs[0], content_type="image/png")
         assert accepted.status_code == 202  # 1 < 4 // 2, a moment ago: no look
-        assert upload_queue.pushed_length(config, 60) == 5  # its own push saw the queue as it is
+        assert queues.uploads.pushed_length(config, 60) == 5  # its own push saw the queue as it is
         refused = client.post("/api/predictions", data=digit_pngs[1], content_type="image/png")
         assert refused.status_code == 429  # 5 >= 2: looked, and 5 >= 4
-        upload_queue.client(config.redis_url).delete(queue)
-        assert upload_queue.enqueue(config, 0, [0]) == 1
-        upload_queue.client(config.redis_url).lpush(queue, *["0:0"] * 3)
+        queues.uploads.client(config.redis_url).delete(queue)
+        assert queues.uploads.enqueue(config, 0, [0]) == 1
+        queues.uploads.client(config.redis_url).lpush(queue, *["0:0"] * 3)
         monkeypatch.setattr(predictions, "QUEUE_LENGTH_FRESH_SECONDS", 0)
-        assert upload_queue.pushed_length(config, -1) is None
+        assert queues.uploads.pushed_length(config, -1) is None
         stale = client.post("/api/predictions", data=digit_pngs[2], content_type="image/png")
         assert stale.status_code == 429  # what was seen is no longer fresh: looked, and the queue is full
     finally:
-        upload_queue.client(config.redis_url).delete(queue)
+        queues.uploads.client(config.redis_url).delete(queue)
 
 
 def test_a_thousand_uploads_each_get_an_answer_and_every_accepted_one_its_prediction(
@@ -152,4 +152,4 @@ def test_a_thousand_uploads_each_get_an_answer_and_every_accepted_one_its_predic
         f"\noverload: {UPLOADS} uploads in {submit_seconds:.1f} s, {len(accepted)} accepted, {len(refused)} refused (429),"
         f" {len(results)} predicted exactly once, all done after {predict_seconds:.1f} s"
     )
-    assert upload_queue.waiting(settings) == 0
+    assert queues.uploads.waiting(settings) == 0

@@ -4,9 +4,10 @@ import numpy as np
 import psycopg2.errors
 import pytest
 
-from shared.db import connection, models, prepared, results
-from shared.db.results import PredictionBatch
+from shared import jobs, models
+from shared.db import connection, prepared
 from shared.digits import NUM_CLASSES
+from shared.jobs.results import PredictionBatch
 from stack import scratch
 from worker.batch import DatabaseLane
 
@@ -106,18 +107,18 @@ def test_a_lane_that_planned_beside_few_jobs_still_finds_a_batchs_jobs_by_key_wh
 
         lane = DatabaseLane(url, threaded=False)
 
-        def micro_batch(jobs: list[int]) -> None:
-            lane.submit(models.upload_batch, [(job, image) for job in jobs]).result()
-            probabilities = np.eye(NUM_CLASSES, dtype=np.float32)[[3] * len(jobs)]
-            batch = PredictionBatch.of([image] * len(jobs), probabilities)
-            lane.submit(results.store_many, "v1", jobs, np.array(jobs), batch, []).result()
+        def micro_batch(job_ids: list[int]) -> None:
+            lane.submit(models.store.upload_batch, [(job, image) for job in job_ids]).result()
+            probabilities = np.eye(NUM_CLASSES, dtype=np.float32)[[3] * len(job_ids)]
+            batch = PredictionBatch.of([image] * len(job_ids), probabilities)
+            lane.submit(jobs.results.store_many, "v1", job_ids, np.array(job_ids), batch, []).result()
             lane.submit(connection.query, "SELECT pg_stat_force_next_flush()").result()  # its counts, once it is idle
 
         micro_batch(new_jobs(2))  # every statement planned now, beside two jobs
         new_jobs(100_000)
-        jobs = new_jobs(2)
+        job_ids = new_jobs(2)
         before = jobs_rows_read(setup)
-        micro_batch(jobs)
+        micro_batch(job_ids)
         read = jobs_rows_read(setup) - before
         lane.submit(lambda conn: conn.close()).result()
         setup.close()

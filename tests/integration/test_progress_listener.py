@@ -16,12 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from shared.db import connection, progress, queries, results
-from shared.db import images as image_store
-from shared.db import jobs as job_store
-from shared.db.results import FailureRow, PredictionBatch, store_results
+from shared import images, jobs
+from shared.db import connection
 from shared.digits import NUM_CLASSES
-from shared.images import encode_image
+from shared.images.codec import encode_image
+from shared.jobs.results import FailureRow, PredictionBatch, store_results
 from tests.support import digits
 from tests.support.services import production_version
 from web import backends, predictions, progress_listener
@@ -90,8 +89,8 @@ def test_many_uploads_waiting_in_one_process_are_all_answered_through_the_one_li
 def upload_jobs(conn, count: int) -> list[tuple[int, int, str]]:
     """Upload jobs no consumer will see (never enqueued): the test stores their outcome itself. (job, image, token)"""
     version, image = production_version(conn), encode_image(np.full((28, 28), 3, np.uint8))
-    made = [job_store.create_upload_job(conn, image, [28, 28], version, {"upload": None}) for _ in range(count)]
-    return [(job_id, image_id, queries.upload_prediction(conn, job_id)["public_token"]) for job_id, image_id in made]
+    made = [jobs.store.create_upload_job(conn, image, [28, 28], version, {"upload": None}) for _ in range(count)]
+    return [(job_id, image_id, jobs.queries.upload_prediction(conn, job_id)["public_token"]) for job_id, image_id in made]
 
 
 def until(condition, seconds: float = LISTEN_SECONDS) -> None:
@@ -142,28 +141,28 @@ def test_a_request_listens_on_its_own_connection_while_the_listener_is_not_liste
 def test_a_micro_batch_announces_each_uploads_answer_as_a_later_read_finds_it(settings, conn):
     """What a waiting request answers from the notice is what GET /api/predictions/<token> reads back."""
     uploads = upload_jobs(conn, 3)
-    bulk_row = image_store.ImageRow(encode_image(np.full((28, 28), 5, np.uint8)), 5, [28, 28], "upload", None, f"answers-{uuid.uuid4()}")
-    (bulk_image,) = image_store.insert_images(conn, [bulk_row])
-    bulk_job = job_store.create_job(conn, [bulk_image], production_version(conn), {"test": True})
-    jobs = [job_id for job_id, _, _ in uploads] + [bulk_job]
+    bulk_row = images.store.ImageRow(encode_image(np.full((28, 28), 5, np.uint8)), 5, [28, 28], "upload", None, f"answers-{uuid.uuid4()}")
+    (bulk_image,) = images.store.insert_images(conn, [bulk_row])
+    bulk_job = jobs.store.create_job(conn, [bulk_image], production_version(conn), {"test": True})
+    job_ids = [job_id for job_id, _, _ in uploads] + [bulk_job]
     listening = connection.connect(settings.database_url)
     listening.autocommit = True
-    progress.listen(listening, answers=True)
+    jobs.progress.listen(listening, answers=True)
     lane = DatabaseLane(settings.database_url, threaded=False)
     try:
-        probabilities = np.random.default_rng(3).dirichlet(np.ones(NUM_CLASSES), size=len(jobs)).astype(np.float32)
+        probabilities = np.random.default_rng(3).dirichlet(np.ones(NUM_CLASSES), size=len(job_ids)).astype(np.float32)
         batch = PredictionBatch.of([image for _, image, _ in uploads] + [bulk_image], probabilities, [-1, -1, -1, 5])
-        lane.submit(results.store_many, "v-answers", jobs, np.array(jobs), batch, []).result()
+        lane.submit(jobs.results.store_many, "v-answers", job_ids, np.array(job_ids), batch, []).result()
         heard, answers = set(), {}
         deadline = time.monotonic() + LISTEN_SECONDS
-        while heard != set(jobs) and time.monotonic() < deadline:
-            ids, announced = progress.wait_for_notices(listening, 0.5)
+        while heard != set(job_ids) and time.monotonic() < deadline:
+            ids, announced = jobs.progress.wait_for_notices(listening, 0.5)
             heard |= ids
             answers |= announced
     finally:
         lane.submit(lambda lane_conn: lane_conn.close()).result()
         listening.close()
-    assert heard == set(jobs) and set(answers) == set(jobs[:3])  # a bulk job's progress only
+    assert heard == set(job_ids) and set(answers) == set(job_ids[:3])  # a bulk job's progress only
     for job_id, _, _ in uploads:
         read_back = predictions.get_prediction(conn, job_id)
         queued = dataclasses.replace(read_back, status=predictions.QUEUED, label=None, confidence=None, probabilities=None)
@@ -179,7 +178,7 @@ def test_a_waiting_request_replies_with_the_announced_answer_without_reading_it_
     vector = np.eye(NUM_CLASSES, dtype="<f4")[4].tobytes().hex()
 
     def announce(job_id: int) -> None:
-        connection.query(conn, "SELECT pg_notify(%s, %s)", (progress.ANSWER_CHANNEL, f"{job_id} 4 1 {vector} v 2"))
+        connection.query(conn, "SELECT pg_notify(%s, %s)", (jobs.progress.ANSWER_CHANNEL, f"{job_id} 4 1 {vector} v 2"))
 
     def wait_for(job_id: int, while_waiting=lambda: None) -> predictions.Prediction:
         queued = predictions.Prediction(job_id, "t" * 22, predictions.QUEUED, 1, None, None, None, None, "production", "seven.png")

@@ -22,16 +22,14 @@ from click.testing import CliRunner
 from prometheus_client import REGISTRY
 
 from producer.cli import main
-from shared import broker, jobs, mnist, model_registration, registry
-from shared.db import images as image_store
-from shared.db import jobs as job_store
-from shared.db import models as model_store
-from shared.db import progress, queries, schema, shadow
+from shared import images, jobs, models, queues
+from shared.db import schema
 from shared.db.connection import connect, query, query_one
-from shared.db.images import ImageRow
 from shared.digits import INPUT_SHAPE, to_model_input
-from shared.images import encode_image
-from shared.model_info import model_card_path
+from shared.images.codec import encode_image
+from shared.images.store import ImageRow
+from shared.models.files import model_card_path
+from shared.training import mnist, registration
 from stack import scratch
 from tests.integration.schema_checks import create_previous_release_schema
 from tests.support import digits, services
@@ -62,18 +60,18 @@ def nearest_centroid_model(images: np.ndarray, labels: np.ndarray, shift: int):
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory, mnist_dir) -> dict[str, Path]:
     """tiny_a (float and int8 exports, its card puts int8 within 0.05 points) and tiny_b (float only), as training writes them."""
-    from shared import model as model_code
+    from shared.training import model
 
     images, labels = mnist.load_split(mnist_dir, "test")
     paths = {}
     for name, shift, with_int8 in (("tiny_a", 0, True), ("tiny_b", 1, False)):
         network = nearest_centroid_model(images, labels, shift)
         path = tmp_path_factory.mktemp(name) / f"{name}.keras"
-        model_code.save_model(network, path)
-        model_code.export_litert(network, path)
+        model.save_model(network, path)
+        model.export_litert(network, path)
         card = {"test_accuracy": 0.9, "litert_file": f"{name}.tflite", "trained_at": "in a test"}
         if with_int8:
-            model_code.export_int8(network, path, images[:200])
+            model.export_int8(network, path, images[:200])
             card["int8"] = {"file": f"{name}.int8.tflite", "test_accuracy": 0.8996, "label_agreement": 0.99}
         model_card_path(path).write_text(json.dumps(card))
         paths[name] = path
@@ -105,7 +103,7 @@ def production_kept(conn) -> Iterator[str]:
     """The production alias as it was, put back after the test (other modules' jobs rely on it)."""
     before = services.production_version(conn)
     yield before
-    model_store.set_alias(conn, registry.PRODUCTION, before)
+    models.store.set_alias(conn, models.registry.PRODUCTION, before)
 
 
 def picture() -> bytes:
@@ -115,18 +113,18 @@ def picture() -> bytes:
 
 def stored_digits(conn, count: int = IMAGES) -> list[int]:
     """``count`` MNIST test digits stored under indexes no other test uses."""
-    images, labels = digits.mnist_test_digits(count)
+    digit_images, labels = digits.mnist_test_digits(count)
     first = int(np.random.default_rng().integers(1_000_000, 2_000_000_000))
     rows = [
         ImageRow(encode_image(image), int(label), [28, 28], "train", first + k, None)
-        for k, (image, label) in enumerate(zip(images, labels, strict=True))
+        for k, (image, label) in enumerate(zip(digit_images, labels, strict=True))
     ]
-    return image_store.insert_images(conn, rows)
+    return images.store.insert_images(conn, rows)
 
 
 def submit(conn, settings, image_ids: list[int], version: str, shadow_version: str | None = None) -> int:
-    selection = jobs.Selection(image_ids=tuple(image_ids))
-    return jobs.submit_job(conn, broker.celery_app(settings), settings, selection, version, 8, shadow_version).id
+    selection = jobs.service.Selection(image_ids=tuple(image_ids))
+    return jobs.service.submit_job(conn, queues.broker.celery_app(settings), settings, selection, version, 8, shadow_version).id
 
 
 def predicted_versions(conn, job_id: int) -> list[str]:
@@ -134,7 +132,7 @@ def predicted_versions(conn, job_id: int) -> list[str]:
 
 
 def done(conn, job_id: int) -> dict:
-    job = progress.wait_for_job(conn, job_id, timeout=60)
+    job = jobs.progress.wait_for_job(conn, job_id, timeout=60)
     assert job["status"] == "done", job
     return job
 
@@ -149,8 +147,8 @@ def models_count(conn) -> int:
 def test_the_schema_step_registered_the_bundled_model_as_production(conn, settings):
     bundled = services.production_version(conn)
     assert bundled.startswith(settings.model_path.stem + "-")
-    assert model_store.model_exists(conn, bundled)
-    again = model_registration.register_bundled(conn, settings.model_path, settings.mnist_dir)  # idempotent
+    assert models.store.model_exists(conn, bundled)
+    again = registration.register_bundled(conn, settings.model_path, settings.mnist_dir)  # idempotent
     assert (again.version, again.stored, again.aliased_production) == (bundled, False, False)
 
 
@@ -163,14 +161,14 @@ def test_register_lists_and_shows_a_version_with_its_card(invoke, versions, conn
     shown = invoke("models", "show", versions["tiny_a"])
     assert shown.exit_code == 0 and "serves:     int8 LiteRT" in shown.output and '"trained_at": "in a test"' in shown.output
     assert invoke("models", "show", "production").output.startswith(f"version:    {versions['bundled']}")
-    again = invoke("models", "register", str(model_store.describe_model(conn, versions["tiny_b"])["keras_file"]))
+    again = invoke("models", "register", str(models.store.describe_model(conn, versions["tiny_b"])["keras_file"]))
     assert again.exit_code == 0 and "was registered already" in again.output
 
 
 def test_register_refuses_what_is_not_a_servable_model_and_stores_nothing(invoke, conn, model_files, tmp_path, mnist_dir):
     import keras
 
-    from shared import model as model_code
+    from shared.training import model
 
     def refused(path: Path, message: str) -> None:
         before = models_count(conn)
@@ -200,8 +198,8 @@ def test_register_refuses_what_is_not_a_servable_model_and_stores_nothing(invoke
         path = tmp_path / name / f"{name}.keras"
         path.parent.mkdir()
         network = keras.Sequential(layers)
-        model_code.save_model(network, path)
-        model_code.export_litert(network, path)
+        model.save_model(network, path)
+        model.export_litert(network, path)
         refused(path, message)
 
 
@@ -209,9 +207,9 @@ def test_aliases_move_resolve_and_refuse_bad_names(invoke, versions, conn):
     assert invoke("models", "alias", "canary", versions["tiny_a"]).output.strip() == f"canary -> {versions['tiny_a']}"
     moved = invoke("models", "alias", "canary", versions["tiny_b"])
     assert moved.output.strip() == f"canary -> {versions['tiny_b']} (was {versions['tiny_a']})"
-    assert registry.resolve(conn, "canary") == versions["tiny_b"]
+    assert models.registry.resolve(conn, "canary") == versions["tiny_b"]
     assert invoke("models", "alias", "champion", "canary").output.strip() == f"champion -> {versions['tiny_b']}"  # what canary names
-    assert invoke("models", "unalias", "champion").exit_code == 0 and model_store.resolve(conn, "champion") is None
+    assert invoke("models", "unalias", "champion").exit_code == 0 and models.store.resolve(conn, "champion") is None
     for args, message in (
         (("alias", "Bad Name", versions["tiny_a"]), "is not allowed"),
         (("alias", "looks-like-1a2b3c4d5e6f", versions["tiny_a"]), "is not allowed"),
@@ -276,7 +274,7 @@ def test_a_shadow_predicts_the_job_too_and_is_never_answered(worker, conn, setti
     assert answer.status_code == 422 and "shadow" in answer.json["error"]
     answer = client.post(f"/api/predictions?wait={WAIT}&shadow={versions['tiny_b']}", data=seven, content_type="image/png")
     assert answer.status_code == 200 and answer.json["model_version"] == versions["bundled"]
-    upload_job = queries.upload_prediction_by_token(conn, answer.json["token"])
+    upload_job = jobs.queries.upload_prediction_by_token(conn, answer.json["token"])
     (shadowed,) = wait_for_shadow_rows(conn, upload_job["id"], 1)
     assert shadowed["model_version"] == versions["tiny_b"] and answer.json["label"] == upload_job["predicted_label"]
     assert "shadow" not in json.dumps(answer.json)
@@ -284,7 +282,7 @@ def test_a_shadow_predicts_the_job_too_and_is_never_answered(worker, conn, setti
 
 def wait_for_shadow_rows(conn, job_id: int, count: int) -> list[dict]:
     deadline = time.monotonic() + SHADOW_SECONDS
-    while len(rows := shadow.shadow_predictions(conn, job_id)) < count and time.monotonic() < deadline:
+    while len(rows := jobs.shadow_store.shadow_predictions(conn, job_id)) < count and time.monotonic() < deadline:
         time.sleep(0.1)
     assert len(rows) == count
     return rows
@@ -312,8 +310,8 @@ def test_an_unknown_version_is_a_422_and_a_one_line_cli_error_and_records_nothin
 def insert_corrupt_model(conn) -> str:
     """A version whose files do not load, stored behind registration's back, as a damaged row would be."""
     corrupt = f"corrupt-{secrets.token_hex(6)}"
-    files = model_store.ModelFiles(corrupt, "corrupt", "c.keras", "c.tflite", None, b"not a model", b"not a model either", None, {})
-    assert model_store.insert_model(conn, files)
+    files = models.store.ModelFiles(corrupt, "corrupt", "c.keras", "c.tflite", None, b"not a model", b"not a model either", None, {})
+    assert models.store.insert_model(conn, files)
     return corrupt
 
 
@@ -323,7 +321,7 @@ def test_a_version_that_does_not_load_fails_its_images_with_the_reason_and_the_w
     broken, healthy = submit(conn, settings, ids, corrupt), submit(conn, settings, ids, services.production_version(conn))
     job = done(conn, broken)
     assert (job["done_count"], job["failed_count"]) == (0, 8)
-    reasons = {reason for _, reason in queries.job_failures(conn, broken)}
+    reasons = {reason for _, reason in jobs.queries.job_failures(conn, broken)}
     assert len(reasons) == 1 and reasons.pop().startswith(f"model version {corrupt} cannot be loaded: ")
     assert done(conn, healthy)["done_count"] == 8
     client = create_app({"TESTING": True}, settings=settings).test_client()
@@ -340,13 +338,13 @@ def test_the_failures_of_a_version_that_does_not_load_are_counted_under_it_in_bo
     def failed(queue: str) -> float:
         return REGISTRY.get_sample_value("mnist_images_failed_total", {"queue": queue, "model_version": corrupt}) or 0.0
 
-    bulk_job = job_store.create_job(conn, ids, corrupt, {"test": "metrics"})
+    bulk_job = jobs.store.create_job(conn, ids, corrupt, {"test": "metrics"})
     with pytest.raises(ModelUnavailable) as unavailable:
         cache.predictor(lane, corrupt)
     assert fail_images(lane, corrupt, bulk_job, ids, str(unavailable.value)) == 3 and failed("bulk") == 3
-    upload_job, image_id = job_store.create_upload_job(conn, encode_image(digits.mnist_test_digits(1)[0][0]), [28, 28], corrupt, {})
+    upload_job, image_id = jobs.store.create_upload_job(conn, encode_image(digits.mnist_test_digits(1)[0][0]), [28, 28], corrupt, {})
     UploadConsumer(settings, cache).predict([(upload_job, image_id)])
-    assert queries.job_failures(conn, upload_job)[0][1].startswith(f"model version {corrupt} cannot be loaded")
+    assert jobs.queries.job_failures(conn, upload_job)[0][1].startswith(f"model version {corrupt} cannot be loaded")
     assert failed("upload") == 1
 
 
@@ -413,11 +411,11 @@ def test_jobs_of_the_release_before_keep_their_version_or_are_served_by_producti
             " VALUES (%s, 1, 'old-model', 1, 0.9, %s)",
             (started, vector),
         )
-        model_registration.prepare_database(url, settings.model_path, settings.mnist_dir)
+        registration.prepare_database(url, settings.model_path, settings.mnist_dir)
         assert schema.current_revision(url) == schema.head_revision()
         rows = dict(query(conn, "SELECT id, model_version FROM jobs"))
         assert rows == {started: "old-model", unstarted: None}
-        served = dict((job_id, version) for job_id, version, _ in model_store.job_models(conn, [started, unstarted]))
+        served = dict((job_id, version) for job_id, version, _ in models.store.job_models(conn, [started, unstarted]))
         assert served == {started: "old-model", unstarted: services.production_version(conn)}
         conn.close()
     finally:

@@ -15,11 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from producer.cli import main as producer_main
-from shared.db import connection, queries, results, statistics
-from shared.db import images as image_store
-from shared.db import jobs as job_store
-from shared.db.images import ImageRow
-from shared.images import encode_image
+from shared import images, jobs
+from shared.db import connection
+from shared.images.codec import encode_image
+from shared.images.store import ImageRow
 from tests.support.services import max_job_id
 from web.app import create_app
 
@@ -32,31 +31,31 @@ IMAGE_IN_CARD = re.compile(r'alt="image (\d+)"')
 def stored_images(conn, labels: list[int | None]) -> list[int]:
     start = int(np.random.default_rng().integers(1_000_000, 1_900_000_000))
     rows = [ImageRow(IMAGE, label, [28, 28], "train", start + k, None) for k, label in enumerate(labels)]
-    return image_store.insert_images(conn, rows)
+    return images.store.insert_images(conn, rows)
 
 
-def predictions(image_ids: list[int], labels: list[int], confidences: list[float]) -> results.PredictionBatch:
+def predictions(image_ids: list[int], labels: list[int], confidences: list[float]) -> jobs.results.PredictionBatch:
     probabilities = np.zeros((len(image_ids), 10), dtype=np.float32)
     for row, (label, confidence) in enumerate(zip(labels, confidences, strict=True)):
         probabilities[row] = (1 - confidence) / 9
         probabilities[row, label] = confidence
-    return results.PredictionBatch.of(image_ids, probabilities)
+    return jobs.results.PredictionBatch.of(image_ids, probabilities)
 
 
-def random_predictions(rng: np.random.Generator, image_ids: list[int], label_of: dict | None = None) -> results.PredictionBatch:
+def random_predictions(rng: np.random.Generator, image_ids: list[int], label_of: dict | None = None) -> jobs.results.PredictionBatch:
     batch = predictions(image_ids, rng.integers(0, 10, len(image_ids)).tolist(), rng.uniform(0.3, 1.0, len(image_ids)).tolist())
     return with_true_labels(batch, label_of)
 
 
-def with_true_labels(batch: results.PredictionBatch, label_of: dict | None) -> results.PredictionBatch:
+def with_true_labels(batch: jobs.results.PredictionBatch, label_of: dict | None) -> jobs.results.PredictionBatch:
     if label_of is None:
         return batch
     true = [-1 if label_of[image_id] is None else label_of[image_id] for image_id in batch.image_ids.tolist()]
-    return results.PredictionBatch.of(batch.image_ids, batch.probabilities, true)
+    return jobs.results.PredictionBatch.of(batch.image_ids, batch.probabilities, true)
 
 
 def assert_statistics_agree(conn, job_id: int) -> dict:
-    counted = statistics.recount(conn, job_id)
+    counted = jobs.statistics.recount(conn, job_id)
     assert counted["statistics"] == counted["aggregated"]
     assert counted["mistakes"] == counted["mistakes_aggregated"]
     return counted
@@ -69,81 +68,81 @@ def test_statistics_equal_a_direct_aggregation_after_stores_and_redeliveries(con
     true_labels = [int(label) for label in rng.integers(0, 10, 300)] + [None] * 20  # some unlabelled
     ids = stored_images(conn, true_labels)
     label_of = dict(zip(ids, true_labels, strict=True)) if counted_by == "the worker" else None
-    job_id = job_store.create_job(conn, ids, MODEL, {"test": "statistics"})
+    job_id = jobs.store.create_job(conn, ids, MODEL, {"test": "statistics"})
     chunks = [ids[start : start + 50] for start in range(0, len(ids), 50)]  # the last: the unlabelled
     batches = [random_predictions(rng, chunk, label_of) for chunk in chunks]
     for batch in batches[:3]:
-        results.store_results(conn, job_id, MODEL, batch, [])
+        jobs.results.store_results(conn, job_id, MODEL, batch, [])
     first = assert_statistics_agree(conn, job_id)
     assert first["mistakes"] > 0 and any(low for *_, low in first["statistics"])
 
-    assert results.store_results(conn, job_id, MODEL, batches[1], []) == (0, 0)  # redelivered: nothing counted twice
+    assert jobs.results.store_results(conn, job_id, MODEL, batches[1], []) == (0, 0)  # redelivered: nothing counted twice
     assert assert_statistics_agree(conn, job_id) == first
     overlapping = with_true_labels(predictions(chunks[2][25:] + chunks[3], *_labels_and_confidences(batches[2], 25, batches[3])), label_of)
-    assert results.store_results(conn, job_id, MODEL, overlapping, []) == (len(chunks[3]), 0)  # half stored before
-    failures = [results.FailureRow(image_id, "unreadable") for image_id in chunks[4][:5]]
-    rest = with_true_labels(results.PredictionBatch.of(chunks[4][5:], batches[4].probabilities[5:]), label_of)
-    results.store_results(conn, job_id, MODEL, rest, failures)
+    assert jobs.results.store_results(conn, job_id, MODEL, overlapping, []) == (len(chunks[3]), 0)  # half stored before
+    failures = [jobs.results.FailureRow(image_id, "unreadable") for image_id in chunks[4][:5]]
+    rest = with_true_labels(jobs.results.PredictionBatch.of(chunks[4][5:], batches[4].probabilities[5:]), label_of)
+    jobs.results.store_results(conn, job_id, MODEL, rest, failures)
     for batch in batches[5:]:
-        results.store_results(conn, job_id, MODEL, batch, failures)  # the failures again: counted once
+        jobs.results.store_results(conn, job_id, MODEL, batch, failures)  # the failures again: counted once
     counted = assert_statistics_agree(conn, job_id)
-    job = job_store.get_job(conn, job_id)
+    job = jobs.store.get_job(conn, job_id)
     assert sum(count for _, _, count, _ in counted["statistics"]) == job["done_count"] == len(ids) - 5
     assert job["failed_count"] == 5 and job["status"] == "done"
-    assert (statistics.UNLABELLED, *counted["statistics"][0][1:2]) == counted["statistics"][0][:2]  # unlabelled come first
+    assert (jobs.statistics.UNLABELLED, *counted["statistics"][0][1:2]) == counted["statistics"][0][:2]  # unlabelled come first
 
 
-def _labels_and_confidences(partly: results.PredictionBatch, skip: int, rest: results.PredictionBatch) -> tuple[list, list]:
+def _labels_and_confidences(partly: jobs.results.PredictionBatch, skip: int, rest: jobs.results.PredictionBatch) -> tuple[list, list]:
     labels = partly.labels[skip:].tolist() + rest.labels.tolist()
     confidences = partly.confidences[skip:].tolist() + rest.confidences.tolist()
     return labels, confidences
 
 
 def test_a_micro_batch_of_several_jobs_is_stored_in_one_transaction_with_each_jobs_statistics(conn):
-    uploads = [job_store.create_upload_job(conn, IMAGE, [28, 28], MODEL, {"upload": None}) for _ in range(4)]
+    uploads = [jobs.store.create_upload_job(conn, IMAGE, [28, 28], MODEL, {"upload": None}) for _ in range(4)]
     job_ids = [job_id for job_id, _ in uploads]
     image_ids = [image_id for _, image_id in uploads[:3]]
     batch = predictions(image_ids, [1, 2, 3], [0.9, 0.5, 0.99])
-    failure = [(uploads[3][0], results.FailureRow(uploads[3][1], "corrupt image"))]
+    failure = [(uploads[3][0], jobs.results.FailureRow(uploads[3][1], "corrupt image"))]
     prediction_jobs = np.array(job_ids[:3], dtype=np.int64)
-    assert results.store_many(conn, MODEL, job_ids, prediction_jobs, batch, failure) == (3, 1)
-    assert results.store_many(conn, MODEL, job_ids, prediction_jobs, batch, failure) == (0, 0)  # redelivered
+    assert jobs.results.store_many(conn, MODEL, job_ids, prediction_jobs, batch, failure) == (3, 1)
+    assert jobs.results.store_many(conn, MODEL, job_ids, prediction_jobs, batch, failure) == (0, 0)  # redelivered
     for job_id in job_ids:
-        assert assert_statistics_agree(conn, job_id)["statistics"] == statistics.recount(conn, job_id)["aggregated"]
-        assert job_store.get_job(conn, job_id)["status"] == "done"
-    assert statistics.low_confidence_count(conn, job_ids[1]) == 1
+        assert assert_statistics_agree(conn, job_id)["statistics"] == jobs.statistics.recount(conn, job_id)["aggregated"]
+        assert jobs.store.get_job(conn, job_id)["status"] == "done"
+    assert jobs.statistics.low_confidence_count(conn, job_ids[1]) == 1
     missing = max_job_id(conn) + 1_000_000
-    with pytest.raises(results.UnknownJobError):  # one job of the batch is gone: nothing of the batch is stored
-        results.store_many(conn, MODEL, [job_ids[0], missing], np.array([job_ids[0], missing]), predictions([1, 2], [1, 1], [0.9, 0.9]), [])
+    with pytest.raises(jobs.results.UnknownJobError):  # one job of the batch is gone: nothing of the batch is stored
+        jobs.results.store_many(conn, MODEL, [job_ids[0], missing], np.array([job_ids[0], missing]), predictions([1, 2], [1, 1], [0.9, 0.9]), [])
 
 
 def test_a_micro_batch_counted_by_the_worker_is_stored_by_one_statement_all_or_nothing(conn):
     """Up to IN_STATEMENT_ROWS predictions with true labels ride in the store's statement (no COPY,
     no BEGIN/COMMIT): the rows are exact, a redelivery counts nothing twice, and a job of the batch
     that does not exist undoes the whole statement, its neighbours' rows included."""
-    uploads = [job_store.create_upload_job(conn, IMAGE, [28, 28], MODEL, {"upload": None}) for _ in range(3)]
+    uploads = [jobs.store.create_upload_job(conn, IMAGE, [28, 28], MODEL, {"upload": None}) for _ in range(3)]
     job_ids = [job_id for job_id, _ in uploads]
     image_ids = [image_id for _, image_id in uploads[:2]]
     batch = with_true_labels(predictions(image_ids, [7, 2], [0.6, 0.97]), dict.fromkeys(image_ids))
-    assert len(batch) <= results.IN_STATEMENT_ROWS and batch.true_labels is not None
-    failure = [(job_ids[2], results.FailureRow(uploads[2][1], "corrupt image"))]
+    assert len(batch) <= jobs.results.IN_STATEMENT_ROWS and batch.true_labels is not None
+    failure = [(job_ids[2], jobs.results.FailureRow(uploads[2][1], "corrupt image"))]
     prediction_jobs = np.array(job_ids[:2], dtype=np.int64)
-    assert results.store_many(conn, MODEL, job_ids, prediction_jobs, batch, failure) == (2, 1)
-    assert results.store_many(conn, MODEL, job_ids, prediction_jobs, batch, failure) == (0, 0)  # redelivered
+    assert jobs.results.store_many(conn, MODEL, job_ids, prediction_jobs, batch, failure) == (2, 1)
+    assert jobs.results.store_many(conn, MODEL, job_ids, prediction_jobs, batch, failure) == (0, 0)  # redelivered
     for job_id, image_id, vector in zip(job_ids, image_ids, batch.probabilities, strict=False):
-        stored = queries.upload_prediction(conn, job_id)
+        stored = jobs.queries.upload_prediction(conn, job_id)
         assert (stored["input_data_id"], stored["predicted_label"], stored["model_version"]) == (image_id, vector.argmax(), MODEL)
         assert np.array_equal(np.frombuffer(bytes(stored["prediction_probabilities"]), "<f4"), vector)
-        assert assert_statistics_agree(conn, job_id)["statistics"] == statistics.recount(conn, job_id)["aggregated"]
-    assert [job_store.get_job(conn, job_id)["status"] for job_id in job_ids] == ["done"] * 3
-    assert statistics.low_confidence_count(conn, job_ids[0]) == 1
-    fresh, image_id = job_store.create_upload_job(conn, IMAGE, [28, 28], MODEL, {"upload": None})
+        assert assert_statistics_agree(conn, job_id)["statistics"] == jobs.statistics.recount(conn, job_id)["aggregated"]
+    assert [jobs.store.get_job(conn, job_id)["status"] for job_id in job_ids] == ["done"] * 3
+    assert jobs.statistics.low_confidence_count(conn, job_ids[0]) == 1
+    fresh, image_id = jobs.store.create_upload_job(conn, IMAGE, [28, 28], MODEL, {"upload": None})
     missing = max_job_id(conn) + 1_000_000
     gone = with_true_labels(predictions([image_id, image_id + 1], [1, 1], [0.9, 0.9]), {image_id: None, image_id + 1: None})
-    with pytest.raises(results.UnknownJobError):
-        results.store_many(conn, MODEL, [fresh, missing], np.array([fresh, missing]), gone, [])
-    assert job_store.rows_for_job(conn, fresh) == (1, 0, 0) and job_store.get_job(conn, fresh)["done_count"] == 0
-    assert statistics.recount(conn, fresh)["statistics"] == []
+    with pytest.raises(jobs.results.UnknownJobError):
+        jobs.results.store_many(conn, MODEL, [fresh, missing], np.array([fresh, missing]), gone, [])
+    assert jobs.store.rows_for_job(conn, fresh) == (1, 0, 0) and jobs.store.get_job(conn, fresh)["done_count"] == 0
+    assert jobs.statistics.recount(conn, fresh)["statistics"] == []
 
 
 @pytest.fixture
@@ -168,7 +167,7 @@ def walk(client, first_url: str, while_walking=None) -> list[int]:
     return seen
 
 
-def unsure_ones(rng: np.random.Generator, image_ids: list[int]) -> results.PredictionBatch:
+def unsure_ones(rng: np.random.Generator, image_ids: list[int]) -> jobs.results.PredictionBatch:
     """Every one predicted 1, under 0.7 confidence."""
     return predictions(image_ids, [1] * len(image_ids), rng.uniform(0.3, 0.7, len(image_ids)).tolist())
 
@@ -177,18 +176,18 @@ def test_keyset_pages_return_every_row_exactly_once_while_new_rows_arrive(client
     rng = np.random.default_rng(16)
     count = 130  # three gallery pages of 48
     ids = stored_images(conn, [7] * count)
-    job_id = job_store.create_job(conn, ids, MODEL, {"test": "keyset"})
+    job_id = jobs.store.create_job(conn, ids, MODEL, {"test": "keyset"})
     # Wrong (7 taken for 1) and unsure, stored over several transactions: created_at ties within each.
     for start in range(0, count, 20):
         chunk = ids[start : start + 20]
-        results.store_results(conn, job_id, MODEL, unsure_ones(rng, chunk), [])
+        jobs.results.store_results(conn, job_id, MODEL, unsure_ones(rng, chunk), [])
     late = stored_images(conn, [7] * 40)
-    late_job = job_store.create_job(conn, late, MODEL, {"test": "keyset, late"})
+    late_job = jobs.store.create_job(conn, late, MODEL, {"test": "keyset, late"})
 
     def new_rows_arrive(page: int) -> None:  # between page reads: newer mistakes, newer images, more unsure predictions
         chunk = late[(page - 1) * 10 : page * 10]
         if chunk:
-            results.store_results(conn, late_job, MODEL, unsure_ones(rng, chunk), [])
+            jobs.results.store_results(conn, late_job, MODEL, unsure_ones(rng, chunk), [])
 
     mistakes = walk(client, f"/mistakes?job={job_id}", new_rows_arrive)
     assert sorted(mistakes) == sorted(ids) and len(set(mistakes)) == len(mistakes)
@@ -243,11 +242,11 @@ def test_browse_by_prediction_lists_each_image_whose_latest_prediction_is_the_di
     """By keyset links and by page numbers alike: an image predicted 7 and then something else is
     not listed, one predicted 7 only at its latest is, one predicted 7 twice is listed once."""
     ids = stored_images(conn, [None] * 120)
-    first = job_store.create_job(conn, ids, MODEL, {"test": "browse by prediction"})
-    results.store_results(conn, first, MODEL, predictions(ids, [7 if k % 2 else 3 for k in range(120)], [0.9] * 120), [])
+    first = jobs.store.create_job(conn, ids, MODEL, {"test": "browse by prediction"})
+    jobs.results.store_results(conn, first, MODEL, predictions(ids, [7 if k % 2 else 3 for k in range(120)], [0.9] * 120), [])
     again = ids[:60]  # a later job: of these, 7 -> 3, 3 -> 7, 7 -> 7 and 3 -> 3 in turn
-    second = job_store.create_job(conn, again, MODEL, {"test": "browse by prediction, later"})
-    results.store_results(conn, second, MODEL, predictions(again, [[3, 7][(k // 2) % 2] for k in range(60)], [0.8] * 60), [])
+    second = jobs.store.create_job(conn, again, MODEL, {"test": "browse by prediction, later"})
+    jobs.results.store_results(conn, second, MODEL, predictions(again, [[3, 7][(k // 2) % 2] for k in range(60)], [0.8] * 60), [])
     unpredicted = stored_images(conn, [7] * 5)  # newest, labelled 7, never predicted: not listed
     expected = latest_predicted(conn, 7)
     latest_sevens = {ids[k] for k in range(60) if (k // 2) % 2} | {ids[k] for k in range(60, 120) if k % 2}

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import redis
 
+from shared import jobs
 from shared.db import connection
-from shared.db import jobs as job_store
-from shared.images import png_bytes
+from shared.images.codec import png_bytes
 from stack import embedded, scratch
 from stack.demo import run_demo
 from stack.processes import free_port, http_ok
@@ -99,8 +99,8 @@ def test_embedded_stack_predicts_and_keeps_its_data_across_a_restart(tmp_path):
 
     with running_stack({**env, "WEB_PORT": ""}, "--no-web", "--workers", "0") as state:
         with contextlib.closing(connection.connect(state.database_url)) as conn:
-            assert job_store.rows_for_job(conn, result.job_id) == (IMAGES, IMAGES, 0)
-            assert job_store.get_job(conn, result.job_id)["status"] == "done"
+            assert jobs.store.rows_for_job(conn, result.job_id) == (IMAGES, IMAGES, 0)
+            assert jobs.store.get_job(conn, result.job_id)["status"] == "done"
         assert redis.Redis.from_url(state.redis_url).get(MARKER_KEY) == b"kept"
         psql = subprocess.run(
             embedded.psql_command(state.database_url), input="SELECT count(*) FROM input_data;", capture_output=True, text=True

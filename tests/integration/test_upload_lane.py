@@ -18,10 +18,10 @@ from typing import Any
 import psycopg2.extensions
 import pytest
 
-from shared import upload_queue
+from shared import queues
 from shared.config import Settings
 from shared.db.connection import query
-from shared.images import png_bytes
+from shared.images.codec import png_bytes
 from stack import scratch
 from tests.support import digits
 from tests.support.services import table_counts
@@ -117,7 +117,7 @@ def test_what_is_not_a_picture_gets_the_flask_routes_400_and_stores_nothing(sett
 
 def test_a_full_queue_is_refused_with_429_and_retry_after_before_anything_is_stored(private_queue, conn, pictures):
     config = private_queue.replace(max_queued_uploads=2)
-    upload_queue.client(config.redis_url).lpush(upload_queue.queue_name(config), "1:1", "2:2")
+    queues.uploads.client(config.redis_url).lpush(queues.uploads.queue_name(config), "1:1", "2:2")
     before = table_counts(conn)
     status, headers, body = with_lane(config, lambda lane: post(lane, pictures[0][0]))
     assert status == 429 and int(headers["retry-after"]) > 0 and "too many uploads are waiting" in body["error"]
@@ -196,7 +196,7 @@ def test_under_the_served_app_a_flask_threads_wait_is_woken_by_the_lanes_listene
     # listener of this test process has used, so that one started here would be seen.
     config = private_queue.replace(database_url=f"{settings.database_url}?application_name=lane-served")
     served = asgi.create_app(config)
-    redis = upload_queue.client(config.redis_url)
+    redis = queues.uploads.client(config.redis_url)
 
     async def steps() -> tuple[Answer, Answer]:
         queued = await call(served, upload_scope(images[1], b""), images[1])  # the first request: the loop is known
@@ -205,7 +205,7 @@ def test_under_the_served_app_a_flask_threads_wait_is_woken_by_the_lanes_listene
         )
         await asyncio.sleep(0.5)  # the thread waits for an upload nobody predicts yet
         assert not waiting.done()
-        await asyncio.to_thread(redis.lmove, upload_queue.queue_name(config), upload_queue.queue_name(settings), "RIGHT", "LEFT")
+        await asyncio.to_thread(redis.lmove, queues.uploads.queue_name(config), queues.uploads.queue_name(settings), "RIGHT", "LEFT")
         return queued, await waiting
 
     queued, (status, _, body) = asyncio.run(steps())

@@ -15,13 +15,11 @@ import pytest
 from PIL import Image
 
 from producer import ingest
-from shared import broker, jobs, upload_queue
-from shared.db import connection, progress, queries
-from shared.db import images as image_store
-from shared.db import jobs as job_store
-from shared.db.images import ImageRow
-from shared.images import encode_image
-from shared.model_info import model_version
+from shared import images, jobs, queues
+from shared.db import connection
+from shared.images.codec import encode_image
+from shared.images.store import ImageRow
+from shared.models.files import model_version
 from tests.support import digits
 from tests.support.services import PROJECT_ROOT, signed_in, table_counts
 from web.app import create_app
@@ -47,7 +45,7 @@ def client(app, conn, operator):
 
 def job_id_of(conn, token: str) -> int:
     """The internal job id behind an upload's public token."""
-    return queries.upload_prediction_by_token(conn, token)["id"]
+    return jobs.queries.upload_prediction_by_token(conn, token)["id"]
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +157,7 @@ def test_an_upload_no_worker_has_taken_answers_202_queued(private_queue, seven_p
     body = accepted.json
     assert (body["status"], body["label"]) == ("queued", None)
     assert accepted.headers["Location"] == body["status_url"]
-    assert upload_queue.waiting(private_queue) == 1
+    assert queues.uploads.waiting(private_queue) == 1
     assert client.get(body["status_url"]).json["status"] == "queued"
 
 
@@ -190,19 +188,19 @@ def test_raw_body_upload_with_wait_returns_the_result(worker, client, seven_png)
 def test_upload_job_goes_to_the_upload_queue_as_an_upload_job(private_queue, conn, seven_png):
     client = create_app(TEST_CONFIG, settings=private_queue).test_client()
     # One more image than jobs, so that even in a fresh database the job and image ids differ.
-    image_store.insert_images(conn, [ImageRow(encode_image(np.zeros((28, 28), np.uint8)), None, [28, 28], "upload", None, None)])
+    images.store.insert_images(conn, [ImageRow(encode_image(np.zeros((28, 28), np.uint8)), None, [28, 28], "upload", None, None)])
     accepted = client.post("/api/predictions", data=seven_png, content_type="application/octet-stream")
     assert accepted.status_code == 202
     job_id = job_id_of(conn, accepted.json["token"])
-    job = job_store.get_job(conn, job_id)
+    job = jobs.store.get_job(conn, job_id)
     assert (job["kind"], job["total_images"]) == ("upload", 1)
-    [image_id] = job_store.unfinished_image_ids(conn, job_id)
+    [image_id] = jobs.store.unfinished_image_ids(conn, job_id)
     # One entry "job:image@<accepted ms>" waits on the upload list, and nothing on the bulk queue.
-    waiting = upload_queue.client(private_queue.redis_url).lrange(upload_queue.queue_name(private_queue), 0, -1)
+    waiting = queues.uploads.client(private_queue.redis_url).lrange(queues.uploads.queue_name(private_queue), 0, -1)
     assert len(waiting) == 1 and waiting[0].startswith(f"{job_id}:{image_id}@".encode())
-    assert upload_queue.decode_entry(waiting[0]) == (job_id, image_id, 0)
-    assert 0 <= time.time() - upload_queue.accepted_at(waiting[0]) < 30
-    assert broker.queued_messages(broker.celery_app(private_queue), broker.bulk_queue(private_queue)) == 0
+    assert queues.uploads.decode_entry(waiting[0]) == (job_id, image_id, 0)
+    assert 0 <= time.time() - queues.uploads.accepted_at(waiting[0]) < 30
+    assert queues.broker.queued_messages(queues.broker.celery_app(private_queue), queues.broker.bulk_queue(private_queue)) == 0
 
 
 @pytest.mark.parametrize("name", BAD_PICTURES)
@@ -274,9 +272,9 @@ def test_wrong_method_is_a_json_405(client, method, url):
 
 
 def test_unknown_predictions_are_404(client, conn):
-    bulk_job = job_store.create_job(conn, [1], "model-x", {})  # never enqueued: it only has to exist
+    bulk_job = jobs.store.create_job(conn, [1], "model-x", {})  # never enqueued: it only has to exist
     for url in ["/api/predictions/987654321", f"/api/predictions/{bulk_job}", "/api/predictions/abc", f"/api/predictions/{2**64}",
-                f"/api/predictions/{job_store.new_upload_token()}"]:  # fmt: skip
+                f"/api/predictions/{jobs.store.new_upload_token()}"]:  # fmt: skip
         response = client.get(url)
         assert response.status_code == 404 and response.json["error"], url
     assert client.get("/predictions/987654321").status_code == 404
@@ -287,12 +285,12 @@ def test_unknown_predictions_are_404(client, conn):
 
 
 def test_job_api_runs_a_selection_and_reports_accuracy(worker, client, conn):
-    images, labels = digits.mnist_test_digits(50)
-    image_store.insert_images(conn, list(ingest.mnist_rows(images, labels, "test")))  # already there when the pipeline test ran
+    digit_images, labels = digits.mnist_test_digits(50)
+    images.store.insert_images(conn, list(ingest.mnist_rows(digit_images, labels, "test")))  # already there when the pipeline test ran
     accepted = client.post("/api/jobs", json={"split": "test", "limit": 50})
     assert accepted.status_code == 202 and accepted.json["total_images"] == 50
     job_id = accepted.json["id"]
-    assert progress.wait_for_job(conn, job_id)["status"] == "done"
+    assert jobs.progress.wait_for_job(conn, job_id)["status"] == "done"
     summary = client.get(accepted.json["status_url"]).json
     assert summary["status"] == "done" and summary["progress"] == 1.0
     assert summary["labelled"] == 50 and summary["accuracy"] >= 0.95
@@ -350,8 +348,8 @@ def test_form_upload_redirects_to_a_result_page_that_refreshes_until_done(worker
 
 def test_result_page_refreshes_while_queued(client, conn):
     # Created without being enqueued: it stays queued.
-    token = job_store.new_upload_token()
-    job_store.create_upload_job(conn, encode_image(np.eye(28, dtype=np.uint8) * 255), [28, 28], "model-x", {}, token)
+    token = jobs.store.new_upload_token()
+    jobs.store.create_upload_job(conn, encode_image(np.eye(28, dtype=np.uint8) * 255), [28, 28], "model-x", {}, token)
     page = client.get(f"/predictions/{token}")
     assert page.status_code == 200 and 'http-equiv="refresh"' in page.text and "Waiting" in page.text
 
@@ -374,18 +372,18 @@ def test_form_needs_a_csrf_token(settings, conn, seven_png):
 def finished_job(worker, settings):
     """A bulk job over three MNIST digits, one of them stored with a wrong true label."""
     conn = connection.connect(settings.database_url)
-    images, labels = digits.mnist_test_digits(3)
+    digit_images, labels = digits.mnist_test_digits(3)
     index = int(np.random.default_rng().integers(1_000_000, 2_000_000_000))
     wrong_label = (int(labels[0]) + 1) % 10
-    rows = [ImageRow(encode_image(images[0]), wrong_label, [28, 28], "train", index, None)]
+    rows = [ImageRow(encode_image(digit_images[0]), wrong_label, [28, 28], "train", index, None)]
     rows += [
         ImageRow(encode_image(image), int(label), [28, 28], "train", index + k, None)
-        for k, (image, label) in enumerate(zip(images[1:], labels[1:], strict=True), start=1)
+        for k, (image, label) in enumerate(zip(digit_images[1:], labels[1:], strict=True), start=1)
     ]
-    ids = image_store.insert_images(conn, rows)
-    selection = jobs.Selection(image_ids=tuple(ids))
-    job_id = jobs.submit_job(conn, broker.celery_app(settings), settings, selection, model_version(settings.model_path), 8).id
-    assert progress.wait_for_job(conn, job_id)["status"] == "done"
+    ids = images.store.insert_images(conn, rows)
+    selection = jobs.service.Selection(image_ids=tuple(ids))
+    job_id = jobs.service.submit_job(conn, queues.broker.celery_app(settings), settings, selection, model_version(settings.model_path), 8).id
+    assert jobs.progress.wait_for_job(conn, job_id)["status"] == "done"
     conn.close()
     return {"job": job_id, "ids": ids, "wrong_label": wrong_label, "digit": int(labels[1])}
 
@@ -430,7 +428,7 @@ def test_low_confidence_page_takes_a_threshold(client, finished_job, settings):
 
 def test_browse_shows_the_newest_images_of_one_digit_first(worker, client, conn, seven_png):
     index = int(np.random.default_rng().integers(1_000_000, 2_000_000_000))
-    labelled = image_store.insert_images(
+    labelled = images.store.insert_images(
         conn, [ImageRow(encode_image(np.eye(28, dtype=np.uint8) * 255), 7, [28, 28], "train", index, None)]
     )[0]
     by_label = client.get("/browse?digit=7")
@@ -438,7 +436,7 @@ def test_browse_shows_the_newest_images_of_one_digit_first(worker, client, conn,
 
     uploaded = client.post(f"/api/predictions?wait={WAIT}", data=seven_png, content_type="image/png").json
     assert uploaded["label"] == 7
-    image_id = queries.upload_prediction_by_token(conn, uploaded["token"])["input_data_id"]
+    image_id = jobs.queries.upload_prediction_by_token(conn, uploaded["token"])["input_data_id"]
     by_prediction = client.get("/browse?digit=7&by=prediction")
     assert by_prediction.status_code == 200 and f"/images/{image_id}.png" in by_prediction.text
     assert "Pick a digit" in client.get("/browse").text
@@ -465,25 +463,25 @@ def test_bad_page_parameters_get_a_readable_400(client, url):
 
 def test_image_endpoint_renders_the_stored_28x28_image(client, conn):
     array = (np.arange(784) % 256).astype(np.uint8).reshape(28, 28)
-    image_id = image_store.insert_images(conn, [ImageRow(encode_image(array), None, [28, 28], "upload", None, None)])[0]
+    image_id = images.store.insert_images(conn, [ImageRow(encode_image(array), None, [28, 28], "upload", None, None)])[0]
     response = client.get(f"/images/{image_id}.png")
     assert response.status_code == 200 and response.mimetype == "image/png"
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(response.data))), array)
 
-    corrupt_id = image_store.insert_images(conn, [ImageRow(b"\x93NUMPY nonsense", None, [28, 28], "upload", None, None)])[0]
+    corrupt_id = images.store.insert_images(conn, [ImageRow(b"\x93NUMPY nonsense", None, [28, 28], "upload", None, None)])[0]
     assert client.get(f"/images/{corrupt_id}.png").status_code == 404
     assert client.get("/images/987654321.png").status_code == 404
 
 
 def test_an_upload_overtakes_a_large_bulk_job(worker, settings, client, conn, seven_png):
-    images, labels = digits.mnist_test_digits(BULK_IMAGES)
-    image_store.insert_images(conn, list(ingest.mnist_rows(images, labels, "test")))
-    selection = jobs.Selection(split="test", limit=BULK_IMAGES)
-    bulk_job = jobs.submit_job(conn, broker.celery_app(settings), settings, selection, model_version(settings.model_path), SMALL_BATCH)
+    digit_images, labels = digits.mnist_test_digits(BULK_IMAGES)
+    images.store.insert_images(conn, list(ingest.mnist_rows(digit_images, labels, "test")))
+    selection = jobs.service.Selection(split="test", limit=BULK_IMAGES)
+    bulk_job = jobs.service.submit_job(conn, queues.broker.celery_app(settings), settings, selection, model_version(settings.model_path), SMALL_BATCH)
     assert bulk_job.batches == BULK_IMAGES // SMALL_BATCH + 1
 
     upload = client.post(f"/api/predictions?wait={WAIT}", data=seven_png, content_type="image/png")
     assert upload.status_code == 200
-    finished_upload = job_store.get_job(conn, job_id_of(conn, upload.json["token"]))["finished_at"]
-    bulk = progress.wait_for_job(conn, bulk_job.id)
+    finished_upload = jobs.store.get_job(conn, job_id_of(conn, upload.json["token"]))["finished_at"]
+    bulk = jobs.progress.wait_for_job(conn, bulk_job.id)
     assert bulk["status"] == "done" and finished_upload < bulk["finished_at"]

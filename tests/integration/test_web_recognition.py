@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared import broker, jobs
-from shared.db import images as image_store
-from shared.db import progress, queries
-from shared.db.images import ImageRow
-from shared.images import encode_image
-from shared.model_info import model_version
-from shared.reports import confusion_matrix
+from shared import images, jobs, queues
+from shared.images.codec import encode_image
+from shared.images.store import ImageRow
+from shared.jobs.reports import confusion_matrix
+from shared.models.files import model_version
 from tests.support import digits
 from web.app import create_app
 
@@ -40,16 +38,16 @@ def test_rendered_digits_are_recognised_at_97_percent_of_the_direct_rate(worker,
     assert web_rate >= REQUIRED_SHARE_OF_DIRECT_RATE * direct_rate
 
 
-def direct_recognition_rate(conn, settings, images: np.ndarray, labels: np.ndarray) -> float:
+def direct_recognition_rate(conn, settings, digit_images: np.ndarray, labels: np.ndarray) -> float:
     """The same digits stored as they are and predicted as one bulk job."""
     first_index = int(np.random.default_rng().integers(1_000_000, 2_000_000_000))
     rows = [
         ImageRow(encode_image(image), int(label), [28, 28], "train", first_index + offset, None)
-        for offset, (image, label) in enumerate(zip(images, labels, strict=True))
+        for offset, (image, label) in enumerate(zip(digit_images, labels, strict=True))
     ]
-    image_ids = image_store.insert_images(conn, rows)
-    selection = jobs.Selection(image_ids=tuple(image_ids))
-    job_id = jobs.submit_job(conn, broker.celery_app(settings), settings, selection, model_version(settings.model_path)).id
-    assert progress.wait_for_job(conn, job_id)["status"] == "done"
-    confusion = confusion_matrix(queries.label_pair_counts(conn, job_id))
+    image_ids = images.store.insert_images(conn, rows)
+    selection = jobs.service.Selection(image_ids=tuple(image_ids))
+    job_id = jobs.service.submit_job(conn, queues.broker.celery_app(settings), settings, selection, model_version(settings.model_path)).id
+    assert jobs.progress.wait_for_job(conn, job_id)["status"] == "done"
+    confusion = confusion_matrix(jobs.queries.label_pair_counts(conn, job_id))
     return float(np.trace(confusion) / confusion.sum())

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from shared import broker, jobs
+from shared import images, jobs, queues
 from shared.config import load_settings
-from shared.db import images as image_store
-from shared.db.images import ImageRow
-from shared.db.progress import wait_for_job
-from shared.images import encode_image
+from shared.images.codec import encode_image
+from shared.images.store import ImageRow
+from shared.jobs.progress import wait_for_job
 from stack.processes import ChildProcess
 from stack.scratch import unique_name
 from tests.support import services
@@ -34,10 +33,10 @@ def test_both_workers_serve_their_queue_and_stop_together(worker_env, conn, tmp_
         process.wait_ready()
         # Two children, each a lane of its own: the bulk Celery worker and the upload consumer.
         assert sorted(command[1:3] for command in child_commands(process.pid)) == [["-m", "worker.bulk"], ["-m", "worker.uploads"]]
-        ids = image_store.insert_images(conn, [ImageRow(IMAGE, None, [28, 28], "upload", None, None)])
+        ids = images.store.insert_images(conn, [ImageRow(IMAGE, None, [28, 28], "upload", None, None)])
         version = services.production_version(conn)
-        bulk_job = jobs.submit_job(conn, broker.celery_app(config), config, jobs.Selection(image_ids=tuple(ids)), version, 1).id
-        upload_job = jobs.submit_upload(conn, config, IMAGE, version, {"upload": None})
+        bulk_job = jobs.service.submit_job(conn, queues.broker.celery_app(config), config, jobs.service.Selection(image_ids=tuple(ids)), version, 1).id
+        upload_job = jobs.service.submit_upload(conn, config, IMAGE, version, {"upload": None})
         for job_id in (bulk_job, upload_job):  # each can only have been served by its own lane
             assert wait_for_job(conn, job_id, timeout=30)["status"] == "done"
 

@@ -7,8 +7,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from shared import mnist
 from shared.config import DEFAULT_MNIST_DIR
+from shared.training import mnist
 
 PAPER_SIDE = 280
 WHITE = 255

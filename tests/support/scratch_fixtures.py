@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from producer.ingest import load_mnist, mnist_rows
+from shared import images
 from shared.db import connection
-from shared.db import images as image_store
 from stack import scratch
 
 
@@ -46,9 +46,9 @@ def private_database(fixture_name: str, database_prefix: str) -> tuple[Any, Any,
     @pytest.fixture(scope="module", name="test_split_ids")
     def test_split_ids(request: pytest.FixtureRequest, mnist_dir: Path) -> list[int]:
         """The 10k official test images, stored once."""
-        images, labels = load_mnist(mnist_dir, "test", None)
+        digit_images, labels = load_mnist(mnist_dir, "test", None)
         with contextlib.closing(connection.connect(request.getfixturevalue(fixture_name))) as private_conn:
-            image_store.insert_images(private_conn, list(mnist_rows(images, labels, "test")))
-            return image_store.select_image_ids(private_conn, split="test")
+            images.store.insert_images(private_conn, list(mnist_rows(digit_images, labels, "test")))
+            return images.store.select_image_ids(private_conn, split="test")
 
     return database, conn, test_split_ids

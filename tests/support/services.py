@@ -21,13 +21,11 @@ import psycopg2
 import redis
 from psycopg2 import sql
 
-from shared import operators, registry
+from shared import jobs, models, operators
 from shared.config import PROJECT_ROOT
-from shared.db import operators as operator_store
-from shared.db import progress
 from shared.db.connection import query, query_one
-from shared.db.results import PredictionBatch
 from shared.digits import NUM_CLASSES
+from shared.jobs.results import PredictionBatch
 from stack import scratch
 from stack.processes import ChildProcess, free_port, signal_group
 from web import serve
@@ -145,27 +143,27 @@ OPERATOR_PASSWORD = "correct horse battery staple"
 def add_operator(conn: psycopg2.extensions.connection, prefix: str = "op") -> tuple[int, str]:
     """A new operator with OPERATOR_PASSWORD under a unique name: (id, name)."""
     name = scratch.unique_name(prefix)
-    return operators.add_operator(conn, name, OPERATOR_PASSWORD), name
+    return operators.secrets.add_operator(conn, name, OPERATOR_PASSWORD), name
 
 
 def operator_token(conn: psycopg2.extensions.connection, label: str = "test") -> str:
     """An API token of a new operator."""
     _, name = add_operator(conn, "token-op")
-    return operators.create_token(conn, name, label)[1]
+    return operators.secrets.create_token(conn, name, label)[1]
 
 
 def signed_in(client, conn: psycopg2.extensions.connection, operator_id: int):
     """A Flask test client with the operator's session, as the sign-in form leaves it (without hashing the password again)."""
-    row = operator_store.operator_by_id(conn, operator_id)
+    row = operators.store.operator_by_id(conn, operator_id)
     with client.session_transaction() as session:
-        session["_user_id"] = f"{operator_id}:{operators.credential_tag(row['password_hash'])}"
+        session["_user_id"] = f"{operator_id}:{operators.secrets.credential_tag(row['password_hash'])}"
         session["_fresh"] = True
     return client
 
 
 def production_version(conn: psycopg2.extensions.connection) -> str:
     """The version the database serves by default: the bundled model, registered when its schema was made."""
-    return registry.resolve(conn, registry.PRODUCTION)
+    return models.registry.resolve(conn, models.registry.PRODUCTION)
 
 
 def max_job_id(conn: psycopg2.extensions.connection) -> int:
@@ -204,12 +202,12 @@ def wait_for_jobs(
     ``while_waiting`` runs at least every WAKE_SECONDS meanwhile (to restart a process that died, say).
     """
     deadline = time.monotonic() + timeout
-    with progress.listening(conn):
+    with jobs.progress.listening(conn):
         outcomes = job_outcomes(conn, job_ids)
         while any(status != "done" for status, *_ in outcomes.values()) and time.monotonic() < deadline:
             if while_waiting is not None:
                 while_waiting()
-            progress.wait_for_progress(conn, min(WAKE_SECONDS, max(0.0, deadline - time.monotonic())))
+            jobs.progress.wait_for_progress(conn, min(WAKE_SECONDS, max(0.0, deadline - time.monotonic())))
             outcomes = job_outcomes(conn, job_ids)
     return outcomes
 

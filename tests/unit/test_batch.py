@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.images import encode_image
+from shared.images.codec import encode_image
 from worker.batch import UNKNOWN_ID_REASON, decode_batch, predict_chunk
 
 DIGITS = np.random.default_rng(5).integers(0, 256, size=(3, 28, 28), dtype=np.uint8)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from shared.calibration import (
+from shared.training.calibration import (
     apply_temperature,
     calibration_summary,
     expected_calibration_error,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.comparison import Comparison
 from shared.config import PROJECT_ROOT
-from shared.db.statistics import UNLABELLED
+from shared.jobs.comparison import Comparison
+from shared.jobs.statistics import UNLABELLED
 from web.heatmap import difference_heatmap
 
 

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from shared import cpus
-from shared.cpus import available_cpus, cgroup_cpus, quota_cpus
+from shared.host import cpus
+from shared.host.cpus import available_cpus, cgroup_cpus, quota_cpus
 
 needs_affinity = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no scheduler affinity on this platform")
 

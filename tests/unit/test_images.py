@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.images import decode_image, decode_images, encode_image, png_bytes
+from shared.images.codec import decode_image, decode_images, encode_image, png_bytes
 
 
 def npy(array: np.ndarray, **options) -> bytes:

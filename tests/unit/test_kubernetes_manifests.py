@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from producer.cli import main as producer_cli
-from shared import broker
+from shared import queues
 from shared.config import PROJECT_ROOT, load_settings
 from stack.supervisor import WORKER_STOP_SECONDS
 from web.app import create_app
@@ -195,7 +195,7 @@ def test_keda_scales_the_worker_deployment_on_the_bulk_queue(scaled_object):
     assert all(isinstance(value, str) for value in trigger["metadata"].values())  # KEDA's metadata is a map of strings
     if trigger["type"] == "redis":
         assert trigger["metadata"]["listName"] == f"{CONFIG['data']['QUEUE_PREFIX']}.bulk"
-        assert trigger["metadata"]["listName"] == broker.bulk_queue(load_settings(CONFIG["data"] | {"MNIST_PRODUCTION": ""}))
+        assert trigger["metadata"]["listName"] == queues.broker.bulk_queue(load_settings(CONFIG["data"] | {"MNIST_PRODUCTION": ""}))
         redis_url = urllib.parse.urlsplit(SECRET["stringData"]["REDIS_URL"])
         assert trigger["metadata"]["databaseIndex"] == redis_url.path.lstrip("/")
         authentication = the("TriggerAuthentication", trigger["authenticationRef"]["name"])

@@ -3,7 +3,7 @@ import gzip
 import numpy as np
 import pytest
 
-from shared import mnist
+from shared.training import mnist
 
 
 def test_bundled_test_split_is_the_official_one(mnist_dir):

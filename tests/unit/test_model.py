@@ -5,11 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from shared import inference, mnist
 from shared.digits import to_model_input
-from shared.model_info import int8_path, litert_path, model_card_path, model_version, read_model_card
+from shared.models import runtime
+from shared.models.files import int8_path, litert_path, model_card_path, model_version, read_model_card
+from shared.training import mnist
 
-model = pytest.importorskip("shared.model")
+model = pytest.importorskip("shared.training.model")
+keras_runtime = pytest.importorskip("shared.models.keras_runtime")
 
 
 @pytest.fixture(scope="module")
@@ -18,10 +20,10 @@ def model_path(default_settings):
 
 
 def test_shipped_model_reaches_99_6_percent_as_its_card_says(mnist_dir, model_path):
-    keras_model = model.load_model(model_path)
+    keras_model = keras_runtime.load_model(model_path)
     assert keras_model.count_params() == model.build_model().count_params()
     images, labels = mnist.load_split(mnist_dir, "test")
-    probabilities = model.KerasPredictor(keras_model).predict_batch(images)
+    probabilities = keras_runtime.KerasPredictor(keras_model).predict_batch(images)
     accuracy = float((probabilities.argmax(axis=1) == labels).mean())
     assert accuracy >= 0.996
     card = read_model_card(model_path)
@@ -31,24 +33,24 @@ def test_shipped_model_reaches_99_6_percent_as_its_card_says(mnist_dir, model_pa
 def test_shipped_int8_export_agrees_with_the_float_model(mnist_dir, model_path):
     images, labels = mnist.load_split(mnist_dir, "test")
     card = read_model_card(model_path)
-    float_model = inference.LiteRTPredictor(litert_path(model_path), threads=2).predict_batch(images)
-    int8_model = inference.LiteRTPredictor(int8_path(model_path), threads=2).predict_batch(images)
+    float_model = runtime.LiteRTPredictor(litert_path(model_path), threads=2).predict_batch(images)
+    int8_model = runtime.LiteRTPredictor(int8_path(model_path), threads=2).predict_batch(images)
     agreement = float((float_model.argmax(axis=1) == int8_model.argmax(axis=1)).mean())
     assert agreement == pytest.approx(card["int8"]["label_agreement"], abs=1e-9) and agreement >= 0.995
     assert float((int8_model.argmax(axis=1) == labels).mean()) == pytest.approx(card["int8"]["test_accuracy"], abs=1e-5)
 
 
 def test_predictor_agrees_with_keras_predict(mnist_dir, model_path):
-    keras_model = model.load_model(model_path)
+    keras_model = keras_runtime.load_model(model_path)
     images, _ = mnist.load_split(mnist_dir, "test")
     expected = keras_model.predict(to_model_input(images[:64]), verbose=0)
-    assert np.allclose(model.KerasPredictor(keras_model).predict_batch(images[:64]), expected, atol=1e-5)
+    assert np.allclose(keras_runtime.KerasPredictor(keras_model).predict_batch(images[:64]), expected, atol=1e-5)
 
 
 def test_litert_export_predicts_the_same_labels_as_keras(mnist_dir, model_path):
     images, labels = mnist.load_split(mnist_dir, "test")
-    keras_probabilities = model.KerasPredictor(model.load_model(model_path)).predict_batch(images)
-    litert = inference.load_predictor(model_path, "litert", threads=2)
+    keras_probabilities = keras_runtime.KerasPredictor(keras_runtime.load_model(model_path)).predict_batch(images)
+    litert = runtime.load_predictor(model_path, "litert", threads=2)
     litert_probabilities = np.concatenate([litert.predict_batch(images[start : start + 256]) for start in range(0, len(images), 256)])
     assert (litert_probabilities.argmax(axis=1) == keras_probabilities.argmax(axis=1)).all()
     assert np.allclose(litert_probabilities, keras_probabilities, atol=1e-4)
@@ -59,13 +61,13 @@ def test_litert_export_predicts_the_same_labels_as_keras(mnist_dir, model_path):
 
 def test_unknown_runtime_and_missing_export_are_clear_errors(tmp_path, model_path):
     with pytest.raises(ValueError, match="MODEL_RUNTIME"):
-        inference.load_predictor(model_path, "onnx", threads=1)
+        runtime.load_predictor(model_path, "onnx", threads=1)
     with pytest.raises(ValueError, match="does not exist"):
-        inference.load_predictor(tmp_path / "absent.keras", "litert", threads=1)
+        runtime.load_predictor(tmp_path / "absent.keras", "litert", threads=1)
 
 
 def test_training_on_a_slice_lowers_the_loss_and_saves_a_loadable_model(mnist_dir, tmp_path):
-    from worker import train
+    from shared.training import train
 
     # The bundled folder has no training images: train on the test split's files renamed.
     data = tmp_path / "data"
@@ -86,6 +88,6 @@ def test_training_on_a_slice_lowers_the_loss_and_saves_a_loadable_model(mnist_di
     assert int8_path(out).exists() and card["int8"]["label_agreement"] >= 0.98
     assert 0 < card["temperature"] and 0 <= card["calibration"]["ece_test"] <= card["calibration"]["ece_test_before"] + 1e-9
     assert [row["flag_share"] for row in card["low_confidence_thresholds"]] == [0.005, 0.01, 0.02, 0.05]
-    reloaded = model.load_model(out)
+    reloaded = keras_runtime.load_model(out)
     assert reloaded.count_params() == model.build_model().count_params()
     assert model_version(out).startswith("tiny-")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared import registry
+from shared import models
 
 FLOAT_ACCURACY = 0.9908
 
@@ -25,26 +25,26 @@ def card(int8_accuracy=None, **more):
     ],
 )
 def test_int8_is_served_when_within_five_hundredths_of_a_point_of_float(int8_accuracy, serves):
-    assert registry.serving_variant(card(int8_accuracy), has_int8=True) == serves
+    assert models.registry.serving_variant(card(int8_accuracy), has_int8=True) == serves
 
 
 def test_a_version_without_int8_figures_or_file_serves_float_and_the_setting_forces_either():
-    assert registry.serving_variant(card(), has_int8=False) == "float"
-    assert registry.serving_variant(card(), has_int8=True) == "float"  # an older card: no int8 accuracy recorded
-    assert registry.serving_variant({"int8": "not an object"}, has_int8=True) == "float"
-    assert registry.serving_variant(card(0.5), has_int8=True, precision="int8") == "int8"
-    assert registry.serving_variant(card(FLOAT_ACCURACY), has_int8=True, precision="float") == "float"
-    assert registry.serving_variant(card(FLOAT_ACCURACY), has_int8=False, precision="int8") == "float"  # no file to serve
+    assert models.registry.serving_variant(card(), has_int8=False) == "float"
+    assert models.registry.serving_variant(card(), has_int8=True) == "float"  # an older card: no int8 accuracy recorded
+    assert models.registry.serving_variant({"int8": "not an object"}, has_int8=True) == "float"
+    assert models.registry.serving_variant(card(0.5), has_int8=True, precision="int8") == "int8"
+    assert models.registry.serving_variant(card(FLOAT_ACCURACY), has_int8=True, precision="float") == "float"
+    assert models.registry.serving_variant(card(FLOAT_ACCURACY), has_int8=False, precision="int8") == "float"  # no file to serve
     with pytest.raises(ValueError, match="MODEL_PRECISION"):
-        registry.serving_variant(card(), has_int8=True, precision="int4")
+        models.registry.serving_variant(card(), has_int8=True, precision="int4")
 
 
 @pytest.mark.parametrize("alias", ["production", "canary", "champion", "a", "shadow_2", "team-b"])
 def test_alias_names_that_are_allowed(alias):
-    registry.check_alias(alias)
+    models.registry.check_alias(alias)
 
 
 @pytest.mark.parametrize("alias", ["", "Production", "2nd", "has space", "x" * 41, "mnist_cnn-1a2b3c4d5e6f", "a;drop"])
 def test_alias_names_that_are_refused(alias):
     with pytest.raises(ValueError, match="is not allowed"):
-        registry.check_alias(alias)
+        models.registry.check_alias(alias)

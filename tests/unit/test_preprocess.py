@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from shared.preprocess import ACCEPTED_FORMATS, open_user_image, to_mnist_form, user_image_to_mnist
+from shared.images.preprocess import ACCEPTED_FORMATS, open_user_image, to_mnist_form, user_image_to_mnist
 from tests.support import digits
 
 MAX_PIXELS = 10**6

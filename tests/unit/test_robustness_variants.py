@@ -14,7 +14,7 @@ from skimage import morphology
 from bench import variants
 from bench.robustness import Prepared, prepare_variant, score, subset
 from shared.config import PROJECT_ROOT
-from shared.preprocess import to_mnist_form, user_image_to_mnist
+from shared.images.preprocess import to_mnist_form, user_image_to_mnist
 from tests.support import digits
 
 DIGITS = 6

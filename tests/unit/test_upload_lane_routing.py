@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from shared import jobs
 from shared.config import load_settings
-from shared.db import jobs, prepared
+from shared.db import prepared
 from web.app import create_app
 from web.upload_lane import UploadLane, client_address, is_secure, wait_seconds
 
@@ -97,7 +98,7 @@ def test_https_is_the_scheme_or_what_the_trusted_proxies_forwarded():
 
 
 def test_the_lane_runs_the_flask_routes_statements_numbered_and_typed():
-    text = prepared.numbered_text(jobs.CREATE_NAMED_UPLOAD_JOB, None, cast=True)
-    used = prepared.used_parameters(jobs.CREATE_NAMED_UPLOAD_JOB, None)
+    text = prepared.numbered_text(jobs.store.CREATE_NAMED_UPLOAD_JOB, None, cast=True)
+    used = prepared.used_parameters(jobs.store.CREATE_NAMED_UPLOAD_JOB, None)
     assert "%(" not in text and used[0] == "name" and "$1::text" in text
-    assert all(f"${number}::{jobs.CREATE_NAMED_UPLOAD_JOB.types[name]}" in text for number, name in enumerate(used, start=1))
+    assert all(f"${number}::{jobs.store.CREATE_NAMED_UPLOAD_JOB.types[name]}" in text for number, name in enumerate(used, start=1))

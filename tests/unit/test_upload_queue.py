@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from shared import upload_queue
+from shared import queues
 from shared.digits import MAX_ROW_ID
-from shared.upload_queue import decode_entry, encode_entry, one_more_death
+from shared.queues.uploads import decode_entry, encode_entry, one_more_death
 
 
 def test_a_new_entry_is_job_colon_image():
@@ -36,13 +36,13 @@ def test_a_foreign_entry_is_refused_and_requeued_unchanged(foreign):
 
 def test_names_are_under_the_queue_prefix(default_settings):
     config = default_settings.replace(queue_prefix="p")
-    assert upload_queue.queue_name(config) == "p.upload"
-    assert upload_queue.processing_list(config, "host-1") == "p.upload.processing.host-1"
-    assert upload_queue.heartbeat_key(config, "host-1") == "p.upload.alive.host-1"
-    assert upload_queue.consumers_key(config) == "p.upload.consumers"
+    assert queues.uploads.queue_name(config) == "p.upload"
+    assert queues.uploads.processing_list(config, "host-1") == "p.upload.processing.host-1"
+    assert queues.uploads.heartbeat_key(config, "host-1") == "p.upload.alive.host-1"
+    assert queues.uploads.consumers_key(config) == "p.upload.consumers"
 
 
 def test_consumer_names_start_with_the_host_and_are_unique():
-    first, second = upload_queue.new_consumer_name(), upload_queue.new_consumer_name()
-    assert first.startswith(upload_queue.host_prefix()) and second.startswith(upload_queue.host_prefix())
+    first, second = queues.uploads.new_consumer_name(), queues.uploads.new_consumer_name()
+    assert first.startswith(queues.uploads.host_prefix()) and second.startswith(queues.uploads.host_prefix())
     assert first != second

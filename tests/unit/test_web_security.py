@@ -12,7 +12,7 @@ import yaml
 from werkzeug.routing import Map, Rule
 
 from shared.config import PROJECT_ROOT, load_settings
-from shared.db.jobs import new_upload_token
+from shared.jobs.store import new_upload_token
 from web import auth, heatmap, limits, security
 from web.api import OPENAPI_DOCUMENT
 from web.app import create_app

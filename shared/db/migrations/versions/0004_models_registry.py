@@ -15,7 +15,7 @@
 An existing database is upgraded in place: a job that has predictions keeps the version it
 recorded (the version its predictions recorded too: the release before wrote the same hash in
 both), one that has none and is not done is served by ``production``. The models themselves are
-registered after the migration, by ``producer init-db`` (``shared.model_registration``).
+registered after the migration, by ``producer init-db`` (``shared.training.registration``).
 
 Revision ID: 0004
 Revises: 0003

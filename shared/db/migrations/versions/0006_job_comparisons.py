@@ -2,7 +2,7 @@
 
 Comparing two jobs joins every prediction they share (2-5 s at a million); a finished job's
 predictions do not change, so the aggregate of two finished jobs is stored the first time it
-is computed (``shared/db/comparisons.py`` says when it is read back and why that is safe):
+is computed (``shared/jobs/comparison_store.py`` says when it is read back and why that is safe):
 
 - ``job_comparison_pairs``: one row per ordered pair (A, B) whose aggregate is stored, with each
   job's ``done_count`` when it was computed; a pair with no image in common has this row alone.

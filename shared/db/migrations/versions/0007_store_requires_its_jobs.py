@@ -3,7 +3,7 @@
 Predictions, statistics and mistakes have no foreign key to jobs (0001, 0003). The store used
 to check in Python, after its statement, that every job of the batch was advanced, and roll
 its transaction back if not. A micro-batch of uploads is now one statement that is its own
-transaction (``shared/db/results.py``), so the check runs inside it: this function raises, with
+transaction (``shared/jobs/results.py``), so the check runs inside it: this function raises, with
 SQLSTATE foreign_key_violation, and the whole statement is undone. Plain SQL cannot raise, and a
 volatile function is never evaluated while the statement is planned.
 

@@ -1,6 +1,6 @@
 """Two jobs' predictions of the same images compared: accuracy of each, what changed, the confusion diff.
 
-Everything here is computed from the aggregate of ``shared.db.comparisons`` (images per true
+Everything here is computed from the aggregate of ``shared.jobs.comparison_store`` (images per true
 label, A's prediction and B's prediction), so the CLI, the page and the API show the same
 numbers and none of them needs the predictions themselves. "A" is the first job, "B" the
 second; a difference is always B - A, so a positive cell is something B does more often.
@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from shared.db import comparisons
 from shared.db.connection import Connection
 from shared.digits import NUM_CLASSES
+from shared.jobs import comparison_store
 
 # The aggregate as an array: counts[true label + 1, A's prediction, B's prediction]; row 0 holds
 # the images without a true label (statistics.UNLABELLED = -1).
@@ -175,6 +175,6 @@ class Comparison:
 
 
 def load_comparison(conn: Connection, job_a: int, job_b: int) -> Comparison:
-    """Both jobs compared; ``comparisons.UnknownJob`` when either does not exist."""
-    pair = comparisons.job_pair(conn, job_a, job_b)
+    """Both jobs compared; ``comparison_store.UnknownJob`` when either does not exist."""
+    pair = comparison_store.job_pair(conn, job_a, job_b)
     return Comparison.of(pair.job_a, pair.job_b, pair.counts, pair.versions_a, pair.versions_b)

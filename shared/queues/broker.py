@@ -2,7 +2,7 @@
 
 The producer and the web send tasks by name and never import the worker (which would
 import the model runtime). Bulk batches go through Celery on ``<prefix>.bulk``; single
-uploads skip Celery on a Redis list of their own (``shared/upload_queue.py``).
+uploads skip Celery on a Redis list of their own (``shared/queues/uploads.py``).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def send_batches(
     ``first`` puts them at the head of the queue, taken next, in order: the halves of a batch
     that was started before (its worker died, say) should not wait behind whole jobs. Such halves
     pass their batch's ``sent_at``: they are work sent then, and the queue's oldest-entry age reads
-    the head (``shared/queue_metrics.py``), which a fresh time there would make look young.
+    the head (``shared/observability/queues.py``), which a fresh time there would make look young.
     """
     sent = 0
     stamp = time.time() if sent_at is None else sent_at

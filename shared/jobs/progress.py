@@ -4,7 +4,7 @@ Waiting on the notice instead of polling answers within a millisecond of the com
 takes no CPU from the workers meanwhile.
 
 A micro-batch of uploads also announces each upload's answer on a channel of its own
-(``ANSWER_CHANNEL``; shared/db/results.py writes the payload, ``parse_answer`` reads it), so a web
+(``ANSWER_CHANNEL``; shared/jobs/results.py writes the payload, ``parse_answer`` reads it), so a web
 request waiting for one has its answer without reading it back: one query and one PostgreSQL
 wake-up fewer per upload. A channel of its own, so that a listener of a release before it,
 which reads every payload of the progress channel as a job id, never sees one.
@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 from psycopg2 import sql
 
-from shared.db import jobs
 from shared.db.connection import Connection, query
 from shared.digits import NUM_CLASSES
+from shared.jobs import store
 
 CHANNEL = "mnist_job_progress"
 ANSWER_CHANNEL = "mnist_upload_answers"
@@ -115,11 +115,11 @@ def wait_for_job(conn: Connection, job_id: int, timeout: float = 60, until_finis
     """
     deadline = time.monotonic() + timeout
     with listening(conn):
-        job = jobs.get_job(conn, job_id)
+        job = store.get_job(conn, job_id)
         while job is not None and not _reached(job, until_finished) and time.monotonic() < deadline:
             heard = wait_for_progress(conn, min(deadline - time.monotonic(), RECHECK_SECONDS))
             if job_id in heard or not heard:
-                job = jobs.get_job(conn, job_id)
+                job = store.get_job(conn, job_id)
     return job
 
 

@@ -3,14 +3,14 @@
 Where a metric means what one of celery-exporter's means, it has that name and those labels
 (``celery_task_succeeded_total``, ``celery_task_failed_total``, ``celery_task_retried_total``,
 ``celery_task_runtime``, ``celery_worker_up``, ``celery_worker_tasks_active``; ``celery_queue_length``
-is read from Redis, in ``shared/queue_metrics.py``), so dashboards and alerts written for it work
+is read from Redis, in ``shared/observability/queues.py``), so dashboards and alerts written for it work
 here; the rest are ``mnist_*``. The lane of a bulk batch or an upload is the label ``queue``
 (``bulk`` or ``upload``), as in ``mnist_queue_depth``.
 
 The metric objects are made on first use (``instruments()``), never at import: prometheus_client
 decides when a metric is created whether its values live in this process's memory or in a file of
 the multiprocess folder, from PROMETHEUS_MULTIPROC_DIR at that moment; our entry points set that
-variable (``shared.metrics_files.prepare``) after they have imported their modules. Recording is a
+variable (``shared.observability.files.prepare``) after they have imported their modules. Recording is a
 few microseconds per call (a write to a memory-mapped file), so it is done per batch, never per image.
 A recording that fails is logged and never fails the work it measures (``never_fails``).
 """

@@ -18,8 +18,8 @@ import secrets
 import argon2
 import argon2.exceptions
 
-from shared.db import operators as operator_store
 from shared.db.connection import Connection
+from shared.operators import store
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
 MIN_PASSWORD_CHARS = 12
@@ -72,14 +72,14 @@ def _operator(row: dict) -> Operator:
 
 def add_operator(conn: Connection, name: str, password: str) -> int:
     """Create an operator; ValueError for a bad name or password, OperatorExists for a name in use."""
-    return operator_store.create_operator(conn, check_name(name), hash_password(password))
+    return store.create_operator(conn, check_name(name), hash_password(password))
 
 
 def change_password(conn: Connection, name: str, password: str) -> None:
-    row = operator_store.operator_by_name(conn, name)
+    row = store.operator_by_name(conn, name)
     if row is None:
         raise ValueError(f"there is no operator named {name!r}")
-    operator_store.set_password_hash(conn, row["id"], hash_password(password))
+    store.set_password_hash(conn, row["id"], hash_password(password))
 
 
 def authenticate(conn: Connection, name: str, password: str) -> Operator | None:
@@ -87,7 +87,7 @@ def authenticate(conn: Connection, name: str, password: str) -> Operator | None:
 
     A hash made with weaker parameters than today's is replaced on success.
     """
-    row = operator_store.operator_by_name(conn, name) if len(name) <= 100 else None
+    row = store.operator_by_name(conn, name) if len(name) <= 100 else None
     if len(password) > MAX_PASSWORD_CHARS:
         return None
     try:
@@ -98,13 +98,13 @@ def authenticate(conn: Connection, name: str, password: str) -> Operator | None:
         return None
     if _hasher.check_needs_rehash(row["password_hash"]):
         row = {**row, "password_hash": _hasher.hash(password)}
-        operator_store.set_password_hash(conn, row["id"], row["password_hash"])
+        store.set_password_hash(conn, row["id"], row["password_hash"])
     return _operator(row)
 
 
 def operator_for_session(conn: Connection, operator_id: int, tag: str) -> Operator | None:
     """The signed-in operator of a session, or None once they were removed or their password changed."""
-    row = operator_store.operator_by_id(conn, operator_id)
+    row = store.operator_by_id(conn, operator_id)
     if row is None:
         return None
     operator = _operator(row)
@@ -121,16 +121,16 @@ def token_hash(token: str) -> bytes:
 
 def create_token(conn: Connection, name: str, label: str | None) -> tuple[int, str]:
     """A new API token for operator ``name``: (its id, the token), which is shown once and not stored."""
-    row = operator_store.operator_by_name(conn, name)
+    row = store.operator_by_name(conn, name)
     if row is None:
         raise ValueError(f"there is no operator named {name!r} (add one with: python -m producer users add {name})")
     token = new_token()
-    return operator_store.create_token(conn, row["id"], token_hash(token), label), token
+    return store.create_token(conn, row["id"], token_hash(token), label), token
 
 
 def operator_for_token(conn: Connection, token: str) -> Operator | None:
     """The operator holding this unrevoked token, or None."""
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
-    row = operator_store.token_operator(conn, token_hash(token))
+    row = store.token_operator(conn, token_hash(token))
     return _operator(row) if row else None

@@ -18,10 +18,10 @@ import psycopg2
 import psycopg2.extras
 from psycopg2 import sql
 
-from shared.db import models as model_store
+from shared import models
 from shared.db import prepared
 from shared.db.connection import Connection, query, query_one, transaction
-from shared.db.images import SELECTION_FILTER
+from shared.images.store import SELECTION_FILTER
 
 # Everything about a job but its image list, which is large and only recovery reads.
 JOB_COLUMNS = (
@@ -204,7 +204,7 @@ CREATE_NAMED_UPLOAD_JOB = prepared.Statement(
         RETURNING id, model_version
     )
     SELECT job.id, image.id, job.model_version FROM job, image
-    """).format(resolved=model_store.RESOLVED),
+    """).format(resolved=models.store.RESOLVED),
     {"name": "text", "shadow": "text", "image": "bytea", "shape": "integer[]", "selection": "jsonb", "token": "text"},
 )
 

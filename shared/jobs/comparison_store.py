@@ -32,8 +32,8 @@ from typing import Any
 
 from psycopg2 import sql
 
-from shared.db import jobs, statistics
 from shared.db.connection import Connection, query, transaction
+from shared.jobs import statistics, store
 
 # PostgreSQL reads the images' true labels from the (true_label, id) index (an index-only scan),
 # not from the table's heap of about a kilobyte of image per row; no label counts as UNLABELLED.
@@ -85,7 +85,7 @@ AggregateRow = tuple[int, int, int, str, str, int]
 
 @dataclasses.dataclass(frozen=True)
 class JobPair:
-    """Both jobs (``jobs.get_job``'s rows) and their aggregate over the images both predicted."""
+    """Both jobs (``store.get_job``'s rows) and their aggregate over the images both predicted."""
 
     job_a: dict[str, Any]
     job_b: dict[str, Any]
@@ -109,7 +109,7 @@ def job_pair(conn: Connection, job_a: int, job_b: int) -> JobPair:
     """Both jobs and their aggregate; UnknownJob names the first id that does not exist."""
     found = {}
     for job_id in (job_a, job_b):
-        job = jobs.get_job(conn, job_id)
+        job = store.get_job(conn, job_id)
         if job is None:
             raise UnknownJob(job_id)
         found[job_id] = job

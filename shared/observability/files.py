@@ -41,7 +41,7 @@ def service_directory(settings: Settings, service: str) -> Path:
 def prepare(directory: Path) -> Path:
     """Wipe and create ``directory`` and make it this process's and its children's metrics folder.
 
-    Call before the first metric is made (``shared.metrics.instruments``). prometheus_client picks
+    Call before the first metric is made (``shared.observability.metrics.instruments``). prometheus_client picks
     where values live when it is imported, from PROMETHEUS_MULTIPROC_DIR at that moment; an entry
     point that imported it before the variable was set has it pick again here.
     """

@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from shared import mnist
 from shared.db import connection, schema
-from shared.db import models as model_store
 from shared.db.connection import Connection
 from shared.digits import IMAGE_SHAPE, INPUT_SHAPE, NUM_CLASSES
-from shared.model_info import litert_path, model_card_path, version_of
-from shared.registry import PRODUCTION
+from shared.models import store
+from shared.models.files import litert_path, model_card_path, version_of
+from shared.models.registry import PRODUCTION
+from shared.training import mnist
 
 # Test images the exports are compared on: enough to see a broken export, quick on LiteRT.
 CHECK_IMAGES = 1000
@@ -54,11 +54,11 @@ class Registration:
     aliased_production: bool = False
 
 
-def read_model_files(keras_path: Path, name: str | None = None) -> model_store.ModelFiles:
+def read_model_files(keras_path: Path, name: str | None = None) -> store.ModelFiles:
     """The files of the version whose Keras file is ``keras_path``, read and named, not yet checked."""
     keras_path = Path(keras_path)
     if not keras_path.is_file():
-        raise ValueError(f"{keras_path} is not a file: register the .keras file written by python -m worker.train")
+        raise ValueError(f"{keras_path} is not a file: register the .keras file written by python -m shared.training.train")
     card = read_card(keras_path)
     folder = keras_path.parent
     tflite_path = folder / card["litert_file"] if isinstance(card.get("litert_file"), str) else litert_path(keras_path)
@@ -66,9 +66,9 @@ def read_model_files(keras_path: Path, name: str | None = None) -> model_store.M
     int8_path = folder / int8_card["file"] if isinstance(int8_card.get("file"), str) else None
     for path, what in ((tflite_path, "its LiteRT export"), (int8_path, "the int8 export its card names")):
         if path is not None and not path.is_file():
-            raise ValueError(f"{path} ({what}) does not exist: export it with python -m worker.train --export-only")
+            raise ValueError(f"{path} ({what}) does not exist: export it with python -m shared.training.train --export-only")
     keras_bytes = keras_path.read_bytes()
-    return model_store.ModelFiles(
+    return store.ModelFiles(
         version=version_of(keras_path.stem, keras_bytes),
         name=(name or keras_path.stem)[:200],
         keras_file=str(keras_path.resolve()),
@@ -94,7 +94,7 @@ def read_card(keras_path: Path) -> dict[str, Any]:
     return card
 
 
-def check_model_files(files: model_store.ModelFiles, mnist_dir: Path, keras_check: bool = True) -> list[str]:
+def check_model_files(files: store.ModelFiles, mnist_dir: Path, keras_check: bool = True) -> list[str]:
     """Raise ValueError (one line) unless the files make a servable model; else what was checked."""
     check_keras_archive(files)
     images = check_images(mnist_dir)
@@ -114,7 +114,7 @@ def check_model_files(files: model_store.ModelFiles, mnist_dir: Path, keras_chec
     return checks
 
 
-def check_keras_archive(files: model_store.ModelFiles) -> None:
+def check_keras_archive(files: store.ModelFiles) -> None:
     """A ``.keras`` file is a zip archive holding the model's config.json (what model.save writes)."""
     try:
         with zipfile.ZipFile(io.BytesIO(files.keras_bytes)) as archive:
@@ -138,7 +138,7 @@ def litert_labels(content: bytes, where: str, images: np.ndarray | None) -> np.n
     """The labels a LiteRT file predicts for ``images`` after checking its input and output shapes."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from shared.inference import LiteRTPredictor
+    from shared.models.runtime import LiteRTPredictor
 
     try:
         interpreter = Interpreter(model_content=content)
@@ -163,10 +163,10 @@ def litert_labels(content: bytes, where: str, images: np.ndarray | None) -> np.n
 
 
 def keras_labels(keras_file: str, images: np.ndarray) -> np.ndarray:
-    from shared import model
+    from shared.models import keras_runtime
 
     try:
-        predictor = model.KerasPredictor(model.load_model(Path(keras_file)))
+        predictor = keras_runtime.KerasPredictor(keras_runtime.load_model(Path(keras_file)))
         return predictor.predict_batch(images).argmax(axis=1)
     except Exception as error:  # Keras raises many kinds for a file it cannot rebuild
         raise ValueError(f"{keras_file} does not load as a Keras model: {first_line(error)}") from None
@@ -177,7 +177,7 @@ def agreement_line(name: str, other: str, labels: np.ndarray, other_labels: np.n
     if agreement < minimum:
         raise ValueError(
             f"{name} and {other} disagree: the same label on {agreement:.1%} of {len(labels)} MNIST test images"
-            f" (at least {minimum:.0%} needed); export again with python -m worker.train --export-only"
+            f" (at least {minimum:.0%} needed); export again with python -m shared.training.train --export-only"
         )
     return f"{name} and {other} agree on {agreement:.1%} of {len(labels)} MNIST test images"
 
@@ -203,10 +203,10 @@ def first_line(error: BaseException) -> str:
 def register(conn: Connection, keras_path: Path, mnist_dir: Path, name: str | None = None, keras_check: bool = True) -> Registration:
     """Check and store a version; a version registered before is left as it is (its bytes are the same)."""
     files = read_model_files(keras_path, name)
-    if model_store.model_exists(conn, files.version):
+    if store.model_exists(conn, files.version):
         return Registration(files.version, stored=False, checks=[])
     checks = check_model_files(files, mnist_dir, keras_check)
-    stored = model_store.insert_model(conn, files)  # False: another process stored it meanwhile
+    stored = store.insert_model(conn, files)  # False: another process stored it meanwhile
     return Registration(files.version, stored, checks)
 
 
@@ -218,7 +218,7 @@ def register_bundled(conn: Connection, model_path: Path, mnist_dir: Path) -> Reg
     if not Path(model_path).is_file():
         return None
     registration = register(conn, model_path, mnist_dir, keras_check=False)
-    aliased = model_store.add_alias_if_missing(conn, PRODUCTION, registration.version)
+    aliased = store.add_alias_if_missing(conn, PRODUCTION, registration.version)
     return dataclasses.replace(registration, aliased_production=aliased)
 
 

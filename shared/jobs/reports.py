@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from shared import registry
-from shared.db import jobs, queries
+from shared import models
 from shared.db.connection import Connection
 from shared.digits import NUM_CLASSES
+from shared.jobs import queries, store
 
 # The seed's threshold: the default when the production model's card chose none, and always selectable.
 LOW_CONFIDENCE_THRESHOLD = 0.8
@@ -52,8 +52,8 @@ def default_low_confidence_threshold(conn: Connection) -> float:
     pages and ``producer report`` flag what is worth a look for the model that answers now.
     """
     try:
-        card = registry.describe(conn, registry.PRODUCTION)["card"]
-    except registry.UnknownModel:
+        card = models.registry.describe(conn, models.registry.PRODUCTION)["card"]
+    except models.registry.UnknownModel:
         return LOW_CONFIDENCE_THRESHOLD
     threshold = card.get("low_confidence_threshold") if isinstance(card, dict) else None
     if isinstance(threshold, int | float) and not isinstance(threshold, bool) and 0 < threshold <= 1:
@@ -63,7 +63,7 @@ def default_low_confidence_threshold(conn: Connection) -> float:
 
 def build_job_report(conn: Connection, job_id: int, wrong_limit: int = 10, threshold: float | None = None) -> JobReport | None:
     """The job's figures; ``low_confidence`` counts predictions under ``threshold`` (default: the production card's)."""
-    job = jobs.get_job(conn, job_id)
+    job = store.get_job(conn, job_id)
     if job is None:
         return None
     if threshold is None:

@@ -1,10 +1,10 @@
 """Train the MNIST CNN and write the model file plus a JSON model card beside it.
 
-    python -m worker.train --data ../shared/datasets/mnist --out models/mnist_cnn.keras
+    python -m shared.training.train --data ../shared/datasets/mnist --out models/mnist_cnn.keras
 
 Also writes ``models/mnist_cnn.tflite`` (float LiteRT, checked to predict the labels Keras
 predicts on the whole test set) and ``models/mnist_cnn.int8.tflite`` (full-integer), both
-with the temperature fitted on the validation split folded in (see worker/model_export.py).
+with the temperature fitted on the validation split folded in (see worker/export.py).
 ``--data`` is a folder of the four standard IDX ``.gz`` files or Keras' ``mnist.npz``.
 Without it the data set is downloaded through ``keras.datasets.mnist`` (needs internet).
 """
@@ -21,10 +21,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from shared import mnist
 from shared.config import DEFAULT_MNIST_DIR, DEFAULT_MODEL_PATH
-from shared.model_info import model_card_path, read_model_card
-from worker import model_export
+from shared.models.files import model_card_path, read_model_card
+from shared.training import export, mnist
 
 ARCHITECTURE = "space-to-depth stem, Conv32-Conv64-Pool-Conv128 with batch norm, Dropout0.3-Dense10"
 VALIDATION_IMAGES = 5000
@@ -61,8 +60,8 @@ def train(
     import tensorflow as tf
 
     from shared.digits import to_model_input
-    from shared.model import build_model
-    from worker.augment import Augmentation, augment_batch
+    from shared.training.augment import Augmentation, augment_batch
+    from shared.training.model import build_model
 
     keras.utils.set_random_seed(seed)
     (train_images, train_labels), test, checksums = load_training_data(data)
@@ -127,7 +126,7 @@ def train(
         "training_seconds": round(training_seconds, 1),
         "trained_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    return model_export.finalise(model, out, card, validation, test, fitting[0])
+    return export.finalise(model, out, card, validation, test, fitting[0])
 
 
 def export_existing(out: Path, data: Path | None) -> dict:
@@ -136,7 +135,7 @@ def export_existing(out: Path, data: Path | None) -> dict:
     Needs the training split too: the validation images are the same ones training held
     out, chosen again from the card's seed.
     """
-    from shared.model import load_model
+    from shared.models.keras_runtime import load_model
 
     card = read_model_card(out)
     if "validation_images" not in card:
@@ -147,10 +146,10 @@ def export_existing(out: Path, data: Path | None) -> dict:
     validation = (train_images[order[:held_out]], train_labels[order[:held_out]])
     model = load_model(out)
     if card.get("temperature", 1.0) != 1.0:
-        from shared.model import fold_temperature
+        from shared.training.model import fold_temperature
 
         fold_temperature(model, 1.0 / card["temperature"])  # undo: finalise fits it again
-    return model_export.finalise(model, out, card, validation, test, train_images[order[held_out:]])
+    return export.finalise(model, out, card, validation, test, train_images[order[held_out:]])
 
 
 @click.command()

@@ -2,7 +2,7 @@
 
 Stored images are 28x28 uint8 arrays serialised with ``np.save`` (the seed's format).
 They are always read back with ``allow_pickle=False``: a BYTEA column must never be able
-to run code in a worker. Turning a user's picture into this form is ``shared/preprocess.py``.
+to run code in a worker. Turning a user's picture into this form is ``shared/images/preprocess.py``.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ def model_version(model_path: Path) -> str:
     """``<file stem>-<first 12 hex digits of its SHA-256>``, e.g. ``mnist_cnn-1a2b3c4d5e6f``."""
     path = Path(model_path)
     if not path.exists():
-        raise ValueError(f"model file {path} does not exist (train one with: python -m worker.train)")
+        raise ValueError(f"model file {path} does not exist (train one with: python -m shared.training.train)")
     return version_of(path.stem, path.read_bytes())
 
 

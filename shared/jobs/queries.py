@@ -6,9 +6,10 @@ from typing import Any
 
 from psycopg2 import sql
 
-from shared.db import prepared, statistics
+from shared.db import prepared
 from shared.db.connection import Connection, query, query_one
-from shared.db.jobs import job_columns
+from shared.jobs import statistics
+from shared.jobs.store import job_columns
 
 
 def label_pair_counts(conn: Connection, job_id: int) -> list[tuple[int, int, int]]:

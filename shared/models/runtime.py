@@ -15,7 +15,7 @@ import numpy as np
 
 from shared.config import RUNTIMES
 from shared.digits import INPUT_SHAPE, NUM_CLASSES, to_model_input
-from shared.model_info import litert_path
+from shared.models.files import litert_path
 
 # LiteRT is fastest on slices of 64 on this 2-core CPU (26.6k images/s against 22.0k at 256:
 # the activations stay in cache), so larger batches are run as slices of this size.
@@ -112,11 +112,11 @@ def load_predictor(model_path: Path, runtime: str, threads: int) -> Predictor:
     if runtime == "litert":
         tflite_file = litert_path(model_path)
         if not tflite_file.exists():
-            raise ValueError(f"{tflite_file} does not exist: train with python -m worker.train, or set MODEL_RUNTIME=tensorflow")
+            raise ValueError(f"{tflite_file} does not exist: train with python -m shared.training.train, or set MODEL_RUNTIME=tensorflow")
         return LiteRTPredictor(tflite_file, threads)
     if runtime == "tensorflow":
-        from shared import model
+        from shared.models import keras_runtime
 
-        model.configure_threads(threads)
-        return model.KerasPredictor(model.load_model(model_path))
+        keras_runtime.configure_threads(threads)
+        return keras_runtime.KerasPredictor(keras_runtime.load_model(model_path))
     raise ValueError(f"MODEL_RUNTIME must be one of {RUNTIMES}, got {runtime!r}")

@@ -4,7 +4,7 @@ As in MLflow (``models:/mnist_cnn@champion``) and TF Serving's version labels, a
 model by an alias (``production``, the default; ``canary``; any other) or by its version, and
 the name is resolved once, when the job is submitted: moving ``production`` changes the model
 of new jobs only, and a job pinned to a version keeps it. Registration (files checked and
-stored) is ``shared.model_registration``; this module needs no model runtime, so the web uses it.
+stored) is ``shared.training.registration``; this module needs no model runtime, so the web uses it.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import re
 from typing import Any
 
 from shared.config import MODEL_PRECISIONS
-from shared.db import models as model_store
 from shared.db.connection import Connection
+from shared.models import store
 
-PRODUCTION = model_store.PRODUCTION
+PRODUCTION = store.PRODUCTION
 ALIAS_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 # A version id ends in 12 hex digits of its file's hash: an alias must not look like one.
 VERSION_LIKE = re.compile(r".*-[0-9a-f]{12}")
@@ -32,7 +32,7 @@ class UnknownModel(ValueError):
 def resolve(conn: Connection, name: str) -> str:
     """The version ``name`` (an alias, or a version) stands for now; UnknownModel when none."""
     check_name(name)
-    version = model_store.resolve(conn, name)
+    version = store.resolve(conn, name)
     if version is None:
         raise unknown(name)
     return version
@@ -79,14 +79,14 @@ def move_alias(conn: Connection, alias: str, name: str) -> tuple[str | None, str
     """Point ``alias`` at the version ``name`` resolves to; returns (the version it named before, the new one)."""
     check_alias(alias)
     version = resolve(conn, name)
-    return model_store.set_alias(conn, alias, version), version
+    return store.set_alias(conn, alias, version), version
 
 
 def remove_alias(conn: Connection, alias: str) -> str:
     """Remove an alias other than production (jobs must always have a default); returns the version it named."""
     if alias == PRODUCTION:
         raise ValueError("production cannot be removed, only moved: models alias production VERSION")
-    version = model_store.remove_alias(conn, alias)
+    version = store.remove_alias(conn, alias)
     if version is None:
         raise UnknownModel(f"there is no alias {alias!r}")
     return version
@@ -94,19 +94,19 @@ def remove_alias(conn: Connection, alias: str) -> str:
 
 def describe(conn: Connection, name: str) -> dict[str, Any]:
     """A version (by version or alias) as the pages and ``models show`` present it: its card, aliases, files, what it serves."""
-    found = model_store.describe_model(conn, resolve(conn, name))
+    found = store.describe_model(conn, resolve(conn, name))
     assert found is not None  # resolve found it
     return with_serving(found)
 
 
 def describe_optional(conn: Connection, version: str | None) -> dict[str, Any] | None:
     """``describe`` of a job's recorded version, or None when it is not (or no longer) in the registry."""
-    found = model_store.describe_model(conn, version) if version else None
+    found = store.describe_model(conn, version) if version else None
     return with_serving(found) if found else None
 
 
 def list_versions(conn: Connection) -> list[dict[str, Any]]:
-    return [with_serving(row) for row in model_store.list_models(conn)]
+    return [with_serving(row) for row in store.list_models(conn)]
 
 
 def with_serving(row: dict[str, Any]) -> dict[str, Any]:

@@ -22,9 +22,10 @@ import psycopg2
 import psycopg2.errors
 from psycopg2 import sql
 
-from shared.db import copy_format, prepared, progress, statistics
+from shared.db import copy_format, prepared
 from shared.db.connection import Connection, Cursor, transaction
 from shared.digits import NUM_CLASSES
+from shared.jobs import progress, statistics
 
 COPY_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, copy_format.PREDICTION_COLUMNS))
 # Up to this many predictions, counted by the worker, are sent inside the store's statement rather than
@@ -178,7 +179,7 @@ failed AS (
     FROM changes c WHERE j.id = c.job_id AND j.id = ANY(%(jobs)s::bigint[])  -- by the primary key, never a scan of jobs
     RETURNING j.id, j.kind
 )"""
-# Each upload's answer, for the web request waiting for it (shared/db/progress.py, ANSWER_CHANNEL):
+# Each upload's answer, for the web request waiting for it (shared/jobs/progress.py, ANSWER_CHANNEL):
 # the predictions sent in the statement, of the upload jobs it advanced.
 ANSWERED = """
 answered AS (

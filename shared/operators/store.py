@@ -1,6 +1,6 @@
 """Operators (who may sign in to the bulk and insight pages) and their API tokens.
 
-Passwords arrive here already hashed (argon2, ``shared.operators``), tokens as their SHA-256:
+Passwords arrive here already hashed (argon2, ``shared.operators.secrets``), tokens as their SHA-256:
 nothing in this module ever sees a secret.
 """
 

@@ -10,7 +10,7 @@
 One pipelined round trip per scrape: LLEN and LINDEX -1 of both lists (senders LPUSH, consumers
 take from the right: kombu's Redis transport BRPOPs, the upload consumer BLMOVEs RIGHT; so the oldest
 entry is the last). Its age comes from the time our senders put in every entry: a Celery message's
-``broker.SENT_AT_HEADER`` header, an upload entry's ``@`` stamp. What is put back at the head, on
+``queues.broker.SENT_AT_HEADER`` header, an upload entry's ``@`` stamp. What is put back at the head, on
 the right, keeps the time of the work it carries, so the last entry is still the oldest: a message
 given back by failover or the visibility timeout (kombu's restore RPUSHes it, headers unchanged),
 the halves of a split batch (``send_batches(first=True, sent_at=...)`` LMOVEs them there with their
@@ -34,9 +34,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from shared import broker, upload_queue
+from shared import queues
 from shared.config import Settings
-from shared.metrics import BULK, UPLOAD
+from shared.observability.metrics import BULK, UPLOAD
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def celery_message_sent_at(raw: bytes | None) -> float | None:
     if raw is None:
         return None
     try:
-        sent_at = json.loads(raw)["headers"][broker.SENT_AT_HEADER]
+        sent_at = json.loads(raw)["headers"][queues.broker.SENT_AT_HEADER]
     except (ValueError, KeyError, TypeError):
         return None
     return float(sent_at) if isinstance(sent_at, (int, float)) else None
@@ -67,13 +67,13 @@ def oldest_age(depth: int, sent_at: float | None, now: float) -> float | None:
 
 
 def read_queues(settings: Settings, now: float) -> list[QueueReading]:
-    bulk, upload = broker.bulk_queue(settings), upload_queue.queue_name(settings)
-    with upload_queue.client(settings.redis_url).pipeline(transaction=False) as pipe:
+    bulk, upload = queues.broker.bulk_queue(settings), queues.uploads.queue_name(settings)
+    with queues.uploads.client(settings.redis_url).pipeline(transaction=False) as pipe:
         for name in (bulk, upload):
             pipe.llen(name)
             pipe.lindex(name, -1)
         bulk_depth, bulk_oldest, upload_depth, upload_oldest = pipe.execute()
-    upload_sent_at = upload_queue.accepted_at(upload_oldest) if upload_oldest is not None else None
+    upload_sent_at = queues.uploads.accepted_at(upload_oldest) if upload_oldest is not None else None
     return [
         QueueReading(BULK, bulk, bulk_depth, oldest_age(bulk_depth, celery_message_sent_at(bulk_oldest), now)),
         QueueReading(UPLOAD, upload, upload_depth, oldest_age(upload_depth, upload_sent_at, now)),
@@ -94,7 +94,7 @@ def queue_families(readings: list[QueueReading]) -> list[Metric]:
 
 
 class QueueCollector(Collector):
-    """Registered on each scrape's registry (``shared.metrics_files.scrape_registry``)."""
+    """Registered on each scrape's registry (``shared.observability.files.scrape_registry``)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -1,7 +1,4 @@
-"""The CNN, its files, and inference with TensorFlow.
-
-Only training and the ``tensorflow`` runtime import this module: it pulls in TensorFlow.
-"""
+"""The CNN: its layers, its temperature, and its exports to LiteRT (float and int8)."""
 
 from __future__ import annotations
 
@@ -12,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from shared.digits import INPUT_SHAPE, NUM_CLASSES, to_model_input
-from shared.model_info import int8_path, litert_path
+from shared.models.files import int8_path, litert_path
 
 
 def build_model(dropout: float = 0.3) -> keras.Model:
@@ -57,24 +54,9 @@ def fold_temperature(model: keras.Model, temperature: float) -> None:
     classifier.set_weights([kernel / temperature, bias / temperature])
 
 
-def configure_threads(threads: int) -> None:
-    """Size TensorFlow's thread pools; must run before TensorFlow executes anything.
-
-    With N worker processes on C cores, C // N threads each keeps the cores busy
-    without the processes fighting over them.
-    """
-    if threads > 0:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-
-
 def save_model(model: keras.Model, path: Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
-
-
-def load_model(path: Path) -> keras.Model:
-    return keras.models.load_model(path, compile=False)
 
 
 def inference_graph(model: keras.Model) -> keras.Model:
@@ -145,20 +127,3 @@ def export_int8(model: keras.Model, model_path: Path, calibration_images: np.nda
     target = int8_path(model_path)
     target.write_bytes(converter.convert())
     return target
-
-
-class KerasPredictor:
-    """Batched inference through one compiled graph (``model.predict`` costs ~40 ms a call)."""
-
-    def __init__(self, model: keras.Model) -> None:
-        self._model = model
-        self._forward = tf.function(
-            lambda batch: model(batch, training=False),
-            input_signature=[tf.TensorSpec(shape=(None, *INPUT_SHAPE), dtype=tf.float32)],
-        )
-
-    def predict_batch(self, images: np.ndarray) -> np.ndarray:
-        """uint8 images (N, 28, 28) -> float32 probabilities (N, 10)."""
-        if len(images) == 0:
-            return np.zeros((0, NUM_CLASSES), dtype=np.float32)
-        return self._forward(to_model_input(images)).numpy()

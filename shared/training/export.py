@@ -1,7 +1,7 @@
 """After training: calibrate, export float and int8 LiteRT files, prove them, write the card.
 
 Split from the training loop so that an already trained model can be finalised again
-(``python -m worker.train --export-only``) without training it again. Everything measured
+(``python -m shared.training.train --export-only``) without training it again. Everything measured
 here is measured on the exported files, the way the worker will run them.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from shared import calibration
-from shared.model_info import model_card_path
+from shared.models.files import model_card_path
+from shared.training import calibration
 
 MIN_LITERT_AGREEMENT = 0.999
 # The worker serves int8 when it is this close to the float model (points of accuracy).
@@ -30,8 +30,9 @@ Split = tuple[np.ndarray, np.ndarray]
 
 def finalise(model: Any, out: Path, card: dict[str, Any], validation: Split, test: Split, training_images: np.ndarray) -> dict:
     """Fold the fitted temperature into the model, save it, export, verify, and write the card."""
-    from shared.inference import LiteRTPredictor
-    from shared.model import KerasPredictor, export_int8, export_litert, fold_temperature, save_model
+    from shared.models.keras_runtime import KerasPredictor
+    from shared.models.runtime import LiteRTPredictor
+    from shared.training.model import export_int8, export_litert, fold_temperature, save_model
 
     uncalibrated = KerasPredictor(model)
     summary = calibration.calibration_summary(

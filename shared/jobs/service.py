@@ -16,11 +16,11 @@ from typing import Any
 import redis.exceptions
 from celery import Celery
 
-from shared import broker, upload_queue
+from shared import queues
 from shared.config import Settings
-from shared.db import jobs as job_store
 from shared.db.connection import Connection
 from shared.digits import IMAGE_SHAPE
+from shared.jobs import store
 
 # Work delivered this often without finishing (its worker died each time) is given up on.
 MAX_DELIVERIES = 3
@@ -72,7 +72,7 @@ def submit_job(
     """Select the images, record the job, enqueue its batches.
 
     ``model_version`` serves the job and ``shadow_version`` (if any) shadows it: registered
-    versions, resolved by the caller (``shared.registry.resolve_job_models``).
+    versions, resolved by the caller (``shared.models.registry.resolve_job_models``).
 
     NoImagesSelected when none match, TooManyImages when more than MAX_JOB_IMAGES do (nothing
     is recorded then). A selection by filters never brings its IDs into Python at once: the
@@ -82,19 +82,19 @@ def submit_job(
     if selection.image_ids:
         unique_ids = list(dict.fromkeys(selection.image_ids))
         refuse_too_many(len(unique_ids), settings.max_job_images)
-        job_id = job_store.create_job(conn, unique_ids, model_version, selection.describe(), shadow_version=shadow_version)
+        job_id = store.create_job(conn, unique_ids, model_version, selection.describe(), shadow_version=shadow_version)
         images = len(unique_ids)
         batches = (unique_ids[start : start + size] for start in range(0, len(unique_ids), size))
     else:
         filters = {"split": selection.split, "label": selection.label, "model": model_version if selection.unpredicted else None}
-        created, matched = job_store.create_job_from_selection(
+        created, matched = store.create_job_from_selection(
             conn, filters, selection.limit, model_version, selection.describe(), settings.max_job_images, shadow_version=shadow_version
         )
         refuse_too_many(matched, settings.max_job_images)
         if created is None:
             raise NoImagesSelected("no stored images match that selection")
-        job_id, images, batches = created, matched, job_store.job_image_id_batches(conn, created, size)
-    sent = broker.send_batches(app, broker.bulk_queue(settings), job_id, batches)
+        job_id, images, batches = created, matched, store.job_image_id_batches(conn, created, size)
+    sent = queues.broker.send_batches(app, queues.broker.bulk_queue(settings), job_id, batches)
     return SubmittedJob(job_id, images, sent, model_version, shadow_version)
 
 
@@ -110,7 +110,7 @@ def enqueue_bulk(app: Celery, settings: Settings, job_id: int, image_ids: Sequen
     """Send a job's images as batches of ``batch_size`` (default BATCH_SIZE) IDs; returns how many batches."""
     size = batch_size or settings.batch_size
     batches = (list(image_ids[start : start + size]) for start in range(0, len(image_ids), size))
-    return broker.send_batches(app, broker.bulk_queue(settings), job_id, batches)
+    return queues.broker.send_batches(app, queues.broker.bulk_queue(settings), job_id, batches)
 
 
 def submit_upload(
@@ -131,7 +131,7 @@ def submit_upload(
     for the upload's latency and the queue's age in the metrics. The upload is answered by
     ``model_version``; a ``shadow_version`` predicts it too, never answered.
     """
-    job_id, image_id = job_store.create_upload_job(
+    job_id, image_id = store.create_upload_job(
         conn, image_data, list(IMAGE_SHAPE), model_version, selection, public_token, shadow_version=shadow_version
     )
     _enqueue_upload(conn, settings, job_id, image_id, accepted)
@@ -151,7 +151,7 @@ def submit_named_upload(
     """``submit_upload`` answered by the version ``model_name`` (an alias or a version) stands for now,
     looked up by the statement that stores the upload: one round trip fewer per upload. Returns
     (job id, image id, version), or None, with nothing stored, when the name stands for no version."""
-    created = job_store.create_named_upload_job(
+    created = store.create_named_upload_job(
         conn, image_data, list(IMAGE_SHAPE), model_name, selection, public_token, shadow_version=shadow_version
     )
     if created is None:
@@ -163,9 +163,9 @@ def submit_named_upload(
 
 def _enqueue_upload(conn: Connection, settings: Settings, job_id: int, image_id: int, accepted: float | None) -> None:
     try:
-        upload_queue.enqueue(settings, job_id, [image_id], accepted)
+        queues.uploads.enqueue(settings, job_id, [image_id], accepted)
     except redis.exceptions.RedisError:
-        job_store.delete_upload_job(conn, job_id, image_id)
+        store.delete_upload_job(conn, job_id, image_id)
         raise
 
 
@@ -175,18 +175,18 @@ def resume_job(conn: Connection, app: Celery, settings: Settings, job_id: int) -
     Images that already have a prediction or a recorded failure are not sent. ValueError
     for a job that does not exist.
     """
-    job = job_store.get_job(conn, job_id)
+    job = store.get_job(conn, job_id)
     if job is None:
         raise ValueError(f"there is no job {job_id}")
     sent = []  # a job of 1M images is read and sent a batch at a time
-    batches = _counted(job_store.unfinished_image_id_batches(conn, job_id, settings.batch_size), sent)
+    batches = _counted(store.unfinished_image_id_batches(conn, job_id, settings.batch_size), sent)
     if job["kind"] == "upload":
         for batch in batches:
-            upload_queue.enqueue(settings, job_id, batch)
+            queues.uploads.enqueue(settings, job_id, batch)
     else:
-        broker.send_batches(app, broker.bulk_queue(settings), job_id, batches)
+        queues.broker.send_batches(app, queues.broker.bulk_queue(settings), job_id, batches)
     if sent:
-        job_store.mark_resumed(conn, job_id)
+        store.mark_resumed(conn, job_id)
     return sum(sent)
 
 

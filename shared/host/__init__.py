@@ -1,0 +1,1 @@
+"""Facts about the host this process runs on."""

@@ -1,0 +1,27 @@
+"""Jobs: the service that creates and enqueues them, their SQL, results, progress, reports and comparisons."""
+
+from shared.jobs import (
+    comparison,
+    comparison_store,
+    progress,
+    queries,
+    reports,
+    results,
+    service,
+    shadow_store,
+    statistics,
+    store,
+)
+
+__all__ = [
+    "comparison",
+    "comparison_store",
+    "progress",
+    "queries",
+    "reports",
+    "results",
+    "service",
+    "shadow_store",
+    "statistics",
+    "store",
+]
