@@ -109,7 +109,7 @@ def operation_section(spec: dict[str, Any], path: str, method: str, operation: d
 
 
 def schema_section(name: str, schema: dict[str, Any]) -> list[str]:
-    lines = [f'### {name} {{#{anchor(name)}}}', ""]
+    lines = [f"### {name} {{#{anchor(name)}}}", ""]
     if schema.get("description"):
         lines += [" ".join(schema["description"].split()), ""]
     properties = schema.get("properties", {})
@@ -138,9 +138,7 @@ def render(spec: dict[str, Any]) -> str:
     if info.get("description"):
         lines += [info["description"].strip(), ""]
     lines += ["## Operations", "", "| method and path | summary |", "| --- | --- |"]
-    operations = [
-        (path, method, item[method]) for path, item in spec.get("paths", {}).items() for method in METHODS if method in item
-    ]
+    operations = [(path, method, item[method]) for path, item in spec.get("paths", {}).items() for method in METHODS if method in item]
     lines += [f"| `{method.upper()} {path}` | {cell(operation.get('summary'))} |" for path, method, operation in operations]
     lines.append("")
     for path, method, operation in operations:
