@@ -14,6 +14,7 @@ python -m producer models list            # the model registry and its aliases: 
 from __future__ import annotations
 
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,25 @@ def open_database(config: Settings) -> connection.Connection:
     return connection.connect(config.database_url)
 
 
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+def project_version(pyproject: Path | None = None) -> str:
+    """The version pyproject.toml declares, read when asked (not at import), so it is never stale."""
+    with open(pyproject or PYPROJECT, "rb") as file:
+        return str(tomllib.load(file)["project"]["version"])
+
+
+class VersionAtCallTime(str):
+    """The version for click.version_option, read from pyproject.toml only when --version is asked:
+    click formats its message with %s, which calls __str__."""
+
+    def __str__(self) -> str:
+        return project_version()
+
+
 @click.group()
+@click.version_option(VersionAtCallTime(), prog_name="mnist-queue")
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """Load images into PostgreSQL, submit them as jobs, and report the predictions."""
