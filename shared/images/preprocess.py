@@ -8,7 +8,9 @@ decompression bomb costs milliseconds) and animation are checked first.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
+import threading
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -26,10 +28,18 @@ INK_LEVEL_PERCENTILE = 99  # the ink's level, ignoring a few stray pixels, is st
 # Pillow's own shortcut, indistinguishable at 20 px, and a big crop costs a fraction of full Lanczos.
 RESIZE_REDUCING_GAP = 3.0
 ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "GIF", "BMP", "WEBP"})
+# Pictures are analysed at no more than this many pixels a side: far beyond what a 20 px digit
+# needs, and it keeps every step after the decode small whatever the picture's size.
+ANALYSIS_SIDE = 1024
+# What decoding a picture may hold in memory at once, and how many decodes a process runs at
+# once: together they bound a process's memory whatever its clients send.
+DEFAULT_MAX_DECODE_BYTES = 100 * 2**20
+DEFAULT_CONCURRENT_DECODES = 2
 
 
-def open_user_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Open an uploaded file, refusing non-images and decompression bombs before decoding."""
+def open_user_image(data: bytes, max_pixels: int, max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES) -> Image.Image:
+    """Open an uploaded file, refusing non-images, decompression bombs and pictures that would cost
+    more than ``max_decode_bytes`` to decode, all judged from the header before decoding."""
     if not data:
         raise ValueError("the file is empty")
     try:
@@ -44,6 +54,16 @@ def open_user_image(data: bytes, max_pixels: int) -> Image.Image:
     width, height = picture.size
     if width < 1 or height < 1 or width * height > max_pixels:
         raise ValueError(f"image is {width}x{height} pixels; at most {max_pixels} pixels are accepted")
+    if picture.format == "JPEG":  # decoded straight to grey at a reduced scale: the one format that can
+        side = max(width, height)
+        if side > ANALYSIS_SIDE:
+            picture.draft("L", (width * ANALYSIS_SIDE // side, height * ANALYSIS_SIDE // side))
+    if decode_bytes(picture) > max_decode_bytes:
+        limit = max_decode_bytes * width * height // decode_bytes(picture)
+        raise ValueError(
+            f"image is {width}x{height} pixels, too large to decode as {picture.format};"
+            f" at most about {limit} pixels are accepted in this format"
+        )
     try:
         animated = getattr(picture, "is_animated", False)
         picture.load()
@@ -55,6 +75,25 @@ def open_user_image(data: bytes, max_pixels: int) -> Image.Image:
     return picture
 
 
+def decode_bytes(picture: Image.Image) -> int:
+    """The memory that decoding and greying ``picture`` holds at its peak, from its header.
+
+    Pillow's WebP decoder keeps the decoder's RGBA buffer, a copy and the picture at once; the
+    other formats hold the decoded bands plus a grey band and an alpha band.
+    """
+    pixels = picture.width * picture.height
+    if picture.format == "WEBP":
+        return pixels * 16
+    bands = 4 if picture.mode == "P" and "transparency" in picture.info else len(picture.getbands())
+    return pixels * (bands + 2)
+
+
+@functools.cache
+def decode_slots(count: int) -> threading.BoundedSemaphore:
+    """The process's permits to decode: a burst of big pictures waits here rather than piling up in memory."""
+    return threading.BoundedSemaphore(count)
+
+
 def to_mnist_form(picture: Image.Image) -> np.ndarray:
     """Greyscale, light ink on black paper, cropped to the ink, 20 px box, centred by mass: as MNIST was made.
 
@@ -63,7 +102,7 @@ def to_mnist_form(picture: Image.Image) -> np.ndarray:
     level to 255, so grey paper leaves no grey box and faint pencil is as strong as MNIST's ink;
     an MNIST digit (paper 0, ink 255) comes through with its grey levels as they are.
     """
-    grey = _flatten_alpha(picture).convert("L")
+    grey = _reduced(_grey_on_white(picture))
     pixels = np.asarray(grey)
     levels = _light_ink_levels(pixels, np.asarray(grey.histogram(), dtype=np.int64))
     if levels is None:
@@ -79,24 +118,47 @@ def to_mnist_form(picture: Image.Image) -> np.ndarray:
     return _centre_by_mass(digit)
 
 
-def user_image_to_mnist(data: bytes, max_pixels: int) -> np.ndarray:
+def user_image_to_mnist(
+    data: bytes,
+    max_pixels: int,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
+    concurrent_decodes: int = DEFAULT_CONCURRENT_DECODES,
+) -> np.ndarray:
     """Bytes of an uploaded picture -> a 28x28 uint8 array ready to store.
 
     A picture with no visible ink is refused: the model would still name a digit for it.
     """
-    digit = to_mnist_form(open_user_image(data, max_pixels))
+    with decode_slots(concurrent_decodes):
+        digit = to_mnist_form(open_user_image(data, max_pixels, max_decode_bytes))
     if not digit.any():
         raise ValueError("no digit found in the picture: it is blank or too faint")
     return digit
 
 
-def _flatten_alpha(picture: Image.Image) -> Image.Image:
-    if picture.mode in ("RGBA", "LA", "PA") or (picture.mode == "P" and "transparency" in picture.info):
-        rgba = picture.convert("RGBA")
-        # Transparent pixels are the paper: put them on white so ink stays ink.
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return ImageOps.exif_transpose(picture) if picture.format == "JPEG" else picture
+def _grey_on_white(picture: Image.Image) -> Image.Image:
+    """One grey band, transparent pixels as white paper so that ink stays ink.
+
+    Grey comes first and the alpha is applied to it alone: compositing in colour would hold
+    several full-size copies of a big picture at once.
+    """
+    if picture.format == "JPEG":
+        picture = ImageOps.exif_transpose(picture)
+    if picture.mode == "P" and "transparency" in picture.info:
+        picture = picture.convert("RGBA")
+    if picture.mode in ("RGBA", "LA", "PA"):
+        alpha = picture.getchannel("A")
+        grey = picture.convert("L")
+        picture.close()
+        paper = Image.new("L", grey.size, 255)
+        paper.paste(grey, mask=alpha)
+        return paper
+    return picture if picture.mode == "L" else picture.convert("L")
+
+
+def _reduced(grey: Image.Image) -> Image.Image:
+    """``grey`` shrunk by a whole factor (a box filter) to at most ANALYSIS_SIDE a side."""
+    factor = -(-max(grey.size) // ANALYSIS_SIDE)
+    return grey.reduce(factor) if factor > 1 else grey
 
 
 @dataclasses.dataclass(frozen=True)
