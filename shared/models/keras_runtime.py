@@ -31,7 +31,7 @@ def load_model(path: Path) -> keras.Model:
 
 
 class KerasPredictor:
-    """Batched inference through one compiled graph (``model.predict`` costs ~40 ms a call)."""
+    """Batched inference through one compiled graph: ``model.predict`` has a large fixed cost per call."""
 
     def __init__(self, model: keras.Model) -> None:
         self._model = model

@@ -1,8 +1,8 @@
 """Batched inference behind one interface, with a choice of runtime.
 
 ``litert`` (default) runs the ``.tflite`` file exported beside the Keras model at training
-time: about twice TensorFlow's images/s on this CPU, ~0.05 ms for a single image, and a
-worker of tens of MB instead of hundreds. ``tensorflow`` runs the ``.keras`` file itself.
+time: faster than TensorFlow on a CPU and a worker a fraction of the size (the benchmark's
+``models`` section measures both). ``tensorflow`` runs the ``.keras`` file itself.
 Training checks that both give the same labels on the whole test set (see the model card).
 """
 
@@ -17,13 +17,11 @@ from shared.config import RUNTIMES
 from shared.digits import INPUT_SHAPE, NUM_CLASSES, to_model_input
 from shared.models.files import litert_path
 
-# LiteRT is fastest on slices of 64 on this 2-core CPU (26.6k images/s against 22.0k at 256:
-# the activations stay in cache), so larger batches are run as slices of this size.
+# Larger batches run as slices of this size, whose activations stay in the CPU's cache.
 LITERT_BATCH = 64
 # A batch runs on the interpreter of the next power of two (1, 2, 4, ... LITERT_BATCH), zero-padded:
-# seven interpreters, made once each, serve every size. A new interpreter costs 1.3-2.5 ms here,
-# the inference of a padded image ~0.07 ms: the upload lane's micro-batches come in every size
-# from 1 to UPLOAD_MAX_BATCH, and a cache of the last four exact sizes kept making new ones.
+# seven interpreters, made once each, serve every size. Making an interpreter costs far more than
+# inferring a padded image, and upload micro-batches come in every size up to UPLOAD_MAX_BATCH.
 
 
 class Predictor(Protocol):

@@ -93,7 +93,7 @@ def queued_messages(app: Celery, queue: str) -> int:
 
     Read with one LLEN on the broker's pooled client: the Redis transport keeps a queue as
     a list under its name (we never send priorities, which would use sibling keys), and
-    kombu's passive declare costs ~1.5 ms.
+    kombu's passive declare costs a round trip more.
     """
     with app.pool.acquire(block=True) as connection:
         return int(connection.default_channel.client.llen(queue))
