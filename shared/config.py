@@ -1,10 +1,9 @@
 """All settings, declared once in ``Settings``, read from the environment (and a ``.env`` file) when asked, validated.
 
-Entry points (the producer's CLI, ``python -m worker``, the web's ``create_app``, ``./run``,
-``python -m bench``) call ``load_settings()`` once and hand the ``Settings`` down; nothing else
-reads ``os.environ``. Tests and tools build their own with ``load_settings({...})`` or
-``settings.replace(...)``. The defaults work on a development machine with PostgreSQL and
-Redis on 127.0.0.1; ``MNIST_PRODUCTION`` refuses them. ``.env.example`` and the table of
+Entry points (the producer's CLI, ``python -m worker``, the web's ``create_app``, ``./run``, ``python -m bench``) call
+``load_settings()`` once and hand the ``Settings`` down; nothing else reads ``os.environ``. Tests and tools build their
+own with ``load_settings({...})`` or ``settings.replace(...)``. The defaults work on a development machine with
+PostgreSQL and Redis on 127.0.0.1; ``MNIST_PRODUCTION`` refuses them. ``.env.example`` and the table of
 ``docs/configuration.md`` are generated from the declarations (``python -m shared.config --help``).
 """
 
@@ -157,10 +156,7 @@ class Settings(BaseSettings):
         if _word(raw) != PUBLIC_INSIGHTS_STACK_DEFAULT:
             return _flag(raw, also=f"{PUBLIC_INSIGHTS_STACK_DEFAULT} (the local stack's default), ")
         if info.data.get("production"):
-            raise ValueError(
-                "the local stack's default would make the operator pages public: MNIST_PRODUCTION refuses it;"
-                " unset it, or set PUBLIC_INSIGHTS=1 if every visitor may see them"
-            )
+            raise ValueError("must be unset or 1 when MNIST_PRODUCTION is on: PUBLIC_INSIGHTS=demo would open the pages to all")
         return True
 
     @model_validator(mode="after")
@@ -186,38 +182,43 @@ class Settings(BaseSettings):
         return self.metrics_dir or Path(tempfile.gettempdir()) / METRICS_DIR_NAME
 
 
-class _Environment(EnvSettingsSource):
-    """pydantic-settings' environment source over a given mapping: the process environment over .env, or a test's."""
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        # Capitals only, or validate_by_name would also read database_url; empty means unset, as in compose.
-        self.environ = {name: value for name, value in environ.items() if value and name.isupper()}
-        super().__init__(Settings, case_sensitive=True)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return self.environ
-
-
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings from ``environ``, else from the process environment over the ``.env`` file (as in Docker Compose);
     with MNIST_PRODUCTION on, development defaults and guessable secrets are refused."""
-    settings = _validated(_Environment(environment() if environ is None else environ)())
+    source = EnvSettingsSource(Settings, case_sensitive=True)
+    # pydantic-settings' reading of the variables, over this mapping: capitals only (validate_by_name would also read
+    # database_url), and empty means unset, as in compose.
+    source.env_vars = {name: value for name, value in (environment() if environ is None else environ).items() if value and name.isupper()}
+    settings = _validated(source())
     if settings.production:
         _refuse_development_values(settings)
     return settings
 
 
+# pydantic's errors in the words this project's messages used before it: "WEB_THREADS must be at least 1, got 0".
+_REQUIREMENTS = {
+    "greater_than_equal": "must be at least {ge}",
+    "less_than_equal": "must be at most {le}",
+    "int_parsing": "must be a whole number",
+    "literal_error": "must be one of {expected}",
+    "string_pattern_mismatch": "must match {pattern}",
+    "extra_forbidden": "is no setting",
+}
+
+
 def _validated(values: Mapping[str, Any]) -> Settings:
-    """Settings from variables, or a ValueError with a line per mistake, e.g. ``BATCH_SIZE=0: input should be ...``."""
+    """Settings from variables, or a ValueError with a line per mistake that names the variable."""
     try:
         return Settings(**values)
     except ValidationError as error:
         lines = []
         for mistake in error.errors(include_url=False):
-            name = ".".join(map(str, mistake["loc"]))
-            message = str(mistake["ctx"]["error"]) if mistake["type"] == "value_error" else mistake["msg"]
+            name, context = ".".join(map(str, mistake["loc"])), mistake.get("ctx", {})
+            requirement = (
+                str(context["error"]) if "error" in context else _REQUIREMENTS.get(mistake["type"], mistake["msg"]).format(**context)
+            )
             hidden = name in {"DATABASE_URL", "SCHEMA_DATABASE_URL", "REDIS_URL", "SECRET_KEY", "METRICS_TOKEN"}  # URLs hold passwords
-            lines.append(f"{name}={'…' if hidden else str(mistake['input'])[:80]}: {message[:1].lower()}{message[1:]}")
+            lines.append(f"{name} {requirement}, got {'a value not shown' if hidden else repr(mistake['input'])[:80]}")
         raise ValueError("\n".join(lines)) from None
 
 
@@ -266,18 +267,17 @@ def local_stack_defaults() -> dict[str, str]:
 # What docker compose reads from .env (docker-compose.yml) besides the settings, then the settings' heading.
 _COMPOSE_ENV = """\
 # Generated by `python -m shared.config --env-example > .env.example` from shared/config.py: edit that, not this.
-# Copy to .env (git-ignored: never commit it), which docker compose reads, and so do ./run and the services run
-# without Docker. Fill in the four secrets, each made with: python3 -c "import secrets; print(secrets.token_urlsafe(32))"
+# Copy to .env (git-ignored: never commit it), which docker compose reads, as do ./run and the services without Docker.
 
-# Required: the superuser's password (only the db sees it), the web's SECRET_KEY, and the passwords (URL-safe) of the
-# roles the db creates on its first start: mnist_owner owns the tables and runs init-db, mnist_app serves. PostgreSQL
-# reads them only when its volume is created (to change them later, see README.md).
+# Required by docker compose, each made with: python3 -c "import secrets; print(secrets.token_urlsafe(32))"
+# the superuser's password, the web's SECRET_KEY, and the passwords of the roles the db creates on its first start
+# (mnist_owner owns the tables, mnist_app serves); PostgreSQL reads passwords only when its volume is created.
 POSTGRES_PASSWORD=
 SECRET_KEY=
 MNIST_OWNER_PASSWORD=
 MNIST_APP_PASSWORD=
-# The project's name (its containers, network and volumes; unset: this folder's), the superuser's and the database's
-# names, and host ports: the web UI's, and on 127.0.0.1 those of --profile monitoring (Prometheus) and --profile flower.
+# The project's name (its containers', network's and volumes'), the superuser's and the database's, and host ports:
+# the web UI's, and on 127.0.0.1 those of --profile monitoring (Prometheus) and --profile flower.
 COMPOSE_PROJECT_NAME=mnist-queue
 POSTGRES_USER=mnist
 POSTGRES_DB=mnist
@@ -285,7 +285,7 @@ WEB_PORT=8000
 PROMETHEUS_PORT=9090
 FLOWER_PORT=5555
 
-# The services' settings at their defaults (docs/configuration.md). Compose sets DATABASE_URL, SCHEMA_DATABASE_URL,
+# The services' settings at their defaults (docs/configuration.md); compose sets DATABASE_URL, SCHEMA_DATABASE_URL,
 # REDIS_URL and MNIST_PRODUCTION itself, and passes on those that docker-compose.yml lists.
 """
 

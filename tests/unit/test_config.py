@@ -166,7 +166,7 @@ def test_public_insights_must_be_a_known_value():
 
 
 def test_production_refuses_the_local_stacks_public_insights_but_takes_an_explicit_one():
-    with pytest.raises(ValueError, match="PUBLIC_INSIGHTS=demo.*MNIST_PRODUCTION"):
+    with pytest.raises(ValueError, match="PUBLIC_INSIGHTS must be unset or 1 when MNIST_PRODUCTION is on: PUBLIC_INSIGHTS=demo"):
         load_settings({**PRODUCTION, "PUBLIC_INSIGHTS": "demo"})
     assert load_settings({**PRODUCTION, "PUBLIC_INSIGHTS": "1"}).public_insights is True
     assert load_settings(PRODUCTION).public_insights is False
@@ -243,7 +243,7 @@ def test_mnist_production_takes_the_documented_words(value, production):
 
 @pytest.mark.parametrize("value", ["2", "maybe", "enabled", "-1"])
 def test_mnist_production_refuses_any_other_word_naming_the_accepted_ones(value):
-    with pytest.raises(ValueError, match=rf"MNIST_PRODUCTION={value}: must be 1, true, yes, on or 0, false, no, off, empty"):
+    with pytest.raises(ValueError, match=rf"^MNIST_PRODUCTION must be 1, true, yes, on or 0, false, no, off, empty, got '{value}'$"):
         load_settings({**PRODUCTION, "MNIST_PRODUCTION": value})
 
 
@@ -287,13 +287,13 @@ def test_a_guessable_secret_key_is_accepted_off_production():
 @pytest.mark.parametrize(
     "environ, message",
     [
-        ({"BATCH_SIZE": "0"}, "BATCH_SIZE=0: input should be greater than or equal to 1"),
-        ({"WEB_CONCURRENCY": "two"}, "WEB_CONCURRENCY=two: input should be a valid integer"),
-        ({"WORKER_METRICS_PORT": "70000"}, "WORKER_METRICS_PORT=70000: input should be less than or equal to 65535"),
-        ({"MODEL_RUNTIME": "onnx"}, "MODEL_RUNTIME=onnx: input should be 'litert' or 'tensorflow'"),
-        ({"MODEL_PRECISION": "int4"}, "MODEL_PRECISION=int4: input should be 'auto', 'float' or 'int8'"),
-        ({"REDIS_URL": "http://cache"}, "REDIS_URL=…: string should match pattern"),
-        ({"QUEUE_PREFIX": "my queue"}, "QUEUE_PREFIX=my queue: string should match pattern"),
+        ({"BATCH_SIZE": "0"}, "BATCH_SIZE must be at least 1, got '0'"),
+        ({"WEB_CONCURRENCY": "two"}, "WEB_CONCURRENCY must be a whole number, got 'two'"),
+        ({"WORKER_METRICS_PORT": "70000"}, "WORKER_METRICS_PORT must be at most 65535, got '70000'"),
+        ({"MODEL_RUNTIME": "onnx"}, "MODEL_RUNTIME must be one of 'litert' or 'tensorflow', got 'onnx'"),
+        ({"MODEL_PRECISION": "int4"}, "MODEL_PRECISION must be one of 'auto', 'float' or 'int8', got 'int4'"),
+        ({"REDIS_URL": "http://cache"}, "REDIS_URL must match ^(rediss?|unix)://, got a value not shown"),
+        ({"QUEUE_PREFIX": "my queue"}, "QUEUE_PREFIX must match ^\\S+$, got 'my queue'"),
     ],
 )
 def test_a_mistake_is_reported_with_the_variable_its_value_and_what_it_takes(environ, message):
@@ -305,7 +305,7 @@ def test_every_mistake_is_reported_at_once_without_echoing_secrets():
     with pytest.raises(ValueError) as raised:
         load_settings({"DATABASE_URL": "mysql://app:hunter2@db/mnist", "BATCH_SIZE": "-1", "WEB_THREADS": "0"})
     lines = str(raised.value).splitlines()
-    assert [line.split("=")[0] for line in lines] == ["DATABASE_URL", "BATCH_SIZE", "WEB_THREADS"]
+    assert [line.split()[0] for line in lines] == ["DATABASE_URL", "BATCH_SIZE", "WEB_THREADS"]
     assert "hunter2" not in str(raised.value)
 
 
@@ -332,9 +332,9 @@ def test_only_the_documented_capitalised_names_are_read():
 def test_settings_are_frozen_and_replace_validates_again(default_settings):
     with pytest.raises(ValidationError, match="frozen"):
         default_settings.batch_size = 5
-    with pytest.raises(ValueError, match="^batch_size=0: input should be greater than or equal to 1"):
+    with pytest.raises(ValueError, match="^batch_size must be at least 1, got 0$"):
         default_settings.replace(batch_size=0)
-    with pytest.raises(ValueError, match="^no_such_setting=1: extra inputs are not permitted"):
+    with pytest.raises(ValueError, match="^no_such_setting is no setting, got 1$"):
         default_settings.replace(no_such_setting=1)
 
 
