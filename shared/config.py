@@ -1,126 +1,173 @@
-"""All settings, read from the environment (and a ``.env`` file) when asked, validated, never at import.
+"""All settings, declared once in ``Settings``, read from the environment (and a ``.env`` file) when asked, validated.
 
-Entry points (the producer's CLI, ``python -m worker``, the web's ``create_app``, ``./run``,
-``python -m bench``) call ``load_settings()`` once and hand the ``Settings`` down; nothing else
-reads ``os.environ``. Tests and tools build their own with ``load_settings({...})`` or
-``settings.replace(...)``. The defaults work on a development machine with PostgreSQL and
-Redis on 127.0.0.1; ``MNIST_PRODUCTION`` refuses them.
+Entry points (the producer's CLI, ``python -m worker``, the web's ``create_app``, ``./run``, ``python -m bench``) call
+``load_settings()`` once and hand the ``Settings`` down; nothing else reads ``os.environ``. Tests and tools build their
+own with ``load_settings({...})`` or ``settings.replace(...)``. The defaults work on a development machine with
+PostgreSQL and Redis on 127.0.0.1; ``MNIST_PRODUCTION`` refuses them. ``.env.example`` and the table of
+``docs/configuration.md`` are generated from the declarations (``python -m shared.config --help``).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
 import os
 import re
 import tempfile
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import dotenv
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic_settings import PydanticBaseSettingsSource as Source
 
 from shared.host.cpus import available_cpus
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_MODEL_PATH = PROJECT_ROOT / "models" / "mnist_cnn.keras"
 DEFAULT_MNIST_DIR = PROJECT_ROOT / "data" / "mnist"
-DEFAULT_STACK_DIR = PROJECT_ROOT / ".mnist-queue"
 # The .env that .env.example invites users to write; ENV_FILE names another, ENV_FILE= none.
 DEFAULT_ENV_FILE = PROJECT_ROOT / ".env"
-DEFAULT_WEB_PORT = 8000
-# celery-exporter's port, so a scrape config written for it finds a worker's metrics too.
-DEFAULT_WORKER_METRICS_PORT = 9808
 METRICS_DIR_NAME = "mnist-queue-metrics"
 DEVELOPMENT_SECRET_KEY = "dev-only-not-secret"
-# Passwords that appear in this repository's examples (.env.example, compose files, docs):
-# anyone can read them, so a production database must not accept them.
+# Passwords that appear in this repository's examples (.env.example, compose files, docs), and placeholders
+# people type: anyone can guess them, so production refuses them.
 DEVELOPMENT_PASSWORDS = frozenset({"postgres", "password", "mnist", "mnist-dev", "dev", "changeme", "change-me", "secret"})
-RUNTIMES = ("litert", "tensorflow")
-# Which LiteRT file of a version a worker runs: auto (int8 when within 0.05 points of float's accuracy), float, int8.
-MODEL_PRECISIONS = ("auto", "float", "int8")
-# Per-client rate limits (Flask-Limiter's notation: "N per PERIOD", several joined by ";").
+DEVELOPMENT_SECRET_KEYS = DEVELOPMENT_PASSWORDS | {DEVELOPMENT_SECRET_KEY, "x", "test", "secret-key", "dev-secret"}
+# Short or repetitive keys can be guessed; secrets.token_urlsafe(32), as the docs suggest, passes both.
+MIN_SECRET_KEY_LENGTH = 32
+MIN_SECRET_KEY_VARIETY = 10
+Runtime = Literal["litert", "tensorflow"]
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
+Precision = Literal["auto", "float", "int8"]  # which LiteRT file of a version a worker runs
+MODEL_PRECISIONS: tuple[str, ...] = get_args(Precision)
 DEFAULT_UPLOAD_RATE_LIMIT = "60 per minute"
 DEFAULT_SIGNIN_RATE_LIMIT = "5 per minute;20 per hour"  # failed sign-ins only
 RATE_LIMIT_OFF = frozenset({"0", "off", "none"})
-_RATE_PERIODS = "second|minute|hour|day|month|year"
-_ONE_RATE = re.compile(rf"\s*[1-9][0-9]*\s*(?:/|per)\s*(?:[1-9][0-9]*\s+)?(?:{_RATE_PERIODS})s?\s*", re.IGNORECASE)
-# PUBLIC_INSIGHTS: on, off, or the value ./run up and ./run demo set when the user set nothing
-# (on, for their server on 127.0.0.1 only); MNIST_PRODUCTION refuses that one.
+_ONE_RATE = re.compile(r"\s*[1-9][0-9]*\s*(?:/|per)\s*(?:[1-9][0-9]*\s+)?(?:second|minute|hour|day|month|year)s?\s*", re.IGNORECASE)
+# PUBLIC_INSIGHTS as ./run up and ./run demo set it where the user set nothing (their web listens on 127.0.0.1
+# only); MNIST_PRODUCTION refuses it, so that only an explicit 1 opens a production server's operator pages.
 PUBLIC_INSIGHTS_STACK_DEFAULT = "demo"
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off", "")
+_FLAG_WORDS = f"{', '.join(TRUE_WORDS)} or {', '.join(FALSE_WORDS[:-1])}, empty"
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    database_url: str = DEFAULT_DATABASE_URL
-    # Only init-db connects with it: the role that owns the tables (DATABASE_URL when unset).
-    schema_database_url: str = DEFAULT_DATABASE_URL
-    redis_url: str = DEFAULT_REDIS_URL
-    model_path: Path = DEFAULT_MODEL_PATH
-    model_runtime: str = RUNTIMES[0]
-    model_precision: str = MODEL_PRECISIONS[0]
-    # Model versions a worker process keeps loaded (least recently used out): jobs may pin different ones.
-    model_cache_size: int = 3
-    mnist_dir: Path = DEFAULT_MNIST_DIR
-    batch_size: int = 1024
-    queue_prefix: str = "mnist"
-    worker_threads: int = 0  # 0: this process's share of the CPUs (inference_threads)
-    # Bulk pool processes run at this niceness, so that on a busy machine an upload (and the
-    # web request waiting for it) is served first; bulk throughput loses nothing when idle.
-    worker_niceness: int = 10
-    worker_concurrency: int = 0  # 0: one bulk pool process per CPU this process may use
-    max_upload_bytes: int = 5 * 1024 * 1024
-    max_image_pixels: int = 16_000_000
-    max_queued_uploads: int = 1000
-    stall_seconds: int = 120
-    sweep_interval_seconds: int = 30
-    # A bulk worker (Celery node) whose heartbeat is silent this long is dead: the batches it held go
-    # back to the head of the queue (worker/failover.py). It beats five times within that.
-    worker_dead_after_seconds: int = 5
-    # An upload consumer silent this long is dead and its uploads are taken back: 5 s keeps that within
-    # 15 s of its death (it beats every third of it, also while it waits out a PostgreSQL outage).
-    upload_heartbeat_seconds: int = 5
-    # Touched by the upload consumer on each turn of its loop, outages included, for a liveness
-    # probe (python -m worker.health --liveness) that a Redis outage does not fail; None: not written.
-    worker_liveness_file: Path | None = None
-    # The upload consumer predicts up to this many waiting uploads in one model call and one
-    # transaction, waiting at most UPLOAD_MAX_DELAY_MS for more when fewer wait (see the burst benchmark).
-    upload_max_batch: int = 32
-    upload_max_delay_ms: int = 0
-    # A job over more images than this is refused with a message naming the limit (see the scale benchmark).
-    max_job_images: int = 2_000_000
-    secret_key: str = DEVELOPMENT_SECRET_KEY
-    production: bool = False
-    # The operator pages and POST /api/jobs without sign-in: for a private demo only.
-    public_insights: bool = False
-    upload_rate_limit: str = DEFAULT_UPLOAD_RATE_LIMIT  # "" when off
-    signin_rate_limit: str = DEFAULT_SIGNIN_RATE_LIMIT  # "" when off
-    # Reverse proxies in front of the web whose X-Forwarded-For / -Proto are believed (0: none).
-    trusted_proxy_hops: int = 0
-    stack_dir: Path = DEFAULT_STACK_DIR
-    web_port: int = DEFAULT_WEB_PORT
-    # The web server's processes, and the threads of each that run the app (web/serve.py).
-    web_processes: int = 2
-    web_threads: int = 8
-    # Under METRICS_DIR each start of the web (web/serve.py) or of python -m worker makes a fresh
-    # folder for prometheus_client's per-process metric files; None: <temp folder>/mnist-queue-metrics.
-    metrics_dir: Path | None = None
-    # That folder as the entry point hands it to its processes (PROMETHEUS_MULTIPROC_DIR, prometheus_client's
-    # own variable); None: this process keeps its metrics in memory (flask run, tests).
-    metrics_store_dir: Path | None = None
-    # python -m worker serves its processes' metrics here (0: not at all).
-    worker_metrics_port: int = DEFAULT_WORKER_METRICS_PORT
-    worker_metrics_host: str = "0.0.0.0"
-    # GET /metrics on the web requires "Authorization: Bearer <this>" when set; "" leaves it open, as is
-    # usual inside a cluster (the worker's exporter has no public port at all).
-    metrics_token: str = ""
+def _word(raw: object) -> object:
+    return raw.strip().lower() if isinstance(raw, str) else raw
+
+
+def _flag(raw: object, also: str = "") -> object:
+    """Only the documented words: a typo such as MNIST_PRODUCTION=2 must not quietly mean off."""
+    word = _word(raw)
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    if isinstance(word, str):
+        raise ValueError(f"must be {also}{_FLAG_WORDS}")
+    return raw
+
+
+def _rate_limit(raw: str) -> str:
+    """Flask-Limiter's notation, checked here so that a typo stops the start rather than failing every upload."""
+    value = raw.strip()
+    if not value or value.lower() in RATE_LIMIT_OFF:
+        return ""
+    if not all(_ONE_RATE.fullmatch(part) for part in value.split(";")):
+        raise ValueError('must be like "60 per minute" or "5/minute;20/hour", or off')
+    return value
+
+
+# json_schema_extra: what a validator function checks, which the generated docs cannot read from pydantic.
+Flag = Annotated[bool, BeforeValidator(_flag), Field(json_schema_extra={"constraint": _FLAG_WORDS})]
+RateLimit = Annotated[
+    str, AfterValidator(_rate_limit), Field(json_schema_extra={"kind": "rate limit", "constraint": "N per PERIOD;… or off"})
+]
+DemoFlag = Annotated[bool, Field(json_schema_extra={"constraint": f"demo, {_FLAG_WORDS}"})]  # see Settings._public_insights
+Count = Annotated[int, Field(ge=1)]
+CountFromZero = Annotated[int, Field(ge=0)]
+OptionalPath = Annotated[Path | None, Field(json_schema_extra={"kind": "path"})]
+Word = Annotated[str, Field(pattern=r"^\S+$")]
+POSTGRES, REDIS = r"^postgres(ql)?://", r"^(rediss?|unix)://"
+
+
+class Settings(BaseSettings):
+    """One field per environment variable, named by the field's alias: its name in capitals unless given."""
+
+    # validate_by_name: replace() and Settings(...) take field names; frozen: one Settings is shared by all threads.
+    model_config = SettingsConfigDict(frozen=True, alias_generator=str.upper, validate_by_name=True, extra="forbid")
+
+    database_url: str = Field(DEFAULT_DATABASE_URL, pattern=POSTGRES, description="PostgreSQL (itself or a pooler in session mode)")
+    schema_database_url: str = Field("", pattern=f"{POSTGRES}|^$", description="the tables' owner, for init-db only; empty: DATABASE_URL")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", pattern=REDIS, description="Redis: Celery's broker and the upload queue")
+    model_path: Path = Field(DEFAULT_MODEL_PATH, description="the model init-db registers, and aliases production when no model is")
+    model_runtime: Annotated[Runtime, BeforeValidator(_word)] = Field("litert", description="run a version's LiteRT file or its Keras file")
+    model_precision: Annotated[Precision, BeforeValidator(_word)] = Field("auto", description="auto: int8 within 0.05 points of float")
+    model_cache_size: Count = Field(3, description="model versions each worker process keeps loaded (jobs may pin different ones)")
+    mnist_dir: Path = Field(DEFAULT_MNIST_DIR, description="where ingest mnist looks by default")
+    batch_size: Count = Field(1024, description="image IDs per bulk task")
+    queue_prefix: Word = Field("mnist", description="the queues are named PREFIX.bulk and PREFIX.upload")
+    worker_threads: CountFromZero = Field(0, description="inference threads per worker process; 0: a fair share of the CPUs")
+    worker_niceness: CountFromZero = Field(10, le=19, description="niceness of the bulk pool processes, so that uploads are served first")
+    worker_concurrency: CountFromZero = Field(0, description="bulk pool processes of python -m worker; 0: one per CPU it may use")
+    max_upload_bytes: Count = Field(5 * 1024 * 1024, description="largest accepted upload")
+    max_image_pixels: Count = Field(16_000_000, description="largest accepted picture (decompression-bomb guard)")
+    max_queued_uploads: Count = Field(1000, description="waiting uploads beyond which new ones are answered 429 with Retry-After")
+    stall_seconds: Count = Field(120, description="a job with no new result this long while its queue is empty is re-enqueued")
+    sweep_interval_seconds: Count = Field(30, description="how often a worker looks for stalled jobs")
+    worker_dead_after_seconds: Count = Field(5, description="a bulk worker silent this long is dead: its batches go back to the queue")
+    upload_heartbeat_seconds: Count = Field(5, description="an upload consumer silent this long is dead: its uploads are taken back")
+    worker_liveness_file: OptionalPath = Field(None, description="touched on each turn of the upload consumer's loop, for a liveness probe")
+    upload_max_batch: Count = Field(32, description="most uploads the upload consumer predicts in one model call and one transaction")
+    upload_max_delay_ms: CountFromZero = Field(0, description="how long the upload consumer waits for more uploads when fewer wait")
+    max_job_images: Count = Field(2_000_000, description="a job over more images is refused with a message naming this limit")
+    secret_key: str = Field(DEVELOPMENT_SECRET_KEY, repr=False, description="signs the web's sessions; production needs a real secret")
+    production: Flag = Field(False, alias="MNIST_PRODUCTION", description="refuses development defaults; the session cookie is Secure")
+    public_insights: DemoFlag = Field(False, description="1: the operator pages and the jobs API need no sign-in (a private demo)")
+    upload_rate_limit: RateLimit = Field(DEFAULT_UPLOAD_RATE_LIMIT, description="uploads per client, form and API together")
+    signin_rate_limit: RateLimit = Field(DEFAULT_SIGNIN_RATE_LIMIT, description="failed sign-ins per client")
+    trusted_proxy_hops: CountFromZero = Field(0, description="reverse proxies whose X-Forwarded-For and -Proto are believed")
+    stack_dir: Path = Field(PROJECT_ROOT / ".mnist-queue", description="where ./run up keeps its PostgreSQL and Redis data, logs and state")
+    web_port: int = Field(8000, ge=1, le=65535, description="port of the web UI: on 127.0.0.1 for ./run up, on the host for Docker")
+    web_processes: Count = Field(2, alias="WEB_CONCURRENCY", description="processes of the web server (python -m web.serve)")
+    web_threads: Count = Field(8, description="threads of each web process that run the Flask app")
+    metrics_dir: OptionalPath = Field(None, description="where each start of the web or worker makes its metrics folder; unset: temp")
+    metrics_store_dir: OptionalPath = Field(None, alias="PROMETHEUS_MULTIPROC_DIR", description="set by the entry points; not for users")
+    # celery-exporter's port, so that a scrape config written for it finds a worker's metrics too.
+    worker_metrics_port: int = Field(9808, ge=0, le=65535, description="port of python -m worker's metrics exporter; 0: off")
+    worker_metrics_host: Word = Field("0.0.0.0", description="address the worker's metrics exporter listens on")
+    metrics_token: str = Field("", repr=False, description="when set, the web's GET /metrics requires Authorization: Bearer TOKEN")
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: Source, *_: Source, **__: Source
+    ) -> tuple[Source, ...]:
+        """Settings(...) takes its arguments only: the environment is read by load_settings, when asked."""
+        return (init_settings,)
+
+    @field_validator("public_insights", mode="before")
+    @classmethod
+    def _public_insights(cls, raw: object, info: ValidationInfo) -> object:
+        """The local stack's value opens the pages like 1, except in production, where only an explicit 1 does."""
+        if _word(raw) != PUBLIC_INSIGHTS_STACK_DEFAULT:
+            return _flag(raw, also=f"{PUBLIC_INSIGHTS_STACK_DEFAULT} (the local stack's default), ")
+        if info.data.get("production"):
+            raise ValueError("must be unset or 1 when MNIST_PRODUCTION is on: PUBLIC_INSIGHTS=demo would open the pages to all")
+        return True
+
+    @model_validator(mode="after")
+    def _schema_owner_defaults_to_the_app(self) -> Settings:
+        if not self.schema_database_url:
+            object.__setattr__(self, "schema_database_url", self.database_url)  # frozen, but still being built
+        return self
 
     def replace(self, **changes: Any) -> Settings:
-        """A copy with some values changed (a test's private queue, a tool's database)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with some values changed (a test's private queue, a tool's database), validated again."""
+        return _validated({**self.model_dump(), **changes})
 
     def worker_processes(self) -> int:
         """Bulk pool processes: WORKER_CONCURRENCY, else one per CPU this process may use."""
@@ -136,61 +183,61 @@ class Settings:
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate settings from ``environ`` (default: the ``.env`` file under the process environment).
+    """Settings from ``environ``, else from the process environment over the ``.env`` file (as in Docker Compose);
+    with MNIST_PRODUCTION on, development defaults and guessable secrets are refused."""
+    source = EnvSettingsSource(Settings, case_sensitive=True)
+    # pydantic-settings' reading of the variables, over this mapping: capitals only (validate_by_name would also read
+    # database_url), and empty means unset, as in compose.
+    source.env_vars = {name: value for name, value in (environment() if environ is None else environ).items() if value and name.isupper()}
+    settings = _validated(source())
+    if settings.production:
+        _refuse_development_values(settings)
+    return settings
 
-    The process environment wins over the file, as in Docker Compose. Development
-    defaults are refused when MNIST_PRODUCTION is on.
-    """
-    env = environment() if environ is None else environ
-    read = _Reader(env)
-    production = read.flag("MNIST_PRODUCTION")
-    secret_key = env.get("SECRET_KEY", "")
-    database_url = env.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-    schema_database_url = env.get("SCHEMA_DATABASE_URL") or None
-    if production:
-        _refuse_development_defaults(secret_key, database_url, schema_database_url)
-    defaults = Settings()
-    return Settings(
-        database_url=database_url,
-        schema_database_url=schema_database_url or database_url,
-        redis_url=env.get("REDIS_URL") or DEFAULT_REDIS_URL,
-        model_path=Path(env.get("MODEL_PATH") or DEFAULT_MODEL_PATH),
-        model_runtime=read.choice("MODEL_RUNTIME", RUNTIMES),
-        model_precision=read.choice("MODEL_PRECISION", MODEL_PRECISIONS),
-        model_cache_size=read.whole("MODEL_CACHE_SIZE", defaults.model_cache_size),
-        mnist_dir=Path(env.get("MNIST_DIR") or DEFAULT_MNIST_DIR),
-        batch_size=read.whole("BATCH_SIZE", defaults.batch_size),
-        queue_prefix=env.get("QUEUE_PREFIX") or defaults.queue_prefix,
-        worker_threads=read.whole("WORKER_THREADS", defaults.worker_threads, minimum=0),
-        worker_niceness=read.whole("WORKER_NICENESS", defaults.worker_niceness, minimum=0),
-        worker_concurrency=read.whole("WORKER_CONCURRENCY", defaults.worker_concurrency, minimum=0),
-        max_upload_bytes=read.whole("MAX_UPLOAD_BYTES", defaults.max_upload_bytes),
-        max_image_pixels=read.whole("MAX_IMAGE_PIXELS", defaults.max_image_pixels),
-        max_queued_uploads=read.whole("MAX_QUEUED_UPLOADS", defaults.max_queued_uploads),
-        stall_seconds=read.whole("STALL_SECONDS", defaults.stall_seconds),
-        sweep_interval_seconds=read.whole("SWEEP_INTERVAL_SECONDS", defaults.sweep_interval_seconds),
-        worker_dead_after_seconds=read.whole("WORKER_DEAD_AFTER_SECONDS", defaults.worker_dead_after_seconds),
-        upload_heartbeat_seconds=read.whole("UPLOAD_HEARTBEAT_SECONDS", defaults.upload_heartbeat_seconds),
-        worker_liveness_file=read.optional_path("WORKER_LIVENESS_FILE"),
-        upload_max_batch=read.whole("UPLOAD_MAX_BATCH", defaults.upload_max_batch),
-        upload_max_delay_ms=read.whole("UPLOAD_MAX_DELAY_MS", defaults.upload_max_delay_ms, minimum=0),
-        max_job_images=read.whole("MAX_JOB_IMAGES", defaults.max_job_images),
-        secret_key=secret_key or DEVELOPMENT_SECRET_KEY,
-        production=production,
-        public_insights=_public_insights(env.get("PUBLIC_INSIGHTS", ""), production),
-        upload_rate_limit=read.rate_limit("UPLOAD_RATE_LIMIT", DEFAULT_UPLOAD_RATE_LIMIT),
-        signin_rate_limit=read.rate_limit("SIGNIN_RATE_LIMIT", DEFAULT_SIGNIN_RATE_LIMIT),
-        trusted_proxy_hops=read.whole("TRUSTED_PROXY_HOPS", 0, minimum=0),
-        stack_dir=Path(env.get("STACK_DIR") or DEFAULT_STACK_DIR),
-        web_port=read.whole("WEB_PORT", DEFAULT_WEB_PORT),
-        web_processes=read.whole("WEB_CONCURRENCY", defaults.web_processes),
-        web_threads=read.whole("WEB_THREADS", defaults.web_threads),
-        metrics_dir=read.optional_path("METRICS_DIR"),
-        metrics_store_dir=read.optional_path("PROMETHEUS_MULTIPROC_DIR"),
-        worker_metrics_port=read.whole("WORKER_METRICS_PORT", DEFAULT_WORKER_METRICS_PORT, minimum=0),
-        worker_metrics_host=env.get("WORKER_METRICS_HOST") or defaults.worker_metrics_host,
-        metrics_token=env.get("METRICS_TOKEN", ""),
-    )
+
+# pydantic's errors in the words this project's messages used before it: "WEB_THREADS must be at least 1, got 0".
+_REQUIREMENTS = {
+    "greater_than_equal": "must be at least {ge}",
+    "less_than_equal": "must be at most {le}",
+    "int_parsing": "must be a whole number",
+    "literal_error": "must be one of {expected}",
+    "string_pattern_mismatch": "must match {pattern}",
+    "extra_forbidden": "is no setting",
+}
+
+
+def _validated(values: Mapping[str, Any]) -> Settings:
+    """Settings from variables, or a ValueError with a line per mistake that names the variable."""
+    try:
+        return Settings(**values)
+    except ValidationError as error:
+        lines = []
+        for mistake in error.errors(include_url=False):
+            name, context = ".".join(map(str, mistake["loc"])), mistake.get("ctx", {})
+            requirement = (
+                str(context["error"]) if "error" in context else _REQUIREMENTS.get(mistake["type"], mistake["msg"]).format(**context)
+            )
+            hidden = name in {"DATABASE_URL", "SCHEMA_DATABASE_URL", "REDIS_URL", "SECRET_KEY", "METRICS_TOKEN"}  # URLs hold passwords
+            lines.append(f"{name} {requirement}, got {'a value not shown' if hidden else repr(mistake['input'])[:80]}")
+        raise ValueError("\n".join(lines)) from None
+
+
+def _refuse_development_values(settings: Settings) -> None:
+    """In production, a value anyone can read in this repository, or guess, is no secret: refuse it."""
+    key, on = settings.secret_key, "when MNIST_PRODUCTION is on"
+    if key in DEVELOPMENT_SECRET_KEYS or not key.strip():
+        raise ValueError(f"SECRET_KEY must be set to a secret value {on}")
+    make_one = "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+    if len(key) < MIN_SECRET_KEY_LENGTH:
+        raise ValueError(f"SECRET_KEY must be at least {MIN_SECRET_KEY_LENGTH} characters long {on}; {make_one}")
+    if len(set(key)) < MIN_SECRET_KEY_VARIETY:
+        raise ValueError(f"SECRET_KEY must hold at least {MIN_SECRET_KEY_VARIETY} different characters {on}; {make_one}")
+    if settings.database_url == DEFAULT_DATABASE_URL:
+        raise ValueError(f"DATABASE_URL must be set {on}")
+    for name, url in (("DATABASE_URL", settings.database_url), ("SCHEMA_DATABASE_URL", settings.schema_database_url)):
+        password = urllib.parse.urlsplit(url).password
+        if password is not None and urllib.parse.unquote(password) in DEVELOPMENT_PASSWORDS:
+            raise ValueError(f"{name} uses a development password, which MNIST_PRODUCTION refuses")
 
 
 def environment() -> dict[str, str]:
@@ -201,104 +248,97 @@ def environment() -> dict[str, str]:
 
 
 def service_urls_from_environment() -> tuple[str | None, str | None]:
-    """DATABASE_URL and REDIS_URL as the user set them, None where unset.
-
-    The local stack (``./run up``) starts its own PostgreSQL or Redis only for what is unset.
-    """
+    """DATABASE_URL and REDIS_URL as the user set them, None where unset: ``./run up`` starts its own for those."""
     env = environment()
     return env.get("DATABASE_URL") or None, env.get("REDIS_URL") or None
 
 
 def local_stack_defaults() -> dict[str, str]:
-    """What ``./run up`` and ``./run demo`` set for their children where the user (environment or .env) set nothing.
-
-    Their web listens on 127.0.0.1 only, so the operator pages are open there (PUBLIC_INSIGHTS=demo),
-    except with MNIST_PRODUCTION, where only an explicit PUBLIC_INSIGHTS=1 opens them.
-    """
+    """What ``./run up`` and ``./run demo`` set for their children where the user (environment or .env) set nothing:
+    PUBLIC_INSIGHTS=demo, as their web listens on 127.0.0.1 only, but not with MNIST_PRODUCTION."""
     env = environment()
-    if env.get("PUBLIC_INSIGHTS", "").strip() or _Reader(env).flag("MNIST_PRODUCTION"):
+    if env.get("PUBLIC_INSIGHTS", "").strip() or _validated({"MNIST_PRODUCTION": env.get("MNIST_PRODUCTION", "")}).production:
         return {}
     return {"PUBLIC_INSIGHTS": PUBLIC_INSIGHTS_STACK_DEFAULT}
 
 
-@dataclasses.dataclass(frozen=True)
-class _Reader:
-    """Typed reads of one environment, with messages that name the variable."""
+# --- .env.example and the table of docs/configuration.md, generated from the declarations ---
 
-    env: Mapping[str, str]
+# What docker compose reads from .env (docker-compose.yml) besides the settings, then the settings' heading.
+_COMPOSE_ENV = """\
+# Generated by `python -m shared.config --env-example > .env.example` from shared/config.py: edit that, not this.
+# Copy to .env (git-ignored: never commit it), which docker compose reads, as do ./run and the services without Docker.
 
-    def whole(self, name: str, default: int, minimum: int = 1) -> int:
-        raw = self.env.get(name, "")
-        if not raw:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
-        if value < minimum:
-            raise ValueError(f"{name} must be at least {minimum}, got {value}")
-        return value
+# Required by docker compose, each made with: python3 -c "import secrets; print(secrets.token_urlsafe(32))"
+# the superuser's password, the web's SECRET_KEY, and the passwords of the roles the db creates on its first start
+# (mnist_owner owns the tables, mnist_app serves); PostgreSQL reads passwords only when its volume is created.
+POSTGRES_PASSWORD=
+SECRET_KEY=
+MNIST_OWNER_PASSWORD=
+MNIST_APP_PASSWORD=
+# The project's name (its containers', network's and volumes'), the superuser's and the database's, and host ports:
+# the web UI's, and on 127.0.0.1 those of --profile monitoring (Prometheus) and --profile flower.
+COMPOSE_PROJECT_NAME=mnist-queue
+POSTGRES_USER=mnist
+POSTGRES_DB=mnist
+WEB_PORT=8000
+PROMETHEUS_PORT=9090
+FLOWER_PORT=5555
 
-    def choice(self, name: str, choices: tuple[str, ...]) -> str:
-        """The first choice is the default."""
-        value = self.env.get(name, "").strip().lower() or choices[0]
-        if value not in choices:
-            raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def flag(self, name: str) -> bool:
-        return self.env.get(name, "").strip().lower() in TRUE_WORDS
-
-    def optional_path(self, name: str) -> Path | None:
-        """A path, or None when unset or empty."""
-        raw = self.env.get(name, "").strip()
-        return Path(raw) if raw else None
-
-    def rate_limit(self, name: str, default: str) -> str:
-        """A limit such as "60 per minute" or "5/minute;20/hour"; unset or empty: ``default``; 0 or off: none ("")."""
-        raw = self.env.get(name, "").strip()
-        if not raw:
-            return default
-        if raw.lower() in RATE_LIMIT_OFF:
-            return ""
-        if not all(_ONE_RATE.fullmatch(part) for part in raw.split(";")):
-            raise ValueError(f'{name} must be like "60 per minute" or "5/minute;20/hour" (or off), got {raw[:80]!r}')
-        return raw
+# The services' settings at their defaults (docs/configuration.md); compose sets DATABASE_URL, SCHEMA_DATABASE_URL,
+# REDIS_URL and MNIST_PRODUCTION itself, and passes on those that docker-compose.yml lists.
+"""
 
 
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
+_KINDS: dict[object, str] = {int: "integer", str: "text", bool: "flag", Path: "path"}
 
 
-def _public_insights(raw: str, production: bool) -> bool:
-    """PUBLIC_INSIGHTS as a flag; the local stack's default is refused in production, where only an explicit 1 counts."""
-    value = raw.strip().lower()
-    if value == PUBLIC_INSIGHTS_STACK_DEFAULT:
-        if production:
-            raise ValueError(
-                f"PUBLIC_INSIGHTS={PUBLIC_INSIGHTS_STACK_DEFAULT} (the local stack's default) would make the operator pages public:"
-                " MNIST_PRODUCTION refuses it; unset it, or set PUBLIC_INSIGHTS=1 if every visitor may see them"
-            )
-        return True
-    if value in TRUE_WORDS:
-        return True
-    if value in FALSE_WORDS:
-        return False
-    raise ValueError(f"PUBLIC_INSIGHTS must be 1 or 0 (or {PUBLIC_INSIGHTS_STACK_DEFAULT}, the local stack's default), got {raw[:40]!r}")
+def declarations() -> list[tuple[str, str, str, str, str]]:
+    """Each setting's variable, type, default, constraint and description, as its declaration says."""
+    rows = []
+    for field in Settings.model_fields.values():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        kind = "choice" if get_origin(field.annotation) is Literal else extra.get("kind") or _KINDS[field.annotation]
+        # Paths relative to the project, so that the generated files do not depend on where it is.
+        default = field.default.relative_to(PROJECT_ROOT) if isinstance(field.default, Path) else field.default
+        shown = "" if default is None else str(int(default)) if isinstance(default, bool) else str(default)
+        rows.append((str(field.alias), str(kind), shown, _constraint(field, extra), str(field.description)))
+    return rows
 
 
-def _refuse_development_defaults(secret_key: str, database_url: str, schema_database_url: str | None) -> None:
-    """In production, a value anyone can read in this repository is no secret: refuse it."""
-    if not secret_key or secret_key == DEVELOPMENT_SECRET_KEY:
-        raise ValueError("SECRET_KEY must be set to a secret value when MNIST_PRODUCTION is on")
-    if database_url == DEFAULT_DATABASE_URL:
-        raise ValueError("DATABASE_URL must be set when MNIST_PRODUCTION is on")
-    _refuse_development_password("DATABASE_URL", database_url)
-    if schema_database_url is not None:
-        _refuse_development_password("SCHEMA_DATABASE_URL", schema_database_url)
+def _constraint(field: FieldInfo, extra: Mapping[str, object]) -> str:
+    """What pydantic checks (a range, a pattern, the choices), else what the field's validator checks."""
+    limits = {key: getattr(item, key) for item in field.metadata for key in ("ge", "le", "pattern") if hasattr(item, key)}
+    if "ge" in limits:
+        return f"{limits['ge']}–{limits['le']}" if "le" in limits else f"≥ {limits['ge']}"
+    if "pattern" in limits:
+        return f"matches `{limits['pattern']}`"
+    if get_origin(field.annotation) is Literal:
+        return "one of " + ", ".join(get_args(field.annotation))
+    return str(extra.get("constraint", ""))
 
 
-def _refuse_development_password(name: str, url: str) -> None:
-    password = urllib.parse.urlsplit(url).password
-    if password is not None and urllib.parse.unquote(password) in DEVELOPMENT_PASSWORDS:
-        raise ValueError(f"{name} uses a development password, which MNIST_PRODUCTION refuses")
+def env_example() -> str:
+    """The content of .env.example: what compose needs, then each other setting commented out at its default."""
+    lines = [_COMPOSE_ENV]
+    for variable, _, default, constraint, description in declarations():
+        if not re.search(f"^{variable}=", _COMPOSE_ENV, re.MULTILINE):  # set above: SECRET_KEY, WEB_PORT
+            lines.append(f"# {description}{f' ({constraint})' if constraint else ''}\n# {variable}={default}\n")
+    return "".join(lines)
+
+
+def markdown_table() -> str:
+    """The settings as a markdown table, for docs/configuration.md."""
+    lines = ["| variable | type | default | constraint | description |", "| --- | --- | --- | --- | --- |"]
+    for variable, kind, default, constraint, description in declarations():
+        cells = (f"`{variable}`", kind, f"`{default}`" if default else "unset" if kind == "path" else "empty", constraint, description)
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m shared.config", description="Print what is generated from the declarations.")
+    output = parser.add_mutually_exclusive_group(required=True)
+    output.add_argument("--env-example", action="store_true", help="the content of .env.example")
+    output.add_argument("--markdown", action="store_true", help="the settings table of docs/configuration.md")
+    print(env_example() if parser.parse_args().env_example else markdown_table(), end="")

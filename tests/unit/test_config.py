@@ -3,7 +3,11 @@ and development defaults are refused when MNIST_PRODUCTION is on."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
+from pydantic import ValidationError
 
 from shared import config
 from shared.config import DEFAULT_DATABASE_URL, DEVELOPMENT_SECRET_KEY, Settings, load_settings
@@ -162,7 +166,7 @@ def test_public_insights_must_be_a_known_value():
 
 
 def test_production_refuses_the_local_stacks_public_insights_but_takes_an_explicit_one():
-    with pytest.raises(ValueError, match="PUBLIC_INSIGHTS=demo.*MNIST_PRODUCTION"):
+    with pytest.raises(ValueError, match="PUBLIC_INSIGHTS must be unset or 1 when MNIST_PRODUCTION is on: PUBLIC_INSIGHTS=demo"):
         load_settings({**PRODUCTION, "PUBLIC_INSIGHTS": "demo"})
     assert load_settings({**PRODUCTION, "PUBLIC_INSIGHTS": "1"}).public_insights is True
     assert load_settings(PRODUCTION).public_insights is False
@@ -214,3 +218,128 @@ def test_trusted_proxy_hops_is_a_count_from_zero():
     assert load_settings({"TRUSTED_PROXY_HOPS": "2"}).trusted_proxy_hops == 2
     with pytest.raises(ValueError, match="TRUSTED_PROXY_HOPS"):
         load_settings({"TRUSTED_PROXY_HOPS": "-1"})
+
+
+# --- strict flags, clear messages, secrets that cannot be guessed ---------------------
+
+
+@pytest.mark.parametrize(
+    "value, production",
+    [
+        ("1", True),
+        ("TRUE", True),
+        (" yes ", True),
+        ("on", True),
+        ("0", False),
+        ("false", False),
+        ("No", False),
+        ("off", False),
+        ("", False),
+    ],
+)
+def test_mnist_production_takes_the_documented_words(value, production):
+    assert load_settings({**PRODUCTION, "MNIST_PRODUCTION": value}).production is production
+
+
+@pytest.mark.parametrize("value", ["2", "maybe", "enabled", "-1"])
+def test_mnist_production_refuses_any_other_word_naming_the_accepted_ones(value):
+    with pytest.raises(ValueError, match=rf"^MNIST_PRODUCTION must be 1, true, yes, on or 0, false, no, off, empty, got '{value}'$"):
+        load_settings({**PRODUCTION, "MNIST_PRODUCTION": value})
+
+
+def test_the_local_stack_refuses_an_unknown_production_word_too(monkeypatch):
+    monkeypatch.setenv("ENV_FILE", "")
+    monkeypatch.delenv("PUBLIC_INSIGHTS", raising=False)
+    monkeypatch.setenv("MNIST_PRODUCTION", "2")
+    with pytest.raises(ValueError, match="MNIST_PRODUCTION"):
+        config.local_stack_defaults()
+
+
+@pytest.mark.parametrize(
+    "secret, message",
+    [
+        ("changeme", "SECRET_KEY must be set to a secret value"),
+        ("x", "SECRET_KEY must be set to a secret value"),
+        ("secret", "SECRET_KEY must be set to a secret value"),
+        (" " * 40, "SECRET_KEY must be set to a secret value"),
+        ("Zq8vX1r7kPz4-Vb3nQ9w2LmT6", "SECRET_KEY must be at least 32 characters"),
+        ("x" * 40, "SECRET_KEY must hold at least 10 different characters"),
+        ("changeme" * 5, "SECRET_KEY must hold at least 10 different characters"),
+        ("abcdefghi" * 4, "SECRET_KEY must hold at least 10 different characters"),
+    ],
+    ids=["changeme", "x", "secret", "spaces", "short", "one character", "changeme repeated", "nine characters"],
+)
+def test_production_refuses_a_secret_key_that_can_be_guessed(secret, message):
+    with pytest.raises(ValueError, match=message):
+        load_settings({**PRODUCTION, "SECRET_KEY": secret})
+
+
+def test_production_takes_a_generated_secret_key_of_the_minimum_length():
+    secret = "abcdefghij" + "0123456789" + "ABCDEFGHIJ" + "-_"
+    assert len(secret) == config.MIN_SECRET_KEY_LENGTH
+    assert load_settings({**PRODUCTION, "SECRET_KEY": secret}).secret_key == secret
+
+
+def test_a_guessable_secret_key_is_accepted_off_production():
+    assert load_settings({"SECRET_KEY": "x"}).secret_key == "x"
+
+
+@pytest.mark.parametrize(
+    "environ, message",
+    [
+        ({"BATCH_SIZE": "0"}, "BATCH_SIZE must be at least 1, got '0'"),
+        ({"WEB_CONCURRENCY": "two"}, "WEB_CONCURRENCY must be a whole number, got 'two'"),
+        ({"WORKER_METRICS_PORT": "70000"}, "WORKER_METRICS_PORT must be at most 65535, got '70000'"),
+        ({"MODEL_RUNTIME": "onnx"}, "MODEL_RUNTIME must be one of 'litert' or 'tensorflow', got 'onnx'"),
+        ({"MODEL_PRECISION": "int4"}, "MODEL_PRECISION must be one of 'auto', 'float' or 'int8', got 'int4'"),
+        ({"REDIS_URL": "http://cache"}, "REDIS_URL must match ^(rediss?|unix)://, got a value not shown"),
+        ({"QUEUE_PREFIX": "my queue"}, "QUEUE_PREFIX must match ^\\S+$, got 'my queue'"),
+    ],
+)
+def test_a_mistake_is_reported_with_the_variable_its_value_and_what_it_takes(environ, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        load_settings(environ)
+
+
+def test_every_mistake_is_reported_at_once_without_echoing_secrets():
+    with pytest.raises(ValueError) as raised:
+        load_settings({"DATABASE_URL": "mysql://app:hunter2@db/mnist", "BATCH_SIZE": "-1", "WEB_THREADS": "0"})
+    lines = str(raised.value).splitlines()
+    assert [line.split()[0] for line in lines] == ["DATABASE_URL", "BATCH_SIZE", "WEB_THREADS"]
+    assert "hunter2" not in str(raised.value)
+
+
+def test_choices_ignore_case_and_spaces():
+    loaded = load_settings({"MODEL_RUNTIME": " TensorFlow ", "MODEL_PRECISION": "INT8"})
+    assert (loaded.model_runtime, loaded.model_precision) == ("tensorflow", "int8")
+
+
+def test_paths_and_optional_paths_are_paths(tmp_path):
+    loaded = load_settings({"WORKER_LIVENESS_FILE": str(tmp_path / "alive"), "MODEL_PATH": "/models/my.keras"})
+    assert (loaded.worker_liveness_file, loaded.model_path, loaded.metrics_dir) == (tmp_path / "alive", Path("/models/my.keras"), None)
+
+
+def test_the_settings_class_reads_no_environment(monkeypatch):
+    monkeypatch.setenv("BATCH_SIZE", "5")
+    monkeypatch.setenv("MNIST_PRODUCTION", "1")
+    assert Settings() == load_settings({})  # only load_settings reads the environment
+
+
+def test_only_the_documented_capitalised_names_are_read():
+    assert load_settings({"batch_size": "5", "web_processes": "9"}) == Settings()
+
+
+def test_settings_are_frozen_and_replace_validates_again(default_settings):
+    with pytest.raises(ValidationError, match="frozen"):
+        default_settings.batch_size = 5
+    with pytest.raises(ValueError, match="^batch_size must be at least 1, got 0$"):
+        default_settings.replace(batch_size=0)
+    with pytest.raises(ValueError, match="^no_such_setting is no setting, got 1$"):
+        default_settings.replace(no_such_setting=1)
+
+
+def test_the_schema_owner_follows_the_database_url_unless_given():
+    assert Settings(database_url=PRODUCTION_DATABASE_URL).schema_database_url == PRODUCTION_DATABASE_URL
+    assert (
+        Settings(database_url=PRODUCTION_DATABASE_URL, schema_database_url=PRODUCTION_OWNER_URL).schema_database_url == PRODUCTION_OWNER_URL
+    )

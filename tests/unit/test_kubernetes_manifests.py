@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,7 @@ def test_the_secret_example_holds_placeholders_that_production_refuses():
     load_settings({**settings, "MNIST_PRODUCTION": ""})
     with pytest.raises(ValueError, match="SECRET_KEY"):
         load_settings(settings)
-    real = {"SECRET_KEY": "x" * 40, "DATABASE_URL": "postgresql://a:not-in-the-repository@db/a"}
+    real = {"SECRET_KEY": secrets.token_urlsafe(32), "DATABASE_URL": "postgresql://a:not-in-the-repository@db/a"}
     real["SCHEMA_DATABASE_URL"] = real["DATABASE_URL"]
     load_settings({**settings, **real})
     for name in ("DATABASE_URL", "SCHEMA_DATABASE_URL"):
