@@ -141,7 +141,7 @@ def ingest_folder(config: Settings, folder: Path) -> None:
             rows = []
             for path in files[start : start + INSERT_CHUNK]:
                 try:
-                    rows.append(ingest_rows.folder_row(path, folder, config.max_image_pixels))
+                    rows.append(ingest_rows.folder_row(path, folder, config))
                 except ValueError as error:
                     rejected.append(f"{path}: {error}")
                 bar.update(1)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.config import Settings
 from shared.digits import IMAGE_SHAPE
 from shared.images.codec import encode_image
 from shared.images.preprocess import user_image_to_mnist
@@ -38,9 +39,11 @@ def label_from_folder(path: Path, root: Path) -> int | None:
     return int(parent.name) if parent != root and parent.name in {str(d) for d in range(10)} else None
 
 
-def folder_row(path: Path, root: Path, max_pixels: int) -> ImageRow:
+def folder_row(path: Path, root: Path, config: Settings) -> ImageRow:
     """One user picture, preprocessed to MNIST form; keyed by its absolute path."""
-    image = user_image_to_mnist(path.read_bytes(), max_pixels)
+    image = user_image_to_mnist(
+        path.read_bytes(), config.max_image_pixels, config.max_decode_megabytes * 2**20, config.concurrent_decodes
+    )
     return ImageRow(encode_image(image), label_from_folder(path, root), SHAPE, "upload", None, str(path.resolve()))
 
 

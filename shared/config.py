@@ -116,6 +116,8 @@ class Settings(BaseSettings):
     worker_concurrency: CountFromZero = Field(0, description="bulk pool processes of python -m worker; 0: one per CPU it may use")
     max_upload_bytes: Count = Field(5 * 1024 * 1024, description="largest accepted upload")
     max_image_pixels: Count = Field(16_000_000, description="largest accepted picture (decompression-bomb guard)")
+    max_decode_megabytes: Count = Field(100, description="memory one picture may take to decode, judged from its header")
+    concurrent_decodes: Count = Field(2, description="pictures one process decodes at once; more wait for a turn")
     max_queued_uploads: Count = Field(1000, description="waiting uploads beyond which new ones are answered 429 with Retry-After")
     stall_seconds: Count = Field(120, description="a job with no new result this long while its queue is empty is re-enqueued")
     sweep_interval_seconds: Count = Field(30, description="how often a worker looks for stalled jobs")

@@ -31,8 +31,8 @@ ACCEPTED_FORMATS = frozenset({"PNG", "JPEG", "GIF", "BMP", "WEBP"})
 # Pictures are analysed at no more than this many pixels a side: far beyond what a 20 px digit
 # needs, and it keeps every step after the decode small whatever the picture's size.
 ANALYSIS_SIDE = 1024
-# What decoding a picture may hold in memory at once, and how many decodes a process runs at
-# once: together they bound a process's memory whatever its clients send.
+# Defaults of MAX_DECODE_MEGABYTES and CONCURRENT_DECODES: together they bound a process's
+# memory whatever its clients send.
 DEFAULT_MAX_DECODE_BYTES = 100 * 2**20
 DEFAULT_CONCURRENT_DECODES = 2
 
