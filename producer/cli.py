@@ -133,22 +133,24 @@ def ingest_folder(config: Settings, folder: Path) -> None:
 
     Pictures under a folder named 0-9 get that digit as their true label.
     """
-    files = ingest_rows.user_image_files(folder)
+    files, rejected = ingest_rows.user_image_files(folder)
+    links = len(rejected)
     conn = open_database(config)
-    inserted, rejected = 0, []
-    with click.progressbar(length=len(files), label=f"ingesting {folder}") as bar:
+    inserted = 0
+    with click.progressbar(length=len(files), label=f"ingesting {ingest_rows.printable(folder)}") as bar:
         for start in range(0, len(files), INSERT_CHUNK):
             rows = []
             for path in files[start : start + INSERT_CHUNK]:
                 try:
                     rows.append(ingest_rows.folder_row(path, folder, config))
-                except ValueError as error:
-                    rejected.append(f"{path}: {error}")
+                except (ValueError, OSError) as error:
+                    rejected.append(f"{ingest_rows.printable(path)}: {error}")
                 bar.update(1)
             inserted += len(images.store.insert_images(conn, rows))
     for line in rejected:
         click.echo(f"skipped {line}", err=True)
-    click.echo(f"stored {inserted} new images, {len(files) - inserted - len(rejected)} were already there, {len(rejected)} rejected")
+    already = len(files) - inserted - (len(rejected) - links)
+    click.echo(f"stored {inserted} new images, {already} were already there, {len(rejected)} rejected")
 
 
 @main.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,13 +25,34 @@ def mnist_rows(images: np.ndarray, labels: np.ndarray, split: str, start: int = 
         yield ImageRow(encode_image(image), int(label), SHAPE, split, start + offset, None)
 
 
-def user_image_files(folder: Path) -> list[Path]:
+def user_image_files(folder: Path) -> tuple[list[Path], list[str]]:
+    """The pictures under ``folder``, and a line for each link skipped.
+
+    Links are never followed: a link could lead out of the folder to any file the user can read.
+    """
     if not folder.is_dir():
-        raise ValueError(f"{folder} is not a folder")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in USER_IMAGE_SUFFIXES)
+        raise ValueError(f"{printable(folder)} is not a folder")
+    files, skipped = [], []
+    for directory, subfolders, names in os.walk(folder):
+        for name in sorted(subfolders):
+            if (Path(directory) / name).is_symlink():
+                skipped.append(f"{printable(Path(directory) / name)}: a symbolic link, not followed")
+        for name in names:
+            path = Path(directory) / name
+            if path.suffix.lower() not in USER_IMAGE_SUFFIXES:
+                continue
+            if path.is_symlink():
+                skipped.append(f"{printable(path)}: a symbolic link, not followed")
+            elif path.is_file():
+                files.append(path)
     if not files:
-        raise ValueError(f"{folder} holds no PNG, JPEG, GIF, BMP or WebP images")
-    return files
+        raise ValueError(f"{printable(folder)} holds no PNG, JPEG, GIF, BMP or WebP images")
+    return sorted(files), skipped
+
+
+def printable(path: Path) -> str:
+    """``path`` with control characters escaped, so a file name cannot write to the terminal."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(path))
 
 
 def label_from_folder(path: Path, root: Path) -> int | None:
@@ -40,7 +62,13 @@ def label_from_folder(path: Path, root: Path) -> int | None:
 
 
 def folder_row(path: Path, root: Path, config: Settings) -> ImageRow:
-    """One user picture, preprocessed to MNIST form; keyed by its absolute path."""
+    """One user picture, preprocessed to MNIST form; keyed by its absolute path.
+
+    The size is checked before reading, so a huge file costs nothing.
+    """
+    size = path.stat().st_size
+    if size > config.max_upload_bytes:
+        raise ValueError(f"the file is {size} bytes; at most {config.max_upload_bytes} (MAX_UPLOAD_BYTES) are accepted")
     image = user_image_to_mnist(
         path.read_bytes(), config.max_image_pixels, config.max_decode_megabytes * 2**20, config.concurrent_decodes
     )

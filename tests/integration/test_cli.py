@@ -76,3 +76,29 @@ def test_folder_ingest_labels_by_subfolder_and_is_idempotent(invoke, tmp_path, c
     again = invoke("ingest", "folder", str(tmp_path))
     assert again.exit_code == 0 and "stored 0 new images" in again.output
     assert stored_labels() == sorted(int(label) for label in labels[:4])
+
+
+def test_folder_ingest_skips_links_and_huge_files_and_escapes_names(invoke, tmp_path, conn, settings, mnist_dir):
+    images, _ = mnist.load_split(mnist_dir, "test")
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    Image.fromarray(255 - images[0]).resize((112, 112)).save(folder / "one.png")
+    (folder / "bad\x1b[31mred\nline.png").write_bytes(b"not a picture")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.fromarray(255 - images[1]).resize((112, 112)).save(outside / "secret.png")
+    (folder / "link.png").symlink_to(outside / "secret.png")
+    (folder / "linked-folder").symlink_to(outside, target_is_directory=True)
+    with open(folder / "huge.png", "wb") as huge:  # sparse: a size the reader would have to hold
+        huge.truncate(settings.max_upload_bytes + 1)
+
+    result = invoke("ingest", "folder", str(folder))
+
+    assert result.exit_code == 0, result.output
+    assert "stored 1 new images" in result.output and "4 rejected" in result.output
+    assert "link.png: a symbolic link, not followed" in result.output
+    assert "linked-folder: a symbolic link, not followed" in result.output
+    assert f"huge.png: the file is {settings.max_upload_bytes + 1} bytes; at most" in result.output
+    assert "\x1b" not in result.output and "bad\\x1b[31mred\\nline.png: the file is not an image" in result.output
+    stored = query(conn, "SELECT source FROM input_data WHERE source LIKE %s", (f"{tmp_path}%",))
+    assert [row[0] for row in stored] == [str((folder / "one.png").resolve())]
