@@ -2,8 +2,8 @@
 
 The parent process never loads the model (TensorFlow is not fork-safe, LiteRT's threads do
 not survive a fork); each pool process loads it once, right after the fork, lowers its CPU
-priority so that uploads come first, and starts its sweeper. The parent keeps this worker's
-heartbeat and gives back the batches of workers that died (``worker/failover.py``).
+priority so that uploads come first, and starts its sweeper. The parent keeps
+the batches it holds fresh, so that only a dead worker's are given back (``worker/failover.py``).
 """
 
 from __future__ import annotations
@@ -38,11 +38,9 @@ def remember_concurrency(options: dict | None = None, **_: Any) -> None:
     process.pool_processes = int((options or {}).get("concurrency") or process.settings.worker_processes())
 
 
-def start_failover(sender: Any = None, **_: Any) -> None:
-    """In the parent, before it consumes: this node's heartbeat, and taking over the batches of dead nodes."""
-    process = state.current()
-    assert process.app is not None
-    failover.start(process.app, process.settings, sender.hostname)
+def start_failover(**_: Any) -> None:
+    """In the parent, before it consumes: keeping the batches it holds from being given back."""
+    failover.start(state.current().settings)
 
 
 def start_pool_process(**_: Any) -> None:
