@@ -89,7 +89,7 @@ def run_forever(holder: Holder, stop: threading.Event) -> None:
             failing = False
         except Exception as error:  # Redis unreachable: the thread must outlive it; the next turn retries
             if not failing:
-                log.warning("bulk worker: refreshing its held batches failed (%r); retrying every %.1f s", error, holder.interval)
+                log.warning("bulk worker: refreshing its held batches failed (%r); retry every %.1f s", error, holder.interval)
             failing = True
         if stop.wait(holder.interval):
             return
@@ -114,5 +114,5 @@ def remember_delivery(request: Any = None, **_: Any) -> None:
     _holder.hold(request.message.delivery_tag)
     if (request.delivery_info or {}).get("redelivered"):
         job_id = request.args[0] if request.args else "?"
-        log.warning("a batch of job %s is delivered again: the worker that held it stopped or died before storing it", job_id)
+        log.warning("a batch of job %s is delivered again: the worker that held it stopped or died first", job_id)
         observability.metrics.record_failover_restored(1)

@@ -152,13 +152,16 @@ def test_a_batch_delivered_again_is_counted_and_logged(env, caplog):
     restored_before = REGISTRY.get_sample_value("mnist_failover_restored_messages_total") or 0.0
     failover.start(load_settings(env)).set()  # this process's holder, its thread stopped at once
     message = types.SimpleNamespace(delivery_tag="a-tag")
-    failover.remember_delivery(request=types.SimpleNamespace(message=message, delivery_info={"redelivered": True}, args=[9, [90]]))
+    again = types.SimpleNamespace(message=message, delivery_info={"redelivered": True}, args=[9, [90]])
+    failover.remember_delivery(request=again)
     failover.remember_delivery(request=types.SimpleNamespace(message=message, delivery_info={}, args=[9, [91]]))
     assert REGISTRY.get_sample_value("mnist_failover_restored_messages_total") == restored_before + 1
     assert "a batch of job 9 is delivered again" in caplog.text
 
 
-def test_a_retry_waiting_longer_than_the_visibility_timeout_runs_once(conn, fast_env, test_split_ids, model_version, tmp_path):
+def test_a_retry_waiting_longer_than_the_visibility_timeout_runs_once(
+    conn, fast_env, test_split_ids, model_version, tmp_path
+):
     """A live worker holds a retry until its countdown; without its refreshes kombu would give it back each second."""
     settings = load_settings(fast_env)
     worker = services.WorkerProcess(fast_env, tmp_path / "worker.log")
@@ -167,7 +170,8 @@ def test_a_retry_waiting_longer_than_the_visibility_timeout_runs_once(conn, fast
         job_id = jobs.store.create_job(conn, test_split_ids[:1], model_version, {"failover": "retry"})
         app = queues.broker.celery_app(settings)
         batch = [job_id, test_split_ids[:1]]
-        app.send_task(queues.broker.PREDICT_BATCH_TASK, args=batch, queue=queues.broker.bulk_queue(settings), countdown=RETRY_COUNTDOWN_SECONDS)
+        queue = queues.broker.bulk_queue(settings)
+        app.send_task(queues.broker.PREDICT_BATCH_TASK, args=batch, queue=queue, countdown=RETRY_COUNTDOWN_SECONDS)
         job = jobs.progress.wait_for_job(conn, job_id, timeout=JOB_TIMEOUT_SECONDS)
         time.sleep(2 * queues.broker.visibility_timeout(settings))  # a copy given back would have run by now
         attempts = attempts_of(conn, job_id)
@@ -201,7 +205,9 @@ def hostname_of(worker: services.WorkerProcess) -> str:
     return found.group(1).decode()
 
 
-def freeze_mid_batch(conn, settings: Settings, worker: services.WorkerProcess, job_id: int) -> tuple[float, str, list[int]]:
+def freeze_mid_batch(
+    conn, settings: Settings, worker: services.WorkerProcess, job_id: int
+) -> tuple[float, str, list[int]]:
     """SIGSTOP ``worker``'s group at a moment it runs a batch of the job that is partly stored.
 
     Returns (when it was frozen, the message's delivery tag, the batch's image ids); retries

@@ -89,6 +89,10 @@ def test_an_error_that_is_not_an_outage_splits_the_batch_and_is_not_retried(sett
     task = bound_task(settings, monkeypatch, BrokenLane())
     monkeypatch.setattr(task, "retry", lambda *args, **kwargs: pytest.fail("a bug was retried"))
     splits = []
-    monkeypatch.setattr(task_module, "split_batch", lambda _task, job_id, ids, why: splits.append(ids) or {"done": 0, "failed": 0})
+    def split(_task, _job_id, image_ids, _why):
+        splits.append(image_ids)
+        return {"done": 0, "failed": 0}
+
+    monkeypatch.setattr(task_module, "split_batch", split)
     assert task.apply(args=[1, [10, 11]]).get() == {"done": 0, "failed": 0}
     assert splits == [[10, 11]]
