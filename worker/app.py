@@ -2,8 +2,8 @@
 
 The parent process never loads the model (TensorFlow is not fork-safe, LiteRT's threads do
 not survive a fork); each pool process loads it once, right after the fork, lowers its CPU
-priority so that uploads come first, and starts its sweeper. The parent keeps this worker's
-heartbeat and gives back the batches of workers that died (``worker/failover.py``).
+priority so that uploads come first, and starts its sweeper. The parent keeps
+the batches it holds fresh, so that only a dead worker's are given back (``worker/failover.py``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from worker import celery_metrics, failover, state, sweeper, tasks
 def make_celery_app(settings: Settings) -> Celery:
     """The worker's app with its task registered and this process's state initialised."""
     app = queues.broker.celery_app(settings, name="mnist_queue_worker")
-    app.task(name=queues.broker.PREDICT_BATCH_TASK, bind=True, max_retries=tasks.MAX_DATABASE_RETRIES)(tasks.predict_batch)
+    app.task(name=queues.broker.PREDICT_BATCH_TASK, bind=True, **tasks.RETRY_OPTIONS)(tasks.predict_batch)
     state.init(settings, app)
     # Celery's signals are process-wide: a dispatch_uid keeps one receiver however many apps are made.
     signals.celeryd_init.connect(remember_concurrency, weak=False, dispatch_uid="mnist-remember-concurrency")
@@ -38,11 +38,9 @@ def remember_concurrency(options: dict | None = None, **_: Any) -> None:
     process.pool_processes = int((options or {}).get("concurrency") or process.settings.worker_processes())
 
 
-def start_failover(sender: Any = None, **_: Any) -> None:
-    """In the parent, before it consumes: this node's heartbeat, and taking over the batches of dead nodes."""
-    process = state.current()
-    assert process.app is not None
-    failover.start(process.app, process.settings, sender.hostname)
+def start_failover(**_: Any) -> None:
+    """In the parent, before it consumes: keeping the batches it holds from being given back."""
+    failover.start(state.current().settings)
 
 
 def start_pool_process(**_: Any) -> None:

@@ -20,8 +20,17 @@ from worker.shadow import predict_shadow_batch
 
 log = logging.getLogger(__name__)
 
-MAX_DATABASE_RETRIES = 12  # with backoff capped at 30 s: several minutes of outage survived
-RETRY_BACKOFF_MAX_SECONDS = 30
+# Celery's retry of a batch that met a database outage: waits of 1, 2, 4 ... s, capped at 30 s, twelve
+# times, so several minutes of outage are waited out before the message is dropped (the sweeper then
+# sends the job's unfinished images again). No jitter: a random wait may be near zero each time, and
+# the twelve retries would then cover much less than that outage.
+RETRY_OPTIONS: dict[str, Any] = {
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,
+    "retry_jitter": False,
+    "max_retries": 12,
+}
 
 
 def predict_batch(task: Any, job_id: int, image_ids: list[int]) -> dict[str, int]:
@@ -52,10 +61,9 @@ def predict_batch(task: Any, job_id: int, image_ids: list[int]) -> dict[str, int
         done, failed = process_batch(lane, predictor.predict_batch, version, job_id, image_ids)
         if served.shadow:
             predict_shadow_batch(lane, models, served.shadow, job_id, image_ids)
-    except TRANSIENT_ERRORS as error:
-        countdown = min(RETRY_BACKOFF_MAX_SECONDS, 2**task.request.retries)
-        log.warning("job %s: database unavailable (%s); retry in %ss", job_id, error, countdown)
-        raise task.retry(exc=error, countdown=countdown) from error
+    except TRANSIENT_ERRORS as error:  # retried by Celery (RETRY_OPTIONS), not split: the batch is not at fault
+        log.warning("job %s: database unavailable (%s); Celery retries the batch", job_id, error)
+        raise
     except (psycopg2.errors.ForeignKeyViolation, jobs.results.UnknownJobError):
         log.error("job %s does not exist; dropping batch of %d images", job_id, len(image_ids))
         return {"done": 0, "failed": 0}

@@ -97,7 +97,8 @@ def instruments() -> Instruments:
         refusals=Counter("mnist_web_refusals", "Requests the web refused for load or an outage (429, 503)", ["status", "reason"]),
         sweeper_reenqueued=Counter("mnist_sweeper_reenqueued_images", "Images of stalled jobs the sweeper enqueued again", ["queue"]),
         failover_restored=Counter(
-            "mnist_failover_restored_messages", "Bulk batches a dead worker held, given back to the head of the queue (worker/failover.py)"
+            "mnist_failover_restored_messages",
+            "Bulk batches delivered again after the worker that held them died or stopped (worker/failover.py)",
         ),
         worker_processes=Gauge("mnist_worker_processes", "Worker processes running, by role", ["role"], multiprocess_mode="livesum"),
         celery_worker_up=Gauge("celery_worker_up", "1 while the Celery worker runs", ["hostname"], multiprocess_mode="livemax"),

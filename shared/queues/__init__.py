@@ -1,5 +1,5 @@
-"""The queues on Redis: Celery's bulk lane (broker) and the plain upload list (uploads)."""
+"""The queues on Redis: Celery's bulk lane (broker), the plain upload list (uploads) and its consumers' heartbeats."""
 
-from shared.queues import broker, uploads
+from shared.queues import broker, heartbeat, uploads
 
-__all__ = ["broker", "uploads"]
+__all__ = ["broker", "heartbeat", "uploads"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from celery import Celery
 from kombu import Exchange, Queue
@@ -17,8 +18,8 @@ from shared.config import Settings
 
 PREDICT_BATCH_TASK = "mnist_queue.predict_batch"
 BULK_QUEUE_SUFFIX = "bulk"
-# Redis re-delivers an unacknowledged message after this long; a batch takes well under a second.
-VISIBILITY_TIMEOUT_SECONDS = 300
+# How often each worker gives back the unacknowledged messages older than the visibility timeout.
+RESTORE_INTERVAL_SECONDS = 1
 # A message header with the time it was sent (seconds since the epoch): the worker's queue-wait
 # metric and the queue's oldest-entry age read it (Celery's own messages carry no send time).
 SENT_AT_HEADER = "mnist_sent_at"
@@ -44,12 +45,46 @@ def celery_app(settings: Settings, name: str = "mnist_queue") -> Celery:
         task_serializer="json",
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_SECONDS},
+        broker_transport_options=transport_options(settings),
         worker_hijack_root_logger=False,
         # Bulk batches have one queue, on a direct exchange of its own.
         task_queues=[direct_queue(bulk_queue(settings))],
     )
     return app
+
+
+def visibility_timeout(settings: Settings) -> int:
+    """Seconds after which an unacknowledged message not refreshed by its worker is given back (worker/failover.py)."""
+    return max(1, settings.worker_dead_after_seconds)
+
+
+def unacked_key(settings: Settings) -> str:
+    """kombu's hash of the messages delivered and not yet acknowledged, {delivery tag: message}."""
+    return f"{bulk_queue(settings)}.unacked"
+
+
+def unacked_index_key(settings: Settings) -> str:
+    """kombu's sorted set of the same delivery tags, scored by delivery time (refreshed by worker/failover.py)."""
+    return f"{bulk_queue(settings)}.unacked_index"
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    """kombu's Redis transport: a dead worker's messages come back after the visibility timeout, looked for
+    every second by each worker (throttle 1: every look scans). The sweep's mutex expires as fast, so a
+    worker killed during a sweep does not stop the others' for kombu's default of five minutes.
+
+    Its keys are under the queue prefix: kombu's defaults are one per Redis database, and a worker's short
+    timeout would give back the messages of every deployment sharing it, which do not refresh with ours."""
+    timeout = visibility_timeout(settings)
+    return {
+        "visibility_timeout": timeout,
+        "unacked_key": unacked_key(settings),
+        "unacked_index_key": unacked_index_key(settings),
+        "unacked_mutex_key": f"{bulk_queue(settings)}.unacked_mutex",
+        "unacked_restore_interval": RESTORE_INTERVAL_SECONDS,
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": timeout,
+    }
 
 
 def send_batches(

@@ -8,7 +8,8 @@ Delivery is made reliable the usual way for Redis lists: a consumer BLMOVEs an e
 a processing list of its own and removes it only once the result is committed. Each
 consumer keeps a heartbeat key alive; the processing list of a consumer whose heartbeat
 has expired is moved back to the queue by whichever consumer notices first, each entry
-marked with one more death, so that an image that kills consumers is given up on.
+marked with one more death, so that an image that kills consumers is given up on
+(``shared/queues/heartbeat.py``).
 
 A consumer takes up to UPLOAD_MAX_BATCH entries at once (``take_batch``): the first with
 BLMOVE, the rest by a Lua script that moves them one by one into the same processing list,
@@ -36,6 +37,7 @@ import uuid
 import redis
 
 from shared.config import Settings
+from shared.queues.heartbeat import Heartbeats
 
 UPLOAD_QUEUE_SUFFIX = "upload"
 DELAY_POLL_SECONDS = 0.0005  # while a micro-batch waits for more uploads: ~2,000 cheap looks a second at most
@@ -45,17 +47,21 @@ def queue_name(settings: Settings) -> str:
     return f"{settings.queue_prefix}.{UPLOAD_QUEUE_SUFFIX}"
 
 
+def heartbeats(settings: Settings) -> Heartbeats:
+    """The consumers' heartbeats and processing lists (shared/queues/heartbeat.py), under the queue's name."""
+    return Heartbeats(client(settings.redis_url), queue_name(settings))
+
+
 def processing_list(settings: Settings, consumer: str) -> str:
-    return f"{queue_name(settings)}.processing.{consumer}"
+    return heartbeats(settings).in_flight_key(consumer)
 
 
 def heartbeat_key(settings: Settings, consumer: str) -> str:
-    return f"{queue_name(settings)}.alive.{consumer}"
+    return heartbeats(settings).alive_key(consumer)
 
 
 def consumers_key(settings: Settings) -> str:
-    """A set of every consumer that may hold entries, so recovery needs no SCAN of the keyspace."""
-    return f"{queue_name(settings)}.consumers"
+    return heartbeats(settings).members_key
 
 
 def new_consumer_name() -> str:
@@ -216,51 +222,21 @@ def finish_many(settings: Settings, consumer: str, entries: list[bytes]) -> None
 
 def beat(settings: Settings, consumer: str) -> None:
     """Say this consumer is alive for another ``upload_heartbeat_seconds``; one silent that long is dead."""
-    with client(settings.redis_url).pipeline() as pipe:
-        pipe.sadd(consumers_key(settings), consumer)
-        pipe.set(heartbeat_key(settings, consumer), 1, ex=settings.upload_heartbeat_seconds)
-        pipe.execute()
+    heartbeats(settings).beat(consumer, settings.upload_heartbeat_seconds)
 
 
 def leave(settings: Settings, consumer: str) -> None:
     """A consumer that stops cleanly is forgotten at once; what it holds (normally nothing) goes back unmarked."""
-    connection = client(settings.redis_url)
-    connection.delete(heartbeat_key(settings, consumer))
-    while connection.lmove(processing_list(settings, consumer), queue_name(settings), "RIGHT", "RIGHT") is not None:
-        pass
-    connection.srem(consumers_key(settings), consumer)
+    heartbeats(settings).leave(consumer, queue_name(settings))
 
 
 def live_consumers_on_this_host(settings: Settings) -> list[str]:
     """Consumers started on this host (in a container: this container) whose heartbeat is current."""
-    connection = client(settings.redis_url)
-    consumers = (member.decode() for member in connection.smembers(consumers_key(settings)))
-    mine = [consumer for consumer in consumers if consumer.startswith(host_prefix())]
-    return [consumer for consumer in mine if connection.exists(heartbeat_key(settings, consumer))]
+    watched = heartbeats(settings)
+    return watched.alive([consumer for consumer in watched.members() if consumer.startswith(host_prefix())])
 
 
 def requeue_orphans(settings: Settings) -> int:
-    """Move the entries of every dead consumer back to the queue, to be taken next; returns how many."""
-    connection = client(settings.redis_url)
-    moved = 0
-    for member in connection.smembers(consumers_key(settings)):
-        consumer = member.decode()
-        if not connection.exists(heartbeat_key(settings, consumer)):
-            moved += requeue_dead_consumer(settings, consumer)
-    return moved
+    """Move the entries of every dead consumer back to the queue, each marked with one more death; returns how many."""
+    return heartbeats(settings).take_over_dead(queue_name(settings), one_more_death)
 
-
-def requeue_dead_consumer(settings: Settings, consumer: str) -> int:
-    """One transaction, watched: if two consumers recover the same list at once, only one moves it."""
-    source = processing_list(settings, consumer)
-
-    def move(pipe: redis.client.Pipeline) -> int:
-        entries = pipe.lrange(source, 0, -1)
-        pipe.multi()
-        if entries:  # newest first, so the oldest lands at the queue's right end and is taken next
-            pipe.rpush(queue_name(settings), *(one_more_death(entry) for entry in entries))
-        pipe.delete(source)
-        pipe.srem(consumers_key(settings), consumer)
-        return len(entries)
-
-    return client(settings.redis_url).transaction(move, source, value_from_callable=True)

@@ -3,7 +3,7 @@
 Two real bulk workers (``python -m worker.bulk``) on a database and queues of this module's own,
 with the default timings (STALL_SECONDS 120, WORKER_DEAD_AFTER_SECONDS 5): one is frozen
 (SIGSTOP) while a batch it holds is partly stored, then killed with its whole process group
-(SIGKILL, as when its container dies). The clock starts at the freeze, when its heartbeat
+(SIGKILL, as when its container dies). The clock starts at the freeze, when its refreshes
 stops. The survivor must have stored every image of that batch within FAILOVER_SECONDS; the
 job ends with every image predicted once; no batch of the survivor's ran twice. The upload lane
 is timed the same way, with two upload consumers. Each test prints what it measured.
@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -42,6 +43,8 @@ BATCH_SIZE = 1000  # ten batches of the 10k test images: each worker holds one f
 CATCH_SECONDS = 60
 JOB_TIMEOUT_SECONDS = 120
 POLL_SECONDS = 0.02
+CONTROL_SECONDS = 1.0  # Celery's remote control: the worker answers well within it
+RETRY_COUNTDOWN_SECONDS = 4  # a retry's wait, held by a live worker: four visibility timeouts of the fast_env
 UPLOADS = 1000
 UPLOADS_PER_FREEZE = 20  # the consumers take them as they come: the freeze right after lands mid-batch often
 # After a freeze, what the frozen process sent before it (a COPY, a COMMIT) is given time to land.
@@ -79,15 +82,16 @@ def batch_of(message: bytes | dict) -> tuple[int, list[int]]:
     return args[0], args[1]
 
 
-def held_batches(settings: Settings, node: str) -> dict[str, tuple[int, list[int]]]:
-    """{delivery tag: (job id, image ids)} of the messages ``node`` holds unacknowledged, read from kombu's ``unacked``."""
-    redis = failover.client(settings.redis_url)
-    held = {}
-    for tag in redis.smembers(failover.held_key(settings, node)):
-        entry = redis.hget("unacked", tag)  # kombu's default unacked_key: [message, exchange, routing key]
-        if entry is not None:
-            held[tag.decode()] = batch_of(json.loads(entry)[0])
-    return held
+def unacked_batches(settings: Settings) -> dict[str, tuple[int, list[int]]]:
+    """{delivery tag: (job id, image ids)} of the messages kombu holds unacknowledged on this test's queues."""
+    entries = failover.client(settings.redis_url).hgetall(queues.broker.unacked_key(settings))
+    return {tag.decode(): batch_of(json.loads(entry)[0]) for tag, entry in entries.items()}  # [message, exchange, key]
+
+
+def running_batches(app, hostname: str) -> list[tuple[int, list[int]]]:
+    """(job id, image ids) of the batches a worker is running, by Celery's remote control."""
+    replies = app.control.inspect(destination=[hostname], timeout=CONTROL_SECONDS).active() or {}
+    return [(request["args"][0], request["args"][1]) for request in replies.get(hostname, [])]
 
 
 def test_split_halves_go_to_the_head_of_the_queue_in_order(env):
@@ -113,34 +117,67 @@ def test_split_halves_keep_their_batchs_send_time_so_the_queue_age_reads_the_old
     assert bulk.depth == 3 and 60 <= bulk.oldest_age_seconds < 70
 
 
-def test_a_dead_nodes_batches_go_back_to_the_head_and_are_counted(env):
-    settings = load_settings(env)
+@pytest.fixture
+def fast_env(env: dict[str, str]) -> dict[str, str]:
+    """A visibility timeout of one second: what a worker does not refresh is given back that soon."""
+    return {**env, "WORKER_DEAD_AFTER_SECONDS": "1"}
+
+
+def test_kombu_gives_back_what_no_worker_refreshes_and_keeps_what_a_live_one_holds(fast_env):
+    settings = load_settings(fast_env)
     app, queue = queues.broker.celery_app(settings), queues.broker.bulk_queue(settings)
     redis = failover.client(settings.redis_url)
-    queues.broker.send_batches(app, queue, 9, [[90]])
-    restored_before = REGISTRY.get_sample_value("mnist_failover_restored_messages_total") or 0.0
+    queues.broker.send_batches(app, queue, 9, [[90], [91]])
+    holder = failover.Holder(settings)
     with app.connection_for_read() as kombu_connection:
-        message = kombu_connection.default_channel.basic_get(queue)  # now in kombu's unacked, as a worker's would be
-        dead = scratch.unique_name("dead-node")
-        redis.sadd(failover.nodes_key(settings), dead)
-        redis.sadd(failover.held_key(settings, dead), message.delivery_tag)  # what its task_received remembered
-        assert redis.llen(queue) == 0
-        assert failover.Node(app, settings, "live-node").take_over_dead_nodes() == {dead: 1}
-    assert [batch_of(entry) for entry in redis.lrange(queue, 0, -1)] == [(9, [90])]
-    assert not redis.hexists("unacked", message.delivery_tag) and not redis.exists(failover.held_key(settings, dead))
+        channel = kombu_connection.default_channel
+        abandoned, held = channel.basic_get(queue), channel.basic_get(queue)  # in kombu's unacked, as a worker's
+        holder.hold(held.delivery_tag)
+        deadline = time.monotonic() + 3 * queues.broker.visibility_timeout(settings)
+        while time.monotonic() < deadline:  # the live worker's thread, past the timeout
+            assert holder.refresh() == 1
+            channel.qos.restore_visible(num=None, interval=1)  # as each worker's event loop does
+            time.sleep(holder.interval)
+        assert [batch_of(entry) for entry in redis.lrange(queue, 0, -1)] == [(9, [90])]  # only the abandoned one
+        assert set(unacked_batches(settings)) == {held.delivery_tag}
+        held.ack()
+        assert holder.refresh() == 0 and holder.held() == set()  # acknowledged: forgotten, not put back
+        assert redis.zscore(queues.broker.unacked_index_key(settings), held.delivery_tag) is None
+        again = channel.basic_get(queue)
+        assert again.delivery_tag == abandoned.delivery_tag and again.delivery_info["redelivered"]
+        again.ack()
+
+
+def test_a_batch_delivered_again_is_counted_and_logged(env, caplog):
+    restored_before = REGISTRY.get_sample_value("mnist_failover_restored_messages_total") or 0.0
+    failover.start(load_settings(env)).set()  # this process's holder, its thread stopped at once
+    message = types.SimpleNamespace(delivery_tag="a-tag")
+    again = types.SimpleNamespace(message=message, delivery_info={"redelivered": True}, args=[9, [90]])
+    failover.remember_delivery(request=again)
+    failover.remember_delivery(request=types.SimpleNamespace(message=message, delivery_info={}, args=[9, [91]]))
     assert REGISTRY.get_sample_value("mnist_failover_restored_messages_total") == restored_before + 1
+    assert "a batch of job 9 is delivered again" in caplog.text
 
 
-def node_of(settings: Settings, worker: services.WorkerProcess) -> str:
-    """The failover name of a started worker: its Celery parent's pid is part of it."""
-    redis = failover.client(settings.redis_url)
-    deadline = time.monotonic() + CATCH_SECONDS
-    while time.monotonic() < deadline:
-        for member in redis.smembers(failover.nodes_key(settings)):
-            if f"-{worker.pid}-" in member.decode():
-                return member.decode()
-        time.sleep(POLL_SECONDS)
-    raise AssertionError(f"worker {worker.pid} never sent a heartbeat; log:\n{worker.log_tail()}")
+def test_a_retry_waiting_longer_than_the_visibility_timeout_runs_once(
+    conn, fast_env, test_split_ids, model_version, tmp_path
+):
+    """A live worker holds a retry until its countdown; without its refreshes kombu would give it back each second."""
+    settings = load_settings(fast_env)
+    worker = services.WorkerProcess(fast_env, tmp_path / "worker.log")
+    try:
+        worker.wait_ready()
+        job_id = jobs.store.create_job(conn, test_split_ids[:1], model_version, {"failover": "retry"})
+        app = queues.broker.celery_app(settings)
+        batch = [job_id, test_split_ids[:1]]
+        queue = queues.broker.bulk_queue(settings)
+        app.send_task(queues.broker.PREDICT_BATCH_TASK, args=batch, queue=queue, countdown=RETRY_COUNTDOWN_SECONDS)
+        job = jobs.progress.wait_for_job(conn, job_id, timeout=JOB_TIMEOUT_SECONDS)
+        time.sleep(2 * queues.broker.visibility_timeout(settings))  # a copy given back would have run by now
+        attempts = attempts_of(conn, job_id)
+    finally:
+        worker.stop()
+    assert job["status"] == "done" and attempts == {(test_split_ids[0], 1): 1}
 
 
 def attempts_of(conn, job_id: int) -> dict[tuple[int, int], int]:
@@ -161,24 +198,34 @@ def stored_of(conn, job_id: int, image_ids: list[int]) -> int:
     )[0]
 
 
-def freeze_mid_batch(conn, settings: Settings, worker: services.WorkerProcess, node: str, job_id: int) -> tuple[float, str, list[int]]:
-    """SIGSTOP ``worker``'s group at a moment it holds a batch of the job that is partly stored.
+def hostname_of(worker: services.WorkerProcess) -> str:
+    """The Celery hostname a started worker logged with its "ready." line."""
+    found = re.search(rb"(\S+@\S+) ready\.", worker.log_path.read_bytes())
+    assert found, f"worker {worker.pid} logged no hostname; log:\n{worker.log_tail()}"
+    return found.group(1).decode()
+
+
+def freeze_mid_batch(
+    conn, settings: Settings, worker: services.WorkerProcess, job_id: int
+) -> tuple[float, str, list[int]]:
+    """SIGSTOP ``worker``'s group at a moment it runs a batch of the job that is partly stored.
 
     Returns (when it was frozen, the message's delivery tag, the batch's image ids); retries
     (continuing the worker) until a freeze lands mid-batch.
     """
+    app, hostname = queues.broker.celery_app(settings), hostname_of(worker)
     deadline = time.monotonic() + CATCH_SECONDS
     while time.monotonic() < deadline:
-        held = held_batches(settings, node).items()
-        candidates = {tag: ids for tag, (job, ids) in held if job == job_id and 0 < stored_of(conn, job_id, ids) < len(ids)}
+        running = running_batches(app, hostname)
+        candidates = [ids for job, ids in running if job == job_id and 0 < stored_of(conn, job_id, ids) < len(ids)]
         if candidates:
             signal_group(worker.pid, signal.SIGSTOP)
             frozen_at = time.monotonic()
             time.sleep(SETTLE_SECONDS)
-            still_held = held_batches(settings, node)
-            for tag, ids in candidates.items():
-                if tag in still_held and stored_of(conn, job_id, ids) < len(ids):
-                    return frozen_at, tag, ids
+            held = {(job, ids[0]): tag for tag, (job, ids) in unacked_batches(settings).items()}
+            for ids in candidates:
+                if (job_id, ids[0]) in held and stored_of(conn, job_id, ids) < len(ids):
+                    return frozen_at, held[(job_id, ids[0])], ids
             signal_group(worker.pid, signal.SIGCONT)
         assert jobs.store.get_job(conn, job_id)["status"] != "done", "the job ended before a freeze caught the worker mid-batch"
         time.sleep(POLL_SECONDS)
@@ -195,10 +242,9 @@ def test_a_killed_workers_batch_is_stored_by_the_survivor_within_15_s(conn, env,
     try:
         survivor.wait_ready()
         doomed.wait_ready()
-        doomed_node = node_of(settings, doomed)
         selection = jobs.service.Selection(image_ids=tuple(test_split_ids))
         job_id = jobs.service.submit_job(conn, queues.broker.celery_app(settings), settings, selection, model_version, BATCH_SIZE).id
-        frozen_at, tag, batch = freeze_mid_batch(conn, settings, doomed, doomed_node, job_id)
+        frozen_at, tag, batch = freeze_mid_batch(conn, settings, doomed, job_id)
         stored_before = stored_of(conn, job_id, batch)
         signal_group(doomed.pid, signal.SIGKILL)  # the parent and its pool, as when the container dies
         doomed.process.wait()
@@ -210,7 +256,7 @@ def test_a_killed_workers_batch_is_stored_by_the_survivor_within_15_s(conn, env,
         recovered_at = time.monotonic()
         job = jobs.progress.wait_for_job(conn, job_id, timeout=JOB_TIMEOUT_SECONDS)
         attempts = attempts_of(conn, job_id)
-        unacked = failover.client(settings.redis_url).hexists("unacked", tag)
+        unacked = failover.client(settings.redis_url).hexists(queues.broker.unacked_key(settings), tag)
     finally:
         survivor.stop()
         doomed.stop()

@@ -58,6 +58,46 @@ def test_only_a_dead_consumers_entries_go_back_each_with_one_more_death(private_
     assert queues.uploads.requeue_orphans(config) == 0
 
 
+def test_two_consumers_taking_over_the_same_dead_one_move_its_entries_once(private_queue):
+    config, connection = private_queue, queues.uploads.client(private_queue.redis_url)
+    hold(config, "dead", *(f"1:{image}" for image in range(50)))
+    moved = []
+    racers = [threading.Thread(target=lambda: moved.append(queues.uploads.requeue_orphans(config))) for _ in range(4)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join()
+    assert sorted(moved) == [0, 0, 0, 50]
+    assert connection.llen(queues.uploads.queue_name(config)) == 50
+
+
+def test_a_consumer_that_beats_again_before_the_takeover_keeps_its_entries(private_queue, monkeypatch):
+    """Judged dead, then alive again before its entries move: the takeover's transaction sees the beat."""
+    config, connection = private_queue, queues.uploads.client(private_queue.redis_url)
+    hold(config, "late", "1:10")
+    watched = queues.uploads.heartbeats(config)
+    judge = watched.alive
+
+    def judged_then_beats(consumers):
+        living = judge(consumers)
+        queues.uploads.beat(config, "late")  # its beat lands between the look and the move
+        return living
+
+    monkeypatch.setattr(queues.heartbeat.Heartbeats, "alive", lambda self, consumers: judged_then_beats(consumers))
+    assert watched.take_over_dead(queues.uploads.queue_name(config), queues.uploads.one_more_death) == 0
+    assert connection.lrange(queues.uploads.processing_list(config, "late"), 0, -1) == [b"1:10"]
+
+
+def test_a_consumer_that_leaves_gives_back_what_it_holds_unmarked_and_is_forgotten(private_queue):
+    config, connection = private_queue, queues.uploads.client(private_queue.redis_url)
+    hold(config, "leaving", "1:10", "2:20")
+    queues.uploads.beat(config, "leaving")
+    assert queues.uploads.live_consumers_on_this_host(config) == []  # not named after this host
+    queues.uploads.leave(config, "leaving")
+    assert sorted(connection.lrange(queues.uploads.queue_name(config), 0, -1)) == [b"1:10", b"2:20"]  # no death counted
+    assert not connection.exists(queues.uploads.heartbeat_key(config, "leaving"), queues.uploads.consumers_key(config))
+
+
 def test_a_micro_batch_waits_its_delay_for_more_and_no_longer(private_queue):
     """A few milliseconds' delay lasts a few milliseconds (a blocking pop would wait for Redis'
     100 ms timer tick), and an upload arriving within it joins the batch."""
