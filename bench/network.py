@@ -63,14 +63,18 @@ def run(image_count: int, worker_counts: tuple[int, ...]) -> list[dict[str, Any]
         loopback = next(r for r in rows if r["rtt_ms"] == 0 and r["workers"] == row["workers"])["images_per_second"]
         if row["images_per_second"] and loopback:
             row["ratio_to_loopback"] = round(row["images_per_second"] / loopback, 3)
-    (common.RESULTS_DIR / "network.json").write_text(json.dumps({"images": len(image_ids), "rows": rows}, indent=2) + "\n")
+    (common.RESULTS_DIR / "network.json").write_text(
+        json.dumps({"images": len(image_ids), "rows": rows}, indent=2) + "\n"
+    )
     return rows
 
 
 def one_job(net: netns.Network, env: dict[str, str], image_ids: list[int], version: str, workers: int,
             logs: Path) -> dict[str, Any]:  # fmt: skip
-    """A worker host of ``workers`` bulk processes runs one job over every image; images per second from submit to done."""
-    worker = nethosts.start_worker(net, "worker1", {**env, "WORKER_CONCURRENCY": str(workers)}, logs / f"worker-{workers}.log")
+    """A worker host of ``workers`` bulk processes runs one job over every image: images/s from submit to done."""
+    worker = nethosts.start_worker(
+        net, "worker1", {**env, "WORKER_CONCURRENCY": str(workers)}, logs / f"worker-{workers}.log"
+    )
     try:
         settings = load_settings(env)
         with contextlib.closing(connection.connect(settings.database_url)) as conn:
@@ -82,7 +86,11 @@ def one_job(net: netns.Network, env: dict[str, str], image_ids: list[int], versi
             seconds = time.monotonic() - started
     finally:
         worker.stop()
-    return {"images_per_second": round(len(image_ids) / seconds, 1), "seconds": round(seconds, 2), "ratio_to_loopback": None}
+    return {
+        "images_per_second": round(len(image_ids) / seconds, 1),
+        "seconds": round(seconds, 2),
+        "ratio_to_loopback": None,
+    }
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:

@@ -163,7 +163,9 @@ def wait_for_job(cluster: Cluster, job_id: int, timeout: float = JOB_SECONDS) ->
             if found["done"] + found["failed"] >= found["total"]:
                 return time.monotonic() - started
         time.sleep(POLL_SECONDS * 4)
-    raise AssertionError(f"job {job_id} unfinished after {timeout} s: {outcome(cluster, job_id)}; logs in {cluster.logs}")
+    raise AssertionError(
+        f"job {job_id} unfinished after {timeout} s: {outcome(cluster, job_id)}; logs in {cluster.logs}"
+    )
 
 
 def wait_for_progress(cluster: Cluster, job_id: int) -> None:
@@ -181,7 +183,11 @@ def wait_for_progress(cluster: Cluster, job_id: int) -> None:
 def held_by(cluster: Cluster, host: str, job_id: int) -> list[list[int]]:
     """The image ids of each batch of the job that ``host``'s bulk worker holds unacknowledged."""
     client = failover.client(cluster.settings.redis_url)
-    nodes = [node.decode() for node in client.smembers(failover.nodes_key(cluster.settings)) if node.startswith(f"{host}@".encode())]
+    nodes = [
+        node.decode()
+        for node in client.smembers(failover.nodes_key(cluster.settings))
+        if node.startswith(f"{host}@".encode())
+    ]
     return [ids for node in nodes for job, ids in held_batches(cluster.settings, node).values() if job == job_id]
 
 

@@ -52,7 +52,9 @@ class Postgres:
         self.data = self.folder / "data"
         user = pwd.getpwnam("postgres")
         os.chown(self.folder, user.pw_uid, user.pw_gid)
-        self._as_postgres([str(postgres_bin() / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync"])
+        self._as_postgres(
+            [str(postgres_bin() / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync"]
+        )
         with open(self.data / "pg_hba.conf", "w") as hba:
             hba.write(f"host all all {net.subnet} trust\n")
         self.url = f"postgresql://postgres@{net.address(host)}:{POSTGRES_PORT}/{DATABASE}"
@@ -66,7 +68,8 @@ class Postgres:
 
     def start(self) -> ChildProcess:
         self.starts += 1
-        options = [f"listen_addresses={self.net.address(self.host)}", f"port={POSTGRES_PORT}", "unix_socket_directories=",
+        address = self.net.address(self.host)
+        options = [f"listen_addresses={address}", f"port={POSTGRES_PORT}", "unix_socket_directories=",
                    "shared_buffers=32MB", "max_connections=60", *self.settings]  # fmt: skip
         command = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", str(postgres_bin() / "postgres"),
                    "-D", str(self.data), *(part for option in options for part in ("-c", option))]  # fmt: skip
@@ -132,7 +135,7 @@ class Redis:
 
 
 def start_worker(net: Network, host: str, env: dict[str, str], log_path: Path) -> ChildProcess:
-    """``python -m worker`` (bulk and upload lanes) on ``host``, named after it so failover's node names tell hosts apart."""
+    """``python -m worker`` (bulk and upload lanes) on ``host``, named after it: failover's node names tell hosts apart."""
     command = [sys.executable, "-m", "worker", "--hostname", f"{host}@%h", "--without-gossip", "--without-mingle",
                "--without-heartbeat"]  # fmt: skip
     process = net.start(host, "python -m worker", command, env, log_path)

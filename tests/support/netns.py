@@ -135,7 +135,9 @@ class Network:
         self.hosts = [*hosts, CONTROL]
         self.run_prefix = f"{NAME_PREFIX}{os.getpid()}-{os.urandom(2).hex()}-"
         self.subnet = choose_subnet()
-        self._addresses = {host: str(self.subnet.network_address + index) for index, host in enumerate(self.hosts, start=1)}
+        self._addresses = {
+            host: str(self.subnet.network_address + index) for index, host in enumerate(self.hosts, start=1)
+        }
         self._made: list[str] = []
 
     def namespace(self, host: str) -> str:
@@ -184,7 +186,20 @@ class Network:
     def _plug(self, host: str) -> None:
         self._add_namespace(host)
         port = self._port(host)
-        ip("link", "add", INTERFACE, "netns", self.namespace(host), "type", "veth", "peer", "name", port, "netns", self.namespace(SWITCH))
+        ip(
+            "link",
+            "add",
+            INTERFACE,
+            "netns",
+            self.namespace(host),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            port,
+            "netns",
+            self.namespace(SWITCH),
+        )
         self._in(SWITCH, "link", "set", port, "master", BRIDGE)
         self._in(SWITCH, "link", "set", port, "up")
         self._in(host, "addr", "add", f"{self.address(host)}/{self.subnet.prefixlen}", "dev", INTERFACE)
@@ -219,7 +234,9 @@ class Network:
             f"table bridge {table}\ndelete table bridge {table}\ntable bridge {table} {{\nchain forward {{\n"
             f"type filter hook forward priority 0;\n{body}}}\n}}\n"
         )
-        subprocess.run(self.command(SWITCH, ["nft", "-f", "-"]), input=script, check=True, capture_output=True, text=True)
+        subprocess.run(
+            self.command(SWITCH, ["nft", "-f", "-"]), input=script, check=True, capture_output=True, text=True
+        )
 
     def shape(self, host: str, delay_ms: float = 0, jitter_ms: float = 0, loss_percent: float = 0) -> None:
         """Degrade ``host``'s link; all zeros restores it.
@@ -237,13 +254,17 @@ class Network:
                 tc("-n", self.namespace(where), "qdisc", "replace", "dev", device, "root", "netem", *netem)
         else:
             for where, device in ((host, INTERFACE), (SWITCH, self._port(host))):
-                subprocess.run(["tc", "-n", self.namespace(where), "qdisc", "del", "dev", device, "root"], capture_output=True)
+                subprocess.run(
+                    ["tc", "-n", self.namespace(where), "qdisc", "del", "dev", device, "root"], capture_output=True
+                )
         self._drop(host, loss_percent)
 
     def _drop(self, host: str, loss_percent: float) -> None:
         """Random loss on the switch, in flight: a sender's own drop would show it EPERM, which a cable never does."""
         port, threshold = self._port(host), round(loss_percent * LOSS_SCALE / 100)
-        rules = [f'{side} "{port}" numgen random mod {LOSS_SCALE} < {threshold} drop' for side in ("iifname", "oifname")]
+        rules = [
+            f'{side} "{port}" numgen random mod {LOSS_SCALE} < {threshold} drop' for side in ("iifname", "oifname")
+        ]
         self._filter(f"{LOSS_TABLE}_{port}", rules if threshold else [])
 
     @contextlib.contextmanager
