@@ -135,7 +135,7 @@ class Redis:
 
 
 def start_worker(net: Network, host: str, env: dict[str, str], log_path: Path) -> ChildProcess:
-    """``python -m worker`` (bulk and upload lanes) on ``host``, named after it: failover's node names tell hosts apart."""
+    """``python -m worker`` on ``host``, named after it: failover's node names tell hosts apart."""
     command = [sys.executable, "-m", "worker", "--hostname", f"{host}@%h", "--without-gossip", "--without-mingle",
                "--without-heartbeat"]  # fmt: skip
     process = net.start(host, "python -m worker", command, env, log_path)
