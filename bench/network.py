@@ -18,11 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from producer.ingest import load_mnist, mnist_rows
-from shared import images, jobs, models, queues
-from shared.config import DEFAULT_MNIST_DIR, DEFAULT_MODEL_PATH, load_settings
+from shared import jobs, queues
+from shared.config import load_settings
 from shared.db import connection
-from shared.training import registration
 from tests.support import nethosts, netns
 
 RTTS_MS = (0, 2, 20)
@@ -36,17 +34,8 @@ def run(image_count: int, worker_counts: tuple[int, ...]) -> list[dict[str, Any]
     rows: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         net = stack.enter_context(netns.Network(HOSTS))
-        postgres = nethosts.Postgres(net, "data", logs)
-        stack.callback(postgres.remove)
-        redis = nethosts.Redis(net, "data", logs)
-        stack.callback(redis.remove)
-        stack.enter_context(net.inside())
-        postgres.create_database()
-        registration.prepare_database(postgres.url, DEFAULT_MODEL_PATH, DEFAULT_MNIST_DIR)
-        digit_images, labels = load_mnist(DEFAULT_MNIST_DIR, "test", image_count)
-        with contextlib.closing(connection.connect(postgres.url)) as conn:
-            image_ids = images.store.insert_images(conn, list(mnist_rows(digit_images, labels, "test")))
-            version = models.registry.resolve(conn, models.registry.PRODUCTION)
+        postgres, redis = nethosts.start_data_host(stack, net, logs)
+        image_ids, version = nethosts.store_test_images(postgres.url, image_count)
         env = {**os.environ, "DATABASE_URL": postgres.url, "REDIS_URL": redis.url, "QUEUE_PREFIX": "mnqnet-bench",
                "WORKER_METRICS_PORT": "0"}  # fmt: skip
         for rtt in RTTS_MS:

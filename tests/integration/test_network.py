@@ -26,11 +26,10 @@ import psycopg2
 import pytest
 from PIL import Image
 
-from producer.ingest import load_mnist, mnist_rows
-from shared import images, jobs, models, queues
-from shared.config import DEFAULT_MNIST_DIR, DEFAULT_MODEL_PATH, Settings, load_settings
+from producer.ingest import load_mnist
+from shared import jobs, queues
+from shared.config import DEFAULT_MNIST_DIR, Settings, load_settings
 from shared.db import connection
-from shared.training import registration
 from tests.integration.test_failover import held_batches
 from tests.support import nethosts, netns
 from worker import failover
@@ -91,24 +90,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     logs = tmp_path_factory.mktemp("network")
     with contextlib.ExitStack() as stack:
         net = stack.enter_context(netns.Network(HOSTS))
-        postgres = nethosts.Postgres(net, "data", logs)
-        stack.callback(postgres.remove)
-        redis = nethosts.Redis(net, "data", logs)
-        stack.callback(redis.remove)
-        stack.enter_context(net.inside())  # this thread's connections go over the private network
-        postgres.create_database()
-        registration.prepare_database(postgres.url, DEFAULT_MODEL_PATH, DEFAULT_MNIST_DIR)
+        postgres, redis = nethosts.start_data_host(stack, net, logs)
         env = {**os.environ, **SWEEP, "DATABASE_URL": postgres.url, "REDIS_URL": redis.url, "QUEUE_PREFIX": "mnqnet",
                "WORKER_CONCURRENCY": "1", "WORKER_METRICS_PORT": "0", "UPLOAD_RATE_LIMIT": "off"}  # fmt: skip
         for name, start in (("worker1", nethosts.start_worker), ("worker2", nethosts.start_worker)):
             stack.callback(start(net, name, env, logs / f"{name}.log").stop)
         web, web_url = nethosts.start_web(net, "web", env, logs / "web.log")
         stack.callback(web.stop)
-        digit_images, labels = load_mnist(DEFAULT_MNIST_DIR, "test", max(JOB_IMAGES, PARTITION_IMAGES))
-        with contextlib.closing(connection.connect(postgres.url)) as conn:
-            image_ids = images.store.insert_images(conn, list(mnist_rows(digit_images, labels, "test")))
-            version = models.registry.resolve(conn, models.registry.PRODUCTION)
-        yield Cluster(net, postgres, redis, load_settings(env), web_url, logs, list(image_ids), version)
+        image_ids, version = nethosts.store_test_images(postgres.url, max(JOB_IMAGES, PARTITION_IMAGES))
+        yield Cluster(net, postgres, redis, load_settings(env), web_url, logs, image_ids, version)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ Redis runs with the compose file's persistence (append-only, fsynced each second
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -22,6 +23,10 @@ from pathlib import Path
 import psycopg2
 import redis
 
+from producer.ingest import load_mnist, mnist_rows
+from shared import images, models
+from shared.config import DEFAULT_MNIST_DIR, DEFAULT_MODEL_PATH
+from shared.training import registration
 from stack.processes import ChildProcess, log_contains, signal_group
 from tests.support.netns import Network
 from web import serve
@@ -132,6 +137,27 @@ class Redis:
     def remove(self) -> None:
         self.process.stop(5)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def start_data_host(stack: contextlib.ExitStack, net: Network, logs: Path) -> tuple[Postgres, Redis]:
+    """PostgreSQL and Redis on ``data``, removed when ``stack`` closes, the database migrated with the bundled
+    model registered; this thread joins the network as ``control`` until then (its connections go over it)."""
+    postgres = Postgres(net, "data", logs)
+    stack.callback(postgres.remove)
+    redis_server = Redis(net, "data", logs)
+    stack.callback(redis_server.remove)
+    stack.enter_context(net.inside())
+    postgres.create_database()
+    registration.prepare_database(postgres.url, DEFAULT_MODEL_PATH, DEFAULT_MNIST_DIR)
+    return postgres, redis_server
+
+
+def store_test_images(database_url: str, count: int) -> tuple[list[int], str]:
+    """The first ``count`` MNIST test images stored: (their ids, the production model version)."""
+    digit_images, labels = load_mnist(DEFAULT_MNIST_DIR, "test", count)
+    with contextlib.closing(psycopg2.connect(database_url)) as conn:
+        image_ids = images.store.insert_images(conn, list(mnist_rows(digit_images, labels, "test")))
+        return list(image_ids), models.registry.resolve(conn, models.registry.PRODUCTION)
 
 
 def start_worker(net: Network, host: str, env: dict[str, str], log_path: Path) -> ChildProcess:
