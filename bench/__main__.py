@@ -7,6 +7,7 @@
         [--connections keep-alive|close]
     python -m bench --sections models [--baseline-model OLD.tflite]   (float vs int8, shipped vs a baseline)
     python -m bench --sections robustness [--baseline-model OLD.tflite]   (accuracy on pictures from real sources)
+    python -m bench --sections network [--network-images 10000] --workers 1,2,4   (needs root: 0, 2, 20 ms RTT)
 
 Prints a table and writes bench/results/latest.json (latest-database-core.json with
 ``--database-core``, which gives PostgreSQL a core of its own). Throughput figures are the median of
@@ -61,6 +62,7 @@ def table(rows: list[dict[str, Any]], ceiling: float) -> list[str]:
     show_default=True,
     help="burst: the client reuses idle connections (HTTP/1.1 keep-alive) or opens one per upload.",
 )
+@click.option("--network-images", default=10_000, show_default=True, help="network: images of each job.")
 @click.option(
     "--baseline-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="models: a .tflite file to compare with."
 )
@@ -77,10 +79,11 @@ def main(
     against_web: str,
     connections: str,
     baseline_model: Path | None,
+    network_images: int,
 ) -> None:
     """Bare model vs mnist-queue vs the seed design; upload latency; memory; scale; upload bursts."""
     chosen = set(sections.split(","))
-    if chosen & {"scale", "scale-ab", "burst", "robustness"}:  # the others print it with their own table
+    if chosen & {"scale", "scale-ab", "burst", "robustness", "network"}:  # the others print it with their own table
         click.echo(machine_line())
     if "scale" in chosen:
         from bench import scale
@@ -102,7 +105,11 @@ def main(
         from bench import robustness
 
         click.echo("\n".join(robustness.section(baseline_model)))
-    chosen -= {"scale", "scale-ab", "burst", "models", "robustness"}
+    if "network" in chosen:
+        from bench import network
+
+        click.echo("\n".join(network.table(network.run(network_images, tuple(int(n) for n in workers.split(","))))))
+    chosen -= {"scale", "scale-ab", "burst", "models", "robustness", "network"}
     if not chosen:
         return
     placement = common.database_on_its_own_core() if database_core else contextlib.nullcontext("every process on every core")
