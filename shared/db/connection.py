@@ -99,7 +99,9 @@ def query(
     ``prepare=True`` for a statement run often: planned once per connection (None: psycopg's threshold)."""
     with single_statement(conn) as cursor:
         if _is_legacy(conn):
-            cursor.execute(statement.as_string() if isinstance(statement, sql.Composable) else statement, params)
+            if isinstance(statement, sql.Composable):
+                statement = statement.as_string()  # psycopg2 takes psycopg's composition only as text
+            cursor.execute(statement, params)
         else:
             cursor.execute(statement, params, prepare=prepare)
         if cursor.description is None:

@@ -419,7 +419,7 @@ query(conn, BUILT, {}, prepare=True)
 cursor.execute(statement, {}, prepare=True)
 cursor.copy("COPY (SELECT * FROM jobs WHERE kind = '" + kind + "') TO STDOUT")
 """
-    assert unsafe_sql_calls(unsafe) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 17, 21, 26, 27, 28]
+    assert unsafe_sql_calls(unsafe) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 17, 21, 25, 27, 28, 29]
     safe = """
 Q = "SELECT 1"
 cursor.execute(Q)
