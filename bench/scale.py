@@ -62,7 +62,6 @@ MIN_SAMPLES, MAX_SAMPLES = 5, 40
 WEB_ENV = {"PUBLIC_INSIGHTS": "1", "UPLOAD_RATE_LIMIT": "off", "SIGNIN_RATE_LIMIT": "off", "STALL_SECONDS": "86400"}
 NPY_HEADER = encode_image(np.zeros((IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8))[: -IMAGE_SIDE * IMAGE_SIDE]
 # int4[] {28,28} in binary: ndim, has-nulls, element type oid (int4 = 23), length, lower bound, then (size, value) twice.
-SHAPE_BINARY = np.frombuffer(np.array([1, 0, 23, 2, 1, 4, IMAGE_SIDE, 4, IMAGE_SIDE], dtype=">i4").tobytes(), dtype=np.uint8)
 
 
 # --- building the data ---------------------------------------------------------------------
@@ -104,27 +103,16 @@ def _distort_block(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.rint(value), 0, 255).astype(np.uint8).reshape(n, side, side)
 
 
-def copy_payload(digit_images: np.ndarray, labels: np.ndarray, split: str, first_index: int) -> bytes:
-    """Binary COPY rows of ``images.bulk_load.IMAGE_COPY_COLUMNS``, one structured array, no loop per row."""
-    stored = len(NPY_HEADER) + IMAGE_SIDE * IMAGE_SIDE
-    layout = np.dtype(
-        [
-            ("fields", ">i2"),
-            ("data_length", ">i4"), ("header", "u1", (len(NPY_HEADER),)), ("pixels", "u1", (IMAGE_SIDE * IMAGE_SIDE,)),
-            ("label_length", ">i4"), ("label", ">i2"),
-            ("shape_length", ">i4"), ("shape", "u1", (len(SHAPE_BINARY),)),
-            ("split_length", ">i4"), ("split", f"S{len(split)}"),
-            ("index_length", ">i4"), ("index", ">i4"),
-        ]
-    )  # fmt: skip
-    rows = np.empty(len(digit_images), dtype=layout)
-    rows["fields"] = len(images.bulk_load.IMAGE_COPY_COLUMNS)
-    rows["data_length"], rows["header"], rows["pixels"] = stored, np.frombuffer(NPY_HEADER, dtype=np.uint8), digit_images.reshape(len(digit_images), -1)
-    rows["label_length"], rows["label"] = 2, labels
-    rows["shape_length"], rows["shape"] = len(SHAPE_BINARY), SHAPE_BINARY
-    rows["split_length"], rows["split"] = len(split), split.encode()
-    rows["index_length"], rows["index"] = 4, first_index + np.arange(len(digit_images))
-    return b"PGCOPY\n\xff\r\n\x00" + bytes(8) + rows.tobytes() + np.array([-1], dtype=">i2").tobytes()
+def copy_rows(
+    digit_images: np.ndarray, labels: np.ndarray, split: str, first_index: int
+) -> list[tuple[bytes, int, list[int], str, int]]:
+    """Rows of ``images.bulk_load.IMAGE_COPY_COLUMNS``: each image stored as encode_image would, its header and pixels."""
+    shape = [IMAGE_SIDE, IMAGE_SIDE]
+    flat = digit_images.reshape(len(digit_images), -1)
+    return [
+        (NPY_HEADER + pixels.tobytes(), label, shape, split, first_index + offset)
+        for offset, (pixels, label) in enumerate(zip(flat, labels.tolist(), strict=True))
+    ]
 
 
 class ImageFactory:
@@ -147,8 +135,8 @@ class ImageFactory:
                 offset = 0 if name == "train" else 60_000
                 mine = originals[(originals >= offset) & (originals < offset + len(digit_images))] - offset
                 if len(mine):
-                    payload = copy_payload(distort(digit_images[mine], self.rng), labels[mine], split, SYNTHETIC_INDEX_BASE + self.made)
-                    images.bulk_load.copy_image_rows(conn, payload)
+                    rows = copy_rows(distort(digit_images[mine], self.rng), labels[mine], split, SYNTHETIC_INDEX_BASE + self.made)
+                    images.bulk_load.copy_image_rows(conn, rows)
                     self.made += len(mine)
             left -= chunk
         return count / (time.perf_counter() - started)

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 import numpy as np
-import psycopg2
+import psycopg
 from celery import Celery, signals
 
 from shared import jobs
@@ -37,12 +37,12 @@ def make_app(settings: Settings) -> Celery:
         import keras  # in each pool process after the fork: TensorFlow is not fork-safe
 
         loaded["model"] = keras.models.load_model(settings.model_path, compile=False)
-        loaded["connection"] = psycopg2.connect(settings.database_url)
+        loaded["connection"] = psycopg.connect(settings.database_url)
 
     @app.task(name=SEED_TASK)
     def predict_one(job_id: int, image_id: int) -> None:
         conn = loaded["connection"]
-        with conn, conn.cursor() as cursor:
+        with conn.transaction(), conn.cursor() as cursor:
             cursor.execute("SELECT image_data FROM input_data WHERE id = %s", (image_id,))
             image = np.load(io.BytesIO(bytes(cursor.fetchone()[0])), allow_pickle=False)
             probabilities = loaded["model"].predict(image.reshape(1, 28, 28, 1).astype("float32") / 255.0, verbose=0)[0]
@@ -55,7 +55,7 @@ def make_app(settings: Settings) -> Celery:
                     model_version(settings.model_path),
                     int(probabilities.argmax()),
                     float(probabilities.max()),
-                    psycopg2.Binary(probabilities.astype("<f4").tobytes()),
+                    probabilities.astype("<f4").tobytes(),
                 ),
             )
             cursor.execute("UPDATE jobs SET done_count = done_count + 1 WHERE id = %s", (job_id,))

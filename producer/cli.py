@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-import psycopg2
-import psycopg2.errors
+import psycopg
+import psycopg.errors
 
 from producer import compare as comparing
 from producer import ingest as ingest_rows
@@ -84,7 +84,7 @@ def init_db(config: Settings) -> None:
     connection.wait_for_database(config.schema_database_url, timeout_seconds=30).close()
     try:
         before, after = schema.migrate(config.schema_database_url)
-    except psycopg2.errors.InsufficientPrivilege as error:
+    except psycopg.errors.InsufficientPrivilege as error:
         # The services' role (mnist_app) may not create tables, by design: say which role may.
         reason = str(error).strip().splitlines()[0]
         raise click.ClickException(

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-import psycopg2
+import psycopg
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -17,7 +17,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except psycopg2.OperationalError as error:
+        except psycopg.OperationalError as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else "connection failed"
             raise click.ClickException(f"cannot reach the database ({first_line}); is PostgreSQL running and DATABASE_URL right?") from None
         except ValueError as error:

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
-import psycopg2
+import psycopg
 
 from shared import images, jobs, observability
 from shared.db import connection
@@ -74,7 +74,7 @@ class DatabaseLane:
         try:
             if self._connection is not None:
                 self._connection.close()
-        except psycopg2.Error:
+        except psycopg.Error:
             pass
         self._connection = None
 

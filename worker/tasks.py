@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import psycopg2
+import psycopg
 
 from shared import jobs, queues
 from shared.db.connection import TRANSIENT_ERRORS
@@ -64,7 +64,7 @@ def predict_batch(task: Any, job_id: int, image_ids: list[int]) -> dict[str, int
     except TRANSIENT_ERRORS as error:  # retried by Celery (RETRY_OPTIONS), not split: the batch is not at fault
         log.warning("job %s: database unavailable (%s); Celery retries the batch", job_id, error)
         raise
-    except (psycopg2.errors.ForeignKeyViolation, jobs.results.UnknownJobError):
+    except (psycopg.errors.ForeignKeyViolation, jobs.results.UnknownJobError):
         log.error("job %s does not exist; dropping batch of %d images", job_id, len(image_ids))
         return {"done": 0, "failed": 0}
     except Exception as error:  # the model or our code failed on this input: isolate it, never loop

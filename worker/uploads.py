@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 
-import psycopg2.errors
+import psycopg.errors
 import redis.exceptions
 
 from shared import jobs, models, observability, queues
@@ -165,7 +165,7 @@ class UploadConsumer:
             process_uploads(self.lane, predictor.predict_batch, version, uploads, fetch_seconds)
         except OUTAGE_ERRORS:
             raise
-        except (psycopg2.errors.ForeignKeyViolation, UnknownJobError):
+        except (psycopg.errors.ForeignKeyViolation, UnknownJobError):
             if len(uploads) > 1:
                 return self.split(version, uploads, "a job that does not exist")
             log.error("job %s does not exist; dropping upload of image %s", uploads[0].job_id, uploads[0].image_id)
@@ -186,7 +186,7 @@ class UploadConsumer:
         """``version``: the one the upload asked for, the failure's model_version in the metrics (none: not looked up yet)."""
         try:
             give_up(self.lane, version or "", job_id, image_id, reason, observability.metrics.UPLOAD)
-        except (psycopg2.errors.ForeignKeyViolation, UnknownJobError):
+        except (psycopg.errors.ForeignKeyViolation, UnknownJobError):
             log.error("job %s does not exist; dropping upload of image %s", job_id, image_id)
 
 

@@ -1,8 +1,14 @@
 """Connections, transactions and the one query helper that every other module of the package uses.
 
-Single statements go through ``query``: on an autocommit connection (the web's and the
-worker's) that is one round trip, where a transaction costs three (BEGIN, the statement,
-COMMIT). Work that must be all or nothing goes through ``transaction``.
+One driver, psycopg 3. Single statements go through ``query``: on an autocommit connection (the
+web's and the worker's) that is one round trip, where a transaction costs three (BEGIN, the
+statement, COMMIT). Work that must be all or nothing goes through ``transaction``. A hot statement
+passes ``prepare=True``: psycopg prepares it on the server the first time a connection runs it and
+executes it by name ever after, so each connection plans it once.
+
+Until web/ is converted, its pool hands these helpers psycopg2 connections: they are told apart by
+type and given what psycopg2 understands (a composed statement as text, ``with conn`` for a
+transaction, no ``prepare``). Delete ``_is_legacy`` and its branches with web/'s last psycopg2 import.
 """
 
 from __future__ import annotations
@@ -11,19 +17,18 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-import psycopg2
-import psycopg2.extensions
-import psycopg2.extras
+import psycopg
 import tenacity
+from psycopg import sql
 
-Connection = psycopg2.extensions.connection
-Cursor = psycopg2.extensions.cursor
+Connection = psycopg.Connection[Any]
+Cursor = psycopg.Cursor[Any]
 # Errors after which the connection may be dead: callers reconnect and retry.
-TRANSIENT_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
+TRANSIENT_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 def connect(database_url: str, **options: Any) -> Connection:
-    return psycopg2.connect(database_url, **options)
+    return psycopg.connect(database_url, **options)
 
 
 def plan_once(conn: Connection) -> None:
@@ -32,14 +37,14 @@ def plan_once(conn: Connection) -> None:
     For a connection whose statements are all keyed by ids or a version (the worker's lanes).
     PostgreSQL otherwise makes a custom plan for each of a statement's first five executions,
     and for ever after when it estimates the generic plan dearer: it re-planned the multi-CTE
-    store at every micro-batch, and planning once halved the upload consumer's backend CPU in a
-    burst. A SET rather than a startup option, so that options given in DATABASE_URL still hold.
+    store at every micro-batch. A SET rather than a startup option, so that options given in
+    DATABASE_URL still hold.
 
     A plan made once is kept while the tables grow, so it must not be one that only suits small
     tables: a lane that started beside an almost empty ``jobs`` planned the store's lookup of its
-    jobs as a scan of the table, and kept scanning it when every upload had added a job (17 ms a
-    store at 200,000 jobs instead of 1.3). Sequential scans are therefore priced out
-    (``enable_seqscan = off``): every lane statement finds its rows by a key that has an index.
+    jobs as a scan of the table, and kept scanning it when every upload had added a job.
+    Sequential scans are therefore priced out (``enable_seqscan = off``): every lane statement
+    finds its rows by a key that has an index.
     """
     query(conn, "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off")
 
@@ -47,7 +52,7 @@ def plan_once(conn: Connection) -> None:
 def wait_for_database(database_url: str, timeout_seconds: float = 60) -> Connection:
     """Connect, retrying with backoff while the database starts (containers start in any order)."""
     retrying = tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(psycopg2.OperationalError),
+        retry=tenacity.retry_if_exception_type(psycopg.OperationalError),
         wait=tenacity.wait_exponential(multiplier=0.2, max=5),
         stop=tenacity.stop_after_delay(timeout_seconds),
         reraise=True,
@@ -55,20 +60,29 @@ def wait_for_database(database_url: str, timeout_seconds: float = 60) -> Connect
     return retrying(connect, database_url)
 
 
+def _is_legacy(conn: Any) -> bool:
+    """A psycopg2 connection from web/'s pool (see the module's docstring)."""
+    return not isinstance(conn, psycopg.Connection)
+
+
 @contextlib.contextmanager
 def transaction(conn: Connection) -> Iterator[Cursor]:
-    """A cursor whose statements commit together on success and roll back on any error."""
-    with conn:
-        with conn.cursor() as cursor:
+    """A cursor whose statements commit together on success and roll back on any error.
+
+    ``conn.transaction()``, not ``with conn``: in psycopg 3 the latter closes the connection."""
+    if _is_legacy(conn):
+        with conn, conn.cursor() as cursor:
             yield cursor
+        return
+    with conn.transaction(), conn.cursor() as cursor:
+        yield cursor
 
 
 @contextlib.contextmanager
-def single_statement(conn: Connection, as_dicts: bool = False) -> Iterator[Cursor]:
+def single_statement(conn: Connection) -> Iterator[Cursor]:
     """A cursor for one self-contained statement (or COPY), committed after it, rolled back on error."""
-    factory = psycopg2.extras.RealDictCursor if as_dicts else None
     try:
-        with conn.cursor(cursor_factory=factory) as cursor:
+        with conn.cursor() as cursor:
             yield cursor
     except BaseException:
         if not conn.closed and not conn.autocommit:
@@ -77,17 +91,33 @@ def single_statement(conn: Connection, as_dicts: bool = False) -> Iterator[Curso
     conn.commit()
 
 
-def query(conn: Connection, statement: Any, params: Any = None, as_dicts: bool = False) -> list[Any]:
-    """Run one statement and return its rows (tuples, or dicts with ``as_dicts``); [] when it returns none."""
-    with single_statement(conn, as_dicts) as cursor:
-        cursor.execute(statement, params)
-        rows = cursor.fetchall() if cursor.description is not None else []
-    return [dict(row) for row in rows] if as_dicts else rows
+def query(
+    conn: Connection, statement: str | sql.Composable, params: Any = None, as_dicts: bool = False, prepare: bool | None = None
+) -> list[Any]:
+    """Run one statement and return its rows (tuples, or dicts with ``as_dicts``); [] when it returns none.
+
+    ``prepare=True`` for a statement run often: planned once per connection (None: psycopg's threshold)."""
+    with single_statement(conn) as cursor:
+        if _is_legacy(conn):
+            if isinstance(statement, sql.Composable):
+                statement = statement.as_string()  # psycopg2 takes psycopg's composition only as text
+            cursor.execute(statement, params)
+        else:
+            cursor.execute(statement, params, prepare=prepare)
+        if cursor.description is None:
+            return []
+        rows = cursor.fetchall()
+        if as_dicts:
+            names = [column.name for column in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in rows]
+    return rows
 
 
-def query_one(conn: Connection, statement: Any, params: Any = None, as_dicts: bool = False) -> Any | None:
+def query_one(
+    conn: Connection, statement: str | sql.Composable, params: Any = None, as_dicts: bool = False, prepare: bool | None = None
+) -> Any | None:
     """The first row of ``query``, or None."""
-    rows = query(conn, statement, params, as_dicts)
+    rows = query(conn, statement, params, as_dicts, prepare)
     return rows[0] if rows else None
 
 
@@ -106,8 +136,5 @@ def tables_exist(database_url: str, timeout_seconds: int) -> bool:
 
     Kept apart from ``schema`` so the web needs no migration tool.
     """
-    conn = connect(database_url, connect_timeout=timeout_seconds)
-    try:
+    with connect(database_url, connect_timeout=timeout_seconds) as conn:
         return query_one(conn, "SELECT to_regclass('predictions') IS NOT NULL AND to_regclass('jobs') IS NOT NULL")[0]
-    finally:
-        conn.close()

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import psycopg2
+import psycopg
 import sqlalchemy
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from psycopg2 import sql
+from psycopg import sql
 from sqlalchemy.pool import NullPool
 
 from shared.db.connection import connect, query
@@ -34,8 +34,8 @@ def alembic_config() -> Config:
 
 
 def _engine(database_url: str) -> sqlalchemy.Engine:
-    """An engine that connects exactly as the rest of the system does (same URL forms, same driver)."""
-    return sqlalchemy.create_engine("postgresql+psycopg2://", creator=lambda: psycopg2.connect(database_url), poolclass=NullPool)
+    """An engine that connects exactly as the rest of the system does (same URL forms, same driver: psycopg 3)."""
+    return sqlalchemy.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(database_url), poolclass=NullPool)
 
 
 def migrate(database_url: str, target: str = "head") -> tuple[str | None, str | None]:
@@ -53,7 +53,7 @@ def migrate(database_url: str, target: str = "head") -> tuple[str | None, str | 
             command.upgrade(config, target)
             after = MigrationContext.configure(connection).get_current_revision()
     except sqlalchemy.exc.DBAPIError as error:
-        raise error.orig from None  # psycopg2's own error, as the rest of the data layer raises (init-db tells them apart)
+        raise error.orig from None  # psycopg's own error, as the rest of the data layer raises (init-db tells them apart)
     finally:
         engine.dispose()
     return before, after

@@ -6,9 +6,9 @@ same benchmark measures the release before a migration and after it.
 
 from __future__ import annotations
 
-import io
+from collections.abc import Iterable
 
-from psycopg2 import sql
+from psycopg import sql
 
 from shared.db.connection import Connection, query, query_one, single_statement
 
@@ -16,11 +16,19 @@ IMAGE_COPY_COLUMNS = ("image_data", "true_label", "image_shape", "dataset_split"
 SIZED_TABLES = ("input_data", "predictions", "jobs", "job_failures", "job_statistics", "job_mistakes", "job_images")
 
 
-def copy_image_rows(conn: Connection, payload: bytes) -> int:
-    """Rows of ``IMAGE_COPY_COLUMNS`` in PostgreSQL's binary COPY format into ``input_data``; returns how many."""
-    columns = sql.SQL(", ").join(map(sql.Identifier, IMAGE_COPY_COLUMNS))
+IMAGE_TYPES = ("bytea", "smallint", "integer[]", "text", "integer")
+COPY_IMAGES = sql.SQL("COPY input_data ({}) FROM STDIN (FORMAT BINARY)").format(
+    sql.SQL(", ").join(map(sql.Identifier, IMAGE_COPY_COLUMNS))
+).as_string()
+
+
+def copy_image_rows(conn: Connection, rows: Iterable[tuple[bytes, int | None, list[int], str, int | None]]) -> int:
+    """Rows of ``IMAGE_COPY_COLUMNS`` into ``input_data`` by one binary COPY; returns how many."""
     with single_statement(conn) as cursor:
-        cursor.copy_expert(sql.SQL("COPY input_data ({}) FROM STDIN WITH (FORMAT binary)").format(columns), io.BytesIO(payload))
+        with cursor.copy(COPY_IMAGES) as copy:
+            copy.set_types(IMAGE_TYPES)
+            for row in rows:
+                copy.write_row(row)
         return cursor.rowcount
 
 

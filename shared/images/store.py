@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import psycopg2
-import psycopg2.extras
-from psycopg2 import sql
+from psycopg import sql
 
-from shared.db import copy_format
 from shared.db.connection import Connection, query, query_one, single_statement, transaction
 
 
@@ -23,45 +19,54 @@ class ImageRow(NamedTuple):
     source: str | None
 
 
+INSERT_IMAGE = """
+INSERT INTO input_data (image_data, true_label, image_shape, dataset_split, image_index, source)
+VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id
+"""
+
+
 def insert_images(conn: Connection, rows: Sequence[ImageRow]) -> list[int]:
-    """Insert images; rows already stored (same split and index, or same source) are skipped."""
+    """Insert images; rows already stored (same split and index, or same source) are skipped.
+
+    ``executemany`` pipelines the rows (no round trip per row); each row's RETURNING is a result set of its own."""
+    inserted: list[int] = []
     with transaction(conn) as cursor:
-        inserted = psycopg2.extras.execute_values(
-            cursor,
-            "INSERT INTO input_data (image_data, true_label, image_shape, dataset_split, image_index, source)"
-            " VALUES %s ON CONFLICT DO NOTHING RETURNING id",
-            [(psycopg2.Binary(r.image_data), r.true_label, r.image_shape, r.dataset_split, r.image_index, r.source) for r in rows],
-            page_size=1000,
-            fetch=True,
-        )
-    return [row[0] for row in inserted]
+        cursor.executemany(INSERT_IMAGE, [tuple(row) for row in rows], returning=True)
+        while True:
+            inserted.extend(row[0] for row in cursor.fetchall())
+            if not cursor.nextset():
+                break
+    return inserted
+
+
+# Read with binary COPY: the bytea arrives as its bytes, where a text SELECT sends it as hex.
+# COPY takes no server-side parameters: psycopg binds the id array on the client, quoted.
+COPY_IMAGES = "COPY (SELECT id, image_data FROM input_data WHERE id = ANY(%s::bigint[])) TO STDOUT (FORMAT BINARY)"
+COPY_IMAGES_AND_LABELS = (
+    "COPY (SELECT id, image_data, true_label FROM input_data WHERE id = ANY(%s::bigint[])) TO STDOUT (FORMAT BINARY)"
+)
 
 
 def fetch_images(conn: Connection, image_ids: Sequence[int]) -> dict[int, bytes]:
-    """Image bytes by ID in one query; missing IDs are simply absent from the result.
-
-    Read with COPY in binary format: half the time of a SELECT, whose bytea arrives as hex
-    text that both PostgreSQL and psycopg2 must convert.
-    """
-    ids = sql.Literal([int(image_id) for image_id in image_ids])  # COPY takes no parameters: quoted by psycopg2
-    payload = io.BytesIO()
-    with single_statement(conn) as cursor:
-        cursor.copy_expert(
-            sql.SQL("COPY (SELECT id, image_data FROM input_data WHERE id = ANY({ids})) TO STDOUT WITH (FORMAT binary)").format(ids=ids),
-            payload,
-        )
-    return copy_format.parse_id_bytes_rows(payload.getvalue())
+    """Image bytes by ID in one query; missing IDs are simply absent from the result."""
+    with single_statement(conn) as cursor, cursor.copy(COPY_IMAGES, ([int(image_id) for image_id in image_ids],)) as copy:
+        copy.set_types(["bigint", "bytea"])
+        return dict(copy.rows())
 
 
 def fetch_images_and_labels(conn: Connection, image_ids: Sequence[int]) -> tuple[dict[int, bytes], dict[int, int]]:
     """``fetch_images`` with the true labels of the labelled ones, in the same COPY: the worker
     counts a chunk's statistics itself, so storing them costs PostgreSQL a handful of rows."""
-    ids = sql.Literal([int(image_id) for image_id in image_ids])
-    payload = io.BytesIO()
-    select = "COPY (SELECT id, image_data, true_label FROM input_data WHERE id = ANY({ids})) TO STDOUT WITH (FORMAT binary)"
-    with single_statement(conn) as cursor:
-        cursor.copy_expert(sql.SQL(select).format(ids=ids), payload)
-    return copy_format.parse_image_rows(payload.getvalue())
+    images: dict[int, bytes] = {}
+    labels: dict[int, int] = {}
+    ids = [int(image_id) for image_id in image_ids]
+    with single_statement(conn) as cursor, cursor.copy(COPY_IMAGES_AND_LABELS, (ids,)) as copy:
+        copy.set_types(["bigint", "bytea", "smallint"])
+        for image_id, data, label in copy.rows():
+            images[image_id] = data
+            if label is not None:
+                labels[image_id] = label
+    return images, labels
 
 
 def get_image_data(conn: Connection, image_id: int) -> bytes | None:

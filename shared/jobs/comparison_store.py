@@ -30,7 +30,7 @@ import collections
 import dataclasses
 from typing import Any
 
-from psycopg2 import sql
+from psycopg import sql
 
 from shared.db.connection import Connection, query, transaction
 from shared.jobs import statistics, store

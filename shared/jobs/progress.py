@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import select
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from psycopg2 import sql
+from psycopg import sql
 
 from shared.db.connection import Connection, query
 from shared.digits import NUM_CLASSES
@@ -70,7 +69,8 @@ def listen(conn: Connection, answers: bool = False) -> None:
 
 def stop_listening(conn: Connection) -> None:
     query(conn, "UNLISTEN *")
-    conn.notifies.clear()
+    for _ in conn.notifies(timeout=0):  # forget what was heard and not read
+        pass
 
 
 @contextlib.contextmanager
@@ -91,21 +91,14 @@ def wait_for_progress(conn: Connection, timeout_seconds: float) -> set[int]:
 def wait_for_notices(conn: Connection, timeout_seconds: float) -> tuple[set[int], dict[int, UploadAnswer]]:
     """``wait_for_progress``, with the uploads' answers heard too (a connection that listens for them).
 
-    poll, not select: a busy web process holds more than 1,024 sockets, and select refuses
-    any descriptor numbered above that ("filedescriptor out of range")."""
-    if not conn.notifies and not _readable(conn, timeout_seconds):
-        return set(), {}
-    conn.poll()
-    heard = {int(notify.payload) for notify in conn.notifies if notify.channel == CHANNEL}
-    answers = dict(parse_answer(notify.payload) for notify in conn.notifies if notify.channel == ANSWER_CHANNEL)
-    conn.notifies.clear()
+    Returns at the first notice (or one heard earlier, while another statement ran), with every
+    other notice already arrived: the waiter reads them all in one go."""
+    notices = list(conn.notifies(timeout=max(0.0, timeout_seconds), stop_after=1))
+    if notices:
+        notices += conn.notifies(timeout=0)
+    heard = {int(notify.payload) for notify in notices if notify.channel == CHANNEL}
+    answers = dict(parse_answer(notify.payload) for notify in notices if notify.channel == ANSWER_CHANNEL)
     return heard, answers
-
-
-def _readable(conn: Connection, timeout_seconds: float) -> bool:
-    poller = select.poll()
-    poller.register(conn.fileno(), select.POLLIN)
-    return bool(poller.poll(max(0.0, timeout_seconds) * 1000))
 
 
 def wait_for_job(conn: Connection, job_id: int, timeout: float = 60, until_finished: int | None = None) -> dict[str, Any] | None:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from psycopg2 import sql
+from psycopg import sql
 
-from shared.db import prepared
 from shared.db.connection import Connection, query, query_one
 from shared.jobs import statistics
 from shared.jobs.store import job_columns
@@ -61,12 +60,12 @@ def job_failures(conn: Connection, job_id: int, limit: int = 20) -> list[tuple[i
 
 def upload_prediction(conn: Connection, job_id: int) -> dict[str, Any] | None:
     """An upload job with its one image and, once the worker is through, its prediction or failure."""
-    return prepared.query_one(conn, UPLOAD_BY_ID, {"id": job_id}, as_dicts=True)
+    return query_one(conn, UPLOAD_BY_ID, {"id": job_id}, as_dicts=True, prepare=True)
 
 
 def upload_prediction_by_token(conn: Connection, public_token: str) -> dict[str, Any] | None:
     """``upload_prediction`` found by the upload's public token: an equality lookup on a UNIQUE column."""
-    return prepared.query_one(conn, UPLOAD_BY_TOKEN, {"token": public_token}, as_dicts=True)
+    return query_one(conn, UPLOAD_BY_TOKEN, {"token": public_token}, as_dicts=True, prepare=True)
 
 
 # A waiting upload reads its answer through this: prepared, since planning the three-table
@@ -80,12 +79,8 @@ LEFT JOIN predictions p ON p.job_id = j.id AND p.input_data_id = j.image_ids[1]
 LEFT JOIN job_failures f ON f.job_id = j.id AND f.input_data_id = j.image_ids[1]
 WHERE {condition} AND j.kind = 'upload'
 """
-UPLOAD_BY_ID = prepared.Statement(
-    "mnistq_upload_by_id", sql.SQL(UPLOAD_PREDICTION).format(condition=sql.SQL("j.id = %(id)s")), {"id": "bigint"}
-)
-UPLOAD_BY_TOKEN = prepared.Statement(
-    "mnistq_upload_by_token", sql.SQL(UPLOAD_PREDICTION).format(condition=sql.SQL("j.public_token = %(token)s")), {"token": "text"}
-)
+UPLOAD_BY_ID = sql.SQL(UPLOAD_PREDICTION).format(condition=sql.SQL("j.id = %(id)s")).as_string()
+UPLOAD_BY_TOKEN = sql.SQL(UPLOAD_PREDICTION).format(condition=sql.SQL("j.public_token = %(token)s")).as_string()
 
 
 def list_jobs(conn: Connection, kind: str | None, limit: int, offset: int = 0, before_id: int | None = None) -> list[dict[str, Any]]:

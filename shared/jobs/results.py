@@ -3,9 +3,9 @@
 PostgreSQL is the source of truth. Predictions and failures are written in the same
 transaction as the job's counters and its statistics (``statistics.py``), with unique keys
 that make a redelivered batch a no-op, so the counters always equal the rows and nothing is
-counted twice. A chunk of the bulk lane is three round trips: BEGIN with the COPY of the
-predictions, one prepared statement for everything else (failures, statistics, mistakes,
-counters, NOTIFY), COMMIT. A micro-batch of uploads is one: its few rows ride in that statement
+counted twice. A chunk of the bulk lane is one transaction: the binary COPY of the predictions,
+then one prepared statement for everything else (failures, statistics, mistakes, counters, NOTIFY).
+A micro-batch of uploads is one: its few rows ride in that statement
 as arrays (``IN_STATEMENT_ROWS``), which then is a transaction of its own.
 """
 
@@ -13,21 +13,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
+import itertools
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
-import psycopg2
-import psycopg2.errors
-from psycopg2 import sql
+import psycopg
+import psycopg.errors
+from psycopg import sql
 
-from shared.db import copy_format, prepared
 from shared.db.connection import Connection, Cursor, transaction
 from shared.digits import NUM_CLASSES
 from shared.jobs import progress, statistics
 
-COPY_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, copy_format.PREDICTION_COLUMNS))
+# A prediction row as the COPY writes it: its columns, and their types for psycopg's binary COPY.
+PREDICTION_COLUMNS = ("job_id", "input_data_id", "model_version", "predicted_label", "confidence", "prediction_probabilities")
+PREDICTION_TYPES = ("bigint", "bigint", "text", "smallint", "real", "bytea")
+COPY_PREDICTIONS = sql.SQL("COPY predictions ({}) FROM STDIN (FORMAT BINARY)").format(
+    sql.SQL(", ").join(map(sql.Identifier, PREDICTION_COLUMNS))
+).as_string()
+COPY_STAGED = sql.SQL("COPY staged_predictions ({}) FROM STDIN (FORMAT BINARY)").format(
+    sql.SQL(", ").join(map(sql.Identifier, PREDICTION_COLUMNS))
+).as_string()
+STAGING = "CREATE TEMP TABLE IF NOT EXISTS staged_predictions (LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 # Up to this many predictions, counted by the worker, are sent inside the store's statement rather than
 # by COPY: the two round trips saved (BEGIN with the COPY, COMMIT) cost more than the arrays for a
 # micro-batch of uploads; a bulk chunk of 256 is cheaper to COPY.
@@ -105,7 +113,7 @@ def store_many(
     """
     try:
         return _store(conn, model_version, job_ids, prediction_jobs, predictions, failures, skip_stored=False)
-    except psycopg2.errors.UniqueViolation:
+    except psycopg.errors.UniqueViolation:
         return _store(conn, model_version, job_ids, prediction_jobs, predictions, failures, skip_stored=True)
 
 
@@ -203,9 +211,8 @@ def _store(
     failures: Sequence[tuple[int, FailureRow]],
     skip_stored: bool,
 ) -> tuple[int, int]:
-    """Three round trips on an autocommit connection: BEGIN rides with the first command, then the
-    COPY's data, the one statement, COMMIT. Without predictions, or with few enough to send in the
-    statement, the statement is its own transaction: one round trip."""
+    """With predictions to COPY: a transaction of the COPY and the one statement. Without predictions,
+    or with few enough to send in the statement, the statement is its own transaction: one round trip."""
     jobs = sorted(set(job_ids))
     params = {
         "jobs": jobs,
@@ -234,23 +241,15 @@ def _store(
             "p_confidences": predictions.confidences.tolist(),
         }
     copy = has_predictions and not in_statement
-    manual = conn.autocommit and copy  # else: one statement (autocommit) or the caller's transaction
-    with contextlib.ExitStack() as stack:
-        cursor = stack.enter_context(conn.cursor()) if conn.autocommit else stack.enter_context(transaction(conn))
+    # With a COPY the statement needs a transaction around both; without, it is one (autocommit) or the caller's.
+    with transaction(conn) if copy or not conn.autocommit else conn.cursor() as cursor:
         try:
             if copy:
-                _copy_predictions(cursor, prediction_jobs, model_version, predictions, skip_stored, begin=manual)
-            prepared.execute_prepared(cursor, statement, params)
+                _copy_predictions(cursor, prediction_jobs, model_version, predictions, skip_stored)
+            cursor.execute(statement, params, prepare=True)
             stored, failed = cursor.fetchone()[:2]
-            if manual:
-                cursor.execute("COMMIT")
-        except BaseException as error:
-            if manual and not conn.closed:
-                with contextlib.suppress(psycopg2.Error):
-                    cursor.execute("ROLLBACK")
-            if isinstance(error, psycopg2.errors.ForeignKeyViolation):  # failures name the job; ADVANCE checks the rest
-                raise UnknownJobError(f"job {jobs[0]} does not exist" if len(jobs) == 1 else f"a job of {jobs} does not exist") from error
-            raise
+        except psycopg.errors.ForeignKeyViolation as error:  # failures name the job; ADVANCE checks the rest
+            raise UnknownJobError(f"job {jobs[0]} does not exist" if len(jobs) == 1 else f"a job of {jobs} does not exist") from error
     return stored, failed
 
 
@@ -265,62 +264,49 @@ def _rows(prediction_jobs: np.ndarray, model_version: str, predictions: Predicti
         "p_ids": predictions.image_ids.tolist(),
         "p_labels": predictions.labels.tolist(),
         "p_confidences": predictions.confidences.tolist(),
-        "p_vectors": [psycopg2.Binary(vector.tobytes()) for vector in vectors],
+        "p_vectors": [vector.tobytes() for vector in vectors],
     }
 
 
-# Parameters a store statement may use, with their types; each prepared statement declares those it uses.
-PARAMETERS = {
-    "jobs": "bigint[]", "f_jobs": "bigint[]", "f_ids": "bigint[]", "f_reasons": "text[]", "channel": "text", "answers": "text",
-    "p_jobs": "bigint[]", "p_ids": "bigint[]", "p_labels": "smallint[]", "p_confidences": "real[]",
-    "p_vectors": "bytea[]", "version": "text",
-    "d_jobs": "bigint[]", "d_counts": "bigint[]",
-    **statistics.PARAMETERS,
-}  # fmt: skip
-
-
-# Planning one of these took longer than running it for a small batch: each connection plans it once.
-STORE = prepared.Statement(
-    "mnistq_store",
-    sql.SQL("WITH {} {}").format(
+# Planning one of these took longer than running it for a small batch: each connection prepares it
+# (``prepare=True``) and so plans it once. Composed once, here, to the text psycopg keys its statements by.
+STORE = sql.SQL("WITH {} {}").format(
         sql.SQL(",").join(map(sql.SQL, [NEW_FROM_COPY, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE])), sql.SQL(RESULT)
-    ),
-    PARAMETERS,
-)
-STORE_COUNTED = prepared.Statement(
-    "mnistq_store_counted",
-    sql.SQL("WITH {} {}").format(sql.SQL(",").join(map(sql.SQL, [COUNTED, ADVANCE])), sql.SQL(RESULT)),
-    PARAMETERS,
-)
+    ).as_string()
+STORE_COUNTED = sql.SQL("WITH {} {}").format(sql.SQL(",").join(map(sql.SQL, [COUNTED, ADVANCE])), sql.SQL(RESULT)).as_string()
 # The one that answers waiting uploads: only a statement that inserts the predictions itself has them in hand.
-STORE_WITH_ROWS = prepared.Statement(
-    "mnistq_store_with_rows",
-    sql.SQL("WITH {} {}").format(
+STORE_WITH_ROWS = sql.SQL("WITH {} {}").format(
         sql.SQL(",").join(map(sql.SQL, [ROWS_IN_STATEMENT, COUNTED, ADVANCE, ANSWERED])), sql.SQL(RESULT_AND_ANSWERS)
-    ),
-    PARAMETERS,
-)
-STORE_STAGED = prepared.Statement(
-    "mnistq_store_staged",
-    sql.SQL("WITH {} {}").format(
+    ).as_string()
+STORE_STAGED = sql.SQL("WITH {} {}").format(
         sql.SQL(",").join(map(sql.SQL, [NEW_FROM_STAGING, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE])), sql.SQL(RESULT)
-    ),
-    PARAMETERS,
-)
+    ).as_string()
 
 
 def _copy_predictions(
-    cursor: Cursor, prediction_jobs: np.ndarray, model_version: str, predictions: PredictionBatch, skip_stored: bool, begin: bool
+    cursor: Cursor, prediction_jobs: np.ndarray, model_version: str, predictions: PredictionBatch, skip_stored: bool
 ) -> None:
-    """COPY in binary format; with ``skip_stored``, into the staging table that ``NEW_FROM_STAGING`` inserts from."""
-    payload = io.BytesIO(copy_format.prediction_rows(prediction_jobs, model_version, predictions.image_ids, predictions.probabilities))
-    first = sql.SQL("BEGIN; " if begin else "")
-    if not skip_stored:
-        cursor.copy_expert(sql.SQL("{}COPY predictions ({}) FROM STDIN WITH (FORMAT binary)").format(first, COPY_COLUMNS), payload)
-        return
-    staging = sql.SQL("CREATE TEMP TABLE IF NOT EXISTS staged_predictions (LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-    cursor.execute(sql.Composed([first, staging]))
-    cursor.copy_expert(sql.SQL("COPY staged_predictions ({}) FROM STDIN WITH (FORMAT binary)").format(COPY_COLUMNS), payload)
+    """Binary COPY; with ``skip_stored``, into the staging table that ``NEW_FROM_STAGING`` inserts from.
+
+    The columns go to Python lists first (``tolist``, one call each), so the rows are plain ints,
+    floats and bytes for psycopg's binary dumpers; the vector is the little-endian float32 bytes stored."""
+    if not model_version:
+        raise ValueError("model_version must not be empty")
+    if skip_stored:
+        cursor.execute(STAGING)
+    rows = zip(
+        prediction_jobs.tolist(),
+        predictions.image_ids.tolist(),
+        itertools.repeat(model_version),
+        predictions.labels.tolist(),
+        predictions.confidences.tolist(),
+        [vector.tobytes() for vector in predictions.probabilities.astype("<f4")],
+    )
+    with contextlib.ExitStack() as stack:
+        copy = stack.enter_context(cursor.copy(COPY_STAGED)) if skip_stored else stack.enter_context(cursor.copy(COPY_PREDICTIONS))
+        copy.set_types(PREDICTION_TYPES)
+        for row in rows:
+            copy.write_row(row)
 
 
 def record_attempt(conn: Connection, job_id: int, image_ids: Sequence[int]) -> int:

@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import psycopg2
-
 from shared.db.connection import Connection, query
 
 
@@ -39,7 +37,7 @@ def store_shadow_predictions(
             [int(image_id) for image_id in image_ids],
             vectors.argmax(axis=1).tolist(),
             vectors.max(axis=1).tolist(),
-            [psycopg2.Binary(vector.tobytes()) for vector in vectors],
+            [vector.tobytes() for vector in vectors],
         ),
     )
     return len(rows)

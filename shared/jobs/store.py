@@ -10,16 +10,15 @@ leaves them where they are.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import secrets
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import psycopg2
-import psycopg2.extras
-from psycopg2 import sql
+from psycopg import sql
 
 from shared import models
-from shared.db import prepared
 from shared.db.connection import Connection, query, query_one, transaction
 from shared.images.store import SELECTION_FILTER
 
@@ -51,8 +50,8 @@ def create_job(
     row = query_one(
         conn,
         "INSERT INTO jobs (kind, model_version, shadow_version, selection, image_ids, total_images)"
-        " VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-        (kind, model_version, shadow_version, psycopg2.extras.Json(selection), unique_ids, len(unique_ids)),
+        " VALUES (%s, %s, %s, %s::jsonb, %s, %s) RETURNING id",
+        (kind, model_version, shadow_version, json.dumps(selection), unique_ids, len(unique_ids)),
     )
     return row[0]
 
@@ -80,7 +79,7 @@ def create_job_from_selection(
             SELECT d.id FROM input_data d WHERE {filter} ORDER BY d.id LIMIT %(take)s
         ), job AS (
             INSERT INTO jobs (kind, model_version, shadow_version, selection, image_ids, total_images)
-            SELECT 'bulk', %(version)s, %(shadow)s, %(selection)s, array_agg(id ORDER BY id), count(*) FROM chosen
+            SELECT 'bulk', %(version)s, %(shadow)s, %(selection)s::jsonb, array_agg(id ORDER BY id), count(*) FROM chosen
             HAVING count(*) BETWEEN 1 AND %(max)s
             RETURNING id
         )
@@ -91,7 +90,7 @@ def create_job_from_selection(
             "take": take,
             "version": model_version,
             "shadow": shadow_version,
-            "selection": psycopg2.extras.Json(selection),
+            "selection": json.dumps(selection),
             "max": max_images,
         },
     )
@@ -105,13 +104,15 @@ def job_image_id_batches(conn: Connection, job_id: int, size: int) -> Iterator[l
 
 def _batches(conn: Connection, statement: sql.Composable, job_id: int, size: int) -> Iterator[list[int]]:
     # A named (server-side) cursor lives in a transaction; on an autocommit connection (the web's)
-    # it must be WITH HOLD, which psycopg2 allows there: its rows outlive the DECLARE's transaction.
-    with conn:
-        with conn.cursor(name=f"mnistq_job_{job_id}_ids", withhold=conn.autocommit) as cursor:
-            cursor.itersize = size
-            cursor.execute(statement, {"job": job_id})
-            while rows := cursor.fetchmany(size):
-                yield [row[0] for row in rows]
+    # it must be WITH HOLD: its rows outlive the DECLARE's transaction.
+    with contextlib.ExitStack() as stack:
+        if not conn.autocommit:
+            stack.enter_context(transaction(conn))
+        cursor = stack.enter_context(conn.cursor(name=f"mnistq_job_{job_id}_ids", withhold=conn.autocommit))
+        cursor.itersize = size
+        cursor.execute(statement, {"job": job_id})
+        while rows := cursor.fetchmany(size):
+            yield [row[0] for row in rows]
 
 
 def get_job(conn: Connection, job_id: int) -> dict[str, Any] | None:
@@ -142,31 +143,27 @@ def create_upload_job(
     (``queries.upload_prediction_by_token``). One statement: one round trip and one commit.
     """
     params = {
-        "image": psycopg2.Binary(image_data),
+        "image": image_data,
         "shape": image_shape,
         "version": model_version,
         "shadow": shadow_version,
-        "selection": psycopg2.extras.Json(selection),
+        "selection": json.dumps(selection),
         "token": public_token or new_upload_token(),
     }
-    row = prepared.query_one(conn, CREATE_UPLOAD_JOB, params)
+    row = query_one(conn, CREATE_UPLOAD_JOB, params, prepare=True)
     return row[0], row[1]
 
 
 # One per upload: prepared, so each pooled connection plans it once.
-CREATE_UPLOAD_JOB = prepared.Statement(
-    "mnistq_create_upload_job",
-    """
+CREATE_UPLOAD_JOB = """
     WITH image AS (
         INSERT INTO input_data (image_data, image_shape, dataset_split) VALUES (%(image)s, %(shape)s, 'upload') RETURNING id
     ), job AS (
         INSERT INTO jobs (kind, model_version, shadow_version, selection, image_ids, total_images, public_token)
-        SELECT 'upload', %(version)s, %(shadow)s, %(selection)s, ARRAY[image.id], 1, %(token)s FROM image RETURNING id
+        SELECT 'upload', %(version)s, %(shadow)s, %(selection)s::jsonb, ARRAY[image.id], 1, %(token)s FROM image RETURNING id
     )
     SELECT job.id, image.id FROM job, image
-    """,
-    {"image": "bytea", "shape": "integer[]", "version": "text", "shadow": "text", "selection": "jsonb", "token": "text"},
-)
+"""
 
 
 def create_named_upload_job(
@@ -184,29 +181,25 @@ def create_named_upload_job(
     params = {
         "name": model_name,
         "shadow": shadow_version,
-        "image": psycopg2.Binary(image_data),
+        "image": image_data,
         "shape": image_shape,
-        "selection": psycopg2.extras.Json(selection),
+        "selection": json.dumps(selection),
         "token": public_token or new_upload_token(),
     }
-    row = prepared.query_one(conn, CREATE_NAMED_UPLOAD_JOB, params)
+    row = query_one(conn, CREATE_NAMED_UPLOAD_JOB, params, prepare=True)
     return (row[0], row[1], row[2]) if row else None
 
 
-CREATE_NAMED_UPLOAD_JOB = prepared.Statement(
-    "mnistq_create_named_upload_job",
-    sql.SQL("""
+CREATE_NAMED_UPLOAD_JOB = sql.SQL("""
     WITH model AS ({resolved}), image AS (
         INSERT INTO input_data (image_data, image_shape, dataset_split) SELECT %(image)s, %(shape)s, 'upload' FROM model RETURNING id
     ), job AS (
         INSERT INTO jobs (kind, model_version, shadow_version, selection, image_ids, total_images, public_token)
-        SELECT 'upload', model.version, %(shadow)s, %(selection)s, ARRAY[image.id], 1, %(token)s FROM image, model
+        SELECT 'upload', model.version, %(shadow)s, %(selection)s::jsonb, ARRAY[image.id], 1, %(token)s FROM image, model
         RETURNING id, model_version
     )
     SELECT job.id, image.id, job.model_version FROM job, image
-    """).format(resolved=models.store.RESOLVED),
-    {"name": "text", "shadow": "text", "image": "bytea", "shape": "integer[]", "selection": "jsonb", "token": "text"},
-)
+""").format(resolved=sql.SQL(models.store.RESOLVED)).as_string()
 
 
 def delete_upload_job(conn: Connection, job_id: int, image_id: int) -> None:

@@ -8,14 +8,12 @@ an alias first, then a version.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from typing import Any
 
-import psycopg2
-import psycopg2.extras
-from psycopg2 import sql
+from psycopg import sql
 
-from shared.db import prepared
 from shared.db.connection import Connection, query, query_one, transaction
 
 PRODUCTION = "production"
@@ -50,15 +48,13 @@ def insert_model(conn: Connection, files: ModelFiles) -> bool:
         conn,
         """
         INSERT INTO models (version, name, keras_file, tflite_file, int8_file, keras_bytes, tflite_bytes, int8_bytes, card)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)
         ON CONFLICT (version) DO NOTHING
         RETURNING version
         """,
         (
             files.version, files.name, files.keras_file, files.tflite_file, files.int8_file,
-            psycopg2.Binary(files.keras_bytes), psycopg2.Binary(files.tflite_bytes),
-            psycopg2.Binary(files.int8_bytes) if files.int8_bytes is not None else None,
-            psycopg2.extras.Json(files.card),
+            files.keras_bytes, files.tflite_bytes, files.int8_bytes, json.dumps(files.card),
         ),
     )  # fmt: skip
     return row is not None
@@ -70,20 +66,18 @@ def model_exists(conn: Connection, version: str) -> bool:
 
 def resolve(conn: Connection, name: str) -> str | None:
     """The version an alias names, or ``name`` itself when it is a registered version; None otherwise."""
-    row = prepared.query_one(conn, RESOLVE, {"name": name})
+    row = query_one(conn, RESOLVED, {"name": name}, prepare=True)
     return row[0] if row else None
 
 
 # The version %(name)s stands for: an alias first, then a registered version. Also part of the upload's insert.
-RESOLVED = sql.SQL("""
+RESOLVED = """
     SELECT version FROM (
         SELECT version, 0 AS rank FROM model_aliases WHERE alias = %(name)s
         UNION ALL
         SELECT version, 1 FROM models WHERE version = %(name)s
     ) found ORDER BY rank LIMIT 1
-""")
-# Prepared, since planning the lookup cost about as much as running it.
-RESOLVE = prepared.Statement("mnistq_resolve_model", RESOLVED, {"name": "text"})
+"""  # prepared where it runs: planning the lookup cost about as much as running it
 
 
 def set_alias(conn: Connection, alias: str, version: str) -> str | None:
@@ -147,17 +141,17 @@ def serving_files(conn: Connection, version: str, with_keras: bool = False) -> d
 
 def job_models(conn: Connection, job_ids: Sequence[int]) -> list[tuple[int, str | None, str | None]]:
     """(job id, version, shadow version) of each job that exists; a job with no version of its own gets production's."""
-    return prepared.query(conn, JOB_MODELS, {"production": PRODUCTION, "jobs": list(job_ids)})
+    return query(conn, JOB_MODELS, {"production": PRODUCTION, "jobs": list(job_ids)}, prepare=True)
 
 
 # A job's serving version: its own, else production's now.
 SERVING_VERSION = sql.SQL("COALESCE(j.model_version, (SELECT version FROM model_aliases WHERE alias = %(production)s))")
 
 # Once per bulk batch: prepared.
-JOB_MODELS = prepared.Statement(
-    "mnistq_job_models",
-    sql.SQL("SELECT j.id, {version}, j.shadow_version FROM jobs j WHERE j.id = ANY(%(jobs)s)").format(version=SERVING_VERSION),
-    {"production": "text", "jobs": "bigint[]"},
+JOB_MODELS = (
+    sql.SQL("SELECT j.id, {version}, j.shadow_version FROM jobs j WHERE j.id = ANY(%(jobs)s::bigint[])")
+    .format(version=SERVING_VERSION)
+    .as_string()
 )
 
 
@@ -175,7 +169,7 @@ def upload_batch(conn: Connection, uploads: Sequence[tuple[int, int]]) -> list[U
     """What the upload consumer needs of a micro-batch of (job id, image id), in one round trip:
     each job's versions (``job_models``) and each image's bytes and label. No row for a job that does not exist."""
     params = {"production": PRODUCTION, "jobs": [job for job, _ in uploads], "images": [image for _, image in uploads]}
-    rows = prepared.query(conn, UPLOAD_BATCH, params)
+    rows = query(conn, UPLOAD_BATCH, params, prepare=True)
     return [
         UploadRow(job, image, version, shadow, bytes(data) if data is not None else None, label)
         for job, image, version, shadow, data, label in rows
@@ -183,13 +177,9 @@ def upload_batch(conn: Connection, uploads: Sequence[tuple[int, int]]) -> list[U
 
 
 # Once per micro-batch of uploads: prepared.
-UPLOAD_BATCH = prepared.Statement(
-    "mnistq_upload_batch",
-    sql.SQL("""
+UPLOAD_BATCH = sql.SQL("""
     SELECT u.job_id, u.image_id, {version}, j.shadow_version, d.image_data, d.true_label
     FROM unnest(%(jobs)s::bigint[], %(images)s::bigint[]) AS u (job_id, image_id)
     JOIN jobs j ON j.id = u.job_id
     LEFT JOIN input_data d ON d.id = u.image_id
-    """).format(version=SERVING_VERSION),
-    {"production": "text", "jobs": "bigint[]", "images": "bigint[]"},
-)
+""").format(version=SERVING_VERSION).as_string()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg2.errors
+import psycopg.errors
 
 from shared.db.connection import Connection, query, query_one
 
@@ -23,7 +23,7 @@ class OperatorExists(ValueError):
 def create_operator(conn: Connection, name: str, password_hash: str) -> int:
     try:
         return query_one(conn, "INSERT INTO operators (name, password_hash) VALUES (%s, %s) RETURNING id", (name, password_hash))[0]
-    except psycopg2.errors.UniqueViolation:
+    except psycopg.errors.UniqueViolation:
         raise OperatorExists(f"there is already an operator named {name!r}") from None
 
 
@@ -62,7 +62,7 @@ def create_token(conn: Connection, operator_id: int, token_hash: bytes, label: s
     return query_one(
         conn,
         "INSERT INTO api_tokens (operator_id, token_hash, label) VALUES (%s, %s, %s) RETURNING id",
-        (operator_id, psycopg2.Binary(token_hash), label),
+        (operator_id, token_hash, label),
     )[0]
 
 
@@ -84,7 +84,7 @@ def token_operator(conn: Connection, token_hash: bytes) -> dict[str, Any] | None
         SELECT o.id, o.name, o.password_hash, token.id AS token_id
         FROM token JOIN operators o ON o.id = token.operator_id
         """,
-        {"hash": psycopg2.Binary(token_hash), "resolution": LAST_USED_RESOLUTION_SECONDS},
+        {"hash": token_hash, "resolution": LAST_USED_RESOLUTION_SECONDS},
         as_dicts=True,
     )
 

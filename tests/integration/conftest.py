@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-import psycopg2
 import pytest
 
 from shared.config import Settings, load_settings
@@ -45,7 +44,7 @@ def settings(database_url: str) -> Settings:
 
 
 @pytest.fixture
-def conn(database_url: str) -> Iterator[psycopg2.extensions.connection]:
+def conn(database_url: str) -> Iterator[connection.Connection]:
     connection_ = connection.connect(database_url)
     yield connection_
     connection_.close()

@@ -55,7 +55,7 @@ def every_row(conn: Connection, job_id: int | None = None, columns: dict[str, st
     return {
         table: query(
             conn,
-            f"SELECT {columns.get(table, '*')} FROM {table} WHERE %(job)s IS NULL OR {of_job} ORDER BY {order}",  # noqa: S608
+            f"SELECT {columns.get(table, '*')} FROM {table} WHERE %(job)s::bigint IS NULL OR {of_job} ORDER BY {order}",  # noqa: S608
             {"job": job_id},
         )
         for table, (order, of_job) in TABLES.items()
@@ -63,5 +63,5 @@ def every_row(conn: Connection, job_id: int | None = None, columns: dict[str, st
 
 
 def create_previous_release_schema(conn: Connection) -> None:
-    with conn, conn.cursor() as cursor:
+    with conn.transaction(), conn.cursor() as cursor:
         cursor.execute(PREVIOUS_RELEASE_SCHEMA.read_text())

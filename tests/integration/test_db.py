@@ -1,5 +1,5 @@
 import numpy as np
-import psycopg2
+import psycopg
 import pytest
 
 from shared import images, jobs
@@ -43,7 +43,7 @@ def test_a_database_of_the_earlier_schema_is_refused_plainly():
     name = scratch.unique_name("mnistq_earlier")
     url = scratch.create_database(name)
     try:
-        conn = psycopg2.connect(url)
+        conn = psycopg.connect(url)
         with transaction(conn) as cursor:
             cursor.execute("CREATE TABLE job_items (job_id BIGINT, input_data_id BIGINT)")
         with pytest.raises(RuntimeError, match="earlier mnist-queue"):
@@ -62,7 +62,7 @@ def test_ingesting_twice_stores_nothing_twice(conn):
 
 
 def test_true_label_must_be_a_digit(conn):
-    with pytest.raises(psycopg2.errors.CheckViolation):
+    with pytest.raises(psycopg.errors.CheckViolation):
         images.store.insert_images(conn, [image_row(unique_index(), label=10)])
 
 
@@ -83,7 +83,7 @@ def test_a_redelivered_batch_changes_nothing(conn):
 def test_a_job_never_holds_two_predictions_for_one_image(conn):
     ids = images.store.insert_images(conn, [image_row(unique_index())])
     job_id = jobs.store.create_job(conn, ids, "test-model", {})
-    with pytest.raises(psycopg2.errors.UniqueViolation), transaction(conn) as cursor:
+    with pytest.raises(psycopg.errors.UniqueViolation), transaction(conn) as cursor:
         for _ in range(2):
             cursor.execute(
                 "INSERT INTO predictions (input_data_id, job_id, model_version, predicted_label, confidence,"

@@ -15,10 +15,10 @@ import urllib.parse
 from collections.abc import Iterator
 
 import numpy as np
-import psycopg2
-import psycopg2.errors
+import psycopg
+import psycopg.errors
 import pytest
-from psycopg2 import sql
+from psycopg import sql
 
 from shared import images, jobs
 from shared.db import schema
@@ -98,7 +98,7 @@ def drop_roles(*names: str) -> None:
 
 
 @pytest.fixture
-def app_conn(role_urls) -> Iterator[psycopg2.extensions.connection]:
+def app_conn(role_urls) -> Iterator[psycopg.Connection]:
     conn = connect(role_urls["app"])
     yield conn
     conn.close()
@@ -120,7 +120,7 @@ def test_the_app_role_does_the_services_work(app_conn):
 @pytest.mark.parametrize("statement", FORBIDDEN)
 def test_the_app_role_cannot_change_the_schema(app_conn, statement):
     app_conn.autocommit = True  # CREATE DATABASE refuses to run in a transaction
-    with pytest.raises(psycopg2.errors.InsufficientPrivilege), app_conn.cursor() as cursor:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), app_conn.cursor() as cursor:
         cursor.execute(statement)
 
 

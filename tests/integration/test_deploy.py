@@ -274,10 +274,10 @@ def installed_closure(names: set[str]) -> set[str]:
 
 def test_web_requirements_resolve_to_no_inference_runtime():
     closure = installed_closure(requirement_names(PROJECT_ROOT / "requirements-web.txt"))
-    assert {"flask", "granian", "celery", "psycopg2-binary"} <= closure and "gunicorn" not in closure
+    assert {"flask", "granian", "celery", "psycopg", "psycopg-binary", "psycopg-pool"} <= closure and "gunicorn" not in closure
     assert not closure & INFERENCE_PACKAGES
     worker = installed_closure(requirement_names(PROJECT_ROOT / "requirements-worker.txt"))
-    assert {"ai-edge-litert", "alembic", "sqlalchemy", "psycopg2-binary"} <= worker  # it infers, and its entrypoint migrates
+    assert {"ai-edge-litert", "alembic", "sqlalchemy", "psycopg", "psycopg-binary"} <= worker  # it infers, and its entrypoint migrates
 
 
 def test_monitoring_and_flower_are_optional_profiles():

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import psycopg2
 import pytest
 from click.testing import CliRunner, Result
 
@@ -65,20 +64,24 @@ NO_SUCH_JOB = "987654321"
 # Characters a multipart header quotes or escapes, so the server may see a different name.
 MULTIPART_QUOTED = frozenset('"\\')
 SOURCE_FOLDERS = ("shared", "web", "producer", "worker", "stack", "bench")
-# The services keep every statement in the package shared/db/; bench/ may imitate the seed's own queries.
-SQL_HOME, SQL_ALLOWED_ELSEWHERE = "shared/db/", ("bench/",)
-# The modules whose helpers take a statement as a parameter and pass it on to the driver:
-# the query helper's, and the prepared statements' (``prepared.Statement``, planned once per connection).
+# The services keep every statement in shared/db/ (connections, migrations) and in each room's store
+# modules; bench/ may imitate the seed's own queries.
+SQL_HOME = (
+    "shared/db/",
+    *(f"shared/jobs/{name}.py" for name in ("store", "results", "progress", "statistics", "queries", "comparison_store", "shadow_store")),
+    "shared/images/store.py", "shared/images/bulk_load.py", "shared/models/store.py", "shared/operators/store.py",
+)  # fmt: skip
+SQL_ALLOWED_ELSEWHERE = ("bench/",)
+# The module whose helpers take a statement as a parameter and pass it on to the driver.
 QUERY_HELPER_MODULE = "shared/db/connection.py"
-PASS_THROUGH_MODULES = frozenset({QUERY_HELPER_MODULE, "shared/db/prepared.py"})
+PASS_THROUGH_MODULES = frozenset({QUERY_HELPER_MODULE})
 MIN_STATEMENTS_IN_HOME = 20
 # The seeded upload's public token, so the requests can name an upload that exists.
 SEED_TOKEN = "seeded-upload-token-ab"
-# DB-API and SQLAlchemy methods whose first argument is a statement.
-SQL_METHODS = frozenset({"execute", "executemany", "copy_expert", "copy_from", "copy_to", "mogrify", "callproc", "exec_driver_sql"})
-# The data layer's helpers, query(conn, statement, params), whose second argument is the statement;
-# and a prepared statement's definition, Statement(name, text, types), whose second is its text.
-QUERY_HELPERS = frozenset({"query", "query_one", "execute_prepared", "Statement"})
+# psycopg's and SQLAlchemy's methods whose first argument is a statement (``copy``: psycopg 3's COPY).
+SQL_METHODS = frozenset({"execute", "executemany", "copy", "mogrify", "callproc", "exec_driver_sql"})
+# The data layer's helpers, query(conn, statement, params), whose second argument is the statement.
+QUERY_HELPERS = frozenset({"query", "query_one"})
 
 
 # --- a private database that only these tests touch -----------------------------------
@@ -115,7 +118,7 @@ fingerprint = services.fingerprint
 
 
 @pytest.fixture
-def private_conn(private_config) -> Iterator[psycopg2.extensions.connection]:
+def private_conn(private_config) -> Iterator[connection.Connection]:
     conn = connection.connect(private_config[0].database_url)
     yield conn
     conn.close()
@@ -281,13 +284,11 @@ def sql_argument(call: ast.Call) -> ast.expr | None:
         return call.args[0]
     if name in QUERY_HELPERS and len(call.args) >= 2:  # query(conn, statement, params)
         return call.args[1]
-    if name == "execute_values" and len(call.args) >= 2:  # psycopg2.extras.execute_values(cursor, sql, rows)
-        return call.args[1]
     return None
 
 
 def is_composed_safely(node: ast.expr, constants: set[str], passed_through: set[str]) -> bool:
-    """A literal, a module constant holding one, psycopg2.sql composition (which quotes identifiers),
+    """A literal, a module constant holding one, psycopg.sql composition (which quotes identifiers),
     SQLAlchemy's ``text`` of a literal, or a name in ``passed_through``."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return True
@@ -311,7 +312,7 @@ def parameters(function: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.arg
 def composed_sql_parameters(function: ast.FunctionDef | ast.AsyncFunctionDef, passes_statements_through: bool) -> set[str]:
     """Parameters a function may hand to the driver as they are.
 
-    Those annotated as psycopg2.sql composition anywhere (the annotation says what callers
+    Those annotated as psycopg.sql composition anywhere (the annotation says what callers
     pass); in the query helper's own module every parameter, since passing the caller's
     statement on is what the helper is for, and its callers are scanned in their turn.
     """
@@ -364,23 +365,11 @@ def unsafe_sql_calls(source: str, passes_statements_through: bool = False) -> li
         for target in node.targets
         if isinstance(target, ast.Name)
     }
-    # Module constants composed with psycopg2.sql, as a function's locals may be.
+    # Module constants composed with psycopg.sql (and its ``as_string``), as a function's locals may be.
     constants |= {
         target.id
         for node in tree.body
         if isinstance(node, ast.Assign) and is_composed_safely(node.value, constants, set())
-        for target in node.targets
-        if isinstance(target, ast.Name)
-    }
-    # Module constants holding a prepared statement whose text is itself safe (its definition is scanned too).
-    constants |= {
-        target.id
-        for node in tree.body
-        if isinstance(node, ast.Assign)
-        and isinstance(node.value, ast.Call)
-        and call_name(node.value) == "Statement"
-        and (text := sql_argument(node.value)) is not None
-        and is_composed_safely(text, constants, set())
         for target in node.targets
         if isinstance(target, ast.Name)
     }
@@ -406,7 +395,7 @@ cursor.execute("SELECT * FROM jobs WHERE id = %s" % job_id)
 cursor.execute("SELECT * FROM jobs WHERE id = " + job_id)
 cursor.execute("SELECT * FROM jobs WHERE id = {}".format(job_id))
 cursor.execute(query)
-psycopg2.extras.execute_values(cursor, f"INSERT INTO {table} VALUES %s", rows)
+cursor.copy(f"COPY {table} FROM STDIN (FORMAT BINARY)")
 query(conn, f"SELECT * FROM jobs WHERE id = {job_id}")
 connection.query_one(conn, "SELECT * FROM jobs WHERE id = " + job_id, ())
 query(conn, statement, as_dicts=True)
@@ -425,11 +414,12 @@ def reassigned(conn, condition):
     statement = sql.SQL("SELECT * FROM jobs")
     statement = "SELECT * FROM jobs WHERE " + condition
     return query(conn, statement)
-BUILT = prepared.Statement("built", f"SELECT * FROM {table}", {})
-prepared.query(conn, BUILT, {})
-prepared.execute_prepared(cursor, statement, {})
+BUILT = f"SELECT * FROM {table}"
+query(conn, BUILT, {}, prepare=True)
+cursor.execute(statement, {}, prepare=True)
+cursor.copy("COPY (SELECT * FROM jobs WHERE kind = '" + kind + "') TO STDOUT")
 """
-    assert unsafe_sql_calls(unsafe) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 17, 21, 25, 26, 27, 28]
+    assert unsafe_sql_calls(unsafe) == [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 17, 21, 25, 27, 28, 29]
     safe = """
 Q = "SELECT 1"
 cursor.execute(Q)
@@ -444,13 +434,15 @@ def as_admin(conn, statement: sql.Composable):
 def composed_first(conn, kind):
     statement = sql.SQL("SELECT {} FROM jobs WHERE kind = %s").format(sql.Identifier("id"))
     return query(conn, statement, (kind,))
-LOOKUP = prepared.Statement("lookup", "SELECT * FROM jobs WHERE id = %(id)s", {"id": "bigint"})
+LOOKUP = "SELECT * FROM jobs WHERE id = %(id)s"
 COMPOSED = sql.SQL("SELECT {} FROM jobs").format(sql.Identifier("id"))
 query(conn, COMPOSED)
-SCOPED = prepared.Statement("scoped", sql.SQL("SELECT {} FROM jobs").format(sql.Identifier("id")), {})
-prepared.query_one(conn, LOOKUP, {"id": 1})
+SCOPED = sql.SQL("SELECT {} FROM jobs").format(sql.Identifier("id")).as_string()
+query_one(conn, LOOKUP, {"id": 1}, prepare=True)
 def run(cursor):
-    prepared.execute_prepared(cursor, SCOPED, {})
+    cursor.execute(SCOPED, {}, prepare=True)
+    with cursor.copy(LOOKUP, (1,)) as copy:
+        copy.set_types(["bigint"])
 """
     assert unsafe_sql_calls(safe) == []
 

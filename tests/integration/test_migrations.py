@@ -16,8 +16,7 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
-import psycopg2
-import psycopg2.extras
+from psycopg.types.json import Jsonb
 import pytest
 from click.testing import CliRunner
 
@@ -60,26 +59,26 @@ def fill_as_the_previous_release(conn: Connection) -> dict[str, int]:
             " (%s, 7, '{28,28}', 'test', 0, NULL), (%s, 1, '{28,28}', 'test', 1, NULL), (%s, 2, '{28,28}', 'train', 5, NULL),"
             " (%s, NULL, '{28,28}', 'upload', NULL, 'pictures/3/a.png'), (%s, NULL, '{28,28}', 'upload', NULL, NULL)"
             " RETURNING id",
-            [psycopg2.Binary(image) for image in images],
+            [image for image in images],
         )
         a, b, c, d, upload_image = (row[0] for row in cursor.fetchall())
         cursor.execute(
             "INSERT INTO jobs (kind, model_version, selection, image_ids, total_images, done_count, failed_count, status,"
             " started_at, progressed_at) VALUES ('bulk', %s, %s, %s, 4, 1, 1, 'running', now(), now()) RETURNING id",
-            (MODEL, psycopg2.extras.Json({"split": None, "limit": 4}), [a, b, c, d]),
+            (MODEL, Jsonb({"split": None, "limit": 4}), [a, b, c, d]),
         )
         bulk = cursor.fetchone()[0]
         cursor.execute(
             "INSERT INTO jobs (kind, model_version, selection, image_ids, total_images, done_count, status, started_at,"
             " finished_at, progressed_at) VALUES ('upload', %s, %s, %s, 1, 1, 'done', now(), now(), now()) RETURNING id",
-            (MODEL, psycopg2.extras.Json({"upload": "a.png"}), [upload_image]),
+            (MODEL, Jsonb({"upload": "a.png"}), [upload_image]),
         )
         upload = cursor.fetchone()[0]
         for job_id, image_id in ((bulk, a), (upload, upload_image)):
             cursor.execute(
                 "INSERT INTO predictions (job_id, input_data_id, model_version, predicted_label, confidence, prediction_probabilities)"
                 " VALUES (%s, %s, %s, 7, %s, %s)",
-                (job_id, image_id, MODEL, float(vector.max()), psycopg2.Binary(vector.tobytes())),
+                (job_id, image_id, MODEL, float(vector.max()), vector.tobytes()),
             )
         cursor.execute("INSERT INTO job_failures (job_id, input_data_id, reason) VALUES (%s, %s, 'corrupt image: test')", (bulk, b))
         cursor.execute("INSERT INTO batch_attempts (job_id, first_image_id, batch_size, attempts) VALUES (%s, %s, 4, 2)", (bulk, a))
@@ -124,7 +123,7 @@ def test_the_upgrade_fills_the_statistics_of_the_jobs_already_there(previous_rel
         conn,
         "INSERT INTO predictions (job_id, input_data_id, model_version, predicted_label, confidence, prediction_probabilities)"
         " VALUES (%s, %s, %s, 7, 0.55, %s)",
-        (rows["bulk"], wrong, MODEL, psycopg2.Binary(np.zeros(10, np.float32).tobytes())),
+        (rows["bulk"], wrong, MODEL, np.zeros(10, np.float32).tobytes()),
     )
     schema.migrate(url)
     for job_id in (rows["bulk"], rows["upload"]):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import psycopg2
+import psycopg
 import pytest
 from PIL import Image
 
@@ -148,7 +148,7 @@ def wait_for_job(cluster: Cluster, job_id: int, timeout: float = JOB_SECONDS) ->
     """Seconds until every image of the job has a result; fails past ``timeout``."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        with contextlib.suppress(psycopg2.Error):
+        with contextlib.suppress(psycopg.Error):
             found = outcome(cluster, job_id)
             if found["done"] + found["failed"] >= found["total"]:
                 return time.monotonic() - started

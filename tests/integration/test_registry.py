@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import psycopg2
 import pytest
 from click.testing import CliRunner
 from prometheus_client import REGISTRY
@@ -396,7 +395,7 @@ def test_jobs_of_the_release_before_keep_their_version_or_are_served_by_producti
     try:
         conn = connect(url)
         create_previous_release_schema(conn)
-        vector = psycopg2.Binary(np.zeros(10, "<f4").tobytes())
+        vector = np.zeros(10, "<f4").tobytes()
         started, unstarted = (
             query_one(
                 conn,

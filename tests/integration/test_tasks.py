@@ -2,7 +2,7 @@
 
 import types
 
-import psycopg2
+import psycopg
 import pytest
 from celery import Task
 
@@ -51,7 +51,7 @@ class OutageLane:
 
     def submit(self, function, *args):
         self.calls += 1
-        raise psycopg2.OperationalError("the database system is shutting down")
+        raise psycopg.OperationalError("the database system is shutting down")
 
 
 def bound_task(settings, monkeypatch, lane) -> Task:
@@ -75,7 +75,7 @@ def test_a_database_outage_is_retried_by_celery_with_a_capped_backoff_then_given
     monkeypatch.setattr(task, "retry", counted_retry)
     monkeypatch.setattr(task_module, "split_batch", lambda *args: pytest.fail("an outage split the batch"))
     outcome = task.apply(args=[1, [10, 11]])
-    assert outcome.failed() and isinstance(outcome.result, psycopg2.OperationalError)
+    assert outcome.failed() and isinstance(outcome.result, psycopg.OperationalError)
     assert lane.calls == 13  # the first run and twelve retries
     # Celery asks for one more after the twelfth; retry() refuses it, re-raising the outage.
     assert countdowns == [1, 2, 4, 8, 16, 30, 30, 30, 30, 30, 30, 30, 30]

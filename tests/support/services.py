@@ -17,13 +17,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import psycopg2
 import redis
-from psycopg2 import sql
+from psycopg import sql
 
 from shared import jobs, models, operators
 from shared.config import PROJECT_ROOT
-from shared.db.connection import query, query_one
+from shared.db.connection import Connection, query, query_one
 from shared.digits import NUM_CLASSES
 from shared.jobs.results import PredictionBatch
 from stack import scratch
@@ -117,12 +116,12 @@ class RedisServer(ChildProcess):
         return RedisServer(self.log_path.with_suffix(".restarted.log"), self.port)
 
 
-def table_counts(conn: psycopg2.extensions.connection) -> tuple[int, int]:
+def table_counts(conn: Connection) -> tuple[int, int]:
     """Rows in input_data and jobs: what a refused input must leave unchanged."""
     return tuple(query_one(conn, "SELECT (SELECT count(*) FROM input_data), (SELECT count(*) FROM jobs)"))
 
 
-def fingerprint(conn: psycopg2.extensions.connection, exclude: frozenset[str] = frozenset()) -> dict[str, tuple[int, int]]:
+def fingerprint(conn: Connection, exclude: frozenset[str] = frozenset()) -> dict[str, tuple[int, int]]:
     """{table: (rows, checksum of every row's text)} for every table in the schema but ``exclude``."""
     with conn.cursor() as cursor:
         cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")
@@ -140,19 +139,19 @@ def fingerprint(conn: psycopg2.extensions.connection, exclude: frozenset[str] = 
 OPERATOR_PASSWORD = "correct horse battery staple"
 
 
-def add_operator(conn: psycopg2.extensions.connection, prefix: str = "op") -> tuple[int, str]:
+def add_operator(conn: Connection, prefix: str = "op") -> tuple[int, str]:
     """A new operator with OPERATOR_PASSWORD under a unique name: (id, name)."""
     name = scratch.unique_name(prefix)
     return operators.secrets.add_operator(conn, name, OPERATOR_PASSWORD), name
 
 
-def operator_token(conn: psycopg2.extensions.connection, label: str = "test") -> str:
+def operator_token(conn: Connection, label: str = "test") -> str:
     """An API token of a new operator."""
     _, name = add_operator(conn, "token-op")
     return operators.secrets.create_token(conn, name, label)[1]
 
 
-def signed_in(client, conn: psycopg2.extensions.connection, operator_id: int):
+def signed_in(client, conn: Connection, operator_id: int):
     """A Flask test client with the operator's session, as the sign-in form leaves it (without hashing the password again)."""
     row = operators.store.operator_by_id(conn, operator_id)
     with client.session_transaction() as session:
@@ -161,12 +160,12 @@ def signed_in(client, conn: psycopg2.extensions.connection, operator_id: int):
     return client
 
 
-def production_version(conn: psycopg2.extensions.connection) -> str:
+def production_version(conn: Connection) -> str:
     """The version the database serves by default: the bundled model, registered when its schema was made."""
     return models.registry.resolve(conn, models.registry.PRODUCTION)
 
 
-def max_job_id(conn: psycopg2.extensions.connection) -> int:
+def max_job_id(conn: Connection) -> int:
     """The newest job's id (0 for none): ids beyond it name no job, and jobs after it are new."""
     return query_one(conn, "SELECT coalesce(max(id), 0) FROM jobs")[0]
 
@@ -179,7 +178,7 @@ def prediction_batch(image_ids: list[int], labels: int | list[int], confidence: 
     return PredictionBatch.of(image_ids, probabilities)
 
 
-def job_outcomes(conn: psycopg2.extensions.connection, job_ids: Sequence[int]) -> dict[int, tuple[str, int, int, int]]:
+def job_outcomes(conn: Connection, job_ids: Sequence[int]) -> dict[int, tuple[str, int, int, int]]:
     """Per job: (status, results its counters count, prediction rows, failure rows)."""
     rows = query(
         conn,
@@ -195,7 +194,7 @@ def job_outcomes(conn: psycopg2.extensions.connection, job_ids: Sequence[int]) -
 
 
 def wait_for_jobs(
-    conn: psycopg2.extensions.connection, job_ids: Sequence[int], timeout: float, while_waiting: Callable[[], None] | None = None
+    conn: Connection, job_ids: Sequence[int], timeout: float, while_waiting: Callable[[], None] | None = None
 ) -> dict[int, tuple[str, int, int, int]]:
     """``job_outcomes`` once every job is done, or when ``timeout`` has passed; woken by the workers' notices.
 

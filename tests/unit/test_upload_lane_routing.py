@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared import jobs
 from shared.config import load_settings
-from shared.db import prepared
 from web.app import create_app
 from web.upload_lane import UploadLane, client_address, is_secure, wait_seconds
 
@@ -95,10 +93,3 @@ def test_https_is_the_scheme_or_what_the_trusted_proxies_forwarded():
     forwarded = scope(x_forwarded_proto=b"http, https")
     assert is_secure(forwarded, 1) and not is_secure(forwarded, 2)
     assert not is_secure(forwarded, 0)  # without trusted proxies the header is the client's word
-
-
-def test_the_lane_runs_the_flask_routes_statements_numbered_and_typed():
-    text = prepared.numbered_text(jobs.store.CREATE_NAMED_UPLOAD_JOB, None, cast=True)
-    used = prepared.used_parameters(jobs.store.CREATE_NAMED_UPLOAD_JOB, None)
-    assert "%(" not in text and used[0] == "name" and "$1::text" in text
-    assert all(f"${number}::{jobs.store.CREATE_NAMED_UPLOAD_JOB.types[name]}" in text for number, name in enumerate(used, start=1))
