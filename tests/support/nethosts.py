@@ -20,7 +20,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-import psycopg2
+import psycopg
 import redis
 
 from producer.ingest import load_mnist, mnist_rows
@@ -93,11 +93,8 @@ class Postgres:
         self.process = self.start()
 
     def create_database(self) -> None:
-        admin = psycopg2.connect(self.url.rsplit("/", 1)[0] + "/postgres")
-        admin.autocommit = True
-        with admin.cursor() as cursor:
-            cursor.execute(f"CREATE DATABASE {DATABASE}")
-        admin.close()
+        with psycopg.connect(self.url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE {DATABASE}")
 
     def remove(self) -> None:
         if self.process.running():
@@ -155,7 +152,7 @@ def start_data_host(stack: contextlib.ExitStack, net: Network, logs: Path) -> tu
 def store_test_images(database_url: str, count: int) -> tuple[list[int], str]:
     """The first ``count`` MNIST test images stored: (their ids, the production model version)."""
     digit_images, labels = load_mnist(DEFAULT_MNIST_DIR, "test", count)
-    with contextlib.closing(psycopg2.connect(database_url)) as conn:
+    with contextlib.closing(psycopg.connect(database_url)) as conn:
         image_ids = images.store.insert_images(conn, list(mnist_rows(digit_images, labels, "test")))
         return list(image_ids), models.registry.resolve(conn, models.registry.PRODUCTION)
 
