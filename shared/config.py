@@ -102,9 +102,10 @@ class Settings:
     trusted_proxy_hops: int = 0
     stack_dir: Path = DEFAULT_STACK_DIR
     web_port: int = DEFAULT_WEB_PORT
-    # The web server's processes, and the threads of each that run the app (web/serve.py).
+    # The web server's processes, and the threads of each that run the app (web/serve.py): a request
+    # waiting for its prediction holds one, so there are many (the burst benchmark chose the number).
     web_processes: int = 2
-    web_threads: int = 8
+    web_threads: int = 32
     # Under METRICS_DIR each start of the web (web/serve.py) or of python -m worker makes a fresh
     # folder for prometheus_client's per-process metric files; None: <temp folder>/mnist-queue-metrics.
     metrics_dir: Path | None = None

@@ -96,13 +96,12 @@ def _execute_text(statement: Statement, cursor: Cursor) -> str:
     return _execute_texts[statement.name]
 
 
-def numbered_text(statement: Statement, context: Cursor | None, cast: bool = False) -> str:
-    """The statement with ``$1, $2, ...`` for its parameters, in ``types`` order: PREPARE's body here, and
-    what asyncpg runs (shared/db/upload_lane.py; ``cast`` adds each parameter's type, which asyncpg
-    cannot give PREPARE). ``context`` quotes identifiers; None serves a text without any."""
+def numbered_text(statement: Statement, context: Cursor | None) -> str:
+    """The statement with ``$1, $2, ...`` for its parameters, in ``types`` order: PREPARE's body.
+    ``context`` quotes identifiers; None serves a text without any."""
     text = _text(statement, context)
     for number, parameter in enumerate(used_parameters(statement, context), start=1):
-        text = text.replace(f"%({parameter})s", f"${number}::{statement.types[parameter]}" if cast else f"${number}")
+        text = text.replace(f"%({parameter})s", f"${number}")
     return text
 
 
