@@ -169,8 +169,10 @@ class ProgressListener(Waiters):
                 delay = RECONNECT_FIRST_SECONDS
                 self._dispatch(conn)
             except (psycopg2.Error, OSError, ValueError) as error:  # ValueError: a payload that is not ours
-                if not self._stopping.is_set():
-                    log_reconnect("progress listener", error, delay)
+                if not self._stopping.is_set():  # the first failure in a row at warning, the retries quieter
+                    level = logging.WARNING if delay == RECONNECT_FIRST_SECONDS else logging.DEBUG
+                    reason = str(error).strip() or type(error).__name__
+                    log.log(level, "progress listener: %s; reconnecting in %.1f s", reason, delay)
             finally:
                 self._conn = None
                 self._connection_changed(False)  # they look again, and again each second until it listens again
@@ -186,12 +188,6 @@ class ProgressListener(Waiters):
                 self._heard(heard, answers)
             else:
                 connection.ping(conn)
-
-
-def log_reconnect(listener: str, error: BaseException, delay: float) -> None:
-    """A listener lost (or could not open) its connection: the first failure in a row at warning, the retries quieter."""
-    level = logging.WARNING if delay == RECONNECT_FIRST_SECONDS else logging.DEBUG
-    log.log(level, "%s: %s; reconnecting in %.1f s", listener, str(error).strip() or type(error).__name__, delay)
 
 
 def for_process(database_url: str, threads: int) -> ProgressListener:
