@@ -3,8 +3,8 @@
     python -m bench --sections burst [--rates 100,300,1000,2000] [--web serve|serve:THREADS|sync|gthread:8]
         [--connections keep-alive|close] [--label after]
 
-Against a real gunicorn and ``python -m worker`` (bulk worker and upload consumer) on a
-private database, a separate process (``bench.burst_client``) sends ``POST
+Against a real ``python -m web.serve`` (granian's WSGI threads; gunicorn for trees from before it)
+and ``python -m worker`` (bulk worker and upload consumer) on a private database, a separate process (``bench.burst_client``) sends ``POST
 /api/predictions?wait=10`` at each rate for a few seconds, loopback only, bounded in count
 and time. Per rate: accepted (answered with the stored prediction), refused (429), other
 failures, and p50/p95/p99 from the scheduled send to the answer. The highest rate with
@@ -144,7 +144,7 @@ def drain(settings: Any, url: str) -> None:
 
 
 def start_side(env: dict[str, str], tree: Path, web: str, settings: Any) -> tuple[ChildProcess, ChildProcess, str]:
-    """``python -m worker`` and gunicorn running the code of ``tree`` (this one, or another worktree's)."""
+    """``python -m worker`` and the web running the code of ``tree`` (this one, or another worktree's)."""
     worker_log, web_log = RESULTS_DIR / f"burst-worker-{tree.name}.log", RESULTS_DIR / f"burst-web-{tree.name}.log"
     worker_log.unlink(missing_ok=True)
     command = [sys.executable, "-m", "worker", "--concurrency", str(settings.worker_processes()), *WORKER_OPTIONS]

@@ -12,8 +12,8 @@ connection that has finished its last answer, opening one only when none is free
 busy uploader or a proxy in front of the web does. A server that answers ``Connection:
 close`` (gunicorn's sync workers) gets a new connection for every request either way.
 
-It runs on uvloop, the web's own event loop (web/serve.py): the client shares the two cores with
-the server, and on uvloop it took 0.24 ms of CPU per upload at 700/s against 0.32 on asyncio's
+It runs on uvloop (a requirement of the benchmarks only, requirements.txt): the client shares the
+two cores with the server, and on uvloop it took 0.24 ms of CPU per upload at 700/s against 0.32 on asyncio's
 own loop (one pair of bursts in a throwaway harness around bench.burst, 2026-12-03).
 """
 

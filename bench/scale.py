@@ -259,7 +259,9 @@ def predict_new_images(env: dict[str, str], settings: Settings, first_id: int, l
         conn = connection.connect(settings.database_url)
         app = queues.broker.celery_app(settings)
         version = model_version(settings.model_path)
-        upload_jobs = [jobs.service.submit_upload(conn, settings, encode_image(image), version, {"upload": "scale.png"}) for image in uploads]
+        upload_jobs = [
+            jobs.service.submit_upload(conn, settings, encode_image(image), version, {"upload": "scale.png"}).id for image in uploads
+        ]
         run_job(conn, app, settings, list(range(first_id, last_id + 1)), version)
         from shared import jobs
 

@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     stack_dir: Path = Field(PROJECT_ROOT / ".mnist-queue", description="where ./run up keeps its PostgreSQL and Redis data, logs and state")
     web_port: int = Field(8000, ge=1, le=65535, description="port of the web UI: on 127.0.0.1 for ./run up, on the host for Docker")
     web_processes: Count = Field(2, alias="WEB_CONCURRENCY", description="processes of the web server (python -m web.serve)")
-    web_threads: Count = Field(8, description="threads of each web process that run the Flask app")
+    web_threads: Count = Field(32, description="threads of each web process; a request waiting for its prediction holds one")
     metrics_dir: OptionalPath = Field(None, description="where each start of the web or worker makes its metrics folder; unset: temp")
     metrics_store_dir: OptionalPath = Field(None, alias="PROMETHEUS_MULTIPROC_DIR", description="set by the entry points; not for users")
     # celery-exporter's port, so that a scrape config written for it finds a worker's metrics too.

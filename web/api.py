@@ -14,7 +14,6 @@ can make a browser send (web/auth.py asks a session-authenticated unsafe call fo
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from pathlib import Path
 from typing import Any
@@ -83,31 +82,37 @@ def create_prediction() -> tuple[Response, int]:
     wait = wait_seconds()
     model, shadow = request.args.get("model") or None, request.args.get("shadow") or None
     data, filename = uploaded_image()
-    conn = backends.get_db()
-    # A waiting client listens before the upload is enqueued, so the worker's notice cannot be missed.
-    # While it sleeps on the process's listener the request gives its connection back to the pool.
-    listener = backends.get_progress_listener() if wait else None
-    with predictions.notices(conn, listener, backends.close_db) if wait else contextlib.nullcontext() as heard:
-        try:
-            prediction = predictions.submit_upload(conn, backends.app_settings(), data, filename, model, shadow)
-        except ValueError as error:
-            raise BadRequest(str(error)) from None
-        if heard is not None:
-            prediction = predictions.await_prediction(backends.get_db, prediction, wait, heard, look_first=False)
-    return prediction_response(prediction, wait, just_created=True)
+    config = backends.app_settings()
+    # Read before the upload is enqueued, so that the worker's notice cannot be missed.
+    since = backends.get_progress_listener().generation() if wait else None
+    try:
+        prediction = predictions.accept_upload(backends.get_db(), config, data, filename, model, shadow)
+    except ValueError as error:
+        raise BadRequest(str(error)) from None
+    return prediction_response(waited(prediction, since, wait), wait, just_created=True)
 
 
 @blueprint.get("/api/predictions/<token:token>")
 def show_prediction(token: str) -> tuple[Response, int]:
     wait = wait_seconds()
-    conn = backends.get_db()
-    prediction = predictions.get_prediction_by_token(conn, token)
+    since = backends.get_progress_listener().generation() if wait else None  # before the look
+    prediction = predictions.get_prediction_by_token(backends.get_db(), token)
     if prediction is None:
         raise NotFound("there is no prediction with that token")
-    if wait and not prediction.finished:
-        listener = backends.get_progress_listener()
-        prediction = predictions.wait_for_prediction(backends.get_db, prediction.id, wait, listener, backends.close_db)
-    return prediction_response(prediction, wait, just_created=False)
+    return prediction_response(waited(prediction, since, wait), wait, just_created=False)
+
+
+def waited(prediction: predictions.Prediction, since: int | None, wait: float) -> predictions.Prediction:
+    """The prediction after waiting up to ``wait`` seconds for it to finish; the request's connection goes
+    back to the pool while it sleeps."""
+    if not wait or prediction.finished:
+        return prediction
+
+    def look() -> predictions.Prediction | None:
+        return predictions.get_prediction(backends.get_db(), prediction.id)
+
+    listener = backends.get_progress_listener()
+    return predictions.await_prediction(listener, prediction, since, wait, look, backends.close_db)
 
 
 @blueprint.post("/api/jobs")

@@ -19,7 +19,6 @@ from web.pool import ConnectionPool
 READY_TIMEOUT_SECONDS = 3
 CELERY_EXTENSION = "mnist_celery"
 POOL_EXTENSION = "mnist_db_pool"
-LISTENER_EXTENSION = "mnist_progress_listener"  # set by web/asgi.py: the event loop's listener
 SCHEMA_MISSING = "the tables do not exist yet (create them with: python -m producer init-db)"
 _pool_lock = threading.Lock()
 
@@ -62,11 +61,10 @@ def connection_pool() -> ConnectionPool:
     return pool
 
 
-def get_progress_listener() -> progress_listener.Waiters:
-    """This process's one LISTEN connection for waiting requests: the event loop's under the served app
-    (web/asgi.py), else a thread's, started on first use (in the process that serves)."""
-    served = current_app.extensions.get(LISTENER_EXTENSION)
-    return served if served is not None else progress_listener.for_database(app_settings().database_url)
+def get_progress_listener() -> progress_listener.ProgressListener:
+    """This process's one LISTEN connection for waiting requests, started on first use (in the process that serves)."""
+    settings = app_settings()
+    return progress_listener.for_process(settings.database_url, settings.web_threads)
 
 
 def get_celery() -> Celery:

@@ -16,12 +16,8 @@ import ipaddress
 import math
 import time
 
-import limits
-import limits.aio.storage
-import limits.aio.strategies
 from flask import Flask, Response, current_app, request
 from flask_limiter import Limiter, RateLimitExceeded
-from werkzeug.exceptions import TooManyRequests
 
 from shared import observability
 from shared.config import Settings
@@ -108,25 +104,3 @@ def seconds_until(reset_at: float) -> int:
 
 def refusal_message(limit_message: str, retry_after: int) -> str:
     return f"{limit_message}; try again in {retry_after} seconds"
-
-
-class UploadLimit:
-    """UPLOAD_RATE_LIMIT counted from the event loop (web/upload_lane.py): the ``limits`` library that
-    Flask-Limiter runs on, its asyncio Redis storage (redis.asyncio), the same moving window and the
-    same keys (prefix, client, scope), so an upload counts once whichever way it came."""
-
-    def __init__(self, config: Settings) -> None:
-        self.config = config
-        self.items = sorted(limits.parse_many(config.upload_rate_limit or ""))
-        storage = limits.aio.storage.RedisStorage(f"async+{config.redis_url}", implementation="redispy")
-        self.window = limits.aio.strategies.MovingWindowRateLimiter(storage)
-
-    async def count(self, address: str) -> None:
-        """Count one upload from ``address``; 429 with Retry-After once it is one too many (nothing else is counted then)."""
-        identifiers = (key_prefix(self.config), client_key_of(address), UPLOAD_SCOPE)
-        for item in self.items:
-            if not await self.window.hit(item, *identifiers):
-                stats = await self.window.get_window_stats(item, *identifiers)
-                retry_after = seconds_until(stats.reset_time)
-                observability.metrics.record_refusal(TooManyRequests.code, "upload_rate_limit")
-                raise TooManyRequests(refusal_message(upload_limit_message(self.config), retry_after), retry_after=retry_after)

@@ -7,11 +7,9 @@ the worker has written anything. Its uploader knows it by its public token (128 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import numpy as np
@@ -94,63 +92,45 @@ def raise_unavailable(error: models.registry.UnknownModel, asked: bool) -> NoRet
     raise ServiceUnavailable(f"the model is not available: {error}") from None
 
 
-def submit_upload(
-    conn: Connection, config: Settings, data: bytes, filename: str | None, model: str | None = None, shadow: str | None = None
+def accept_upload(
+    conn: Connection,
+    config: Settings,
+    data: bytes,
+    filename: str | None,
+    model: str | None = None,
+    shadow: str | None = None,
 ) -> Prediction:
-    """Preprocess, store and enqueue one picture on the upload queue; return it, queued.
+    """What the form, the canvas and the API do with a picture: refuse it when the queue is full
+    (429, before decoding), check the model names, preprocess it into the stored 28x28 form, and
+    hand it to ``jobs.service.submit_upload``, the one function that stores and enqueues an upload.
 
-    ``model`` (a version or alias; default production) answers it; ``shadow`` predicts it too,
-    and is never answered. Raises ValueError with a user-readable message before anything is
-    stored, TooManyRequests (429) when the upload queue is full, 422 for an unknown model, 503
-    when none was named and nothing is aliased production.
+    ``model`` (a version or alias; default production) answers it; ``shadow`` predicts it too, and
+    is never answered. Raises ValueError with a user-readable message before anything is stored,
+    422 for an unknown model, 503 when none was named and nothing is aliased production.
     """
     accepted = time.time()  # the start of the upload's latency in the metrics
     refuse_when_queue_full(config)
     named, shadow_version = model or models.registry.PRODUCTION, None
     if shadow:  # a shadow must differ from the version answering: both are looked up first
         named, shadow_version = job_models(conn, model, shadow)
+    digit = encode_image(user_image_to_mnist(data, config.max_image_pixels))
+    selection = {"upload": stored_filename(filename)}
     try:
-        models.registry.check_name(named)
+        upload = jobs.service.submit_upload(conn, config, digit, named, selection, None, accepted, shadow_version)
     except models.registry.UnknownModel as error:
         raise_unavailable(error, asked=bool(model))
-    upload = prepare_upload(config, data, filename)
-    # The statement that stores the upload looks its model up (a version stands for itself): one round trip fewer.
-    created = jobs.service.submit_named_upload(conn, config, upload.image, named, upload.selection, upload.token, accepted, shadow_version)
-    if created is None:
-        raise_unavailable(models.registry.unknown(named), asked=bool(model))
-    return upload.queued(*created)
-
-
-@dataclasses.dataclass(frozen=True)
-class PreparedUpload:
-    """An accepted picture, ready to store: the 28x28 digit as stored, its token, its job's selection."""
-
-    image: bytes
-    token: str
-    selection: dict[str, Any]
-
-    def queued(self, job_id: int, image_id: int, version: str) -> Prediction:
-        """This upload once stored as job ``job_id`` and enqueued, answered by ``version``."""
-        return Prediction(
-            id=job_id,
-            token=self.token,
-            status=QUEUED,
-            image_id=image_id,
-            label=None,
-            confidence=None,
-            probabilities=None,
-            error=None,
-            model_version=version,
-            filename=self.selection["upload"],
-        )
-
-
-def prepare_upload(config: Settings, data: bytes, filename: str | None) -> PreparedUpload:
-    """Preprocess a picture (ValueError with a user-readable message when it is not one) and give it a token.
-
-    Both ways an upload arrives share it: the Flask route (``submit_upload``) and the event loop's lane (web/upload_lane.py)."""
-    digit = user_image_to_mnist(data, config.max_image_pixels)
-    return PreparedUpload(encode_image(digit), jobs.store.new_upload_token(), {"upload": stored_filename(filename)})
+    return Prediction(
+        id=upload.id,
+        token=upload.public_token,
+        status=QUEUED,
+        image_id=upload.image_id,
+        label=None,
+        confidence=None,
+        probabilities=None,
+        error=None,
+        model_version=upload.model_version,
+        filename=selection["upload"],
+    )
 
 
 def stored_filename(filename: str | None) -> str | None:
@@ -221,101 +201,39 @@ def prediction_from_row(row: dict[str, Any] | None) -> Prediction | None:
     )
 
 
-class OwnConnectionNotices:
-    """The fallback while the process's listener is down: this request's connection LISTENs
-    (inside ``jobs.progress.listening``) and reads every stored batch's notice."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-
-    def wait(self, job_id: int, seconds: float) -> bool:
-        """Sleep up to ``seconds`` on the notices; whether to look again (ours moved, or a quiet interval passed)."""
-        heard = jobs.progress.wait_for_progress(self.conn, seconds)
-        return job_id in heard or not heard
-
-    def answer(self, job_id: int) -> jobs.progress.UploadAnswer | None:
-        """None: this connection hears job ids only, so the waiter reads the answer back."""
-        return None
-
-
-class ListenerNotices:
-    """The process's one LISTEN connection (web/progress_listener.py): no round trip, woken for our
-    job only; ``release`` hands the request's connection back to the pool while it sleeps."""
-
-    def __init__(self, listener: progress_listener.Waiters, generation: int, release: Callable[[], None] | None) -> None:
-        self.listener, self.generation, self.release = listener, generation, release
-        self.watched: tuple[int, threading.Event] | None = None
-
-    def wait(self, job_id: int, seconds: float) -> bool:
-        if self.watched is None or self.watched[0] != job_id:
-            self.close()
-            self.watched = (job_id, self.listener.register(job_id, self.generation))
-        event = self.watched[1]
-        if self.release is not None:
-            self.release()
-        event.wait(seconds)
-        event.clear()  # before the look that follows: a notice after it sets it again
-        return True
-
-    def answer(self, job_id: int) -> jobs.progress.UploadAnswer | None:
-        return self.listener.answer(job_id)
-
-    def close(self) -> None:
-        if self.watched is not None:
-            self.listener.unregister(*self.watched)
-            self.watched = None
-
-
-Notices = OwnConnectionNotices | ListenerNotices
-
-
-@contextlib.contextmanager
-def notices(conn: Connection, listener: progress_listener.Waiters | None, release: Callable[[], None] | None = None) -> Iterator[Notices]:
-    """How a waiting request hears that a prediction was stored: entered before the upload is
-    enqueued (or looked at), so its notice cannot be missed. The listener when it is listening
-    (``release`` then gives ``conn`` back while it sleeps), else a LISTEN on ``conn`` (two more round trips)."""
-    generation = listener.generation() if listener is not None else None
-    if listener is not None and generation is not None:
-        shared = ListenerNotices(listener, generation, release)
-        try:
-            yield shared
-        finally:
-            shared.close()
-    else:
-        with jobs.progress.listening(conn):
-            yield OwnConnectionNotices(conn)
-
-
-def wait_for_prediction(
-    connect: Callable[[], Connection],
-    prediction_id: int,
-    seconds: float,
-    listener: progress_listener.Waiters | None = None,
-    release: Callable[[], None] | None = None,
-) -> Prediction | None:
-    """The prediction once finished, or its state after ``seconds``. ``connect`` gives the connection
-    for each look (the request's, taken from the pool again after ``release`` gave it back)."""
-    prediction = get_prediction(connect(), prediction_id)
-    if prediction is None or prediction.finished or seconds <= 0:
-        return prediction
-    with notices(connect(), listener, release) as heard:
-        return await_prediction(connect, prediction, seconds, heard)
-
-
 def await_prediction(
-    connect: Callable[[], Connection], queued: Prediction, seconds: float, heard: Notices, look_first: bool = True
+    listener: progress_listener.Waiters,
+    queued: Prediction,
+    since: int | None,
+    seconds: float,
+    look: Callable[[], Prediction | None],
+    release: Callable[[], None] | None = None,
 ) -> Prediction:
-    """Inside ``notices``: sleep on the worker's NOTIFY instead of polling, so the answer leaves
-    within a millisecond of the prediction being stored. The answer the notice carried, when the
-    listener heard one, else the stored state read back (a failure, a redelivery, the fallback
-    connection). ``look_first`` is False for an upload just enqueued, which cannot be finished yet."""
+    """``queued`` once finished, or as it stands after ``seconds``: the one way a request waits.
+
+    It sleeps on the process's listener, so the answer leaves within a millisecond of the prediction
+    being stored: the answer the notice carried, else the stored state read back with ``look`` (a
+    failure, a redelivery, a reconnect, a quiet second). ``since`` is ``listener.generation()`` read
+    before the upload was enqueued or last looked at, so that no notice in between is missed.
+    ``release`` gives the request's database connection back while it sleeps. When every thread that
+    may wait is taken (``listener.hold``) it answers at once, as it stands."""
     deadline = time.monotonic() + seconds
-    prediction = get_prediction(connect(), queued.id) if look_first else queued
-    while (prediction is None or not prediction.finished) and time.monotonic() < deadline:
-        if heard.wait(queued.id, min(deadline - time.monotonic(), jobs.progress.RECHECK_SECONDS)):
-            answer = heard.answer(queued.id)
-            prediction = queued.answered(answer) if answer is not None else get_prediction(connect(), queued.id)
-    return prediction if prediction is not None else get_prediction(connect(), queued.id)
+    prediction = queued
+    with listener.hold() as may_wait:
+        if not may_wait:
+            return prediction
+        event = listener.register(queued.id, since)
+        try:
+            while not prediction.finished and (left := deadline - time.monotonic()) > 0:
+                if release is not None:
+                    release()
+                event.wait(min(left, jobs.progress.RECHECK_SECONDS))
+                event.clear()  # before the look that follows: a notice after it sets it again
+                answer = listener.answer(queued.id)
+                prediction = queued.answered(answer) if answer is not None else look() or prediction
+        finally:
+            listener.unregister(queued.id, event)
+    return prediction
 
 
 def prediction_body(prediction: Prediction, url: Callable[[str, str], str]) -> dict[str, Any]:

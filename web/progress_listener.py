@@ -1,26 +1,29 @@
-"""One LISTEN connection per web process, shared by every request that waits for an upload's prediction.
+"""The one way a web request waits for an upload's prediction: one LISTEN connection per web process.
 
-A waiting request used to LISTEN on its own pooled connection, read every stored batch's notice
-and UNLISTEN afterwards: two more round trips per upload, and each notice parsed by every
-waiter. Here one daemon thread per process (a web process runs the app on threads, web/serve.py)
-holds the only LISTEN connection and wakes exactly the requests whose job was announced: the
-NOTIFY payload is the job id (shared/jobs/results.py), and an upload is a job of its own. It hears
-the uploads' answers too (``jobs.progress.ANSWER_CHANNEL``) and keeps each one for the request waiting
-for it (``answer``), which then needs no query to reply.
+The web is Flask on granian's WSGI threads (web/serve.py); a request that waits holds its thread and
+sleeps on a ``threading.Event``. One daemon thread per process holds the only LISTEN connection and
+wakes exactly the requests whose job was announced: the NOTIFY payload is the job id
+(shared/jobs/results.py), and an upload is a job of its own. It hears the uploads' answers too
+(``jobs.progress.ANSWER_CHANNEL``) and keeps each one for the request waiting for it (``answer``),
+which then needs no query to reply.
 
-The thread starts on first use in the process that serves (never at import) and reconnects when
-its connection drops. While it is not listening, a request listens on its own connection as
-before (web/predictions.py), and every waiter looks again at least once a second whatever it
-heard (jobs.progress.RECHECK_SECONDS), so a notice lost while reconnecting only delays an answer.
+The thread starts on first use in the process that serves (never at import) and reconnects with
+backoff when its connection drops. Every waiter looks again at each (re)connect and at least once
+a second whatever it heard (jobs.progress.RECHECK_SECONDS), so while it is not listening a wait
+becomes a look each second and a notice lost while reconnecting only delays an answer.
+
+Waits hold threads, so they may hold only WEB_THREADS - RESERVED_THREADS of them at once (``hold``):
+the health checks and the pages always find a thread, and an upload past that answers at once, queued.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import psycopg2
 
@@ -35,17 +38,19 @@ RECENT_NOTICES = 4096
 QUIET_PING_SECONDS = 10.0  # a connection that heard nothing this long is pinged, so a dead one is noticed
 RECONNECT_FIRST_SECONDS, RECONNECT_MAX_SECONDS = 0.1, 2.0
 CONNECT_TIMEOUT_SECONDS = 5
+# Threads of a process that no wait may hold: /healthz, /readyz and the pages are answered while uploads wait.
+RESERVED_THREADS = 4
 
 _listeners: dict[tuple[int, str], ProgressListener] = {}
 _listeners_lock = threading.Lock()
 
 
 class Waiters:
-    """The threads waiting for jobs and the answers heard last, under one lock: what every listener of
-    a web process shares with the Flask threads (web/predictions.ListenerNotices). This module's
-    thread is one such listener; under the served app the event loop's is (web/upload_lane.AnswerListener)."""
+    """The threads waiting for jobs and the answers heard last, under one lock; ``ProgressListener`` feeds it."""
 
-    def __init__(self) -> None:
+    def __init__(self, most_waits: int | None = None) -> None:
+        """``most_waits``: how many threads may wait at once (None: no bound)."""
+        self._slots = threading.BoundedSemaphore(most_waits) if most_waits else None
         self._lock = threading.Lock()
         self._waiters: dict[int, list[threading.Event]] = {}
         self._recent: collections.OrderedDict[int, jobs.progress.UploadAnswer | None] = collections.OrderedDict()
@@ -57,7 +62,7 @@ class Waiters:
         with self._lock:
             return self._generation if self._listening.is_set() else None
 
-    def register(self, job_id: int, generation: int) -> threading.Event:
+    def register(self, job_id: int, generation: int | None) -> threading.Event:
         """An event set when ``job_id`` is announced from now on, set at once if it was just announced or the
         connection changed since ``generation`` (a notice may have been missed): look again whenever it is set."""
         event = threading.Event()
@@ -74,6 +79,19 @@ class Waiters:
                 events.remove(event)
             if not events:
                 self._waiters.pop(job_id, None)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[bool]:
+        """A place among the threads that may wait: True while held, False when they are all taken (answer at once)."""
+        if self._slots is None:
+            yield True
+        elif self._slots.acquire(blocking=False):
+            try:
+                yield True
+            finally:
+                self._slots.release()
+        else:
+            yield False
 
     def answer(self, job_id: int) -> jobs.progress.UploadAnswer | None:
         """The upload's answer, if it was announced a moment ago (one of the last RECENT_NOTICES jobs heard)."""
@@ -116,8 +134,8 @@ class Waiters:
 class ProgressListener(Waiters):
     """A daemon thread that dispatches job-progress notices to the threads waiting for those jobs."""
 
-    def __init__(self, database_url: str) -> None:
-        super().__init__()
+    def __init__(self, database_url: str, most_waits: int | None = None) -> None:
+        super().__init__(most_waits)
         self._database_url = database_url
         self._stopping = threading.Event()
         self._conn: connection.Connection | None = None
@@ -151,8 +169,10 @@ class ProgressListener(Waiters):
                 delay = RECONNECT_FIRST_SECONDS
                 self._dispatch(conn)
             except (psycopg2.Error, OSError, ValueError) as error:  # ValueError: a payload that is not ours
-                if not self._stopping.is_set():
-                    log_reconnect("progress listener", error, delay)
+                if not self._stopping.is_set():  # the first failure in a row at warning, the retries quieter
+                    level = logging.WARNING if delay == RECONNECT_FIRST_SECONDS else logging.DEBUG
+                    reason = str(error).strip() or type(error).__name__
+                    log.log(level, "progress listener: %s; reconnecting in %.1f s", reason, delay)
             finally:
                 self._conn = None
                 self._connection_changed(False)  # they look again, and again each second until it listens again
@@ -170,17 +190,12 @@ class ProgressListener(Waiters):
                 connection.ping(conn)
 
 
-def log_reconnect(listener: str, error: BaseException, delay: float) -> None:
-    """A listener lost (or could not open) its connection: the first failure in a row at warning, the retries quieter."""
-    level = logging.WARNING if delay == RECONNECT_FIRST_SECONDS else logging.DEBUG
-    log.log(level, "%s: %s; reconnecting in %.1f s", listener, str(error).strip() or type(error).__name__, delay)
-
-
-def for_database(database_url: str) -> ProgressListener:
-    """This process's listener for ``database_url``, started now if there is none (or its thread ended)."""
+def for_process(database_url: str, threads: int) -> ProgressListener:
+    """This process's listener for ``database_url``, started now if there is none (or its thread ended);
+    its waits hold at most ``threads`` (WEB_THREADS) - RESERVED_THREADS threads."""
     key = (os.getpid(), database_url)  # a thread does not cross a fork: each process starts its own
     with _listeners_lock:
         listener = _listeners.get(key)
         if listener is None or not listener.alive:
-            listener = _listeners[key] = ProgressListener(database_url)
+            listener = _listeners[key] = ProgressListener(database_url, max(1, threads - RESERVED_THREADS))
         return listener

@@ -62,15 +62,11 @@ def init_app(app: Flask, config: Settings) -> None:
 
 
 def add_security_headers(response: Response) -> Response:
-    for name, value in response_headers(request.is_secure).items():
+    """What every answer carries unless it set its own: errors and 429s too (this runs after their handlers)."""
+    for name, value in HEADERS.items():
         response.headers.setdefault(name, value)
-    return response
-
-
-def response_headers(secure: bool) -> dict[str, str]:
-    """What every answer carries unless it set its own: also the event loop's upload lane's (web/upload_lane.py)."""
     # Pages and answers may hold an operator's data or an upload's result: no shared cache may keep them.
-    headers = {**HEADERS, "Cache-Control": "no-store"}
-    if secure:
-        headers["Strict-Transport-Security"] = HSTS
-    return headers
+    response.headers.setdefault("Cache-Control", "no-store")
+    if request.is_secure:
+        response.headers.setdefault("Strict-Transport-Security", HSTS)
+    return response

@@ -42,7 +42,7 @@ def predict() -> Response | tuple[str, int]:
     if upload is None or not upload.filename:
         return render_template("home.html", error="choose a picture to upload, or draw a digit"), 400
     try:
-        token = predictions.submit_upload(backends.get_db(), backends.app_settings(), upload.read(), upload.filename).token
+        token = predictions.accept_upload(backends.get_db(), backends.app_settings(), upload.read(), upload.filename).token
     except ValueError as error:
         return render_template("home.html", error=f"{upload.filename}: {error}"), 400
     return redirect(url_for("views.prediction", token=token), code=303)

@@ -16,7 +16,7 @@ from typing import Any
 import redis.exceptions
 from celery import Celery
 
-from shared import queues
+from shared import models, queues
 from shared.config import Settings
 from shared.db.connection import Connection
 from shared.digits import IMAGE_SHAPE
@@ -113,60 +113,47 @@ def enqueue_bulk(app: Celery, settings: Settings, job_id: int, image_ids: Sequen
     return queues.broker.send_batches(app, queues.broker.bulk_queue(settings), job_id, batches)
 
 
+@dataclasses.dataclass(frozen=True)
+class SubmittedUpload:
+    id: int
+    image_id: int
+    model_version: str
+    public_token: str
+
+
 def submit_upload(
     conn: Connection,
     settings: Settings,
     image_data: bytes,
-    model_version: str,
+    model: str,
     selection: dict[str, Any],
     public_token: str | None = None,
     accepted: float | None = None,
     shadow_version: str | None = None,
-) -> int:
-    """Store one stored-form image as a single-image job and put it on the upload queue; returns the job id.
+) -> SubmittedUpload:
+    """Store one stored-form image as a single-image job and put it on the upload queue: every upload
+    (the web's form, canvas and API, the benchmarks, the tests) enters here.
 
-    The job records ``public_token`` (default: a new one), the uploader's only way back to the
-    result. If Redis refuses the entry the job is removed again, so no job waits for ever.
-    ``accepted`` (``time.time()`` when the request began; default: now) stamps the queue entry,
-    for the upload's latency and the queue's age in the metrics. The upload is answered by
-    ``model_version``; a ``shadow_version`` predicts it too, never answered.
+    ``model`` is a version or an alias, resolved by the statement that stores the upload (one round
+    trip: image and job in one transaction); a name that stands for no version raises
+    ``UnknownModel`` with nothing stored. The job records ``public_token`` (default: a new one), the
+    uploader's only way back to the result. If Redis refuses the entry the job is removed again, so
+    no job waits for ever. ``accepted`` (``time.time()`` when the request began; default: now) stamps
+    the queue entry, for the upload's latency and the queue's age in the metrics. A ``shadow_version``
+    predicts it too, never answered.
     """
-    job_id, image_id = store.create_upload_job(
-        conn, image_data, list(IMAGE_SHAPE), model_version, selection, public_token, shadow_version=shadow_version
-    )
-    _enqueue_upload(conn, settings, job_id, image_id, accepted)
-    return job_id
-
-
-def submit_named_upload(
-    conn: Connection,
-    settings: Settings,
-    image_data: bytes,
-    model_name: str,
-    selection: dict[str, Any],
-    public_token: str | None = None,
-    accepted: float | None = None,
-    shadow_version: str | None = None,
-) -> tuple[int, int, str] | None:
-    """``submit_upload`` answered by the version ``model_name`` (an alias or a version) stands for now,
-    looked up by the statement that stores the upload: one round trip fewer per upload. Returns
-    (job id, image id, version), or None, with nothing stored, when the name stands for no version."""
-    created = store.create_named_upload_job(
-        conn, image_data, list(IMAGE_SHAPE), model_name, selection, public_token, shadow_version=shadow_version
-    )
+    models.registry.check_name(model)
+    token = public_token or store.new_upload_token()
+    created = store.create_named_upload_job(conn, image_data, list(IMAGE_SHAPE), model, selection, token, shadow_version)
     if created is None:
-        return None
+        raise models.registry.unknown(model)
     job_id, image_id, version = created
-    _enqueue_upload(conn, settings, job_id, image_id, accepted)
-    return job_id, image_id, version
-
-
-def _enqueue_upload(conn: Connection, settings: Settings, job_id: int, image_id: int, accepted: float | None) -> None:
     try:
         queues.uploads.enqueue(settings, job_id, [image_id], accepted)
     except redis.exceptions.RedisError:
         store.delete_upload_job(conn, job_id, image_id)
         raise
+    return SubmittedUpload(job_id, image_id, version, token)
 
 
 def resume_job(conn: Connection, app: Celery, settings: Settings, job_id: int) -> int:

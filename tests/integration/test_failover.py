@@ -310,7 +310,7 @@ def freeze_holding_uploads(
     deadline = time.monotonic() + CATCH_SECONDS
     while time.monotonic() < deadline:
         for picture in pictures[len(job_ids) % len(pictures) :][:UPLOADS_PER_FREEZE]:
-            job_ids.append(jobs.service.submit_upload(conn, settings, picture, model_version, {"failover": True}))
+            job_ids.append(jobs.service.submit_upload(conn, settings, picture, model_version, {"failover": True}).id)
         signal_group(consumer.pid, signal.SIGSTOP)
         frozen_at = time.monotonic()
         time.sleep(SETTLE_SECONDS)

@@ -67,7 +67,7 @@ def submit_uploads(conn, env: dict[str, str], pictures: list[bytes]) -> list[int
     """One upload job per stored-form image, on the upload queue, as the web sends them."""
     config = load_settings(env)
     version = services.production_version(conn)
-    return [jobs.service.submit_upload(conn, config, picture, version, {"fault": True}) for picture in pictures]
+    return [jobs.service.submit_upload(conn, config, picture, version, {"fault": True}).id for picture in pictures]
 
 
 def stored_images(conn, image_ids: list[int]) -> list[bytes]:

@@ -164,7 +164,7 @@ def test_an_upload_given_up_on_after_its_prediction_was_stored_keeps_its_one_pre
     assert jobs.results.store_results(conn, job_id, production_version(conn), PredictionBatch.of([image_id], probabilities), []) == (1, 0)
     queue = queues.uploads.queue_name(settings)
     queues.uploads.client(settings.redis_url).lpush(queue, queues.uploads.encode_entry(job_id, image_id, deaths=MAX_DELIVERIES))
-    behind = submit_upload(conn, settings, IMAGE, production_version(conn), {"upload": None})  # taken after it
+    behind = submit_upload(conn, settings, IMAGE, production_version(conn), {"upload": None}).id  # taken after it
     assert wait_for_job(conn, behind, timeout=30)["done_count"] == 1
     job = jobs.store.get_job(conn, job_id)
     assert (job["status"], job["done_count"], job["failed_count"]) == ("done", 1, 0)
@@ -179,7 +179,7 @@ def test_entries_that_are_not_ours_or_name_no_job_are_dropped_and_the_consumer_g
     queue = queues.uploads.queue_name(settings)
     garbage = (b"not an entry", queues.uploads.encode_entry(missing_job, image_id).encode())
     queues.uploads.client(settings.redis_url).lpush(queue, *garbage)
-    job_id = submit_upload(conn, settings, IMAGE, production_version(conn), {"upload": None})  # queued behind both
+    job_id = submit_upload(conn, settings, IMAGE, production_version(conn), {"upload": None}).id  # queued behind both
 
     assert wait_for_job(conn, job_id, timeout=30)["done_count"] == 1
     assert jobs.store.rows_for_job(conn, missing_job) == (None, 0, 0)

@@ -36,7 +36,7 @@ def test_both_workers_serve_their_queue_and_stop_together(worker_env, conn, tmp_
         ids = images.store.insert_images(conn, [ImageRow(IMAGE, None, [28, 28], "upload", None, None)])
         version = services.production_version(conn)
         bulk_job = jobs.service.submit_job(conn, queues.broker.celery_app(config), config, jobs.service.Selection(image_ids=tuple(ids)), version, 1).id
-        upload_job = jobs.service.submit_upload(conn, config, IMAGE, version, {"upload": None})
+        upload_job = jobs.service.submit_upload(conn, config, IMAGE, version, {"upload": None}).id
         for job_id in (bulk_job, upload_job):  # each can only have been served by its own lane
             assert wait_for_job(conn, job_id, timeout=30)["status"] == "done"
 

@@ -34,7 +34,7 @@ def test_its_options_parse_and_the_settings_give_the_defaults():
     context = serve.main.make_context("serve", ["--bind", "127.0.0.1:9", "--threads", "3"])
     assert context.params == {"bind": "127.0.0.1:9", "workers": None, "threads": 3, "backlog": serve.BACKLOG, "access_log": True}
     defaults = load_settings({})
-    assert (defaults.web_processes, defaults.web_threads) == (2, 8)
+    assert (defaults.web_processes, defaults.web_threads) == (2, 32)
     chosen = load_settings({"WEB_CONCURRENCY": "4", "WEB_THREADS": "16"})
     assert (chosen.web_processes, chosen.web_threads) == (4, 16)
     with pytest.raises(ValueError, match="WEB_THREADS must be at least 1"):
