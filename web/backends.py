@@ -1,11 +1,21 @@
-"""The app's connections: a pooled PostgreSQL connection per request, one Celery client per app."""
+"""The app's connections: a pooled PostgreSQL connection per request, one Celery client per app.
+
+The pool is psycopg_pool's, as large as the process's threads (a request holds at most one), so it
+never runs dry while every thread serves; a caller beyond that waits CHECKOUT_WAIT_SECONDS, then
+hears 503 with Retry-After (web/errors.py). After a PostgreSQL restart the pool still holds
+connections to the old server: one that sat idle is pinged before it is handed out, one in steady
+use is not, so a burst pays no extra round trip.
+"""
 
 from __future__ import annotations
 
 import os
 import threading
+import time
+import weakref
 
-import psycopg2.extensions
+import psycopg
+import psycopg_pool
 from celery import Celery
 from flask import Flask, current_app, g
 
@@ -14,12 +24,13 @@ from shared.config import Settings
 from shared.db import connection
 from shared.queues.broker import celery_app
 from web import progress_listener
-from web.pool import ConnectionPool
 
 READY_TIMEOUT_SECONDS = 3
 CELERY_EXTENSION = "mnist_celery"
 POOL_EXTENSION = "mnist_db_pool"
 SCHEMA_MISSING = "the tables do not exist yet (create them with: python -m producer init-db)"
+CHECKOUT_WAIT_SECONDS = 5.0
+PING_AFTER_IDLE_SECONDS = 1.0
 _pool_lock = threading.Lock()
 
 
@@ -32,32 +43,58 @@ def app_settings() -> Settings:
     return current_app.config["MNIST_SETTINGS"]
 
 
-def get_db() -> psycopg2.extensions.connection:
+def get_db() -> connection.Connection:
     """The request's connection, taken from this process's pool on first use."""
     if "db" not in g:
-        g.db = connection_pool().checkout()
+        g.db = connection_pool().getconn()
     return g.db
 
 
 def close_db(_: BaseException | None = None) -> None:
+    """Back to the pool, which rolls back what is open and closes a connection that broke."""
     conn = g.pop("db", None)
     if conn is not None:
-        connection_pool().checkin(conn)
+        connection_pool().putconn(conn)
 
 
-def connection_pool() -> ConnectionPool:
+def make_pool(database_url: str, size: int) -> psycopg_pool.ConnectionPool[connection.Connection]:
+    """A pool of up to ``size`` autocommit connections, one opened now, the rest on demand and then kept."""
+    returned_at: weakref.WeakKeyDictionary[connection.Connection, float] = weakref.WeakKeyDictionary()
+
+    def stamp(conn: connection.Connection) -> None:
+        returned_at[conn] = time.monotonic()
+
+    def ping_if_idle(conn: connection.Connection) -> None:
+        if time.monotonic() - returned_at.get(conn, 0.0) > PING_AFTER_IDLE_SECONDS:
+            psycopg_pool.ConnectionPool.check_connection(conn)
+
+    pool: psycopg_pool.ConnectionPool[connection.Connection] = psycopg_pool.ConnectionPool(
+        database_url,
+        kwargs={"autocommit": True, **connection.network_options(database_url)},
+        min_size=1,
+        max_size=size,
+        max_idle=float("inf"),
+        check=ping_if_idle,
+        reset=stamp,
+        timeout=CHECKOUT_WAIT_SECONDS,
+        open=True,
+    )
+    return pool
+
+
+def connection_pool() -> psycopg_pool.ConnectionPool[connection.Connection]:
     """One pool per process, made in the process that serves: opening a connection costs milliseconds.
 
     Made under a lock: a process's first requests arrive together on its threads, and a connection
-    must go back to the pool it came from."""
-    pool = current_app.extensions.get(POOL_EXTENSION)
-    if pool is None or pool.owner_pid != os.getpid():
+    must go back to the pool it came from. Kept with the process id: a pool must not cross a fork."""
+    owner, pool = current_app.extensions.get(POOL_EXTENSION, (None, None))
+    if owner != os.getpid():
         with _pool_lock:
-            pool = current_app.extensions.get(POOL_EXTENSION)
-            if pool is None or pool.owner_pid != os.getpid():
+            owner, pool = current_app.extensions.get(POOL_EXTENSION, (None, None))
+            if owner != os.getpid():
                 settings = app_settings()
-                pool = ConnectionPool(settings.database_url, settings.web_threads)
-                current_app.extensions[POOL_EXTENSION] = pool
+                pool = make_pool(settings.database_url, settings.web_threads)
+                current_app.extensions[POOL_EXTENSION] = (os.getpid(), pool)
     return pool
 
 
@@ -75,7 +112,7 @@ def check_database() -> str | None:
     """None when PostgreSQL answers, else why not."""
     try:
         ready = connection.tables_exist(app_settings().database_url, READY_TIMEOUT_SECONDS)
-    except psycopg2.Error as error:
+    except psycopg.Error as error:
         return first_line(error)
     return None if ready else SCHEMA_MISSING
 
@@ -96,7 +133,7 @@ def check_model() -> str | None:
         models.registry.resolve(get_db(), models.registry.PRODUCTION)
     except models.registry.UnknownModel as error:
         return str(error)
-    except psycopg2.Error as error:
+    except psycopg.Error as error:
         return first_line(error)
     return None
 

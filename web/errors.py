@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 
 import kombu.exceptions
-import psycopg2
-import psycopg2.errors
+import psycopg
+import psycopg_pool
 import redis.exceptions
 from flask import Flask, Response, current_app, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
@@ -26,15 +26,17 @@ DATABASE_UNAVAILABLE = "the database is unavailable; try again shortly"
 BROKER_UNAVAILABLE = "the queue (broker) is unavailable; try again shortly"
 UNEXPECTED = "something went wrong on our side; it has been logged"
 SCHEMA_MISSING = f"the database is not set up: {backends.SCHEMA_MISSING}"
+RETRY_AFTER_SECONDS = 1
 
 
 def init_app(app: Flask) -> None:
     app.register_error_handler(CSRFError, csrf_failed)
     app.register_error_handler(RequestEntityTooLarge, too_large)
     app.register_error_handler(HTTPException, http_error)
-    app.register_error_handler(psycopg2.OperationalError, database_unavailable)
-    app.register_error_handler(psycopg2.InterfaceError, database_unavailable)  # a connection that died mid-request
-    app.register_error_handler(psycopg2.errors.UndefinedTable, schema_missing)
+    app.register_error_handler(psycopg.OperationalError, database_unavailable)
+    app.register_error_handler(psycopg.InterfaceError, database_unavailable)  # a connection that died mid-request
+    app.register_error_handler(psycopg_pool.PoolTimeout, connections_busy)
+    app.register_error_handler(psycopg.errors.UndefinedTable, schema_missing)
     app.register_error_handler(kombu.exceptions.OperationalError, broker_unavailable)
     app.register_error_handler(redis.exceptions.ConnectionError, broker_unavailable)  # the upload queue, without kombu
     app.register_error_handler(redis.exceptions.TimeoutError, broker_unavailable)
@@ -76,13 +78,21 @@ def too_large(error: RequestEntityTooLarge) -> tuple[Response | str, int]:
     return error_response(error.code, f"the upload is too large: at most {limit:,} bytes are accepted")
 
 
-def database_unavailable(error: psycopg2.OperationalError | psycopg2.InterfaceError) -> tuple[Response | str, int]:
+def database_unavailable(error: psycopg.Error) -> tuple[Response | str, int, dict[str, str]]:
     log.error("database unavailable during %s %s: %s", request.method, request.path, error)
     observability.metrics.record_refusal(ServiceUnavailable.code, "database")
-    return error_response(ServiceUnavailable.code, DATABASE_UNAVAILABLE)
+    return *error_response(ServiceUnavailable.code, DATABASE_UNAVAILABLE), {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
-def schema_missing(error: psycopg2.errors.UndefinedTable) -> tuple[Response | str, int]:
+def connections_busy(error: psycopg_pool.PoolTimeout) -> tuple[Response | str, int, dict[str, str]]:
+    """Every connection of this process is in use and none came back in time: ask to come back shortly."""
+    observability.metrics.record_refusal(ServiceUnavailable.code, "database_connections")
+    size = backends.connection_pool().max_size
+    message = f"all {size} database connections of this web process are in use; try again shortly"
+    return *error_response(ServiceUnavailable.code, message), {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+
+def schema_missing(error: psycopg.errors.UndefinedTable) -> tuple[Response | str, int]:
     log.error("schema missing during %s %s: %s", request.method, request.path, error)
     observability.metrics.record_refusal(ServiceUnavailable.code, "schema")
     return error_response(ServiceUnavailable.code, SCHEMA_MISSING)

@@ -25,7 +25,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 
-import psycopg2
+import psycopg
 
 from shared import jobs
 from shared.db import connection
@@ -168,7 +168,7 @@ class ProgressListener(Waiters):
                 self._connection_changed(True)
                 delay = RECONNECT_FIRST_SECONDS
                 self._dispatch(conn)
-            except (psycopg2.Error, OSError, ValueError) as error:  # ValueError: a payload that is not ours
+            except (psycopg.Error, OSError, ValueError) as error:  # ValueError: a payload that is not ours
                 if not self._stopping.is_set():  # the first failure in a row at warning, the retries quieter
                     level = logging.WARNING if delay == RECONNECT_FIRST_SECONDS else logging.DEBUG
                     reason = str(error).strip() or type(error).__name__

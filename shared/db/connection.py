@@ -6,9 +6,9 @@ statement, COMMIT). Work that must be all or nothing goes through ``transaction`
 passes ``prepare=True``: psycopg prepares it on the server the first time a connection runs it and
 executes it by name ever after, so each connection plans it once.
 
-Until web/ is converted, its pool hands these helpers psycopg2 connections: they are told apart by
-type and given what psycopg2 understands (a composed statement as text, ``with conn`` for a
-transaction, no ``prepare``). Delete ``_is_legacy`` and its branches with web/'s last psycopg2 import.
+Every connection notices a silent network: libpq's keep-alives and ``tcp_user_timeout`` end one
+whose peer stopped answering within seconds instead of the kernel's minutes (``NETWORK_OPTIONS``,
+each overridden by the same parameter in the database URL).
 """
 
 from __future__ import annotations
@@ -19,16 +19,30 @@ from typing import Any
 
 import psycopg
 import tenacity
-from psycopg import sql
+from psycopg import conninfo, sql
 
 Connection = psycopg.Connection[Any]
 Cursor = psycopg.Cursor[Any]
 # Errors after which the connection may be dead: callers reconnect and retry.
 TRANSIENT_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
+NETWORK_OPTIONS = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,  # milliseconds: data unacknowledged this long ends the connection
+}
+
+
+def network_options(database_url: str) -> dict[str, Any]:
+    """NETWORK_OPTIONS less those the URL sets itself."""
+    given = conninfo.conninfo_to_dict(database_url)
+    return {name: value for name, value in NETWORK_OPTIONS.items() if name not in given}
 
 
 def connect(database_url: str, **options: Any) -> Connection:
-    return psycopg.connect(database_url, **options)
+    return psycopg.connect(database_url, **{**network_options(database_url), **options})
 
 
 def plan_once(conn: Connection) -> None:
@@ -60,20 +74,11 @@ def wait_for_database(database_url: str, timeout_seconds: float = 60) -> Connect
     return retrying(connect, database_url)
 
 
-def _is_legacy(conn: Any) -> bool:
-    """A psycopg2 connection from web/'s pool (see the module's docstring)."""
-    return not isinstance(conn, psycopg.Connection)
-
-
 @contextlib.contextmanager
 def transaction(conn: Connection) -> Iterator[Cursor]:
     """A cursor whose statements commit together on success and roll back on any error.
 
     ``conn.transaction()``, not ``with conn``: in psycopg 3 the latter closes the connection."""
-    if _is_legacy(conn):
-        with conn, conn.cursor() as cursor:
-            yield cursor
-        return
     with conn.transaction(), conn.cursor() as cursor:
         yield cursor
 
@@ -98,12 +103,7 @@ def query(
 
     ``prepare=True`` for a statement run often: planned once per connection (None: psycopg's threshold)."""
     with single_statement(conn) as cursor:
-        if _is_legacy(conn):
-            if isinstance(statement, sql.Composable):
-                statement = statement.as_string()  # psycopg2 takes psycopg's composition only as text
-            cursor.execute(statement, params)
-        else:
-            cursor.execute(statement, params, prepare=prepare)
+        cursor.execute(statement, params, prepare=prepare)
         if cursor.description is None:
             return []
         rows = cursor.fetchall()

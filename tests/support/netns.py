@@ -5,7 +5,7 @@
         net.link("worker1", up=False)                                # unplug its cable: a partition
         net.shape("data", delay_ms=10, loss_percent=2)                # netem on both ends of its link
         with net.inside("control"):                                   # this thread's sockets join the network
-            psycopg2.connect(f"host={net.address('data')} ...")
+            psycopg.connect(f"host={net.address('data')} ...")
 
 Every host is a namespace with one interface (``eth0``) plugged into a bridge that lives in a
 namespace of its own, so nothing of this network (routes, addresses, the bridge) appears in the

@@ -1,8 +1,8 @@
 """The unit layer reaches no service: any attempt to open a network connection or a database fails the test.
 
 The session's settings may name a PostgreSQL and a Redis that happen to be running; a unit
-test must not depend on them, so both ways out are closed here: psycopg and psycopg2 (libpq connects
-outside Python's sockets; web/ still uses psycopg2) and every TCP socket (Redis, HTTP).
+test must not depend on them, so both ways out are closed here: psycopg (libpq connects outside
+Python's sockets) and every TCP socket (Redis, HTTP).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 
 import psycopg
-import psycopg2
 import pytest
 
 NETWORK_FAMILIES = (socket.AF_INET, socket.AF_INET6)
@@ -37,6 +36,5 @@ def no_services(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(psycopg, "connect", refuse_database)
     monkeypatch.setattr(psycopg.Connection, "connect", classmethod(refuse_database))
-    monkeypatch.setattr(psycopg2, "connect", refuse_database)
     monkeypatch.setattr(socket.socket, "connect", guarded(real_connect))
     monkeypatch.setattr(socket.socket, "connect_ex", guarded(real_connect_ex))

@@ -2,7 +2,8 @@
 
 The page lists the images whose latest prediction is a digit, newest first. Without this index
 it walked the newest images and looked up each one's latest prediction until enough matched:
-about ten images read per match for one digit of ten, which grew with the table. With it, the page reads only images once predicted that digit,
+about ten images read per match for one digit of ten, which grew with the table.
+With it, the page reads only images once predicted that digit,
 newest first, and checks that the latest prediction still says so (``queries.images_of_digit``).
 
 Revision ID: 0008
