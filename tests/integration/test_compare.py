@@ -348,7 +348,7 @@ def test_two_first_comparisons_of_a_pair_at_once_both_succeed(pair, settings):
         with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
             answers = [pool.submit(load_comparison, request, a, b) for request in requests]
             deadline = time.monotonic() + 60
-            backends = [request.get_backend_pid() for request in requests]
+            backends = [request.info.backend_pid for request in requests]
             while waiting_for_a_lock(conn, backends) < len(requests) and time.monotonic() < deadline:
                 time.sleep(0.02)
             waited = waiting_for_a_lock(conn, backends)
