@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 # Each page reloads itself this often while a prediction or job is unfinished.
 REFRESH_SECONDS = 1
+MAX_FORM_PARTS = 50
 
 
 class BoundedJSONProvider(DefaultJSONProvider):
@@ -50,6 +51,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, settings: Settings 
         MAX_CONTENT_LENGTH=config.max_upload_bytes,
         # A drawing arrives as a file part, but keep plain fields within the same limit.
         MAX_FORM_MEMORY_SIZE=config.max_upload_bytes,
+        # Every form here has a handful of fields: a body of many tiny parts is only work for the parser.
+        MAX_FORM_PARTS=MAX_FORM_PARTS,
         REFRESH_SECONDS=REFRESH_SECONDS,
         MNIST_SETTINGS=config,
     )

@@ -176,7 +176,8 @@ def sign_in() -> Response | tuple[str, int, dict[str, str]]:
     next_page = safe_next(request.values.get("next"))
     name = request.form.get("name", "")
     password = request.form.get("password", "")
-    operator = operators.secrets.authenticate(backends.get_db(), name, password) if name and password else None
+    # No rehash: the web's database role may not write passwords (deploy/postgres-init).
+    operator = operators.secrets.authenticate(backends.get_db(), name, password, rehash=False) if name and password else None
     if operator is None:
         # The name as data (repr: no line breaks into the log), never the password.
         log.warning("sign-in failed for operator %r from %r", name[:100], client_address())
@@ -190,6 +191,9 @@ def sign_in() -> Response | tuple[str, int, dict[str, str]]:
 
 @blueprint.post("/sign-out")
 def sign_out() -> Response:
+    """Ends every session of the operator, this one and any copy of its cookie, not just this browser's."""
+    if getattr(current_user, "via", None) == SESSION:
+        operators.store.end_sessions(backends.get_db(), current_user.operator.id)
     logout_user()
     session.clear()
     return redirect(url_for("views.home"), code=303)
