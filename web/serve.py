@@ -105,7 +105,7 @@ def logging_config(access_log: bool) -> dict[str, Any]:
         **LOGGING_CONFIG["loggers"],
         ACCESS_LOGGER: {"handlers": ["access"], "level": "INFO" if access_log else "WARNING", "propagate": False},
     }
-    return {**LOGGING_CONFIG, "loggers": loggers}
+    return {**dict(LOGGING_CONFIG), "loggers": loggers}
 
 
 if __name__ == "__main__":
