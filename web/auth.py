@@ -153,6 +153,8 @@ def safe_next(target: str | None) -> str:
     """Where to go after signing in: a path on this site only (no open redirect)."""
     if not target:
         return url_for("views.jobs")
+    if not target.isprintable() or not target.isascii():
+        return url_for("views.jobs")  # a line break would split the Location header; anything else unprintable is no path of ours
     parts = urllib.parse.urlsplit(target)
     if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith(("//", "/\\")) or "\\" in target:
         return url_for("views.jobs")
@@ -163,14 +165,19 @@ def client_address() -> str:
     return request.remote_addr or "unknown"
 
 
-@blueprint.route("/sign-in", methods=["GET", "POST"])
-def sign_in() -> Response | str | tuple[str, int, dict[str, str]]:
+@blueprint.get("/sign-in")
+def sign_in_page() -> str:
+    """The form alone: a GET or HEAD never reads a password, never signs in and never counts as a failure."""
+    return render_template("sign_in.html", next_page=safe_next(request.args.get("next")))
+
+
+@blueprint.post("/sign-in")
+def sign_in() -> Response | tuple[str, int, dict[str, str]]:
     next_page = safe_next(request.values.get("next"))
-    if request.method == "GET":
-        return render_template("sign_in.html", next_page=next_page)
     name = request.form.get("name", "")
     password = request.form.get("password", "")
-    operator = operators.secrets.authenticate(backends.get_db(), name, password) if name and password else None
+    # No rehash: the web's database role may not write passwords (deploy/postgres-init).
+    operator = operators.secrets.authenticate(backends.get_db(), name, password, rehash=False) if name and password else None
     if operator is None:
         # The name as data (repr: no line breaks into the log), never the password.
         log.warning("sign-in failed for operator %r from %r", name[:100], client_address())
@@ -184,6 +191,9 @@ def sign_in() -> Response | str | tuple[str, int, dict[str, str]]:
 
 @blueprint.post("/sign-out")
 def sign_out() -> Response:
+    """Ends every session of the operator, this one and any copy of its cookie, not just this browser's."""
+    if getattr(current_user, "via", None) == SESSION:
+        operators.store.end_sessions(backends.get_db(), current_user.operator.id)
     logout_user()
     session.clear()
     return redirect(url_for("views.home"), code=303)

@@ -31,6 +31,8 @@ POOL_EXTENSION = "mnist_db_pool"
 SCHEMA_MISSING = "the tables do not exist yet (create them with: python -m producer init-db)"
 CHECKOUT_WAIT_SECONDS = 5.0
 PING_AFTER_IDLE_SECONDS = 1.0
+# Connections are kept, not closed when idle; finite, since the pool's scheduler cannot wait for ever.
+IDLE_CONNECTION_SECONDS = 86_400.0
 _pool_lock = threading.Lock()
 
 
@@ -73,7 +75,7 @@ def make_pool(database_url: str, size: int) -> psycopg_pool.ConnectionPool[conne
         kwargs={"autocommit": True, **connection.network_options(database_url)},
         min_size=1,
         max_size=size,
-        max_idle=float("inf"),
+        max_idle=IDLE_CONNECTION_SECONDS,
         check=ping_if_idle,
         reset=stamp,
         timeout=CHECKOUT_WAIT_SECONDS,

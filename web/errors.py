@@ -74,8 +74,20 @@ def csrf_failed(error: CSRFError) -> tuple[Response | str, int]:
 
 
 def too_large(error: RequestEntityTooLarge) -> tuple[Response | str, int]:
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
-    return error_response(error.code, f"the upload is too large: at most {limit:,} bytes are accepted")
+    """werkzeug raises the same 413 for three limits: name the one this body broke."""
+    return error_response(error.code, too_large_message())
+
+
+def too_large_message() -> str:
+    config = current_app.config
+    body = getattr(request, "_cached_data", None)  # read whole by web/bodies.py: then the body was within its limit
+    if body is None:
+        return f"the upload is too large: at most {config['MAX_CONTENT_LENGTH']:,} bytes are accepted"
+    boundary = request.mimetype_params.get("boundary", "").encode()
+    parts = body.count(b"--" + boundary) - 1 if request.mimetype == "multipart/form-data" and boundary else 0
+    if parts > config["MAX_FORM_PARTS"]:
+        return f"the form has too many parts: at most {config['MAX_FORM_PARTS']} are accepted"
+    return f"a form field is too large: at most {config['MAX_FORM_MEMORY_SIZE']:,} bytes are accepted"
 
 
 def database_unavailable(error: psycopg.Error) -> tuple[Response | str, int, dict[str, str]]:

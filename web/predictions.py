@@ -113,7 +113,8 @@ def accept_upload(
     named, shadow_version = model or models.registry.PRODUCTION, None
     if shadow:  # a shadow must differ from the version answering: both are looked up first
         named, shadow_version = job_models(conn, model, shadow)
-    digit = encode_image(user_image_to_mnist(data, config.max_image_pixels))
+    decode_bytes = config.max_decode_megabytes * 2**20
+    digit = encode_image(user_image_to_mnist(data, config.max_image_pixels, decode_bytes, config.concurrent_decodes))
     selection = {"upload": stored_filename(filename)}
     try:
         upload = jobs.service.submit_upload(conn, config, digit, named, selection, None, accepted, shadow_version)

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import click
 from granian import Granian
 from granian.constants import Interfaces
 from granian.http import HTTP1Settings
+from granian.log import LOGGING_CONFIG
 
 from shared import observability
 from shared.config import load_settings
@@ -37,6 +39,13 @@ BACKLOG = 2048
 GRACEFUL_SECONDS = 35
 # A client that has not sent its request line and headers by then is dropped: it holds no thread, but a socket.
 HEADER_READ_MILLISECONDS = 10_000
+# The request line and headers may not exceed this (hyper answers 431): no page or API call needs more.
+MAX_HEADER_BUFFER_BYTES = 64 * 1024
+# Connections one process serves at once, idle keep-alives and trickling bodies included: far more than
+# its threads, since neither holds one (web/bodies.py bounds the threads that read bodies).
+CONNECTIONS_PER_PROCESS = 1024
+# The app writes the access log (web/access_log.py); granian's own line is off, since it prints the raw path.
+ACCESS_LOGGER = "web.access_log"
 
 
 def command(
@@ -75,8 +84,12 @@ def main(bind: str, workers: int | None, threads: int | None, backlog: int, acce
             workers=processes,
             blocking_threads=settings.web_threads,
             backlog=backlog,
-            http1_settings=HTTP1Settings(header_read_timeout=HEADER_READ_MILLISECONDS),
-            log_access=access_log,
+            backpressure=CONNECTIONS_PER_PROCESS,
+            http1_settings=HTTP1Settings(
+                header_read_timeout=HEADER_READ_MILLISECONDS, keep_alive=True, max_buffer_size=MAX_HEADER_BUFFER_BYTES
+            ),
+            log_access=False,
+            log_dictconfig=logging_config(access_log),
             respawn_failed_workers=True,  # a process that dies is replaced
             workers_kill_timeout=GRACEFUL_SECONDS,
             websockets=False,
@@ -84,6 +97,15 @@ def main(bind: str, workers: int | None, threads: int | None, backlog: int, acce
         server.serve()
     finally:
         observability.files.remove(directory)
+
+
+def logging_config(access_log: bool) -> dict[str, Any]:
+    """granian's logging, plus the app's access log on stdout (its level turns it off)."""
+    loggers = {
+        **LOGGING_CONFIG["loggers"],
+        ACCESS_LOGGER: {"handlers": ["access"], "level": "INFO" if access_log else "WARNING", "propagate": False},
+    }
+    return {**dict(LOGGING_CONFIG), "loggers": loggers}
 
 
 if __name__ == "__main__":

@@ -63,7 +63,12 @@ def prediction_image(token: str) -> Response:
     result = predictions.get_prediction_by_token(backends.get_db(), token)
     if result is None:
         raise NotFound("there is no prediction with that token")
-    return stored_image_response(result.image_id, "the upload's picture")
+    response = stored_image_response(result.image_id, "the upload's picture")
+    # Behind a token that is its only key: no cache, not even the browser's, keeps a copy past the page.
+    response.cache_control.no_store = True
+    response.cache_control.private = None
+    response.cache_control.max_age = None
+    return response
 
 
 @blueprint.get("/predictions/<id:job_id>")

@@ -20,6 +20,7 @@ from alembic.script import ScriptDirectory
 from psycopg import sql
 from sqlalchemy.pool import NullPool
 
+from shared.db import grants
 from shared.db.connection import connect, query
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -51,6 +52,7 @@ def migrate(database_url: str, target: str = "head") -> tuple[str | None, str | 
             config = alembic_config()
             config.attributes["connection"] = connection
             command.upgrade(config, target)
+            connection.exec_driver_sql(grants.GRANTS)  # after every migration: new tables and columns too
             after = MigrationContext.configure(connection).get_current_revision()
     except sqlalchemy.exc.DBAPIError as error:
         raise error.orig from None  # psycopg's own error, as the rest of the data layer raises (init-db tells them apart)

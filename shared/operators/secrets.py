@@ -62,12 +62,13 @@ def hash_password(password: str) -> str:
     return _hasher.hash(check_password(password))
 
 
-def credential_tag(password_hash: str) -> str:
-    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
+def credential_tag(password_hash: str, session_generation: int = 0) -> str:
+    """What a session must name: changes with the password and at every sign-out."""
+    return hashlib.sha256(f"{session_generation}:{password_hash}".encode()).hexdigest()[:16]
 
 
 def _operator(row: dict) -> Operator:
-    return Operator(row["id"], row["name"], credential_tag(row["password_hash"]))
+    return Operator(row["id"], row["name"], credential_tag(row["password_hash"], row.get("session_generation", 0)))
 
 
 def add_operator(conn: Connection, name: str, password: str) -> int:
@@ -82,10 +83,11 @@ def change_password(conn: Connection, name: str, password: str) -> None:
     store.set_password_hash(conn, row["id"], hash_password(password))
 
 
-def authenticate(conn: Connection, name: str, password: str) -> Operator | None:
+def authenticate(conn: Connection, name: str, password: str, rehash: bool = True) -> Operator | None:
     """The operator if ``name`` and ``password`` match, else None, in about the same time either way.
 
-    A hash made with weaker parameters than today's is replaced on success.
+    A hash made with weaker parameters than today's is replaced on success, unless ``rehash`` is
+    False (the web, whose database role may not write passwords: the next CLI sign-in does it).
     """
     row = store.operator_by_name(conn, name) if len(name) <= 100 else None
     if len(password) > MAX_PASSWORD_CHARS:
@@ -96,7 +98,7 @@ def authenticate(conn: Connection, name: str, password: str) -> Operator | None:
         return None
     if row is None:
         return None
-    if _hasher.check_needs_rehash(row["password_hash"]):
+    if rehash and _hasher.check_needs_rehash(row["password_hash"]):
         row = {**row, "password_hash": _hasher.hash(password)}
         store.set_password_hash(conn, row["id"], row["password_hash"])
     return _operator(row)

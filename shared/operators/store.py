@@ -27,12 +27,20 @@ def create_operator(conn: Connection, name: str, password_hash: str) -> int:
         raise OperatorExists(f"there is already an operator named {name!r}") from None
 
 
+OPERATOR_COLUMNS = "id, name, password_hash, session_generation"
+
+
 def operator_by_name(conn: Connection, name: str) -> dict[str, Any] | None:
-    return query_one(conn, "SELECT id, name, password_hash FROM operators WHERE name = %s", (name,), as_dicts=True)
+    return query_one(conn, f"SELECT {OPERATOR_COLUMNS} FROM operators WHERE name = %s", (name,), as_dicts=True)
 
 
 def operator_by_id(conn: Connection, operator_id: int) -> dict[str, Any] | None:
-    return query_one(conn, "SELECT id, name, password_hash FROM operators WHERE id = %s", (operator_id,), as_dicts=True)
+    return query_one(conn, f"SELECT {OPERATOR_COLUMNS} FROM operators WHERE id = %s", (operator_id,), as_dicts=True)
+
+
+def end_sessions(conn: Connection, operator_id: int) -> None:
+    """Every session of the operator stops working: the generation its tag includes moves on."""
+    query(conn, "UPDATE operators SET session_generation = session_generation + 1 WHERE id = %s", (operator_id,))
 
 
 def set_password_hash(conn: Connection, operator_id: int, password_hash: str) -> bool:
@@ -81,7 +89,7 @@ def token_operator(conn: Connection, token_hash: bytes) -> dict[str, Any] | None
             WHERE id IN (SELECT id FROM token)
               AND (last_used_at IS NULL OR last_used_at < now() - make_interval(secs => %(resolution)s))
         )
-        SELECT o.id, o.name, o.password_hash, token.id AS token_id
+        SELECT o.id, o.name, o.password_hash, o.session_generation, token.id AS token_id
         FROM token JOIN operators o ON o.id = token.operator_id
         """,
         {"hash": token_hash, "resolution": LAST_USED_RESOLUTION_SECONDS},

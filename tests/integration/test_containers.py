@@ -169,7 +169,9 @@ def stack(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     timings["base and stand-in images"] = round(time.monotonic() - base_started, 1)
 
     port = free_port()
-    values = {name: secrets.token_urlsafe(24) for name in ("POSTGRES_PASSWORD", "SECRET_KEY", "MNIST_OWNER_PASSWORD", "MNIST_APP_PASSWORD")}
+    values = {name: secrets.token_urlsafe(24) for name in (
+        "POSTGRES_PASSWORD", "SECRET_KEY", "MNIST_OWNER_PASSWORD", "MNIST_APP_PASSWORD", "MNIST_WEB_PASSWORD", "MNIST_WORKER_PASSWORD"
+    )}
     values |= {**SETTINGS, "PYTHON_IMAGE": base, "POSTGRES_IMAGE": postgres, "REDIS_IMAGE": redis}
     values["WEB_PORT"] = f"127.0.0.1:{port}"  # "${WEB_PORT}:8000": published on loopback only
     env_file = work / "compose.env"

@@ -20,7 +20,7 @@ import psycopg.errors
 import pytest
 from psycopg import sql
 
-from shared import images, jobs
+from shared import images, jobs, models, operators
 from shared.db import schema
 from shared.db.connection import connect, query
 from shared.images.codec import encode_image
@@ -50,7 +50,7 @@ FORBIDDEN = [
 ]
 
 
-def run_roles_script(database: str, owner: str, app: str) -> None:
+def run_roles_script(database: str, owner: str, app: str, web: str | None = None, worker: str | None = None) -> None:
     env = {
         **os.environ,
         "PGHOST": SERVER.hostname or "127.0.0.1",
@@ -59,6 +59,10 @@ def run_roles_script(database: str, owner: str, app: str) -> None:
         "POSTGRES_DB": database,
         "MNIST_OWNER_ROLE": owner,
         "MNIST_APP_ROLE": app,
+        "MNIST_WEB_ROLE": web or f"{app}_web",
+        "MNIST_WORKER_ROLE": worker or f"{app}_worker",
+        "MNIST_WEB_PASSWORD": "web-test-password",
+        "MNIST_WORKER_PASSWORD": "worker-test-password",
         "MNIST_OWNER_PASSWORD": "owner-test-password",
         "MNIST_APP_PASSWORD": "app-test-password",
     }
@@ -81,12 +85,13 @@ def role_urls() -> Iterator[dict[str, str]]:
         yield {**urls, "database": database, "owner_name": owner, "app_name": app, "command_output": started.stdout}
     finally:
         scratch.drop_database(database)
-        drop_roles(owner, app)
+        drop_roles(owner, app, f"{app}_web", f"{app}_worker")
 
 
 def role_urls_for(database: str, owner: str, app: str) -> dict[str, str]:
     server = f"{SERVER.hostname}:{SERVER.port or 5432}"
-    return {role: f"postgresql://{name}@{server}/{database}" for role, name in (("owner", owner), ("app", app))}
+    names = (("owner", owner), ("app", app), ("web", f"{app}_web"), ("worker", f"{app}_worker"))
+    return {role: f"postgresql://{name}@{server}/{database}" for role, name in names}
 
 
 def drop_roles(*names: str) -> None:
@@ -157,3 +162,109 @@ def test_init_db_as_the_app_role_says_which_role_it_needs(role_urls):
         assert schema.current_revision(scratch.database_url_for(database)) is None  # nothing applied
     finally:
         scratch.drop_database(database)
+
+
+@pytest.fixture
+def web_conn(role_urls) -> Iterator[psycopg.Connection]:
+    conn = connect(role_urls["web"])
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def worker_conn(role_urls) -> Iterator[psycopg.Connection]:
+    conn = connect(role_urls["worker"])
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+def an_operator_with_a_token(app_conn) -> tuple[int, str]:
+    app_conn.autocommit = True
+    name = scratch.unique_name("roles-op")
+    operator_id = operators.secrets.add_operator(app_conn, name, "a long enough passphrase")
+    return operator_id, operators.secrets.create_token(app_conn, name, "roles")[1]
+
+
+def test_the_web_role_does_the_webs_work(web_conn, app_conn):
+    operator_id, token = an_operator_with_a_token(app_conn)
+    image = encode_image(np.eye(28, dtype=np.uint8) * 255)
+    version = models.registry.resolve(web_conn, models.registry.PRODUCTION)
+    job_id, image_id, _ = jobs.store.create_named_upload_job(web_conn, image, [28, 28], version, {"upload": "a"}, "t" * 22)
+    assert jobs.queries.upload_prediction(web_conn, job_id) is not None
+    jobs.store.delete_upload_job(web_conn, job_id, image_id)  # an upload Redis refused is undone
+    assert operators.secrets.operator_for_token(web_conn, token).id == operator_id  # and its last use recorded
+    assert operators.secrets.authenticate(web_conn, operators.store.operator_by_id(web_conn, operator_id)["name"],
+                                          "a long enough passphrase", rehash=False) is not None
+    operators.store.end_sessions(web_conn, operator_id)  # a sign-out
+
+
+WEB_FORBIDDEN = [
+    "INSERT INTO operators (name, password_hash) VALUES ('intruder', 'x')",
+    "UPDATE operators SET password_hash = 'x'",
+    "UPDATE operators SET name = 'x'",
+    "DELETE FROM operators",
+    "INSERT INTO api_tokens (operator_id, token_hash) SELECT id, 'x' FROM operators LIMIT 1",
+    "UPDATE api_tokens SET revoked_at = NULL",
+    "DELETE FROM api_tokens",
+    "INSERT INTO models (version, name) VALUES ('evil', 'evil')",
+    "UPDATE models SET card = '{}'",
+    "DELETE FROM models",
+    "INSERT INTO model_aliases (alias, version) SELECT 'evil', version FROM models LIMIT 1",
+    "UPDATE model_aliases SET version = version",
+    "DELETE FROM model_aliases",
+    "INSERT INTO predictions (job_id, input_data_id, model_version, predicted_label, confidence) VALUES (1, 1, 'x', 1, 1)",
+    "UPDATE predictions SET predicted_label = 1",
+    "UPDATE jobs SET done_count = 0",
+    "UPDATE input_data SET true_label = 1",
+    "INSERT INTO job_statistics (job_id, true_label, predicted_label, predictions, low_confidence) VALUES (1, 1, 1, 1, 0)",
+    "CREATE TEMP TABLE t (id INT)",
+]
+WORKER_FORBIDDEN = [
+    "INSERT INTO operators (name, password_hash) VALUES ('intruder', 'x')",
+    "UPDATE operators SET session_generation = 0",
+    "DELETE FROM operators",
+    "UPDATE api_tokens SET last_used_at = now()",
+    "DELETE FROM api_tokens",
+    "INSERT INTO models (version, name) VALUES ('evil', 'evil')",
+    "UPDATE models SET card = '{}'",
+    "DELETE FROM model_aliases",
+    "UPDATE model_aliases SET version = version",
+    "INSERT INTO input_data (image_data, image_shape, dataset_split) VALUES ('x', '{28,28}', 'upload')",
+    "DELETE FROM input_data",
+    "INSERT INTO jobs (kind, model_version, selection, image_ids, total_images) VALUES ('bulk', 'x', '{}', '{}', 0)",
+    "DELETE FROM jobs",
+    "UPDATE jobs SET model_version = 'x'",
+    "DELETE FROM predictions",
+    "UPDATE predictions SET predicted_label = 1",
+    "DELETE FROM job_comparisons",
+]
+
+
+@pytest.mark.parametrize("statement", WEB_FORBIDDEN)
+def test_the_web_role_cannot_write_what_it_does_not_need(web_conn, statement):
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), web_conn.cursor() as cursor:
+        cursor.execute(statement)
+
+
+@pytest.mark.parametrize("statement", WORKER_FORBIDDEN)
+def test_the_worker_role_cannot_write_what_it_does_not_need(worker_conn, statement):
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), worker_conn.cursor() as cursor:
+        cursor.execute(statement)
+
+
+def test_the_worker_role_does_the_workers_work(worker_conn, app_conn):
+    image = encode_image(np.eye(28, dtype=np.uint8) * 255)
+    app_conn.autocommit = True
+    ids = images.store.insert_images(app_conn, [ImageRow(image, 7, [28, 28], "test", 100 + index, None) for index in range(3)])
+    job_id = jobs.store.create_job(app_conn, ids, "model-x", {"split": "test"})
+    assert images.store.fetch_images(worker_conn, ids).keys() == set(ids)
+    worker_conn.autocommit = False
+    batch, failures = services.prediction_batch(ids[:2], 7, 0.9), [jobs.results.FailureRow(ids[2], "x")]
+    assert jobs.results.store_results(worker_conn, job_id, "model-x", batch, failures) == (2, 1)
+    worker_conn.commit()
+    worker_conn.autocommit = True
+    assert jobs.results.record_attempt(worker_conn, job_id, ids) == 1
+    jobs.store.mark_resumed(worker_conn, job_id)
+    assert jobs.store.get_job(worker_conn, job_id)["status"] == "done"

@@ -155,7 +155,8 @@ def signed_in(client, conn: Connection, operator_id: int):
     """A Flask test client with the operator's session, as the sign-in form leaves it (without hashing the password again)."""
     row = operators.store.operator_by_id(conn, operator_id)
     with client.session_transaction() as session:
-        session["_user_id"] = f"{operator_id}:{operators.secrets.credential_tag(row['password_hash'])}"
+        tag = operators.secrets.credential_tag(row["password_hash"], row["session_generation"])
+        session["_user_id"] = f"{operator_id}:{tag}"
         session["_fresh"] = True
     return client
 

@@ -1,0 +1,54 @@
+"""What the web's and the workers' database roles may do, table by table and column by column.
+
+deploy/postgres-init creates two group roles of fixed names (NOLOGIN) and makes the web's and the
+workers' login roles members of them. The owner of the tables grants here, after every migration
+(``schema.migrate``), so that a table or column a migration adds is covered at once; where the
+group roles do not exist (a developer's database, the tests' scratch ones) nothing is granted.
+
+Everything either role writes is listed below with the statement that needs it; neither may write
+operators, API tokens, models or aliases beyond the single columns named.
+"""
+
+from __future__ import annotations
+
+WEB_GROUP = "mnist_web_access"
+WORKER_GROUP = "mnist_worker_access"
+
+GRANTS = f"""
+DO $grants$
+BEGIN
+-- only the tables' owner (or a superuser) grants: anyone else at the head has nothing to do
+IF NOT EXISTS (SELECT FROM pg_tables WHERE schemaname = 'public' AND tablename = 'jobs'
+               AND pg_has_role(current_user, tableowner, 'USAGE')) THEN
+    RETURN;
+END IF;
+IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{WEB_GROUP}') THEN
+    REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {WEB_GROUP};
+    -- the pages, the API, the sign-in and the health checks read
+    GRANT SELECT ON ALL TABLES IN SCHEMA public TO {WEB_GROUP};
+    GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {WEB_GROUP};
+    -- an upload (jobs.store.create_named_upload_job) and an operator's job (create_job_from_selection)
+    GRANT INSERT ON input_data, jobs TO {WEB_GROUP};
+    -- an upload that could not be enqueued is undone (jobs.store.delete_upload_job)
+    GRANT DELETE ON input_data, jobs, predictions, job_statistics, job_mistakes, job_comparison_pairs,
+        job_comparisons TO {WEB_GROUP};
+    -- the compare page stores the aggregate of two finished jobs (jobs.comparison_store)
+    GRANT INSERT, UPDATE ON job_comparisons, job_comparison_pairs TO {WEB_GROUP};
+    -- a bearer token's last use (operators.store.token_operator), a sign-out (end_sessions)
+    GRANT UPDATE (last_used_at) ON api_tokens TO {WEB_GROUP};
+    GRANT UPDATE (session_generation) ON operators TO {WEB_GROUP};
+END IF;
+IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{WORKER_GROUP}') THEN
+    REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {WORKER_GROUP};
+    -- images, jobs and models to predict with
+    GRANT SELECT ON ALL TABLES IN SCHEMA public TO {WORKER_GROUP};
+    GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {WORKER_GROUP};
+    -- jobs.results.store_results (its COPY, failures, statistics, mistakes), record_attempt, shadow_store
+    GRANT INSERT ON predictions, job_failures, job_mistakes, shadow_predictions TO {WORKER_GROUP};
+    GRANT INSERT, UPDATE ON job_statistics, batch_attempts TO {WORKER_GROUP};
+    -- the job's counters (store_results) and the sweeper's resume (jobs.store.mark_resumed)
+    GRANT UPDATE (done_count, failed_count, started_at, progressed_at, status, finished_at) ON jobs TO {WORKER_GROUP};
+END IF;
+END
+$grants$;
+"""
