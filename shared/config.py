@@ -273,11 +273,14 @@ _COMPOSE_ENV = """\
 
 # Required by docker compose, each made with: python3 -c "import secrets; print(secrets.token_urlsafe(32))"
 # the superuser's password, the web's SECRET_KEY, and the passwords of the roles the db creates on its first start
-# (mnist_owner owns the tables, mnist_app serves); PostgreSQL reads passwords only when its volume is created.
+# (mnist_owner owns the tables, mnist_web and mnist_worker serve, mnist_app runs the operators' tools);
+# PostgreSQL reads passwords only when its volume is created.
 POSTGRES_PASSWORD=
 SECRET_KEY=
 MNIST_OWNER_PASSWORD=
 MNIST_APP_PASSWORD=
+MNIST_WEB_PASSWORD=
+MNIST_WORKER_PASSWORD=
 # The project's name (its containers', network's and volumes'), the superuser's and the database's, and host ports:
 # the web UI's, and on 127.0.0.1 those of --profile monitoring (Prometheus) and --profile flower.
 COMPOSE_PROJECT_NAME=mnist-queue
