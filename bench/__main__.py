@@ -8,6 +8,7 @@
     python -m bench --sections models [--baseline-model OLD.tflite]   (float vs int8, shipped vs a baseline)
     python -m bench --sections robustness [--baseline-model OLD.tflite]   (accuracy on pictures from real sources)
     python -m bench --sections network [--network-images 10000] --workers 1,2,4   (needs root: 0, 2, 20 ms RTT)
+    python -m bench --sections upload-memory [--against /tmp/before]   (web RSS under worst-case uploads)
 
 Prints a table and writes bench/results/latest.json (latest-database-core.json with
 ``--database-core``, which gives PostgreSQL a core of its own). Throughput figures are the median of
@@ -52,7 +53,9 @@ def table(rows: list[dict[str, Any]], ceiling: float) -> list[str]:
 @click.option("--label", default="", help="Names the result files of scale and burst (e.g. before, after).")
 @click.option("--web", default="serve", show_default=True, help="burst: serve[:THREADS] (web/serve.py); gunicorn sync or gthread:THREADS.")
 @click.option(
-    "--against", type=click.Path(exists=True, file_okay=False, path_type=Path), help="burst: also run this worktree's code, first."
+    "--against",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="burst, upload-memory: also run this worktree's code, first.",
 )
 @click.option("--against-web", default="sync", show_default=True, help="the web for --against, as --web.")
 @click.option(
@@ -83,7 +86,8 @@ def main(
 ) -> None:
     """Bare model vs mnist-queue vs the seed design; upload latency; memory; scale; upload bursts."""
     chosen = set(sections.split(","))
-    if chosen & {"scale", "scale-ab", "burst", "robustness", "network"}:  # the others print it with their own table
+    # The others print it with their own table.
+    if chosen & {"scale", "scale-ab", "burst", "robustness", "network", "upload-memory"}:
         click.echo(machine_line())
     if "scale" in chosen:
         from bench import scale
@@ -109,7 +113,11 @@ def main(
         from bench import network
 
         click.echo("\n".join(network.table(network.run(network_images, tuple(int(n) for n in workers.split(","))))))
-    chosen -= {"scale", "scale-ab", "burst", "models", "robustness", "network"}
+    if "upload-memory" in chosen:
+        from bench import upload_memory
+
+        click.echo("\n".join(upload_memory.main(against)))
+    chosen -= {"scale", "scale-ab", "burst", "models", "robustness", "network", "upload-memory"}
     if not chosen:
         return
     placement = common.database_on_its_own_core() if database_core else contextlib.nullcontext("every process on every core")

@@ -10,22 +10,11 @@ import threading
 import pytest
 from PIL import Image, ImageDraw
 
+from bench.upload_memory import SIDE, worst_case_picture
 from shared.config import PROJECT_ROOT
 from shared.images import preprocess
 
-SIDE = 4000  # 16 million pixels: inside the default MAX_IMAGE_PIXELS
 MAX_PIXELS = 16_000_000
-
-
-def ring(image_format: str, mode: str, **options: object) -> bytes:
-    """A big, nearly empty picture of a 0: a few kilobytes on the wire, many megabytes decoded."""
-    paper = (0, 0, 0, 0) if mode == "RGBA" else 255
-    ink = (0, 0, 0, 255) if mode == "RGBA" else 0
-    picture = Image.new(mode, (SIDE, SIDE), paper)
-    ImageDraw.Draw(picture).ellipse((1000, 800, 3000, 3200), outline=ink, width=250)
-    buffer = io.BytesIO()
-    picture.save(buffer, image_format, **options)
-    return buffer.getvalue()
 
 
 PEAK_SCRIPT = """
@@ -44,7 +33,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
     [("PNG", "RGBA", {}), ("PNG", "L", {}), ("JPEG", "L", {"quality": 80}), ("GIF", "L", {}), ("BMP", "L", {})],
 )
 def test_a_worst_case_picture_decodes_within_the_budget(image_format, mode, options):
-    data = ring(image_format, mode, **options)
+    data = worst_case_picture(image_format, mode, **options)
     run = subprocess.run(
         [sys.executable, "-c", PEAK_SCRIPT, str(MAX_PIXELS)],
         input=data, capture_output=True, cwd=PROJECT_ROOT, timeout=60, check=True,
@@ -54,7 +43,7 @@ def test_a_worst_case_picture_decodes_within_the_budget(image_format, mode, opti
 
 
 def test_a_picture_that_would_cost_more_than_the_budget_is_refused_before_decoding():
-    data = ring("WEBP", "RGBA", lossless=True)
+    data = worst_case_picture("WEBP", "RGBA", lossless=True)
     assert len(data) < 20_000
     with pytest.raises(ValueError, match="too large to decode as WEBP; at most about"):
         preprocess.open_user_image(data, MAX_PIXELS)

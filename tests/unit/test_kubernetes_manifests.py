@@ -181,6 +181,31 @@ def test_pods_run_as_the_images_user_with_resources_and_a_grace_period_above_a_b
     assert WORKERS["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= WORKER_STOP_SECONDS
 
 
+# A web process at rest and granian's main process, in MiB (python -m bench --sections upload-memory).
+WEB_PROCESS_AT_REST_MIB = 128
+WEB_MAIN_PROCESS_MIB = 64
+
+
+def mebibytes(quantity: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)(Mi|Gi)", quantity).groups()
+    return int(number) * (1024 if unit == "Gi" else 1)
+
+
+def test_the_web_memory_limit_holds_every_process_decoding_its_most_at_once():
+    settings = load_settings(CONFIG["data"] | {"MNIST_PRODUCTION": ""})
+    per_process = WEB_PROCESS_AT_REST_MIB + settings.concurrent_decodes * settings.max_decode_megabytes
+    volumes = sum(
+        mebibytes(volume["emptyDir"]["sizeLimit"])
+        for volume in WEB["spec"]["template"]["spec"]["volumes"]
+        if volume["emptyDir"].get("medium") == "Memory"  # a tmpfs counts against the container's memory
+    )
+    needed = settings.web_processes * per_process + WEB_MAIN_PROCESS_MIB + volumes
+    resources_ = container(WEB)["resources"]
+    assert mebibytes(resources_["limits"]["memory"]) >= needed
+    at_rest = settings.web_processes * WEB_PROCESS_AT_REST_MIB + WEB_MAIN_PROCESS_MIB
+    assert at_rest <= mebibytes(resources_["requests"]["memory"]) <= mebibytes(resources_["limits"]["memory"])
+
+
 def scaled_objects() -> list[dict[str, Any]]:
     return [resource for resource in keda_resources() if resource["kind"] == "ScaledObject"]
 
