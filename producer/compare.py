@@ -62,6 +62,8 @@ def compare(
     try:
         if models:
             job_a, job_b = run_on_both(conn, config, models, jobs.service.Selection(split, label, limit, False, image_ids), timeout)
+        if job_a is None or job_b is None:  # ruled out above: without --models both ids are given
+            raise click.UsageError(USAGE)
         result = load_comparison(conn, job_a, job_b)
     except jobs.comparison_store.UnknownJob as error:
         raise click.ClickException(str(error)) from None
@@ -89,6 +91,8 @@ def run_on_both(
     deadline = time.monotonic() + timeout
     for job in submitted:
         finished = jobs.progress.wait_for_job(conn, job.id, max(0.0, deadline - time.monotonic()))
+        if finished is None:  # deleted while it ran
+            raise click.ClickException(f"job {job.id} no longer exists")
         if finished["status"] != "done":
             ids = " ".join(str(each.id) for each in submitted)
             raise click.ClickException(f"job {job.id} did not finish within {timeout:g} s; compare later: python -m producer compare {ids}")
@@ -99,17 +103,18 @@ def report_lines(result: Comparison) -> list[str]:
     a, b = result.job_a, result.job_b
     name_a, name_b = f"job {a['id']}", f"job {b['id']}"
     lines = [f"A = {describe(a, result.versions_a)}", f"B = {describe(b, result.versions_b)}"]
-    if result.note():
-        return [*lines, result.note()]
+    note = result.note()
+    if note:
+        return [*lines, note]
     lines.append(
         f"shared images: {result.shared}, {result.labelled} of them labelled"
         f" (predicted only by {name_a}: {result.only_in(a)}, only by {name_b}: {result.only_in(b)})"
     )
-    if result.labelled:
-        gain = result.accuracy_b - result.accuracy_a
-        lines.append(
-            f"accuracy on the labelled shared images: {name_a} {result.accuracy_a:.4f}, {name_b} {result.accuracy_b:.4f} ({gain:+.4f})"
-        )
+    accuracy_a, accuracy_b = result.accuracy_a, result.accuracy_b  # None when no shared image is labelled
+    if accuracy_a is not None and accuracy_b is not None:
+        gain = accuracy_b - accuracy_a
+        accuracies = f"{name_a} {accuracy_a:.4f}, {name_b} {accuracy_b:.4f} ({gain:+.4f})"
+        lines.append(f"accuracy on the labelled shared images: {accuracies}")
     else:
         lines.append("no shared image has a true label: accuracy unknown")
     totals = result.totals()

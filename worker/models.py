@@ -15,6 +15,7 @@ import logging
 import tempfile
 from collections import OrderedDict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -65,8 +66,7 @@ class ModelCache:
 
     def predictor(self, lane: DatabaseLane, version: str | None) -> Predictor:
         """The loaded predictor of ``version``, loading it first if need be; ModelUnavailable when it cannot be."""
-        if version is None:
-            raise ModelUnavailable("no model is aliased production (python -m producer models alias production VERSION)")
+        version = require_version(version)
         predictor = self._loaded.pop(version, None)
         if predictor is None:
             predictor = self._load(lane, version)
@@ -98,6 +98,13 @@ class ModelCache:
             log.warning("production model not loaded ahead of the first job: %s", one_line(error))
 
 
+def require_version(version: str | None) -> str:
+    """The version to serve; ModelUnavailable for None: the job names none and no model is aliased production."""
+    if version is None:
+        raise ModelUnavailable("no model is aliased production (python -m producer models alias production VERSION)")
+    return version
+
+
 def build_predictor(files: dict[str, Any], runtime: str, precision: str, threads: int) -> tuple[Predictor, str]:
     """A predictor of a version's stored files and which of them it runs."""
     if runtime == "tensorflow":
@@ -107,7 +114,7 @@ def build_predictor(files: dict[str, Any], runtime: str, precision: str, threads
         with tempfile.NamedTemporaryFile(suffix=".keras") as keras_file:  # Keras reads models from files only
             keras_file.write(files["keras_bytes"])
             keras_file.flush()
-            return keras_runtime.KerasPredictor(keras_runtime.load_model(keras_file.name)), "Keras on TensorFlow"
+            return keras_runtime.KerasPredictor(keras_runtime.load_model(Path(keras_file.name))), "Keras on TensorFlow"
     variant = models.registry.serving_variant(files["card"], files["int8_bytes"] is not None, precision)
     content = files["int8_bytes"] if variant == "int8" else files["tflite_bytes"]
     return LiteRTPredictor(content, threads), f"{variant} LiteRT"

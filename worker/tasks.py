@@ -15,7 +15,7 @@ from shared import jobs, queues
 from shared.db.connection import TRANSIENT_ERRORS
 from worker import state
 from worker.batch import give_up, process_batch
-from worker.models import ModelUnavailable, fail_images
+from worker.models import ModelUnavailable, fail_images, require_version
 from worker.shadow import predict_shadow_batch
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ def predict_batch(task: Any, job_id: int, image_ids: list[int]) -> dict[str, int
         if step is jobs.service.NextStep.GIVE_UP:
             return {"done": 0, "failed": give_up(lane, version or "", job_id, image_ids[0], jobs.service.gave_up_reason())}
         try:
+            version = require_version(version)
             predictor = models.predictor(lane, version)
         except ModelUnavailable as error:  # not registered, or its file does not load: this job's images fail, with why
             return {"done": 0, "failed": fail_images(lane, version, job_id, image_ids, str(error))}

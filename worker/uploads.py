@@ -32,7 +32,7 @@ from shared.db.connection import TRANSIENT_ERRORS
 from shared.jobs.results import UnknownJobError
 from shared.models.store import UploadRow
 from worker.batch import DatabaseLane, give_up, process_uploads
-from worker.models import ModelCache, ModelUnavailable
+from worker.models import ModelCache, ModelUnavailable, require_version
 from worker.shadow import predict_shadow
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,7 @@ class UploadConsumer:
         """One model call and one transaction; on failure the batch is split and the halves tried
         again, as the bulk lane does, so a poison upload fails alone and never its neighbours."""
         try:
+            version = require_version(version)
             predictor = self.models.predictor(self.lane, version)
         except ModelUnavailable as error:  # not registered, or its file does not load: these uploads fail, with why
             for row in uploads:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeAlias
 
 import psycopg
 import tenacity
@@ -23,6 +23,8 @@ from psycopg import conninfo, sql
 
 Connection = psycopg.Connection[Any]
 Cursor = psycopg.Cursor[Any]
+# What ``query`` runs: text, or a statement composed with ``psycopg.sql`` (``sql.SQL(...).format(...)``).
+Statement: TypeAlias = str | sql.SQL | sql.Composed
 # Errors after which the connection may be dead: callers reconnect and retry.
 TRANSIENT_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 NETWORK_OPTIONS = {
@@ -97,7 +99,11 @@ def single_statement(conn: Connection) -> Iterator[Cursor]:
 
 
 def query(
-    conn: Connection, statement: str | sql.Composable, params: Any = None, as_dicts: bool = False, prepare: bool | None = None
+    conn: Connection,
+    statement: Statement,
+    params: Any = None,
+    as_dicts: bool = False,
+    prepare: bool | None = None,
 ) -> list[Any]:
     """Run one statement and return its rows (tuples, or dicts with ``as_dicts``); [] when it returns none.
 
@@ -114,11 +120,39 @@ def query(
 
 
 def query_one(
-    conn: Connection, statement: str | sql.Composable, params: Any = None, as_dicts: bool = False, prepare: bool | None = None
+    conn: Connection,
+    statement: Statement,
+    params: Any = None,
+    as_dicts: bool = False,
+    prepare: bool | None = None,
 ) -> Any | None:
     """The first row of ``query``, or None."""
     rows = query(conn, statement, params, as_dicts, prepare)
     return rows[0] if rows else None
+
+
+def query_one_required(
+    conn: Connection,
+    statement: Statement,
+    params: Any = None,
+    as_dicts: bool = False,
+    prepare: bool | None = None,
+) -> Any:
+    """The first row of ``query``, for a statement that always returns one (an aggregate, ``INSERT ... RETURNING``).
+
+    LookupError when it returns none: a bug in the statement, not a row that is missing."""
+    row = query_one(conn, statement, params, as_dicts, prepare)
+    if row is None:
+        raise LookupError(f"no row from a statement that always returns one: {statement!r:.300}")
+    return row
+
+
+def fetchone_required(cursor: Cursor) -> Any:
+    """``cursor.fetchone()`` after a statement that always returns a row; LookupError (a bug) when it returned none."""
+    row = cursor.fetchone()
+    if row is None:
+        raise LookupError("no row from a statement that always returns one")
+    return row
 
 
 def ping(conn: Connection) -> None:
@@ -128,7 +162,7 @@ def ping(conn: Connection) -> None:
 
 def try_lock(conn: Connection, key: int) -> bool:
     """A session-level advisory lock, so one process of many does a job; released on close."""
-    return query_one(conn, "SELECT pg_try_advisory_lock(%s)", (key,))[0]
+    return query_one_required(conn, "SELECT pg_try_advisory_lock(%s)", (key,))[0]
 
 
 def tables_exist(database_url: str, timeout_seconds: int) -> bool:
@@ -137,4 +171,5 @@ def tables_exist(database_url: str, timeout_seconds: int) -> bool:
     Kept apart from ``schema`` so the web needs no migration tool.
     """
     with connect(database_url, connect_timeout=timeout_seconds) as conn:
-        return query_one(conn, "SELECT to_regclass('predictions') IS NOT NULL AND to_regclass('jobs') IS NOT NULL")[0]
+        both = "SELECT to_regclass('predictions') IS NOT NULL AND to_regclass('jobs') IS NOT NULL"
+        return query_one_required(conn, both)[0]

@@ -21,7 +21,7 @@ from psycopg import sql
 from sqlalchemy.pool import NullPool
 
 from shared.db import grants
-from shared.db.connection import connect, query
+from shared.db.connection import Statement, connect, query
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Taken while migrations run so that workers starting together do not race.
@@ -55,6 +55,8 @@ def migrate(database_url: str, target: str = "head") -> tuple[str | None, str | 
             connection.exec_driver_sql(grants.GRANTS)  # after every migration: new tables and columns too
             after = MigrationContext.configure(connection).get_current_revision()
     except sqlalchemy.exc.DBAPIError as error:
+        if error.orig is None:  # SQLAlchemy's own error, wrapping none of the driver's: raised as it is
+            raise
         raise error.orig from None  # psycopg's own error, as the rest of the data layer raises (init-db tells them apart)
     finally:
         engine.dispose()
@@ -86,7 +88,7 @@ def drop_database(admin_url: str, name: str) -> None:
     _as_admin(admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def _as_admin(admin_url: str, statement: sql.Composable) -> None:
+def _as_admin(admin_url: str, statement: Statement) -> None:
     conn = connect(admin_url)
     conn.autocommit = True  # CREATE and DROP DATABASE refuse to run in a transaction
     try:

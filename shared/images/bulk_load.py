@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from psycopg import sql
 
-from shared.db.connection import Connection, query, query_one, single_statement
+from shared.db.connection import Connection, query, query_one_required, single_statement
 
 IMAGE_COPY_COLUMNS = ("image_data", "true_label", "image_shape", "dataset_split", "image_index")
 SIZED_TABLES = ("input_data", "predictions", "jobs", "job_failures", "job_statistics", "job_mistakes", "job_images")
@@ -40,7 +40,7 @@ def vacuum_analyze(conn: Connection) -> None:
 def row_counts(conn: Connection) -> tuple[int, int, int]:
     """(stored images, predictions, jobs)."""
     counts = "SELECT (SELECT count(*) FROM input_data), (SELECT count(*) FROM predictions), (SELECT count(*) FROM jobs)"
-    return tuple(query_one(conn, counts))
+    return tuple(query_one_required(conn, counts))
 
 
 def table_bytes(conn: Connection) -> dict[str, int]:

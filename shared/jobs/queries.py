@@ -6,7 +6,7 @@ from typing import Any
 
 from psycopg import sql
 
-from shared.db.connection import Connection, query, query_one
+from shared.db.connection import Connection, query, query_one, query_one_required
 from shared.jobs import statistics
 from shared.jobs.store import job_columns
 
@@ -20,7 +20,8 @@ def count_low_confidence(conn: Connection, job_id: int, threshold: float) -> int
     """A job's predictions under ``threshold``: from its statistics at the usual threshold, else counted."""
     if threshold == statistics.LOW_CONFIDENCE:
         return statistics.low_confidence_count(conn, job_id)
-    return query_one(conn, "SELECT count(*) FROM predictions WHERE job_id = %s AND confidence < %s", (job_id, threshold))[0]
+    counted = "SELECT count(*) FROM predictions WHERE job_id = %s AND confidence < %s"
+    return query_one_required(conn, counted, (job_id, threshold))[0]
 
 
 def wrong_predictions(

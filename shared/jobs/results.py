@@ -22,7 +22,7 @@ import psycopg
 import psycopg.errors
 from psycopg import sql
 
-from shared.db.connection import Connection, Cursor, transaction
+from shared.db.connection import Connection, Cursor, fetchone_required, transaction
 from shared.digits import NUM_CLASSES
 from shared.jobs import progress, statistics
 
@@ -222,32 +222,34 @@ def _store(
         "channel": progress.CHANNEL,
         "answers": progress.ANSWER_CHANNEL,
     }
-    has_predictions = predictions is not None and len(predictions) > 0
-    in_statement = has_predictions and not skip_stored and predictions.true_labels is not None and len(predictions) <= IN_STATEMENT_ROWS
+    batch = predictions if predictions is not None and len(predictions) > 0 else None  # None: no predictions
+    to_copy = batch  # sent by COPY before the statement, unless the statement carries them
     if skip_stored:
         statement = STORE_STAGED
-    elif in_statement:
-        statement = STORE_WITH_ROWS
-        params |= statistics.counted(prediction_jobs, predictions) | _rows(prediction_jobs, model_version, predictions)
-    elif not has_predictions or predictions.true_labels is not None:
+    elif batch is None:
         statement = STORE_COUNTED
-        params |= statistics.counted(prediction_jobs, predictions) if has_predictions else statistics.counted_nothing()
+        params |= statistics.counted_nothing()
+    elif batch.true_labels is not None and len(batch) <= IN_STATEMENT_ROWS:
+        statement, to_copy = STORE_WITH_ROWS, None
+        params |= statistics.counted(prediction_jobs, batch) | _rows(prediction_jobs, model_version, batch)
+    elif batch.true_labels is not None:
+        statement = STORE_COUNTED
+        params |= statistics.counted(prediction_jobs, batch)
     else:
         statement = STORE
         params |= {
             "p_jobs": prediction_jobs.tolist(),
-            "p_ids": predictions.image_ids.tolist(),
-            "p_labels": predictions.labels.tolist(),
-            "p_confidences": predictions.confidences.tolist(),
+            "p_ids": batch.image_ids.tolist(),
+            "p_labels": batch.labels.tolist(),
+            "p_confidences": batch.confidences.tolist(),
         }
-    copy = has_predictions and not in_statement
     # With a COPY the statement needs a transaction around both; without, it is one (autocommit) or the caller's.
-    with transaction(conn) if copy or not conn.autocommit else conn.cursor() as cursor:
+    with transaction(conn) if to_copy is not None or not conn.autocommit else conn.cursor() as cursor:
         try:
-            if copy:
-                _copy_predictions(cursor, prediction_jobs, model_version, predictions, skip_stored)
+            if to_copy is not None:
+                _copy_predictions(cursor, prediction_jobs, model_version, to_copy, skip_stored)
             cursor.execute(statement, params, prepare=True)
-            stored, failed = cursor.fetchone()[:2]
+            stored, failed = fetchone_required(cursor)[:2]
         except psycopg.errors.ForeignKeyViolation as error:  # failures name the job; ADVANCE checks the rest
             raise UnknownJobError(f"job {jobs[0]} does not exist" if len(jobs) == 1 else f"a job of {jobs} does not exist") from error
     return stored, failed
@@ -325,4 +327,4 @@ def record_attempt(conn: Connection, job_id: int, image_ids: Sequence[int]) -> i
             """,
             (job_id, image_ids[0], len(image_ids)),
         )
-        return cursor.fetchone()[0]
+        return fetchone_required(cursor)[0]

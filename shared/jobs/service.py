@@ -84,7 +84,7 @@ def submit_job(
         refuse_too_many(len(unique_ids), settings.max_job_images)
         job_id = store.create_job(conn, unique_ids, model_version, selection.describe(), shadow_version=shadow_version)
         images = len(unique_ids)
-        batches = (unique_ids[start : start + size] for start in range(0, len(unique_ids), size))
+        batches: Iterator[list[int]] = (unique_ids[start : start + size] for start in range(0, len(unique_ids), size))
     else:
         filters = {"split": selection.split, "label": selection.label, "model": model_version if selection.unpredicted else None}
         created, matched = store.create_job_from_selection(
@@ -165,7 +165,7 @@ def resume_job(conn: Connection, app: Celery, settings: Settings, job_id: int) -
     job = store.get_job(conn, job_id)
     if job is None:
         raise ValueError(f"there is no job {job_id}")
-    sent = []  # a job of 1M images is read and sent a batch at a time
+    sent: list[int] = []  # a job of 1M images is read and sent a batch at a time
     batches = _counted(store.unfinished_image_id_batches(conn, job_id, settings.batch_size), sent)
     if job["kind"] == "upload":
         for batch in batches:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.db.connection import Connection, query, query_one
+from shared.db.connection import Connection, query, query_one_required
 
 # Predictions under this confidence are counted as low-confidence (reports' default threshold).
 LOW_CONFIDENCE = 0.8
@@ -97,12 +97,14 @@ def label_pair_counts(conn: Connection, job_id: int) -> list[tuple[int, int, int
 
 def low_confidence_count(conn: Connection, job_id: int) -> int:
     """A job's predictions with confidence under ``LOW_CONFIDENCE``."""
-    return int(query_one(conn, "SELECT COALESCE(sum(low_confidence), 0) FROM job_statistics WHERE job_id = %s", (job_id,))[0])
+    counted = "SELECT COALESCE(sum(low_confidence), 0) FROM job_statistics WHERE job_id = %s"
+    return int(query_one_required(conn, counted, (job_id,))[0])
 
 
 def predictions_with_label(conn: Connection, digit: int) -> int:
     """Predictions of ``digit`` over all jobs: a bound on the images whose latest prediction is ``digit``."""
-    return int(query_one(conn, "SELECT COALESCE(sum(predictions), 0) FROM job_statistics WHERE predicted_label = %s", (digit,))[0])
+    counted = "SELECT COALESCE(sum(predictions), 0) FROM job_statistics WHERE predicted_label = %s"
+    return int(query_one_required(conn, counted, (digit,))[0])
 
 
 def recount(conn: Connection, job_id: int) -> dict[str, Any]:
@@ -121,7 +123,7 @@ def recount(conn: Connection, job_id: int) -> dict[str, Any]:
         """,
         (UNLABELLED, LOW_CONFIDENCE, job_id),
     )
-    mistakes = query_one(
+    mistakes = query_one_required(
         conn,
         """
         SELECT (SELECT count(*) FROM job_mistakes WHERE job_id = %(job)s),

@@ -19,7 +19,7 @@ from typing import Any
 from psycopg import sql
 
 from shared import models
-from shared.db.connection import Connection, query, query_one, transaction
+from shared.db.connection import Connection, Statement, query, query_one, query_one_required, transaction
 from shared.images.store import SELECTION_FILTER
 
 # Everything about a job but its image list, which is large and only recovery reads.
@@ -47,7 +47,7 @@ def create_job(
     ``model_version`` serves it (None: production's, whichever that is when a worker takes it).
     """
     unique_ids = list(dict.fromkeys(image_ids))
-    row = query_one(
+    row = query_one_required(
         conn,
         "INSERT INTO jobs (kind, model_version, shadow_version, selection, image_ids, total_images)"
         " VALUES (%s, %s, %s, %s::jsonb, %s, %s) RETURNING id",
@@ -72,7 +72,7 @@ def create_job_from_selection(
     the IDs go from the selection into the job's array without leaving PostgreSQL.
     """
     take = min(limit, max_images + 1) if limit else max_images + 1
-    row = query_one(
+    row = query_one_required(
         conn,
         sql.SQL("""
         WITH chosen AS (
@@ -102,7 +102,7 @@ def job_image_id_batches(conn: Connection, job_id: int, size: int) -> Iterator[l
     yield from _batches(conn, sql.SQL("SELECT unnest(image_ids) FROM jobs WHERE id = %(job)s"), job_id, size)
 
 
-def _batches(conn: Connection, statement: sql.Composable, job_id: int, size: int) -> Iterator[list[int]]:
+def _batches(conn: Connection, statement: Statement, job_id: int, size: int) -> Iterator[list[int]]:
     # A named (server-side) cursor lives in a transaction; on an autocommit connection (the web's)
     # it must be WITH HOLD: its rows outlive the DECLARE's transaction.
     with contextlib.ExitStack() as stack:
@@ -150,7 +150,7 @@ def create_upload_job(
         "selection": json.dumps(selection),
         "token": public_token or new_upload_token(),
     }
-    row = query_one(conn, CREATE_UPLOAD_JOB, params, prepare=True)
+    row = query_one_required(conn, CREATE_UPLOAD_JOB, params, prepare=True)
     return row[0], row[1]
 
 
@@ -252,7 +252,7 @@ def stalled_jobs(conn: Connection, stall_seconds: float) -> list[tuple[int, str]
 
 def rows_for_job(conn: Connection, job_id: int) -> tuple[int, int, int]:
     """(items, predictions, failures) actually stored for a job: what the counters must equal."""
-    return query_one(
+    return query_one_required(
         conn,
         """
         SELECT (SELECT cardinality(image_ids) FROM jobs WHERE id = %(job)s),

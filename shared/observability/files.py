@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry, exposition, multiprocess, values
@@ -100,7 +100,7 @@ class LiveProcessesCollector(multiprocess.MultiProcessCollector):
 class ThisProcess(Collector):
     """The default registry's metrics: what a process without a metrics folder recorded itself."""
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterable[Metric]:
         return REGISTRY.collect()
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg.errors
 
-from shared.db.connection import Connection, query, query_one
+from shared.db.connection import Connection, query, query_one, query_one_required
 
 # A token's last use is recorded at most this often, so that a busy client does not write a row per request.
 LAST_USED_RESOLUTION_SECONDS = 60
@@ -22,7 +22,8 @@ class OperatorExists(ValueError):
 
 def create_operator(conn: Connection, name: str, password_hash: str) -> int:
     try:
-        return query_one(conn, "INSERT INTO operators (name, password_hash) VALUES (%s, %s) RETURNING id", (name, password_hash))[0]
+        insert = "INSERT INTO operators (name, password_hash) VALUES (%s, %s) RETURNING id"
+        return query_one_required(conn, insert, (name, password_hash))[0]
     except psycopg.errors.UniqueViolation:
         raise OperatorExists(f"there is already an operator named {name!r}") from None
 
@@ -67,7 +68,7 @@ def list_operators(conn: Connection) -> list[dict[str, Any]]:
 
 
 def create_token(conn: Connection, operator_id: int, token_hash: bytes, label: str | None) -> int:
-    return query_one(
+    return query_one_required(
         conn,
         "INSERT INTO api_tokens (operator_id, token_hash, label) VALUES (%s, %s, %s) RETURNING id",
         (operator_id, token_hash, label),

@@ -11,8 +11,11 @@ needs no SCAN of the keyspace. TTLs are Redis's clock: the consumers' clocks may
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import redis
+
+from shared.queues.replies import reply
 
 
 class Heartbeats:
@@ -45,7 +48,7 @@ class Heartbeats:
             return [consumer for consumer, beating in zip(consumers, pipe.execute(), strict=True) if beating]
 
     def members(self) -> list[str]:
-        return [member.decode() for member in self.redis.smembers(self.members_key)]
+        return [member.decode() for member in reply(self.redis.smembers(self.members_key))]
 
     def leave(self, consumer: str, queue: str) -> None:
         """A consumer that stops cleanly: forgotten at once; what it holds (normally nothing) goes back unchanged."""
@@ -68,7 +71,7 @@ class Heartbeats:
         def move(pipe: redis.client.Pipeline) -> int:
             if pipe.exists(alive):
                 return 0
-            entries = pipe.lrange(source, 0, -1)
+            entries = reply(pipe.lrange(source, 0, -1))
             pipe.multi()
             if entries:  # newest first, so the oldest lands at the queue's right end and is taken next
                 pipe.rpush(queue, *(rewrite(entry) for entry in entries))
@@ -76,4 +79,6 @@ class Heartbeats:
             pipe.srem(self.members_key, consumer)
             return len(entries)
 
-        return self.redis.transaction(move, source, alive, value_from_callable=True)
+        # redis-py types the callable as returning None; with value_from_callable=True its return is the reply
+        moved = self.redis.transaction(move, source, alive, value_from_callable=True)  # type: ignore[arg-type]
+        return cast(int, moved)  # move's own return value (value_from_callable=True): an int

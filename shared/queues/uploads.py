@@ -38,6 +38,7 @@ import redis
 
 from shared.config import Settings
 from shared.queues.heartbeat import Heartbeats
+from shared.queues.replies import reply
 
 UPLOAD_QUEUE_SUFFIX = "upload"
 DELAY_POLL_SECONDS = 0.0005  # while a micro-batch waits for more uploads: ~2,000 cheap looks a second at most
@@ -119,7 +120,7 @@ def enqueue(settings: Settings, job_id: int, image_ids: list[int], accepted: flo
         return 0
     stamp = time.time() if accepted is None else accepted
     entries = (encode_entry(job_id, image_id, accepted_at=stamp) for image_id in image_ids)
-    length = int(client(settings.redis_url).lpush(queue_name(settings), *entries))
+    length = reply(client(settings.redis_url).lpush(queue_name(settings), *entries))
     record_push(settings, length)
     return length
 
@@ -138,17 +139,25 @@ def pushed_length(settings: Settings, max_age_seconds: float) -> int | None:
 
 def waiting(settings: Settings) -> int:
     """Uploads not yet taken by a consumer (those being predicted are not counted)."""
-    return int(client(settings.redis_url).llen(queue_name(settings)))
+    return reply(client(settings.redis_url).llen(queue_name(settings)))
 
 
 def take(settings: Settings, consumer: str, timeout_seconds: float) -> bytes | None:
     """The oldest waiting entry, moved atomically into this consumer's processing list."""
-    return client(settings.redis_url).blmove(queue_name(settings), processing_list(settings, consumer), timeout_seconds, "RIGHT", "LEFT")
+    connection = client(settings.redis_url)
+    return _blmove(connection, queue_name(settings), processing_list(settings, consumer), timeout_seconds)
+
+
+def _blmove(connection: redis.Redis, source: str, destination: str, timeout_seconds: float) -> bytes | None:
+    """BLMOVE the oldest entry of ``source`` (its right end) to the left of ``destination``; None after the timeout."""
+    # redis-py types BLMOVE's timeout as an int; Redis takes fractions of a second (a double since 6.0)
+    return reply(connection.blmove(source, destination, timeout_seconds, "RIGHT", "LEFT"))  # type: ignore[arg-type]
 
 
 def finish(settings: Settings, consumer: str, entry: bytes) -> None:
     """Forget an entry whose result is committed."""
-    client(settings.redis_url).lrem(processing_list(settings, consumer), 1, entry)
+    # redis-py types LREM's value as a str; it sends bytes as they are (an entry need not be UTF-8)
+    client(settings.redis_url).lrem(processing_list(settings, consumer), 1, entry)  # type: ignore[arg-type]
 
 
 # Forgets the entries in ARGV[2..] (results committed), then moves up to ARGV[1] waiting entries
@@ -186,7 +195,7 @@ def take_batch(
     take_more = _take_more_script(settings.redis_url)
     batch = take_more(keys=keys, args=[max_batch, *(finished or [])])
     if not batch:
-        first = connection.blmove(keys[0], keys[1], timeout_seconds, "RIGHT", "LEFT")
+        first = _blmove(connection, keys[0], keys[1], timeout_seconds)
         if first is None:
             return []
         batch = [first]
@@ -215,8 +224,8 @@ def is_marked(entry: bytes) -> bool:
 def finish_many(settings: Settings, consumer: str, entries: list[bytes]) -> None:
     """Forget entries whose results are committed, in one round trip."""
     with client(settings.redis_url).pipeline(transaction=False) as pipe:
-        for entry in entries:
-            pipe.lrem(processing_list(settings, consumer), 1, entry)
+        for entry in entries:  # bytes, as in ``finish``
+            pipe.lrem(processing_list(settings, consumer), 1, entry)  # type: ignore[arg-type]
         pipe.execute()
 
 

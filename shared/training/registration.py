@@ -62,7 +62,8 @@ def read_model_files(keras_path: Path, name: str | None = None) -> store.ModelFi
     card = read_card(keras_path)
     folder = keras_path.parent
     tflite_path = folder / card["litert_file"] if isinstance(card.get("litert_file"), str) else litert_path(keras_path)
-    int8_card = card.get("int8") if isinstance(card.get("int8"), dict) else {}
+    int8 = card.get("int8")
+    int8_card = int8 if isinstance(int8, dict) else {}
     int8_path = folder / int8_card["file"] if isinstance(int8_card.get("file"), str) else None
     for path, what in ((tflite_path, "its LiteRT export"), (int8_path, "the int8 export its card names")):
         if path is not None and not path.is_file():
