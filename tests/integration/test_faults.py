@@ -287,7 +287,7 @@ def test_an_upload_that_crashes_its_consumer_is_failed_after_bounded_attempts(co
     finally:
         consumers[-1].stop()
     assert len(consumers) - 1 == jobs.service.MAX_DELIVERIES  # it died on each of its attempts, and no more
-    assert (outcomes[crash_job], outcomes[fail_job]) == (("done", 1, 0, 1), ("done", 1, 0, 1))
+    assert (outcomes[crash_job], outcomes[fail_job]) == (("failed", 1, 0, 1), ("failed", 1, 0, 1))  # not one image predicted: failed
     assert all(outcomes[job_id] == ("done", 1, 1, 0) for job_id in job_ids)
     assert jobs.queries.job_failures(conn, crash_job)[0][1] == f"gave up after {jobs.service.MAX_DELIVERIES} attempts: the worker died on this image"
     assert jobs.queries.job_failures(conn, fail_job)[0][1] == "prediction failed: injected inference failure"
@@ -317,7 +317,7 @@ def test_a_poison_upload_in_a_micro_batch_of_16_fails_alone(conn, fault_env, tes
     assert {job_id: outcome for job_id, outcome in outcomes.items() if job_id != poison_job} == dict.fromkeys(
         set(job_ids) - {poison_job}, ("done", 1, 1, 0)
     )
-    assert outcomes[poison_job] == ("done", 1, 0, 1)
+    assert outcomes[poison_job] == ("failed", 1, 0, 1)  # its only image failed: the job failed
     logs = "".join(path.read_text() for path in tmp_path.glob("batch*.log"))
     reason = jobs.queries.job_failures(conn, poison_job)[0][1]
     if marker == CRASH_MARKER:  # the batch died once, then the poison alone until it was given up on
