@@ -172,7 +172,9 @@ def ingest_folder(config: Settings, folder: Path) -> None:
     show_default=True,
     help="Batches of a higher priority are taken before waiting ones of a lower.",
 )
-@click.option("--notify", "notify_url", help="POST a signed JSON summary to this URL when the job ends (WEBHOOK_ALLOWED_HOSTS).")
+@click.option(
+    "--notify", "notify_url", help="POST a signed JSON summary to this URL when the job ends (WEBHOOK_ALLOWED_HOSTS)."
+)
 @click.pass_obj
 @user_errors
 def submit(
@@ -197,9 +199,9 @@ def submit(
     conn = open_database(config)
     version, shadow_version = models.registry.resolve_job_models(conn, model, shadow)  # an alias means its version now
     try:
-        job = jobs.service.submit_job(
-            conn, queues.broker.celery_app(config), config, selection, version, batch_size, shadow_version, priority, notify_url
-        )
+        app = queues.broker.celery_app(config)
+        options = (batch_size, shadow_version, priority, notify_url)
+        job = jobs.service.submit_job(conn, app, config, selection, version, *options)
     except jobs.service.NoImagesSelected as error:
         raise click.ClickException(f"{error} (ingest some first: python -m producer ingest mnist)") from None
     shadowed = f", shadow {job.shadow_version}" if job.shadow_version else ""
@@ -252,10 +254,12 @@ def status(config: Settings, job_id: int, wait: bool, timeout: float) -> None:
     job = require_job(conn, job_id)
     if wait and job["status"] not in jobs.store.ENDED:
         job = wait_for_job(conn, job, timeout)
-    cancelled = f", cancelled by {job['cancelled_by']} at {job['cancelled_at']:%Y-%m-%d %H:%M:%S}" if job["cancelled_at"] else ""
+    when = f"{job['cancelled_at']:%Y-%m-%d %H:%M:%S}" if job["cancelled_at"] else ""
+    cancelled = f", cancelled by {job['cancelled_by']} at {when}" if job["cancelled_at"] else ""
     click.echo(
         f"job {job_id}: {job['status']}, {job['done_count']} predicted, {job['failed_count']} failed"
-        f" of {job['total_images']} (model {job['model_version'] or 'production'}, priority {job['priority']}){cancelled}"
+        f" of {job['total_images']} (model {job['model_version'] or 'production'}, priority {job['priority']})"
+        + cancelled
     )
     if wait and job["status"] not in jobs.store.ENDED:
         raise click.ClickException(f"job {job_id} did not finish within {timeout:g} s")

@@ -278,8 +278,12 @@ def job_summary(report: JobReport, attempts: list[dict[str, Any]] | None = None)
         "priority": job["priority"],
         "cancelled_at": job["cancelled_at"].isoformat() if job["cancelled_at"] else None,
         "cancelled_by": job["cancelled_by"],
-        "webhook": {"url": job["callback_url"], "attempts": [delivery_json(row) for row in attempts or []]} if job["callback_url"] else None,
+        "webhook": webhook_json(job["callback_url"], attempts) if job["callback_url"] else None,
     }
+
+
+def webhook_json(url: str, attempts: list[dict[str, Any]] | None) -> dict[str, Any]:
+    return {"url": url, "attempts": [delivery_json(row) for row in attempts or []]}
 
 
 def delivery_json(row: dict[str, Any]) -> dict[str, Any]:

@@ -91,7 +91,9 @@ def jobs_page() -> str:
     kind, state = choice_arg("kind", "bulk", JOB_KINDS), choice_arg("state", "all", JOB_STATES)
     page = page_arg()
     offset = (page - 1) * JOBS_PAGE_SIZE
-    rows = jobs.queries.list_jobs(backends.get_db(), JOB_KINDS[kind], JOBS_PAGE_SIZE + 1, offset, keyset.after_id(), JOB_STATES[state])
+    conn = backends.get_db()
+    after = keyset.after_id()
+    rows = jobs.queries.list_jobs(conn, JOB_KINDS[kind], JOBS_PAGE_SIZE + 1, offset, after, JOB_STATES[state])
     running = any(row["status"] in jobs.store.UNFINISHED for row in rows)
     return render_template(
         "jobs.html",

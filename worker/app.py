@@ -23,7 +23,8 @@ def make_celery_app(settings: Settings) -> Celery:
     app = queues.broker.celery_app(settings, name="mnist_queue_worker")
     app.task(name=queues.broker.PREDICT_BATCH_TASK, bind=True, **tasks.RETRY_OPTIONS)(tasks.predict_batch)
     app.task(name=queues.broker.JOB_ENDED_TASK, bind=True, **tasks.RETRY_OPTIONS)(lifecycle.job_ended)
-    app.task(name=queues.broker.DELIVER_WEBHOOK_TASK, bind=True, **lifecycle.WEBHOOK_RETRY_OPTIONS)(lifecycle.deliver_webhook)
+    deliver = app.task(name=queues.broker.DELIVER_WEBHOOK_TASK, bind=True, **lifecycle.WEBHOOK_RETRY_OPTIONS)
+    deliver(lifecycle.deliver_webhook)
     state.init(settings, app)
     # Celery's signals are process-wide: a dispatch_uid keeps one receiver however many apps are made.
     signals.celeryd_init.connect(remember_concurrency, weak=False, dispatch_uid="mnist-remember-concurrency")

@@ -51,7 +51,9 @@ def announce_end(conn: connection.Connection, app: Celery, settings: Settings, j
     status, callback_url = claimed
     observability.metrics.record_job_ends(observability.metrics.BULK, status)
     if callback_url:
-        app.send_task(queues.broker.DELIVER_WEBHOOK_TASK, args=[job_id], queue=queues.broker.bulk_queue(settings), priority=0)
+        app.send_task(
+            queues.broker.DELIVER_WEBHOOK_TASK, args=[job_id], queue=queues.broker.bulk_queue(settings), priority=0
+        )
     log.info("job %s ended: %s", job_id, status)
     return status
 

@@ -47,7 +47,8 @@ def sweep_stalled_jobs(conn: connection.Connection, app: Celery, settings: Setti
 
 def announce_missed_ends(conn: connection.Connection, app: Celery, settings: Settings) -> list[int]:
     """Announce the ends nobody announced (a worker died between a job's last commit and its claim)."""
-    return [job_id for job_id in jobs.lifecycle_store.unannounced_ends(conn) if lifecycle.announce_end(conn, app, settings, job_id)]
+    ended = jobs.lifecycle_store.unannounced_ends(conn)
+    return [job_id for job_id in ended if lifecycle.announce_end(conn, app, settings, job_id)]
 
 
 def sweep_once(app: Celery, settings: Settings) -> dict[int, int]:

@@ -82,7 +82,8 @@ def unannounced_ends(conn: Connection) -> list[int]:
     """Bulk jobs that ended and whose end nobody announced (its worker died in between, say)."""
     rows = query(
         conn,
-        "SELECT id FROM jobs WHERE announced_at IS NULL AND kind = 'bulk' AND status IN ('done', 'failed', 'cancelled') ORDER BY id",
+        "SELECT id FROM jobs WHERE announced_at IS NULL AND kind = 'bulk'"
+        " AND status IN ('done', 'failed', 'cancelled') ORDER BY id",
     )
     return [row[0] for row in rows]
 

@@ -84,7 +84,12 @@ UPLOAD_BY_TOKEN = sql.SQL(UPLOAD_PREDICTION).format(condition=sql.SQL("j.public_
 
 
 def list_jobs(
-    conn: Connection, kind: str | None, limit: int, offset: int = 0, before_id: int | None = None, status: str | None = None
+    conn: Connection,
+    kind: str | None,
+    limit: int,
+    offset: int = 0,
+    before_id: int | None = None,
+    status: str | None = None,
 ) -> list[dict[str, Any]]:
     """Jobs newest first (older than ``before_id`` when given: keyset; of ``status`` when given), each with how
     many labelled predictions it has and how many are right, from its statistics (at most ~100 rows per job)."""

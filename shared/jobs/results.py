@@ -186,7 +186,8 @@ failed AS (
         status = CASE WHEN j.status = 'cancelled' THEN 'cancelled'
                       WHEN j.done_count + j.failed_count + c.done + c.failed < j.total_images THEN 'running'
                       WHEN j.done_count + c.done = 0 THEN 'failed' ELSE 'done' END,
-        finished_at = CASE WHEN j.status = 'cancelled' OR j.done_count + j.failed_count + c.done + c.failed >= j.total_images
+        finished_at = CASE WHEN j.status = 'cancelled'
+                             OR j.done_count + j.failed_count + c.done + c.failed >= j.total_images
                            THEN COALESCE(j.finished_at, now()) END
     FROM changes c WHERE j.id = c.job_id AND j.id = ANY(%(jobs)s::bigint[])  -- by the primary key, never a scan of jobs
     RETURNING j.id, j.kind

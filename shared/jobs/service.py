@@ -93,7 +93,12 @@ def submit_job(
     fair_share.check_priority(priority)
     if callback_url is not None:
         webhooks.check_url(callback_url, settings)
-    options: dict[str, Any] = {"shadow_version": shadow_version, "batch_size": size, "priority": priority, "callback_url": callback_url}
+    options: dict[str, Any] = {
+        "shadow_version": shadow_version,
+        "batch_size": size,
+        "priority": priority,
+        "callback_url": callback_url,
+    }
     if selection.image_ids:
         unique_ids = list(dict.fromkeys(selection.image_ids))
         refuse_too_many(len(unique_ids), settings.max_job_images)
@@ -182,7 +187,8 @@ def resume_job(conn: Connection, app: Celery, settings: Settings, job_id: int) -
     if job is None:
         raise UnknownJob(f"there is no job {job_id}")
     if job["status"] == "cancelled":
-        raise JobEnded(f"job {job_id} was cancelled by {job['cancelled_by']} at {job['cancelled_at']:%Y-%m-%d %H:%M:%S %Z}: not resumed")
+        when = f"{job['cancelled_at']:%Y-%m-%d %H:%M:%S %Z}".strip()
+        raise JobEnded(f"job {job_id} was cancelled by {job['cancelled_by']} at {when}: not resumed")
     sent: list[int] = []  # a job of 1M images is read and sent a batch at a time
     batches = _counted(store.unfinished_image_id_batches(conn, job_id, settings.batch_size, enqueued_only=True), sent)
     if job["kind"] == "upload":

@@ -25,7 +25,8 @@ from shared.images.store import SELECTION_FILTER
 # Everything about a job but its image list, which is large and only recovery reads.
 JOB_COLUMNS = (
     "id", "kind", "model_version", "shadow_version", "selection", "total_images", "done_count", "failed_count", "status",
-    "created_at", "started_at", "finished_at", "progressed_at", "priority", "callback_url", "cancelled_at", "cancelled_by",
+    "created_at", "started_at", "finished_at", "progressed_at",
+    "priority", "callback_url", "cancelled_at", "cancelled_by",
 )  # fmt: skip
 # A job is queued, then running, and ends in one of ENDED: done (every image has a result), failed (it ended
 # and not one image could be predicted) or cancelled. Plain SQL below spells the same lists out.
@@ -270,14 +271,17 @@ def unfinished_image_ids(conn: Connection, job_id: int) -> list[int]:
     return [image_id for batch in unfinished_image_id_batches(conn, job_id, 10_000) for image_id in batch]
 
 
-def unfinished_image_id_batches(conn: Connection, job_id: int, size: int, enqueued_only: bool = False) -> Iterator[list[int]]:
+def unfinished_image_id_batches(
+    conn: Connection, job_id: int, size: int, enqueued_only: bool = False
+) -> Iterator[list[int]]:
     """``unfinished_image_ids``, ``size`` at a time, from a server-side cursor.
 
     ``enqueued_only``: of a job fed in slices, only the batches already handed to the broker (the rest
     is still to be taken, by ``take_batches``, and must not be sent twice)."""
     images = "j.image_ids[1:j.enqueued_batches * j.batch_size]" if enqueued_only else "j.image_ids"
     statement = f"""
-        SELECT item.id FROM jobs j, unnest(CASE WHEN j.enqueued_batches IS NULL THEN j.image_ids ELSE {images} END) AS item (id)
+        SELECT item.id
+        FROM jobs j, unnest(CASE WHEN j.enqueued_batches IS NULL THEN j.image_ids ELSE {images} END) AS item (id)
         WHERE j.id = %(job)s
           AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.job_id = %(job)s AND p.input_data_id = item.id)
           AND NOT EXISTS (SELECT 1 FROM job_failures f WHERE f.job_id = %(job)s AND f.input_data_id = item.id)

@@ -69,7 +69,9 @@ def sign(secret: str, body: bytes, timestamp: int) -> str:
     return f"t={timestamp},v1={digest}"
 
 
-def verify(secret: str, body: bytes, header: str, tolerance: float = DEFAULT_TOLERANCE_SECONDS, now: float | None = None) -> bool:
+def verify(
+    secret: str, body: bytes, header: str, tolerance: float = DEFAULT_TOLERANCE_SECONDS, now: float | None = None
+) -> bool:
     """The receiver's check: the header signs this body with this secret, and was made within ``tolerance`` s."""
     fields: dict[str, list[str]] = {}
     for part in header.split(","):

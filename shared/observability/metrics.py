@@ -111,7 +111,10 @@ def instruments() -> Instruments:
         celery_failed=Counter("celery_task_failed", "Tasks that raised", [*CELERY_TASK_LABELS, "exception"]),
         celery_retried=Counter("celery_task_retried", "Tasks that will be retried", CELERY_TASK_LABELS),
         celery_runtime=Histogram("celery_task_runtime", "Seconds from a task's start to its end", CELERY_TASK_LABELS),
-        job_ends=Counter("mnist_job_ends", "Jobs that ended, by kind (bulk, upload) and end state (done, failed, cancelled)", ["kind", "state"]),
+        job_ends=Counter(
+            "mnist_job_ends", "Jobs that ended, by kind (bulk, upload) and end state (done, failed, cancelled)",
+            ["kind", "state"],
+        ),
     )
 
 

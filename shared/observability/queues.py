@@ -78,7 +78,8 @@ def read_queues(settings: Settings, now: float) -> list[QueueReading]:
         replies = pipe.execute()
     bulk_replies, (upload_depth, upload_oldest) = replies[:-2], replies[-2:]
     bulk_depth = sum(bulk_replies[0::2])
-    stamps = [celery_message_sent_at(raw) for depth, raw in zip(bulk_replies[0::2], bulk_replies[1::2], strict=True) if depth]
+    depths, lasts = bulk_replies[0::2], bulk_replies[1::2]
+    stamps = [celery_message_sent_at(raw) for depth, raw in zip(depths, lasts, strict=True) if depth]
     known = [stamp for stamp in stamps if stamp is not None]
     bulk_sent_at = min(known) if known and len(known) == len(stamps) else None  # one unknown: the age is unknown
     upload_sent_at = queues.uploads.accepted_at(upload_oldest) if upload_oldest is not None else None

@@ -130,9 +130,8 @@ def send_batches(
     with app.producer_or_acquire() as producer:
         for batch in batches:
             headers = {SENT_AT_HEADER: stamp}
-            app.send_task(
-                PREDICT_BATCH_TASK, args=[job_id, batch], queue=queue, producer=producer, headers=headers, priority=priority
-            )
+            options = {"queue": queue, "producer": producer, "headers": headers, "priority": priority}
+            app.send_task(PREDICT_BATCH_TASK, args=[job_id, batch], **options)
             sent += 1
     if first and sent:
         move_newest_to_head(app, priority_list(queue, priority), sent)

@@ -32,7 +32,10 @@ TEST_CONFIG = {"TESTING": True, "WTF_CSRF_ENABLED": False}
 
 
 def stored(conn, count: int) -> list[int]:
-    rows = [ImageRow(encode_image(np.full((28, 28), i % 250, np.uint8)), i % 10, [28, 28], "upload", None, None) for i in range(count)]
+    rows = [
+        ImageRow(encode_image(np.full((28, 28), i % 250, np.uint8)), i % 10, [28, 28], "upload", None, None)
+        for i in range(count)
+    ]
     return images.store.insert_images(conn, rows)
 
 
@@ -72,14 +75,20 @@ def test_a_cancelled_job_stops_at_once_and_its_queued_batches_are_skipped_unread
         result = CliRunner().invoke(main, ["cancel", str(job_id), "--by", "alice"], obj=settings)
         assert result.exit_code == 0 and f"job {job_id}: cancelled by alice" in result.output, result.output
         job = jobs.store.get_job(conn, job_id)
-        assert (job["status"], job["cancelled_by"]) == ("cancelled", "alice") and job["cancelled_at"] and job["finished_at"]
+        assert (
+            (job["status"], job["cancelled_by"]) == ("cancelled", "alice")
+            and job["cancelled_at"]
+            and job["finished_at"]
+        )
     queue_drained(settings)
     time.sleep(1)  # the batches the worker held are skipped too
     job = jobs.store.get_job(conn, job_id)
     assert (job["status"], job["done_count"], job["failed_count"]) == ("cancelled", 0, 0)
     assert attempts_of(conn, job_id) == 0  # skipped before a batch's attempt is even counted: no image read
     # only the first slice ever reached the broker; nothing more was taken after the cancel
-    assert query_one(conn, "SELECT enqueued_batches FROM jobs WHERE id = %s", (job_id,))[0] == settings.fair_share_batches
+    assert (
+        query_one(conn, "SELECT enqueued_batches FROM jobs WHERE id = %s", (job_id,))[0] == settings.fair_share_batches
+    )
     assert jobs.store.rows_for_job(conn, job_id) == (2000, 0, 0)
 
 
@@ -114,7 +123,9 @@ def test_cancelling_an_ended_an_unknown_or_a_cancelled_job_changes_nothing_and_s
     assert again.exit_code == 0 and "was already cancelled by bob" in again.output
     resumed = CliRunner().invoke(main, ["resume", str(job_id)], obj=settings)
     assert resumed.exit_code == 1 and "was cancelled by bob" in resumed.output and "not resumed" in resumed.output
-    assert "A cancelled job is not resumed" in " ".join(CliRunner().invoke(main, ["resume", "--help"], obj=settings).output.split())
+    assert "A cancelled job is not resumed" in " ".join(
+        CliRunner().invoke(main, ["resume", "--help"], obj=settings).output.split()
+    )
 
 
 @pytest.fixture
@@ -137,7 +148,11 @@ def test_the_api_cancels_refuses_an_ended_job_and_validates_priority_and_callbac
     page = client.get(f"/jobs/{job_id}")
     assert b"cancelled by" in page.data and b"Cancel this job" not in page.data
     listed = client.get("/jobs?state=cancelled")
-    assert listed.status_code == 200 and f'/jobs/{job_id}"'.encode() in listed.data and f'/jobs/{done}"'.encode() not in listed.data
+    assert (
+        listed.status_code == 200
+        and f'/jobs/{job_id}"'.encode() in listed.data
+        and f'/jobs/{done}"'.encode() not in listed.data
+    )
     assert client.get("/jobs?state=nonsense").status_code == 400
     jobs_before = max_job_id(conn)
     wrong = client.post("/api/jobs", json={"split": "upload", "priority": "urgent"})
@@ -168,7 +183,9 @@ def test_a_small_job_submitted_after_a_big_one_does_not_wait_behind_it(worker, c
         # each job holds FAIR_SHARE_BATCHES batches of the queue at most, whatever its size (a stopped worker's
         # BRPOP, already waiting, may have taken one of them all the same)
         assert queues.broker.queued_messages(app, queues.broker.bulk_queue(settings)) <= settings.fair_share_batches + 1
-        assert query_one(conn, "SELECT enqueued_batches FROM jobs WHERE id = %s", (big,))[0] == settings.fair_share_batches
+        assert (
+            query_one(conn, "SELECT enqueued_batches FROM jobs WHERE id = %s", (big,))[0] == settings.fair_share_batches
+        )
     outcomes = jobs.progress.wait_for_job(conn, small, timeout=TIMEOUT)
     assert outcomes["status"] == "done"
     big_job = jobs.progress.wait_for_job(conn, big, timeout=TIMEOUT)
@@ -246,11 +263,15 @@ def test_a_job_end_is_delivered_once_signed(worker, conn, settings, receiver, cl
     [(body, header, valid)] = receiver.wait_for(1)
     assert valid and header.startswith("t=")
     payload = json.loads(body)
-    assert payload["id"] == f"job-{job_id}-done" and payload["job"]["done_count"] == 30 and payload["type"] == "job.done"
+    assert (
+        payload["id"] == f"job-{job_id}-done" and payload["job"]["done_count"] == 30 and payload["type"] == "job.done"
+    )
     time.sleep(3)  # the sweeper runs every second: it must not announce the end again
     assert len(receiver.received) == 1
     shown = client.get(f"/api/jobs/{job_id}").json["webhook"]
-    assert shown["url"] == receiver.url and [(a["attempt"], a["status_code"], a["delivered"]) for a in shown["attempts"]] == [(1, 200, True)]
+    assert shown["url"] == receiver.url and [
+        (a["attempt"], a["status_code"], a["delivered"]) for a in shown["attempts"]
+    ] == [(1, 200, True)]
     assert b"webhook" in client.get(f"/jobs/{job_id}").data
 
 
@@ -264,8 +285,14 @@ def test_a_failed_delivery_is_retried_with_backoff_and_every_attempt_recorded(wo
         while len(jobs.lifecycle_store.deliveries(conn, job_id)) < 3 and time.monotonic() < deadline:
             time.sleep(0.1)
         attempts = jobs.lifecycle_store.deliveries(conn, job_id)
-        assert [(a["attempt"], a["status_code"], a["delivered"]) for a in attempts] == [(1, 500, False), (2, 503, False), (3, 200, True)]
-        assert attempts[1]["attempted_at"] - attempts[0]["attempted_at"] >= __import__("datetime").timedelta(seconds=1.5)
+        assert [(a["attempt"], a["status_code"], a["delivered"]) for a in attempts] == [
+            (1, 500, False),
+            (2, 503, False),
+            (3, 200, True),
+        ]
+        assert attempts[1]["attempted_at"] - attempts[0]["attempted_at"] >= __import__("datetime").timedelta(
+            seconds=1.5
+        )
     finally:
         server.close()
 

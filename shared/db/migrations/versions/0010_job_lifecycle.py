@@ -25,7 +25,8 @@ depends_on = None
 
 SCHEMA = """
 ALTER TABLE jobs DROP CONSTRAINT jobs_status_check;
-ALTER TABLE jobs ADD CONSTRAINT jobs_status_check CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled'));
+ALTER TABLE jobs ADD CONSTRAINT jobs_status_check
+    CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled'));
 ALTER TABLE jobs
     ADD COLUMN priority TEXT NOT NULL DEFAULT 'normal' CHECK (priority IN ('high', 'normal', 'low')),
     ADD COLUMN batch_size INTEGER CHECK (batch_size > 0),
