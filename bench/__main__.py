@@ -9,6 +9,8 @@
     python -m bench --sections robustness [--baseline-model OLD.tflite]   (accuracy on pictures from real sources)
     python -m bench --sections network [--network-images 10000] --workers 1,2,4   (needs root: 0, 2, 20 ms RTT)
     python -m bench --sections upload-memory [--against /tmp/before]   (web RSS under worst-case uploads)
+    python -m bench --sections lifecycle [--lifecycle-images 10000] --workers 2 [--against /tmp/before]
+        (fair share: a small job behind a big one, before and after; seconds from cancel to idle workers)
 
 Prints a table and writes bench/results/latest.json (latest-database-core.json with
 ``--database-core``, which gives PostgreSQL a core of its own). Throughput figures are the median of
@@ -66,6 +68,7 @@ def table(rows: list[dict[str, Any]], ceiling: float) -> list[str]:
     help="burst: the client reuses idle connections (HTTP/1.1 keep-alive) or opens one per upload.",
 )
 @click.option("--network-images", default=10_000, show_default=True, help="network: images of each job.")
+@click.option("--lifecycle-images", default=10_000, show_default=True, help="lifecycle: images of the big job.")
 @click.option(
     "--baseline-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="models: a .tflite file to compare with."
 )
@@ -83,11 +86,12 @@ def main(
     connections: str,
     baseline_model: Path | None,
     network_images: int,
+    lifecycle_images: int,
 ) -> None:
     """Bare model vs mnist-queue vs the seed design; upload latency; memory; scale; upload bursts."""
     chosen = set(sections.split(","))
     # The others print it with their own table.
-    if chosen & {"scale", "scale-ab", "burst", "robustness", "network", "upload-memory"}:
+    if chosen & {"scale", "scale-ab", "burst", "robustness", "network", "upload-memory", "lifecycle"}:
         click.echo(machine_line())
     if "scale" in chosen:
         from bench import scale
@@ -117,7 +121,9 @@ def main(
         from bench import upload_memory
 
         click.echo("\n".join(upload_memory.main(against)))
-    chosen -= {"scale", "scale-ab", "burst", "models", "robustness", "network", "upload-memory"}
+    if "lifecycle" in chosen:
+        click.echo("\n".join(lifecycle_section(lifecycle_images, int(workers.split(",")[-1]), against)))
+    chosen -= {"scale", "scale-ab", "burst", "models", "robustness", "network", "upload-memory", "lifecycle"}
     if not chosen:
         return
     placement = common.database_on_its_own_core() if database_core else contextlib.nullcontext("every process on every core")
@@ -159,6 +165,18 @@ def main(
 def machine_line() -> str:
     """What every section prints first: figures of one run compare, runs on different machines do not."""
     return f"machine: {os.cpu_count()} cores, {common.cpu_model()}"
+
+
+def lifecycle_section(large: int, workers: int, against: Path | None) -> list[str]:
+    """The lifecycle section in a private environment of its own, on the stored MNIST test images."""
+    from bench import lifecycle
+
+    with common.private_environment() as (env, settings):
+        digit_images, labels = load_mnist(settings.mnist_dir, "test", None)
+        conn = connection.connect(settings.database_url)
+        image_ids = images.store.insert_images(conn, list(mnist_rows(digit_images, labels, "test")))
+        conn.close()
+        return lifecycle.run(env, settings, image_ids, large, workers, common.RESULTS_DIR, against)
 
 
 def model_costs(repeats: int, baseline: Path | None) -> list[str]:

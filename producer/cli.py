@@ -3,6 +3,8 @@
 python -m producer init-db
 python -m producer ingest mnist --split test
 python -m producer submit --split test --limit 1000
+python -m producer submit --split train --priority low --notify https://hooks.example/mnist
+python -m producer cancel 1
 python -m producer status 1 --wait
 python -m producer report 1
 python -m producer users add alice        # operators and their API tokens: producer/operators.py
@@ -13,6 +15,7 @@ python -m producer models list            # the model registry and its aliases: 
 
 from __future__ import annotations
 
+import getpass
 import time
 import tomllib
 from pathlib import Path
@@ -162,6 +165,16 @@ def ingest_folder(config: Settings, folder: Path) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per task [default: BATCH_SIZE].")
 @click.option("--model", default=models.registry.PRODUCTION, show_default=True, help="The version or alias that predicts the job.")
 @click.option("--shadow", help="A second version or alias that predicts the job too; its results are stored apart.")
+@click.option(
+    "--priority",
+    type=click.Choice(jobs.fair_share.PRIORITIES),
+    default="normal",
+    show_default=True,
+    help="Batches of a higher priority are taken before waiting ones of a lower.",
+)
+@click.option(
+    "--notify", "notify_url", help="POST a signed JSON summary to this URL when the job ends (WEBHOOK_ALLOWED_HOSTS)."
+)
 @click.pass_obj
 @user_errors
 def submit(
@@ -174,13 +187,21 @@ def submit(
     batch_size: int | None,
     model: str,
     shadow: str | None,
+    priority: str,
+    notify_url: str | None,
 ) -> None:
-    """Create a job from stored images and enqueue it in batches; prints the job id."""
+    """Create a job from stored images and enqueue it in batches; prints the job id.
+
+    A job has a few batches queued at a time, so a small job never waits behind a big one (fair share)."""
     selection = jobs.service.Selection(split, label, limit, unpredicted, image_ids)
+    if notify_url is not None:
+        jobs.webhooks.check_url(notify_url, config)  # refused before anything is read or recorded
     conn = open_database(config)
     version, shadow_version = models.registry.resolve_job_models(conn, model, shadow)  # an alias means its version now
     try:
-        job = jobs.service.submit_job(conn, queues.broker.celery_app(config), config, selection, version, batch_size, shadow_version)
+        app = queues.broker.celery_app(config)
+        options = (batch_size, shadow_version, priority, notify_url)
+        job = jobs.service.submit_job(conn, app, config, selection, version, *options)
     except jobs.service.NoImagesSelected as error:
         raise click.ClickException(f"{error} (ingest some first: python -m producer ingest mnist)") from None
     shadowed = f", shadow {job.shadow_version}" if job.shadow_version else ""
@@ -196,9 +217,29 @@ def resume(config: Settings, job_id: int) -> None:
     """Enqueue a job's unfinished images again (after Redis lost its queue, say).
 
     Always safe: images that already have a prediction are not predicted twice.
+    A cancelled job is not resumed (exit status 1): a cancel is final; submit its images again instead.
     """
     count = jobs.service.resume_job(open_database(config), queues.broker.celery_app(config), config, job_id)
     click.echo(f"job {job_id}: re-enqueued {count} unfinished images" if count else f"job {job_id}: nothing left to do")
+
+
+@main.command()
+@click.argument("job_id", type=ROW_ID)
+@click.option("--by", help="Who cancels, as recorded [default: cli:$USER].")
+@click.pass_obj
+@user_errors
+def cancel(config: Settings, job_id: int, by: str | None) -> None:
+    """Cancel a queued or running bulk job: its status is cancelled at once, and workers skip its remaining batches.
+
+    What was stored stays, counted. Cancelling a cancelled job again changes nothing (exit status 0); a job
+    that has ended (done or failed), an upload, or no job at all: a message, exit status 1, nothing changed.
+    """
+    who = by or f"cli:{getpass.getuser()}"
+    changed, job = jobs.service.cancel_job(open_database(config), queues.broker.celery_app(config), config, job_id, who)
+    when = f"{job['cancelled_at']:%Y-%m-%d %H:%M:%S %Z}".strip()
+    finished = f"{job['done_count']} predicted, {job['failed_count']} failed of {job['total_images']}"
+    state = "cancelled" if changed else "was already cancelled"
+    click.echo(f"job {job_id}: {state} by {job['cancelled_by']} at {when}; {finished}")
 
 
 @main.command()
@@ -208,16 +249,19 @@ def resume(config: Settings, job_id: int) -> None:
 @click.pass_obj
 @user_errors
 def status(config: Settings, job_id: int, wait: bool, timeout: float) -> None:
-    """Show a job's progress."""
+    """Show a job's progress; with --wait, until it ends (done, failed or cancelled)."""
     conn = open_database(config)
     job = require_job(conn, job_id)
-    if wait and job["status"] != "done":
+    if wait and job["status"] not in jobs.store.ENDED:
         job = wait_for_job(conn, job, timeout)
+    when = f"{job['cancelled_at']:%Y-%m-%d %H:%M:%S}" if job["cancelled_at"] else ""
+    cancelled = f", cancelled by {job['cancelled_by']} at {when}" if job["cancelled_at"] else ""
     click.echo(
         f"job {job_id}: {job['status']}, {job['done_count']} predicted, {job['failed_count']} failed"
-        f" of {job['total_images']} (model {job['model_version'] or 'production'})"
+        f" of {job['total_images']} (model {job['model_version'] or 'production'}, priority {job['priority']})"
+        + cancelled
     )
-    if wait and job["status"] != "done":
+    if wait and job["status"] not in jobs.store.ENDED:
         raise click.ClickException(f"job {job_id} did not finish within {timeout:g} s")
 
 
@@ -227,7 +271,7 @@ def wait_for_job(conn: connection.Connection, job: dict[str, Any], timeout: floa
     finished = job["done_count"] + job["failed_count"]
     with jobs.progress.listening(conn), click.progressbar(length=job["total_images"], label=f"job {job['id']}") as bar:
         bar.update(finished)
-        while job["status"] != "done" and time.monotonic() < deadline:
+        while job["status"] not in jobs.store.ENDED and time.monotonic() < deadline:
             jobs.progress.wait_for_progress(conn, min(PROGRESS_SECONDS, max(0.0, deadline - time.monotonic())))
             job = require_job(conn, job["id"])
             now_finished = job["done_count"] + job["failed_count"]

@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(9808, ge=0, le=65535, description="port of python -m worker's metrics exporter; 0: off")
     worker_metrics_host: Word = Field("0.0.0.0", description="address the worker's metrics exporter listens on")
     metrics_token: str = Field("", repr=False, description="when set, the web's GET /metrics requires Authorization: Bearer TOKEN")
+    fair_share_batches: Count = Field(4, description="batches of one bulk job queued or running at once (fair share)")
+    webhook_secret: str = Field("", repr=False, description="signs job webhooks (HMAC-SHA256); empty: --notify refused")
+    webhook_allowed_hosts: str = Field("", description="comma-separated hosts a job's webhook may call; empty: none")
 
     @classmethod
     def settings_customise_sources(

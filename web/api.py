@@ -3,8 +3,10 @@
 POST /api/predictions          anyone: an image (multipart field ``file`` or the raw body) -> 202, or 200 with ?wait;
                                ?model= pins a version or alias (default production), ?shadow= adds a shadow version
 GET  /api/predictions/<token>  anyone holding the upload's token: queued / done / failed, label, confidence, probabilities
-POST /api/jobs                 operators: {"split", "label", "limit", "model", "shadow"} -> 202 with the job id
-GET  /api/jobs/<id>            operators: progress and accuracy
+POST /api/jobs                 operators: {"split", "label", "limit", "model", "shadow", "priority", "callback_url"}
+                               -> 202 with the job id
+GET  /api/jobs/<id>            operators: progress and accuracy, state, webhook attempts
+POST /api/jobs/<id>/cancel     operators: cancel a queued or running bulk job (409 when it has ended)
 GET  /api/compare?a=&b=        operators: two jobs on the images both predicted (web/comparisons.py)
 GET  /healthz, /readyz         alive; database, broker and model ready (503 naming what is not)
 
@@ -20,13 +22,13 @@ from typing import Any
 
 import yaml
 from flask import Blueprint, Response, jsonify, request, url_for
-from werkzeug.exceptions import BadRequest, NotFound, UnprocessableEntity, UnsupportedMediaType
+from werkzeug.exceptions import BadRequest, Conflict, NotFound, UnprocessableEntity, UnsupportedMediaType
 
 from shared import jobs
 from shared.digits import MAX_ROW_ID, NUM_CLASSES
 from shared.jobs.reports import build_job_report
 from web import auth, backends, comparisons, predictions
-from web.auth import operator_required
+from web.auth import operator_required, operator_name
 from web.params import float_arg
 
 blueprint = Blueprint("api", __name__)
@@ -37,7 +39,7 @@ OPENAPI_DOCUMENT = Path(__file__).resolve().parent / "openapi.yaml"
 MAX_WAIT_SECONDS = 30.0
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
 JOB_SPLITS = ("train", "test", "upload")
-JOB_FIELDS = frozenset({"split", "label", "limit", "model", "shadow"})
+JOB_FIELDS = frozenset({"split", "label", "limit", "model", "shadow", "priority", "callback_url"})
 UPLOAD_HELP = (
     "send the image as a multipart/form-data field named 'file', or as the raw request body"
     " with Content-Type image/png (or another image/* type, or application/octet-stream)"
@@ -121,10 +123,18 @@ def create_job() -> tuple[Response, int]:
     body = json_object()
     split, label, limit = job_selection(body)
     conn, config = backends.get_db(), backends.app_settings()
+    priority, callback_url = job_options(body)
+    try:  # refused before anything is read or recorded
+        jobs.fair_share.check_priority(priority)
+        if callback_url is not None:
+            jobs.webhooks.check_url(callback_url, config)
+    except ValueError as error:
+        raise BadRequest(str(error)) from None
     version, shadow_version = predictions.job_models(conn, *job_model_names(body))
+    selection = jobs.service.Selection(split, label, limit)
     try:
         job = jobs.service.submit_job(
-            conn, backends.get_celery(), config, jobs.service.Selection(split, label, limit), version, shadow_version=shadow_version
+            conn, backends.get_celery(), config, selection, version, None, shadow_version, priority, callback_url
         )
     except (jobs.service.NoImagesSelected, jobs.service.TooManyImages) as error:
         raise UnprocessableEntity(str(error)) from None
@@ -136,6 +146,7 @@ def create_job() -> tuple[Response, int]:
         total_images=job.images,
         model_version=job.model_version,
         shadow_version=job.shadow_version,
+        priority=priority,
         status_url=status_url,
         page_url=page_url,
     )
@@ -149,7 +160,27 @@ def show_job(job_id: int) -> Response:
     report = build_job_report(backends.get_db(), job_id)
     if report is None:
         raise NotFound(f"there is no job {job_id}")
-    return jsonify(predictions.job_summary(report))
+    return jsonify(predictions.job_summary(report, jobs.lifecycle_store.deliveries(backends.get_db(), job_id)))
+
+
+@blueprint.post("/api/jobs/<id:job_id>/cancel")
+@operator_required
+def cancel_job(job_id: int) -> Response:
+    """Cancel a queued or running bulk job; again for a cancelled one changes nothing (200 all the same)."""
+    cancel(job_id)
+    return show_job(job_id)
+
+
+def cancel(job_id: int) -> bool:
+    """Cancel as the signed-in operator: whether this call cancelled it; 404 for no job, 409 for one that has ended."""
+    conn, config = backends.get_db(), backends.app_settings()
+    try:
+        changed, _ = jobs.service.cancel_job(conn, backends.get_celery(), config, job_id, operator_name())
+    except jobs.service.UnknownJob as error:
+        raise NotFound(str(error)) from None
+    except jobs.service.JobEnded as error:
+        raise Conflict(str(error)) from None
+    return changed
 
 
 @blueprint.get("/api/compare")
@@ -217,6 +248,14 @@ def job_model_names(body: dict[str, Any]) -> tuple[str | None, str | None]:
     if not all(name is None or isinstance(name, str) for name in names):
         raise BadRequest("model and shadow must be a model version or alias, such as production")
     return names[0] or None, names[1] or None
+
+
+def job_options(body: dict[str, Any]) -> tuple[str, str | None]:
+    """{"priority", "callback_url"}: both optional (normal, no webhook)."""
+    priority, callback_url = body.get("priority") or "normal", body.get("callback_url")
+    if not isinstance(priority, str) or not (callback_url is None or isinstance(callback_url, str)):
+        raise BadRequest(f"priority must be one of {', '.join(jobs.fair_share.PRIORITIES)}; callback_url a URL")
+    return priority, callback_url or None
 
 
 def is_whole_number(value: Any) -> bool:

@@ -104,6 +104,11 @@ def operator_access() -> bool:
     return current_app.config["MNIST_SETTINGS"].public_insights or current_user.is_authenticated
 
 
+def operator_name() -> str:
+    """Who makes this request, for the record (a cancel): the operator's name, else "public" (PUBLIC_INSIGHTS)."""
+    return str(current_user.name) if current_user.is_authenticated else "public"
+
+
 def refuse_anonymous() -> Response:
     """401 with WWW-Authenticate on the API; elsewhere to the sign-in page, and back after it."""
     if errors.wants_json():

@@ -254,8 +254,8 @@ def answer_status(prediction: Prediction, wait: float, just_created: bool) -> in
     return 202 if just_created and not waited_for_result else 200
 
 
-def job_summary(report: JobReport) -> dict[str, Any]:
-    """A job's progress and accuracy as plain JSON values."""
+def job_summary(report: JobReport, attempts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A job's progress and accuracy as plain JSON values; ``attempts``: its webhook's deliveries."""
     job = report.job
     finished = job["done_count"] + job["failed_count"]
     return {
@@ -276,4 +276,19 @@ def job_summary(report: JobReport) -> dict[str, Any]:
         "low_confidence_threshold": report.low_confidence_threshold,
         "created_at": job["created_at"].isoformat(),
         "finished_at": job["finished_at"].isoformat() if job["finished_at"] else None,
+        "priority": job["priority"],
+        "cancelled_at": job["cancelled_at"].isoformat() if job["cancelled_at"] else None,
+        "cancelled_by": job["cancelled_by"],
+        "webhook": webhook_json(job["callback_url"], attempts) if job["callback_url"] else None,
+    }
+
+
+def webhook_json(url: str, attempts: list[dict[str, Any]] | None) -> dict[str, Any]:
+    return {"url": url, "attempts": [delivery_json(row) for row in attempts or []]}
+
+
+def delivery_json(row: dict[str, Any]) -> dict[str, Any]:
+    """One attempt to deliver a job's webhook, as JSON (the URL is the job's, shown once)."""
+    return {key: row[key] for key in ("attempt", "event", "status_code", "error", "delivered")} | {
+        "attempted_at": row["attempted_at"].isoformat()
     }

@@ -101,8 +101,9 @@ def main(bind: str, workers: int | None, threads: int | None, backlog: int, acce
 
 def logging_config(access_log: bool) -> dict[str, Any]:
     """granian's logging, plus the app's access log on stdout (its level turns it off)."""
+    granian_loggers: dict[str, Any] = dict(LOGGING_CONFIG["loggers"])  # type: ignore[call-overload]  # typed as object
     loggers = {
-        **LOGGING_CONFIG["loggers"],
+        **granian_loggers,
         ACCESS_LOGGER: {"handlers": ["access"], "level": "INFO" if access_log else "WARNING", "propagate": False},
     }
     return {**dict(LOGGING_CONFIG), "loggers": loggers}

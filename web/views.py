@@ -9,12 +9,13 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 from werkzeug.exceptions import NotFound
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 from shared import images, jobs, models
 from shared.digits import MAX_ROW_ID, NUM_CLASSES
 from shared.images.codec import decode_image, png_bytes
 from shared.jobs.reports import LOW_CONFIDENCE_THRESHOLD, build_job_report, default_low_confidence_threshold
-from web import backends, comparisons, keyset, predictions
+from web import api, backends, comparisons, keyset, predictions
 from web.auth import operator_or_404, operator_required
 from web.heatmap import difference_heatmap, heatmap
 from web.params import choice_arg, float_arg, int_arg
@@ -25,6 +26,7 @@ GALLERY_PAGE_SIZE = 48
 JOBS_PAGE_SIZE = 25
 MAX_PAGE = 100_000
 JOB_KINDS = {"bulk": "bulk", "upload": "upload", "all": None}
+JOB_STATES = {"all": None, **{state: state for state in jobs.store.STATES}}
 BROWSE_BY = ("label", "prediction")
 # Stored images never change, so the browser that fetched one may keep it.
 IMAGE_CACHE_SECONDS = 86_400
@@ -91,16 +93,21 @@ def prediction_page(result: predictions.Prediction, image_url: str, json_url: st
 @blueprint.get("/jobs", endpoint="jobs")
 @operator_required
 def jobs_page() -> str:
-    kind = choice_arg("kind", "bulk", JOB_KINDS)
+    kind, state = choice_arg("kind", "bulk", JOB_KINDS), choice_arg("state", "all", JOB_STATES)
     page = page_arg()
-    rows = jobs.queries.list_jobs(backends.get_db(), JOB_KINDS[kind], JOBS_PAGE_SIZE + 1, (page - 1) * JOBS_PAGE_SIZE, keyset.after_id())
-    running = any(row["status"] != "done" for row in rows)
+    offset = (page - 1) * JOBS_PAGE_SIZE
+    conn = backends.get_db()
+    after = keyset.after_id()
+    rows = jobs.queries.list_jobs(conn, JOB_KINDS[kind], JOBS_PAGE_SIZE + 1, offset, after, JOB_STATES[state])
+    running = any(row["status"] in jobs.store.UNFINISHED for row in rows)
     return render_template(
         "jobs.html",
         jobs=rows[:JOBS_PAGE_SIZE],
         kind=kind,
         kinds=JOB_KINDS,
-        pager=pager(page, next_cursor(rows, JOBS_PAGE_SIZE, keyset.job_cursor), kind=kind),
+        state=state,
+        states=JOB_STATES,
+        pager=pager(page, next_cursor(rows, JOBS_PAGE_SIZE, keyset.job_cursor), kind=kind, state=state),
         refresh=refresh_seconds() if running else None,
     )
 
@@ -111,10 +118,18 @@ def job(job_id: int) -> str:
     report = build_job_report(backends.get_db(), job_id)
     if report is None:
         raise NotFound(f"there is no job {job_id}")
-    refresh = refresh_seconds() if report.job["status"] != "done" else None
-    summary = predictions.job_summary(report)
+    refresh = refresh_seconds() if report.job["status"] in jobs.store.UNFINISHED else None
+    summary = predictions.job_summary(report, jobs.lifecycle_store.deliveries(backends.get_db(), job_id))
     model = models.registry.describe_optional(backends.get_db(), summary["model_version"])
     return render_template("job.html", report=report, summary=summary, model=model, cells=heatmap(report.confusion), refresh=refresh)
+
+
+@blueprint.post("/jobs/<id:job_id>/cancel")
+@operator_required
+def cancel_job(job_id: int) -> WerkzeugResponse:
+    """The job page's cancel button (a form with the CSRF token); back to the job page, which shows who and when."""
+    api.cancel(job_id)
+    return redirect(url_for("views.job", job_id=job_id), code=303)
 
 
 @blueprint.get("/compare")

@@ -15,13 +15,16 @@ from celery import Celery, signals
 
 from shared import queues
 from shared.config import Settings
-from worker import celery_metrics, failover, state, sweeper, tasks
+from worker import celery_metrics, failover, lifecycle, state, sweeper, tasks
 
 
 def make_celery_app(settings: Settings) -> Celery:
     """The worker's app with its task registered and this process's state initialised."""
     app = queues.broker.celery_app(settings, name="mnist_queue_worker")
     app.task(name=queues.broker.PREDICT_BATCH_TASK, bind=True, **tasks.RETRY_OPTIONS)(tasks.predict_batch)
+    app.task(name=queues.broker.JOB_ENDED_TASK, bind=True, **tasks.RETRY_OPTIONS)(lifecycle.job_ended)
+    deliver = app.task(name=queues.broker.DELIVER_WEBHOOK_TASK, bind=True, **lifecycle.WEBHOOK_RETRY_OPTIONS)
+    deliver(lifecycle.deliver_webhook)
     state.init(settings, app)
     # Celery's signals are process-wide: a dispatch_uid keeps one receiver however many apps are made.
     signals.celeryd_init.connect(remember_concurrency, weak=False, dispatch_uid="mnist-remember-concurrency")

@@ -187,6 +187,9 @@ def process_uploads(
     batch = PredictionBatch.of(good_ids, probabilities, true_labels_of(good_ids, labels))
     outcome = lane.submit(clock.timed("store", jobs.results.store_many), model_version, job_ids, prediction_jobs, batch, failed).result()
     observability.metrics.record_batch(observability.metrics.UPLOAD, model_version, len(uploads), *outcome, clock.seconds)
+    # An upload is a job of one image: each new result ends one (a redelivered one stores nothing, counts nothing).
+    observability.metrics.record_job_ends(observability.metrics.UPLOAD, "done", outcome[0])
+    observability.metrics.record_job_ends(observability.metrics.UPLOAD, "failed", outcome[1])
     return outcome
 
 
@@ -195,4 +198,6 @@ def give_up(lane: DatabaseLane, model_version: str, job_id: int, image_id: int, 
     log.error("job %s: image %s: %s", job_id, image_id, reason)
     _, failed = lane.submit(jobs.results.store_results, job_id, model_version, None, [FailureRow(image_id, reason)]).result()
     observability.metrics.record_results(queue, model_version, 0, failed)
+    if queue == observability.metrics.UPLOAD:
+        observability.metrics.record_job_ends(queue, "failed", failed)
     return failed

@@ -16,6 +16,7 @@ from celery import Celery
 from shared import jobs, observability, queues
 from shared.config import Settings
 from shared.db import connection
+from worker import lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +29,15 @@ def sweep_stalled_jobs(conn: connection.Connection, app: Celery, settings: Setti
     An empty queue plus no progress means the messages are gone (a job queued behind
     another one has messages waiting, so it is left alone). Returns {job id: images resumed}.
     """
-    empty = {"bulk": queues.broker.queued_messages(app, queues.broker.bulk_queue(settings)) == 0, "upload": queues.uploads.waiting(settings) == 0}
+    bulk_empty = queues.broker.queued_messages(app, queues.broker.bulk_queue(settings)) == 0  # every priority's list
+    empty = {"bulk": bulk_empty, "upload": queues.uploads.waiting(settings) == 0}
     resumed = {}
     for job_id, kind in jobs.store.stalled_jobs(conn, settings.stall_seconds):
         if empty[kind]:
-            resumed[job_id] = jobs.service.resume_job(conn, app, settings, job_id)
+            try:
+                resumed[job_id] = jobs.service.resume_job(conn, app, settings, job_id)
+            except jobs.service.JobEnded:  # cancelled since it was listed
+                continue
             observability.metrics.record_reenqueued(kind, resumed[job_id])
             log.warning(
                 "job %s stalled for %ss with an empty queue: re-enqueued %d images", job_id, settings.stall_seconds, resumed[job_id]
@@ -40,11 +45,18 @@ def sweep_stalled_jobs(conn: connection.Connection, app: Celery, settings: Setti
     return resumed
 
 
+def announce_missed_ends(conn: connection.Connection, app: Celery, settings: Settings) -> list[int]:
+    """Announce the ends nobody announced (a worker died between a job's last commit and its claim)."""
+    ended = jobs.lifecycle_store.unannounced_ends(conn)
+    return [job_id for job_id in ended if lifecycle.announce_end(conn, app, settings, job_id)]
+
+
 def sweep_once(app: Celery, settings: Settings) -> dict[int, int]:
     conn = connection.connect(settings.database_url)
     try:
         if not connection.try_lock(conn, SWEEPER_LOCK_KEY):
             return {}
+        announce_missed_ends(conn, app, settings)
         return sweep_stalled_jobs(conn, app, settings)
     finally:
         conn.close()  # also releases the advisory lock

@@ -13,7 +13,7 @@ import psycopg
 
 from shared import jobs, queues
 from shared.db.connection import TRANSIENT_ERRORS
-from worker import state
+from worker import lifecycle, state
 from worker.batch import give_up, process_batch
 from worker.models import ModelUnavailable, fail_images, require_version
 from worker.shadow import predict_shadow_batch
@@ -39,17 +39,40 @@ def predict_batch(task: Any, job_id: int, image_ids: list[int]) -> dict[str, int
     A batch started before that did not finish (its worker died, or the database failed)
     is split in two and re-enqueued, so one poisonous image is isolated in a few rounds;
     a single image that keeps failing is recorded as failed instead of looping forever.
+    A batch of a cancelled job is skipped before its images are read; a finished batch sends its
+    job's next one (``worker/lifecycle.py``).
     """
     if not image_ids:
         return {"done": 0, "failed": 0}
     process = state.current()
     lane, models = process.lane(), process.models()
+    try:
+        outcome = run_batch(task, lane, models, job_id, image_ids)
+        if outcome is not None:
+            lane.submit(lifecycle.after_batch, task.app, process.settings, job_id).result()
+            return outcome
+        return {"done": 0, "failed": 0}
+    except TRANSIENT_ERRORS as error:  # retried by Celery (RETRY_OPTIONS), not split: the batch is not at fault
+        log.warning("job %s: database unavailable (%s); Celery retries the batch", job_id, error)
+        raise
+    except (psycopg.errors.ForeignKeyViolation, jobs.results.UnknownJobError):
+        log.error("job %s does not exist; dropping batch of %d images", job_id, len(image_ids))
+        return {"done": 0, "failed": 0}
+
+
+def run_batch(task: Any, lane: Any, models: Any, job_id: int, image_ids: list[int]) -> dict[str, int] | None:
+    """The batch's predictions and failures stored: their counts; None when it was split instead (its halves
+    finish it) or skipped, its job cancelled. Errors of the database (retried) and of an unknown job
+    (dropped) are the caller's."""
     version = None  # the job's, once read
     try:
+        if lifecycle.cancelled(lane, task.app, job_id):
+            return None
         deliveries = lane.submit(jobs.results.record_attempt, job_id, image_ids).result()
         step = jobs.service.next_step(deliveries, len(image_ids))
         if step is jobs.service.NextStep.SPLIT:
-            return split_batch(task, job_id, image_ids, f"attempt {deliveries}")
+            split_batch(task, job_id, image_ids, f"attempt {deliveries}")
+            return None
         served = models.for_job(lane, job_id)
         version = served.version
         if step is jobs.service.NextStep.GIVE_UP:
@@ -62,16 +85,13 @@ def predict_batch(task: Any, job_id: int, image_ids: list[int]) -> dict[str, int
         done, failed = process_batch(lane, predictor.predict_batch, version, job_id, image_ids)
         if served.shadow:
             predict_shadow_batch(lane, models, served.shadow, job_id, image_ids)
-    except TRANSIENT_ERRORS as error:  # retried by Celery (RETRY_OPTIONS), not split: the batch is not at fault
-        log.warning("job %s: database unavailable (%s); Celery retries the batch", job_id, error)
+    except (*TRANSIENT_ERRORS, psycopg.errors.ForeignKeyViolation, jobs.results.UnknownJobError):
         raise
-    except (psycopg.errors.ForeignKeyViolation, jobs.results.UnknownJobError):
-        log.error("job %s does not exist; dropping batch of %d images", job_id, len(image_ids))
-        return {"done": 0, "failed": 0}
     except Exception as error:  # the model or our code failed on this input: isolate it, never loop
         log.exception("job %s: batch of %d images (first %s) failed", job_id, len(image_ids), image_ids[0])
         if len(image_ids) > 1:
-            return split_batch(task, job_id, image_ids, f"error {error!r}")
+            split_batch(task, job_id, image_ids, f"error {error!r}")
+            return None
         failed = give_up(lane, version or "", job_id, image_ids[0], jobs.service.prediction_failed_reason(error))
         return {"done": 0, "failed": failed}
     return {"done": done, "failed": failed}
@@ -84,6 +104,9 @@ def split_batch(task: Any, job_id: int, image_ids: list[int], why: str) -> dict[
     middle = len(image_ids) // 2
     sent_at = getattr(task.request, queues.broker.SENT_AT_HEADER, None)
     sent_at = sent_at if isinstance(sent_at, (int, float)) else None  # none from an older sender: now
-    queues.broker.send_batches(task.app, queue, job_id, [image_ids[:middle], image_ids[middle:]], first=True, sent_at=sent_at)
+    priority = (task.request.delivery_info or {}).get("priority")  # the halves keep their job's priority
+    priority = priority if isinstance(priority, int) else None
+    halves = [image_ids[:middle], image_ids[middle:]]
+    queues.broker.send_batches(task.app, queue, job_id, halves, first=True, sent_at=sent_at, priority=priority)
     log.warning("job %s: batch of %d images (first %s) split after %s", job_id, len(image_ids), image_ids[0], why)
     return {"done": 0, "failed": 0}

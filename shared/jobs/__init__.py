@@ -3,6 +3,8 @@
 from shared.jobs import (
     comparison,
     comparison_store,
+    fair_share,
+    lifecycle_store,
     progress,
     queries,
     reports,
@@ -11,11 +13,14 @@ from shared.jobs import (
     shadow_store,
     statistics,
     store,
+    webhooks,
 )
 
 __all__ = [
     "comparison",
     "comparison_store",
+    "fair_share",
+    "lifecycle_store",
     "progress",
     "queries",
     "reports",
@@ -24,4 +29,5 @@ __all__ = [
     "shadow_store",
     "statistics",
     "store",
+    "webhooks",
 ]

@@ -102,7 +102,7 @@ def wait_for_notices(conn: Connection, timeout_seconds: float) -> tuple[set[int]
 
 
 def wait_for_job(conn: Connection, job_id: int, timeout: float = 60, until_finished: int | None = None) -> dict[str, Any] | None:
-    """The job once done (or once ``until_finished`` images have a result), else its state after ``timeout``.
+    """The job once ended (or once ``until_finished`` images have a result), else its state after ``timeout``.
 
     Sleeps on the workers' notices; None for a job that does not exist.
     """
@@ -118,5 +118,5 @@ def wait_for_job(conn: Connection, job_id: int, timeout: float = 60, until_finis
 
 def _reached(job: dict[str, Any], until_finished: int | None) -> bool:
     if until_finished is None:
-        return job["status"] == "done"
+        return job["status"] in store.ENDED
     return job["done_count"] + job["failed_count"] >= until_finished

@@ -84,9 +84,16 @@ UPLOAD_BY_ID = sql.SQL(UPLOAD_PREDICTION).format(condition=sql.SQL("j.id = %(id)
 UPLOAD_BY_TOKEN = sql.SQL(UPLOAD_PREDICTION).format(condition=sql.SQL("j.public_token = %(token)s")).as_string()
 
 
-def list_jobs(conn: Connection, kind: str | None, limit: int, offset: int = 0, before_id: int | None = None) -> list[dict[str, Any]]:
-    """Jobs newest first (older than ``before_id`` when given: keyset), each with how many labelled
-    predictions it has and how many are right, from its statistics (at most ~100 rows per job)."""
+def list_jobs(
+    conn: Connection,
+    kind: str | None,
+    limit: int,
+    offset: int = 0,
+    before_id: int | None = None,
+    status: str | None = None,
+) -> list[dict[str, Any]]:
+    """Jobs newest first (older than ``before_id`` when given: keyset; of ``status`` when given), each with how
+    many labelled predictions it has and how many are right, from its statistics (at most ~100 rows per job)."""
     statement = sql.SQL(
         """
         SELECT {job_columns}, acc.labelled, acc.correct
@@ -98,12 +105,13 @@ def list_jobs(conn: Connection, kind: str | None, limit: int, offset: int = 0, b
             WHERE s.job_id = j.id AND s.true_label <> {unlabelled}
         ) acc ON true
         WHERE (%(kind)s::text IS NULL OR j.kind = %(kind)s)
+          AND (%(status)s::text IS NULL OR j.status = %(status)s)
           AND (%(before)s::bigint IS NULL OR j.id < %(before)s)
         ORDER BY j.id DESC
         LIMIT %(limit)s OFFSET %(offset)s
         """
     ).format(job_columns=job_columns("j"), unlabelled=sql.Literal(statistics.UNLABELLED))
-    params = {"kind": kind, "limit": limit, "offset": 0 if before_id else offset, "before": before_id}
+    params = {"kind": kind, "status": status, "limit": limit, "offset": 0 if before_id else offset, "before": before_id}
     return query(conn, statement, params, as_dicts=True)
 
 

@@ -160,6 +160,8 @@ done AS (
 # SQLSTATE foreign_key_violation), so nothing of the batch is stored, in one statement or many.
 # A failure is never recorded for an image the job already has a prediction of: an image is given
 # up on after its worker died too often, and the last one may have died after its commit.
+# A job ends done, or failed when not one of its images could be predicted; a cancelled job stays
+# cancelled while the batches that were running store what they did (stored results are kept, counted).
 ADVANCE = """
 failed AS (
     INSERT INTO job_failures (job_id, input_data_id, reason)
@@ -181,8 +183,11 @@ failed AS (
         failed_count = j.failed_count + c.failed,
         started_at = COALESCE(j.started_at, now()),
         progressed_at = now(),
-        status = CASE WHEN j.done_count + j.failed_count + c.done + c.failed >= j.total_images THEN 'done' ELSE 'running' END,
-        finished_at = CASE WHEN j.done_count + j.failed_count + c.done + c.failed >= j.total_images
+        status = CASE WHEN j.status = 'cancelled' THEN 'cancelled'
+                      WHEN j.done_count + j.failed_count + c.done + c.failed < j.total_images THEN 'running'
+                      WHEN j.done_count + c.done = 0 THEN 'failed' ELSE 'done' END,
+        finished_at = CASE WHEN j.status = 'cancelled'
+                             OR j.done_count + j.failed_count + c.done + c.failed >= j.total_images
                            THEN COALESCE(j.finished_at, now()) END
     FROM changes c WHERE j.id = c.job_id AND j.id = ANY(%(jobs)s::bigint[])  -- by the primary key, never a scan of jobs
     RETURNING j.id, j.kind

@@ -20,7 +20,7 @@ from shared import models, queues
 from shared.config import Settings
 from shared.db.connection import Connection
 from shared.digits import IMAGE_SHAPE
-from shared.jobs import store
+from shared.jobs import fair_share, lifecycle_store, store, webhooks
 
 # Work delivered this often without finishing (its worker died each time) is given up on.
 MAX_DELIVERIES = 3
@@ -32,6 +32,14 @@ class NoImagesSelected(ValueError):
 
 class TooManyImages(ValueError):
     """The selection matches more than MAX_JOB_IMAGES images: refused before anything is recorded."""
+
+
+class UnknownJob(ValueError):
+    """There is no job of that id."""
+
+
+class JobEnded(ValueError):
+    """The job has ended (or is an upload, which cannot be cancelled): nothing was changed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,34 +76,45 @@ def submit_job(
     model_version: str,
     batch_size: int | None = None,
     shadow_version: str | None = None,
+    priority: str = "normal",
+    callback_url: str | None = None,
 ) -> SubmittedJob:
-    """Select the images, record the job, enqueue its batches.
+    """Select the images, record the job, enqueue its first batches (the rest follow: ``fair_share``).
 
     ``model_version`` serves the job and ``shadow_version`` (if any) shadows it: registered
     versions, resolved by the caller (``shared.models.registry.resolve_job_models``).
 
-    NoImagesSelected when none match, TooManyImages when more than MAX_JOB_IMAGES do (nothing
-    is recorded then). A selection by filters never brings its IDs into Python at once: the
-    job's array is built in PostgreSQL and read back one batch at a time, as it is sent.
+    NoImagesSelected when none match, TooManyImages when more than MAX_JOB_IMAGES do, ValueError
+    for an unknown ``priority``, WebhookRefused for a ``callback_url`` that may not be called (nothing
+    is recorded then). A selection by filters never brings its IDs into Python: the job's array and its
+    batches are built in PostgreSQL, and only the first FAIR_SHARE_BATCHES batches are read, to be sent.
     """
     size = batch_size or settings.batch_size
+    fair_share.check_priority(priority)
+    if callback_url is not None:
+        webhooks.check_url(callback_url, settings)
+    options: dict[str, Any] = {
+        "shadow_version": shadow_version,
+        "batch_size": size,
+        "priority": priority,
+        "callback_url": callback_url,
+    }
     if selection.image_ids:
         unique_ids = list(dict.fromkeys(selection.image_ids))
         refuse_too_many(len(unique_ids), settings.max_job_images)
-        job_id = store.create_job(conn, unique_ids, model_version, selection.describe(), shadow_version=shadow_version)
+        job_id = store.create_job(conn, unique_ids, model_version, selection.describe(), **options)
         images = len(unique_ids)
-        batches: Iterator[list[int]] = (unique_ids[start : start + size] for start in range(0, len(unique_ids), size))
     else:
         filters = {"split": selection.split, "label": selection.label, "model": model_version if selection.unpredicted else None}
         created, matched = store.create_job_from_selection(
-            conn, filters, selection.limit, model_version, selection.describe(), settings.max_job_images, shadow_version=shadow_version
+            conn, filters, selection.limit, model_version, selection.describe(), settings.max_job_images, **options
         )
         refuse_too_many(matched, settings.max_job_images)
         if created is None:
             raise NoImagesSelected("no stored images match that selection")
-        job_id, images, batches = created, matched, store.job_image_id_batches(conn, created, size)
-    sent = queues.broker.send_batches(app, queues.broker.bulk_queue(settings), job_id, batches)
-    return SubmittedJob(job_id, images, sent, model_version, shadow_version)
+        job_id, images = created, matched
+    fair_share.send_next(conn, app, settings, job_id, settings.fair_share_batches)
+    return SubmittedJob(job_id, images, -(-images // size), model_version, shadow_version)
 
 
 def refuse_too_many(images: int, max_images: int) -> None:
@@ -159,22 +178,50 @@ def submit_upload(
 def resume_job(conn: Connection, app: Celery, settings: Settings, job_id: int) -> int:
     """Enqueue a job's unfinished images again, on its own lane; returns how many. Always safe.
 
-    Images that already have a prediction or a recorded failure are not sent. ValueError
-    for a job that does not exist.
+    Images that already have a prediction or a recorded failure are not sent. Of a job fed in slices
+    (``fair_share``), the batches already taken are sent again where they lack results, and the job is
+    topped up to FAIR_SHARE_BATCHES batches in play. UnknownJob for a job that does not exist, JobEnded
+    for a cancelled one: a cancel is final (submit the images again for a new job).
     """
     job = store.get_job(conn, job_id)
     if job is None:
-        raise ValueError(f"there is no job {job_id}")
+        raise UnknownJob(f"there is no job {job_id}")
+    if job["status"] == "cancelled":
+        when = f"{job['cancelled_at']:%Y-%m-%d %H:%M:%S %Z}".strip()
+        raise JobEnded(f"job {job_id} was cancelled by {job['cancelled_by']} at {when}: not resumed")
     sent: list[int] = []  # a job of 1M images is read and sent a batch at a time
-    batches = _counted(store.unfinished_image_id_batches(conn, job_id, settings.batch_size), sent)
+    batches = _counted(store.unfinished_image_id_batches(conn, job_id, settings.batch_size, enqueued_only=True), sent)
     if job["kind"] == "upload":
         for batch in batches:
             queues.uploads.enqueue(settings, job_id, batch)
     else:
-        queues.broker.send_batches(app, queues.broker.bulk_queue(settings), job_id, batches)
-    if sent:
+        priority = fair_share.broker_priority(job["priority"])
+        queues.broker.send_batches(app, queues.broker.bulk_queue(settings), job_id, batches, priority=priority)
+        if len(sent) < settings.fair_share_batches:
+            sent.append(fair_share.send_next(conn, app, settings, job_id, settings.fair_share_batches - len(sent))[1])
+    if sum(sent):
         store.mark_resumed(conn, job_id)
     return sum(sent)
+
+
+def cancel_job(conn: Connection, app: Celery, settings: Settings, job_id: int, by: str) -> tuple[bool, dict[str, Any]]:
+    """Cancel a queued or running bulk job: its status is ``cancelled`` at once, with ``by`` and the time.
+
+    Returns (whether this call cancelled it, the job); cancelling a cancelled job again changes nothing.
+    UnknownJob, or JobEnded for a job done or failed (or an upload), with nothing changed. Workers skip its
+    batches still queued, and what was stored stays. The workers are told at once, so that they announce the
+    end (metrics, webhook); the sweeper would find it too.
+    """
+    changed, job = lifecycle_store.cancel_job(conn, job_id, by)
+    if job is None:
+        raise UnknownJob(f"there is no job {job_id}")
+    if job["kind"] != "bulk":
+        raise JobEnded(f"job {job_id} is an upload: only bulk jobs can be cancelled")
+    if job["status"] != "cancelled":
+        raise JobEnded(f"job {job_id} has already ended ({job['status']}): nothing to cancel")
+    if changed:
+        app.send_task(queues.broker.JOB_ENDED_TASK, args=[job_id], queue=queues.broker.bulk_queue(settings), priority=0)
+    return changed, job
 
 
 def _counted(batches: Iterator[list[int]], sizes: list[int]) -> Iterator[list[int]]:

@@ -26,7 +26,13 @@ from shared.images.store import SELECTION_FILTER
 JOB_COLUMNS = (
     "id", "kind", "model_version", "shadow_version", "selection", "total_images", "done_count", "failed_count", "status",
     "created_at", "started_at", "finished_at", "progressed_at",
+    "priority", "callback_url", "cancelled_at", "cancelled_by",
 )  # fmt: skip
+# A job is queued, then running, and ends in one of ENDED: done (every image has a result), failed (it ended
+# and not one image could be predicted) or cancelled. Plain SQL below spells the same lists out.
+UNFINISHED = ("queued", "running")
+ENDED = ("done", "failed", "cancelled")
+STATES = (*UNFINISHED, *ENDED)
 
 
 def job_columns(table: str | None = None) -> sql.Composable:
@@ -41,19 +47,55 @@ def create_job(
     selection: dict[str, Any],
     kind: str = "bulk",
     shadow_version: str | None = None,
+    *,
+    batch_size: int | None = None,
+    priority: str = "normal",
+    callback_url: str | None = None,
 ) -> int:
     """Record a job and the images it covers (each once), before anything is enqueued.
 
-    ``model_version`` serves it (None: production's, whichever that is when a worker takes it).
+    ``model_version`` serves it (None: production's, whichever that is when a worker takes it). With
+    ``batch_size`` the job is fed to the broker in slices (``shared/jobs/fair_share.py``): its batches
+    are written to ``job_batches`` in the same statement. Without, its sender sends every batch itself.
     """
     unique_ids = list(dict.fromkeys(image_ids))
+    params = {
+        "kind": kind,
+        "version": model_version,
+        "shadow": shadow_version,
+        "selection": json.dumps(selection),
+        "ids": unique_ids,
+        "total": len(unique_ids),
+        "priority": priority,
+        "size": batch_size,
+        "callback": callback_url,
+    }
     row = query_one_required(
         conn,
-        "INSERT INTO jobs (kind, model_version, shadow_version, selection, image_ids, total_images)"
-        " VALUES (%s, %s, %s, %s::jsonb, %s, %s) RETURNING id",
-        (kind, model_version, shadow_version, json.dumps(selection), unique_ids, len(unique_ids)),
+        sql.SQL("""
+        WITH job AS (
+            INSERT INTO jobs (kind, model_version, shadow_version, selection, image_ids, total_images,
+                              priority, batch_size, enqueued_batches, callback_url)
+            VALUES (%(kind)s, %(version)s, %(shadow)s, %(selection)s::jsonb, %(ids)s, %(total)s,
+                    %(priority)s, %(size)s, CASE WHEN %(size)s::int IS NOT NULL THEN 0 END, %(callback)s)
+            RETURNING id, image_ids, batch_size
+        ), {batches}
+        SELECT id FROM job
+        """).format(batches=WRITE_BATCHES),
+        params,
     )
     return row[0]
+
+
+# A sliced job's batches, from the job's array as just inserted (the CTE ``job``): one row of up to
+# batch_size IDs per batch, numbered from 0 in the array's order.
+WRITE_BATCHES = sql.SQL("""batches AS (
+            INSERT INTO job_batches (job_id, batch, image_ids)
+            SELECT job.id, (item.n - 1) / job.batch_size, array_agg(item.id ORDER BY item.n)
+            FROM job, unnest(job.image_ids) WITH ORDINALITY AS item (id, n)
+            WHERE job.batch_size IS NOT NULL
+            GROUP BY job.id, (item.n - 1) / job.batch_size
+        )""")
 
 
 def create_job_from_selection(
@@ -64,12 +106,17 @@ def create_job_from_selection(
     selection: dict[str, Any],
     max_images: int,
     shadow_version: str | None = None,
+    *,
+    batch_size: int | None = None,
+    priority: str = "normal",
+    callback_url: str | None = None,
 ) -> tuple[int | None, int]:
     """Record a job of the stored images matching ``filters`` (split, label, model), oldest first.
 
     Returns (job id, images); the id is None when nothing matched or more than ``max_images``
     did, and then images is how many matched, counted up to ``max_images + 1``. One statement:
-    the IDs go from the selection into the job's array without leaving PostgreSQL.
+    the IDs go from the selection into the job's array (and ``batch_size``: its batches, as
+    ``create_job`` writes them) without leaving PostgreSQL.
     """
     take = min(limit, max_images + 1) if limit else max_images + 1
     row = query_one_required(
@@ -78,13 +125,15 @@ def create_job_from_selection(
         WITH chosen AS (
             SELECT d.id FROM input_data d WHERE {filter} ORDER BY d.id LIMIT %(take)s
         ), job AS (
-            INSERT INTO jobs (kind, model_version, shadow_version, selection, image_ids, total_images)
-            SELECT 'bulk', %(version)s, %(shadow)s, %(selection)s::jsonb, array_agg(id ORDER BY id), count(*) FROM chosen
+            INSERT INTO jobs (kind, model_version, shadow_version, selection, image_ids, total_images,
+                              priority, batch_size, enqueued_batches, callback_url)
+            SELECT 'bulk', %(version)s, %(shadow)s, %(selection)s::jsonb, array_agg(id ORDER BY id), count(*),
+                   %(priority)s, %(size)s, CASE WHEN %(size)s::int IS NOT NULL THEN 0 END, %(callback)s FROM chosen
             HAVING count(*) BETWEEN 1 AND %(max)s
-            RETURNING id
-        )
+            RETURNING id, image_ids, batch_size
+        ), {batches}
         SELECT (SELECT id FROM job), (SELECT count(*) FROM chosen)
-        """).format(filter=SELECTION_FILTER),
+        """).format(filter=SELECTION_FILTER, batches=WRITE_BATCHES),
         {
             **filters,
             "take": take,
@@ -92,6 +141,9 @@ def create_job_from_selection(
             "shadow": shadow_version,
             "selection": json.dumps(selection),
             "max": max_images,
+            "priority": priority,
+            "size": batch_size,
+            "callback": callback_url,
         },
     )
     return row[0], row[1]
@@ -219,10 +271,17 @@ def unfinished_image_ids(conn: Connection, job_id: int) -> list[int]:
     return [image_id for batch in unfinished_image_id_batches(conn, job_id, 10_000) for image_id in batch]
 
 
-def unfinished_image_id_batches(conn: Connection, job_id: int, size: int) -> Iterator[list[int]]:
-    """``unfinished_image_ids``, ``size`` at a time, from a server-side cursor."""
-    statement = """
-        SELECT item.id FROM jobs j, unnest(j.image_ids) AS item (id)
+def unfinished_image_id_batches(
+    conn: Connection, job_id: int, size: int, enqueued_only: bool = False
+) -> Iterator[list[int]]:
+    """``unfinished_image_ids``, ``size`` at a time, from a server-side cursor.
+
+    ``enqueued_only``: of a job fed in slices, only the batches already handed to the broker (the rest
+    is still to be taken, by ``take_batches``, and must not be sent twice)."""
+    images = "j.image_ids[1:j.enqueued_batches * j.batch_size]" if enqueued_only else "j.image_ids"
+    statement = f"""
+        SELECT item.id
+        FROM jobs j, unnest(CASE WHEN j.enqueued_batches IS NULL THEN j.image_ids ELSE {images} END) AS item (id)
         WHERE j.id = %(job)s
           AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.job_id = %(job)s AND p.input_data_id = item.id)
           AND NOT EXISTS (SELECT 1 FROM job_failures f WHERE f.job_id = %(job)s AND f.input_data_id = item.id)
@@ -242,7 +301,7 @@ def stalled_jobs(conn: Connection, stall_seconds: float) -> list[tuple[int, str]
         conn,
         """
         SELECT id, kind FROM jobs
-        WHERE status <> 'done'
+        WHERE status IN ('queued', 'running')
           AND COALESCE(progressed_at, created_at) < now() - make_interval(secs => %s)
         ORDER BY id
         """,
@@ -261,3 +320,4 @@ def rows_for_job(conn: Connection, job_id: int) -> tuple[int, int, int]:
         """,
         {"job": job_id},
     )
+

@@ -31,6 +31,7 @@ BULK, UPLOAD = "bulk", "upload"
 QUEUES = (BULK, UPLOAD)
 STAGES = ("queue_wait", "fetch", "inference", "store")
 BULK_POOL, UPLOAD_CONSUMER = "bulk_pool", "upload_consumer"
+JOB_END_STATES = ("done", "failed", "cancelled")
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 # From a fetch of one chunk (milliseconds) to a batch that waited behind a long job (minutes).
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -71,6 +72,7 @@ class Instruments:
     celery_failed: Counter
     celery_retried: Counter
     celery_runtime: Histogram
+    job_ends: Counter
 
 
 @functools.cache
@@ -109,6 +111,10 @@ def instruments() -> Instruments:
         celery_failed=Counter("celery_task_failed", "Tasks that raised", [*CELERY_TASK_LABELS, "exception"]),
         celery_retried=Counter("celery_task_retried", "Tasks that will be retried", CELERY_TASK_LABELS),
         celery_runtime=Histogram("celery_task_runtime", "Seconds from a task's start to its end", CELERY_TASK_LABELS),
+        job_ends=Counter(
+            "mnist_job_ends", "Jobs that ended, by kind (bulk, upload) and end state (done, failed, cancelled)",
+            ["kind", "state"],
+        ),
     )
 
 
@@ -118,6 +124,8 @@ def show_counters() -> None:
     increase in the first sample of a series. (Those by model version appear with their first batch.)"""
     for queue in QUEUES:
         instruments().sweeper_reenqueued.labels(queue).inc(0)
+        for state in JOB_END_STATES:
+            instruments().job_ends.labels(queue, state).inc(0)
 
 
 @never_fails
@@ -176,6 +184,13 @@ def record_refusal(status: int, reason: str) -> None:
 @never_fails
 def record_reenqueued(queue: str, images: int) -> None:
     instruments().sweeper_reenqueued.labels(queue).inc(images)
+
+
+@never_fails
+def record_job_ends(kind: str, state: str, jobs: int = 1) -> None:
+    """Jobs of ``kind`` that ended in ``state``: a bulk job once, when its end is claimed; uploads as stored."""
+    if jobs:
+        instruments().job_ends.labels(kind, state).inc(jobs)
 
 
 @never_fails

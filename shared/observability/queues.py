@@ -67,15 +67,24 @@ def oldest_age(depth: int, sent_at: float | None, now: float) -> float | None:
 
 
 def read_queues(settings: Settings, now: float) -> list[QueueReading]:
+    """The bulk queue is one list per priority step (``queues.broker.priority_lists``): its depth is their sum
+    and its oldest entry the oldest of their last entries."""
     bulk, upload = queues.broker.bulk_queue(settings), queues.uploads.queue_name(settings)
+    bulk_lists = queues.broker.priority_lists(bulk)
     with queues.uploads.client(settings.redis_url).pipeline(transaction=False) as pipe:
-        for name in (bulk, upload):
+        for name in (*bulk_lists, upload):
             pipe.llen(name)
             pipe.lindex(name, -1)
-        bulk_depth, bulk_oldest, upload_depth, upload_oldest = pipe.execute()
+        replies = pipe.execute()
+    bulk_replies, (upload_depth, upload_oldest) = replies[:-2], replies[-2:]
+    bulk_depth = sum(bulk_replies[0::2])
+    depths, lasts = bulk_replies[0::2], bulk_replies[1::2]
+    stamps = [celery_message_sent_at(raw) for depth, raw in zip(depths, lasts, strict=True) if depth]
+    known = [stamp for stamp in stamps if stamp is not None]
+    bulk_sent_at = min(known) if known and len(known) == len(stamps) else None  # one unknown: the age is unknown
     upload_sent_at = queues.uploads.accepted_at(upload_oldest) if upload_oldest is not None else None
     return [
-        QueueReading(BULK, bulk, bulk_depth, oldest_age(bulk_depth, celery_message_sent_at(bulk_oldest), now)),
+        QueueReading(BULK, bulk, bulk_depth, oldest_age(bulk_depth, bulk_sent_at, now)),
         QueueReading(UPLOAD, upload, upload_depth, oldest_age(upload_depth, upload_sent_at, now)),
     ]
 

@@ -17,12 +17,21 @@ from kombu import Exchange, Queue
 from shared.config import Settings
 
 PREDICT_BATCH_TASK = "mnist_queue.predict_batch"
+# A job ended (cancelled, say): the worker announces it (metrics, webhook) once; and the webhook's delivery.
+JOB_ENDED_TASK = "mnist_queue.job_ended"
+DELIVER_WEBHOOK_TASK = "mnist_queue.deliver_webhook"
 BULK_QUEUE_SUFFIX = "bulk"
 # How often each worker gives back the unacknowledged messages older than the visibility timeout.
 RESTORE_INTERVAL_SECONDS = 1
 # A message header with the time it was sent (seconds since the epoch): the worker's queue-wait
 # metric and the queue's oldest-entry age read it (Celery's own messages carry no send time).
 SENT_AT_HEADER = "mnist_sent_at"
+# A job's priority as a message priority of kombu's Redis transport, where 0 is taken first. Each step is a
+# list of its own (the queue's name, then kombu's separator and the step for steps above 0), and a worker's
+# BRPOP names them in this order, so a high batch is taken before any normal one that waits. Messages
+# sent without a priority (split halves' senders before this release, webhook deliveries) land at 0.
+PRIORITY_STEPS = (0, 3, 6)
+BROKER_PRIORITY = {"high": 0, "normal": 3, "low": 6}
 
 
 def bulk_queue(settings: Settings) -> str:
@@ -84,11 +93,29 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         "unacked_restore_interval": RESTORE_INTERVAL_SECONDS,
         "unacked_restore_throttle": 1,
         "unacked_mutex_expire": timeout,
+        "priority_steps": list(PRIORITY_STEPS),
+        "queue_order_strategy": "priority",
     }
 
 
+def priority_lists(queue: str) -> list[str]:
+    """The Redis lists of one queue, one per priority step, taken first to last (kombu's ``_q_for_pri``)."""
+    return [priority_list(queue, step) for step in PRIORITY_STEPS]
+
+
+def priority_list(queue: str, priority: int | None) -> str:
+    step = max((step for step in PRIORITY_STEPS if step <= (priority or 0)), default=0)
+    return f"{queue}\x06\x16{step}" if step else queue
+
+
 def send_batches(
-    app: Celery, queue: str, job_id: int, batches: Iterable[list[int]], first: bool = False, sent_at: float | None = None
+    app: Celery,
+    queue: str,
+    job_id: int,
+    batches: Iterable[list[int]],
+    first: bool = False,
+    sent_at: float | None = None,
+    priority: int | None = None,
 ) -> int:
     """Send batches of one job over one broker connection (taken from ``batches`` one at a time); return how many.
 
@@ -96,16 +123,18 @@ def send_batches(
     that was started before (its worker died, say) should not wait behind whole jobs. Such halves
     pass their batch's ``sent_at``: they are work sent then, and the queue's oldest-entry age reads
     the head (``shared/observability/queues.py``), which a fresh time there would make look young.
+    ``priority`` is the job's (``BROKER_PRIORITY``); None sends at step 0.
     """
     sent = 0
     stamp = time.time() if sent_at is None else sent_at
     with app.producer_or_acquire() as producer:
         for batch in batches:
             headers = {SENT_AT_HEADER: stamp}
-            app.send_task(PREDICT_BATCH_TASK, args=[job_id, batch], queue=queue, producer=producer, headers=headers)
+            options = {"queue": queue, "producer": producer, "headers": headers, "priority": priority}
+            app.send_task(PREDICT_BATCH_TASK, args=[job_id, batch], **options)
             sent += 1
     if first and sent:
-        move_newest_to_head(app, queue, sent)
+        move_newest_to_head(app, priority_list(queue, priority), sent)
     return sent
 
 
@@ -126,9 +155,11 @@ def move_newest_to_head(app: Celery, queue: str, count: int) -> None:
 def queued_messages(app: Celery, queue: str) -> int:
     """Messages waiting in a queue (not those a worker holds unacknowledged).
 
-    Read with one LLEN on the broker's pooled client: the Redis transport keeps a queue as
-    a list under its name (we never send priorities, which would use sibling keys), and
-    kombu's passive declare costs a round trip more.
+    Read with one LLEN per priority list on the broker's pooled client, pipelined: kombu's
+    passive declare costs a round trip more.
     """
     with app.pool.acquire(block=True) as connection:
-        return int(connection.default_channel.client.llen(queue))
+        with connection.default_channel.client.pipeline(transaction=False) as pipe:
+            for name in priority_lists(queue):
+                pipe.llen(name)
+            return sum(int(length) for length in pipe.execute())

@@ -154,6 +154,38 @@ def test_workers_killed_at_random_moments_lose_and_duplicate_nothing(conn, fault
             worker.stop()
 
 
+def test_fair_share_and_cancel_hold_while_workers_are_killed(conn, fault_env, test_split_ids, tmp_path):
+    """A big and a small job sliced, a third cancelled mid-way, pool processes killed: 0 lost, 0 duplicated."""
+    rng = random.Random(SEED + 1)
+    workers = [start_worker(fault_env, tmp_path, f"fair{i}") for i in range(2)]
+    started = time.monotonic()
+    try:
+        big = submit(conn, fault_env, test_split_ids, batch_size=100)
+        small = submit(conn, fault_env, test_split_ids[:100], batch_size=50)
+        doomed = submit(conn, fault_env, test_split_ids, batch_size=100)
+        for kill in range(4):
+            time.sleep(rng.uniform(0.1, 0.4))
+            if kill == 1:
+                jobs.service.cancel_job(conn, queues.broker.celery_app(load_settings(fault_env)), load_settings(fault_env), doomed, "faults")
+            children = pool_children(workers[kill % 2])
+            if children:
+                os.kill(rng.choice(children), signal.SIGKILL)
+        finished = [assert_exactly_once(conn, job_id, total) for job_id, total in ((small, 100), (big, len(test_split_ids)))]
+        time.sleep(3)  # what the cancelled job's batches still running store, they store once
+        cancelled = jobs.store.get_job(conn, doomed)
+        _, predictions, failures = jobs.store.rows_for_job(conn, doomed)
+        duplicated = connection.query_one(
+            conn, "SELECT count(*) - count(DISTINCT input_data_id) FROM predictions WHERE job_id = %s", (doomed,)
+        )[0]
+        assert cancelled["status"] == "cancelled" and duplicated == 0
+        assert (cancelled["done_count"], cancelled["failed_count"]) == (predictions, failures)
+        total = {key: sum(job[key] for job in finished) for key in ("done_count", "failed_count", "duplicated")}
+        record("fair share + cancel, pool SIGKILL x4 (2 workers)", 4, len(test_split_ids) + 100, total, time.monotonic() - started)
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
 def test_a_worker_stopped_gracefully_mid_job_loses_nothing(conn, fault_env, test_split_ids, tmp_path):
     ids = test_split_ids
     worker = start_worker(fault_env, tmp_path, "stopping", concurrency=2)
@@ -287,7 +319,7 @@ def test_an_upload_that_crashes_its_consumer_is_failed_after_bounded_attempts(co
     finally:
         consumers[-1].stop()
     assert len(consumers) - 1 == jobs.service.MAX_DELIVERIES  # it died on each of its attempts, and no more
-    assert (outcomes[crash_job], outcomes[fail_job]) == (("done", 1, 0, 1), ("done", 1, 0, 1))
+    assert (outcomes[crash_job], outcomes[fail_job]) == (("failed", 1, 0, 1), ("failed", 1, 0, 1))  # not one image predicted: failed
     assert all(outcomes[job_id] == ("done", 1, 1, 0) for job_id in job_ids)
     assert jobs.queries.job_failures(conn, crash_job)[0][1] == f"gave up after {jobs.service.MAX_DELIVERIES} attempts: the worker died on this image"
     assert jobs.queries.job_failures(conn, fail_job)[0][1] == "prediction failed: injected inference failure"
@@ -317,7 +349,7 @@ def test_a_poison_upload_in_a_micro_batch_of_16_fails_alone(conn, fault_env, tes
     assert {job_id: outcome for job_id, outcome in outcomes.items() if job_id != poison_job} == dict.fromkeys(
         set(job_ids) - {poison_job}, ("done", 1, 1, 0)
     )
-    assert outcomes[poison_job] == ("done", 1, 0, 1)
+    assert outcomes[poison_job] == ("failed", 1, 0, 1)  # its only image failed: the job failed
     logs = "".join(path.read_text() for path in tmp_path.glob("batch*.log"))
     reason = jobs.queries.job_failures(conn, poison_job)[0][1]
     if marker == CRASH_MARKER:  # the batch died once, then the poison alone until it was given up on

@@ -71,6 +71,7 @@ SQL_HOME = (
     "shared/images/bulk_load.py",
     "shared/images/store.py",
     "shared/jobs/comparison_store.py",
+    "shared/jobs/lifecycle_store.py",
     "shared/jobs/progress.py",
     "shared/jobs/queries.py",
     "shared/jobs/results.py",

@@ -207,3 +207,21 @@ def test_init_db_from_three_processes_at_once_on_an_empty_database(tmp_path):
         with scratch_database("mnistq_reference") as (reference_url, reference):
             schema.migrate(reference_url)
             assert schema_snapshot(conn) == schema_snapshot(reference)
+
+
+def test_the_previous_release_jobs_take_the_lifecycle_in_place(previous_release, settings):
+    """Migration 0010: the old jobs are normal priority, were sent whole (no slices), are not announced again,
+    and a running one can be cancelled; new jobs are sliced."""
+    url, conn, rows = previous_release
+    schema.migrate(url)
+    old = {job_id: query(conn, "SELECT priority, enqueued_batches, batch_size, announced_at IS NOT NULL FROM jobs WHERE id = %s",
+                         (job_id,))[0] for job_id in (rows["bulk"], rows["upload"])}
+    assert set(old.values()) == {("normal", None, None, True)}
+    assert jobs.lifecycle_store.take_batches(conn, rows["bulk"], 4) == ("normal", [])  # its batches were all sent
+    assert jobs.lifecycle_store.claim_end(conn, rows["upload"]) is None  # ended before: not announced now
+    changed, job = jobs.lifecycle_store.cancel_job(conn, rows["bulk"], "upgrader")
+    assert changed and (job["status"], job["cancelled_by"], job["done_count"]) == ("cancelled", "upgrader", 1)
+    assert jobs.store.unfinished_image_ids(conn, rows["bulk"]) == rows["images"][2:]  # what was stored stays
+    new_job = jobs.store.create_job(conn, rows["images"], "new-model", {"ids": 4}, batch_size=3, priority="high")
+    assert jobs.lifecycle_store.take_batches(conn, new_job, 1) == ("high", [rows["images"][:3]])
+    assert jobs.lifecycle_store.take_batches(conn, new_job, 5) == ("high", [rows["images"][3:]])

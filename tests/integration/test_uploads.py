@@ -153,7 +153,7 @@ def test_an_upload_that_killed_consumers_too_often_is_failed_not_tried_again(wor
     entry = queues.uploads.encode_entry(job_id, image_id, deaths=MAX_DELIVERIES)
     queues.uploads.client(settings.redis_url).lpush(queues.uploads.queue_name(settings), entry)
     job = wait_for_job(conn, job_id, timeout=30)
-    assert (job["status"], job["done_count"], job["failed_count"]) == ("done", 0, 1)
+    assert (job["status"], job["done_count"], job["failed_count"]) == ("failed", 0, 1)
     assert jobs.queries.job_failures(conn, job_id) == [(image_id, f"gave up after {MAX_DELIVERIES} attempts: the worker died on this image")]
 
 

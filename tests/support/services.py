@@ -116,6 +116,9 @@ class RedisServer(ChildProcess):
         return RedisServer(self.log_path.with_suffix(".restarted.log"), self.port)
 
 
+# The session worker's webhook secret (tests/integration/conftest.py): the loopback receivers check it.
+WEBHOOK_SECRET = "test-webhook-secret-0123456789abcdef"
+
 def table_counts(conn: Connection) -> tuple[int, int]:
     """Rows in input_data and jobs: what a refused input must leave unchanged."""
     return tuple(query_one(conn, "SELECT (SELECT count(*) FROM input_data), (SELECT count(*) FROM jobs)"))
@@ -204,7 +207,7 @@ def wait_for_jobs(
     deadline = time.monotonic() + timeout
     with jobs.progress.listening(conn):
         outcomes = job_outcomes(conn, job_ids)
-        while any(status != "done" for status, *_ in outcomes.values()) and time.monotonic() < deadline:
+        while any(status not in jobs.store.ENDED for status, *_ in outcomes.values()) and time.monotonic() < deadline:
             if while_waiting is not None:
                 while_waiting()
             jobs.progress.wait_for_progress(conn, min(WAKE_SECONDS, max(0.0, deadline - time.monotonic())))

@@ -56,7 +56,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, list[list[int]
     """What the service sends to the broker, recorded instead of sent."""
     calls = []
 
-    def send_batches(app, queue, job_id, batches):
+    def send_batches(app, queue, job_id, batches, priority=None):
         calls.append((queue, job_id, list(batches)))  # taken one at a time, as the broker does
         return len(calls[-1][2])
 
@@ -74,26 +74,40 @@ def test_a_job_is_sent_in_batches_of_batch_size_on_the_bulk_queue(default_settin
     ]
 
 
-def test_submit_job_records_the_job_before_sending_each_image_once(default_settings, sent, monkeypatch):
+@pytest.fixture
+def taken(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The job's batches as PostgreSQL hands them out (``take_batches``): 1, 2, 3 ... up to 5 images, two a batch."""
+    asked = []
+
+    def take_batches(conn, job_id, count):
+        asked.append((job_id, count))
+        return "high", [[start, start + 1][: 6 - start] for start in range(1, 6, 2)][:count]
+
+    monkeypatch.setattr(jobs.lifecycle_store, "take_batches", take_batches)
+    return asked
+
+
+def test_submit_job_records_the_job_before_sending_each_image_once(default_settings, sent, taken, monkeypatch):
     created = []
 
-    def create_job(conn, image_ids, model_version, selection, shadow_version=None):
+    def create_job(conn, image_ids, model_version, selection, **options):
         assert sent == [], "sent before the job was recorded"
-        created.append((image_ids, selection))
+        created.append((image_ids, selection, options))
         return 42
 
     monkeypatch.setattr(jobs.store, "create_job", create_job)
     selection = Selection(image_ids=(3, 1, 3, 2))
-    submitted = jobs.service.submit_job(None, None, default_settings, selection, "model-x", batch_size=2)
+    submitted = jobs.service.submit_job(None, None, default_settings, selection, "model-x", batch_size=2, priority="high")
     assert submitted == jobs.service.SubmittedJob(id=42, images=3, batches=2, model_version="model-x")
-    assert created == [([3, 1, 2], {"ids": 4})]  # each image once
-    assert sent == [("mnist.bulk", 42, [[3, 1], [2]])]
+    options = {"shadow_version": None, "batch_size": 2, "priority": "high", "callback_url": None}
+    assert created == [([3, 1, 2], {"ids": 4}, options)]  # each image once
+    assert taken == [(42, default_settings.fair_share_batches)]
 
 
 def test_submit_job_refuses_a_selection_that_matches_nothing_and_records_no_job(default_settings, sent, monkeypatch):
     asked = []
 
-    def create_job_from_selection(conn, filters, limit, model_version, selection, max_images, shadow_version=None):
+    def create_job_from_selection(conn, filters, limit, model_version, selection, max_images, **options):
         asked.append((filters, limit, max_images))
         return None, 0  # nothing matched, nothing recorded
 
@@ -116,16 +130,50 @@ def test_submit_job_refuses_a_selection_over_max_job_images_naming_the_limit(def
     assert sent == [] and issubclass(TooManyImages, ValueError)
 
 
-def test_a_job_of_a_selection_is_sent_a_batch_at_a_time_as_read_back(default_settings, sent, monkeypatch):
+def test_only_the_first_fair_share_batches_of_a_job_are_sent_at_submit(default_settings, sent, taken, monkeypatch):
     monkeypatch.setattr(jobs.store, "create_job_from_selection", lambda *args, **kwargs: (7, 5))
-    read = []
-
-    def job_image_id_batches(conn, job_id, size):
-        for start in range(1, 6, size):
-            read.append(start)
-            yield list(range(start, min(start + size, 6)))
-
-    monkeypatch.setattr(jobs.store, "job_image_id_batches", job_image_id_batches)
-    submitted = jobs.service.submit_job(None, None, default_settings, Selection(split="test"), "model-x", batch_size=2)
+    config = default_settings.replace(fair_share_batches=2)
+    submitted = jobs.service.submit_job(None, None, config, Selection(split="test"), "model-x", batch_size=2)
     assert submitted == jobs.service.SubmittedJob(id=7, images=5, batches=3, model_version="model-x")
-    assert sent == [("mnist.bulk", 7, [[1, 2], [3, 4], [5]])] and read == [1, 3, 5]
+    assert taken == [(7, 2)] and sent == [("mnist.bulk", 7, [[1, 2], [3, 4]])]  # the third follows a finished batch
+
+
+@pytest.mark.parametrize("priority", ["urgent", "", "HIGH"])
+def test_an_unknown_priority_is_refused_naming_the_choices_before_anything_is_recorded(default_settings, sent, priority):
+    with pytest.raises(ValueError, match="priority must be one of high, normal, low"):
+        jobs.service.submit_job(None, None, default_settings, Selection(split="test"), "model-x", priority=priority)
+    assert sent == []
+
+
+@pytest.mark.parametrize(
+    "url, why",
+    [
+        ("ftp://hooks.example/x", "must be http or https"),
+        ("file:///etc/passwd", "must be http or https"),
+        ("https://elsewhere.example/x", "not in WEBHOOK_ALLOWED_HOSTS"),
+        ("http://hooks.example:port/x", "not a URL"),
+    ],
+)
+def test_a_webhook_url_that_may_not_be_called_is_refused_before_anything_is_recorded(default_settings, sent, url, why):
+    config = default_settings.replace(webhook_allowed_hosts="hooks.example, other.example", webhook_secret="s" * 32)
+    with pytest.raises(jobs.webhooks.WebhookRefused, match=why):
+        jobs.service.submit_job(None, None, config, Selection(split="test"), "model-x", callback_url=url)
+    assert sent == []
+    assert jobs.webhooks.check_url("https://HOOKS.example:8443/done?x=1", config)
+
+
+def test_a_webhook_needs_the_secret_that_signs_it(default_settings):
+    config = default_settings.replace(webhook_allowed_hosts="hooks.example")
+    with pytest.raises(jobs.webhooks.WebhookRefused, match="WEBHOOK_SECRET"):
+        jobs.webhooks.check_url("https://hooks.example/x", config)
+
+
+def test_the_signature_covers_time_and_body_and_the_receiver_checks_both():
+    body, secret = b'{"id":"job-1-done"}', "the-secret"
+    header = jobs.webhooks.sign(secret, body, 1_700_000_000)
+    assert header.startswith("t=1700000000,v1=") and len(header.rpartition("=")[2]) == 64
+    assert jobs.webhooks.verify(secret, body, header, now=1_700_000_010)
+    assert not jobs.webhooks.verify("another-secret", body, header, now=1_700_000_010)
+    assert not jobs.webhooks.verify(secret, body + b" ", header, now=1_700_000_010)
+    assert not jobs.webhooks.verify(secret, body, header, now=1_700_000_000 + 3600)  # a replay, an hour late
+    assert not jobs.webhooks.verify(secret, body, "v1=" + header.rpartition("=")[2], now=1_700_000_010)  # no time

@@ -1,0 +1,94 @@
+"""A bulk job's lifecycle in the worker: the next slice after each batch, the end announced once, its webhook.
+
+- ``after_batch``: a finished batch sends its job's next one (``shared/jobs/fair_share.py``); when there
+  is none left, the job may have ended, and its end is announced.
+- ``announce_end``: whoever claims a job's end (``lifecycle_store.claim_end``: one UPDATE, so once) counts
+  it in ``mnist_job_ends`` and, for a job with a URL, sends the webhook's delivery task. A worker that dies
+  between the job's last commit and the claim leaves it to the sweeper (``unannounced_ends``).
+- ``job_ended``: the task a cancel sends, so that the end is announced at once, not at the next sweep.
+- ``deliver_webhook``: one attempt per run, recorded; a failed one raises WebhookFailed, which Celery
+  retries with exponential backoff (``WEBHOOK_RETRY_OPTIONS``). The message is acknowledged late, so a
+  worker restart delivers it again; ``webhooks.deliver`` skips a job end already delivered.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+
+from shared import jobs, observability, queues
+from shared.config import Settings
+from shared.db import connection
+from shared.db.connection import TRANSIENT_ERRORS
+from worker import state
+from worker.batch import DatabaseLane
+
+log = logging.getLogger(__name__)
+
+
+class WebhookFailed(Exception):
+    """The receiver did not take the delivery (no answer, or not 2xx): Celery tries again later."""
+
+
+# Waits of 2, 4, 8 ... s, capped at 5 minutes, ten times: about 20 minutes of a receiver's outage are waited
+# out, then the attempts recorded say it was given up on.
+WEBHOOK_RETRY_OPTIONS: dict[str, Any] = {
+    "autoretry_for": (WebhookFailed, *TRANSIENT_ERRORS),
+    "retry_backoff": 2,
+    "retry_backoff_max": 300,
+    "retry_jitter": False,
+    "max_retries": 10,
+}
+
+
+def announce_end(conn: connection.Connection, app: Celery, settings: Settings, job_id: int) -> str | None:
+    """Claim the job's end and announce it: its state, or None when it has not ended or was announced."""
+    claimed = jobs.lifecycle_store.claim_end(conn, job_id)
+    if claimed is None:
+        return None
+    status, callback_url = claimed
+    observability.metrics.record_job_ends(observability.metrics.BULK, status)
+    if callback_url:
+        app.send_task(
+            queues.broker.DELIVER_WEBHOOK_TASK, args=[job_id], queue=queues.broker.bulk_queue(settings), priority=0
+        )
+    log.info("job %s ended: %s", job_id, status)
+    return status
+
+
+def after_batch(conn: connection.Connection, app: Celery, settings: Settings, job_id: int) -> None:
+    """The job's next batch, or, when none is left to send, its end if it has come. Runs on the database lane."""
+    sent, _ = jobs.fair_share.send_next(conn, app, settings, job_id, 1)
+    if not sent:
+        announce_end(conn, app, settings, job_id)
+
+
+def cancelled(lane: DatabaseLane, app: Celery, job_id: int) -> bool:
+    """Whether the job was cancelled: one lookup by primary key per batch, before any image is read."""
+    if lane.submit(jobs.lifecycle_store.job_state, job_id).result() != "cancelled":
+        return False
+    lane.submit(announce_end, app, state.current().settings, job_id).result()
+    return True
+
+
+def job_ended(task: Any, job_id: int) -> str | None:
+    """The task a cancel sends: announce the job's end now."""
+    process = state.current()
+    return process.lane().submit(announce_end, task.app, process.settings, job_id).result()
+
+
+def deliver_webhook(task: Any, job_id: int) -> bool | None:
+    """One attempt at the job's webhook, on a connection of its own (its per-job lock is the session's)."""
+    settings = state.current().settings
+    conn = connection.connect(settings.database_url)
+    try:
+        conn.autocommit = True
+        delivered = jobs.webhooks.deliver(conn, job_id, settings)
+    finally:
+        conn.close()
+    if delivered is False:
+        log.warning("job %s: webhook not delivered (attempt %d); Celery tries again", job_id, task.request.retries + 1)
+        raise WebhookFailed(f"job {job_id}: the webhook was not delivered")
+    return delivered
