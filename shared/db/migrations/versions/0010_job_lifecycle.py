@@ -13,7 +13,7 @@
   the old code) are not announced now; then the default goes, and new jobs start unannounced.
 
 Revision ID: 0010
-Revises: 0008 (re-chained after 0009 on merge)
+Revises: 0009
 """
 
 from alembic import op
