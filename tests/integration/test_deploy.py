@@ -148,6 +148,8 @@ SECRETS = {
     "SECRET_KEY": "key-from-env",
     "MNIST_OWNER_PASSWORD": "owner-from-env",
     "MNIST_APP_PASSWORD": "app-from-env",
+    "MNIST_WEB_PASSWORD": "web-from-env",
+    "MNIST_WORKER_PASSWORD": "worker-from-env",
 }
 
 
@@ -182,14 +184,17 @@ def test_the_db_creates_the_least_privilege_roles_on_first_start():
     assert "./deploy/postgres-init:/docker-entrypoint-initdb.d:ro" in db["volumes"]
     assert db["environment"]["MNIST_OWNER_PASSWORD"] == "owner-from-env"
     assert db["environment"]["MNIST_APP_PASSWORD"] == "app-from-env"
+    assert db["environment"]["MNIST_WEB_PASSWORD"] == "web-from-env"
+    assert db["environment"]["MNIST_WORKER_PASSWORD"] == "worker-from-env"
     # The postgres image sources a .sh file that is not executable, and then $0 is not the script.
     assert (PROJECT_ROOT / "deploy" / "postgres-init" / "10-mnist-roles.sh").stat().st_mode & stat.S_IXOTH
 
 
-def test_services_connect_as_the_app_role_and_only_the_worker_knows_the_owner():
+def test_services_connect_as_their_roles_and_only_the_worker_knows_the_owner():
     services = rendered_compose()["services"]
-    for name in APP_SERVICES:
-        assert services[name]["environment"]["DATABASE_URL"] == "postgresql://mnist_app:app-from-env@db:5432/mnist"
+    # The web, the exposed service, has its own role; the worker container also runs the operators' tools.
+    assert services["web"]["environment"]["DATABASE_URL"] == "postgresql://mnist_web:web-from-env@db:5432/mnist"
+    assert services["worker"]["environment"]["DATABASE_URL"] == "postgresql://mnist_app:app-from-env@db:5432/mnist"
     assert services["worker"]["environment"]["SCHEMA_DATABASE_URL"] == "postgresql://mnist_owner:owner-from-env@db:5432/mnist"
     assert "SCHEMA_DATABASE_URL" not in services["web"]["environment"]
     for name in APP_SERVICES:
@@ -245,30 +250,34 @@ def test_images_run_as_a_non_root_user_from_slim_python():
 
 
 def requirement_names(path: Path) -> set[str]:
-    """Package names a requirements file asks for, following ``-r`` includes."""
+    """What a requirements file asks for, following ``-r`` includes: names with their extras (``psycopg[binary]``)."""
     names: set[str] = set()
     for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line.startswith("-r "):
             names |= requirement_names(path.parent / line[3:].strip())
         elif line:
-            names.add(Requirement(line).name.lower())
+            requirement = Requirement(line)
+            extras = f"[{','.join(sorted(requirement.extras))}]" if requirement.extras else ""
+            names.add(requirement.name.lower() + extras)
     return names
 
 
 def installed_closure(names: set[str]) -> set[str]:
-    """Everything those packages pull in, from the installed packages' own metadata (no network)."""
+    """Every package those pull in, extras included, from the installed packages' own metadata (no network)."""
     seen: set[str] = set()
-    pending = list(names)
+    pending = [Requirement(name) for name in names]
     while pending:
-        name = pending.pop()
-        if name in seen:
+        wanted = pending.pop()
+        name = wanted.name.lower().replace("_", "-")
+        extras = {""} | set(wanted.extras)
+        if name in seen and not wanted.extras:
             continue
         seen.add(name)
         for line in importlib.metadata.requires(name) or []:
             requirement = Requirement(line)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-                pending.append(requirement.name.lower().replace("_", "-"))
+            if requirement.marker is None or any(requirement.marker.evaluate({"extra": extra}) for extra in extras):
+                pending.append(Requirement(requirement.name + (f"[{','.join(requirement.extras)}]" if requirement.extras else "")))
     return seen
 
 
