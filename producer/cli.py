@@ -33,7 +33,7 @@ from producer.errors import user_errors
 from shared import images, jobs, models, queues
 from shared.config import Settings, load_settings
 from shared.db import connection, schema
-from shared.digits import MAX_ROW_ID
+from shared.digits import MAX_BATCH_SIZE, MAX_ROW_ID
 from shared.jobs.reports import LOW_CONFIDENCE_THRESHOLD, build_job_report
 from shared.training import registration
 
@@ -162,7 +162,7 @@ def ingest_folder(config: Settings, folder: Path) -> None:
 @click.option("--limit", type=ROW_ID, help="At most N images (oldest first).")
 @click.option("--unpredicted", is_flag=True, help="Only images the job's model has not predicted yet.")
 @click.option("--id", "image_ids", type=ROW_ID, multiple=True, help="Exactly these image IDs (repeatable).")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Images per task [default: BATCH_SIZE].")
+@click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), help="Images per task [default: BATCH_SIZE].")
 @click.option("--model", default=models.registry.PRODUCTION, show_default=True, help="The version or alias that predicts the job.")
 @click.option("--shadow", help="A second version or alias that predicts the job too; its results are stored apart.")
 @click.option(

@@ -22,6 +22,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, Va
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 from pydantic_settings import PydanticBaseSettingsSource as Source
 
+from shared.digits import MAX_BATCH_SIZE
 from shared.host.cpus import available_cpus
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -107,7 +108,7 @@ class Settings(BaseSettings):
     model_precision: Annotated[Precision, BeforeValidator(_word)] = Field("auto", description="auto: int8 within 0.05 points of float")
     model_cache_size: Count = Field(3, description="model versions each worker process keeps loaded (jobs may pin different ones)")
     mnist_dir: Path = Field(DEFAULT_MNIST_DIR, description="where ingest mnist looks by default")
-    batch_size: Count = Field(1024, description="image IDs per bulk task")
+    batch_size: int = Field(1024, ge=1, le=MAX_BATCH_SIZE, description="image IDs per bulk task")
     queue_prefix: Word = Field("mnist", description="the queues are named PREFIX.bulk and PREFIX.upload")
     worker_threads: CountFromZero = Field(0, description="inference threads per worker process; 0: a fair share of the CPUs")
     worker_niceness: CountFromZero = Field(10, le=19, description="niceness of the bulk pool processes, so that uploads are served first")

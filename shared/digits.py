@@ -14,6 +14,8 @@ IMAGE_SHAPE = (IMAGE_SIDE, IMAGE_SIDE)
 INPUT_SHAPE = (IMAGE_SIDE, IMAGE_SIDE, 1)  # what the CNN takes: one grey channel
 # The largest id a BIGSERIAL column holds: a larger one names no row, and PostgreSQL refuses it.
 MAX_ROW_ID = 2**63 - 1
+# The most image IDs one bulk task carries: a task's message stays small, and the column holding it is an INTEGER.
+MAX_BATCH_SIZE = 100_000
 
 
 def to_model_input(images: np.ndarray) -> np.ndarray:

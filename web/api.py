@@ -28,7 +28,7 @@ from shared import jobs
 from shared.digits import MAX_ROW_ID, NUM_CLASSES
 from shared.jobs.reports import build_job_report
 from web import auth, backends, comparisons, predictions
-from web.auth import operator_required, operator_name
+from web.auth import operator_name, operator_required
 from web.params import float_arg
 
 blueprint = Blueprint("api", __name__)

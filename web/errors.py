@@ -90,17 +90,19 @@ def too_large_message() -> str:
     return f"a form field is too large: at most {config['MAX_FORM_MEMORY_SIZE']:,} bytes are accepted"
 
 
-def database_unavailable(error: psycopg.Error) -> tuple[Response | str, int, dict[str, str]]:
+def database_unavailable(error: psycopg.Error | psycopg_pool.PoolTimeout) -> tuple[Response | str, int, dict[str, str]]:
     log.error("database unavailable during %s %s: %s", request.method, request.path, error)
     observability.metrics.record_refusal(ServiceUnavailable.code, "database")
     return *error_response(ServiceUnavailable.code, DATABASE_UNAVAILABLE), {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 def connections_busy(error: psycopg_pool.PoolTimeout) -> tuple[Response | str, int, dict[str, str]]:
-    """Every connection of this process is in use and none came back in time: ask to come back shortly."""
+    """No connection came in time: every one is in use, or none can be made (the database is down)."""
+    pool = backends.connection_pool()
+    if pool.get_stats().get("pool_size", 0) < (pool.max_size or 0):  # the pool could not open what it may
+        return database_unavailable(error)
     observability.metrics.record_refusal(ServiceUnavailable.code, "database_connections")
-    size = backends.connection_pool().max_size
-    message = f"all {size} database connections of this web process are in use; try again shortly"
+    message = f"all {pool.max_size} database connections of this web process are in use; try again shortly"
     return *error_response(ServiceUnavailable.code, message), {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 

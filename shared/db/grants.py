@@ -11,10 +11,12 @@ operators, API tokens, models or aliases beyond the single columns named.
 
 from __future__ import annotations
 
-WEB_GROUP = "mnist_web_access"
-WORKER_GROUP = "mnist_worker_access"
+import sqlalchemy
 
-GRANTS = f"""
+# The groups granted to: fixed names (mnist_web_access, mnist_worker_access) that deploy/postgres-init's
+# script creates and puts the web's and the workers' login roles in.
+
+GRANTS = """
 DO $grants$
 BEGIN
 -- only the tables' owner (or a superuser) grants: anyone else at the head has nothing to do
@@ -22,33 +24,38 @@ IF NOT EXISTS (SELECT FROM pg_tables WHERE schemaname = 'public' AND tablename =
                AND pg_has_role(current_user, tableowner, 'USAGE')) THEN
     RETURN;
 END IF;
-IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{WEB_GROUP}') THEN
-    REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {WEB_GROUP};
+IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'mnist_web_access') THEN
+    REVOKE ALL ON ALL TABLES IN SCHEMA public FROM mnist_web_access;
     -- the pages, the API, the sign-in and the health checks read
-    GRANT SELECT ON ALL TABLES IN SCHEMA public TO {WEB_GROUP};
-    GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {WEB_GROUP};
+    GRANT SELECT ON ALL TABLES IN SCHEMA public TO mnist_web_access;
+    GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO mnist_web_access;
     -- an upload (jobs.store.create_named_upload_job) and an operator's job (create_job_from_selection)
-    GRANT INSERT ON input_data, jobs TO {WEB_GROUP};
+    GRANT INSERT ON input_data, jobs TO mnist_web_access;
     -- an upload that could not be enqueued is undone (jobs.store.delete_upload_job)
     GRANT DELETE ON input_data, jobs, predictions, job_statistics, job_mistakes, job_comparison_pairs,
-        job_comparisons TO {WEB_GROUP};
+        job_comparisons TO mnist_web_access;
     -- the compare page stores the aggregate of two finished jobs (jobs.comparison_store)
-    GRANT INSERT, UPDATE ON job_comparisons, job_comparison_pairs TO {WEB_GROUP};
+    GRANT INSERT, UPDATE ON job_comparisons, job_comparison_pairs TO mnist_web_access;
     -- a bearer token's last use (operators.store.token_operator), a sign-out (end_sessions)
-    GRANT UPDATE (last_used_at) ON api_tokens TO {WEB_GROUP};
-    GRANT UPDATE (session_generation) ON operators TO {WEB_GROUP};
+    GRANT UPDATE (last_used_at) ON api_tokens TO mnist_web_access;
+    GRANT UPDATE (session_generation) ON operators TO mnist_web_access;
 END IF;
-IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{WORKER_GROUP}') THEN
-    REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {WORKER_GROUP};
+IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'mnist_worker_access') THEN
+    REVOKE ALL ON ALL TABLES IN SCHEMA public FROM mnist_worker_access;
     -- images, jobs and models to predict with
-    GRANT SELECT ON ALL TABLES IN SCHEMA public TO {WORKER_GROUP};
-    GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {WORKER_GROUP};
+    GRANT SELECT ON ALL TABLES IN SCHEMA public TO mnist_worker_access;
+    GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO mnist_worker_access;
     -- jobs.results.store_results (its COPY, failures, statistics, mistakes), record_attempt, shadow_store
-    GRANT INSERT ON predictions, job_failures, job_mistakes, shadow_predictions TO {WORKER_GROUP};
-    GRANT INSERT, UPDATE ON job_statistics, batch_attempts TO {WORKER_GROUP};
+    GRANT INSERT ON predictions, job_failures, job_mistakes, shadow_predictions TO mnist_worker_access;
+    GRANT INSERT, UPDATE ON job_statistics, batch_attempts TO mnist_worker_access;
     -- the job's counters (store_results) and the sweeper's resume (jobs.store.mark_resumed)
-    GRANT UPDATE (done_count, failed_count, started_at, progressed_at, status, finished_at) ON jobs TO {WORKER_GROUP};
+    GRANT UPDATE (done_count, failed_count, started_at, progressed_at, status, finished_at) ON jobs TO mnist_worker_access;
 END IF;
 END
 $grants$;
 """
+
+
+def apply(connection: sqlalchemy.Connection) -> None:
+    """Grant the groups what they need of the tables as they now are: run after every migration."""
+    connection.exec_driver_sql(GRANTS)

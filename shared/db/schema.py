@@ -21,7 +21,7 @@ from psycopg import sql
 from sqlalchemy.pool import NullPool
 
 from shared.db import grants
-from shared.db.connection import Statement, connect, query
+from shared.db.connection import connect, query
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Taken while migrations run so that workers starting together do not race.
@@ -52,7 +52,7 @@ def migrate(database_url: str, target: str = "head") -> tuple[str | None, str | 
             config = alembic_config()
             config.attributes["connection"] = connection
             command.upgrade(config, target)
-            connection.exec_driver_sql(grants.GRANTS)  # after every migration: new tables and columns too
+            grants.apply(connection)  # after every migration: new tables and columns too
             after = MigrationContext.configure(connection).get_current_revision()
     except sqlalchemy.exc.DBAPIError as error:
         if error.orig is None:  # SQLAlchemy's own error, wrapping none of the driver's: raised as it is
@@ -88,7 +88,7 @@ def drop_database(admin_url: str, name: str) -> None:
     _as_admin(admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def _as_admin(admin_url: str, statement: Statement) -> None:
+def _as_admin(admin_url: str, statement: sql.Composed) -> None:
     conn = connect(admin_url)
     conn.autocommit = True  # CREATE and DROP DATABASE refuse to run in a transaction
     try:

@@ -30,10 +30,9 @@ def glibc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name)
-        libc.gnu_get_libc_version
-    except (OSError, AttributeError, TypeError):
+    except (OSError, TypeError):
         return None
-    return libc
+    return libc if hasattr(libc, "gnu_get_libc_version") else None
 
 
 def return_memory_after_bursts(mmap_threshold: int = MMAP_THRESHOLD_BYTES, arena_max: int = ARENA_MAX) -> bool:

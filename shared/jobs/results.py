@@ -235,7 +235,8 @@ def _store(
         statement = STORE_COUNTED
         params |= statistics.counted_nothing()
     elif batch.true_labels is not None and len(batch) <= IN_STATEMENT_ROWS:
-        statement, to_copy = STORE_WITH_ROWS, None
+        statement = STORE_WITH_ROWS
+        to_copy = None
         params |= statistics.counted(prediction_jobs, batch) | _rows(prediction_jobs, model_version, batch)
     elif batch.true_labels is not None:
         statement = STORE_COUNTED

@@ -19,7 +19,7 @@ from typing import Any
 from psycopg import sql
 
 from shared import models
-from shared.db.connection import Connection, Statement, query, query_one, query_one_required, transaction
+from shared.db.connection import Connection, query, query_one, query_one_required, transaction
 from shared.images.store import SELECTION_FILTER
 
 # Everything about a job but its image list, which is large and only recovery reads.
@@ -154,7 +154,7 @@ def job_image_id_batches(conn: Connection, job_id: int, size: int) -> Iterator[l
     yield from _batches(conn, sql.SQL("SELECT unnest(image_ids) FROM jobs WHERE id = %(job)s"), job_id, size)
 
 
-def _batches(conn: Connection, statement: Statement, job_id: int, size: int) -> Iterator[list[int]]:
+def _batches(conn: Connection, statement: sql.SQL, job_id: int, size: int) -> Iterator[list[int]]:
     # A named (server-side) cursor lives in a transaction; on an autocommit connection (the web's)
     # it must be WITH HOLD: its rows outlive the DECLARE's transaction.
     with contextlib.ExitStack() as stack:

@@ -28,15 +28,16 @@ def create_operator(conn: Connection, name: str, password_hash: str) -> int:
         raise OperatorExists(f"there is already an operator named {name!r}") from None
 
 
-OPERATOR_COLUMNS = "id, name, password_hash, session_generation"
-
-
 def operator_by_name(conn: Connection, name: str) -> dict[str, Any] | None:
-    return query_one(conn, f"SELECT {OPERATOR_COLUMNS} FROM operators WHERE name = %s", (name,), as_dicts=True)
+    return query_one(
+        conn, "SELECT id, name, password_hash, session_generation FROM operators WHERE name = %s", (name,), as_dicts=True
+    )
 
 
 def operator_by_id(conn: Connection, operator_id: int) -> dict[str, Any] | None:
-    return query_one(conn, f"SELECT {OPERATOR_COLUMNS} FROM operators WHERE id = %s", (operator_id,), as_dicts=True)
+    return query_one(
+        conn, "SELECT id, name, password_hash, session_generation FROM operators WHERE id = %s", (operator_id,), as_dicts=True
+    )
 
 
 def end_sessions(conn: Connection, operator_id: int) -> None:
