@@ -4,8 +4,9 @@ granian hands a request to a thread once its headers are in, and the thread read
 client sends it: a client that trickles a body holds a thread for as long as it likes, and granian
 has no deadline for bodies (only for headers, web/serve.py). So a thread may start reading a body
 only while fewer than BODY_READERS of this process's threads are (and fewer than PER_CLIENT of
-them for that client): past that the answer is an immediate 503 with Retry-After and nothing is
-read. The health checks, the pages and the waits (web/progress_listener.py) keep their threads.
+them for that client). A request that finds no place waits a moment for one, since a body that
+arrives at once takes its place only briefly; past SLOT_WAIT_SECONDS the answer is 503 with
+Retry-After and nothing is read. The health checks, the pages and the waits (web/progress_listener.py) keep their threads.
 
 The body is read here, at once, into the request's cache (never more than MAX_CONTENT_LENGTH:
 werkzeug stops a longer one with a 413, chunked or not), and the form is parsed from that copy.
@@ -29,6 +30,7 @@ from web import limits, progress_listener
 log = logging.getLogger(__name__)
 
 PER_CLIENT = 4
+SLOT_WAIT_SECONDS = 0.5
 RETRY_AFTER_SECONDS = 1
 EXTENSION = "mnist_body_readers"
 
@@ -46,24 +48,29 @@ class BodyReaders:
     def __init__(self, limit: int, per_client: int = PER_CLIENT) -> None:
         self.limit = limit
         self.per_client = per_client
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._reading = 0
         self._by_client: collections.Counter[str] = collections.Counter()
 
-    def enter(self, client: str) -> bool:
-        with self._lock:
-            if self._reading >= self.limit or self._by_client[client] >= self.per_client:
+    def enter(self, client: str, wait_seconds: float = 0.0) -> bool:
+        """Take a place for ``client``, waiting up to ``wait_seconds`` for one; False when none came."""
+        with self._changed:
+            free = self._changed.wait_for(
+                lambda: self._reading < self.limit and self._by_client[client] < self.per_client, wait_seconds
+            )
+            if not free:
                 return False
             self._reading += 1
             self._by_client[client] += 1
             return True
 
     def leave(self, client: str) -> None:
-        with self._lock:
+        with self._changed:
             self._reading -= 1
             self._by_client[client] -= 1
             if self._by_client[client] <= 0:
                 del self._by_client[client]
+            self._changed.notify_all()
 
 
 def body_readers_for(threads: int) -> int:
@@ -86,7 +93,7 @@ def read_body() -> None:
         return
     readers: BodyReaders = current_app.extensions[EXTENSION]
     client = limits.client_key()
-    if not readers.enter(client):
+    if not readers.enter(client, SLOT_WAIT_SECONDS):
         observability.metrics.record_refusal(ServiceUnavailable.code, "body_readers")
         raise ServiceUnavailable(
             "too many requests are sending their bodies to this server right now; try again shortly",
