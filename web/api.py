@@ -187,7 +187,7 @@ def cancel(job_id: int) -> bool:
 @operator_required
 def compare_jobs() -> Response:
     """Two jobs on the images both predicted: the numbers of the compare page (and of ``producer compare --json``)."""
-    job_a, job_b = comparisons.job_ids(required=True)
+    job_a, job_b = comparisons.required_job_ids()
     result = comparisons.comparison_or_404(job_a, job_b)
     return jsonify({**result.as_json(), "page_url": url_for("views.compare", a=job_a, b=job_b)})
 

@@ -125,7 +125,7 @@ def operator_required(view: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not operator_access():
-            return current_app.login_manager.unauthorized()
+            return refuse_anonymous()
         if request.method not in SAFE_METHODS and errors.wants_json() and getattr(current_user, "via", None) == SESSION:
             if current_app.config.get("WTF_CSRF_ENABLED", True):
                 current_app.extensions["mnist_csrf"].protect()

@@ -21,6 +21,13 @@ def job_ids(required: bool) -> tuple[int | None, int | None]:
     return a, b
 
 
+def required_job_ids() -> tuple[int, int]:
+    """``?a=JOB&b=JOB``, both given (else a 400)."""
+    a, b = job_ids(required=True)
+    assert a is not None and b is not None  # job_ids refused the request otherwise
+    return a, b
+
+
 def comparison_or_404(job_a: int, job_b: int) -> Comparison:
     try:
         return load_comparison(backends.get_db(), job_a, job_b)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import time
+from typing import Any
 
 from flask import Flask, Response, current_app, request
 from flask_limiter import Limiter, RateLimitExceeded
@@ -60,7 +61,7 @@ def init_app(app: Flask, config: Settings) -> None:
     limiter.init_app(app)
     app.extensions[LIMITER_EXTENSION] = limiter
     # Flask-Limiter checks a route's own limits in the wrapper its decorator returns: wrap this app's views.
-    views = app.view_functions
+    views: dict[str, Any] = app.view_functions  # typed for sync and async views; ours are sync
     if config.upload_rate_limit:
         uploads = limiter.shared_limit(
             config.upload_rate_limit, scope=UPLOAD_SCOPE, methods=["POST"], error_message=upload_limit_message(config)

@@ -39,7 +39,7 @@ def home() -> str:
 
 
 @blueprint.post("/predict")
-def predict() -> Response | tuple[str, int]:
+def predict() -> WerkzeugResponse | tuple[str, int]:
     upload = request.files.get(UPLOAD_FIELD)
     if upload is None or not upload.filename:
         return render_template("home.html", error="choose a picture to upload, or draw a digit"), 400
@@ -229,10 +229,11 @@ def pager(page: int, after: str | None, **filters: Any) -> dict[str, Any]:
     """Links to the previous and next page of the current view, keeping its filters; "next" is a keyset cursor."""
     args = {**request.args.to_dict(), **filters}
     kept = {key: value for key, value in args.items() if value is not None and key not in ("page", "after")}
+    endpoint = request.endpoint or ""  # a view's request always has one
     return {
         "page": page,
-        "previous": url_for(request.endpoint, page=page - 1, **kept) if page > 1 else None,
-        "next": url_for(request.endpoint, page=page + 1, after=after, **kept) if after else None,
+        "previous": url_for(endpoint, page=page - 1, **kept) if page > 1 else None,
+        "next": url_for(endpoint, page=page + 1, after=after, **kept) if after else None,
     }
 
 

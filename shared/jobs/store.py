@@ -154,7 +154,9 @@ def job_image_id_batches(conn: Connection, job_id: int, size: int) -> Iterator[l
     yield from _batches(conn, sql.SQL("SELECT unnest(image_ids) FROM jobs WHERE id = %(job)s"), job_id, size)
 
 
-def _batches(conn: Connection, statement: sql.SQL, job_id: int, size: int) -> Iterator[list[int]]:
+def _batches(
+    conn: Connection, statement: sql.SQL, job_id: int, size: int, params: dict[str, Any] | None = None
+) -> Iterator[list[int]]:
     # A named (server-side) cursor lives in a transaction; on an autocommit connection (the web's)
     # it must be WITH HOLD: its rows outlive the DECLARE's transaction.
     with contextlib.ExitStack() as stack:
@@ -162,7 +164,7 @@ def _batches(conn: Connection, statement: sql.SQL, job_id: int, size: int) -> It
             stack.enter_context(transaction(conn))
         cursor = stack.enter_context(conn.cursor(name=f"mnistq_job_{job_id}_ids", withhold=conn.autocommit))
         cursor.itersize = size
-        cursor.execute(statement, {"job": job_id})
+        cursor.execute(statement, {"job": job_id, **(params or {})})
         while rows := cursor.fetchmany(size):
             yield [row[0] for row in rows]
 
@@ -278,16 +280,18 @@ def unfinished_image_id_batches(
 
     ``enqueued_only``: of a job fed in slices, only the batches already handed to the broker (the rest
     is still to be taken, by ``take_batches``, and must not be sent twice)."""
-    images = "j.image_ids[1:j.enqueued_batches * j.batch_size]" if enqueued_only else "j.image_ids"
-    statement = f"""
+    statement = sql.SQL("""
         SELECT item.id
-        FROM jobs j, unnest(CASE WHEN j.enqueued_batches IS NULL THEN j.image_ids ELSE {images} END) AS item (id)
+        FROM jobs j, unnest(
+            CASE WHEN j.enqueued_batches IS NULL OR NOT %(enqueued_only)s THEN j.image_ids
+                 ELSE j.image_ids[1:j.enqueued_batches * j.batch_size] END
+        ) AS item (id)
         WHERE j.id = %(job)s
           AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.job_id = %(job)s AND p.input_data_id = item.id)
           AND NOT EXISTS (SELECT 1 FROM job_failures f WHERE f.job_id = %(job)s AND f.input_data_id = item.id)
         ORDER BY item.id
-    """
-    yield from _batches(conn, statement, job_id, size)
+    """)
+    yield from _batches(conn, statement, job_id, size, {"enqueued_only": enqueued_only})
 
 
 def mark_resumed(conn: Connection, job_id: int) -> None:
