@@ -13,8 +13,10 @@ python -m producer models list            # the model registry and its aliases: 
 
 from __future__ import annotations
 
+import sys
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,24 +135,34 @@ def ingest_folder(config: Settings, folder: Path) -> None:
 
     Pictures under a folder named 0-9 get that digit as their true label.
     """
-    files, rejected = ingest_rows.user_image_files(folder)
-    links = len(rejected)
-    conn = open_database(config)
-    inserted = 0
-    with click.progressbar(length=len(files), label=f"ingesting {ingest_rows.printable(folder)}") as bar:
-        for start in range(0, len(files), INSERT_CHUNK):
-            rows = []
-            for path in files[start : start + INSERT_CHUNK]:
-                try:
-                    rows.append(ingest_rows.folder_row(path, folder, config))
-                except (ValueError, OSError) as error:
-                    rejected.append(f"{ingest_rows.printable(path)}: {error}")
-                bar.update(1)
-            inserted += len(images.store.insert_images(conn, rows))
-    for line in rejected:
+    outcome = ingest_folder_with_progress(config, folder)
+    click.echo(f"stored {outcome.inserted} new images, {outcome.already} were already there, {len(outcome.rejected)} rejected")
+
+
+def ingest_folder_with_progress(
+    config: Settings, folder: Path, on_stored: Callable[[list[int], int], None] | None = None
+) -> ingest_rows.FolderIngest:
+    """``ingest folder``'s work, with a line per file not stored (on stderr) and a running count."""
+    conn, read_conn = open_database(config), open_database(config)
+    label = f"ingesting {ingest_rows.printable(folder)}"
+    live = sys.stderr.isatty()
+
+    def stored(ids: list[int], seen: int) -> None:
+        if live:  # the folder's size is unknown until walked: a running count, not a bar
+            click.echo(f"\r{label}: {seen} files", nl=False, err=True)
+        if on_stored is not None:
+            on_stored(ids, seen)
+
+    try:
+        outcome = ingest_rows.ingest_folder(conn, read_conn, folder, config, stored)
+        if live:
+            click.echo("", err=True)
+    finally:
+        read_conn.close()
+        conn.close()
+    for line in outcome.rejected:
         click.echo(f"skipped {line}", err=True)
-    already = len(files) - inserted - (len(rejected) - links)
-    click.echo(f"stored {inserted} new images, {already} were already there, {len(rejected)} rejected")
+    return outcome
 
 
 @main.command()

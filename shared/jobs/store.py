@@ -20,6 +20,7 @@ from psycopg import sql
 
 from shared import models
 from shared.db.connection import Connection, query, query_one, transaction
+from shared.images.provenance import PREPROCESS_VERSION
 from shared.images.store import SELECTION_FILTER
 
 # Everything about a job but its image list, which is large and only recovery reads.
@@ -155,15 +156,16 @@ def create_upload_job(
 
 
 # One per upload: prepared, so each pooled connection plans it once.
-CREATE_UPLOAD_JOB = """
+CREATE_UPLOAD_JOB = sql.SQL("""
     WITH image AS (
-        INSERT INTO input_data (image_data, image_shape, dataset_split) VALUES (%(image)s, %(shape)s, 'upload') RETURNING id
+        INSERT INTO input_data (image_data, image_shape, dataset_split, preprocess_version)
+        VALUES (%(image)s, %(shape)s, 'upload', {version}) RETURNING id
     ), job AS (
         INSERT INTO jobs (kind, model_version, shadow_version, selection, image_ids, total_images, public_token)
         SELECT 'upload', %(version)s, %(shadow)s, %(selection)s::jsonb, ARRAY[image.id], 1, %(token)s FROM image RETURNING id
     )
     SELECT job.id, image.id FROM job, image
-"""
+""").format(version=sql.Literal(PREPROCESS_VERSION)).as_string()
 
 
 def create_named_upload_job(
@@ -192,14 +194,15 @@ def create_named_upload_job(
 
 CREATE_NAMED_UPLOAD_JOB = sql.SQL("""
     WITH model AS ({resolved}), image AS (
-        INSERT INTO input_data (image_data, image_shape, dataset_split) SELECT %(image)s, %(shape)s, 'upload' FROM model RETURNING id
+        INSERT INTO input_data (image_data, image_shape, dataset_split, preprocess_version)
+        SELECT %(image)s, %(shape)s, 'upload', {version} FROM model RETURNING id
     ), job AS (
         INSERT INTO jobs (kind, model_version, shadow_version, selection, image_ids, total_images, public_token)
         SELECT 'upload', model.version, %(shadow)s, %(selection)s::jsonb, ARRAY[image.id], 1, %(token)s FROM image, model
         RETURNING id, model_version
     )
     SELECT job.id, image.id, job.model_version FROM job, image
-""").format(resolved=sql.SQL(models.store.RESOLVED)).as_string()
+""").format(resolved=sql.SQL(models.store.RESOLVED), version=sql.Literal(PREPROCESS_VERSION)).as_string()
 
 
 def delete_upload_job(conn: Connection, job_id: int, image_id: int) -> None:
