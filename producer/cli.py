@@ -292,6 +292,38 @@ def report(config: Settings, job_id: int, wrong_limit: int, threshold: float | N
         click.echo(f"failed: image {image_id}: {reason}")
 
 
+@main.command()
+@click.argument("job_id", type=ROW_ID)
+@click.option("--format", "form", type=click.Choice(jobs.export.FORMATS), default="csv", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here [default: standard output].")
+@click.option("--probabilities", is_flag=True, help="Add the ten class probabilities p0-p9.")
+@click.pass_obj
+@user_errors
+def results(config: Settings, job_id: int, form: str, output: Path | None, probabilities: bool) -> None:
+    """A job's predictions, one row per image, streamed: a job still running exports what is stored so far."""
+    conn = open_database(config)
+    info = jobs.export.describe(conn, [job_id])
+    if info is None:
+        raise click.ClickException(f"there is no job {job_id}")
+    write_results(conn, info, form, output, probabilities)
+
+
+def write_results(conn: connection.Connection, info: jobs.export.ExportInfo, form: str, output: Path | None, probabilities: bool) -> None:
+    """The export of ``info``'s jobs to ``output`` (or stdout); a partial one is said so on stderr."""
+    if form == "parquet" and output is None:
+        raise click.ClickException("--format parquet needs --output FILE")
+    if output is None:
+        sys.stdout.flush()
+        count = jobs.export.write(conn, info.job_ids, form, sys.stdout.buffer, probabilities)
+        sys.stdout.buffer.flush()
+    else:
+        partial = output.with_name(output.name + ".partial")  # a stopped export never looks finished
+        with open(partial, "wb") as file:
+            count = jobs.export.write(conn, info.job_ids, form, file, probabilities)
+        partial.replace(output)
+    click.echo(f"{count} results; {info.note()}", err=True)
+
+
 main.add_command(model_commands.models)
 main.add_command(operators.users)
 main.add_command(operators.tokens)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from shared.config import Settings
-from shared.digits import IMAGE_SHAPE
 from shared.db.connection import Connection
+from shared.digits import IMAGE_SHAPE
 from shared.host.cpus import available_cpus
 from shared.images import store
 from shared.images.codec import encode_image
@@ -25,6 +25,7 @@ from shared.training import mnist
 
 USER_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"})
 SHAPE = list(IMAGE_SHAPE)
+DIGIT_FOLDERS = frozenset(str(digit) for digit in range(10))
 
 
 def mnist_rows(images: np.ndarray, labels: np.ndarray, split: str, start: int = 0) -> Iterator[ImageRow]:
@@ -33,15 +34,9 @@ def mnist_rows(images: np.ndarray, labels: np.ndarray, split: str, start: int = 
         yield ImageRow(encode_image(image), int(label), SHAPE, split, start + offset, None)
 
 
-def printable(path: Path) -> str:
+def printable(path: Path | str) -> str:
     """``path`` with control characters escaped, so a file name cannot write to the terminal."""
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(path))
-
-
-def label_from_folder(path: Path, root: Path) -> int | None:
-    """A file under a folder named 0..9 (``digits/7/a.png``) is labelled with that digit."""
-    parent = path.parent
-    return int(parent.name) if parent != root and parent.name in {str(d) for d in range(10)} else None
 
 
 def load_mnist(source: Path, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -84,13 +79,14 @@ class FolderIngest:
     rejected: list[str] = dataclasses.field(default_factory=list)
 
 
-def walk_sorted(folder: Path, rejected: list[str]) -> Iterator[Path]:
+def walk_sorted(folder: str, rejected: list[str]) -> Iterator[str]:
     """The pictures under ``folder`` in the byte order of their full paths, one folder listed at a time.
 
     A folder's entries are sorted by name, a subfolder's as ``name/``: then the walk's order is the
     order of the paths as strings, the order ``stored_sources`` reads them in, so the two merge.
     Links are never followed (a link could lead out of the folder to any file the user can read);
-    they and folders that cannot be listed are added to ``rejected``.
+    they and folders that cannot be listed are added to ``rejected``. Paths stay strings: building
+    a Path per file cost more than the rest of the walk.
     """
     try:
         with os.scandir(folder) as listing:
@@ -99,34 +95,33 @@ def walk_sorted(folder: Path, rejected: list[str]) -> Iterator[Path]:
         rejected.append(f"{printable(folder)}: cannot be listed: {error.strerror or error}")
         return
     for _, entry in sorted(entries, key=lambda pair: pair[0]):
-        path = Path(entry.path)
+        picture = os.path.splitext(entry.name)[1].lower() in USER_IMAGE_SUFFIXES
         if entry.is_symlink():
-            if entry.is_dir() or path.suffix.lower() in USER_IMAGE_SUFFIXES:
-                rejected.append(f"{printable(path)}: a symbolic link, not followed")
+            if picture or entry.is_dir():
+                rejected.append(f"{printable(entry.path)}: a symbolic link, not followed")
         elif entry.is_dir(follow_symlinks=False):
-            yield from walk_sorted(path, rejected)
-        elif path.suffix.lower() in USER_IMAGE_SUFFIXES:
-            yield path
+            yield from walk_sorted(entry.path, rejected)
+        elif picture:
+            yield entry.path
 
 
-def new_files(paths: Iterator[Path], stored: Iterator[str]) -> Iterator[tuple[Path, str | None]]:
-    """(path, its key) for each path whose key is not in ``stored``; (path, None) for one already stored.
+def new_files(paths: Iterator[str], stored: Iterator[str]) -> Iterator[tuple[str, bool]]:
+    """(path, whether it is new) for each of ``paths``: new when not among ``stored``.
 
     Both are ascending, so one pass over each finds the stored ones without holding either."""
     known = next(stored, None)
     for path in paths:
-        key = str(path)
-        while known is not None and known < key:
+        while known is not None and known < path:
             known = next(stored, None)
-        yield (path, None) if known == key else (path, key)
+        yield path, known != path
 
 
-def decode_chunk(files: list[tuple[str, str, int | None]], limits: DecodeLimits) -> tuple[list[ImageRow], list[str]]:
-    """Rows of the pictures (path, key, label) that decode, and a line for each that does not.
+def decode_chunk(files: list[tuple[str, int | None]], limits: DecodeLimits) -> tuple[list[ImageRow], list[str]]:
+    """Rows of the pictures (path, label) that decode, and a line for each that does not.
 
     Runs in a pool process: it reads and decodes, the parent only copies."""
     rows, rejected = [], []
-    for name, key, label in files:
+    for name, label in files:
         path = Path(name)
         try:
             size = path.stat().st_size
@@ -137,7 +132,7 @@ def decode_chunk(files: list[tuple[str, str, int | None]], limits: DecodeLimits)
             reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
             rejected.append(f"{printable(path)}: {reason}")
             continue
-        rows.append(ImageRow(encode_image(image), label, SHAPE, "upload", None, key))
+        rows.append(ImageRow(encode_image(image), label, SHAPE, "upload", None, name))
     return rows, rejected
 
 
@@ -163,7 +158,7 @@ def ingest_folder(
     limits = DecodeLimits.of(config)
     workers = processes or available_cpus()
     prefix = str(root).rstrip("/") + "/"
-    files = new_files(walk_sorted(root, outcome.rejected), store.stored_sources(read_conn, prefix))
+    files = new_files(walk_sorted(str(root), outcome.rejected), store.stored_sources(read_conn, prefix))
     pending: collections.deque[concurrent.futures.Future[tuple[list[ImageRow], list[str]]]] = collections.deque()
     buffered: list[ImageRow] = []
     pool: concurrent.futures.ProcessPoolExecutor | None = None
@@ -189,7 +184,10 @@ def ingest_folder(
                 collect(*decode_chunk(chunk, limits))  # a small folder never pays for starting a pool
                 continue
             if pool is None:
-                pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+                # Forked: a child starts with the parent's modules imported, where a fresh interpreter
+                # spent longer importing than a chunk takes to decode. The children never touch the
+                # parent's connections, and leave without closing them (os._exit).
+                pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
             pending.append(pool.submit(decode_chunk, chunk, limits))
             while len(pending) >= workers * IN_FLIGHT_PER_PROCESS:
                 collect(*pending.popleft().result())
@@ -204,20 +202,23 @@ def ingest_folder(
     return outcome
 
 
-def _chunks(files: Iterator[tuple[Path, str | None]], root: Path, outcome: FolderIngest) -> Iterator[list[tuple[str, str, int | None]]]:
-    """The new files in lists of ``DECODE_CHUNK`` (path, key, label); counts every file and those already stored."""
-    chunk: list[tuple[str, str, int | None]] = []
-    for path, key in files:
+def _chunks(files: Iterator[tuple[str, bool]], root: Path, outcome: FolderIngest) -> Iterator[list[tuple[str, int | None]]]:
+    """The new files in lists of ``DECODE_CHUNK`` (path, label); counts every file and those already stored."""
+    chunk: list[tuple[str, int | None]] = []
+    top = str(root)
+    for path, new in files:
         outcome.files += 1
-        if key is None:
+        if not new:
             outcome.already += 1
             continue
         try:
-            key.encode()
+            path.encode()
         except UnicodeEncodeError:  # a name in no UTF-8: PostgreSQL's text cannot hold it
             outcome.rejected.append(f"{printable(path)}: the name is not valid UTF-8")
             continue
-        chunk.append((str(path), key, label_from_folder(path, root)))
+        folder, _ = os.path.split(path)
+        _, digit = os.path.split(folder)
+        chunk.append((path, int(digit) if folder != top and digit in DIGIT_FOLDERS else None))
         if len(chunk) == DECODE_CHUNK:
             yield chunk
             chunk = []

@@ -42,9 +42,7 @@ def insert_images(conn: Connection, rows: Sequence[ImageRow]) -> list[int]:
 # Read with binary COPY: the bytea arrives as its bytes, where a text SELECT sends it as hex.
 # COPY takes no server-side parameters: psycopg binds the id array on the client, quoted.
 COPY_IMAGES = "COPY (SELECT id, image_data FROM input_data WHERE id = ANY(%s::bigint[])) TO STDOUT (FORMAT BINARY)"
-COPY_IMAGES_AND_LABELS = (
-    "COPY (SELECT id, image_data, true_label FROM input_data WHERE id = ANY(%s::bigint[])) TO STDOUT (FORMAT BINARY)"
-)
+COPY_IMAGES_AND_LABELS = "COPY (SELECT id, image_data, true_label FROM input_data WHERE id = ANY(%s::bigint[])) TO STDOUT (FORMAT BINARY)"
 
 
 def fetch_images(conn: Connection, image_ids: Sequence[int]) -> dict[int, bytes]:
@@ -127,12 +125,16 @@ CREATE TEMP TABLE IF NOT EXISTS staged_images (
     preprocess_version integer
 ) ON COMMIT DELETE ROWS
 """
-COPY_STAGED_IMAGES = sql.SQL("COPY staged_images ({}) FROM STDIN (FORMAT BINARY)").format(
-    sql.SQL(", ").join(map(sql.Identifier, IMAGE_ROW_COLUMNS))
-).as_string()
-INSERT_STAGED_IMAGES = sql.SQL(
-    "INSERT INTO input_data ({columns}) SELECT {columns} FROM staged_images ON CONFLICT DO NOTHING RETURNING id"
-).format(columns=sql.SQL(", ").join(map(sql.Identifier, IMAGE_ROW_COLUMNS))).as_string()
+COPY_STAGED_IMAGES = (
+    sql.SQL("COPY staged_images ({}) FROM STDIN (FORMAT BINARY)")
+    .format(sql.SQL(", ").join(map(sql.Identifier, IMAGE_ROW_COLUMNS)))
+    .as_string()
+)
+INSERT_STAGED_IMAGES = (
+    sql.SQL("INSERT INTO input_data ({columns}) SELECT {columns} FROM staged_images ON CONFLICT DO NOTHING RETURNING id")
+    .format(columns=sql.SQL(", ").join(map(sql.Identifier, IMAGE_ROW_COLUMNS)))
+    .as_string()
+)
 
 
 def copy_images(conn: Connection, rows: Iterable[ImageRow], preprocess_version: int | None) -> list[int]:

@@ -3,6 +3,8 @@
 from shared.jobs import (
     comparison,
     comparison_store,
+    export,
+    export_store,
     progress,
     queries,
     reports,
@@ -16,6 +18,8 @@ from shared.jobs import (
 __all__ = [
     "comparison",
     "comparison_store",
+    "export",
+    "export_store",
     "progress",
     "queries",
     "reports",

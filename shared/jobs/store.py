@@ -156,7 +156,8 @@ def create_upload_job(
 
 
 # One per upload: prepared, so each pooled connection plans it once.
-CREATE_UPLOAD_JOB = sql.SQL("""
+CREATE_UPLOAD_JOB = (
+    sql.SQL("""
     WITH image AS (
         INSERT INTO input_data (image_data, image_shape, dataset_split, preprocess_version)
         VALUES (%(image)s, %(shape)s, 'upload', {version}) RETURNING id
@@ -165,7 +166,10 @@ CREATE_UPLOAD_JOB = sql.SQL("""
         SELECT 'upload', %(version)s, %(shadow)s, %(selection)s::jsonb, ARRAY[image.id], 1, %(token)s FROM image RETURNING id
     )
     SELECT job.id, image.id FROM job, image
-""").format(version=sql.Literal(PREPROCESS_VERSION)).as_string()
+""")
+    .format(version=sql.Literal(PREPROCESS_VERSION))
+    .as_string()
+)
 
 
 def create_named_upload_job(
@@ -192,7 +196,8 @@ def create_named_upload_job(
     return (row[0], row[1], row[2]) if row else None
 
 
-CREATE_NAMED_UPLOAD_JOB = sql.SQL("""
+CREATE_NAMED_UPLOAD_JOB = (
+    sql.SQL("""
     WITH model AS ({resolved}), image AS (
         INSERT INTO input_data (image_data, image_shape, dataset_split, preprocess_version)
         SELECT %(image)s, %(shape)s, 'upload', {version} FROM model RETURNING id
@@ -202,7 +207,10 @@ CREATE_NAMED_UPLOAD_JOB = sql.SQL("""
         RETURNING id, model_version
     )
     SELECT job.id, image.id, job.model_version FROM job, image
-""").format(resolved=sql.SQL(models.store.RESOLVED), version=sql.Literal(PREPROCESS_VERSION)).as_string()
+""")
+    .format(resolved=sql.SQL(models.store.RESOLVED), version=sql.Literal(PREPROCESS_VERSION))
+    .as_string()
+)
 
 
 def delete_upload_job(conn: Connection, job_id: int, image_id: int) -> None:
