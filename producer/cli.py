@@ -324,6 +324,89 @@ def write_results(conn: connection.Connection, info: jobs.export.ExportInfo, for
     click.echo(f"{count} results; {info.note()}", err=True)
 
 
+# Images per job while `run` ingests: a job starts being predicted as soon as its slice is stored.
+RUN_SLICE = 4096
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where the results go.")
+@click.option("--format", "form", type=click.Choice(jobs.export.FORMATS), default="csv", show_default=True)
+@click.option("--model", default=models.registry.PRODUCTION, show_default=True, help="The version or alias that predicts.")
+@click.option("--timeout", type=float, default=24 * 3600, show_default=True, help="Give up waiting after this many seconds.")
+@click.pass_obj
+@user_errors
+def run(config: Settings, folder: Path, output: Path, form: str, model: str, timeout: float) -> None:
+    """Ingest a folder, predict it, write the results: one command, resumable.
+
+    Slices are submitted while the folder is still being ingested. Each job records the folder, so
+    running the same command again (after Ctrl-C, say) resumes: stored pictures are not read again,
+    unfinished jobs are re-enqueued, and images stored but never submitted are submitted.
+    """
+    if not folder.is_dir():
+        raise click.ClickException(f"{ingest_rows.printable(folder)} is not a folder")
+    root = str(folder.resolve())
+    conn = open_database(config)
+    app = queues.broker.celery_app(config)
+    version, _ = models.registry.resolve_job_models(conn, model, None)
+    earlier = jobs.store.folder_job_ids(conn, root)
+    for job_id in earlier:  # a stopped run's jobs: only what has no result yet is sent again
+        jobs.service.resume_job(conn, app, config, job_id)
+    pending: list[int] = []
+
+    def submit(image_ids: list[int]) -> None:
+        job_id = jobs.store.create_job(conn, image_ids, version, {"folder": root, "images": len(image_ids)})
+        jobs.service.enqueue_bulk(app, config, job_id, image_ids)
+
+    def stored(ids: list[int], _seen: int) -> None:
+        pending.extend(ids)
+        if len(pending) >= RUN_SLICE:
+            submit(pending[:])
+            pending.clear()
+
+    try:
+        outcome = ingest_folder_with_progress(config, folder, stored)
+    except ValueError as error:
+        if not earlier:
+            raise
+        click.echo(f"{error}; the earlier run's results remain", err=True)
+    else:
+        click.echo(
+            f"stored {outcome.inserted} new images, {outcome.already} were already there, {len(outcome.rejected)} rejected", err=True
+        )
+    leftover = jobs.store.folder_images_without_job(conn, root)
+    for start in range(0, len(leftover), config.max_job_images):
+        submit(leftover[start : start + config.max_job_images])
+    job_ids = jobs.store.folder_job_ids(conn, root)
+    if not job_ids:
+        raise click.ClickException(f"{ingest_rows.printable(folder)}: no picture could be stored")
+    wait_for_jobs(conn, job_ids, timeout)
+    info = jobs.export.describe(conn, job_ids)
+    if info is None:
+        raise click.ClickException("a job of this folder was deleted meanwhile; run again")
+    write_results(conn, info, form, output, probabilities=False)
+
+
+def wait_for_jobs(conn: connection.Connection, job_ids: list[int], timeout: float) -> None:
+    """One progress bar over all of ``job_ids``, redrawn on the workers' notices."""
+    deadline = time.monotonic() + timeout
+
+    def counts() -> tuple[int, int]:
+        found = [require_job(conn, job_id) for job_id in job_ids]
+        return sum(job["done_count"] + job["failed_count"] for job in found), sum(job["total_images"] for job in found)
+
+    finished, total = counts()
+    with jobs.progress.listening(conn), click.progressbar(length=total, label="predicting") as bar:
+        bar.update(finished)
+        while finished < total and time.monotonic() < deadline:
+            jobs.progress.wait_for_progress(conn, min(PROGRESS_SECONDS, max(0.0, deadline - time.monotonic())))
+            now_finished, total = counts()
+            bar.update(now_finished - finished)
+            finished = now_finished
+    if finished < total:
+        click.echo(f"gave up waiting after {timeout:g} s: writing the results stored so far", err=True)
+
+
 main.add_command(model_commands.models)
 main.add_command(operators.users)
 main.add_command(operators.tokens)

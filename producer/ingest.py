@@ -101,8 +101,10 @@ def walk_sorted(folder: str, rejected: list[str]) -> Iterator[str]:
                 rejected.append(f"{printable(entry.path)}: a symbolic link, not followed")
         elif entry.is_dir(follow_symlinks=False):
             yield from walk_sorted(entry.path, rejected)
-        elif picture:
+        elif picture and entry.is_file(follow_symlinks=False):
             yield entry.path
+        elif picture:  # a pipe or a device: reading it could wait for ever
+            rejected.append(f"{printable(entry.path)}: not a regular file")
 
 
 def new_files(paths: Iterator[str], stored: Iterator[str]) -> Iterator[tuple[str, bool]]:

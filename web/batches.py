@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, flash, jsonify, redirect, render_template, request, url_for
-from werkzeug.wrappers import Response as BaseResponse
 from werkzeug.exceptions import UnprocessableEntity
+from werkzeug.wrappers import Response as BaseResponse
 
 from shared import images, jobs
 from shared.images.batch import BatchRefused, read_batch

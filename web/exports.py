@@ -7,10 +7,14 @@ A job still running answers what is stored so far, with ``X-Results-Partial: tru
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, request, stream_with_context
+from collections.abc import Iterator
+
+from flask import Blueprint, Response, request
+from psycopg_pool import ConnectionPool
 from werkzeug.exceptions import NotAcceptable, NotFound
 
 from shared import jobs
+from shared.db.connection import Connection
 from shared.digits import MAX_ROW_ID
 from web import backends
 from web.auth import operator_required
@@ -31,6 +35,16 @@ def chosen_format() -> str:
     return FORMAT_BY_MEDIA_TYPE.get(best or "text/csv", "csv")
 
 
+def streamed(pool: ConnectionPool[Connection], job_id: int, after: int, limit: int | None, form: str, probabilities: bool) -> Iterator[str]:
+    """The text of the rows, read on a connection of the stream's own: the request's goes back to the pool
+    when the view returns, before the body is sent; this one goes back when the last row is."""
+    conn = pool.getconn()
+    try:
+        yield from jobs.export.text_pieces(jobs.export.records(conn, [job_id], after, limit, probabilities), form, probabilities)
+    finally:
+        pool.putconn(conn)
+
+
 @blueprint.get("/api/jobs/<id:job_id>/results")
 @operator_required
 def job_results(job_id: int) -> Response:
@@ -42,8 +56,8 @@ def job_results(job_id: int) -> Response:
     info = jobs.export.describe(conn, [job_id])
     if info is None:
         raise NotFound(f"there is no job {job_id}")
-    rows = jobs.export.records(conn, [job_id], after, limit, probabilities)
-    response = Response(stream_with_context(jobs.export.text_pieces(rows, form, probabilities)), mimetype=jobs.export.MEDIA_TYPES[form])
+    pieces = streamed(backends.connection_pool(), job_id, after, limit, form, probabilities)
+    response = Response(pieces, mimetype=jobs.export.MEDIA_TYPES[form])
     response.headers["X-Results-Partial"] = "true" if info.partial else "false"
     response.headers["X-Job-Status"] = "running" if info.partial else "done"
     if form == "csv" and not request.args.get("after"):
