@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.common import child_pids, private_environment
+from bench.common import child_pids, private_environment, start_worker
 from shared import jobs
 from shared.db import connection
 from shared.training import mnist
@@ -94,6 +94,24 @@ def ingest_rows(sizes: tuple[int, ...], against: Path | None, scratch_dir: Path)
     return lines
 
 
+def run_rows(size: int, scratch_dir: Path) -> list[str]:
+    """``producer run DIR --output CSV`` with one bulk worker process against ``ingest folder`` alone."""
+    lines = [f"{'folder to CSV (producer run), 1 worker':<44}{'images':>9}{'seconds':>10}{'x ingest':>9}"]
+    tree = Path(__file__).resolve().parent.parent
+    with private_environment() as (env, settings):
+        folder = make_folder(scratch_dir / f"pngs-{size}", size, settings.mnist_dir)
+        ingest_seconds, _, _ = timed([sys.executable, "-m", "producer", "ingest", "folder", str(folder)], tree, env)
+    with private_environment() as (env, settings), tempfile.TemporaryDirectory() as out:
+        worker = start_worker(env, Path(out) / "worker.log", 1)
+        try:
+            seconds, _, _ = timed([sys.executable, "-m", "producer", "run", str(folder), "--output", f"{out}/r.csv"], tree, env)
+        finally:
+            worker.stop()
+    lines.append(f"{'ingest folder alone':<44}{size:>9,}{ingest_seconds:>10.2f}{1:>9.2f}")
+    lines.append(f"{'producer run':<44}{size:>9,}{seconds:>10.2f}{seconds / ingest_seconds:>9.2f}")
+    return lines
+
+
 def export_rows(sizes: tuple[int, ...]) -> list[str]:
     """``producer results`` of a job of ``size`` predictions, CSV to a file: rows/s and peak memory."""
     lines = [f"{'results export (CSV)':<44}{'rows':>9}{'rows/s':>10}{'peak MB':>9}"]
@@ -132,6 +150,8 @@ def main(sizes: tuple[int, ...], export_sizes: tuple[int, ...], against: Path | 
     scratch_dir = Path(tempfile.gettempdir()) / "mnistq-bench-ingest"
     scratch_dir.mkdir(exist_ok=True)
     lines = ingest_rows(sizes, against, scratch_dir)
+    if sizes:
+        lines += ["", *run_rows(sizes[0], scratch_dir)]
     if export_sizes:
         lines += ["", *export_rows(export_sizes)]
     return lines
