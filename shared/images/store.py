@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 from psycopg import sql
 
-from shared.db.connection import Connection, query, query_one, single_statement, transaction
+from shared.db.connection import Connection, copy_in_statement, query, query_one, single_statement, transaction
 
 
 class ImageRow(NamedTuple):
@@ -125,11 +125,7 @@ CREATE TEMP TABLE IF NOT EXISTS staged_images (
     preprocess_version integer
 ) ON COMMIT DELETE ROWS
 """
-COPY_STAGED_IMAGES = (
-    sql.SQL("COPY staged_images ({}) FROM STDIN (FORMAT BINARY)")
-    .format(sql.SQL(", ").join(map(sql.Identifier, IMAGE_ROW_COLUMNS)))
-    .as_string()
-)
+COPY_STAGED_IMAGES = copy_in_statement("staged_images", IMAGE_ROW_COLUMNS)
 INSERT_STAGED_IMAGES = (
     sql.SQL("INSERT INTO input_data ({columns}) SELECT {columns} FROM staged_images ON CONFLICT DO NOTHING RETURNING id")
     .format(columns=sql.SQL(", ").join(map(sql.Identifier, IMAGE_ROW_COLUMNS)))

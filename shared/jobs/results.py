@@ -22,23 +22,15 @@ import psycopg
 import psycopg.errors
 from psycopg import sql
 
-from shared.db.connection import Connection, Cursor, transaction
+from shared.db.connection import Connection, Cursor, copy_in_statement, transaction
 from shared.digits import NUM_CLASSES
 from shared.jobs import progress, statistics
 
 # A prediction row as the COPY writes it: its columns, and their types for psycopg's binary COPY.
 PREDICTION_COLUMNS = ("job_id", "input_data_id", "model_version", "predicted_label", "confidence", "prediction_probabilities")
 PREDICTION_TYPES = ("bigint", "bigint", "text", "smallint", "real", "bytea")
-COPY_PREDICTIONS = (
-    sql.SQL("COPY predictions ({}) FROM STDIN (FORMAT BINARY)")
-    .format(sql.SQL(", ").join(map(sql.Identifier, PREDICTION_COLUMNS)))
-    .as_string()
-)
-COPY_STAGED = (
-    sql.SQL("COPY staged_predictions ({}) FROM STDIN (FORMAT BINARY)")
-    .format(sql.SQL(", ").join(map(sql.Identifier, PREDICTION_COLUMNS)))
-    .as_string()
-)
+COPY_PREDICTIONS = copy_in_statement("predictions", PREDICTION_COLUMNS)
+COPY_STAGED = copy_in_statement("staged_predictions", PREDICTION_COLUMNS)
 STAGING = "CREATE TEMP TABLE IF NOT EXISTS staged_predictions (LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 # Up to this many predictions, counted by the worker, are sent inside the store's statement rather than
 # by COPY: the two round trips saved (BEGIN with the COPY, COMMIT) cost more than the arrays for a
