@@ -2,6 +2,7 @@
 
     python -m bench [--repeats 3] [--sections database,throughput,seed,latency] [--database-core]
     python -m bench --sections scale [--scale-sizes 10000,100000,1000000] [--label after]
+    python -m bench --sections ingest [--ingest-sizes 10000,100000] [--export-sizes ...] [--against /tmp/before]
     python -m bench --sections scale-ab --scale-sizes 1000000 --against /tmp/arch-before
     python -m bench --sections burst [--rates 100,300,1000,2000] [--web serve] [--against /tmp/arch-before] [--label after]
         [--connections keep-alive|close]
@@ -67,6 +68,8 @@ def table(rows: list[dict[str, Any]], ceiling: float) -> list[str]:
     show_default=True,
     help="burst: the client reuses idle connections (HTTP/1.1 keep-alive) or opens one per upload.",
 )
+@click.option("--ingest-sizes", default="10000,100000", show_default=True, help="ingest: PNGs in each folder.")
+@click.option("--export-sizes", default="10000,100000,1000000", show_default=True, help="ingest: predictions exported.")
 @click.option("--network-images", default=10_000, show_default=True, help="network: images of each job.")
 @click.option("--lifecycle-images", default=10_000, show_default=True, help="lifecycle: images of the big job.")
 @click.option(
@@ -87,16 +90,23 @@ def main(
     baseline_model: Path | None,
     network_images: int,
     lifecycle_images: int,
+    ingest_sizes: str,
+    export_sizes: str,
 ) -> None:
     """Bare model vs mnist-queue vs the seed design; upload latency; memory; scale; upload bursts."""
     chosen = set(sections.split(","))
     # The others print it with their own table.
-    if chosen & {"scale", "scale-ab", "burst", "robustness", "network", "upload-memory", "lifecycle"}:
+    if chosen & {"scale", "scale-ab", "burst", "robustness", "network", "upload-memory", "lifecycle", "ingest"}:
         click.echo(machine_line())
     if "scale" in chosen:
         from bench import scale
 
         click.echo("\n".join(scale.main(tuple(int(size) for size in scale_sizes.split(",")), label)))
+    if "ingest" in chosen:
+        from bench import ingest
+
+        sizes = tuple(int(size) for size in ingest_sizes.split(",") if size)
+        click.echo("\n".join(ingest.main(sizes, tuple(int(size) for size in export_sizes.split(",") if size), against)))
     if "scale-ab" in chosen:
         from bench import scale
 
@@ -123,7 +133,7 @@ def main(
         click.echo("\n".join(upload_memory.main(against)))
     if "lifecycle" in chosen:
         click.echo("\n".join(lifecycle_section(lifecycle_images, int(workers.split(",")[-1]), against)))
-    chosen -= {"scale", "scale-ab", "burst", "models", "robustness", "network", "upload-memory", "lifecycle"}
+    chosen -= {"scale", "scale-ab", "burst", "models", "robustness", "network", "upload-memory", "lifecycle", "ingest"}
     if not chosen:
         return
     placement = common.database_on_its_own_core() if database_core else contextlib.nullcontext("every process on every core")

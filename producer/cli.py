@@ -16,8 +16,10 @@ python -m producer models list            # the model registry and its aliases: 
 from __future__ import annotations
 
 import getpass
+import sys
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,24 +138,34 @@ def ingest_folder(config: Settings, folder: Path) -> None:
 
     Pictures under a folder named 0-9 get that digit as their true label.
     """
-    files, rejected = ingest_rows.user_image_files(folder)
-    links = len(rejected)
-    conn = open_database(config)
-    inserted = 0
-    with click.progressbar(length=len(files), label=f"ingesting {ingest_rows.printable(folder)}") as bar:
-        for start in range(0, len(files), INSERT_CHUNK):
-            rows = []
-            for path in files[start : start + INSERT_CHUNK]:
-                try:
-                    rows.append(ingest_rows.folder_row(path, folder, config))
-                except (ValueError, OSError) as error:
-                    rejected.append(f"{ingest_rows.printable(path)}: {error}")
-                bar.update(1)
-            inserted += len(images.store.insert_images(conn, rows))
-    for line in rejected:
+    outcome = ingest_folder_with_progress(config, folder)
+    click.echo(f"stored {outcome.inserted} new images, {outcome.already} were already there, {len(outcome.rejected)} rejected")
+
+
+def ingest_folder_with_progress(
+    config: Settings, folder: Path, on_stored: Callable[[list[int], int], None] | None = None
+) -> ingest_rows.FolderIngest:
+    """``ingest folder``'s work, with a line per file not stored (on stderr) and a running count."""
+    conn, read_conn = open_database(config), open_database(config)
+    label = f"ingesting {ingest_rows.printable(folder)}"
+    live = sys.stderr.isatty()
+
+    def stored(ids: list[int], seen: int) -> None:
+        if live:  # the folder's size is unknown until walked: a running count, not a bar
+            click.echo(f"\r{label}: {seen} files", nl=False, err=True)
+        if on_stored is not None:
+            on_stored(ids, seen)
+
+    try:
+        outcome = ingest_rows.ingest_folder(conn, read_conn, folder, config, stored)
+        if live:
+            click.echo("", err=True)
+    finally:
+        read_conn.close()
+        conn.close()
+    for line in outcome.rejected:
         click.echo(f"skipped {line}", err=True)
-    already = len(files) - inserted - (len(rejected) - links)
-    click.echo(f"stored {inserted} new images, {already} were already there, {len(rejected)} rejected")
+    return outcome
 
 
 @main.command()
@@ -322,6 +334,121 @@ def report(config: Settings, job_id: int, wrong_limit: int, threshold: float | N
         click.echo(f"wrong: image {image_id} is {true_label}, predicted {predicted_label} ({wrong['confidence']:.3f})")
     for image_id, reason in result.failures:
         click.echo(f"failed: image {image_id}: {reason}")
+
+
+@main.command()
+@click.argument("job_id", type=ROW_ID)
+@click.option("--format", "form", type=click.Choice(jobs.export.FORMATS), default="csv", show_default=True)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here [default: standard output].")
+@click.option("--probabilities", is_flag=True, help="Add the ten class probabilities p0-p9.")
+@click.pass_obj
+@user_errors
+def results(config: Settings, job_id: int, form: str, output: Path | None, probabilities: bool) -> None:
+    """A job's predictions, one row per image, streamed: a job still running exports what is stored so far."""
+    conn = open_database(config)
+    info = jobs.export.describe(conn, [job_id])
+    if info is None:
+        raise click.ClickException(f"there is no job {job_id}")
+    write_results(conn, info, form, output, probabilities)
+
+
+def write_results(conn: connection.Connection, info: jobs.export.ExportInfo, form: str, output: Path | None, probabilities: bool) -> None:
+    """The export of ``info``'s jobs to ``output`` (or stdout); a partial one is said so on stderr."""
+    if form == "parquet" and output is None:
+        raise click.ClickException("--format parquet needs --output FILE")
+    if output is None:
+        sys.stdout.flush()
+        count = jobs.export.write(conn, info.job_ids, form, sys.stdout.buffer, probabilities)
+        sys.stdout.buffer.flush()
+    else:
+        partial = output.with_name(output.name + ".partial")  # a stopped export never looks finished
+        with open(partial, "wb") as file:
+            count = jobs.export.write(conn, info.job_ids, form, file, probabilities)
+        partial.replace(output)
+    click.echo(f"{count} results; {info.note()}", err=True)
+
+
+# Images per job while `run` ingests: a job starts being predicted as soon as its slice is stored.
+RUN_SLICE = 4096
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where the results go.")
+@click.option("--format", "form", type=click.Choice(jobs.export.FORMATS), default="csv", show_default=True)
+@click.option("--model", default=models.registry.PRODUCTION, show_default=True, help="The version or alias that predicts.")
+@click.option("--timeout", type=float, default=24 * 3600, show_default=True, help="Give up waiting after this many seconds.")
+@click.pass_obj
+@user_errors
+def run(config: Settings, folder: Path, output: Path, form: str, model: str, timeout: float) -> None:
+    """Ingest a folder, predict it, write the results: one command, resumable.
+
+    Slices are submitted while the folder is still being ingested. Each job records the folder, so
+    running the same command again (after Ctrl-C, say) resumes: stored pictures are not read again,
+    unfinished jobs are re-enqueued, and images stored but never submitted are submitted.
+    """
+    if not folder.is_dir():
+        raise click.ClickException(f"{ingest_rows.printable(folder)} is not a folder")
+    root = str(folder.resolve())
+    conn = open_database(config)
+    app = queues.broker.celery_app(config)
+    version, _ = models.registry.resolve_job_models(conn, model, None)
+    earlier = jobs.store.folder_job_ids(conn, root)
+    for job_id in earlier:  # a stopped run's jobs: only what has no result yet is sent again
+        jobs.service.resume_job(conn, app, config, job_id)
+    pending: list[int] = []
+
+    def submit(image_ids: list[int]) -> None:
+        job_id = jobs.store.create_job(conn, image_ids, version, {"folder": root, "images": len(image_ids)})
+        jobs.service.enqueue_bulk(app, config, job_id, image_ids)
+
+    def stored(ids: list[int], _seen: int) -> None:
+        pending.extend(ids)
+        if len(pending) >= RUN_SLICE:
+            submit(pending[:])
+            pending.clear()
+
+    try:
+        outcome = ingest_folder_with_progress(config, folder, stored)
+    except ValueError as error:
+        if not earlier:
+            raise
+        click.echo(f"{error}; the earlier run's results remain", err=True)
+    else:
+        click.echo(
+            f"stored {outcome.inserted} new images, {outcome.already} were already there, {len(outcome.rejected)} rejected", err=True
+        )
+    leftover = jobs.store.folder_images_without_job(conn, root)
+    for start in range(0, len(leftover), config.max_job_images):
+        submit(leftover[start : start + config.max_job_images])
+    job_ids = jobs.store.folder_job_ids(conn, root)
+    if not job_ids:
+        raise click.ClickException(f"{ingest_rows.printable(folder)}: no picture could be stored")
+    wait_for_jobs(conn, job_ids, timeout)
+    info = jobs.export.describe(conn, job_ids)
+    if info is None:
+        raise click.ClickException("a job of this folder was deleted meanwhile; run again")
+    write_results(conn, info, form, output, probabilities=False)
+
+
+def wait_for_jobs(conn: connection.Connection, job_ids: list[int], timeout: float) -> None:
+    """One progress bar over all of ``job_ids``, redrawn on the workers' notices."""
+    deadline = time.monotonic() + timeout
+
+    def counts() -> tuple[int, int]:
+        found = [require_job(conn, job_id) for job_id in job_ids]
+        return sum(job["done_count"] + job["failed_count"] for job in found), sum(job["total_images"] for job in found)
+
+    finished, total = counts()
+    with jobs.progress.listening(conn), click.progressbar(length=total, label="predicting") as bar:
+        bar.update(finished)
+        while finished < total and time.monotonic() < deadline:
+            jobs.progress.wait_for_progress(conn, min(PROGRESS_SECONDS, max(0.0, deadline - time.monotonic())))
+            now_finished, total = counts()
+            bar.update(now_finished - finished)
+            finished = now_finished
+    if finished < total:
+        click.echo(f"gave up waiting after {timeout:g} s: writing the results stored so far", err=True)
 
 
 main.add_command(model_commands.models)

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
+import dataclasses
+import multiprocessing
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from shared.config import Settings
+from shared.db.connection import Connection
 from shared.digits import IMAGE_SHAPE
+from shared.host.cpus import available_cpus
+from shared.images import store
 from shared.images.codec import encode_image
 from shared.images.preprocess import user_image_to_mnist
+from shared.images.provenance import PREPROCESS_VERSION
 from shared.images.store import ImageRow
 from shared.training import mnist
 
 USER_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"})
 SHAPE = list(IMAGE_SHAPE)
+DIGIT_FOLDERS = frozenset(str(digit) for digit in range(10))
 
 
 def mnist_rows(images: np.ndarray, labels: np.ndarray, split: str, start: int = 0) -> Iterator[ImageRow]:
@@ -25,56 +34,195 @@ def mnist_rows(images: np.ndarray, labels: np.ndarray, split: str, start: int = 
         yield ImageRow(encode_image(image), int(label), SHAPE, split, start + offset, None)
 
 
-def user_image_files(folder: Path) -> tuple[list[Path], list[str]]:
-    """The pictures under ``folder``, and a line for each link skipped.
-
-    Links are never followed: a link could lead out of the folder to any file the user can read.
-    """
-    if not folder.is_dir():
-        raise ValueError(f"{printable(folder)} is not a folder")
-    files, skipped = [], []
-    for directory, subfolders, names in os.walk(folder):
-        for name in sorted(subfolders):
-            if (Path(directory) / name).is_symlink():
-                skipped.append(f"{printable(Path(directory) / name)}: a symbolic link, not followed")
-        for name in names:
-            path = Path(directory) / name
-            if path.suffix.lower() not in USER_IMAGE_SUFFIXES:
-                continue
-            if path.is_symlink():
-                skipped.append(f"{printable(path)}: a symbolic link, not followed")
-            elif path.is_file():
-                files.append(path)
-    if not files:
-        raise ValueError(f"{printable(folder)} holds no PNG, JPEG, GIF, BMP or WebP images")
-    return sorted(files), skipped
-
-
-def printable(path: Path) -> str:
+def printable(path: Path | str) -> str:
     """``path`` with control characters escaped, so a file name cannot write to the terminal."""
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(path))
-
-
-def label_from_folder(path: Path, root: Path) -> int | None:
-    """A file under a folder named 0..9 (``digits/7/a.png``) is labelled with that digit."""
-    parent = path.parent
-    return int(parent.name) if parent != root and parent.name in {str(d) for d in range(10)} else None
-
-
-def folder_row(path: Path, root: Path, config: Settings) -> ImageRow:
-    """One user picture, preprocessed to MNIST form; keyed by its absolute path.
-
-    The size is checked before reading, so a huge file costs nothing.
-    """
-    size = path.stat().st_size
-    if size > config.max_upload_bytes:
-        raise ValueError(f"the file is {size} bytes; at most {config.max_upload_bytes} (MAX_UPLOAD_BYTES) are accepted")
-    image = user_image_to_mnist(
-        path.read_bytes(), config.max_image_pixels, config.max_decode_megabytes * 2**20, config.concurrent_decodes
-    )
-    return ImageRow(encode_image(image), label_from_folder(path, root), SHAPE, "upload", None, str(path.resolve()))
 
 
 def load_mnist(source: Path, split: str, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     images, labels = mnist.load_split(source, split)
     return (images[:limit], labels[:limit]) if limit else (images, labels)
+
+
+# --- fast folder ingest: a sorted walk, decoding on every core, binary COPY --------------------
+
+# Files one pool task decodes: large enough that pickling and scheduling are small beside decoding.
+DECODE_CHUNK = 256
+# Chunks in flight per decoding process: enough to keep each busy while the parent copies, few
+# enough that memory stays bounded whatever the folder's size.
+IN_FLIGHT_PER_PROCESS = 3
+# Rows per COPY and commit: each commit is a point a stopped ingest resumes from.
+COPY_ROWS = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeLimits:
+    """What a decoding process needs of the settings (picklable, unlike a live Settings' context)."""
+
+    max_upload_bytes: int
+    max_image_pixels: int
+    max_decode_bytes: int
+    concurrent_decodes: int
+
+    @classmethod
+    def of(cls, config: Settings) -> DecodeLimits:
+        return cls(config.max_upload_bytes, config.max_image_pixels, config.max_decode_megabytes * 2**20, config.concurrent_decodes)
+
+
+@dataclasses.dataclass
+class FolderIngest:
+    """What one ingest of a folder did; ``rejected`` holds one printable line per file not stored."""
+
+    inserted: int = 0
+    already: int = 0
+    files: int = 0
+    rejected: list[str] = dataclasses.field(default_factory=list)
+
+
+def walk_sorted(folder: str, rejected: list[str]) -> Iterator[str]:
+    """The pictures under ``folder`` in the byte order of their full paths, one folder listed at a time.
+
+    A folder's entries are sorted by name, a subfolder's as ``name/``: then the walk's order is the
+    order of the paths as strings, the order ``stored_sources`` reads them in, so the two merge.
+    Links are never followed (a link could lead out of the folder to any file the user can read);
+    they and folders that cannot be listed are added to ``rejected``. Paths stay strings: building
+    a Path per file cost more than the rest of the walk.
+    """
+    try:
+        with os.scandir(folder) as listing:
+            entries = [(entry.name + "/" if entry.is_dir(follow_symlinks=False) else entry.name, entry) for entry in listing]
+    except OSError as error:
+        rejected.append(f"{printable(folder)}: cannot be listed: {error.strerror or error}")
+        return
+    for _, entry in sorted(entries, key=lambda pair: pair[0]):
+        picture = os.path.splitext(entry.name)[1].lower() in USER_IMAGE_SUFFIXES
+        if entry.is_symlink():
+            if picture or entry.is_dir():
+                rejected.append(f"{printable(entry.path)}: a symbolic link, not followed")
+        elif entry.is_dir(follow_symlinks=False):
+            yield from walk_sorted(entry.path, rejected)
+        elif picture and entry.is_file(follow_symlinks=False):
+            yield entry.path
+        elif picture:  # a pipe or a device: reading it could wait for ever
+            rejected.append(f"{printable(entry.path)}: not a regular file")
+
+
+def new_files(paths: Iterator[str], stored: Iterator[str]) -> Iterator[tuple[str, bool]]:
+    """(path, whether it is new) for each of ``paths``: new when not among ``stored``.
+
+    Both are ascending, so one pass over each finds the stored ones without holding either."""
+    known = next(stored, None)
+    for path in paths:
+        while known is not None and known < path:
+            known = next(stored, None)
+        yield path, known != path
+
+
+def decode_chunk(files: list[tuple[str, int | None]], limits: DecodeLimits) -> tuple[list[ImageRow], list[str]]:
+    """Rows of the pictures (path, label) that decode, and a line for each that does not.
+
+    Runs in a pool process: it reads and decodes, the parent only copies."""
+    rows, rejected = [], []
+    for name, label in files:
+        path = Path(name)
+        try:
+            size = path.stat().st_size
+            if size > limits.max_upload_bytes:
+                raise ValueError(f"the file is {size} bytes; at most {limits.max_upload_bytes} (MAX_UPLOAD_BYTES) are accepted")
+            image = user_image_to_mnist(path.read_bytes(), limits.max_image_pixels, limits.max_decode_bytes, limits.concurrent_decodes)
+        except (ValueError, OSError) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            rejected.append(f"{printable(path)}: {reason}")
+            continue
+        rows.append(ImageRow(encode_image(image), label, SHAPE, "upload", None, name))
+    return rows, rejected
+
+
+def ingest_folder(
+    conn: Connection,
+    read_conn: Connection,
+    folder: Path,
+    config: Settings,
+    on_stored: Callable[[list[int], int], None] = lambda ids, seen: None,
+    processes: int | None = None,
+) -> FolderIngest:
+    """Store the pictures under ``folder`` not stored yet; ``on_stored(new ids, files seen)`` after each commit.
+
+    Paths already stored (one query, ``read_conn``'s) are skipped without being read. The first
+    chunk is decoded here; a pool of ``processes`` (default: the CPUs this process may use) starts
+    only for a folder with more, and at most ``IN_FLIGHT_PER_PROCESS`` chunks per process wait.
+    ValueError for a path that is not a folder or a folder with no pictures at all.
+    """
+    if not folder.is_dir():
+        raise ValueError(f"{printable(folder)} is not a folder")
+    root = folder.resolve()
+    outcome = FolderIngest()
+    limits = DecodeLimits.of(config)
+    workers = processes or available_cpus()
+    prefix = str(root).rstrip("/") + "/"
+    files = new_files(walk_sorted(str(root), outcome.rejected), store.stored_sources(read_conn, prefix))
+    pending: collections.deque[concurrent.futures.Future[tuple[list[ImageRow], list[str]]]] = collections.deque()
+    buffered: list[ImageRow] = []
+    pool: concurrent.futures.ProcessPoolExecutor | None = None
+    first = True
+
+    def flush(force: bool) -> None:
+        if buffered and (force or len(buffered) >= COPY_ROWS):
+            ids = store.copy_images(conn, buffered, PREPROCESS_VERSION)
+            outcome.inserted += len(ids)
+            outcome.already += len(buffered) - len(ids)  # stored meanwhile by another ingest
+            buffered.clear()
+            on_stored(ids, outcome.files)
+
+    def collect(rows: list[ImageRow], rejected: list[str]) -> None:
+        buffered.extend(rows)
+        outcome.rejected.extend(rejected)
+        flush(force=False)
+
+    try:
+        for chunk in _chunks(files, root, outcome):
+            if first:
+                first = False
+                collect(*decode_chunk(chunk, limits))  # a small folder never pays for starting a pool
+                continue
+            if pool is None:
+                # Forked: a child starts with the parent's modules imported, where a fresh interpreter
+                # spent longer importing than a chunk takes to decode. The children never touch the
+                # parent's connections, and leave without closing them (os._exit).
+                pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            pending.append(pool.submit(decode_chunk, chunk, limits))
+            while len(pending) >= workers * IN_FLIGHT_PER_PROCESS:
+                collect(*pending.popleft().result())
+        while pending:
+            collect(*pending.popleft().result())
+        flush(force=True)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    if outcome.files == 0:
+        raise ValueError(f"{printable(folder)} holds no PNG, JPEG, GIF, BMP or WebP images")
+    return outcome
+
+
+def _chunks(files: Iterator[tuple[str, bool]], root: Path, outcome: FolderIngest) -> Iterator[list[tuple[str, int | None]]]:
+    """The new files in lists of ``DECODE_CHUNK`` (path, label); counts every file and those already stored."""
+    chunk: list[tuple[str, int | None]] = []
+    top = str(root)
+    for path, new in files:
+        outcome.files += 1
+        if not new:
+            outcome.already += 1
+            continue
+        try:
+            path.encode()
+        except UnicodeEncodeError:  # a name in no UTF-8: PostgreSQL's text cannot hold it
+            outcome.rejected.append(f"{printable(path)}: the name is not valid UTF-8")
+            continue
+        folder, _ = os.path.split(path)
+        _, digit = os.path.split(folder)
+        chunk.append((path, int(digit) if folder != top and digit in DIGIT_FOLDERS else None))
+        if len(chunk) == DECODE_CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -18,7 +18,7 @@ from flask_wtf.csrf import CSRFProtect
 
 from shared.config import Settings, load_settings
 from shared.host import memory
-from web import access_log, api, auth, backends, bodies, errors, limits, metrics, security, views
+from web import access_log, api, auth, backends, batches, bodies, errors, exports, limits, metrics, security, views
 from web.params import RowIdConverter, UploadTokenConverter
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,10 @@ def create_app(test_config: Mapping[str, Any] | None = None, settings: Settings 
     app.register_blueprint(views.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(metrics.blueprint)
+    app.register_blueprint(exports.blueprint)
+    app.register_blueprint(batches.blueprint)
+    csrf.exempt(batches.api_blueprint)
+    app.register_blueprint(batches.api_blueprint)
     limits.init_app(app, config)
     if config.public_insights:
         log.warning("PUBLIC_INSIGHTS is on: the operator pages and POST /api/jobs are open to anyone who can reach this server")

@@ -14,7 +14,7 @@ each overridden by the same parameter in the database URL).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeAlias
 
 import psycopg
@@ -173,3 +173,12 @@ def tables_exist(database_url: str, timeout_seconds: int) -> bool:
     with connect(database_url, connect_timeout=timeout_seconds) as conn:
         both = "SELECT to_regclass('predictions') IS NOT NULL AND to_regclass('jobs') IS NOT NULL"
         return query_one_required(conn, both)[0]
+
+
+def copy_in_statement(table: str, columns: Sequence[str]) -> str:
+    """``COPY table (columns) FROM STDIN (FORMAT BINARY)``, composed once to the text psycopg keys statements by."""
+    return (
+        sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)")
+        .format(sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns)))
+        .as_string()
+    )

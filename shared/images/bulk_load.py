@@ -17,9 +17,11 @@ SIZED_TABLES = ("input_data", "predictions", "jobs", "job_failures", "job_statis
 
 
 IMAGE_TYPES = ("bytea", "smallint", "integer[]", "text", "integer")
-COPY_IMAGES = sql.SQL("COPY input_data ({}) FROM STDIN (FORMAT BINARY)").format(
-    sql.SQL(", ").join(map(sql.Identifier, IMAGE_COPY_COLUMNS))
-).as_string()
+COPY_IMAGES = (
+    sql.SQL("COPY input_data ({}) FROM STDIN (FORMAT BINARY)")
+    .format(sql.SQL(", ").join(map(sql.Identifier, IMAGE_COPY_COLUMNS)))
+    .as_string()
+)
 
 
 def copy_image_rows(conn: Connection, rows: Iterable[tuple[bytes, int | None, list[int], str, int | None]]) -> int:

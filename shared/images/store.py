@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from psycopg import sql
 
-from shared.db.connection import Connection, query, query_one, single_statement, transaction
+from shared.db.connection import Connection, copy_in_statement, query, query_one, single_statement, transaction
 
 
 class ImageRow(NamedTuple):
@@ -42,9 +42,7 @@ def insert_images(conn: Connection, rows: Sequence[ImageRow]) -> list[int]:
 # Read with binary COPY: the bytea arrives as its bytes, where a text SELECT sends it as hex.
 # COPY takes no server-side parameters: psycopg binds the id array on the client, quoted.
 COPY_IMAGES = "COPY (SELECT id, image_data FROM input_data WHERE id = ANY(%s::bigint[])) TO STDOUT (FORMAT BINARY)"
-COPY_IMAGES_AND_LABELS = (
-    "COPY (SELECT id, image_data, true_label FROM input_data WHERE id = ANY(%s::bigint[])) TO STDOUT (FORMAT BINARY)"
-)
+COPY_IMAGES_AND_LABELS = "COPY (SELECT id, image_data, true_label FROM input_data WHERE id = ANY(%s::bigint[])) TO STDOUT (FORMAT BINARY)"
 
 
 def fetch_images(conn: Connection, image_ids: Sequence[int]) -> dict[int, bytes]:
@@ -98,3 +96,53 @@ def select_image_ids(
         {"split": split, "label": label, "model": unpredicted_by, "limit": limit},
     )
     return [row[0] for row in rows]
+
+
+# A folder's stored paths in byte order (``~<~``, the order of migration 0011's pattern index and of
+# Python's str), so re-ingest merges them with its sorted walk and never holds the list.
+STORED_SOURCES = """
+SELECT source FROM input_data WHERE source ~>=~ %(low)s AND source ~<~ %(high)s ORDER BY source USING ~<~
+"""
+
+
+def stored_sources(conn: Connection, prefix: str) -> Iterator[str]:
+    """The stored ``source`` paths that start with ``prefix`` (ending in "/"), ascending, read from a
+    server-side cursor: one query for a whole folder, in constant memory. ``conn`` is the caller's
+    for this read alone: the cursor's transaction stays open while it is iterated."""
+    high = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    with conn.transaction(), conn.cursor(name="stored_sources") as cursor:
+        cursor.itersize = 5000
+        cursor.execute(STORED_SOURCES, {"low": prefix, "high": high})
+        for (source,) in cursor:
+            yield source
+
+
+IMAGE_ROW_COLUMNS = (*ImageRow._fields, "preprocess_version")
+IMAGE_ROW_TYPES = ("bytea", "smallint", "integer[]", "text", "integer", "text", "integer")
+STAGE_IMAGES = """
+CREATE TEMP TABLE IF NOT EXISTS staged_images (
+    image_data bytea, true_label smallint, image_shape integer[], dataset_split text, image_index integer, source text,
+    preprocess_version integer
+) ON COMMIT DELETE ROWS
+"""
+COPY_STAGED_IMAGES = copy_in_statement("staged_images", IMAGE_ROW_COLUMNS)
+INSERT_STAGED_IMAGES = (
+    sql.SQL("INSERT INTO input_data ({columns}) SELECT {columns} FROM staged_images ON CONFLICT DO NOTHING RETURNING id")
+    .format(columns=sql.SQL(", ").join(map(sql.Identifier, IMAGE_ROW_COLUMNS)))
+    .as_string()
+)
+
+
+def copy_images(conn: Connection, rows: Iterable[ImageRow], preprocess_version: int | None) -> list[int]:
+    """Store ``rows`` by one binary COPY into a staging table and one INSERT from it; returns the new ids.
+
+    The staging table lets rows already stored (another ingest of the same folder) be skipped rather
+    than fail the COPY, and hands back the ids the new rows got. One transaction: all or nothing."""
+    with transaction(conn) as cursor:
+        cursor.execute(STAGE_IMAGES)
+        with cursor.copy(COPY_STAGED_IMAGES) as copy:
+            copy.set_types(IMAGE_ROW_TYPES)
+            for row in rows:
+                copy.write_row((*row, preprocess_version))
+        cursor.execute(INSERT_STAGED_IMAGES)
+        return [row[0] for row in cursor.fetchall()]

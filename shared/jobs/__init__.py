@@ -3,6 +3,8 @@
 from shared.jobs import (
     comparison,
     comparison_store,
+    export,
+    export_store,
     fair_share,
     lifecycle_store,
     progress,
@@ -21,6 +23,8 @@ __all__ = [
     "comparison_store",
     "fair_share",
     "lifecycle_store",
+    "export",
+    "export_store",
     "progress",
     "queries",
     "reports",

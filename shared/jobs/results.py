@@ -22,19 +22,15 @@ import psycopg
 import psycopg.errors
 from psycopg import sql
 
-from shared.db.connection import Connection, Cursor, fetchone_required, transaction
+from shared.db.connection import Connection, Cursor, copy_in_statement, fetchone_required, transaction
 from shared.digits import NUM_CLASSES
 from shared.jobs import progress, statistics
 
 # A prediction row as the COPY writes it: its columns, and their types for psycopg's binary COPY.
 PREDICTION_COLUMNS = ("job_id", "input_data_id", "model_version", "predicted_label", "confidence", "prediction_probabilities")
 PREDICTION_TYPES = ("bigint", "bigint", "text", "smallint", "real", "bytea")
-COPY_PREDICTIONS = sql.SQL("COPY predictions ({}) FROM STDIN (FORMAT BINARY)").format(
-    sql.SQL(", ").join(map(sql.Identifier, PREDICTION_COLUMNS))
-).as_string()
-COPY_STAGED = sql.SQL("COPY staged_predictions ({}) FROM STDIN (FORMAT BINARY)").format(
-    sql.SQL(", ").join(map(sql.Identifier, PREDICTION_COLUMNS))
-).as_string()
+COPY_PREDICTIONS = copy_in_statement("predictions", PREDICTION_COLUMNS)
+COPY_STAGED = copy_in_statement("staged_predictions", PREDICTION_COLUMNS)
 STAGING = "CREATE TEMP TABLE IF NOT EXISTS staged_predictions (LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 # Up to this many predictions, counted by the worker, are sent inside the store's statement rather than
 # by COPY: the two round trips saved (BEGIN with the COPY, COMMIT) cost more than the arrays for a
@@ -278,17 +274,23 @@ def _rows(prediction_jobs: np.ndarray, model_version: str, predictions: Predicti
 
 # Planning one of these took longer than running it for a small batch: each connection prepares it
 # (``prepare=True``) and so plans it once. Composed once, here, to the text psycopg keys its statements by.
-STORE = sql.SQL("WITH {} {}").format(
-        sql.SQL(",").join(map(sql.SQL, [NEW_FROM_COPY, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE])), sql.SQL(RESULT)
-    ).as_string()
+STORE = (
+    sql.SQL("WITH {} {}")
+    .format(sql.SQL(",").join(map(sql.SQL, [NEW_FROM_COPY, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE])), sql.SQL(RESULT))
+    .as_string()
+)
 STORE_COUNTED = sql.SQL("WITH {} {}").format(sql.SQL(",").join(map(sql.SQL, [COUNTED, ADVANCE])), sql.SQL(RESULT)).as_string()
 # The one that answers waiting uploads: only a statement that inserts the predictions itself has them in hand.
-STORE_WITH_ROWS = sql.SQL("WITH {} {}").format(
-        sql.SQL(",").join(map(sql.SQL, [ROWS_IN_STATEMENT, COUNTED, ADVANCE, ANSWERED])), sql.SQL(RESULT_AND_ANSWERS)
-    ).as_string()
-STORE_STAGED = sql.SQL("WITH {} {}").format(
-        sql.SQL(",").join(map(sql.SQL, [NEW_FROM_STAGING, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE])), sql.SQL(RESULT)
-    ).as_string()
+STORE_WITH_ROWS = (
+    sql.SQL("WITH {} {}")
+    .format(sql.SQL(",").join(map(sql.SQL, [ROWS_IN_STATEMENT, COUNTED, ADVANCE, ANSWERED])), sql.SQL(RESULT_AND_ANSWERS))
+    .as_string()
+)
+STORE_STAGED = (
+    sql.SQL("WITH {} {}")
+    .format(sql.SQL(",").join(map(sql.SQL, [NEW_FROM_STAGING, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE])), sql.SQL(RESULT))
+    .as_string()
+)
 
 
 def _copy_predictions(

@@ -20,6 +20,7 @@ from psycopg import sql
 
 from shared import models
 from shared.db.connection import Connection, query, query_one, query_one_required, transaction
+from shared.images.provenance import PREPROCESS_VERSION
 from shared.images.store import SELECTION_FILTER
 
 # Everything about a job but its image list, which is large and only recovery reads.
@@ -209,15 +210,20 @@ def create_upload_job(
 
 
 # One per upload: prepared, so each pooled connection plans it once.
-CREATE_UPLOAD_JOB = """
+CREATE_UPLOAD_JOB = (
+    sql.SQL("""
     WITH image AS (
-        INSERT INTO input_data (image_data, image_shape, dataset_split) VALUES (%(image)s, %(shape)s, 'upload') RETURNING id
+        INSERT INTO input_data (image_data, image_shape, dataset_split, preprocess_version)
+        VALUES (%(image)s, %(shape)s, 'upload', {version}) RETURNING id
     ), job AS (
         INSERT INTO jobs (kind, model_version, shadow_version, selection, image_ids, total_images, public_token)
         SELECT 'upload', %(version)s, %(shadow)s, %(selection)s::jsonb, ARRAY[image.id], 1, %(token)s FROM image RETURNING id
     )
     SELECT job.id, image.id FROM job, image
-"""
+""")
+    .format(version=sql.Literal(PREPROCESS_VERSION))
+    .as_string()
+)
 
 
 def create_named_upload_job(
@@ -244,16 +250,21 @@ def create_named_upload_job(
     return (row[0], row[1], row[2]) if row else None
 
 
-CREATE_NAMED_UPLOAD_JOB = sql.SQL("""
+CREATE_NAMED_UPLOAD_JOB = (
+    sql.SQL("""
     WITH model AS ({resolved}), image AS (
-        INSERT INTO input_data (image_data, image_shape, dataset_split) SELECT %(image)s, %(shape)s, 'upload' FROM model RETURNING id
+        INSERT INTO input_data (image_data, image_shape, dataset_split, preprocess_version)
+        SELECT %(image)s, %(shape)s, 'upload', {version} FROM model RETURNING id
     ), job AS (
         INSERT INTO jobs (kind, model_version, shadow_version, selection, image_ids, total_images, public_token)
         SELECT 'upload', model.version, %(shadow)s, %(selection)s::jsonb, ARRAY[image.id], 1, %(token)s FROM image, model
         RETURNING id, model_version
     )
     SELECT job.id, image.id, job.model_version FROM job, image
-""").format(resolved=sql.SQL(models.store.RESOLVED)).as_string()
+""")
+    .format(resolved=sql.SQL(models.store.RESOLVED), version=sql.Literal(PREPROCESS_VERSION))
+    .as_string()
+)
 
 
 def delete_upload_job(conn: Connection, job_id: int, image_id: int) -> None:
@@ -325,3 +336,24 @@ def rows_for_job(conn: Connection, job_id: int) -> tuple[int, int, int]:
         {"job": job_id},
     )
 
+
+def folder_job_ids(conn: Connection, folder: str) -> list[int]:
+    """The jobs ``producer run`` made for ``folder`` (recorded in their selection), oldest first."""
+    return [row[0] for row in query(conn, "SELECT id FROM jobs WHERE selection->>'folder' = %s ORDER BY id", (folder,))]
+
+
+def folder_images_without_job(conn: Connection, folder: str) -> list[int]:
+    """Stored images under ``folder`` (a resolved path) that none of its ``producer run`` jobs covers:
+    what a run stopped between storing and submitting left, or what a plain ingest stored."""
+    prefix = folder.rstrip("/") + "/"
+    rows = query(
+        conn,
+        """
+        SELECT id FROM input_data WHERE source ~>=~ %(low)s AND source ~<~ %(high)s
+        EXCEPT
+        SELECT unnest(image_ids) FROM jobs WHERE selection->>'folder' = %(folder)s
+        ORDER BY 1
+        """,
+        {"low": prefix, "high": prefix[:-1] + "0", "folder": folder},
+    )
+    return [row[0] for row in rows]

@@ -29,7 +29,6 @@ def load_model(path: Path) -> keras.Model:
     return keras.models.load_model(path, compile=False)
 
 
-
 class KerasPredictor:
     """Batched inference through one compiled graph: ``model.predict`` has a large fixed cost per call."""
 

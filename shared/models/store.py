@@ -177,9 +177,13 @@ def upload_batch(conn: Connection, uploads: Sequence[tuple[int, int]]) -> list[U
 
 
 # Once per micro-batch of uploads: prepared.
-UPLOAD_BATCH = sql.SQL("""
+UPLOAD_BATCH = (
+    sql.SQL("""
     SELECT u.job_id, u.image_id, {version}, j.shadow_version, d.image_data, d.true_label
     FROM unnest(%(jobs)s::bigint[], %(images)s::bigint[]) AS u (job_id, image_id)
     JOIN jobs j ON j.id = u.job_id
     LEFT JOIN input_data d ON d.id = u.image_id
-""").format(version=SERVING_VERSION).as_string()
+""")
+    .format(version=SERVING_VERSION)
+    .as_string()
+)

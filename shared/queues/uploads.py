@@ -248,4 +248,3 @@ def live_consumers_on_this_host(settings: Settings) -> list[str]:
 def requeue_orphans(settings: Settings) -> int:
     """Move the entries of every dead consumer back to the queue, each marked with one more death; returns how many."""
     return heartbeats(settings).take_over_dead(queue_name(settings), one_more_death)
-

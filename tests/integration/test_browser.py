@@ -189,3 +189,35 @@ def test_an_operator_signs_in_for_the_job_and_mistakes_pages(page, web_server, c
     page.click("header form.sign-out button")
     page.goto("/mistakes")
     assert page.url.startswith(f"{web_server.url}/sign-in?next=")  # signed out: the session is gone
+
+
+def test_an_operator_uploads_a_zip_of_pictures_and_downloads_the_results(page, web_server, operator_name, tmp_path):
+    import zipfile
+
+    digit_images, _ = digits.mnist_test_digits(3)
+    archive = tmp_path / "digits.zip"
+    with zipfile.ZipFile(archive, "w") as packed:
+        for index, image in enumerate(digit_images):
+            packed.writestr(f"digits/{index}.png", digits.render_on_paper(image, np.random.default_rng(index)))
+        packed.writestr("notes.txt", "not a picture")
+    page.goto("/batches/new")
+    sign_in(page, operator_name)
+    assert page.url == f"{web_server.url}/batches/new"
+    page.set_input_files("#batch-form input[name=files]", str(archive))
+    page.click("#batch-form button[type=submit]")
+    page.wait_for_url(f"{web_server.url}/jobs/*")
+    assert "skipped notes.txt: not a picture" in page.content()
+    page.wait_for_selector(".status-done", timeout=RESULT_TIMEOUT_MS)
+    assert_no_inline_code(page)
+    screenshot(page, "batch-job.png")
+    with page.expect_download() as download:
+        page.click("#download-results")
+    rows = Path(download.value.path()).read_text().splitlines()
+    assert rows[0].startswith("image_id,source,") and len(rows) == 4
+
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"not a zip at all")
+    page.goto("/batches/new")
+    page.set_input_files("#batch-form input[name=files]", str(bad))
+    page.click("#batch-form button[type=submit]")
+    assert "not a readable .zip archive" in page.locator("#batch-error").inner_text()

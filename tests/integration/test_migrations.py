@@ -16,9 +16,9 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
-from psycopg.types.json import Jsonb
 import pytest
 from click.testing import CliRunner
+from psycopg.types.json import Jsonb
 
 from producer.cli import main
 from shared import jobs
