@@ -393,7 +393,7 @@ def run(config: Settings, folder: Path, output: Path, form: str, model: str, tim
     conn = open_database(config)
     app = queues.broker.celery_app(config)
     version, _ = models.registry.resolve_job_models(conn, model, None)
-    earlier = jobs.store.folder_job_ids(conn, root)
+    earlier = jobs.folder_store.folder_job_ids(conn, root)
     for job_id in earlier:  # a stopped run's jobs: only what has no result yet is sent again
         jobs.service.resume_job(conn, app, config, job_id)
     pending: list[int] = []
@@ -418,10 +418,10 @@ def run(config: Settings, folder: Path, output: Path, form: str, model: str, tim
         click.echo(
             f"stored {outcome.inserted} new images, {outcome.already} were already there, {len(outcome.rejected)} rejected", err=True
         )
-    leftover = jobs.store.folder_images_without_job(conn, root)
+    leftover = jobs.folder_store.folder_images_without_job(conn, root)
     for start in range(0, len(leftover), config.max_job_images):
         submit(leftover[start : start + config.max_job_images])
-    job_ids = jobs.store.folder_job_ids(conn, root)
+    job_ids = jobs.folder_store.folder_job_ids(conn, root)
     if not job_ids:
         raise click.ClickException(f"{ingest_rows.printable(folder)}: no picture could be stored")
     wait_for_jobs(conn, job_ids, timeout)

@@ -71,6 +71,8 @@ SQL_HOME = (
     "shared/images/bulk_load.py",
     "shared/images/store.py",
     "shared/jobs/comparison_store.py",
+    "shared/jobs/export_store.py",
+    "shared/jobs/folder_store.py",
     "shared/jobs/lifecycle_store.py",
     "shared/jobs/progress.py",
     "shared/jobs/queries.py",
@@ -299,9 +301,15 @@ def sql_argument(call: ast.Call) -> ast.expr | None:
 
 def is_composed_safely(node: ast.expr, constants: set[str], passed_through: set[str]) -> bool:
     """A literal, a module constant holding one, psycopg.sql composition (which quotes identifiers),
-    SQLAlchemy's ``text`` of a literal, or a name in ``passed_through``."""
+    SQLAlchemy's ``text`` of a literal, the data layer's ``copy_in_statement`` (psycopg.sql inside) of a
+    literal table and module-constant columns, or a name in ``passed_through``."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return True
+    if isinstance(node, ast.Call) and call_name(node) == "copy_in_statement" and not node.keywords:
+        return all(
+            isinstance(argument, ast.Constant) or (isinstance(argument, ast.Name) and argument.id.isupper())
+            for argument in node.args
+        )
     if isinstance(node, ast.Name):
         return node.id in constants or node.id in passed_through
     if isinstance(node, ast.Call) and call_name(node) == "text" and len(node.args) == 1 and not node.keywords:

@@ -195,7 +195,7 @@ def test_run_ingests_predicts_and_writes_results_and_resumes(invoke, tmp_path, c
     assert len(rows) == 3 and all(row["source"].startswith(str(folder.resolve())) and row["true_label"] == "7" for row in rows)
     again = invoke("run", str(folder), "--output", str(tmp_path / "again.csv"), "--timeout", "120")
     assert again.exit_code == 0 and "stored 0 new images, 3 were already there" in again.stderr
-    assert len(jobs.store.folder_job_ids(conn, str(folder.resolve()))) == 1
+    assert len(jobs.folder_store.folder_job_ids(conn, str(folder.resolve()))) == 1
     assert sorted(open(tmp_path / "again.csv").read().splitlines()) == sorted(open(tmp_path / "out.csv").read().splitlines())
 
 

@@ -134,6 +134,6 @@ def test_operator_only_operations_are_documented_with_the_bearer_scheme():
     operations = [(path, method, operation) for path, methods in document["paths"].items() for method, operation in methods.items()]
     secured = {(path, method) for path, method, operation in operations if operation.get("security")}
     assert secured == {("/api/jobs", "post"), ("/api/jobs/{job_id}", "get"), ("/api/jobs/{job_id}/cancel", "post"),
-        ("/api/compare", "get")}
+        ("/api/jobs/{job_id}/results", "get"), ("/api/batches", "post"), ("/api/compare", "get")}
     for path, method in secured:
         assert "401" in document["paths"][path][method]["responses"]
