@@ -1,6 +1,6 @@
 """One line per request, written by the app rather than the server (whose log is off, web/serve.py).
 
-    GET /predictions/<token>/image.png 200 3.1ms 10.0.0.7
+    GET /predictions/<token>/image.png 200 <duration>ms 10.0.0.7
 
 The server's own line printed the raw path: a decoded ``%0a`` in it started a forged line, and an
 upload's token (its only key) went into every log that kept it. Here the path is as the app read it,

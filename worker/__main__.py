@@ -3,7 +3,7 @@
     python -m worker [more celery worker options, for the bulk worker]
 
 Single uploads get a consumer of their own (``worker/uploads.py``), so a person's picture
-never waits behind a bulk batch (a batch of 1024 takes ~100 ms); the bulk worker
+never waits behind a bulk batch, which takes far longer than one picture; the bulk worker
 (``worker/bulk.py``) runs at a lower CPU priority (WORKER_NICENESS). When either exits, the
 other is stopped too, so a container never runs half a worker. The container image and
 the local stack (``./run up``) both start workers this way.

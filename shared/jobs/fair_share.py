@@ -9,7 +9,7 @@ processes. Now each job has at most FAIR_SHARE_BATCHES (K) batches queued or run
   taken by ``lifecycle_store.take_batches``: one UPDATE of ``jobs.enqueued_batches`` that locks the job's
   row, so two workers never send the same batch. The batches' IDs were written once, at submit, to
   ``job_batches`` (one row per batch): reading the next batch out of the job's array instead detoasts the
-  whole array, 8 MB at 1M images and 5-20 ms each time, which is more than the batch's own database work.
+  whole array each time, which for a big job costs more than the batch's own database work.
 
 So a new job's first batch waits behind at most K batches of each job before it, not behind whole jobs: jobs
 take turns, batch by batch. K must be at least the worker processes one job should keep busy alone (with K

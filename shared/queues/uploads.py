@@ -202,8 +202,8 @@ def take_batch(
         if is_marked(first):
             return batch
     # Wait for more by looking again every DELAY_POLL_SECONDS, not with a blocking BLMOVE: Redis
-    # checks a blocked client's timeout only at its cron tick (every 100 ms), so a wait of a
-    # few milliseconds would last up to 100. The script takes fresh entries only.
+    # checks a blocked client's timeout only at its cron tick (hz), so a wait of a few milliseconds
+    # would last a whole tick. The script takes fresh entries only.
     deadline = time.monotonic() + max_delay_seconds
     while len(batch) < max_batch and (left := deadline - time.monotonic()) > 0:
         time.sleep(min(DELAY_POLL_SECONDS, left))

@@ -5,7 +5,7 @@
 - ``jobs.priority`` (high, normal, low) orders the broker's messages; ``jobs.batch_size`` and
   ``jobs.enqueued_batches`` feed the broker a job's batches a few at a time (``shared/jobs/fair_share.py``):
   ``job_batches`` holds each batch's image IDs, so taking the next one reads one small row instead of
-  the job's whole array (8 MB at 1M images, 5-20 ms each time: more than the batch's own database work).
+  the job's whole array (for a big job, more than the batch's own database work).
   A job of a release before this one has ``enqueued_batches`` NULL: every batch was sent at submit.
 - ``jobs.callback_url`` and ``webhook_deliveries``: every attempt to tell the URL how the job ended.
 - ``jobs.announced_at``: when the job's end was counted and its webhook sent, claimed once. Added with
