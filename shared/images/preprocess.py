@@ -17,6 +17,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from shared.digits import IMAGE_SHAPE, IMAGE_SIDE
 
+# Bumped whenever to_mnist_form's output for some picture changes: a stored digit records the version
+# that made it, so digits made before and after a change can be told apart (and made again from the picture).
+PREPROCESS_VERSION = 2
 # MNIST digits were scaled to fit a 20x20 box, then centred by mass in the 28x28 field.
 DIGIT_BOX_SIDE = 20
 INK_THRESHOLD = 30  # grey levels beyond the paper's that count as ink when cropping (and the least contrast taken as a digit)
@@ -35,6 +38,18 @@ ANALYSIS_SIDE = 1024
 # memory whatever its clients send.
 DEFAULT_MAX_DECODE_BYTES = 100 * 2**20
 DEFAULT_CONCURRENT_DECODES = 2
+# Printed ruling (lined and squared paper): rows (columns) where marks fainter than ink still cross at least
+# LINE_SPAN of the picture, in runs no thicker than LINE_THICKNESS of its height (width). A written bar is
+# neither that straight nor that thin for its length, so a digit's own strokes are not taken for ruling.
+LINE_CONTRAST = 12  # grey levels beyond the paper's that a printed line shows, however light its colour
+LINE_SPAN = 0.9
+LINE_THICKNESS = 0.03
+# Components are found on the ink mask shrunk (any ink in a block) to at most this many pixels a side.
+COMPONENT_SIDE = 128
+# The digit is its largest component, with the others that are big (this share of its area) or near it
+# (within this share of the digit's longer side): a broken stroke is kept, a speck of dust far off is not.
+COMPONENT_KEEP_AREA = 0.1
+COMPONENT_NEAR = 0.25
 
 
 def open_user_image(data: bytes, max_pixels: int, max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES) -> Image.Image:
@@ -107,11 +122,18 @@ def to_mnist_form(picture: Image.Image) -> np.ndarray:
     levels = _light_ink_levels(pixels, np.asarray(grey.histogram(), dtype=np.int64))
     if levels is None:
         return np.zeros(IMAGE_SHAPE, dtype=np.uint8)
-    box = _ink_box(levels.ink(pixels))
+    ink = levels.ink(pixels)
+    ruling = _ruling(levels.marks(pixels), ink)
+    if ruling is not None:
+        ink &= ~ruling
+    box = _digit_box(ink)
     if box is None:  # the ink's level only just clears the paper's, and no pixel lies beyond it
         return np.zeros(IMAGE_SHAPE, dtype=np.uint8)
     # Only the crop is mapped through the table: a small digit on a big page costs its own pixels.
-    cropped = Image.fromarray(levels.stretch[pixels[box]])
+    crop = levels.stretch[pixels[box]]
+    if ruling is not None:
+        crop[ruling[box]] = 0
+    cropped = Image.fromarray(crop)
     scale = DIGIT_BOX_SIDE / max(cropped.size)
     new_size = (max(1, round(cropped.width * scale)), max(1, round(cropped.height * scale)))
     digit = np.asarray(cropped.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=RESIZE_REDUCING_GAP), dtype=np.float64)
@@ -170,10 +192,15 @@ class InkLevels:
     stretch: np.ndarray  # 256 uint8 levels, indexed by the picture's grey level
     cut: int
     inverted: bool
+    paper: int  # the paper's level in the picture's own grey levels
 
     def ink(self, pixels: np.ndarray) -> np.ndarray:
         """Where ``pixels`` (grey levels) are ink: one comparison, not a table lookup per pixel."""
         return pixels < self.cut if self.inverted else pixels > self.cut
+
+    def marks(self, pixels: np.ndarray) -> np.ndarray:
+        """Where ``pixels`` differ from the paper on the ink's side by LINE_CONTRAST or more: ink, and printed ruling."""
+        return pixels < self.paper - LINE_CONTRAST if self.inverted else pixels > self.paper + LINE_CONTRAST
 
 
 def _light_ink_levels(pixels: np.ndarray, histogram: np.ndarray) -> InkLevels | None:
@@ -196,7 +223,7 @@ def _light_ink_levels(pixels: np.ndarray, histogram: np.ndarray) -> InkLevels | 
     stretch = np.clip((levels - paper) * (255.0 / (ink - paper)), 0, 255).round().astype(np.uint8)
     # Oriented level > paper + INK_THRESHOLD is ink; in the picture's own levels that is beyond ``cut``.
     cut = 255 - (paper + INK_THRESHOLD) if inverted else paper + INK_THRESHOLD
-    return InkLevels(stretch, cut, inverted)
+    return InkLevels(stretch, cut, inverted, 255 - paper if inverted else paper)
 
 
 def _ink_box(ink: np.ndarray) -> tuple[slice, slice] | None:
@@ -205,6 +232,120 @@ def _ink_box(ink: np.ndarray) -> tuple[slice, slice] | None:
     if rows.size == 0:
         return None
     return slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1)
+
+
+def _ruling(marks: np.ndarray, ink: np.ndarray) -> np.ndarray | None:
+    """The pixels of printed lines across the whole picture (lined or squared paper), less where a stroke crosses
+    them; None when there are none. Ruling left in would set the digit's box to the page's."""
+    bands = []  # (axis, first, last): a line with its faint edges
+    for axis in (0, 1):  # lines along rows, then along columns
+        share = (marks if axis == 0 else marks.T).mean(axis=1)
+        thickest = max(2, round(LINE_THICKNESS * len(share)))
+        for start, stop in _runs(share >= LINE_SPAN):
+            if stop - start <= thickest:
+                bands.append((axis, max(start - 1, 0), min(stop + 1, len(share))))
+    if not bands:
+        return None
+    lines = np.zeros(marks.shape, dtype=bool)
+    for axis, first, last in bands:
+        (lines[first:last] if axis == 0 else lines[:, first:last].T)[...] = True
+    # A stroke crosses a line where it has ink just beyond both sides; squared paper's other lines are not strokes.
+    strokes = ink & ~lines
+    ruling = np.zeros(marks.shape, dtype=bool)
+    for axis, first, last in bands:
+        along = strokes if axis == 0 else strokes.T
+        crossing = _widened(along[max(first - 1, 0)] | along[min(last, along.shape[0] - 1)], last - first)
+        band = ruling[first:last] if axis == 0 else ruling[:, first:last].T
+        band |= ~crossing
+    if not (ink & ~ruling).any():  # nothing but lines: better read them than nothing
+        return None
+    return ruling
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of each run of True in a 1-D boolean array."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], flags, [False]]).astype(np.int8)))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def _widened(flags: np.ndarray, reach: int) -> np.ndarray:
+    """``flags`` with every True spread ``reach`` places either way."""
+    counts = np.cumsum(np.concatenate([[0], flags.astype(np.int32)]))
+    index = np.arange(len(flags))
+    return counts[np.minimum(index + reach + 1, len(flags))] - counts[np.maximum(index - reach, 0)] > 0
+
+
+def _digit_box(ink: np.ndarray) -> tuple[slice, slice] | None:
+    """The box of the digit's ink: its largest connected component and those big or near enough to be part of it,
+    so that specks and smudges far from the digit do not widen the box. None without ink."""
+    factor = -(-max(ink.shape) // COMPONENT_SIDE)
+    height, width = -(-ink.shape[0] // factor), -(-ink.shape[1] // factor)
+    padded = np.zeros((height * factor, width * factor), dtype=bool)
+    padded[: ink.shape[0], : ink.shape[1]] = ink
+    blocks = padded.reshape(height, factor, width, factor).any(axis=(1, 3))
+    components = _components(blocks)
+    if not components:
+        return None
+    components.sort(key=lambda component: -component[0])
+    kept = [components[0]]
+    top, bottom, left, right = components[0][1:]
+    rest = components[1:]
+    changed = True
+    while changed:
+        changed = False
+        reach = COMPONENT_NEAR * max(bottom - top, right - left)
+        for component in list(rest):
+            area, c_top, c_bottom, c_left, c_right = component
+            gap = max(c_top - bottom, top - c_bottom, c_left - right, left - c_right, 0)
+            if area >= COMPONENT_KEEP_AREA * components[0][0] or gap <= reach:
+                kept.append(component)
+                rest.remove(component)
+                top, bottom, left, right = min(top, c_top), max(bottom, c_bottom), min(left, c_left), max(right, c_right)
+                changed = True
+    # Back to the picture's pixels: the blocks' box, tightened to the ink inside it.
+    region = (slice(top * factor, bottom * factor), slice(left * factor, right * factor))
+    inner = _ink_box(ink[region])
+    if inner is None:
+        return None
+    return (
+        slice(region[0].start + inner[0].start, region[0].start + inner[0].stop),
+        slice(region[1].start + inner[1].start, region[1].start + inner[1].stop),
+    )
+
+
+def _components(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
+    """8-connected components of a small boolean mask, each as (area, top, bottom, left, right), bottom and
+    right exclusive. Runs of each row are joined with the overlapping runs of the row above (union-find), so
+    the cost follows the runs, not the pixels, and needs nothing beyond numpy."""
+    parent: list[int] = []
+    runs: list[tuple[int, int, int]] = []  # (row, start, stop)
+    previous: list[int] = []
+
+    def root(index: int) -> int:
+        while parent[index] != index:
+            parent[index] = parent[parent[index]]
+            index = parent[index]
+        return index
+
+    for row in range(mask.shape[0]):
+        current = []
+        for start, stop in _runs(mask[row]):
+            index = len(runs)
+            runs.append((row, start, stop))
+            parent.append(index)
+            for other in previous:
+                _, other_start, other_stop = runs[other]
+                if other_start <= stop and start <= other_stop:  # touching, diagonals included
+                    parent[root(other)] = root(index)
+            current.append(index)
+        previous = current
+    boxes: dict[int, list[int]] = {}
+    for index, (row, start, stop) in enumerate(runs):
+        box = boxes.setdefault(root(index), [0, row, row + 1, start, stop])
+        box[0] += stop - start
+        box[1], box[2] = min(box[1], row), max(box[2], row + 1)
+        box[3], box[4] = min(box[3], start), max(box[4], stop)
+    return [tuple(box) for box in boxes.values()]
 
 
 def _border_light_share(pixels: np.ndarray, threshold: int) -> float:
