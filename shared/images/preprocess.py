@@ -44,6 +44,13 @@ DEFAULT_CONCURRENT_DECODES = 2
 LINE_CONTRAST = 12  # grey levels beyond the paper's that a printed line shows, however light its colour
 LINE_SPAN = 0.9
 LINE_THICKNESS = 0.03
+# Uneven light (a phone photo of a page): a plane fitted to the border's grey levels, divided out when it
+# spans at least LIGHT_RANGE levels and the border lies on it (a median miss of at most LIGHT_FIT levels,
+# LIGHT_OUTLIERS of it further than INK_THRESHOLD off: a digit that crosses the border leaves it alone).
+LIGHT_RANGE = 20
+LIGHT_FIT = 4.0
+LIGHT_OUTLIERS = 0.1
+LIGHT_DARKEST_PAPER = 64  # below this the paper is a dark board, and dividing would only raise its noise
 # Components are found on the ink mask shrunk (any ink in a block) to at most this many pixels a side.
 COMPONENT_SIDE = 128
 # The digit is its largest component, with the others that are big (this share of its area) or near it
@@ -118,8 +125,8 @@ def to_mnist_form(picture: Image.Image) -> np.ndarray:
     an MNIST digit (paper 0, ink 255) comes through with its grey levels as they are.
     """
     grey = _reduced(_grey_on_white(picture))
-    pixels = np.asarray(grey)
-    levels = _light_ink_levels(pixels, np.asarray(grey.histogram(), dtype=np.int64))
+    pixels = _evenly_lit(np.asarray(grey))
+    levels = _light_ink_levels(pixels, np.bincount(pixels.ravel(), minlength=256))
     if levels is None:
         return np.zeros(IMAGE_SHAPE, dtype=np.uint8)
     ink = levels.ink(pixels)
@@ -175,6 +182,38 @@ def _grey_on_white(picture: Image.Image) -> Image.Image:
         paper.paste(grey, mask=alpha)
         return paper
     return picture if picture.mode == "L" else picture.convert("L")
+
+
+def _evenly_lit(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` with light that falls off across the paper divided out; as they are when the paper is evenly lit.
+
+    Otherwise one threshold splits the page into its bright and its dim side, not ink from paper. The light
+    is judged on the border alone, where a digit written on a page seldom is.
+    """
+    height, width = pixels.shape
+    if min(height, width) < 3:
+        return pixels
+    rows = np.concatenate([np.zeros(width), np.full(width, height - 1), np.arange(height), np.arange(height)])
+    cols = np.concatenate([np.arange(width), np.arange(width), np.zeros(height), np.full(height, width - 1)])
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).astype(np.float64)
+    design = np.stack([np.ones_like(rows), rows / height, cols / width], axis=1)
+    coefficients, *_ = np.linalg.lstsq(design, border, rcond=None)
+    miss = np.abs(design @ coefficients - border)
+    corners = np.array([[1, 0, 0], [1, 0, 1], [1, 1, 0], [1, 1, 1]], dtype=np.float64) @ coefficients
+    if (
+        corners.max() - corners.min() < LIGHT_RANGE
+        or corners.min() < LIGHT_DARKEST_PAPER
+        or np.median(miss) > LIGHT_FIT
+        or (miss > INK_THRESHOLD).mean() > LIGHT_OUTLIERS
+    ):
+        return pixels
+    light = (
+        coefficients[0]
+        + coefficients[1] * (np.arange(height, dtype=np.float32) / height)[:, np.newaxis]
+        + coefficients[2] * (np.arange(width, dtype=np.float32) / width)[np.newaxis, :]
+    ).astype(np.float32)
+    flattened = pixels * (np.float32(corners.max()) / light)
+    return np.clip(flattened, 0, 255).round().astype(np.uint8)
 
 
 def _reduced(grey: Image.Image) -> Image.Image:
