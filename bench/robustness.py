@@ -28,6 +28,7 @@ from shared.images.preprocess import user_image_to_mnist
 from shared.models.files import litert_path
 from shared.models.runtime import LiteRTPredictor, Predictor
 from shared.training import mnist
+from shared.training.calibration import expected_calibration_error
 
 DEFAULT_LIMIT = 2000
 SEED = 12
@@ -64,10 +65,18 @@ def prepare_variant(name: str, images: np.ndarray, labels: np.ndarray, seed: int
 
 
 def score(predictor: Predictor, prepared: Prepared) -> dict[str, Any]:
-    """Accuracy over every image of the variant (a refusal is an error) and the share refused."""
-    predicted = predictor.predict_batch(prepared.digits).argmax(axis=1)
-    correct = (predicted == prepared.labels) & ~prepared.refused
-    return {"accuracy": float(correct.mean()), "refused": float(prepared.refused.mean()), "images": len(correct)}
+    """Accuracy over every image of the variant (a refusal is an error), the share refused, and the expected
+    calibration error of the pictures read (a refused one has no confidence to judge)."""
+    probabilities = predictor.predict_batch(prepared.digits)
+    correct = (probabilities.argmax(axis=1) == prepared.labels) & ~prepared.refused
+    read = ~prepared.refused
+    ece = expected_calibration_error(probabilities[read], prepared.labels[read]) if read.any() else 0.0
+    return {
+        "accuracy": float(correct.mean()),
+        "refused": float(prepared.refused.mean()),
+        "images": len(correct),
+        "ece": round(float(ece), 5),
+    }
 
 
 def evaluate(
@@ -98,12 +107,12 @@ def compare(model_files: list[Path], images: np.ndarray, labels: np.ndarray, lim
 
 
 def table(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    """Variant x model: accuracy, and how many pictures were refused when any were."""
+    """Variant x model: accuracy and ECE, how many pictures were refused when any were; then the mean over variants."""
     models = list(results)
     names = {model: Path(model).name for model in models}
     if len(set(names.values())) < len(names):  # e.g. an old and a new mnist_cnn.tflite: say which folder
         names = {model: f"{Path(model).parent.name}/{Path(model).name}" for model in models}
-    width = max(24, *(len(name) + 2 for name in names.values()))
+    width = max(28, *(len(name) + 2 for name in names.values()))
     lines = [f"{'variant':<18}" + "".join(f"{names[model]:>{width}}" for model in models) + "  what"]
     for variant, spec in VARIANTS.items():
         cells = []
@@ -113,9 +122,14 @@ def table(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
                 cells.append(f"{'-':>{width}}")
                 continue
             refused = round(row["refused"] * row["images"])
-            cell = f"{row['accuracy']:.2%}" + (f" ({refused} refused)" if refused else "")
+            cell = f"{row['accuracy']:.2%} ece {row.get('ece', 0):.2%}" + (f" ({refused} refused)" if refused else "")
             cells.append(f"{cell:>{width}}")
         lines.append(f"{variant:<18}" + "".join(cells) + f"  {spec.what}")
+    means = []
+    for model in models:
+        rows = list(results[model].values())
+        means.append(f"{np.mean([row['accuracy'] for row in rows]):.2%}".rjust(width))
+    lines.append(f"{'mean accuracy':<18}" + "".join(means))
     return lines
 
 
@@ -165,11 +179,14 @@ def record_in_card(card_path: Path, results: dict[str, dict[str, Any]], images_p
     card = json.loads(card_path.read_text())
     own = (card_path.parent / card.get("litert_file", "")).resolve()
     accuracy = {model: {variant: round(row["accuracy"], 4) for variant, row in rows.items()} for model, rows in results.items()}
+    ece = {model: {variant: row.get("ece") for variant, row in rows.items()} for model, rows in results.items()}
     card["robustness"] = {
         "seed": SEED,
         "images_per_variant": images_per_variant,
         "accuracy": next((rows for model, rows in accuracy.items() if Path(model).resolve() == own), {}),
+        "ece": next((rows for model, rows in ece.items() if Path(model).resolve() == own), {}),
         "baselines": {model: rows for model, rows in accuracy.items() if Path(model).resolve() != own},
+        "baselines_ece": {model: rows for model, rows in ece.items() if Path(model).resolve() != own},
     }
     card_path.write_text(json.dumps(card, indent=2) + "\n")
 

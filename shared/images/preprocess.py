@@ -56,7 +56,7 @@ COMPONENT_SIDE = 128
 # The digit is its largest component, with the others that are big (this share of its area) or near it
 # (within this share of the digit's longer side): a broken stroke is kept, a speck of dust far off is not.
 COMPONENT_KEEP_AREA = 0.1
-COMPONENT_NEAR = 0.25
+COMPONENT_NEAR = 0.15
 
 
 def open_user_image(data: bytes, max_pixels: int, max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES) -> Image.Image:

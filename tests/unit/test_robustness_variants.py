@@ -21,7 +21,7 @@ DIGITS = 6
 MAX_PIXELS = 10**6
 # Blurred correlation with the clean digit's MNIST form. Variants that change the shape on purpose
 # (strokes, slant, blur, 8 px) need only be nearer their own digit than any other digit.
-SHAPE_CHANGED = {"thick", "thin", "fills_box", "blur", "low_res_8", "slant_right", "slant_left", "canvas"}
+SHAPE_CHANGED = {"thick", "thin", "fills_box", "blur", "low_res_8", "slant_right", "slant_left", "canvas", "marker", "fineliner"}
 SAME_SHAPE_CORRELATION = 0.85
 
 
@@ -56,6 +56,8 @@ def test_each_variant_is_a_valid_upload_of_a_plausible_size(name, mnist_digits):
         width, height = picture.size
         if name == "clean":
             assert picture.size == (28, 28)
+        elif name == "photo":
+            assert 500 <= min(width, height) and max(width, height) <= max(variants.PHOTO_SIZE), picture.size
         elif name == "canvas":
             assert picture.size == (variants.CANVAS_SIDE, variants.CANVAS_SIDE) and picture.mode == "RGBA"
         else:
@@ -151,7 +153,7 @@ def test_refusals_count_as_errors_and_are_reported_apart():
             return np.eye(10, dtype=np.float32)[np.full(len(images), 7)]
 
     prepared = Prepared(np.zeros((4, 28, 28), np.uint8), np.array([False, True, False, False]), np.array([7, 7, 1, 7]))
-    assert score(Always7(), prepared) == {"accuracy": 0.5, "refused": 0.25, "images": 4}
+    assert score(Always7(), prepared) == {"accuracy": 0.5, "refused": 0.25, "images": 4, "ece": pytest.approx(1 / 3, abs=1e-4)}
 
 
 def test_every_variant_and_model_sees_the_same_subset(mnist_digits):
