@@ -7,6 +7,8 @@ file a user would upload; each file goes through the upload path, ``user_image_t
 (a picture it refuses counts as an error, and is also counted apart), and then through each
 model's LiteRT predictor. The pictures are made once and shared by the models, so their
 columns compare the same inputs. ``evaluate`` gives the training command the same table.
+Published handwriting by other writers (bench/sources.py) follows as rows of its own, all of
+its digits whatever ``--limit`` says, and is left out of the mean of the variants.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import click
 import numpy as np
 
 from bench.common import RESULTS_DIR
-from bench.variants import VARIANTS, render_variant
+from bench.sources import SOURCES
+from bench.variants import VARIANTS, picture_bytes, render_variant
 from shared.config import DEFAULT_MNIST_DIR, load_settings
 from shared.digits import IMAGE_SHAPE
 from shared.images.preprocess import user_image_to_mnist
@@ -54,9 +57,25 @@ def subset(count: int, limit: int | None, seed: int = SEED) -> np.ndarray:
 def prepare_variant(name: str, images: np.ndarray, labels: np.ndarray, seed: int = SEED) -> Prepared:
     """Render ``images`` as variant ``name`` and take each file through the upload path."""
     rng = np.random.default_rng([seed, list(VARIANTS).index(name)])
-    digits = np.zeros((len(images), *IMAGE_SHAPE), dtype=np.uint8)
-    refused = np.zeros(len(images), dtype=bool)
-    for index, data in enumerate(render_variant(name, images, rng)):
+    return _through_upload_path(render_variant(name, images, rng), labels)
+
+
+def prepare_source(name: str, limit: int | None, seed: int = SEED) -> Prepared | None:
+    """A published set's digits (``limit`` of them, chosen by seed) through the upload path; None if not installed."""
+    source = SOURCES[name]
+    loaded = source.load()
+    if loaded is None:
+        return None
+    images, labels = loaded
+    chosen = subset(len(images), limit, seed)
+    rng = np.random.default_rng([seed, len(VARIANTS) + list(SOURCES).index(name)])
+    return _through_upload_path([picture_bytes(source.render(images[i], rng), "PNG") for i in chosen], labels[chosen])
+
+
+def _through_upload_path(files: list[bytes], labels: np.ndarray) -> Prepared:
+    digits = np.zeros((len(files), *IMAGE_SHAPE), dtype=np.uint8)
+    refused = np.zeros(len(files), dtype=bool)
+    for index, data in enumerate(files):
         try:
             digits[index] = user_image_to_mnist(data, MAX_PIXELS)
         except ValueError:
@@ -103,6 +122,11 @@ def compare(model_files: list[Path], images: np.ndarray, labels: np.ndarray, lim
         prepared = prepare_variant(variant, images[chosen], labels[chosen])
         for name, predictor in predictors.items():
             results[name][variant] = score(predictor, prepared)
+    for source in SOURCES:  # other writers' digits: all of them, however few MNIST images are asked for
+        published = prepare_source(source, None)
+        for name, predictor in predictors.items():
+            if published is not None:
+                results[name][source] = score(predictor, published)
     return results
 
 
@@ -114,7 +138,10 @@ def table(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         names = {model: f"{Path(model).parent.name}/{Path(model).name}" for model in models}
     width = max(28, *(len(name) + 2 for name in names.values()))
     lines = [f"{'variant':<18}" + "".join(f"{names[model]:>{width}}" for model in models) + "  what"]
-    for variant, spec in VARIANTS.items():
+    described = {**{name: spec.what for name, spec in VARIANTS.items()}, **{name: spec.what for name, spec in SOURCES.items()}}
+    for variant, what in described.items():
+        if all(variant not in results[model] for model in models):
+            continue
         cells = []
         for model in models:
             row = results[model].get(variant)
@@ -124,12 +151,12 @@ def table(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
             refused = round(row["refused"] * row["images"])
             cell = f"{row['accuracy']:.2%} ece {row.get('ece', 0):.2%}" + (f" ({refused} refused)" if refused else "")
             cells.append(f"{cell:>{width}}")
-        lines.append(f"{variant:<18}" + "".join(cells) + f"  {spec.what}")
+        lines.append(f"{variant:<18}" + "".join(cells) + f"  {what}")
     means = []
     for model in models:
-        rows = list(results[model].values())
+        rows = [row for variant, row in results[model].items() if variant in VARIANTS]
         means.append(f"{np.mean([row['accuracy'] for row in rows]):.2%}".rjust(width))
-    lines.append(f"{'mean accuracy':<18}" + "".join(means))
+    lines.append(f"{'mean of variants':<18}" + "".join(means))
     return lines
 
 

@@ -162,3 +162,14 @@ def test_every_variant_and_model_sees_the_same_subset(mnist_digits):
     images, labels = mnist_digits
     first, again = prepare_variant("jpeg", images, labels), prepare_variant("jpeg", images, labels)
     assert np.array_equal(first.digits, again.digits) and not first.refused.any()
+
+
+def test_other_writers_digits_go_through_the_upload_path_as_pictures():
+    pytest.importorskip("sklearn")
+    from bench.robustness import prepare_source
+
+    prepared = prepare_source("uci_digits", 20)
+    assert prepared is not None and len(prepared.digits) == 20 and not prepared.refused.any()
+    assert set(prepared.labels) <= set(range(10))
+    rows, cols = np.nonzero(prepared.digits[0] > 128)
+    assert 17 <= max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 <= 20  # in MNIST's 20 px box
