@@ -224,11 +224,13 @@ def render_photo(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
     coverage = np.zeros((height, width))
     top, left = int(rng.integers(20, height - side - 20)), int(rng.integers(20, width - side - 20))
     coverage[top : top + side, left : left + side] = ink
-    # Light falls off across the page (a lamp to one side, the phone's shadow): 45-100 % of full light.
+    # Light falls off smoothly across the page (a lamp to one side, the lens' vignette): down to 45-85 % of full.
     angle = rng.uniform(0, 2 * np.pi)
-    rows, cols = np.mgrid[0:height, 0:width]
-    ramp = (np.cos(angle) * cols / width + np.sin(angle) * rows / height) * rng.uniform(0.25, 0.55)
-    light = np.clip(1.0 - (ramp - ramp.min()), 0.45, 1.0)[..., np.newaxis]
+    rows, cols = np.mgrid[0:height, 0:width] / np.array([height, width])[:, np.newaxis, np.newaxis]
+    ramp = np.cos(angle) * cols + np.sin(angle) * rows
+    vignette = (rows - 0.5) ** 2 + (cols - 0.5) ** 2
+    fall = ramp - ramp.min() + rng.uniform(0, 1) * vignette
+    light = (1.0 - fall / fall.max() * rng.uniform(0.15, 0.55))[..., np.newaxis]
     paper = np.asarray((238, 234, 225), dtype=np.float64) * light + rng.normal(0, 3, (height, width, 1))
     picture = np.asarray(coloured(coverage, paper, INKS[int(rng.integers(2))]), dtype=np.float64)
     ink_lit = picture * np.where(coverage[..., np.newaxis] > 0, light, 1.0)  # ink is lit as the paper is

@@ -44,12 +44,13 @@ DEFAULT_CONCURRENT_DECODES = 2
 LINE_CONTRAST = 12  # grey levels beyond the paper's that a printed line shows, however light its colour
 LINE_SPAN = 0.9
 LINE_THICKNESS = 0.03
-# Uneven light (a phone photo of a page): a plane fitted to the border's grey levels, divided out when it
+# Uneven light (a phone photo of a page): a smooth surface fitted to the border's grey levels, divided out when it
 # spans at least LIGHT_RANGE levels and the border lies on it (a median miss of at most LIGHT_FIT levels,
 # LIGHT_OUTLIERS of it further than INK_THRESHOLD off: a digit that crosses the border leaves it alone).
 LIGHT_RANGE = 20
 LIGHT_FIT = 4.0
 LIGHT_OUTLIERS = 0.1
+LIGHT_GRID = 9  # the fitted light is judged at this many points a side
 LIGHT_DARKEST_PAPER = 64  # below this the paper is a dark board, and dividing would only raise its noise
 # Components are found on the ink mask shrunk (any ink in a block) to at most this many pixels a side.
 COMPONENT_SIDE = 128
@@ -193,27 +194,36 @@ def _evenly_lit(pixels: np.ndarray) -> np.ndarray:
     height, width = pixels.shape
     if min(height, width) < 3:
         return pixels
-    rows = np.concatenate([np.zeros(width), np.full(width, height - 1), np.arange(height), np.arange(height)])
-    cols = np.concatenate([np.arange(width), np.arange(width), np.zeros(height), np.full(height, width - 1)])
+    rows = np.concatenate([np.zeros(width), np.ones(width), np.arange(height) / height, np.arange(height) / height])
+    cols = np.concatenate([np.arange(width) / width, np.arange(width) / width, np.zeros(height), np.ones(height)])
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).astype(np.float64)
-    design = np.stack([np.ones_like(rows), rows / height, cols / width], axis=1)
-    coefficients, *_ = np.linalg.lstsq(design, border, rcond=None)
-    miss = np.abs(design @ coefficients - border)
-    corners = np.array([[1, 0, 0], [1, 0, 1], [1, 1, 0], [1, 1, 1]], dtype=np.float64) @ coefficients
+    coefficients, *_ = np.linalg.lstsq(_light_terms(rows, cols), border, rcond=None)
+    miss = np.abs(_light_terms(rows, cols) @ coefficients - border)
+    grid = np.linspace(0, 1, LIGHT_GRID)
+    sampled = _light_terms(np.repeat(grid, LIGHT_GRID), np.tile(grid, LIGHT_GRID)) @ coefficients
     if (
-        corners.max() - corners.min() < LIGHT_RANGE
-        or corners.min() < LIGHT_DARKEST_PAPER
+        sampled.max() - sampled.min() < LIGHT_RANGE
+        or sampled.min() < LIGHT_DARKEST_PAPER
         or np.median(miss) > LIGHT_FIT
         or (miss > INK_THRESHOLD).mean() > LIGHT_OUTLIERS
     ):
         return pixels
-    light = (
-        coefficients[0]
-        + coefficients[1] * (np.arange(height, dtype=np.float32) / height)[:, np.newaxis]
-        + coefficients[2] * (np.arange(width, dtype=np.float32) / width)[np.newaxis, :]
-    ).astype(np.float32)
-    flattened = pixels * (np.float32(corners.max()) / light)
+    row_at = (np.arange(height, dtype=np.float32) / height)[:, np.newaxis]
+    col_at = (np.arange(width, dtype=np.float32) / width)[np.newaxis, :]
+    terms = _light_terms(row_at, col_at)
+    light = sum(np.float32(weight) * term for weight, term in zip(coefficients, terms, strict=True))
+    flattened = pixels * (np.float32(sampled.max()) / np.maximum(light, np.float32(1)))
     return np.clip(flattened, 0, 255).round().astype(np.uint8)
+
+
+def _light_terms(rows: np.ndarray, cols: np.ndarray) -> np.ndarray | list[np.ndarray]:
+    """The terms of a quadratic surface in (row, column), both 0..1: a lamp's slope and a lens' vignette.
+
+    For 1-D coordinates, one row of terms per point (the design of a least-squares fit); for a column of
+    rows and a row of columns, the terms as broadcast planes, to weigh and sum without a (N, 6) copy.
+    """
+    terms = [np.ones_like(rows * cols), rows, cols, rows * rows, cols * cols, rows * cols]
+    return np.stack(terms, axis=1) if rows.ndim == 1 else terms
 
 
 def _reduced(grey: Image.Image) -> Image.Image:
