@@ -376,18 +376,24 @@ def _components(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
             index = parent[index]
         return index
 
-    for row in range(mask.shape[0]):
-        current = []
-        for start, stop in _runs(mask[row]):
-            index = len(runs)
-            runs.append((row, start, stop))
-            parent.append(index)
-            for other in previous:
-                _, other_start, other_stop = runs[other]
-                if other_start <= stop and start <= other_stop:  # touching, diagonals included
-                    parent[root(other)] = root(index)
-            current.append(index)
-        previous = current
+    # Every row's runs at once, in reading order: where the row steps onto ink and where it steps off.
+    steps = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+    run_rows, run_starts = np.nonzero(steps == 1)
+    run_stops = np.nonzero(steps == -1)[1]
+    current: list[int] = []
+    current_row = -1
+    for row, start, stop in zip(run_rows.tolist(), run_starts.tolist(), run_stops.tolist(), strict=True):
+        if row != current_row:
+            previous = current if row == current_row + 1 else []
+            current, current_row = [], row
+        index = len(runs)
+        runs.append((row, start, stop))
+        parent.append(index)
+        for other in previous:
+            _, other_start, other_stop = runs[other]
+            if other_start <= stop and start <= other_stop:  # touching, diagonals included
+                parent[root(other)] = root(index)
+        current.append(index)
     boxes: dict[int, list[int]] = {}
     for index, (row, start, stop) in enumerate(runs):
         box = boxes.setdefault(root(index), [0, row, row + 1, start, stop])
