@@ -5,9 +5,7 @@ the fly in TensorFlow ops, vectorised over the batch, so augmentation costs a fr
 the training step. What each distortion stands for:
 
 - affine (rotation, scale, shear/slant, shift): writers slant, forms crop tightly;
-- elastic distortion (a smooth random displacement field): each writer's own wobble of a stroke;
-- dilation / erosion: pens, markers and thin pencils; a broad marker's strokes, once the upload
-  path has scaled the digit to its box, are as thick as the box allows;
+- dilation / erosion: pens, markers and thin pencils;
 - blur and down-/up-sampling: phone photos and low-resolution scans;
 - faint ink: a light pen, or a scan with poor contrast.
 
@@ -23,8 +21,6 @@ import math
 import tensorflow as tf
 
 SIDE = 28
-ELASTIC_GRID = 4  # the displacement field's control points a side: a few bends per digit, not a jitter
-MARKER_SHRINK = 0.9  # 20 px of box over the 22 px a stroke grown by a pixel each way would span
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,22 +29,17 @@ class Augmentation:
     scale_range: tuple[float, float] = (0.88, 1.1)
     max_shear: float = 0.2
     max_shift_pixels: float = 2.0
-    elastic_share: float = 0.5
-    elastic_pixels: float = 1.6
     thicken_share: float = 0.15
-    marker_share: float = 0.08
     thin_share: float = 0.08
     blur_share: float = 0.1
-    low_resolution_share: float = 0.12
+    low_resolution_share: float = 0.1
     faint_share: float = 0.08
 
 
 def augment_batch(images: tf.Tensor, settings: Augmentation) -> tf.Tensor:
     """float32 (N, 28, 28, 1) in [0, 1] -> the same batch, each image distorted at random."""
     images = _random_affine(images, settings)
-    images = _some(images, settings.elastic_share, lambda batch: _elastic(batch, settings.elastic_pixels))
     images = _some(images, settings.thicken_share, _dilate)
-    images = _some(images, settings.marker_share, _marker)
     images = _some(images, settings.thin_share, _erode)
     images = _some(images, settings.blur_share, _blur)
     images = _some(images, settings.low_resolution_share, _down_and_up)
@@ -91,43 +82,8 @@ def _random_affine(images: tf.Tensor, settings: Augmentation) -> tf.Tensor:
     )
 
 
-def _elastic(images: tf.Tensor, pixels: float) -> tf.Tensor:
-    """Move every pixel by a smooth random field (Simard et al., 2003), at most about ``pixels`` far.
-
-    The field is drawn on a coarse grid and enlarged bilinearly, which smooths it as a Gaussian
-    of the grid's spacing would at a fraction of the cost; sampling is bilinear, by gathers.
-    """
-    count = tf.shape(images)[0]
-    coarse = tf.random.uniform([count, ELASTIC_GRID, ELASTIC_GRID, 2], -pixels, pixels)
-    field = tf.image.resize(coarse, [SIDE, SIDE], method="bicubic")
-    grid_y, grid_x = tf.meshgrid(tf.range(SIDE, dtype=tf.float32), tf.range(SIDE, dtype=tf.float32), indexing="ij")
-    y = tf.clip_by_value(grid_y[tf.newaxis] + field[..., 0], 0.0, SIDE - 1.0)
-    x = tf.clip_by_value(grid_x[tf.newaxis] + field[..., 1], 0.0, SIDE - 1.0)
-    y0, x0 = tf.floor(y), tf.floor(x)
-    wy, wx = y - y0, x - x0
-    y0, x0 = tf.cast(y0, tf.int32), tf.cast(x0, tf.int32)
-    y1, x1 = tf.minimum(y0 + 1, SIDE - 1), tf.minimum(x0 + 1, SIDE - 1)
-    flat = tf.reshape(images, [count, SIDE * SIDE])
-
-    def at(rows: tf.Tensor, cols: tf.Tensor) -> tf.Tensor:
-        return tf.reshape(tf.gather(flat, tf.reshape(rows * SIDE + cols, [count, -1]), batch_dims=1), [count, SIDE, SIDE])
-
-    top = at(y0, x0) * (1 - wx) + at(y0, x1) * wx
-    bottom = at(y1, x0) * (1 - wx) + at(y1, x1) * wx
-    return (top * (1 - wy) + bottom * wy)[..., tf.newaxis]
-
-
 def _dilate(images: tf.Tensor) -> tf.Tensor:
     return tf.nn.max_pool2d(images, ksize=2, strides=1, padding="SAME")
-
-
-def _marker(images: tf.Tensor) -> tf.Tensor:
-    """A broad marker: strokes grown a pixel each way, the digit shrunk back about its centre as the upload path's
-    20 px box would shrink it."""
-    thick = tf.nn.max_pool2d(images, ksize=3, strides=1, padding="SAME")
-    inner = round(SIDE * MARKER_SHRINK)
-    shrunk = tf.image.resize(thick, [inner, inner], method="area", antialias=True)
-    return tf.image.resize_with_crop_or_pad(shrunk, SIDE, SIDE)
 
 
 def _erode(images: tf.Tensor) -> tf.Tensor:
@@ -146,7 +102,7 @@ def _blur(images: tf.Tensor) -> tf.Tensor:
 
 
 def _down_and_up(images: tf.Tensor) -> tf.Tensor:
-    low = tf.random.shuffle(tf.constant([7, 8, 10, 12, 14, 16]))[0]
+    low = tf.random.shuffle(tf.constant([8, 10, 12, 14, 16]))[0]
     small = tf.image.resize(images, [low, low], method="area", antialias=True)
     restored = tf.image.resize(small, [SIDE, SIDE], method="bilinear")
     return restored / tf.maximum(tf.reduce_max(restored, axis=[1, 2, 3], keepdims=True), 1e-3)
