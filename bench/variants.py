@@ -2,7 +2,8 @@
 
 Each variant turns one 28x28 MNIST digit (light ink on black) into the picture a user would
 send: mostly black ink on white paper, 100-300 px, encoded as PNG (or JPEG where its
-artefacts are the point); a phone photo of a page is bigger, up to 1000 px. Shapes are changed at four times MNIST's resolution, where a stroke
+artefacts are the point); a phone photo of a page is bigger, up to 1000 px.
+Shapes are changed at four times MNIST's resolution, where a stroke
 is 8-12 px wide, so that thickening, thinning and skeletons stay smooth. Everything random
 comes from the generator passed in, so a seed gives the same pictures every time.
 """
@@ -253,7 +254,9 @@ def render_specks(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
         radius = float(rng.uniform(1, 3.5))
         along, across = rng.uniform(0, 1), rng.uniform(4, 20)
         edge = int(rng.integers(4))
-        x, y = ((along * width, across), (along * width, height - across), (across, along * height), (width - across, along * height))[edge]
+        spots = ((along * width, across), (along * width, height - across))  # top, bottom
+        spots += ((across, along * height), (width - across, along * height))  # left, right
+        x, y = spots[edge]
         draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=int(rng.integers(0, 90)))
     return picture
 
@@ -295,7 +298,7 @@ VARIANTS: dict[str, Variant] = {
     "lined_paper": Variant(render_lined_paper, "ruled lines ~1 digit-height apart crossing it; blue/black ballpoint"),
     "squared_paper": Variant(render_squared_paper, "a grid of thin lines, 2-4 squares to the digit's height"),
     "coloured_ink": Variant(render_coloured_ink, "blue, black, red, green or purple ink on white or cream"),
-    "photo": Variant(render_photo, "50-110 px digit on a 700-1000 px page, uneven light, noise, JPEG 80", image_format="JPEG"),
+    "photo": Variant(render_photo, "50-110 px digit on a 700-1000 px page, uneven light, JPEG 80", image_format="JPEG"),
     "marker": Variant(render_marker, "broad marker (~2.25 px each side) with 0-6 px of paper around it"),
     "specks": Variant(render_specks, "3-8 dark specks in the margin, far from the digit"),
     "fineliner": Variant(render_fineliner, "skeleton drawn with an even fine pen, 2-4 % of the height"),

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from shared.digits import IMAGE_SHAPE, IMAGE_SIDE
+from shared.images.page import LINE_CONTRAST, digit_box, evenly_lit, ruling
 
 # Bumped whenever to_mnist_form's output for some picture changes: a stored digit records the version
 # that made it, so digits made before and after a change can be told apart (and made again from the picture).
@@ -38,26 +39,6 @@ ANALYSIS_SIDE = 1024
 # memory whatever its clients send.
 DEFAULT_MAX_DECODE_BYTES = 100 * 2**20
 DEFAULT_CONCURRENT_DECODES = 2
-# Printed ruling (lined and squared paper): rows (columns) where marks fainter than ink still cross at least
-# LINE_SPAN of the picture, in runs no thicker than LINE_THICKNESS of its height (width). A written bar is
-# neither that straight nor that thin for its length, so a digit's own strokes are not taken for ruling.
-LINE_CONTRAST = 12  # grey levels beyond the paper's that a printed line shows, however light its colour
-LINE_SPAN = 0.9
-LINE_THICKNESS = 0.03
-# Uneven light (a phone photo of a page): a smooth surface fitted to the border's grey levels, divided out when it
-# spans at least LIGHT_RANGE levels and the border lies on it (a median miss of at most LIGHT_FIT levels,
-# LIGHT_OUTLIERS of it further than INK_THRESHOLD off: a digit that crosses the border leaves it alone).
-LIGHT_RANGE = 20
-LIGHT_FIT = 4.0
-LIGHT_OUTLIERS = 0.1
-LIGHT_GRID = 9  # the fitted light is judged at this many points a side
-LIGHT_DARKEST_PAPER = 64  # below this the paper is a dark board, and dividing would only raise its noise
-# Components are found on the ink mask shrunk (any ink in a block) to at most this many pixels a side.
-COMPONENT_SIDE = 128
-# The digit is its largest component, with the others that are big (this share of its area) or near it
-# (within this share of the digit's longer side): a broken stroke is kept, a speck of dust far off is not.
-COMPONENT_KEEP_AREA = 0.1
-COMPONENT_NEAR = 0.15
 
 
 def open_user_image(data: bytes, max_pixels: int, max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES) -> Image.Image:
@@ -126,21 +107,21 @@ def to_mnist_form(picture: Image.Image) -> np.ndarray:
     an MNIST digit (paper 0, ink 255) comes through with its grey levels as they are.
     """
     grey = _reduced(_grey_on_white(picture))
-    pixels = _evenly_lit(np.asarray(grey))
+    pixels = evenly_lit(np.asarray(grey))
     levels = _light_ink_levels(pixels, np.bincount(pixels.ravel(), minlength=256))
     if levels is None:
         return np.zeros(IMAGE_SHAPE, dtype=np.uint8)
     ink = levels.ink(pixels)
-    ruling = _ruling(levels.marks(pixels), ink)
-    if ruling is not None:
-        ink &= ~ruling
-    box = _digit_box(ink)
+    lines = ruling(levels.marks(pixels), ink)
+    if lines is not None:
+        ink &= ~lines
+    box = digit_box(ink)
     if box is None:  # the ink's level only just clears the paper's, and no pixel lies beyond it
         return np.zeros(IMAGE_SHAPE, dtype=np.uint8)
     # Only the crop is mapped through the table: a small digit on a big page costs its own pixels.
     crop = levels.stretch[pixels[box]]
-    if ruling is not None:
-        crop[ruling[box]] = 0
+    if lines is not None:
+        crop[lines[box]] = 0
     cropped = Image.fromarray(crop)
     scale = DIGIT_BOX_SIDE / max(cropped.size)
     new_size = (max(1, round(cropped.width * scale)), max(1, round(cropped.height * scale)))
@@ -185,47 +166,6 @@ def _grey_on_white(picture: Image.Image) -> Image.Image:
     return picture if picture.mode == "L" else picture.convert("L")
 
 
-def _evenly_lit(pixels: np.ndarray) -> np.ndarray:
-    """``pixels`` with light that falls off across the paper divided out; as they are when the paper is evenly lit.
-
-    Otherwise one threshold splits the page into its bright and its dim side, not ink from paper. The light
-    is judged on the border alone, where a digit written on a page seldom is.
-    """
-    height, width = pixels.shape
-    if min(height, width) < 3:
-        return pixels
-    rows = np.concatenate([np.zeros(width), np.ones(width), np.arange(height) / height, np.arange(height) / height])
-    cols = np.concatenate([np.arange(width) / width, np.arange(width) / width, np.zeros(height), np.ones(height)])
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).astype(np.float64)
-    coefficients, *_ = np.linalg.lstsq(_light_terms(rows, cols), border, rcond=None)
-    miss = np.abs(_light_terms(rows, cols) @ coefficients - border)
-    grid = np.linspace(0, 1, LIGHT_GRID)
-    sampled = _light_terms(np.repeat(grid, LIGHT_GRID), np.tile(grid, LIGHT_GRID)) @ coefficients
-    if (
-        sampled.max() - sampled.min() < LIGHT_RANGE
-        or sampled.min() < LIGHT_DARKEST_PAPER
-        or np.median(miss) > LIGHT_FIT
-        or (miss > INK_THRESHOLD).mean() > LIGHT_OUTLIERS
-    ):
-        return pixels
-    row_at = (np.arange(height, dtype=np.float32) / height)[:, np.newaxis]
-    col_at = (np.arange(width, dtype=np.float32) / width)[np.newaxis, :]
-    terms = _light_terms(row_at, col_at)
-    light = sum(np.float32(weight) * term for weight, term in zip(coefficients, terms, strict=True))
-    flattened = pixels * (np.float32(sampled.max()) / np.maximum(light, np.float32(1)))
-    return np.clip(flattened, 0, 255).round().astype(np.uint8)
-
-
-def _light_terms(rows: np.ndarray, cols: np.ndarray) -> np.ndarray | list[np.ndarray]:
-    """The terms of a quadratic surface in (row, column), both 0..1: a lamp's slope and a lens' vignette.
-
-    For 1-D coordinates, one row of terms per point (the design of a least-squares fit); for a column of
-    rows and a row of columns, the terms as broadcast planes, to weigh and sum without a (N, 6) copy.
-    """
-    terms = [np.ones_like(rows * cols), rows, cols, rows * rows, cols * cols, rows * cols]
-    return np.stack(terms, axis=1) if rows.ndim == 1 else terms
-
-
 def _reduced(grey: Image.Image) -> Image.Image:
     """``grey`` shrunk by a whole factor (a box filter) to at most ANALYSIS_SIDE a side."""
     factor = -(-max(grey.size) // ANALYSIS_SIDE)
@@ -248,7 +188,7 @@ class InkLevels:
         return pixels < self.cut if self.inverted else pixels > self.cut
 
     def marks(self, pixels: np.ndarray) -> np.ndarray:
-        """Where ``pixels`` differ from the paper on the ink's side by LINE_CONTRAST or more: ink, and printed ruling."""
+        """Where ``pixels`` differ from the paper on the ink's side by LINE_CONTRAST or more: ink and ruling."""
         return pixels < self.paper - LINE_CONTRAST if self.inverted else pixels > self.paper + LINE_CONTRAST
 
 
@@ -273,134 +213,6 @@ def _light_ink_levels(pixels: np.ndarray, histogram: np.ndarray) -> InkLevels | 
     # Oriented level > paper + INK_THRESHOLD is ink; in the picture's own levels that is beyond ``cut``.
     cut = 255 - (paper + INK_THRESHOLD) if inverted else paper + INK_THRESHOLD
     return InkLevels(stretch, cut, inverted, 255 - paper if inverted else paper)
-
-
-def _ink_box(ink: np.ndarray) -> tuple[slice, slice] | None:
-    """The rows and columns that hold ink, as slices of the picture; None when none does."""
-    rows, columns = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
-    if rows.size == 0:
-        return None
-    return slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1)
-
-
-def _ruling(marks: np.ndarray, ink: np.ndarray) -> np.ndarray | None:
-    """The pixels of printed lines across the whole picture (lined or squared paper), less where a stroke crosses
-    them; None when there are none. Ruling left in would set the digit's box to the page's."""
-    bands = []  # (axis, first, last): a line with its faint edges
-    for axis in (0, 1):  # lines along rows, then along columns
-        share = (marks if axis == 0 else marks.T).mean(axis=1)
-        thickest = max(2, round(LINE_THICKNESS * len(share)))
-        for start, stop in _runs(share >= LINE_SPAN):
-            if stop - start <= thickest:
-                bands.append((axis, max(start - 1, 0), min(stop + 1, len(share))))
-    if not bands:
-        return None
-    lines = np.zeros(marks.shape, dtype=bool)
-    for axis, first, last in bands:
-        (lines[first:last] if axis == 0 else lines[:, first:last].T)[...] = True
-    # A stroke crosses a line where it has ink just beyond both sides; squared paper's other lines are not strokes.
-    strokes = ink & ~lines
-    ruling = np.zeros(marks.shape, dtype=bool)
-    for axis, first, last in bands:
-        along = strokes if axis == 0 else strokes.T
-        crossing = _widened(along[max(first - 1, 0)] | along[min(last, along.shape[0] - 1)], last - first)
-        band = ruling[first:last] if axis == 0 else ruling[:, first:last].T
-        band |= ~crossing
-    if not (ink & ~ruling).any():  # nothing but lines: better read them than nothing
-        return None
-    return ruling
-
-
-def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
-    """(start, stop) of each run of True in a 1-D boolean array."""
-    edges = np.flatnonzero(np.diff(np.concatenate([[False], flags, [False]]).astype(np.int8)))
-    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
-
-
-def _widened(flags: np.ndarray, reach: int) -> np.ndarray:
-    """``flags`` with every True spread ``reach`` places either way."""
-    counts = np.cumsum(np.concatenate([[0], flags.astype(np.int32)]))
-    index = np.arange(len(flags))
-    return counts[np.minimum(index + reach + 1, len(flags))] - counts[np.maximum(index - reach, 0)] > 0
-
-
-def _digit_box(ink: np.ndarray) -> tuple[slice, slice] | None:
-    """The box of the digit's ink: its largest connected component and those big or near enough to be part of it,
-    so that specks and smudges far from the digit do not widen the box. None without ink."""
-    factor = -(-max(ink.shape) // COMPONENT_SIDE)
-    height, width = -(-ink.shape[0] // factor), -(-ink.shape[1] // factor)
-    padded = np.zeros((height * factor, width * factor), dtype=bool)
-    padded[: ink.shape[0], : ink.shape[1]] = ink
-    blocks = padded.reshape(height, factor, width, factor).any(axis=(1, 3))
-    components = _components(blocks)
-    if not components:
-        return None
-    components.sort(key=lambda component: -component[0])
-    kept = [components[0]]
-    top, bottom, left, right = components[0][1:]
-    rest = components[1:]
-    changed = True
-    while changed:
-        changed = False
-        reach = COMPONENT_NEAR * max(bottom - top, right - left)
-        for component in list(rest):
-            area, c_top, c_bottom, c_left, c_right = component
-            gap = max(c_top - bottom, top - c_bottom, c_left - right, left - c_right, 0)
-            if area >= COMPONENT_KEEP_AREA * components[0][0] or gap <= reach:
-                kept.append(component)
-                rest.remove(component)
-                top, bottom, left, right = min(top, c_top), max(bottom, c_bottom), min(left, c_left), max(right, c_right)
-                changed = True
-    # Back to the picture's pixels: the blocks' box, tightened to the ink inside it.
-    region = (slice(top * factor, bottom * factor), slice(left * factor, right * factor))
-    inner = _ink_box(ink[region])
-    if inner is None:
-        return None
-    return (
-        slice(region[0].start + inner[0].start, region[0].start + inner[0].stop),
-        slice(region[1].start + inner[1].start, region[1].start + inner[1].stop),
-    )
-
-
-def _components(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
-    """8-connected components of a small boolean mask, each as (area, top, bottom, left, right), bottom and
-    right exclusive. Runs of each row are joined with the overlapping runs of the row above (union-find), so
-    the cost follows the runs, not the pixels, and needs nothing beyond numpy."""
-    parent: list[int] = []
-    runs: list[tuple[int, int, int]] = []  # (row, start, stop)
-    previous: list[int] = []
-
-    def root(index: int) -> int:
-        while parent[index] != index:
-            parent[index] = parent[parent[index]]
-            index = parent[index]
-        return index
-
-    # Every row's runs at once, in reading order: where the row steps onto ink and where it steps off.
-    steps = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(np.int8), axis=1)
-    run_rows, run_starts = np.nonzero(steps == 1)
-    run_stops = np.nonzero(steps == -1)[1]
-    current: list[int] = []
-    current_row = -1
-    for row, start, stop in zip(run_rows.tolist(), run_starts.tolist(), run_stops.tolist(), strict=True):
-        if row != current_row:
-            previous = current if row == current_row + 1 else []
-            current, current_row = [], row
-        index = len(runs)
-        runs.append((row, start, stop))
-        parent.append(index)
-        for other in previous:
-            _, other_start, other_stop = runs[other]
-            if other_start <= stop and start <= other_stop:  # touching, diagonals included
-                parent[root(other)] = root(index)
-        current.append(index)
-    boxes: dict[int, list[int]] = {}
-    for index, (row, start, stop) in enumerate(runs):
-        box = boxes.setdefault(root(index), [0, row, row + 1, start, stop])
-        box[0] += stop - start
-        box[1], box[2] = min(box[1], row), max(box[2], row + 1)
-        box[3], box[4] = min(box[3], start), max(box[4], stop)
-    return [tuple(box) for box in boxes.values()]
 
 
 def _border_light_share(pixels: np.ndarray, threshold: int) -> float:
