@@ -138,7 +138,8 @@ def table(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         names = {model: f"{Path(model).parent.name}/{Path(model).name}" for model in models}
     width = max(28, *(len(name) + 2 for name in names.values()))
     lines = [f"{'variant':<18}" + "".join(f"{names[model]:>{width}}" for model in models) + "  what"]
-    described = {name: spec.what for name, spec in (*VARIANTS.items(), *SOURCES.items())}
+    described = {name: spec.what for name, spec in VARIANTS.items()}
+    described.update({name: spec.what for name, spec in SOURCES.items()})
     for variant, what in described.items():
         if all(variant not in results[model] for model in models):
             continue

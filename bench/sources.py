@@ -31,7 +31,7 @@ class Source:
 def load_uci_digits() -> tuple[np.ndarray, np.ndarray] | None:
     """(images (N, 8, 8) float 0..16, labels), or None without scikit-learn."""
     try:
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # type: ignore[import-untyped]
     except ImportError:
         return None
     digits = load_digits()

@@ -254,9 +254,9 @@ def render_specks(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
         radius = float(rng.uniform(1, 3.5))
         along, across = rng.uniform(0, 1), rng.uniform(4, 20)
         edge = int(rng.integers(4))
-        spots = ((along * width, across), (along * width, height - across))  # top, bottom
-        spots += ((across, along * height), (width - across, along * height))  # left, right
-        x, y = spots[edge]
+        top_bottom = [(along * width, across), (along * width, height - across)]
+        left_right = [(across, along * height), (width - across, along * height)]
+        x, y = (top_bottom + left_right)[edge]
         draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=int(rng.integers(0, 90)))
     return picture
 

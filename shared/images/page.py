@@ -127,7 +127,7 @@ def digit_box(ink: np.ndarray) -> tuple[slice, slice] | None:
     height, width = -(-ink.shape[0] // factor), -(-ink.shape[1] // factor)
     padded = np.zeros((height * factor, width * factor), dtype=bool)
     padded[: ink.shape[0], : ink.shape[1]] = ink
-    blocks = padded.reshape(height, factor, width, factor).any(axis=(1, 3))
+    blocks = np.asarray(padded.reshape(height, factor, width, factor).any(axis=(1, 3)), dtype=bool)
     components = _components(blocks)
     if not components:
         return None
@@ -197,4 +197,4 @@ def _components(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
         box[0] += stop - start
         box[1], box[2] = min(box[1], row), max(box[2], row + 1)
         box[3], box[4] = min(box[3], start), max(box[4], stop)
-    return [tuple(box) for box in boxes.values()]
+    return [(area, top, bottom, left, right) for area, top, bottom, left, right in boxes.values()]
