@@ -27,7 +27,7 @@ from bench.sources import SOURCES
 from bench.variants import VARIANTS, picture_bytes, render_variant
 from shared.config import DEFAULT_MNIST_DIR, load_settings
 from shared.digits import IMAGE_SHAPE
-from shared.images.preprocess import user_image_to_mnist
+from shared.images.preprocess import PREPROCESS_VERSION, user_image_to_mnist
 from shared.models.files import litert_path
 from shared.models.runtime import LiteRTPredictor, Predictor
 from shared.training import mnist
@@ -210,6 +210,7 @@ def record_in_card(card_path: Path, results: dict[str, dict[str, Any]], images_p
     ece = {model: {variant: row.get("ece") for variant, row in rows.items()} for model, rows in results.items()}
     card["robustness"] = {
         "seed": SEED,
+        "preprocess_version": PREPROCESS_VERSION,
         "images_per_variant": images_per_variant,
         "accuracy": next((rows for model, rows in accuracy.items() if Path(model).resolve() == own), {}),
         "ece": next((rows for model, rows in ece.items() if Path(model).resolve() == own), {}),
