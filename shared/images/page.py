@@ -53,22 +53,24 @@ def evenly_lit(pixels: np.ndarray) -> np.ndarray:
         or (miss > LIGHT_MISS).mean() > LIGHT_OUTLIERS
     ):
         return pixels
+    # The surface is built from a column and a row of the picture's size, so that only two full-size
+    # float32 planes are held at once (the light, then the gain in its place), whatever the picture.
+    weights = coefficients.astype(np.float32)
     row_at = (np.arange(height, dtype=np.float32) / height)[:, np.newaxis]
     col_at = (np.arange(width, dtype=np.float32) / width)[np.newaxis, :]
-    terms = _light_terms(row_at, col_at)
-    light = sum(np.float32(weight) * term for weight, term in zip(coefficients, terms, strict=True))
-    flattened = pixels * (np.float32(sampled.max()) / np.maximum(light, np.float32(1)))
-    return np.clip(flattened, 0, 255).round().astype(np.uint8)
+    light = np.multiply(row_at, col_at * weights[5])
+    light += weights[0] + weights[1] * row_at + weights[3] * row_at * row_at
+    light += weights[2] * col_at + weights[4] * col_at * col_at
+    np.maximum(light, np.float32(1), out=light)
+    np.divide(np.float32(sampled.max()), light, out=light)
+    light *= pixels
+    return np.clip(light, 0, 255, out=light).round(out=light).astype(np.uint8)
 
 
-def _light_terms(rows: np.ndarray, cols: np.ndarray) -> np.ndarray | list[np.ndarray]:
-    """The terms of a quadratic surface in (row, column), both 0..1: a lamp's slope and a lens' vignette.
-
-    For 1-D coordinates, one row of terms per point (the design of a least-squares fit); for a column of
-    rows and a row of columns, the terms as broadcast planes, to weigh and sum without a (N, 6) copy.
-    """
-    terms = [np.ones_like(rows * cols), rows, cols, rows * rows, cols * cols, rows * cols]
-    return np.stack(terms, axis=1) if rows.ndim == 1 else terms
+def _light_terms(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The terms of a quadratic surface at points (row, column), both 0..1, one row of terms per point:
+    a lamp's slope and a lens' vignette."""
+    return np.stack([np.ones_like(rows), rows, cols, rows * rows, cols * cols, rows * cols], axis=1)
 
 
 def ink_box(ink: np.ndarray) -> tuple[slice, slice] | None:
