@@ -7,6 +7,8 @@ file a user would upload; each file goes through the upload path, ``user_image_t
 (a picture it refuses counts as an error, and is also counted apart), and then through each
 model's LiteRT predictor. The pictures are made once and shared by the models, so their
 columns compare the same inputs. ``evaluate`` gives the training command the same table.
+Published handwriting by other writers (bench/sources.py) follows as rows of its own, all of
+its digits whatever ``--limit`` says, and is left out of the mean of the variants.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ import click
 import numpy as np
 
 from bench.common import RESULTS_DIR
-from bench.variants import VARIANTS, render_variant
+from bench.sources import SOURCES
+from bench.variants import VARIANTS, picture_bytes, render_variant
 from shared.config import DEFAULT_MNIST_DIR, load_settings
 from shared.digits import IMAGE_SHAPE
-from shared.images.preprocess import user_image_to_mnist
+from shared.images.preprocess import PREPROCESS_VERSION, user_image_to_mnist
 from shared.models.files import litert_path
 from shared.models.runtime import LiteRTPredictor, Predictor
 from shared.training import mnist
+from shared.training.calibration import expected_calibration_error
 
 DEFAULT_LIMIT = 2000
 SEED = 12
@@ -53,9 +57,25 @@ def subset(count: int, limit: int | None, seed: int = SEED) -> np.ndarray:
 def prepare_variant(name: str, images: np.ndarray, labels: np.ndarray, seed: int = SEED) -> Prepared:
     """Render ``images`` as variant ``name`` and take each file through the upload path."""
     rng = np.random.default_rng([seed, list(VARIANTS).index(name)])
-    digits = np.zeros((len(images), *IMAGE_SHAPE), dtype=np.uint8)
-    refused = np.zeros(len(images), dtype=bool)
-    for index, data in enumerate(render_variant(name, images, rng)):
+    return _through_upload_path(render_variant(name, images, rng), labels)
+
+
+def prepare_source(name: str, limit: int | None, seed: int = SEED) -> Prepared | None:
+    """A published set's digits (``limit`` of them, chosen by seed) through the upload path; None if not installed."""
+    source = SOURCES[name]
+    loaded = source.load()
+    if loaded is None:
+        return None
+    images, labels = loaded
+    chosen = subset(len(images), limit, seed)
+    rng = np.random.default_rng([seed, len(VARIANTS) + list(SOURCES).index(name)])
+    return _through_upload_path([picture_bytes(source.render(images[i], rng), "PNG") for i in chosen], labels[chosen])
+
+
+def _through_upload_path(files: list[bytes], labels: np.ndarray) -> Prepared:
+    digits = np.zeros((len(files), *IMAGE_SHAPE), dtype=np.uint8)
+    refused = np.zeros(len(files), dtype=bool)
+    for index, data in enumerate(files):
         try:
             digits[index] = user_image_to_mnist(data, MAX_PIXELS)
         except ValueError:
@@ -64,10 +84,18 @@ def prepare_variant(name: str, images: np.ndarray, labels: np.ndarray, seed: int
 
 
 def score(predictor: Predictor, prepared: Prepared) -> dict[str, Any]:
-    """Accuracy over every image of the variant (a refusal is an error) and the share refused."""
-    predicted = predictor.predict_batch(prepared.digits).argmax(axis=1)
-    correct = (predicted == prepared.labels) & ~prepared.refused
-    return {"accuracy": float(correct.mean()), "refused": float(prepared.refused.mean()), "images": len(correct)}
+    """Accuracy over every image of the variant (a refusal is an error), the share refused, and the expected
+    calibration error of the pictures read (a refused one has no confidence to judge)."""
+    probabilities = predictor.predict_batch(prepared.digits)
+    correct = (probabilities.argmax(axis=1) == prepared.labels) & ~prepared.refused
+    read = ~prepared.refused
+    ece = expected_calibration_error(probabilities[read], prepared.labels[read]) if read.any() else 0.0
+    return {
+        "accuracy": float(correct.mean()),
+        "refused": float(prepared.refused.mean()),
+        "images": len(correct),
+        "ece": round(float(ece), 5),
+    }
 
 
 def evaluate(
@@ -94,18 +122,27 @@ def compare(model_files: list[Path], images: np.ndarray, labels: np.ndarray, lim
         prepared = prepare_variant(variant, images[chosen], labels[chosen])
         for name, predictor in predictors.items():
             results[name][variant] = score(predictor, prepared)
+    for source in SOURCES:  # other writers' digits: all of them, however few MNIST images are asked for
+        published = prepare_source(source, None)
+        for name, predictor in predictors.items():
+            if published is not None:
+                results[name][source] = score(predictor, published)
     return results
 
 
 def table(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    """Variant x model: accuracy, and how many pictures were refused when any were."""
+    """Variant x model: accuracy and ECE, how many pictures were refused when any were; then the mean over variants."""
     models = list(results)
     names = {model: Path(model).name for model in models}
     if len(set(names.values())) < len(names):  # e.g. an old and a new mnist_cnn.tflite: say which folder
         names = {model: f"{Path(model).parent.name}/{Path(model).name}" for model in models}
-    width = max(24, *(len(name) + 2 for name in names.values()))
+    width = max(28, *(len(name) + 2 for name in names.values()))
     lines = [f"{'variant':<18}" + "".join(f"{names[model]:>{width}}" for model in models) + "  what"]
-    for variant, spec in VARIANTS.items():
+    described = {name: spec.what for name, spec in VARIANTS.items()}
+    described.update({name: spec.what for name, spec in SOURCES.items()})
+    for variant, what in described.items():
+        if all(variant not in results[model] for model in models):
+            continue
         cells = []
         for model in models:
             row = results[model].get(variant)
@@ -113,9 +150,14 @@ def table(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
                 cells.append(f"{'-':>{width}}")
                 continue
             refused = round(row["refused"] * row["images"])
-            cell = f"{row['accuracy']:.2%}" + (f" ({refused} refused)" if refused else "")
+            cell = f"{row['accuracy']:.2%} ece {row.get('ece', 0):.2%}" + (f" ({refused} refused)" if refused else "")
             cells.append(f"{cell:>{width}}")
-        lines.append(f"{variant:<18}" + "".join(cells) + f"  {spec.what}")
+        lines.append(f"{variant:<18}" + "".join(cells) + f"  {what}")
+    means = []
+    for model in models:
+        rows = [row for variant, row in results[model].items() if variant in VARIANTS]
+        means.append(f"{np.mean([row['accuracy'] for row in rows]):.2%}".rjust(width))
+    lines.append(f"{'mean of variants':<18}" + "".join(means))
     return lines
 
 
@@ -165,11 +207,15 @@ def record_in_card(card_path: Path, results: dict[str, dict[str, Any]], images_p
     card = json.loads(card_path.read_text())
     own = (card_path.parent / card.get("litert_file", "")).resolve()
     accuracy = {model: {variant: round(row["accuracy"], 4) for variant, row in rows.items()} for model, rows in results.items()}
+    ece = {model: {variant: row.get("ece") for variant, row in rows.items()} for model, rows in results.items()}
     card["robustness"] = {
         "seed": SEED,
+        "preprocess_version": PREPROCESS_VERSION,
         "images_per_variant": images_per_variant,
         "accuracy": next((rows for model, rows in accuracy.items() if Path(model).resolve() == own), {}),
+        "ece": next((rows for model, rows in ece.items() if Path(model).resolve() == own), {}),
         "baselines": {model: rows for model, rows in accuracy.items() if Path(model).resolve() != own},
+        "baselines_ece": {model: rows for model, rows in ece.items() if Path(model).resolve() != own},
     }
     card_path.write_text(json.dumps(card, indent=2) + "\n")
 

@@ -18,8 +18,7 @@ from shared.digits import IMAGE_SHAPE
 from shared.host.cpus import available_cpus
 from shared.images import store
 from shared.images.codec import encode_image
-from shared.images.preprocess import user_image_to_mnist
-from shared.images.provenance import PREPROCESS_VERSION
+from shared.images.preprocess import PREPROCESS_VERSION, user_image_to_mnist
 from shared.images.store import ImageRow
 from shared.training import mnist
 

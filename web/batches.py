@@ -17,7 +17,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from shared import images, jobs
 from shared.images.batch import BatchRefused, read_batch
-from shared.images.provenance import PREPROCESS_VERSION
+from shared.images.preprocess import PREPROCESS_VERSION
 from web import backends, predictions
 from web.auth import operator_required
 

@@ -16,7 +16,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from shared.digits import IMAGE_SHAPE, IMAGE_SIDE
+from shared.images.page import LINE_CONTRAST, digit_box, evenly_lit, ruling
 
+# Bumped whenever to_mnist_form's output for some picture changes: a stored digit records the version
+# that made it, so digits made before and after a change can be told apart (and made again from the picture).
+PREPROCESS_VERSION = 2
 # MNIST digits were scaled to fit a 20x20 box, then centred by mass in the 28x28 field.
 DIGIT_BOX_SIDE = 20
 INK_THRESHOLD = 30  # grey levels beyond the paper's that count as ink when cropping (and the least contrast taken as a digit)
@@ -103,15 +107,22 @@ def to_mnist_form(picture: Image.Image) -> np.ndarray:
     an MNIST digit (paper 0, ink 255) comes through with its grey levels as they are.
     """
     grey = _reduced(_grey_on_white(picture))
-    pixels = np.asarray(grey)
-    levels = _light_ink_levels(pixels, np.asarray(grey.histogram(), dtype=np.int64))
+    pixels = evenly_lit(np.asarray(grey))
+    levels = _light_ink_levels(pixels, np.bincount(pixels.ravel(), minlength=256))
     if levels is None:
         return np.zeros(IMAGE_SHAPE, dtype=np.uint8)
-    box = _ink_box(levels.ink(pixels))
+    ink = levels.ink(pixels)
+    lines = ruling(levels.marks(pixels), ink)
+    if lines is not None:
+        ink &= ~lines
+    box = digit_box(ink)
     if box is None:  # the ink's level only just clears the paper's, and no pixel lies beyond it
         return np.zeros(IMAGE_SHAPE, dtype=np.uint8)
     # Only the crop is mapped through the table: a small digit on a big page costs its own pixels.
-    cropped = Image.fromarray(levels.stretch[pixels[box]])
+    crop = levels.stretch[pixels[box]]
+    if lines is not None:
+        crop[lines[box]] = 0
+    cropped = Image.fromarray(crop)
     scale = DIGIT_BOX_SIDE / max(cropped.size)
     new_size = (max(1, round(cropped.width * scale)), max(1, round(cropped.height * scale)))
     digit = np.asarray(cropped.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=RESIZE_REDUCING_GAP), dtype=np.float64)
@@ -170,10 +181,15 @@ class InkLevels:
     stretch: np.ndarray  # 256 uint8 levels, indexed by the picture's grey level
     cut: int
     inverted: bool
+    paper: int  # the paper's level in the picture's own grey levels
 
     def ink(self, pixels: np.ndarray) -> np.ndarray:
         """Where ``pixels`` (grey levels) are ink: one comparison, not a table lookup per pixel."""
         return pixels < self.cut if self.inverted else pixels > self.cut
+
+    def marks(self, pixels: np.ndarray) -> np.ndarray:
+        """Where ``pixels`` differ from the paper on the ink's side by LINE_CONTRAST or more: ink and ruling."""
+        return pixels < self.paper - LINE_CONTRAST if self.inverted else pixels > self.paper + LINE_CONTRAST
 
 
 def _light_ink_levels(pixels: np.ndarray, histogram: np.ndarray) -> InkLevels | None:
@@ -196,15 +212,7 @@ def _light_ink_levels(pixels: np.ndarray, histogram: np.ndarray) -> InkLevels | 
     stretch = np.clip((levels - paper) * (255.0 / (ink - paper)), 0, 255).round().astype(np.uint8)
     # Oriented level > paper + INK_THRESHOLD is ink; in the picture's own levels that is beyond ``cut``.
     cut = 255 - (paper + INK_THRESHOLD) if inverted else paper + INK_THRESHOLD
-    return InkLevels(stretch, cut, inverted)
-
-
-def _ink_box(ink: np.ndarray) -> tuple[slice, slice] | None:
-    """The rows and columns that hold ink, as slices of the picture; None when none does."""
-    rows, columns = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
-    if rows.size == 0:
-        return None
-    return slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1)
+    return InkLevels(stretch, cut, inverted, 255 - paper if inverted else paper)
 
 
 def _border_light_share(pixels: np.ndarray, threshold: int) -> float:

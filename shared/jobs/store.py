@@ -20,7 +20,7 @@ from psycopg import sql
 
 from shared import models
 from shared.db.connection import Connection, query, query_one, query_one_required, transaction
-from shared.images.provenance import PREPROCESS_VERSION
+from shared.images.preprocess import PREPROCESS_VERSION
 from shared.images.store import SELECTION_FILTER
 
 # Everything about a job but its image list, which is large and only recovery reads.

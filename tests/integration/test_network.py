@@ -30,9 +30,7 @@ from producer.ingest import load_mnist
 from shared import jobs, queues
 from shared.config import DEFAULT_MNIST_DIR, Settings, load_settings
 from shared.db import connection
-from tests.integration.test_failover import held_batches
 from tests.support import nethosts, netns
-from worker import failover
 
 pytestmark = pytest.mark.faults
 
@@ -170,15 +168,20 @@ def wait_for_progress(cluster: Cluster, job_id: int) -> None:
     raise AssertionError(f"job {job_id} made no progress in {JOB_SECONDS} s")
 
 
+CONTROL_SECONDS = 2.0  # how long a remote-control question waits for the workers' replies
+
+
 def held_by(cluster: Cluster, host: str, job_id: int) -> list[list[int]]:
-    """The image ids of each batch of the job that ``host``'s bulk worker holds unacknowledged."""
-    client = failover.client(cluster.settings.redis_url)
-    nodes = [
-        node.decode()
-        for node in client.smembers(failover.nodes_key(cluster.settings))
-        if node.startswith(f"{host}@".encode())
+    """The image ids of each batch of the job that ``host``'s bulk worker is running, by Celery's remote control."""
+    app = queues.broker.celery_app(cluster.settings)
+    replies = app.control.inspect(timeout=CONTROL_SECONDS).active() or {}
+    return [
+        request["args"][1]
+        for node, requests in replies.items()
+        if node.startswith(f"{host}@")
+        for request in requests
+        if request["args"][0] == job_id
     ]
-    return [ids for node in nodes for job, ids in held_batches(cluster.settings, node).values() if job == job_id]
 
 
 def stored(cluster: Cluster, job_id: int, image_ids: list[int]) -> int:

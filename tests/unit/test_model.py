@@ -91,3 +91,15 @@ def test_training_on_a_slice_lowers_the_loss_and_saves_a_loadable_model(mnist_di
     reloaded = keras_runtime.load_model(out)
     assert reloaded.count_params() == model.build_model().count_params()
     assert model_version(out).startswith("tiny-")
+
+
+def test_the_temperature_is_fitted_on_the_validation_digits_as_they_are_and_distorted(mnist_dir):
+    from shared.training.export import with_distorted_copy
+
+    images, labels = mnist.load_split(mnist_dir, "test")
+    split = (images[:64], labels[:64])
+    fitted_on = with_distorted_copy(split, seed=3)
+    assert fitted_on[0].shape == (128, 28, 28) and fitted_on[0].dtype == np.uint8
+    assert np.array_equal(fitted_on[0][:64], split[0]) and np.array_equal(fitted_on[1], np.concatenate([labels[:64]] * 2))
+    assert (fitted_on[0][64:] != split[0]).any(axis=(1, 2)).mean() > 0.9  # a distorted copy, not the same digits
+    assert np.array_equal(with_distorted_copy(split, seed=3)[0], fitted_on[0])  # the seed decides the distortions

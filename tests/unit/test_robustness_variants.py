@@ -21,7 +21,10 @@ DIGITS = 6
 MAX_PIXELS = 10**6
 # Blurred correlation with the clean digit's MNIST form. Variants that change the shape on purpose
 # (strokes, slant, blur, 8 px) need only be nearer their own digit than any other digit.
-SHAPE_CHANGED = {"thick", "thin", "fills_box", "blur", "low_res_8", "slant_right", "slant_left", "canvas"}
+SHAPE_CHANGED = {
+    *("thick", "thin", "fills_box", "blur", "low_res_8", "slant_right", "slant_left", "canvas"),
+    *("marker", "fineliner"),
+}
 SAME_SHAPE_CORRELATION = 0.85
 
 
@@ -56,6 +59,8 @@ def test_each_variant_is_a_valid_upload_of_a_plausible_size(name, mnist_digits):
         width, height = picture.size
         if name == "clean":
             assert picture.size == (28, 28)
+        elif name == "photo":
+            assert 500 <= min(width, height) and max(width, height) <= max(variants.PHOTO_SIZE), picture.size
         elif name == "canvas":
             assert picture.size == (variants.CANVAS_SIDE, variants.CANVAS_SIDE) and picture.mode == "RGBA"
         else:
@@ -151,7 +156,8 @@ def test_refusals_count_as_errors_and_are_reported_apart():
             return np.eye(10, dtype=np.float32)[np.full(len(images), 7)]
 
     prepared = Prepared(np.zeros((4, 28, 28), np.uint8), np.array([False, True, False, False]), np.array([7, 7, 1, 7]))
-    assert score(Always7(), prepared) == {"accuracy": 0.5, "refused": 0.25, "images": 4}
+    expected = {"accuracy": 0.5, "refused": 0.25, "images": 4, "ece": pytest.approx(1 / 3, abs=1e-4)}
+    assert score(Always7(), prepared) == expected
 
 
 def test_every_variant_and_model_sees_the_same_subset(mnist_digits):
@@ -160,3 +166,14 @@ def test_every_variant_and_model_sees_the_same_subset(mnist_digits):
     images, labels = mnist_digits
     first, again = prepare_variant("jpeg", images, labels), prepare_variant("jpeg", images, labels)
     assert np.array_equal(first.digits, again.digits) and not first.refused.any()
+
+
+def test_other_writers_digits_go_through_the_upload_path_as_pictures():
+    pytest.importorskip("sklearn")
+    from bench.robustness import prepare_source
+
+    prepared = prepare_source("uci_digits", 20)
+    assert prepared is not None and len(prepared.digits) == 20 and not prepared.refused.any()
+    assert set(prepared.labels) <= set(range(10))
+    rows, cols = np.nonzero(prepared.digits[0] > 128)
+    assert 17 <= max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 <= 20  # in MNIST's 20 px box

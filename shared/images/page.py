@@ -1,0 +1,202 @@
+"""Where the digit is on a picture of a page: the page's light evened out, printed ruling found, and the box of
+the digit's own ink rather than of every mark on the page. Used by ``preprocess.to_mnist_form``; numpy only,
+as the web's image carries no scipy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Printed ruling (lined and squared paper): rows (columns) where marks fainter than ink still cross at least
+# LINE_SPAN of the picture, in runs no thicker than LINE_THICKNESS of its height (width). A written bar is
+# neither that straight nor that thin for its length, so a digit's own strokes are not taken for ruling.
+LINE_CONTRAST = 12  # grey levels beyond the paper's that a printed line shows, however light its colour
+LINE_SPAN = 0.9
+LINE_THICKNESS = 0.03
+# Uneven light (a phone photo of a page): a smooth surface fitted to the border's grey levels, divided out when it
+# spans at least LIGHT_RANGE levels and the border lies on it (a median miss of at most LIGHT_FIT levels,
+# LIGHT_OUTLIERS of it further than LIGHT_MISS levels off: a digit that crosses the border leaves it alone).
+LIGHT_RANGE = 20
+LIGHT_FIT = 4.0
+LIGHT_OUTLIERS = 0.1
+LIGHT_MISS = 30
+LIGHT_GRID = 9  # the fitted light is judged at this many points a side
+LIGHT_DARKEST_PAPER = 64  # below this the paper is a dark board, and dividing would only raise its noise
+# Components are found on the ink mask shrunk (any ink in a block) to at most this many pixels a side.
+COMPONENT_SIDE = 128
+# The digit is its largest component, with the others that are big (this share of its area) or near it
+# (within this share of the digit's longer side): a broken stroke is kept, a speck of dust far off is not.
+COMPONENT_KEEP_AREA = 0.1
+COMPONENT_NEAR = 0.15
+
+
+def evenly_lit(pixels: np.ndarray) -> np.ndarray:
+    """``pixels`` with light that falls off across the paper divided out; as they are when the paper is evenly lit.
+
+    Otherwise one threshold splits the page into its bright and its dim side, not ink from paper. The light
+    is judged on the border alone, where a digit written on a page seldom is.
+    """
+    height, width = pixels.shape
+    if min(height, width) < 3:
+        return pixels
+    rows = np.concatenate([np.zeros(width), np.ones(width), np.arange(height) / height, np.arange(height) / height])
+    cols = np.concatenate([np.arange(width) / width, np.arange(width) / width, np.zeros(height), np.ones(height)])
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).astype(np.float64)
+    coefficients, *_ = np.linalg.lstsq(_light_terms(rows, cols), border, rcond=None)
+    miss = np.abs(_light_terms(rows, cols) @ coefficients - border)
+    grid = np.linspace(0, 1, LIGHT_GRID)
+    sampled = _light_terms(np.repeat(grid, LIGHT_GRID), np.tile(grid, LIGHT_GRID)) @ coefficients
+    if (
+        sampled.max() - sampled.min() < LIGHT_RANGE
+        or sampled.min() < LIGHT_DARKEST_PAPER
+        or np.median(miss) > LIGHT_FIT
+        or (miss > LIGHT_MISS).mean() > LIGHT_OUTLIERS
+    ):
+        return pixels
+    # The surface is built from a column and a row of the picture's size, so that only two full-size
+    # float32 planes are held at once (the light, then the gain in its place), whatever the picture.
+    weights = coefficients.astype(np.float32)
+    row_at = (np.arange(height, dtype=np.float32) / height)[:, np.newaxis]
+    col_at = (np.arange(width, dtype=np.float32) / width)[np.newaxis, :]
+    light = np.multiply(row_at, col_at * weights[5])
+    light += weights[0] + weights[1] * row_at + weights[3] * row_at * row_at
+    light += weights[2] * col_at + weights[4] * col_at * col_at
+    np.maximum(light, np.float32(1), out=light)
+    np.divide(np.float32(sampled.max()), light, out=light)
+    light *= pixels
+    return np.clip(light, 0, 255, out=light).round(out=light).astype(np.uint8)
+
+
+def _light_terms(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The terms of a quadratic surface at points (row, column), both 0..1, one row of terms per point:
+    a lamp's slope and a lens' vignette."""
+    return np.stack([np.ones_like(rows), rows, cols, rows * rows, cols * cols, rows * cols], axis=1)
+
+
+def ink_box(ink: np.ndarray) -> tuple[slice, slice] | None:
+    """The rows and columns that hold ink, as slices of the picture; None when none does."""
+    rows, columns = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if rows.size == 0:
+        return None
+    return slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1)
+
+
+def ruling(marks: np.ndarray, ink: np.ndarray) -> np.ndarray | None:
+    """The pixels of printed lines across the whole picture (lined or squared paper), less where a stroke crosses
+    them; None when there are none. Ruling left in would set the digit's box to the page's."""
+    bands = []  # (axis, first, last): a line with its faint edges
+    for axis in (0, 1):  # lines along rows, then along columns
+        share = (marks if axis == 0 else marks.T).mean(axis=1)
+        thickest = max(2, round(LINE_THICKNESS * len(share)))
+        for start, stop in _runs(share >= LINE_SPAN):
+            if stop - start <= thickest:
+                bands.append((axis, max(start - 1, 0), min(stop + 1, len(share))))
+    if not bands:
+        return None
+    lines = np.zeros(marks.shape, dtype=bool)
+    for axis, first, last in bands:
+        (lines[first:last] if axis == 0 else lines[:, first:last].T)[...] = True
+    # A stroke crosses a line where it has ink just beyond both sides; squared paper's other lines are not strokes.
+    strokes = ink & ~lines
+    ruling = np.zeros(marks.shape, dtype=bool)
+    for axis, first, last in bands:
+        along = strokes if axis == 0 else strokes.T
+        crossing = _widened(along[max(first - 1, 0)] | along[min(last, along.shape[0] - 1)], last - first)
+        band = ruling[first:last] if axis == 0 else ruling[:, first:last].T
+        band |= ~crossing
+    if not (ink & ~ruling).any():  # nothing but lines: better read them than nothing
+        return None
+    return ruling
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(start, stop) of each run of True in a 1-D boolean array."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], flags, [False]]).astype(np.int8)))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def _widened(flags: np.ndarray, reach: int) -> np.ndarray:
+    """``flags`` with every True spread ``reach`` places either way."""
+    counts = np.cumsum(np.concatenate([[0], flags.astype(np.int32)]))
+    index = np.arange(len(flags))
+    return counts[np.minimum(index + reach + 1, len(flags))] - counts[np.maximum(index - reach, 0)] > 0
+
+
+def digit_box(ink: np.ndarray) -> tuple[slice, slice] | None:
+    """The box of the digit's ink: its largest connected component and those big or near enough to be part of it,
+    so that specks and smudges far from the digit do not widen the box. None without ink."""
+    factor = -(-max(ink.shape) // COMPONENT_SIDE)
+    height, width = -(-ink.shape[0] // factor), -(-ink.shape[1] // factor)
+    padded = np.zeros((height * factor, width * factor), dtype=bool)
+    padded[: ink.shape[0], : ink.shape[1]] = ink
+    blocks = np.asarray(padded.reshape(height, factor, width, factor).any(axis=(1, 3)), dtype=bool)
+    components = _components(blocks)
+    if not components:
+        return None
+    components.sort(key=lambda component: -component[0])
+    kept = [components[0]]
+    top, bottom, left, right = components[0][1:]
+    rest = components[1:]
+    changed = True
+    while changed:
+        changed = False
+        reach = COMPONENT_NEAR * max(bottom - top, right - left)
+        for component in list(rest):
+            area, c_top, c_bottom, c_left, c_right = component
+            gap = max(c_top - bottom, top - c_bottom, c_left - right, left - c_right, 0)
+            if area >= COMPONENT_KEEP_AREA * components[0][0] or gap <= reach:
+                kept.append(component)
+                rest.remove(component)
+                top, bottom = min(top, c_top), max(bottom, c_bottom)
+                left, right = min(left, c_left), max(right, c_right)
+                changed = True
+    # Back to the picture's pixels: the blocks' box, tightened to the ink inside it.
+    region = (slice(top * factor, bottom * factor), slice(left * factor, right * factor))
+    inner = ink_box(ink[region])
+    if inner is None:
+        return None
+    return (
+        slice(region[0].start + inner[0].start, region[0].start + inner[0].stop),
+        slice(region[1].start + inner[1].start, region[1].start + inner[1].stop),
+    )
+
+
+def _components(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
+    """8-connected components of a small boolean mask, each as (area, top, bottom, left, right), bottom and
+    right exclusive. Runs of each row are joined with the overlapping runs of the row above (union-find), so
+    the cost follows the runs, not the pixels, and needs nothing beyond numpy."""
+    parent: list[int] = []
+    runs: list[tuple[int, int, int]] = []  # (row, start, stop)
+    previous: list[int] = []
+
+    def root(index: int) -> int:
+        while parent[index] != index:
+            parent[index] = parent[parent[index]]
+            index = parent[index]
+        return index
+
+    # Every row's runs at once, in reading order: where the row steps onto ink and where it steps off.
+    steps = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+    run_rows, run_starts = np.nonzero(steps == 1)
+    run_stops = np.nonzero(steps == -1)[1]
+    current: list[int] = []
+    current_row = -1
+    for row, start, stop in zip(run_rows.tolist(), run_starts.tolist(), run_stops.tolist(), strict=True):
+        if row != current_row:
+            previous = current if row == current_row + 1 else []
+            current, current_row = [], row
+        index = len(runs)
+        runs.append((row, start, stop))
+        parent.append(index)
+        for other in previous:
+            _, other_start, other_stop = runs[other]
+            if other_start <= stop and start <= other_stop:  # touching, diagonals included
+                parent[root(other)] = root(index)
+        current.append(index)
+    boxes: dict[int, list[int]] = {}
+    for index, (row, start, stop) in enumerate(runs):
+        box = boxes.setdefault(root(index), [0, row, row + 1, start, stop])
+        box[0] += stop - start
+        box[1], box[2] = min(box[1], row), max(box[2], row + 1)
+        box[3], box[4] = min(box[3], start), max(box[4], stop)
+    return [(area, top, bottom, left, right) for area, top, bottom, left, right in boxes.values()]
