@@ -50,11 +50,23 @@ def table(rows: list[dict[str, Any]], ceiling: float) -> list[str]:
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--sections", default="database,throughput,seed,latency", show_default=True, help="Which parts to run.")
 @click.option("--workers", default="1,2", show_default=True, help="Worker process counts for the pipeline figure.")
-@click.option("--database-core", is_flag=True, help="PostgreSQL on a core of its own, the rest for the model and the queue.")
-@click.option("--scale-sizes", default="10000,100000,1000000", show_default=True, help="Stored images at each step of --sections scale.")
+@click.option(
+    "--database-core", is_flag=True, help="PostgreSQL on a core of its own, the rest for the model and the queue."
+)
+@click.option(
+    "--scale-sizes",
+    default="10000,100000,1000000",
+    show_default=True,
+    help="Stored images at each step of --sections scale.",
+)
 @click.option("--rates", default="100,300,1000,2000", show_default=True, help="Uploads per second of --sections burst.")
 @click.option("--label", default="", help="Names the result files of scale and burst (e.g. before, after).")
-@click.option("--web", default="serve", show_default=True, help="burst: serve[:THREADS] (web/serve.py); gunicorn sync or gthread:THREADS.")
+@click.option(
+    "--web",
+    default="serve",
+    show_default=True,
+    help="burst: serve[:THREADS] (web/serve.py); gunicorn sync or gthread:THREADS.",
+)
 @click.option(
     "--against",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -73,7 +85,9 @@ def table(rows: list[dict[str, Any]], ceiling: float) -> list[str]:
 @click.option("--network-images", default=10_000, show_default=True, help="network: images of each job.")
 @click.option("--lifecycle-images", default=10_000, show_default=True, help="lifecycle: images of the big job.")
 @click.option(
-    "--baseline-model", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="models: a .tflite file to compare with."
+    "--baseline-model",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="models: a .tflite file to compare with.",
 )
 def main(
     repeats: int,
@@ -116,7 +130,11 @@ def main(
     if "burst" in chosen:
         from bench import burst
 
-        click.echo("\n".join(burst.main(tuple(int(rate) for rate in rates.split(",")), label, web, against, against_web, connections)))
+        click.echo(
+            "\n".join(
+                burst.main(tuple(int(rate) for rate in rates.split(",")), label, web, against, against_web, connections)
+            )
+        )
     if "models" in chosen:
         click.echo("\n".join(model_costs(repeats, baseline_model)))
     if "robustness" in chosen:
@@ -136,7 +154,9 @@ def main(
     chosen -= {"scale", "scale-ab", "burst", "models", "robustness", "network", "upload-memory", "lifecycle", "ingest"}
     if not chosen:
         return
-    placement = common.database_on_its_own_core() if database_core else contextlib.nullcontext("every process on every core")
+    placement = (
+        common.database_on_its_own_core() if database_core else contextlib.nullcontext("every process on every core")
+    )
     with placement as where, common.private_environment() as (env, settings):
         digit_images, labels = load_mnist(settings.mnist_dir, "test", None)
         conn = connection.connect(settings.database_url)
@@ -147,10 +167,15 @@ def main(
         rows = [throughput.bare_model(settings, digit_images, repeats, runtime) for runtime in ("litert", "tensorflow")]
         if "throughput" in chosen:
             rows.append(throughput.in_process(settings, image_ids, repeats))
-            rows += [throughput.pipeline(env, settings, image_ids, int(n), repeats, common.RESULTS_DIR) for n in workers.split(",")]
+            rows += [
+                throughput.pipeline(env, settings, image_ids, int(n), repeats, common.RESULTS_DIR)
+                for n in workers.split(",")
+            ]
         if "seed" in chosen:
             rows.append(throughput.seed_style(env, settings, image_ids[:SEED_SLICE], common.RESULTS_DIR))
-        latency_rows = latency.run(env, settings, image_ids, digit_images, common.RESULTS_DIR) if "latency" in chosen else []
+        latency_rows = (
+            latency.run(env, settings, image_ids, digit_images, common.RESULTS_DIR) if "latency" in chosen else []
+        )
 
     ceiling = max(row["images_per_second"] for row in rows)
     machine = f"{machine_line()}; {where}"

@@ -4,7 +4,8 @@
         [--connections keep-alive|close] [--label after]
 
 Against a real ``python -m web.serve`` (granian's WSGI threads; gunicorn for trees from before it)
-and ``python -m worker`` (bulk worker and upload consumer) on a private database, a separate process (``bench.burst_client``) sends ``POST
+and ``python -m worker`` (bulk worker and upload consumer) on a private database, a separate process
+(``bench.burst_client``) sends ``POST
 /api/predictions?wait=10`` at each rate for a few seconds, loopback only, bounded in count
 and time. Per rate: accepted (answered with the stored prediction), refused (429), other
 failures, and p50/p95/p99 from the scheduled send to the answer. The highest rate with
@@ -84,7 +85,16 @@ def burst(url: str, rate: int, pictures_file: Path, groups: dict[str, list[int]]
     load_before = Path("/proc/loadavg").read_text().split()[0]
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "bench.burst_client", url, str(rate), str(SECONDS_PER_RATE), str(pictures_file), connections],
+        [
+            sys.executable,
+            "-m",
+            "bench.burst_client",
+            url,
+            str(rate),
+            str(SECONDS_PER_RATE),
+            str(pictures_file),
+            connections,
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -96,11 +106,17 @@ def burst(url: str, rate: int, pictures_file: Path, groups: dict[str, list[int]]
     except ValueError:
         kept = RESULTS_DIR / "burst-client-unreadable.txt"
         kept.write_text(done.stdout)
-        raise RuntimeError(f"the burst client's answer at {rate}/s is not JSON ({len(done.stdout)} characters, kept in {kept})") from None
+        raise RuntimeError(
+            f"the burst client's answer at {rate}/s is not JSON ({len(done.stdout)} characters, kept in {kept})"
+        ) from None
     outcomes = answer["outcomes"]
     answered = [ms for status, ms, state in outcomes if status == 200 and state == "done"]
     # Answered per second of the whole burst: from the first send to the last answer.
-    finished = [index / rate + ms / 1000 for index, (status, ms, state) in enumerate(outcomes) if status == 200 and state == "done"]
+    finished = [
+        index / rate + ms / 1000
+        for index, (status, ms, state) in enumerate(outcomes)
+        if status == 200 and state == "done"
+    ]
     # CPU of the processes there now (PostgreSQL starts backends for new connections during a burst).
     now = {name: cpu_seconds(pids_now) for name, pids_now in refreshed(groups).items()}
     cpu_ms = {name: (now[name] - cpu_before[name]) * 1000 / max(1, len(answered)) for name in groups}
@@ -112,7 +128,9 @@ def burst(url: str, rate: int, pictures_file: Path, groups: dict[str, list[int]]
         "accepted": len(answered),
         "refused": refused,
         "failed": len(outcomes) - len(answered) - refused,
-        "failures": sorted({f"{status} {state}" for status, _, state in outcomes if status not in (200, 429) or state != "done"})[:5],
+        "failures": sorted(
+            {f"{status} {state}" for status, _, state in outcomes if status not in (200, 429) or state != "done"}
+        )[:5],
         "achieved_per_s": len(answered) / max(finished) if finished else 0.0,
         "p50_ms": percentile(answered, 0.5) if answered else None,
         "p95_ms": percentile(answered, 0.95) if answered else None,
@@ -125,7 +143,11 @@ def burst(url: str, rate: int, pictures_file: Path, groups: dict[str, list[int]]
 
 def sustained(rows: list[dict[str, Any]]) -> int | None:
     """The highest rate answered in full, nothing refused or failed, with p99 within the target."""
-    good = [row["rate"] for row in rows if row["accepted"] == row["sent"] and row["p99_ms"] is not None and row["p99_ms"] <= P99_TARGET_MS]
+    good = [
+        row["rate"]
+        for row in rows
+        if row["accepted"] == row["sent"] and row["p99_ms"] is not None and row["p99_ms"] <= P99_TARGET_MS
+    ]
     return max(good) if good else None
 
 
@@ -174,7 +196,9 @@ def web_command(url: str, web: str, tree: Path) -> list[str]:
     if name == "serve":
         if not (tree / "web" / "serve.py").is_file():
             raise ValueError(f"{tree} has no web/serve.py: use --web sync or gthread:THREADS for it")
-        return serve.command(url.removeprefix("http://"), 2, int(threads) if threads else None, backlog=4096, access_log=False)
+        return serve.command(
+            url.removeprefix("http://"), 2, int(threads) if threads else None, backlog=4096, access_log=False
+        )
     command = [*gunicorn_command(url, 2, config=(tree / "web" / "gunicorn_config.py").is_file()), "--backlog", "4096"]
     if name == "gthread":
         command += ["--worker-class", "gthread", "--threads", threads or "8"]
@@ -218,7 +242,9 @@ def run_side(
     return report
 
 
-def run(rates: tuple[int, ...], web: str, against: Path | None, against_web: str, connections: str) -> list[dict[str, Any]]:
+def run(
+    rates: tuple[int, ...], web: str, against: Path | None, against_web: str, connections: str
+) -> list[dict[str, Any]]:
     """Each side in turn on one private database and queue prefix: ``against`` (another worktree) first."""
     with private_environment() as (base_env, settings), tempfile.TemporaryDirectory(prefix="mnistq-burst-") as scratch:
         env = {**base_env, **WEB_ENV}
@@ -230,7 +256,10 @@ def run(rates: tuple[int, ...], web: str, against: Path | None, against_web: str
         pictures_file = Path(scratch) / "pictures.npz"
         np.savez(pictures_file, **{f"p{k:04d}": np.frombuffer(p, dtype=np.uint8) for k, p in enumerate(pictures)})
         sides = ([(against, against_web)] if against else []) + [(PROJECT_ROOT, web)]
-        return [run_side(env, settings, tree, side_web, rates, image_ids, pictures, pictures_file, connections) for tree, side_web in sides]
+        return [
+            run_side(env, settings, tree, side_web, rates, image_ids, pictures, pictures_file, connections)
+            for tree, side_web in sides
+        ]
 
 
 def table(report: dict[str, Any]) -> list[str]:

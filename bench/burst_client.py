@@ -1,4 +1,5 @@
-"""Open-loop upload load: ``python -m bench.burst_client URL RATE SECONDS PICTURES.npz [close|keep-alive]``, loopback only.
+"""Open-loop upload load: ``python -m bench.burst_client URL RATE SECONDS PICTURES.npz [close|keep-alive]``, loopback
+only.
 
 Sends ``POST /api/predictions?wait=10`` at a fixed rate for a bounded time, whatever the
 answers (open loop: a slow server does not slow the sender down), and prints one JSON line:

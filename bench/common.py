@@ -46,7 +46,9 @@ def private_environment() -> Iterator[tuple[dict[str, str], Settings]]:
             scratch.delete_queues(settings.redis_url, queue_prefix)
 
 
-def start(name: str, command: list[str], env: dict[str, str], log_path: Path, ready: Callable[[], bool], timeout: float) -> ChildProcess:
+def start(
+    name: str, command: list[str], env: dict[str, str], log_path: Path, ready: Callable[[], bool], timeout: float
+) -> ChildProcess:
     """A child with a fresh log (its readiness is read there), stopped again if it is not ready in time."""
     log_path.unlink(missing_ok=True)
     process = ChildProcess(name, command, env, log_path)
@@ -59,7 +61,11 @@ def start(name: str, command: list[str], env: dict[str, str], log_path: Path, re
 
 
 def start_worker(
-    env: dict[str, str], log_path: Path, concurrency: int, module: str = "worker.bulk", ready: tuple[bytes, ...] = (WORKER_READY,)
+    env: dict[str, str],
+    log_path: Path,
+    concurrency: int,
+    module: str = "worker.bulk",
+    ready: tuple[bytes, ...] = (WORKER_READY,),
 ) -> ChildProcess:
     """``python -m <module>`` with Celery worker options, once its log shows every ``ready`` marker."""
     command = [sys.executable, "-m", module, "--concurrency", str(concurrency), *WORKER_OPTIONS]
@@ -68,7 +74,8 @@ def start_worker(
 
 
 def start_web(env: dict[str, str], log_path: Path, workers: int = 2) -> tuple[ChildProcess, str]:
-    """The web as users run it (``python -m web.serve``) on a free loopback port, once ``/healthz`` answers; and its URL.
+    """The web as users run it (``python -m web.serve``) on a free loopback port, once ``/healthz`` answers; and its
+    URL.
 
     Without the per-client upload limit: every benchmark client is one address sending far more than a person would.
     """

@@ -29,8 +29,12 @@ def model_like_probabilities(labels: np.ndarray, rng: np.random.Generator) -> np
     The rate of wrong and unsure predictions decides what the mistakes table and the
     low-confidence index cost, so random vectors (all unsure, 90 % wrong) would mislead.
     """
-    predicted = np.where(rng.random(len(labels)) < 0.99, labels, (labels + rng.integers(1, NUM_CLASSES, len(labels))) % NUM_CLASSES)
-    confidence = np.where(rng.random(len(labels)) < 0.015, rng.uniform(0.4, 0.8, len(labels)), rng.uniform(0.95, 1.0, len(labels)))
+    predicted = np.where(
+        rng.random(len(labels)) < 0.99, labels, (labels + rng.integers(1, NUM_CLASSES, len(labels))) % NUM_CLASSES
+    )
+    confidence = np.where(
+        rng.random(len(labels)) < 0.015, rng.uniform(0.4, 0.8, len(labels)), rng.uniform(0.95, 1.0, len(labels))
+    )
     probabilities = np.tile(((1 - confidence) / (NUM_CLASSES - 1))[:, None], (1, NUM_CLASSES))
     probabilities[np.arange(len(labels)), predicted] = confidence
     return probabilities.astype(np.float32)
@@ -81,7 +85,9 @@ def run(settings: Settings, image_ids: list[int], repeats: int, labels: np.ndarr
         conn.close()
 
 
-def prediction_batch(chunk: list[int], probabilities: np.ndarray, true_labels: np.ndarray) -> jobs.results.PredictionBatch:
+def prediction_batch(
+    chunk: list[int], probabilities: np.ndarray, true_labels: np.ndarray
+) -> jobs.results.PredictionBatch:
     try:
         return jobs.results.PredictionBatch.of(chunk, probabilities, true_labels)
     except TypeError:  # a release whose batches carry no true labels (python -m bench in an older worktree)
@@ -94,10 +100,17 @@ def measure(what: str, step: Callable[[], None], images: int, repeats: int) -> d
     for _ in range(repeats):
         server_before, client_before, started = postgres_cpu(), time.process_time(), time.perf_counter()
         step()
-        samples.append((postgres_cpu() - server_before, time.process_time() - client_before, time.perf_counter() - started))
+        samples.append(
+            (postgres_cpu() - server_before, time.process_time() - client_before, time.perf_counter() - started)
+        )
     server_s, client_s, wall_s = (statistics.median(column) for column in zip(*samples, strict=True))
     per_image = 1e6 / images
-    return {"what": what, "postgres_us": server_s * per_image, "client_us": client_s * per_image, "wall_us": wall_s * per_image}
+    return {
+        "what": what,
+        "postgres_us": server_s * per_image,
+        "client_us": client_s * per_image,
+        "wall_us": wall_s * per_image,
+    }
 
 
 def postgres_cpu() -> float:
@@ -106,5 +119,7 @@ def postgres_cpu() -> float:
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [f"{'database step, per image':<66}{'postgres µs':>12}{'client µs':>12}{'wall µs':>10}"]
-    lines += [f"{row['what']:<66}{row['postgres_us']:>12.1f}{row['client_us']:>12.1f}{row['wall_us']:>10.1f}" for row in rows]
+    lines += [
+        f"{row['what']:<66}{row['postgres_us']:>12.1f}{row['client_us']:>12.1f}{row['wall_us']:>10.1f}" for row in rows
+    ]
     return lines

@@ -104,7 +104,9 @@ def run_rows(size: int, scratch_dir: Path) -> list[str]:
     with private_environment() as (env, settings), tempfile.TemporaryDirectory() as out:
         worker = start_worker(env, Path(out) / "worker.log", 1)
         try:
-            seconds, _, _ = timed([sys.executable, "-m", "producer", "run", str(folder), "--output", f"{out}/r.csv"], tree, env)
+            seconds, _, _ = timed(
+                [sys.executable, "-m", "producer", "run", str(folder), "--output", f"{out}/r.csv"], tree, env
+            )
         finally:
             worker.stop()
     lines.append(f"{'ingest folder alone':<44}{size:>9,}{ingest_seconds:>10.2f}{1:>9.2f}")

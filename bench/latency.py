@@ -17,7 +17,15 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from bench.common import UPLOAD_CONSUMER_READY, WORKER_READY, child_pids, peak_rss_mb, percentile, start_web, start_worker
+from bench.common import (
+    UPLOAD_CONSUMER_READY,
+    WORKER_READY,
+    child_pids,
+    peak_rss_mb,
+    percentile,
+    start_web,
+    start_worker,
+)
 from shared import jobs, queues
 from shared.config import Settings
 from shared.db import connection
@@ -36,7 +44,9 @@ def upload_latencies_ms(web_url: str, pictures: list[bytes]) -> list[float]:
     for picture in pictures:
         connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
         started = time.perf_counter()
-        connection.request("POST", f"/api/predictions?wait={WAIT_SECONDS}", body=picture, headers={"Content-Type": "image/png"})
+        connection.request(
+            "POST", f"/api/predictions?wait={WAIT_SECONDS}", body=picture, headers={"Content-Type": "image/png"}
+        )
         response = connection.getresponse()
         body = json.loads(response.read())
         latencies.append((time.perf_counter() - started) * 1000)
@@ -84,7 +94,9 @@ class BulkLoad:
         queue = queues.broker.bulk_queue(self.settings)
         while not self.stop.is_set():
             if queues.broker.queued_messages(self.app, queue) < MIN_QUEUED_BULK_BATCHES:
-                self.jobs.append(jobs.service.submit_job(self.conn, self.app, self.settings, self.selection, self.model_version).id)
+                self.jobs.append(
+                    jobs.service.submit_job(self.conn, self.app, self.settings, self.selection, self.model_version).id
+                )
             self.stop.wait(0.05)
 
     def __enter__(self) -> BulkLoad:
@@ -99,11 +111,15 @@ class BulkLoad:
         self.conn.close()
 
 
-def run(env: dict[str, str], settings: Settings, image_ids: list[int], images: np.ndarray, log_dir: Path) -> list[dict[str, Any]]:
+def run(
+    env: dict[str, str], settings: Settings, image_ids: list[int], images: np.ndarray, log_dir: Path
+) -> list[dict[str, Any]]:
     pictures = [png_bytes(image) for image in images[:UPLOADS]]
     # The production entry point: a bulk worker and a dedicated upload consumer.
     ready = (WORKER_READY, UPLOAD_CONSUMER_READY)
-    worker = start_worker(env, log_dir / "latency-worker.log", settings.worker_processes(), module="worker", ready=ready)
+    worker = start_worker(
+        env, log_dir / "latency-worker.log", settings.worker_processes(), module="worker", ready=ready
+    )
     try:
         web, web_url = start_web(env, log_dir / "latency-web.log")
         try:
@@ -112,7 +128,11 @@ def run(env: dict[str, str], settings: Settings, image_ids: list[int], images: n
 
             with BulkLoad(settings, image_ids) as load:
                 under_load = upload_latencies_ms(web_url, pictures)
-            rows.append(summary(f"single uploads, during bulk jobs ({load.predicted:,} bulk images predicted meanwhile)", under_load))
+            rows.append(
+                summary(
+                    f"single uploads, during bulk jobs ({load.predicted:,} bulk images predicted meanwhile)", under_load
+                )
+            )
             rows += memory(worker, web)
         finally:
             web.stop()

@@ -8,7 +8,8 @@
   else this tree's worker, which treats such jobs as before); "after" is this tree's ``submit``.
 - cancel: a running job of LARGE images is cancelled; the figure is the seconds until the worker processes
   use no more CPU (sampled every 50 ms from /proc: idle when two samples in a row add under 5 ms).
-Both on the first LARGE of the stored MNIST test images (at most 10,000: a first figure; 1M needs --sections scale's data).
+Both on the first LARGE of the stored MNIST test images (at most 10,000: a first figure; 1M needs --sections scale's
+data).
 """
 
 from __future__ import annotations

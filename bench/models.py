@@ -66,7 +66,9 @@ def run(model_path: Path, images: np.ndarray, repeats: int, baseline: Path | Non
     reference = rows[0]
     for row in rows:
         row["x_first_rate"] = round(row["images_per_second"] / reference["images_per_second"], 3)
-        row["x_first_cost"] = round(row["us_per_image_at_256_one_thread"] / reference["us_per_image_at_256_one_thread"], 3)
+        row["x_first_cost"] = round(
+            row["us_per_image_at_256_one_thread"] / reference["us_per_image_at_256_one_thread"], 3
+        )
     return rows
 
 

@@ -171,24 +171,38 @@ def section(baseline: Path | None = None, limit: int | None = DEFAULT_LIMIT) -> 
     images, labels = mnist.load_split(settings.mnist_dir, "test")
     results = compare(models, images, labels, limit, threads=1)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "robustness.json").write_text(json.dumps({"seed": SEED, "limit": limit, "results": results}, indent=2) + "\n")
+    (RESULTS_DIR / "robustness.json").write_text(
+        json.dumps({"seed": SEED, "limit": limit, "results": results}, indent=2) + "\n"
+    )
     return [f"MNIST test split, {len(subset(len(images), limit))} images per variant (seed {SEED})", *table(results)]
 
 
 @click.command()
-@click.option("--model", "models", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--limit", default=DEFAULT_LIMIT, show_default=True, type=click.IntRange(min=1), help="Test images per variant.")
+@click.option(
+    "--model", "models", multiple=True, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--limit", default=DEFAULT_LIMIT, show_default=True, type=click.IntRange(min=1), help="Test images per variant."
+)
 @click.option("--all", "every_image", is_flag=True, help="All 10,000 test images per variant.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1), help="LiteRT threads per model.")
 @click.option("--data", default=DEFAULT_MNIST_DIR, show_default=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results here.")
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the results here."
+)
 @click.option(
     "--card",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Record the table in this model card: its own model's rows, and every other --model as a baseline.",
 )
 def main(
-    models: tuple[Path, ...], limit: int, every_image: bool, threads: int, data: Path, json_path: Path | None, card: Path | None
+    models: tuple[Path, ...],
+    limit: int,
+    every_image: bool,
+    threads: int,
+    data: Path,
+    json_path: Path | None,
+    card: Path | None,
 ) -> None:
     """Accuracy per robustness variant for each --model (.tflite)."""
     images, labels = mnist.load_split(data, "test")
@@ -206,7 +220,9 @@ def record_in_card(card_path: Path, results: dict[str, dict[str, Any]], images_p
     """The card's own model (its ``litert_file`` beside it) under ``robustness``, the others as baselines."""
     card = json.loads(card_path.read_text())
     own = (card_path.parent / card.get("litert_file", "")).resolve()
-    accuracy = {model: {variant: round(row["accuracy"], 4) for variant, row in rows.items()} for model, rows in results.items()}
+    accuracy = {
+        model: {variant: round(row["accuracy"], 4) for variant, row in rows.items()} for model, rows in results.items()
+    }
     ece = {model: {variant: row.get("ece") for variant, row in rows.items()} for model, rows in results.items()}
     card["robustness"] = {
         "seed": SEED,

@@ -61,7 +61,8 @@ MIN_SAMPLES, MAX_SAMPLES = 5, 40
 # The benchmark's own web: operator pages public and no upload rate limit (issue 14's settings).
 WEB_ENV = {"PUBLIC_INSIGHTS": "1", "UPLOAD_RATE_LIMIT": "off", "SIGNIN_RATE_LIMIT": "off", "STALL_SECONDS": "86400"}
 NPY_HEADER = encode_image(np.zeros((IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8))[: -IMAGE_SIDE * IMAGE_SIDE]
-# int4[] {28,28} in binary: ndim, has-nulls, element type oid (int4 = 23), length, lower bound, then (size, value) twice.
+# int4[] {28,28} in binary: ndim, has-nulls, element type oid (int4 = 23), length, lower bound, then (size, value)
+# twice.
 
 
 # --- building the data ---------------------------------------------------------------------
@@ -72,7 +73,9 @@ def distort(images: np.ndarray, rng: np.random.Generator, block: int = 2048) -> 
 
     float32 and blocks of ``block`` images, so the working arrays stay in the CPU's caches.
     """
-    return np.concatenate([_distort_block(images[start : start + block], rng) for start in range(0, len(images), block)])
+    return np.concatenate(
+        [_distort_block(images[start : start + block], rng) for start in range(0, len(images), block)]
+    )
 
 
 def _distort_block(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -135,7 +138,9 @@ class ImageFactory:
                 offset = 0 if name == "train" else 60_000
                 mine = originals[(originals >= offset) & (originals < offset + len(digit_images))] - offset
                 if len(mine):
-                    rows = copy_rows(distort(digit_images[mine], self.rng), labels[mine], split, SYNTHETIC_INDEX_BASE + self.made)
+                    rows = copy_rows(
+                        distort(digit_images[mine], self.rng), labels[mine], split, SYNTHETIC_INDEX_BASE + self.made
+                    )
                     images.bulk_load.copy_image_rows(conn, rows)
                     self.made += len(mine)
             left -= chunk
@@ -161,7 +166,9 @@ sys.exit(os.waitstatus_to_exitcode(status))
 def run_measured(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
     """(wall seconds, peak RSS MB, output) of a command run through ``LAUNCHER``."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", LAUNCHER, *command], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, *command], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True
+    )
     elapsed = time.perf_counter() - started
     text, _, peak = done.stdout.rpartition("PEAK_RSS_KB ")
     if done.returncode:
@@ -216,7 +223,12 @@ def timed_report(env: dict[str, str], job_id: int) -> dict[str, Any]:
 
 
 def job_throughput(
-    env: dict[str, str], settings: Settings, image_ids: list[int], workers: int, log_dir: Path, tree: Path = PROJECT_ROOT
+    env: dict[str, str],
+    settings: Settings,
+    image_ids: list[int],
+    workers: int,
+    log_dir: Path,
+    tree: Path = PROJECT_ROOT,
 ) -> dict[str, float]:
     """A job of ``image_ids`` after a warm-up job, by ``workers`` bulk processes running ``tree``'s code."""
     if tree == PROJECT_ROOT:
@@ -250,17 +262,22 @@ def run_job(conn: connection.Connection, app: Any, settings: Settings, image_ids
     return job.id
 
 
-def predict_new_images(env: dict[str, str], settings: Settings, first_id: int, last_id: int, uploads: np.ndarray, log_dir: Path) -> float:
+def predict_new_images(
+    env: dict[str, str], settings: Settings, first_id: int, last_id: int, uploads: np.ndarray, log_dir: Path
+) -> float:
     """One labelled job over the new images and ``uploads`` upload jobs, by ``python -m worker``; its peak RSS."""
     from bench.common import UPLOAD_CONSUMER_READY, WORKER_READY
 
-    worker = start_worker(env, log_dir / "scale-fill.log", 2, module="worker", ready=(WORKER_READY, UPLOAD_CONSUMER_READY))
+    worker = start_worker(
+        env, log_dir / "scale-fill.log", 2, module="worker", ready=(WORKER_READY, UPLOAD_CONSUMER_READY)
+    )
     try:
         conn = connection.connect(settings.database_url)
         app = queues.broker.celery_app(settings)
         version = model_version(settings.model_path)
         upload_jobs = [
-            jobs.service.submit_upload(conn, settings, encode_image(image), version, {"upload": "scale.png"}).id for image in uploads
+            jobs.service.submit_upload(conn, settings, encode_image(image), version, {"upload": "scale.png"}).id
+            for image in uploads
         ]
         run_job(conn, app, settings, list(range(first_id, last_id + 1)), version)
         from shared import jobs
@@ -327,7 +344,10 @@ def measure_step(env: dict[str, str], settings: Settings, size: int, dataset: Pa
 
     for workers in (1, 2):
         measured = job_throughput(env, settings, list(range(1, THROUGHPUT_IMAGES + 1)), workers, log_dir)
-        row[f"throughput_{workers}w"], row[f"worker_rss_{workers}w_mb"] = measured["images_per_second"], measured["worker_rss_mb"]
+        row[f"throughput_{workers}w"], row[f"worker_rss_{workers}w_mb"] = (
+            measured["images_per_second"],
+            measured["worker_rss_mb"],
+        )
 
     images.bulk_load.vacuum_analyze(conn)
     web, url = start_web(env, log_dir / "scale-web.log")
@@ -401,7 +421,11 @@ def run(sizes: tuple[int, ...] = DEFAULT_SIZES, label: str = "") -> list[dict[st
             uploads = uploads_source[step * UPLOADS_PER_STEP : (step + 1) * UPLOADS_PER_STEP]
             fill_rss = predict_new_images(env, settings, first_id, size, uploads, log_dir)
             build_seconds = time.perf_counter() - started
-            print(f"scale {label}: {size:,} images stored and predicted in {build_seconds:.0f} s", file=sys.stderr, flush=True)
+            print(
+                f"scale {label}: {size:,} images stored and predicted in {build_seconds:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
             row = measure_step(env, settings, size, dataset, log_dir)
             row.update(build_images_per_s=build_rate, build_seconds=build_seconds, fill_worker_rss_mb=fill_rss)
             rows.append(row)
@@ -418,13 +442,19 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     lines = [header]
 
     def line(what: str, values: list[Any], fmt: str) -> None:
-        lines.append(f"{what:<46}" + "".join(f"{format(v, fmt) if isinstance(v, int | float) else str(v):>14}" for v in values))
+        lines.append(
+            f"{what:<46}" + "".join(f"{format(v, fmt) if isinstance(v, int | float) else str(v):>14}" for v in values)
+        )
 
     line("stored images / predictions (k)", [f"{r['images'] // 1000}k/{r['predictions'] // 1000}k" for r in rows], "")
     line("build: distort + COPY, images/s", [r["build_images_per_s"] for r in rows], ",.0f")
     line("ingest folder of PNGs, images/s", [r["ingest_folder_images_per_s"] for r in rows], ",.0f")
     line("ingest IDX (10k test), images/s", [r["ingest_idx_images_per_s"] for r in rows], ",.0f")
-    line("ingest peak RSS MB (folder / IDX)", [f"{r['ingest_folder_rss_mb']:.0f}/{r['ingest_idx_rss_mb']:.0f}" for r in rows], "")
+    line(
+        "ingest peak RSS MB (folder / IDX)",
+        [f"{r['ingest_folder_rss_mb']:.0f}/{r['ingest_idx_rss_mb']:.0f}" for r in rows],
+        "",
+    )
     line("submit all images: s", [r.get("submit_s", "refused") for r in rows], ".2f")
     line("submit peak RSS MB", [r.get("submit_rss_mb", "-") for r in rows], ".0f")
     line("resume that job: s", [r.get("resume_s", "-") for r in rows], ".2f")
@@ -434,7 +464,11 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     line("worker peak RSS MB (largest process)", [r["fill_worker_rss_mb"] for r in rows], ".0f")
     line("web peak RSS MB (largest process)", [r["web_rss_mb"] for r in rows], ".0f")
     for name in rows[0]["routes"]:
-        line(f"{name} p50/p95 ms", [f"{r['routes'][name]['p50_ms']:.0f}/{r['routes'][name]['p95_ms']:.0f}" for r in rows], "")
+        line(
+            f"{name} p50/p95 ms",
+            [f"{r['routes'][name]['p50_ms']:.0f}/{r['routes'][name]['p95_ms']:.0f}" for r in rows],
+            "",
+        )
     line("DB bytes per stored image", [r["bytes_per_image"] for r in rows], ",.0f")
     line("DB bytes per prediction", [r["bytes_per_prediction"] for r in rows], ",.0f")
     return lines

@@ -30,7 +30,12 @@ def seed_queue(settings: Settings) -> str:
 def make_app(settings: Settings) -> Celery:
     """The seed's Celery app, for the benchmark that sends its tasks and for the worker that runs them."""
     app = Celery("seed_style", broker=settings.redis_url, set_as_current=False)
-    app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1, task_ignore_result=True, task_default_queue=seed_queue(settings))
+    app.conf.update(
+        task_acks_late=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_default_queue=seed_queue(settings),
+    )
     loaded: dict[str, Any] = {}
 
     def load_model(**_: Any) -> None:
@@ -70,7 +75,9 @@ def main(extra_args: list[str]) -> None:
     """Run the seed's worker on its queue; ``extra_args`` (Celery worker options) last, so they win."""
     settings = load_settings()
     hostname = f"seed-{os.getpid()}@%h"
-    make_app(settings).worker_main(["worker", "--queues", seed_queue(settings), "--hostname", hostname, "--loglevel", "INFO", *extra_args])
+    make_app(settings).worker_main(
+        ["worker", "--queues", seed_queue(settings), "--hostname", hostname, "--loglevel", "INFO", *extra_args]
+    )
 
 
 if __name__ == "__main__":

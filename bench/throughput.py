@@ -48,7 +48,10 @@ def bare_model(settings: Settings, images: np.ndarray, repeats: int, runtime: st
             for start in range(0, len(images), batch_size):
                 predictor.predict_batch(images[start : start + batch_size])
             rates.append(len(images) / (time.perf_counter() - started))
-        by_batch[batch_size] = (*median_and_spread(rates), (time.process_time() - cpu_before) / (repeats * len(images)) * 1e6)
+        by_batch[batch_size] = (
+            *median_and_spread(rates),
+            (time.process_time() - cpu_before) / (repeats * len(images)) * 1e6,
+        )
     best = max(by_batch, key=lambda size: by_batch[size][0])
     rate, spread, cpu_us = by_batch[best]
     what = f"bare model, {served}, {best} images a call"
@@ -71,7 +74,13 @@ def in_process(settings: Settings, image_ids: list[int], repeats: int) -> dict[s
         started = time.perf_counter()
         job_id = jobs.store.create_job(conn, image_ids, "bench-in-process", {"bench": "in process"})
         for start in range(0, len(image_ids), settings.batch_size):
-            process_batch(lane, predictor.predict_batch, "bench-in-process", job_id, image_ids[start : start + settings.batch_size])
+            process_batch(
+                lane,
+                predictor.predict_batch,
+                "bench-in-process",
+                job_id,
+                image_ids[start : start + settings.batch_size],
+            )
         rates.append(len(image_ids) / (time.perf_counter() - started))
         if repeat:
             cpu["process"] += time.process_time() - cpu_before["process"]
@@ -84,7 +93,9 @@ def in_process(settings: Settings, image_ids: list[int], repeats: int) -> dict[s
     return {"what": what, "images_per_second": median, "spread": spread, "cpu_us_per_image": per_image}
 
 
-def pipeline(env: dict[str, str], settings: Settings, image_ids: list[int], workers: int, repeats: int, log_dir: Path) -> dict[str, Any]:
+def pipeline(
+    env: dict[str, str], settings: Settings, image_ids: list[int], workers: int, repeats: int, log_dir: Path
+) -> dict[str, Any]:
     """From submit (job row + enqueue) to the last prediction stored, N worker processes."""
     worker = start_worker(env, log_dir / f"worker-{workers}.log", concurrency=workers)
     rates = []
@@ -125,7 +136,9 @@ def seed_style(env: dict[str, str], settings: Settings, image_ids: list[int], lo
         started = time.perf_counter()
         with app.producer_or_acquire() as producer:
             for image_id in image_ids:
-                app.send_task(seed.SEED_TASK, args=[job_id, image_id], queue=seed.seed_queue(settings), producer=producer)
+                app.send_task(
+                    seed.SEED_TASK, args=[job_id, image_id], queue=seed.seed_queue(settings), producer=producer
+                )
         wait_for_results(conn, job_id, len(image_ids))
         elapsed = time.perf_counter() - started
         conn.close()

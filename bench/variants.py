@@ -50,11 +50,17 @@ def enlarged(digit: np.ndarray, scale: int = WORK_SCALE) -> np.ndarray:
 
 
 def on_paper(
-    ink: np.ndarray, rng: np.random.Generator, paper: int = WHITE, ink_level: int = BLACK, margin: tuple[int, int] = (8, 40)
+    ink: np.ndarray,
+    rng: np.random.Generator,
+    paper: int = WHITE,
+    ink_level: int = BLACK,
+    margin: tuple[int, int] = (8, 40),
 ) -> Image.Image:
     """Ink coverage 0..1 drawn at ``ink_level`` on a page of ``paper`` grey, 100-300 px, with a random margin."""
     side = int(rng.integers(100, 221))
-    coverage = Image.fromarray((np.clip(ink, 0, 1) * 255).astype(np.uint8)).resize((side, side), Image.Resampling.BILINEAR)
+    coverage = Image.fromarray((np.clip(ink, 0, 1) * 255).astype(np.uint8)).resize(
+        (side, side), Image.Resampling.BILINEAR
+    )
     coverage = np.asarray(coverage, dtype=np.float64) / 255.0
     top, bottom, left, right = (int(rng.integers(margin[0], margin[1] + 1)) for _ in range(4))
     page = np.pad(coverage, ((top, bottom), (left, right)))
@@ -95,7 +101,9 @@ def render_fills_box(digit: np.ndarray, rng: np.random.Generator) -> Image.Image
 
 
 def render_blur(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
-    blurred = Image.fromarray((enlarged(digit) * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.5 * WORK_SCALE))
+    blurred = Image.fromarray((enlarged(digit) * 255).astype(np.uint8)).filter(
+        ImageFilter.GaussianBlur(1.5 * WORK_SCALE)
+    )
     return on_paper(np.asarray(blurred, dtype=np.float64) / 255.0, rng)
 
 
@@ -113,7 +121,9 @@ def slanted(direction: int) -> Callable[[np.ndarray, np.random.Generator], Image
         shear = direction * SHEAR
         centre = big.height / 2
         # PIL maps each output (x, y) to the input (x + shear * (y - centre), y).
-        sheared = big.transform(big.size, Image.Transform.AFFINE, (1, shear, -shear * centre, 0, 1, 0), Image.Resampling.BICUBIC)
+        sheared = big.transform(
+            big.size, Image.Transform.AFFINE, (1, shear, -shear * centre, 0, 1, 0), Image.Resampling.BICUBIC
+        )
         return on_paper(np.asarray(sheared, dtype=np.float64) / 255.0, rng)
 
     return render
@@ -293,7 +303,9 @@ VARIANTS: dict[str, Variant] = {
     "dark_on_grey": Variant(render_dark_on_grey, "dark ink on grey paper (150-200)"),
     "pencil": Variant(render_pencil, "faint grey ink (160-180) on white: low contrast"),
     "jpeg": Variant(render_jpeg, f"black on white, JPEG quality {JPEG_QUALITY}", image_format="JPEG"),
-    "canvas": Variant(render_canvas, f"skeleton drawn with the pad's {CANVAS_BRUSH} px round brush on {CANVAS_SIDE} px"),
+    "canvas": Variant(
+        render_canvas, f"skeleton drawn with the pad's {CANVAS_BRUSH} px round brush on {CANVAS_SIDE} px"
+    ),
     # Appended, never inserted: a variant's seed is its place in this table.
     "lined_paper": Variant(render_lined_paper, "ruled lines ~1 digit-height apart crossing it; blue/black ballpoint"),
     "squared_paper": Variant(render_squared_paper, "a grid of thin lines, 2-4 squares to the digit's height"),

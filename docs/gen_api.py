@@ -102,7 +102,10 @@ def operation_section(spec: dict[str, Any], path: str, method: str, operation: d
     schemes = sorted({name for requirement in security for name in requirement})
     who = "operators (`Authorization: Bearer <token>`)" if schemes else "anyone"
     lines = [f"### `{method.upper()} {path}`", "", f"**{operation.get('summary', '')}**", ""]
-    lines += [f"Operation `{operation.get('operationId', '')}`; tags: {', '.join(operation.get('tags', [])) or 'none'}; for {who}.", ""]
+    lines += [
+        f"Operation `{operation.get('operationId', '')}`; tags: {', '.join(operation.get('tags', [])) or 'none'}; for {who}.",
+        "",
+    ]
     if operation.get("description"):
         lines += [operation["description"].strip(), ""]
     return lines + parameters(spec, operation) + request_body(spec, operation) + responses(spec, operation)
@@ -120,7 +123,9 @@ def schema_section(name: str, schema: dict[str, Any]) -> list[str]:
     lines += [f"An object{'; no other field is allowed' if closed else ''}.", ""]
     lines += ["| field | type | required | description |", "| --- | --- | --- | --- |"]
     for field, sub in properties.items():
-        lines.append(f"| `{field}` | {cell(type_of(sub))} | {'yes' if field in required else 'no'} | {cell(sub.get('description'))} |")
+        lines.append(
+            f"| `{field}` | {cell(type_of(sub))} | {'yes' if field in required else 'no'} | {cell(sub.get('description'))} |"
+        )
     return [*lines, ""]
 
 
@@ -138,8 +143,15 @@ def render(spec: dict[str, Any]) -> str:
     if info.get("description"):
         lines += [info["description"].strip(), ""]
     lines += ["## Operations", "", "| method and path | summary |", "| --- | --- |"]
-    operations = [(path, method, item[method]) for path, item in spec.get("paths", {}).items() for method in METHODS if method in item]
-    lines += [f"| `{method.upper()} {path}` | {cell(operation.get('summary'))} |" for path, method, operation in operations]
+    operations = [
+        (path, method, item[method])
+        for path, item in spec.get("paths", {}).items()
+        for method in METHODS
+        if method in item
+    ]
+    lines += [
+        f"| `{method.upper()} {path}` | {cell(operation.get('summary'))} |" for path, method, operation in operations
+    ]
     lines.append("")
     for path, method, operation in operations:
         lines += operation_section(spec, path, method, operation)

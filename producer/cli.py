@@ -111,7 +111,11 @@ def ingest() -> None:
 
 @ingest.command("mnist")
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
-@click.option("--data", type=click.Path(path_type=Path), help="Folder of MNIST IDX .gz files or mnist.npz [default: the bundled test set]")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    help="Folder of MNIST IDX .gz files or mnist.npz [default: the bundled test set]",
+)
 @click.option("--limit", type=ROW_ID, help="Store only the first N images.")
 @click.pass_obj
 @user_errors
@@ -139,7 +143,9 @@ def ingest_folder(config: Settings, folder: Path) -> None:
     Pictures under a folder named 0-9 get that digit as their true label.
     """
     outcome = ingest_folder_with_progress(config, folder)
-    click.echo(f"stored {outcome.inserted} new images, {outcome.already} were already there, {len(outcome.rejected)} rejected")
+    click.echo(
+        f"stored {outcome.inserted} new images, {outcome.already} were already there, {len(outcome.rejected)} rejected"
+    )
 
 
 def ingest_folder_with_progress(
@@ -175,7 +181,9 @@ def ingest_folder_with_progress(
 @click.option("--unpredicted", is_flag=True, help="Only images the job's model has not predicted yet.")
 @click.option("--id", "image_ids", type=ROW_ID, multiple=True, help="Exactly these image IDs (repeatable).")
 @click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), help="Images per task [default: BATCH_SIZE].")
-@click.option("--model", default=models.registry.PRODUCTION, show_default=True, help="The version or alias that predicts the job.")
+@click.option(
+    "--model", default=models.registry.PRODUCTION, show_default=True, help="The version or alias that predicts the job."
+)
 @click.option("--shadow", help="A second version or alias that predicts the job too; its results are stored apart.")
 @click.option(
     "--priority",
@@ -217,7 +225,9 @@ def submit(
     except jobs.service.NoImagesSelected as error:
         raise click.ClickException(f"{error} (ingest some first: python -m producer ingest mnist)") from None
     shadowed = f", shadow {job.shadow_version}" if job.shadow_version else ""
-    click.echo(f"job {job.id}: {job.images} images in {job.batches} batches, model {job.model_version}{shadowed}", err=True)
+    click.echo(
+        f"job {job.id}: {job.images} images in {job.batches} batches, model {job.model_version}{shadowed}", err=True
+    )
     click.echo(job.id)
 
 
@@ -301,7 +311,9 @@ def require_job(conn: connection.Connection, job_id: int) -> dict[str, Any]:
 
 @main.command()
 @click.argument("job_id", type=ROW_ID)
-@click.option("--wrong", "wrong_limit", type=COUNT, default=10, show_default=True, help="How many wrong predictions to list.")
+@click.option(
+    "--wrong", "wrong_limit", type=COUNT, default=10, show_default=True, help="How many wrong predictions to list."
+)
 @click.option(
     "--threshold",
     type=click.FloatRange(0, 1),
@@ -315,14 +327,18 @@ def report(config: Settings, job_id: int, wrong_limit: int, threshold: float | N
     if result is None:
         raise click.ClickException(f"there is no job {job_id}")
     job = result.job
-    click.echo(f"job {job_id}: {job['status']}, {job['done_count']} predicted, {job['failed_count']} failed of {job['total_images']}")
+    click.echo(
+        f"job {job_id}: {job['status']}, {job['done_count']} predicted, {job['failed_count']} failed of {job['total_images']}"
+    )
     if result.accuracy is None:
         click.echo("no labelled predictions yet: accuracy unknown")
     else:
         click.echo(f"accuracy: {result.accuracy:.4f} on {result.labelled} labelled images")
         click.echo(
             "per class: "
-            + "  ".join(f"{k}:{acc:.3f}" if acc is not None else f"{k}:-" for k, acc in enumerate(result.per_class_accuracy()))
+            + "  ".join(
+                f"{k}:{acc:.3f}" if acc is not None else f"{k}:-" for k, acc in enumerate(result.per_class_accuracy())
+            )
         )
         click.echo("confusion matrix (rows: true, columns: predicted)")
         click.echo("      " + "".join(f"{k:>6}" for k in range(10)))
@@ -339,7 +355,9 @@ def report(config: Settings, job_id: int, wrong_limit: int, threshold: float | N
 @main.command()
 @click.argument("job_id", type=ROW_ID)
 @click.option("--format", "form", type=click.Choice(jobs.export.FORMATS), default="csv", show_default=True)
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here [default: standard output].")
+@click.option(
+    "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here [default: standard output]."
+)
 @click.option("--probabilities", is_flag=True, help="Add the ten class probabilities p0-p9.")
 @click.pass_obj
 @user_errors
@@ -352,7 +370,9 @@ def results(config: Settings, job_id: int, form: str, output: Path | None, proba
     write_results(conn, info, form, output, probabilities)
 
 
-def write_results(conn: connection.Connection, info: jobs.export.ExportInfo, form: str, output: Path | None, probabilities: bool) -> None:
+def write_results(
+    conn: connection.Connection, info: jobs.export.ExportInfo, form: str, output: Path | None, probabilities: bool
+) -> None:
     """The export of ``info``'s jobs to ``output`` (or stdout); a partial one is said so on stderr."""
     if form == "parquet" and output is None:
         raise click.ClickException("--format parquet needs --output FILE")
@@ -376,8 +396,12 @@ RUN_SLICE = 4096
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Where the results go.")
 @click.option("--format", "form", type=click.Choice(jobs.export.FORMATS), default="csv", show_default=True)
-@click.option("--model", default=models.registry.PRODUCTION, show_default=True, help="The version or alias that predicts.")
-@click.option("--timeout", type=float, default=24 * 3600, show_default=True, help="Give up waiting after this many seconds.")
+@click.option(
+    "--model", default=models.registry.PRODUCTION, show_default=True, help="The version or alias that predicts."
+)
+@click.option(
+    "--timeout", type=float, default=24 * 3600, show_default=True, help="Give up waiting after this many seconds."
+)
 @click.pass_obj
 @user_errors
 def run(config: Settings, folder: Path, output: Path, form: str, model: str, timeout: float) -> None:
@@ -416,7 +440,8 @@ def run(config: Settings, folder: Path, output: Path, form: str, model: str, tim
         click.echo(f"{error}; the earlier run's results remain", err=True)
     else:
         click.echo(
-            f"stored {outcome.inserted} new images, {outcome.already} were already there, {len(outcome.rejected)} rejected", err=True
+            f"stored {outcome.inserted} new images, {outcome.already} were already there, {len(outcome.rejected)} rejected",
+            err=True,
         )
     leftover = jobs.folder_store.folder_images_without_job(conn, root)
     for start in range(0, len(leftover), config.max_job_images):

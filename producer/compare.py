@@ -22,18 +22,32 @@ from shared.jobs.comparison import Comparison, load_comparison
 ROW_ID = click.IntRange(1, MAX_ROW_ID)
 CHANGES_SHOWN = 20  # pairs of predictions listed; --json has them all
 CELL = 6
-USAGE = "give two job ids (compare 3 4), or --models A B with a selection (compare --models production canary --split test)"
+USAGE = (
+    "give two job ids (compare 3 4), or --models A B with a selection (compare --models production canary --split test)"
+)
 
 
 @click.command()
 @click.argument("job_a", type=ROW_ID, required=False)
 @click.argument("job_b", type=ROW_ID, required=False)
-@click.option("--models", nargs=2, metavar="A B", help="Submit the selection once per model version or alias, wait, then compare.")
-@click.option("--split", type=click.Choice(["test", "train", "upload"]), help="With --models: only images of this split.")
+@click.option(
+    "--models", nargs=2, metavar="A B", help="Submit the selection once per model version or alias, wait, then compare."
+)
+@click.option(
+    "--split", type=click.Choice(["test", "train", "upload"]), help="With --models: only images of this split."
+)
 @click.option("--label", type=click.IntRange(0, 9), help="With --models: only images whose true label is this digit.")
 @click.option("--limit", type=ROW_ID, help="With --models: at most N images (oldest first).")
-@click.option("--id", "image_ids", type=ROW_ID, multiple=True, help="With --models: exactly these image IDs (repeatable).")
-@click.option("--timeout", type=float, default=3600, show_default=True, help="With --models: give up waiting after this many seconds.")
+@click.option(
+    "--id", "image_ids", type=ROW_ID, multiple=True, help="With --models: exactly these image IDs (repeatable)."
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=3600,
+    show_default=True,
+    help="With --models: give up waiting after this many seconds.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON (as GET /api/compare does).")
 @click.pass_obj
 @user_errors
@@ -61,7 +75,9 @@ def compare(
     conn = connection.connect(config.database_url)
     try:
         if models:
-            job_a, job_b = run_on_both(conn, config, models, jobs.service.Selection(split, label, limit, False, image_ids), timeout)
+            job_a, job_b = run_on_both(
+                conn, config, models, jobs.service.Selection(split, label, limit, False, image_ids), timeout
+            )
         if job_a is None or job_b is None:  # ruled out above: without --models both ids are given
             raise click.UsageError(USAGE)
         result = load_comparison(conn, job_a, job_b)
@@ -77,10 +93,16 @@ def compare(
 
 
 def run_on_both(
-    conn: connection.Connection, config: Settings, names: tuple[str, str], selection: jobs.service.Selection, timeout: float
+    conn: connection.Connection,
+    config: Settings,
+    names: tuple[str, str],
+    selection: jobs.service.Selection,
+    timeout: float,
 ) -> tuple[int, int]:
     """One job of ``selection`` per model (each name resolved now, as ``submit --model`` does), both waited for."""
-    versions = [models.registry.resolve(conn, name) for name in names]  # an unknown name is refused before anything is submitted
+    versions = [
+        models.registry.resolve(conn, name) for name in names
+    ]  # an unknown name is refused before anything is submitted
     app = queues.broker.celery_app(config)
     try:
         submitted = [jobs.service.submit_job(conn, app, config, selection, version) for version in versions]
@@ -95,7 +117,9 @@ def run_on_both(
             raise click.ClickException(f"job {job.id} no longer exists")
         if finished["status"] != "done":
             ids = " ".join(str(each.id) for each in submitted)
-            raise click.ClickException(f"job {job.id} did not finish within {timeout:g} s; compare later: python -m producer compare {ids}")
+            raise click.ClickException(
+                f"job {job.id} did not finish within {timeout:g} s; compare later: python -m producer compare {ids}"
+            )
     return submitted[0].id, submitted[1].id
 
 
@@ -132,7 +156,11 @@ def report_lines(result: Comparison) -> list[str]:
 def describe(job: dict, versions: tuple[str, ...]) -> str:
     """The job, its model, and the versions that really predicted the shared images when they are not just that one."""
     model = job["model_version"] or "production"
-    predicted_by = f" (shared images predicted by {', '.join(versions)})" if versions and list(versions) != [job["model_version"]] else ""
+    predicted_by = (
+        f" (shared images predicted by {', '.join(versions)})"
+        if versions and list(versions) != [job["model_version"]]
+        else ""
+    )
     return f"job {job['id']}: model {model}{predicted_by}, {job['status']}, {job['done_count']} of {job['total_images']} predicted"
 
 
@@ -154,7 +182,9 @@ def change_lines(result: Comparison) -> list[str]:
 
 
 def diff_lines(result: Comparison) -> list[str]:
-    lines = ["confusion diff B - A (rows: true digit, columns: predicted; + where B predicts it more often, . for no change)"]
+    lines = [
+        "confusion diff B - A (rows: true digit, columns: predicted; + where B predicts it more often, . for no change)"
+    ]
     lines.append(" " * CELL + "".join(f"{k:>{CELL}}" for k in range(NUM_CLASSES)))
     for true_label, row in enumerate(result.confusion_diff):
         lines.append(f"{true_label:>{CELL}}" + "".join(f"{(f'{value:+d}' if value else '.'):>{CELL}}" for value in row))

@@ -19,7 +19,9 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except psycopg.OperationalError as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else "connection failed"
-            raise click.ClickException(f"cannot reach the database ({first_line}); is PostgreSQL running and DATABASE_URL right?") from None
+            raise click.ClickException(
+                f"cannot reach the database ({first_line}); is PostgreSQL running and DATABASE_URL right?"
+            ) from None
         except ValueError as error:
             raise click.ClickException(str(error)) from None
         except OSError as error:  # e.g. a path too long for the file system

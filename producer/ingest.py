@@ -65,7 +65,12 @@ class DecodeLimits:
 
     @classmethod
     def of(cls, config: Settings) -> DecodeLimits:
-        return cls(config.max_upload_bytes, config.max_image_pixels, config.max_decode_megabytes * 2**20, config.concurrent_decodes)
+        return cls(
+            config.max_upload_bytes,
+            config.max_image_pixels,
+            config.max_decode_megabytes * 2**20,
+            config.concurrent_decodes,
+        )
 
 
 @dataclasses.dataclass
@@ -89,7 +94,9 @@ def walk_sorted(folder: str, rejected: list[str]) -> Iterator[str]:
     """
     try:
         with os.scandir(folder) as listing:
-            entries = [(entry.name + "/" if entry.is_dir(follow_symlinks=False) else entry.name, entry) for entry in listing]
+            entries = [
+                (entry.name + "/" if entry.is_dir(follow_symlinks=False) else entry.name, entry) for entry in listing
+            ]
     except OSError as error:
         rejected.append(f"{printable(folder)}: cannot be listed: {error.strerror or error}")
         return
@@ -127,8 +134,12 @@ def decode_chunk(files: list[tuple[str, int | None]], limits: DecodeLimits) -> t
         try:
             size = path.stat().st_size
             if size > limits.max_upload_bytes:
-                raise ValueError(f"the file is {size} bytes; at most {limits.max_upload_bytes} (MAX_UPLOAD_BYTES) are accepted")
-            image = user_image_to_mnist(path.read_bytes(), limits.max_image_pixels, limits.max_decode_bytes, limits.concurrent_decodes)
+                raise ValueError(
+                    f"the file is {size} bytes; at most {limits.max_upload_bytes} (MAX_UPLOAD_BYTES) are accepted"
+                )
+            image = user_image_to_mnist(
+                path.read_bytes(), limits.max_image_pixels, limits.max_decode_bytes, limits.concurrent_decodes
+            )
         except (ValueError, OSError) as error:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
             rejected.append(f"{printable(path)}: {reason}")
@@ -203,7 +214,9 @@ def ingest_folder(
     return outcome
 
 
-def _chunks(files: Iterator[tuple[str, bool]], root: Path, outcome: FolderIngest) -> Iterator[list[tuple[str, int | None]]]:
+def _chunks(
+    files: Iterator[tuple[str, bool]], root: Path, outcome: FolderIngest
+) -> Iterator[list[tuple[str, int | None]]]:
     """The new files in lists of ``DECODE_CHUNK`` (path, label); counts every file and those already stored."""
     chunk: list[tuple[str, int | None]] = []
     top = str(root)

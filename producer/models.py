@@ -79,7 +79,9 @@ def register(config: Settings, path: Path, name: str | None) -> None:
     for check in outcome.checks:
         click.echo(f"checked: {check}")
     state = "registered" if outcome.stored else "was registered already"
-    click.echo(f"{outcome.version} {state}; serve it with: python -m producer models alias production {outcome.version}")
+    click.echo(
+        f"{outcome.version} {state}; serve it with: python -m producer models alias production {outcome.version}"
+    )
 
 
 @models.command("alias")

@@ -39,7 +39,9 @@ def when(value) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value else "-"
 
 
-password_stdin = click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
+password_stdin = click.option(
+    "--password-stdin", is_flag=True, help="Read the password from the first line of standard input."
+)
 
 
 @click.group()

@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import dotenv
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 from pydantic_settings import PydanticBaseSettingsSource as Source
 
@@ -36,7 +44,9 @@ METRICS_DIR_NAME = "mnist-queue-metrics"
 DEVELOPMENT_SECRET_KEY = "dev-only-not-secret"
 # Passwords that appear in this repository's examples (.env.example, compose files, docs), and placeholders
 # people type: anyone can guess them, so production refuses them.
-DEVELOPMENT_PASSWORDS = frozenset({"postgres", "password", "mnist", "mnist-dev", "dev", "changeme", "change-me", "secret"})
+DEVELOPMENT_PASSWORDS = frozenset(
+    {"postgres", "password", "mnist", "mnist-dev", "dev", "changeme", "change-me", "secret"}
+)
 DEVELOPMENT_SECRET_KEYS = DEVELOPMENT_PASSWORDS | {DEVELOPMENT_SECRET_KEY, "x", "test", "secret-key", "dev-secret"}
 # Short or repetitive keys can be guessed; secrets.token_urlsafe(32), as the docs suggest, passes both.
 MIN_SECRET_KEY_LENGTH = 32
@@ -48,7 +58,9 @@ MODEL_PRECISIONS: tuple[str, ...] = get_args(Precision)
 DEFAULT_UPLOAD_RATE_LIMIT = "60 per minute"
 DEFAULT_SIGNIN_RATE_LIMIT = "5 per minute;20 per hour"  # failed sign-ins only
 RATE_LIMIT_OFF = frozenset({"0", "off", "none"})
-_ONE_RATE = re.compile(r"\s*[1-9][0-9]*\s*(?:/|per)\s*(?:[1-9][0-9]*\s+)?(?:second|minute|hour|day|month|year)s?\s*", re.IGNORECASE)
+_ONE_RATE = re.compile(
+    r"\s*[1-9][0-9]*\s*(?:/|per)\s*(?:[1-9][0-9]*\s+)?(?:second|minute|hour|day|month|year)s?\s*", re.IGNORECASE
+)
 # PUBLIC_INSIGHTS as ./run up and ./run demo set it where the user set nothing (their web listens on 127.0.0.1
 # only); MNIST_PRODUCTION refuses it, so that only an explicit 1 opens a production server's operator pages.
 PUBLIC_INSIGHTS_STACK_DEFAULT = "demo"
@@ -84,9 +96,13 @@ def _rate_limit(raw: str) -> str:
 # json_schema_extra: what a validator function checks, which the generated docs cannot read from pydantic.
 Flag = Annotated[bool, BeforeValidator(_flag), Field(json_schema_extra={"constraint": _FLAG_WORDS})]
 RateLimit = Annotated[
-    str, AfterValidator(_rate_limit), Field(json_schema_extra={"kind": "rate limit", "constraint": "N per PERIOD;… or off"})
+    str,
+    AfterValidator(_rate_limit),
+    Field(json_schema_extra={"kind": "rate limit", "constraint": "N per PERIOD;… or off"}),
 ]
-DemoFlag = Annotated[bool, Field(json_schema_extra={"constraint": f"demo, {_FLAG_WORDS}"})]  # see Settings._public_insights
+DemoFlag = Annotated[
+    bool, Field(json_schema_extra={"constraint": f"demo, {_FLAG_WORDS}"})
+]  # see Settings._public_insights
 Count = Annotated[int, Field(ge=1)]
 CountFromZero = Annotated[int, Field(ge=0)]
 OptionalPath = Annotated[Path | None, Field(json_schema_extra={"kind": "path"})]
@@ -100,51 +116,119 @@ class Settings(BaseSettings):
     # validate_by_name: replace() and Settings(...) take field names; frozen: one Settings is shared by all threads.
     model_config = SettingsConfigDict(frozen=True, alias_generator=str.upper, validate_by_name=True, extra="forbid")
 
-    database_url: str = Field(DEFAULT_DATABASE_URL, pattern=POSTGRES, description="PostgreSQL (itself or a pooler in session mode)")
-    schema_database_url: str = Field("", pattern=f"{POSTGRES}|^$", description="the tables' owner, for init-db only; empty: DATABASE_URL")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", pattern=REDIS, description="Redis: Celery's broker and the upload queue")
-    model_path: Path = Field(DEFAULT_MODEL_PATH, description="the model init-db registers, and aliases production when no model is")
-    model_runtime: Annotated[Runtime, BeforeValidator(_word)] = Field("litert", description="run a version's LiteRT file or its Keras file")
-    model_precision: Annotated[Precision, BeforeValidator(_word)] = Field("auto", description="auto: int8 within 0.05 points of float")
-    model_cache_size: Count = Field(3, description="model versions each worker process keeps loaded (jobs may pin different ones)")
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL, pattern=POSTGRES, description="PostgreSQL (itself or a pooler in session mode)"
+    )
+    schema_database_url: str = Field(
+        "", pattern=f"{POSTGRES}|^$", description="the tables' owner, for init-db only; empty: DATABASE_URL"
+    )
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", pattern=REDIS, description="Redis: Celery's broker and the upload queue"
+    )
+    model_path: Path = Field(
+        DEFAULT_MODEL_PATH, description="the model init-db registers, and aliases production when no model is"
+    )
+    model_runtime: Annotated[Runtime, BeforeValidator(_word)] = Field(
+        "litert", description="run a version's LiteRT file or its Keras file"
+    )
+    model_precision: Annotated[Precision, BeforeValidator(_word)] = Field(
+        "auto", description="auto: int8 within 0.05 points of float"
+    )
+    model_cache_size: Count = Field(
+        3, description="model versions each worker process keeps loaded (jobs may pin different ones)"
+    )
     mnist_dir: Path = Field(DEFAULT_MNIST_DIR, description="where ingest mnist looks by default")
     batch_size: int = Field(1024, ge=1, le=MAX_BATCH_SIZE, description="image IDs per bulk task")
     queue_prefix: Word = Field("mnist", description="the queues are named PREFIX.bulk and PREFIX.upload")
-    worker_threads: CountFromZero = Field(0, description="inference threads per worker process; 0: a fair share of the CPUs")
-    worker_niceness: CountFromZero = Field(10, le=19, description="niceness of the bulk pool processes, so that uploads are served first")
-    worker_concurrency: CountFromZero = Field(0, description="bulk pool processes of python -m worker; 0: one per CPU it may use")
+    worker_threads: CountFromZero = Field(
+        0, description="inference threads per worker process; 0: a fair share of the CPUs"
+    )
+    worker_niceness: CountFromZero = Field(
+        10, le=19, description="niceness of the bulk pool processes, so that uploads are served first"
+    )
+    worker_concurrency: CountFromZero = Field(
+        0, description="bulk pool processes of python -m worker; 0: one per CPU it may use"
+    )
     max_upload_bytes: Count = Field(5 * 1024 * 1024, description="largest accepted upload")
     max_image_pixels: Count = Field(16_000_000, description="largest accepted picture (decompression-bomb guard)")
-    max_decode_megabytes: Count = Field(100, description="memory one picture may take to decode, judged from its header")
+    max_decode_megabytes: Count = Field(
+        100, description="memory one picture may take to decode, judged from its header"
+    )
     concurrent_decodes: Count = Field(2, description="pictures one process decodes at once; more wait for a turn")
-    max_queued_uploads: Count = Field(1000, description="waiting uploads beyond which new ones are answered 429 with Retry-After")
-    stall_seconds: Count = Field(120, description="a job with no new result this long while its queue is empty is re-enqueued")
+    max_queued_uploads: Count = Field(
+        1000, description="waiting uploads beyond which new ones are answered 429 with Retry-After"
+    )
+    stall_seconds: Count = Field(
+        120, description="a job with no new result this long while its queue is empty is re-enqueued"
+    )
     sweep_interval_seconds: Count = Field(30, description="how often a worker looks for stalled jobs")
-    worker_dead_after_seconds: Count = Field(5, description="a bulk worker silent this long is dead: its batches go back to the queue")
-    upload_heartbeat_seconds: Count = Field(5, description="an upload consumer silent this long is dead: its uploads are taken back")
-    worker_liveness_file: OptionalPath = Field(None, description="touched on each turn of the upload consumer's loop, for a liveness probe")
-    upload_max_batch: Count = Field(32, description="most uploads the upload consumer predicts in one model call and one transaction")
-    upload_max_delay_ms: CountFromZero = Field(0, description="how long the upload consumer waits for more uploads when fewer wait")
-    batch_max_bytes: Count = Field(50 * 2**20, description="largest batch upload (files or one .zip) of the web, as sent")
-    batch_max_unpacked_bytes: Count = Field(200 * 2**20, description="largest total of a batch's .zip members, unpacked")
+    worker_dead_after_seconds: Count = Field(
+        5, description="a bulk worker silent this long is dead: its batches go back to the queue"
+    )
+    upload_heartbeat_seconds: Count = Field(
+        5, description="an upload consumer silent this long is dead: its uploads are taken back"
+    )
+    worker_liveness_file: OptionalPath = Field(
+        None, description="touched on each turn of the upload consumer's loop, for a liveness probe"
+    )
+    upload_max_batch: Count = Field(
+        32, description="most uploads the upload consumer predicts in one model call and one transaction"
+    )
+    upload_max_delay_ms: CountFromZero = Field(
+        0, description="how long the upload consumer waits for more uploads when fewer wait"
+    )
+    batch_max_bytes: Count = Field(
+        50 * 2**20, description="largest batch upload (files or one .zip) of the web, as sent"
+    )
+    batch_max_unpacked_bytes: Count = Field(
+        200 * 2**20, description="largest total of a batch's .zip members, unpacked"
+    )
     batch_max_entries: Count = Field(10_000, description="most files in one batch upload or entries in its .zip")
-    max_job_images: Count = Field(2_000_000, description="a job over more images is refused with a message naming this limit")
-    secret_key: str = Field(DEVELOPMENT_SECRET_KEY, repr=False, description="signs the web's sessions; production needs a real secret")
-    production: Flag = Field(False, alias="MNIST_PRODUCTION", description="refuses development defaults; the session cookie is Secure")
-    public_insights: DemoFlag = Field(False, description="1: the operator pages and the jobs API need no sign-in (a private demo)")
-    upload_rate_limit: RateLimit = Field(DEFAULT_UPLOAD_RATE_LIMIT, description="uploads per client, form and API together")
+    max_job_images: Count = Field(
+        2_000_000, description="a job over more images is refused with a message naming this limit"
+    )
+    secret_key: str = Field(
+        DEVELOPMENT_SECRET_KEY, repr=False, description="signs the web's sessions; production needs a real secret"
+    )
+    production: Flag = Field(
+        False, alias="MNIST_PRODUCTION", description="refuses development defaults; the session cookie is Secure"
+    )
+    public_insights: DemoFlag = Field(
+        False, description="1: the operator pages and the jobs API need no sign-in (a private demo)"
+    )
+    upload_rate_limit: RateLimit = Field(
+        DEFAULT_UPLOAD_RATE_LIMIT, description="uploads per client, form and API together"
+    )
     signin_rate_limit: RateLimit = Field(DEFAULT_SIGNIN_RATE_LIMIT, description="failed sign-ins per client")
-    trusted_proxy_hops: CountFromZero = Field(0, description="reverse proxies whose X-Forwarded-For and -Proto are believed")
-    stack_dir: Path = Field(PROJECT_ROOT / ".mnist-queue", description="where ./run up keeps its PostgreSQL and Redis data, logs and state")
-    web_port: int = Field(8000, ge=1, le=65535, description="port of the web UI: on 127.0.0.1 for ./run up, on the host for Docker")
-    web_processes: Count = Field(2, alias="WEB_CONCURRENCY", description="processes of the web server (python -m web.serve)")
-    web_threads: Count = Field(32, description="threads of each web process; a request waiting for its prediction holds one")
-    metrics_dir: OptionalPath = Field(None, description="where each start of the web or worker makes its metrics folder; unset: temp")
-    metrics_store_dir: OptionalPath = Field(None, alias="PROMETHEUS_MULTIPROC_DIR", description="set by the entry points; not for users")
+    trusted_proxy_hops: CountFromZero = Field(
+        0, description="reverse proxies whose X-Forwarded-For and -Proto are believed"
+    )
+    stack_dir: Path = Field(
+        PROJECT_ROOT / ".mnist-queue", description="where ./run up keeps its PostgreSQL and Redis data, logs and state"
+    )
+    web_port: int = Field(
+        8000, ge=1, le=65535, description="port of the web UI: on 127.0.0.1 for ./run up, on the host for Docker"
+    )
+    web_processes: Count = Field(
+        2, alias="WEB_CONCURRENCY", description="processes of the web server (python -m web.serve)"
+    )
+    web_threads: Count = Field(
+        32, description="threads of each web process; a request waiting for its prediction holds one"
+    )
+    metrics_dir: OptionalPath = Field(
+        None, description="where each start of the web or worker makes its metrics folder; unset: temp"
+    )
+    metrics_store_dir: OptionalPath = Field(
+        None, alias="PROMETHEUS_MULTIPROC_DIR", description="set by the entry points; not for users"
+    )
     # celery-exporter's port, so that a scrape config written for it finds a worker's metrics too.
-    worker_metrics_port: int = Field(9808, ge=0, le=65535, description="port of python -m worker's metrics exporter; 0: off")
+    worker_metrics_port: int = Field(
+        9808, ge=0, le=65535, description="port of python -m worker's metrics exporter; 0: off"
+    )
     worker_metrics_host: Word = Field("0.0.0.0", description="address the worker's metrics exporter listens on")
-    metrics_token: str = Field("", repr=False, description="when set, the web's GET /metrics requires Authorization: Bearer TOKEN")
+    metrics_token: str = Field(
+        "", repr=False, description="when set, the web's GET /metrics requires Authorization: Bearer TOKEN"
+    )
     fair_share_batches: Count = Field(4, description="batches of one bulk job queued or running at once (fair share)")
     webhook_secret: str = Field("", repr=False, description="signs job webhooks (HMAC-SHA256); empty: --notify refused")
     webhook_allowed_hosts: str = Field("", description="comma-separated hosts a job's webhook may call; empty: none")
@@ -163,7 +247,9 @@ class Settings(BaseSettings):
         if _word(raw) != PUBLIC_INSIGHTS_STACK_DEFAULT:
             return _flag(raw, also=f"{PUBLIC_INSIGHTS_STACK_DEFAULT} (the local stack's default), ")
         if info.data.get("production"):
-            raise ValueError("must be unset or 1 when MNIST_PRODUCTION is on: PUBLIC_INSIGHTS=demo would open the pages to all")
+            raise ValueError(
+                "must be unset or 1 when MNIST_PRODUCTION is on: PUBLIC_INSIGHTS=demo would open the pages to all"
+            )
         return True
 
     @model_validator(mode="after")
@@ -195,7 +281,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     source = EnvSettingsSource(Settings, case_sensitive=True)
     # pydantic-settings' reading of the variables, over this mapping: capitals only (validate_by_name would also read
     # database_url), and empty means unset, as in compose.
-    source.env_vars = {name: value for name, value in (environment() if environ is None else environ).items() if value and name.isupper()}
+    source.env_vars = {
+        name: value
+        for name, value in (environment() if environ is None else environ).items()
+        if value and name.isupper()
+    }
     settings = _validated(source())
     if settings.production:
         _refuse_development_values(settings)
@@ -222,9 +312,17 @@ def _validated(values: Mapping[str, Any]) -> Settings:
         for mistake in error.errors(include_url=False):
             name, context = ".".join(map(str, mistake["loc"])), mistake.get("ctx", {})
             requirement = (
-                str(context["error"]) if "error" in context else _REQUIREMENTS.get(mistake["type"], mistake["msg"]).format(**context)
+                str(context["error"])
+                if "error" in context
+                else _REQUIREMENTS.get(mistake["type"], mistake["msg"]).format(**context)
             )
-            hidden = name in {"DATABASE_URL", "SCHEMA_DATABASE_URL", "REDIS_URL", "SECRET_KEY", "METRICS_TOKEN"}  # URLs hold passwords
+            hidden = name in {
+                "DATABASE_URL",
+                "SCHEMA_DATABASE_URL",
+                "REDIS_URL",
+                "SECRET_KEY",
+                "METRICS_TOKEN",
+            }  # URLs hold passwords
             lines.append(f"{name} {requirement}, got {'a value not shown' if hidden else repr(mistake['input'])[:80]}")
         raise ValueError("\n".join(lines)) from None
 
@@ -238,7 +336,9 @@ def _refuse_development_values(settings: Settings) -> None:
     if len(key) < MIN_SECRET_KEY_LENGTH:
         raise ValueError(f"SECRET_KEY must be at least {MIN_SECRET_KEY_LENGTH} characters long {on}; {make_one}")
     if len(set(key)) < MIN_SECRET_KEY_VARIETY:
-        raise ValueError(f"SECRET_KEY must hold at least {MIN_SECRET_KEY_VARIETY} different characters {on}; {make_one}")
+        raise ValueError(
+            f"SECRET_KEY must hold at least {MIN_SECRET_KEY_VARIETY} different characters {on}; {make_one}"
+        )
     if settings.database_url == DEFAULT_DATABASE_URL:
         raise ValueError(f"DATABASE_URL must be set {on}")
     for name, url in (("DATABASE_URL", settings.database_url), ("SCHEMA_DATABASE_URL", settings.schema_database_url)):
@@ -264,6 +364,9 @@ def local_stack_defaults() -> dict[str, str]:
     """What ``./run up`` and ``./run demo`` set for their children where the user (environment or .env) set nothing:
     PUBLIC_INSIGHTS=demo, as their web listens on 127.0.0.1 only, but not with MNIST_PRODUCTION."""
     env = environment()
-    if env.get("PUBLIC_INSIGHTS", "").strip() or _validated({"MNIST_PRODUCTION": env.get("MNIST_PRODUCTION", "")}).production:
+    if (
+        env.get("PUBLIC_INSIGHTS", "").strip()
+        or _validated({"MNIST_PRODUCTION": env.get("MNIST_PRODUCTION", "")}).production
+    ):
         return {}
     return {"PUBLIC_INSIGHTS": PUBLIC_INSIGHTS_STACK_DEFAULT}

@@ -84,7 +84,9 @@ def run_stack(workers: int | None, web: bool, demo: bool = False, demo_limit: in
     except StackError as error:
         raise click.ClickException(str(error)) from None
     except subprocess.CalledProcessError as error:  # the producer printed its own error line
-        raise click.ClickException(f"the demo step `{' '.join(error.cmd[1:])}` failed with status {error.returncode}") from None
+        raise click.ClickException(
+            f"the demo step `{' '.join(error.cmd[1:])}` failed with status {error.returncode}"
+        ) from None
     except (KeyboardInterrupt, StopRequested):
         click.echo("\nstopping ...")
     finally:
@@ -147,10 +149,16 @@ def status() -> None:
     """Show what runs and where; exit status 3 when nothing runs."""
     state = load_state(stack_dir())
     if state is None or not pid_alive(state.supervisor_pid):
-        leftover = " (a PostgreSQL is still running there: ./run down stops it)" if embedded.postgres_running(stack_dir()) else ""
+        leftover = (
+            " (a PostgreSQL is still running there: ./run down stops it)"
+            if embedded.postgres_running(stack_dir())
+            else ""
+        )
         click.echo(f"no stack running from {stack_dir()}{leftover}")
         raise SystemExit(NOT_RUNNING_EXIT)
-    click.echo(f"stack running from {stack_dir()} (pid {state.supervisor_pid}), {'ready' if state.ready else 'starting'}")
+    click.echo(
+        f"stack running from {stack_dir()} (pid {state.supervisor_pid}), {'ready' if state.ready else 'starting'}"
+    )
     click.echo(f"  PostgreSQL  {state.database_url}")
     click.echo(f"  Redis       {state.redis_url}  {'up' if embedded.redis_answers(state.redis_url) else 'DOWN'}")
     for name in ("worker", "web"):
@@ -158,7 +166,9 @@ def status() -> None:
         if pid is not None:
             click.echo(f"  {name:<11} pid {pid}  {'up' if pid_alive(pid) else 'DOWN'}")
     if state.web_url:
-        click.echo(f"  web UI      {state.web_url}  {'healthy' if http_ok(state.web_url + '/healthz')() else 'not answering'}")
+        click.echo(
+            f"  web UI      {state.web_url}  {'healthy' if http_ok(state.web_url + '/healthz')() else 'not answering'}"
+        )
 
 
 def running_state() -> StackState:

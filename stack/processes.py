@@ -35,12 +35,16 @@ class StackError(RuntimeError):
 class ChildProcess:
     """A started command with its log file; ``stop`` ends its whole process group."""
 
-    def __init__(self, name: str, command: list[str], env: dict[str, str], log_path: Path, cwd: Path = PROJECT_ROOT) -> None:
+    def __init__(
+        self, name: str, command: list[str], env: dict[str, str], log_path: Path, cwd: Path = PROJECT_ROOT
+    ) -> None:
         self.name = name
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
-            self.process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     @property
     def pid(self) -> int:
@@ -57,7 +61,9 @@ class ChildProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.running():
-                raise StackError(f"{self.name} exited with status {self.process.returncode}; log {self.log_path}:\n{self.log_tail()}")
+                raise StackError(
+                    f"{self.name} exited with status {self.process.returncode}; log {self.log_path}:\n{self.log_tail()}"
+                )
             if ready():
                 return
             time.sleep(POLL_SECONDS)

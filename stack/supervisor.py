@@ -75,7 +75,9 @@ class Stack:
         refuse_if_running(self.options.stack_dir)
         database_url, redis_url = service_urls_from_environment()
         self.options.stack_dir.mkdir(parents=True, exist_ok=True)
-        self.state = StackState(os.getpid(), database_url or "", redis_url or "", database_url is None, redis_url is None)
+        self.state = StackState(
+            os.getpid(), database_url or "", redis_url or "", database_url is None, redis_url is None
+        )
         save_state(self.options.stack_dir, self.state)
         try:
             self._start_services()
@@ -149,7 +151,12 @@ class Stack:
         (PUBLIC_INSIGHTS=demo), since the web listens on 127.0.0.1 only.
         """
         assert self.state is not None
-        env = {**os.environ, **local_stack_defaults(), "DATABASE_URL": self.state.database_url, "REDIS_URL": self.state.redis_url}
+        env = {
+            **os.environ,
+            **local_stack_defaults(),
+            "DATABASE_URL": self.state.database_url,
+            "REDIS_URL": self.state.redis_url,
+        }
         if self.options.workers:
             env["WORKER_CONCURRENCY"] = str(self.options.workers)
         return env
@@ -182,7 +189,9 @@ class Stack:
         save_state(self.options.stack_dir, self.state)
         delay = self.restarts[name].delay_after_exit(now)
         if delay is None:
-            raise GaveUp(f"{name} exited {CRASH_LIMIT} times within {CRASH_WINDOW_SECONDS:g} s, the last time it {how}; giving up; {log}")
+            raise GaveUp(
+                f"{name} exited {CRASH_LIMIT} times within {CRASH_WINDOW_SECONDS:g} s, the last time it {how}; giving up; {log}"
+            )
         self.restart_due[name] = now + delay
         return f"{name} {how}; restarting in {delay:g} s"
 
@@ -203,7 +212,9 @@ class Stack:
 def refuse_if_running(stack_dir: Path) -> None:
     state = load_state(stack_dir)
     if state is not None and pid_alive(state.supervisor_pid):
-        raise AlreadyRunning(f"a stack is already running from {stack_dir} (pid {state.supervisor_pid}); stop it with ./run down")
+        raise AlreadyRunning(
+            f"a stack is already running from {stack_dir} (pid {state.supervisor_pid}); stop it with ./run down"
+        )
     if state is not None or embedded.postgres_running(stack_dir):
         stop_leftovers(stack_dir)  # a supervisor that was killed left these behind
 

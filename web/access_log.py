@@ -40,8 +40,14 @@ def start_clock() -> None:
 def log_request(response: Response) -> Response:
     started = g.get("access_started")
     duration = (time.perf_counter() - started) * 1000 if started is not None else 0.0
-    log.info("%s %s %d %.1fms %s", safe_method(), loggable_path(request.path), response.status_code, duration,
-             escape(request.remote_addr or "-"))
+    log.info(
+        "%s %s %d %.1fms %s",
+        safe_method(),
+        loggable_path(request.path),
+        response.status_code,
+        duration,
+        escape(request.remote_addr or "-"),
+    )
     return response
 
 
@@ -55,5 +61,7 @@ def loggable_path(path: str) -> str:
 
 
 def escape(text: str) -> str:
-    return UNSAFE.sub(lambda match: f"\\x{ord(match.group()):02x}" if ord(match.group()) < 256
-                      else f"\\u{ord(match.group()):04x}", text)
+    return UNSAFE.sub(
+        lambda match: f"\\x{ord(match.group()):02x}" if ord(match.group()) < 256 else f"\\u{ord(match.group()):04x}",
+        text,
+    )

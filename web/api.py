@@ -2,7 +2,8 @@
 
 POST /api/predictions          anyone: an image (multipart field ``file`` or the raw body) -> 202, or 200 with ?wait;
                                ?model= pins a version or alias (default production), ?shadow= adds a shadow version
-GET  /api/predictions/<token>  anyone holding the upload's token: queued / done / failed, label, confidence, probabilities
+GET  /api/predictions/<token>  anyone holding the upload's token: queued / done / failed, label, confidence,
+probabilities
 POST /api/jobs                 operators: {"split", "label", "limit", "model", "shadow", "priority", "callback_url"}
                                -> 202 with the job id
 GET  /api/jobs/<id>            operators: progress and accuracy, state, webhook attempts
@@ -208,7 +209,9 @@ def uploaded_image() -> tuple[bytes, str | None]:
     raise UnsupportedMediaType(f"Content-Type {request.mimetype or '(none)'} is not accepted: {UPLOAD_HELP}")
 
 
-def prediction_response(prediction: predictions.Prediction | None, wait: float, just_created: bool) -> tuple[Response, int]:
+def prediction_response(
+    prediction: predictions.Prediction | None, wait: float, just_created: bool
+) -> tuple[Response, int]:
     """The prediction as JSON, with its token's URLs. A new upload answers 202 unless the client waited and the result came."""
     if prediction is None or prediction.token is None:
         raise NotFound("there is no prediction with that token")
@@ -220,7 +223,9 @@ def prediction_response(prediction: predictions.Prediction | None, wait: float, 
 
 def json_object() -> dict[str, Any]:
     if not request.is_json:
-        raise UnsupportedMediaType(f"Content-Type {request.mimetype or '(none)'} is not accepted: send application/json")
+        raise UnsupportedMediaType(
+            f"Content-Type {request.mimetype or '(none)'} is not accepted: send application/json"
+        )
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise BadRequest('the body must be a JSON object such as {"split": "test", "label": 7, "limit": 100}')

@@ -77,5 +77,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, settings: Settings 
     app.register_blueprint(batches.api_blueprint)
     limits.init_app(app, config)
     if config.public_insights:
-        log.warning("PUBLIC_INSIGHTS is on: the operator pages and POST /api/jobs are open to anyone who can reach this server")
+        log.warning(
+            "PUBLIC_INSIGHTS is on: the operator pages and POST /api/jobs are open to anyone who can reach this server"
+        )
     return app

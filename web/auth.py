@@ -113,7 +113,11 @@ def refuse_anonymous() -> Response:
     """401 with WWW-Authenticate on the API; elsewhere to the sign-in page, and back after it."""
     if errors.wants_json():
         bad = g.get("bad_bearer_token", False)
-        message = "the bearer token is not valid (unknown or revoked)" if bad else "sign in first: send Authorization: Bearer <token>"
+        message = (
+            "the bearer token is not valid (unknown or revoked)"
+            if bad
+            else "sign in first: send Authorization: Bearer <token>"
+        )
         challenge = WWWAuthenticate("Bearer", {"realm": REALM, **({"error": "invalid_token"} if bad else {})})
         raise Unauthorized(message, www_authenticate=challenge)
     return redirect(url_for("auth.sign_in", next=request.full_path.rstrip("?")))
@@ -159,7 +163,9 @@ def safe_next(target: str | None) -> str:
     if not target:
         return url_for("views.jobs")
     if not target.isprintable() or not target.isascii():
-        return url_for("views.jobs")  # a line break would split the Location header; anything else unprintable is no path of ours
+        return url_for(
+            "views.jobs"
+        )  # a line break would split the Location header; anything else unprintable is no path of ours
     parts = urllib.parse.urlsplit(target)
     if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith(("//", "/\\")) or "\\" in target:
         return url_for("views.jobs")
@@ -182,7 +188,9 @@ def sign_in() -> Response | tuple[str, int, dict[str, str]]:
     name = request.form.get("name", "")
     password = request.form.get("password", "")
     # No rehash: the web's database role may not write passwords (deploy/postgres-init).
-    operator = operators.secrets.authenticate(backends.get_db(), name, password, rehash=False) if name and password else None
+    operator = (
+        operators.secrets.authenticate(backends.get_db(), name, password, rehash=False) if name and password else None
+    )
     if operator is None:
         # The name as data (repr: no line breaks into the log), never the password.
         log.warning("sign-in failed for operator %r from %r", name[:100], client_address())

@@ -29,7 +29,10 @@ def submit_batch() -> dict[str, Any]:
     """Read, check, store and submit the request's files; UnprocessableEntity naming what was wrong."""
     config = backends.app_settings()
     request.max_content_length = config.batch_max_bytes
-    sent = [(upload.filename or "unnamed", upload.read(config.batch_max_bytes + 1)) for upload in request.files.getlist("files")]
+    sent = [
+        (upload.filename or "unnamed", upload.read(config.batch_max_bytes + 1))
+        for upload in request.files.getlist("files")
+    ]
     try:
         batch = read_batch([(name, data) for name, data in sent if name or data], config)
     except BatchRefused as error:
@@ -37,7 +40,9 @@ def submit_batch() -> dict[str, Any]:
     conn = backends.get_db()
     version, _ = predictions.job_models(conn)
     image_ids = images.store.copy_images(conn, batch.rows, PREPROCESS_VERSION)
-    job = jobs.service.submit_job(conn, backends.get_celery(), config, jobs.service.Selection(image_ids=tuple(image_ids)), version)
+    job = jobs.service.submit_job(
+        conn, backends.get_celery(), config, jobs.service.Selection(image_ids=tuple(image_ids)), version
+    )
     return {
         "id": job.id,
         "images": job.images,

@@ -6,7 +6,8 @@ has no deadline for bodies (only for headers, web/serve.py). So a thread may sta
 only while fewer than BODY_READERS of this process's threads are (and fewer than PER_CLIENT of
 them for that client). A request that finds no place waits a moment for one, since a body that
 arrives at once takes its place only briefly; past SLOT_WAIT_SECONDS the answer is 503 with
-Retry-After and nothing is read. The health checks, the pages and the waits (web/progress_listener.py) keep their threads.
+Retry-After and nothing is read. The health checks, the pages and the waits (web/progress_listener.py) keep their
+threads.
 
 The body is read here, at once, into the request's cache (never more than MAX_CONTENT_LENGTH:
 werkzeug stops a longer one with a 413, chunked or not), and the form is parsed from that copy.

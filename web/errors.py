@@ -70,7 +70,9 @@ def error_headers(error: HTTPException) -> dict[str, str]:
 
 
 def csrf_failed(error: CSRFError) -> tuple[Response | str, int]:
-    return error_response(error.code, "the form had expired or did not come from this site: reload the page and try again")
+    return error_response(
+        error.code, "the form had expired or did not come from this site: reload the page and try again"
+    )
 
 
 def too_large(error: RequestEntityTooLarge) -> tuple[Response | str, int]:
@@ -112,7 +114,9 @@ def schema_missing(error: psycopg.errors.UndefinedTable) -> tuple[Response | str
     return error_response(ServiceUnavailable.code, SCHEMA_MISSING)
 
 
-def broker_unavailable(error: kombu.exceptions.OperationalError | redis.exceptions.RedisError) -> tuple[Response | str, int]:
+def broker_unavailable(
+    error: kombu.exceptions.OperationalError | redis.exceptions.RedisError,
+) -> tuple[Response | str, int]:
     log.error("broker unavailable during %s %s: %s", request.method, request.path, error)
     observability.metrics.record_refusal(ServiceUnavailable.code, "broker")
     return error_response(ServiceUnavailable.code, BROKER_UNAVAILABLE)

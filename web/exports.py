@@ -35,12 +35,16 @@ def chosen_format() -> str:
     return FORMAT_BY_MEDIA_TYPE.get(best or "text/csv", "csv")
 
 
-def streamed(pool: ConnectionPool[Connection], job_id: int, after: int, limit: int | None, form: str, probabilities: bool) -> Iterator[str]:
+def streamed(
+    pool: ConnectionPool[Connection], job_id: int, after: int, limit: int | None, form: str, probabilities: bool
+) -> Iterator[str]:
     """The text of the rows, read on a connection of the stream's own: the request's goes back to the pool
     when the view returns, before the body is sent; this one goes back when the last row is."""
     conn = pool.getconn()
     try:
-        yield from jobs.export.text_pieces(jobs.export.records(conn, [job_id], after, limit, probabilities), form, probabilities)
+        yield from jobs.export.text_pieces(
+            jobs.export.records(conn, [job_id], after, limit, probabilities), form, probabilities
+        )
     finally:
         pool.putconn(conn)
 

@@ -1,4 +1,5 @@
-"""Shades for the confusion matrix (and for the difference of two jobs' ones), so confused digit pairs stand out at a glance.
+"""Shades for the confusion matrix (and for the difference of two jobs' ones), so confused digit pairs stand out at a
+glance.
 
 Each cell gets a CSS class (``heat-right-N`` on the diagonal, ``heat-wrong-N`` off it, N from 0 to
 ``STEPS``) rather than an inline colour, so the Content-Security-Policy needs no inline styles;

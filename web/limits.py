@@ -85,7 +85,9 @@ def too_many_requests(error: RateLimitExceeded) -> tuple[Response | str, int, di
     breached = [limit for limit in limiter.current_limits if limit.breached] or limiter.current_limits
     reset_at = max((limit.window.reset_time for limit in breached), default=time.time() + 1)
     retry_after = seconds_until(reset_at)
-    observability.metrics.record_refusal(error.code, "signin_rate_limit" if request.endpoint == SIGN_IN_ENDPOINT else "upload_rate_limit")
+    observability.metrics.record_refusal(
+        error.code, "signin_rate_limit" if request.endpoint == SIGN_IN_ENDPOINT else "upload_rate_limit"
+    )
     body, status = errors.error_response(error.code, refusal_message(error.description or "", retry_after))
     return body, status, {"Retry-After": str(retry_after)}
 

@@ -28,7 +28,12 @@ blueprint = Blueprint("metrics", __name__)
 def metrics() -> Response:
     config: Settings = current_app.config["MNIST_SETTINGS"]
     if config.metrics_token and not bearer_matches(request.headers.get("Authorization", ""), config.metrics_token):
-        return Response("send Authorization: Bearer <METRICS_TOKEN>\n", 401, {"WWW-Authenticate": "Bearer"}, content_type="text/plain")
+        return Response(
+            "send Authorization: Bearer <METRICS_TOKEN>\n",
+            401,
+            {"WWW-Authenticate": "Bearer"},
+            content_type="text/plain",
+        )
     registry = observability.files.scrape_registry(config.metrics_store_dir, [QueueCollector(config)])
     body, content_type = observability.files.exposition_text(registry, request.headers.get("Accept"))
     return Response(body, content_type=content_type)

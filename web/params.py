@@ -17,7 +17,9 @@ Number = TypeVar("Number", int, float)
 class RowIdConverter(IntegerConverter):
     """``<id:name>`` in a route: a positive integer that fits a BIGSERIAL column, else no match (404)."""
 
-    regex = r"\d{1,19}"  # no BIGINT has more digits, so an all-digit upload token (22 characters) is never taken for an id
+    regex = (
+        r"\d{1,19}"  # no BIGINT has more digits, so an all-digit upload token (22 characters) is never taken for an id
+    )
 
     def __init__(self, url_map: Map, *args: Any, **kwargs: Any) -> None:
         super().__init__(url_map, min=1, max=MAX_ROW_ID)
@@ -37,7 +39,9 @@ def float_arg(name: str, default: float, minimum: float, maximum: float) -> floa
     return _number_arg(name, default, minimum, maximum, float, "a number")
 
 
-def _number_arg(name: str, default: Number, minimum: Number, maximum: Number, parse: Callable[[str], Number], kind: str) -> Number:
+def _number_arg(
+    name: str, default: Number, minimum: Number, maximum: Number, parse: Callable[[str], Number], kind: str
+) -> Number:
     raw = request.args.get(name, "")
     if raw == "":
         return default

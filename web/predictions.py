@@ -66,7 +66,11 @@ class Prediction:
     def as_json(self) -> dict[str, Any]:
         """What the uploader may see: everything but the internal ids. Shallow (``asdict`` deep-copies
         every probability: a twentieth of an upload's CPU); the fields are not shared with anyone."""
-        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self) if field.name not in INTERNAL_FIELDS}
+        return {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.name not in INTERNAL_FIELDS
+        }
 
 
 def job_models(conn: Connection, model: str | None = None, shadow: str | None = None) -> tuple[str, str | None]:
@@ -271,7 +275,9 @@ def job_summary(report: JobReport, attempts: list[dict[str, Any]] | None = None)
         "progress": finished / job["total_images"] if job["total_images"] else 1.0,
         "labelled": report.labelled,
         "accuracy": report.accuracy,
-        "per_class_accuracy": {str(k): acc for k, acc in zip(range(NUM_CLASSES), report.per_class_accuracy(), strict=True)},
+        "per_class_accuracy": {
+            str(k): acc for k, acc in zip(range(NUM_CLASSES), report.per_class_accuracy(), strict=True)
+        },
         "low_confidence": report.low_confidence,
         "low_confidence_threshold": report.low_confidence_threshold,
         "created_at": job["created_at"].isoformat(),

@@ -56,7 +56,8 @@ def init_app(app: Flask, config: Settings) -> None:
     )
     if config.trusted_proxy_hops:
         hops = config.trusted_proxy_hops
-        # The client address and scheme from the last ``hops`` proxies' headers; any hop before them is the client's word.
+        # The client address and scheme from the last ``hops`` proxies' headers; any hop before them is the client's
+        # word.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     app.after_request(add_security_headers)
 

@@ -49,7 +49,11 @@ ACCESS_LOGGER = "web.access_log"
 
 
 def command(
-    bind: str, processes: int | None = None, threads: int | None = None, backlog: int | None = None, access_log: bool = True
+    bind: str,
+    processes: int | None = None,
+    threads: int | None = None,
+    backlog: int | None = None,
+    access_log: bool = True,
 ) -> list[str]:
     """``python -m web.serve`` on ``bind`` (HOST:PORT); what is not given comes from the settings
     (WEB_CONCURRENCY, WEB_THREADS) when it starts. Every launcher of the web starts this."""
@@ -61,8 +65,16 @@ def command(
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--bind", default="0.0.0.0:8000", show_default=True, help="HOST:PORT to listen on.")
 @click.option("--workers", type=click.IntRange(min=1), help="Processes (default WEB_CONCURRENCY, else 2).")
-@click.option("--threads", type=click.IntRange(min=1), help="Threads per process that run the app (default WEB_THREADS).")
-@click.option("--backlog", type=click.IntRange(min=1), default=BACKLOG, show_default=True, help="Connections waiting to be accepted.")
+@click.option(
+    "--threads", type=click.IntRange(min=1), help="Threads per process that run the app (default WEB_THREADS)."
+)
+@click.option(
+    "--backlog",
+    type=click.IntRange(min=1),
+    default=BACKLOG,
+    show_default=True,
+    help="Connections waiting to be accepted.",
+)
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="A line per request on stdout.")
 def main(bind: str, workers: int | None, threads: int | None, backlog: int, access_log: bool) -> None:
     """Serve the web app until SIGTERM or SIGINT, then finish the requests in hand."""

@@ -1,4 +1,5 @@
-"""The pages: predict (upload or draw), one prediction, jobs, a job, two jobs compared, mistakes, low confidence, browse.
+"""The pages: predict (upload or draw), one prediction, jobs, a job, two jobs compared, mistakes, low confidence,
+browse.
 
 Anyone may predict and see their own prediction by its token; every other page is for operators (web/auth.py).
 """
@@ -44,7 +45,9 @@ def predict() -> WerkzeugResponse | tuple[str, int]:
     if upload is None or not upload.filename:
         return render_template("home.html", error="choose a picture to upload, or draw a digit"), 400
     try:
-        token = predictions.accept_upload(backends.get_db(), backends.app_settings(), upload.read(), upload.filename).token
+        token = predictions.accept_upload(
+            backends.get_db(), backends.app_settings(), upload.read(), upload.filename
+        ).token
     except ValueError as error:
         return render_template("home.html", error=f"{upload.filename}: {error}"), 400
     return redirect(url_for("views.prediction", token=token), code=303)
@@ -56,7 +59,9 @@ def prediction(token: str) -> str:
     result = predictions.get_prediction_by_token(backends.get_db(), token)
     if result is None:
         raise NotFound("there is no prediction with that token")
-    return prediction_page(result, url_for("views.prediction_image", token=token), url_for("api.show_prediction", token=token))
+    return prediction_page(
+        result, url_for("views.prediction_image", token=token), url_for("api.show_prediction", token=token)
+    )
 
 
 @blueprint.get("/predictions/<token:token>/image.png")
@@ -80,14 +85,18 @@ def upload_job(job_id: int) -> str:
     result = predictions.get_prediction(backends.get_db(), job_id)
     if result is None:
         raise NotFound(f"there is no upload {job_id}")
-    json_url = url_for("api.show_prediction", token=result.token) if result.token else url_for("api.show_job", job_id=job_id)
+    json_url = (
+        url_for("api.show_prediction", token=result.token) if result.token else url_for("api.show_job", job_id=job_id)
+    )
     return prediction_page(result, url_for("views.image_png", image_id=result.image_id), json_url)
 
 
 def prediction_page(result: predictions.Prediction, image_url: str, json_url: str) -> str:
     refresh = None if result.finished else refresh_seconds()
     model = models.registry.describe_optional(backends.get_db(), result.model_version)
-    return render_template("prediction.html", prediction=result, model=model, image_url=image_url, json_url=json_url, refresh=refresh)
+    return render_template(
+        "prediction.html", prediction=result, model=model, image_url=image_url, json_url=json_url, refresh=refresh
+    )
 
 
 @blueprint.get("/jobs", endpoint="jobs")
@@ -121,7 +130,9 @@ def job(job_id: int) -> str:
     refresh = refresh_seconds() if report.job["status"] in jobs.store.UNFINISHED else None
     summary = predictions.job_summary(report, jobs.lifecycle_store.deliveries(backends.get_db(), job_id))
     model = models.registry.describe_optional(backends.get_db(), summary["model_version"])
-    return render_template("job.html", report=report, summary=summary, model=model, cells=heatmap(report.confusion), refresh=refresh)
+    return render_template(
+        "job.html", report=report, summary=summary, model=model, cells=heatmap(report.confusion), refresh=refresh
+    )
 
 
 @blueprint.post("/jobs/<id:job_id>/cancel")
@@ -157,7 +168,9 @@ def mistakes() -> str:
     page = page_arg()
     job_id = optional_job_id()
     offset, after = (page - 1) * GALLERY_PAGE_SIZE, keyset.after_mistake()
-    rows = jobs.queries.wrong_predictions(backends.get_db(), job_id=job_id, limit=GALLERY_PAGE_SIZE + 1, offset=offset, after=after)
+    rows = jobs.queries.wrong_predictions(
+        backends.get_db(), job_id=job_id, limit=GALLERY_PAGE_SIZE + 1, offset=offset, after=after
+    )
     intro = "Labelled images the model got wrong, newest first."
     return gallery("Mistakes", intro, rows, page, keyset.mistake_cursor, job_id=job_id)
 
@@ -172,9 +185,13 @@ def low_confidence() -> str:
         threshold = default_low_confidence_threshold(backends.get_db())
     job_id = optional_job_id()
     offset, after = (page - 1) * GALLERY_PAGE_SIZE, keyset.after_low_confidence()
-    rows = jobs.queries.low_confidence_predictions(backends.get_db(), threshold, GALLERY_PAGE_SIZE + 1, offset, job_id, after)
+    rows = jobs.queries.low_confidence_predictions(
+        backends.get_db(), threshold, GALLERY_PAGE_SIZE + 1, offset, job_id, after
+    )
     intro = f"Predictions with confidence under {threshold:g}, least sure first."
-    return gallery("Low confidence", intro, rows, page, keyset.low_confidence_cursor, job_id=job_id, threshold=threshold)
+    return gallery(
+        "Low confidence", intro, rows, page, keyset.low_confidence_cursor, job_id=job_id, threshold=threshold
+    )
 
 
 @blueprint.get("/browse")
@@ -183,12 +200,18 @@ def browse() -> str:
     by = choice_arg("by", "label", BROWSE_BY)
     digit = int_arg("digit", -1, 0, NUM_CLASSES - 1) if request.args.get("digit") else None
     if digit is None:
-        return render_template("gallery.html", title="Browse", intro="Pick a digit.", items=None, by=by, digit=None, pager=None)
+        return render_template(
+            "gallery.html", title="Browse", intro="Pick a digit.", items=None, by=by, digit=None, pager=None
+        )
     page = page_arg()
     offset, before = (page - 1) * GALLERY_PAGE_SIZE, keyset.after_id()
-    rows = jobs.queries.images_of_digit(backends.get_db(), digit, by == "prediction", GALLERY_PAGE_SIZE + 1, offset, before)
+    rows = jobs.queries.images_of_digit(
+        backends.get_db(), digit, by == "prediction", GALLERY_PAGE_SIZE + 1, offset, before
+    )
     source = "whose true label is" if by == "label" else "whose latest prediction is"
-    return gallery(f"Browse: {digit}", f"Stored images {source} {digit}.", rows, page, keyset.image_cursor, by=by, digit=digit)
+    return gallery(
+        f"Browse: {digit}", f"Stored images {source} {digit}.", rows, page, keyset.image_cursor, by=by, digit=digit
+    )
 
 
 @blueprint.get("/images/<id:image_id>.png")
@@ -212,11 +235,18 @@ def stored_image_response(image_id: int, name: str) -> Response:
     return response
 
 
-def gallery(title: str, intro: str, rows: list[dict[str, Any]], page: int, cursor: keyset.Cursor, **filters: Any) -> str:
+def gallery(
+    title: str, intro: str, rows: list[dict[str, Any]], page: int, cursor: keyset.Cursor, **filters: Any
+) -> str:
     """One page of image cards; ``filters`` are kept in the pager's links."""
     after = next_cursor(rows, GALLERY_PAGE_SIZE, cursor)
     return render_template(
-        "gallery.html", title=title, intro=intro, items=rows[:GALLERY_PAGE_SIZE], pager=pager(page, after, **filters), **filters
+        "gallery.html",
+        title=title,
+        intro=intro,
+        items=rows[:GALLERY_PAGE_SIZE],
+        pager=pager(page, after, **filters),
+        **filters,
     )
 
 

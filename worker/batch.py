@@ -119,7 +119,11 @@ def decode_batch(image_ids: Sequence[int], stored: dict[int, bytes]) -> tuple[li
 
 
 def predict_chunk(
-    predict: PredictFn, job_id: int, chunk: Sequence[int], stored: dict[int, bytes], labels: dict[int, int] | None = None
+    predict: PredictFn,
+    job_id: int,
+    chunk: Sequence[int],
+    stored: dict[int, bytes],
+    labels: dict[int, int] | None = None,
 ) -> tuple[PredictionBatch, list]:
     good_ids, images, failures = decode_batch(chunk, stored)
     for failure in failures:
@@ -133,7 +137,9 @@ def true_labels_of(image_ids: Sequence[int], labels: dict[int, int] | None) -> l
     return None if labels is None else [labels.get(image_id, UNLABELLED) for image_id in image_ids]
 
 
-def process_batch(lane: DatabaseLane, predict: PredictFn, model_version: str, job_id: int, image_ids: Sequence[int]) -> tuple[int, int]:
+def process_batch(
+    lane: DatabaseLane, predict: PredictFn, model_version: str, job_id: int, image_ids: Sequence[int]
+) -> tuple[int, int]:
     """Predict and store one batch; return (new predictions, new failures).
 
     Returns only when every chunk is stored, so the task's late acknowledgement still
@@ -157,7 +163,9 @@ def process_batch(lane: DatabaseLane, predict: PredictFn, model_version: str, jo
     finally:
         outcomes = [store.result() for store in stores]  # wait for all; re-raises the first error
     done, failed = sum(done for done, _ in outcomes), sum(failed for _, failed in outcomes)
-    observability.metrics.record_batch(observability.metrics.BULK, model_version, len(image_ids), done, failed, clock.seconds)
+    observability.metrics.record_batch(
+        observability.metrics.BULK, model_version, len(image_ids), done, failed, clock.seconds
+    )
     return done, failed
 
 
@@ -178,25 +186,40 @@ def process_uploads(
     started = time.perf_counter()
     good_ids, images, failures = decode_batch(list(job_of), stored)
     for failure in failures:
-        log.warning("job %s: upload image %s failed: %s", job_of[failure.input_data_id], failure.input_data_id, failure.reason)
+        log.warning(
+            "job %s: upload image %s failed: %s", job_of[failure.input_data_id], failure.input_data_id, failure.reason
+        )
     probabilities = predict(images) if good_ids else np.zeros((0, NUM_CLASSES), dtype=np.float32)
     clock.seconds["inference"] = time.perf_counter() - started
     prediction_jobs = np.array([job_of[image_id] for image_id in good_ids], dtype=np.int64)
     job_ids = sorted(set(job_of.values()))
     failed = [(job_of[failure.input_data_id], failure) for failure in failures]
     batch = PredictionBatch.of(good_ids, probabilities, true_labels_of(good_ids, labels))
-    outcome = lane.submit(clock.timed("store", jobs.results.store_many), model_version, job_ids, prediction_jobs, batch, failed).result()
-    observability.metrics.record_batch(observability.metrics.UPLOAD, model_version, len(uploads), *outcome, clock.seconds)
+    outcome = lane.submit(
+        clock.timed("store", jobs.results.store_many), model_version, job_ids, prediction_jobs, batch, failed
+    ).result()
+    observability.metrics.record_batch(
+        observability.metrics.UPLOAD, model_version, len(uploads), *outcome, clock.seconds
+    )
     # An upload is a job of one image: each new result ends one (a redelivered one stores nothing, counts nothing).
     observability.metrics.record_job_ends(observability.metrics.UPLOAD, "done", outcome[0])
     observability.metrics.record_job_ends(observability.metrics.UPLOAD, "failed", outcome[1])
     return outcome
 
 
-def give_up(lane: DatabaseLane, model_version: str, job_id: int, image_id: int, reason: str, queue: str = observability.metrics.BULK) -> int:
+def give_up(
+    lane: DatabaseLane,
+    model_version: str,
+    job_id: int,
+    image_id: int,
+    reason: str,
+    queue: str = observability.metrics.BULK,
+) -> int:
     """Record one image as failed, so a poisonous image ends instead of looping; returns new failures."""
     log.error("job %s: image %s: %s", job_id, image_id, reason)
-    _, failed = lane.submit(jobs.results.store_results, job_id, model_version, None, [FailureRow(image_id, reason)]).result()
+    _, failed = lane.submit(
+        jobs.results.store_results, job_id, model_version, None, [FailureRow(image_id, reason)]
+    ).result()
     observability.metrics.record_results(queue, model_version, 0, failed)
     if queue == observability.metrics.UPLOAD:
         observability.metrics.record_job_ends(queue, "failed", failed)

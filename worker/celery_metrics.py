@@ -79,7 +79,9 @@ def task_ended(task_id: str = "", task: Any = None, **_: Any) -> None:
     started = _started.pop(task_id, None)
     observability.metrics.instruments().celery_tasks_active.labels(task.request.hostname or "").dec()
     if started is not None:
-        observability.metrics.instruments().celery_runtime.labels(*task_labels(task)).observe(time.perf_counter() - started)
+        observability.metrics.instruments().celery_runtime.labels(*task_labels(task)).observe(
+            time.perf_counter() - started
+        )
 
 
 def task_succeeded(sender: Any = None, **_: Any) -> None:

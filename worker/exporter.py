@@ -36,7 +36,9 @@ def start(settings: Settings, directory: Path) -> WSGIServer | None:
     try:
         server, _ = start_http_server(port, host, registry)
     except OSError as error:
-        log.error("worker metrics not served on %s:%s (%s); set WORKER_METRICS_PORT to a free port, or 0", host, port, error)
+        log.error(
+            "worker metrics not served on %s:%s (%s); set WORKER_METRICS_PORT to a free port, or 0", host, port, error
+        )
         return None
     log.info("worker metrics on http://%s:%s/metrics", host, server.server_port)
     return server

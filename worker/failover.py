@@ -39,7 +39,9 @@ REDIS_TIMEOUT_SECONDS = 5
 
 @functools.cache
 def client(redis_url: str) -> redis.Redis:
-    return redis.Redis.from_url(redis_url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
+    return redis.Redis.from_url(
+        redis_url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
+    )
 
 
 class Holder:
@@ -89,7 +91,9 @@ def run_forever(holder: Holder, stop: threading.Event) -> None:
             failing = False
         except Exception as error:  # Redis unreachable: the thread must outlive it; the next turn retries
             if not failing:
-                log.warning("bulk worker: refreshing its held batches failed (%r); retry every %.1f s", error, holder.interval)
+                log.warning(
+                    "bulk worker: refreshing its held batches failed (%r); retry every %.1f s", error, holder.interval
+                )
             failing = True
         if stop.wait(holder.interval):
             return

@@ -33,7 +33,9 @@ LIVENESS_MAX_AGE_SECONDS = 300
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker.health", description=__doc__.split("\n")[0])
     parser.add_argument("--liveness", action="store_true", help="only check that the upload consumer's loop turns")
-    parser.add_argument("--max-age", type=float, default=LIVENESS_MAX_AGE_SECONDS, help="seconds (default: %(default)s)")
+    parser.add_argument(
+        "--max-age", type=float, default=LIVENESS_MAX_AGE_SECONDS, help="seconds (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     config = load_settings()
     return liveness(config, args.max_age) if args.liveness else readiness(config)
@@ -50,7 +52,10 @@ def liveness(config: Settings, max_age_seconds: float) -> int:
         print(f"not alive: {path} does not exist: no upload consumer has started its loop", file=sys.stderr)
         return 1
     if age > max_age_seconds:
-        print(f"not alive: the upload consumer last turned its loop {age:.0f} s ago (over {max_age_seconds:g} s)", file=sys.stderr)
+        print(
+            f"not alive: the upload consumer last turned its loop {age:.0f} s ago (over {max_age_seconds:g} s)",
+            file=sys.stderr,
+        )
         return 1
     print(f"alive: the upload consumer turned its loop {age:.1f} s ago")
     return 0

@@ -83,7 +83,9 @@ class ModelCache:
             raise ModelUnavailable(f"model version {version} is not registered")
         try:
             predictor, variant = build_predictor(files, runtime, self.settings.model_precision, self.threads)
-            predictor.predict_batch(np.zeros((1, *IMAGE_SHAPE), dtype=np.uint8))  # allocates, and shows a broken file now
+            predictor.predict_batch(
+                np.zeros((1, *IMAGE_SHAPE), dtype=np.uint8)
+            )  # allocates, and shows a broken file now
         except Exception as error:  # a runtime raises many kinds for a file it cannot read
             log.exception("model %s cannot be loaded", version)
             raise ModelUnavailable(f"model version {version} cannot be loaded: {one_line(error)}") from error

@@ -28,19 +28,27 @@ def predict_shadow(lane: DatabaseLane, models: ModelCache, version: str, uploads
     try:
         predictor = models.predictor(lane, version)
         stored, _ = lane.submit(images.store.fetch_images_and_labels, list(job_of)).result()
-        good_ids, digit_images, _ = decode_batch(list(job_of), stored)  # what cannot be read failed the job's own pass already
+        good_ids, digit_images, _ = decode_batch(
+            list(job_of), stored
+        )  # what cannot be read failed the job's own pass already
         if not good_ids:
             return 0
         probabilities = predictor.predict_batch(digit_images)
         job_ids = [job_of[image_id] for image_id in good_ids]
-        return lane.submit(jobs.shadow_store.store_shadow_predictions, version, job_ids, good_ids, probabilities).result()
+        return lane.submit(
+            jobs.shadow_store.store_shadow_predictions, version, job_ids, good_ids, probabilities
+        ).result()
     except TRANSIENT_ERRORS:
         raise
     except Exception as error:  # the shadow's model or file: never the job's problem
-        log.warning("shadow %s skipped for %d images (first job %s): %s", version, len(job_of), uploads[0][0], one_line(error))
+        log.warning(
+            "shadow %s skipped for %d images (first job %s): %s", version, len(job_of), uploads[0][0], one_line(error)
+        )
         return 0
 
 
-def predict_shadow_batch(lane: DatabaseLane, models: ModelCache, version: str, job_id: int, image_ids: Sequence[int]) -> int:
+def predict_shadow_batch(
+    lane: DatabaseLane, models: ModelCache, version: str, job_id: int, image_ids: Sequence[int]
+) -> int:
     """``predict_shadow`` for one bulk batch."""
     return predict_shadow(lane, models, version, [(job_id, image_id) for image_id in image_ids])

@@ -40,7 +40,10 @@ def sweep_stalled_jobs(conn: connection.Connection, app: Celery, settings: Setti
                 continue
             observability.metrics.record_reenqueued(kind, resumed[job_id])
             log.warning(
-                "job %s stalled for %ss with an empty queue: re-enqueued %d images", job_id, settings.stall_seconds, resumed[job_id]
+                "job %s stalled for %ss with an empty queue: re-enqueued %d images",
+                job_id,
+                settings.stall_seconds,
+                resumed[job_id],
             )
     return resumed
 

@@ -76,7 +76,10 @@ def run_batch(task: Any, lane: Any, models: Any, job_id: int, image_ids: list[in
         served = models.for_job(lane, job_id)
         version = served.version
         if step is jobs.service.NextStep.GIVE_UP:
-            return {"done": 0, "failed": give_up(lane, version or "", job_id, image_ids[0], jobs.service.gave_up_reason())}
+            return {
+                "done": 0,
+                "failed": give_up(lane, version or "", job_id, image_ids[0], jobs.service.gave_up_reason()),
+            }
         try:
             version = require_version(version)
             predictor = models.predictor(lane, version)

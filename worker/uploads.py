@@ -68,13 +68,21 @@ class UploadConsumer:
             except OUTAGE_ERRORS as error:
                 outages += 1
                 backoff = min(RETRY_BACKOFF_MAX_SECONDS, 2 ** (outages - 1) * 0.1)
-                log.warning("upload consumer %s: %s unavailable (%s); retry in %.1fs", self.name, outage_of(error), error, backoff)
+                log.warning(
+                    "upload consumer %s: %s unavailable (%s); retry in %.1fs",
+                    self.name,
+                    outage_of(error),
+                    error,
+                    backoff,
+                )
                 self.wait_out(backoff)
         try:
             queues.uploads.finish_many(self.config, self.name, self._finished)
             queues.uploads.leave(self.config, self.name)
         except OUTAGE_ERRORS:
-            log.warning("upload consumer %s stopped without Redis; what it held returns when its heartbeat expires", self.name)
+            log.warning(
+                "upload consumer %s stopped without Redis; what it held returns when its heartbeat expires", self.name
+            )
 
     def serve_one(self) -> None:
         if time.monotonic() >= self._next_housekeeping:
@@ -129,7 +137,9 @@ class UploadConsumer:
         if uploads:
             self.predict(uploads)
         stored = time.time()  # every upload of the batch has its result (or was dropped): their latencies
-        observability.metrics.record_upload_latencies(stored - accepted for accepted in map(queues.uploads.accepted_at, entries) if accepted is not None)
+        observability.metrics.record_upload_latencies(
+            stored - accepted for accepted in map(queues.uploads.accepted_at, entries) if accepted is not None
+        )
 
     def predict(self, uploads: list[tuple[int, int]]) -> None:
         """Each version's uploads in one model call and one transaction, then the shadows'. One query
@@ -174,7 +184,9 @@ class UploadConsumer:
             if len(uploads) > 1:
                 return self.split(version, uploads, repr(error))
             log.exception("job %s: upload of image %s failed", uploads[0].job_id, uploads[0].image_id)
-            self.store_failure(uploads[0].job_id, uploads[0].image_id, jobs.service.prediction_failed_reason(error), version)
+            self.store_failure(
+                uploads[0].job_id, uploads[0].image_id, jobs.service.prediction_failed_reason(error), version
+            )
         return None
 
     def split(self, version: str | None, uploads: list[UploadRow], why: str) -> None:

@@ -36,7 +36,9 @@ def alembic_config() -> Config:
 
 def _engine(database_url: str) -> sqlalchemy.Engine:
     """An engine that connects exactly as the rest of the system does (same URL forms, same driver: psycopg 3)."""
-    return sqlalchemy.create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(database_url), poolclass=NullPool)
+    return sqlalchemy.create_engine(
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(database_url), poolclass=NullPool
+    )
 
 
 def migrate(database_url: str, target: str = "head") -> tuple[str | None, str | None]:
@@ -57,7 +59,8 @@ def migrate(database_url: str, target: str = "head") -> tuple[str | None, str | 
     except sqlalchemy.exc.DBAPIError as error:
         if error.orig is None:  # SQLAlchemy's own error, wrapping none of the driver's: raised as it is
             raise
-        raise error.orig from None  # psycopg's own error, as the rest of the data layer raises (init-db tells them apart)
+        # psycopg's own error, as the rest of the data layer raises (init-db tells them apart)
+        raise error.orig from None
     finally:
         engine.dispose()
     return before, after

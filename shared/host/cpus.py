@@ -23,7 +23,9 @@ def quota_cpus(quota: str, period: str) -> int | None:
     return max(1, math.ceil(int(quota) / int(period)))
 
 
-def cgroup_cpus(v2_cpu_max: Path = CGROUP_V2_CPU_MAX, v1_quota: Path = CGROUP_V1_QUOTA, v1_period: Path = CGROUP_V1_PERIOD) -> int | None:
+def cgroup_cpus(
+    v2_cpu_max: Path = CGROUP_V2_CPU_MAX, v1_quota: Path = CGROUP_V1_QUOTA, v1_period: Path = CGROUP_V1_PERIOD
+) -> int | None:
     """The CPU limit of this process's cgroup, or None when there is none."""
     if v2_cpu_max.exists():
         quota, _, period = v2_cpu_max.read_text().strip().partition(" ")

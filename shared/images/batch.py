@@ -48,7 +48,9 @@ def zip_members(data: bytes, config: Settings) -> Iterator[tuple[str, bytes]]:
     with archive:
         infos = [info for info in archive.infolist() if not info.is_dir()]
         if len(infos) > config.batch_max_entries:
-            raise BatchRefused(f"the archive has {len(infos)} entries; at most {config.batch_max_entries} (BATCH_MAX_ENTRIES)")
+            raise BatchRefused(
+                f"the archive has {len(infos)} entries; at most {config.batch_max_entries} (BATCH_MAX_ENTRIES)"
+            )
         unpacked = sum(info.file_size for info in infos)
         if unpacked > config.batch_max_unpacked_bytes:
             raise BatchRefused(
@@ -56,7 +58,11 @@ def zip_members(data: bytes, config: Settings) -> Iterator[tuple[str, bytes]]:
             )
         for info in infos:
             name = info.filename
-            if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in name.replace("\\", "/").split("/"):
+            if (
+                name.startswith(("/", "\\"))
+                or (len(name) > 1 and name[1] == ":")
+                or ".." in name.replace("\\", "/").split("/")
+            ):
                 raise BatchRefused(f"the archive names {printable(name)!r}, outside the archive: refused")
         for info in infos:
             if info.file_size > config.max_upload_bytes:
@@ -94,12 +100,16 @@ def read_batch(files: list[tuple[str, bytes]], config: Settings) -> Batch:
             batch.skipped.append(f"{shown}: empty, or over {config.max_upload_bytes} bytes (MAX_UPLOAD_BYTES)")
             continue
         try:
-            image = user_image_to_mnist(content, config.max_image_pixels, config.max_decode_megabytes * 2**20, config.concurrent_decodes)
+            image = user_image_to_mnist(
+                content, config.max_image_pixels, config.max_decode_megabytes * 2**20, config.concurrent_decodes
+            )
         except ValueError as error:
             batch.skipped.append(f"{shown}: {error}")
             continue
         batch.rows.append(ImageRow(encode_image(image), None, list(IMAGE_SHAPE), "upload", None, None))
         batch.names.append(name)
     if not batch.rows:
-        raise BatchRefused("the batch holds no pictures" + (f" ({len(batch.skipped)} files skipped)" if batch.skipped else ""))
+        raise BatchRefused(
+            "the batch holds no pictures" + (f" ({len(batch.skipped)} files skipped)" if batch.skipped else "")
+        )
     return batch

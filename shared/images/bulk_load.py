@@ -57,7 +57,12 @@ def table_bytes(conn: Connection) -> dict[str, int]:
 
 def largest_jobs(conn: Connection, kind: str, limit: int) -> list[int]:
     """Ids of the jobs with the most stored results, most first."""
-    return [row[0] for row in query(conn, "SELECT id FROM jobs WHERE kind = %s ORDER BY done_count DESC, id LIMIT %s", (kind, limit))]
+    return [
+        row[0]
+        for row in query(
+            conn, "SELECT id FROM jobs WHERE kind = %s ORDER BY done_count DESC, id LIMIT %s", (kind, limit)
+        )
+    ]
 
 
 def delete_ingested(conn: Connection, below_index: int) -> int:

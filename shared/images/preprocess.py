@@ -23,7 +23,9 @@ from shared.images.page import LINE_CONTRAST, digit_box, evenly_lit, ruling
 PREPROCESS_VERSION = 2
 # MNIST digits were scaled to fit a 20x20 box, then centred by mass in the 28x28 field.
 DIGIT_BOX_SIDE = 20
-INK_THRESHOLD = 30  # grey levels beyond the paper's that count as ink when cropping (and the least contrast taken as a digit)
+INK_THRESHOLD = (
+    30  # grey levels beyond the paper's that count as ink when cropping (and the least contrast taken as a digit)
+)
 # The border decides which side of Otsu's threshold is paper when this share of it agrees;
 # a border held mostly by the digit (a tight crop of a boxy 0) leaves it to the overall minority.
 BORDER_DECIDES = 0.75
@@ -125,7 +127,9 @@ def to_mnist_form(picture: Image.Image) -> np.ndarray:
     cropped = Image.fromarray(crop)
     scale = DIGIT_BOX_SIDE / max(cropped.size)
     new_size = (max(1, round(cropped.width * scale)), max(1, round(cropped.height * scale)))
-    digit = np.asarray(cropped.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=RESIZE_REDUCING_GAP), dtype=np.float64)
+    digit = np.asarray(
+        cropped.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=RESIZE_REDUCING_GAP), dtype=np.float64
+    )
     return _centre_by_mass(digit)
 
 

@@ -42,12 +42,17 @@ def insert_images(conn: Connection, rows: Sequence[ImageRow]) -> list[int]:
 # Read with binary COPY: the bytea arrives as its bytes, where a text SELECT sends it as hex.
 # COPY takes no server-side parameters: psycopg binds the id array on the client, quoted.
 COPY_IMAGES = "COPY (SELECT id, image_data FROM input_data WHERE id = ANY(%s::bigint[])) TO STDOUT (FORMAT BINARY)"
-COPY_IMAGES_AND_LABELS = "COPY (SELECT id, image_data, true_label FROM input_data WHERE id = ANY(%s::bigint[])) TO STDOUT (FORMAT BINARY)"
+COPY_IMAGES_AND_LABELS = (
+    "COPY (SELECT id, image_data, true_label FROM input_data WHERE id = ANY(%s::bigint[])) TO STDOUT (FORMAT BINARY)"
+)
 
 
 def fetch_images(conn: Connection, image_ids: Sequence[int]) -> dict[int, bytes]:
     """Image bytes by ID in one query; missing IDs are simply absent from the result."""
-    with single_statement(conn) as cursor, cursor.copy(COPY_IMAGES, ([int(image_id) for image_id in image_ids],)) as copy:
+    with (
+        single_statement(conn) as cursor,
+        cursor.copy(COPY_IMAGES, ([int(image_id) for image_id in image_ids],)) as copy,
+    ):
         copy.set_types(["bigint", "bytea"])
         return dict(copy.rows())
 
@@ -92,7 +97,9 @@ def select_image_ids(
     """IDs of stored images matching every given filter, oldest first."""
     rows = query(
         conn,
-        sql.SQL("SELECT d.id FROM input_data d WHERE {filter} ORDER BY d.id LIMIT %(limit)s").format(filter=SELECTION_FILTER),
+        sql.SQL("SELECT d.id FROM input_data d WHERE {filter} ORDER BY d.id LIMIT %(limit)s").format(
+            filter=SELECTION_FILTER
+        ),
         {"split": split, "label": label, "model": unpredicted_by, "limit": limit},
     )
     return [row[0] for row in rows]
@@ -127,7 +134,9 @@ CREATE TEMP TABLE IF NOT EXISTS staged_images (
 """
 COPY_STAGED_IMAGES = copy_in_statement("staged_images", IMAGE_ROW_COLUMNS)
 INSERT_STAGED_IMAGES = (
-    sql.SQL("INSERT INTO input_data ({columns}) SELECT {columns} FROM staged_images ON CONFLICT DO NOTHING RETURNING id")
+    sql.SQL(
+        "INSERT INTO input_data ({columns}) SELECT {columns} FROM staged_images ON CONFLICT DO NOTHING RETURNING id"
+    )
     .format(columns=sql.SQL(", ").join(map(sql.Identifier, IMAGE_ROW_COLUMNS)))
     .as_string()
 )

@@ -47,7 +47,9 @@ WHERE a.job_id = %(a)s
 GROUP BY 1, 2, 3, 4, 5
 """
 AGGREGATE_COLUMNS = ("true_label", "a_label", "b_label", "a_version", "b_version", "images")
-AGGREGATE_OF_C = sql.SQL(", ").join(sql.Identifier("c", column) for column in AGGREGATE_COLUMNS)  # of the table or subquery c
+AGGREGATE_OF_C = sql.SQL(", ").join(
+    sql.Identifier("c", column) for column in AGGREGATE_COLUMNS
+)  # of the table or subquery c
 # The aggregate after whether both jobs are done and their done_count, all read in one snapshot:
 # the counts the aggregate is stored for are those it was computed from. Jobs without an image in
 # common give one row with NULLs for the aggregate; no row means a job was deleted meanwhile.
@@ -145,7 +147,9 @@ def computed_aggregate(conn: Connection, job_a: int, job_b: int) -> list[Aggrega
     return aggregate
 
 
-def store_aggregate(conn: Connection, job_a: int, job_b: int, done_counts: tuple[int, int], aggregate: list[AggregateRow]) -> None:
+def store_aggregate(
+    conn: Connection, job_a: int, job_b: int, done_counts: tuple[int, int], aggregate: list[AggregateRow]
+) -> None:
     """Store the pair's aggregate for these done counts, unless it is already (then nothing: concurrent requests agree)."""
     pair = {"a": job_a, "b": job_b, "a_done": done_counts[0], "b_done": done_counts[1]}
     columns = list(zip(*aggregate, strict=True)) or [()] * len(AGGREGATE_COLUMNS)
@@ -153,5 +157,9 @@ def store_aggregate(conn: Connection, job_a: int, job_b: int, done_counts: tuple
         cursor.execute(CLAIM_PAIR, pair)
         if cursor.fetchone() is None:
             return
-        cursor.execute("DELETE FROM job_comparisons WHERE job_a = %(a)s AND job_b = %(b)s", pair)  # those of older counts
-        cursor.execute(STORE_ROWS, pair | {name: list(values) for name, values in zip(AGGREGATE_COLUMNS, columns, strict=True)})
+        cursor.execute(
+            "DELETE FROM job_comparisons WHERE job_a = %(a)s AND job_b = %(b)s", pair
+        )  # those of older counts
+        cursor.execute(
+            STORE_ROWS, pair | {name: list(values) for name, values in zip(AGGREGATE_COLUMNS, columns, strict=True)}
+        )

@@ -78,7 +78,10 @@ def records(
         }
         if probabilities:
             values = np.frombuffer(vector, dtype="<f4").tolist() if vector is not None else [None] * NUM_CLASSES
-            record |= {name: None if value is None else round(value, 6) for name, value in zip(PROBABILITY_COLUMNS, values, strict=True)}
+            record |= {
+                name: None if value is None else round(value, 6)
+                for name, value in zip(PROBABILITY_COLUMNS, values, strict=True)
+            }
         yield record
 
 

@@ -101,7 +101,9 @@ def wait_for_notices(conn: Connection, timeout_seconds: float) -> tuple[set[int]
     return heard, answers
 
 
-def wait_for_job(conn: Connection, job_id: int, timeout: float = 60, until_finished: int | None = None) -> dict[str, Any] | None:
+def wait_for_job(
+    conn: Connection, job_id: int, timeout: float = 60, until_finished: int | None = None
+) -> dict[str, Any] | None:
     """The job once ended (or once ``until_finished`` images have a result), else its state after ``timeout``.
 
     Sleeps on the workers' notices; None for a job that does not exist.

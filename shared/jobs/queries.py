@@ -25,7 +25,11 @@ def count_low_confidence(conn: Connection, job_id: int, threshold: float) -> int
 
 
 def wrong_predictions(
-    conn: Connection, job_id: int | None = None, limit: int = 20, offset: int = 0, after: tuple[Any, int, int] | None = None
+    conn: Connection,
+    job_id: int | None = None,
+    limit: int = 20,
+    offset: int = 0,
+    after: tuple[Any, int, int] | None = None,
 ) -> list[dict[str, Any]]:
     """Wrong predictions of labelled images, newest first, from ``job_mistakes`` (one index range).
 
@@ -42,7 +46,12 @@ def wrong_predictions(
         ORDER BY m.created_at DESC, m.job_id DESC, m.input_data_id DESC
         LIMIT %(limit)s OFFSET %(offset)s
         """,
-        {"job": job_id, "limit": limit, "offset": 0 if after else offset, **_after(after, "after", "after_job", "after_image")},
+        {
+            "job": job_id,
+            "limit": limit,
+            "offset": 0 if after else offset,
+            **_after(after, "after", "after_job", "after_image"),
+        },
         as_dicts=True,
     )
 

@@ -61,7 +61,9 @@ def default_low_confidence_threshold(conn: Connection) -> float:
     return LOW_CONFIDENCE_THRESHOLD
 
 
-def build_job_report(conn: Connection, job_id: int, wrong_limit: int = 10, threshold: float | None = None) -> JobReport | None:
+def build_job_report(
+    conn: Connection, job_id: int, wrong_limit: int = 10, threshold: float | None = None
+) -> JobReport | None:
     """The job's figures; ``low_confidence`` counts predictions under ``threshold`` (default: the production card's)."""
     job = store.get_job(conn, job_id)
     if job is None:

@@ -1,4 +1,5 @@
-"""A batch's outcome: predictions and failures, stored with the job's counters and statistics, and how often it was started.
+"""A batch's outcome: predictions and failures, stored with the job's counters and statistics, and how often it was
+started.
 
 PostgreSQL is the source of truth. Predictions and failures are written in the same
 transaction as the job's counters and its statistics (``statistics.py``), with unique keys
@@ -27,11 +28,20 @@ from shared.digits import NUM_CLASSES
 from shared.jobs import progress, statistics
 
 # A prediction row as the COPY writes it: its columns, and their types for psycopg's binary COPY.
-PREDICTION_COLUMNS = ("job_id", "input_data_id", "model_version", "predicted_label", "confidence", "prediction_probabilities")
+PREDICTION_COLUMNS = (
+    "job_id",
+    "input_data_id",
+    "model_version",
+    "predicted_label",
+    "confidence",
+    "prediction_probabilities",
+)
 PREDICTION_TYPES = ("bigint", "bigint", "text", "smallint", "real", "bytea")
 COPY_PREDICTIONS = copy_in_statement("predictions", PREDICTION_COLUMNS)
 COPY_STAGED = copy_in_statement("staged_predictions", PREDICTION_COLUMNS)
-STAGING = "CREATE TEMP TABLE IF NOT EXISTS staged_predictions (LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+STAGING = (
+    "CREATE TEMP TABLE IF NOT EXISTS staged_predictions (LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+)
 # Up to this many predictions, counted by the worker, are sent inside the store's statement rather than
 # by COPY: the two round trips saved (BEGIN with the COPY, COMMIT) cost more than the arrays for a
 # micro-batch of uploads; a bulk chunk of 256 is cheaper to COPY.
@@ -49,7 +59,9 @@ class PredictionBatch:
     true_labels: np.ndarray | None = None  # int16, (n,)
 
     @classmethod
-    def of(cls, image_ids: Sequence[int], probabilities: np.ndarray, true_labels: Sequence[int] | None = None) -> PredictionBatch:
+    def of(
+        cls, image_ids: Sequence[int], probabilities: np.ndarray, true_labels: Sequence[int] | None = None
+    ) -> PredictionBatch:
         ids = np.asarray(image_ids, dtype=np.int64)
         vectors = np.asarray(probabilities, dtype=np.float32)
         if vectors.shape != (len(ids), NUM_CLASSES):
@@ -81,7 +93,11 @@ class UnknownJobError(LookupError):
 
 
 def store_results(
-    conn: Connection, job_id: int, model_version: str, predictions: PredictionBatch | None, failures: Sequence[FailureRow]
+    conn: Connection,
+    job_id: int,
+    model_version: str,
+    predictions: PredictionBatch | None,
+    failures: Sequence[FailureRow],
 ) -> tuple[int, int]:
     """Write a batch's outcome and advance the job, all or nothing.
 
@@ -91,7 +107,9 @@ def store_results(
     and is written again through a staging table that skips what is already there.
     """
     prediction_jobs = np.full(len(predictions), job_id, dtype=np.int64) if predictions else np.zeros(0, dtype=np.int64)
-    return store_many(conn, model_version, [job_id], prediction_jobs, predictions, [(job_id, failure) for failure in failures])
+    return store_many(
+        conn, model_version, [job_id], prediction_jobs, predictions, [(job_id, failure) for failure in failures]
+    )
 
 
 def store_many(
@@ -253,7 +271,9 @@ def _store(
             cursor.execute(statement, params, prepare=True)
             stored, failed = fetchone_required(cursor)[:2]
         except psycopg.errors.ForeignKeyViolation as error:  # failures name the job; ADVANCE checks the rest
-            raise UnknownJobError(f"job {jobs[0]} does not exist" if len(jobs) == 1 else f"a job of {jobs} does not exist") from error
+            raise UnknownJobError(
+                f"job {jobs[0]} does not exist" if len(jobs) == 1 else f"a job of {jobs} does not exist"
+            ) from error
     return stored, failed
 
 
@@ -276,19 +296,28 @@ def _rows(prediction_jobs: np.ndarray, model_version: str, predictions: Predicti
 # (``prepare=True``) and so plans it once. Composed once, here, to the text psycopg keys its statements by.
 STORE = (
     sql.SQL("WITH {} {}")
-    .format(sql.SQL(",").join(map(sql.SQL, [NEW_FROM_COPY, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE])), sql.SQL(RESULT))
+    .format(
+        sql.SQL(",").join(map(sql.SQL, [NEW_FROM_COPY, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE])), sql.SQL(RESULT)
+    )
     .as_string()
 )
-STORE_COUNTED = sql.SQL("WITH {} {}").format(sql.SQL(",").join(map(sql.SQL, [COUNTED, ADVANCE])), sql.SQL(RESULT)).as_string()
+STORE_COUNTED = (
+    sql.SQL("WITH {} {}").format(sql.SQL(",").join(map(sql.SQL, [COUNTED, ADVANCE])), sql.SQL(RESULT)).as_string()
+)
 # The one that answers waiting uploads: only a statement that inserts the predictions itself has them in hand.
 STORE_WITH_ROWS = (
     sql.SQL("WITH {} {}")
-    .format(sql.SQL(",").join(map(sql.SQL, [ROWS_IN_STATEMENT, COUNTED, ADVANCE, ANSWERED])), sql.SQL(RESULT_AND_ANSWERS))
+    .format(
+        sql.SQL(",").join(map(sql.SQL, [ROWS_IN_STATEMENT, COUNTED, ADVANCE, ANSWERED])), sql.SQL(RESULT_AND_ANSWERS)
+    )
     .as_string()
 )
 STORE_STAGED = (
     sql.SQL("WITH {} {}")
-    .format(sql.SQL(",").join(map(sql.SQL, [NEW_FROM_STAGING, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE])), sql.SQL(RESULT))
+    .format(
+        sql.SQL(",").join(map(sql.SQL, [NEW_FROM_STAGING, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE])),
+        sql.SQL(RESULT),
+    )
     .as_string()
 )
 
@@ -313,7 +342,11 @@ def _copy_predictions(
         [vector.tobytes() for vector in predictions.probabilities.astype("<f4")],
     )
     with contextlib.ExitStack() as stack:
-        copy = stack.enter_context(cursor.copy(COPY_STAGED)) if skip_stored else stack.enter_context(cursor.copy(COPY_PREDICTIONS))
+        copy = (
+            stack.enter_context(cursor.copy(COPY_STAGED))
+            if skip_stored
+            else stack.enter_context(cursor.copy(COPY_PREDICTIONS))
+        )
         copy.set_types(PREDICTION_TYPES)
         for row in rows:
             copy.write_row(row)

@@ -105,7 +105,11 @@ def submit_job(
         job_id = store.create_job(conn, unique_ids, model_version, selection.describe(), **options)
         images = len(unique_ids)
     else:
-        filters = {"split": selection.split, "label": selection.label, "model": model_version if selection.unpredicted else None}
+        filters = {
+            "split": selection.split,
+            "label": selection.label,
+            "model": model_version if selection.unpredicted else None,
+        }
         created, matched = store.create_job_from_selection(
             conn, filters, selection.limit, model_version, selection.describe(), settings.max_job_images, **options
         )
@@ -125,7 +129,9 @@ def refuse_too_many(images: int, max_images: int) -> None:
         )
 
 
-def enqueue_bulk(app: Celery, settings: Settings, job_id: int, image_ids: Sequence[int], batch_size: int | None = None) -> int:
+def enqueue_bulk(
+    app: Celery, settings: Settings, job_id: int, image_ids: Sequence[int], batch_size: int | None = None
+) -> int:
     """Send a job's images as batches of ``batch_size`` (default BATCH_SIZE) IDs; returns how many batches."""
     size = batch_size or settings.batch_size
     batches = (list(image_ids[start : start + size]) for start in range(0, len(image_ids), size))
@@ -163,7 +169,9 @@ def submit_upload(
     """
     models.registry.check_name(model)
     token = public_token or store.new_upload_token()
-    created = store.create_named_upload_job(conn, image_data, list(IMAGE_SHAPE), model, selection, token, shadow_version)
+    created = store.create_named_upload_job(
+        conn, image_data, list(IMAGE_SHAPE), model, selection, token, shadow_version
+    )
     if created is None:
         raise models.registry.unknown(model)
     job_id, image_id, version = created

@@ -38,7 +38,9 @@ STATES = (*UNFINISHED, *ENDED)
 
 def job_columns(table: str | None = None) -> sql.Composable:
     """``JOB_COLUMNS`` as a select list, qualified by ``table`` when given."""
-    return sql.SQL(", ").join(sql.Identifier(table, column) if table else sql.Identifier(column) for column in JOB_COLUMNS)
+    return sql.SQL(", ").join(
+        sql.Identifier(table, column) if table else sql.Identifier(column) for column in JOB_COLUMNS
+    )
 
 
 def create_job(

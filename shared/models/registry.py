@@ -41,13 +41,17 @@ def resolve(conn: Connection, name: str) -> str:
 def check_name(name: str) -> None:
     """UnknownModel for what cannot name a model, before it is looked up."""
     if not name or len(name) > MAX_NAME_CHARS or "\x00" in name:
-        raise UnknownModel("a model is named by a version (python -m producer models list) or an alias such as production")
+        raise UnknownModel(
+            "a model is named by a version (python -m producer models list) or an alias such as production"
+        )
 
 
 def unknown(name: str) -> UnknownModel:
     """The error for a well-formed name that stands for no version now."""
     if name == PRODUCTION:
-        return UnknownModel("no model is aliased production yet: run python -m producer init-db, or models alias production VERSION")
+        return UnknownModel(
+            "no model is aliased production yet: run python -m producer init-db, or models alias production VERSION"
+        )
     return UnknownModel(f"there is no model version or alias {name!r} (see: python -m producer models list)")
 
 

@@ -110,7 +110,9 @@ def load_predictor(model_path: Path, runtime: str, threads: int) -> Predictor:
     if runtime == "litert":
         tflite_file = litert_path(model_path)
         if not tflite_file.exists():
-            raise ValueError(f"{tflite_file} does not exist: train with python -m shared.training.train, or set MODEL_RUNTIME=tensorflow")
+            raise ValueError(
+                f"{tflite_file} does not exist: train with python -m shared.training.train, or set MODEL_RUNTIME=tensorflow"
+            )
         return LiteRTPredictor(tflite_file, threads)
     if runtime == "tensorflow":
         from shared.models import keras_runtime

@@ -80,10 +80,16 @@ def instruments() -> Instruments:
     """This process's metrics, made on the first call (see the module's docstring for why not at import)."""
     return Instruments(
         images_predicted=Counter(
-            "mnist_images_predicted", "Predictions stored (new ones; a batch delivered twice counts once)", ["queue", "model_version"]
+            "mnist_images_predicted",
+            "Predictions stored (new ones; a batch delivered twice counts once)",
+            ["queue", "model_version"],
         ),
-        images_failed=Counter("mnist_images_failed", "Images recorded as failed (unreadable, or given up on)", ["queue", "model_version"]),
-        batch_size=Histogram("mnist_batch_size_images", "Images per batch or upload micro-batch", ["queue"], buckets=BATCH_SIZE_BUCKETS),
+        images_failed=Counter(
+            "mnist_images_failed", "Images recorded as failed (unreadable, or given up on)", ["queue", "model_version"]
+        ),
+        batch_size=Histogram(
+            "mnist_batch_size_images", "Images per batch or upload micro-batch", ["queue"], buckets=BATCH_SIZE_BUCKETS
+        ),
         stage_seconds=Histogram(
             "mnist_batch_stage_seconds",
             "Seconds per batch in each stage: queue_wait (sent or accepted to taken; an upload batch: its oldest),"
@@ -96,14 +102,22 @@ def instruments() -> Instruments:
             "From the web accepting an upload to its prediction being committed",
             buckets=LATENCY_BUCKETS,
         ),
-        refusals=Counter("mnist_web_refusals", "Requests the web refused for load or an outage (429, 503)", ["status", "reason"]),
-        sweeper_reenqueued=Counter("mnist_sweeper_reenqueued_images", "Images of stalled jobs the sweeper enqueued again", ["queue"]),
+        refusals=Counter(
+            "mnist_web_refusals", "Requests the web refused for load or an outage (429, 503)", ["status", "reason"]
+        ),
+        sweeper_reenqueued=Counter(
+            "mnist_sweeper_reenqueued_images", "Images of stalled jobs the sweeper enqueued again", ["queue"]
+        ),
         failover_restored=Counter(
             "mnist_failover_restored_messages",
             "Bulk batches delivered again after the worker that held them died or stopped (worker/failover.py)",
         ),
-        worker_processes=Gauge("mnist_worker_processes", "Worker processes running, by role", ["role"], multiprocess_mode="livesum"),
-        celery_worker_up=Gauge("celery_worker_up", "1 while the Celery worker runs", ["hostname"], multiprocess_mode="livemax"),
+        worker_processes=Gauge(
+            "mnist_worker_processes", "Worker processes running, by role", ["role"], multiprocess_mode="livesum"
+        ),
+        celery_worker_up=Gauge(
+            "celery_worker_up", "1 while the Celery worker runs", ["hostname"], multiprocess_mode="livemax"
+        ),
         celery_tasks_active=Gauge(
             "celery_worker_tasks_active", "Tasks the worker is running now", ["hostname"], multiprocess_mode="livesum"
         ),
@@ -112,7 +126,8 @@ def instruments() -> Instruments:
         celery_retried=Counter("celery_task_retried", "Tasks that will be retried", CELERY_TASK_LABELS),
         celery_runtime=Histogram("celery_task_runtime", "Seconds from a task's start to its end", CELERY_TASK_LABELS),
         job_ends=Counter(
-            "mnist_job_ends", "Jobs that ended, by kind (bulk, upload) and end state (done, failed, cancelled)",
+            "mnist_job_ends",
+            "Jobs that ended, by kind (bulk, upload) and end state (done, failed, cancelled)",
             ["kind", "state"],
         ),
     )
@@ -129,7 +144,9 @@ def show_counters() -> None:
 
 
 @never_fails
-def record_batch(queue: str, model_version: str, images: int, predicted: int, failed: int, stage_seconds: Mapping[str, float]) -> None:
+def record_batch(
+    queue: str, model_version: str, images: int, predicted: int, failed: int, stage_seconds: Mapping[str, float]
+) -> None:
     """One stored batch: its size, its results and the seconds of each stage in ``stage_seconds``."""
     metrics = instruments()
     metrics.batch_size.labels(queue).observe(images)

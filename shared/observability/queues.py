@@ -90,9 +90,15 @@ def read_queues(settings: Settings, now: float) -> list[QueueReading]:
 
 
 def queue_families(readings: list[QueueReading]) -> list[Metric]:
-    depth = GaugeMetricFamily("mnist_queue_depth", "Entries waiting in the queue (bulk: batches; upload: uploads)", labels=["queue"])
-    age = GaugeMetricFamily("mnist_queue_oldest_age_seconds", "Seconds the oldest waiting entry has waited (0: none)", labels=["queue"])
-    celery_length = GaugeMetricFamily("celery_queue_length", "The number of messages in the broker queue", labels=["queue_name"])
+    depth = GaugeMetricFamily(
+        "mnist_queue_depth", "Entries waiting in the queue (bulk: batches; upload: uploads)", labels=["queue"]
+    )
+    age = GaugeMetricFamily(
+        "mnist_queue_oldest_age_seconds", "Seconds the oldest waiting entry has waited (0: none)", labels=["queue"]
+    )
+    celery_length = GaugeMetricFamily(
+        "celery_queue_length", "The number of messages in the broker queue", labels=["queue_name"]
+    )
     for reading in readings:
         depth.add_metric([reading.queue], reading.depth)
         if reading.oldest_age_seconds is not None:

@@ -30,13 +30,19 @@ def create_operator(conn: Connection, name: str, password_hash: str) -> int:
 
 def operator_by_name(conn: Connection, name: str) -> dict[str, Any] | None:
     return query_one(
-        conn, "SELECT id, name, password_hash, session_generation FROM operators WHERE name = %s", (name,), as_dicts=True
+        conn,
+        "SELECT id, name, password_hash, session_generation FROM operators WHERE name = %s",
+        (name,),
+        as_dicts=True,
     )
 
 
 def operator_by_id(conn: Connection, operator_id: int) -> dict[str, Any] | None:
     return query_one(
-        conn, "SELECT id, name, password_hash, session_generation FROM operators WHERE id = %s", (operator_id,), as_dicts=True
+        conn,
+        "SELECT id, name, password_hash, session_generation FROM operators WHERE id = %s",
+        (operator_id,),
+        as_dicts=True,
     )
 
 
@@ -47,7 +53,9 @@ def end_sessions(conn: Connection, operator_id: int) -> None:
 
 def set_password_hash(conn: Connection, operator_id: int, password_hash: str) -> bool:
     """Replace an operator's hash (a new password, or the same one rehashed with stronger parameters)."""
-    return bool(query(conn, "UPDATE operators SET password_hash = %s WHERE id = %s RETURNING id", (password_hash, operator_id)))
+    return bool(
+        query(conn, "UPDATE operators SET password_hash = %s WHERE id = %s RETURNING id", (password_hash, operator_id))
+    )
 
 
 def delete_operator(conn: Connection, name: str) -> bool:
@@ -101,7 +109,13 @@ def token_operator(conn: Connection, token_hash: bytes) -> dict[str, Any] | None
 
 def revoke_token(conn: Connection, token_id: int) -> bool:
     """Revoke a token at once; False when there is no such token or it was revoked already."""
-    return bool(query(conn, "UPDATE api_tokens SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL RETURNING id", (token_id,)))
+    return bool(
+        query(
+            conn,
+            "UPDATE api_tokens SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL RETURNING id",
+            (token_id,),
+        )
+    )
 
 
 def list_tokens(conn: Connection, operator_name: str | None = None) -> list[dict[str, Any]]:

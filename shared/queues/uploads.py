@@ -181,7 +181,12 @@ return taken
 
 
 def take_batch(
-    settings: Settings, consumer: str, max_batch: int, timeout_seconds: float, max_delay_seconds: float, finished: list[bytes] | None = None
+    settings: Settings,
+    consumer: str,
+    max_batch: int,
+    timeout_seconds: float,
+    max_delay_seconds: float,
+    finished: list[bytes] | None = None,
 ) -> list[bytes]:
     """Up to ``max_batch`` waiting entries, moved into this consumer's processing list; [] after ``timeout_seconds``.
 

@@ -29,7 +29,9 @@ DISTORT_BATCH = 1000
 Split = tuple[np.ndarray, np.ndarray]
 
 
-def finalise(model: Any, out: Path, card: dict[str, Any], validation: Split, test: Split, training_images: np.ndarray) -> dict:
+def finalise(
+    model: Any, out: Path, card: dict[str, Any], validation: Split, test: Split, training_images: np.ndarray
+) -> dict:
     """Fold the fitted temperature into the model, save it, export, verify, and write the card."""
     from shared.models.keras_runtime import KerasPredictor
     from shared.models.runtime import LiteRTPredictor
@@ -56,7 +58,9 @@ def finalise(model: Any, out: Path, card: dict[str, Any], validation: Split, tes
         raise RuntimeError(f"the LiteRT export agrees with Keras on only {agreement:.2%} of the test set")
 
     rng = np.random.default_rng(card.get("seed", 0))
-    samples = training_images[rng.choice(len(training_images), min(CALIBRATION_SAMPLES, len(training_images)), replace=False)]
+    samples = training_images[
+        rng.choice(len(training_images), min(CALIBRATION_SAMPLES, len(training_images)), replace=False)
+    ]
     int8_file = export_int8(model, out, samples)
     int8_test = LiteRTPredictor(int8_file, threads).predict_batch(test[0])
     float_validation = LiteRTPredictor(float_file, threads).predict_batch(validation[0])

@@ -58,7 +58,9 @@ def read_model_files(keras_path: Path, name: str | None = None) -> store.ModelFi
     """The files of the version whose Keras file is ``keras_path``, read and named, not yet checked."""
     keras_path = Path(keras_path)
     if not keras_path.is_file():
-        raise ValueError(f"{keras_path} is not a file: register the .keras file written by python -m shared.training.train")
+        raise ValueError(
+            f"{keras_path} is not a file: register the .keras file written by python -m shared.training.train"
+        )
     card = read_card(keras_path)
     folder = keras_path.parent
     tflite_path = folder / card["litert_file"] if isinstance(card.get("litert_file"), str) else litert_path(keras_path)
@@ -67,7 +69,9 @@ def read_model_files(keras_path: Path, name: str | None = None) -> store.ModelFi
     int8_path = folder / int8_card["file"] if isinstance(int8_card.get("file"), str) else None
     for path, what in ((tflite_path, "its LiteRT export"), (int8_path, "the int8 export its card names")):
         if path is not None and not path.is_file():
-            raise ValueError(f"{path} ({what}) does not exist: export it with python -m shared.training.train --export-only")
+            raise ValueError(
+                f"{path} ({what}) does not exist: export it with python -m shared.training.train --export-only"
+            )
     keras_bytes = keras_path.read_bytes()
     return store.ModelFiles(
         version=version_of(keras_path.stem, keras_bytes),
@@ -109,7 +113,11 @@ def check_model_files(files: store.ModelFiles, mnist_dir: Path, keras_check: boo
     if images is None:
         checks.append(f"no MNIST test images at {mnist_dir}: labels not compared (set MNIST_DIR)")
     elif keras_check and importlib.util.find_spec("tensorflow") is not None:
-        checks.append(agreement_line("Keras", "float LiteRT", keras_labels(files.keras_file, images), float_labels, MIN_KERAS_AGREEMENT))
+        checks.append(
+            agreement_line(
+                "Keras", "float LiteRT", keras_labels(files.keras_file, images), float_labels, MIN_KERAS_AGREEMENT
+            )
+        )
     else:
         checks.append(recorded_agreement(files.card, keras_check))
     return checks
@@ -147,7 +155,12 @@ def litert_labels(content: bytes, where: str, images: np.ndarray | None) -> np.n
         raise ValueError(f"{where} is not a LiteRT model: {first_line(error)}") from None
     inputs, outputs = interpreter.get_input_details(), interpreter.get_output_details()
     input_shape = list(inputs[0]["shape_signature"]) if len(inputs) == 1 else None
-    if input_shape is None or len(input_shape) != 4 or input_shape[0] not in (-1, 1) or tuple(input_shape[1:]) != INPUT_SHAPE:
+    if (
+        input_shape is None
+        or len(input_shape) != 4
+        or input_shape[0] not in (-1, 1)
+        or tuple(input_shape[1:]) != INPUT_SHAPE
+    ):
         shapes = [list(detail["shape_signature"]) for detail in inputs]
         raise ValueError(f"{where} takes input {shapes}, not one (N, 28, 28, 1) image tensor")
     if len(outputs) != 1 or list(outputs[0]["shape_signature"])[-1:] != [NUM_CLASSES]:
@@ -201,7 +214,9 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(error).__name__
 
 
-def register(conn: Connection, keras_path: Path, mnist_dir: Path, name: str | None = None, keras_check: bool = True) -> Registration:
+def register(
+    conn: Connection, keras_path: Path, mnist_dir: Path, name: str | None = None, keras_check: bool = True
+) -> Registration:
     """Check and store a version; a version registered before is left as it is (its bytes are the same)."""
     files = read_model_files(keras_path, name)
     if store.model_exists(conn, files.version):

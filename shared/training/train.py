@@ -31,7 +31,9 @@ EARLY_STOPPING_PATIENCE = 8
 PEAK_LEARNING_RATE = 3e-3
 
 
-def load_training_data(data: Path | None) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], dict[str, str]]:
+def load_training_data(
+    data: Path | None,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], dict[str, str]]:
     """(train, test, checksums); downloads only when no local data is given."""
     if data is None:
         import keras
@@ -89,7 +91,9 @@ def train(
         warmup_steps=warmup,
     )
     model = build_model()
-    model.compile(loss="sparse_categorical_crossentropy", optimizer=keras.optimizers.Adam(schedule), metrics=["accuracy"])
+    model.compile(
+        loss="sparse_categorical_crossentropy", optimizer=keras.optimizers.Adam(schedule), metrics=["accuracy"]
+    )
     # The learning rate falls all the way, so the best epochs come last: stopping only
     # watches the second half, and keeps the best epoch's weights.
     stopping = keras.callbacks.EarlyStopping(
@@ -153,14 +157,22 @@ def export_existing(out: Path, data: Path | None) -> dict:
 
 
 @click.command()
-@click.option("--data", type=click.Path(exists=True, path_type=Path), help="Folder of MNIST IDX .gz files, or mnist.npz. Omit to download.")
+@click.option(
+    "--data",
+    type=click.Path(exists=True, path_type=Path),
+    help="Folder of MNIST IDX .gz files, or mnist.npz. Omit to download.",
+)
 @click.option("--epochs", default=30, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1))
 @click.option("--seed", default=1337, show_default=True, type=int)
 @click.option("--limit", type=click.IntRange(min=1), help="Train on the first N training images only.")
 @click.option("--out", default=DEFAULT_MODEL_PATH, show_default=True, type=click.Path(path_type=Path))
-@click.option("--export-only", is_flag=True, help="Do not train: calibrate and export OUT again, verify, rewrite the card.")
-def main(data: Path | None, epochs: int, batch_size: int, seed: int, limit: int | None, out: Path, export_only: bool) -> None:
+@click.option(
+    "--export-only", is_flag=True, help="Do not train: calibrate and export OUT again, verify, rewrite the card."
+)
+def main(
+    data: Path | None, epochs: int, batch_size: int, seed: int, limit: int | None, out: Path, export_only: bool
+) -> None:
     """Train the CNN and write OUT, OUT.tflite (LiteRT export) and OUT.json (the model card)."""
     if export_only:
         card = export_existing(out, data)

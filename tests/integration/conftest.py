@@ -79,7 +79,8 @@ def worker_env(database_url: str) -> dict[str, str]:
         "STALL_SECONDS": "3",
         "SWEEP_INTERVAL_SECONDS": "1",
         "UPLOAD_HEARTBEAT_SECONDS": "2",
-        # No metrics exporter on the fixed port 9808, which a developer's ./run up may hold (test_metrics.py picks a free one).
+        # No metrics exporter on the fixed port 9808, which a developer's ./run up may hold (test_metrics.py picks a
+        # free one).
         "WORKER_METRICS_PORT": "0",
         # Webhooks of tests/integration/test_lifecycle.py, to a receiver on loopback.
         "WEBHOOK_SECRET": services.WEBHOOK_SECRET,

@@ -31,14 +31,17 @@ def schema_snapshot(conn: Connection) -> dict[str, list[tuple]]:
             "SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c"
             " JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = 'public' ORDER BY 1, 2",
         ),
-        "indexes": query(conn, "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1, 2"),
+        "indexes": query(
+            conn, "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1, 2"
+        ),
     }
 
 
 def table_columns(conn: Connection) -> dict[str, str]:
     """Each table's columns as a select list: what a later migration adds can then be left out of a comparison."""
     rows = query(
-        conn, "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public' ORDER BY ordinal_position"
+        conn,
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public' ORDER BY ordinal_position",
     )
     columns: dict[str, list[str]] = {}
     for table, column in rows:
@@ -46,7 +49,9 @@ def table_columns(conn: Connection) -> dict[str, str]:
     return {table: ", ".join(names) for table, names in columns.items()}
 
 
-def every_row(conn: Connection, job_id: int | None = None, columns: dict[str, str] | None = None) -> dict[str, list[tuple]]:
+def every_row(
+    conn: Connection, job_id: int | None = None, columns: dict[str, str] | None = None
+) -> dict[str, list[tuple]]:
     """Every row of every table, or only those of ``job_id`` (its images, itself, its results).
 
     ``columns`` (from ``table_columns``) limits each table to the columns it had then.

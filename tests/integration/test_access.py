@@ -62,7 +62,9 @@ def operator_client(app, conn, operator):
 def stored(conn):
     """A queued upload (job id, image id, token) and a bulk job over its image: what the operator routes show."""
     token = jobs.store.new_upload_token()
-    job_id, image_id = jobs.store.create_upload_job(conn, encode_image(np.eye(28, dtype=np.uint8) * 255), [28, 28], "m", {}, token)
+    job_id, image_id = jobs.store.create_upload_job(
+        conn, encode_image(np.eye(28, dtype=np.uint8) * 255), [28, 28], "m", {}, token
+    )
     bulk = jobs.store.create_job(conn, [image_id], "m", {"split": "upload"})
     return {"upload": job_id, "image": image_id, "token": token, "bulk": bulk}
 
@@ -87,11 +89,16 @@ def bearer(token: str) -> dict[str, str]:
 # --- operator routes refuse anonymous requests and accept operators ----------------------
 
 
-def test_every_operator_page_sends_anonymous_visitors_to_sign_in_and_shows_operators(anonymous, operator_client, stored):
+def test_every_operator_page_sends_anonymous_visitors_to_sign_in_and_shows_operators(
+    anonymous, operator_client, stored
+):
     for url in operator_pages(stored):
         refused = anonymous.get(url)
         assert refused.status_code == 302, url
-        assert refused.headers["Location"].startswith("/sign-in?next=") and url.split("?")[0] in refused.headers["Location"]
+        assert (
+            refused.headers["Location"].startswith("/sign-in?next=")
+            and url.split("?")[0] in refused.headers["Location"]
+        )
         assert operator_client.get(url).status_code == 200, url
 
 
@@ -112,7 +119,9 @@ def test_the_operator_api_answers_anonymous_requests_401_and_accepts_a_token(ano
     assert created.status_code == 202 and created.json["total_images"] == 1
 
 
-def test_stored_images_and_numeric_upload_pages_are_404_to_anonymous_visitors_and_shown_to_operators(anonymous, operator_client, stored):
+def test_stored_images_and_numeric_upload_pages_are_404_to_anonymous_visitors_and_shown_to_operators(
+    anonymous, operator_client, stored
+):
     for url in (f"/images/{stored['image']}.png", f"/predictions/{stored['upload']}"):
         assert anonymous.get(url).status_code == 404, url  # as for an id that does not exist: nothing told
         assert operator_client.get(url).status_code == 200, url
@@ -128,7 +137,9 @@ def test_a_session_may_read_the_api_but_an_unsafe_call_also_needs_the_csrf_token
     assert table_counts(conn) == before
     page = client.get("/jobs").text
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
-    assert client.post("/api/jobs", json={"split": "upload", "limit": 1}, headers={"X-CSRFToken": csrf}).status_code == 202
+    assert (
+        client.post("/api/jobs", json={"split": "upload", "limit": 1}, headers={"X-CSRFToken": csrf}).status_code == 202
+    )
 
 
 def test_public_insights_opens_the_operator_routes_to_everyone(own_settings, stored):
@@ -185,7 +196,9 @@ def test_a_new_password_ends_the_sessions_made_with_the_old_one(app, conn, setti
     operator_id, name = add_operator(conn)
     client = signed_in(app.test_client(), conn, operator_id)
     assert client.get("/jobs").status_code == 200
-    changed = CliRunner().invoke(cli, ["users", "passwd", name, "--password-stdin"], input="a brand new passphrase\n", obj=settings)
+    changed = CliRunner().invoke(
+        cli, ["users", "passwd", name, "--password-stdin"], input="a brand new passphrase\n", obj=settings
+    )
     assert changed.exit_code == 0, changed.output
     assert client.get("/jobs").status_code == 302
 
@@ -204,7 +217,9 @@ def test_an_anonymous_visitor_reads_their_own_upload_by_its_token(anonymous, con
     assert anonymous.get(body["status_url"]).json["token"] == token
     page = anonymous.get(body["page_url"])
     assert page.status_code == 200 and body["image_url"] in page.text
-    assert str(jobs.queries.upload_prediction_by_token(conn, token)["id"]) not in re.findall(r"\d+", page.text.split("<main>")[1])
+    assert str(jobs.queries.upload_prediction_by_token(conn, token)["id"]) not in re.findall(
+        r"\d+", page.text.split("<main>")[1]
+    )
     image = anonymous.get(body["image_url"])
     assert image.status_code == 200 and image.mimetype == "image/png" and image.headers["Cache-Control"] == "no-store"
 
@@ -215,11 +230,16 @@ def test_an_anonymous_visitor_reads_their_own_upload_by_its_token(anonymous, con
 
 def test_no_other_upload_is_reachable_by_guessing_tokens_or_by_the_old_numeric_urls(anonymous, conn, stored, seven_png):
     # Tokens are 128 random bits; nothing about one tells another.
-    tokens = {anonymous.post("/api/predictions", data=seven_png, content_type="image/png").json["token"] for _ in range(5)}
+    tokens = {
+        anonymous.post("/api/predictions", data=seven_png, content_type="image/png").json["token"] for _ in range(5)
+    }
     assert len(tokens) == 5
     rng = np.random.default_rng(14)
     alphabet = list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-    guesses = ["".join(rng.choice(alphabet, 22)) for _ in range(GUESSES)] + [stored["token"][:-1] + "A", stored["token"].swapcase()]
+    guesses = ["".join(rng.choice(alphabet, 22)) for _ in range(GUESSES)] + [
+        stored["token"][:-1] + "A",
+        stored["token"].swapcase(),
+    ]
     for guess in guesses:
         if guess != stored["token"]:
             assert anonymous.get(f"/api/predictions/{guess}").status_code == 404
@@ -245,8 +265,13 @@ def test_an_operator_signs_in_with_the_form_and_returns_to_the_page_asked_for(ow
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
     next_page = re.search(r'name="next" value="([^"]+)"', form).group(1)
     assert next_page == "/mistakes?page=1"
-    assert client.post("/sign-in", data={"name": name, "password": OPERATOR_PASSWORD, "next": next_page}).status_code == 400  # no CSRF
-    signed = client.post("/sign-in", data={"csrf_token": csrf, "name": name, "password": OPERATOR_PASSWORD, "next": next_page})
+    assert (
+        client.post("/sign-in", data={"name": name, "password": OPERATOR_PASSWORD, "next": next_page}).status_code
+        == 400
+    )  # no CSRF
+    signed = client.post(
+        "/sign-in", data={"csrf_token": csrf, "name": name, "password": OPERATOR_PASSWORD, "next": next_page}
+    )
     assert signed.status_code == 303 and signed.headers["Location"] == "/mistakes?page=1"
     assert client.get("/mistakes").status_code == 200
     assert name in client.get("/").text  # the header names who is signed in
@@ -255,7 +280,9 @@ def test_an_operator_signs_in_with_the_form_and_returns_to_the_page_asked_for(ow
     assert signed_out.status_code == 303 and client.get("/mistakes").status_code == 302
 
 
-@pytest.mark.parametrize("target", ["https://evil.example/", "//evil.example/x", "/\\evil.example", "javascript:alert(1)", "http:/x"])
+@pytest.mark.parametrize(
+    "target", ["https://evil.example/", "//evil.example/x", "/\\evil.example", "javascript:alert(1)", "http:/x"]
+)
 def test_sign_in_never_redirects_off_the_site(anonymous, conn, target):
     _, name = add_operator(conn)
     signed = anonymous.post("/sign-in", data={"name": name, "password": OPERATOR_PASSWORD, "next": target})
@@ -266,7 +293,9 @@ def test_sign_in_failures_are_logged_with_the_client_address_and_without_the_pas
     _, name = add_operator(conn)
     secret_attempt = "not-the-password-but-a-secret-all-the-same"
     with caplog.at_level(logging.WARNING, logger="web.auth"):
-        refused = anonymous.post("/sign-in", data={"name": name, "password": secret_attempt}, environ_base={"REMOTE_ADDR": "192.0.2.7"})
+        refused = anonymous.post(
+            "/sign-in", data={"name": name, "password": secret_attempt}, environ_base={"REMOTE_ADDR": "192.0.2.7"}
+        )
         unknown = anonymous.post("/sign-in", data={"name": "nobody\nfaked log line", "password": secret_attempt})
     assert refused.status_code == unknown.status_code == 401 and "wrong name or password" in refused.text
     assert refused.headers["WWW-Authenticate"].startswith("Form")
@@ -279,7 +308,9 @@ def test_sign_in_failures_are_logged_with_the_client_address_and_without_the_pas
 # --- rate limits ------------------------------------------------------------------------------
 
 
-def test_the_upload_limit_answers_429_past_its_bound_and_lets_the_client_in_after_the_window(own_settings, conn, seven_png):
+def test_the_upload_limit_answers_429_past_its_bound_and_lets_the_client_in_after_the_window(
+    own_settings, conn, seven_png
+):
     app = create_app(TEST_CONFIG, settings=own_settings.replace(upload_rate_limit="3 per 2 seconds"))
     client = app.test_client()
     statuses = [client.post("/api/predictions", data=seven_png, content_type="image/png").status_code for _ in range(3)]
@@ -293,7 +324,9 @@ def test_the_upload_limit_answers_429_past_its_bound_and_lets_the_client_in_afte
     assert page.status_code == 429 and "too many uploads" in page.text and page.headers["Retry-After"]
     assert table_counts(conn) == before
     # Another client (behind no proxy: its own address) has its own allowance.
-    other = client.post("/api/predictions", data=seven_png, content_type="image/png", environ_base={"REMOTE_ADDR": "192.0.2.9"})
+    other = client.post(
+        "/api/predictions", data=seven_png, content_type="image/png", environ_base={"REMOTE_ADDR": "192.0.2.9"}
+    )
     assert other.status_code == 202
     time.sleep(retry_after + 0.2)
     assert client.post("/api/predictions", data=seven_png, content_type="image/png").status_code == 202
@@ -303,15 +336,21 @@ def test_a_forged_forwarded_for_header_does_not_escape_the_limit_unless_a_proxy_
     config = own_settings.replace(upload_rate_limit="2 per 10 seconds")
     direct = create_app(TEST_CONFIG, settings=config).test_client()
     forged = [
-        direct.post("/api/predictions", data=seven_png, content_type="image/png", headers={"X-Forwarded-For": f"198.51.100.{n}"})
+        direct.post(
+            "/api/predictions", data=seven_png, content_type="image/png", headers={"X-Forwarded-For": f"198.51.100.{n}"}
+        )
         for n in range(4)
     ]
     assert [response.status_code for response in forged] == [202, 202, 429, 429]
 
-    behind_proxy = create_app(TEST_CONFIG, settings=config.replace(trusted_proxy_hops=1, queue_prefix=config.queue_prefix + "-proxy"))
+    behind_proxy = create_app(
+        TEST_CONFIG, settings=config.replace(trusted_proxy_hops=1, queue_prefix=config.queue_prefix + "-proxy")
+    )
     client = behind_proxy.test_client()
     via_proxy = [
-        client.post("/api/predictions", data=seven_png, content_type="image/png", headers={"X-Forwarded-For": f"198.51.100.{n}"})
+        client.post(
+            "/api/predictions", data=seven_png, content_type="image/png", headers={"X-Forwarded-For": f"198.51.100.{n}"}
+        )
         for n in range(4)
     ]
     assert [response.status_code for response in via_proxy] == [202, 202, 202, 202]  # four clients, as the proxy says
@@ -319,22 +358,30 @@ def test_a_forged_forwarded_for_header_does_not_escape_the_limit_unless_a_proxy_
 
 def test_a_sign_in_brute_force_of_100_tries_is_cut_off(own_settings, conn, caplog):
     _, name = add_operator(conn)
-    app = create_app(TEST_CONFIG, settings=own_settings.replace(signin_rate_limit=DEFAULT_SIGNIN_RATE_LIMIT, trusted_proxy_hops=1))
+    app = create_app(
+        TEST_CONFIG, settings=own_settings.replace(signin_rate_limit=DEFAULT_SIGNIN_RATE_LIMIT, trusted_proxy_hops=1)
+    )
     client = app.test_client()
     attacker = {"X-Forwarded-For": "203.0.113.66"}
     with caplog.at_level(logging.WARNING, logger="web.auth"):
         answers = [
-            client.post("/sign-in", data={"name": name, "password": f"guess number {n:03d}"}, headers=attacker).status_code
+            client.post(
+                "/sign-in", data={"name": name, "password": f"guess number {n:03d}"}, headers=attacker
+            ).status_code
             for n in range(BRUTE_FORCE_TRIES)
         ]
     allowed = int(DEFAULT_SIGNIN_RATE_LIMIT.split()[0])  # 5 a minute
     assert answers == [401] * allowed + [429] * (BRUTE_FORCE_TRIES - allowed)
-    assert len([r for r in caplog.records if r.name == "web.auth"]) == allowed  # the rest never reached the password check
+    assert (
+        len([r for r in caplog.records if r.name == "web.auth"]) == allowed
+    )  # the rest never reached the password check
     locked = client.post("/sign-in", data={"name": name, "password": OPERATOR_PASSWORD}, headers=attacker)
     assert locked.status_code == 429 and int(locked.headers["Retry-After"]) > 0  # even the right password waits
     assert client.get("/sign-in", headers=attacker).status_code == 200  # the form itself is not limited
     # The operator, from their own address, is not locked out by the attacker.
-    own = client.post("/sign-in", data={"name": name, "password": OPERATOR_PASSWORD}, headers={"X-Forwarded-For": "192.0.2.10"})
+    own = client.post(
+        "/sign-in", data={"name": name, "password": OPERATOR_PASSWORD}, headers={"X-Forwarded-For": "192.0.2.10"}
+    )
     assert own.status_code == 303
 
 
@@ -347,7 +394,11 @@ def test_successful_sign_ins_do_not_count_against_the_limit(own_settings, conn):
 
 def test_a_limit_whose_storage_is_down_is_a_503_not_a_500(own_settings, seven_png):
     config = own_settings.replace(upload_rate_limit="3 per minute", redis_url="redis://127.0.0.1:1/0")
-    response = create_app(TEST_CONFIG, settings=config).test_client().post("/api/predictions", data=seven_png, content_type="image/png")
+    response = (
+        create_app(TEST_CONFIG, settings=config)
+        .test_client()
+        .post("/api/predictions", data=seven_png, content_type="image/png")
+    )
     assert response.status_code == 503 and response.json["status"] == 503
 
 
@@ -367,7 +418,9 @@ def test_every_response_carries_the_security_headers(anonymous, operator_client,
     }
     for what, response in responses.items():
         policy = response.headers.get("Content-Security-Policy", "")
-        assert "default-src 'none'" in policy and "script-src 'self'" in policy and "frame-ancestors 'none'" in policy, what
+        assert (
+            "default-src 'none'" in policy and "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+        ), what
         assert "unsafe-inline" not in policy and "unsafe-eval" not in policy, what
         assert response.headers["X-Content-Type-Options"] == "nosniff", what
         assert response.headers["Referrer-Policy"] == "no-referrer", what
@@ -379,13 +432,22 @@ def test_every_response_carries_the_security_headers(anonymous, operator_client,
 
 
 def test_the_session_cookie_is_http_only_same_site_and_secure_in_production(own_settings):
-    development = create_app(TEST_CONFIG, settings=own_settings).test_client().get("/")  # the form's CSRF token starts a session
+    development = (
+        create_app(TEST_CONFIG, settings=own_settings).test_client().get("/")
+    )  # the form's CSRF token starts a session
     cookie = development.headers["Set-Cookie"]
-    assert cookie.startswith("session=") and "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    assert (
+        cookie.startswith("session=") and "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    )
     production = own_settings.replace(production=True, secret_key="a-long-random-value-from-a-secret-store")
     answer = create_app(TEST_CONFIG, settings=production).test_client().get("/", base_url="https://localhost")
     cookie = answer.headers["Set-Cookie"]
-    assert cookie.startswith("__Host-session=") and "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    assert (
+        cookie.startswith("__Host-session=")
+        and "Secure" in cookie
+        and "HttpOnly" in cookie
+        and "SameSite=Lax" in cookie
+    )
 
 
 # --- the operator commands -------------------------------------------------------------------------
@@ -394,19 +456,27 @@ def test_the_session_cookie_is_http_only_same_site_and_secure_in_production(own_
 def test_users_add_asks_for_the_password_twice_and_refuses_weak_or_taken_ones(settings, conn):
     name = scratch.unique_name("cli-op")
     runner = CliRunner()
-    mismatch = runner.invoke(cli, ["users", "add", name], input="a long passphrase one\nanother long passphrase\n", obj=settings)
+    mismatch = runner.invoke(
+        cli, ["users", "add", name], input="a long passphrase one\nanother long passphrase\n", obj=settings
+    )
     assert mismatch.exit_code != 0 and operators.store.operator_by_name(conn, name) is None
     short = runner.invoke(cli, ["users", "add", name, "--password-stdin"], input="short\n", obj=settings)
     assert short.exit_code == 1 and "at least 12" in short.output
-    added = runner.invoke(cli, ["users", "add", name], input="a long passphrase one\na long passphrase one\n", obj=settings)
+    added = runner.invoke(
+        cli, ["users", "add", name], input="a long passphrase one\na long passphrase one\n", obj=settings
+    )
     assert added.exit_code == 0, added.output
     row = operators.store.operator_by_name(conn, name)
     assert row["password_hash"].startswith("$argon2id$") and "a long passphrase one" not in row["password_hash"]
     assert operators.secrets.authenticate(conn, name, "a long passphrase one") is not None
     assert operators.secrets.authenticate(conn, name, "a long passphrase two") is None
-    taken = runner.invoke(cli, ["users", "add", name, "--password-stdin"], input="yet another passphrase\n", obj=settings)
+    taken = runner.invoke(
+        cli, ["users", "add", name, "--password-stdin"], input="yet another passphrase\n", obj=settings
+    )
     assert taken.exit_code == 1 and "already" in taken.output
-    bad_name = runner.invoke(cli, ["users", "add", "two words", "--password-stdin"], input="a long passphrase one\n", obj=settings)
+    bad_name = runner.invoke(
+        cli, ["users", "add", "two words", "--password-stdin"], input="a long passphrase one\n", obj=settings
+    )
     assert bad_name.exit_code == 1 and "operator name" in bad_name.output
     listed = runner.invoke(cli, ["users", "list"], obj=settings)
     assert name in listed.output and "$argon2" not in listed.output

@@ -114,11 +114,17 @@ def test_accepted_uploads_and_jobs_answer_as_the_document_says(live_server, db, 
     upload = SCHEMA["/api/predictions"]["POST"]
     show = SCHEMA["/api/predictions/{token}"]["GET"]
 
-    queued = upload.Case(body=png_bytes(digit_images[0]), media_type="image/png").call_and_validate(base_url=live_server.url)
+    queued = upload.Case(body=png_bytes(digit_images[0]), media_type="image/png").call_and_validate(
+        base_url=live_server.url
+    )
     assert queued.status_code == 202
-    done = show.Case(path_parameters={"token": queued.json()["token"]}, query={"wait": 20}).call_and_validate(base_url=live_server.url)
+    done = show.Case(path_parameters={"token": queued.json()["token"]}, query={"wait": 20}).call_and_validate(
+        base_url=live_server.url
+    )
     assert done.status_code == 200 and done.json()["label"] == labels[0]
-    multipart = upload.Case(body={"file": png_bytes(digit_images[1])}, media_type="multipart/form-data", query={"wait": 20})
+    multipart = upload.Case(
+        body={"file": png_bytes(digit_images[1])}, media_type="multipart/form-data", query={"wait": 20}
+    )
     waited = multipart.call_and_validate(base_url=live_server.url)
     assert waited.status_code == 200 and waited.json()["status"] == "done"
 
@@ -130,4 +136,6 @@ def test_accepted_uploads_and_jobs_answer_as_the_document_says(live_server, db, 
     done = jobs.progress.wait_for_job(db, job.json()["id"], timeout=20)["status"] == "done"
     compared = SCHEMA["/api/compare"]["GET"].Case(query={"a": job.json()["id"], "b": job.json()["id"]})
     answer = compared.call_and_validate(base_url=live_server.url, headers=operator)
-    assert done and answer.status_code == 200 and answer.json()["shared_images"] == 20 and answer.json()["differing"] == 0
+    assert (
+        done and answer.status_code == 200 and answer.json()["shared_images"] == 20 and answer.json()["differing"] == 0
+    )

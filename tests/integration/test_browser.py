@@ -76,8 +76,12 @@ def page(browser, web_server):
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     # Chromium reports every resource the Content-Security-Policy blocked on the console.
-    page.on("console", lambda message: errors.append(message.text) if "Content Security Policy" in message.text else None)
-    page.on("response", lambda response: check_headers(response) if response.request.resource_type == "document" else None)
+    page.on(
+        "console", lambda message: errors.append(message.text) if "Content Security Policy" in message.text else None
+    )
+    page.on(
+        "response", lambda response: check_headers(response) if response.request.resource_type == "document" else None
+    )
     yield page
     context.close()
     assert not errors, f"JavaScript errors or CSP violations: {errors}"
@@ -86,7 +90,9 @@ def page(browser, web_server):
 def check_headers(response) -> None:
     policy = response.headers.get("content-security-policy", "")
     assert all(part in policy for part in CSP_PARTS), (response.url, policy)
-    assert response.headers.get("x-content-type-options") == "nosniff" and response.headers.get("referrer-policy"), response.url
+    assert response.headers.get("x-content-type-options") == "nosniff" and response.headers.get("referrer-policy"), (
+        response.url
+    )
 
 
 def assert_no_inline_code(page) -> None:
@@ -118,7 +124,9 @@ def test_uploading_a_digit_shows_the_right_prediction(page):
     images, labels = digits.mnist_test_digits(1, start=1)
     picture = digits.render_on_paper(images[0], np.random.default_rng(1))
     page.goto("/")
-    page.set_input_files("#upload-form input[type=file]", files=[{"name": "digit.png", "mimeType": "image/png", "buffer": picture}])
+    page.set_input_files(
+        "#upload-form input[type=file]", files=[{"name": "digit.png", "mimeType": "image/png", "buffer": picture}]
+    )
     page.click("#upload-form button[type=submit]")
     predicted = page.wait_for_selector("#predicted-digit", timeout=RESULT_TIMEOUT_MS)
     assert predicted.inner_text() == str(labels[0])
@@ -149,10 +157,14 @@ def test_drawing_a_stroke_gets_a_prediction(page):
 
 def test_an_operator_signs_in_for_the_job_and_mistakes_pages(page, web_server, conn, operator_name):
     digit_images, labels = digits.mnist_test_digits(JOB_IMAGES)
-    images.store.insert_images(conn, list(ingest.mnist_rows(digit_images, labels, "test")))  # no-op where already stored
+    images.store.insert_images(
+        conn, list(ingest.mnist_rows(digit_images, labels, "test"))
+    )  # no-op where already stored
     # A program starts the job with an API token; the browser holds no session yet.
     bearer = {"Authorization": f"Bearer {services.operator_token(conn)}"}
-    accepted = page.request.post(f"{web_server.url}/api/jobs", data={"split": "test", "limit": JOB_IMAGES}, headers=bearer)
+    accepted = page.request.post(
+        f"{web_server.url}/api/jobs", data={"split": "test", "limit": JOB_IMAGES}, headers=bearer
+    )
     assert accepted.status == 202
     job_id = accepted.json()["id"]
 
@@ -166,7 +178,10 @@ def test_an_operator_signs_in_for_the_job_and_mistakes_pages(page, web_server, c
     page.wait_for_selector(".status-done", timeout=RESULT_TIMEOUT_MS)
     assert page.locator("table.heatmap tbody td").count() == 100
     assert page.locator("table.heatmap td[class*=heat-right-]").count() == 10  # the diagonal's shades are classes
-    assert page.eval_on_selector("table.heatmap tbody td.heat-right-10", "td => getComputedStyle(td).backgroundColor") != "rgba(0, 0, 0, 0)"
+    assert (
+        page.eval_on_selector("table.heatmap tbody td.heat-right-10", "td => getComputedStyle(td).backgroundColor")
+        != "rgba(0, 0, 0, 0)"
+    )
     assert_no_inline_code(page)
     screenshot(page, "job.png")
 

@@ -31,7 +31,9 @@ def test_every_upload_of_a_burst_is_answered_with_its_prediction(worker, worker_
     server = WebServer({**worker_env, "UPLOAD_RATE_LIMIT": "off"}, tmp_path / "web.log", workers=1)
     try:
         server.wait_ready()
-        asyncio.run(burst_client.load(server.url, 10, 0.5, pictures, mode))  # the first answers start the pool and the listener
+        asyncio.run(
+            burst_client.load(server.url, 10, 0.5, pictures, mode)
+        )  # the first answers start the pool and the listener
         outcomes, opened = asyncio.run(burst_client.load(server.url, RATE, SECONDS, pictures, mode))
     finally:
         server.stop()

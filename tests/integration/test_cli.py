@@ -21,7 +21,16 @@ def invoke(settings):
 
 
 def test_every_command_has_help(invoke):
-    for command in (["init-db"], ["ingest", "mnist"], ["ingest", "folder"], ["submit"], ["status"], ["report"], ["resume"], ["compare"]):
+    for command in (
+        ["init-db"],
+        ["ingest", "mnist"],
+        ["ingest", "folder"],
+        ["submit"],
+        ["status"],
+        ["report"],
+        ["resume"],
+        ["compare"],
+    ):
         result = invoke(*command, "--help")
         assert result.exit_code == 0 and "Usage" in result.output
 
@@ -51,7 +60,12 @@ def test_bad_folder_is_a_clear_error(invoke, tmp_path):
 def test_no_database_is_a_clear_error():
     env = {**os.environ, "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nothing"}
     result = subprocess.run(
-        [sys.executable, "-m", "producer", "status", "1"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "producer", "status", "1"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert result.stderr.startswith("Error: cannot reach the database")
@@ -68,7 +82,9 @@ def test_folder_ingest_labels_by_subfolder_and_is_idempotent(invoke, tmp_path, c
     (tmp_path / "notes.png").write_bytes(b"not really a png")
 
     def stored_labels() -> list[int]:
-        return sorted(row[0] for row in query(conn, "SELECT true_label FROM input_data WHERE source LIKE %s", (f"{tmp_path}%",)))
+        return sorted(
+            row[0] for row in query(conn, "SELECT true_label FROM input_data WHERE source LIKE %s", (f"{tmp_path}%",))
+        )
 
     first = invoke("ingest", "folder", str(tmp_path))
     assert first.exit_code == 0 and "stored 4 new images" in first.output and "1 rejected" in first.output

@@ -55,7 +55,10 @@ def stored_digits(conn, count: int, unlabelled: int = 0, start: int = 0) -> tupl
 def store_job(conn, image_ids: list[int], labels: list[int]) -> int:
     """A job whose predictions are written at once through ``jobs.results.store_results`` (before the sweeper could take it)."""
     job_id = jobs.store.create_job(conn, image_ids, MODEL_B, {"test": "compare"})
-    assert jobs.results.store_results(conn, job_id, MODEL_B, prediction_batch(image_ids, labels, 0.9), []) == (len(image_ids), 0)
+    assert jobs.results.store_results(conn, job_id, MODEL_B, prediction_batch(image_ids, labels, 0.9), []) == (
+        len(image_ids),
+        0,
+    )
     return job_id
 
 
@@ -68,18 +71,26 @@ def pair(worker, settings):
     query(conn, "UPDATE input_data SET true_label = %s WHERE id = %s", (wrong_label, ids[5]))
     true_labels[5] = wrong_label
     selection = jobs.service.Selection(image_ids=tuple(ids))
-    job_a = jobs.service.submit_job(conn, queues.broker.celery_app(settings), settings, selection, model_version(settings.model_path), 8).id
+    job_a = jobs.service.submit_job(
+        conn, queues.broker.celery_app(settings), settings, selection, model_version(settings.model_path), 8
+    ).id
     finished = jobs.progress.wait_for_job(conn, job_a)
     failures = query(conn, "SELECT reason FROM job_failures WHERE job_id = %s LIMIT 1", (job_a,))
     assert finished["status"] == "done" and finished["failed_count"] == 0, failures
-    predicted_a = dict(query(conn, "SELECT input_data_id, predicted_label FROM predictions WHERE job_id = %s", (job_a,)))
+    predicted_a = dict(
+        query(conn, "SELECT input_data_id, predicted_label FROM predictions WHERE job_id = %s", (job_a,))
+    )
     assert len(predicted_a) == len(ids)
 
     extra, _ = stored_digits(conn, 3, start=100)
     shared = ids[2:]  # ids[0] and ids[1] are A's only
     labels_b = {image_id: predicted_a[image_id] for image_id in shared}
     labels_b[ids[5]] = wrong_label  # fixed: B agrees with the stored label
-    right = [image_id for image_id, label in zip(ids[6:LABELLED], true_labels[6:LABELLED], strict=True) if predicted_a[image_id] == label]
+    right = [
+        image_id
+        for image_id, label in zip(ids[6:LABELLED], true_labels[6:LABELLED], strict=True)
+        if predicted_a[image_id] == label
+    ]
     for image_id in right[:2]:  # broken
         labels_b[image_id] = (predicted_a[image_id] + 3) % 10
     labels_b[ids[-1]] = (predicted_a[ids[-1]] + 1) % 10  # unlabelled, changed
@@ -118,7 +129,8 @@ def direct_comparison(conn, job_a: int, job_b: int) -> dict:
         "confusion_b": confusion_b.tolist(),
         "confusion_diff": (confusion_b - confusion_a).tolist(),
         "changes": sorted(
-            ({"from": a, "to": b, "images": n} for (a, b), n in changes.items()), key=lambda c: (-c["images"], c["from"], c["to"])
+            ({"from": a, "to": b, "images": n} for (a, b), n in changes.items()),
+            key=lambda c: (-c["images"], c["from"], c["to"]),
         ),
     }
 
@@ -135,7 +147,17 @@ def client(settings, conn, operator):
 
 
 def assert_matches(summary: dict, expected: dict) -> None:
-    for key in ("shared_images", "labelled", "differing", "fixed", "broken", "confusion_a", "confusion_b", "confusion_diff", "changes"):
+    for key in (
+        "shared_images",
+        "labelled",
+        "differing",
+        "fixed",
+        "broken",
+        "confusion_a",
+        "confusion_b",
+        "confusion_diff",
+        "changes",
+    ):
         assert summary[key] == expected[key], key
     assert summary["a"]["accuracy"] == pytest.approx(expected["accuracy_a"])
     assert summary["b"]["accuracy"] == pytest.approx(expected["accuracy_b"])
@@ -150,9 +172,15 @@ def test_the_cli_prints_the_numbers_of_a_direct_aggregation(invoke, pair):
     assert printed.exit_code == 0, printed.output
     text = printed.output
     assert f"B = job {pair['b']}: model {MODEL_B}, done, 33 of 33 predicted" in text
-    assert f"shared images: 30, 28 of them labelled (predicted only by job {pair['a']}: 2, only by job {pair['b']}: 3)" in text
+    assert (
+        f"shared images: 30, 28 of them labelled (predicted only by job {pair['a']}: 2, only by job {pair['b']}: 3)"
+        in text
+    )
     a, b = pair["a"], pair["b"]
-    assert f"accuracy on the labelled shared images: job {a} {expected['accuracy_a']:.4f}, job {b} {expected['accuracy_b']:.4f}" in text
+    assert (
+        f"accuracy on the labelled shared images: job {a} {expected['accuracy_a']:.4f}, job {b} {expected['accuracy_b']:.4f}"
+        in text
+    )
     different = "different predictions: 4 of 30 (13.33%): 1 fixed by B, 2 broken by B, 0 wrong in both but differently"
     assert f"{different}, 1 on images without a label" in text
     diff_rows = text.split("confusion diff B - A")[1].splitlines()[2:12]
@@ -164,7 +192,9 @@ def test_the_cli_prints_the_numbers_of_a_direct_aggregation(invoke, pair):
     summary = json.loads(as_json.output)
     assert_matches(summary, expected)
     assert (summary["a"]["only_here"], summary["b"]["only_here"], summary["unlabelled_changed"]) == (2, 3, 1)
-    assert summary["a"]["prediction_versions"] == [summary["a"]["model_version"]] and summary["b"]["prediction_versions"] == [MODEL_B]
+    assert summary["a"]["prediction_versions"] == [summary["a"]["model_version"]] and summary["b"][
+        "prediction_versions"
+    ] == [MODEL_B]
 
 
 def test_the_api_and_the_page_show_the_same_numbers(client, pair):
@@ -181,7 +211,9 @@ def test_the_api_and_the_page_show_the_same_numbers(client, pair):
     cells = [int(value) if value else 0 for value in re.findall(r"<td [^>]*>([^<]*)</td>", diff_table)]
     assert cells == [value for row in expected["confusion_diff"] for value in row]
     assert re.search(r'class="heat-wrong-\d+[^"]* more"[^>]*>\+\d+<', diff_table)  # B's new mistakes: red and positive
-    assert re.search(r'class="heat-wrong-\d+[^"]* fewer"[^>]*>-\d+<', diff_table)  # B's lost right answers: red and negative
+    assert re.search(
+        r'class="heat-wrong-\d+[^"]* fewer"[^>]*>-\d+<', diff_table
+    )  # B's lost right answers: red and negative
     assert re.search(r'class="heat-right-\d+[^"]* more"[^>]*>\+\d+<', diff_table)  # the fixed one: green
 
 
@@ -202,7 +234,9 @@ def test_jobs_that_share_no_images_are_said_so_plainly(invoke, client, pair):
     answer = client.get(f"/api/compare?a={pair['a']}&b={other}").json
     assert answer["shared_images"] == 0 and "share no images" in answer["note"] and answer["a"]["accuracy"] is None
     page = client.get(f"/compare?a={pair['a']}&b={other}")
-    assert page.status_code == 200 and 'id="note">The two jobs share no images' in page.text and "heatmap" not in page.text
+    assert (
+        page.status_code == 200 and 'id="note">The two jobs share no images' in page.text and "heatmap" not in page.text
+    )
 
 
 def test_an_unknown_job_is_one_line_and_a_404(invoke, client, pair, conn):
@@ -231,11 +265,25 @@ def test_only_operators_may_compare(settings, pair):
 
 
 def test_models_runs_one_selection_on_each_model_and_compares_them(invoke, pair, conn):
-    ids = [row[0] for row in query(conn, "SELECT input_data_id FROM predictions WHERE job_id = %s ORDER BY 1 LIMIT 12", (pair["a"],))]
+    ids = [
+        row[0]
+        for row in query(
+            conn, "SELECT input_data_id FROM predictions WHERE job_id = %s ORDER BY 1 LIMIT 12", (pair["a"],)
+        )
+    ]
     version = json.loads(invoke("compare", str(pair["a"]), str(pair["b"]), "--json").output)["a"]["model_version"]
     before = max_job_id(conn)
     # The session's registry holds the bundled model alone: production and its own version name it twice.
-    printed = invoke("compare", "--models", "production", version, *[f"--id={image_id}" for image_id in ids], "--json", "--timeout", "60")
+    printed = invoke(
+        "compare",
+        "--models",
+        "production",
+        version,
+        *[f"--id={image_id}" for image_id in ids],
+        "--json",
+        "--timeout",
+        "60",
+    )
     assert printed.exit_code == 0, printed.output
     summary = json.loads(printed.stdout)
     assert (summary["a"]["id"], summary["b"]["id"]) == (before + 1, before + 2)
@@ -247,11 +295,15 @@ def test_models_runs_one_selection_on_each_model_and_compares_them(invoke, pair,
 def test_models_refuses_an_unknown_model_before_submitting_anything(invoke, conn):
     before = max_job_id(conn)
     printed = invoke("compare", "--models", "production", "no-such-model", "--split", "test")
-    assert printed.exit_code == 1 and printed.output.startswith("Error: there is no model version or alias 'no-such-model'")
+    assert printed.exit_code == 1 and printed.output.startswith(
+        "Error: there is no model version or alias 'no-such-model'"
+    )
     assert max_job_id(conn) == before
 
 
-@pytest.mark.parametrize("args", [["3"], [], ["3", "4", "--models", "production", "production"], ["3", "4", "--split", "test"]])
+@pytest.mark.parametrize(
+    "args", [["3"], [], ["3", "4", "--models", "production", "production"], ["3", "4", "--split", "test"]]
+)
 def test_compare_wants_two_jobs_or_two_models(invoke, args):
     printed = invoke("compare", *args)
     assert printed.exit_code == 2 and "Error:" in printed.output
@@ -262,7 +314,11 @@ def test_compare_wants_two_jobs_or_two_models(invoke, args):
 
 def stored_pair(conn, job_a: int, job_b: int) -> tuple[int, int] | None:
     """The done counts the pair's aggregate is stored for, or None when it is not stored."""
-    row = query(conn, "SELECT a_done_count, b_done_count FROM job_comparison_pairs WHERE job_a = %s AND job_b = %s", (job_a, job_b))
+    row = query(
+        conn,
+        "SELECT a_done_count, b_done_count FROM job_comparison_pairs WHERE job_a = %s AND job_b = %s",
+        (job_a, job_b),
+    )
     return tuple(row[0]) if row else None
 
 
@@ -271,7 +327,12 @@ def forget(conn, job_a: int, job_b: int) -> None:
 
 
 def first_images(conn, job_id: int, count: int) -> list[int]:
-    return [row[0] for row in query(conn, "SELECT input_data_id FROM predictions WHERE job_id = %s ORDER BY 1 LIMIT %s", (job_id, count))]
+    return [
+        row[0]
+        for row in query(
+            conn, "SELECT input_data_id FROM predictions WHERE job_id = %s ORDER BY 1 LIMIT %s", (job_id, count)
+        )
+    ]
 
 
 def test_two_finished_jobs_are_compared_once_then_read_back(pair):
@@ -320,7 +381,9 @@ def test_a_prediction_stored_after_the_job_is_done_is_compared(pair):
     conn, a = pair["conn"], pair["a"]
     ids = first_images(conn, a, 3)
     job = jobs.store.create_job(conn, ids, MODEL_B, {"test": "compare-late"})
-    jobs.results.store_results(conn, job, MODEL_B, prediction_batch(ids[:2], 1, 0.9), [jobs.results.FailureRow(ids[2], "given up: test")])
+    jobs.results.store_results(
+        conn, job, MODEL_B, prediction_batch(ids[:2], 1, 0.9), [jobs.results.FailureRow(ids[2], "given up: test")]
+    )
     assert load_comparison(conn, a, job).shared == 2 and stored_pair(conn, a, job) == (32, 2)
 
     assert jobs.results.store_results(conn, job, MODEL_B, prediction_batch(ids[2:], 3, 0.9), []) == (1, 0)
@@ -330,7 +393,9 @@ def test_a_prediction_stored_after_the_job_is_done_is_compared(pair):
 
 
 def waiting_for_a_lock(conn, backends: list[int]) -> int:
-    return query(conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s) AND wait_event_type = 'Lock'", (backends,))[0][0]
+    return query(
+        conn, "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s) AND wait_event_type = 'Lock'", (backends,)
+    )[0][0]
 
 
 def test_two_first_comparisons_of_a_pair_at_once_both_succeed(pair, settings):
@@ -344,7 +409,10 @@ def test_two_first_comparisons_of_a_pair_at_once_both_succeed(pair, settings):
         for request in requests:
             request.autocommit = True  # as the web's pooled connections are
         with gate.cursor() as cursor:
-            cursor.execute("INSERT INTO job_comparison_pairs (job_a, job_b, a_done_count, b_done_count) VALUES (%s, %s, 0, 0)", (a, b))
+            cursor.execute(
+                "INSERT INTO job_comparison_pairs (job_a, job_b, a_done_count, b_done_count) VALUES (%s, %s, 0, 0)",
+                (a, b),
+            )
         with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
             answers = [pool.submit(load_comparison, request, a, b) for request in requests]
             deadline = time.monotonic() + 60
@@ -365,7 +433,9 @@ def test_two_first_comparisons_of_a_pair_at_once_both_succeed(pair, settings):
 
 
 def test_deleting_an_upload_job_deletes_its_stored_comparisons(conn):
-    job, image = jobs.store.create_upload_job(conn, encode_image(np.zeros((28, 28), np.uint8)), [28, 28], MODEL_B, {"test": "compare"})
+    job, image = jobs.store.create_upload_job(
+        conn, encode_image(np.zeros((28, 28), np.uint8)), [28, 28], MODEL_B, {"test": "compare"}
+    )
     jobs.results.store_results(conn, job, MODEL_B, prediction_batch([image], 4, 0.9), [])
     assert load_comparison(conn, job, job).shared == 1 and stored_pair(conn, job, job) == (1, 1)
     jobs.store.delete_upload_job(conn, job, image)

@@ -169,9 +169,17 @@ def stack(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     timings["base and stand-in images"] = round(time.monotonic() - base_started, 1)
 
     port = free_port()
-    values = {name: secrets.token_urlsafe(24) for name in (
-        "POSTGRES_PASSWORD", "SECRET_KEY", "MNIST_OWNER_PASSWORD", "MNIST_APP_PASSWORD", "MNIST_WEB_PASSWORD", "MNIST_WORKER_PASSWORD"
-    )}
+    values = {
+        name: secrets.token_urlsafe(24)
+        for name in (
+            "POSTGRES_PASSWORD",
+            "SECRET_KEY",
+            "MNIST_OWNER_PASSWORD",
+            "MNIST_APP_PASSWORD",
+            "MNIST_WEB_PASSWORD",
+            "MNIST_WORKER_PASSWORD",
+        )
+    }
     values |= {**SETTINGS, "PYTHON_IMAGE": base, "POSTGRES_IMAGE": postgres, "REDIS_IMAGE": redis}
     values["WEB_PORT"] = f"127.0.0.1:{port}"  # "${WEB_PORT}:8000": published on loopback only
     env_file = work / "compose.env"
@@ -218,8 +226,17 @@ def test_the_producer_in_the_worker_image_predicts_the_test_set(stack: Stack):
         job_id = stack.submit()
         out = stack.producer("status", str(job_id), "--wait", "--timeout", str(JOB_SECONDS))
     assert f"job {job_id}: done, {TEST_IMAGES} predicted, 0 failed of {TEST_IMAGES}" in out
-    assert stack.job(job_id) == {"status": "done", "total": TEST_IMAGES, "done": TEST_IMAGES, "failed": 0,
-                                 "predictions": TEST_IMAGES, "distinct_images": TEST_IMAGES, "lost": 0, "failures": 0}  # fmt: skip
+    assert stack.job(job_id) == {
+        "status": "done",
+        "total": TEST_IMAGES,
+        "done": TEST_IMAGES,
+        "failed": 0,
+        # fmt: skip
+        "predictions": TEST_IMAGES,
+        "distinct_images": TEST_IMAGES,
+        "lost": 0,
+        "failures": 0,
+    }
 
 
 def test_three_worker_containers_share_a_job(stack: Stack):
@@ -231,7 +248,9 @@ def test_three_worker_containers_share_a_job(stack: Stack):
         job_id = stack.submit("--batch-size", "250")
         stack.producer("status", str(job_id), "--wait", "--timeout", str(JOB_SECONDS))
     taken = {c[:12]: len(t["received"] - before.get(c, {}).get("received", set())) for c, t in stack.tasks().items()}
-    assert len(taken) == 3 and all(count > 0 for count in taken.values()), f"batches received per worker container: {taken}"
+    assert len(taken) == 3 and all(count > 0 for count in taken.values()), (
+        f"batches received per worker container: {taken}"
+    )
     assert stack.job(job_id)["predictions"] == TEST_IMAGES
 
 
@@ -240,7 +259,10 @@ def test_an_upload_through_the_published_port_is_answered_with_a_label(stack: St
     buffer = io.BytesIO()
     Image.fromarray(images[0]).save(buffer, format="PNG")
     request = urllib.request.Request(
-        f"{stack.web_url}/api/predictions?wait=10", data=buffer.getvalue(), headers={"Content-Type": "image/png"}, method="POST"
+        f"{stack.web_url}/api/predictions?wait=10",
+        data=buffer.getvalue(),
+        headers={"Content-Type": "image/png"},
+        method="POST",
     )
     with stack.timed("an upload answered"), urllib.request.urlopen(request, timeout=30) as response:
         body = json.load(response)
@@ -277,8 +299,11 @@ def test_a_worker_container_killed_mid_job_loses_and_duplicates_nothing(stack: S
         worker_logs = stack.compose("logs", "--no-color", "worker").stdout
         resumed = len(re.findall(FAILOVER_RESTORED, worker_logs))
         restarts = engine.docker("inspect", "--format", "{{.RestartCount}}", victim).stdout.strip()
-        stack.notes.append(f"job {job_id}: killed {victim[:12]} at {progress['done']} done; done {done_after:.1f} s later; "
-                           f"failover gave back {resumed} batches; the container restarted {restarts} times")  # fmt: skip
+        stack.notes.append(
+            f"job {job_id}: killed {victim[:12]} at {progress['done']} done; done {done_after:.1f} s later; "
+            # fmt: skip
+            f"failover gave back {resumed} batches; the container restarted {restarts} times"
+        )
         if resumed:
             break
     assert resumed, f"no kill caught a batch unacknowledged: {stack.notes}"
@@ -292,4 +317,8 @@ def test_down_v_leaves_no_container_network_or_volume(stack: Stack):
     with stack.timed("down -v"):
         compose("down", "--volumes")
     stack.down = True
-    assert {kind: compose.resources(kind) for kind in ("container", "network", "volume")} == {"container": [], "network": [], "volume": []}
+    assert {kind: compose.resources(kind) for kind in ("container", "network", "volume")} == {
+        "container": [],
+        "network": [],
+        "volume": [],
+    }

@@ -26,9 +26,14 @@ def image_row(index: int, label: int | None = 3) -> ImageRow:
 def test_schema_creation_is_idempotent(conn, database_url):
     ids = images.store.insert_images(conn, [image_row(unique_index()) for _ in range(2)])
     job_id = jobs.store.create_job(conn, ids, "test-model", {"idempotent": True})
-    jobs.results.store_results(conn, job_id, "test-model", prediction_batch(ids[:1], 3, 0.9), [jobs.results.FailureRow(ids[1], "x")])
+    jobs.results.store_results(
+        conn, job_id, "test-model", prediction_batch(ids[:1], 3, 0.9), [jobs.results.FailureRow(ids[1], "x")]
+    )
     jobs.results.record_attempt(conn, job_id, ids)
-    before = (schema_snapshot(conn), every_row(conn, job_id))  # only this job's: the session worker may write others meanwhile
+    before = (
+        schema_snapshot(conn),
+        every_row(conn, job_id),
+    )  # only this job's: the session worker may write others meanwhile
     assert all(before[1].values()), "every table must hold rows of the job before migrating again"
 
     head = schema.head_revision()
@@ -163,4 +168,8 @@ def test_undoing_an_upload_removes_its_prediction_too(conn):
     jobs.results.store_results(conn, job_id, "test-model", prediction_batch([image_id], 4, 0.8), [])
     assert jobs.queries.upload_prediction(conn, job_id)["predicted_label"] == 4
     jobs.store.delete_upload_job(conn, job_id, image_id)
-    assert jobs.queries.upload_prediction(conn, job_id) is None and jobs.store.rows_for_job(conn, job_id) == (None, 0, 0)
+    assert jobs.queries.upload_prediction(conn, job_id) is None and jobs.store.rows_for_job(conn, job_id) == (
+        None,
+        0,
+        0,
+    )

@@ -32,7 +32,9 @@ from tests.support.services import run_entrypoint
 SERVER = urllib.parse.urlsplit(scratch.admin_database_url())
 ROLES_SCRIPT = services.PROJECT_ROOT / "deploy" / "postgres-init" / "10-mnist-roles.sh"
 # The container's command as the entrypoint runs it: what revision it finds, as the app role, and its environment.
-PRINT_REVISION = 'import os; from shared.db import schema; print("revision", schema.current_revision(os.environ["DATABASE_URL"]))'
+PRINT_REVISION = (
+    'import os; from shared.db import schema; print("revision", schema.current_revision(os.environ["DATABASE_URL"]))'
+)
 REVISION_THEN_ENV = ("sh", "-c", f"python -c '{PRINT_REVISION}' && env")
 FORBIDDEN = [
     "DROP TABLE predictions",
@@ -111,15 +113,22 @@ def app_conn(role_urls) -> Iterator[psycopg.Connection]:
 
 def test_the_app_role_does_the_services_work(app_conn):
     image = encode_image(np.eye(28, dtype=np.uint8) * 255)
-    ids = images.store.insert_images(app_conn, [ImageRow(image, 7, [28, 28], "test", index, None) for index in range(3)])
+    ids = images.store.insert_images(
+        app_conn, [ImageRow(image, 7, [28, 28], "test", index, None) for index in range(3)]
+    )
     job_id = jobs.store.create_job(app_conn, ids, "model-x", {"split": "test"})
     batch, failures = services.prediction_batch(ids[:2], 7, 0.9), [jobs.results.FailureRow(ids[2], "x")]
     stored = jobs.results.store_results(app_conn, job_id, "model-x", batch, failures)
     assert stored == (2, 1) and jobs.store.rows_for_job(app_conn, job_id) == (3, 2, 1)
-    assert jobs.store.get_job(app_conn, job_id)["status"] == "done" and jobs.results.record_attempt(app_conn, job_id, ids) == 1
+    assert (
+        jobs.store.get_job(app_conn, job_id)["status"] == "done"
+        and jobs.results.record_attempt(app_conn, job_id, ids) == 1
+    )
     upload_job, upload_image = jobs.store.create_upload_job(app_conn, image, [28, 28], "model-x", {"upload": "a.png"})
     jobs.store.delete_upload_job(app_conn, upload_job, upload_image)  # an upload that could not be enqueued is undone
-    assert jobs.queries.upload_prediction(app_conn, upload_job) is None and images.store.fetch_images(app_conn, ids).keys() == set(ids)
+    assert jobs.queries.upload_prediction(app_conn, upload_job) is None and images.store.fetch_images(
+        app_conn, ids
+    ).keys() == set(ids)
 
 
 @pytest.mark.parametrize("statement", FORBIDDEN)
@@ -191,12 +200,21 @@ def test_the_web_role_does_the_webs_work(web_conn, app_conn):
     operator_id, token = an_operator_with_a_token(app_conn)
     image = encode_image(np.eye(28, dtype=np.uint8) * 255)
     version = models.registry.resolve(web_conn, models.registry.PRODUCTION)
-    job_id, image_id, _ = jobs.store.create_named_upload_job(web_conn, image, [28, 28], version, {"upload": "a"}, "t" * 22)
+    job_id, image_id, _ = jobs.store.create_named_upload_job(
+        web_conn, image, [28, 28], version, {"upload": "a"}, "t" * 22
+    )
     assert jobs.queries.upload_prediction(web_conn, job_id) is not None
     jobs.store.delete_upload_job(web_conn, job_id, image_id)  # an upload Redis refused is undone
     assert operators.secrets.operator_for_token(web_conn, token).id == operator_id  # and its last use recorded
-    assert operators.secrets.authenticate(web_conn, operators.store.operator_by_id(web_conn, operator_id)["name"],
-                                          "a long enough passphrase", rehash=False) is not None
+    assert (
+        operators.secrets.authenticate(
+            web_conn,
+            operators.store.operator_by_id(web_conn, operator_id)["name"],
+            "a long enough passphrase",
+            rehash=False,
+        )
+        is not None
+    )
     operators.store.end_sessions(web_conn, operator_id)  # a sign-out
 
 
@@ -257,7 +275,9 @@ def test_the_worker_role_cannot_write_what_it_does_not_need(worker_conn, stateme
 def test_the_worker_role_does_the_workers_work(worker_conn, app_conn):
     image = encode_image(np.eye(28, dtype=np.uint8) * 255)
     app_conn.autocommit = True
-    ids = images.store.insert_images(app_conn, [ImageRow(image, 7, [28, 28], "test", 100 + index, None) for index in range(3)])
+    ids = images.store.insert_images(
+        app_conn, [ImageRow(image, 7, [28, 28], "test", 100 + index, None) for index in range(3)]
+    )
     job_id = jobs.store.create_job(app_conn, ids, "model-x", {"split": "test"})
     assert images.store.fetch_images(worker_conn, ids).keys() == set(ids)
     worker_conn.autocommit = False

@@ -82,14 +82,21 @@ def interpolate(text: str, env: dict[str, str]) -> str:
 
 def test_compose_file_follows_the_compose_specification():
     if not COMPOSE_SCHEMA.exists():
-        pytest.skip(f"the Compose JSON schema is not at {COMPOSE_SCHEMA} (it comes with the shared folder beside the repository)")
+        pytest.skip(
+            f"the Compose JSON schema is not at {COMPOSE_SCHEMA} (it comes with the shared folder beside the repository)"
+        )
     schema = json.loads(COMPOSE_SCHEMA.read_text())
     jsonschema.Draft7Validator(schema).validate(compose())
 
 
 def test_four_services_start_in_order_behind_health_checks():
     services = compose()["services"]
-    assert {name for name, service in services.items() if not service.get("profiles")} == {"db", "redis", "worker", "web"}
+    assert {name for name, service in services.items() if not service.get("profiles")} == {
+        "db",
+        "redis",
+        "worker",
+        "web",
+    }
     assert "pg_isready" in " ".join(services["db"]["healthcheck"]["test"])
     assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     assert services["redis"]["command"][services["redis"]["command"].index("--appendonly") + 1] == "yes"
@@ -102,7 +109,10 @@ def test_four_services_start_in_order_behind_health_checks():
 
 
 def network_namespaces_available() -> bool:
-    return shutil.which("unshare") is not None and subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
+    return (
+        shutil.which("unshare") is not None
+        and subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
+    )
 
 
 def test_the_web_image_health_check_passes_against_the_web_image_command():
@@ -112,9 +122,13 @@ def test_the_web_image_health_check_passes_against_the_web_image_command():
     command, check = exec_form("Dockerfile.web", "CMD"), exec_form("Dockerfile.web", "HEALTHCHECK")
     probe = [sys.executable, "-m", "tests.integration.healthcheck_probe", json.dumps(command), json.dumps(check)]
     env = with_this_python({**os.environ, "WEB_CONCURRENCY": "1"})
-    ran = subprocess.run(["unshare", "--net", *probe], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=180)
+    ran = subprocess.run(
+        ["unshare", "--net", *probe], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=180
+    )
     assert ran.returncode == 0, ran.stderr
-    assert json.loads(ran.stdout.splitlines()[-1]) == {"healthy_while_serving": True, "healthy_after_stop": False}, ran.stderr
+    assert json.loads(ran.stdout.splitlines()[-1]) == {"healthy_while_serving": True, "healthy_after_stop": False}, (
+        ran.stderr
+    )
 
 
 def test_the_worker_image_health_check_passes_with_an_upload_consumer_and_fails_without(worker, worker_env):
@@ -135,7 +149,12 @@ def test_worker_can_be_scaled():
 def test_data_lives_in_named_volumes():
     document = compose()
     services = document["services"]
-    assert set(document["volumes"]) == {"pg_data", "redis_data", "model_data", "prometheus_data"}  # the last: --profile monitoring
+    assert set(document["volumes"]) == {
+        "pg_data",
+        "redis_data",
+        "model_data",
+        "prometheus_data",
+    }  # the last: --profile monitoring
     assert "pg_data:/var/lib/postgresql" in services["db"]["volumes"]
     assert "redis_data:/data" in services["redis"]["volumes"]
     # The workers register models from the volume; the web needs no model file (it reads the models table).
@@ -164,7 +183,9 @@ def test_secrets_come_from_the_env_file():
     required = {match["name"] for match in VARIABLE.finditer(text) if match["op"] == ":?"}
     assert required == set(SECRETS)
     example = env_example()
-    assert required <= set(example) and not any(example[name] for name in required), ".env.example must leave secrets blank"
+    assert required <= set(example) and not any(example[name] for name in required), (
+        ".env.example must leave secrets blank"
+    )
     for name in required:
         with pytest.raises(ValueError, match=f"set {name} in .env"):
             interpolate(text, {**example, **SECRETS, name: ""})
@@ -173,7 +194,9 @@ def test_secrets_come_from_the_env_file():
     for name in APP_SERVICES:
         environment = rendered["services"][name]["environment"]
         assert environment["SECRET_KEY"] == "key-from-env" and environment["MNIST_PRODUCTION"] == "1"
-    assert rendered["services"]["db"]["healthcheck"]["test"][1] == 'pg_isready -U "${POSTGRES_USER}" -d "${POSTGRES_DB}"'
+    assert (
+        rendered["services"]["db"]["healthcheck"]["test"][1] == 'pg_isready -U "${POSTGRES_USER}" -d "${POSTGRES_DB}"'
+    )
     assert rendered["services"]["db"]["environment"]["POSTGRES_PASSWORD"] == "pw-from-env"
     for ignore_file in (".gitignore", ".dockerignore"):
         assert ".env" in (PROJECT_ROOT / ignore_file).read_text().splitlines()
@@ -195,7 +218,10 @@ def test_services_connect_as_their_roles_and_only_the_worker_knows_the_owner():
     # The web, the exposed service, has its own role; the worker container also runs the operators' tools.
     assert services["web"]["environment"]["DATABASE_URL"] == "postgresql://mnist_web:web-from-env@db:5432/mnist"
     assert services["worker"]["environment"]["DATABASE_URL"] == "postgresql://mnist_app:app-from-env@db:5432/mnist"
-    assert services["worker"]["environment"]["SCHEMA_DATABASE_URL"] == "postgresql://mnist_owner:owner-from-env@db:5432/mnist"
+    assert (
+        services["worker"]["environment"]["SCHEMA_DATABASE_URL"]
+        == "postgresql://mnist_owner:owner-from-env@db:5432/mnist"
+    )
     assert "SCHEMA_DATABASE_URL" not in services["web"]["environment"]
     for name in APP_SERVICES:
         assert "pw-from-env" not in json.dumps(services[name]), f"{name} must not know the superuser's password"
@@ -246,7 +272,9 @@ def test_images_run_as_a_non_root_user_from_slim_python():
         assert text.rstrip().splitlines()[-1].startswith("CMD "), f"{name}: the command is the last instruction"
         for source in re.findall(r"^COPY (\S+)", text, re.MULTILINE):
             assert (PROJECT_ROOT / source).exists(), f"{name} copies {source}, which does not exist"
-    assert "requirements-web.txt" in dockerfile("Dockerfile.web") and "requirements-worker.txt" not in dockerfile("Dockerfile.web")
+    assert "requirements-web.txt" in dockerfile("Dockerfile.web") and "requirements-worker.txt" not in dockerfile(
+        "Dockerfile.web"
+    )
 
 
 def requirement_names(path: Path) -> set[str]:
@@ -277,16 +305,31 @@ def installed_closure(names: set[str]) -> set[str]:
         for line in importlib.metadata.requires(name) or []:
             requirement = Requirement(line)
             if requirement.marker is None or any(requirement.marker.evaluate({"extra": extra}) for extra in extras):
-                pending.append(Requirement(requirement.name + (f"[{','.join(requirement.extras)}]" if requirement.extras else "")))
+                pending.append(
+                    Requirement(requirement.name + (f"[{','.join(requirement.extras)}]" if requirement.extras else ""))
+                )
     return seen
 
 
 def test_web_requirements_resolve_to_no_inference_runtime():
     closure = installed_closure(requirement_names(PROJECT_ROOT / "requirements-web.txt"))
-    assert {"flask", "granian", "celery", "psycopg", "psycopg-binary", "psycopg-pool"} <= closure and "gunicorn" not in closure
+    assert {
+        "flask",
+        "granian",
+        "celery",
+        "psycopg",
+        "psycopg-binary",
+        "psycopg-pool",
+    } <= closure and "gunicorn" not in closure
     assert not closure & INFERENCE_PACKAGES
     worker = installed_closure(requirement_names(PROJECT_ROOT / "requirements-worker.txt"))
-    assert {"ai-edge-litert", "alembic", "sqlalchemy", "psycopg", "psycopg-binary"} <= worker  # it infers, and its entrypoint migrates
+    assert {
+        "ai-edge-litert",
+        "alembic",
+        "sqlalchemy",
+        "psycopg",
+        "psycopg-binary",
+    } <= worker  # it infers, and its entrypoint migrates
 
 
 def test_monitoring_and_flower_are_optional_profiles():

@@ -111,7 +111,9 @@ def test_split_halves_keep_their_batchs_send_time_so_the_queue_age_reads_the_old
     app, queue = queues.broker.celery_app(settings), queues.broker.bulk_queue(settings)
     queues.broker.send_batches(app, queue, 7, [[1, 2]])  # waiting since now
     sent_long_ago = time.time() - 60
-    started = types.SimpleNamespace(delivery_info={"routing_key": queue}, **{queues.broker.SENT_AT_HEADER: sent_long_ago})
+    started = types.SimpleNamespace(
+        delivery_info={"routing_key": queue}, **{queues.broker.SENT_AT_HEADER: sent_long_ago}
+    )
     tasks.split_batch(types.SimpleNamespace(app=app, request=started), 8, [10, 11], "a test")  # as a worker splits
     bulk, _ = read_queues(settings, time.time())
     assert bulk.depth == 3 and 60 <= bulk.oldest_age_seconds < 70
@@ -182,7 +184,9 @@ def test_a_retry_waiting_longer_than_the_visibility_timeout_runs_once(
 
 def attempts_of(conn, job_id: int) -> dict[tuple[int, int], int]:
     """{(first image id, batch size): recorded attempts} of a job's batches."""
-    rows = connection.query(conn, "SELECT first_image_id, batch_size, attempts FROM batch_attempts WHERE job_id = %s", (job_id,))
+    rows = connection.query(
+        conn, "SELECT first_image_id, batch_size, attempts FROM batch_attempts WHERE job_id = %s", (job_id,)
+    )
     return {(first, size): attempts for first, size, attempts in rows}
 
 
@@ -227,12 +231,16 @@ def freeze_mid_batch(
                 if (job_id, ids[0]) in held and stored_of(conn, job_id, ids) < len(ids):
                     return frozen_at, held[(job_id, ids[0])], ids
             signal_group(worker.pid, signal.SIGCONT)
-        assert jobs.store.get_job(conn, job_id)["status"] != "done", "the job ended before a freeze caught the worker mid-batch"
+        assert jobs.store.get_job(conn, job_id)["status"] != "done", (
+            "the job ended before a freeze caught the worker mid-batch"
+        )
         time.sleep(POLL_SECONDS)
     raise AssertionError(f"no freeze caught worker {worker.pid} mid-batch within {CATCH_SECONDS} s")
 
 
-def test_a_killed_workers_batch_is_stored_by_the_survivor_within_15_s(conn, env, test_split_ids, model_version, tmp_path):
+def test_a_killed_workers_batch_is_stored_by_the_survivor_within_15_s(
+    conn, env, test_split_ids, model_version, tmp_path
+):
     settings = load_settings(env)
     # Chunks of at least SLOW_CHUNK_SECONDS: a batch is half stored for a while on any machine (the int8
     # model does a batch of 1,000 in ~40 ms on a fast CPU, quicker than the freeze can look).
@@ -243,7 +251,9 @@ def test_a_killed_workers_batch_is_stored_by_the_survivor_within_15_s(conn, env,
         survivor.wait_ready()
         doomed.wait_ready()
         selection = jobs.service.Selection(image_ids=tuple(test_split_ids))
-        job_id = jobs.service.submit_job(conn, queues.broker.celery_app(settings), settings, selection, model_version, BATCH_SIZE).id
+        job_id = jobs.service.submit_job(
+            conn, queues.broker.celery_app(settings), settings, selection, model_version, BATCH_SIZE
+        ).id
         frozen_at, tag, batch = freeze_mid_batch(conn, settings, doomed, job_id)
         stored_before = stored_of(conn, job_id, batch)
         signal_group(doomed.pid, signal.SIGKILL)  # the parent and its pool, as when the container dies
@@ -267,7 +277,12 @@ def test_a_killed_workers_batch_is_stored_by_the_survivor_within_15_s(conn, env,
         f" all stored {recovery:.1f} s after its worker stopped"
     )
     items, predictions, failed = jobs.store.rows_for_job(conn, job_id)
-    assert (job["status"], items, predictions, failed) == ("done", len(test_split_ids), len(test_split_ids), 0)  # 0 lost
+    assert (job["status"], items, predictions, failed) == (
+        "done",
+        len(test_split_ids),
+        len(test_split_ids),
+        0,
+    )  # 0 lost
     assert (job["done_count"], job["failed_count"]) == (predictions, 0)  # counted once each: 0 duplicated
     # Delivered once more, then split; the halves at their first attempt; the survivor's batches never again.
     assert attempts.pop((batch[0], len(batch))) == 2
@@ -322,14 +337,18 @@ def freeze_holding_uploads(
     raise AssertionError(f"no freeze caught upload consumer {consumer.pid} holding an upload not yet stored")
 
 
-def test_a_killed_upload_consumers_uploads_are_predicted_by_the_survivor_within_15_s(conn, env, test_split_ids, model_version, tmp_path):
+def test_a_killed_upload_consumers_uploads_are_predicted_by_the_survivor_within_15_s(
+    conn, env, test_split_ids, model_version, tmp_path
+):
     settings = load_settings(env)
     pictures = images.store.fetch_images(conn, test_split_ids[:UPLOADS])
     survivor = upload_consumer(env, tmp_path / "survivor.log")
     doomed = upload_consumer(env, tmp_path / "doomed.log")
     try:
         doomed_name = consumer_of(settings, doomed)
-        frozen_at, held, job_ids = freeze_holding_uploads(conn, settings, doomed, doomed_name, list(pictures.values()), model_version)
+        frozen_at, held, job_ids = freeze_holding_uploads(
+            conn, settings, doomed, doomed_name, list(pictures.values()), model_version
+        )
         signal_group(doomed.pid, signal.SIGKILL)
         doomed.process.wait()
         while unfinished_jobs(conn, held) and time.monotonic() < frozen_at + JOB_TIMEOUT_SECONDS:
@@ -339,6 +358,8 @@ def test_a_killed_upload_consumers_uploads_are_predicted_by_the_survivor_within_
     finally:
         survivor.stop()
         doomed.stop()
-    print(f"\nupload failover: {len(held)} upload(s) held by the killed consumer predicted {recovery:.1f} s after it stopped")
+    print(
+        f"\nupload failover: {len(held)} upload(s) held by the killed consumer predicted {recovery:.1f} s after it stopped"
+    )
     assert {job_id: outcome for job_id, outcome in outcomes.items() if outcome != ("done", 1, 1, 0)} == {}
     assert recovery <= FAILOVER_SECONDS

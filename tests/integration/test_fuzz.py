@@ -29,7 +29,9 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning"),
 ]
 
-FUZZ = hypothesis.settings(deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck), print_blob=True)
+FUZZ = hypothesis.settings(
+    deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck), print_blob=True
+)
 
 
 def fuzz(examples: int) -> hypothesis.settings:
@@ -82,7 +84,9 @@ def test_fuzzed_images_to_the_api(client, conn):
     @given(body=malformed_images.uploads, content_type=malformed_images.image_content_types, multipart=st.booleans())
     def upload(body: bytes, content_type: str, multipart: bool) -> None:
         if multipart:
-            ledger.check(lambda: client.post("/api/predictions", data={"file": (io.BytesIO(body), "digit.png", content_type)}))
+            ledger.check(
+                lambda: client.post("/api/predictions", data={"file": (io.BytesIO(body), "digit.png", content_type)})
+            )
         else:
             ledger.check(lambda: client.post("/api/predictions", data=body, content_type=content_type))
 
@@ -110,12 +114,17 @@ def test_decompression_bombs_of_every_format_are_refused_from_the_header(client,
 @pytest.mark.parametrize("multipart", [False, True], ids=["raw", "multipart"])
 def test_wrong_content_types_are_refused(client, conn, multipart):
     ledger = Ledger(conn)
-    mimetypes = st.from_regex(r"\A[a-z]{1,12}/[a-z0-9.+-]{1,20}\Z").filter(lambda t: not t.startswith(("image/", "multipart/")))
+    mimetypes = st.from_regex(r"\A[a-z]{1,12}/[a-z0-9.+-]{1,20}\Z").filter(
+        lambda t: not t.startswith(("image/", "multipart/"))
+    )
     mimetypes = mimetypes.filter(lambda t: t != "application/octet-stream")
 
     @fuzz(75)
     @given(
-        content_type=st.one_of(mimetypes, st.sampled_from(["", "text/plain", "application/json", "multipart/form-data"])), body=st.binary()
+        content_type=st.one_of(
+            mimetypes, st.sampled_from(["", "text/plain", "application/json", "multipart/form-data"])
+        ),
+        body=st.binary(),
     )
     def upload(content_type: str, body: bytes) -> None:
         if multipart:  # a form with the image in a field of the wrong name
@@ -134,10 +143,14 @@ def test_fuzzed_images_to_the_form_with_a_valid_csrf_token(settings, conn):
     ledger = Ledger(conn)
 
     @fuzz(250)
-    @given(body=malformed_images.uploads, filename=st.text(st.characters(blacklist_categories=["Cs", "Cc"]), min_size=1, max_size=40))
+    @given(
+        body=malformed_images.uploads,
+        filename=st.text(st.characters(blacklist_categories=["Cs", "Cc"]), min_size=1, max_size=40),
+    )
     def upload(body: bytes, filename: str) -> None:
         page = ledger.check(
-            lambda: client.post("/predict", data={"csrf_token": token, "image": (io.BytesIO(body), filename)}), json_errors=False
+            lambda: client.post("/predict", data={"csrf_token": token, "image": (io.BytesIO(body), filename)}),
+            json_errors=False,
         )
         if page.status_code == 400:
             assert 'class="error"' in page.text
@@ -157,7 +170,9 @@ def test_a_real_server_stays_up_through_a_fuzzed_burst(worker_env, tmp_path):
         @fuzz(150)
         @given(body=malformed_images.uploads, content_type=malformed_images.image_content_types)
         def upload(body: bytes, content_type: str) -> None:
-            request = urllib.request.Request(f"{server.url}/api/predictions", data=body, headers={"Content-Type": content_type})
+            request = urllib.request.Request(
+                f"{server.url}/api/predictions", data=body, headers={"Content-Type": content_type}
+            )
             try:
                 with urllib.request.urlopen(request, timeout=10) as response:
                     status = response.status

@@ -78,7 +78,10 @@ def test_every_state_changing_route_answers_other_methods_with_405_or_a_read_of_
             except MethodNotAllowed:
                 continue
             other = next(r for r in app.url_map.iter_rules(endpoint))
-            assert endpoint != rule.endpoint and not other.methods & UNSAFE and method in {"GET", "HEAD"}, (path, method)
+            assert endpoint != rule.endpoint and not other.methods & UNSAFE and method in {"GET", "HEAD"}, (
+                path,
+                method,
+            )
         checked += 1
     assert checked >= 4
 
@@ -168,7 +171,9 @@ def test_the_health_checks_answer_while_32_connections_trickle_a_sign_in_body(se
 @pytest.mark.parametrize("raw", [b"\xff", b"\xc3\xa9", b"\x80abc", b"%ff%fe"])
 @pytest.mark.parametrize("path", [b"/healthz", b"/", b"/sign-in", b"/jobs", b"/api/predictions/" + b"A" * 22])
 def test_raw_bytes_in_a_query_string_are_never_a_500(server, path, raw):
-    answer = raw_request(server, b"GET " + path + b"?next=" + raw + b"&q=" + raw + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answer = raw_request(
+        server, b"GET " + path + b"?next=" + raw + b"&q=" + raw + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
     status = int(answer.split(b" ", 2)[1])
     assert status < 500, answer[:300]
     if status != 400 or b"content-security-policy" in answer.lower():  # the app's answer, not hyper's own 400
@@ -179,7 +184,9 @@ def test_raw_bytes_in_a_query_string_are_never_a_500(server, path, raw):
 def test_a_client_gone_mid_body_is_not_a_500_and_the_access_log_cannot_be_forged(server):
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(b"POST /api/predictions HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\nabc")
+        sock.sendall(
+            b"POST /api/predictions HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 5000\r\n\r\nabc"
+        )
         time.sleep(0.3)
     token = "B" * 22
     raw_request(server, f"GET /predictions/{token}/image.png HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
@@ -205,4 +212,3 @@ def test_a_chunked_upload_is_read(server, worker):
     answer = raw_request(server, head + b"Connection: close\r\n\r\n" + body)
     status, payload = int(answer.split(b" ", 2)[1]), json.loads(answer.split(b"\r\n\r\n", 1)[1])
     assert status == 202 and payload["status"] == "queued", payload
-

@@ -114,7 +114,9 @@ def private_config(settings: Settings) -> Iterator[Settings]:
 def seed(conn) -> int:
     """Images, a bulk job with a right and a wrong prediction and a failure, a finished upload, and an operator (its id)."""
     digit = np.eye(28, dtype=np.uint8) * 255
-    ids = images.store.insert_images(conn, [ImageRow(encode_image(digit), label, [28, 28], "test", label, None) for label in (1, 7, 9)])
+    ids = images.store.insert_images(
+        conn, [ImageRow(encode_image(digit), label, [28, 28], "test", label, None) for label in (1, 7, 9)]
+    )
     # Never enqueued: its results are stored here, as a worker would have.
     job_id = jobs.store.create_job(conn, ids, "model-x", {"split": "test"})
     failure = FailureRow(ids[2], "seeded failure")
@@ -181,7 +183,11 @@ def request_variants(value: str) -> list[tuple[str, str, dict]]:
         ("get", f"/api/predictions/{q}", {}),
         ("get", f"/api/predictions/{SEED_TOKEN}?wait={q}", {}),
         ("post", f"/api/predictions?wait={q}", {"data": malformed_images.SAMPLES["PNG"], "content_type": "image/png"}),
-        ("post", "/api/predictions", {"data": malformed_images.SAMPLES["PNG"], "content_type": value[:200].replace("\x00", "")}),
+        (
+            "post",
+            "/api/predictions",
+            {"data": malformed_images.SAMPLES["PNG"], "content_type": value[:200].replace("\x00", "")},
+        ),
         ("get", f"/api/jobs/{q}", {}),
         ("post", "/api/jobs", {"json": {"split": value}}),
         ("post", "/api/jobs", {"json": {"label": value}}),
@@ -209,7 +215,12 @@ def test_injection_in_api_and_page_parameters_is_refused_or_read_as_data(client,
     for method, url, kwargs in request_variants(value):
         response = getattr(client, method)(url, **kwargs)
         # 401: a hostile bearer token is refused as an unknown one
-        assert response.status_code in (200, 400, 401, 404, 415, 422), (method, url[:120], response.status_code, response.text[:300])
+        assert response.status_code in (200, 400, 401, 404, 415, 422), (
+            method,
+            url[:120],
+            response.status_code,
+            response.text[:300],
+        )
 
 
 @pytest.mark.parametrize("value", INJECTIONS, ids=range(len(INJECTIONS)))
@@ -221,10 +232,15 @@ def test_injection_in_an_uploaded_file_name_is_stored_as_data(client, private_co
     assert api.status_code in (202, 400) and form.status_code in (303, 400), (api.text[:300], form.text[:300])
     if api.status_code == 202 and not set(value) & MULTIPART_QUOTED:
         stored = client.get(api.json["status_url"]).json["filename"]
-        assert stored == value.replace("\x00", "")[:MAX_FILENAME_CHARS] or stored is None  # NUL cannot be stored in text
+        assert (
+            stored == value.replace("\x00", "")[:MAX_FILENAME_CHARS] or stored is None
+        )  # NUL cannot be stored in text
     accepted = (api.status_code == 202) + (form.status_code == 303)
     after = fingerprint(private_conn)
-    assert (after["input_data"][0], after["jobs"][0]) == (before["input_data"][0] + accepted, before["jobs"][0] + accepted)
+    assert (after["input_data"][0], after["jobs"][0]) == (
+        before["input_data"][0] + accepted,
+        before["jobs"][0] + accepted,
+    )
     assert after["predictions"] == before["predictions"]  # nothing else was touched
 
 
@@ -260,7 +276,11 @@ def test_injection_in_cli_arguments_gets_a_clear_error(private_cli, unchanged, v
 
 
 def test_injection_in_an_ingested_folder_name_is_stored_as_data(private_cli, private_conn, tmp_path):
-    names = [value for value in INJECTIONS if "/" not in value and "\x00" not in value and len(value.encode()) < 200 and value.strip(".")]
+    names = [
+        value
+        for value in INJECTIONS
+        if "/" not in value and "\x00" not in value and len(value.encode()) < 200 and value.strip(".")
+    ]
     for index, name in enumerate(names):
         folder = tmp_path / f"{index}-{name}"
         folder.mkdir()
@@ -327,7 +347,9 @@ def parameters(function: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.arg
     return [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]
 
 
-def composed_sql_parameters(function: ast.FunctionDef | ast.AsyncFunctionDef, passes_statements_through: bool) -> set[str]:
+def composed_sql_parameters(
+    function: ast.FunctionDef | ast.AsyncFunctionDef, passes_statements_through: bool
+) -> set[str]:
     """Parameters a function may hand to the driver as they are.
 
     Those annotated as psycopg.sql composition anywhere (the annotation says what callers
@@ -395,7 +417,9 @@ def unsafe_sql_calls(source: str, passes_statements_through: bool = False) -> li
 
     def visit(node: ast.AST, passed_through: set[str]) -> None:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            passed_through = composed_sql_parameters(node, passes_statements_through) | safely_assigned_locals(node, constants)
+            passed_through = composed_sql_parameters(node, passes_statements_through) | safely_assigned_locals(
+                node, constants
+            )
         if isinstance(node, ast.Call) and (statement := sql_argument(node)) is not None:
             if not is_composed_safely(statement, constants, passed_through):
                 unsafe.append(node.lineno)
@@ -486,13 +510,22 @@ def test_no_sql_is_built_from_strings_and_all_of_it_lives_in_the_data_layer():
             source = path.read_text()
             relative = path.relative_to(services.PROJECT_ROOT).as_posix()
             tree = ast.parse(source)
-            lines = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call) and sql_argument(node) is not None]
-            calls[relative] = (lines, unsafe_sql_calls(source, passes_statements_through=relative in PASS_THROUGH_MODULES))
+            lines = [
+                node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call) and sql_argument(node) is not None
+            ]
+            calls[relative] = (
+                lines,
+                unsafe_sql_calls(source, passes_statements_through=relative in PASS_THROUGH_MODULES),
+            )
     in_home = {path: len(lines) for path, (lines, _) in calls.items() if path.startswith(SQL_HOME) and lines}
-    assert sum(in_home.values()) > MIN_STATEMENTS_IN_HOME, f"the scan found few statements ({in_home}): it has stopped looking"
+    assert sum(in_home.values()) > MIN_STATEMENTS_IN_HOME, (
+        f"the scan found few statements ({in_home}): it has stopped looking"
+    )
     assert QUERY_HELPER_MODULE in in_home and len(in_home) >= 5, in_home
     assert {path: unsafe for path, (_, unsafe) in calls.items() if unsafe} == {}
     elsewhere = [
-        path for path, (lines, _) in calls.items() if lines and not path.startswith(SQL_HOME) and not path.startswith(SQL_ALLOWED_ELSEWHERE)
+        path
+        for path, (lines, _) in calls.items()
+        if lines and not path.startswith(SQL_HOME) and not path.startswith(SQL_ALLOWED_ELSEWHERE)
     ]
     assert elsewhere == []

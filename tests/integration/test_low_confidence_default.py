@@ -59,13 +59,19 @@ def test_without_a_card_threshold_the_default_is_the_seeds(conn):
     assert default_low_confidence_threshold(conn) == card.get("low_confidence_threshold", LOW_CONFIDENCE_THRESHOLD)
 
 
-def test_the_report_counts_under_the_cards_threshold_and_the_seeds_on_request(conn, settings, predicted_job, card_with_threshold):
+def test_the_report_counts_under_the_cards_threshold_and_the_seeds_on_request(
+    conn, settings, predicted_job, card_with_threshold
+):
     assert default_low_confidence_threshold(conn) == CARD_THRESHOLD
     report = build_job_report(conn, predicted_job)
     under_card = len(jobs.queries.low_confidence_predictions(conn, CARD_THRESHOLD, DIGITS + 1, job_id=predicted_job))
     assert report.low_confidence_threshold == CARD_THRESHOLD and report.low_confidence == under_card > 0
     seeds = build_job_report(conn, predicted_job, threshold=LOW_CONFIDENCE_THRESHOLD)
-    assert seeds.low_confidence == len(jobs.queries.low_confidence_predictions(conn, 0.8, DIGITS + 1, job_id=predicted_job)) < under_card
+    assert (
+        seeds.low_confidence
+        == len(jobs.queries.low_confidence_predictions(conn, 0.8, DIGITS + 1, job_id=predicted_job))
+        < under_card
+    )
 
     output = CliRunner().invoke(main, ["report", str(predicted_job)], obj=settings).output
     assert f"confidence < {CARD_THRESHOLD:g}: {under_card} predictions" in output
@@ -82,4 +88,6 @@ def test_the_pages_default_to_the_cards_threshold(conn, settings, operator, pred
     assert "confidence under 0.8," in client.get(f"/low-confidence?job={predicted_job}&threshold=0.8").text
     summary = client.get(f"/api/jobs/{predicted_job}", headers={"Authorization": f"Bearer {operator_token(conn)}"}).json
     assert summary["low_confidence_threshold"] == CARD_THRESHOLD  # which threshold its low_confidence counts under
-    assert summary["low_confidence"] == len(jobs.queries.low_confidence_predictions(conn, CARD_THRESHOLD, DIGITS + 1, job_id=predicted_job))
+    assert summary["low_confidence"] == len(
+        jobs.queries.low_confidence_predictions(conn, CARD_THRESHOLD, DIGITS + 1, job_id=predicted_job)
+    )

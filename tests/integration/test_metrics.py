@@ -87,7 +87,9 @@ class Monitored:
             if result:
                 return result
             time.sleep(SCRAPE_SECONDS / 2)
-        targets = [(t["labels"]["job"], t["health"], t["lastError"]) for t in self.get("/api/v1/targets")["activeTargets"]]
+        targets = [
+            (t["labels"]["job"], t["health"], t["lastError"]) for t in self.get("/api/v1/targets")["activeTargets"]
+        ]
         raise AssertionError(f"Prometheus never had {expression!r} within {timeout} s; targets: {targets}")
 
     def get(self, path: str) -> dict:
@@ -107,7 +109,9 @@ def prometheus_config(web_port: int, worker_port: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def monitored(worker_env: dict[str, str], settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
+def monitored(
+    worker_env: dict[str, str], settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Monitored]:
     """A web and a worker on queues of their own, each exporting metrics, and a Prometheus scraping both."""
     binary = need(PROMETHEUS, "prometheus")
     folder = tmp_path_factory.mktemp("metrics")
@@ -136,7 +140,9 @@ def monitored(worker_env: dict[str, str], settings: Settings, tmp_path_factory: 
             f"--storage.tsdb.path={folder / 'tsdb'}",
             f"--web.listen-address=127.0.0.1:{prometheus_port}",
         ]
-        prometheus = ChildProcess("prometheus", command, {"PATH": os.environ.get("PATH", "")}, folder / "prometheus.log")
+        prometheus = ChildProcess(
+            "prometheus", command, {"PATH": os.environ.get("PATH", "")}, folder / "prometheus.log"
+        )
         started.append(prometheus)
         url = f"http://127.0.0.1:{prometheus_port}"
         prometheus.wait_until(lambda: http_status(f"{url}/-/ready") == 200, WAIT_SECONDS)
@@ -162,7 +168,9 @@ def producer(config: Settings, *args: str) -> str:
     return result.output
 
 
-def run_job(monitored: Monitored, conn, *selection: str, while_queued: Callable[[], None] | None = None) -> tuple[int, int, int]:
+def run_job(
+    monitored: Monitored, conn, *selection: str, while_queued: Callable[[], None] | None = None
+) -> tuple[int, int, int]:
     """Submit a job of test images and wait for it: (its id, images, batches).
 
     ``while_queued`` runs with the job's batches all waiting in the queue: the bulk worker is
@@ -221,15 +229,24 @@ def test_a_job_shows_in_prometheus_as_images_per_second(monitored, conn, browser
 
     rate = float(monitored.eventually(f"{IMAGES_PER_SECOND} > 0")[0]["value"][1])
     peak = monitored.value(f"max_over_time({GRAPHED.replace('by (queue) ', '')}[1m:1s])")
-    print(f"job {job_id}: {images} images in {job_seconds:.1f} s; Prometheus rate[30s] {rate:.0f}/s, peak rate[5s] {peak:.0f}/s")
+    print(
+        f"job {job_id}: {images} images in {job_seconds:.1f} s; Prometheus rate[30s] {rate:.0f}/s, peak rate[5s] {peak:.0f}/s"
+    )
     assert monitored.eventually('max_over_time(mnist_queue_depth{queue="bulk", job="worker"}[1m]) > 0')
     assert monitored.eventually('max_over_time(mnist_queue_oldest_age_seconds{queue="bulk", job="worker"}[1m]) > 0')
     batches = first_batches + job_batches
     every_stage = f'sum by (stage) (mnist_batch_stage_seconds_count{{queue="bulk"}}) >= {batches}'
     assert monitored.eventually(f"count({every_stage}) == 4")  # queue_wait, fetch, inference, store
-    assert {series["metric"]["stage"] for series in monitored.query(every_stage)} == {"queue_wait", "fetch", "inference", "store"}
+    assert {series["metric"]["stage"] for series in monitored.query(every_stage)} == {
+        "queue_wait",
+        "fetch",
+        "inference",
+        "store",
+    }
     assert monitored.eventually(f'sum(mnist_batch_size_images_count{{queue="bulk"}}) >= {batches}')
-    assert monitored.eventually(f'sum(celery_task_succeeded_total{{queue_name="{queues.broker.bulk_queue(monitored.settings)}"}}) >= {batches}')
+    assert monitored.eventually(
+        f'sum(celery_task_succeeded_total{{queue_name="{queues.broker.bulk_queue(monitored.settings)}"}}) >= {batches}'
+    )
     assert monitored.eventually(f"sum(celery_task_runtime_count) >= {batches}")
     if browser_or_none is not None:
         monitored.eventually(f"{GRAPHED.replace('by (queue) ', '')} == 0")  # the job's curve has come down again
@@ -251,7 +268,9 @@ def test_uploads_show_their_latency_and_a_refusal(monitored):
 
 
 def post_upload(web_url: str, png: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(f"{web_url}/api/predictions?wait=10", data=png, headers={"Content-Type": "image/png"})
+    request = urllib.request.Request(
+        f"{web_url}/api/predictions?wait=10", data=png, headers={"Content-Type": "image/png"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=15) as response:
             return response.status, json.load(response)
@@ -268,7 +287,12 @@ def test_the_dashboards_and_alerts_queries_run_on_prometheus(monitored):
         if not monitored.query(expression.replace("$__rate_interval", "1m")):
             empty.append(expression)
     # After the job and the uploads above, throughput, depth, latency and processes all have data.
-    for needed in ("mnist_images_predicted_total", "mnist_queue_depth", "mnist_upload_latency_seconds_bucket", "mnist_worker_processes"):
+    for needed in (
+        "mnist_images_predicted_total",
+        "mnist_queue_depth",
+        "mnist_upload_latency_seconds_bucket",
+        "mnist_worker_processes",
+    ):
         assert any(needed in expression for expression in expressions if expression not in empty), needed
     rules = [rule for group in monitored.get("/api/v1/rules")["groups"] for rule in group["rules"]]
     deadline = time.monotonic() + WAIT_SECONDS
@@ -286,12 +310,19 @@ def alert_names() -> list[str]:
 
 def test_promtool_accepts_the_rules_and_the_compose_config_and_the_alerts_fire_when_they_should():
     promtool = need(PROMTOOL, "promtool")
-    for command in (["check", "rules", str(ALERTS)], ["check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")]):
+    for command in (
+        ["check", "rules", str(ALERTS)],
+        ["check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
+    ):
         checked = subprocess.run([promtool, *command], capture_output=True, text=True, timeout=60)
         assert checked.returncode == 0, checked.stdout + checked.stderr
-    tested = subprocess.run([promtool, "test", "rules", str(DEPLOY / "prometheus" / "alerts_test.yml")], capture_output=True, text=True)
+    tested = subprocess.run(
+        [promtool, "test", "rules", str(DEPLOY / "prometheus" / "alerts_test.yml")], capture_output=True, text=True
+    )
     assert tested.returncode == 0, tested.stdout + tested.stderr
-    assert re.findall(r"alertname: (\w+)", (DEPLOY / "prometheus" / "alerts_test.yml").read_text()), "the alert tests test nothing"
+    assert re.findall(r"alertname: (\w+)", (DEPLOY / "prometheus" / "alerts_test.yml").read_text()), (
+        "the alert tests test nothing"
+    )
 
 
 STAMP_ROUNDING = 0.001
@@ -300,7 +331,9 @@ STAMP_ROUNDING = 0.001
 def test_queue_depth_and_age_are_read_from_what_the_senders_put_in_redis(private_queue):
     """Real kombu messages and upload entries, on queues no worker consumes."""
     config = private_queue
-    sent = queues.broker.send_batches(queues.broker.celery_app(config), queues.broker.bulk_queue(config), 1, [[1, 2], [3]])
+    sent = queues.broker.send_batches(
+        queues.broker.celery_app(config), queues.broker.bulk_queue(config), 1, [[1, 2], [3]]
+    )
     queues.uploads.enqueue(config, 7, [70, 71], accepted=time.time() - 5)
     bulk, upload = read_queues(config, time.time() + 2)
     assert (bulk.queue, bulk.depth, upload.queue, upload.depth) == ("bulk", sent, "upload", 2)

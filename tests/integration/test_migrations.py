@@ -27,7 +27,13 @@ from shared.db import schema
 from shared.db.connection import Connection, connect, query, transaction
 from shared.images.codec import encode_image
 from stack import scratch
-from tests.integration.schema_checks import TABLES, create_previous_release_schema, every_row, schema_snapshot, table_columns
+from tests.integration.schema_checks import (
+    TABLES,
+    create_previous_release_schema,
+    every_row,
+    schema_snapshot,
+    table_columns,
+)
 from tests.support.services import PROJECT_ROOT, prediction_batch
 
 MODEL = "previous-release-model"
@@ -80,8 +86,12 @@ def fill_as_the_previous_release(conn: Connection) -> dict[str, int]:
                 " VALUES (%s, %s, %s, 7, %s, %s)",
                 (job_id, image_id, MODEL, float(vector.max()), vector.tobytes()),
             )
-        cursor.execute("INSERT INTO job_failures (job_id, input_data_id, reason) VALUES (%s, %s, 'corrupt image: test')", (bulk, b))
-        cursor.execute("INSERT INTO batch_attempts (job_id, first_image_id, batch_size, attempts) VALUES (%s, %s, 4, 2)", (bulk, a))
+        cursor.execute(
+            "INSERT INTO job_failures (job_id, input_data_id, reason) VALUES (%s, %s, 'corrupt image: test')", (bulk, b)
+        )
+        cursor.execute(
+            "INSERT INTO batch_attempts (job_id, first_image_id, batch_size, attempts) VALUES (%s, %s, 4, 2)", (bulk, a)
+        )
     return {"bulk": bulk, "upload": upload, "images": [a, b, c, d]}
 
 
@@ -182,7 +192,9 @@ def waiting_for_the_schema_lock(conn: Connection) -> int:
 
 def test_init_db_from_three_processes_at_once_on_an_empty_database(tmp_path):
     with scratch_database("mnistq_concurrent") as (url, conn):
-        env = {name: value for name, value in os.environ.items() if name != "SCHEMA_DATABASE_URL"} | {"DATABASE_URL": url}
+        env = {name: value for name, value in os.environ.items() if name != "SCHEMA_DATABASE_URL"} | {
+            "DATABASE_URL": url
+        }
         gate = connect(url)  # holds the schema's lock until all three wait for it, so they really start together
         query(gate, "SELECT pg_advisory_lock(%s)", (schema.SCHEMA_LOCK_KEY,))
         logs = [tmp_path / f"init-db-{index}.log" for index in range(CONCURRENT_INIT_DB)]
@@ -190,7 +202,9 @@ def test_init_db_from_three_processes_at_once_on_an_empty_database(tmp_path):
         for log_path in logs:
             with open(log_path, "wb") as log:
                 command = [sys.executable, "-m", "producer", "init-db"]
-                processes.append(subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+                processes.append(
+                    subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                )
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
         while waiting_for_the_schema_lock(conn) < CONCURRENT_INIT_DB and time.monotonic() < deadline:
             if any(process.poll() is not None for process in processes):
@@ -203,7 +217,9 @@ def test_init_db_from_three_processes_at_once_on_an_empty_database(tmp_path):
         assert codes == [0] * CONCURRENT_INIT_DB, outputs
         assert waited == CONCURRENT_INIT_DB  # all three were under way at once
         assert schema.current_revision(url) == schema.head_revision()
-        assert sum("(was empty)" in output for output in outputs) == 1, outputs  # one migrated; the others found it done
+        assert sum("(was empty)" in output for output in outputs) == 1, (
+            outputs
+        )  # one migrated; the others found it done
         with scratch_database("mnistq_reference") as (reference_url, reference):
             schema.migrate(reference_url)
             assert schema_snapshot(conn) == schema_snapshot(reference)
@@ -214,8 +230,14 @@ def test_the_previous_release_jobs_take_the_lifecycle_in_place(previous_release,
     and a running one can be cancelled; new jobs are sliced."""
     url, conn, rows = previous_release
     schema.migrate(url)
-    old = {job_id: query(conn, "SELECT priority, enqueued_batches, batch_size, announced_at IS NOT NULL FROM jobs WHERE id = %s",
-                         (job_id,))[0] for job_id in (rows["bulk"], rows["upload"])}
+    old = {
+        job_id: query(
+            conn,
+            "SELECT priority, enqueued_batches, batch_size, announced_at IS NOT NULL FROM jobs WHERE id = %s",
+            (job_id,),
+        )[0]
+        for job_id in (rows["bulk"], rows["upload"])
+    }
     assert set(old.values()) == {("normal", None, None, True)}
     assert jobs.lifecycle_store.take_batches(conn, rows["bulk"], 4) == ("normal", [])  # its batches were all sent
     assert jobs.lifecycle_store.claim_end(conn, rows["upload"]) is None  # ended before: not announced now

@@ -49,7 +49,9 @@ def digit_pngs() -> list[bytes]:
 
 
 def upload_jobs_after(conn, first_id: int) -> list[int]:
-    return [row[0] for row in query(conn, "SELECT id FROM jobs WHERE id > %s AND kind = 'upload' ORDER BY id", (first_id,))]
+    return [
+        row[0] for row in query(conn, "SELECT id FROM jobs WHERE id > %s AND kind = 'upload' ORDER BY id", (first_id,))
+    ]
 
 
 def job_ids_of(conn, tokens: list[str]) -> list[int]:
@@ -59,7 +61,9 @@ def job_ids_of(conn, tokens: list[str]) -> list[int]:
 
 def post_upload(url: str, body: bytes) -> tuple[int, dict, str | None]:
     """(status, JSON body, Retry-After) of one raw-body upload."""
-    request = urllib.request.Request(f"{url}/api/predictions", data=body, headers={"Content-Type": "image/png"}, method="POST")
+    request = urllib.request.Request(
+        f"{url}/api/predictions", data=body, headers={"Content-Type": "image/png"}, method="POST"
+    )
     try:
         with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_SECONDS) as response:
             return response.status, json.load(response), response.headers.get("Retry-After")
@@ -83,7 +87,9 @@ def test_a_full_upload_queue_answers_429_with_retry_after_and_stores_nothing(con
         queues.uploads.client(config.redis_url).delete(queues.uploads.queue_name(config))
 
 
-def test_a_short_queue_seen_by_this_process_stands_in_for_a_look_only_while_fresh(conn, settings, digit_pngs, monkeypatch):
+def test_a_short_queue_seen_by_this_process_stands_in_for_a_look_only_while_fresh(
+    conn, settings, digit_pngs, monkeypatch
+):
     """The length a push of this process saw spares the look at the queue while it is fresh and
     under half the bound; past that, the queue is looked at and a full one refuses."""
     config = settings.replace(queue_prefix=unique_name("mnistq-seen"), max_queued_uploads=4, upload_rate_limit="")

@@ -31,7 +31,9 @@ def test_a_thousand_test_images_are_predicted_exactly_once(worker, conn, setting
     assert report.job["done_count"] == 1000 and report.job["failed_count"] == 0
     assert report.labelled == 1000 and report.accuracy >= 0.98
     vector, label, confidence = query_one(
-        conn, "SELECT prediction_probabilities, predicted_label, confidence FROM predictions WHERE job_id = %s LIMIT 1", (job_id,)
+        conn,
+        "SELECT prediction_probabilities, predicted_label, confidence FROM predictions WHERE job_id = %s LIMIT 1",
+        (job_id,),
     )
     probabilities = np.frombuffer(bytes(vector), dtype="<f4")
     assert probabilities.shape == (10,) and abs(probabilities.sum() - 1) < 1e-4
@@ -43,9 +45,12 @@ def test_a_thousand_test_images_are_predicted_exactly_once(worker, conn, setting
 
 def test_unknown_id_and_corrupt_image_fail_alone(worker, conn, settings):
     good = images.store.insert_images(
-        conn, [ImageRow(encode_image(np.zeros((28, 28), np.uint8)), None, [28, 28], "upload", None, None) for _ in range(3)]
+        conn,
+        [ImageRow(encode_image(np.zeros((28, 28), np.uint8)), None, [28, 28], "upload", None, None) for _ in range(3)],
     )
-    corrupt = images.store.insert_images(conn, [ImageRow(b"\x93NUMPY this is not an array", None, [28, 28], "upload", None, None)])
+    corrupt = images.store.insert_images(
+        conn, [ImageRow(b"\x93NUMPY this is not an array", None, [28, 28], "upload", None, None)]
+    )
     unknown_id = 9_000_000_000
     ids = good + corrupt + [unknown_id]
     job_id = int(run_cli(settings, "submit", *[arg for image_id in ids for arg in ("--id", str(image_id))]).strip())
@@ -58,12 +63,18 @@ def test_unknown_id_and_corrupt_image_fail_alone(worker, conn, settings):
 
 
 def test_a_batch_for_a_job_that_does_not_exist_is_dropped_and_the_worker_goes_on(worker, conn, settings):
-    ids = images.store.insert_images(conn, [ImageRow(encode_image(np.full((28, 28), 9, np.uint8)), None, [28, 28], "upload", None, None)])
+    ids = images.store.insert_images(
+        conn, [ImageRow(encode_image(np.full((28, 28), 9, np.uint8)), None, [28, 28], "upload", None, None)]
+    )
     missing_job = max_job_id(conn) + 1_000_000
-    jobs.service.enqueue_bulk(queues.broker.celery_app(settings), settings, missing_job, ids, 1)  # a message for no job row
+    jobs.service.enqueue_bulk(
+        queues.broker.celery_app(settings), settings, missing_job, ids, 1
+    )  # a message for no job row
     job_id = int(run_cli(settings, "submit", "--id", str(ids[0])).strip())
 
     assert wait_for_job(conn, job_id)["status"] == "done"
     assert jobs.store.rows_for_job(conn, missing_job) == (None, 0, 0)
     # The log line is the promised outcome of a dropped batch: nothing else records it.
-    worker.wait_until(lambda: f"job {missing_job} does not exist; dropping batch" in worker.log_path.read_text(), timeout=10)
+    worker.wait_until(
+        lambda: f"job {missing_job} does not exist; dropping batch" in worker.log_path.read_text(), timeout=10
+    )

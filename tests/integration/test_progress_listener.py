@@ -70,7 +70,9 @@ def most_registered_while(listener, work):
     return result, most[0]
 
 
-def test_many_uploads_waiting_in_one_process_are_all_answered_through_the_one_listener(worker, app, listener, seven_png):
+def test_many_uploads_waiting_in_one_process_are_all_answered_through_the_one_listener(
+    worker, app, listener, seven_png
+):
     def upload(_):
         return app.test_client().post(f"/api/predictions?wait={WAIT}", data=seven_png, content_type="image/png")
 
@@ -90,7 +92,9 @@ def upload_jobs(conn, count: int) -> list[tuple[int, int, str]]:
     """Upload jobs no consumer will see (never enqueued): the test stores their outcome itself. (job, image, token)"""
     version, image = production_version(conn), encode_image(np.full((28, 28), 3, np.uint8))
     made = [jobs.store.create_upload_job(conn, image, [28, 28], version, {"upload": None}) for _ in range(count)]
-    return [(job_id, image_id, jobs.queries.upload_prediction(conn, job_id)["public_token"]) for job_id, image_id in made]
+    return [
+        (job_id, image_id, jobs.queries.upload_prediction(conn, job_id)["public_token"]) for job_id, image_id in made
+    ]
 
 
 def until(condition, seconds: float = LISTEN_SECONDS) -> None:
@@ -104,7 +108,9 @@ def test_waits_are_answered_after_the_listeners_connection_is_killed_mid_wait(ap
     waiting = upload_jobs(conn, 8)
     old_backend = listener.backend_pid()
     with ThreadPoolExecutor(len(waiting)) as pool:
-        answers = [pool.submit(app.test_client().get, f"/api/predictions/{token}?wait={WAIT}") for _, _, token in waiting]
+        answers = [
+            pool.submit(app.test_client().get, f"/api/predictions/{token}?wait={WAIT}") for _, _, token in waiting
+        ]
         until(lambda: listener.waiting() == len(waiting))
         assert connection.query_one(conn, "SELECT pg_terminate_backend(%s)", (old_backend,))[0]
         until(lambda: listener.backend_pid() not in (None, old_backend))  # it reconnected by itself
@@ -129,7 +135,9 @@ def test_a_wait_is_answered_while_the_listener_is_not_listening(settings, conn):
     request_conn = connection.connect(settings.database_url)
     request_conn.autocommit = True
     try:
-        timer = threading.Timer(0.3, lambda: store_results(conn, job_id, production_version(conn), None, [FailureRow(image_id, "late")]))
+        timer = threading.Timer(
+            0.3, lambda: store_results(conn, job_id, production_version(conn), None, [FailureRow(image_id, "late")])
+        )
         timer.start()
         queued = predictions.get_prediction(request_conn, job_id)
         started = time.monotonic()
@@ -146,7 +154,9 @@ def test_a_wait_is_answered_while_the_listener_is_not_listening(settings, conn):
 def test_a_micro_batch_announces_each_uploads_answer_as_a_later_read_finds_it(settings, conn):
     """What a waiting request answers from the notice is what GET /api/predictions/<token> reads back."""
     uploads = upload_jobs(conn, 3)
-    bulk_row = images.store.ImageRow(encode_image(np.full((28, 28), 5, np.uint8)), 5, [28, 28], "upload", None, f"answers-{uuid.uuid4()}")
+    bulk_row = images.store.ImageRow(
+        encode_image(np.full((28, 28), 5, np.uint8)), 5, [28, 28], "upload", None, f"answers-{uuid.uuid4()}"
+    )
     (bulk_image,) = images.store.insert_images(conn, [bulk_row])
     bulk_job = jobs.store.create_job(conn, [bulk_image], production_version(conn), {"test": True})
     job_ids = [job_id for job_id, _, _ in uploads] + [bulk_job]
@@ -170,7 +180,9 @@ def test_a_micro_batch_announces_each_uploads_answer_as_a_later_read_finds_it(se
     assert heard == set(job_ids) and set(answers) == set(job_ids[:3])  # a bulk job's progress only
     for job_id, _, _ in uploads:
         read_back = predictions.get_prediction(conn, job_id)
-        queued = dataclasses.replace(read_back, status=predictions.QUEUED, label=None, confidence=None, probabilities=None)
+        queued = dataclasses.replace(
+            read_back, status=predictions.QUEUED, label=None, confidence=None, probabilities=None
+        )
         assert queued.answered(answers[job_id]).as_json() == read_back.as_json()
         assert read_back.model_version == "v-answers" and read_back.status == "done"
 
@@ -188,7 +200,9 @@ def test_a_waiting_request_replies_with_the_announced_answer_without_reading_it_
     looks = []
 
     def wait_for(job_id: int, while_waiting=lambda: None) -> predictions.Prediction:
-        queued = predictions.Prediction(job_id, "t" * 22, predictions.QUEUED, 1, None, None, None, None, "production", "seven.png")
+        queued = predictions.Prediction(
+            job_id, "t" * 22, predictions.QUEUED, 1, None, None, None, None, "production", "seven.png"
+        )
         since = listener.generation()
         while_waiting()
         return predictions.await_prediction(listener, queued, since, 10, lambda: looks.append(job_id))

@@ -41,7 +41,10 @@ def tour_blocks(text: str) -> list[str]:
 
 def tour_script(blocks: list[str]) -> str:
     """One script, the blocks in order; the first failure is named with its block and command."""
-    lines = ["set -eo pipefail", "trap 'echo \"README tour: block $TOUR_BLOCK failed at: $BASH_COMMAND (exit $?)\" >&2' ERR"]
+    lines = [
+        "set -eo pipefail",
+        "trap 'echo \"README tour: block $TOUR_BLOCK failed at: $BASH_COMMAND (exit $?)\" >&2' ERR",
+    ]
     for number, block in enumerate(blocks, start=1):
         lines += [f"TOUR_BLOCK={number}", f"echo '--- block {number}'", block.rstrip("\n")]
     return "\n".join(lines) + "\n"
@@ -60,7 +63,9 @@ def test_a_block_that_fails_names_itself():
     assert "block 2 failed at: false" in done.stderr and "never" not in done.stdout
 
 
-@pytest.mark.skipif(not (PROJECT_ROOT / ".venv" / "bin" / "activate").exists(), reason="the tour activates .venv: run ./run setup first")
+@pytest.mark.skipif(
+    not (PROJECT_ROOT / ".venv" / "bin" / "activate").exists(), reason="the tour activates .venv: run ./run setup first"
+)
 def test_every_command_of_the_readme_tour_runs_against_the_embedded_stack():
     script = tour_script(tour_blocks(README.read_text()))
     # Not under pytest's tmp_path: a pytest session started meanwhile makes its root 0700 again, and
@@ -72,7 +77,9 @@ def test_every_command_of_the_readme_tour_runs_against_the_embedded_stack():
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     try:
         with running_stack(env, "--workers", "1"):
-            done = subprocess.run(["bash", "-c", script], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=TOUR_SECONDS)
+            done = subprocess.run(
+                ["bash", "-c", script], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=TOUR_SECONDS
+            )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     output = done.stdout + done.stderr

@@ -13,14 +13,19 @@ from tests.support.services import prediction_batch, production_version
 
 def lost_job(conn, count: int) -> tuple[int, list[int]]:
     """A job whose rows exist but whose messages never reached Redis (as after a Redis restart): deliberately not enqueued."""
-    rows = [ImageRow(encode_image(np.full((28, 28), i, np.uint8)), None, [28, 28], "upload", None, None) for i in range(count)]
+    rows = [
+        ImageRow(encode_image(np.full((28, 28), i, np.uint8)), None, [28, 28], "upload", None, None)
+        for i in range(count)
+    ]
     ids = images.store.insert_images(conn, rows)
     return jobs.store.create_job(conn, ids, production_version(conn), {"lost": True}), ids
 
 
 def test_unfinished_images_are_those_without_a_result(conn):
     job_id, ids = lost_job(conn, 4)
-    jobs.results.store_results(conn, job_id, "m", prediction_batch(ids[:1], 1, 0.5), [jobs.results.FailureRow(ids[1], "bad")])
+    jobs.results.store_results(
+        conn, job_id, "m", prediction_batch(ids[:1], 1, 0.5), [jobs.results.FailureRow(ids[1], "bad")]
+    )
     assert jobs.store.unfinished_image_ids(conn, job_id) == ids[2:]
 
 
@@ -50,7 +55,9 @@ def test_the_sweeper_resumes_a_stalled_job_by_itself(worker, conn):
 
 def test_the_sweeper_resumes_an_upload_whose_queue_entry_was_lost(worker, conn):
     image = encode_image(np.full((28, 28), 3, np.uint8))
-    job_id, _ = jobs.store.create_upload_job(conn, image, [28, 28], production_version(conn), {"upload": None})  # deliberately not enqueued
+    job_id, _ = jobs.store.create_upload_job(
+        conn, image, [28, 28], production_version(conn), {"upload": None}
+    )  # deliberately not enqueued
     job = wait_for_job(conn, job_id, timeout=30)  # never enqueued: only the sweeper can have sent it
     assert (job["status"], job["done_count"], job["failed_count"]) == ("done", 1, 0)
     assert jobs.store.rows_for_job(conn, job_id) == (1, 1, 0)

@@ -50,7 +50,9 @@ def nearest_centroid_model(images: np.ndarray, labels: np.ndarray, shift: int):
     pixels = to_model_input(images[:2000]).reshape(2000, -1)
     centroids = np.stack([pixels[labels[:2000] == digit].mean(axis=0) for digit in range(10)])
     centroids = np.roll(centroids, shift, axis=0)
-    network = keras.Sequential([keras.Input(INPUT_SHAPE), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
+    network = keras.Sequential(
+        [keras.Input(INPUT_SHAPE), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")]
+    )
     sharpness = 20.0  # confident enough that int8 rounding moves few labels
     network.layers[-1].set_weights([sharpness * centroids.T, -0.5 * sharpness * (centroids**2).sum(axis=1)])
     return network
@@ -123,11 +125,15 @@ def stored_digits(conn, count: int = IMAGES) -> list[int]:
 
 def submit(conn, settings, image_ids: list[int], version: str, shadow_version: str | None = None) -> int:
     selection = jobs.service.Selection(image_ids=tuple(image_ids))
-    return jobs.service.submit_job(conn, queues.broker.celery_app(settings), settings, selection, version, 8, shadow_version).id
+    return jobs.service.submit_job(
+        conn, queues.broker.celery_app(settings), settings, selection, version, 8, shadow_version
+    ).id
 
 
 def predicted_versions(conn, job_id: int) -> list[str]:
-    return [row[0] for row in query(conn, "SELECT DISTINCT model_version FROM predictions WHERE job_id = %s", (job_id,))]
+    return [
+        row[0] for row in query(conn, "SELECT DISTINCT model_version FROM predictions WHERE job_id = %s", (job_id,))
+    ]
 
 
 def done(conn, job_id: int) -> dict:
@@ -158,13 +164,19 @@ def test_register_lists_and_shows_a_version_with_its_card(invoke, versions, conn
     assert "90.00 %" in row and "89.96 %" in row and " int8 " in row  # within 0.05 points: int8 is served
     assert " float " in next(line for line in listing.output.splitlines() if line.startswith(versions["tiny_b"]))
     shown = invoke("models", "show", versions["tiny_a"])
-    assert shown.exit_code == 0 and "serves:     int8 LiteRT" in shown.output and '"trained_at": "in a test"' in shown.output
+    assert (
+        shown.exit_code == 0
+        and "serves:     int8 LiteRT" in shown.output
+        and '"trained_at": "in a test"' in shown.output
+    )
     assert invoke("models", "show", "production").output.startswith(f"version:    {versions['bundled']}")
     again = invoke("models", "register", str(models.store.describe_model(conn, versions["tiny_b"])["keras_file"]))
     assert again.exit_code == 0 and "was registered already" in again.output
 
 
-def test_register_refuses_what_is_not_a_servable_model_and_stores_nothing(invoke, conn, model_files, tmp_path, mnist_dir):
+def test_register_refuses_what_is_not_a_servable_model_and_stores_nothing(
+    invoke, conn, model_files, tmp_path, mnist_dir
+):
     import keras
 
     from shared.training import model
@@ -192,7 +204,11 @@ def test_register_refuses_what_is_not_a_servable_model_and_stores_nothing(invoke
     images, labels = mnist.load_split(mnist_dir, "test")
     for name, layers, message in (
         ("five", [keras.Input(INPUT_SHAPE), keras.layers.Flatten(), keras.layers.Dense(5)], "not 10 probabilities"),
-        ("small", [keras.Input((14, 14, 1)), keras.layers.Flatten(), keras.layers.Dense(10)], "not one (N, 28, 28, 1) image tensor"),
+        (
+            "small",
+            [keras.Input((14, 14, 1)), keras.layers.Flatten(), keras.layers.Dense(10)],
+            "not one (N, 28, 28, 1) image tensor",
+        ),
     ):
         path = tmp_path / name / f"{name}.keras"
         path.parent.mkdir()
@@ -207,7 +223,9 @@ def test_aliases_move_resolve_and_refuse_bad_names(invoke, versions, conn):
     moved = invoke("models", "alias", "canary", versions["tiny_b"])
     assert moved.output.strip() == f"canary -> {versions['tiny_b']} (was {versions['tiny_a']})"
     assert models.registry.resolve(conn, "canary") == versions["tiny_b"]
-    assert invoke("models", "alias", "champion", "canary").output.strip() == f"champion -> {versions['tiny_b']}"  # what canary names
+    assert (
+        invoke("models", "alias", "champion", "canary").output.strip() == f"champion -> {versions['tiny_b']}"
+    )  # what canary names
     assert invoke("models", "unalias", "champion").exit_code == 0 and models.store.resolve(conn, "champion") is None
     for args, message in (
         (("alias", "Bad Name", versions["tiny_a"]), "is not allowed"),
@@ -217,7 +235,9 @@ def test_aliases_move_resolve_and_refuse_bad_names(invoke, versions, conn):
         (("show", "nope"), "there is no model version or alias 'nope'"),
     ):
         result = invoke("models", *args)
-        assert result.exit_code == 1 and message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+        assert result.exit_code == 1 and message in result.output and len(result.output.strip().splitlines()) == 1, (
+            result.output
+        )
 
 
 # --- serving ----------------------------------------------------------------------------
@@ -235,7 +255,9 @@ def test_two_jobs_on_two_versions_at_once_with_one_worker(worker, conn, settings
     assert f"loaded model {versions['tiny_a']} (int8 LiteRT" in worker.log_path.read_text()
 
 
-def test_moving_production_changes_new_jobs_only_without_restarting_workers(worker, conn, settings, versions, invoke, production_kept):
+def test_moving_production_changes_new_jobs_only_without_restarting_workers(
+    worker, conn, settings, versions, invoke, production_kept
+):
     ids = stored_digits(conn, 8)
     pid = worker.pid
     before = submit(conn, settings, ids, services.production_version(conn))
@@ -249,29 +271,45 @@ def test_moving_production_changes_new_jobs_only_without_restarting_workers(work
         .post(f"/api/predictions?wait={WAIT}", data=picture(), content_type="image/png")
     )
     assert upload.status_code == 200 and upload.json["model_version"] == versions["tiny_b"]
-    assert done(conn, before)["model_version"] == production_kept and predicted_versions(conn, before) == [production_kept]
-    assert done(conn, after)["model_version"] == versions["tiny_b"] and predicted_versions(conn, after) == [versions["tiny_b"]]
+    assert done(conn, before)["model_version"] == production_kept and predicted_versions(conn, before) == [
+        production_kept
+    ]
+    assert done(conn, after)["model_version"] == versions["tiny_b"] and predicted_versions(conn, after) == [
+        versions["tiny_b"]
+    ]
     assert worker.pid == pid and worker.process.poll() is None  # the same worker, never restarted
 
 
 def test_a_shadow_predicts_the_job_too_and_is_never_answered(worker, conn, settings, versions, invoke):
     ids = stored_digits(conn, 8)
-    result = invoke("submit", "--shadow", versions["tiny_a"], *[arg for image_id in ids for arg in ("--id", str(image_id))])
+    result = invoke(
+        "submit", "--shadow", versions["tiny_a"], *[arg for image_id in ids for arg in ("--id", str(image_id))]
+    )
     assert result.exit_code == 0 and f"shadow {versions['tiny_a']}" in result.output
     job_id = int(result.stdout.strip().splitlines()[-1])
     job = done(conn, job_id)
-    assert (job["model_version"], job["shadow_version"], job["done_count"]) == (versions["bundled"], versions["tiny_a"], 8)
+    assert (job["model_version"], job["shadow_version"], job["done_count"]) == (
+        versions["bundled"],
+        versions["tiny_a"],
+        8,
+    )
     assert predicted_versions(conn, job_id) == [versions["bundled"]]  # the job's own results: its own version only
     rows = wait_for_shadow_rows(conn, job_id, 8)
-    assert {row["model_version"] for row in rows} == {versions["tiny_a"]} and [row["input_data_id"] for row in rows] == sorted(ids)
+    assert {row["model_version"] for row in rows} == {versions["tiny_a"]} and [
+        row["input_data_id"] for row in rows
+    ] == sorted(ids)
     assert {row["served_version"] for row in rows} == {versions["bundled"]}
 
     # An upload with a shadow is answered by its own model, never by the shadow.
     client = create_app({"TESTING": True}, settings=settings).test_client()
     seven = picture()
-    answer = client.post(f"/api/predictions?wait={WAIT}&model=production&shadow=tiny_missing", data=seven, content_type="image/png")
+    answer = client.post(
+        f"/api/predictions?wait={WAIT}&model=production&shadow=tiny_missing", data=seven, content_type="image/png"
+    )
     assert answer.status_code == 422 and "shadow" in answer.json["error"]
-    answer = client.post(f"/api/predictions?wait={WAIT}&shadow={versions['tiny_b']}", data=seven, content_type="image/png")
+    answer = client.post(
+        f"/api/predictions?wait={WAIT}&shadow={versions['tiny_b']}", data=seven, content_type="image/png"
+    )
     assert answer.status_code == 200 and answer.json["model_version"] == versions["bundled"]
     upload_job = jobs.queries.upload_prediction_by_token(conn, answer.json["token"])
     (shadowed,) = wait_for_shadow_rows(conn, upload_job["id"], 1)
@@ -294,7 +332,8 @@ def test_an_unknown_version_is_a_422_and_a_one_line_cli_error_and_records_nothin
         result = invoke("submit", "--id", str(ids[0]), *args)
         assert (
             result.exit_code == 1
-            and result.output.strip() == "Error: there is no model version or alias 'nope' (see: python -m producer models list)"
+            and result.output.strip()
+            == "Error: there is no model version or alias 'nope' (see: python -m producer models list)"
         )
     client = create_app({"TESTING": True}, settings=settings).test_client()
     upload = client.post("/api/predictions?model=nope", data=picture(), content_type="image/png")
@@ -309,7 +348,9 @@ def test_an_unknown_version_is_a_422_and_a_one_line_cli_error_and_records_nothin
 def insert_corrupt_model(conn) -> str:
     """A version whose files do not load, stored behind registration's back, as a damaged row would be."""
     corrupt = f"corrupt-{secrets.token_hex(6)}"
-    files = models.store.ModelFiles(corrupt, "corrupt", "c.keras", "c.tflite", None, b"not a model", b"not a model either", None, {})
+    files = models.store.ModelFiles(
+        corrupt, "corrupt", "c.keras", "c.tflite", None, b"not a model", b"not a model either", None, {}
+    )
     assert models.store.insert_model(conn, files)
     return corrupt
 
@@ -317,7 +358,10 @@ def insert_corrupt_model(conn) -> str:
 def test_a_version_that_does_not_load_fails_its_images_with_the_reason_and_the_worker_goes_on(worker, conn, settings):
     corrupt = insert_corrupt_model(conn)
     ids = stored_digits(conn, 8)
-    broken, healthy = submit(conn, settings, ids, corrupt), submit(conn, settings, ids, services.production_version(conn))
+    broken, healthy = (
+        submit(conn, settings, ids, corrupt),
+        submit(conn, settings, ids, services.production_version(conn)),
+    )
     job = done(conn, broken)
     assert (job["done_count"], job["failed_count"]) == (0, 8)
     reasons = {reason for _, reason in jobs.queries.job_failures(conn, broken)}
@@ -325,7 +369,9 @@ def test_a_version_that_does_not_load_fails_its_images_with_the_reason_and_the_w
     assert done(conn, healthy)["done_count"] == 8
     client = create_app({"TESTING": True}, settings=settings).test_client()
     answer = client.post(f"/api/predictions?wait={WAIT}&model={corrupt}", data=picture(), content_type="image/png")
-    assert answer.status_code == 200 and answer.json["status"] == "failed" and "cannot be loaded" in answer.json["error"]
+    assert (
+        answer.status_code == 200 and answer.json["status"] == "failed" and "cannot be loaded" in answer.json["error"]
+    )
 
 
 def test_the_failures_of_a_version_that_does_not_load_are_counted_under_it_in_both_lanes(conn, settings):
@@ -341,7 +387,9 @@ def test_the_failures_of_a_version_that_does_not_load_are_counted_under_it_in_bo
     with pytest.raises(ModelUnavailable) as unavailable:
         cache.predictor(lane, corrupt)
     assert fail_images(lane, corrupt, bulk_job, ids, str(unavailable.value)) == 3 and failed("bulk") == 3
-    upload_job, image_id = jobs.store.create_upload_job(conn, encode_image(digits.mnist_test_digits(1)[0][0]), [28, 28], corrupt, {})
+    upload_job, image_id = jobs.store.create_upload_job(
+        conn, encode_image(digits.mnist_test_digits(1)[0][0]), [28, 28], corrupt, {}
+    )
     UploadConsumer(settings, cache).predict([(upload_job, image_id)])
     assert jobs.queries.job_failures(conn, upload_job)[0][1].startswith(f"model version {corrupt} cannot be loaded")
     assert failed("upload") == 1
@@ -373,7 +421,9 @@ def test_the_job_and_result_pages_show_the_version_and_its_card(worker, conn, se
 
 
 def test_the_web_needs_no_model_file_and_is_not_ready_without_a_production_model(settings):
-    without_file = create_app({"TESTING": True}, settings=settings.replace(model_path=Path("/nonexistent/model.keras"))).test_client()
+    without_file = create_app(
+        {"TESTING": True}, settings=settings.replace(model_path=Path("/nonexistent/model.keras"))
+    ).test_client()
     assert without_file.get("/readyz").status_code == 200
     with scratch.database_with_schema(scratch.unique_name("mnistq_nomodel")) as url:
         conn = connect(url)

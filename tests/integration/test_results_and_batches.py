@@ -56,13 +56,18 @@ def pictures(mnist_dir) -> list[bytes]:
 
 def job_with_results(conn, count: int, finished: int) -> tuple[int, list[int]]:
     """A job of ``count`` stored images, ``finished`` of them predicted (written directly, no worker)."""
-    rows = [ImageRow(encode_image(np.zeros((28, 28), np.uint8)), k % 10, [28, 28], "train", 9_000_000 + k, None) for k in range(count)]
+    rows = [
+        ImageRow(encode_image(np.zeros((28, 28), np.uint8)), k % 10, [28, 28], "train", 9_000_000 + k, None)
+        for k in range(count)
+    ]
     query(conn, "DELETE FROM input_data WHERE dataset_split = 'train' AND image_index >= 9000000")
     ids = insert_images(conn, rows)
     job_id = jobs.store.create_job(conn, ids, "test-model", {"test": "export"})
     probabilities = np.full((finished, 10), 0.01, np.float32)
     probabilities[:, 3] = 0.91
-    jobs.results.store_results(conn, job_id, "test-model", jobs.results.PredictionBatch.of(ids[:finished], probabilities), [])
+    jobs.results.store_results(
+        conn, job_id, "test-model", jobs.results.PredictionBatch.of(ids[:finished], probabilities), []
+    )
     return job_id, ids
 
 
@@ -72,7 +77,11 @@ def test_results_export_in_every_format(invoke, conn, tmp_path):
     assert out.exit_code == 0, out.output
     rows = list(csv.DictReader(open(tmp_path / "r.csv")))
     assert [int(row["image_id"]) for row in rows] == ids
-    assert rows[0]["source"] == "train:9000000" and rows[0]["predicted_label"] == "3" and rows[0]["model_version"] == "test-model"
+    assert (
+        rows[0]["source"] == "train:9000000"
+        and rows[0]["predicted_label"] == "3"
+        and rows[0]["model_version"] == "test-model"
+    )
     assert float(rows[0]["p3"]) == pytest.approx(0.91)
     lines = invoke("results", str(job_id), "--format", "jsonl").stdout.splitlines()
     assert [json.loads(line)["image_id"] for line in lines] == ids
@@ -122,20 +131,26 @@ def claiming(data: bytes, size: int) -> bytes:
 
 def post_batch(client, files: list[tuple[bytes, str]]):
     return client.post(
-        "/api/batches", data={"files": [(io.BytesIO(data), name) for data, name in files]}, content_type="multipart/form-data"
+        "/api/batches",
+        data={"files": [(io.BytesIO(data), name) for data, name in files]},
+        content_type="multipart/form-data",
     )
 
 
 def test_a_batch_of_pictures_and_a_zip_become_jobs(client, conn, pictures):
     loose = post_batch(client, [(pictures[0], "a.png"), (pictures[1], "b.png"), (b"hello", "notes.txt")])
     assert loose.status_code == 202, loose.get_json()
-    assert loose.get_json()["images"] == 2 and loose.get_json()["skipped"] == ["notes.txt: not a picture (PNG, JPEG, GIF, BMP or WebP)"]
+    assert loose.get_json()["images"] == 2 and loose.get_json()["skipped"] == [
+        "notes.txt: not a picture (PNG, JPEG, GIF, BMP or WebP)"
+    ]
     archive = zipped({"digits/a.png": pictures[0], "digits/b.png": pictures[2], "readme.md": b"#"})
     packed = post_batch(client, [(archive, "digits.zip")])
     assert packed.status_code == 202 and packed.get_json()["images"] == 2
     job = jobs.store.get_job(conn, packed.get_json()["id"])
     assert job["total_images"] == 2
-    versions = query(conn, "SELECT preprocess_version FROM input_data WHERE id = ANY(%s)", (list(job_image_ids(conn, job["id"])),))
+    versions = query(
+        conn, "SELECT preprocess_version FROM input_data WHERE id = ANY(%s)", (list(job_image_ids(conn, job["id"])),)
+    )
     assert {row[0] for row in versions} == {1}
 
 
@@ -165,7 +180,9 @@ def test_bad_archives_are_refused_and_store_nothing(client, conn, entries, claim
 def test_batch_page_refuses_a_bad_zip_with_a_message(client):
     page = client.get("/batches/new")
     assert page.status_code == 200 and b"Batch upload" in page.data
-    refused = client.post("/batches", data={"files": [(io.BytesIO(b"not a zip"), "x.zip")]}, content_type="multipart/form-data")
+    refused = client.post(
+        "/batches", data={"files": [(io.BytesIO(b"not a zip"), "x.zip")]}, content_type="multipart/form-data"
+    )
     assert refused.status_code == 422 and b"not a readable .zip archive" in refused.data
 
 
@@ -181,7 +198,9 @@ def test_folder_ingest_reports_bad_files_and_goes_on(invoke, tmp_path, conn, pic
     assert "stored 1 new images" in result.output and "3 rejected" in result.output
     assert "pipe.png: not a regular file" in result.output and "new\\nline.png: " in result.output
     assert "escape.png: a symbolic link, not followed" in result.output
-    assert query_one(conn, "SELECT preprocess_version FROM input_data WHERE source = %s", (str(folder.resolve() / "good.png"),)) == (1,)
+    assert query_one(
+        conn, "SELECT preprocess_version FROM input_data WHERE source = %s", (str(folder.resolve() / "good.png"),)
+    ) == (1,)
 
 
 def test_run_ingests_predicts_and_writes_results_and_resumes(invoke, tmp_path, conn, pictures, worker):
@@ -192,11 +211,15 @@ def test_run_ingests_predicts_and_writes_results_and_resumes(invoke, tmp_path, c
     first = invoke("run", str(folder), "--output", str(tmp_path / "out.csv"), "--timeout", "120")
     assert first.exit_code == 0, first.output
     rows = list(csv.DictReader(open(tmp_path / "out.csv")))
-    assert len(rows) == 3 and all(row["source"].startswith(str(folder.resolve())) and row["true_label"] == "7" for row in rows)
+    assert len(rows) == 3 and all(
+        row["source"].startswith(str(folder.resolve())) and row["true_label"] == "7" for row in rows
+    )
     again = invoke("run", str(folder), "--output", str(tmp_path / "again.csv"), "--timeout", "120")
     assert again.exit_code == 0 and "stored 0 new images, 3 were already there" in again.stderr
     assert len(jobs.folder_store.folder_job_ids(conn, str(folder.resolve()))) == 1
-    assert sorted(open(tmp_path / "again.csv").read().splitlines()) == sorted(open(tmp_path / "out.csv").read().splitlines())
+    assert sorted(open(tmp_path / "again.csv").read().splitlines()) == sorted(
+        open(tmp_path / "out.csv").read().splitlines()
+    )
 
 
 def test_empty_folder_is_one_line_and_stores_nothing(invoke, tmp_path, conn):

@@ -42,8 +42,12 @@ def predictions(image_ids: list[int], labels: list[int], confidences: list[float
     return jobs.results.PredictionBatch.of(image_ids, probabilities)
 
 
-def random_predictions(rng: np.random.Generator, image_ids: list[int], label_of: dict | None = None) -> jobs.results.PredictionBatch:
-    batch = predictions(image_ids, rng.integers(0, 10, len(image_ids)).tolist(), rng.uniform(0.3, 1.0, len(image_ids)).tolist())
+def random_predictions(
+    rng: np.random.Generator, image_ids: list[int], label_of: dict | None = None
+) -> jobs.results.PredictionBatch:
+    batch = predictions(
+        image_ids, rng.integers(0, 10, len(image_ids)).tolist(), rng.uniform(0.3, 1.0, len(image_ids)).tolist()
+    )
     return with_true_labels(batch, label_of)
 
 
@@ -76,9 +80,14 @@ def test_statistics_equal_a_direct_aggregation_after_stores_and_redeliveries(con
     first = assert_statistics_agree(conn, job_id)
     assert first["mistakes"] > 0 and any(low for *_, low in first["statistics"])
 
-    assert jobs.results.store_results(conn, job_id, MODEL, batches[1], []) == (0, 0)  # redelivered: nothing counted twice
+    assert jobs.results.store_results(conn, job_id, MODEL, batches[1], []) == (
+        0,
+        0,
+    )  # redelivered: nothing counted twice
     assert assert_statistics_agree(conn, job_id) == first
-    overlapping = with_true_labels(predictions(chunks[2][25:] + chunks[3], *_labels_and_confidences(batches[2], 25, batches[3])), label_of)
+    overlapping = with_true_labels(
+        predictions(chunks[2][25:] + chunks[3], *_labels_and_confidences(batches[2], 25, batches[3])), label_of
+    )
     assert jobs.results.store_results(conn, job_id, MODEL, overlapping, []) == (len(chunks[3]), 0)  # half stored before
     failures = [jobs.results.FailureRow(image_id, "unreadable") for image_id in chunks[4][:5]]
     rest = with_true_labels(jobs.results.PredictionBatch.of(chunks[4][5:], batches[4].probabilities[5:]), label_of)
@@ -89,10 +98,14 @@ def test_statistics_equal_a_direct_aggregation_after_stores_and_redeliveries(con
     job = jobs.store.get_job(conn, job_id)
     assert sum(count for _, _, count, _ in counted["statistics"]) == job["done_count"] == len(ids) - 5
     assert job["failed_count"] == 5 and job["status"] == "done"
-    assert (jobs.statistics.UNLABELLED, *counted["statistics"][0][1:2]) == counted["statistics"][0][:2]  # unlabelled come first
+    assert (jobs.statistics.UNLABELLED, *counted["statistics"][0][1:2]) == counted["statistics"][0][
+        :2
+    ]  # unlabelled come first
 
 
-def _labels_and_confidences(partly: jobs.results.PredictionBatch, skip: int, rest: jobs.results.PredictionBatch) -> tuple[list, list]:
+def _labels_and_confidences(
+    partly: jobs.results.PredictionBatch, skip: int, rest: jobs.results.PredictionBatch
+) -> tuple[list, list]:
     labels = partly.labels[skip:].tolist() + rest.labels.tolist()
     confidences = partly.confidences[skip:].tolist() + rest.confidences.tolist()
     return labels, confidences
@@ -108,12 +121,21 @@ def test_a_micro_batch_of_several_jobs_is_stored_in_one_transaction_with_each_jo
     assert jobs.results.store_many(conn, MODEL, job_ids, prediction_jobs, batch, failure) == (3, 1)
     assert jobs.results.store_many(conn, MODEL, job_ids, prediction_jobs, batch, failure) == (0, 0)  # redelivered
     for job_id in job_ids:
-        assert assert_statistics_agree(conn, job_id)["statistics"] == jobs.statistics.recount(conn, job_id)["aggregated"]
+        assert (
+            assert_statistics_agree(conn, job_id)["statistics"] == jobs.statistics.recount(conn, job_id)["aggregated"]
+        )
         assert jobs.store.get_job(conn, job_id)["status"] == "done"
     assert jobs.statistics.low_confidence_count(conn, job_ids[1]) == 1
     missing = max_job_id(conn) + 1_000_000
     with pytest.raises(jobs.results.UnknownJobError):  # one job of the batch is gone: nothing of the batch is stored
-        jobs.results.store_many(conn, MODEL, [job_ids[0], missing], np.array([job_ids[0], missing]), predictions([1, 2], [1, 1], [0.9, 0.9]), [])
+        jobs.results.store_many(
+            conn,
+            MODEL,
+            [job_ids[0], missing],
+            np.array([job_ids[0], missing]),
+            predictions([1, 2], [1, 1], [0.9, 0.9]),
+            [],
+        )
 
 
 def test_a_micro_batch_counted_by_the_worker_is_stored_by_one_statement_all_or_nothing(conn):
@@ -131,14 +153,22 @@ def test_a_micro_batch_counted_by_the_worker_is_stored_by_one_statement_all_or_n
     assert jobs.results.store_many(conn, MODEL, job_ids, prediction_jobs, batch, failure) == (0, 0)  # redelivered
     for job_id, image_id, vector in zip(job_ids, image_ids, batch.probabilities, strict=False):
         stored = jobs.queries.upload_prediction(conn, job_id)
-        assert (stored["input_data_id"], stored["predicted_label"], stored["model_version"]) == (image_id, vector.argmax(), MODEL)
+        assert (stored["input_data_id"], stored["predicted_label"], stored["model_version"]) == (
+            image_id,
+            vector.argmax(),
+            MODEL,
+        )
         assert np.array_equal(np.frombuffer(bytes(stored["prediction_probabilities"]), "<f4"), vector)
-        assert assert_statistics_agree(conn, job_id)["statistics"] == jobs.statistics.recount(conn, job_id)["aggregated"]
+        assert (
+            assert_statistics_agree(conn, job_id)["statistics"] == jobs.statistics.recount(conn, job_id)["aggregated"]
+        )
     assert [jobs.store.get_job(conn, job_id)["status"] for job_id in job_ids] == ["done"] * 3
     assert jobs.statistics.low_confidence_count(conn, job_ids[0]) == 1
     fresh, image_id = jobs.store.create_upload_job(conn, IMAGE, [28, 28], MODEL, {"upload": None})
     missing = max_job_id(conn) + 1_000_000
-    gone = with_true_labels(predictions([image_id, image_id + 1], [1, 1], [0.9, 0.9]), {image_id: None, image_id + 1: None})
+    gone = with_true_labels(
+        predictions([image_id, image_id + 1], [1, 1], [0.9, 0.9]), {image_id: None, image_id + 1: None}
+    )
     with pytest.raises(jobs.results.UnknownJobError):
         jobs.results.store_many(conn, MODEL, [fresh, missing], np.array([fresh, missing]), gone, [])
     assert jobs.store.rows_for_job(conn, fresh) == (1, 0, 0) and jobs.store.get_job(conn, fresh)["done_count"] == 0
@@ -199,7 +229,12 @@ def test_keyset_pages_return_every_row_exactly_once_while_new_rows_arrive(client
 
 
 def test_pages_beyond_the_data_are_empty_not_errors(client):
-    for url in ("/mistakes?page=100000", "/low-confidence?page=100000", "/browse?digit=3&page=100000", "/jobs?page=100000"):
+    for url in (
+        "/mistakes?page=100000",
+        "/low-confidence?page=100000",
+        "/browse?digit=3&page=100000",
+        "/jobs?page=100000",
+    ):
         page = client.get(url)
         assert page.status_code == 200, url
         assert 'rel="next"' not in page.text
@@ -218,7 +253,10 @@ def test_a_selection_over_max_job_images_is_refused_naming_the_limit(client, con
     small = settings.replace(max_job_images=2)
     outcome = CliRunner().invoke(producer_main, ["submit", "--split", "train"], obj=small)
     assert outcome.exit_code == 1 and "Error: " in outcome.output and "MAX_JOB_IMAGES=2" in outcome.output
-    app = create_app({"TESTING": True}, settings=small.replace(**({"public_insights": True} if hasattr(small, "public_insights") else {})))
+    app = create_app(
+        {"TESTING": True},
+        settings=small.replace(**({"public_insights": True} if hasattr(small, "public_insights") else {})),
+    )
     answer = app.test_client().post("/api/jobs", json={"split": "train"})
     assert answer.status_code == 422 and "MAX_JOB_IMAGES=2" in answer.get_json()["error"]
     assert max_job_id(conn) == before  # nothing recorded
@@ -243,10 +281,14 @@ def test_browse_by_prediction_lists_each_image_whose_latest_prediction_is_the_di
     not listed, one predicted 7 only at its latest is, one predicted 7 twice is listed once."""
     ids = stored_images(conn, [None] * 120)
     first = jobs.store.create_job(conn, ids, MODEL, {"test": "browse by prediction"})
-    jobs.results.store_results(conn, first, MODEL, predictions(ids, [7 if k % 2 else 3 for k in range(120)], [0.9] * 120), [])
+    jobs.results.store_results(
+        conn, first, MODEL, predictions(ids, [7 if k % 2 else 3 for k in range(120)], [0.9] * 120), []
+    )
     again = ids[:60]  # a later job: of these, 7 -> 3, 3 -> 7, 7 -> 7 and 3 -> 3 in turn
     second = jobs.store.create_job(conn, again, MODEL, {"test": "browse by prediction, later"})
-    jobs.results.store_results(conn, second, MODEL, predictions(again, [[3, 7][(k // 2) % 2] for k in range(60)], [0.8] * 60), [])
+    jobs.results.store_results(
+        conn, second, MODEL, predictions(again, [[3, 7][(k // 2) % 2] for k in range(60)], [0.8] * 60), []
+    )
     unpredicted = stored_images(conn, [7] * 5)  # newest, labelled 7, never predicted: not listed
     expected = latest_predicted(conn, 7)
     latest_sevens = {ids[k] for k in range(60) if (k // 2) % 2} | {ids[k] for k in range(60, 120) if k % 2}
@@ -254,5 +296,8 @@ def test_browse_by_prediction_lists_each_image_whose_latest_prediction_is_the_di
     assert walk(client, "/browse?digit=7&by=prediction") == expected
     by_number = []
     for page in range(1, len(expected) // 48 + 2):
-        by_number += [int(image_id) for image_id in IMAGE_IN_CARD.findall(client.get(f"/browse?digit=7&by=prediction&page={page}").text)]
+        by_number += [
+            int(image_id)
+            for image_id in IMAGE_IN_CARD.findall(client.get(f"/browse?digit=7&by=prediction&page={page}").text)
+        ]
     assert by_number == expected

@@ -43,7 +43,9 @@ def stack_env(stack_dir: Path) -> dict[str, str]:
 
 
 def run_stack_command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stack", *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "stack", *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=180
+    )
 
 
 def wait_until_ready(process: subprocess.Popen, stack_dir: Path, log_path: Path) -> StackState:
@@ -64,7 +66,11 @@ def running_stack(env: dict[str, str], *up_args: str) -> Iterator[StackState]:
     log_path = stack_dir.parent / f"up-{time.monotonic_ns()}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "stack", "up", *up_args], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "stack", "up", *up_args],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
         state = wait_until_ready(process, stack_dir, log_path)
@@ -92,7 +98,9 @@ def test_embedded_stack_predicts_and_keeps_its_data_across_a_restart(tmp_path):
         assert result.images == IMAGES and result.accuracy >= 0.98 and result.seconds > 0
         digits, labels = mnist_test_digits(1)  # an upload takes the stack's upload consumer
         picture = png_bytes(digits[0])
-        upload = urllib.request.Request(f"{state.web_url}/api/predictions?wait=10", data=picture, headers={"Content-Type": "image/png"})
+        upload = urllib.request.Request(
+            f"{state.web_url}/api/predictions?wait=10", data=picture, headers={"Content-Type": "image/png"}
+        )
         with urllib.request.urlopen(upload, timeout=30) as answer:
             assert answer.status == 200 and json.load(answer)["label"] == labels[0]
         redis.Redis.from_url(state.redis_url).set(MARKER_KEY, "kept")
@@ -103,7 +111,10 @@ def test_embedded_stack_predicts_and_keeps_its_data_across_a_restart(tmp_path):
             assert jobs.store.get_job(conn, result.job_id)["status"] == "done"
         assert redis.Redis.from_url(state.redis_url).get(MARKER_KEY) == b"kept"
         psql = subprocess.run(
-            embedded.psql_command(state.database_url), input="SELECT count(*) FROM input_data;", capture_output=True, text=True
+            embedded.psql_command(state.database_url),
+            input="SELECT count(*) FROM input_data;",
+            capture_output=True,
+            text=True,
         )
         assert psql.returncode == 0 and f" {IMAGES + 1}\n" in psql.stdout  # the demo's images and the upload
 
@@ -149,7 +160,11 @@ def test_stack_restarts_a_killed_worker_and_web_then_gives_up_on_a_worker_that_k
         log_path = tmp_path / "up.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "stack", "up", "--workers", "1"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "stack", "up", "--workers", "1"],
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         try:
             first = wait_until_ready(process, stack_dir, log_path)
@@ -158,7 +173,10 @@ def test_stack_restarts_a_killed_worker_and_web_then_gives_up_on_a_worker_that_k
                 os.killpg(first.children[name], signal.SIGKILL)
             pids = {name: wait_for_restart(stack_dir, name, first.children[name]) for name in ("worker", "web")}
             for name, pid in pids.items():  # the state file names the process that runs, which ./run down stops
-                assert f"-m\0{name if name == 'worker' else 'web.serve'}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+                assert (
+                    f"-m\0{name if name == 'worker' else 'web.serve'}".encode()
+                    in Path(f"/proc/{pid}/cmdline").read_bytes()
+                )
             deadline = time.monotonic() + RESTART_SECONDS
             while not http_ok(f"{first.web_url}/healthz")():
                 assert time.monotonic() < deadline, log_path.read_text()

@@ -37,7 +37,9 @@ def server_statements(conn: connection.Connection) -> list[str]:
 def plans(conn: connection.Connection, statement: str) -> tuple[int, int]:
     """(generic, custom) plans this connection made of a prepared statement."""
     rows = connection.query(
-        conn, "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = %s", (server_text(statement),)
+        conn,
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = %s",
+        (server_text(statement),),
     )
     return rows[0]
 
@@ -76,13 +78,18 @@ def test_a_statement_the_server_forgot_is_prepared_again(autocommit_conn):
     assert server_statements(autocommit_conn).count(server_text(DOUBLE)) == 1
 
 
-def test_a_worker_lane_plans_each_statement_once_where_a_plain_connection_plans_each_execution(autocommit_conn, database_url):
+def test_a_worker_lane_plans_each_statement_once_where_a_plain_connection_plans_each_execution(
+    autocommit_conn, database_url
+):
     """PostgreSQL makes a custom plan for each of a prepared statement's first five executions, and
     for ever after when it estimates the generic plan dearer: the worker's store statements were
     re-planned at every micro-batch. A lane's connection takes the generic plan from the first."""
     lane = DatabaseLane(database_url, threaded=False)
     for n in range(8):
-        assert lane.submit(connection.query_one, DOUBLE, {"n": n, "label": "lane"}, False, True).result() == (2 * n, "lane")
+        assert lane.submit(connection.query_one, DOUBLE, {"n": n, "label": "lane"}, False, True).result() == (
+            2 * n,
+            "lane",
+        )
         connection.query_one(autocommit_conn, DOUBLE, {"n": n, "label": "plain"}, prepare=True)
     assert lane.submit(plans, DOUBLE).result() == (8, 0)
     assert plans(autocommit_conn, DOUBLE)[1] >= 5
@@ -91,7 +98,9 @@ def test_a_worker_lane_plans_each_statement_once_where_a_plain_connection_plans_
 
 def jobs_rows_read(conn: connection.Connection) -> int:
     """Rows of ``jobs`` read so far, by scans and by index look-ups, as the statistics collector has them."""
-    row = connection.query_one(conn, "SELECT seq_tup_read + COALESCE(idx_tup_fetch, 0) FROM pg_stat_user_tables WHERE relname = 'jobs'")
+    row = connection.query_one(
+        conn, "SELECT seq_tup_read + COALESCE(idx_tup_fetch, 0) FROM pg_stat_user_tables WHERE relname = 'jobs'"
+    )
     return row[0]
 
 
@@ -101,7 +110,8 @@ def test_a_lane_that_planned_beside_few_jobs_still_finds_a_batchs_jobs_by_key_wh
     with scratch.database_with_schema(scratch.unique_name("mnistq_plans")) as url:
         setup = connection.connect(url, autocommit=True)
         image = connection.query_one(
-            setup, "INSERT INTO input_data (image_data, image_shape, dataset_split) VALUES ('\\x00', '{28,28}', 'upload') RETURNING id"
+            setup,
+            "INSERT INTO input_data (image_data, image_shape, dataset_split) VALUES ('\\x00', '{28,28}', 'upload') RETURNING id",
         )[0]
 
         def new_jobs(count: int) -> list[int]:
@@ -138,10 +148,14 @@ def test_a_lane_that_planned_beside_few_jobs_still_finds_a_batchs_jobs_by_key_wh
 
 def test_images_read_by_copy_are_the_bytes_and_labels_stored(conn):
     stored = [(b"\x93NUMPY first image", 3), (b"", None), (bytes(range(256)), 0)]
-    rows = [ImageRow(data, label, [28, 28], "upload", None, f"copy-{index}") for index, (data, label) in enumerate(stored)]
+    rows = [
+        ImageRow(data, label, [28, 28], "upload", None, f"copy-{index}") for index, (data, label) in enumerate(stored)
+    ]
     ids = images.store.insert_images(conn, rows)
     assert len(ids) == 3
-    assert images.store.fetch_images(conn, [*ids, 2**40]) == {image_id: data for image_id, (data, _) in zip(ids, stored, strict=True)}
+    assert images.store.fetch_images(conn, [*ids, 2**40]) == {
+        image_id: data for image_id, (data, _) in zip(ids, stored, strict=True)
+    }
     fetched, labels = images.store.fetch_images_and_labels(conn, ids)
     assert fetched == {image_id: data for image_id, (data, _) in zip(ids, stored, strict=True)}
     assert labels == {ids[0]: 3, ids[2]: 0}  # an unlabelled image has no entry
@@ -155,7 +169,9 @@ def test_predictions_written_by_copy_read_back_as_predicted(conn):
     ids = images.store.insert_images(conn, rows)
     job_id = jobs.store.create_job(conn, ids, "mnist_cnn-0123456789ab", {"split": "upload"})
     probabilities = np.random.default_rng(11).dirichlet(np.ones(NUM_CLASSES), size=count).astype(np.float32)
-    stored = jobs.results.store_results(conn, job_id, "mnist_cnn-0123456789ab", PredictionBatch.of(ids, probabilities), [])
+    stored = jobs.results.store_results(
+        conn, job_id, "mnist_cnn-0123456789ab", PredictionBatch.of(ids, probabilities), []
+    )
     assert stored == (count, 0)
     rows = connection.query(
         conn,
@@ -172,14 +188,18 @@ def test_predictions_written_by_copy_read_back_as_predicted(conn):
         # The vector is a BYTEA of ten little-endian float32, whatever the machine's byte order.
         assert isinstance(vector, bytes) and np.array_equal(np.frombuffer(vector, dtype="<f4"), expected)
     # A redelivered batch meets the primary key and goes through the staging table's COPY: nothing new.
-    assert jobs.results.store_results(conn, job_id, "mnist_cnn-0123456789ab", PredictionBatch.of(ids, probabilities), []) == (0, 0)
+    assert jobs.results.store_results(
+        conn, job_id, "mnist_cnn-0123456789ab", PredictionBatch.of(ids, probabilities), []
+    ) == (0, 0)
 
 
 def test_an_empty_model_version_is_refused_and_nothing_is_stored(conn):
     ids = images.store.insert_images(conn, [ImageRow(b"\x01", None, [28, 28], "upload", None, "copy-empty-version")])
     job_id = jobs.store.create_job(conn, ids, "v", {"split": "upload"})
     with pytest.raises(ValueError, match="model_version"):
-        jobs.results.store_results(conn, job_id, "", PredictionBatch.of(ids, np.full((1, NUM_CLASSES), 0.1, np.float32)), [])
+        jobs.results.store_results(
+            conn, job_id, "", PredictionBatch.of(ids, np.full((1, NUM_CLASSES), 0.1, np.float32)), []
+        )
     assert jobs.store.rows_for_job(conn, job_id) == (1, 0, 0)
 
 

@@ -22,7 +22,10 @@ def test_bulk_batches_and_uploads_each_land_in_their_own_queue(settings):
         try:
             assert jobs.service.enqueue_bulk(app, config, 1, list(range(10)), 4) == 3
             queues.uploads.enqueue(config, 2, [7])
-            assert (queues.broker.queued_messages(app, queues.broker.bulk_queue(config)), queues.uploads.waiting(config)) == (3, 1)
+            assert (
+                queues.broker.queued_messages(app, queues.broker.bulk_queue(config)),
+                queues.uploads.waiting(config),
+            ) == (3, 1)
         finally:
             for queue in app.amqp.queues.values():
                 queue(connection.default_channel).delete()
@@ -89,6 +92,7 @@ def test_an_error_that_is_not_an_outage_splits_the_batch_and_is_not_retried(sett
     task = bound_task(settings, monkeypatch, BrokenLane())
     monkeypatch.setattr(task, "retry", lambda *args, **kwargs: pytest.fail("a bug was retried"))
     splits = []
+
     def split(_task, _job_id, image_ids, _why):
         splits.append(image_ids)
         return {"done": 0, "failed": 0}

@@ -43,7 +43,10 @@ def test_a_waiting_upload_answers_its_stored_prediction_with_location_and_securi
     body = answer.get_json()
     assert answer.status_code == 200 and body["status"] == "done" and body["label"] == labels[0], body
     assert answer.headers["Location"] == body["status_url"] and answer.headers["Content-Type"] == "application/json"
-    assert answer.headers["Cache-Control"] == "no-store" and "default-src 'none'" in answer.headers["Content-Security-Policy"]
+    assert (
+        answer.headers["Cache-Control"] == "no-store"
+        and "default-src 'none'" in answer.headers["Content-Security-Policy"]
+    )
     looked_up = create_app(TEST_CONFIG, settings=settings).test_client().get(body["status_url"])
     assert looked_up.status_code == 200 and looked_up.get_json() == body  # the stored prediction, field for field
 
@@ -55,7 +58,11 @@ def test_without_wait_the_upload_answers_202_queued_and_is_predicted_once(worker
     assert answer.status_code == 202 and body["status"] == "queued" and body["label"] is None
     done = create_app(TEST_CONFIG, settings=settings).test_client().get(f"{body['status_url']}?wait=10").get_json()
     assert done["status"] == "done" and done["label"] == labels[1]
-    rows = query(conn, "SELECT count(*) FROM predictions p JOIN jobs j ON j.id = p.job_id WHERE j.public_token = %s", (body["token"],))
+    rows = query(
+        conn,
+        "SELECT count(*) FROM predictions p JOIN jobs j ON j.id = p.job_id WHERE j.public_token = %s",
+        (body["token"],),
+    )
     assert rows == [(1,)]
 
 
@@ -120,7 +127,9 @@ def test_answers_still_come_after_the_processs_listen_connection_is_killed(worke
     killed = listener.backend_pid()
     assert killed is not None
     query(conn, "SELECT pg_terminate_backend(%s)", (killed,))
-    second = client.post("/api/predictions?wait=10", data=images[3], content_type="image/png")  # heard again, or read back
+    second = client.post(
+        "/api/predictions?wait=10", data=images[3], content_type="image/png"
+    )  # heard again, or read back
     deadline = time.monotonic() + 10
     while listener.backend_pid() in (None, killed) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -135,7 +144,10 @@ def test_answers_still_come_after_the_processs_listen_connection_is_killed(worke
 
 def test_when_every_thread_that_may_wait_waits_an_upload_answers_at_once_queued(private_queue, pictures):
     listener = progress_listener.Waiters(most_waits=1)
-    with create_app(TEST_CONFIG, settings=private_queue).app_context(), listener.hold() as held:  # the one place is taken
+    with (
+        create_app(TEST_CONFIG, settings=private_queue).app_context(),
+        listener.hold() as held,
+    ):  # the one place is taken
         assert held
         queued = predictions.accept_upload(backends.get_db(), private_queue, pictures[0][0], None)
         started = time.monotonic()
@@ -158,11 +170,18 @@ def test_served_the_health_checks_answer_while_uploads_wait_on_every_thread_they
     predicts yet; /healthz and /readyz still answer at once, the waits past the 2 answer at once (queued),
     and the 2 that wait are answered once the upload reaches the worker's queue."""
     threads, processes = 6, 1
-    env = {**worker_env, "QUEUE_PREFIX": private_queue.queue_prefix, "WEB_THREADS": str(threads), "UPLOAD_RATE_LIMIT": "off"}
+    env = {
+        **worker_env,
+        "QUEUE_PREFIX": private_queue.queue_prefix,
+        "WEB_THREADS": str(threads),
+        "UPLOAD_RATE_LIMIT": "off",
+    }
     server = WebServer(env, tmp_path / "web.log", workers=processes)
     try:
         server.wait_ready()
-        request = urllib.request.Request(f"{server.url}/api/predictions", data=pictures[0][0], headers={"Content-Type": "image/png"})
+        request = urllib.request.Request(
+            f"{server.url}/api/predictions", data=pictures[0][0], headers={"Content-Type": "image/png"}
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             queued = json.load(response)
         waits = 2 * threads

@@ -154,16 +154,22 @@ def test_an_upload_that_killed_consumers_too_often_is_failed_not_tried_again(wor
     queues.uploads.client(settings.redis_url).lpush(queues.uploads.queue_name(settings), entry)
     job = wait_for_job(conn, job_id, timeout=30)
     assert (job["status"], job["done_count"], job["failed_count"]) == ("failed", 0, 1)
-    assert jobs.queries.job_failures(conn, job_id) == [(image_id, f"gave up after {MAX_DELIVERIES} attempts: the worker died on this image")]
+    assert jobs.queries.job_failures(conn, job_id) == [
+        (image_id, f"gave up after {MAX_DELIVERIES} attempts: the worker died on this image")
+    ]
 
 
 def test_an_upload_given_up_on_after_its_prediction_was_stored_keeps_its_one_prediction(worker, conn, settings):
     """The last consumer it killed died after its commit: giving it up must not add a failure beside the prediction."""
     job_id, image_id = new_upload(conn)
     probabilities = np.eye(10, dtype=np.float32)[[5]]
-    assert jobs.results.store_results(conn, job_id, production_version(conn), PredictionBatch.of([image_id], probabilities), []) == (1, 0)
+    assert jobs.results.store_results(
+        conn, job_id, production_version(conn), PredictionBatch.of([image_id], probabilities), []
+    ) == (1, 0)
     queue = queues.uploads.queue_name(settings)
-    queues.uploads.client(settings.redis_url).lpush(queue, queues.uploads.encode_entry(job_id, image_id, deaths=MAX_DELIVERIES))
+    queues.uploads.client(settings.redis_url).lpush(
+        queue, queues.uploads.encode_entry(job_id, image_id, deaths=MAX_DELIVERIES)
+    )
     behind = submit_upload(conn, settings, IMAGE, production_version(conn), {"upload": None}).id  # taken after it
     assert wait_for_job(conn, behind, timeout=30)["done_count"] == 1
     job = jobs.store.get_job(conn, job_id)

@@ -68,7 +68,9 @@ def png_claiming_size(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def animated_gif() -> bytes:
@@ -143,7 +145,9 @@ client.get(response.json["status_url"])
 heavy = sorted(name for name in sys.modules if name.split(".")[0] in ("tensorflow", "keras", "ai_edge_litert", "worker"))
 assert not heavy, heavy
 """
-    result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -188,7 +192,9 @@ def test_raw_body_upload_with_wait_returns_the_result(worker, client, seven_png)
 def test_upload_job_goes_to_the_upload_queue_as_an_upload_job(private_queue, conn, seven_png):
     client = create_app(TEST_CONFIG, settings=private_queue).test_client()
     # One more image than jobs, so that even in a fresh database the job and image ids differ.
-    images.store.insert_images(conn, [ImageRow(encode_image(np.zeros((28, 28), np.uint8)), None, [28, 28], "upload", None, None)])
+    images.store.insert_images(
+        conn, [ImageRow(encode_image(np.zeros((28, 28), np.uint8)), None, [28, 28], "upload", None, None)]
+    )
     accepted = client.post("/api/predictions", data=seven_png, content_type="application/octet-stream")
     assert accepted.status_code == 202
     job_id = job_id_of(conn, accepted.json["token"])
@@ -200,7 +206,10 @@ def test_upload_job_goes_to_the_upload_queue_as_an_upload_job(private_queue, con
     assert len(waiting) == 1 and waiting[0].startswith(f"{job_id}:{image_id}@".encode())
     assert queues.uploads.decode_entry(waiting[0]) == (job_id, image_id, 0)
     assert 0 <= time.time() - queues.uploads.accepted_at(waiting[0]) < 30
-    assert queues.broker.queued_messages(queues.broker.celery_app(private_queue), queues.broker.bulk_queue(private_queue)) == 0
+    assert (
+        queues.broker.queued_messages(queues.broker.celery_app(private_queue), queues.broker.bulk_queue(private_queue))
+        == 0
+    )
 
 
 @pytest.mark.parametrize("name", BAD_PICTURES)
@@ -286,7 +295,9 @@ def test_unknown_predictions_are_404(client, conn):
 
 def test_job_api_runs_a_selection_and_reports_accuracy(worker, client, conn):
     digit_images, labels = digits.mnist_test_digits(50)
-    images.store.insert_images(conn, list(ingest.mnist_rows(digit_images, labels, "test")))  # already there when the pipeline test ran
+    images.store.insert_images(
+        conn, list(ingest.mnist_rows(digit_images, labels, "test"))
+    )  # already there when the pipeline test ran
     accepted = client.post("/api/jobs", json={"split": "test", "limit": 50})
     assert accepted.status_code == 202 and accepted.json["total_images"] == 50
     job_id = accepted.json["id"]
@@ -382,7 +393,9 @@ def finished_job(worker, settings):
     ]
     ids = images.store.insert_images(conn, rows)
     selection = jobs.service.Selection(image_ids=tuple(ids))
-    job_id = jobs.service.submit_job(conn, queues.broker.celery_app(settings), settings, selection, model_version(settings.model_path), 8).id
+    job_id = jobs.service.submit_job(
+        conn, queues.broker.celery_app(settings), settings, selection, model_version(settings.model_path), 8
+    ).id
     assert jobs.progress.wait_for_job(conn, job_id)["status"] == "done"
     conn.close()
     return {"job": job_id, "ids": ids, "wrong_label": wrong_label, "digit": int(labels[1])}
@@ -405,13 +418,20 @@ def test_job_page_shows_per_class_accuracy_and_the_heat_map(client, finished_job
 def test_mistakes_page_shows_the_wrong_prediction(client, finished_job):
     page = client.get(f"/mistakes?job={finished_job['job']}")
     assert page.status_code == 200
-    assert f"/images/{finished_job['ids'][0]}.png" in page.text and f"/images/{finished_job['ids'][1]}.png" not in page.text
+    assert (
+        f"/images/{finished_job['ids'][0]}.png" in page.text
+        and f"/images/{finished_job['ids'][1]}.png" not in page.text
+    )
     assert client.get("/mistakes?page=2").status_code == 200
 
 
 def test_low_confidence_page_takes_a_threshold(client, finished_job, settings):
     conn = connection.connect(settings.database_url)
-    stored = dict(connection.query(conn, "SELECT input_data_id, confidence FROM predictions WHERE job_id = %s", (finished_job["job"],)))
+    stored = dict(
+        connection.query(
+            conn, "SELECT input_data_id, confidence FROM predictions WHERE job_id = %s", (finished_job["job"],)
+        )
+    )
     conn.close()
     # "Under 1": every prediction but those the model is certain of (an int8 model's softmax
     # reaches exactly 1.0), and under the most confident one's value, all but that one.
@@ -463,12 +483,16 @@ def test_bad_page_parameters_get_a_readable_400(client, url):
 
 def test_image_endpoint_renders_the_stored_28x28_image(client, conn):
     array = (np.arange(784) % 256).astype(np.uint8).reshape(28, 28)
-    image_id = images.store.insert_images(conn, [ImageRow(encode_image(array), None, [28, 28], "upload", None, None)])[0]
+    image_id = images.store.insert_images(conn, [ImageRow(encode_image(array), None, [28, 28], "upload", None, None)])[
+        0
+    ]
     response = client.get(f"/images/{image_id}.png")
     assert response.status_code == 200 and response.mimetype == "image/png"
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(response.data))), array)
 
-    corrupt_id = images.store.insert_images(conn, [ImageRow(b"\x93NUMPY nonsense", None, [28, 28], "upload", None, None)])[0]
+    corrupt_id = images.store.insert_images(
+        conn, [ImageRow(b"\x93NUMPY nonsense", None, [28, 28], "upload", None, None)]
+    )[0]
     assert client.get(f"/images/{corrupt_id}.png").status_code == 404
     assert client.get("/images/987654321.png").status_code == 404
 
@@ -477,7 +501,9 @@ def test_an_upload_overtakes_a_large_bulk_job(worker, settings, client, conn, se
     digit_images, labels = digits.mnist_test_digits(BULK_IMAGES)
     images.store.insert_images(conn, list(ingest.mnist_rows(digit_images, labels, "test")))
     selection = jobs.service.Selection(split="test", limit=BULK_IMAGES)
-    bulk_job = jobs.service.submit_job(conn, queues.broker.celery_app(settings), settings, selection, model_version(settings.model_path), SMALL_BATCH)
+    bulk_job = jobs.service.submit_job(
+        conn, queues.broker.celery_app(settings), settings, selection, model_version(settings.model_path), SMALL_BATCH
+    )
     assert bulk_job.batches == BULK_IMAGES // SMALL_BATCH + 1
 
     upload = client.post(f"/api/predictions?wait={WAIT}", data=seven_png, content_type="image/png")

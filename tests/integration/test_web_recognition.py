@@ -47,7 +47,9 @@ def direct_recognition_rate(conn, settings, digit_images: np.ndarray, labels: np
     ]
     image_ids = images.store.insert_images(conn, rows)
     selection = jobs.service.Selection(image_ids=tuple(image_ids))
-    job_id = jobs.service.submit_job(conn, queues.broker.celery_app(settings), settings, selection, model_version(settings.model_path)).id
+    job_id = jobs.service.submit_job(
+        conn, queues.broker.celery_app(settings), settings, selection, model_version(settings.model_path)
+    ).id
     assert jobs.progress.wait_for_job(conn, job_id)["status"] == "done"
     confusion = confusion_matrix(jobs.queries.label_pair_counts(conn, job_id))
     return float(np.trace(confusion) / confusion.sum())

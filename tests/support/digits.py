@@ -27,7 +27,9 @@ def render_on_paper(digit: np.ndarray, rng: np.random.Generator, image_format: s
     ink = Image.fromarray(WHITE - digit).resize((side, side), Image.Resampling.BILINEAR)
     paper = Image.new("L", (PAPER_SIDE, PAPER_SIDE), WHITE)
     room = PAPER_SIDE - side
-    left, top = (int(rng.choice([rng.integers(0, room // 4 + 1), rng.integers(3 * room // 4, room + 1)])) for _ in range(2))
+    left, top = (
+        int(rng.choice([rng.integers(0, room // 4 + 1), rng.integers(3 * room // 4, room + 1)])) for _ in range(2)
+    )
     paper.paste(ink, (left, top))
     buffer = io.BytesIO()
     paper.save(buffer, format=image_format)

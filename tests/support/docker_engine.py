@@ -42,7 +42,9 @@ class Engine:
     def docker(self, *args: str, check: bool = True, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
         ran = subprocess.run(["docker", *args], env=self.env, capture_output=True, text=True, timeout=timeout, **kwargs)
         if check and ran.returncode != 0:
-            raise RuntimeError(f"docker {' '.join(args)} exited {ran.returncode}:\n{ran.stdout[-3000:]}\n{ran.stderr[-3000:]}")
+            raise RuntimeError(
+                f"docker {' '.join(args)} exited {ran.returncode}:\n{ran.stdout[-3000:]}\n{ran.stderr[-3000:]}"
+            )
         return ran
 
     def image_exists(self, tag: str) -> bool:
@@ -50,7 +52,9 @@ class Engine:
 
     def stop(self) -> None:
         if self.process is None:
-            if self.root is None and "DOCKER_CONFIG" in self.env:  # DOCKER_HOST's engine runs on; our client config goes
+            if (
+                self.root is None and "DOCKER_CONFIG" in self.env
+            ):  # DOCKER_HOST's engine runs on; our client config goes
                 shutil.rmtree(self.env["DOCKER_CONFIG"], ignore_errors=True)
             return
         if self.process.poll() is None:
@@ -79,7 +83,9 @@ def client_env(host: str, config_dir: Path) -> dict[str, str]:
 
 def engine_answers(env: dict[str, str]) -> bool:
     try:
-        ran = subprocess.run(["docker", "version", "--format", "{{.Server.Version}}"], env=env, capture_output=True, timeout=20)
+        ran = subprocess.run(
+            ["docker", "version", "--format", "{{.Server.Version}}"], env=env, capture_output=True, timeout=20
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return ran.returncode == 0
@@ -117,7 +123,9 @@ def start_engine() -> Engine:
         "--userland-proxy=true",
     ]
     log = (root / "dockerd.log").open("w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
     engine = Engine(host=host, root=root, process=process, env=client_env(host, root / "config"))
     deadline = time.monotonic() + ENGINE_START_SECONDS
     while time.monotonic() < deadline:
@@ -134,7 +142,9 @@ def start_engine() -> Engine:
 def unmount_below(root: Path) -> None:
     """Mounts a killed engine may have left below its folder, deepest first, so none is deleted through."""
     prefix = f"{root}/"
-    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if line.split()[1].startswith(prefix)]
+    mounts = [
+        line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if line.split()[1].startswith(prefix)
+    ]
     for mount in sorted(mounts, key=len, reverse=True):
         subprocess.run(["umount", "-l", mount], capture_output=True)
 
@@ -152,7 +162,9 @@ class Compose:
     def __post_init__(self) -> None:
         self.command = self.command or compose_command(self.engine.env)
 
-    def __call__(self, *args: str, check: bool = True, timeout: float = 900, input: str | None = None) -> subprocess.CompletedProcess:
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 900, input: str | None = None
+    ) -> subprocess.CompletedProcess:
         files = [part for path in self.files for part in ("-f", str(path))]
         full = [*self.command, "--project-name", self.project, "--env-file", str(self.env_file), *files, *args]
         stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
@@ -166,7 +178,14 @@ class Compose:
 
     def running(self, service: str) -> list[str]:
         label = f"label=com.docker.compose.project={self.project}"
-        filters = ("--filter", label, "--filter", f"label=com.docker.compose.service={service}", "--filter", "status=running")
+        filters = (
+            "--filter",
+            label,
+            "--filter",
+            f"label=com.docker.compose.service={service}",
+            "--filter",
+            "status=running",
+        )
         return self.engine.docker("ps", "-q", "--no-trunc", *filters).stdout.split()
 
     def resources(self, kind: str) -> list[str]:
@@ -192,4 +211,6 @@ def compose_command(env: dict[str, str]) -> list[str]:
         return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
-    raise EngineUnavailable("no Compose: neither the docker compose plugin nor docker-compose (apt-get install docker-compose)")
+    raise EngineUnavailable(
+        "no Compose: neither the docker compose plugin nor docker-compose (apt-get install docker-compose)"
+    )

@@ -139,7 +139,13 @@ def base_image(engine: Engine, workdir: Path) -> str:
 
 def trim(rootfs: Path) -> None:
     """What an image needs not: downloaded packages, package lists (builds update them), docs."""
-    for pattern in ("var/cache/apt/archives/*.deb", "var/cache/apt/*.bin", "var/lib/apt/lists/*", "usr/share/doc/*", "usr/share/man/*"):
+    for pattern in (
+        "var/cache/apt/archives/*.deb",
+        "var/cache/apt/*.bin",
+        "var/lib/apt/lists/*",
+        "usr/share/doc/*",
+        "usr/share/man/*",
+    ):
         for path in rootfs.glob(pattern):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
@@ -149,8 +155,12 @@ def trim(rootfs: Path) -> None:
 
 def import_tree(engine: Engine, rootfs: Path, tag: str) -> None:
     changes = [part for change in IMPORT_CHANGES for part in ("--change", change)]
-    tar = subprocess.Popen(["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-cf", "-", "."], stdout=subprocess.PIPE)
-    imported = subprocess.run(["docker", "import", *changes, "-", tag], stdin=tar.stdout, env=engine.env, capture_output=True, text=True)
+    tar = subprocess.Popen(
+        ["tar", "--numeric-owner", "--xattrs", "-C", str(rootfs), "-cf", "-", "."], stdout=subprocess.PIPE
+    )
+    imported = subprocess.run(
+        ["docker", "import", *changes, "-", tag], stdin=tar.stdout, env=engine.env, capture_output=True, text=True
+    )
     assert tar.stdout is not None
     tar.stdout.close()
     if tar.wait() != 0 or imported.returncode != 0:
@@ -167,7 +177,17 @@ def standin_image(engine: Engine, name: str, base: str) -> str:
     if engine.image_exists(tag) or load_cached(engine, tag):
         return tag
     # Its apt-get needs Debian's mirror: on this machine's network, as the private engine routes nothing.
-    engine.docker("build", "--network", "host", "--build-arg", f"BASE_IMAGE={base}", "--tag", tag, str(context), timeout=BUILD_SECONDS)
+    engine.docker(
+        "build",
+        "--network",
+        "host",
+        "--build-arg",
+        f"BASE_IMAGE={base}",
+        "--tag",
+        tag,
+        str(context),
+        timeout=BUILD_SECONDS,
+    )
     save_cached(engine, tag)
     return tag
 

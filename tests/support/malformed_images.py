@@ -76,7 +76,9 @@ def _flip(data: bytes, changes: list[tuple[int, int]]) -> bytes:
 
 formats = st.sampled_from(FORMATS)
 random_bytes = st.binary(max_size=2048)
-behind_signature = st.builds(lambda signature, rest: signature + rest, st.sampled_from(SIGNATURES), st.binary(max_size=1024))
+behind_signature = st.builds(
+    lambda signature, rest: signature + rest, st.sampled_from(SIGNATURES), st.binary(max_size=1024)
+)
 truncated = formats.flatmap(lambda f: st.integers(0, len(SAMPLES[f]) - 1).map(lambda n: SAMPLES[f][:n]))
 corrupted = st.builds(
     lambda f, changes: _flip(SAMPLES[f], changes),
@@ -84,15 +86,27 @@ corrupted = st.builds(
     st.lists(st.tuples(st.integers(0, 2**16), st.integers(0, 255)), min_size=1, max_size=8),
 )
 any_claimed_size = formats.flatmap(
-    lambda f: st.builds(lambda w, h: claim_size(f, SAMPLES[f], w, h), st.integers(0, MAX_SIDE[f]), st.integers(0, MAX_SIDE[f]))
+    lambda f: st.builds(
+        lambda w, h: claim_size(f, SAMPLES[f], w, h), st.integers(0, MAX_SIDE[f]), st.integers(0, MAX_SIDE[f])
+    )
 )
 bombs = formats.flatmap(
     lambda f: st.builds(
-        lambda w, h: claim_size(f, SAMPLES[f], w, h), st.integers(BOMB_SIDE, MAX_SIDE[f]), st.integers(BOMB_SIDE, MAX_SIDE[f])
+        lambda w, h: claim_size(f, SAMPLES[f], w, h),
+        st.integers(BOMB_SIDE, MAX_SIDE[f]),
+        st.integers(BOMB_SIDE, MAX_SIDE[f]),
     )
 )
 # Everything a client might send as an image, weighted towards the damaged real pictures.
-uploads = st.one_of(random_bytes, behind_signature, truncated, corrupted, any_claimed_size, bombs, st.sampled_from(list(SAMPLES.values())))
+uploads = st.one_of(
+    random_bytes,
+    behind_signature,
+    truncated,
+    corrupted,
+    any_claimed_size,
+    bombs,
+    st.sampled_from(list(SAMPLES.values())),
+)
 image_content_types = st.sampled_from(
     ["image/png", "image/jpeg", "image/gif", "image/bmp", "image/webp", "image/x-unknown", "application/octet-stream"]
 )

@@ -46,7 +46,12 @@ class WorkerProcess(ChildProcess):
     """
 
     def __init__(
-        self, env: dict[str, str], log_path: Path, concurrency: int = 1, queues: str | None = None, module: str = "worker.bulk"
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        concurrency: int = 1,
+        queues: str | None = None,
+        module: str = "worker.bulk",
     ) -> None:
         command = [
             sys.executable, "-m", module,
@@ -71,7 +76,9 @@ class Workers(ChildProcess):
         super().__init__("python -m worker", command, {"WORKER_CONCURRENCY": "1", **env}, log_path)
 
     def wait_ready(self, timeout: float = WORKER_READY_SECONDS) -> None:
-        self.wait_until(lambda: all(line in self.log_path.read_bytes() for line in (b" ready.", b"upload consumer")), timeout)
+        self.wait_until(
+            lambda: all(line in self.log_path.read_bytes() for line in (b" ready.", b"upload consumer")), timeout
+        )
 
 
 class WebServer(ChildProcess):
@@ -79,7 +86,9 @@ class WebServer(ChildProcess):
 
     def __init__(self, env: dict[str, str], log_path: Path, workers: int = 2) -> None:
         self.url = f"http://127.0.0.1:{free_port()}"
-        super().__init__("web server", serve.command(self.url.removeprefix("http://"), processes=workers), env, log_path)
+        super().__init__(
+            "web server", serve.command(self.url.removeprefix("http://"), processes=workers), env, log_path
+        )
 
     def wait_ready(self, timeout: float = WEB_READY_SECONDS) -> None:
         self.wait_until(self._answers_healthz, timeout)
@@ -119,6 +128,7 @@ class RedisServer(ChildProcess):
 # The session worker's webhook secret (tests/integration/conftest.py): the loopback receivers check it.
 WEBHOOK_SECRET = "test-webhook-secret-0123456789abcdef"
 
+
 def table_counts(conn: Connection) -> tuple[int, int]:
     """Rows in input_data and jobs: what a refused input must leave unchanged."""
     return tuple(query_one(conn, "SELECT (SELECT count(*) FROM input_data), (SELECT count(*) FROM jobs)"))
@@ -131,7 +141,9 @@ def fingerprint(conn: Connection, exclude: frozenset[str] = frozenset()) -> dict
         tables = [row[0] for row in cursor.fetchall() if row[0] not in exclude]
         result = {}
         for table in tables:
-            query = sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0) FROM {} t").format(sql.Identifier(table))
+            query = sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0) FROM {} t").format(
+                sql.Identifier(table)
+            )
             cursor.execute(query)
             result[table] = cursor.fetchone()
     conn.commit()
@@ -221,4 +233,6 @@ def run_entrypoint(database_url: str, schema_database_url: str | None, *command:
     env |= {"DATABASE_URL": database_url, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"}
     if schema_database_url is not None:
         env["SCHEMA_DATABASE_URL"] = schema_database_url
-    return subprocess.run([str(ENTRYPOINT), *command], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(ENTRYPOINT), *command], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )

@@ -29,7 +29,9 @@ def no_services(monkeypatch: pytest.MonkeyPatch) -> None:
     def guarded(real):
         def connect(self, address):
             if self.family in NETWORK_FAMILIES:
-                raise ServiceUsedInUnitTest(f"a unit test opened a connection to {address}: it belongs in tests/integration")
+                raise ServiceUsedInUnitTest(
+                    f"a unit test opened a connection to {address}: it belongs in tests/integration"
+                )
             return real(self, address)
 
         return connect

@@ -116,7 +116,9 @@ def test_thresholds_flag_the_least_sure_share_and_count_the_errors_they_catch():
 def test_ties_at_the_threshold_are_not_flagged():
     probabilities, labels = two_class([0.6] + [0.99] * 9, [False] + [True] * 9)
     (row,) = threshold_table(probabilities, labels, flag_shares=(0.2,))
-    assert row["threshold"] == pytest.approx(0.99) and row["flagged"] == pytest.approx(0.1) and row["errors_caught"] == 1.0
+    assert (
+        row["threshold"] == pytest.approx(0.99) and row["flagged"] == pytest.approx(0.1) and row["errors_caught"] == 1.0
+    )
 
 
 @pytest.mark.parametrize("shares", [(0.0,), (1.0,), (-0.1,)])

@@ -57,7 +57,15 @@ def test_per_true_label_counts_fixed_broken_and_changed(compared):
 
 def test_both_wrong_in_different_ways_is_changed_but_neither_fixed_nor_broken():
     compared = Comparison.of(job(1, 1), job(2, 1), [(9, 4, 7, 1)])
-    assert compared.per_true_label()[9] == {"digit": 9, "images": 1, "a_correct": 0, "b_correct": 0, "fixed": 0, "broken": 0, "changed": 1}
+    assert compared.per_true_label()[9] == {
+        "digit": 9,
+        "images": 1,
+        "a_correct": 0,
+        "b_correct": 0,
+        "fixed": 0,
+        "broken": 0,
+        "changed": 1,
+    }
     assert compared.accuracy_a == compared.accuracy_b == 0.0
 
 
@@ -101,7 +109,9 @@ def test_the_json_holds_every_number_as_plain_values(compared):
 
 
 def test_the_versions_that_made_the_predictions_are_in_the_json():
-    compared = Comparison.of(job(1, 1, model="v1"), {**job(2, 1), "model_version": None}, [(1, 1, 1, 1)], ["v1"], ["v2"])
+    compared = Comparison.of(
+        job(1, 1, model="v1"), {**job(2, 1), "model_version": None}, [(1, 1, 1, 1)], ["v1"], ["v2"]
+    )
     summary = compared.as_json()
     assert (summary["a"]["model_version"], summary["a"]["prediction_versions"]) == ("v1", ["v1"])
     assert (summary["b"]["model_version"], summary["b"]["prediction_versions"]) == (None, ["v2"])
@@ -111,7 +121,10 @@ def test_the_diff_is_shaded_by_what_it_means_green_where_b_does_better_red_where
     diff = np.array([[2, -2], [4, -4]])  # more right and fewer 0s taken for 1s; more 1s taken for 0s, fewer right
     cells = difference_heatmap(diff)
     assert [[cell.count for cell in row] for row in cells] == diff.tolist()
-    assert [[cell.shade for cell in row] for row in cells] == [["heat-right-7", "heat-right-7"], ["heat-wrong-10", "heat-wrong-10"]]
+    assert [[cell.shade for cell in row] for row in cells] == [
+        ["heat-right-7", "heat-right-7"],
+        ["heat-wrong-10", "heat-wrong-10"],
+    ]
     assert difference_heatmap(np.zeros((2, 2), dtype=int))[0][0].shade == "heat-right-0"  # no change: blank
     stylesheet = (PROJECT_ROOT / "web" / "static" / "style.css").read_text()
     assert all(f".heatmap td.{cell.shade} " in stylesheet for row in cells for cell in row)

@@ -22,7 +22,11 @@ PROCESS_DATABASE_URL = "postgresql://from_process@db.example:5432/mnist"
 
 def test_development_defaults_work_without_the_flag():
     loaded = load_settings({})
-    assert (loaded.secret_key, loaded.database_url, loaded.production) == (DEVELOPMENT_SECRET_KEY, DEFAULT_DATABASE_URL, False)
+    assert (loaded.secret_key, loaded.database_url, loaded.production) == (
+        DEVELOPMENT_SECRET_KEY,
+        DEFAULT_DATABASE_URL,
+        False,
+    )
     assert loaded.max_queued_uploads == 1000
     assert loaded == Settings()  # an environment that sets nothing gives every default
     assert loaded.worker_niceness == 10  # bulk pool processes yield to uploads
@@ -31,13 +35,18 @@ def test_development_defaults_work_without_the_flag():
 def test_replace_changes_only_what_it_names(default_settings):
     changed = default_settings.replace(queue_prefix="elsewhere", batch_size=7)
     assert (changed.queue_prefix, changed.batch_size) == ("elsewhere", 7)
-    assert changed.replace(queue_prefix=default_settings.queue_prefix, batch_size=default_settings.batch_size) == default_settings
+    assert (
+        changed.replace(queue_prefix=default_settings.queue_prefix, batch_size=default_settings.batch_size)
+        == default_settings
+    )
     assert default_settings.queue_prefix == "mnist"  # frozen: the original is untouched
 
 
 def test_production_accepts_real_secrets():
     loaded = load_settings(PRODUCTION)
-    assert loaded.production and loaded.secret_key == PRODUCTION_SECRET and loaded.database_url == PRODUCTION_DATABASE_URL
+    assert (
+        loaded.production and loaded.secret_key == PRODUCTION_SECRET and loaded.database_url == PRODUCTION_DATABASE_URL
+    )
 
 
 @pytest.mark.parametrize(
@@ -51,7 +60,15 @@ def test_production_accepts_real_secrets():
         ("DATABASE_URL", "postgresql://mnist:mnist-dev@db/mnist", "development password"),
         ("DATABASE_URL", "postgresql://postgres:password@10.0.0.5/mnist", "development password"),
     ],
-    ids=["no secret", "dev secret", "no url", "default url", "password postgres", "password mnist-dev", "password password"],
+    ids=[
+        "no secret",
+        "dev secret",
+        "no url",
+        "default url",
+        "password postgres",
+        "password mnist-dev",
+        "password password",
+    ],
 )
 def test_production_refuses_development_defaults(name, value, message):
     with pytest.raises(ValueError, match=message):
@@ -112,7 +129,9 @@ def test_an_explicit_environment_reads_no_file(env_file):
 
 
 def test_production_refusals_apply_to_values_from_the_env_file(env_file, tmp_path):
-    (tmp_path / "test.env").write_text(f"MNIST_PRODUCTION=1\nSECRET_KEY={DEVELOPMENT_SECRET_KEY}\nDATABASE_URL={PRODUCTION_DATABASE_URL}\n")
+    (tmp_path / "test.env").write_text(
+        f"MNIST_PRODUCTION=1\nSECRET_KEY={DEVELOPMENT_SECRET_KEY}\nDATABASE_URL={PRODUCTION_DATABASE_URL}\n"
+    )
     with pytest.raises(ValueError, match="SECRET_KEY"):
         load_settings()
 
@@ -152,10 +171,15 @@ def test_cpu_settings_may_be_zero_but_not_negative(name):
 def test_the_access_settings_default_to_closed_pages_and_documented_limits():
     loaded = load_settings({})
     assert loaded.public_insights is False and loaded.trusted_proxy_hops == 0
-    assert (loaded.upload_rate_limit, loaded.signin_rate_limit) == (config.DEFAULT_UPLOAD_RATE_LIMIT, config.DEFAULT_SIGNIN_RATE_LIMIT)
+    assert (loaded.upload_rate_limit, loaded.signin_rate_limit) == (
+        config.DEFAULT_UPLOAD_RATE_LIMIT,
+        config.DEFAULT_SIGNIN_RATE_LIMIT,
+    )
 
 
-@pytest.mark.parametrize("value, public", [("1", True), ("yes", True), ("0", False), ("off", False), ("", False), ("demo", True)])
+@pytest.mark.parametrize(
+    "value, public", [("1", True), ("yes", True), ("0", False), ("off", False), ("", False), ("demo", True)]
+)
 def test_public_insights_is_a_flag_with_the_local_stacks_value(value, public):
     assert load_settings({"PUBLIC_INSIGHTS": value}).public_insights is public
 
@@ -166,7 +190,9 @@ def test_public_insights_must_be_a_known_value():
 
 
 def test_production_refuses_the_local_stacks_public_insights_but_takes_an_explicit_one():
-    with pytest.raises(ValueError, match="PUBLIC_INSIGHTS must be unset or 1 when MNIST_PRODUCTION is on: PUBLIC_INSIGHTS=demo"):
+    with pytest.raises(
+        ValueError, match="PUBLIC_INSIGHTS must be unset or 1 when MNIST_PRODUCTION is on: PUBLIC_INSIGHTS=demo"
+    ):
         load_settings({**PRODUCTION, "PUBLIC_INSIGHTS": "demo"})
     assert load_settings({**PRODUCTION, "PUBLIC_INSIGHTS": "1"}).public_insights is True
     assert load_settings(PRODUCTION).public_insights is False
@@ -181,7 +207,9 @@ def test_production_refuses_the_local_stacks_public_insights_but_takes_an_explic
         ({}, True, {}),  # production: operator pages stay closed unless PUBLIC_INSIGHTS=1 is set
     ],
 )
-def test_the_local_stack_opens_the_operator_pages_only_where_nobody_said_otherwise(monkeypatch, environ, production, expected):
+def test_the_local_stack_opens_the_operator_pages_only_where_nobody_said_otherwise(
+    monkeypatch, environ, production, expected
+):
     monkeypatch.setenv("ENV_FILE", "")
     monkeypatch.delenv("PUBLIC_INSIGHTS", raising=False)
     monkeypatch.delenv("MNIST_PRODUCTION", raising=False)
@@ -243,7 +271,9 @@ def test_mnist_production_takes_the_documented_words(value, production):
 
 @pytest.mark.parametrize("value", ["2", "maybe", "enabled", "-1"])
 def test_mnist_production_refuses_any_other_word_naming_the_accepted_ones(value):
-    with pytest.raises(ValueError, match=rf"^MNIST_PRODUCTION must be 1, true, yes, on or 0, false, no, off, empty, got '{value}'$"):
+    with pytest.raises(
+        ValueError, match=rf"^MNIST_PRODUCTION must be 1, true, yes, on or 0, false, no, off, empty, got '{value}'$"
+    ):
         load_settings({**PRODUCTION, "MNIST_PRODUCTION": value})
 
 
@@ -316,7 +346,11 @@ def test_choices_ignore_case_and_spaces():
 
 def test_paths_and_optional_paths_are_paths(tmp_path):
     loaded = load_settings({"WORKER_LIVENESS_FILE": str(tmp_path / "alive"), "MODEL_PATH": "/models/my.keras"})
-    assert (loaded.worker_liveness_file, loaded.model_path, loaded.metrics_dir) == (tmp_path / "alive", Path("/models/my.keras"), None)
+    assert (loaded.worker_liveness_file, loaded.model_path, loaded.metrics_dir) == (
+        tmp_path / "alive",
+        Path("/models/my.keras"),
+        None,
+    )
 
 
 def test_the_settings_class_reads_no_environment(monkeypatch):
@@ -341,5 +375,6 @@ def test_settings_are_frozen_and_replace_validates_again(default_settings):
 def test_the_schema_owner_follows_the_database_url_unless_given():
     assert Settings(database_url=PRODUCTION_DATABASE_URL).schema_database_url == PRODUCTION_DATABASE_URL
     assert (
-        Settings(database_url=PRODUCTION_DATABASE_URL, schema_database_url=PRODUCTION_OWNER_URL).schema_database_url == PRODUCTION_OWNER_URL
+        Settings(database_url=PRODUCTION_DATABASE_URL, schema_database_url=PRODUCTION_OWNER_URL).schema_database_url
+        == PRODUCTION_OWNER_URL
     )

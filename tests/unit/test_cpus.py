@@ -10,7 +10,9 @@ import pytest
 from shared.host import cpus
 from shared.host.cpus import available_cpus, cgroup_cpus, quota_cpus
 
-needs_affinity = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no scheduler affinity on this platform")
+needs_affinity = pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity"), reason="no scheduler affinity on this platform"
+)
 
 
 def test_quota_rounds_up_and_unlimited_is_none():

@@ -36,7 +36,11 @@ def test_a_worst_case_picture_decodes_within_the_budget(image_format, mode, opti
     data = worst_case_picture(image_format, mode, **options)
     run = subprocess.run(
         [sys.executable, "-c", PEAK_SCRIPT, str(MAX_PIXELS)],
-        input=data, capture_output=True, cwd=PROJECT_ROOT, timeout=60, check=True,
+        input=data,
+        capture_output=True,
+        cwd=PROJECT_ROOT,
+        timeout=60,
+        check=True,
     )
     peak_mb = int(run.stdout)
     assert peak_mb <= preprocess.DEFAULT_MAX_DECODE_BYTES / 2**20, f"{image_format} {mode}: {peak_mb} MB at its peak"

@@ -32,7 +32,11 @@ def test_refuses_pickled_objects():
 
 @pytest.mark.parametrize(
     "array, message",
-    [(np.zeros((28, 27), np.uint8), "28x28"), (np.zeros((3, 28, 28), np.uint8), "28x28"), (np.zeros((28, 28), np.float32), "uint8")],
+    [
+        (np.zeros((28, 27), np.uint8), "28x28"),
+        (np.zeros((3, 28, 28), np.uint8), "28x28"),
+        (np.zeros((28, 28), np.float32), "uint8"),
+    ],
 )
 def test_refuses_wrong_shapes_and_types(array, message):
     with pytest.raises(ValueError, match=message):

@@ -16,14 +16,21 @@ def test_every_import_contract_is_kept():
     contracts = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
     assert REQUIRED_CONTRACT_TYPES <= {contract["type"] for contract in contracts}
     # its own process: import-linter reconfigures logging, which other tests read
-    linter = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"]
+    linter = [
+        sys.executable,
+        "-c",
+        "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())",
+    ]
     result = subprocess.run([*linter, "--no-cache"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"Contracts: {len(contracts)} kept, 0 broken." in result.stdout
 
 
 def test_no_module_in_shared_is_over_350_lines():
-    sizes = {str(path.relative_to(PROJECT_ROOT)): len(path.read_text().splitlines()) for path in (PROJECT_ROOT / "shared").rglob("*.py")}
+    sizes = {
+        str(path.relative_to(PROJECT_ROOT)): len(path.read_text().splitlines())
+        for path in (PROJECT_ROOT / "shared").rglob("*.py")
+    }
     assert sizes, "found no modules in shared/"
     assert {name: lines for name, lines in sizes.items() if lines > MAX_SHARED_MODULE_LINES} == {}
 

@@ -9,7 +9,9 @@ from shared.training import mnist
 
 
 @pytest.mark.parametrize("export", [litert_path, int8_path], ids=["float", "int8"])
-def test_every_batch_size_predicts_each_image_as_alone_on_seven_interpreters_at_most(default_settings, mnist_dir, export):
+def test_every_batch_size_predicts_each_image_as_alone_on_seven_interpreters_at_most(
+    default_settings, mnist_dir, export
+):
     """A batch is zero-padded to the next power of two, so micro-batches of every size share seven interpreters."""
     images, _ = mnist.load_split(mnist_dir, "test")
     images = images[:200]

@@ -42,7 +42,12 @@ def test_failure_reasons_say_why():
 
 
 def test_a_selection_describes_its_filters_or_the_number_of_its_ids():
-    assert Selection(split="test", label=7, limit=50).describe() == {"split": "test", "label": 7, "limit": 50, "unpredicted": False}
+    assert Selection(split="test", label=7, limit=50).describe() == {
+        "split": "test",
+        "label": 7,
+        "limit": 50,
+        "unpredicted": False,
+    }
     assert Selection(unpredicted=True).describe() == {"split": None, "label": None, "limit": None, "unpredicted": True}
     assert Selection(split="test", image_ids=(5, 6, 7)).describe() == {"ids": 3}
 
@@ -97,7 +102,9 @@ def test_submit_job_records_the_job_before_sending_each_image_once(default_setti
 
     monkeypatch.setattr(jobs.store, "create_job", create_job)
     selection = Selection(image_ids=(3, 1, 3, 2))
-    submitted = jobs.service.submit_job(None, None, default_settings, selection, "model-x", batch_size=2, priority="high")
+    submitted = jobs.service.submit_job(
+        None, None, default_settings, selection, "model-x", batch_size=2, priority="high"
+    )
     assert submitted == jobs.service.SubmittedJob(id=42, images=3, batches=2, model_version="model-x")
     options = {"shadow_version": None, "batch_size": 2, "priority": "high", "callback_url": None}
     assert created == [([3, 1, 2], {"ids": 4}, options)]  # each image once
@@ -113,7 +120,9 @@ def test_submit_job_refuses_a_selection_that_matches_nothing_and_records_no_job(
 
     monkeypatch.setattr(jobs.store, "create_job_from_selection", create_job_from_selection)
     with pytest.raises(NoImagesSelected):
-        jobs.service.submit_job(None, None, default_settings, Selection(split="upload", label=9, unpredicted=True), "model-x")
+        jobs.service.submit_job(
+            None, None, default_settings, Selection(split="upload", label=9, unpredicted=True), "model-x"
+        )
     # unpredicted: only images this model has not predicted
     assert asked == [({"split": "upload", "label": 9, "model": "model-x"}, None, default_settings.max_job_images)]
     assert sent == []
@@ -121,7 +130,9 @@ def test_submit_job_refuses_a_selection_that_matches_nothing_and_records_no_job(
 
 def test_submit_job_refuses_a_selection_over_max_job_images_naming_the_limit(default_settings, sent, monkeypatch):
     config = default_settings.replace(max_job_images=1000)
-    monkeypatch.setattr(jobs.store, "create_job_from_selection", lambda *args, **kwargs: (None, 1001))  # counted up to the limit + 1
+    monkeypatch.setattr(
+        jobs.store, "create_job_from_selection", lambda *args, **kwargs: (None, 1001)
+    )  # counted up to the limit + 1
     with pytest.raises(TooManyImages, match="MAX_JOB_IMAGES=1,000"):
         jobs.service.submit_job(None, None, config, Selection(split="train"), "model-x")
     monkeypatch.setattr(jobs.store, "create_job", lambda *args, **kwargs: pytest.fail("a job was recorded"))
@@ -139,7 +150,9 @@ def test_only_the_first_fair_share_batches_of_a_job_are_sent_at_submit(default_s
 
 
 @pytest.mark.parametrize("priority", ["urgent", "", "HIGH"])
-def test_an_unknown_priority_is_refused_naming_the_choices_before_anything_is_recorded(default_settings, sent, priority):
+def test_an_unknown_priority_is_refused_naming_the_choices_before_anything_is_recorded(
+    default_settings, sent, priority
+):
     with pytest.raises(ValueError, match="priority must be one of high, normal, low"):
         jobs.service.submit_job(None, None, default_settings, Selection(split="test"), "model-x", priority=priority)
     assert sent == []

@@ -26,7 +26,14 @@ KUBERNETES_VERSION = kubernetes_validate.latest_version()  # the newest schemas 
 KEDA_API = "keda.sh/v1alpha1"
 APP_UID = 10001
 # Fields of KEDA's CRDs (keda.sh/v1alpha1) that these manifests may use; KEDA's schemas are not bundled.
-SCALED_OBJECT_FIELDS = {"scaleTargetRef", "minReplicaCount", "maxReplicaCount", "pollingInterval", "cooldownPeriod", "triggers"}
+SCALED_OBJECT_FIELDS = {
+    "scaleTargetRef",
+    "minReplicaCount",
+    "maxReplicaCount",
+    "pollingInterval",
+    "cooldownPeriod",
+    "triggers",
+}
 TRIGGER_FIELDS = {"type", "metadata", "authenticationRef"}
 TRIGGER_METADATA = {
     "redis": ({"listName", "listLength"}, {"databaseIndex", "activationListLength"}),
@@ -51,7 +58,11 @@ def keda_resources() -> list[dict[str, Any]]:
 
 
 def the(kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [resource for resource in resources() if resource["kind"] == kind and name in (None, resource["metadata"]["name"])]
+    found = [
+        resource
+        for resource in resources()
+        if resource["kind"] == kind and name in (None, resource["metadata"]["name"])
+    ]
     assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
     return found[0]
 
@@ -69,7 +80,9 @@ def container(owner: dict[str, Any]) -> dict[str, Any]:
     return only
 
 
-@pytest.mark.parametrize("resource", kubernetes_resources(), ids=lambda resource: f"{resource['kind']}/{resource['metadata']['name']}")
+@pytest.mark.parametrize(
+    "resource", kubernetes_resources(), ids=lambda resource: f"{resource['kind']}/{resource['metadata']['name']}"
+)
 def test_every_manifest_is_valid_against_the_kubernetes_schemas(resource):
     assert kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
 
@@ -122,7 +135,9 @@ def test_every_secret_and_config_map_reference_exists():
             assert variable["name"] == reference["key"] or reference["key"] in ROLE_URL_KEYS
             references += 1
     assert references == 7  # web and workers: DATABASE_URL, REDIS_URL, SECRET_KEY; the Job: SCHEMA_DATABASE_URL
-    assert "SCHEMA_DATABASE_URL" not in {variable["name"] for owner in (WEB, WORKERS) for variable in container(owner)["env"]}
+    assert "SCHEMA_DATABASE_URL" not in {
+        variable["name"] for owner in (WEB, WORKERS) for variable in container(owner)["env"]
+    }
 
 
 def test_the_service_selects_the_web_pods_only():
@@ -132,7 +147,10 @@ def test_the_service_selects_the_web_pods_only():
         labels = owner["spec"]["template"]["metadata"]["labels"]
         assert (selector.items() <= labels.items()) == (owner is WEB)
     for deployment in (WEB, WORKERS):
-        assert deployment["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+        assert (
+            deployment["spec"]["selector"]["matchLabels"].items()
+            <= deployment["spec"]["template"]["metadata"]["labels"].items()
+        )
     (port,) = service["spec"]["ports"]
     assert port["targetPort"] in {container_port["name"] for container_port in container(WEB)["ports"]}
 
@@ -140,14 +158,20 @@ def test_the_service_selects_the_web_pods_only():
 def test_the_commands_are_those_of_the_images_and_the_code():
     dockerfile_cmd = re.search(r"^CMD (\[.*\])$", (PROJECT_ROOT / "Dockerfile.web").read_text(), re.MULTILINE)
     assert container(WEB)["command"] == json.loads(dockerfile_cmd.group(1))
-    assert container(WORKERS)["command"] == ["python", "-m", "worker"] and (PROJECT_ROOT / "worker" / "__main__.py").is_file()
+    assert (
+        container(WORKERS)["command"] == ["python", "-m", "worker"]
+        and (PROJECT_ROOT / "worker" / "__main__.py").is_file()
+    )
     assert container(JOB)["command"] == ["python", "-m", "producer", "init-db"] and "init-db" in producer_cli.commands
     assert container(JOB)["image"] == container(WORKERS)["image"]  # the web image has no producer
 
 
 def test_the_web_probes_liveness_without_services_and_readiness_on_them():
     web = container(WEB)
-    assert (web["livenessProbe"]["httpGet"]["path"], web["readinessProbe"]["httpGet"]["path"]) == ("/healthz", "/readyz")
+    assert (web["livenessProbe"]["httpGet"]["path"], web["readinessProbe"]["httpGet"]["path"]) == (
+        "/healthz",
+        "/readyz",
+    )
     app = create_app({"TESTING": True}, settings=load_settings({}))
     assert {"/healthz", "/readyz"} <= {rule.rule for rule in app.url_map.iter_rules()}
     # The unit layer refuses every connection: /healthz answering shows it needs neither PostgreSQL nor Redis.
@@ -210,7 +234,9 @@ def scaled_objects() -> list[dict[str, Any]]:
     return [resource for resource in keda_resources() if resource["kind"] == "ScaledObject"]
 
 
-@pytest.mark.parametrize("scaled_object", scaled_objects(), ids=lambda resource: resource["spec"]["triggers"][0]["type"])
+@pytest.mark.parametrize(
+    "scaled_object", scaled_objects(), ids=lambda resource: resource["spec"]["triggers"][0]["type"]
+)
 def test_keda_scales_the_worker_deployment_on_the_bulk_queue(scaled_object):
     spec = scaled_object["spec"]
     assert spec.keys() <= SCALED_OBJECT_FIELDS
@@ -225,7 +251,9 @@ def test_keda_scales_the_worker_deployment_on_the_bulk_queue(scaled_object):
     assert all(isinstance(value, str) for value in trigger["metadata"].values())  # KEDA's metadata is a map of strings
     if trigger["type"] == "redis":
         assert trigger["metadata"]["listName"] == f"{CONFIG['data']['QUEUE_PREFIX']}.bulk"
-        assert trigger["metadata"]["listName"] == queues.broker.bulk_queue(load_settings(CONFIG["data"] | {"MNIST_PRODUCTION": ""}))
+        assert trigger["metadata"]["listName"] == queues.broker.bulk_queue(
+            load_settings(CONFIG["data"] | {"MNIST_PRODUCTION": ""})
+        )
         redis_url = urllib.parse.urlsplit(SECRET["stringData"]["REDIS_URL"])
         assert trigger["metadata"]["databaseIndex"] == redis_url.path.lstrip("/")
         authentication = the("TriggerAuthentication", trigger["authenticationRef"]["name"])

@@ -43,7 +43,9 @@ def test_an_upload_entry_carries_when_it_was_accepted_without_changing_what_it_s
     assert not queues.uploads.is_marked(entry)  # one colon: a fresh entry, which may join a micro-batch
     died = queues.uploads.one_more_death(entry).encode()
     assert died == b"12:34:1@1712345678123" and queues.uploads.is_marked(died)
-    assert queues.uploads.decode_entry(died) == (12, 34, 1) and queues.uploads.accepted_at(died) == queues.uploads.accepted_at(entry)
+    assert queues.uploads.decode_entry(died) == (12, 34, 1) and queues.uploads.accepted_at(
+        died
+    ) == queues.uploads.accepted_at(entry)
 
 
 @pytest.mark.parametrize("entry", [b"12:34", b"12:34:2", b"garbage", b"1:2@"])
@@ -63,8 +65,15 @@ def celery_message(headers: dict) -> bytes:
 
 
 def test_a_celery_message_gives_the_send_time_our_sender_put_in_its_headers():
-    assert celery_message_sent_at(celery_message({"task": queues.broker.PREDICT_BATCH_TASK, queues.broker.SENT_AT_HEADER: 1700000000.5})) == 1700000000.5
-    assert celery_message_sent_at(celery_message({"task": queues.broker.PREDICT_BATCH_TASK})) is None  # an older sender's
+    assert (
+        celery_message_sent_at(
+            celery_message({"task": queues.broker.PREDICT_BATCH_TASK, queues.broker.SENT_AT_HEADER: 1700000000.5})
+        )
+        == 1700000000.5
+    )
+    assert (
+        celery_message_sent_at(celery_message({"task": queues.broker.PREDICT_BATCH_TASK})) is None
+    )  # an older sender's
     assert celery_message_sent_at(celery_message({queues.broker.SENT_AT_HEADER: "yesterday"})) is None
     assert celery_message_sent_at(b"not json") is None
     assert celery_message_sent_at(b"[1, 2]") is None
@@ -125,7 +134,9 @@ def test_a_scrape_sums_every_process_and_forgets_the_live_gauges_of_those_that_e
     assert len(list(directory.glob("gauge_livesum_*.db"))) == 2
 
     scraped = samples(generate_latest(observability.files.scrape_registry(directory)).decode())
-    assert scraped[("mnist_images_predicted_total", (("model_version", "v1"), ("queue", "bulk")))] == 7  # counters stay summed
+    assert (
+        scraped[("mnist_images_predicted_total", (("model_version", "v1"), ("queue", "bulk")))] == 7
+    )  # counters stay summed
     assert scraped[("mnist_images_failed_total", (("model_version", "v1"), ("queue", "bulk")))] == 2
     assert scraped[("mnist_batch_stage_seconds_count", (("queue", "bulk"), ("stage", "queue_wait")))] == 2
     assert ("mnist_worker_processes", (("role", "bulk_pool"),)) not in scraped  # both ended: none counted
@@ -166,10 +177,19 @@ def test_the_web_serves_its_metrics_in_prometheus_text_format_without_sign_in():
     observability.metrics.record_refusal(503, "database")
     response = client.get("/metrics")
     assert response.status_code == 200 and response.content_type.startswith("text/plain; version=0.0.4")
-    assert samples(response.get_data(as_text=True))[("mnist_web_refusals_total", (("reason", "database"), ("status", "503")))] >= 1
-    assert "mnist_queue_depth" not in response.get_data(as_text=True)  # Redis is down: the queues are left out, not an error
+    assert (
+        samples(response.get_data(as_text=True))[
+            ("mnist_web_refusals_total", (("reason", "database"), ("status", "503")))
+        ]
+        >= 1
+    )
+    assert "mnist_queue_depth" not in response.get_data(
+        as_text=True
+    )  # Redis is down: the queues are left out, not an error
     openmetrics = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
-    assert openmetrics.content_type.startswith("application/openmetrics-text") and openmetrics.get_data(as_text=True).endswith("# EOF\n")
+    assert openmetrics.content_type.startswith("application/openmetrics-text") and openmetrics.get_data(
+        as_text=True
+    ).endswith("# EOF\n")
 
 
 def test_metrics_token_guards_the_route_when_set():
@@ -191,17 +211,25 @@ def test_the_store_counts_may_be_decimals_and_a_failed_recording_never_fails_the
     labels = {"queue": "bulk", "model_version": "decimal-test"}
     observability.metrics.record_results("bulk", "decimal-test", Decimal("5"), 0)  # what a SQL sum() gives
     assert REGISTRY.get_sample_value("mnist_images_predicted_total", labels) == 5
-    observability.metrics.record_batch("bulk", "v", 1, 1, 0, {"no such stage": 0.1, "fetch": "not a number"})  # a bug of ours: logged
+    observability.metrics.record_batch(
+        "bulk", "v", 1, 1, 0, {"no such stage": 0.1, "fetch": "not a number"}
+    )  # a bug of ours: logged
     assert "metrics: record_batch failed" in caplog.text
 
 
 def test_every_recording_of_the_lanes_logs_its_own_errors(caplog):
     """They run after a commit: an error there must never reach the failure path (a prediction and a failure for one upload)."""
     lanes = ("batch", "uploads", "models", "tasks", "shadow", "failover", "sweeper")
-    called = {name for lane in lanes for name in re.findall(r"\bmetrics\.(\w+)\(", (PROJECT_ROOT / "worker" / f"{lane}.py").read_text())}
+    called = {
+        name
+        for lane in lanes
+        for name in re.findall(r"\bmetrics\.(\w+)\(", (PROJECT_ROOT / "worker" / f"{lane}.py").read_text())
+    }
     assert {"record_batch", "record_results", "record_upload_latencies", "record_failover_restored"} <= called
     guarded = observability.metrics.never_fails(lambda: None).__code__
-    assert [name for name in sorted(called) if getattr(observability.metrics, name).__code__ is not guarded] == []  # all never_fails
+    assert [
+        name for name in sorted(called) if getattr(observability.metrics, name).__code__ is not guarded
+    ] == []  # all never_fails
     observability.metrics.record_upload_latencies(["not a number"])  # observe_many runs inside it
     assert "metrics: record_upload_latencies failed" in caplog.text
 
@@ -210,7 +238,9 @@ def test_many_observations_at_once_count_as_one_by_one():
     values = [0.0, 0.001, 0.0011, 0.004, 0.004, 0.25, 7.0, 61.0, 1e9]  # bounds themselves, between, beyond the last
     one_by_one, at_once = CollectorRegistry(), CollectorRegistry()
     for registry in (one_by_one, at_once):
-        histogram = Histogram("latency_seconds", "test", buckets=observability.metrics.LATENCY_BUCKETS, registry=registry)
+        histogram = Histogram(
+            "latency_seconds", "test", buckets=observability.metrics.LATENCY_BUCKETS, registry=registry
+        )
         if registry is one_by_one:
             for value in values:
                 histogram.observe(value)
@@ -218,7 +248,11 @@ def test_many_observations_at_once_count_as_one_by_one():
             observability.metrics.observe_many(histogram, values)
 
     def counts(registry: CollectorRegistry) -> dict:
-        return {key: value for key, value in samples(generate_latest(registry).decode()).items() if not key[0].endswith("_created")}
+        return {
+            key: value
+            for key, value in samples(generate_latest(registry).decode()).items()
+            if not key[0].endswith("_created")
+        }
 
     assert len(counts(at_once)) == len(observability.metrics.LATENCY_BUCKETS) + 3  # each bucket, +Inf, _count, _sum
     assert counts(at_once) == counts(one_by_one)

@@ -51,7 +51,9 @@ def test_litert_export_predicts_the_same_labels_as_keras(mnist_dir, model_path):
     images, labels = mnist.load_split(mnist_dir, "test")
     keras_probabilities = keras_runtime.KerasPredictor(keras_runtime.load_model(model_path)).predict_batch(images)
     litert = runtime.load_predictor(model_path, "litert", threads=2)
-    litert_probabilities = np.concatenate([litert.predict_batch(images[start : start + 256]) for start in range(0, len(images), 256)])
+    litert_probabilities = np.concatenate(
+        [litert.predict_batch(images[start : start + 256]) for start in range(0, len(images), 256)]
+    )
     assert (litert_probabilities.argmax(axis=1) == keras_probabilities.argmax(axis=1)).all()
     assert np.allclose(litert_probabilities, keras_probabilities, atol=1e-4)
     # Switching batch sizes (single uploads between bulk batches) gives the same answers.
@@ -86,7 +88,10 @@ def test_training_on_a_slice_lowers_the_loss_and_saves_a_loadable_model(mnist_di
     assert card["litert_label_agreement"] >= 0.999 and litert_path(out).exists()
     # The int8 export agrees with its float model on (almost) every image of the slice.
     assert int8_path(out).exists() and card["int8"]["label_agreement"] >= 0.98
-    assert 0 < card["temperature"] and 0 <= card["calibration"]["ece_test"] <= card["calibration"]["ece_test_before"] + 1e-9
+    assert (
+        0 < card["temperature"]
+        and 0 <= card["calibration"]["ece_test"] <= card["calibration"]["ece_test_before"] + 1e-9
+    )
     assert [row["flag_share"] for row in card["low_confidence_thresholds"]] == [0.005, 0.01, 0.02, 0.05]
     reloaded = keras_runtime.load_model(out)
     assert reloaded.count_params() == model.build_model().count_params()
@@ -100,6 +105,8 @@ def test_the_temperature_is_fitted_on_the_validation_digits_as_they_are_and_dist
     split = (images[:64], labels[:64])
     fitted_on = with_distorted_copy(split, seed=3)
     assert fitted_on[0].shape == (128, 28, 28) and fitted_on[0].dtype == np.uint8
-    assert np.array_equal(fitted_on[0][:64], split[0]) and np.array_equal(fitted_on[1], np.concatenate([labels[:64]] * 2))
+    assert np.array_equal(fitted_on[0][:64], split[0]) and np.array_equal(
+        fitted_on[1], np.concatenate([labels[:64]] * 2)
+    )
     assert (fitted_on[0][64:] != split[0]).any(axis=(1, 2)).mean() > 0.9  # a distorted copy, not the same digits
     assert np.array_equal(with_distorted_copy(split, seed=3)[0], fitted_on[0])  # the seed decides the distortions

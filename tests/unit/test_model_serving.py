@@ -34,7 +34,9 @@ def test_a_version_without_int8_figures_or_file_serves_float_and_the_setting_for
     assert models.registry.serving_variant({"int8": "not an object"}, has_int8=True) == "float"
     assert models.registry.serving_variant(card(0.5), has_int8=True, precision="int8") == "int8"
     assert models.registry.serving_variant(card(FLOAT_ACCURACY), has_int8=True, precision="float") == "float"
-    assert models.registry.serving_variant(card(FLOAT_ACCURACY), has_int8=False, precision="int8") == "float"  # no file to serve
+    assert (
+        models.registry.serving_variant(card(FLOAT_ACCURACY), has_int8=False, precision="int8") == "float"
+    )  # no file to serve
     with pytest.raises(ValueError, match="MODEL_PRECISION"):
         models.registry.serving_variant(card(), has_int8=True, precision="int4")
 

@@ -19,7 +19,9 @@ IMPLIED_METHODS = frozenset({"HEAD", "OPTIONS"})  # Flask adds them to every rou
 
 @pytest.fixture(scope="module")
 def app() -> Flask:
-    return create_app({"TESTING": True}, settings=load_settings({"UPLOAD_RATE_LIMIT": "off", "SIGNIN_RATE_LIMIT": "off"}))
+    return create_app(
+        {"TESTING": True}, settings=load_settings({"UPLOAD_RATE_LIMIT": "off", "SIGNIN_RATE_LIMIT": "off"})
+    )
 
 
 def served(app: Flask) -> dict[str, tuple[frozenset[str], frozenset[str]]]:

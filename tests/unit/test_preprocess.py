@@ -103,7 +103,9 @@ SAME_DIGIT_CORRELATION = 0.9
 def thick_zero(side: int = 160, stroke: int = 40, margin: int = 0, paper: int = 255, ink: int = 0) -> np.ndarray:
     """A ring ``stroke`` px thick inside a box of ``side`` px, ``margin`` px of paper around it."""
     picture = Image.new("L", (side * 3 // 4 + 2 * margin, side + 2 * margin), paper)
-    ImageDraw.Draw(picture).ellipse((margin, margin, margin + side * 3 // 4 - 1, margin + side - 1), outline=ink, width=stroke)
+    ImageDraw.Draw(picture).ellipse(
+        (margin, margin, margin + side * 3 // 4 - 1, margin + side - 1), outline=ink, width=stroke
+    )
     return np.asarray(picture)
 
 
@@ -115,7 +117,9 @@ def same_digit(a: np.ndarray, b: np.ndarray) -> bool:
 
 def test_a_thick_zero_cropped_to_touch_all_four_edges_is_read_not_refused():
     tight = thick_zero()
-    assert (tight[0] < 128).any() and (tight[-1] < 128).any() and (tight[:, 0] < 128).any() and (tight[:, -1] < 128).any()
+    assert (
+        (tight[0] < 128).any() and (tight[-1] < 128).any() and (tight[:, 0] < 128).any() and (tight[:, -1] < 128).any()
+    )
     assert (tight < 128).mean() > 0.5  # the ink covers most of the picture: its median is ink
     digit = user_image_to_mnist(picture_bytes(tight), max_pixels=MAX_PIXELS)
     assert digit[14, 14] < 50 and digit.max() == 255  # a hole of paper inside a ring of ink
@@ -142,7 +146,9 @@ def test_light_ink_on_a_dark_board_is_the_same_digit_as_dark_ink_on_paper():
     assert same_digit(chalk, to_mnist_form(Image.fromarray(thick_zero(stroke=20, margin=30))))
 
 
-@pytest.mark.parametrize(("paper", "ink"), [(170, 40), (240, 175)], ids=["dark ink on grey paper", "faint pencil on white"])
+@pytest.mark.parametrize(
+    ("paper", "ink"), [(170, 40), (240, 175)], ids=["dark ink on grey paper", "faint pencil on white"]
+)
 def test_grey_paper_goes_to_black_and_faint_ink_to_full_strength(paper, ink):
     digit = to_mnist_form(Image.fromarray(thick_zero(stroke=20, margin=30, paper=paper, ink=ink)))
     assert digit[:4].max() == 0 and digit[2, 14] == 0  # no grey box where the paper was
@@ -179,4 +185,6 @@ def centre_of_mass(images: np.ndarray) -> np.ndarray:
     weights = images.astype(float)
     total = weights.sum(axis=(1, 2))
     positions = np.arange(images.shape[1])
-    return np.stack([(weights.sum(axis=2) * positions).sum(axis=1) / total, (weights.sum(axis=1) * positions).sum(axis=1) / total])
+    return np.stack(
+        [(weights.sum(axis=2) * positions).sum(axis=1) / total, (weights.sum(axis=1) * positions).sum(axis=1) / total]
+    )

@@ -17,7 +17,9 @@ def test_exits_older_than_the_window_are_forgotten():
     for _ in range(3 * CRASH_LIMIT):  # exits just far enough apart that never CRASH_LIMIT fall within one window
         assert restarts.delay_after_exit(now) is not None
         now += CRASH_WINDOW_SECONDS / (CRASH_LIMIT - 1) + 1
-    assert restarts.delay_after_exit(now + CRASH_WINDOW_SECONDS + 1) == FIRST_DELAY_SECONDS  # a long healthy run: back to the first delay
+    assert (
+        restarts.delay_after_exit(now + CRASH_WINDOW_SECONDS + 1) == FIRST_DELAY_SECONDS
+    )  # a long healthy run: back to the first delay
 
 
 def test_exits_are_described_by_status_or_signal():

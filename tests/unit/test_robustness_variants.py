@@ -111,7 +111,9 @@ def test_slants_lean_opposite_ways(mnist_digits):
         rows = np.arange(ink.shape[0])[:, None]
         top, bottom = ink * (rows < ink.shape[0] / 2), ink * (rows >= ink.shape[0] / 2)
         columns = np.arange(ink.shape[1])
-        return float((top.sum(axis=0) * columns).sum() / top.sum() - (bottom.sum(axis=0) * columns).sum() / bottom.sum())
+        return float(
+            (top.sum(axis=0) * columns).sum() / top.sum() - (bottom.sum(axis=0) * columns).sum() / bottom.sum()
+        )
 
     assert lean("slant_right") > lean("slant_left") + 20
 

@@ -35,5 +35,7 @@ def test_the_version_is_read_when_asked_not_at_import(tmp_path, monkeypatch):
 
 def test_python_m_producer_version_needs_no_settings_or_services():
     env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none", "ENV_FILE": ""}
-    done = subprocess.run([sys.executable, "-m", "producer", "--version"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "producer", "--version"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True
+    )
     assert (done.returncode, done.stdout) == (0, f"mnist-queue, version {declared_version()}\n"), done.stderr

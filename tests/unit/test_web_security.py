@@ -42,7 +42,9 @@ def test_templates_have_no_inline_script_style_or_event_handler():
 
 def test_the_csp_allows_no_inline_code_and_no_framing():
     policy = dict(part.split(" ", 1) for part in security.CONTENT_SECURITY_POLICY.split("; "))
-    assert policy["default-src"] == "'none'" and policy["frame-ancestors"] == "'none'" and policy["base-uri"] == "'none'"
+    assert (
+        policy["default-src"] == "'none'" and policy["frame-ancestors"] == "'none'" and policy["base-uri"] == "'none'"
+    )
     assert policy["script-src"] == "'self'" and policy["style-src"] == "'self'" and policy["form-action"] == "'self'"
     assert "unsafe" not in security.CONTENT_SECURITY_POLICY
 
@@ -131,9 +133,19 @@ def test_the_openapi_document_describes_exactly_the_json_api_the_app_serves(app)
 
 def test_operator_only_operations_are_documented_with_the_bearer_scheme():
     document = yaml.safe_load(OPENAPI_DOCUMENT.read_text())
-    operations = [(path, method, operation) for path, methods in document["paths"].items() for method, operation in methods.items()]
+    operations = [
+        (path, method, operation)
+        for path, methods in document["paths"].items()
+        for method, operation in methods.items()
+    ]
     secured = {(path, method) for path, method, operation in operations if operation.get("security")}
-    assert secured == {("/api/jobs", "post"), ("/api/jobs/{job_id}", "get"), ("/api/jobs/{job_id}/cancel", "post"),
-        ("/api/jobs/{job_id}/results", "get"), ("/api/batches", "post"), ("/api/compare", "get")}
+    assert secured == {
+        ("/api/jobs", "post"),
+        ("/api/jobs/{job_id}", "get"),
+        ("/api/jobs/{job_id}/cancel", "post"),
+        ("/api/jobs/{job_id}/results", "get"),
+        ("/api/batches", "post"),
+        ("/api/compare", "get"),
+    }
     for path, method in secured:
         assert "401" in document["paths"][path][method]["responses"]

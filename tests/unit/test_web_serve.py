@@ -18,13 +18,21 @@ from web import serve
 
 
 def web_image_command() -> list[str]:
-    return json.loads(re.search(r"^CMD (\[.*\])$", (PROJECT_ROOT / "Dockerfile.web").read_text(), re.MULTILINE).group(1))
+    return json.loads(
+        re.search(r"^CMD (\[.*\])$", (PROJECT_ROOT / "Dockerfile.web").read_text(), re.MULTILINE).group(1)
+    )
 
 
 def test_the_image_and_every_launcher_run_web_serve():
     assert web_image_command() == ["python", "-m", "web.serve", "--bind", "0.0.0.0:8000"]
     command = serve.command("127.0.0.1:8001")
-    assert command == [sys.executable, "-m", "web.serve", "--bind", "127.0.0.1:8001"]  # ./run up's (stack/supervisor.py)
+    assert command == [
+        sys.executable,
+        "-m",
+        "web.serve",
+        "--bind",
+        "127.0.0.1:8001",
+    ]  # ./run up's (stack/supervisor.py)
     full = serve.command("127.0.0.1:8002", processes=3, threads=4, backlog=99, access_log=False)
     assert full[full.index("--workers") + 1] == "3" and full[full.index("--threads") + 1] == "4"
     assert full[full.index("--backlog") + 1] == "99" and full[-1] == "--no-access-log"
@@ -32,7 +40,13 @@ def test_the_image_and_every_launcher_run_web_serve():
 
 def test_its_options_parse_and_the_settings_give_the_defaults():
     context = serve.main.make_context("serve", ["--bind", "127.0.0.1:9", "--threads", "3"])
-    assert context.params == {"bind": "127.0.0.1:9", "workers": None, "threads": 3, "backlog": serve.BACKLOG, "access_log": True}
+    assert context.params == {
+        "bind": "127.0.0.1:9",
+        "workers": None,
+        "threads": 3,
+        "backlog": serve.BACKLOG,
+        "access_log": True,
+    }
     defaults = load_settings({})
     assert (defaults.web_processes, defaults.web_threads) == (2, 32)
     chosen = load_settings({"WEB_CONCURRENCY": "4", "WEB_THREADS": "16"})
@@ -57,9 +71,15 @@ def workers_of(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> tuple[str, i
 
 def test_bench_runs_web_serve_and_gunicorn_for_older_trees(monkeypatch, tmp_path):
     ours = burst.web_command("http://127.0.0.1:1", "serve:4", PROJECT_ROOT)
-    assert ours[ours.index("-m") + 1] == "web.serve" and ours[ours.index("--threads") + 1] == "4" and "--no-access-log" in ours
+    assert (
+        ours[ours.index("-m") + 1] == "web.serve"
+        and ours[ours.index("--threads") + 1] == "4"
+        and "--no-access-log" in ours
+    )
     for web, expected in (("sync", ("sync", 1)), ("gthread:2", ("gthread", 2)), ("gthread", ("gthread", 8))):
-        full = burst.web_command("http://127.0.0.1:1", web, tmp_path)  # a tree with neither web/serve.py nor a gunicorn config
+        full = burst.web_command(
+            "http://127.0.0.1:1", web, tmp_path
+        )  # a tree with neither web/serve.py nor a gunicorn config
         assert workers_of(monkeypatch, ["gunicorn", *full[full.index("gunicorn") + 1 :]]) == expected
         assert full[-1] == "web.app:create_app()" and "--config" not in full
     with pytest.raises(ValueError, match="no web/serve.py"):

@@ -8,7 +8,9 @@ from alembic import context
 
 connection = context.config.attributes.get("connection")
 if connection is None:
-    raise RuntimeError("run migrations with python -m producer init-db (shared.db.schema.migrate), not the alembic command")
+    raise RuntimeError(
+        "run migrations with python -m producer init-db (shared.db.schema.migrate), not the alembic command"
+    )
 context.configure(connection=connection, transactional_ddl=True)
 with context.begin_transaction():
     context.run_migrations()

@@ -88,7 +88,9 @@ CREATE TABLE IF NOT EXISTS job_failures (
 def upgrade() -> None:
     # CREATE TABLE IF NOT EXISTS would leave a table of an older layout as it was: say so plainly.
     if op.get_bind().exec_driver_sql("SELECT to_regclass('job_items') IS NOT NULL").scalar():
-        raise RuntimeError("this database has the schema of an earlier mnist-queue (table job_items); start from an empty database")
+        raise RuntimeError(
+            "this database has the schema of an earlier mnist-queue (table job_items); start from an empty database"
+        )
     op.execute(SCHEMA)
 
 

@@ -18,7 +18,9 @@ depends_on = None
 
 def upgrade() -> None:
     op.execute("ALTER TABLE input_data ADD COLUMN preprocess_version INTEGER")
-    op.execute("CREATE INDEX input_data_source_prefix_idx ON input_data (source text_pattern_ops) WHERE source IS NOT NULL")
+    op.execute(
+        "CREATE INDEX input_data_source_prefix_idx ON input_data (source text_pattern_ops) WHERE source IS NOT NULL"
+    )
 
 
 def downgrade() -> None:
