@@ -4,8 +4,8 @@
     python -m bench --sections scale [--scale-sizes 10000,100000,1000000] [--label after]
     python -m bench --sections ingest [--ingest-sizes 10000,100000] [--export-sizes ...] [--against /tmp/before]
     python -m bench --sections scale-ab --scale-sizes 1000000 --against /tmp/arch-before
-    python -m bench --sections burst [--rates 100,300,1000,2000] [--web serve] [--against /tmp/arch-before] [--label after]
-        [--connections keep-alive|close]
+    python -m bench --sections burst [--rates 100,300,1000,2000] [--web serve] [--against /tmp/arch-before]
+        [--label after] [--connections keep-alive|close]
     python -m bench --sections models [--baseline-model OLD.tflite]   (float vs int8, shipped vs a baseline)
     python -m bench --sections robustness [--baseline-model OLD.tflite]   (accuracy on pictures from real sources)
     python -m bench --sections network [--network-images 10000] --workers 1,2,4   (needs root: 0, 2, 20 ms RTT)

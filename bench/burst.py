@@ -298,7 +298,8 @@ def main(
     if len(reports) == 2:
         before, after = reports
         lines.append(
-            f"sustained, {Path(before['tree']).name} -> this tree: idle {before['sustained_idle']} -> {after['sustained_idle']}/s,"
+            f"sustained, {Path(before['tree']).name} -> this tree:"
+            f" idle {before['sustained_idle']} -> {after['sustained_idle']}/s,"
             f" with bulk jobs {before['sustained_with_bulk']} -> {after['sustained_with_bulk']}/s"
         )
     name = f"burst{('-' + label) if label else ''}"

@@ -52,7 +52,8 @@ class Sender:
     def request(self, picture: bytes) -> bytes:
         persistence = "" if self.keep_alive else "Connection: close\r\n"
         return (
-            f"POST /api/predictions?wait={WAIT_SECONDS} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: image/png\r\n"
+            f"POST /api/predictions?wait={WAIT_SECONDS} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            "Content-Type: image/png\r\n"
             f"Content-Length: {len(picture)}\r\n{persistence}\r\n"
         ).encode() + picture
 

@@ -134,7 +134,8 @@ def run(
         f"lifecycle: a job of {SMALL} images submitted behind a running job of {large:,}; {workers} worker processes"
     ]
     lines += [
-        f"{row['what']:<40} small job {row['small_job_seconds']:>7.2f} s   big job {row['big_images_per_second']:>9,.0f} images/s"
+        f"{row['what']:<40} small job {row['small_job_seconds']:>7.2f} s"
+        f"   big job {row['big_images_per_second']:>9,.0f} images/s"
         for row in rows
     ]
     lines.append(

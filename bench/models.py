@@ -74,7 +74,10 @@ def run(model_path: Path, images: np.ndarray, repeats: int, baseline: Path | Non
 
 def table(rows: list[dict[str, Any]]) -> list[str]:
     first = rows[0]["what"]
-    header = f"{'model file':<20}{'images/s':>10}{'spread':>9}{'batch':>7}{'µs/img@256, 1 thread':>23}{'x rate':>8}{'x cost':>8}"
+    header = (
+        f"{'model file':<20}{'images/s':>10}{'spread':>9}{'batch':>7}"
+        f"{'µs/img@256, 1 thread':>23}{'x rate':>8}{'x cost':>8}"
+    )
     lines = [f"{header}   (x: vs {first})"]
     for row in rows:
         lines.append(

@@ -1,6 +1,7 @@
 """Accuracy on MNIST test digits re-made as pictures from real sources, one row per variant.
 
-    python -m bench.robustness --model models/mnist_cnn.tflite [--model OTHER.tflite ...] [--limit 2000 | --all] [--json out.json]
+    python -m bench.robustness --model models/mnist_cnn.tflite [--model OTHER.tflite ...]
+        [--limit 2000 | --all] [--json out.json]
 
 Every variant (bench/variants.py) renders the same seeded subset of MNIST's test split as the
 file a user would upload; each file goes through the upload path, ``user_image_to_mnist``

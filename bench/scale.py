@@ -109,7 +109,8 @@ def _distort_block(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def copy_rows(
     digit_images: np.ndarray, labels: np.ndarray, split: str, first_index: int
 ) -> list[tuple[bytes, int, list[int], str, int]]:
-    """Rows of ``images.bulk_load.IMAGE_COPY_COLUMNS``: each image stored as encode_image would, its header and pixels."""
+    """Rows of ``images.bulk_load.IMAGE_COPY_COLUMNS``: each image stored as encode_image would,
+    its header and pixels."""
     shape = [IMAGE_SIDE, IMAGE_SIDE]
     flat = digit_images.reshape(len(digit_images), -1)
     return [
@@ -396,7 +397,8 @@ def compare_throughput(size: int, against: Path, rounds: int = 5) -> list[str]:
     lines = [f"job of {THROUGHPUT_IMAGES:,} images at {size:,} stored, median of {rounds} turns, images/s"]
     for (name, workers), values in rates.items():
         lines.append(
-            f"{name:<16}{workers} worker process(es){statistics.median(values):>10,.0f}   ({', '.join(f'{v:,.0f}' for v in values)})"
+            f"{name:<16}{workers} worker process(es){statistics.median(values):>10,.0f}"
+            f"   ({', '.join(f'{v:,.0f}' for v in values)})"
         )
     (RESULTS_DIR / "scale-throughput-ab.txt").write_text("\n".join(lines) + "\n")
     return lines

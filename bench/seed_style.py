@@ -52,8 +52,8 @@ def make_app(settings: Settings) -> Celery:
             image = np.load(io.BytesIO(bytes(cursor.fetchone()[0])), allow_pickle=False)
             probabilities = loaded["model"].predict(image.reshape(1, 28, 28, 1).astype("float32") / 255.0, verbose=0)[0]
             cursor.execute(
-                "INSERT INTO predictions (input_data_id, job_id, model_version, predicted_label, confidence, prediction_probabilities)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
+                "INSERT INTO predictions (input_data_id, job_id, model_version, predicted_label, confidence,"
+                " prediction_probabilities) VALUES (%s, %s, %s, %s, %s, %s)",
                 (
                     image_id,
                     job_id,

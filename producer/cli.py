@@ -317,7 +317,10 @@ def require_job(conn: connection.Connection, job_id: int) -> dict[str, Any]:
 @click.option(
     "--threshold",
     type=click.FloatRange(0, 1),
-    help=f"Count predictions under this confidence [default: the production model card's, else {LOW_CONFIDENCE_THRESHOLD}].",
+    help=(
+        "Count predictions under this confidence"
+        f" [default: the production model card's, else {LOW_CONFIDENCE_THRESHOLD}]."
+    ),
 )
 @click.pass_obj
 @user_errors
@@ -328,7 +331,8 @@ def report(config: Settings, job_id: int, wrong_limit: int, threshold: float | N
         raise click.ClickException(f"there is no job {job_id}")
     job = result.job
     click.echo(
-        f"job {job_id}: {job['status']}, {job['done_count']} predicted, {job['failed_count']} failed of {job['total_images']}"
+        f"job {job_id}: {job['status']}, {job['done_count']} predicted,"
+        f" {job['failed_count']} failed of {job['total_images']}"
     )
     if result.accuracy is None:
         click.echo("no labelled predictions yet: accuracy unknown")
@@ -440,7 +444,8 @@ def run(config: Settings, folder: Path, output: Path, form: str, model: str, tim
         click.echo(f"{error}; the earlier run's results remain", err=True)
     else:
         click.echo(
-            f"stored {outcome.inserted} new images, {outcome.already} were already there, {len(outcome.rejected)} rejected",
+            f"stored {outcome.inserted} new images, {outcome.already} were already there,"
+            f" {len(outcome.rejected)} rejected",
             err=True,
         )
     leftover = jobs.folder_store.folder_images_without_job(conn, root)

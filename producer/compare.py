@@ -161,7 +161,10 @@ def describe(job: dict, versions: tuple[str, ...]) -> str:
         if versions and list(versions) != [job["model_version"]]
         else ""
     )
-    return f"job {job['id']}: model {model}{predicted_by}, {job['status']}, {job['done_count']} of {job['total_images']} predicted"
+    return (
+        f"job {job['id']}: model {model}{predicted_by}, {job['status']},"
+        f" {job['done_count']} of {job['total_images']} predicted"
+    )
 
 
 def per_digit_lines(result: Comparison) -> list[str]:

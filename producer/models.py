@@ -63,7 +63,8 @@ def list_models(config: Settings) -> None:
         int8 = card.get("int8") if isinstance(card.get("int8"), dict) else {}
         aliases = ",".join(row["aliases"]) or "-"
         click.echo(
-            f"{row['version']:<28} {aliases:<22} {accuracy(card.get('test_accuracy')):>8} {accuracy(int8.get('test_accuracy')):>8}"
+            f"{row['version']:<28} {aliases:<22} {accuracy(card.get('test_accuracy')):>8}"
+            f" {accuracy(int8.get('test_accuracy')):>8}"
             f" {row['serves']:<6} {row['created_at']:%Y-%m-%d %H:%M}"
         )
 

@@ -115,7 +115,10 @@ def describe(state: StackState, workers: int, stack_env: dict[str, str]) -> None
         click.echo(f"  web         {state.web_url}")
         public = load_settings(stack_env).public_insights
         click.echo(
-            "  operators   pages open to anyone who can reach 127.0.0.1 (PUBLIC_INSIGHTS; set PUBLIC_INSIGHTS=0 to require sign-in)"
+            (
+                "  operators   pages open to anyone who can reach 127.0.0.1"
+                " (PUBLIC_INSIGHTS; set PUBLIC_INSIGHTS=0 to require sign-in)"
+            )
             if public
             else "  operators   sign in for jobs and mistakes (python -m producer users add NAME)"
         )

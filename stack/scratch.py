@@ -47,7 +47,8 @@ def drop_database(name: str) -> None:
 
 @contextlib.contextmanager
 def database_with_schema(name: str) -> Iterator[str]:
-    """A database of its own with every migration applied and the bundled model registered; dropped when the block ends."""
+    """A database of its own with every migration applied and the bundled model registered;
+    dropped when the block ends."""
     url = create_database(name)
     try:
         registration.prepare_database(url, DEFAULT_MODEL_PATH, DEFAULT_MNIST_DIR)

@@ -190,7 +190,8 @@ class Stack:
         delay = self.restarts[name].delay_after_exit(now)
         if delay is None:
             raise GaveUp(
-                f"{name} exited {CRASH_LIMIT} times within {CRASH_WINDOW_SECONDS:g} s, the last time it {how}; giving up; {log}"
+                f"{name} exited {CRASH_LIMIT} times within {CRASH_WINDOW_SECONDS:g} s,"
+                f" the last time it {how}; giving up; {log}"
             )
         self.restart_due[name] = now + delay
         return f"{name} {how}; restarting in {delay:g} s"

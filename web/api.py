@@ -212,7 +212,8 @@ def uploaded_image() -> tuple[bytes, str | None]:
 def prediction_response(
     prediction: predictions.Prediction | None, wait: float, just_created: bool
 ) -> tuple[Response, int]:
-    """The prediction as JSON, with its token's URLs. A new upload answers 202 unless the client waited and the result came."""
+    """The prediction as JSON, with its token's URLs. A new upload answers 202 unless the client waited
+    and the result came."""
     if prediction is None or prediction.token is None:
         raise NotFound("there is no prediction with that token")
     body = predictions.prediction_body(prediction, lambda endpoint, token: url_for(endpoint, token=token))

@@ -124,7 +124,8 @@ def refuse_anonymous() -> Response:
 
 
 def operator_required(view: Callable[..., Any]) -> Callable[..., Any]:
-    """For operators only (or everyone with PUBLIC_INSIGHTS); a session on an unsafe API call also needs the CSRF token."""
+    """For operators only (or everyone with PUBLIC_INSIGHTS); a session on an unsafe API call also needs
+    the CSRF token."""
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -130,7 +130,8 @@ def check_broker() -> str | None:
 
 
 def check_model() -> str | None:
-    """None when a model is aliased production in the registry, so new jobs have a version (asked once the database answers)."""
+    """None when a model is aliased production in the registry, so new jobs have a version
+    (asked once the database answers)."""
     try:
         models.registry.resolve(get_db(), models.registry.PRODUCTION)
     except models.registry.UnknownModel as error:

@@ -80,7 +80,8 @@ def init_app(app: Flask, config: Settings) -> None:
 
 
 def too_many_requests(error: RateLimitExceeded) -> tuple[Response | str, int, dict[str, str]]:
-    """429 in the usual error shape, with Retry-After: seconds until the client's oldest counted request leaves the window."""
+    """429 in the usual error shape, with Retry-After: seconds until the client's oldest counted request
+    leaves the window."""
     limiter: Limiter = current_app.extensions[LIMITER_EXTENSION]
     breached = [limit for limit in limiter.current_limits if limit.breached] or limiter.current_limits
     reset_at = max((limit.window.reset_time for limit in breached), default=time.time() + 1)

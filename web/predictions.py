@@ -242,7 +242,8 @@ def await_prediction(
 
 
 def prediction_body(prediction: Prediction, url: Callable[[str, str], str]) -> dict[str, Any]:
-    """An upload's answer: what its uploader may see and its token's URLs, ``url(endpoint, token)`` (Flask's url_for)."""
+    """An upload's answer: what its uploader may see and its token's URLs,
+    ``url(endpoint, token)`` (Flask's url_for)."""
     token = prediction.token or ""
     return {
         **prediction.as_json(),

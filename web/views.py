@@ -81,7 +81,8 @@ def prediction_image(token: str) -> Response:
 @blueprint.get("/predictions/<id:job_id>")
 @operator_or_404
 def upload_job(job_id: int) -> str:
-    """An upload by its job id, for operators (the jobs page links here). Anyone else: 404, as for an id that does not exist."""
+    """An upload by its job id, for operators (the jobs page links here). Anyone else: 404, as for an id
+    that does not exist."""
     result = predictions.get_prediction(backends.get_db(), job_id)
     if result is None:
         raise NotFound(f"there is no upload {job_id}")

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 
 class ModelUnavailable(Exception):
-    """A version a job asks for cannot be served: not registered, or its file does not load. One line, for the failures."""
+    """A version a job asks for cannot be served: not registered, or its file does not load.
+    One line, for the failures."""
 
 
 @dataclasses.dataclass(frozen=True)

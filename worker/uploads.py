@@ -196,7 +196,8 @@ class UploadConsumer:
         self.predict_with(version, uploads[middle:])
 
     def store_failure(self, job_id: int, image_id: int, reason: str, version: str | None = None) -> None:
-        """``version``: the one the upload asked for, the failure's model_version in the metrics (none: not looked up yet)."""
+        """``version``: the one the upload asked for, the failure's model_version in the metrics
+        (none: not looked up yet)."""
         try:
             give_up(self.lane, version or "", job_id, image_id, reason, observability.metrics.UPLOAD)
         except (psycopg.errors.ForeignKeyViolation, UnknownJobError):

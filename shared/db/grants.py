@@ -49,7 +49,8 @@ IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'mnist_worker_access') THEN
     GRANT INSERT ON predictions, job_failures, job_mistakes, shadow_predictions TO mnist_worker_access;
     GRANT INSERT, UPDATE ON job_statistics, batch_attempts TO mnist_worker_access;
     -- the job's counters (store_results) and the sweeper's resume (jobs.store.mark_resumed)
-    GRANT UPDATE (done_count, failed_count, started_at, progressed_at, status, finished_at) ON jobs TO mnist_worker_access;
+    GRANT UPDATE (done_count, failed_count, started_at, progressed_at, status, finished_at)
+        ON jobs TO mnist_worker_access;
 END IF;
 END
 $grants$;

@@ -54,7 +54,8 @@ def zip_members(data: bytes, config: Settings) -> Iterator[tuple[str, bytes]]:
         unpacked = sum(info.file_size for info in infos)
         if unpacked > config.batch_max_unpacked_bytes:
             raise BatchRefused(
-                f"the archive unpacks to {unpacked} bytes; at most {config.batch_max_unpacked_bytes} (BATCH_MAX_UNPACKED_BYTES)"
+                f"the archive unpacks to {unpacked} bytes;"
+                f" at most {config.batch_max_unpacked_bytes} (BATCH_MAX_UNPACKED_BYTES)"
             )
         for info in infos:
             name = info.filename

@@ -49,7 +49,8 @@ def table_bytes(conn: Connection) -> dict[str, int]:
     """Bytes on disk of each table that exists, indexes and TOAST included."""
     rows = query(
         conn,
-        "SELECT name, pg_total_relation_size(to_regclass(name)) FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NOT NULL",
+        "SELECT name, pg_total_relation_size(to_regclass(name)) FROM unnest(%s::text[]) AS name"
+        " WHERE to_regclass(name) IS NOT NULL",
         (list(SIZED_TABLES),),
     )
     return dict(rows)
@@ -66,7 +67,8 @@ def largest_jobs(conn: Connection, kind: str, limit: int) -> list[int]:
 
 
 def delete_ingested(conn: Connection, below_index: int) -> int:
-    """Remove what ``producer ingest`` stored in a measurement (real MNIST indexes, files by path), so sizes stay exact."""
+    """Remove what ``producer ingest`` stored in a measurement (real MNIST indexes, files by path),
+    so sizes stay exact."""
     rows = query(
         conn,
         """

@@ -138,7 +138,10 @@ class Comparison:
         unfinished = [job["id"] for job in (a, b) if job["status"] != "done"]
         if unfinished:
             waiting = " and ".join(f"job {job_id}" for job_id in unfinished)
-            return f"no image has a prediction in both jobs yet ({waiting} {'is' if len(unfinished) == 1 else 'are'} not done)"
+            return (
+                "no image has a prediction in both jobs yet"
+                f" ({waiting} {'is' if len(unfinished) == 1 else 'are'} not done)"
+            )
         return (
             f"the two jobs share no images: job {a['id']}'s {a['done_count']} predictions and job {b['id']}'s"
             f" {b['done_count']} are of different images, so there is nothing to compare"

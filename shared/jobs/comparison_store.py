@@ -69,10 +69,12 @@ WHERE p.job_a = %(a)s AND p.job_b = %(b)s
 # the pair is stored for these counts already. Two requests storing the same pair at once: the
 # second waits for the first's commit on the primary key, then finds it there and stores nothing.
 CLAIM_PAIR = """
-INSERT INTO job_comparison_pairs (job_a, job_b, a_done_count, b_done_count) VALUES (%(a)s, %(b)s, %(a_done)s, %(b_done)s)
+INSERT INTO job_comparison_pairs (job_a, job_b, a_done_count, b_done_count)
+VALUES (%(a)s, %(b)s, %(a_done)s, %(b_done)s)
 ON CONFLICT (job_a, job_b) DO UPDATE SET a_done_count = EXCLUDED.a_done_count, b_done_count = EXCLUDED.b_done_count,
     computed_at = now()
-    WHERE (job_comparison_pairs.a_done_count, job_comparison_pairs.b_done_count) <> (EXCLUDED.a_done_count, EXCLUDED.b_done_count)
+    WHERE (job_comparison_pairs.a_done_count, job_comparison_pairs.b_done_count)
+          <> (EXCLUDED.a_done_count, EXCLUDED.b_done_count)
 RETURNING 1
 """
 STORE_ROWS = sql.SQL("""
@@ -129,7 +131,8 @@ def job_pair(conn: Connection, job_a: int, job_b: int) -> JobPair:
 
 
 def stored_aggregate(conn: Connection, job_a: dict[str, Any], job_b: dict[str, Any]) -> list[AggregateRow] | None:
-    """The stored aggregate of two finished jobs (``get_job`` rows), or None: not stored, not for these counts, or unfinished."""
+    """The stored aggregate of two finished jobs (``get_job`` rows), or None: not stored, not for these counts,
+    or unfinished."""
     if job_a["status"] != "done" or job_b["status"] != "done":
         return None
     rows = query(conn, STORED, {"a": job_a["id"], "b": job_b["id"]})
@@ -150,7 +153,8 @@ def computed_aggregate(conn: Connection, job_a: int, job_b: int) -> list[Aggrega
 def store_aggregate(
     conn: Connection, job_a: int, job_b: int, done_counts: tuple[int, int], aggregate: list[AggregateRow]
 ) -> None:
-    """Store the pair's aggregate for these done counts, unless it is already (then nothing: concurrent requests agree)."""
+    """Store the pair's aggregate for these done counts, unless it is already (then nothing:
+    concurrent requests agree)."""
     pair = {"a": job_a, "b": job_b, "a_done": done_counts[0], "b_done": done_counts[1]}
     columns = list(zip(*aggregate, strict=True)) or [()] * len(AGGREGATE_COLUMNS)
     with transaction(conn) as cursor:

@@ -42,7 +42,8 @@ def wrong_predictions(
         SELECT m.input_data_id, m.true_label, m.predicted_label, m.confidence, m.job_id, m.created_at
         FROM job_mistakes m
         WHERE (%(job)s::bigint IS NULL OR m.job_id = %(job)s)
-          AND (%(after)s::timestamptz IS NULL OR (m.created_at, m.job_id, m.input_data_id) < (%(after)s, %(after_job)s, %(after_image)s))
+          AND (%(after)s::timestamptz IS NULL
+               OR (m.created_at, m.job_id, m.input_data_id) < (%(after)s, %(after_job)s, %(after_image)s))
         ORDER BY m.created_at DESC, m.job_id DESC, m.input_data_id DESC
         LIMIT %(limit)s OFFSET %(offset)s
         """,

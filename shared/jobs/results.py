@@ -159,7 +159,8 @@ inserted AS (
 # as the COPY does, and the store goes again through the staging table.
 ROWS_IN_STATEMENT = """
 written AS (
-    INSERT INTO predictions (job_id, input_data_id, model_version, predicted_label, confidence, prediction_probabilities)
+    INSERT INTO predictions (job_id, input_data_id, model_version, predicted_label, confidence,
+                             prediction_probabilities)
     SELECT u.job_id, u.input_data_id, %(version)s, u.predicted_label, u.confidence, u.probabilities
     FROM unnest(%(p_jobs)s::bigint[], %(p_ids)s::bigint[], %(p_labels)s::smallint[], %(p_confidences)s::real[],
                 %(p_vectors)s::bytea[]) AS u (job_id, input_data_id, predicted_label, confidence, probabilities)
@@ -179,7 +180,8 @@ done AS (
 ADVANCE = """
 failed AS (
     INSERT INTO job_failures (job_id, input_data_id, reason)
-    SELECT f.* FROM unnest(%(f_jobs)s::bigint[], %(f_ids)s::bigint[], %(f_reasons)s::text[]) AS f (job_id, input_data_id, reason)
+    SELECT f.* FROM unnest(%(f_jobs)s::bigint[], %(f_ids)s::bigint[], %(f_reasons)s::text[])
+                    AS f (job_id, input_data_id, reason)
     WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.job_id = f.job_id AND p.input_data_id = f.input_data_id)
     ORDER BY 1, 2
     ON CONFLICT (job_id, input_data_id) DO NOTHING
@@ -210,14 +212,16 @@ failed AS (
 # the predictions sent in the statement, of the upload jobs it advanced.
 ANSWERED = """
 answered AS (
-    SELECT pg_notify(%(answers)s, concat_ws(' ', u.job_id, u.predicted_label, u.confidence, encode(u.probabilities, 'hex'), %(version)s))
+    SELECT pg_notify(%(answers)s, concat_ws(' ', u.job_id, u.predicted_label, u.confidence,
+                                            encode(u.probabilities, 'hex'), %(version)s))
     FROM unnest(%(p_jobs)s::bigint[], %(p_labels)s::smallint[], %(p_confidences)s::real[], %(p_vectors)s::bytea[])
          AS u (job_id, predicted_label, confidence, probabilities)
     JOIN job ON job.id = u.job_id AND job.kind = 'upload'
 )"""
 RESULT = """
 SELECT (SELECT COALESCE(sum(done), 0) FROM done), (SELECT count(*) FROM failed),
-       mnistq_require_jobs(cardinality(%(jobs)s::bigint[]), (SELECT count(pg_notify(%(channel)s, id::text)) FROM job))"""
+       mnistq_require_jobs(cardinality(%(jobs)s::bigint[]),
+                           (SELECT count(pg_notify(%(channel)s, id::text)) FROM job))"""
 RESULT_AND_ANSWERS = RESULT + ", (SELECT count(*) FROM answered)"
 
 
@@ -278,7 +282,8 @@ def _store(
 
 
 def _rows(prediction_jobs: np.ndarray, model_version: str, predictions: PredictionBatch) -> dict[str, object]:
-    """``ROWS_IN_STATEMENT``'s parameters: the predictions as columns, each vector as its little-endian float32 bytes."""
+    """``ROWS_IN_STATEMENT``'s parameters: the predictions as columns, each vector as
+    its little-endian float32 bytes."""
     if not model_version:
         raise ValueError("model_version must not be empty")
     vectors = predictions.probabilities.astype("<f4")

@@ -124,8 +124,8 @@ def submit_job(
 def refuse_too_many(images: int, max_images: int) -> None:
     if images > max_images:
         raise TooManyImages(
-            f"the selection matches more than MAX_JOB_IMAGES={max_images:,} images; narrow it (--split, --label, --limit)"
-            " or raise MAX_JOB_IMAGES"
+            f"the selection matches more than MAX_JOB_IMAGES={max_images:,} images;"
+            " narrow it (--split, --label, --limit) or raise MAX_JOB_IMAGES"
         )
 
 

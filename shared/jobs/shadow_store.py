@@ -25,7 +25,8 @@ def store_shadow_predictions(
     rows = query(
         conn,
         """
-        INSERT INTO shadow_predictions (job_id, input_data_id, model_version, predicted_label, confidence, prediction_probabilities)
+        INSERT INTO shadow_predictions (job_id, input_data_id, model_version, predicted_label, confidence,
+                                        prediction_probabilities)
         SELECT u.job_id, u.input_data_id, %s, u.label, u.confidence, u.probabilities
         FROM unnest(%s::bigint[], %s::bigint[], %s::smallint[], %s::real[], %s::bytea[])
              AS u (job_id, input_data_id, label, confidence, probabilities)

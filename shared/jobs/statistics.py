@@ -25,7 +25,8 @@ UNLABELLED = -1  # job_statistics.true_label of an image without a label
 MAINTAIN = f"""
 statistics AS (
     INSERT INTO job_statistics (job_id, true_label, predicted_label, predictions, low_confidence)
-    SELECT job_id, COALESCE(true_label, {UNLABELLED}), predicted_label, count(*), count(*) FILTER (WHERE confidence < {LOW_CONFIDENCE})
+    SELECT job_id, COALESCE(true_label, {UNLABELLED}), predicted_label, count(*),
+           count(*) FILTER (WHERE confidence < {LOW_CONFIDENCE})
     FROM batch GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
     ON CONFLICT (job_id, true_label, predicted_label) DO UPDATE SET
         predictions = job_statistics.predictions + EXCLUDED.predictions,
@@ -42,8 +43,8 @@ statistics AS (
 ADD_COUNTED = """
 statistics AS (
     INSERT INTO job_statistics (job_id, true_label, predicted_label, predictions, low_confidence)
-    SELECT * FROM unnest(%(s_jobs)s::bigint[], %(s_true)s::smallint[], %(s_predicted)s::smallint[], %(s_count)s::bigint[],
-                         %(s_low)s::bigint[])
+    SELECT * FROM unnest(%(s_jobs)s::bigint[], %(s_true)s::smallint[], %(s_predicted)s::smallint[],
+                         %(s_count)s::bigint[], %(s_low)s::bigint[])
     ORDER BY 1, 2, 3
     ON CONFLICT (job_id, true_label, predicted_label) DO UPDATE SET
         predictions = job_statistics.predictions + EXCLUDED.predictions,
@@ -56,8 +57,10 @@ statistics AS (
     ON CONFLICT (job_id, input_data_id) DO NOTHING
 )"""
 PARAMETERS = {
-    "s_jobs": "bigint[]", "s_true": "smallint[]", "s_predicted": "smallint[]", "s_count": "bigint[]", "s_low": "bigint[]",
-    "m_jobs": "bigint[]", "m_ids": "bigint[]", "m_true": "smallint[]", "m_predicted": "smallint[]", "m_confidence": "real[]",
+    "s_jobs": "bigint[]", "s_true": "smallint[]", "s_predicted": "smallint[]",
+    "s_count": "bigint[]", "s_low": "bigint[]",
+    "m_jobs": "bigint[]", "m_ids": "bigint[]", "m_true": "smallint[]",
+    "m_predicted": "smallint[]", "m_confidence": "real[]",
 }  # fmt: skip
 
 
@@ -76,8 +79,9 @@ def counted(prediction_jobs: np.ndarray, predictions: Any) -> dict[str, list]:
     return {
         "s_jobs": jobs.tolist(), "s_true": trues.tolist(), "s_predicted": predicteds.tolist(),
         "s_count": counts.tolist(), "s_low": low.astype(np.int64).tolist(),
-        "m_jobs": prediction_jobs[wrong].tolist(), "m_ids": predictions.image_ids[wrong].tolist(), "m_true": true[wrong].tolist(),
-        "m_predicted": predicted[wrong].tolist(), "m_confidence": confidences[wrong].tolist(),
+        "m_jobs": prediction_jobs[wrong].tolist(), "m_ids": predictions.image_ids[wrong].tolist(),
+        "m_true": true[wrong].tolist(), "m_predicted": predicted[wrong].tolist(),
+        "m_confidence": confidences[wrong].tolist(),
         "d_jobs": done_jobs.tolist(), "d_counts": done_counts.tolist(),
     }  # fmt: skip
 
@@ -90,7 +94,8 @@ def label_pair_counts(conn: Connection, job_id: int) -> list[tuple[int, int, int
     """(true label, predicted label, count) over a job's labelled predictions."""
     return query(
         conn,
-        "SELECT true_label, predicted_label, predictions FROM job_statistics WHERE job_id = %s AND true_label <> %s AND predictions > 0",
+        "SELECT true_label, predicted_label, predictions FROM job_statistics"
+        " WHERE job_id = %s AND true_label <> %s AND predictions > 0",
         (job_id, UNLABELLED),
     )
 
@@ -111,7 +116,8 @@ def recount(conn: Connection, job_id: int) -> dict[str, Any]:
     """A job's statistics, aggregated directly from its predictions and from the tables above, to compare."""
     stored = query(
         conn,
-        "SELECT true_label, predicted_label, predictions, low_confidence FROM job_statistics WHERE job_id = %s AND predictions > 0",
+        "SELECT true_label, predicted_label, predictions, low_confidence FROM job_statistics"
+        " WHERE job_id = %s AND predictions > 0",
         (job_id,),
     )
     direct = query(

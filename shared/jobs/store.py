@@ -25,7 +25,8 @@ from shared.images.store import SELECTION_FILTER
 
 # Everything about a job but its image list, which is large and only recovery reads.
 JOB_COLUMNS = (
-    "id", "kind", "model_version", "shadow_version", "selection", "total_images", "done_count", "failed_count", "status",
+    "id", "kind", "model_version", "shadow_version", "selection",
+    "total_images", "done_count", "failed_count", "status",
     "created_at", "started_at", "finished_at", "progressed_at",
     "priority", "callback_url", "cancelled_at", "cancelled_by",
 )  # fmt: skip
@@ -219,7 +220,8 @@ CREATE_UPLOAD_JOB = (
         VALUES (%(image)s, %(shape)s, 'upload', {version}) RETURNING id
     ), job AS (
         INSERT INTO jobs (kind, model_version, shadow_version, selection, image_ids, total_images, public_token)
-        SELECT 'upload', %(version)s, %(shadow)s, %(selection)s::jsonb, ARRAY[image.id], 1, %(token)s FROM image RETURNING id
+        SELECT 'upload', %(version)s, %(shadow)s, %(selection)s::jsonb, ARRAY[image.id], 1, %(token)s
+        FROM image RETURNING id
     )
     SELECT job.id, image.id FROM job, image
 """)
@@ -259,7 +261,8 @@ CREATE_NAMED_UPLOAD_JOB = (
         SELECT %(image)s, %(shape)s, 'upload', {version} FROM model RETURNING id
     ), job AS (
         INSERT INTO jobs (kind, model_version, shadow_version, selection, image_ids, total_images, public_token)
-        SELECT 'upload', model.version, %(shadow)s, %(selection)s::jsonb, ARRAY[image.id], 1, %(token)s FROM image, model
+        SELECT 'upload', model.version, %(shadow)s, %(selection)s::jsonb, ARRAY[image.id], 1, %(token)s
+        FROM image, model
         RETURNING id, model_version
     )
     SELECT job.id, image.id, job.model_version FROM job, image

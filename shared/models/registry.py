@@ -97,7 +97,8 @@ def remove_alias(conn: Connection, alias: str) -> str:
 
 
 def describe(conn: Connection, name: str) -> dict[str, Any]:
-    """A version (by version or alias) as the pages and ``models show`` present it: its card, aliases, files, what it serves."""
+    """A version (by version or alias) as the pages and ``models show`` present it: its card, aliases, files,
+    what it serves."""
     found = store.describe_model(conn, resolve(conn, name))
     assert found is not None  # resolve found it
     return with_serving(found)

@@ -111,7 +111,8 @@ def load_predictor(model_path: Path, runtime: str, threads: int) -> Predictor:
         tflite_file = litert_path(model_path)
         if not tflite_file.exists():
             raise ValueError(
-                f"{tflite_file} does not exist: train with python -m shared.training.train, or set MODEL_RUNTIME=tensorflow"
+                f"{tflite_file} does not exist: train with python -m shared.training.train,"
+                " or set MODEL_RUNTIME=tensorflow"
             )
         return LiteRTPredictor(tflite_file, threads)
     if runtime == "tensorflow":

@@ -47,7 +47,8 @@ def insert_model(conn: Connection, files: ModelFiles) -> bool:
     row = query_one(
         conn,
         """
-        INSERT INTO models (version, name, keras_file, tflite_file, int8_file, keras_bytes, tflite_bytes, int8_bytes, card)
+        INSERT INTO models (version, name, keras_file, tflite_file, int8_file,
+                            keras_bytes, tflite_bytes, int8_bytes, card)
         VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb)
         ON CONFLICT (version) DO NOTHING
         RETURNING version

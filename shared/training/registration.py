@@ -204,7 +204,8 @@ def recorded_agreement(card: dict[str, Any], keras_check: bool) -> str:
         return f"{why}: Keras not compared with its export, and the card records no agreement"
     if recorded < MIN_KERAS_AGREEMENT:
         raise ValueError(
-            f"the card records Keras and LiteRT agreeing on {recorded:.1%} of test images (at least {MIN_KERAS_AGREEMENT:.0%} needed)"
+            f"the card records Keras and LiteRT agreeing on {recorded:.1%} of test images"
+            f" (at least {MIN_KERAS_AGREEMENT:.0%} needed)"
         )
     return f"{why}: relying on the card, which records Keras and float LiteRT agreeing on {recorded:.1%}"
 

@@ -180,7 +180,8 @@ def main(
         card = train(data, epochs, batch_size, seed, out, limit)
     int8 = card["int8"]
     click.echo(
-        f"test accuracy {card['test_accuracy']:.4f} (int8 {int8['test_accuracy']:.4f}, agreement {int8['label_agreement']:.2%}),"
+        f"test accuracy {card['test_accuracy']:.4f}"
+        f" (int8 {int8['test_accuracy']:.4f}, agreement {int8['label_agreement']:.2%}),"
         f" ECE {card['calibration']['ece_test']:.4f} at T={card['temperature']}; wrote {out}"
     )
 

@@ -41,7 +41,8 @@ def table_columns(conn: Connection) -> dict[str, str]:
     """Each table's columns as a select list: what a later migration adds can then be left out of a comparison."""
     rows = query(
         conn,
-        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public' ORDER BY ordinal_position",
+        "SELECT table_name, column_name FROM information_schema.columns"
+        " WHERE table_schema = 'public' ORDER BY ordinal_position",
     )
     columns: dict[str, list[str]] = {}
     for table, column in rows:

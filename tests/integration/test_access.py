@@ -37,7 +37,8 @@ def seven_png() -> bytes:
 
 @pytest.fixture
 def own_settings(settings):
-    """The session's settings with a queue prefix of the test's own: no worker takes its uploads, and its limit counters are fresh."""
+    """The session's settings with a queue prefix of the test's own: no worker takes its uploads,
+    and its limit counters are fresh."""
     config = settings.replace(queue_prefix=scratch.unique_name("mnistq-access"))
     yield config
     scratch.delete_queues(config.redis_url, config.queue_prefix)

@@ -68,7 +68,8 @@ def token(db) -> str:
 
 
 ROW_COUNTS = """
-SELECT (SELECT count(*) FROM input_data), (SELECT count(*) FROM jobs), (SELECT count(*) FROM operators), (SELECT count(*) FROM api_tokens)
+SELECT (SELECT count(*) FROM input_data), (SELECT count(*) FROM jobs),
+       (SELECT count(*) FROM operators), (SELECT count(*) FROM api_tokens)
 """
 
 

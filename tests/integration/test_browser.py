@@ -41,7 +41,8 @@ CSP_PARTS = ("default-src 'none'", "script-src 'self'", "style-src 'self'", "fra
 INLINE_CODE = """() => ({
   inlineScripts: [...document.scripts].filter(script => !script.src).length,
   styleAttributes: document.querySelectorAll('[style]').length,
-  handlerAttributes: [...document.querySelectorAll('*')].filter(el => [...el.attributes].some(a => a.name.startsWith('on'))).length,
+  handlerAttributes: [...document.querySelectorAll('*')]
+    .filter(el => [...el.attributes].some(a => a.name.startsWith('on'))).length,
 })"""
 
 
@@ -188,7 +189,10 @@ def test_an_operator_signs_in_for_the_job_and_mistakes_pages(page, web_server, c
     page.goto(f"/low-confidence?threshold=0.99&job={job_id}")
     page.wait_for_selector("ul.gallery img")
     # Gallery images load lazily: those in view must arrive as real 28x28 PNGs.
-    in_view = "() => [...document.querySelectorAll('ul.gallery img')].slice(0, 4).every(img => img.complete && img.naturalWidth === 28)"
+    in_view = (
+        "() => [...document.querySelectorAll('ul.gallery img')].slice(0, 4)"
+        ".every(img => img.complete && img.naturalWidth === 28)"
+    )
     page.wait_for_function(in_view, timeout=RESULT_TIMEOUT_MS)
     assert_no_inline_code(page)
     screenshot(page, "low-confidence.png")

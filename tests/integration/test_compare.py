@@ -53,7 +53,8 @@ def stored_digits(conn, count: int, unlabelled: int = 0, start: int = 0) -> tupl
 
 
 def store_job(conn, image_ids: list[int], labels: list[int]) -> int:
-    """A job whose predictions are written at once through ``jobs.results.store_results`` (before the sweeper could take it)."""
+    """A job whose predictions are written at once through ``jobs.results.store_results``
+    (before the sweeper could take it)."""
     job_id = jobs.store.create_job(conn, image_ids, MODEL_B, {"test": "compare"})
     assert jobs.results.store_results(conn, job_id, MODEL_B, prediction_batch(image_ids, labels, 0.9), []) == (
         len(image_ids),
@@ -178,8 +179,8 @@ def test_the_cli_prints_the_numbers_of_a_direct_aggregation(invoke, pair):
     )
     a, b = pair["a"], pair["b"]
     assert (
-        f"accuracy on the labelled shared images: job {a} {expected['accuracy_a']:.4f}, job {b} {expected['accuracy_b']:.4f}"
-        in text
+        f"accuracy on the labelled shared images: job {a} {expected['accuracy_a']:.4f},"
+        f" job {b} {expected['accuracy_b']:.4f}" in text
     )
     different = "different predictions: 4 of 30 (13.33%): 1 fixed by B, 2 broken by B, 0 wrong in both but differently"
     assert f"{different}, 1 on images without a label" in text

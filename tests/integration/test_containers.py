@@ -197,8 +197,10 @@ def stack(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         stack.save_logs()
         compose("down", "--volumes", "--remove-orphans", check=False)
         timings["whole container test"] = round(time.monotonic() - started, 1)
-        summary = {"compose": compose.command, "compose_version": compose("version", "--short", check=False).stdout.strip(),
-                   "engine": engine.host, "cache": str(docker_images.cache_dir()), "seconds": timings, "notes": stack.notes}  # fmt: skip
+        summary = {"compose": compose.command,
+                   "compose_version": compose("version", "--short", check=False).stdout.strip(),
+                   "engine": engine.host, "cache": str(docker_images.cache_dir()),
+                   "seconds": timings, "notes": stack.notes}  # fmt: skip
         (ARTIFACTS / "timings.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(f"\ncontainer test timings: {json.dumps(summary)}")
 
@@ -213,7 +215,10 @@ def test_every_service_is_healthy_and_the_apps_run_as_uid_10001(stack: Stack):
         assert f"Uid:\t{APP_UID}\t" in status, f"{service}'s main process is not uid {APP_UID}"
     # The web serves from python -m web.serve: its main process and WEB_CONCURRENCY (2) processes below it.
     (web,) = compose.container_ids("web")
-    count = "import pathlib; print(sum(b'-m\\0web.serve\\0' in p.read_bytes() for p in pathlib.Path('/proc').glob('[0-9]*/cmdline')))"
+    count = (
+        "import pathlib; print(sum(b'-m\\0web.serve\\0' in p.read_bytes()"
+        " for p in pathlib.Path('/proc').glob('[0-9]*/cmdline')))"
+    )
     assert engine.docker("exec", web, "python", "-c", count).stdout.strip() == "3"
     assert b"web.serve" in engine.docker("exec", web, "cat", "/proc/1/cmdline").stdout.encode()
     with urllib.request.urlopen(f"{stack.web_url}/readyz", timeout=10) as response:
@@ -295,7 +300,8 @@ def test_a_worker_container_killed_mid_job_loses_and_duplicates_nothing(stack: S
         stack.producer("status", str(job_id), "--wait", "--timeout", str(JOB_SECONDS))
         done_after = time.monotonic() - killed_at
         assert stack.job(job_id) == {"status": "done", "total": TEST_IMAGES, "done": TEST_IMAGES, "failed": 0,
-                                     "predictions": TEST_IMAGES, "distinct_images": TEST_IMAGES, "lost": 0, "failures": 0}  # fmt: skip
+                                     "predictions": TEST_IMAGES, "distinct_images": TEST_IMAGES,
+                                     "lost": 0, "failures": 0}  # fmt: skip
         worker_logs = stack.compose("logs", "--no-color", "worker").stdout
         resumed = len(re.findall(FAILOVER_RESTORED, worker_logs))
         restarts = engine.docker("inspect", "--format", "{{.RestartCount}}", victim).stdout.strip()

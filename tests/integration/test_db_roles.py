@@ -142,7 +142,8 @@ def test_the_roles_are_neither_superusers_nor_owners_of_more_than_they_need(role
     admin = connect(role_urls["owner"])
     with admin.cursor() as cursor:
         cursor.execute(
-            "SELECT rolname, rolsuper, rolcreatedb, rolcreaterole, rolbypassrls FROM pg_roles WHERE rolname IN (%s, %s)",
+            "SELECT rolname, rolsuper, rolcreatedb, rolcreaterole, rolbypassrls FROM pg_roles"
+            " WHERE rolname IN (%s, %s)",
             (role_urls["owner_name"], role_urls["app_name"]),
         )
         assert all(not any(flags) for _, *flags in cursor.fetchall())
@@ -232,11 +233,17 @@ WEB_FORBIDDEN = [
     "INSERT INTO model_aliases (alias, version) SELECT 'evil', version FROM models LIMIT 1",
     "UPDATE model_aliases SET version = version",
     "DELETE FROM model_aliases",
-    "INSERT INTO predictions (job_id, input_data_id, model_version, predicted_label, confidence) VALUES (1, 1, 'x', 1, 1)",
+    (
+        "INSERT INTO predictions (job_id, input_data_id, model_version, predicted_label, confidence)"
+        " VALUES (1, 1, 'x', 1, 1)"
+    ),
     "UPDATE predictions SET predicted_label = 1",
     "UPDATE jobs SET done_count = 0",
     "UPDATE input_data SET true_label = 1",
-    "INSERT INTO job_statistics (job_id, true_label, predicted_label, predictions, low_confidence) VALUES (1, 1, 1, 1, 0)",
+    (
+        "INSERT INTO job_statistics (job_id, true_label, predicted_label, predictions, low_confidence)"
+        " VALUES (1, 1, 1, 1, 0)"
+    ),
     "CREATE TEMP TABLE t (id INT)",
 ]
 WORKER_FORBIDDEN = [

@@ -83,7 +83,8 @@ def interpolate(text: str, env: dict[str, str]) -> str:
 def test_compose_file_follows_the_compose_specification():
     if not COMPOSE_SCHEMA.exists():
         pytest.skip(
-            f"the Compose JSON schema is not at {COMPOSE_SCHEMA} (it comes with the shared folder beside the repository)"
+            f"the Compose JSON schema is not at {COMPOSE_SCHEMA}"
+            " (it comes with the shared folder beside the repository)"
         )
     schema = json.loads(COMPOSE_SCHEMA.read_text())
     jsonschema.Draft7Validator(schema).validate(compose())
@@ -333,7 +334,8 @@ def test_web_requirements_resolve_to_no_inference_runtime():
 
 
 def test_monitoring_and_flower_are_optional_profiles():
-    """``--profile monitoring`` adds Prometheus with deploy/prometheus (promtool: test_metrics.py); ``--profile flower``, Flower."""
+    """``--profile monitoring`` adds Prometheus with deploy/prometheus (promtool: test_metrics.py);
+    ``--profile flower``, Flower."""
     services = rendered_compose()["services"]
     prometheus, flower = services["prometheus"], services["flower"]
     assert prometheus["profiles"] == ["monitoring"] and flower["profiles"] == ["flower"]

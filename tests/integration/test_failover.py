@@ -359,7 +359,8 @@ def test_a_killed_upload_consumers_uploads_are_predicted_by_the_survivor_within_
         survivor.stop()
         doomed.stop()
     print(
-        f"\nupload failover: {len(held)} upload(s) held by the killed consumer predicted {recovery:.1f} s after it stopped"
+        f"\nupload failover: {len(held)} upload(s) held by the killed consumer"
+        f" predicted {recovery:.1f} s after it stopped"
     )
     assert {job_id: outcome for job_id, outcome in outcomes.items() if outcome != ("done", 1, 1, 0)} == {}
     assert recovery <= FAILOVER_SECONDS

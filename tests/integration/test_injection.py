@@ -112,7 +112,8 @@ def private_config(settings: Settings) -> Iterator[Settings]:
 
 
 def seed(conn) -> int:
-    """Images, a bulk job with a right and a wrong prediction and a failure, a finished upload, and an operator (its id)."""
+    """Images, a bulk job with a right and a wrong prediction and a failure, a finished upload,
+    and an operator (its id)."""
     digit = np.eye(28, dtype=np.uint8) * 255
     ids = images.store.insert_images(
         conn, [ImageRow(encode_image(digit), label, [28, 28], "test", label, None) for label in (1, 7, 9)]
@@ -148,7 +149,8 @@ def unchanged(private_conn) -> Iterator[None]:
 
 @pytest.fixture
 def client(private_config, private_conn):
-    """Signed in as the seeded operator, so that every page and the jobs API read the parameters (a session writes no row)."""
+    """Signed in as the seeded operator, so that every page and the jobs API read the parameters
+    (a session writes no row)."""
     config, operator_id = private_config
     app = create_app({"TESTING": True, "WTF_CSRF_ENABLED": False}, settings=config)
     return services.signed_in(app.test_client(), private_conn, operator_id)

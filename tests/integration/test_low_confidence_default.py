@@ -44,7 +44,8 @@ def predicted_job(worker, settings) -> int:
 
 @pytest.fixture
 def card_with_threshold(conn, settings):
-    """Production moved to a version whose card chose CARD_THRESHOLD (the bundled files, a card of its own); moved back after."""
+    """Production moved to a version whose card chose CARD_THRESHOLD (the bundled files, a card of its own);
+    moved back after."""
     files = registration.read_model_files(settings.model_path)
     card = {**files.card, "low_confidence_threshold": CARD_THRESHOLD}
     version = f"{files.name}-{uuid.uuid4().hex[:12]}"

@@ -230,7 +230,8 @@ def test_a_job_shows_in_prometheus_as_images_per_second(monitored, conn, browser
     rate = float(monitored.eventually(f"{IMAGES_PER_SECOND} > 0")[0]["value"][1])
     peak = monitored.value(f"max_over_time({GRAPHED.replace('by (queue) ', '')}[1m:1s])")
     print(
-        f"job {job_id}: {images} images in {job_seconds:.1f} s; Prometheus rate[30s] {rate:.0f}/s, peak rate[5s] {peak:.0f}/s"
+        f"job {job_id}: {images} images in {job_seconds:.1f} s;"
+        f" Prometheus rate[30s] {rate:.0f}/s, peak rate[5s] {peak:.0f}/s"
     )
     assert monitored.eventually('max_over_time(mnist_queue_depth{queue="bulk", job="worker"}[1m]) > 0')
     assert monitored.eventually('max_over_time(mnist_queue_oldest_age_seconds{queue="bulk", job="worker"}[1m]) > 0')

@@ -62,28 +62,31 @@ def fill_as_the_previous_release(conn: Connection) -> dict[str, int]:
     with transaction(conn) as cursor:
         cursor.execute(
             "INSERT INTO input_data (image_data, true_label, image_shape, dataset_split, image_index, source) VALUES"
-            " (%s, 7, '{28,28}', 'test', 0, NULL), (%s, 1, '{28,28}', 'test', 1, NULL), (%s, 2, '{28,28}', 'train', 5, NULL),"
+            " (%s, 7, '{28,28}', 'test', 0, NULL), (%s, 1, '{28,28}', 'test', 1, NULL),"
+            " (%s, 2, '{28,28}', 'train', 5, NULL),"
             " (%s, NULL, '{28,28}', 'upload', NULL, 'pictures/3/a.png'), (%s, NULL, '{28,28}', 'upload', NULL, NULL)"
             " RETURNING id",
             [image for image in images],
         )
         a, b, c, d, upload_image = (row[0] for row in cursor.fetchall())
         cursor.execute(
-            "INSERT INTO jobs (kind, model_version, selection, image_ids, total_images, done_count, failed_count, status,"
-            " started_at, progressed_at) VALUES ('bulk', %s, %s, %s, 4, 1, 1, 'running', now(), now()) RETURNING id",
+            "INSERT INTO jobs (kind, model_version, selection, image_ids, total_images, done_count, failed_count,"
+            " status, started_at, progressed_at)"
+            " VALUES ('bulk', %s, %s, %s, 4, 1, 1, 'running', now(), now()) RETURNING id",
             (MODEL, Jsonb({"split": None, "limit": 4}), [a, b, c, d]),
         )
         bulk = cursor.fetchone()[0]
         cursor.execute(
             "INSERT INTO jobs (kind, model_version, selection, image_ids, total_images, done_count, status, started_at,"
-            " finished_at, progressed_at) VALUES ('upload', %s, %s, %s, 1, 1, 'done', now(), now(), now()) RETURNING id",
+            " finished_at, progressed_at)"
+            " VALUES ('upload', %s, %s, %s, 1, 1, 'done', now(), now(), now()) RETURNING id",
             (MODEL, Jsonb({"upload": "a.png"}), [upload_image]),
         )
         upload = cursor.fetchone()[0]
         for job_id, image_id in ((bulk, a), (upload, upload_image)):
             cursor.execute(
-                "INSERT INTO predictions (job_id, input_data_id, model_version, predicted_label, confidence, prediction_probabilities)"
-                " VALUES (%s, %s, %s, 7, %s, %s)",
+                "INSERT INTO predictions (job_id, input_data_id, model_version, predicted_label, confidence,"
+                " prediction_probabilities) VALUES (%s, %s, %s, 7, %s, %s)",
                 (job_id, image_id, MODEL, float(vector.max()), vector.tobytes()),
             )
         cursor.execute(
@@ -131,8 +134,8 @@ def test_the_upgrade_fills_the_statistics_of_the_jobs_already_there(previous_rel
     wrong = rows["images"][2]  # true label 2, predicted 7: a mistake of the old release
     query(
         conn,
-        "INSERT INTO predictions (job_id, input_data_id, model_version, predicted_label, confidence, prediction_probabilities)"
-        " VALUES (%s, %s, %s, 7, 0.55, %s)",
+        "INSERT INTO predictions (job_id, input_data_id, model_version, predicted_label, confidence,"
+        " prediction_probabilities) VALUES (%s, %s, %s, 7, 0.55, %s)",
         (rows["bulk"], wrong, MODEL, np.zeros(10, np.float32).tobytes()),
     )
     schema.migrate(url)

@@ -280,7 +280,9 @@ def stored_uploads(cluster: Cluster) -> tuple[int, int, int]:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="no answer in 20 s: asyncpg pool (shared/db/upload_lane.py) has no command_timeout; 503s carry no Retry-After",
+    reason=(
+        "no answer in 20 s: asyncpg pool (shared/db/upload_lane.py) has no command_timeout; 503s carry no Retry-After"
+    ),
 )
 def test_the_web_cut_off_from_the_data_host_answers_503_and_recovers(healed: Cluster) -> None:
     cluster = healed

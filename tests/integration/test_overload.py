@@ -155,7 +155,8 @@ def test_a_thousand_uploads_each_get_an_answer_and_every_accepted_one_its_predic
     assert {job: result for job, result in results.items() if result != ("done", 1, 1, 0)} == {}
     assert len(results) == len(accepted)
     print(
-        f"\noverload: {UPLOADS} uploads in {submit_seconds:.1f} s, {len(accepted)} accepted, {len(refused)} refused (429),"
+        f"\noverload: {UPLOADS} uploads in {submit_seconds:.1f} s, {len(accepted)} accepted,"
+        f" {len(refused)} refused (429),"
         f" {len(results)} predicted exactly once, all done after {predict_seconds:.1f} s"
     )
     assert queues.uploads.waiting(settings) == 0

@@ -12,7 +12,8 @@ from tests.support.services import prediction_batch, production_version
 
 
 def lost_job(conn, count: int) -> tuple[int, list[int]]:
-    """A job whose rows exist but whose messages never reached Redis (as after a Redis restart): deliberately not enqueued."""
+    """A job whose rows exist but whose messages never reached Redis (as after a Redis restart):
+    deliberately not enqueued."""
     rows = [
         ImageRow(encode_image(np.full((28, 28), i, np.uint8)), None, [28, 28], "upload", None, None)
         for i in range(count)

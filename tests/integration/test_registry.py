@@ -60,7 +60,8 @@ def nearest_centroid_model(images: np.ndarray, labels: np.ndarray, shift: int):
 
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory, mnist_dir) -> dict[str, Path]:
-    """tiny_a (float and int8 exports, its card puts int8 within 0.05 points) and tiny_b (float only), as training writes them."""
+    """tiny_a (float and int8 exports, its card puts int8 within 0.05 points) and tiny_b (float only),
+    as training writes them."""
     from shared.training import model
 
     images, labels = mnist.load_split(mnist_dir, "test")
@@ -449,15 +450,16 @@ def test_jobs_of_the_release_before_keep_their_version_or_are_served_by_producti
         started, unstarted = (
             query_one(
                 conn,
-                "INSERT INTO jobs (model_version, image_ids, total_images, status) VALUES ('old-model', %s, 1, %s) RETURNING id",
+                "INSERT INTO jobs (model_version, image_ids, total_images, status)"
+                " VALUES ('old-model', %s, 1, %s) RETURNING id",
                 ([1], status),
             )[0]
             for status in ("running", "queued")
         )
         query(
             conn,
-            "INSERT INTO predictions (job_id, input_data_id, model_version, predicted_label, confidence, prediction_probabilities)"
-            " VALUES (%s, 1, 'old-model', 1, 0.9, %s)",
+            "INSERT INTO predictions (job_id, input_data_id, model_version, predicted_label, confidence,"
+            " prediction_probabilities) VALUES (%s, 1, 'old-model', 1, 0.9, %s)",
             (started, vector),
         )
         registration.prepare_database(url, settings.model_path, settings.mnist_dir)

@@ -124,7 +124,8 @@ def zipped(entries: dict[str, bytes]) -> bytes:
 
 
 def claiming(data: bytes, size: int) -> bytes:
-    """The archive with its first entry claiming ``size`` bytes unpacked in the central directory (a zip bomb's claim)."""
+    """The archive with its first entry claiming ``size`` bytes unpacked
+    in the central directory (a zip bomb's claim)."""
     at = data.index(b"PK\x01\x02")
     return data[: at + 24] + struct.pack("<I", size) + data[at + 28 :]
 

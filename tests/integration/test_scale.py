@@ -268,7 +268,8 @@ def latest_predicted(conn, digit: int) -> list[int]:
         conn,
         """
         SELECT input_data_id FROM (
-            SELECT DISTINCT ON (input_data_id) input_data_id, predicted_label FROM predictions ORDER BY input_data_id, job_id DESC
+            SELECT DISTINCT ON (input_data_id) input_data_id, predicted_label FROM predictions
+            ORDER BY input_data_id, job_id DESC
         ) latest WHERE predicted_label = %s ORDER BY input_data_id DESC
         """,
         (digit,),

@@ -202,7 +202,10 @@ def test_stack_restarts_a_killed_worker_and_web_then_gives_up_on_a_worker_that_k
         for delay in ("0.5", "1", "2", "4"):
             assert f"worker was killed by SIGKILL; restarting in {delay} s" in output
         assert "web was killed by SIGKILL; restarting in 0.5 s" in output
-        expected = f"Error: worker exited {CRASH_LIMIT} times within {CRASH_WINDOW_SECONDS:g} s, the last time it was killed by SIGKILL;"
+        expected = (
+            f"Error: worker exited {CRASH_LIMIT} times within {CRASH_WINDOW_SECONDS:g} s,"
+            " the last time it was killed by SIGKILL;"
+        )
         assert f"{expected} giving up; log {stack_dir / 'logs' / 'worker.log'}" in output
         assert load_state(stack_dir) is None
         assert not any(group_alive(pgid) for pgid in seen)

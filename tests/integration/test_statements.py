@@ -111,7 +111,8 @@ def test_a_lane_that_planned_beside_few_jobs_still_finds_a_batchs_jobs_by_key_wh
         setup = connection.connect(url, autocommit=True)
         image = connection.query_one(
             setup,
-            "INSERT INTO input_data (image_data, image_shape, dataset_split) VALUES ('\\x00', '{28,28}', 'upload') RETURNING id",
+            "INSERT INTO input_data (image_data, image_shape, dataset_split)"
+            " VALUES ('\\x00', '{28,28}', 'upload') RETURNING id",
         )[0]
 
         def new_jobs(count: int) -> list[int]:

@@ -39,7 +39,8 @@ def app(settings):
 
 @pytest.fixture
 def client(app, conn, operator):
-    """Signed in as an operator: these tests are about what the routes do (tests/integration/test_access.py: who may)."""
+    """Signed in as an operator: these tests are about what the routes do
+    (tests/integration/test_access.py: who may)."""
     return signed_in(app.test_client(), conn, operator)
 
 
@@ -142,7 +143,9 @@ client = create_app({{"TESTING": True}}).test_client()
 response = client.post("/api/predictions", data=open({str(picture)!r}, "rb").read(), content_type="image/png")
 assert response.status_code == 202, response.data
 client.get(response.json["status_url"])
-heavy = sorted(name for name in sys.modules if name.split(".")[0] in ("tensorflow", "keras", "ai_edge_litert", "worker"))
+heavy = sorted(
+    name for name in sys.modules if name.split(".")[0] in ("tensorflow", "keras", "ai_edge_litert", "worker")
+)
 assert not heavy, heavy
 """
     result = subprocess.run(
@@ -282,8 +285,8 @@ def test_wrong_method_is_a_json_405(client, method, url):
 
 def test_unknown_predictions_are_404(client, conn):
     bulk_job = jobs.store.create_job(conn, [1], "model-x", {})  # never enqueued: it only has to exist
-    for url in ["/api/predictions/987654321", f"/api/predictions/{bulk_job}", "/api/predictions/abc", f"/api/predictions/{2**64}",
-                f"/api/predictions/{jobs.store.new_upload_token()}"]:  # fmt: skip
+    for url in ["/api/predictions/987654321", f"/api/predictions/{bulk_job}", "/api/predictions/abc",
+                f"/api/predictions/{2**64}", f"/api/predictions/{jobs.store.new_upload_token()}"]:  # fmt: skip
         response = client.get(url)
         assert response.status_code == 404 and response.json["error"], url
     assert client.get("/predictions/987654321").status_code == 404

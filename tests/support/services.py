@@ -167,7 +167,8 @@ def operator_token(conn: Connection, label: str = "test") -> str:
 
 
 def signed_in(client, conn: Connection, operator_id: int):
-    """A Flask test client with the operator's session, as the sign-in form leaves it (without hashing the password again)."""
+    """A Flask test client with the operator's session, as the sign-in form leaves it
+    (without hashing the password again)."""
     row = operators.store.operator_by_id(conn, operator_id)
     with client.session_transaction() as session:
         tag = operators.secrets.credential_tag(row["password_hash"], row["session_generation"])
@@ -228,7 +229,8 @@ def wait_for_jobs(
 
 
 def run_entrypoint(database_url: str, schema_database_url: str | None, *command: str) -> subprocess.CompletedProcess:
-    """The worker image's entrypoint (docker/entrypoint.sh) as a real process, with this virtualenv's python first on PATH."""
+    """The worker image's entrypoint (docker/entrypoint.sh) as a real process,
+    with this virtualenv's python first on PATH."""
     env = {name: value for name, value in os.environ.items() if name not in {"SCHEMA_DATABASE_URL", "MNIST_PRODUCTION"}}
     env |= {"DATABASE_URL": database_url, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"}
     if schema_database_url is not None:

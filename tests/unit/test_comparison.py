@@ -1,4 +1,5 @@
-"""Two jobs compared from hand-made aggregates: accuracies, differences, what changed, the confusion diff; no database."""
+"""Two jobs compared from hand-made aggregates: accuracies, differences, what changed, the confusion diff;
+no database."""
 
 from __future__ import annotations
 
@@ -93,7 +94,8 @@ def test_no_shared_image_is_said_plainly_and_is_no_error():
     apart = Comparison.of(job(1, 5), job(2, 7), [])
     assert (apart.shared, apart.differing, apart.accuracy_a, apart.accuracy_b) == (0, 0, None, None)
     assert apart.note() == (
-        "the two jobs share no images: job 1's 5 predictions and job 2's 7 are of different images, so there is nothing to compare"
+        "the two jobs share no images: job 1's 5 predictions and job 2's 7 are of different images,"
+        " so there is nothing to compare"
     )
     waiting = Comparison.of(job(1, 5), job(2, 0, status="queued"), [])
     assert waiting.note() == "no image has a prediction in both jobs yet (job 2 is not done)"

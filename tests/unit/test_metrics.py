@@ -159,7 +159,10 @@ def test_prepare_wipes_the_folder_a_start_gets(tmp_path, monkeypatch):
     directory.mkdir()
     (directory / "counter_1.db").write_bytes(b"left by an earlier start")
     # In a child, as the entry points do: prepare switches prometheus_client to files even after it was imported.
-    code = f"from pathlib import Path; from shared import observability; observability.files.prepare(Path({str(directory)!r}));"
+    code = (
+        "from pathlib import Path; from shared import observability;"
+        f" observability.files.prepare(Path({str(directory)!r}));"
+    )
     code += " observability.metrics.record_refusal(429, 'upload_queue_full')"
     subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, check=True)
     assert not (directory / "counter_1.db").exists()
@@ -218,7 +221,8 @@ def test_the_store_counts_may_be_decimals_and_a_failed_recording_never_fails_the
 
 
 def test_every_recording_of_the_lanes_logs_its_own_errors(caplog):
-    """They run after a commit: an error there must never reach the failure path (a prediction and a failure for one upload)."""
+    """They run after a commit: an error there must never reach the failure path
+    (a prediction and a failure for one upload)."""
     lanes = ("batch", "uploads", "models", "tasks", "shadow", "failover", "sweeper")
     called = {
         name

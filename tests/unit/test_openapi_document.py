@@ -48,7 +48,8 @@ def resolved(document: dict[str, Any], parameter: dict[str, Any]) -> dict[str, A
 
 
 def documented(document: dict[str, Any]) -> dict[str, tuple[frozenset[str], frozenset[str]]]:
-    """{path: (methods, path parameters)} of the document's paths under /api; each operation must name every path parameter."""
+    """{path: (methods, path parameters)} of the document's paths under /api;
+    each operation must name every path parameter."""
     paths: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
     for path, item in document["paths"].items():
         if not path.startswith("/api/"):

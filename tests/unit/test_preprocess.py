@@ -110,7 +110,8 @@ def thick_zero(side: int = 160, stroke: int = 40, margin: int = 0, paper: int = 
 
 
 def same_digit(a: np.ndarray, b: np.ndarray) -> bool:
-    """Correlated once both are blurred by a pixel, so that a shift of one pixel (a rounding of the centre) still matches."""
+    """Correlated once both are blurred by a pixel, so that a shift of one pixel
+    (a rounding of the centre) still matches."""
     a, b = (np.asarray(Image.fromarray(x).filter(ImageFilter.GaussianBlur(1)), dtype=float).ravel() for x in (a, b))
     return float(np.corrcoef(a, b)[0, 1]) > SAME_DIGIT_CORRELATION
 

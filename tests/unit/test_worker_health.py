@@ -1,4 +1,5 @@
-"""``python -m worker.health --liveness``: passes while the upload consumer's loop file is fresh, fails on a stale or missing one."""
+"""``python -m worker.health --liveness``: passes while the upload consumer's loop file is fresh,
+fails on a stale or missing one."""
 
 import os
 import time
