@@ -18,7 +18,7 @@ from shared.db.connection import Connection
 from shared.digits import MAX_ROW_ID
 from web import backends
 from web.auth import operator_required
-from web.params import int_arg
+from web.params import choice_arg, int_arg
 
 blueprint = Blueprint("exports", __name__)
 FORMAT_BY_MEDIA_TYPE = {"text/csv": "csv", "application/jsonl": "jsonl", "application/x-ndjson": "jsonl"}
@@ -55,7 +55,7 @@ def job_results(job_id: int) -> Response:
     form = chosen_format()
     after = int_arg("after", 0, 0, MAX_ROW_ID)
     limit = int_arg("limit", 0, 0, MAX_ROW_ID) or None
-    probabilities = request.args.get("probabilities", "") in {"1", "true", "yes"}
+    probabilities = choice_arg("probabilities", "0", ("0", "1", "true", "false")) in {"1", "true"}
     conn = backends.get_db()
     info = jobs.export.describe(conn, [job_id])
     if info is None:

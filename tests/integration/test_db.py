@@ -30,6 +30,7 @@ def test_schema_creation_is_idempotent(conn, database_url):
         conn, job_id, "test-model", prediction_batch(ids[:1], 3, 0.9), [jobs.results.FailureRow(ids[1], "x")]
     )
     jobs.results.record_attempt(conn, job_id, ids)
+    jobs.lifecycle_store.claim_end(conn, job_id)  # announced now: the session worker's sweeper leaves it be
     before = (
         schema_snapshot(conn),
         every_row(conn, job_id),

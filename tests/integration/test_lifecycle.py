@@ -33,7 +33,8 @@ TEST_CONFIG = {"TESTING": True, "WTF_CSRF_ENABLED": False}
 
 def stored(conn, count: int) -> list[int]:
     rows = [
-        ImageRow(encode_image(np.full((28, 28), i % 250, np.uint8)), i % 10, [28, 28], "upload", None, None)
+        # labelled 0-8: other tests count on no stored upload labelled 9
+        ImageRow(encode_image(np.full((28, 28), i % 250, np.uint8)), i % 9, [28, 28], "upload", None, None)
         for i in range(count)
     ]
     return images.store.insert_images(conn, rows)

@@ -19,6 +19,7 @@ from producer.cli import main
 from shared import jobs
 from shared.db.connection import query, query_one
 from shared.images.codec import encode_image
+from shared.images.preprocess import PREPROCESS_VERSION
 from shared.images.store import ImageRow, insert_images
 from shared.training import mnist
 from tests.support.services import signed_in, table_counts
@@ -152,7 +153,7 @@ def test_a_batch_of_pictures_and_a_zip_become_jobs(client, conn, pictures):
     versions = query(
         conn, "SELECT preprocess_version FROM input_data WHERE id = ANY(%s)", (list(job_image_ids(conn, job["id"])),)
     )
-    assert {row[0] for row in versions} == {1}
+    assert {row[0] for row in versions} == {PREPROCESS_VERSION}
 
 
 def job_image_ids(conn, job_id: int) -> list[int]:
@@ -201,7 +202,7 @@ def test_folder_ingest_reports_bad_files_and_goes_on(invoke, tmp_path, conn, pic
     assert "escape.png: a symbolic link, not followed" in result.output
     assert query_one(
         conn, "SELECT preprocess_version FROM input_data WHERE source = %s", (str(folder.resolve() / "good.png"),)
-    ) == (1,)
+    ) == (PREPROCESS_VERSION,)
 
 
 def test_run_ingests_predicts_and_writes_results_and_resumes(invoke, tmp_path, conn, pictures, worker):
