@@ -295,11 +295,14 @@ def test_browse_by_prediction_lists_each_image_whose_latest_prediction_is_the_di
     expected = latest_predicted(conn, 7)
     latest_sevens = {ids[k] for k in range(60) if (k // 2) % 2} | {ids[k] for k in range(60, 120) if k % 2}
     assert set(expected) & set(ids) == latest_sevens and not set(unpredicted) & set(expected)
-    assert walk(client, "/browse?digit=7&by=prediction") == expected
+    # Only this test's images, the newest: the session worker may meanwhile store predictions of older ones.
+    mine = set(ids)
+    expected = [image_id for image_id in expected if image_id in mine]
+    assert [image_id for image_id in walk(client, "/browse?digit=7&by=prediction") if image_id in mine] == expected
     by_number = []
     for page in range(1, len(expected) // 48 + 2):
         by_number += [
             int(image_id)
             for image_id in IMAGE_IN_CARD.findall(client.get(f"/browse?digit=7&by=prediction&page={page}").text)
         ]
-    assert by_number == expected
+    assert [image_id for image_id in by_number if image_id in mine] == expected
