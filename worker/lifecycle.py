@@ -1,7 +1,7 @@
 """A bulk job's lifecycle in the worker: the next slice after each batch, the end announced once, its webhook.
 
-- ``after_batch``: a finished batch sends its job's next one (``shared/jobs/fair_share.py``); when there
-  is none left, the job may have ended, and its end is announced.
+- ``after_batch``: a finished batch sends its job's next one (``shared/jobs/fair_share.py``) without
+  waiting for it; when there is none left, the job may have ended, and its end is announced.
 - ``announce_end``: whoever claims a job's end (``lifecycle_store.claim_end``: one UPDATE, so once) counts
   it in ``mnist_job_ends`` and, for a job with a URL, sends the webhook's delivery task. A worker that dies
   between the job's last commit and the claim leaves it to the sweeper (``unannounced_ends``).
@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from concurrent.futures import Future
 from typing import Any
 
 from celery import Celery
@@ -58,19 +60,29 @@ def announce_end(conn: connection.Connection, app: Celery, settings: Settings, j
     return status
 
 
-def after_batch(conn: connection.Connection, app: Celery, settings: Settings, job_id: int) -> None:
+def send_next(conn: connection.Connection, app: Celery, settings: Settings, job_id: int) -> None:
     """The job's next batch, or, when none is left to send, its end if it has come. Runs on the database lane."""
     sent, _ = jobs.fair_share.send_next(conn, app, settings, job_id, 1)
     if not sent:
         announce_end(conn, app, settings, job_id)
 
 
-def cancelled(lane: DatabaseLane, app: Celery, job_id: int) -> bool:
-    """Whether the job was cancelled: one lookup by primary key per batch, before any image is read."""
-    if lane.submit(jobs.lifecycle_store.job_state, job_id).result() != "cancelled":
-        return False
+def after_batch(lane: DatabaseLane, app: Celery, settings: Settings, job_id: int) -> None:
+    """A finished batch sends its job's next one on the lane, not waited for: the task returns, and its
+    next message comes, meanwhile. A worker that dies in between leaves the job one batch short in play;
+    the sweeper tops a stalled job up (``service.resume_job``)."""
+    lane.submit(send_next, app, settings, job_id).add_done_callback(functools.partial(log_failure, job_id))
+
+
+def log_failure(job_id: int, done: Future[None]) -> None:
+    error = done.exception()
+    if error is not None:
+        log.warning("job %s: its next batch was not sent (%r); the sweeper sends it", job_id, error)
+
+
+def skip_cancelled(lane: DatabaseLane, app: Celery, job_id: int) -> None:
+    """A batch of a cancelled job is skipped before its images are read, and the job's end announced."""
     lane.submit(announce_end, app, state.current().settings, job_id).result()
-    return True
 
 
 def job_ended(task: Any, job_id: int) -> str | None:

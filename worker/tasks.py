@@ -49,7 +49,7 @@ def predict_batch(task: Any, job_id: int, image_ids: list[int]) -> dict[str, int
     try:
         outcome = run_batch(task, lane, models, job_id, image_ids)
         if outcome is not None:
-            lane.submit(lifecycle.after_batch, task.app, process.settings, job_id).result()
+            lifecycle.after_batch(lane, task.app, process.settings, job_id)
             return outcome
         return {"done": 0, "failed": 0}
     except TRANSIENT_ERRORS as error:  # retried by Celery (RETRY_OPTIONS), not split: the batch is not at fault
@@ -66,9 +66,10 @@ def run_batch(task: Any, lane: Any, models: Any, job_id: int, image_ids: list[in
     (dropped) are the caller's."""
     version = None  # the job's, once read
     try:
-        if lifecycle.cancelled(lane, task.app, job_id):
+        deliveries, status = lane.submit(jobs.results.record_attempt, job_id, image_ids).result()
+        if status == "cancelled":
+            lifecycle.skip_cancelled(lane, task.app, job_id)
             return None
-        deliveries = lane.submit(jobs.results.record_attempt, job_id, image_ids).result()
         step = jobs.service.next_step(deliveries, len(image_ids))
         if step is jobs.service.NextStep.SPLIT:
             split_batch(task, job_id, image_ids, f"attempt {deliveries}")

@@ -37,12 +37,6 @@ def take_batches(conn: Connection, job_id: int, count: int) -> tuple[str, list[l
     return (rows[0][0] if rows else "normal"), [list(row[1]) for row in rows]
 
 
-def job_state(conn: Connection, job_id: int) -> str | None:
-    """A job's status, by its primary key: the worker's check before it reads a batch's images."""
-    row = query_one(conn, "SELECT status FROM jobs WHERE id = %s", (job_id,), prepare=True)
-    return row[0] if row else None
-
-
 def cancel_job(conn: Connection, job_id: int, by: str) -> tuple[bool, dict[str, Any] | None]:
     """Cancel a queued or running bulk job now: (whether this call cancelled it, the job as it is after;
     None: no such job). A job that has ended, or an upload, is left as it is."""

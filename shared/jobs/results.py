@@ -23,7 +23,14 @@ import psycopg
 import psycopg.errors
 from psycopg import sql
 
-from shared.db.connection import Connection, Cursor, copy_in_statement, fetchone_required, transaction
+from shared.db.connection import (
+    Connection,
+    Cursor,
+    copy_in_statement,
+    fetchone_required,
+    query_one_required,
+    transaction,
+)
 from shared.digits import NUM_CLASSES
 from shared.jobs import progress, statistics
 
@@ -357,20 +364,30 @@ def _copy_predictions(
             copy.write_row(row)
 
 
-def record_attempt(conn: Connection, job_id: int, image_ids: Sequence[int]) -> int:
-    """Count one more start of this batch, committed before any work; returns the count.
+def record_attempt(conn: Connection, job_id: int, image_ids: Sequence[int]) -> tuple[int, str]:
+    """Count one more start of this batch, committed before any work: (the count, the job's status).
 
-    Committed without waiting for the disk flush: a count lost in a database crash only
-    means one more attempt, and the flush would add a millisecond to every upload.
+    One statement, so the worker learns whether the job was cancelled in the same round trip; a batch
+    of a cancelled job is not counted (0), as none of its images will be read. UnknownJobError for a job
+    that is not there. Committed without waiting for the disk flush (``set_config`` is local to the
+    statement's transaction): a count lost in a database crash only means one more attempt.
     """
-    with transaction(conn) as cursor:
-        cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        cursor.execute(
-            """
-            INSERT INTO batch_attempts (job_id, first_image_id, batch_size) VALUES (%s, %s, %s)
+    attempts, status = query_one_required(
+        conn,
+        """
+        WITH quick AS (SELECT set_config('synchronous_commit', 'off', true)),
+        job AS (SELECT id, status FROM jobs WHERE id = %(job)s),
+        attempt AS (
+            INSERT INTO batch_attempts (job_id, first_image_id, batch_size)
+            SELECT id, %(first)s, %(size)s FROM job WHERE status <> 'cancelled'
             ON CONFLICT (job_id, first_image_id, batch_size) DO UPDATE SET attempts = batch_attempts.attempts + 1
             RETURNING attempts
-            """,
-            (job_id, image_ids[0], len(image_ids)),
         )
-        return fetchone_required(cursor)[0]
+        SELECT (SELECT attempts FROM attempt), (SELECT status FROM job) FROM quick
+        """,
+        {"job": job_id, "first": image_ids[0], "size": len(image_ids)},
+        prepare=True,
+    )
+    if status is None:
+        raise UnknownJobError(f"job {job_id} does not exist")
+    return attempts or 0, status
