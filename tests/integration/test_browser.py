@@ -1,5 +1,7 @@
 """A real browser against a real server: Debian's Chromium driven by Playwright, web.serve (granian) serving
-the app, the session's Celery worker predicting. Screenshots land in test-artifacts/.
+the app, the session's Celery worker predicting. Screenshots land in test-artifacts/; those of the
+upload's answer, a job and the mistakes also in the docs' pictures folder when MNIST_DOCS_SCREENSHOTS
+names one (tests/support/pictures.py).
 
 Every page is checked for its Content-Security-Policy header and for inline script, inline style
 and event-handler attributes (none), and the browser must report no CSP violation.
@@ -17,7 +19,7 @@ import pytest
 from producer import ingest
 from shared import images
 from shared.db import connection
-from tests.support import digits, services
+from tests.support import digits, pictures, services
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Playwright's own browser download is not reachable here; Debian's build is, with these flags
@@ -35,7 +37,7 @@ CHROMIUM_ARGS = [
 ARTIFACTS = services.PROJECT_ROOT / "test-artifacts"
 RESULT_TIMEOUT_MS = 20_000
 PAD_MARGIN = 40  # px from the pad's edge where the test's stroke starts and ends
-JOB_IMAGES = 200
+JOB_IMAGES = 2000  # enough for the job's confusion matrix and the mistakes page to show some mistakes
 # What each page must carry; the full policy is web/security.py's.
 CSP_PARTS = ("default-src 'none'", "script-src 'self'", "style-src 'self'", "frame-ancestors 'none'")
 INLINE_CODE = """() => ({
@@ -116,9 +118,11 @@ def sign_in(page, name: str) -> None:
     page.click("#sign-in-form button[type=submit]")
 
 
-def screenshot(page, name: str) -> None:
+def screenshot(page, name: str, for_docs: bool = False) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+    if for_docs:
+        pictures.save_for_docs(page, name)
 
 
 def test_uploading_a_digit_shows_the_right_prediction(page):
@@ -134,7 +138,7 @@ def test_uploading_a_digit_shows_the_right_prediction(page):
     assert page.locator(".bars tr").count() == 10 and page.locator(".bars meter").count() == 10
     assert page.eval_on_selector("img.digit-image", "img => img.complete && img.naturalWidth") == 28
     assert_no_inline_code(page)
-    screenshot(page, "upload-result.png")
+    screenshot(page, "upload-result.png", for_docs=True)
 
 
 def test_drawing_a_stroke_gets_a_prediction(page):
@@ -184,7 +188,7 @@ def test_an_operator_signs_in_for_the_job_and_mistakes_pages(page, web_server, c
         != "rgba(0, 0, 0, 0)"
     )
     assert_no_inline_code(page)
-    screenshot(page, "job.png")
+    screenshot(page, "job.png", for_docs=True)
 
     page.goto(f"/low-confidence?threshold=0.99&job={job_id}")
     page.wait_for_selector("ul.gallery img")
@@ -199,8 +203,10 @@ def test_an_operator_signs_in_for_the_job_and_mistakes_pages(page, web_server, c
 
     page.goto(f"/mistakes?job={job_id}")
     assert page.locator("h1").inner_text() == "Mistakes"
+    assert page.locator("ul.gallery b.wrong").count() > 0  # a model right on all 2,000 would be news
+    page.wait_for_function(in_view, timeout=RESULT_TIMEOUT_MS)
     assert_no_inline_code(page)
-    screenshot(page, "mistakes.png")
+    screenshot(page, "mistakes.png", for_docs=True)
 
     page.goto("/jobs")
     assert page.locator(f'a[href="/jobs/{job_id}"]').count() == 1 and page.locator("table.jobs progress").count() > 0

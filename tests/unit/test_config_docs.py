@@ -4,7 +4,6 @@ forgotten in either."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
@@ -12,15 +11,12 @@ import pytest
 
 from shared import config
 from shared.config import PROJECT_ROOT
+from tests.support import docs_generators
 
 
 @pytest.fixture(scope="module")
 def generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_config", PROJECT_ROOT / "docs" / "gen_config.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return docs_generators.load("gen_config")
 
 
 def test_env_example_is_generated_from_the_declarations(generator):
