@@ -6,7 +6,8 @@ workers' login roles members of them. The owner of the tables grants here, after
 group roles do not exist (a developer's database, the tests' scratch ones) nothing is granted.
 
 Everything either role writes is listed below with the statement that needs it; neither may write
-operators, API tokens, models or aliases beyond the single columns named.
+operators, API tokens, models or aliases beyond the single columns named, and the web deletes nothing
+but a stale comparison (an upload is undone by ``mnistq_undo_upload``, migration 0012).
 """
 
 from __future__ import annotations
@@ -31,11 +32,15 @@ IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'mnist_web_access') THEN
     GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO mnist_web_access;
     -- an upload (jobs.store.create_named_upload_job) and an operator's job (create_job_from_selection)
     GRANT INSERT ON input_data, jobs TO mnist_web_access;
-    -- an upload that could not be enqueued is undone (jobs.store.delete_upload_job)
-    GRANT DELETE ON input_data, jobs, predictions, job_statistics, job_mistakes, job_comparison_pairs,
-        job_comparisons TO mnist_web_access;
-    -- the compare page stores the aggregate of two finished jobs (jobs.comparison_store)
+    -- an upload Redis refused is undone while it has no answer (jobs.store.delete_upload_job): by this
+    -- one function, with its owner's rights, so the web deletes no job, image, prediction or statistic itself
+    IF to_regprocedure('mnistq_undo_upload(bigint, bigint)') IS NOT NULL THEN  -- from migration 0012 on
+        GRANT EXECUTE ON FUNCTION mnistq_undo_upload(BIGINT, BIGINT) TO mnist_web_access;
+    END IF;
+    -- the compare page stores the aggregate of two finished jobs, replacing one of older counts
+    -- (jobs.comparison_store.store_aggregate)
     GRANT INSERT, UPDATE ON job_comparisons, job_comparison_pairs TO mnist_web_access;
+    GRANT DELETE ON job_comparisons TO mnist_web_access;
     -- a bearer token's last use (operators.store.token_operator), a sign-out (end_sessions)
     GRANT UPDATE (last_used_at) ON api_tokens TO mnist_web_access;
     GRANT UPDATE (session_generation) ON operators TO mnist_web_access;
