@@ -327,3 +327,19 @@ def test_the_worker_role_does_the_workers_work(worker_conn, app_conn):
     assert jobs.results.record_attempt(worker_conn, job_id, ids) == 1
     jobs.store.mark_resumed(worker_conn, job_id)
     assert jobs.store.get_job(worker_conn, job_id)["status"] == "done"
+
+
+def test_the_roles_do_a_sliced_jobs_lifecycle(web_conn, worker_conn, app_conn):
+    """The web submits a job fed in slices and cancels it; the workers take its next slices, claim its end
+    and record its webhook's delivery (shared/jobs/lifecycle_store.py), each as its own role."""
+    image = encode_image(np.eye(28, dtype=np.uint8) * 255)
+    app_conn.autocommit = True
+    ids = images.store.insert_images(
+        app_conn, [ImageRow(image, 7, [28, 28], "test", 300 + index, None) for index in range(6)]
+    )
+    job_id = jobs.store.create_job(web_conn, ids, "model-x", {"split": "test"}, batch_size=2)
+    assert jobs.lifecycle_store.take_batches(web_conn, job_id, 1)[1] == [ids[:2]]  # its first slice, by the web
+    assert jobs.lifecycle_store.take_batches(worker_conn, job_id, 1)[1] == [ids[2:4]]  # the next, by a worker
+    assert jobs.lifecycle_store.cancel_job(web_conn, job_id, "roles-op")[0]
+    assert jobs.lifecycle_store.claim_end(worker_conn, job_id) == ("cancelled", None)
+    assert jobs.lifecycle_store.record_delivery(worker_conn, job_id, "job.ended", "https://x", 200, None, True) == 1
