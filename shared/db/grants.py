@@ -6,7 +6,8 @@ workers' login roles members of them. The owner of the tables grants here, after
 group roles do not exist (a developer's database, the tests' scratch ones) nothing is granted.
 
 Everything either role writes is listed below with the statement that needs it; neither may write
-operators, API tokens, models or aliases beyond the single columns named.
+operators, API tokens, models or aliases beyond the single columns named, and the web deletes nothing
+but a stale comparison (an upload is undone by ``mnistq_undo_upload``, migration 0012).
 """
 
 from __future__ import annotations
@@ -29,13 +30,19 @@ IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'mnist_web_access') THEN
     -- the pages, the API, the sign-in and the health checks read
     GRANT SELECT ON ALL TABLES IN SCHEMA public TO mnist_web_access;
     GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO mnist_web_access;
-    -- an upload (jobs.store.create_named_upload_job) and an operator's job (create_job_from_selection)
-    GRANT INSERT ON input_data, jobs TO mnist_web_access;
-    -- an upload that could not be enqueued is undone (jobs.store.delete_upload_job)
-    GRANT DELETE ON input_data, jobs, predictions, job_statistics, job_mistakes, job_comparison_pairs,
-        job_comparisons TO mnist_web_access;
-    -- the compare page stores the aggregate of two finished jobs (jobs.comparison_store)
+    -- an upload (jobs.store.create_named_upload_job) and an operator's job (create_job_from_selection),
+    -- with its batches, its first slices taken (jobs.lifecycle_store.take_batches) and its cancel (cancel_job)
+    GRANT INSERT ON input_data, jobs, job_batches TO mnist_web_access;
+    GRANT UPDATE (enqueued_batches, status, cancelled_at, cancelled_by, finished_at) ON jobs TO mnist_web_access;
+    -- an upload Redis refused is undone while it has no answer (jobs.store.delete_upload_job): by this
+    -- one function, with its owner's rights, so the web deletes no job, image, prediction or statistic itself
+    IF to_regprocedure('mnistq_undo_upload(bigint, bigint)') IS NOT NULL THEN  -- from migration 0012 on
+        GRANT EXECUTE ON FUNCTION mnistq_undo_upload(BIGINT, BIGINT) TO mnist_web_access;
+    END IF;
+    -- the compare page stores the aggregate of two finished jobs, replacing one of older counts
+    -- (jobs.comparison_store.store_aggregate)
     GRANT INSERT, UPDATE ON job_comparisons, job_comparison_pairs TO mnist_web_access;
+    GRANT DELETE ON job_comparisons TO mnist_web_access;
     -- a bearer token's last use (operators.store.token_operator), a sign-out (end_sessions)
     GRANT UPDATE (last_used_at) ON api_tokens TO mnist_web_access;
     GRANT UPDATE (session_generation) ON operators TO mnist_web_access;
@@ -48,9 +55,13 @@ IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'mnist_worker_access') THEN
     -- jobs.results.store_results (its COPY, failures, statistics, mistakes), record_attempt, shadow_store
     GRANT INSERT ON predictions, job_failures, job_mistakes, shadow_predictions TO mnist_worker_access;
     GRANT INSERT, UPDATE ON job_statistics, batch_attempts TO mnist_worker_access;
-    -- the job's counters (store_results) and the sweeper's resume (jobs.store.mark_resumed)
-    GRANT UPDATE (done_count, failed_count, started_at, progressed_at, status, finished_at)
-        ON jobs TO mnist_worker_access;
+    -- the job's counters (store_results), the sweeper's resume (jobs.store.mark_resumed), a sliced job's next
+    -- slice (jobs.lifecycle_store.take_batches) and its end, claimed once (claim_end: its batches go)
+    GRANT UPDATE (done_count, failed_count, started_at, progressed_at, status, finished_at, enqueued_batches,
+        announced_at) ON jobs TO mnist_worker_access;
+    GRANT DELETE ON job_batches TO mnist_worker_access;
+    -- each attempt to deliver a job's webhook (jobs.lifecycle_store.record_delivery)
+    GRANT INSERT ON webhook_deliveries TO mnist_worker_access;
 END IF;
 END
 $grants$;

@@ -11,9 +11,9 @@ and read back afterwards. That is safe because a job's predictions are only ever
 ``store_results`` inserts them with ON CONFLICT DO NOTHING and never updates one, raising the
 job's ``done_count`` by exactly the new rows in the same transaction; resuming sends only images
 with neither a prediction nor a failure; the only DELETE is ``delete_upload_job``'s, which
-removes the job (and its stored comparisons) too. Yet a finished job can still gain a prediction:
-a batch redelivered after one of its images was given up on may predict that image after all. So
-the stored aggregate is keyed by the pair *and* both jobs' ``done_count`` when it was computed
+removes only a job with no answer yet, so never one of a stored comparison. Yet a finished job can
+still gain a prediction: a batch redelivered after one of its images was given up on may predict
+that image after all. So the stored aggregate is keyed by the pair *and* both jobs' ``done_count`` when it was computed
 (read by the statement that computed it, in its snapshot), and it is read back only while both
 counts are unchanged; otherwise it is computed again and replaces the stored one. Unfinished jobs
 are always computed live and never stored. The images' true labels, the third input, are never

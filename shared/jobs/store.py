@@ -272,16 +272,11 @@ CREATE_NAMED_UPLOAD_JOB = (
 )
 
 
-def delete_upload_job(conn: Connection, job_id: int, image_id: int) -> None:
-    """Undo ``create_upload_job`` when the job could not be enqueued, so no job waits forever."""
-    with transaction(conn) as cursor:
-        cursor.execute("DELETE FROM jobs WHERE id = %s AND kind = 'upload'", (job_id,))
-        cursor.execute("DELETE FROM predictions WHERE job_id = %s", (job_id,))  # no foreign key cascades there
-        cursor.execute("DELETE FROM job_statistics WHERE job_id = %s", (job_id,))  # nor there
-        cursor.execute("DELETE FROM job_mistakes WHERE job_id = %s", (job_id,))
-        # Stored comparisons with the job (their rows cascade); few pairs are stored, so no index on job_b.
-        cursor.execute("DELETE FROM job_comparison_pairs WHERE job_a = %(job)s OR job_b = %(job)s", {"job": job_id})
-        cursor.execute("DELETE FROM input_data WHERE id = %s AND dataset_split = 'upload'", (image_id,))
+def delete_upload_job(conn: Connection, job_id: int, image_id: int) -> bool:
+    """Undo ``create_upload_job`` when the job could not be enqueued, so no job waits forever; only while
+    the job has no answer (False, keeping it, otherwise). One function, ``mnistq_undo_upload``
+    (migration 0012), does it with its owner's rights: the web role may not DELETE."""
+    return bool(query_one_required(conn, "SELECT mnistq_undo_upload(%s, %s)", (job_id, image_id))[0])
 
 
 def unfinished_image_ids(conn: Connection, job_id: int) -> list[int]:

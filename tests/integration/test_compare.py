@@ -433,12 +433,12 @@ def test_two_first_comparisons_of_a_pair_at_once_both_succeed(pair, settings):
     assert load_comparison(conn, a, b).as_json() == compared[0]
 
 
-def test_deleting_an_upload_job_deletes_its_stored_comparisons(conn):
+def test_an_answered_upload_job_is_not_undone_and_keeps_its_stored_comparisons(conn):
+    """Only a job with no answer is undone (mnistq_undo_upload), and only finished jobs' comparisons are stored."""
     job, image = jobs.store.create_upload_job(
         conn, encode_image(np.zeros((28, 28), np.uint8)), [28, 28], MODEL_B, {"test": "compare"}
     )
     jobs.results.store_results(conn, job, MODEL_B, prediction_batch([image], 4, 0.9), [])
     assert load_comparison(conn, job, job).shared == 1 and stored_pair(conn, job, job) == (1, 1)
-    jobs.store.delete_upload_job(conn, job, image)
-    assert stored_pair(conn, job, job) is None
-    assert query(conn, "SELECT count(*) FROM job_comparisons WHERE job_a = %s OR job_b = %s", (job, job)) == [(0,)]
+    assert not jobs.store.delete_upload_job(conn, job, image)
+    assert stored_pair(conn, job, job) == (1, 1) and load_comparison(conn, job, job).shared == 1

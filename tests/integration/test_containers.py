@@ -69,6 +69,9 @@ services:
   web:
     build:
       network: host
+  tools:
+    build:
+      network: host
 """
 
 
@@ -100,8 +103,8 @@ class Stack:
         return self.compose("exec", "-T", "db", *psql, input=query).stdout.strip()
 
     def producer(self, *args: str, timeout: float = JOB_SECONDS) -> str:
-        """``compose run --rm worker python -m producer ...``: its standard output."""
-        return self.compose("run", "--rm", "-T", "worker", "python", "-m", "producer", *args, timeout=timeout).stdout
+        """``compose run --rm tools python -m producer ...`` (the operators' tools, as the app role): its output."""
+        return self.compose("run", "--rm", "-T", "tools", "python", "-m", "producer", *args, timeout=timeout).stdout
 
     def submit(self, *args: str) -> int:
         return int(self.producer("submit", "--split", "test", *args).split()[-1])

@@ -164,11 +164,13 @@ def test_results_for_a_job_that_does_not_exist_are_refused_and_nothing_is_stored
     assert jobs.store.rows_for_job(conn, missing_job) == (None, 0, 0)
 
 
-def test_undoing_an_upload_removes_its_prediction_too(conn):
+def test_undoing_an_upload_removes_it_only_while_it_has_no_answer(conn):
     job_id, image_id = jobs.store.create_upload_job(conn, IMAGE, [28, 28], "test-model", {"upload": "x.png"})
-    jobs.results.store_results(conn, job_id, "test-model", prediction_batch([image_id], 4, 0.8), [])
-    assert jobs.queries.upload_prediction(conn, job_id)["predicted_label"] == 4
-    jobs.store.delete_upload_job(conn, job_id, image_id)
+    answered, answered_image = jobs.store.create_upload_job(conn, IMAGE, [28, 28], "test-model", {"upload": "y.png"})
+    jobs.results.store_results(conn, answered, "test-model", prediction_batch([answered_image], 4, 0.8), [])
+    assert not jobs.store.delete_upload_job(conn, answered, answered_image)  # an answer is kept
+    assert jobs.queries.upload_prediction(conn, answered)["predicted_label"] == 4
+    assert jobs.store.delete_upload_job(conn, job_id, image_id)
     assert jobs.queries.upload_prediction(conn, job_id) is None and jobs.store.rows_for_job(conn, job_id) == (
         None,
         0,

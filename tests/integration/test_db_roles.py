@@ -204,7 +204,8 @@ def test_the_web_role_does_the_webs_work(web_conn, app_conn):
         web_conn, image, [28, 28], version, {"upload": "a"}, "t" * 22
     )
     assert jobs.queries.upload_prediction(web_conn, job_id) is not None
-    jobs.store.delete_upload_job(web_conn, job_id, image_id)  # an upload Redis refused is undone
+    assert jobs.store.delete_upload_job(web_conn, job_id, image_id)  # an upload Redis refused is undone
+    assert jobs.queries.upload_prediction(web_conn, job_id) is None
     assert operators.secrets.operator_for_token(web_conn, token).id == operator_id  # and its last use recorded
     assert (
         operators.secrets.authenticate(
@@ -244,6 +245,15 @@ WEB_FORBIDDEN = [
         " VALUES (1, 1, 1, 1, 0)"
     ),
     "CREATE TEMP TABLE t (id INT)",
+    # the web deletes nothing itself: an upload is undone by mnistq_undo_upload, while it has no answer
+    "DELETE FROM predictions",
+    "DELETE FROM job_statistics",
+    "DELETE FROM job_mistakes",
+    "DELETE FROM jobs",
+    "DELETE FROM input_data",
+    "DELETE FROM job_failures",
+    "DELETE FROM job_comparison_pairs",
+    "DELETE FROM shadow_predictions",
 ]
 WORKER_FORBIDDEN = [
     "INSERT INTO operators (name, password_hash) VALUES ('intruder', 'x')",
@@ -263,6 +273,7 @@ WORKER_FORBIDDEN = [
     "DELETE FROM predictions",
     "UPDATE predictions SET predicted_label = 1",
     "DELETE FROM job_comparisons",
+    "SELECT mnistq_undo_upload(1, 1)",
 ]
 
 
@@ -276,6 +287,27 @@ def test_the_web_role_cannot_write_what_it_does_not_need(web_conn, statement):
 def test_the_worker_role_cannot_write_what_it_does_not_need(worker_conn, statement):
     with pytest.raises(psycopg.errors.InsufficientPrivilege), worker_conn.cursor() as cursor:
         cursor.execute(statement)
+
+
+def test_the_web_role_undoes_only_an_upload_with_no_answer(web_conn, worker_conn, app_conn):
+    """What the web may delete, through mnistq_undo_upload: an upload job still waiting, never one
+    answered, nor an operator's job or an image of another job."""
+    image = encode_image(np.eye(28, dtype=np.uint8) * 255)
+    version = models.registry.resolve(web_conn, models.registry.PRODUCTION)
+    answered, answered_image, _ = jobs.store.create_named_upload_job(web_conn, image, [28, 28], version, {}, "a" * 22)
+    worker_conn.autocommit = False
+    jobs.results.store_results(worker_conn, answered, version, services.prediction_batch([answered_image], 3, 0.9), [])
+    worker_conn.commit()
+    assert not jobs.store.delete_upload_job(web_conn, answered, answered_image)
+    assert jobs.queries.upload_prediction(web_conn, answered)["predicted_label"] == 3  # kept, with its answer
+    app_conn.autocommit = True
+    ids = images.store.insert_images(app_conn, [ImageRow(image, 7, [28, 28], "test", 200, None)])
+    bulk = jobs.store.create_job(app_conn, ids, "model-x", {"split": "test"})
+    assert not jobs.store.delete_upload_job(web_conn, bulk, ids[0])
+    waiting, waiting_image, _ = jobs.store.create_named_upload_job(web_conn, image, [28, 28], version, {}, "w" * 22)
+    assert not jobs.store.delete_upload_job(web_conn, waiting, answered_image)  # not its image
+    assert jobs.store.get_job(web_conn, bulk) is not None and jobs.store.get_job(web_conn, waiting) is not None
+    assert images.store.fetch_images(web_conn, [answered_image, ids[0]]).keys() == {answered_image, ids[0]}
 
 
 def test_the_worker_role_does_the_workers_work(worker_conn, app_conn):
@@ -294,3 +326,19 @@ def test_the_worker_role_does_the_workers_work(worker_conn, app_conn):
     assert jobs.results.record_attempt(worker_conn, job_id, ids) == (1, "done")
     jobs.store.mark_resumed(worker_conn, job_id)
     assert jobs.store.get_job(worker_conn, job_id)["status"] == "done"
+
+
+def test_the_roles_do_a_sliced_jobs_lifecycle(web_conn, worker_conn, app_conn):
+    """The web submits a job fed in slices and cancels it; the workers take its next slices, claim its end
+    and record its webhook's delivery (shared/jobs/lifecycle_store.py), each as its own role."""
+    image = encode_image(np.eye(28, dtype=np.uint8) * 255)
+    app_conn.autocommit = True
+    ids = images.store.insert_images(
+        app_conn, [ImageRow(image, 7, [28, 28], "test", 300 + index, None) for index in range(6)]
+    )
+    job_id = jobs.store.create_job(web_conn, ids, "model-x", {"split": "test"}, batch_size=2)
+    assert jobs.lifecycle_store.take_batches(web_conn, job_id, 1)[1] == [ids[:2]]  # its first slice, by the web
+    assert jobs.lifecycle_store.take_batches(worker_conn, job_id, 1)[1] == [ids[2:4]]  # the next, by a worker
+    assert jobs.lifecycle_store.cancel_job(web_conn, job_id, "roles-op")[0]
+    assert jobs.lifecycle_store.claim_end(worker_conn, job_id) == ("cancelled", None)
+    assert jobs.lifecycle_store.record_delivery(worker_conn, job_id, "job.ended", "https://x", 200, None, True) == 1

@@ -216,16 +216,28 @@ def test_the_db_creates_the_least_privilege_roles_on_first_start():
 
 def test_services_connect_as_their_roles_and_only_the_worker_knows_the_owner():
     services = rendered_compose()["services"]
-    # The web, the exposed service, has its own role; the worker container also runs the operators' tools.
+    # The web and the workers have their own least-privilege roles; only the operators' tools use the app role.
     assert services["web"]["environment"]["DATABASE_URL"] == "postgresql://mnist_web:web-from-env@db:5432/mnist"
-    assert services["worker"]["environment"]["DATABASE_URL"] == "postgresql://mnist_app:app-from-env@db:5432/mnist"
+    assert (
+        services["worker"]["environment"]["DATABASE_URL"] == "postgresql://mnist_worker:worker-from-env@db:5432/mnist"
+    )
+    assert services["tools"]["environment"]["DATABASE_URL"] == "postgresql://mnist_app:app-from-env@db:5432/mnist"
+    assert "SCHEMA_DATABASE_URL" not in services["tools"]["environment"]
     assert (
         services["worker"]["environment"]["SCHEMA_DATABASE_URL"]
         == "postgresql://mnist_owner:owner-from-env@db:5432/mnist"
     )
     assert "SCHEMA_DATABASE_URL" not in services["web"]["environment"]
-    for name in APP_SERVICES:
+    for name in (*APP_SERVICES, "tools"):
         assert "pw-from-env" not in json.dumps(services[name]), f"{name} must not know the superuser's password"
+
+
+def test_the_operators_tools_run_in_the_worker_image_and_never_start_with_up():
+    """``docker compose run --rm tools python -m producer ...``: the worker's build, its model volume, a profile."""
+    services = compose()["services"]
+    tools = services["tools"]
+    assert tools["profiles"] == ["tools"] and tools["build"] == services["worker"]["build"]
+    assert "model_data:/models" in tools["volumes"] and tools["depends_on"] == services["worker"]["depends_on"]
 
 
 def test_only_the_worker_image_applies_the_schema_and_then_forgets_the_owner():

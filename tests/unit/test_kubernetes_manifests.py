@@ -265,3 +265,13 @@ def test_keda_scales_the_worker_deployment_on_the_bulk_queue(scaled_object):
         assert parameters == {"address": redis_url.netloc.rpartition("@")[2], "password": redis_url.password}
     else:
         assert "mnist_queue_depth" in trigger["metadata"]["query"]
+
+
+def test_only_the_tools_pod_holds_the_app_roles_url():
+    """The web and the workers connect as their own roles; the operators' tools (worker image) as the app role."""
+    tools = the("Pod", "mnist-queue-tools")["spec"]["containers"][0]
+    keys = {variable["name"]: variable["valueFrom"]["secretKeyRef"]["key"] for variable in tools["env"]}
+    assert keys["DATABASE_URL"] == "DATABASE_URL" and tools["image"] == container(WORKERS)["image"]
+    for owner in (WEB, WORKERS, JOB):
+        used = {variable["valueFrom"]["secretKeyRef"]["key"] for variable in container(owner)["env"]}
+        assert "DATABASE_URL" not in used
