@@ -22,13 +22,13 @@ from shared.db import connection
 TOKEN_ID = click.IntRange(1, 2**63 - 1)
 
 
-def read_password(from_stdin: bool) -> str:
-    """From a prompt, typed twice and not echoed; or the first line of standard input."""
+def read_password(from_stdin: bool, name: str) -> str:
+    """From a prompt, typed twice and not echoed; or the first line of standard input. Checked by the policy."""
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt("password", hide_input=True, confirmation_prompt=True)
-    return operators.secrets.check_password(password)
+    return operators.secrets.check_password(password, name)
 
 
 def open_database(config: Settings) -> connection.Connection:
@@ -55,9 +55,9 @@ def users() -> None:
 @click.pass_obj
 @user_errors
 def add_user(config: Settings, name: str, password_stdin: bool) -> None:
-    """Add an operator; the password is asked for (at least 12 characters)."""
+    """Add an operator; the password is asked for (12 characters or more, hard to guess: docs/security.md)."""
     operators.secrets.check_name(name)
-    operators.secrets.add_operator(open_database(config), name, read_password(password_stdin))
+    operators.secrets.add_operator(open_database(config), name, read_password(password_stdin, name))
     click.echo(f"operator {name} added")
 
 
@@ -68,7 +68,7 @@ def add_user(config: Settings, name: str, password_stdin: bool) -> None:
 @user_errors
 def change_password(config: Settings, name: str, password_stdin: bool) -> None:
     """Set an operator's password; their open sessions end."""
-    operators.secrets.change_password(open_database(config), name, read_password(password_stdin))
+    operators.secrets.change_password(open_database(config), name, read_password(password_stdin, name))
     click.echo(f"password of {name} changed")
 
 

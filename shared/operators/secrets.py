@@ -5,6 +5,9 @@ profile: 64 MiB, 3 passes, 4 lanes), so a stolen table costs an attacker that mu
 API tokens are 256 random bits: only their SHA-256 is stored (a fast hash is enough for a value
 that cannot be guessed), and a token is found by that hash on a UNIQUE column, never compared
 character by character in Python.
+
+A password is set only through ``check_password``, the one password policy: a length, and zxcvbn's
+estimate of how guessable it is (repeats, keyboard rows, common passwords and words, the operator's name).
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ from shared.operators import store
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
 MIN_PASSWORD_CHARS = 12
 MAX_PASSWORD_CHARS = 1024  # argon2 takes any length; this bounds what a sign-in form makes the server hash
+# zxcvbn's score, 0-4; 3 is its "safely unguessable: moderate protection from an offline slow-hash scenario".
+MIN_PASSWORD_SCORE = 3
+# zxcvbn refuses longer input (its matching slows with length); the first 72 characters are estimated.
+ESTIMATED_PASSWORD_CHARS = 72
 TOKEN_PREFIX = "mnq_"  # so that a leaked token is recognisable (secret scanners, logs)
 TOKEN_BYTES = 32
 
@@ -50,16 +57,33 @@ def check_name(name: str) -> str:
     return name
 
 
-def check_password(password: str) -> str:
+def check_password(password: str, name: str) -> str:
+    """The password policy, wherever a password is set: ValueError with what to change, else ``password``.
+
+    At least MIN_PASSWORD_CHARS characters, and a zxcvbn score of at least MIN_PASSWORD_SCORE with
+    the operator's name (and its parts) counted as words an attacker tries first.
+    """
     if len(password) < MIN_PASSWORD_CHARS:
         raise ValueError(f"the password must have at least {MIN_PASSWORD_CHARS} characters")
     if len(password) > MAX_PASSWORD_CHARS:
         raise ValueError(f"the password may have at most {MAX_PASSWORD_CHARS} characters")
+    # Imported here: the web checks passwords but never sets one, and its image does not install zxcvbn.
+    import zxcvbn
+
+    name_words = [name, *re.split(r"[._@-]+", name)]
+    estimate = zxcvbn.zxcvbn(password[:ESTIMATED_PASSWORD_CHARS], user_inputs=name_words)
+    if estimate["score"] < MIN_PASSWORD_SCORE:
+        feedback = estimate["feedback"]
+        advice = " ".join(part for part in (feedback["warning"], *feedback["suggestions"]) if part)
+        raise ValueError(
+            f"the password is too easy to guess (strength {estimate['score']} of 4, at least"
+            f" {MIN_PASSWORD_SCORE} needed){': ' + advice if advice else ''}"
+        )
     return password
 
 
-def hash_password(password: str) -> str:
-    return _hasher.hash(check_password(password))
+def hash_password(password: str, name: str) -> str:
+    return _hasher.hash(check_password(password, name))
 
 
 def credential_tag(password_hash: str, session_generation: int = 0) -> str:
@@ -73,14 +97,14 @@ def _operator(row: dict) -> Operator:
 
 def add_operator(conn: Connection, name: str, password: str) -> int:
     """Create an operator; ValueError for a bad name or password, OperatorExists for a name in use."""
-    return store.create_operator(conn, check_name(name), hash_password(password))
+    return store.create_operator(conn, check_name(name), hash_password(password, name))
 
 
 def change_password(conn: Connection, name: str, password: str) -> None:
     row = store.operator_by_name(conn, name)
     if row is None:
         raise ValueError(f"there is no operator named {name!r}")
-    store.set_password_hash(conn, row["id"], hash_password(password))
+    store.set_password_hash(conn, row["id"], hash_password(password, name))
 
 
 def authenticate(conn: Connection, name: str, password: str, rehash: bool = True) -> Operator | None:

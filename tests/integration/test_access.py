@@ -463,6 +463,10 @@ def test_users_add_asks_for_the_password_twice_and_refuses_weak_or_taken_ones(se
     assert mismatch.exit_code != 0 and operators.store.operator_by_name(conn, name) is None
     short = runner.invoke(cli, ["users", "add", name, "--password-stdin"], input="short\n", obj=settings)
     assert short.exit_code == 1 and "at least 12" in short.output
+    for weak in (" " * 12, "a" * 12, name, f"{name}1"):  # long enough, and easy to guess
+        refused = runner.invoke(cli, ["users", "add", name, "--password-stdin"], input=f"{weak}\n", obj=settings)
+        assert refused.exit_code == 1 and "too easy to guess" in refused.output, (weak, refused.output)
+        assert operators.store.operator_by_name(conn, name) is None
     added = runner.invoke(
         cli, ["users", "add", name], input="a long passphrase one\na long passphrase one\n", obj=settings
     )

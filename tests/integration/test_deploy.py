@@ -342,7 +342,8 @@ def test_web_requirements_resolve_to_no_inference_runtime():
         "sqlalchemy",
         "psycopg",
         "psycopg-binary",
-    } <= worker  # it infers, and its entrypoint migrates
+        "zxcvbn",
+    } <= worker  # it infers, its entrypoint migrates, and the tools (users add) run on it
 
 
 def test_monitoring_and_flower_are_optional_profiles():
