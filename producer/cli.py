@@ -224,6 +224,8 @@ def submit(
         job = jobs.service.submit_job(conn, app, config, selection, version, *options)
     except jobs.service.NoImagesSelected as error:
         raise click.ClickException(f"{error} (ingest some first: python -m producer ingest mnist)") from None
+    except jobs.service.UnknownImages as error:  # typed by the user: refused as a bad option, exit status 2
+        raise click.BadParameter(str(error), param_hint="'--id'") from None
     shadowed = f", shadow {job.shadow_version}" if job.shadow_version else ""
     click.echo(
         f"job {job.id}: {job.images} images in {job.batches} batches, model {job.model_version}{shadowed}", err=True

@@ -108,6 +108,8 @@ def run_on_both(
         submitted = [jobs.service.submit_job(conn, app, config, selection, version) for version in versions]
     except jobs.service.NoImagesSelected as error:
         raise click.ClickException(f"{error} (ingest some first: python -m producer ingest mnist)") from None
+    except jobs.service.UnknownImages as error:  # refused by the first submit: neither job was created
+        raise click.BadParameter(str(error), param_hint="'--id'") from None
     for job in submitted:
         click.echo(f"job {job.id}: {job.images} images in {job.batches} batches, model {job.model_version}", err=True)
     deadline = time.monotonic() + timeout

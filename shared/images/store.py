@@ -72,6 +72,20 @@ def fetch_images_and_labels(conn: Connection, image_ids: Sequence[int]) -> tuple
     return images, labels
 
 
+def missing_image_ids(conn: Connection, image_ids: Sequence[int]) -> list[int]:
+    """Those of ``image_ids`` that no stored image has, ascending; [] when every one is stored. One query."""
+    rows = query(
+        conn,
+        """
+        SELECT wanted.id FROM unnest(%(ids)s::bigint[]) AS wanted (id)
+        EXCEPT SELECT d.id FROM input_data d WHERE d.id = ANY(%(ids)s::bigint[])
+        ORDER BY 1
+        """,
+        {"ids": [int(image_id) for image_id in image_ids]},
+    )
+    return [row[0] for row in rows]
+
+
 def get_image_data(conn: Connection, image_id: int) -> bytes | None:
     """One stored image's bytes, or None when there is no such image."""
     row = query_one(conn, "SELECT image_data FROM input_data WHERE id = %s", (image_id,))

@@ -16,7 +16,7 @@ from typing import Any
 import redis.exceptions
 from celery import Celery
 
-from shared import models, queues
+from shared import images, models, queues
 from shared.config import Settings
 from shared.db.connection import Connection
 from shared.digits import IMAGE_SHAPE
@@ -32,6 +32,20 @@ class NoImagesSelected(ValueError):
 
 class TooManyImages(ValueError):
     """The selection matches more than MAX_JOB_IMAGES images: refused before anything is recorded."""
+
+
+class UnknownImages(ValueError):
+    """Some of the image IDs given are not stored: refused whole, before anything is recorded."""
+
+    SHOWN = 5  # IDs named in the message; the rest are counted
+
+    def __init__(self, missing: Sequence[int], given: int) -> None:
+        self.image_ids = list(missing)
+        shown = ", ".join(str(image_id) for image_id in self.image_ids[: self.SHOWN])
+        more = f" and {len(self.image_ids) - self.SHOWN} more" if len(self.image_ids) > self.SHOWN else ""
+        super().__init__(
+            f"{len(self.image_ids)} of the {given} image IDs are not stored: {shown}{more}; no job created"
+        )
 
 
 class UnknownJob(ValueError):
@@ -84,7 +98,8 @@ def submit_job(
     ``model_version`` serves the job and ``shadow_version`` (if any) shadows it: registered
     versions, resolved by the caller (``shared.models.registry.resolve_job_models``).
 
-    NoImagesSelected when none match, TooManyImages when more than MAX_JOB_IMAGES do, ValueError
+    NoImagesSelected when none match, TooManyImages when more than MAX_JOB_IMAGES do, UnknownImages
+    when an ID of ``selection.image_ids`` is not a stored image (the job is refused whole), ValueError
     for an unknown ``priority``, WebhookRefused for a ``callback_url`` that may not be called (nothing
     is recorded then). A selection by filters never brings its IDs into Python: the job's array and its
     batches are built in PostgreSQL, and only the first FAIR_SHARE_BATCHES batches are read, to be sent.
@@ -102,8 +117,11 @@ def submit_job(
     if selection.image_ids:
         unique_ids = list(dict.fromkeys(selection.image_ids))
         refuse_too_many(len(unique_ids), settings.max_job_images)
+        missing = images.store.missing_image_ids(conn, unique_ids)
+        if missing:
+            raise UnknownImages(missing, len(unique_ids))
         job_id = store.create_job(conn, unique_ids, model_version, selection.describe(), **options)
-        images = len(unique_ids)
+        image_count = len(unique_ids)
     else:
         filters = {
             "split": selection.split,
@@ -116,9 +134,9 @@ def submit_job(
         refuse_too_many(matched, settings.max_job_images)
         if created is None:
             raise NoImagesSelected("no stored images match that selection")
-        job_id, images = created, matched
+        job_id, image_count = created, matched
     fair_share.send_next(conn, app, settings, job_id, settings.fair_share_batches)
-    return SubmittedJob(job_id, images, -(-images // size), model_version, shadow_version)
+    return SubmittedJob(job_id, image_count, -(-image_count // size), model_version, shadow_version)
 
 
 def refuse_too_many(images: int, max_images: int) -> None:

@@ -1,7 +1,8 @@
 """Jobs and the images they cover: bulk jobs, single-image upload jobs, and what is left to do.
 
 A job keeps its image IDs as one ``BIGINT[]``: writing a row per image cost more than a
-third of the database's time for a job. No foreign key: an unknown ID is recorded as a failure.
+third of the database's time for a job. No foreign key: the service refuses IDs that are not stored
+(``service.UnknownImages``), and one deleted after its job was made is recorded as a failure.
 A job of a selection has its array built by PostgreSQL (``create_job_from_selection``) and read
 back a batch at a time (``job_image_id_batches``), so a job of a million images never becomes a
 million Python objects; 1M elements are 8 MB in TOAST, and an UPDATE of the job's counters

@@ -4,12 +4,16 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
 from producer.cli import main
+from shared import images
 from shared.db.connection import query
+from shared.images.codec import encode_image
+from shared.images.store import ImageRow
 from shared.training import mnist
 from tests.support.services import PROJECT_ROOT, table_counts
 
@@ -48,6 +52,24 @@ def test_empty_selection_is_a_clear_error_and_records_no_job(invoke, conn):
     result = invoke("submit", "--split", "upload", "--label", "9")
     assert result.exit_code == 1 and "no stored images match" in result.output
     assert table_counts(conn) == before
+
+
+def test_submit_of_ids_that_are_not_stored_is_refused_naming_them_and_records_no_job(invoke, conn):
+    blank = ImageRow(encode_image(np.zeros((28, 28), np.uint8)), None, [28, 28], "upload", None, None)
+    stored = images.store.insert_images(conn, [blank])
+    unknown = [9_000_000_000 + n for n in range(1, 8)]
+    first_five = ", ".join(str(image_id) for image_id in unknown[:5])
+    refusals = [
+        ([unknown[0]], f"1 of the 1 image IDs are not stored: {unknown[0]};"),
+        (unknown, f"7 of the 7 image IDs are not stored: {first_five} and 2 more;"),
+        (stored + unknown[:2], f"2 of the 3 image IDs are not stored: {unknown[0]}, {unknown[1]};"),  # refused whole
+    ]
+    before = table_counts(conn)
+    for ids, message in refusals:
+        result = invoke("submit", *[f"--id={image_id}" for image_id in ids])
+        assert result.exit_code == 2, result.output
+        assert "Invalid value for '--id'" in result.output and message in result.output
+        assert "no job created" in result.output and table_counts(conn) == before
 
 
 def test_bad_folder_is_a_clear_error(invoke, tmp_path):

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from shared import jobs, queues
-from shared.jobs.service import MAX_DELIVERIES, NextStep, NoImagesSelected, Selection, TooManyImages, next_step
+from shared import images, jobs, queues
+from shared.jobs.service import (
+    MAX_DELIVERIES,
+    NextStep,
+    NoImagesSelected,
+    Selection,
+    TooManyImages,
+    UnknownImages,
+    next_step,
+)
 
 
 @pytest.mark.parametrize(
@@ -101,6 +109,7 @@ def test_submit_job_records_the_job_before_sending_each_image_once(default_setti
         return 42
 
     monkeypatch.setattr(jobs.store, "create_job", create_job)
+    monkeypatch.setattr(images.store, "missing_image_ids", lambda conn, image_ids: [])
     selection = Selection(image_ids=(3, 1, 3, 2))
     submitted = jobs.service.submit_job(
         None, None, default_settings, selection, "model-x", batch_size=2, priority="high"
@@ -126,6 +135,28 @@ def test_submit_job_refuses_a_selection_that_matches_nothing_and_records_no_job(
     # unpredicted: only images this model has not predicted
     assert asked == [({"split": "upload", "label": 9, "model": "model-x"}, None, default_settings.max_job_images)]
     assert sent == []
+
+
+def test_submit_job_refuses_ids_that_are_not_stored_whole_naming_a_few_and_records_no_job(
+    default_settings, sent, monkeypatch
+):
+    asked = []
+
+    def missing_image_ids(conn, image_ids):
+        asked.append(image_ids)
+        return [image_id for image_id in image_ids if image_id > 100]
+
+    monkeypatch.setattr(images.store, "missing_image_ids", missing_image_ids)
+    monkeypatch.setattr(jobs.store, "create_job", lambda *args, **kwargs: pytest.fail("a job was recorded"))
+    with pytest.raises(UnknownImages, match=r"^1 of the 3 image IDs are not stored: 900; no job created$"):
+        jobs.service.submit_job(None, None, default_settings, Selection(image_ids=(1, 900, 2, 900)), "model-x")
+    unknown = tuple(range(101, 109))
+    with pytest.raises(
+        UnknownImages, match=r"^8 of the 9 image IDs are not stored: 101, 102, 103, 104, 105 and 3 more;"
+    ):
+        jobs.service.submit_job(None, None, default_settings, Selection(image_ids=(1, *unknown)), "model-x")
+    assert asked == [[1, 900, 2], [1, *unknown]]  # each ID asked once, in one query
+    assert sent == [] and issubclass(UnknownImages, ValueError)
 
 
 def test_submit_job_refuses_a_selection_over_max_job_images_naming_the_limit(default_settings, sent, monkeypatch):
