@@ -464,7 +464,8 @@ def test_a_postgres_restart_mid_job_is_ridden_out(fault_env, mnist_dir, tmp_path
             200,
             labels[1],
         )  # the upload lane's pool and listener, opened
-        job_id = submit(conn, env, ids, batch_size=100)
+        # Small batches: 120 of them, so that the job is still mid-way when the test, on a loaded machine, stops it.
+        job_id = submit(conn, env, ids, batch_size=25)
         bearer = {"Authorization": f"Bearer {services.operator_token(conn)}"}  # the job API is for operators
         job_status = urllib.request.Request(f"{web.url}/api/jobs/{job_id}", headers=bearer)
         with urllib.request.urlopen(job_status, timeout=10) as answer:  # fills the web's pool
