@@ -69,7 +69,10 @@ def one_job(net: netns.Network, env: dict[str, str], settings: Settings, relay: 
     """A worker host of ``workers`` bulk processes, reaching the data host by ``env``'s URLs, runs one job over
     every image, sent and waited for by ``settings`` (directly): images/s from submit to done, and the relay's
     CPU meanwhile (seconds, and cores: seconds per second of the job)."""
-    worker = nethosts.start_worker(net, "worker1", {**env, "WORKER_CONCURRENCY": str(workers)}, log_path)
+    # Queues of its own: a batch the last worker held when it was stopped must not run during this job.
+    env = {**env, "QUEUE_PREFIX": f"{env['QUEUE_PREFIX']}-{log_path.stem}", "WORKER_CONCURRENCY": str(workers)}
+    settings = settings.model_copy(update={"queue_prefix": env["QUEUE_PREFIX"]})
+    worker = nethosts.start_worker(net, "worker1", env, log_path)
     relay_pids = [relay.pid] if relay else []
     try:
         with contextlib.closing(connection.connect(settings.database_url)) as conn:
@@ -96,9 +99,8 @@ def upload_latency(
 ) -> dict[str, Any]:
     """UPLOADS uploads one after another, each waiting for its prediction, through a web host and a worker host
     that reach the data host by ``env``'s URLs: milliseconds p50 and p99."""
-    worker = nethosts.start_worker(
-        net, "worker1", {**env, "WORKER_CONCURRENCY": "1"}, logs / f"uploads-worker-{rtt}.log"
-    )
+    env = {**env, "QUEUE_PREFIX": f"{env['QUEUE_PREFIX']}-uploads-{rtt}", "WORKER_CONCURRENCY": "1"}
+    worker = nethosts.start_worker(net, "worker1", env, logs / f"uploads-worker-{rtt}.log")
     try:
         web, url = nethosts.start_web(net, "web", env, logs / f"web-{rtt}.log")
         try:
