@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
+import redis
 from PIL import Image
 
 from producer.ingest import load_mnist
@@ -52,6 +53,8 @@ LATE_WRITE_SECONDS = 10
 WEB_REFUSAL_SECONDS = 20  # an upload during the cut must be answered (503) within this
 WEB_RECOVERY_SECONDS = 30
 LOSS_PERCENT = 2
+DELAY_RTT_MS = 20
+PINGS = 10
 POLL_SECONDS = 0.05
 HOSTS = ("data", "worker1", "worker2", "web")
 # Not the defaults: a job whose queue entry a Redis crash lost is swept again within a test's minute.
@@ -324,3 +327,30 @@ def test_a_job_under_packet_loss_on_every_link(healed: Cluster) -> None:
         cluster.net.shape(host)
     assert_exactly_once(cluster, job_id)
     print(f"\n{LOSS_PERCENT} % loss on every link: {JOB_IMAGES} images in {seconds:.1f} s")
+
+
+def test_the_data_host_a_round_trip_away_costs_that_round_trip(healed: Cluster) -> None:
+    """``nethosts.round_trip``, which the network bench puts between the workers and the data host: netem, or
+    where the kernel has none the delay relay. A request costs the round trip asked, and bytes arrive whole."""
+    cluster = healed
+    with nethosts.round_trip(cluster.net, cluster.postgres, cluster.redis, DELAY_RTT_MS, cluster.logs) as path:
+        client = redis.Redis.from_url(path.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        client.ping()
+        pings = []
+        for _ in range(PINGS):
+            started = time.perf_counter()
+            client.ping()
+            pings.append((time.perf_counter() - started) * 1000)
+        blob = os.urandom(2 * 2**20)
+        client.set("mnqnet-relay-blob", blob)
+        assert client.get("mnqnet-relay-blob") == blob
+        client.delete("mnqnet-relay-blob")
+        client.close()
+        with contextlib.closing(psycopg.connect(path.database_url)) as conn:
+            started = time.perf_counter()
+            assert conn.execute("SELECT length(repeat('x', 1000000))").fetchone() == (1_000_000,)
+            query_ms = (time.perf_counter() - started) * 1000
+    ping_ms = sorted(pings)[len(pings) // 2]
+    print(f"\n{DELAY_RTT_MS} ms asked ({path.how}): Redis PING {ping_ms:.1f} ms (median), a query {query_ms:.1f} ms")
+    assert DELAY_RTT_MS * 0.9 <= ping_ms < DELAY_RTT_MS + 10
+    assert DELAY_RTT_MS * 0.9 <= query_ms
