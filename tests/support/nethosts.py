@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,8 +85,9 @@ class Postgres:
         command = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", str(postgres_bin() / "postgres"),
                    "-D", str(self.data), *(part for option in options for part in ("-c", option))]  # fmt: skip
         log = self.log_dir / f"postgres-{self.starts}.log"
+        ready = logged_from_now(log, b"ready to accept connections")
         process = self.net.start(self.host, "postgres", command, {"PATH": os.environ["PATH"]}, log)
-        process.wait_until(log_contains(log, b"ready to accept connections"), READY_SECONDS)
+        process.wait_until(ready, READY_SECONDS)
         return process
 
     def stop(self, mode: signal.Signals = signal.SIGINT) -> None:
@@ -124,8 +125,9 @@ class Redis:
                    "--port", str(REDIS_PORT), "--dir", str(self.folder), "--protected-mode", "no",
                    *COMPOSE_REDIS_PERSISTENCE]  # fmt: skip
         log = self.log_dir / f"redis-{self.starts}.log"
+        ready = logged_from_now(log, b"Ready to accept connections")
         process = self.net.start(self.host, "redis", command, {}, log)
-        process.wait_until(log_contains(log, b"Ready to accept connections"), READY_SECONDS)
+        process.wait_until(ready, READY_SECONDS)
         return process
 
     def restart(self, how: signal.Signals = signal.SIGTERM) -> None:
@@ -163,12 +165,18 @@ def store_test_images(database_url: str, count: int) -> tuple[list[int], str]:
         return list(image_ids), models.registry.resolve(conn, models.registry.PRODUCTION)
 
 
+def logged_from_now(log_path: Path, marker: bytes) -> Callable[[], bool]:
+    """A readiness probe for a process about to start: ``marker`` written after now, not by an earlier run
+    appending to the same log (the bench keeps its logs in one folder)."""
+    return log_contains(log_path, marker, log_path.stat().st_size if log_path.exists() else 0)
+
+
 def start_worker(net: Network, host: str, env: dict[str, str], log_path: Path) -> ChildProcess:
     """``python -m worker`` on ``host``, named after it: failover's node names tell hosts apart."""
     command = [sys.executable, "-m", "worker", "--hostname", f"{host}@%h", "--without-gossip", "--without-mingle",
                "--without-heartbeat"]  # fmt: skip
+    ready = [logged_from_now(log_path, marker) for marker in (b" ready.", b"upload consumer")]
     process = net.start(host, "python -m worker", command, env, log_path)
-    ready = [log_contains(log_path, marker) for marker in (b" ready.", b"upload consumer")]
     process.wait_until(lambda: all(probe() for probe in ready), WORKER_READY_SECONDS)
     return process
 
@@ -232,8 +240,9 @@ def start_relay(net: Network, host: str, delay_ms: float, ports: tuple[int, ...]
     address = net.address(host)
     pairs = [f"{address}:{port + RELAY_PORT_OFFSET}={address}:{port}" for port in ports]
     command = [sys.executable, "-m", "tests.support.delay_relay", "--delay-ms", f"{delay_ms:g}", *pairs]
+    ready = logged_from_now(log_path, b"relay ready")
     process = net.start(host, "delay relay", command, {"PATH": os.environ["PATH"]}, log_path)
-    process.wait_until(log_contains(log_path, b"relay ready"), READY_SECONDS)
+    process.wait_until(ready, READY_SECONDS)
     return process
 
 
