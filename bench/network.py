@@ -68,9 +68,10 @@ def run(image_count: int, worker_counts: tuple[int, ...]) -> dict[str, Any]:
 
 def one_job(net: netns.Network, env: dict[str, str], settings: Settings, relay: ChildProcess | None,
             image_ids: list[int], version: str, workers: int, log_path: Path) -> dict[str, Any]:  # fmt: skip
-    """A worker host of ``workers`` bulk processes, reaching the data host by ``env``'s URLs, runs REPEATS jobs
-    over every image, one after another, each sent and waited for by ``settings`` (directly): images/s from submit
-    to done (the median, and the spread), and the relay's CPU meanwhile (seconds, and cores: seconds per second)."""
+    """A worker host of ``workers`` bulk processes, reaching the data host by ``env``'s URLs, runs one job over
+    every image to warm up, then REPEATS more, each sent and waited for by ``settings`` (directly): images/s from
+    submit to done (the median, and the spread), and the relay's CPU meanwhile (seconds, and cores: seconds per
+    second)."""
     # Queues of its own: a batch the last worker held when it was stopped must not run during this job.
     env = {**env, "QUEUE_PREFIX": f"{env['QUEUE_PREFIX']}-{log_path.stem}", "WORKER_CONCURRENCY": str(workers)}
     settings = settings.model_copy(update={"queue_prefix": env["QUEUE_PREFIX"]})
@@ -79,15 +80,18 @@ def one_job(net: netns.Network, env: dict[str, str], settings: Settings, relay: 
     durations = []
     try:
         with contextlib.closing(connection.connect(settings.database_url)) as conn:
-            relay_cpu = common.cpu_seconds(relay_pids)
+            relay_cpu = 0.0
             app = queues.broker.celery_app(settings)
             selection = jobs.service.Selection(image_ids=tuple(image_ids))
-            for _ in range(REPEATS):
+            for repeat in range(1 + REPEATS):  # the first warms the worker's processes and connections: not counted
+                if repeat == 1:
+                    relay_cpu = common.cpu_seconds(relay_pids)
                 started = time.monotonic()
                 job_id = jobs.service.submit_job(conn, app, settings, selection, version, BATCH_SIZE).id
                 common.wait_for_results(conn, job_id, len(image_ids))
                 durations.append(time.monotonic() - started)
             relay_cpu = common.cpu_seconds(relay_pids) - relay_cpu
+            durations = durations[1:]
     finally:
         worker.stop()
     rate, spread = common.median_and_spread([len(image_ids) / seconds for seconds in durations])
