@@ -215,6 +215,11 @@ class Settings(BaseSettings):
     web_threads: Count = Field(
         32, description="threads of each web process; a request waiting for its prediction holds one"
     )
+    web_database_timeout_seconds: Count = Field(
+        4,
+        description="a web connection to PostgreSQL unanswered this long (connecting, or data unacknowledged)"
+        " is given up: the upload is answered 503 with Retry-After",
+    )
     metrics_dir: OptionalPath = Field(
         None, description="where each start of the web or worker makes its metrics folder; unset: temp"
     )

@@ -59,8 +59,19 @@ def close_db(_: BaseException | None = None) -> None:
         connection_pool().putconn(conn)
 
 
-def make_pool(database_url: str, size: int) -> psycopg_pool.ConnectionPool[connection.Connection]:
-    """A pool of up to ``size`` autocommit connections, one opened now, the rest on demand and then kept."""
+def make_pool(
+    database_url: str, size: int, timeout_seconds: float | None = None
+) -> psycopg_pool.ConnectionPool[connection.Connection]:
+    """A pool of up to ``size`` autocommit connections, one opened now, the rest on demand and then kept.
+
+    Each gives up on a PostgreSQL silent for ``timeout_seconds`` (WEB_DATABASE_TIMEOUT_SECONDS; None: the
+    network options of every connection, ``connection.NETWORK_OPTIONS``): connecting, and
+    data unacknowledged, as when the link to the data host is cut; the ping of an idle connection blocks that
+    long at most, so an upload then hears 503 within a few times that rather than the kernel's minutes."""
+    options = connection.network_options(database_url)
+    if timeout_seconds is not None:
+        silence = {"connect_timeout": round(timeout_seconds), "tcp_user_timeout": round(timeout_seconds * 1000)}
+        options |= {name: value for name, value in silence.items() if name in options}  # the URL's own win
     returned_at: weakref.WeakKeyDictionary[connection.Connection, float] = weakref.WeakKeyDictionary()
 
     def stamp(conn: connection.Connection) -> None:
@@ -72,7 +83,7 @@ def make_pool(database_url: str, size: int) -> psycopg_pool.ConnectionPool[conne
 
     pool: psycopg_pool.ConnectionPool[connection.Connection] = psycopg_pool.ConnectionPool(
         database_url,
-        kwargs={"autocommit": True, **connection.network_options(database_url)},
+        kwargs={"autocommit": True, **options},
         min_size=1,
         max_size=size,
         max_idle=IDLE_CONNECTION_SECONDS,
@@ -95,7 +106,7 @@ def connection_pool() -> psycopg_pool.ConnectionPool[connection.Connection]:
             owner, pool = current_app.extensions.get(POOL_EXTENSION, (None, None))
             if owner != os.getpid():
                 settings = app_settings()
-                pool = make_pool(settings.database_url, settings.web_threads)
+                pool = make_pool(settings.database_url, settings.web_threads, settings.web_database_timeout_seconds)
                 current_app.extensions[POOL_EXTENSION] = (os.getpid(), pool)
     return pool
 

@@ -4,6 +4,8 @@ Each listens on its host's address only and is given the others' addresses, neve
 PostgreSQL is the machine's own binaries (``/usr/lib/postgresql/*/bin``) under the ``postgres``
 user (it refuses root), with no unix socket, so it cannot collide with the machine's server.
 Redis runs with the compose file's persistence (append-only, fsynced each second).
+``round_trip`` puts the data host a round-trip time away: netem on its link where the kernel has it,
+else a delay relay (tests/support/delay_relay.py) on the data host in front of both.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -28,12 +32,14 @@ from shared import images, models
 from shared.config import DEFAULT_MNIST_DIR, DEFAULT_MODEL_PATH
 from shared.training import registration
 from stack.processes import ChildProcess, log_contains, signal_group
+from tests.support import netns
 from tests.support.netns import Network
 from web import serve
 
 POSTGRES_PORT = 5432
 REDIS_PORT = 6379
 WEB_PORT = 8000
+RELAY_PORT_OFFSET = 10_000  # the delay relay listens on the data host at each service's port + this
 DATABASE = "mnist"
 READY_SECONDS = 60
 WORKER_READY_SECONDS = 120
@@ -79,8 +85,9 @@ class Postgres:
         command = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", str(postgres_bin() / "postgres"),
                    "-D", str(self.data), *(part for option in options for part in ("-c", option))]  # fmt: skip
         log = self.log_dir / f"postgres-{self.starts}.log"
+        ready = logged_from_now(log, b"ready to accept connections")
         process = self.net.start(self.host, "postgres", command, {"PATH": os.environ["PATH"]}, log)
-        process.wait_until(log_contains(log, b"ready to accept connections"), READY_SECONDS)
+        process.wait_until(ready, READY_SECONDS)
         return process
 
     def stop(self, mode: signal.Signals = signal.SIGINT) -> None:
@@ -118,8 +125,9 @@ class Redis:
                    "--port", str(REDIS_PORT), "--dir", str(self.folder), "--protected-mode", "no",
                    *COMPOSE_REDIS_PERSISTENCE]  # fmt: skip
         log = self.log_dir / f"redis-{self.starts}.log"
+        ready = logged_from_now(log, b"Ready to accept connections")
         process = self.net.start(self.host, "redis", command, {}, log)
-        process.wait_until(log_contains(log, b"Ready to accept connections"), READY_SECONDS)
+        process.wait_until(ready, READY_SECONDS)
         return process
 
     def restart(self, how: signal.Signals = signal.SIGTERM) -> None:
@@ -157,12 +165,18 @@ def store_test_images(database_url: str, count: int) -> tuple[list[int], str]:
         return list(image_ids), models.registry.resolve(conn, models.registry.PRODUCTION)
 
 
+def logged_from_now(log_path: Path, marker: bytes) -> Callable[[], bool]:
+    """A readiness probe for a process about to start: ``marker`` written after now, not by an earlier run
+    appending to the same log (the bench keeps its logs in one folder)."""
+    return log_contains(log_path, marker, log_path.stat().st_size if log_path.exists() else 0)
+
+
 def start_worker(net: Network, host: str, env: dict[str, str], log_path: Path) -> ChildProcess:
     """``python -m worker`` on ``host``, named after it: failover's node names tell hosts apart."""
     command = [sys.executable, "-m", "worker", "--hostname", f"{host}@%h", "--without-gossip", "--without-mingle",
                "--without-heartbeat"]  # fmt: skip
+    ready = [logged_from_now(log_path, marker) for marker in (b" ready.", b"upload consumer")]
     process = net.start(host, "python -m worker", command, env, log_path)
-    ready = [log_contains(log_path, marker) for marker in (b" ready.", b"upload consumer")]
     process.wait_until(lambda: all(probe() for probe in ready), WORKER_READY_SECONDS)
     return process
 
@@ -181,3 +195,59 @@ def answers(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+@dataclass(frozen=True)
+class DataPath:
+    """How the other hosts reach the data host: its URLs, how the delay was made, the relay when there is one."""
+
+    database_url: str
+    redis_url: str
+    how: str  # "none" (no delay asked), "netem" or "relay"
+    relay: ChildProcess | None = None
+
+
+@contextlib.contextmanager
+def round_trip(
+    net: Network, postgres: Postgres, redis_server: Redis, rtt_ms: float, log_dir: Path
+) -> Iterator[DataPath]:
+    """The data host ``rtt_ms`` away from the hosts that use the URLs yielded; as before on exit.
+
+    netem on the data host's link when the kernel has it (every host is then that far, the test's own
+    ``control`` too); else a relay on the data host holding each direction for half the round trip, in front
+    of PostgreSQL and Redis, and only the hosts given its URLs pay the delay.
+    """
+    if not rtt_ms:
+        yield DataPath(postgres.url, redis_server.url, "none")
+    elif netns.netem_available():
+        net.shape(postgres.host, delay_ms=rtt_ms / 2)
+        try:
+            yield DataPath(postgres.url, redis_server.url, "netem")
+        finally:
+            net.shape(postgres.host)
+    else:
+        relay = start_relay(
+            net, postgres.host, rtt_ms / 2, (POSTGRES_PORT, REDIS_PORT), log_dir / f"relay-{rtt_ms:g}.log"
+        )
+        try:
+            yield DataPath(relayed(postgres.url), relayed(redis_server.url), "relay", relay)
+        finally:
+            relay.stop()
+
+
+def start_relay(net: Network, host: str, delay_ms: float, ports: tuple[int, ...], log_path: Path) -> ChildProcess:
+    """A delay relay on ``host``, each of ``ports`` relayed from its port + RELAY_PORT_OFFSET."""
+    address = net.address(host)
+    pairs = [f"{address}:{port + RELAY_PORT_OFFSET}={address}:{port}" for port in ports]
+    command = [sys.executable, "-m", "tests.support.delay_relay", "--delay-ms", f"{delay_ms:g}", *pairs]
+    ready = logged_from_now(log_path, b"relay ready")
+    process = net.start(host, "delay relay", command, {"PATH": os.environ["PATH"]}, log_path)
+    process.wait_until(ready, READY_SECONDS)
+    return process
+
+
+def relayed(url: str) -> str:
+    """``url`` with its port moved to the relay's."""
+    head, _, tail = url.rpartition(":")
+    port, slash, rest = tail.partition("/")
+    return f"{head}:{int(port) + RELAY_PORT_OFFSET}{slash}{rest}"
