@@ -334,6 +334,33 @@ def test_a_job_end_whose_claimer_died_before_sending_is_delivered_once_by_the_sw
     assert [(a["attempt"], a["status_code"], a["delivered"]) for a in attempts] == [(1, 200, True)]
 
 
+def test_the_sweeper_sends_again_only_a_delivery_silent_long_enough_undelivered_and_not_given_up(
+    worker, conn, settings
+):
+    url = "http://127.0.0.1:9/hook"
+    with stopped(worker):
+        ended = []
+        for _ in range(5):
+            job_id = submit(conn, hook_settings(settings), stored(conn, 10), callback_url=url)
+            jobs.lifecycle_store.cancel_job(conn, job_id, "frank")
+            jobs.lifecycle_store.claim_end(conn, job_id)
+            ended.append(job_id)
+        never_tried, delivered, given_up, failed_once, long_ago = ended
+        jobs.lifecycle_store.record_delivery(conn, delivered, "cancelled", url, 200, None, True)
+        for _ in range(3):
+            jobs.lifecycle_store.record_delivery(conn, given_up, "cancelled", url, 500, "HTTP 500", False)
+        jobs.lifecycle_store.record_delivery(conn, failed_once, "cancelled", url, None, "refused", False)
+        query(conn, "UPDATE jobs SET announced_at = now() - interval '2 days' WHERE id = %s", (long_ago,))
+        conn.commit()
+
+        def lost(quiet_seconds: float) -> list[int]:
+            found = jobs.lifecycle_store.undelivered_ends(conn, quiet_seconds, 24 * 3600, 3)
+            return [job_id for job_id in found if job_id in ended]
+
+        assert lost(0) == [never_tried, failed_once]
+        assert lost(60) == []  # announced, or last tried, a moment ago: its task may still come
+
+
 def test_a_webhook_to_a_host_not_allowed_is_refused_at_submit_with_nothing_stored(conn, settings):
     config = hook_settings(settings)
     before = max_job_id(conn)
