@@ -203,13 +203,20 @@ def machine_line() -> str:
 
 
 def lifecycle_section(large: int, workers: int, against: Path | None) -> list[str]:
-    """The lifecycle section in a private environment of its own, on the stored MNIST test images."""
-    from bench import lifecycle
+    """The lifecycle section in a private environment of its own: the stored MNIST test images, and beyond
+    their 10,000 the scale section's distorted copies, written by COPY."""
+    from bench import lifecycle, scale
 
     with common.private_environment() as (env, settings):
         digit_images, labels = load_mnist(settings.mnist_dir, "test", None)
         conn = connection.connect(settings.database_url)
+        conn.autocommit = True
         image_ids = images.store.insert_images(conn, list(mnist_rows(digit_images, labels, "test")))
+        if large > len(image_ids):
+            rate = scale.ImageFactory(scale.dataset_dir()).store(conn, large - len(image_ids))
+            click.echo(f"lifecycle: stored {large - len(image_ids):,} more images at {rate:,.0f}/s", err=True)
+            image_ids = [row[0] for row in connection.query(conn, "SELECT id FROM input_data ORDER BY id")]
+            images.bulk_load.vacuum_analyze(conn)
         conn.close()
         return lifecycle.run(env, settings, image_ids, large, workers, common.RESULTS_DIR, against)
 

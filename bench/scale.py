@@ -68,6 +68,11 @@ NPY_HEADER = encode_image(np.zeros((IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8))[: 
 # --- building the data ---------------------------------------------------------------------
 
 
+def dataset_dir() -> Path:
+    """The MNIST files the images are made from: SCALE_MNIST_DIR, else ../shared/datasets/mnist."""
+    return Path(os.environ.get("SCALE_MNIST_DIR") or DATASET)
+
+
 def distort(images: np.ndarray, rng: np.random.Generator, block: int = 2048) -> np.ndarray:
     """Each image through its own small random affine map (inverse-mapped, bilinear, zeros outside).
 
@@ -375,7 +380,7 @@ def compare_throughput(size: int, against: Path, rounds: int = 5) -> list[str]:
     Both trees' workers run the same jobs on the same rows, one after the other, so a busy
     machine slows both alike; each figure is the median of ``rounds``.
     """
-    dataset = Path(os.environ.get("SCALE_MNIST_DIR") or DATASET)
+    dataset = dataset_dir()
     rates: dict[tuple[str, int], list[float]] = {}
     with private_environment() as (base_env, settings):
         env = {**base_env, **WEB_ENV}
@@ -405,7 +410,7 @@ def compare_throughput(size: int, against: Path, rounds: int = 5) -> list[str]:
 
 
 def run(sizes: tuple[int, ...] = DEFAULT_SIZES, label: str = "") -> list[dict[str, Any]]:
-    dataset = Path(os.environ.get("SCALE_MNIST_DIR") or DATASET)
+    dataset = dataset_dir()
     log_dir = RESULTS_DIR
     rows = []
     with private_environment() as (base_env, settings):

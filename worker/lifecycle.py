@@ -4,7 +4,8 @@
   waiting for it; when there is none left, the job may have ended, and its end is announced.
 - ``announce_end``: whoever claims a job's end (``lifecycle_store.claim_end``: one UPDATE, so once) counts
   it in ``mnist_job_ends`` and, for a job with a URL, sends the webhook's delivery task. A worker that dies
-  between the job's last commit and the claim leaves it to the sweeper (``unannounced_ends``).
+  between the job's last commit and the claim leaves it to the sweeper (``unannounced_ends``); one that dies
+  between the claim and the send, or a delivery task Redis lost, too (``undelivered_ends``).
 - ``job_ended``: the task a cancel sends, so that the end is announced at once, not at the next sweep.
 - ``deliver_webhook``: one attempt per run, recorded; a failed one raises WebhookFailed, which Celery
   retries with exponential backoff (``WEBHOOK_RETRY_OPTIONS``). The message is acknowledged late, so a
@@ -43,6 +44,13 @@ WEBHOOK_RETRY_OPTIONS: dict[str, Any] = {
     "retry_jitter": False,
     "max_retries": 10,
 }
+# The sweeper sends a job end's delivery again when nothing was attempted for this long: longer than any wait
+# between two attempts of one task's retries, so only a lost task (its sender died after the claim, or Redis
+# lost the message) is sent again. Ends announced more than a day ago are not looked at, and an end with as
+# many attempts recorded as one task makes has had its chance.
+WEBHOOK_RESEND_AFTER_SECONDS = 2 * WEBHOOK_RETRY_OPTIONS["retry_backoff_max"]
+WEBHOOK_RESEND_WINDOW_SECONDS = 24 * 3600
+WEBHOOK_MAX_ATTEMPTS = WEBHOOK_RETRY_OPTIONS["max_retries"] + 1
 
 
 def announce_end(conn: connection.Connection, app: Celery, settings: Settings, job_id: int) -> str | None:
@@ -53,11 +61,16 @@ def announce_end(conn: connection.Connection, app: Celery, settings: Settings, j
     status, callback_url = claimed
     observability.metrics.record_job_ends(observability.metrics.BULK, status)
     if callback_url:
-        app.send_task(
-            queues.broker.DELIVER_WEBHOOK_TASK, args=[job_id], queue=queues.broker.bulk_queue(settings), priority=0
-        )
+        send_delivery(app, settings, job_id)
     log.info("job %s ended: %s", job_id, status)
     return status
+
+
+def send_delivery(app: Celery, settings: Settings, job_id: int) -> None:
+    """The task that delivers the job's webhook, ahead of every batch waiting."""
+    app.send_task(
+        queues.broker.DELIVER_WEBHOOK_TASK, args=[job_id], queue=queues.broker.bulk_queue(settings), priority=0
+    )
 
 
 def send_next(conn: connection.Connection, app: Celery, settings: Settings, job_id: int) -> None:

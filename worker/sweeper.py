@@ -1,9 +1,10 @@
-"""A background thread in each worker process that resumes stalled jobs.
+"""A background thread in each worker process that resumes stalled jobs and announces what was missed.
 
 Redis only carries IDs; if it restarts empty, or a message is lost, the job's rows in
 PostgreSQL say exactly which images still lack a result. Every worker process runs a
 sweeper; an advisory lock lets only one sweep at a time across all workers, so scaling
-workers does not multiply the re-enqueued work.
+workers does not multiply the re-enqueued work. The same round announces a job end that nobody
+announced, and sends again a webhook delivery that nobody is making (``worker/lifecycle.py``).
 """
 
 from __future__ import annotations
@@ -54,12 +55,29 @@ def announce_missed_ends(conn: connection.Connection, app: Celery, settings: Set
     return [job_id for job_id in ended if lifecycle.announce_end(conn, app, settings, job_id)]
 
 
+def resend_lost_deliveries(conn: connection.Connection, app: Celery, settings: Settings) -> list[int]:
+    """Send again the webhook deliveries nobody is making (the claimer died after the claim, or the task was lost).
+
+    ``webhooks.deliver`` skips an end already delivered, and its per-job lock lets one attempt run at a time."""
+    lost = jobs.lifecycle_store.undelivered_ends(
+        conn,
+        lifecycle.WEBHOOK_RESEND_AFTER_SECONDS,
+        lifecycle.WEBHOOK_RESEND_WINDOW_SECONDS,
+        lifecycle.WEBHOOK_MAX_ATTEMPTS,
+    )
+    for job_id in lost:
+        log.warning("job %s: its webhook has no delivery under way; sent again", job_id)
+        lifecycle.send_delivery(app, settings, job_id)
+    return lost
+
+
 def sweep_once(app: Celery, settings: Settings) -> dict[int, int]:
     conn = connection.connect(settings.database_url)
     try:
         if not connection.try_lock(conn, SWEEPER_LOCK_KEY):
             return {}
         announce_missed_ends(conn, app, settings)
+        resend_lost_deliveries(conn, app, settings)
         return sweep_stalled_jobs(conn, app, settings)
     finally:
         conn.close()  # also releases the advisory lock

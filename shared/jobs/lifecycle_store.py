@@ -82,6 +82,29 @@ def unannounced_ends(conn: Connection) -> list[int]:
     return [row[0] for row in rows]
 
 
+def undelivered_ends(conn: Connection, quiet_seconds: float, window_seconds: float, max_attempts: int) -> list[int]:
+    """Jobs with a URL whose end was announced in the last ``window_seconds`` and is not delivered, with nothing
+    attempted for ``quiet_seconds`` (since the announcement, or the last attempt) and fewer than ``max_attempts``
+    recorded: their delivery task was lost (its sender died after the claim, or Redis lost the message)."""
+    rows = query(
+        conn,
+        """
+        SELECT j.id FROM jobs j
+        CROSS JOIN LATERAL (
+            SELECT count(*) AS attempts, COALESCE(bool_or(d.delivered), false) AS delivered,
+                   max(d.attempted_at) AS last_attempt
+            FROM webhook_deliveries d WHERE d.job_id = j.id
+        ) d
+        WHERE j.callback_url IS NOT NULL AND j.announced_at > now() - make_interval(secs => %(window)s)
+          AND NOT d.delivered AND d.attempts < %(max_attempts)s
+          AND GREATEST(j.announced_at, d.last_attempt) < now() - make_interval(secs => %(quiet)s)
+        ORDER BY j.id
+        """,
+        {"window": window_seconds, "quiet": quiet_seconds, "max_attempts": max_attempts},
+    )
+    return [row[0] for row in rows]
+
+
 # Webhook deliveries: a session-level advisory lock per job (this class id, the job's id) lets one
 # delivery of a job's end run at a time, across every worker; a dead worker's lock goes with its connection.
 WEBHOOK_LOCK_CLASS = 8_712_027

@@ -20,7 +20,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from producer.cli import main
 from producer.ingest import load_mnist, mnist_rows
 from shared import images, jobs, queues
 from shared.config import DEFAULT_MNIST_DIR, DEFAULT_MODEL_PATH, load_settings
@@ -103,13 +105,66 @@ def pool_children(worker: services.WorkerProcess) -> list[int]:
 def assert_exactly_once(conn, job_id: int, total: int, failures: int = 0) -> dict:
     job = jobs.progress.wait_for_job(conn, job_id, timeout=JOB_TIMEOUT_SECONDS)
     items, predictions, failed = jobs.store.rows_for_job(conn, job_id)
-    duplicated = connection.query_one(
-        conn, "SELECT count(*) - count(DISTINCT input_data_id) FROM predictions WHERE job_id = %s", (job_id,)
-    )[0]
+    duplicated = duplicated_predictions(conn, job_id)
     assert job["status"] == "done", f"job {job_id} not done: {job}"
     assert (items, predictions + failed, failed) == (total, total, failures)
     assert (job["done_count"], job["failed_count"]) == (predictions, failed)
     assert duplicated == 0
+    return {**job, "duplicated": duplicated}
+
+
+def duplicated_predictions(conn, job_id: int) -> int:
+    return connection.query_one(
+        conn, "SELECT count(*) - count(DISTINCT input_data_id) FROM predictions WHERE job_id = %s", (job_id,)
+    )[0]
+
+
+def summed(finished: list[dict]) -> dict:
+    """What ``record`` takes, of several jobs together."""
+    return {key: sum(job[key] for job in finished) for key in ("done_count", "failed_count", "duplicated")}
+
+
+def assert_recorded_exactly_once(conn, totals: dict[int, int], fault: str, trials: int, started: float) -> list[dict]:
+    """Each job of {job id: images} exactly once, then the fault's row recorded; the jobs as they ended."""
+    finished = [assert_exactly_once(conn, job_id, total) for job_id, total in totals.items()]
+    record(fault, trials, sum(totals.values()), summed(finished), time.monotonic() - started)
+    return finished
+
+
+def big_job_under_way_beside_a_cancelled_one(conn, env: dict[str, str], image_ids: list[int]) -> tuple[int, int, int]:
+    """A big job with a result stored (mid-job, however fast the machine), and a second one cancelled meanwhile:
+    (the big job, the cancelled one, its slices taken)."""
+    big = submit(conn, env, image_ids, batch_size=100)
+    doomed = submit(conn, env, image_ids, batch_size=100)
+    jobs.progress.wait_for_job(conn, big, until_finished=1)
+    return big, doomed, cancel(conn, env, doomed)
+
+
+def cancel(conn, env: dict[str, str], job_id: int) -> int:
+    """Cancel the job as ``producer cancel`` does; returns its batches handed to the broker, which stay as they are."""
+    config = load_settings(env)
+    jobs.service.cancel_job(conn, queues.broker.celery_app(config), config, job_id, "faults")
+    return slices_taken(conn, job_id)
+
+
+def slices_taken(conn, job_id: int) -> int:
+    return connection.query_one(conn, "SELECT enqueued_batches FROM jobs WHERE id = %s", (job_id,))[0]
+
+
+def assert_cancelled_exactly(conn, job_id: int, taken: int | None = None) -> dict:
+    """The cancelled job's end is announced (by its task, or by the sweeper if the task was lost), it stays
+    cancelled, what it stored is stored once and counted exactly, and no slice was taken after the cancel."""
+    deadline = time.monotonic() + JOB_TIMEOUT_SECONDS
+    announced = "SELECT announced_at IS NOT NULL FROM jobs WHERE id = %s"
+    while not connection.query_one(conn, announced, (job_id,))[0] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    job = jobs.store.get_job(conn, job_id)
+    _, predictions, failures = jobs.store.rows_for_job(conn, job_id)
+    duplicated = duplicated_predictions(conn, job_id)
+    assert connection.query_one(conn, announced, (job_id,))[0], f"job {job_id}: its end was never announced"
+    assert job["status"] == "cancelled" and duplicated == 0
+    assert (job["done_count"], job["failed_count"]) == (predictions, failures)
+    assert taken is None or slices_taken(conn, job_id) == taken
     return {**job, "duplicated": duplicated}
 
 
@@ -152,7 +207,7 @@ def test_workers_killed_at_random_moments_lose_and_duplicate_nothing(conn, fault
                 counted["aggregated"],
                 counted["mistakes_aggregated"],
             )
-        total = {key: sum(job[key] for job in finished) for key in ("done_count", "failed_count", "duplicated")}
+        total = summed(finished)
         record(
             "worker SIGKILL x10 (2 workers)",
             kills,
@@ -183,25 +238,33 @@ def test_fair_share_and_cancel_hold_while_workers_are_killed(conn, fault_env, te
             children = pool_children(workers[kill % 2])
             if children:
                 os.kill(rng.choice(children), signal.SIGKILL)
-        finished = [
-            assert_exactly_once(conn, job_id, total) for job_id, total in ((small, 100), (big, len(test_split_ids)))
-        ]
+        fault = "fair share + cancel, pool SIGKILL x4 (2 workers)"
+        assert_recorded_exactly_once(conn, {small: 100, big: len(test_split_ids)}, fault, 4, started)
         time.sleep(3)  # what the cancelled job's batches still running store, they store once
-        cancelled = jobs.store.get_job(conn, doomed)
-        _, predictions, failures = jobs.store.rows_for_job(conn, doomed)
-        duplicated = connection.query_one(
-            conn, "SELECT count(*) - count(DISTINCT input_data_id) FROM predictions WHERE job_id = %s", (doomed,)
-        )[0]
-        assert cancelled["status"] == "cancelled" and duplicated == 0
-        assert (cancelled["done_count"], cancelled["failed_count"]) == (predictions, failures)
-        total = {key: sum(job[key] for job in finished) for key in ("done_count", "failed_count", "duplicated")}
-        record(
-            "fair share + cancel, pool SIGKILL x4 (2 workers)",
-            4,
-            len(test_split_ids) + 100,
-            total,
-            time.monotonic() - started,
-        )
+        assert_cancelled_exactly(conn, doomed)
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def test_fair_share_and_cancel_hold_when_whole_workers_are_killed(conn, fault_env, test_split_ids, tmp_path):
+    """Both workers killed outright, parent and all, mid-job: the batches they held come back, the next slices
+    their lanes had not sent yet are topped up by the sweeper; a small job still overtakes, the cancel holds."""
+    workers = [start_worker(fault_env, tmp_path, f"whole{i}") for i in range(2)]
+    started = time.monotonic()
+    try:
+        big, doomed, taken = big_job_under_way_beside_a_cancelled_one(conn, fault_env, test_split_ids)
+        signal_group(workers[0].pid, signal.SIGKILL)
+        small = submit(conn, fault_env, test_split_ids[:100], batch_size=50)
+        signal_group(workers[1].pid, signal.SIGKILL)
+        assert jobs.store.get_job(conn, big)["status"] != "done", "the job finished before the workers died"
+        for index, worker in enumerate(workers):
+            worker.stop()
+            workers[index] = start_worker(fault_env, tmp_path, f"whole-replacement{index}")
+        fault = "fair share + cancel, both workers SIGKILL"
+        ended = assert_recorded_exactly_once(conn, {small: 100, big: len(test_split_ids)}, fault, 2, started)
+        assert ended[0]["finished_at"] < ended[1]["finished_at"]  # the small job did not wait for the big one
+        assert_cancelled_exactly(conn, doomed, taken)
     finally:
         for worker in workers:
             worker.stop()
@@ -240,6 +303,55 @@ def test_a_redis_restart_that_loses_every_message_still_completes_the_job(conn, 
         assert jobs.store.get_job(conn, job_id)["status"] != "done", "the job finished before Redis restarted"
         job = assert_exactly_once(conn, job_id, len(ids))  # the sweeper found the rest in PostgreSQL
         record("Redis restarted (queue lost)", 1, len(ids), job, time.monotonic() - started)
+    finally:
+        worker.stop()
+        redis_server.stop()
+
+
+def test_fair_share_and_cancel_hold_across_a_redis_restart(conn, fault_env, test_split_ids, tmp_path):
+    """Every slice in Redis lost, and perhaps the cancel's task: the sweeper tops the sliced job up from PostgreSQL
+    and announces the cancelled end; a small job submitted after the restart still overtakes the big one."""
+    redis_server = services.RedisServer(tmp_path / "redis.log")
+    env = {**fault_env, "REDIS_URL": redis_server.url}
+    worker = start_worker(env, tmp_path, "worker")
+    started = time.monotonic()
+    try:
+        big, doomed, taken = big_job_under_way_beside_a_cancelled_one(conn, env, test_split_ids)
+        redis_server = redis_server.restart()  # empty: the slices queued, and the cancel's task, are gone
+        assert jobs.store.get_job(conn, big)["status"] != "done", "the job finished before Redis restarted"
+        small = submit(conn, env, test_split_ids[:100], batch_size=50)
+        fault = "fair share + cancel, Redis restarted"
+        ended = assert_recorded_exactly_once(conn, {small: 100, big: len(test_split_ids)}, fault, 1, started)
+        assert ended[0]["finished_at"] < ended[1]["finished_at"]  # the small job did not wait for the big one
+        assert_cancelled_exactly(conn, doomed, taken)
+    finally:
+        worker.stop()
+        redis_server.stop()
+
+
+def test_resume_of_sliced_jobs_after_a_redis_restart_loses_and_duplicates_nothing(
+    conn, fault_env, test_split_ids, tmp_path
+):
+    """No sweeper in time (STALL_SECONDS of an hour): ``producer resume`` sends what Redis lost, twice over while
+    it runs, and refuses the cancelled job; every image of the others has one result, the cancelled job's stay."""
+    redis_server = services.RedisServer(tmp_path / "redis.log")
+    env = {**fault_env, "REDIS_URL": redis_server.url, "STALL_SECONDS": "3600"}
+    config = load_settings(env)
+    worker = start_worker(env, tmp_path, "worker")
+    started = time.monotonic()
+    try:
+        big, doomed, taken = big_job_under_way_beside_a_cancelled_one(conn, env, test_split_ids)
+        small = submit(conn, env, test_split_ids[:100], batch_size=10)
+        redis_server = redis_server.restart()  # empty: the slices queued are gone
+        assert jobs.store.get_job(conn, big)["status"] != "done", "the job finished before Redis restarted"
+        for job_id in (big, small, big):  # the second resume of the big job sends again what is in flight
+            resumed = CliRunner().invoke(main, ["resume", str(job_id)], obj=config)
+            assert resumed.exit_code == 0 and ("re-enqueued" in resumed.output or "nothing left" in resumed.output)
+        refused = CliRunner().invoke(main, ["resume", str(doomed)], obj=config)
+        assert refused.exit_code == 1 and "not resumed" in refused.output
+        fault = "fair share + cancel, Redis restarted, resume x3"
+        assert_recorded_exactly_once(conn, {small: 100, big: len(test_split_ids)}, fault, 3, started)
+        assert_cancelled_exactly(conn, doomed, taken)
     finally:
         worker.stop()
         redis_server.stop()

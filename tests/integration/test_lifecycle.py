@@ -20,12 +20,13 @@ from click.testing import CliRunner
 
 from producer.cli import main
 from shared import images, jobs, queues
-from shared.db.connection import query_one
+from shared.db.connection import query, query_one
 from shared.images.codec import encode_image
 from shared.images.store import ImageRow
 from stack.processes import signal_group
 from tests.support.services import WEBHOOK_SECRET, max_job_id, production_version, signed_in
 from web.app import create_app
+from worker import lifecycle
 
 TIMEOUT = 60
 TEST_CONFIG = {"TESTING": True, "WTF_CSRF_ENABLED": False}
@@ -311,6 +312,53 @@ def test_a_cancelled_job_is_announced_and_a_wrong_secret_is_caught_by_the_receiv
         assert not jobs.webhooks.verify(WEBHOOK_SECRET, body.replace(b"dave", b"mallory"), header)
     finally:
         server.close()
+
+
+def test_a_job_end_whose_claimer_died_before_sending_is_delivered_once_by_the_sweeper(worker, conn, settings, receiver):
+    with stopped(worker):
+        job_id = submit(conn, hook_settings(settings), stored(conn, 500), callback_url=receiver.url)
+        jobs.lifecycle_store.cancel_job(conn, job_id, "erin")  # the store's cancel: no task announces the end
+        assert jobs.lifecycle_store.claim_end(conn, job_id) == ("cancelled", receiver.url)
+        # ... and the claimer dies here, its delivery task never sent, as long ago as the sweeper waits for one
+        query(
+            conn,
+            "UPDATE jobs SET announced_at = announced_at - make_interval(secs => %s) WHERE id = %s",
+            (lifecycle.WEBHOOK_RESEND_AFTER_SECONDS + 1, job_id),
+        )
+        conn.commit()
+    [(body, _, valid)] = receiver.wait_for(1)
+    assert valid and json.loads(body)["id"] == f"job-{job_id}-cancelled"
+    time.sleep(3)  # the sweeper runs every second: a delivered end is not sent again
+    assert len(receiver.received) == 1
+    attempts = jobs.lifecycle_store.deliveries(conn, job_id)
+    assert [(a["attempt"], a["status_code"], a["delivered"]) for a in attempts] == [(1, 200, True)]
+
+
+def test_the_sweeper_sends_again_only_a_delivery_silent_long_enough_undelivered_and_not_given_up(
+    worker, conn, settings
+):
+    url = "http://127.0.0.1:9/hook"
+    with stopped(worker):
+        ended = []
+        for _ in range(5):
+            job_id = submit(conn, hook_settings(settings), stored(conn, 10), callback_url=url)
+            jobs.lifecycle_store.cancel_job(conn, job_id, "frank")
+            jobs.lifecycle_store.claim_end(conn, job_id)
+            ended.append(job_id)
+        never_tried, delivered, given_up, failed_once, long_ago = ended
+        jobs.lifecycle_store.record_delivery(conn, delivered, "cancelled", url, 200, None, True)
+        for _ in range(3):
+            jobs.lifecycle_store.record_delivery(conn, given_up, "cancelled", url, 500, "HTTP 500", False)
+        jobs.lifecycle_store.record_delivery(conn, failed_once, "cancelled", url, None, "refused", False)
+        query(conn, "UPDATE jobs SET announced_at = now() - interval '2 days' WHERE id = %s", (long_ago,))
+        conn.commit()
+
+        def lost(quiet_seconds: float) -> list[int]:
+            found = jobs.lifecycle_store.undelivered_ends(conn, quiet_seconds, 24 * 3600, 3)
+            return [job_id for job_id in found if job_id in ended]
+
+        assert lost(0) == [never_tried, failed_once]
+        assert lost(60) == []  # announced, or last tried, a moment ago: its task may still come
 
 
 def test_a_webhook_to_a_host_not_allowed_is_refused_at_submit_with_nothing_stored(conn, settings):
