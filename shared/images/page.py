@@ -5,6 +5,8 @@ as the web's image carries no scipy.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 # Printed ruling (lined and squared paper): rows (columns) where marks fainter than ink still cross at least
@@ -22,6 +24,10 @@ LIGHT_OUTLIERS = 0.1
 LIGHT_MISS = 30
 LIGHT_GRID = 9  # the fitted light is judged at this many points a side
 LIGHT_DARKEST_PAPER = 64  # below this the paper is a dark board, and dividing would only raise its noise
+# Grey levels by which the fit's arithmetic (a pseudo-inverse rather than lstsq, both near 1e-12 of a level
+# apart for any border) could move the fitted light: a picture this far inside a threshold is judged without
+# the fit.
+FIT_ROUNDING = 0.01
 # Components are found on the ink mask shrunk (any ink in a block) to at most this many pixels a side.
 COMPONENT_SIDE = 128
 # The digit is its largest component, with the others that are big (this share of its area) or near it
@@ -39,13 +45,42 @@ def evenly_lit(pixels: np.ndarray) -> np.ndarray:
     height, width = pixels.shape
     if min(height, width) < 3:
         return pixels
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).astype(np.float64)
+    if _plainly_even(border, height, width):
+        return pixels
+    return _light_divided_out(pixels, border)
+
+
+def _plainly_even(border: np.ndarray, height: int, width: int) -> bool:
+    """Whether the light fitted to ``border`` spans too few levels, or is too dark, to be divided out, by a
+    margin that no rounding of the fit can cross: then ``_light_divided_out`` would return the pixels as
+    they are. A cached projection makes it one product, where the fit itself costs most of a small picture's
+    preprocessing."""
+    sampled = GRID_TERMS @ (_border_fit(height, width) @ border)
+    low, high = sampled.min(), sampled.max()
+    return bool(high - low < LIGHT_RANGE - FIT_ROUNDING or low < LIGHT_DARKEST_PAPER - FIT_ROUNDING)
+
+
+@functools.lru_cache(maxsize=64)
+def _border_fit(height: int, width: int) -> np.ndarray:
+    """The least-squares map from a picture's border (as ``evenly_lit`` lists it) to the light's coefficients."""
+    return np.linalg.pinv(_light_terms(*_border_points(height, width)))
+
+
+def _border_points(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column), both 0..1, of each border pixel: top row, bottom row, left column, right column."""
     rows = np.concatenate([np.zeros(width), np.ones(width), np.arange(height) / height, np.arange(height) / height])
     cols = np.concatenate([np.arange(width) / width, np.arange(width) / width, np.zeros(height), np.ones(height)])
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).astype(np.float64)
+    return rows, cols
+
+
+def _light_divided_out(pixels: np.ndarray, border: np.ndarray) -> np.ndarray:
+    """``evenly_lit``'s fit of the light to the border, and its division when the fit says the light is uneven."""
+    height, width = pixels.shape
+    rows, cols = _border_points(height, width)
     coefficients, *_ = np.linalg.lstsq(_light_terms(rows, cols), border, rcond=None)
     miss = np.abs(_light_terms(rows, cols) @ coefficients - border)
-    grid = np.linspace(0, 1, LIGHT_GRID)
-    sampled = _light_terms(np.repeat(grid, LIGHT_GRID), np.tile(grid, LIGHT_GRID)) @ coefficients
+    sampled = GRID_TERMS @ coefficients
     if (
         sampled.max() - sampled.min() < LIGHT_RANGE
         or sampled.min() < LIGHT_DARKEST_PAPER
@@ -71,6 +106,10 @@ def _light_terms(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """The terms of a quadratic surface at points (row, column), both 0..1, one row of terms per point:
     a lamp's slope and a lens' vignette."""
     return np.stack([np.ones_like(rows), rows, cols, rows * rows, cols * cols, rows * cols], axis=1)
+
+
+_GRID = np.linspace(0, 1, LIGHT_GRID)
+GRID_TERMS = _light_terms(np.repeat(_GRID, LIGHT_GRID), np.tile(_GRID, LIGHT_GRID))  # where the fitted light is judged
 
 
 def ink_box(ink: np.ndarray) -> tuple[slice, slice] | None:
