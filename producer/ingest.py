@@ -5,8 +5,10 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import errno
 import multiprocessing
 import os
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from shared.training import mnist
 USER_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"})
 SHAPE = list(IMAGE_SHAPE)
 DIGIT_FOLDERS = frozenset(str(digit) for digit in range(10))
+# A decoded picture as a pool process sends it back: its stored form, its label and its path.
+Decoded = tuple[bytes, int | None, str]
 
 
 def mnist_rows(images: np.ndarray, labels: np.ndarray, split: str, start: int = 0) -> Iterator[ImageRow]:
@@ -124,28 +128,49 @@ def new_files(paths: Iterator[str], stored: Iterator[str]) -> Iterator[tuple[str
         yield path, known != path
 
 
-def decode_chunk(files: list[tuple[str, int | None]], limits: DecodeLimits) -> tuple[list[ImageRow], list[str]]:
-    """Rows of the pictures (path, label) that decode, and a line for each that does not.
+def decode_chunk(files: list[tuple[str, int | None]], limits: DecodeLimits) -> tuple[list[Decoded], list[str]]:
+    """(stored form, label, path) of the pictures (path, label) that decode, and a line for each that does not.
 
-    Runs in a pool process: it reads and decodes, the parent only copies."""
-    rows, rejected = [], []
+    Runs in a pool process: it reads and decodes, the parent only copies. What goes back is compact
+    (bytes, an int and a str a picture), so that sending it costs the parent little."""
+    decoded, rejected = [], []
     for name, label in files:
-        path = Path(name)
         try:
-            size = path.stat().st_size
-            if size > limits.max_upload_bytes:
-                raise ValueError(
-                    f"the file is {size} bytes; at most {limits.max_upload_bytes} (MAX_UPLOAD_BYTES) are accepted"
-                )
             image = user_image_to_mnist(
-                path.read_bytes(), limits.max_image_pixels, limits.max_decode_bytes, limits.concurrent_decodes
+                read_picture(name, limits.max_upload_bytes),
+                limits.max_image_pixels,
+                limits.max_decode_bytes,
+                limits.concurrent_decodes,
             )
         except (ValueError, OSError) as error:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-            rejected.append(f"{printable(path)}: {reason}")
+            rejected.append(f"{printable(name)}: {reason}")
             continue
-        rows.append(ImageRow(encode_image(image), label, SHAPE, "upload", None, name))
-    return rows, rejected
+        decoded.append((encode_image(image), label, name))
+    return decoded, rejected
+
+
+def read_picture(name: str, max_bytes: int) -> bytes:
+    """The bytes of the file ``name``, refused unread when it is larger than ``max_bytes``.
+
+    Opened without following a link and without waiting on a pipe, as the walk judged it (the file
+    may have been replaced since); the one open file is then sized and read, with no other lookup."""
+    try:
+        descriptor = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ValueError("a symbolic link, not followed") from None
+        raise
+    with open(descriptor, "rb", buffering=0) as file:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise ValueError("not a regular file")
+        if status.st_size > max_bytes:
+            raise ValueError(f"the file is {status.st_size} bytes; at most {max_bytes} (MAX_UPLOAD_BYTES) are accepted")
+        data = file.read(max_bytes + 1)
+    if len(data) > max_bytes:  # grown since it was sized
+        raise ValueError(f"the file is over {max_bytes} bytes; at most {max_bytes} (MAX_UPLOAD_BYTES) are accepted")
+    return data
 
 
 def ingest_folder(
@@ -171,7 +196,7 @@ def ingest_folder(
     workers = processes or available_cpus()
     prefix = str(root).rstrip("/") + "/"
     files = new_files(walk_sorted(str(root), outcome.rejected), store.stored_sources(read_conn, prefix))
-    pending: collections.deque[concurrent.futures.Future[tuple[list[ImageRow], list[str]]]] = collections.deque()
+    pending: collections.deque[concurrent.futures.Future[tuple[list[Decoded], list[str]]]] = collections.deque()
     buffered: list[ImageRow] = []
     pool: concurrent.futures.ProcessPoolExecutor | None = None
     first = True
@@ -184,8 +209,8 @@ def ingest_folder(
             buffered.clear()
             on_stored(ids, outcome.files)
 
-    def collect(rows: list[ImageRow], rejected: list[str]) -> None:
-        buffered.extend(rows)
+    def collect(decoded: list[Decoded], rejected: list[str]) -> None:
+        buffered.extend(ImageRow(data, label, SHAPE, "upload", None, name) for data, label, name in decoded)
         outcome.rejected.extend(rejected)
         flush(force=False)
 

@@ -126,8 +126,11 @@ def ruling(marks: np.ndarray, ink: np.ndarray) -> np.ndarray | None:
     bands = []  # (axis, first, last): a line with its faint edges
     for axis in (0, 1):  # lines along rows, then along columns
         share = (marks if axis == 0 else marks.T).mean(axis=1)
+        crossed = share >= LINE_SPAN
+        if not crossed.any():  # most pictures: no line, and no runs to look for
+            continue
         thickest = max(2, round(LINE_THICKNESS * len(share)))
-        for start, stop in _runs(share >= LINE_SPAN):
+        for start, stop in _runs(crossed):
             if stop - start <= thickest:
                 bands.append((axis, max(start - 1, 0), min(stop + 1, len(share))))
     if not bands:
@@ -165,10 +168,7 @@ def digit_box(ink: np.ndarray) -> tuple[slice, slice] | None:
     """The box of the digit's ink: its largest connected component and those big or near enough to be part of it,
     so that specks and smudges far from the digit do not widen the box. None without ink."""
     factor = -(-max(ink.shape) // COMPONENT_SIDE)
-    height, width = -(-ink.shape[0] // factor), -(-ink.shape[1] // factor)
-    padded = np.zeros((height * factor, width * factor), dtype=bool)
-    padded[: ink.shape[0], : ink.shape[1]] = ink
-    blocks = np.asarray(padded.reshape(height, factor, width, factor).any(axis=(1, 3)), dtype=bool)
+    blocks = ink if factor == 1 else _blocks(ink, factor)
     components = _components(blocks)
     if not components:
         return None
@@ -200,13 +200,25 @@ def digit_box(ink: np.ndarray) -> tuple[slice, slice] | None:
     )
 
 
+def _blocks(ink: np.ndarray, factor: int) -> np.ndarray:
+    """``ink`` shrunk ``factor`` times each way: a block is ink when any of its pixels is."""
+    height, width = -(-ink.shape[0] // factor), -(-ink.shape[1] // factor)
+    padded = np.zeros((height * factor, width * factor), dtype=bool)
+    padded[: ink.shape[0], : ink.shape[1]] = ink
+    return np.asarray(padded.reshape(height, factor, width, factor).any(axis=(1, 3)), dtype=bool)
+
+
 def _components(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
     """8-connected components of a small boolean mask, each as (area, top, bottom, left, right), bottom and
     right exclusive. Runs of each row are joined with the overlapping runs of the row above (union-find), so
     the cost follows the runs, not the pixels, and needs nothing beyond numpy."""
-    parent: list[int] = []
-    runs: list[tuple[int, int, int]] = []  # (row, start, stop)
-    previous: list[int] = []
+    # Every row's runs at once, in reading order: where the row steps onto ink and where it steps off.
+    edged = np.zeros((mask.shape[0], mask.shape[1] + 2), dtype=np.int8)
+    edged[:, 1:-1] = mask
+    steps = edged[:, 1:] - edged[:, :-1]
+    run_rows, run_starts = np.nonzero(steps == 1)
+    rows, starts, stops = run_rows.tolist(), run_starts.tolist(), np.nonzero(steps == -1)[1].tolist()
+    parent = list(range(len(rows)))
 
     def root(index: int) -> int:
         while parent[index] != index:
@@ -214,28 +226,24 @@ def _components(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
             index = parent[index]
         return index
 
-    # Every row's runs at once, in reading order: where the row steps onto ink and where it steps off.
-    steps = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(np.int8), axis=1)
-    run_rows, run_starts = np.nonzero(steps == 1)
-    run_stops = np.nonzero(steps == -1)[1]
-    current: list[int] = []
+    above_first = above_stop = first = 0  # the runs of the row above: [above_first, above_stop); this row's from first
     current_row = -1
-    for row, start, stop in zip(run_rows.tolist(), run_starts.tolist(), run_stops.tolist(), strict=True):
+    for index, row in enumerate(rows):
         if row != current_row:
-            previous = current if row == current_row + 1 else []
-            current, current_row = [], row
-        index = len(runs)
-        runs.append((row, start, stop))
-        parent.append(index)
-        for other in previous:
-            _, other_start, other_stop = runs[other]
-            if other_start <= stop and start <= other_stop:  # touching, diagonals included
+            above_first, above_stop = (first, index) if row == current_row + 1 else (index, index)
+            first, current_row = index, row
+        start, stop = starts[index], stops[index]
+        for other in range(above_first, above_stop):
+            if starts[other] <= stop and start <= stops[other]:  # touching, diagonals included
                 parent[root(other)] = root(index)
-        current.append(index)
     boxes: dict[int, list[int]] = {}
-    for index, (row, start, stop) in enumerate(runs):
-        box = boxes.setdefault(root(index), [0, row, row + 1, start, stop])
+    for index, row in enumerate(rows):
+        start, stop = starts[index], stops[index]
+        box = boxes.get(root(index))
+        if box is None:
+            boxes[root(index)] = [stop - start, row, row + 1, start, stop]
+            continue
         box[0] += stop - start
-        box[1], box[2] = min(box[1], row), max(box[2], row + 1)
+        box[2] = row + 1  # runs come in reading order: the row only grows, the top is the first run's
         box[3], box[4] = min(box[3], start), max(box[4], stop)
     return [(area, top, bottom, left, right) for area, top, bottom, left, right in boxes.values()]

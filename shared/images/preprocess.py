@@ -127,10 +127,9 @@ def to_mnist_form(picture: Image.Image) -> np.ndarray:
     cropped = Image.fromarray(crop)
     scale = DIGIT_BOX_SIDE / max(cropped.size)
     new_size = (max(1, round(cropped.width * scale)), max(1, round(cropped.height * scale)))
-    digit = np.asarray(
-        cropped.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=RESIZE_REDUCING_GAP), dtype=np.float64
+    return _centre_by_mass(
+        np.asarray(cropped.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=RESIZE_REDUCING_GAP))
     )
-    return _centre_by_mass(digit)
 
 
 def user_image_to_mnist(
@@ -206,7 +205,7 @@ def _light_ink_levels(pixels: np.ndarray, histogram: np.ndarray) -> InkLevels | 
         return None
     inverted = _light_is_paper(_border_light_share(pixels, threshold), light_count / pixels.size)
     # In the oriented picture (ink light) the paper is the levels up to ``boundary``, the ink those above.
-    levels = 255 - np.arange(256) if inverted else np.arange(256)
+    levels = _DESCENDING if inverted else _ASCENDING
     oriented = histogram[::-1] if inverted else histogram
     boundary = 254 - threshold if inverted else threshold
     paper = _quantile(oriented[: boundary + 1], 0.5)
@@ -219,10 +218,14 @@ def _light_ink_levels(pixels: np.ndarray, histogram: np.ndarray) -> InkLevels | 
     return InkLevels(stretch, cut, inverted, 255 - paper if inverted else paper)
 
 
+_ASCENDING = np.arange(256)
+_DESCENDING = 255 - _ASCENDING
+
+
 def _border_light_share(pixels: np.ndarray, threshold: int) -> float:
     """The share of the picture's outermost pixels lighter than ``threshold``, corners counted twice."""
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]) > threshold
-    return float(border.mean())
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    return np.count_nonzero(border > threshold) / border.size
 
 
 def otsu_threshold(histogram: np.ndarray) -> int:
@@ -255,16 +258,20 @@ def _light_is_paper(border_light_share: float, light_share: float) -> bool:
 
 
 def _centre_by_mass(digit: np.ndarray) -> np.ndarray:
-    field = np.zeros(IMAGE_SHAPE, dtype=np.float64)
+    """``digit`` (uint8, at most 28x28) placed in the 28x28 field with its centre of mass at the field's centre.
+
+    Its masses are whole numbers far below 2**53, so they are summed exactly, in integers."""
+    field = np.zeros(IMAGE_SHAPE, dtype=np.uint8)
     height, width = digit.shape
-    total = digit.sum()
+    row_mass, col_mass = digit.sum(axis=1, dtype=np.int64), digit.sum(axis=0, dtype=np.int64)
+    total = int(row_mass.sum())
     if total <= 0:
-        return field.astype(np.uint8)
-    centre_row = (digit.sum(axis=1) * np.arange(height)).sum() / total
-    centre_col = (digit.sum(axis=0) * np.arange(width)).sum() / total
-    top = int(round(IMAGE_SIDE / 2 - centre_row))
-    left = int(round(IMAGE_SIDE / 2 - centre_col))
+        return field
+    centre_row = int(row_mass @ np.arange(height)) / total
+    centre_col = int(col_mass @ np.arange(width)) / total
+    top = round(IMAGE_SIDE / 2 - centre_row)
+    left = round(IMAGE_SIDE / 2 - centre_col)
     top = min(max(top, 0), IMAGE_SIDE - height)
     left = min(max(left, 0), IMAGE_SIDE - width)
     field[top : top + height, left : left + width] = digit
-    return np.clip(field, 0, 255).round().astype(np.uint8)
+    return field

@@ -88,3 +88,40 @@ def test_the_light_is_left_alone_only_where_the_fit_would_leave_it():
             assert full is pixels
         assert np.array_equal(page.evenly_lit(pixels), full)
     assert 500 < shortcuts < 2900  # both ways taken
+
+
+def flood_filled_components(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
+    """The plainest labelling, to check ``page._components`` by: a flood fill from each unlabelled pixel in
+    reading order, so components come in the order of their first pixel, as ``_components`` lists them."""
+    seen = np.zeros(mask.shape, dtype=bool)
+    found = []
+    for row, col in zip(*np.nonzero(mask), strict=True):
+        if seen[row, col]:
+            continue
+        seen[row, col] = True
+        stack, pixels = [(row, col)], []
+        while stack:
+            r, c = stack.pop()
+            pixels.append((r, c))
+            for dr in (-1, 0, 1):
+                for dc in (-1, 0, 1):
+                    nr, nc = r + dr, c + dc
+                    inside = 0 <= nr < mask.shape[0] and 0 <= nc < mask.shape[1]
+                    if inside and mask[nr, nc] and not seen[nr, nc]:
+                        seen[nr, nc] = True
+                        stack.append((nr, nc))
+        rows, cols = zip(*pixels, strict=True)
+        found.append((len(pixels), min(rows), max(rows) + 1, min(cols), max(cols) + 1))
+    return found
+
+
+def test_components_are_the_flood_fills_in_reading_order():
+    rng = np.random.default_rng(7)
+    for _ in range(600):
+        shape = (int(rng.integers(1, 40)), int(rng.integers(1, 40)))
+        mask = rng.random(shape) < rng.uniform(0.02, 0.7)
+        if rng.random() < 0.3:  # long strokes that join runs far apart
+            mask[int(rng.integers(shape[0])), :] = True
+        assert page._components(mask) == [
+            tuple(int(value) for value in component) for component in flood_filled_components(mask)
+        ]
