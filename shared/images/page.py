@@ -114,7 +114,7 @@ GRID_TERMS = _light_terms(np.repeat(_GRID, LIGHT_GRID), np.tile(_GRID, LIGHT_GRI
 
 def ink_box(ink: np.ndarray) -> tuple[slice, slice] | None:
     """The rows and columns that hold ink, as slices of the picture; None when none does."""
-    rows, columns = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    rows, columns = np.logical_or.reduce(ink, axis=1).nonzero()[0], np.logical_or.reduce(ink, axis=0).nonzero()[0]
     if rows.size == 0:
         return None
     return slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1)
@@ -125,7 +125,8 @@ def ruling(marks: np.ndarray, ink: np.ndarray) -> np.ndarray | None:
     them; None when there are none. Ruling left in would set the digit's box to the page's."""
     bands = []  # (axis, first, last): a line with its faint edges
     for axis in (0, 1):  # lines along rows, then along columns
-        share = (marks if axis == 0 else marks.T).mean(axis=1)
+        along = marks if axis == 0 else marks.T
+        share = np.add.reduce(along, axis=1, dtype=np.float64) / along.shape[1]  # each line's mean, as .mean() has it
         crossed = share >= LINE_SPAN
         if not crossed.any():  # most pictures: no line, and no runs to look for
             continue
@@ -216,8 +217,12 @@ def _components(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
     edged = np.zeros((mask.shape[0], mask.shape[1] + 2), dtype=np.int8)
     edged[:, 1:-1] = mask
     steps = edged[:, 1:] - edged[:, :-1]
-    run_rows, run_starts = np.nonzero(steps == 1)
-    rows, starts, stops = run_rows.tolist(), run_starts.tolist(), np.nonzero(steps == -1)[1].tolist()
+    run_rows, run_starts = (steps == 1).nonzero()
+    run_stops = (steps == -1).nonzero()[1]
+    if _hang_from_the_first(run_rows, run_starts, run_stops, mask.shape[1] + 2):
+        area = int(np.add.reduce(run_stops - run_starts))
+        return [(area, int(run_rows[0]), int(run_rows[-1]) + 1, int(run_starts.min()), int(run_stops.max()))]
+    rows, starts, stops = run_rows.tolist(), run_starts.tolist(), run_stops.tolist()
     parent = list(range(len(rows)))
 
     def root(index: int) -> int:
@@ -247,3 +252,17 @@ def _components(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
         box[2] = row + 1  # runs come in reading order: the row only grows, the top is the first run's
         box[3], box[4] = min(box[3], start), max(box[4], stop)
     return [(area, top, bottom, left, right) for area, top, bottom, left, right in boxes.values()]
+
+
+def _hang_from_the_first(rows: np.ndarray, starts: np.ndarray, stops: np.ndarray, key_width: int) -> bool:
+    """Whether every run but the first touches a run of the row above: then each hangs, row by row, from the
+    first, and the mask is one component (most digits), found with no run joined one by one.
+
+    Runs of a row are disjoint and in order, so the run of the row above that could touch a run is the first
+    there that stops at or after the run's start: one search in the runs' stops keyed by row."""
+    if len(rows) < 2:
+        return len(rows) == 1
+    stop_keys = rows * key_width + stops
+    above = np.minimum(stop_keys.searchsorted((rows - 1) * key_width + starts), len(rows) - 1)
+    touching = (rows[above] == rows - 1) & (starts[above] <= stops)
+    return int(np.count_nonzero(touching)) == len(rows) - 1

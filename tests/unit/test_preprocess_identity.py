@@ -122,6 +122,15 @@ def test_components_are_the_flood_fills_in_reading_order():
         mask = rng.random(shape) < rng.uniform(0.02, 0.7)
         if rng.random() < 0.3:  # long strokes that join runs far apart
             mask[int(rng.integers(shape[0])), :] = True
+        if rng.random() < 0.5:  # a pen's path instead: one component, or a few
+            mask[...] = False
+            row, col = (int(rng.integers(side)) for side in shape)
+            for _ in range(int(rng.integers(1, 200))):
+                mask[row, col] = True
+                if rng.random() < 0.02:  # the pen lifted
+                    row, col = (int(rng.integers(side)) for side in shape)
+                row = min(max(row + int(rng.integers(-1, 2)), 0), shape[0] - 1)
+                col = min(max(col + int(rng.integers(-1, 2)), 0), shape[1] - 1)
         assert page._components(mask) == [
             tuple(int(value) for value in component) for component in flood_filled_components(mask)
         ]
