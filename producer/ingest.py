@@ -27,8 +27,6 @@ from shared.training import mnist
 USER_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"})
 SHAPE = list(IMAGE_SHAPE)
 DIGIT_FOLDERS = frozenset(str(digit) for digit in range(10))
-# A decoded picture as a pool process sends it back: its stored form, its label and its path.
-Decoded = tuple[bytes, int | None, str]
 
 
 def mnist_rows(images: np.ndarray, labels: np.ndarray, split: str, start: int = 0) -> Iterator[ImageRow]:
@@ -128,12 +126,19 @@ def new_files(paths: Iterator[str], stored: Iterator[str]) -> Iterator[tuple[str
         yield path, known != path
 
 
-def decode_chunk(files: list[tuple[str, int | None]], limits: DecodeLimits) -> tuple[list[Decoded], list[str]]:
-    """(stored form, label, path) of the pictures (path, label) that decode, and a line for each that does not.
+@dataclasses.dataclass(frozen=True)
+class DecodedChunk:
+    """What a pool process sends back for a chunk of files: the rows of those that decoded, already in binary
+    COPY's form and joined (one bytes object, cheap to send and to copy), and a line for each that did not."""
 
-    Runs in a pool process: it reads and decodes, the parent only copies. What goes back is compact
-    (bytes, an int and a str a picture), so that sending it costs the parent little."""
-    decoded, rejected = [], []
+    rows: bytes
+    count: int
+    rejected: list[str]
+
+
+def decode_chunk(files: list[tuple[str, int | None]], limits: DecodeLimits) -> DecodedChunk:
+    """The pictures (path, label) read, decoded and preprocessed; runs in a pool process, the parent only copies."""
+    rows, rejected = [], []
     for name, label in files:
         try:
             image = user_image_to_mnist(
@@ -146,8 +151,8 @@ def decode_chunk(files: list[tuple[str, int | None]], limits: DecodeLimits) -> t
             reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
             rejected.append(f"{printable(name)}: {reason}")
             continue
-        decoded.append((encode_image(image), label, name))
-    return decoded, rejected
+        rows.append(store.upload_row(encode_image(image), label, name))
+    return DecodedChunk(b"".join(rows), len(rows), rejected)
 
 
 def read_picture(name: str, max_bytes: int) -> bytes:
@@ -161,16 +166,27 @@ def read_picture(name: str, max_bytes: int) -> bytes:
         if error.errno == errno.ELOOP:
             raise ValueError("a symbolic link, not followed") from None
         raise
-    with open(descriptor, "rb", buffering=0) as file:
+    try:
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode):
             raise ValueError("not a regular file")
         if status.st_size > max_bytes:
             raise ValueError(f"the file is {status.st_size} bytes; at most {max_bytes} (MAX_UPLOAD_BYTES) are accepted")
-        data = file.read(max_bytes + 1)
-    if len(data) > max_bytes:  # grown since it was sized
-        raise ValueError(f"the file is over {max_bytes} bytes; at most {max_bytes} (MAX_UPLOAD_BYTES) are accepted")
+        data = _read_up_to(descriptor, status.st_size + 1)
+    finally:
+        os.close(descriptor)
+    if len(data) > status.st_size:  # grown since it was sized: never read beyond the size that was judged
+        raise ValueError("the file grew while it was read")
     return data
+
+
+def _read_up_to(descriptor: int, size: int) -> bytes:
+    """At most ``size`` bytes of an open file, fewer only at its end: one read for any file the limit allows."""
+    parts = []
+    while size > 0 and (part := os.read(descriptor, size)):
+        parts.append(part)
+        size -= len(part)
+    return b"".join(parts)
 
 
 def ingest_folder(
@@ -196,29 +212,34 @@ def ingest_folder(
     workers = processes or available_cpus()
     prefix = str(root).rstrip("/") + "/"
     files = new_files(walk_sorted(str(root), outcome.rejected), store.stored_sources(read_conn, prefix))
-    pending: collections.deque[concurrent.futures.Future[tuple[list[Decoded], list[str]]]] = collections.deque()
-    buffered: list[ImageRow] = []
+    pending: collections.deque[concurrent.futures.Future[DecodedChunk]] = collections.deque()
+    buffered: list[bytes] = []
+    buffered_rows = 0
     pool: concurrent.futures.ProcessPoolExecutor | None = None
     first = True
 
     def flush(force: bool) -> None:
-        if buffered and (force or len(buffered) >= COPY_ROWS):
-            ids = store.copy_images(conn, buffered, PREPROCESS_VERSION)
+        nonlocal buffered_rows
+        if buffered_rows and (force or buffered_rows >= COPY_ROWS):
+            ids = store.copy_upload_rows(conn, buffered, SHAPE, PREPROCESS_VERSION)
             outcome.inserted += len(ids)
-            outcome.already += len(buffered) - len(ids)  # stored meanwhile by another ingest
+            outcome.already += buffered_rows - len(ids)  # stored meanwhile by another ingest
             buffered.clear()
+            buffered_rows = 0
             on_stored(ids, outcome.files)
 
-    def collect(decoded: list[Decoded], rejected: list[str]) -> None:
-        buffered.extend(ImageRow(data, label, SHAPE, "upload", None, name) for data, label, name in decoded)
-        outcome.rejected.extend(rejected)
+    def collect(decoded: DecodedChunk) -> None:
+        nonlocal buffered_rows
+        buffered.append(decoded.rows)
+        buffered_rows += decoded.count
+        outcome.rejected.extend(decoded.rejected)
         flush(force=False)
 
     try:
         for chunk in _chunks(files, root, outcome):
             if first:
                 first = False
-                collect(*decode_chunk(chunk, limits))  # a small folder never pays for starting a pool
+                collect(decode_chunk(chunk, limits))  # a small folder never pays for starting a pool
                 continue
             if pool is None:
                 # Forked: a child starts with the parent's modules imported, where a fresh interpreter
@@ -227,9 +248,9 @@ def ingest_folder(
                 pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
             pending.append(pool.submit(decode_chunk, chunk, limits))
             while len(pending) >= workers * IN_FLIGHT_PER_PROCESS:
-                collect(*pending.popleft().result())
+                collect(pending.popleft().result())
         while pending:
-            collect(*pending.popleft().result())
+            collect(pending.popleft().result())
         flush(force=True)
     finally:
         if pool is not None:

@@ -192,6 +192,8 @@ def digit_box(ink: np.ndarray) -> tuple[slice, slice] | None:
                 changed = True
     # Back to the picture's pixels: the blocks' box, tightened to the ink inside it.
     region = (slice(top * factor, bottom * factor), slice(left * factor, right * factor))
+    if factor == 1:  # the components' own box: ink on each of its edges already
+        return region
     inner = ink_box(ink[region])
     if inner is None:
         return None
