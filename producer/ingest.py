@@ -18,9 +18,9 @@ from shared.config import Settings
 from shared.db.connection import Connection
 from shared.digits import IMAGE_SHAPE
 from shared.host.cpus import available_cpus
-from shared.images import store
+from shared.images import preprocess, preprocess_many, store
 from shared.images.codec import encode_image
-from shared.images.preprocess import PREPROCESS_VERSION, user_image_to_mnist
+from shared.images.preprocess import PREPROCESS_VERSION
 from shared.images.store import ImageRow
 from shared.training import mnist
 
@@ -137,21 +137,38 @@ class DecodedChunk:
 
 
 def decode_chunk(files: list[tuple[str, int | None]], limits: DecodeLimits) -> DecodedChunk:
-    """The pictures (path, label) read, decoded and preprocessed; runs in a pool process, the parent only copies."""
-    rows, rejected = [], []
-    for name, label in files:
+    """The pictures (path, label) read, decoded and preprocessed; runs in a pool process, the parent only copies.
+
+    Small pictures are put in MNIST form together (``preprocess_many``), the others one at a time as they
+    are decoded, so that the chunk never holds more than small pictures."""
+    outcomes: list[np.ndarray | str] = []  # per file: its MNIST form (small ones: their grey levels), or why not
+    small: list[tuple[int, np.ndarray]] = []
+    for name, _ in files:
         try:
-            image = user_image_to_mnist(
-                read_picture(name, limits.max_upload_bytes),
-                limits.max_image_pixels,
-                limits.max_decode_bytes,
-                limits.concurrent_decodes,
-            )
+            with preprocess.decode_slots(limits.concurrent_decodes):
+                data = read_picture(name, limits.max_upload_bytes)
+                grey = preprocess.grey_pixels(
+                    preprocess.open_user_image(data, limits.max_image_pixels, limits.max_decode_bytes)
+                )
+                if preprocess_many.groupable(grey):
+                    small.append((len(outcomes), grey))
+                else:
+                    grey = preprocess.form_of_grey(grey)
         except (ValueError, OSError) as error:
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-            rejected.append(f"{printable(name)}: {reason}")
+            outcomes.append(error.strerror if isinstance(error, OSError) and error.strerror else str(error))
             continue
-        rows.append(store.upload_row(encode_image(image), label, name))
+        outcomes.append(grey)
+    forms = preprocess_many.forms_of_greys([grey for _, grey in small])
+    for (index, _), form in zip(small, forms, strict=True):
+        outcomes[index] = form
+    rows, rejected = [], []
+    for (name, label), outcome in zip(files, outcomes, strict=True):
+        try:
+            if isinstance(outcome, str):
+                raise ValueError(outcome)
+            rows.append(store.upload_row(encode_image(preprocess.refused_if_blank(outcome)), label, name))
+        except ValueError as error:
+            rejected.append(f"{printable(name)}: {error}")
     return DecodedChunk(b"".join(rows), len(rows), rejected)
 
 

@@ -108,8 +108,17 @@ def to_mnist_form(picture: Image.Image) -> np.ndarray:
     level to 255, so grey paper leaves no grey box and faint pencil is as strong as MNIST's ink;
     an MNIST digit (paper 0, ink 255) comes through with its grey levels as they are.
     """
-    grey = _reduced(_grey_on_white(picture))
-    pixels = evenly_lit(np.asarray(grey))
+    return form_of_grey(grey_pixels(picture))
+
+
+def grey_pixels(picture: Image.Image) -> np.ndarray:
+    """The picture's grey levels as ``to_mnist_form`` analyses them: ink on white, at most ANALYSIS_SIDE a side."""
+    return np.asarray(_reduced(_grey_on_white(picture)))
+
+
+def form_of_grey(grey: np.ndarray) -> np.ndarray:
+    """``to_mnist_form`` of a picture whose ``grey_pixels`` are ``grey``."""
+    pixels = evenly_lit(grey)
     levels = _light_ink_levels(pixels, np.bincount(pixels.ravel(), minlength=256))
     if levels is None:
         return np.zeros(IMAGE_SHAPE, dtype=np.uint8)
@@ -124,6 +133,11 @@ def to_mnist_form(picture: Image.Image) -> np.ndarray:
     crop = levels.stretch[pixels[box]]
     if lines is not None:
         crop[lines[box]] = 0
+    return scaled_and_centred(crop)
+
+
+def scaled_and_centred(crop: np.ndarray) -> np.ndarray:
+    """The digit's crop (light ink on black, uint8) in the 20 px box, centred by mass in the 28x28 field."""
     cropped = Image.fromarray(crop)
     scale = DIGIT_BOX_SIDE / max(cropped.size)
     new_size = (max(1, round(cropped.width * scale)), max(1, round(cropped.height * scale)))
@@ -144,6 +158,11 @@ def user_image_to_mnist(
     """
     with decode_slots(concurrent_decodes):
         digit = to_mnist_form(open_user_image(data, max_pixels, max_decode_bytes))
+    return refused_if_blank(digit)
+
+
+def refused_if_blank(digit: np.ndarray) -> np.ndarray:
+    """``digit``, unless it has no visible ink: the model would still name a digit for it."""
     if not digit.any():
         raise ValueError("no digit found in the picture: it is blank or too faint")
     return digit

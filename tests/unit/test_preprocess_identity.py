@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.images import page
+from shared.images import page, preprocess, preprocess_many
 from shared.images.preprocess import PREPROCESS_VERSION, user_image_to_mnist
 from tests.support import digits, varied_pictures
 
@@ -71,6 +71,76 @@ def test_every_family_comes_out_as_version_2_made_it(families):
     assert made == DIGESTS_OF_VERSION_2
 
 
+def preprocessed_together(uploads: list[bytes]) -> list[np.ndarray | str]:
+    """``preprocessed`` of each upload, the pictures that open put in MNIST form as one group."""
+    results: list[np.ndarray | str] = []
+    greys, opened = [], []
+    for data in uploads:
+        try:
+            greys.append(preprocess.grey_pixels(preprocess.open_user_image(data, MAX_PIXELS)))
+            opened.append(len(results))
+            results.append("")
+        except ValueError as error:
+            results.append(str(error))
+    for index, form in zip(opened, preprocess_many.forms_of_greys(greys), strict=True):
+        try:
+            results[index] = preprocess.refused_if_blank(form)
+        except ValueError as error:
+            results[index] = str(error)
+    return results
+
+
+def test_every_family_formed_as_a_group_comes_out_as_version_2_made_it(families):
+    made = {name: varied_pictures.digest(iter(preprocessed_together(uploads))) for name, uploads in families.items()}
+    assert made == DIGESTS_OF_VERSION_2
+
+
+def test_a_group_of_one_size_comes_out_as_each_picture_alone():
+    """Many pictures of one size, as a folder of scans: most take the group's shortcuts, every one the same."""
+    rng = np.random.default_rng(11)
+    images, _ = digits.mnist_test_digits(600)
+    greys = []
+    for index, digit in enumerate(images):
+        picture = (255 - digit) if index % 3 else digit  # dark on light, and light on dark
+        if index % 5 == 0:  # specks, a second stroke, a faint or flat picture, a lamp
+            picture = picture.copy()
+            picture[rng.integers(0, 28, 3), rng.integers(0, 28, 3)] = int(rng.integers(0, 256))
+        if index % 7 == 0:
+            picture = (picture * rng.uniform(0.05, 1) + rng.uniform(0, 120)).clip(0, 255).astype(np.uint8)
+        if index % 11 == 0:
+            picture = (picture * np.linspace(0.4, 1, 28)[np.newaxis, :]).astype(np.uint8)
+        greys.append(picture)
+    calls = 0
+    one_by_one = preprocess.form_of_grey
+
+    def counted(grey: np.ndarray) -> np.ndarray:
+        nonlocal calls
+        calls += 1
+        return one_by_one(grey)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(preprocess, "form_of_grey", counted)
+        together = preprocess_many.forms_of_greys(greys)
+    assert calls < len(greys) // 4  # the group's shortcuts were taken
+    for grey, form in zip(greys, together, strict=True):
+        assert np.array_equal(form, one_by_one(grey))
+
+
+def test_one_component_is_told_as_page_components_tell_it():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        count, height, width = int(rng.integers(1, 6)), int(rng.integers(1, 30)), int(rng.integers(1, 30))
+        masks = rng.random((count, height, width)) < rng.uniform(0.02, 0.7)
+        for mask in masks[: int(rng.integers(0, count + 1))]:
+            mask[...] = pen_path((height, width), rng)
+        boxes, pieces = preprocess_many._one_component_boxes(masks)
+        for mask, box, piece in zip(masks, boxes, pieces, strict=True):
+            components = page._components(mask)
+            assert piece == min(len(components), 2)
+            if piece == 1:
+                assert tuple(box) == components[0][1:]
+
+
 def test_the_light_is_left_alone_only_where_the_fit_would_leave_it():
     rng = np.random.default_rng(5)
     shortcuts = 0
@@ -115,6 +185,19 @@ def flood_filled_components(mask: np.ndarray) -> list[tuple[int, int, int, int, 
     return found
 
 
+def pen_path(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A random pen's trace: one component, or a few where the pen lifted."""
+    mask = np.zeros(shape, dtype=bool)
+    row, col = (int(rng.integers(side)) for side in shape)
+    for _ in range(int(rng.integers(1, 200))):
+        mask[row, col] = True
+        if rng.random() < 0.02:
+            row, col = (int(rng.integers(side)) for side in shape)
+        row = min(max(row + int(rng.integers(-1, 2)), 0), shape[0] - 1)
+        col = min(max(col + int(rng.integers(-1, 2)), 0), shape[1] - 1)
+    return mask
+
+
 def test_components_are_the_flood_fills_in_reading_order():
     rng = np.random.default_rng(7)
     for _ in range(600):
@@ -123,14 +206,7 @@ def test_components_are_the_flood_fills_in_reading_order():
         if rng.random() < 0.3:  # long strokes that join runs far apart
             mask[int(rng.integers(shape[0])), :] = True
         if rng.random() < 0.5:  # a pen's path instead: one component, or a few
-            mask[...] = False
-            row, col = (int(rng.integers(side)) for side in shape)
-            for _ in range(int(rng.integers(1, 200))):
-                mask[row, col] = True
-                if rng.random() < 0.02:  # the pen lifted
-                    row, col = (int(rng.integers(side)) for side in shape)
-                row = min(max(row + int(rng.integers(-1, 2)), 0), shape[0] - 1)
-                col = min(max(col + int(rng.integers(-1, 2)), 0), shape[1] - 1)
+            mask = pen_path(shape, rng)
         assert page._components(mask) == [
             tuple(int(value) for value in component) for component in flood_filled_components(mask)
         ]
