@@ -47,13 +47,17 @@ def load_mnist(source: Path, split: str, limit: int | None) -> tuple[np.ndarray,
 
 # --- fast folder ingest: a sorted walk, decoding on every core, binary COPY --------------------
 
-# Files one pool task decodes: large enough that pickling and scheduling are small beside decoding.
-DECODE_CHUNK = 256
+# Files one pool task decodes: large enough that pickling and scheduling are small beside decoding,
+# and that the small pictures among them make groups worth preprocessing together.
+DECODE_CHUNK = 512
 # Chunks in flight per decoding process: enough to keep each busy while the parent copies, few
 # enough that memory stays bounded whatever the folder's size.
 IN_FLIGHT_PER_PROCESS = 3
 # Rows per COPY and commit: each commit is a point a stopped ingest resumes from.
-COPY_ROWS = 2048
+COPY_ROWS = 4096
+# Decoding processes beyond the CPUs: one waiting on a file's read, or on the parent while it copies,
+# leaves its CPU to another.
+EXTRA_PROCESSES = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,21 +193,13 @@ def read_picture(name: str, max_bytes: int) -> bytes:
             raise ValueError("not a regular file")
         if status.st_size > max_bytes:
             raise ValueError(f"the file is {status.st_size} bytes; at most {max_bytes} (MAX_UPLOAD_BYTES) are accepted")
-        data = _read_up_to(descriptor, status.st_size + 1)
+        # One read: a short one is the file's end; one byte beyond the size judged means the file grew.
+        data = os.read(descriptor, status.st_size + 1)
     finally:
         os.close(descriptor)
-    if len(data) > status.st_size:  # grown since it was sized: never read beyond the size that was judged
+    if len(data) > status.st_size:  # never read beyond the size that was judged
         raise ValueError("the file grew while it was read")
     return data
-
-
-def _read_up_to(descriptor: int, size: int) -> bytes:
-    """At most ``size`` bytes of an open file, fewer only at its end: one read for any file the limit allows."""
-    parts = []
-    while size > 0 and (part := os.read(descriptor, size)):
-        parts.append(part)
-        size -= len(part)
-    return b"".join(parts)
 
 
 def ingest_folder(
@@ -217,7 +213,7 @@ def ingest_folder(
     """Store the pictures under ``folder`` not stored yet; ``on_stored(new ids, files seen)`` after each commit.
 
     Paths already stored (one query, ``read_conn``'s) are skipped without being read. The first
-    chunk is decoded here; a pool of ``processes`` (default: the CPUs this process may use) starts
+    chunk is decoded here; a pool of ``processes`` (default: one more than the CPUs this process may use) starts
     only for a folder with more, and at most ``IN_FLIGHT_PER_PROCESS`` chunks per process wait.
     ValueError for a path that is not a folder or a folder with no pictures at all.
     """
@@ -226,7 +222,7 @@ def ingest_folder(
     root = folder.resolve()
     outcome = FolderIngest()
     limits = DecodeLimits.of(config)
-    workers = processes or available_cpus()
+    workers = processes or available_cpus() + EXTRA_PROCESSES
     prefix = str(root).rstrip("/") + "/"
     files = new_files(walk_sorted(str(root), outcome.rejected), store.stored_sources(read_conn, prefix))
     pending: collections.deque[concurrent.futures.Future[DecodedChunk]] = collections.deque()
