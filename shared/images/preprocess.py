@@ -138,12 +138,15 @@ def form_of_grey(grey: np.ndarray) -> np.ndarray:
 
 def scaled_and_centred(crop: np.ndarray) -> np.ndarray:
     """The digit's crop (light ink on black, uint8) in the 20 px box, centred by mass in the 28x28 field."""
+    return _centre_by_mass(scaled(crop))
+
+
+def scaled(crop: np.ndarray) -> np.ndarray:
+    """The digit's crop scaled to fit the 20 px box, its aspect kept."""
     cropped = Image.fromarray(crop)
     scale = DIGIT_BOX_SIDE / max(cropped.size)
     new_size = (max(1, round(cropped.width * scale)), max(1, round(cropped.height * scale)))
-    return _centre_by_mass(
-        np.asarray(cropped.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=RESIZE_REDUCING_GAP))
-    )
+    return np.asarray(cropped.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=RESIZE_REDUCING_GAP))
 
 
 def user_image_to_mnist(

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shared.digits import IMAGE_SHAPE
+from shared.digits import IMAGE_SHAPE, IMAGE_SIDE
 from shared.images import page, preprocess
 
 # Pictures up to this many pixels a side are analysed as a group: their ink needs no shrinking to
@@ -91,6 +91,7 @@ def _forms_of_group(pixels: np.ndarray) -> list[np.ndarray | None]:
     maybe_ruled = (row_share >= page.LINE_SPAN).any(axis=1) | (column_share >= page.LINE_SPAN).any(axis=1)
     boxes, pieces = _one_component_boxes(inks)
     forms: list[np.ndarray | None] = []
+    scaled: dict[int, np.ndarray] = {}
     for index in range(count):  # the order in which form_of_grey decides
         if unevenly_lit[index]:
             forms.append(None)
@@ -102,8 +103,34 @@ def _forms_of_group(pixels: np.ndarray) -> list[np.ndarray | None]:
             forms.append(np.zeros(IMAGE_SHAPE, dtype=np.uint8))
         else:
             top, bottom, left, right = boxes[index]
-            forms.append(preprocess.scaled_and_centred(stretch[index][pixels[index, top:bottom, left:right]]))
+            scaled[index] = preprocess.scaled(stretch[index][pixels[index, top:bottom, left:right]])
+            forms.append(None)
+    for index, form in zip(scaled, _centred_by_mass(list(scaled.values())), strict=True):
+        forms[index] = form
     return forms
+
+
+def _centred_by_mass(digits: list[np.ndarray]) -> list[np.ndarray]:
+    """``preprocess._centre_by_mass`` of each of ``digits`` (uint8, at most DIGIT_BOX_SIDE a side), with the same
+    arithmetic: whole masses summed exactly, then one division each."""
+    side = preprocess.DIGIT_BOX_SIDE
+    padded = np.zeros((len(digits), side, side), dtype=np.uint8)  # zeros weigh nothing in the masses
+    for index, digit in enumerate(digits):
+        padded[index, : digit.shape[0], : digit.shape[1]] = digit
+    row_mass = np.add.reduce(padded, axis=2, dtype=np.int64)
+    col_mass = np.add.reduce(padded, axis=1, dtype=np.int64)
+    total = np.add.reduce(row_mass, axis=1)
+    weight = np.where(total > 0, total, 1)
+    tops = np.round(IMAGE_SIDE / 2 - row_mass @ np.arange(side) / weight).astype(np.int64)
+    lefts = np.round(IMAGE_SIDE / 2 - col_mass @ np.arange(side) / weight).astype(np.int64)
+    fields = np.zeros((len(digits), *IMAGE_SHAPE), dtype=np.uint8)
+    for index, digit in enumerate(digits):
+        if total[index] > 0:
+            height, width = digit.shape
+            top = min(max(int(tops[index]), 0), IMAGE_SIDE - height)
+            left = min(max(int(lefts[index]), 0), IMAGE_SIDE - width)
+            fields[index, top : top + height, left : left + width] = digit
+    return list(fields)
 
 
 def _otsu_thresholds(histograms: np.ndarray) -> np.ndarray:
