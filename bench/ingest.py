@@ -5,12 +5,14 @@
 Folders of 28×28 PNGs (MNIST's test digits, dark on light, as users draw them) are ingested by
 ``python -m producer ingest folder`` of this tree (and of ``--against``, another worktree, first),
 each into a database of its own, then ingested again (everything already stored). Peak memory is
-the most the command's processes held at once (the process and its pool, summed), sampled.
+the most the command's processes held at once (the process and its pool, summed), sampled; CPU is
+theirs too, per image, and varies less than images/s when other work shares the machine.
 The export is ``producer results`` of a job whose predictions are written by binary COPY.
 """
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 import tempfile
@@ -80,17 +82,27 @@ def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, fl
     return seconds, peak[0], output
 
 
+def children_cpu_seconds() -> float:
+    """User and system seconds of this process's children that have ended (a command and its pool)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def ingest_rows(sizes: tuple[int, ...], against: Path | None, scratch_dir: Path) -> list[str]:
-    lines = [f"{'folder ingest':<44}{'images':>9}{'images/s':>10}{'peak MB':>9}{'again s':>9}"]
+    """images/s of the first ingest; CPU µs per image, the command's processes' own (not PostgreSQL's), which
+    other work on the machine changes far less than the wall time; the second ingest's seconds."""
+    lines = [f"{'folder ingest':<44}{'images':>9}{'images/s':>10}{'CPU µs/img':>11}{'peak MB':>9}{'again s':>9}"]
     trees = ([("before", against)] if against else []) + [("this tree", Path(__file__).resolve().parent.parent)]
     for size in sizes:
         for name, tree in trees:
             with private_environment() as (env, settings):
                 folder = make_folder(scratch_dir / f"pngs-{size}", size, settings.mnist_dir)
                 command = [sys.executable, "-m", "producer", "ingest", "folder", str(folder)]
+                cpu_before = children_cpu_seconds()
                 seconds, peak, output = timed(command, tree, env)
+                cpu = (children_cpu_seconds() - cpu_before) / size * 1e6
                 again, _, _ = timed(command, tree, env)
-            lines.append(f"{name:<44}{size:>9,}{size / seconds:>10,.0f}{peak:>9.0f}{again:>9.2f}")
+            lines.append(f"{name:<44}{size:>9,}{size / seconds:>10,.0f}{cpu:>11,.0f}{peak:>9.0f}{again:>9.2f}")
     return lines
 
 

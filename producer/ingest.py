@@ -5,8 +5,10 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import errno
 import multiprocessing
 import os
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,9 +18,9 @@ from shared.config import Settings
 from shared.db.connection import Connection
 from shared.digits import IMAGE_SHAPE
 from shared.host.cpus import available_cpus
-from shared.images import store
+from shared.images import preprocess, preprocess_many, store
 from shared.images.codec import encode_image
-from shared.images.preprocess import PREPROCESS_VERSION, user_image_to_mnist
+from shared.images.preprocess import PREPROCESS_VERSION
 from shared.images.store import ImageRow
 from shared.training import mnist
 
@@ -45,13 +47,17 @@ def load_mnist(source: Path, split: str, limit: int | None) -> tuple[np.ndarray,
 
 # --- fast folder ingest: a sorted walk, decoding on every core, binary COPY --------------------
 
-# Files one pool task decodes: large enough that pickling and scheduling are small beside decoding.
-DECODE_CHUNK = 256
+# Files one pool task decodes: large enough that pickling and scheduling are small beside decoding,
+# and that the small pictures among them make groups worth preprocessing together.
+DECODE_CHUNK = 512
 # Chunks in flight per decoding process: enough to keep each busy while the parent copies, few
 # enough that memory stays bounded whatever the folder's size.
 IN_FLIGHT_PER_PROCESS = 3
 # Rows per COPY and commit: each commit is a point a stopped ingest resumes from.
-COPY_ROWS = 2048
+COPY_ROWS = 4096
+# Decoding processes beyond the CPUs: one waiting on a file's read, or on the parent while it copies,
+# leaves its CPU to another.
+EXTRA_PROCESSES = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,28 +130,76 @@ def new_files(paths: Iterator[str], stored: Iterator[str]) -> Iterator[tuple[str
         yield path, known != path
 
 
-def decode_chunk(files: list[tuple[str, int | None]], limits: DecodeLimits) -> tuple[list[ImageRow], list[str]]:
-    """Rows of the pictures (path, label) that decode, and a line for each that does not.
+@dataclasses.dataclass(frozen=True)
+class DecodedChunk:
+    """What a pool process sends back for a chunk of files: the rows of those that decoded, already in binary
+    COPY's form and joined (one bytes object, cheap to send and to copy), and a line for each that did not."""
 
-    Runs in a pool process: it reads and decodes, the parent only copies."""
-    rows, rejected = [], []
-    for name, label in files:
-        path = Path(name)
+    rows: bytes
+    count: int
+    rejected: list[str]
+
+
+def decode_chunk(files: list[tuple[str, int | None]], limits: DecodeLimits) -> DecodedChunk:
+    """The pictures (path, label) read, decoded and preprocessed; runs in a pool process, the parent only copies.
+
+    Small pictures are put in MNIST form together (``preprocess_many``), the others one at a time as they
+    are decoded, so that the chunk never holds more than small pictures."""
+    outcomes: list[np.ndarray | str] = []  # per file: its MNIST form (small ones: their grey levels), or why not
+    small: list[tuple[int, np.ndarray]] = []
+    for name, _ in files:
         try:
-            size = path.stat().st_size
-            if size > limits.max_upload_bytes:
-                raise ValueError(
-                    f"the file is {size} bytes; at most {limits.max_upload_bytes} (MAX_UPLOAD_BYTES) are accepted"
+            with preprocess.decode_slots(limits.concurrent_decodes):
+                data = read_picture(name, limits.max_upload_bytes)
+                grey = preprocess.grey_pixels(
+                    preprocess.open_user_image(data, limits.max_image_pixels, limits.max_decode_bytes)
                 )
-            image = user_image_to_mnist(
-                path.read_bytes(), limits.max_image_pixels, limits.max_decode_bytes, limits.concurrent_decodes
-            )
+                if preprocess_many.groupable(grey):
+                    small.append((len(outcomes), grey))
+                else:
+                    grey = preprocess.form_of_grey(grey)
         except (ValueError, OSError) as error:
-            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-            rejected.append(f"{printable(path)}: {reason}")
+            outcomes.append(error.strerror if isinstance(error, OSError) and error.strerror else str(error))
             continue
-        rows.append(ImageRow(encode_image(image), label, SHAPE, "upload", None, name))
-    return rows, rejected
+        outcomes.append(grey)
+    forms = preprocess_many.forms_of_greys([grey for _, grey in small])
+    for (index, _), form in zip(small, forms, strict=True):
+        outcomes[index] = form
+    rows, rejected = [], []
+    for (name, label), outcome in zip(files, outcomes, strict=True):
+        try:
+            if isinstance(outcome, str):
+                raise ValueError(outcome)
+            rows.append(store.upload_row(encode_image(preprocess.refused_if_blank(outcome)), label, name))
+        except ValueError as error:
+            rejected.append(f"{printable(name)}: {error}")
+    return DecodedChunk(b"".join(rows), len(rows), rejected)
+
+
+def read_picture(name: str, max_bytes: int) -> bytes:
+    """The bytes of the file ``name``, refused unread when it is larger than ``max_bytes``.
+
+    Opened without following a link and without waiting on a pipe, as the walk judged it (the file
+    may have been replaced since); the one open file is then sized and read, with no other lookup."""
+    try:
+        descriptor = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ValueError("a symbolic link, not followed") from None
+        raise
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise ValueError("not a regular file")
+        if status.st_size > max_bytes:
+            raise ValueError(f"the file is {status.st_size} bytes; at most {max_bytes} (MAX_UPLOAD_BYTES) are accepted")
+        # One read: a short one is the file's end; one byte beyond the size judged means the file grew.
+        data = os.read(descriptor, status.st_size + 1)
+    finally:
+        os.close(descriptor)
+    if len(data) > status.st_size:  # never read beyond the size that was judged
+        raise ValueError("the file grew while it was read")
+    return data
 
 
 def ingest_folder(
@@ -159,7 +213,7 @@ def ingest_folder(
     """Store the pictures under ``folder`` not stored yet; ``on_stored(new ids, files seen)`` after each commit.
 
     Paths already stored (one query, ``read_conn``'s) are skipped without being read. The first
-    chunk is decoded here; a pool of ``processes`` (default: the CPUs this process may use) starts
+    chunk is decoded here; a pool of ``processes`` (default: one more than the CPUs this process may use) starts
     only for a folder with more, and at most ``IN_FLIGHT_PER_PROCESS`` chunks per process wait.
     ValueError for a path that is not a folder or a folder with no pictures at all.
     """
@@ -168,32 +222,37 @@ def ingest_folder(
     root = folder.resolve()
     outcome = FolderIngest()
     limits = DecodeLimits.of(config)
-    workers = processes or available_cpus()
+    workers = processes or available_cpus() + EXTRA_PROCESSES
     prefix = str(root).rstrip("/") + "/"
     files = new_files(walk_sorted(str(root), outcome.rejected), store.stored_sources(read_conn, prefix))
-    pending: collections.deque[concurrent.futures.Future[tuple[list[ImageRow], list[str]]]] = collections.deque()
-    buffered: list[ImageRow] = []
+    pending: collections.deque[concurrent.futures.Future[DecodedChunk]] = collections.deque()
+    buffered: list[bytes] = []
+    buffered_rows = 0
     pool: concurrent.futures.ProcessPoolExecutor | None = None
     first = True
 
     def flush(force: bool) -> None:
-        if buffered and (force or len(buffered) >= COPY_ROWS):
-            ids = store.copy_images(conn, buffered, PREPROCESS_VERSION)
+        nonlocal buffered_rows
+        if buffered_rows and (force or buffered_rows >= COPY_ROWS):
+            ids = store.copy_upload_rows(conn, buffered, SHAPE, PREPROCESS_VERSION)
             outcome.inserted += len(ids)
-            outcome.already += len(buffered) - len(ids)  # stored meanwhile by another ingest
+            outcome.already += buffered_rows - len(ids)  # stored meanwhile by another ingest
             buffered.clear()
+            buffered_rows = 0
             on_stored(ids, outcome.files)
 
-    def collect(rows: list[ImageRow], rejected: list[str]) -> None:
-        buffered.extend(rows)
-        outcome.rejected.extend(rejected)
+    def collect(decoded: DecodedChunk) -> None:
+        nonlocal buffered_rows
+        buffered.append(decoded.rows)
+        buffered_rows += decoded.count
+        outcome.rejected.extend(decoded.rejected)
         flush(force=False)
 
     try:
         for chunk in _chunks(files, root, outcome):
             if first:
                 first = False
-                collect(*decode_chunk(chunk, limits))  # a small folder never pays for starting a pool
+                collect(decode_chunk(chunk, limits))  # a small folder never pays for starting a pool
                 continue
             if pool is None:
                 # Forked: a child starts with the parent's modules imported, where a fresh interpreter
@@ -202,9 +261,9 @@ def ingest_folder(
                 pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
             pending.append(pool.submit(decode_chunk, chunk, limits))
             while len(pending) >= workers * IN_FLIGHT_PER_PROCESS:
-                collect(*pending.popleft().result())
+                collect(pending.popleft().result())
         while pending:
-            collect(*pending.popleft().result())
+            collect(pending.popleft().result())
         flush(force=True)
     finally:
         if pool is not None:

@@ -5,23 +5,24 @@ and PostgreSQL (the SQLAlchemy project), it runs every migration in one transact
 PostgreSQL's transactional DDL, and it needs no ORM models: each migration is plain SQL.
 Migration 0001 is the schema of the release before migrations (``CREATE ... IF NOT EXISTS``),
 so a database created by it upgrades in place, its rows untouched.
+
+Alembic and SQLAlchemy are imported by the functions that migrate, not with this module: every
+command line imports it, and they took longer to import than most commands take to run.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
-import sqlalchemy
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from psycopg import sql
-from sqlalchemy.pool import NullPool
 
-from shared.db import grants
 from shared.db.connection import connect, query
+
+if TYPE_CHECKING:
+    import sqlalchemy
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Taken while migrations run so that workers starting together do not race.
@@ -29,6 +30,8 @@ SCHEMA_LOCK_KEY = 8_712_001
 
 
 def alembic_config() -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
@@ -36,6 +39,9 @@ def alembic_config() -> Config:
 
 def _engine(database_url: str) -> sqlalchemy.Engine:
     """An engine that connects exactly as the rest of the system does (same URL forms, same driver: psycopg 3)."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
     return sqlalchemy.create_engine(
         "postgresql+psycopg://", creator=lambda: psycopg.connect(database_url), poolclass=NullPool
     )
@@ -46,6 +52,12 @@ def migrate(database_url: str, target: str = "head") -> tuple[str | None, str | 
 
     Idempotent: a database already at ``target`` is left as it is.
     """
+    import sqlalchemy
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
+    from shared.db import grants
+
     engine = _engine(database_url)
     try:
         with engine.begin() as connection:
@@ -68,11 +80,15 @@ def migrate(database_url: str, target: str = "head") -> tuple[str | None, str | 
 
 def head_revision() -> str | None:
     """The newest migration this code knows."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def current_revision(database_url: str) -> str | None:
     """The migration a database is at (None before the first)."""
+    from alembic.runtime.migration import MigrationContext
+
     engine = _engine(database_url)
     try:
         with engine.connect() as connection:

@@ -5,6 +5,8 @@ as the web's image carries no scipy.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 # Printed ruling (lined and squared paper): rows (columns) where marks fainter than ink still cross at least
@@ -22,6 +24,10 @@ LIGHT_OUTLIERS = 0.1
 LIGHT_MISS = 30
 LIGHT_GRID = 9  # the fitted light is judged at this many points a side
 LIGHT_DARKEST_PAPER = 64  # below this the paper is a dark board, and dividing would only raise its noise
+# Grey levels by which the fit's arithmetic (a pseudo-inverse rather than lstsq, both near 1e-12 of a level
+# apart for any border) could move the fitted light: a picture this far inside a threshold is judged without
+# the fit.
+FIT_ROUNDING = 0.01
 # Components are found on the ink mask shrunk (any ink in a block) to at most this many pixels a side.
 COMPONENT_SIDE = 128
 # The digit is its largest component, with the others that are big (this share of its area) or near it
@@ -39,13 +45,42 @@ def evenly_lit(pixels: np.ndarray) -> np.ndarray:
     height, width = pixels.shape
     if min(height, width) < 3:
         return pixels
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).astype(np.float64)
+    if _plainly_even(border, height, width):
+        return pixels
+    return _light_divided_out(pixels, border)
+
+
+def _plainly_even(border: np.ndarray, height: int, width: int) -> bool:
+    """Whether the light fitted to ``border`` spans too few levels, or is too dark, to be divided out, by a
+    margin that no rounding of the fit can cross: then ``_light_divided_out`` would return the pixels as
+    they are. A cached projection makes it one product, where the fit itself costs most of a small picture's
+    preprocessing."""
+    sampled = GRID_TERMS @ (_border_fit(height, width) @ border)
+    low, high = sampled.min(), sampled.max()
+    return bool(high - low < LIGHT_RANGE - FIT_ROUNDING or low < LIGHT_DARKEST_PAPER - FIT_ROUNDING)
+
+
+@functools.lru_cache(maxsize=64)
+def _border_fit(height: int, width: int) -> np.ndarray:
+    """The least-squares map from a picture's border (as ``evenly_lit`` lists it) to the light's coefficients."""
+    return np.linalg.pinv(_light_terms(*_border_points(height, width)))
+
+
+def _border_points(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, column), both 0..1, of each border pixel: top row, bottom row, left column, right column."""
     rows = np.concatenate([np.zeros(width), np.ones(width), np.arange(height) / height, np.arange(height) / height])
     cols = np.concatenate([np.arange(width) / width, np.arange(width) / width, np.zeros(height), np.ones(height)])
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]).astype(np.float64)
+    return rows, cols
+
+
+def _light_divided_out(pixels: np.ndarray, border: np.ndarray) -> np.ndarray:
+    """``evenly_lit``'s fit of the light to the border, and its division when the fit says the light is uneven."""
+    height, width = pixels.shape
+    rows, cols = _border_points(height, width)
     coefficients, *_ = np.linalg.lstsq(_light_terms(rows, cols), border, rcond=None)
     miss = np.abs(_light_terms(rows, cols) @ coefficients - border)
-    grid = np.linspace(0, 1, LIGHT_GRID)
-    sampled = _light_terms(np.repeat(grid, LIGHT_GRID), np.tile(grid, LIGHT_GRID)) @ coefficients
+    sampled = GRID_TERMS @ coefficients
     if (
         sampled.max() - sampled.min() < LIGHT_RANGE
         or sampled.min() < LIGHT_DARKEST_PAPER
@@ -73,9 +108,13 @@ def _light_terms(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.stack([np.ones_like(rows), rows, cols, rows * rows, cols * cols, rows * cols], axis=1)
 
 
+_GRID = np.linspace(0, 1, LIGHT_GRID)
+GRID_TERMS = _light_terms(np.repeat(_GRID, LIGHT_GRID), np.tile(_GRID, LIGHT_GRID))  # where the fitted light is judged
+
+
 def ink_box(ink: np.ndarray) -> tuple[slice, slice] | None:
     """The rows and columns that hold ink, as slices of the picture; None when none does."""
-    rows, columns = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    rows, columns = np.logical_or.reduce(ink, axis=1).nonzero()[0], np.logical_or.reduce(ink, axis=0).nonzero()[0]
     if rows.size == 0:
         return None
     return slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1)
@@ -86,9 +125,13 @@ def ruling(marks: np.ndarray, ink: np.ndarray) -> np.ndarray | None:
     them; None when there are none. Ruling left in would set the digit's box to the page's."""
     bands = []  # (axis, first, last): a line with its faint edges
     for axis in (0, 1):  # lines along rows, then along columns
-        share = (marks if axis == 0 else marks.T).mean(axis=1)
+        along = marks if axis == 0 else marks.T
+        share = np.add.reduce(along, axis=1, dtype=np.float64) / along.shape[1]  # each line's mean, as .mean() has it
+        crossed = share >= LINE_SPAN
+        if not crossed.any():  # most pictures: no line, and no runs to look for
+            continue
         thickest = max(2, round(LINE_THICKNESS * len(share)))
-        for start, stop in _runs(share >= LINE_SPAN):
+        for start, stop in _runs(crossed):
             if stop - start <= thickest:
                 bands.append((axis, max(start - 1, 0), min(stop + 1, len(share))))
     if not bands:
@@ -126,10 +169,7 @@ def digit_box(ink: np.ndarray) -> tuple[slice, slice] | None:
     """The box of the digit's ink: its largest connected component and those big or near enough to be part of it,
     so that specks and smudges far from the digit do not widen the box. None without ink."""
     factor = -(-max(ink.shape) // COMPONENT_SIDE)
-    height, width = -(-ink.shape[0] // factor), -(-ink.shape[1] // factor)
-    padded = np.zeros((height * factor, width * factor), dtype=bool)
-    padded[: ink.shape[0], : ink.shape[1]] = ink
-    blocks = np.asarray(padded.reshape(height, factor, width, factor).any(axis=(1, 3)), dtype=bool)
+    blocks = ink if factor == 1 else _blocks(ink, factor)
     components = _components(blocks)
     if not components:
         return None
@@ -152,6 +192,8 @@ def digit_box(ink: np.ndarray) -> tuple[slice, slice] | None:
                 changed = True
     # Back to the picture's pixels: the blocks' box, tightened to the ink inside it.
     region = (slice(top * factor, bottom * factor), slice(left * factor, right * factor))
+    if factor == 1:  # the components' own box: ink on each of its edges already
+        return region
     inner = ink_box(ink[region])
     if inner is None:
         return None
@@ -161,13 +203,29 @@ def digit_box(ink: np.ndarray) -> tuple[slice, slice] | None:
     )
 
 
+def _blocks(ink: np.ndarray, factor: int) -> np.ndarray:
+    """``ink`` shrunk ``factor`` times each way: a block is ink when any of its pixels is."""
+    height, width = -(-ink.shape[0] // factor), -(-ink.shape[1] // factor)
+    padded = np.zeros((height * factor, width * factor), dtype=bool)
+    padded[: ink.shape[0], : ink.shape[1]] = ink
+    return np.asarray(padded.reshape(height, factor, width, factor).any(axis=(1, 3)), dtype=bool)
+
+
 def _components(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
     """8-connected components of a small boolean mask, each as (area, top, bottom, left, right), bottom and
     right exclusive. Runs of each row are joined with the overlapping runs of the row above (union-find), so
     the cost follows the runs, not the pixels, and needs nothing beyond numpy."""
-    parent: list[int] = []
-    runs: list[tuple[int, int, int]] = []  # (row, start, stop)
-    previous: list[int] = []
+    # Every row's runs at once, in reading order: where the row steps onto ink and where it steps off.
+    edged = np.zeros((mask.shape[0], mask.shape[1] + 2), dtype=np.int8)
+    edged[:, 1:-1] = mask
+    steps = edged[:, 1:] - edged[:, :-1]
+    run_rows, run_starts = (steps == 1).nonzero()
+    run_stops = (steps == -1).nonzero()[1]
+    if _hang_from_the_first(run_rows, run_starts, run_stops, mask.shape[1] + 2):
+        area = int(np.add.reduce(run_stops - run_starts))
+        return [(area, int(run_rows[0]), int(run_rows[-1]) + 1, int(run_starts.min()), int(run_stops.max()))]
+    rows, starts, stops = run_rows.tolist(), run_starts.tolist(), run_stops.tolist()
+    parent = list(range(len(rows)))
 
     def root(index: int) -> int:
         while parent[index] != index:
@@ -175,28 +233,38 @@ def _components(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
             index = parent[index]
         return index
 
-    # Every row's runs at once, in reading order: where the row steps onto ink and where it steps off.
-    steps = np.diff(np.pad(mask, ((0, 0), (1, 1))).astype(np.int8), axis=1)
-    run_rows, run_starts = np.nonzero(steps == 1)
-    run_stops = np.nonzero(steps == -1)[1]
-    current: list[int] = []
+    above_first = above_stop = first = 0  # the runs of the row above: [above_first, above_stop); this row's from first
     current_row = -1
-    for row, start, stop in zip(run_rows.tolist(), run_starts.tolist(), run_stops.tolist(), strict=True):
+    for index, row in enumerate(rows):
         if row != current_row:
-            previous = current if row == current_row + 1 else []
-            current, current_row = [], row
-        index = len(runs)
-        runs.append((row, start, stop))
-        parent.append(index)
-        for other in previous:
-            _, other_start, other_stop = runs[other]
-            if other_start <= stop and start <= other_stop:  # touching, diagonals included
+            above_first, above_stop = (first, index) if row == current_row + 1 else (index, index)
+            first, current_row = index, row
+        start, stop = starts[index], stops[index]
+        for other in range(above_first, above_stop):
+            if starts[other] <= stop and start <= stops[other]:  # touching, diagonals included
                 parent[root(other)] = root(index)
-        current.append(index)
     boxes: dict[int, list[int]] = {}
-    for index, (row, start, stop) in enumerate(runs):
-        box = boxes.setdefault(root(index), [0, row, row + 1, start, stop])
+    for index, row in enumerate(rows):
+        start, stop = starts[index], stops[index]
+        box = boxes.get(root(index))
+        if box is None:
+            boxes[root(index)] = [stop - start, row, row + 1, start, stop]
+            continue
         box[0] += stop - start
-        box[1], box[2] = min(box[1], row), max(box[2], row + 1)
+        box[2] = row + 1  # runs come in reading order: the row only grows, the top is the first run's
         box[3], box[4] = min(box[3], start), max(box[4], stop)
     return [(area, top, bottom, left, right) for area, top, bottom, left, right in boxes.values()]
+
+
+def _hang_from_the_first(rows: np.ndarray, starts: np.ndarray, stops: np.ndarray, key_width: int) -> bool:
+    """Whether every run but the first touches a run of the row above: then each hangs, row by row, from the
+    first, and the mask is one component (most digits), found with no run joined one by one.
+
+    Runs of a row are disjoint and in order, so the run of the row above that could touch a run is the first
+    there that stops at or after the run's start: one search in the runs' stops keyed by row."""
+    if len(rows) < 2:
+        return len(rows) == 1
+    stop_keys = rows * key_width + stops
+    above = np.minimum(stop_keys.searchsorted((rows - 1) * key_width + starts), len(rows) - 1)
+    touching = (rows[above] == rows - 1) & (starts[above] <= stops)
+    return int(np.count_nonzero(touching)) == len(rows) - 1
