@@ -130,18 +130,9 @@ def new_files(paths: Iterator[str], stored: Iterator[str]) -> Iterator[tuple[str
         yield path, known != path
 
 
-@dataclasses.dataclass(frozen=True)
-class DecodedChunk:
-    """What a pool process sends back for a chunk of files: the rows of those that decoded, already in binary
-    COPY's form and joined (one bytes object, cheap to send and to copy), and a line for each that did not."""
-
-    rows: bytes
-    count: int
-    rejected: list[str]
-
-
-def decode_chunk(files: list[tuple[str, int | None]], limits: DecodeLimits) -> DecodedChunk:
-    """The pictures (path, label) read, decoded and preprocessed; runs in a pool process, the parent only copies.
+def decode_chunk(files: list[tuple[str, int | None]], limits: DecodeLimits) -> tuple[list[ImageRow], list[str]]:
+    """Rows of the pictures (path, label) read, decoded and preprocessed, and a line for each that was not;
+    runs in a pool process, the parent only copies.
 
     Small pictures are put in MNIST form together (``preprocess_many``), the others one at a time as they
     are decoded, so that the chunk never holds more than small pictures."""
@@ -170,10 +161,11 @@ def decode_chunk(files: list[tuple[str, int | None]], limits: DecodeLimits) -> D
         try:
             if isinstance(outcome, str):
                 raise ValueError(outcome)
-            rows.append(store.upload_row(encode_image(preprocess.refused_if_blank(outcome)), label, name))
+            image = encode_image(preprocess.refused_if_blank(outcome))
+            rows.append(ImageRow(image, label, SHAPE, "upload", None, name))
         except ValueError as error:
             rejected.append(f"{printable(name)}: {error}")
-    return DecodedChunk(b"".join(rows), len(rows), rejected)
+    return rows, rejected
 
 
 def read_picture(name: str, max_bytes: int) -> bytes:
@@ -225,34 +217,29 @@ def ingest_folder(
     workers = processes or available_cpus() + EXTRA_PROCESSES
     prefix = str(root).rstrip("/") + "/"
     files = new_files(walk_sorted(str(root), outcome.rejected), store.stored_sources(read_conn, prefix))
-    pending: collections.deque[concurrent.futures.Future[DecodedChunk]] = collections.deque()
-    buffered: list[bytes] = []
-    buffered_rows = 0
+    pending: collections.deque[concurrent.futures.Future[tuple[list[ImageRow], list[str]]]] = collections.deque()
+    buffered: list[ImageRow] = []
     pool: concurrent.futures.ProcessPoolExecutor | None = None
     first = True
 
     def flush(force: bool) -> None:
-        nonlocal buffered_rows
-        if buffered_rows and (force or buffered_rows >= COPY_ROWS):
-            ids = store.copy_upload_rows(conn, buffered, SHAPE, PREPROCESS_VERSION)
+        if buffered and (force or len(buffered) >= COPY_ROWS):
+            ids = store.copy_images(conn, buffered, PREPROCESS_VERSION)
             outcome.inserted += len(ids)
-            outcome.already += buffered_rows - len(ids)  # stored meanwhile by another ingest
+            outcome.already += len(buffered) - len(ids)  # stored meanwhile by another ingest
             buffered.clear()
-            buffered_rows = 0
             on_stored(ids, outcome.files)
 
-    def collect(decoded: DecodedChunk) -> None:
-        nonlocal buffered_rows
-        buffered.append(decoded.rows)
-        buffered_rows += decoded.count
-        outcome.rejected.extend(decoded.rejected)
+    def collect(rows: list[ImageRow], rejected: list[str]) -> None:
+        buffered.extend(rows)
+        outcome.rejected.extend(rejected)
         flush(force=False)
 
     try:
         for chunk in _chunks(files, root, outcome):
             if first:
                 first = False
-                collect(decode_chunk(chunk, limits))  # a small folder never pays for starting a pool
+                collect(*decode_chunk(chunk, limits))  # a small folder never pays for starting a pool
                 continue
             if pool is None:
                 # Forked: a child starts with the parent's modules imported, where a fresh interpreter
@@ -261,9 +248,9 @@ def ingest_folder(
                 pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
             pending.append(pool.submit(decode_chunk, chunk, limits))
             while len(pending) >= workers * IN_FLIGHT_PER_PROCESS:
-                collect(pending.popleft().result())
+                collect(*pending.popleft().result())
         while pending:
-            collect(pending.popleft().result())
+            collect(*pending.popleft().result())
         flush(force=True)
     finally:
         if pool is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -169,50 +168,4 @@ def copy_images(conn: Connection, rows: Iterable[ImageRow], preprocess_version: 
             for row in rows:
                 copy.write_row((*row, preprocess_version))
         cursor.execute(INSERT_STAGED_IMAGES)
-        return [row[0] for row in cursor.fetchall()]
-
-
-# Pictures of a folder as ``producer ingest folder``'s pool processes send them: each row already in binary
-# COPY's form (https://www.postgresql.org/docs/current/sql-copy.html#id-1.9.3.55.9.4), so the process that
-# copies them only joins bytes. What every such row shares (shape, split, version) is given once, in the INSERT.
-UPLOAD_COLUMNS = ("image_data", "true_label", "source")
-STAGE_UPLOADS = """
-CREATE TEMP TABLE IF NOT EXISTS staged_uploads (image_data bytea, true_label smallint, source text)
-ON COMMIT DELETE ROWS
-"""
-COPY_STAGED_UPLOADS = copy_in_statement("staged_uploads", UPLOAD_COLUMNS)
-INSERT_STAGED_UPLOADS = """
-INSERT INTO input_data (image_data, true_label, image_shape, dataset_split, image_index, source, preprocess_version)
-SELECT image_data, true_label, %(shape)s, 'upload', NULL, source, %(version)s FROM staged_uploads
-ON CONFLICT DO NOTHING RETURNING id
-"""
-COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)  # no flags, no header extension
-COPY_TRAILER = struct.pack("!h", -1)
-_ROW_AND_FIRST_FIELD = struct.Struct("!hi")  # field count, first field's length
-_SMALLINT_FIELD = struct.Struct("!ih")
-_NULL_FIELD = struct.pack("!i", -1)
-_FIELD_LENGTH = struct.Struct("!i")
-
-
-def upload_row(image_data: bytes, label: int | None, source: str) -> bytes:
-    """One row of ``UPLOAD_COLUMNS`` in binary COPY's form."""
-    path = source.encode()
-    label_field = _NULL_FIELD if label is None else _SMALLINT_FIELD.pack(2, label)
-    head = _ROW_AND_FIRST_FIELD.pack(len(UPLOAD_COLUMNS), len(image_data))
-    return b"".join((head, image_data, label_field, _FIELD_LENGTH.pack(len(path)), path))
-
-
-def copy_upload_rows(
-    conn: Connection, blocks: Iterable[bytes], shape: Sequence[int], preprocess_version: int
-) -> list[int]:
-    """Store rows made by ``upload_row`` (``blocks`` of them joined) as ``copy_images`` stores its rows:
-    by one binary COPY into a staging table and one INSERT from it, skipping paths already stored."""
-    with transaction(conn) as cursor:
-        cursor.execute(STAGE_UPLOADS)
-        with cursor.copy(COPY_STAGED_UPLOADS) as copy:
-            copy.write(COPY_SIGNATURE)
-            for block in blocks:
-                copy.write(block)
-            copy.write(COPY_TRAILER)
-        cursor.execute(INSERT_STAGED_UPLOADS, {"shape": list(shape), "version": preprocess_version})
         return [row[0] for row in cursor.fetchall()]
