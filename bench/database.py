@@ -76,9 +76,9 @@ def run(settings: Settings, image_ids: list[int], repeats: int, labels: np.ndarr
 
         steps = [
             ("create a job of 10k image IDs", create_job),
-            (f"fetch images and labels, binary COPY, chunks of {CHUNK_SIZE}", fetch),
-            ("store predictions, first delivery (COPY into predictions)", store_first),
-            ("store predictions, redelivered (staging table, all skipped)", store_again),
+            (f"fetch images and labels, binary results, chunks of {CHUNK_SIZE}", fetch),
+            ("store predictions, first delivery (one statement a chunk)", store_first),
+            ("store predictions, redelivered (ON CONFLICT, all skipped)", store_again),
         ]
         return [measure(what, step, len(image_ids), repeats) for what, step in steps]
     finally:

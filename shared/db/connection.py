@@ -109,12 +109,14 @@ def query(
     params: Any = None,
     as_dicts: bool = False,
     prepare: bool | None = None,
+    binary: bool = False,
 ) -> list[Any]:
     """Run one statement and return its rows (tuples, or dicts with ``as_dicts``); [] when it returns none.
 
-    ``prepare=True`` for a statement run often: planned once per connection (None: psycopg's threshold)."""
+    ``prepare=True`` for a statement run often: planned once per connection (None: psycopg's threshold).
+    ``binary=True`` for results read in bulk: a bytea then arrives as its bytes, not as hex to decode."""
     with single_statement(conn) as cursor:
-        cursor.execute(statement, params, prepare=prepare)
+        cursor.execute(statement, params, prepare=prepare, binary=binary)
         if cursor.description is None:
             return []
         rows = cursor.fetchall()

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 from psycopg import sql
 
-from shared.db.connection import Connection, copy_in_statement, query, query_one, single_statement, transaction
+from shared.db.connection import Connection, copy_in_statement, query, query_one, transaction
 
 
 class ImageRow(NamedTuple):
@@ -39,37 +39,23 @@ def insert_images(conn: Connection, rows: Sequence[ImageRow]) -> list[int]:
     return inserted
 
 
-# Read with binary COPY: the bytea arrives as its bytes, where a text SELECT sends it as hex.
-# COPY takes no server-side parameters: psycopg binds the id array on the client, quoted.
-COPY_IMAGES = "COPY (SELECT id, image_data FROM input_data WHERE id = ANY(%s::bigint[])) TO STDOUT (FORMAT BINARY)"
-COPY_IMAGES_AND_LABELS = (
-    "COPY (SELECT id, image_data, true_label FROM input_data WHERE id = ANY(%s::bigint[])) TO STDOUT (FORMAT BINARY)"
-)
+# Prepared, with binary results: the bytea arrives as its bytes, where text results send it as hex.
+SELECT_IMAGES = "SELECT id, image_data FROM input_data WHERE id = ANY(%(ids)b::bigint[])"
+SELECT_IMAGES_AND_LABELS = "SELECT id, image_data, true_label FROM input_data WHERE id = ANY(%(ids)b::bigint[])"
 
 
 def fetch_images(conn: Connection, image_ids: Sequence[int]) -> dict[int, bytes]:
     """Image bytes by ID in one query; missing IDs are simply absent from the result."""
-    with (
-        single_statement(conn) as cursor,
-        cursor.copy(COPY_IMAGES, ([int(image_id) for image_id in image_ids],)) as copy,
-    ):
-        copy.set_types(["bigint", "bytea"])
-        return dict(copy.rows())
+    return dict(query(conn, SELECT_IMAGES, {"ids": [int(image_id) for image_id in image_ids]}, binary=True))
 
 
 def fetch_images_and_labels(conn: Connection, image_ids: Sequence[int]) -> tuple[dict[int, bytes], dict[int, int]]:
-    """``fetch_images`` with the true labels of the labelled ones, in the same COPY: the worker
+    """``fetch_images`` with the true labels of the labelled ones, in the same query: the worker
     counts a chunk's statistics itself, so storing them costs PostgreSQL a handful of rows."""
-    images: dict[int, bytes] = {}
-    labels: dict[int, int] = {}
-    ids = [int(image_id) for image_id in image_ids]
-    with single_statement(conn) as cursor, cursor.copy(COPY_IMAGES_AND_LABELS, (ids,)) as copy:
-        copy.set_types(["bigint", "bytea", "smallint"])
-        for image_id, data, label in copy.rows():
-            images[image_id] = data
-            if label is not None:
-                labels[image_id] = label
-    return images, labels
+    rows = query(
+        conn, SELECT_IMAGES_AND_LABELS, {"ids": [int(image_id) for image_id in image_ids]}, prepare=True, binary=True
+    )
+    return {row[0]: row[1] for row in rows}, {row[0]: row[2] for row in rows if row[2] is not None}
 
 
 def missing_image_ids(conn: Connection, image_ids: Sequence[int]) -> list[int]:

@@ -4,17 +4,14 @@ started.
 PostgreSQL is the source of truth. Predictions and failures are written in the same
 transaction as the job's counters and its statistics (``statistics.py``), with unique keys
 that make a redelivered batch a no-op, so the counters always equal the rows and nothing is
-counted twice. A chunk of the bulk lane is one transaction: the binary COPY of the predictions,
-then one prepared statement for everything else (failures, statistics, mistakes, counters, NOTIFY).
-A micro-batch of uploads is one: its few rows ride in that statement
-as arrays (``IN_STATEMENT_ROWS``), which then is a transaction of its own.
+counted twice. A chunk is one statement, so one round trip on an autocommit connection: the
+predictions ride in it as arrays (binary parameters, ``%(name)b``), beside the failures,
+statistics, mistakes, counters and NOTIFY.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import itertools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -25,34 +22,12 @@ from psycopg import sql
 
 from shared.db.connection import (
     Connection,
-    Cursor,
-    copy_in_statement,
     fetchone_required,
     query_one_required,
     transaction,
 )
 from shared.digits import NUM_CLASSES
 from shared.jobs import progress, statistics
-
-# A prediction row as the COPY writes it: its columns, and their types for psycopg's binary COPY.
-PREDICTION_COLUMNS = (
-    "job_id",
-    "input_data_id",
-    "model_version",
-    "predicted_label",
-    "confidence",
-    "prediction_probabilities",
-)
-PREDICTION_TYPES = ("bigint", "bigint", "text", "smallint", "real", "bytea")
-COPY_PREDICTIONS = copy_in_statement("predictions", PREDICTION_COLUMNS)
-COPY_STAGED = copy_in_statement("staged_predictions", PREDICTION_COLUMNS)
-STAGING = (
-    "CREATE TEMP TABLE IF NOT EXISTS staged_predictions (LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-)
-# Up to this many predictions, counted by the worker, are sent inside the store's statement rather than
-# by COPY: the two round trips saved (BEGIN with the COPY, COMMIT) cost more than the arrays for a
-# micro-batch of uploads; a bulk chunk of 256 is cheaper to COPY.
-IN_STATEMENT_ROWS = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,9 +84,9 @@ def store_results(
     """Write a batch's outcome and advance the job, all or nothing.
 
     Returns how many predictions and failures were new; a redelivered batch returns (0, 0).
-    The first try copies straight into the table, the fast path for a batch seen for the
+    The first try inserts straight into the table, the fast path for a batch seen for the
     first time; a batch partly stored before (redelivered after a crash) hits the primary key
-    and is written again through a staging table that skips what is already there.
+    and is written again by a statement that skips what is already there.
     """
     prediction_jobs = np.full(len(predictions), job_id, dtype=np.int64) if predictions else np.zeros(0, dtype=np.int64)
     return store_many(
@@ -138,56 +113,49 @@ def store_many(
         return _store(conn, model_version, job_ids, prediction_jobs, predictions, failures, skip_stored=True)
 
 
-# The newly stored predictions (``batch``) and how many per job (``done``), for the statement
-# that follows the COPY. Counted by the worker, the usual case: its statistics, mistakes and
-# counts arrive as a few small arrays. Else PostgreSQL reads the true labels itself: from
-# the arrays whose rows the COPY just wrote, or, on a redelivery, from what the INSERT really inserted.
-COUNTED = f"""
-{statistics.ADD_COUNTED},
+# A chunk's predictions, as arrays of one element per row; each vector is its little-endian float32 bytes.
+UNNEST_PREDICTIONS = """
+unnest(%(p_jobs)b::bigint[], %(p_ids)b::bigint[], %(p_labels)b::smallint[], %(p_confidences)b::real[],
+       %(p_vectors)b::bytea[]) AS u (job_id, input_data_id, predicted_label, confidence, probabilities)"""
+INSERT_PREDICTIONS = f"""
+    INSERT INTO predictions (job_id, input_data_id, model_version, predicted_label, confidence,
+                             prediction_probabilities)
+    SELECT u.job_id, u.input_data_id, %(version)b, u.predicted_label, u.confidence, u.probabilities
+    FROM {UNNEST_PREDICTIONS}"""
+# The usual case, a chunk seen for the first time and counted by the worker: its statistics, mistakes and
+# per-job counts arrive as a few small arrays. A prediction stored before raises UniqueViolation, and the
+# store goes again with NEW_SKIPPING_STORED.
+NEW_COUNTED = f"""
+written AS ({INSERT_PREDICTIONS}
+), {statistics.ADD_COUNTED},
 done AS (
-    SELECT * FROM unnest(%(d_jobs)s::bigint[], %(d_counts)s::bigint[]) AS d (job_id, done)
+    SELECT * FROM unnest(%(d_jobs)b::bigint[], %(d_counts)b::bigint[]) AS d (job_id, done)
 )"""
-NEW_FROM_COPY = """
-batch AS (
-    SELECT u.job_id, u.input_data_id, u.predicted_label, u.confidence, d.true_label
-    FROM unnest(%(p_jobs)s::bigint[], %(p_ids)s::bigint[], %(p_labels)s::smallint[], %(p_confidences)s::real[])
-         AS u (job_id, input_data_id, predicted_label, confidence)
-    LEFT JOIN input_data d ON d.id = u.input_data_id
-)"""
-NEW_FROM_STAGING = """
-inserted AS (
-    INSERT INTO predictions SELECT * FROM staged_predictions ON CONFLICT (job_id, input_data_id) DO NOTHING
+# A redelivered chunk, or one whose true labels the worker did not read: only the rows really inserted
+# are counted, and PostgreSQL looks their true labels up.
+NEW_SKIPPING_STORED = f"""
+inserted AS ({INSERT_PREDICTIONS}
+    ON CONFLICT (job_id, input_data_id) DO NOTHING
     RETURNING job_id, input_data_id, predicted_label, confidence
 ), batch AS (
     SELECT i.job_id, i.input_data_id, i.predicted_label, i.confidence, d.true_label
     FROM inserted i LEFT JOIN input_data d ON d.id = i.input_data_id
-)"""
-# The predictions themselves, for a batch of up to IN_STATEMENT_ROWS: a duplicate raises UniqueViolation,
-# as the COPY does, and the store goes again through the staging table.
-ROWS_IN_STATEMENT = """
-written AS (
-    INSERT INTO predictions (job_id, input_data_id, model_version, predicted_label, confidence,
-                             prediction_probabilities)
-    SELECT u.job_id, u.input_data_id, %(version)s, u.predicted_label, u.confidence, u.probabilities
-    FROM unnest(%(p_jobs)s::bigint[], %(p_ids)s::bigint[], %(p_labels)s::smallint[], %(p_confidences)s::real[],
-                %(p_vectors)s::bytea[]) AS u (job_id, input_data_id, predicted_label, confidence, probabilities)
-)"""
-DONE_FROM_BATCH = """
+), {statistics.MAINTAIN},
 done AS (
     SELECT job_id, count(*) AS done FROM batch GROUP BY job_id
 )"""
-# Failures, statistics, mistakes, the jobs' counters and the NOTIFY: one statement, one round
-# trip. The NOTIFY is delivered at commit: a web request waiting for an upload wakes at once.
+# Failures, the jobs' counters and the NOTIFY, after either of the above, in the same statement.
+# The NOTIFY is delivered at commit: a web request waiting for an upload wakes at once.
 # A job of the batch that does not exist fails the statement (migration 0007's function, with
-# SQLSTATE foreign_key_violation), so nothing of the batch is stored, in one statement or many.
+# SQLSTATE foreign_key_violation), so nothing of the batch is stored.
 # A failure is never recorded for an image the job already has a prediction of: an image is given
 # up on after its worker died too often, and the last one may have died after its commit.
 # A job ends done, or failed when not one of its images could be predicted; a cancelled job stays
 # cancelled while the batches that were running store what they did (stored results are kept, counted).
-ADVANCE = """
+ADVANCE = f"""
 failed AS (
     INSERT INTO job_failures (job_id, input_data_id, reason)
-    SELECT f.* FROM unnest(%(f_jobs)s::bigint[], %(f_ids)s::bigint[], %(f_reasons)s::text[])
+    SELECT f.* FROM unnest(%(f_jobs)b::bigint[], %(f_ids)b::bigint[], %(f_reasons)b::text[])
                     AS f (job_id, input_data_id, reason)
     WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.job_id = f.job_id AND p.input_data_id = f.input_data_id)
     ORDER BY 1, 2
@@ -195,7 +163,7 @@ failed AS (
     RETURNING job_id
 ), changes AS (
     SELECT job_id, sum(done) AS done, sum(failed) AS failed FROM (
-        SELECT unnest(%(jobs)s::bigint[]), 0, 0
+        SELECT unnest(%(jobs)b::bigint[]), 0, 0
         UNION ALL SELECT job_id, done, 0 FROM done
         UNION ALL SELECT job_id, 0, 1 FROM failed
     ) AS c (job_id, done, failed)
@@ -212,24 +180,23 @@ failed AS (
         finished_at = CASE WHEN j.status = 'cancelled'
                              OR j.done_count + j.failed_count + c.done + c.failed >= j.total_images
                            THEN COALESCE(j.finished_at, now()) END
-    FROM changes c WHERE j.id = c.job_id AND j.id = ANY(%(jobs)s::bigint[])  -- by the primary key, never a scan of jobs
+    FROM changes c WHERE j.id = c.job_id AND j.id = ANY(%(jobs)b::bigint[])  -- by the primary key, never a scan of jobs
     RETURNING j.id, j.kind
-)"""
-# Each upload's answer, for the web request waiting for it (shared/jobs/progress.py, ANSWER_CHANNEL):
-# the predictions sent in the statement, of the upload jobs it advanced.
-ANSWERED = """
+),
+-- Each upload's answer, for the web request waiting for it (shared/jobs/progress.py, ANSWER_CHANNEL).
 answered AS (
-    SELECT pg_notify(%(answers)s, concat_ws(' ', u.job_id, u.predicted_label, u.confidence,
-                                            encode(u.probabilities, 'hex'), %(version)s))
-    FROM unnest(%(p_jobs)s::bigint[], %(p_labels)s::smallint[], %(p_confidences)s::real[], %(p_vectors)s::bytea[])
-         AS u (job_id, predicted_label, confidence, probabilities)
+    SELECT pg_notify(%(answers)b, concat_ws(' ', u.job_id, u.predicted_label, u.confidence,
+                                            encode(u.probabilities, 'hex'), %(version)b))
+    FROM {UNNEST_PREDICTIONS}
     JOIN job ON job.id = u.job_id AND job.kind = 'upload'
-)"""
-RESULT = """
+)
 SELECT (SELECT COALESCE(sum(done), 0) FROM done), (SELECT count(*) FROM failed),
-       mnistq_require_jobs(cardinality(%(jobs)s::bigint[]),
-                           (SELECT count(pg_notify(%(channel)s, id::text)) FROM job))"""
-RESULT_AND_ANSWERS = RESULT + ", (SELECT count(*) FROM answered)"
+       mnistq_require_jobs(cardinality(%(jobs)b::bigint[]),
+                           (SELECT count(pg_notify(%(channel)b, id::text)) FROM job)),
+       (SELECT count(*) FROM answered)"""
+# Composed once, to the text psycopg keys its prepared statements by: each connection plans each once.
+STORE = sql.SQL("WITH {}, {}").format(sql.SQL(NEW_COUNTED), sql.SQL(ADVANCE)).as_string()
+STORE_SKIPPING_STORED = sql.SQL("WITH {}, {}").format(sql.SQL(NEW_SKIPPING_STORED), sql.SQL(ADVANCE)).as_string()
 
 
 def _store(
@@ -241,9 +208,9 @@ def _store(
     failures: Sequence[tuple[int, FailureRow]],
     skip_stored: bool,
 ) -> tuple[int, int]:
-    """With predictions to COPY: a transaction of the COPY and the one statement. Without predictions,
-    or with few enough to send in the statement, the statement is its own transaction: one round trip."""
+    """One statement: its own transaction on an autocommit connection (one round trip), else in the caller's."""
     jobs = sorted(set(job_ids))
+    batch = predictions if predictions is not None and len(predictions) > 0 else None  # None: no predictions
     params = {
         "jobs": jobs,
         "f_jobs": [job for job, _ in failures],
@@ -251,34 +218,16 @@ def _store(
         "f_reasons": [failure.reason for _, failure in failures],
         "channel": progress.CHANNEL,
         "answers": progress.ANSWER_CHANNEL,
+        **_rows(prediction_jobs, model_version, batch),
     }
-    batch = predictions if predictions is not None and len(predictions) > 0 else None  # None: no predictions
-    to_copy = batch  # sent by COPY before the statement, unless the statement carries them
-    if skip_stored:
-        statement = STORE_STAGED
-    elif batch is None:
-        statement = STORE_COUNTED
-        params |= statistics.counted_nothing()
-    elif batch.true_labels is not None and len(batch) <= IN_STATEMENT_ROWS:
-        statement = STORE_WITH_ROWS
-        to_copy = None
-        params |= statistics.counted(prediction_jobs, batch) | _rows(prediction_jobs, model_version, batch)
-    elif batch.true_labels is not None:
-        statement = STORE_COUNTED
-        params |= statistics.counted(prediction_jobs, batch)
+    if skip_stored or (batch is not None and batch.true_labels is None):
+        statement = STORE_SKIPPING_STORED
     else:
         statement = STORE
-        params |= {
-            "p_jobs": prediction_jobs.tolist(),
-            "p_ids": batch.image_ids.tolist(),
-            "p_labels": batch.labels.tolist(),
-            "p_confidences": batch.confidences.tolist(),
-        }
-    # With a COPY the statement needs a transaction around both; without, it is one (autocommit) or the caller's.
-    with transaction(conn) if to_copy is not None or not conn.autocommit else conn.cursor() as cursor:
+        params |= statistics.counted(prediction_jobs, batch) if batch is not None else statistics.counted_nothing()
+    # A savepoint inside the caller's transaction, so that a UniqueViolation leaves it usable for the retry.
+    with transaction(conn) if not conn.autocommit else conn.cursor() as cursor:
         try:
-            if to_copy is not None:
-                _copy_predictions(cursor, prediction_jobs, model_version, to_copy, skip_stored)
             cursor.execute(statement, params, prepare=True)
             stored, failed = fetchone_required(cursor)[:2]
         except psycopg.errors.ForeignKeyViolation as error:  # failures name the job; ADVANCE checks the rest
@@ -288,80 +237,22 @@ def _store(
     return stored, failed
 
 
-def _rows(prediction_jobs: np.ndarray, model_version: str, predictions: PredictionBatch) -> dict[str, object]:
-    """``ROWS_IN_STATEMENT``'s parameters: the predictions as columns, each vector as
-    its little-endian float32 bytes."""
+def _rows(prediction_jobs: np.ndarray, model_version: str, predictions: PredictionBatch | None) -> dict[str, object]:
+    """The predictions as the statement's arrays (empty for none); lists, which psycopg dumps in C."""
+    if predictions is None:
+        return {name: [] for name in ("p_jobs", "p_ids", "p_labels", "p_confidences", "p_vectors")} | {
+            "version": model_version
+        }
     if not model_version:
         raise ValueError("model_version must not be empty")
-    vectors = predictions.probabilities.astype("<f4")
     return {
         "version": model_version,
         "p_jobs": prediction_jobs.tolist(),
         "p_ids": predictions.image_ids.tolist(),
         "p_labels": predictions.labels.tolist(),
         "p_confidences": predictions.confidences.tolist(),
-        "p_vectors": [vector.tobytes() for vector in vectors],
+        "p_vectors": [vector.tobytes() for vector in predictions.probabilities.astype("<f4")],
     }
-
-
-# Planning one of these took longer than running it for a small batch: each connection prepares it
-# (``prepare=True``) and so plans it once. Composed once, here, to the text psycopg keys its statements by.
-STORE = (
-    sql.SQL("WITH {} {}")
-    .format(
-        sql.SQL(",").join(map(sql.SQL, [NEW_FROM_COPY, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE])), sql.SQL(RESULT)
-    )
-    .as_string()
-)
-STORE_COUNTED = (
-    sql.SQL("WITH {} {}").format(sql.SQL(",").join(map(sql.SQL, [COUNTED, ADVANCE])), sql.SQL(RESULT)).as_string()
-)
-# The one that answers waiting uploads: only a statement that inserts the predictions itself has them in hand.
-STORE_WITH_ROWS = (
-    sql.SQL("WITH {} {}")
-    .format(
-        sql.SQL(",").join(map(sql.SQL, [ROWS_IN_STATEMENT, COUNTED, ADVANCE, ANSWERED])), sql.SQL(RESULT_AND_ANSWERS)
-    )
-    .as_string()
-)
-STORE_STAGED = (
-    sql.SQL("WITH {} {}")
-    .format(
-        sql.SQL(",").join(map(sql.SQL, [NEW_FROM_STAGING, statistics.MAINTAIN, DONE_FROM_BATCH, ADVANCE])),
-        sql.SQL(RESULT),
-    )
-    .as_string()
-)
-
-
-def _copy_predictions(
-    cursor: Cursor, prediction_jobs: np.ndarray, model_version: str, predictions: PredictionBatch, skip_stored: bool
-) -> None:
-    """Binary COPY; with ``skip_stored``, into the staging table that ``NEW_FROM_STAGING`` inserts from.
-
-    The columns go to Python lists first (``tolist``, one call each), so the rows are plain ints,
-    floats and bytes for psycopg's binary dumpers; the vector is the little-endian float32 bytes stored."""
-    if not model_version:
-        raise ValueError("model_version must not be empty")
-    if skip_stored:
-        cursor.execute(STAGING)
-    rows = zip(
-        prediction_jobs.tolist(),
-        predictions.image_ids.tolist(),
-        itertools.repeat(model_version),
-        predictions.labels.tolist(),
-        predictions.confidences.tolist(),
-        [vector.tobytes() for vector in predictions.probabilities.astype("<f4")],
-    )
-    with contextlib.ExitStack() as stack:
-        copy = (
-            stack.enter_context(cursor.copy(COPY_STAGED))
-            if skip_stored
-            else stack.enter_context(cursor.copy(COPY_PREDICTIONS))
-        )
-        copy.set_types(PREDICTION_TYPES)
-        for row in rows:
-            copy.write_row(row)
 
 
 def record_attempt(conn: Connection, job_id: int, image_ids: Sequence[int]) -> tuple[int, str]:

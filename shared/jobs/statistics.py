@@ -43,16 +43,16 @@ statistics AS (
 ADD_COUNTED = """
 statistics AS (
     INSERT INTO job_statistics (job_id, true_label, predicted_label, predictions, low_confidence)
-    SELECT * FROM unnest(%(s_jobs)s::bigint[], %(s_true)s::smallint[], %(s_predicted)s::smallint[],
-                         %(s_count)s::bigint[], %(s_low)s::bigint[])
+    SELECT * FROM unnest(%(s_jobs)b::bigint[], %(s_true)b::smallint[], %(s_predicted)b::smallint[],
+                         %(s_count)b::bigint[], %(s_low)b::bigint[])
     ORDER BY 1, 2, 3
     ON CONFLICT (job_id, true_label, predicted_label) DO UPDATE SET
         predictions = job_statistics.predictions + EXCLUDED.predictions,
         low_confidence = job_statistics.low_confidence + EXCLUDED.low_confidence
 ), mistakes AS (
     INSERT INTO job_mistakes (job_id, input_data_id, true_label, predicted_label, confidence)
-    SELECT * FROM unnest(%(m_jobs)s::bigint[], %(m_ids)s::bigint[], %(m_true)s::smallint[], %(m_predicted)s::smallint[],
-                         %(m_confidence)s::real[])
+    SELECT * FROM unnest(%(m_jobs)b::bigint[], %(m_ids)b::bigint[], %(m_true)b::smallint[], %(m_predicted)b::smallint[],
+                         %(m_confidence)b::real[])
     ORDER BY 1, 2
     ON CONFLICT (job_id, input_data_id) DO NOTHING
 )"""

@@ -140,14 +140,14 @@ def test_a_micro_batch_of_several_jobs_is_stored_in_one_transaction_with_each_jo
 
 
 def test_a_micro_batch_counted_by_the_worker_is_stored_by_one_statement_all_or_nothing(conn):
-    """Up to IN_STATEMENT_ROWS predictions with true labels ride in the store's statement (no COPY,
-    no BEGIN/COMMIT): the rows are exact, a redelivery counts nothing twice, and a job of the batch
-    that does not exist undoes the whole statement, its neighbours' rows included."""
+    """Predictions with true labels ride in the store's statement (no BEGIN/COMMIT): the rows are exact,
+    a redelivery counts nothing twice, and a job of the batch that does not exist undoes the whole statement,
+    its neighbours' rows included."""
     uploads = [jobs.store.create_upload_job(conn, IMAGE, [28, 28], MODEL, {"upload": None}) for _ in range(3)]
     job_ids = [job_id for job_id, _ in uploads]
     image_ids = [image_id for _, image_id in uploads[:2]]
     batch = with_true_labels(predictions(image_ids, [7, 2], [0.6, 0.97]), dict.fromkeys(image_ids))
-    assert len(batch) <= jobs.results.IN_STATEMENT_ROWS and batch.true_labels is not None
+    assert batch.true_labels is not None
     failure = [(job_ids[2], jobs.results.FailureRow(uploads[2][1], "corrupt image"))]
     prediction_jobs = np.array(job_ids[:2], dtype=np.int64)
     assert jobs.results.store_many(conn, MODEL, job_ids, prediction_jobs, batch, failure) == (2, 1)

@@ -1,7 +1,9 @@
-"""psycopg 3's own prepared statements and binary COPY, as the stores use them, on the real PostgreSQL.
+"""psycopg 3's own prepared statements, binary parameters and results, and binary COPY, as the stores use them,
+on the real PostgreSQL.
 
 Hot statements pass ``prepare=True``: planned once per connection, and never lost. The worker reads
-images and writes predictions by binary COPY: every value comes back as it was given.
+images and writes predictions with binary values, and ingest copies images in: every value comes back as it was
+given.
 """
 
 from __future__ import annotations
@@ -17,17 +19,18 @@ from shared import images, jobs, models
 from shared.db import connection
 from shared.digits import NUM_CLASSES
 from shared.images.store import ImageRow
-from shared.jobs.results import IN_STATEMENT_ROWS, PredictionBatch
+from shared.jobs.results import PredictionBatch
 from stack import scratch
-from worker.batch import DatabaseLane
+from worker.batch import CHUNK_SIZE, DatabaseLane
 
 DOUBLE = "SELECT %(n)s::integer * 2 AS doubled, %(label)s::text AS label"
 
 
 def server_text(statement: str) -> str:
-    """A statement as the server keeps it prepared: each ``%(name)s`` numbered ``$n`` in order of first use."""
+    """A statement as the server keeps it prepared: each ``%(name)s`` or ``%(name)b`` numbered ``$n`` in order
+    of first use."""
     numbers: dict[str, int] = {}
-    return re.sub(r"%\((\w+)\)s", lambda match: f"${numbers.setdefault(match[1], len(numbers) + 1)}", statement)
+    return re.sub(r"%\((\w+)\)[sb]", lambda match: f"${numbers.setdefault(match[1], len(numbers) + 1)}", statement)
 
 
 def server_statements(conn: connection.Connection) -> list[str]:
@@ -163,9 +166,9 @@ def test_images_read_by_copy_are_the_bytes_and_labels_stored(conn):
     assert images.store.fetch_images(conn, []) == {}
 
 
-def test_predictions_written_by_copy_read_back_as_predicted(conn):
-    """More than IN_STATEMENT_ROWS predictions without true labels: the COPY path."""
-    count = IN_STATEMENT_ROWS + 3
+def test_predictions_without_true_labels_read_back_as_predicted(conn):
+    """More than a chunk of predictions without true labels: PostgreSQL looks the labels up."""
+    count = CHUNK_SIZE + 3
     rows = [ImageRow(bytes([index % 256]), None, [28, 28], "upload", None, f"copy-p-{index}") for index in range(count)]
     ids = images.store.insert_images(conn, rows)
     job_id = jobs.store.create_job(conn, ids, "mnist_cnn-0123456789ab", {"split": "upload"})
@@ -188,7 +191,7 @@ def test_predictions_written_by_copy_read_back_as_predicted(conn):
         assert np.float32(confidence) == expected.max()
         # The vector is a BYTEA of ten little-endian float32, whatever the machine's byte order.
         assert isinstance(vector, bytes) and np.array_equal(np.frombuffer(vector, dtype="<f4"), expected)
-    # A redelivered batch meets the primary key and goes through the staging table's COPY: nothing new.
+    # A redelivered batch meets the primary key: nothing new.
     assert jobs.results.store_results(
         conn, job_id, "mnist_cnn-0123456789ab", PredictionBatch.of(ids, probabilities), []
     ) == (0, 0)
