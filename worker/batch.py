@@ -1,15 +1,21 @@
 """One task's batch of stored images through the model and back into the database.
 
 Kept apart from Celery so it reads (and tests) as plain code. A batch is cut into chunks
-that flow through a pipeline: while the model predicts chunk k in this thread, the
-database lane fetches chunk k+1 and stores chunk k-1, so the CPU never waits on I/O.
-Inference releases the GIL, so the two really overlap. Each batch's size, results and seconds
-per stage go to the metrics once it is stored (``shared.observability.metrics.record_batch``).
+that flow through a pipeline: while the model predicts a chunk in this thread, the database
+lane reads ahead and stores what is predicted, so the CPU does not wait on I/O. Inference
+releases the GIL, so the two really overlap. Each batch's size, results and seconds per stage
+go to the metrics once it is stored (``shared.observability.metrics.record_batch``).
+
+Round trips are what a database host a network away costs, so a batch makes few of them:
+the first chunk is read alone (the model starts on it at once) and the rest in one read, and
+each store takes every chunk predicted since the last one (``PendingStores``). On a near
+database each chunk is stored as soon as it is predicted; on a far one, stores merge.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -137,6 +143,31 @@ def true_labels_of(image_ids: Sequence[int], labels: dict[int, int] | None) -> l
     return None if labels is None else [labels.get(image_id, UNLABELLED) for image_id in image_ids]
 
 
+class PendingStores:
+    """Predicted chunks waiting for the database lane: each ``store`` call there takes all that are waiting.
+
+    One call is submitted per chunk, so nothing waits longer than the lane's queue; a call that finds
+    the chunks already taken by an earlier one costs no round trip."""
+
+    def __init__(self, store: Callable[..., tuple[int, int]], job_id: int, model_version: str) -> None:
+        self._store, self._job_id, self._model_version = store, job_id, model_version
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[PredictionBatch, list[FailureRow]]] = []
+
+    def add(self, predictions: PredictionBatch, failures: list[FailureRow]) -> None:
+        with self._lock:
+            self._waiting.append((predictions, failures))
+
+    def store(self, conn: connection.Connection) -> tuple[int, int]:
+        with self._lock:
+            taken, self._waiting = self._waiting, []
+        if not taken:
+            return 0, 0
+        predictions = PredictionBatch.concatenate([chunk for chunk, _ in taken])
+        failures = [failure for _, chunk_failures in taken for failure in chunk_failures]
+        return self._store(conn, self._job_id, self._model_version, predictions, failures)
+
+
 def process_batch(
     lane: DatabaseLane, predict: PredictFn, model_version: str, job_id: int, image_ids: Sequence[int]
 ) -> tuple[int, int]:
@@ -150,16 +181,18 @@ def process_batch(
         return 0, 0
     clock = StageClock()
     fetch = clock.timed("fetch", images.store.fetch_images_and_labels)
-    infer, store_chunk = clock.timed("inference", predict_chunk), clock.timed("store", jobs.results.store_results)
-    next_fetch = lane.submit(fetch, chunks[0])
+    infer = clock.timed("inference", predict_chunk)
+    pending = PendingStores(clock.timed("store", jobs.results.store_results), job_id, model_version)
+    reads = [lane.submit(fetch, chunks[0])]
+    if len(chunks) > 1:
+        reads.append(lane.submit(fetch, [image_id for chunk in chunks[1:] for image_id in chunk]))
     stores: list[Future[tuple[int, int]]] = []
     try:
         for index, chunk in enumerate(chunks):
-            stored, labels = next_fetch.result()
-            if index + 1 < len(chunks):
-                next_fetch = lane.submit(fetch, chunks[index + 1])
+            stored, labels = reads[min(index, 1)].result()
             predictions, failures = infer(predict, job_id, chunk, stored, labels)
-            stores.append(lane.submit(store_chunk, job_id, model_version, predictions, failures))
+            pending.add(predictions, failures)
+            stores.append(lane.submit(pending.store))
     finally:
         outcomes = [store.result() for store in stores]  # wait for all; re-raises the first error
     done, failed = sum(done for done, _ in outcomes), sum(failed for _, failed in outcomes)

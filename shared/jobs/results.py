@@ -53,6 +53,18 @@ class PredictionBatch:
             raise ValueError(f"expected {len(ids)} true labels, got {labels.shape}")
         return cls(ids, vectors, labels)
 
+    @classmethod
+    def concatenate(cls, batches: Sequence[PredictionBatch]) -> PredictionBatch:
+        """One batch of several, in order; true labels only when every one has them."""
+        if len(batches) == 1:
+            return batches[0]
+        labelled = all(batch.true_labels is not None for batch in batches)
+        return cls(
+            np.concatenate([batch.image_ids for batch in batches]),
+            np.concatenate([batch.probabilities for batch in batches]),
+            np.concatenate([batch.true_labels for batch in batches]) if labelled else None,
+        )
+
     @property
     def labels(self) -> np.ndarray:
         return self.probabilities.argmax(axis=1)

@@ -1,11 +1,14 @@
-"""A batch's stored images, decoded in the worker: an unknown id or a corrupt image fails alone."""
+"""A batch's stored images, decoded in the worker: an unknown id or a corrupt image fails alone; predicted chunks
+waiting for the database are stored together."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from shared.digits import NUM_CLASSES
 from shared.images.codec import encode_image
-from worker.batch import UNKNOWN_ID_REASON, decode_batch, predict_chunk
+from shared.jobs.results import FailureRow, PredictionBatch
+from worker.batch import UNKNOWN_ID_REASON, PendingStores, decode_batch, predict_chunk
 
 DIGITS = np.random.default_rng(5).integers(0, 256, size=(3, 28, 28), dtype=np.uint8)
 STORED = {10: encode_image(DIGITS[0]), 11: encode_image(DIGITS[1]), 12: encode_image(DIGITS[2])}
@@ -61,3 +64,29 @@ def test_predict_chunk_does_not_call_the_model_when_nothing_is_left():
 
 def model_must_not_run(images: np.ndarray) -> np.ndarray:
     raise AssertionError("the model was called for an empty chunk")
+
+
+def test_waiting_chunks_are_stored_together_in_order_and_a_store_that_finds_none_makes_no_call():
+    calls: list[tuple] = []
+
+    def store(conn, job_id, version, predictions, failures):
+        labels = predictions.true_labels.tolist()
+        calls.append((conn, job_id, version, predictions.image_ids.tolist(), labels, failures))
+        return len(predictions), len(failures)
+
+    pending = PendingStores(store, 7, "v1")
+    first = PredictionBatch.of([1, 2], np.eye(NUM_CLASSES, dtype=np.float32)[[3, 4]], [3, -1])
+    second = PredictionBatch.of([5], np.eye(NUM_CLASSES, dtype=np.float32)[[9]], [8])
+    pending.add(first, [])
+    pending.add(second, [FailureRow(6, "corrupt image")])
+    assert pending.store("conn") == (3, 1)
+    assert calls == [("conn", 7, "v1", [1, 2, 5], [3, -1, 8], [FailureRow(6, "corrupt image")])]
+    assert pending.store("conn") == (0, 0) and len(calls) == 1
+
+
+def test_concatenated_batches_keep_true_labels_only_when_every_one_has_them():
+    labelled = PredictionBatch.of([1], np.eye(NUM_CLASSES, dtype=np.float32)[[2]], [2])
+    unlabelled = PredictionBatch.of([4], np.eye(NUM_CLASSES, dtype=np.float32)[[5]])
+    both = PredictionBatch.concatenate([labelled, unlabelled])
+    assert both.image_ids.tolist() == [1, 4] and both.labels.tolist() == [2, 5] and both.true_labels is None
+    assert PredictionBatch.concatenate([labelled, labelled]).true_labels.tolist() == [2, 2]
