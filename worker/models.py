@@ -23,7 +23,7 @@ import numpy as np
 from shared import jobs, models, observability
 from shared.config import Settings
 from shared.digits import IMAGE_SHAPE
-from shared.jobs.results import FailureRow, UnknownJobError
+from shared.jobs.results import FailureRow
 from shared.models.runtime import LiteRTPredictor, Predictor
 from worker.batch import DatabaseLane
 
@@ -57,13 +57,6 @@ class ModelCache:
         """The versions serving each job that exists (production's for a job that records none): one query."""
         rows = lane.submit(models.store.job_models, list(job_ids)).result()
         return {job_id: JobModels(version, shadow) for job_id, version, shadow in rows}
-
-    def for_job(self, lane: DatabaseLane, job_id: int) -> JobModels:
-        """``job_models`` of one job; UnknownJobError when it does not exist."""
-        found = self.job_models(lane, [job_id]).get(job_id)
-        if found is None:
-            raise UnknownJobError(f"job {job_id} does not exist")
-        return found
 
     def predictor(self, lane: DatabaseLane, version: str | None) -> Predictor:
         """The loaded predictor of ``version``, loading it first if need be; ModelUnavailable when it cannot be."""

@@ -66,16 +66,16 @@ def run_batch(task: Any, lane: Any, models: Any, job_id: int, image_ids: list[in
     (dropped) are the caller's."""
     version = None  # the job's, once read
     try:
-        deliveries, status = lane.submit(jobs.results.record_attempt, job_id, image_ids).result()
-        if status == "cancelled":
+        start = lane.submit(jobs.results.record_attempt, job_id, image_ids).result()
+        deliveries = start.attempts
+        if start.status == "cancelled":
             lifecycle.skip_cancelled(lane, task.app, job_id)
             return None
         step = jobs.service.next_step(deliveries, len(image_ids))
         if step is jobs.service.NextStep.SPLIT:
             split_batch(task, job_id, image_ids, f"attempt {deliveries}")
             return None
-        served = models.for_job(lane, job_id)
-        version = served.version
+        version = start.version
         if step is jobs.service.NextStep.GIVE_UP:
             return {
                 "done": 0,
@@ -87,8 +87,8 @@ def run_batch(task: Any, lane: Any, models: Any, job_id: int, image_ids: list[in
         except ModelUnavailable as error:  # not registered, or its file does not load: this job's images fail, with why
             return {"done": 0, "failed": fail_images(lane, version, job_id, image_ids, str(error))}
         done, failed = process_batch(lane, predictor.predict_batch, version, job_id, image_ids)
-        if served.shadow:
-            predict_shadow_batch(lane, models, served.shadow, job_id, image_ids)
+        if start.shadow:
+            predict_shadow_batch(lane, models, start.shadow, job_id, image_ids)
     except (*TRANSIENT_ERRORS, psycopg.errors.ForeignKeyViolation, jobs.results.UnknownJobError):
         raise
     except Exception as error:  # the model or our code failed on this input: isolate it, never loop

@@ -52,7 +52,7 @@ IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'mnist_worker_access') THEN
     -- images, jobs and models to predict with
     GRANT SELECT ON ALL TABLES IN SCHEMA public TO mnist_worker_access;
     GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO mnist_worker_access;
-    -- jobs.results.store_results (its COPY, failures, statistics, mistakes), record_attempt, shadow_store
+    -- jobs.results.store_results (predictions, failures, statistics, mistakes), record_attempt, shadow_store
     GRANT INSERT ON predictions, job_failures, job_mistakes, shadow_predictions TO mnist_worker_access;
     GRANT INSERT, UPDATE ON job_statistics, batch_attempts TO mnist_worker_access;
     -- the job's counters (store_results), the sweeper's resume (jobs.store.mark_resumed), a sliced job's next

@@ -20,6 +20,7 @@ import psycopg
 import psycopg.errors
 from psycopg import sql
 
+from shared import models
 from shared.db.connection import (
     Connection,
     fetchone_required,
@@ -267,30 +268,47 @@ def _rows(prediction_jobs: np.ndarray, model_version: str, predictions: Predicti
     }
 
 
-def record_attempt(conn: Connection, job_id: int, image_ids: Sequence[int]) -> tuple[int, str]:
-    """Count one more start of this batch, committed before any work: (the count, the job's status).
+class BatchStart(NamedTuple):
+    """What a worker learns as it starts a batch: how often it was started, and what serves its job."""
 
-    One statement, so the worker learns whether the job was cancelled in the same round trip; a batch
-    of a cancelled job is not counted (0), as none of its images will be read. UnknownJobError for a job
-    that is not there. Committed without waiting for the disk flush (``set_config`` is local to the
-    statement's transaction): a count lost in a database crash only means one more attempt.
+    attempts: int  # 0 for a batch of a cancelled job, which is not counted
+    status: str
+    version: str | None  # the job's, else production's now; None when neither exists
+    shadow: str | None
+
+
+# The job's row is read once, for its status and its models; the count is written in the same statement.
+RECORD_ATTEMPT = (
+    sql.SQL("""
+    WITH quick AS (SELECT set_config('synchronous_commit', 'off', true)),
+    job AS (SELECT j.id, j.status, {version} AS version, j.shadow_version FROM jobs j WHERE j.id = %(job)s),
+    attempt AS (
+        INSERT INTO batch_attempts (job_id, first_image_id, batch_size)
+        SELECT id, %(first)s, %(size)s FROM job WHERE status <> 'cancelled'
+        ON CONFLICT (job_id, first_image_id, batch_size) DO UPDATE SET attempts = batch_attempts.attempts + 1
+        RETURNING attempts
+    )
+    SELECT (SELECT attempts FROM attempt), job.status, job.version, job.shadow_version FROM quick LEFT JOIN job ON true
+    """)
+    .format(version=models.store.SERVING_VERSION)
+    .as_string()
+)
+
+
+def record_attempt(conn: Connection, job_id: int, image_ids: Sequence[int]) -> BatchStart:
+    """Count one more start of this batch, committed before any work, and read what serves its job.
+
+    One statement, so the worker learns whether the job was cancelled, and its model versions, in the same
+    round trip; a batch of a cancelled job is not counted (0), as none of its images will be read.
+    UnknownJobError for a job that is not there. Committed without waiting for the disk flush (``set_config``
+    is local to the statement's transaction): a count lost in a database crash only means one more attempt.
     """
-    attempts, status = query_one_required(
+    attempts, status, version, shadow = query_one_required(
         conn,
-        """
-        WITH quick AS (SELECT set_config('synchronous_commit', 'off', true)),
-        job AS (SELECT id, status FROM jobs WHERE id = %(job)s),
-        attempt AS (
-            INSERT INTO batch_attempts (job_id, first_image_id, batch_size)
-            SELECT id, %(first)s, %(size)s FROM job WHERE status <> 'cancelled'
-            ON CONFLICT (job_id, first_image_id, batch_size) DO UPDATE SET attempts = batch_attempts.attempts + 1
-            RETURNING attempts
-        )
-        SELECT (SELECT attempts FROM attempt), (SELECT status FROM job) FROM quick
-        """,
-        {"job": job_id, "first": image_ids[0], "size": len(image_ids)},
+        RECORD_ATTEMPT,
+        {"job": job_id, "first": image_ids[0], "size": len(image_ids), "production": models.store.PRODUCTION},
         prepare=True,
     )
     if status is None:
         raise UnknownJobError(f"job {job_id} does not exist")
-    return attempts or 0, status
+    return BatchStart(attempts or 0, status, version, shadow)
