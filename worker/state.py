@@ -1,4 +1,4 @@
-"""What one worker process holds: its settings, its loaded models, its database lane and its Celery app.
+"""What one worker process holds: its settings, its loaded models, its database lanes and its Celery app.
 
 One home for per-process state. The models and the database lane are made on first use,
 that is in the pool process after the fork: TensorFlow, LiteRT threads and database
@@ -27,6 +27,7 @@ class ProcessState:
     pool_processes: int = 1
     _models: ModelCache | None = None
     _lane: DatabaseLane | None = None
+    _lifecycle_lane: DatabaseLane | None = None
 
     def models(self) -> ModelCache:
         if self._models is None:
@@ -37,6 +38,13 @@ class ProcessState:
         if self._lane is None:
             self._lane = DatabaseLane(self.settings.database_url)
         return self._lane
+
+    def lifecycle_lane(self) -> DatabaseLane:
+        """A second lane, with its own connection, for what a finished batch sets going (its job's next
+        batch, its end): on the first lane it would make the next batch's reads wait a round trip or two."""
+        if self._lifecycle_lane is None:
+            self._lifecycle_lane = DatabaseLane(self.settings.database_url)
+        return self._lifecycle_lane
 
     def warm_up(self) -> None:
         """Load production's model before the first task, so the first batch is not slow."""

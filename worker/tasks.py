@@ -49,7 +49,7 @@ def predict_batch(task: Any, job_id: int, image_ids: list[int]) -> dict[str, int
     try:
         outcome = run_batch(task, lane, models, job_id, image_ids)
         if outcome is not None:
-            lifecycle.after_batch(lane, task.app, process.settings, job_id)
+            lifecycle.after_batch(process.lifecycle_lane(), task.app, process.settings, job_id)
             return outcome
         return {"done": 0, "failed": 0}
     except TRANSIENT_ERRORS as error:  # retried by Celery (RETRY_OPTIONS), not split: the batch is not at fault
