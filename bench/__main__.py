@@ -8,7 +8,7 @@
         [--label after] [--connections keep-alive|close]
     python -m bench --sections models [--baseline-model OLD.tflite]   (float vs int8, shipped vs a baseline)
     python -m bench --sections robustness [--baseline-model OLD.tflite]   (accuracy on pictures from real sources)
-    python -m bench --sections network [--network-images 10000] --workers 1,2,4   (needs root: 0, 2, 20 ms RTT)
+    python -m bench --sections network [--network-images 30000] --workers 1,2,4   (needs root: 0, 2, 20 ms RTT)
     python -m bench --sections upload-memory [--against /tmp/before]   (web RSS under worst-case uploads)
     python -m bench --sections lifecycle [--lifecycle-images 10000] --workers 2 [--against /tmp/before]
         (fair share: a small job behind a big one, before and after; seconds from cancel to idle workers)
@@ -82,7 +82,7 @@ def table(rows: list[dict[str, Any]], ceiling: float) -> list[str]:
 )
 @click.option("--ingest-sizes", default="10000,100000", show_default=True, help="ingest: PNGs in each folder.")
 @click.option("--export-sizes", default="10000,100000,1000000", show_default=True, help="ingest: predictions exported.")
-@click.option("--network-images", default=10_000, show_default=True, help="network: images of each job.")
+@click.option("--network-images", default=30_000, show_default=True, help="network: images of each job.")
 @click.option("--lifecycle-images", default=10_000, show_default=True, help="lifecycle: images of the big job.")
 @click.option(
     "--baseline-model",

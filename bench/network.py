@@ -1,6 +1,6 @@
 """Bulk throughput and upload latency across a network: worker and web hosts a round trip from the data host.
 
-    python -m bench --sections network [--network-images 10000] [--workers 1,2,4]
+    python -m bench --sections network [--network-images 30000] [--workers 1,2,4]
 
 The data host (PostgreSQL, Redis), one worker host with WORKER_CONCURRENCY bulk processes and a web
 host, on tests/support/netns.py's private network. At 0 ms the hosts talk across the bridge as they
@@ -34,7 +34,7 @@ RTTS_MS = (0, 2, 20)
 BATCH_SIZE = 1024  # the default BATCH_SIZE
 HOSTS = ("data", "worker1", "web")
 UPLOADS = 40
-REPEATS = 3  # jobs per row: one job over the 10,000 test images lasts about a second at 0 ms
+REPEATS = 3  # jobs per row: a job of the default 30,000 images lasts about a second at 0 ms
 
 
 def run(image_count: int, worker_counts: tuple[int, ...]) -> dict[str, Any]:
@@ -129,7 +129,7 @@ def upload_latency(
 
 def table(report: dict[str, Any]) -> list[str]:
     lines = [
-        f"{report['images']:,} MNIST test images per job, batches of {report['batch_size']}; median of {REPEATS}",
+        f"{report['images']:,} MNIST images per job, batches of {report['batch_size']}; median of {REPEATS}",
         "",
     ]
     lines.append(

@@ -82,8 +82,8 @@ def send_next(conn: connection.Connection, app: Celery, settings: Settings, job_
 
 def after_batch(lane: DatabaseLane, app: Celery, settings: Settings, job_id: int) -> None:
     """A finished batch sends its job's next one on ``lane`` (the process's lifecycle lane), not waited for:
-    the task returns, and its next message comes, meanwhile. A worker that dies in between leaves the job one batch short in play;
-    the sweeper tops a stalled job up (``service.resume_job``)."""
+    the task returns, and its next message comes, meanwhile. A worker that dies in between leaves the job
+    one batch short in play; the sweeper tops a stalled job up (``service.resume_job``)."""
     lane.submit(send_next, app, settings, job_id).add_done_callback(functools.partial(log_failure, job_id))
 
 

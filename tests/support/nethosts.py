@@ -158,11 +158,16 @@ def start_data_host(stack: contextlib.ExitStack, net: Network, logs: Path) -> tu
 
 
 def store_test_images(database_url: str, count: int) -> tuple[list[int], str]:
-    """The first ``count`` MNIST test images stored: (their ids, the production model version)."""
-    digit_images, labels = load_mnist(DEFAULT_MNIST_DIR, "test", count)
+    """The first ``count`` MNIST images stored, those of the test split first, then of the train split (for a
+    job longer than the test split): (their ids, the production model version)."""
     with contextlib.closing(psycopg.connect(database_url)) as conn:
-        image_ids = images.store.insert_images(conn, list(mnist_rows(digit_images, labels, "test")))
-        return list(image_ids), models.registry.resolve(conn, models.registry.PRODUCTION)
+        image_ids: list[int] = []
+        for split in ("test", "train"):
+            digit_images, labels = load_mnist(DEFAULT_MNIST_DIR, split, count - len(image_ids))
+            image_ids += images.store.insert_images(conn, list(mnist_rows(digit_images, labels, split)))
+            if len(image_ids) >= count:
+                break
+        return image_ids, models.registry.resolve(conn, models.registry.PRODUCTION)
 
 
 def logged_from_now(log_path: Path, marker: bytes) -> Callable[[], bool]:
