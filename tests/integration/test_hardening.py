@@ -247,7 +247,8 @@ def test_a_client_gone_mid_body_is_not_a_500_and_the_access_log_cannot_be_forged
     assert token not in log and "/predictions/<token>/image.png 404" in log
     assert not any(line.startswith("GET /forged") for line in log.splitlines())
     assert "/x\\x0a\\x0dGET\\x20/forged\\x20200 404" in log
-    assert not re.search(r"^\S+ \S+ 500 ", log, re.MULTILINE) and "unexpected error" not in log
+    # A status of 500 as a field of its own, in whatever format the server logs its requests.
+    assert not re.search(r"[\s\"]500\s", log) and "unexpected error" not in log
 
 
 def test_the_access_log_masks_tokens_and_escapes_control_characters():
