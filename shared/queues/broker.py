@@ -43,12 +43,15 @@ def direct_queue(name: str) -> Queue:
 
 
 def celery_app(settings: Settings, name: str = "mnist_queue") -> Celery:
-    """One configuration for senders and workers: late acks, re-queue on a dead worker, prefetch 1."""
+    """One configuration for senders and workers: late acks, re-queue on a dead worker, and each pool process
+    holds one batch beside the one it runs (prefetch 2), so that the acknowledgement of a finished batch and the
+    fetch of the next are not round trips to Redis it waits for. A held batch is unacknowledged like a running
+    one: a dead worker's come back the same way."""
     app = Celery(name, broker=settings.redis_url, set_as_current=False)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
+        worker_prefetch_multiplier=2,
         task_ignore_result=True,  # results live in PostgreSQL, not in a result backend
         task_default_queue=bulk_queue(settings),
         task_serializer="json",

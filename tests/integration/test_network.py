@@ -193,10 +193,11 @@ def stored(cluster: Cluster, job_id: int, image_ids: list[int]) -> int:
 
 
 def cut_while_holding(cluster: Cluster, job_id: int) -> tuple[float, list[list[int]]]:
-    """Unplug worker1 while both workers hold a batch of the job not stored yet (each holds one at most: prefetch
-    1, concurrency 1); (when, the batches worker1 held). Those are the ones still unacknowledged and unstored
-    SETTLE_SECONDS after the cut, when worker2 has long stored the one it held; none if worker1 stored its own
-    just before the cut took. One connection for the whole watch: a sample takes two quick round trips."""
+    """Unplug worker1 while the workers hold at least two batches of the job not stored yet (each holds two at
+    most: prefetch 2, concurrency 1); (when, the batches worker1 held). Those are the ones still unacknowledged
+    and unstored SETTLE_SECONDS after the cut, when worker2 has long stored those it held; none if worker1 held
+    none, or stored its own just before the cut took. One connection for the whole watch: a sample takes two
+    quick round trips."""
     with contextlib.closing(cluster.connect()) as conn:
 
         def unstored(batches: list[list[int]]) -> list[list[int]]:
