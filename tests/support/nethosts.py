@@ -158,16 +158,16 @@ def start_data_host(stack: contextlib.ExitStack, net: Network, logs: Path) -> tu
 
 
 def store_test_images(database_url: str, count: int) -> tuple[list[int], str]:
-    """The first ``count`` MNIST images stored, those of the test split first, then of the train split (for a
-    job longer than the test split): (their ids, the production model version)."""
+    """``count`` MNIST test images stored: (their ids, the production model version). Beyond the split's 10,000,
+    copies of its images, each stored as a row of its own (a ``source`` name), for a job longer than the split."""
+    digit_images, labels = load_mnist(DEFAULT_MNIST_DIR, "test", None)
+    rows = list(mnist_rows(digit_images, labels, "test"))
+    copies = (
+        rows[n % len(rows)]._replace(image_index=None, source=f"copy-{n}") for n in range(len(rows), max(count, 0))
+    )
     with contextlib.closing(psycopg.connect(database_url)) as conn:
-        image_ids: list[int] = []
-        for split in ("test", "train"):
-            digit_images, labels = load_mnist(DEFAULT_MNIST_DIR, split, count - len(image_ids))
-            image_ids += images.store.insert_images(conn, list(mnist_rows(digit_images, labels, split)))
-            if len(image_ids) >= count:
-                break
-        return image_ids, models.registry.resolve(conn, models.registry.PRODUCTION)
+        image_ids = images.store.insert_images(conn, [*rows[:count], *copies])
+        return list(image_ids), models.registry.resolve(conn, models.registry.PRODUCTION)
 
 
 def logged_from_now(log_path: Path, marker: bytes) -> Callable[[], bool]:
