@@ -268,8 +268,11 @@ def run_job(conn: connection.Connection, app: Any, settings: Settings, image_ids
     return job.id
 
 
+FOLLOWING_IDS = "SELECT id FROM input_data WHERE id > %s ORDER BY id"
+
+
 def predict_new_images(
-    env: dict[str, str], settings: Settings, first_id: int, last_id: int, uploads: np.ndarray, log_dir: Path
+    env: dict[str, str], settings: Settings, image_ids: list[int], uploads: np.ndarray, log_dir: Path
 ) -> float:
     """One labelled job over the new images and ``uploads`` upload jobs, by ``python -m worker``; its peak RSS."""
     from bench.common import UPLOAD_CONSUMER_READY, WORKER_READY
@@ -285,8 +288,7 @@ def predict_new_images(
             jobs.service.submit_upload(conn, settings, encode_image(image), version, {"upload": "scale.png"}).id
             for image in uploads
         ]
-        run_job(conn, app, settings, list(range(first_id, last_id + 1)), version)
-        from shared import jobs
+        run_job(conn, app, settings, image_ids, version)
 
         for job_id in upload_jobs[-1:]:
             jobs.progress.wait_for_job(conn, job_id, 120)
@@ -422,11 +424,14 @@ def run(sizes: tuple[int, ...] = DEFAULT_SIZES, label: str = "") -> list[dict[st
         uploads_source = factory.splits[1][1]
         for step, size in enumerate(sizes):
             started = time.perf_counter()
+            # The new images are those stored after the last one there now (the uploads of earlier steps too).
+            last_before = connection.query_one_required(conn, "SELECT COALESCE(max(id), 0) FROM input_data")[0]
             build_rate = factory.store(conn, size - stored)
-            first_id, stored = stored + 1, size
+            stored = size
+            new_ids = [row[0] for row in connection.query(conn, FOLLOWING_IDS, (last_before,))]
             images.bulk_load.vacuum_analyze(conn)
             uploads = uploads_source[step * UPLOADS_PER_STEP : (step + 1) * UPLOADS_PER_STEP]
-            fill_rss = predict_new_images(env, settings, first_id, size, uploads, log_dir)
+            fill_rss = predict_new_images(env, settings, new_ids, uploads, log_dir)
             build_seconds = time.perf_counter() - started
             print(
                 f"scale {label}: {size:,} images stored and predicted in {build_seconds:.0f} s",
