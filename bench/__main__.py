@@ -2,7 +2,8 @@
 
     python -m bench [--repeats 3] [--sections database,throughput,seed,latency] [--database-core]
     python -m bench --sections scale [--scale-sizes 10000,100000,1000000] [--label after]
-    python -m bench --sections ingest [--ingest-sizes 10000,100000] [--export-sizes ...] [--against /tmp/before]
+    python -m bench --sections ingest [--ingest-sizes 10000,100000] [--ingest-kind digits|photos] [--run-size 100000]
+        [--export-sizes ...] [--against /tmp/before]   (--repeats pairs of producer run against ingest alone)
     python -m bench --sections scale-ab --scale-sizes 1000000 --against /tmp/arch-before
     python -m bench --sections burst [--rates 100,300,1000,2000] [--web serve] [--against /tmp/arch-before]
         [--label after] [--connections keep-alive|close]
@@ -29,7 +30,7 @@ from typing import Any
 
 import click
 
-from bench import common, database, latency, throughput
+from bench import common, database, folders, latency, throughput
 from producer.ingest import load_mnist, mnist_rows
 from shared import images
 from shared.db import connection
@@ -70,7 +71,7 @@ def table(rows: list[dict[str, Any]], ceiling: float) -> list[str]:
 @click.option(
     "--against",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="burst, upload-memory: also run this worktree's code, first.",
+    help="burst, upload-memory, ingest, lifecycle: also run this worktree's code, first.",
 )
 @click.option("--against-web", default="sync", show_default=True, help="the web for --against, as --web.")
 @click.option(
@@ -80,7 +81,21 @@ def table(rows: list[dict[str, Any]], ceiling: float) -> list[str]:
     show_default=True,
     help="burst: the client reuses idle connections (HTTP/1.1 keep-alive) or opens one per upload.",
 )
-@click.option("--ingest-sizes", default="10000,100000", show_default=True, help="ingest: PNGs in each folder.")
+@click.option("--ingest-sizes", default="10000,100000", show_default=True, help="ingest: pictures in each folder.")
+@click.option(
+    "--ingest-kind",
+    type=click.Choice(folders.KINDS),
+    default="digits",
+    show_default=True,
+    help="ingest: 28x28 PNGs, or 640x480 JPEG photos of a digit on paper (bench/folders.py).",
+)
+@click.option(
+    "--run-size",
+    default=100_000,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="ingest: pictures of the folder that producer run takes to CSV, against ingest alone (0: not run).",
+)
 @click.option("--export-sizes", default="10000,100000,1000000", show_default=True, help="ingest: predictions exported.")
 @click.option("--network-images", default=30_000, show_default=True, help="network: images of each job.")
 @click.option("--lifecycle-images", default=10_000, show_default=True, help="lifecycle: images of the big job.")
@@ -105,6 +120,8 @@ def main(
     network_images: int,
     lifecycle_images: int,
     ingest_sizes: str,
+    ingest_kind: str,
+    run_size: int,
     export_sizes: str,
 ) -> None:
     """Bare model vs mnist-queue vs the seed design; upload latency; memory; scale; upload bursts."""
@@ -120,7 +137,8 @@ def main(
         from bench import ingest
 
         sizes = tuple(int(size) for size in ingest_sizes.split(",") if size)
-        click.echo("\n".join(ingest.main(sizes, tuple(int(size) for size in export_sizes.split(",") if size), against)))
+        export = tuple(int(size) for size in export_sizes.split(",") if size)
+        click.echo("\n".join(ingest.main(sizes, ingest_kind, run_size, repeats, export, against)))
     if "scale-ab" in chosen:
         from bench import scale
 

@@ -95,28 +95,46 @@ def walk_sorted(folder: str, rejected: list[str]) -> Iterator[str]:
     A folder's entries are sorted by name, a subfolder's as ``name/``: then the walk's order is the
     order of the paths as strings, the order ``stored_sources`` reads them in, so the two merge.
     Links are never followed (a link could lead out of the folder to any file the user can read);
-    they and folders that cannot be listed are added to ``rejected``. Paths stay strings: building
-    a Path per file cost more than the rest of the walk.
+    they and folders that cannot be listed are added to ``rejected``. A folder's listing is held as
+    names and kinds while it is walked, not as scandir's entries, which each keep a path and more: the
+    memory a walk holds follows the largest folder's count of files.
+    Paths stay strings: building a Path per file cost more than the rest of the walk.
     """
     try:
         with os.scandir(folder) as listing:
-            entries = [
-                (entry.name + "/" if entry.is_dir(follow_symlinks=False) else entry.name, entry) for entry in listing
-            ]
+            entries = [_named_kind(entry) for entry in listing]
     except OSError as error:
         rejected.append(f"{printable(folder)}: cannot be listed: {error.strerror or error}")
         return
-    for _, entry in sorted(entries, key=lambda pair: pair[0]):
-        picture = os.path.splitext(entry.name)[1].lower() in USER_IMAGE_SUFFIXES
-        if entry.is_symlink():
-            if picture or entry.is_dir():
-                rejected.append(f"{printable(entry.path)}: a symbolic link, not followed")
-        elif entry.is_dir(follow_symlinks=False):
-            yield from walk_sorted(entry.path, rejected)
-        elif picture and entry.is_file(follow_symlinks=False):
-            yield entry.path
+    entries.sort()
+    for name, kind in entries:
+        path = os.path.join(folder, name.removesuffix("/") if kind == _FOLDER else name)
+        picture = os.path.splitext(path)[1].lower() in USER_IMAGE_SUFFIXES
+        if kind in (_LINK, _LINKED_FOLDER):
+            if picture or kind == _LINKED_FOLDER:
+                rejected.append(f"{printable(path)}: a symbolic link, not followed")
+        elif kind == _FOLDER:
+            yield from walk_sorted(path, rejected)
+        elif picture and kind == _FILE:
+            yield path
         elif picture:  # a pipe or a device: reading it could wait for ever
-            rejected.append(f"{printable(entry.path)}: not a regular file")
+            rejected.append(f"{printable(path)}: not a regular file")
+
+
+_FILE, _FOLDER, _LINK, _LINKED_FOLDER, _OTHER = range(5)
+
+
+def _named_kind(entry: os.DirEntry[str]) -> tuple[str, int]:
+    """An entry's sort key (a folder's name ends in "/") and what it is, from the listing alone but for a link,
+    whose target is looked at only to tell a linked folder (one that cannot be looked at is not reported)."""
+    if entry.is_symlink():
+        try:
+            return entry.name, _LINKED_FOLDER if entry.is_dir() else _LINK
+        except OSError:
+            return entry.name, _LINK
+    if entry.is_dir(follow_symlinks=False):
+        return entry.name + "/", _FOLDER
+    return entry.name, _FILE if entry.is_file(follow_symlinks=False) else _OTHER
 
 
 def new_files(paths: Iterator[str], stored: Iterator[str]) -> Iterator[tuple[str, bool]]:
