@@ -12,7 +12,7 @@ process and its pool, summed), sampled: RSS, and PSS, which counts the pages a f
 with its parent once. CPU is theirs too, per image, and varies less than images/s when other work
 shares the machine. ``producer run`` (folder to CSV) is timed against ingest alone
 ``--repeats`` times, each pair on fresh databases. The export is ``producer results`` of a job whose
-predictions are written by binary COPY.
+images are written by binary COPY and predictions by the worker's store (no model runs).
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def export_rows(sizes: tuple[int, ...]) -> list[str]:
 
 
 def fill_job(conn: connection.Connection, size: int) -> int:
-    """A done job of ``size`` images with a prediction each, written by binary COPY (no model runs)."""
+    """A done job of ``size`` images (written by binary COPY) with a prediction each (no model runs)."""
     from shared.images import bulk_load
 
     rng = np.random.default_rng(0)
