@@ -203,7 +203,7 @@ answered AS (
     FROM {UNNEST_PREDICTIONS}
     JOIN job ON job.id = u.job_id AND job.kind = 'upload'
 )
-SELECT (SELECT COALESCE(sum(done), 0) FROM done), (SELECT count(*) FROM failed),
+SELECT (SELECT COALESCE(sum(done), 0)::bigint FROM done), (SELECT count(*) FROM failed),
        mnistq_require_jobs(cardinality(%(jobs)b::bigint[]),
                            (SELECT count(pg_notify(%(channel)b, id::text)) FROM job)),
        (SELECT count(*) FROM answered)"""
