@@ -226,7 +226,7 @@ answered AS (
     JOIN job ON job.id = u.job_id AND job.kind = 'upload'
 )"""
 RESULT = """
-SELECT (SELECT COALESCE(sum(done), 0) FROM done), (SELECT count(*) FROM failed),
+SELECT (SELECT COALESCE(sum(done), 0)::bigint FROM done), (SELECT count(*) FROM failed),
        mnistq_require_jobs(cardinality(%(jobs)s::bigint[]),
                            (SELECT count(pg_notify(%(channel)s, id::text)) FROM job))"""
 RESULT_AND_ANSWERS = RESULT + ", (SELECT count(*) FROM answered)"
