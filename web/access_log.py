@@ -38,6 +38,8 @@ def start_clock() -> None:
 
 
 def log_request(response: Response) -> Response:
+    if not log.isEnabledFor(logging.INFO):  # the access log is off: nothing to format
+        return response
     started = g.get("access_started")
     duration = (time.perf_counter() - started) * 1000 if started is not None else 0.0
     log.info(

@@ -9,6 +9,7 @@ use is not, so a burst pays no extra round trip.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -72,14 +73,16 @@ def make_pool(
     if timeout_seconds is not None:
         silence = {"connect_timeout": round(timeout_seconds), "tcp_user_timeout": round(timeout_seconds * 1000)}
         options |= {name: value for name, value in silence.items() if name in options}  # the URL's own win
-    returned_at: weakref.WeakKeyDictionary[connection.Connection, float] = weakref.WeakKeyDictionary()
-
-    def stamp(conn: connection.Connection) -> None:
-        returned_at[conn] = time.monotonic()
+    handed_out_at: weakref.WeakKeyDictionary[connection.Connection, float] = weakref.WeakKeyDictionary()
 
     def ping_if_idle(conn: connection.Connection) -> None:
-        if time.monotonic() - returned_at.get(conn, 0.0) > PING_AFTER_IDLE_SECONDS:
+        """Ping a connection not handed out for PING_AFTER_IDLE_SECONDS. Timed from its last checkout, not
+        its return: a ``reset`` callback to stamp returns would send every return through the pool's worker
+        thread, and a connection held long is at worst pinged once more."""
+        now = time.monotonic()
+        if now - handed_out_at.get(conn, -math.inf) > PING_AFTER_IDLE_SECONDS:
             psycopg_pool.ConnectionPool.check_connection(conn)
+        handed_out_at[conn] = now
 
     pool: psycopg_pool.ConnectionPool[connection.Connection] = psycopg_pool.ConnectionPool(
         database_url,
@@ -88,7 +91,6 @@ def make_pool(
         max_size=size,
         max_idle=IDLE_CONNECTION_SECONDS,
         check=ping_if_idle,
-        reset=stamp,
         timeout=CHECKOUT_WAIT_SECONDS,
         open=True,
     )

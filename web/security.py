@@ -40,6 +40,8 @@ HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
 }
+# Pages and answers may hold an operator's data or an upload's result: no shared cache may keep them.
+NO_STORE = "no-store"
 HSTS = "max-age=31536000"
 # A sign-in lasts at most this long after the session was last written.
 SESSION_LIFETIME = timedelta(hours=12)
@@ -63,11 +65,11 @@ def init_app(app: Flask, config: Settings) -> None:
 
 
 def add_security_headers(response: Response) -> Response:
-    """What every answer carries unless it set its own: errors and 429s too (this runs after their handlers)."""
-    for name, value in HEADERS.items():
-        response.headers.setdefault(name, value)
-    # Pages and answers may hold an operator's data or an upload's result: no shared cache may keep them.
-    response.headers.setdefault("Cache-Control", "no-store")
+    """What every answer carries unless it set its own: errors and 429s too (this runs after their handlers).
+    The answer's own header names are read once, rather than searched again for each of ours."""
+    present = {name.lower() for name in response.headers.keys()}
+    extra = {**HEADERS, "Cache-Control": NO_STORE}
     if request.is_secure:
-        response.headers.setdefault("Strict-Transport-Security", HSTS)
+        extra["Strict-Transport-Security"] = HSTS
+    response.headers.extend([(name, value) for name, value in extra.items() if name.lower() not in present])
     return response

@@ -118,7 +118,8 @@ def test_a_micro_batch_of_several_jobs_is_stored_in_one_transaction_with_each_jo
     batch = predictions(image_ids, [1, 2, 3], [0.9, 0.5, 0.99])
     failure = [(uploads[3][0], jobs.results.FailureRow(uploads[3][1], "corrupt image"))]
     prediction_jobs = np.array(job_ids[:3], dtype=np.int64)
-    assert jobs.results.store_many(conn, MODEL, job_ids, prediction_jobs, batch, failure) == (3, 1)
+    stored = jobs.results.store_many(conn, MODEL, job_ids, prediction_jobs, batch, failure)
+    assert stored == (3, 1) and all(type(count) is int for count in stored)  # what the metrics' counters take
     assert jobs.results.store_many(conn, MODEL, job_ids, prediction_jobs, batch, failure) == (0, 0)  # redelivered
     for job_id in job_ids:
         assert (
