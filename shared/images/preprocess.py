@@ -63,7 +63,12 @@ def open_user_image(data: bytes, max_pixels: int, max_decode_bytes: int = DEFAUL
     if picture.format == "JPEG":  # decoded straight to grey at a reduced scale: the one format that can
         side = max(width, height)
         if side > ANALYSIS_SIDE:
-            picture.draft("L", (width * ANALYSIS_SIDE // side, height * ANALYSIS_SIDE // side))
+            # At least a pixel a side: a long thin picture's short side would round to none.
+            scaled = (max(1, width * ANALYSIS_SIDE // side), max(1, height * ANALYSIS_SIDE // side))
+            try:
+                picture.draft("L", scaled)
+            except Exception as error:  # a corrupt header may make Pillow raise any kind
+                raise ValueError(f"the image could not be decoded: {error or 'a corrupt header'}") from None
     if decode_bytes(picture) > max_decode_bytes:
         limit = max_decode_bytes * width * height // decode_bytes(picture)
         raise ValueError(
@@ -73,7 +78,9 @@ def open_user_image(data: bytes, max_pixels: int, max_decode_bytes: int = DEFAUL
     try:
         animated = getattr(picture, "is_animated", False)
         picture.load()
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"the image could not be decoded: {error}") from None
+    except Exception as error:  # Pillow's decoders raise many kinds for corrupt data, not only OSError
         raise ValueError(f"the image could not be decoded: {error or 'truncated data'}") from None
     if animated:
         # Which frame holds the digit is a guess; a wrong guess would be a confident wrong answer.

@@ -189,3 +189,15 @@ def centre_of_mass(images: np.ndarray) -> np.ndarray:
     return np.stack(
         [(weights.sum(axis=2) * positions).sum(axis=1) / total, (weights.sum(axis=1) * positions).sum(axis=1) / total]
     )
+
+
+@pytest.mark.parametrize("size", [(1, 2000), (2000, 1), (3, 5000)])
+def test_a_long_thin_jpeg_is_read_or_refused_with_a_message_never_an_error(size):
+    """Its short side, scaled down for the analysis, rounded to no pixel: Pillow's draft divided by zero."""
+    data = picture_bytes(np.full(size[::-1], 255, dtype=np.uint8), "JPEG")
+    try:
+        digit = user_image_to_mnist(data, max_pixels=MAX_PIXELS * 20)
+    except ValueError as error:
+        assert "digit" in str(error) or "decoded" in str(error), error
+    else:
+        assert digit.shape == (28, 28)
