@@ -136,7 +136,9 @@ def test_uploading_a_digit_shows_the_right_prediction(page):
     predicted = page.wait_for_selector("#predicted-digit", timeout=RESULT_TIMEOUT_MS)
     assert predicted.inner_text() == str(labels[0])
     assert page.locator(".bars tr").count() == 10 and page.locator(".bars meter").count() == 10
-    assert page.eval_on_selector("img.digit-image", "img => img.complete && img.naturalWidth") == 28
+    # The picture loads after the answer is shown: wait for it, then check it is the 28 px digit.
+    page.wait_for_function("document.querySelector('img.digit-image').complete", timeout=RESULT_TIMEOUT_MS)
+    assert page.eval_on_selector("img.digit-image", "img => img.naturalWidth") == 28
     assert_no_inline_code(page)
     screenshot(page, "upload-result.png", for_docs=True)
 
