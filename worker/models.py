@@ -10,7 +10,6 @@ asked for it, with the reason, and nothing else.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import tempfile
 from collections import OrderedDict
@@ -35,12 +34,6 @@ class ModelUnavailable(Exception):
     One line, for the failures."""
 
 
-@dataclasses.dataclass(frozen=True)
-class JobModels:
-    version: str | None  # None: the job has no version and no model is aliased production
-    shadow: str | None
-
-
 class ModelCache:
     """Predictors by version, least recently used first out."""
 
@@ -52,11 +45,6 @@ class ModelCache:
     def loaded_versions(self) -> list[str]:
         """Oldest use first."""
         return list(self._loaded)
-
-    def job_models(self, lane: DatabaseLane, job_ids: Sequence[int]) -> dict[int, JobModels]:
-        """The versions serving each job that exists (production's for a job that records none): one query."""
-        rows = lane.submit(models.store.job_models, list(job_ids)).result()
-        return {job_id: JobModels(version, shadow) for job_id, version, shadow in rows}
 
     def predictor(self, lane: DatabaseLane, version: str | None) -> Predictor:
         """The loaded predictor of ``version``, loading it first if need be; ModelUnavailable when it cannot be."""

@@ -56,12 +56,12 @@ statistics AS (
     ORDER BY 1, 2
     ON CONFLICT (job_id, input_data_id) DO NOTHING
 )"""
-PARAMETERS = {
-    "s_jobs": "bigint[]", "s_true": "smallint[]", "s_predicted": "smallint[]",
-    "s_count": "bigint[]", "s_low": "bigint[]",
-    "m_jobs": "bigint[]", "m_ids": "bigint[]", "m_true": "smallint[]",
-    "m_predicted": "smallint[]", "m_confidence": "real[]",
-}  # fmt: skip
+# ADD_COUNTED's parameters, and the store's per-job counts: all empty for a batch without predictions.
+COUNTED_PARAMETERS = (
+    "s_jobs", "s_true", "s_predicted", "s_count", "s_low",
+    "m_jobs", "m_ids", "m_true", "m_predicted", "m_confidence",
+    "d_jobs", "d_counts",
+)  # fmt: skip
 
 
 def counted(prediction_jobs: np.ndarray, predictions: Any) -> dict[str, list]:
@@ -87,7 +87,7 @@ def counted(prediction_jobs: np.ndarray, predictions: Any) -> dict[str, list]:
 
 
 def counted_nothing() -> dict[str, list]:
-    return {name: [] for name in [*PARAMETERS, "d_jobs", "d_counts"]}
+    return {name: [] for name in COUNTED_PARAMETERS}
 
 
 def label_pair_counts(conn: Connection, job_id: int) -> list[tuple[int, int, int]]:
